@@ -1,0 +1,34 @@
+"""latix: late-interaction (ColBERT-style) retrieval with a Rust core.
+
+Documents and queries are encoded into one vector per token; relevance is MaxSim. latix stores
+document token vectors in memory-mapped files and scores them with SIMD, multithreaded kernels.
+"""
+
+from __future__ import annotations
+
+from latix._core import __version__, maxsim
+from latix.errors import (
+    AlreadyExistsError,
+    CorruptedIndexError,
+    IndexClosedError,
+    IndexLockedError,
+    InvalidArgumentError,
+    LatixError,
+    LatixIOError,
+    NotFoundError,
+    UnsupportedVersionError,
+)
+
+__all__ = [
+    "__version__",
+    "maxsim",
+    "LatixError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "AlreadyExistsError",
+    "CorruptedIndexError",
+    "IndexLockedError",
+    "IndexClosedError",
+    "UnsupportedVersionError",
+    "LatixIOError",
+]

@@ -1,0 +1,29 @@
+"""Type stubs for latix._core, the Rust extension module."""
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+def maxsim(
+    query: npt.NDArray[np.float32],
+    doc_vectors: npt.NDArray[np.float32] | npt.NDArray[np.float16],
+    doc_offsets: npt.NDArray[np.int64],
+    n_threads: int | None = None,
+) -> npt.NDArray[np.float32]:
+    """Exact MaxSim scores of one query against a packed document collection.
+
+    Args:
+        query: (n_query_tokens, dim) float32 query token vectors.
+        doc_vectors: (n_tokens, dim) float32 or float16 document token vectors, all documents
+            concatenated.
+        doc_offsets: (n_docs + 1,) int64; document i is rows doc_offsets[i]:doc_offsets[i+1].
+        n_threads: threads to use (default: LATIX_NUM_THREADS or the number of CPUs).
+
+    Returns:
+        (n_docs,) float32: for each document, the sum over query tokens of the best dot product
+        with any of its tokens (0 for a document with no tokens).
+
+    Raises:
+        InvalidArgumentError: wrong dtype, rank or dim, NaN/Inf, inconsistent offsets.
+    """

@@ -1,0 +1,62 @@
+"""The exceptions latix raises.
+
+Every error is a :class:`LatixError`; each subclass also derives from the built-in exception a
+Python programmer would catch for that kind of failure (``ValueError`` for bad arguments,
+``KeyError`` for unknown ids, ``OSError`` for file problems).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LatixError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "AlreadyExistsError",
+    "CorruptedIndexError",
+    "IndexLockedError",
+    "IndexClosedError",
+    "UnsupportedVersionError",
+    "LatixIOError",
+]
+
+
+class LatixError(Exception):
+    """Base class of every exception raised by latix."""
+
+
+class InvalidArgumentError(LatixError, ValueError):
+    """An argument can never work: wrong shape, dtype or rank, NaN/Inf, bad parameter."""
+
+
+class NotFoundError(LatixError, KeyError):
+    """An id that the operation needs is not in the index."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AlreadyExistsError(LatixError, ValueError):
+    """An id (or an index directory) that the operation would create already exists."""
+
+
+class CorruptedIndexError(LatixError, OSError):
+    """A file of the index is damaged: truncated, bad checksum, inconsistent header.
+
+    The message names the damaged file.
+    """
+
+
+class IndexLockedError(LatixError, OSError):
+    """Another writer (thread or process) holds the index's write lock."""
+
+
+class IndexClosedError(LatixError, ValueError):
+    """The index handle was closed; open the index again to use it."""
+
+
+class UnsupportedVersionError(LatixError, OSError):
+    """A file was written by an unknown or newer version of the latix format."""
+
+
+class LatixIOError(LatixError, OSError):
+    """An operating-system I/O failure (disk full, permission denied, ...) on an index file."""

@@ -1,0 +1,11 @@
+//! latix-core: the engine of latix, a late-interaction (ColBERT-style) retrieval library.
+//!
+//! Pure Rust, no Python: token-vector storage (`store`), exact MaxSim kernels (`maxsim`),
+//! compression (`codec`), candidate generation (`ivf`) and the index that ties them together.
+//! The PyO3 binding lives in the `latix-python` crate and only converts and delegates.
+
+pub mod error;
+pub mod maxsim;
+pub mod parallel;
+
+pub use error::{LatixError, Result};
