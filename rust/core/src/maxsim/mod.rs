@@ -31,6 +31,21 @@ impl DocVectors<'_> {
     }
 }
 
+/// Scores documents `i in 0..offsets.len()-1` (tokens `offsets[i]..offsets[i+1]` of `docs`,
+/// offsets relative to the start of `docs`) into `out[i]`, on the calling thread. The building
+/// block for the index's search, which parallelises over chunks of documents itself.
+/// Inputs must already be valid (the caller checked them); panics on inconsistent lengths.
+pub fn score_docs(query: &[f32], dim: usize, docs: DocVectors<'_>, offsets: &[u64], out: &mut [f32]) {
+    assert_eq!(out.len() + 1, offsets.len());
+    for (i, o) in out.iter_mut().enumerate() {
+        let (a, b) = (offsets[i] as usize * dim, offsets[i + 1] as usize * dim);
+        *o = match docs {
+            DocVectors::F32(v) => scalar::maxsim_f32(query, &v[a..b], dim),
+            DocVectors::F16(v) => scalar::maxsim_f16(query, &v[a..b], dim),
+        };
+    }
+}
+
 /// Scores every document `i` (tokens `offsets[i]..offsets[i+1]` of `docs`) against `query`
 /// (`n_query_tokens * dim` f32, row-major). Runs in latix's pool; validates all inputs.
 pub fn maxsim(
