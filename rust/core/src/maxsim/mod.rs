@@ -35,13 +35,7 @@ impl DocVectors<'_> {
 /// offsets relative to the start of `docs`) into `out[i]`, on the calling thread. The building
 /// block for the index's search, which parallelises over chunks of documents itself.
 /// Inputs must already be valid (the caller checked them); panics on inconsistent lengths.
-pub fn score_docs(
-    query: &[f32],
-    dim: usize,
-    docs: DocVectors<'_>,
-    offsets: &[u64],
-    out: &mut [f32],
-) {
+pub fn score_docs(query: &[f32], dim: usize, docs: DocVectors<'_>, offsets: &[u64], out: &mut [f32]) {
     assert_eq!(out.len() + 1, offsets.len());
     for (i, o) in out.iter_mut().enumerate() {
         let (a, b) = (offsets[i] as usize * dim, offsets[i + 1] as usize * dim);
@@ -65,14 +59,10 @@ pub fn maxsim(
         return Err(LatixError::invalid("dim must be positive"));
     }
     if query.is_empty() || query.len() % dim != 0 {
-        return Err(LatixError::invalid(
-            "query must be a non-empty (n_query_tokens, dim) array",
-        ));
+        return Err(LatixError::invalid("query must be a non-empty (n_query_tokens, dim) array"));
     }
     if offsets.is_empty() {
-        return Err(LatixError::invalid(
-            "doc_offsets must have n_docs + 1 entries",
-        ));
+        return Err(LatixError::invalid("doc_offsets must have n_docs + 1 entries"));
     }
     let n_tokens = (docs.len() / dim) as u64;
     for w in offsets.windows(2) {
@@ -81,9 +71,7 @@ pub fn maxsim(
         }
     }
     if offsets[offsets.len() - 1] > n_tokens {
-        return Err(LatixError::invalid(
-            "doc_offsets point past the end of doc_vectors",
-        ));
+        return Err(LatixError::invalid("doc_offsets point past the end of doc_vectors"));
     }
     let n_docs = offsets.len() - 1;
     crate::parallel::install(n_threads, || {
