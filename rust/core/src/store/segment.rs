@@ -485,6 +485,31 @@ impl Segment {
                 )));
             }
         }
+        // Canonical layout: sections in order, each at the next 64-byte boundary, the file ends
+        // with the last one, and every padding byte is zero. Then no byte of the file escapes
+        // a check (header crc, section crcs, block crcs, or this).
+        let mut expect_at = HEADER_SIZE as u64;
+        let mut gaps = vec![(HEADER_CRC_AT + 4, HEADER_SIZE)];
+        for (i, s) in sections.iter().enumerate() {
+            let aligned = align64(expect_at).unwrap_or(u64::MAX);
+            if s.offset != aligned {
+                return Err(bad(format!(
+                    "{} section starts at {}, expected {aligned}",
+                    SECTION_NAMES[i], s.offset
+                )));
+            }
+            gaps.push((expect_at as usize, s.offset as usize));
+            expect_at = s.offset + s.len;
+        }
+        if expect_at != map.len() as u64 {
+            return Err(bad(format!(
+                "file is {} bytes, its sections end at {expect_at}",
+                map.len()
+            )));
+        }
+        if gaps.iter().any(|&(a, b)| map[a..b].iter().any(|&x| x != 0)) {
+            return Err(bad("non-zero padding bytes".into()));
+        }
         // Section lengths implied by the counts; checked arithmetic so hostile counts cannot wrap.
         let vec_len = n_tokens
             .checked_mul(dim as u64)

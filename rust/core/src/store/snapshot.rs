@@ -85,8 +85,21 @@ impl Snapshot {
             }
             match Self::load_manifest(dir, &name, previous) {
                 Ok(s) => return Ok(Arc::new(s)),
-                // A concurrent commit switched CURRENT and removed files we were about to open.
-                Err(e) if is_not_found(&e) => last_err = Some(e),
+                // A concurrent commit may have switched CURRENT and removed files we were about
+                // to open: retry. If CURRENT did not move, the file is really missing.
+                Err(e) if is_not_found(&e) => {
+                    if read_current(dir)? == name {
+                        let missing = match &e {
+                            LatixError::Io { path, .. } => path.display().to_string(),
+                            _ => String::new(),
+                        };
+                        return Err(LatixError::corrupted(
+                            dir.join(&name),
+                            format!("references a missing file ({missing})"),
+                        ));
+                    }
+                    last_err = Some(e)
+                }
                 Err(e) => return Err(e),
             }
         }
