@@ -18,10 +18,12 @@ from latix.errors import (
     NotFoundError,
     UnsupportedVersionError,
 )
+from latix.index import Index
 
 __all__ = [
     "__version__",
     "maxsim",
+    "Index",
     "LatixError",
     "InvalidArgumentError",
     "NotFoundError",
