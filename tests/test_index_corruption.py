@@ -87,7 +87,9 @@ def test_vector_byte_detected_by_verify(tmp_path: Path) -> None:
     off, length = section(seg, 0)
     flip(seg, off + length - 3)
     ix = latix.Index.open(p)  # vectors are not read at open
-    ix.search(np.ones((1, 16), np.float32), k=2)  # data garbage, but no crash
+    # Damaged vectors are detected when first touched, never scored silently.
+    with pytest.raises(CorruptedIndexError, match=f"{seg.name}.*block 0"):
+        ix.search(np.ones((1, 16), np.float32), k=2)
     with pytest.raises(CorruptedIndexError, match=f"{seg.name}.*block 0"):
         ix.verify()
 

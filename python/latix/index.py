@@ -25,6 +25,29 @@ __all__ = ["Index"]
 FloatArray = npt.NDArray[np.float32] | npt.NDArray[np.float16]
 
 
+def _int_arg(name: str, value: object, lo: int, hi: int = 2**62) -> int:
+    """``value`` as an int in ``[lo, hi]``, else InvalidArgumentError (never OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise InvalidArgumentError(f"{name} must be an int, got {type(value).__name__}")
+    v = int(value)
+    if not lo <= v <= hi:
+        raise InvalidArgumentError(f"{name} must be between {lo} and {hi}, got {v}")
+    return v
+
+
+def _path_arg(path: object) -> str:
+    """``path`` as a str, else InvalidArgumentError."""
+    try:
+        p = os.fspath(path)  # type: ignore[call-overload]
+    except TypeError:
+        raise InvalidArgumentError(
+            f"path must be a str or os.PathLike, got {type(path).__name__}"
+        ) from None
+    if isinstance(p, bytes):
+        p = os.fsdecode(p)
+    return str(p)
+
+
 class Index:
     """A latix index directory, opened for search (and, on first mutation, for writing).
 
@@ -63,9 +86,9 @@ class Index:
             InvalidArgumentError: ``dim`` < 1 or an unknown ``dtype``.
             IndexLockedError: another process is creating an index there.
         """
-        if isinstance(dim, bool) or not isinstance(dim, int | np.integer):
-            raise InvalidArgumentError(f"dim must be an int, got {type(dim).__name__}")
-        return cls(_core.Index.create(os.fspath(path), int(dim), dtype))
+        if not isinstance(dtype, str):
+            raise InvalidArgumentError(f"dtype must be a str, got {type(dtype).__name__}")
+        return cls(_core.Index.create(_path_arg(path), _int_arg("dim", dim, 1), dtype))
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], mode: Literal["r", "w"] = "r") -> Index:
@@ -82,7 +105,9 @@ class Index:
             UnsupportedVersionError: the index was written by an unknown format version.
             IndexLockedError: ``mode="w"`` and another writer holds the lock.
         """
-        return cls(_core.Index.open(os.fspath(path), mode))
+        if not isinstance(mode, str):
+            raise InvalidArgumentError(f"mode must be \"r\" or \"w\", got {type(mode).__name__}")
+        return cls(_core.Index.open(_path_arg(path), mode))
 
     # ----------------------------------------------------------------------------- writing
 
@@ -124,7 +149,7 @@ class Index:
             InvalidArgumentError: an id is not a str or appears twice.
             IndexLockedError: another handle or process is the writer.
         """
-        self._inner.delete(list(ids) if not isinstance(ids, str) else ids)
+        self._inner.delete(ids)  # the binding accepts any iterable of str and names bad items
 
     def commit(self) -> None:
         """Makes staged adds and deletes durable and visible to all readers, atomically.
@@ -186,14 +211,20 @@ class Index:
                 f"queries must be an (n_query_tokens, {self.dim}) array or a list of them, "
                 f"got {type(queries).__name__}"
             )
-        if isinstance(k, bool) or not isinstance(k, int | np.integer):
-            raise InvalidArgumentError(f"k must be an int, got {type(k).__name__}")
+        k = _int_arg("k", k, 1)
+        if n_threads is not None:
+            n_threads = _int_arg("n_threads", n_threads, 1)
         sub: list[str] | None = None
         if subset is not None:
             if isinstance(subset, str):
                 raise InvalidArgumentError("subset must be an iterable of str ids, got a single str")
-            sub = list(subset)
-        scores, flat_ids = self._inner.search(qlist, int(k), n_threads, sub)
+            try:
+                sub = list(subset)
+            except TypeError:
+                raise InvalidArgumentError(
+                    f"subset must be an iterable of str ids, got {type(subset).__name__}"
+                ) from None
+        scores, flat_ids = self._inner.search(qlist, k, n_threads, sub)
         ids = np.empty(len(flat_ids), dtype=object)
         ids[:] = flat_ids
         return scores, ids.reshape(scores.shape)

@@ -35,6 +35,9 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 pub const MAX_DIM: usize = 65536;
 /// Longest accepted id, in UTF-8 bytes.
 pub const MAX_ID_BYTES: usize = 65535;
+/// Largest `k * n_queries` a search accepts: the result is allocated up front (`k` hits per
+/// query, padded), so an absurd `k` must be an error, not an allocation failure.
+pub const MAX_RESULT_SLOTS: usize = 1 << 26;
 
 const SEGMENT_PREFIX: &str = "seg-";
 
@@ -932,6 +935,11 @@ pub fn search_snapshot(
     subset: Option<&[&str]>,
 ) -> Result<SearchResults> {
     let nq = queries.len();
+    if k > MAX_RESULT_SLOTS || nq.saturating_mul(k) > MAX_RESULT_SLOTS {
+        return Err(LatixError::invalid(format!(
+            "k * n_queries must be at most {MAX_RESULT_SLOTS}, got k = {k} with {nq} queries"
+        )));
+    }
     let dim = snap.dim();
     let segs = snap.segments();
     // Subset: resolve ids to (segment, doc), sorted by insertion order, grouped per segment.

@@ -54,10 +54,14 @@ pub fn i64_vector<'py>(obj: &Bound<'py, PyAny>, name: &str, expected: &str) -> P
 
 /// A row-major contiguous slice of a 2-D array; copies only when the array is not C-contiguous.
 pub fn contiguous2<'a, T: numpy::Element + Clone>(a: &'a PyReadonlyArray2<'_, T>) -> Cow<'a, [T]> {
-    match a.as_slice() {
-        Ok(s) => Cow::Borrowed(s),
-        Err(_) => Cow::Owned(a.as_array().iter().cloned().collect()),
+    // `as_slice` also succeeds on Fortran-ordered arrays (column-major memory): only a
+    // C-contiguous array may be borrowed as row-major data.
+    if a.is_c_contiguous() {
+        if let Ok(s) = a.as_slice() {
+            return Cow::Borrowed(s);
+        }
     }
+    Cow::Owned(a.as_array().iter().cloned().collect())
 }
 
 /// A contiguous slice of a 1-D array; copies only when the array is strided.

@@ -16,8 +16,22 @@ fn maxsim<'py>(
     query: &Bound<'py, PyAny>,
     doc_vectors: &Bound<'py, PyAny>,
     doc_offsets: &Bound<'py, PyAny>,
-    n_threads: Option<usize>,
+    n_threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    // Extracted by hand: a float, bool, negative or huge count is an InvalidArgumentError, not
+    // a TypeError/OverflowError from argument conversion.
+    let n_threads = match n_threads {
+        None => None,
+        Some(o) => match o.extract::<i64>() {
+            Ok(n) if n >= 1 && !o.is_instance_of::<pyo3::types::PyBool>() => Some(n as usize),
+            _ => {
+                return Err(invalid(
+                    py,
+                    format!("n_threads must be a positive integer or None, got {}", o.repr()?),
+                ))
+            }
+        },
+    };
     let q = f32_matrix(query, "query", "(n_query_tokens, dim)")?;
     let docs = float_matrix(doc_vectors, "doc_vectors", "(n_tokens, dim)")?;
     let offs = i64_vector(doc_offsets, "doc_offsets", "(n_docs + 1,)")?;

@@ -102,7 +102,7 @@ impl Snapshot {
                         if !dir.join(&name).exists() {
                             return Err(LatixError::corrupted(
                                 dir.join(CURRENT_FILE),
-                                format!("names {name}, which does not exist"),
+                                format!("names {name}, which is missing"),
                             ));
                         }
                         return Err(LatixError::corrupted(
