@@ -1,0 +1,51 @@
+"""Writes seed inputs for the cargo-fuzz targets (fuzz/corpus/<target>/) from small real indexes.
+
+Usage: python scripts/hardening/fuzz_seeds.py fuzz/corpus
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import latix
+
+
+def build(path: Path, dtype: str, dim: int) -> tuple[bytes, bytes, bytes]:
+    """A one-segment index with a tombstone: (manifest, segment, CURRENT) bytes."""
+    rng = np.random.default_rng(0)
+    with latix.Index.create(path, dim=dim, dtype=dtype) as ix:
+        ids = ["a", "bb", "c\u00e9", "d", "e"]
+        ix.add(ids, [rng.standard_normal((int(n), dim)).astype(np.float32) for n in (1, 3, 2, 4, 1)])
+        ix.commit()
+        ix.delete(["d"])
+        ix.commit()
+    current = (path / "CURRENT").read_bytes()
+    manifest = (path / current.decode().strip()).read_bytes()
+    (seg,) = sorted(path.glob("seg-*"))
+    return manifest, seg.read_bytes(), current
+
+
+def main(out: str) -> None:
+    root = Path(out)
+    for t in ("manifest_decode", "segment_open", "current_parse", "index_open"):
+        (root / t).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype, dim in (("float32", 4), ("float16", 8)):
+            m, s, c = build(Path(tmp) / f"{dtype}", dtype, dim)
+            for mode in (0, 1, 3):
+                tag = f"{dtype}-{mode}"
+                (root / "manifest_decode" / f"seed-{tag}").write_bytes(bytes([mode]) + m)
+                (root / "segment_open" / f"seed-{tag}").write_bytes(bytes([mode]) + s)
+                (root / "index_open" / f"seed-{tag}").write_bytes(
+                    bytes([mode]) + struct.pack("<H", len(m)) + m + s
+                )
+            (root / "current_parse" / f"seed-{dtype}").write_bytes(c)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "fuzz/corpus")
