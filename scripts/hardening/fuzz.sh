@@ -22,7 +22,6 @@ for t in $(cargo +nightly fuzz list); do
         status=1
     fi
     grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "$ROOT/fuzz/artifacts/$t.log" | sed "s/^/   /" || true
-    tail -n 1 "$ROOT/fuzz/artifacts/$t.log" | sed "s/^/   /"
 done
 cd "$ROOT"
 echo "== hypothesis API fuzz (${SECS}s)"
