@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import latix
 import numpy as np
 import pytest
-
-import latix
 from latix import (
     AlreadyExistsError,
     IndexClosedError,
@@ -31,7 +30,10 @@ DIM = 8
 OK = None  # expected "exception" for accepted inputs
 
 rng = np.random.default_rng(0)
-DOCS = {i: rng.standard_normal((int(n), DIM)).astype(np.float32) for i, n in zip("abc", (3, 5, 2))}
+DOCS = {
+    i: rng.standard_normal((int(n), DIM)).astype(np.float32)
+    for i, n in zip("abc", (3, 5, 2), strict=True)
+}
 Q = rng.standard_normal((2, DIM)).astype(np.float32)
 D = rng.standard_normal((3, DIM)).astype(np.float32)
 OFFS = np.array([0, 1, 3], dtype=np.int64)
@@ -132,10 +134,16 @@ def row(name: str, expected: type[BaseException] | None) -> Callable[[Any], Any]
 for kind, bad in BAD_MATRICES.items():
     exp = OK if kind == "empty (0 rows)" else InvalidArgumentError
     # An empty collection (0 tokens, offsets [0]) is valid; an empty query is not.
-    ROWS.append((f"maxsim query {kind}", lambda e, b=bad: latix.maxsim(b, D, OFFS), InvalidArgumentError))
+    ROWS.append(
+        (f"maxsim query {kind}", lambda e, b=bad: latix.maxsim(b, D, OFFS), InvalidArgumentError)
+    )
     if kind != "empty (0 rows)" and kind != "wrong dim":
         ROWS.append(
-            (f"maxsim doc_vectors {kind}", lambda e, b=bad: latix.maxsim(Q, b, OFFS), InvalidArgumentError)
+            (
+                f"maxsim doc_vectors {kind}",
+                lambda e, b=bad: latix.maxsim(Q, b, OFFS),
+                InvalidArgumentError,
+            )
         )
 for kind, bad in {
     "dtype int32": np.array([0, 1, 3], np.int32),
@@ -149,32 +157,84 @@ for kind, bad in {
     "huge": np.array([0, 2**62], np.int64),
     "list": [0, 1, 3],
 }.items():
-    ROWS.append((f"maxsim doc_offsets {kind}", lambda e, b=bad: latix.maxsim(Q, D, b), InvalidArgumentError))
+    ROWS.append(
+        (f"maxsim doc_offsets {kind}", lambda e, b=bad: latix.maxsim(Q, D, b), InvalidArgumentError)
+    )
 for kind, bad in BAD_INTS.items():
     if bad is not None:
         ROWS.append(
-            (f"maxsim n_threads {kind}", lambda e, b=bad: latix.maxsim(Q, D, OFFS, n_threads=b), InvalidArgumentError)
+            (
+                f"maxsim n_threads {kind}",
+                lambda e, b=bad: latix.maxsim(Q, D, OFFS, n_threads=b),
+                InvalidArgumentError,
+            )
         )
-ROWS.append(("maxsim non-contiguous OK", lambda e: _same(
-    latix.maxsim(np.asfortranarray(Q), np.repeat(D, 2, axis=0)[::2], OFFS), latix.maxsim(Q, D, OFFS)), OK))
+ROWS.append(
+    (
+        "maxsim non-contiguous OK",
+        lambda e: _same(
+            latix.maxsim(np.asfortranarray(Q), np.repeat(D, 2, axis=0)[::2], OFFS),
+            latix.maxsim(Q, D, OFFS),
+        ),
+        OK,
+    )
+)
 
 # ---------------------------------------------------------------- Index.create / open
 for kind, bad in BAD_INTS.items():
     if kind in ("bool",):
         continue
-    ROWS.append((f"create dim {kind}", lambda e, b=bad: latix.Index.create(e.tmp / "new", dim=b), InvalidArgumentError))
+    ROWS.append(
+        (
+            f"create dim {kind}",
+            lambda e, b=bad: latix.Index.create(e.tmp / "new", dim=b),
+            InvalidArgumentError,
+        )
+    )
 ROWS += [
-    ("create dim 10^12", lambda e: latix.Index.create(e.tmp / "new", dim=10**12), InvalidArgumentError),
-    ("create dim bool", lambda e: latix.Index.create(e.tmp / "new", dim=True), InvalidArgumentError),
-    ("create dtype int8", lambda e: latix.Index.create(e.tmp / "new", dim=4, dtype="int8"), InvalidArgumentError),  # type: ignore[arg-type]
-    ("create dtype int", lambda e: latix.Index.create(e.tmp / "new", dim=4, dtype=5), InvalidArgumentError),  # type: ignore[arg-type]
+    (
+        "create dim 10^12",
+        lambda e: latix.Index.create(e.tmp / "new", dim=10**12),
+        InvalidArgumentError,
+    ),
+    (
+        "create dim bool",
+        lambda e: latix.Index.create(e.tmp / "new", dim=True),
+        InvalidArgumentError,
+    ),
+    (
+        "create dtype int8",
+        lambda e: latix.Index.create(e.tmp / "new", dim=4, dtype="int8"),
+        InvalidArgumentError,
+    ),  # type: ignore[arg-type]
+    (
+        "create dtype int",
+        lambda e: latix.Index.create(e.tmp / "new", dim=4, dtype=5),
+        InvalidArgumentError,
+    ),  # type: ignore[arg-type]
     ("create path None", lambda e: latix.Index.create(None, dim=4), InvalidArgumentError),  # type: ignore[arg-type]
     ("create path int", lambda e: latix.Index.create(5, dim=4), InvalidArgumentError),  # type: ignore[arg-type]
     ("create over an index", lambda e: latix.Index.create(e.path, dim=4), AlreadyExistsError),
-    ("create in a non-empty dir", lambda e: (e.tmp / "junk").mkdir() or (e.tmp / "junk" / "f").write_text("x") and latix.Index.create(e.tmp / "junk", dim=4), AlreadyExistsError),
-    ("create over a file", lambda e: (e.tmp / "file").write_text("x") and latix.Index.create(e.tmp / "file", dim=4), AlreadyExistsError),
+    (
+        "create in a non-empty dir",
+        lambda e: (
+            (e.tmp / "junk").mkdir()
+            or (e.tmp / "junk" / "f").write_text("x")
+            and latix.Index.create(e.tmp / "junk", dim=4)
+        ),
+        AlreadyExistsError,
+    ),
+    (
+        "create over a file",
+        lambda e: (e.tmp / "file").write_text("x") and latix.Index.create(e.tmp / "file", dim=4),
+        AlreadyExistsError,
+    ),
     ("open missing", lambda e: latix.Index.open(e.tmp / "missing"), NotFoundError),
-    ("open a file", lambda e: (e.tmp / "file").write_text("x") and latix.Index.open(e.tmp / "file"), NotFoundError),
+    (
+        "open a file",
+        lambda e: (e.tmp / "file").write_text("x") and latix.Index.open(e.tmp / "file"),
+        NotFoundError,
+    ),
     ("open a non-index dir", lambda e: latix.Index.open(e.tmp), NotFoundError),
     ("open path None", lambda e: latix.Index.open(None), InvalidArgumentError),  # type: ignore[arg-type]
     ("open mode x", lambda e: latix.Index.open(e.path, "x"), InvalidArgumentError),  # type: ignore[arg-type]
@@ -183,11 +243,25 @@ ROWS += [
 
 # ---------------------------------------------------------------- add
 for kind, bad in BAD_MATRICES.items():
-    ROWS.append((f"add embedding {kind}", lambda e, b=bad: e.ix.add(["new"], [b]), InvalidArgumentError))
+    ROWS.append(
+        (f"add embedding {kind}", lambda e, b=bad: e.ix.add(["new"], [b]), InvalidArgumentError)
+    )
     # The bad document after a good one: nothing of the call may be staged.
-    ROWS.append((f"add good + {kind}", lambda e, b=bad: e.ix.add(["new1", "new2"], [D, b]), InvalidArgumentError))
+    ROWS.append(
+        (
+            f"add good + {kind}",
+            lambda e, b=bad: e.ix.add(["new1", "new2"], [D, b]),
+            InvalidArgumentError,
+        )
+    )
 for kind, bad in BAD_IDS.items():
-    ROWS.append((f"add ids {kind}", lambda e, b=bad: e.ix.add(b, [D] * (len(b) if isinstance(b, list) else 1)), InvalidArgumentError))
+    ROWS.append(
+        (
+            f"add ids {kind}",
+            lambda e, b=bad: e.ix.add(b, [D] * (len(b) if isinstance(b, list) else 1)),
+            InvalidArgumentError,
+        )
+    )
 ROWS += [
     ("add existing id", lambda e: e.ix.add(["a"], [D]), AlreadyExistsError),
     ("add new + existing id", lambda e: e.ix.add(["new", "b"], [D, D]), AlreadyExistsError),
@@ -196,15 +270,33 @@ ROWS += [
     ("add embeddings str", lambda e: e.ix.add(["x"], "D"), InvalidArgumentError),
     ("add embeddings None", lambda e: e.ix.add(["x"], None), InvalidArgumentError),  # type: ignore[arg-type]
     ("add embeddings int", lambda e: e.ix.add(["x"], 3), InvalidArgumentError),  # type: ignore[arg-type]
-    ("add 3-D array wrong dim", lambda e: e.ix.add(["x"], np.ones((1, 2, DIM + 1), np.float32)), InvalidArgumentError),
-    ("add 3-D array wrong count", lambda e: e.ix.add(["x"], np.ones((2, 2, DIM), np.float32)), InvalidArgumentError),
-    ("add value beyond float16 range into float16 index", lambda e: _f16_index(e).add(["x"], [_arr(1e6)]), InvalidArgumentError),
+    (
+        "add 3-D array wrong dim",
+        lambda e: e.ix.add(["x"], np.ones((1, 2, DIM + 1), np.float32)),
+        InvalidArgumentError,
+    ),
+    (
+        "add 3-D array wrong count",
+        lambda e: e.ix.add(["x"], np.ones((2, 2, DIM), np.float32)),
+        InvalidArgumentError,
+    ),
+    (
+        "add value beyond float16 range into float16 index",
+        lambda e: _f16_index(e).add(["x"], [_arr(1e6)]),
+        InvalidArgumentError,
+    ),
 ]
 
 # ---------------------------------------------------------------- delete
 for kind, bad in BAD_IDS.items():
     if kind != "huge id (70 kB)":
-        ROWS.append((f"delete ids {kind}", lambda e, b=bad: e.ix.delete(b), NotFoundError if kind == "huge id (70 kB)" else InvalidArgumentError))
+        ROWS.append(
+            (
+                f"delete ids {kind}",
+                lambda e, b=bad: e.ix.delete(b),
+                NotFoundError if kind == "huge id (70 kB)" else InvalidArgumentError,
+            )
+        )
 ROWS += [
     ("delete huge id", lambda e: e.ix.delete(["x" * 70_000]), InvalidArgumentError),
     ("delete missing id", lambda e: e.ix.delete(["zz"]), NotFoundError),
@@ -215,24 +307,68 @@ ROWS += [
 for kind, bad in BAD_MATRICES.items():
     if kind == "rank 3":  # a 3-D array is a documented batch of queries
         continue
-    ROWS.append((f"search query {kind}", lambda e, b=bad: e.ix.search(b, k=2), InvalidArgumentError))
-    ROWS.append((f"search list [good, {kind}]", lambda e, b=bad: e.ix.search([Q, b], k=2), InvalidArgumentError))
+    ROWS.append(
+        (f"search query {kind}", lambda e, b=bad: e.ix.search(b, k=2), InvalidArgumentError)
+    )
+    ROWS.append(
+        (
+            f"search list [good, {kind}]",
+            lambda e, b=bad: e.ix.search([Q, b], k=2),
+            InvalidArgumentError,
+        )
+    )
 for kind, bad in BAD_INTS.items():
     if bad is not None:
-        ROWS.append((f"search k {kind}", lambda e, b=bad: e.ix.search(Q, k=b), InvalidArgumentError))
-        ROWS.append((f"search n_threads {kind}", lambda e, b=bad: e.ix.search(Q, k=2, n_threads=b), InvalidArgumentError))
+        ROWS.append(
+            (f"search k {kind}", lambda e, b=bad: e.ix.search(Q, k=b), InvalidArgumentError)
+        )
+        ROWS.append(
+            (
+                f"search n_threads {kind}",
+                lambda e, b=bad: e.ix.search(Q, k=2, n_threads=b),
+                InvalidArgumentError,
+            )
+        )
 ROWS += [
-    ("search k * n_queries too large", lambda e: e.ix.search([Q] * 64, k=2**21), InvalidArgumentError),
-    ("search 4-D queries", lambda e: e.ix.search(np.ones((1, 1, 2, DIM), np.float32), k=2), InvalidArgumentError),
+    (
+        "search k * n_queries too large",
+        lambda e: e.ix.search([Q] * 64, k=2**21),
+        InvalidArgumentError,
+    ),
+    (
+        "search 4-D queries",
+        lambda e: e.ix.search(np.ones((1, 1, 2, DIM), np.float32), k=2),
+        InvalidArgumentError,
+    ),
     ("search queries int", lambda e: e.ix.search(5, k=2), InvalidArgumentError),  # type: ignore[arg-type]
     ("search queries None", lambda e: e.ix.search(None, k=2), InvalidArgumentError),  # type: ignore[arg-type]
     ("search subset str", lambda e: e.ix.search(Q, k=2, subset="a"), InvalidArgumentError),
     ("search subset [int]", lambda e: e.ix.search(Q, k=2, subset=[1]), InvalidArgumentError),  # type: ignore[list-item]
     ("search subset [None]", lambda e: e.ix.search(Q, k=2, subset=[None]), InvalidArgumentError),  # type: ignore[list-item]
     ("search subset int", lambda e: e.ix.search(Q, k=2, subset=5), InvalidArgumentError),  # type: ignore[arg-type]
-    ("search non-contiguous / float16 OK", lambda e: _same_search(e.ix.search([np.asfortranarray(Q), np.repeat(Q, 2, 0)[::2]], k=2), e.ix.search([Q, Q], k=2)), OK),
-    ("search float16 query OK", lambda e: _same_search(e.ix.search(Q.astype(np.float16), k=2), e.ix.search(Q.astype(np.float16).astype(np.float32), k=2)), OK),
-    ("search subset with unknown ids OK", lambda e: _same_search(e.ix.search(Q, k=2, subset=["a", "zz"]), e.ix.search(Q, k=2, subset=["a"])), OK),
+    (
+        "search non-contiguous / float16 OK",
+        lambda e: _same_search(
+            e.ix.search([np.asfortranarray(Q), np.repeat(Q, 2, 0)[::2]], k=2),
+            e.ix.search([Q, Q], k=2),
+        ),
+        OK,
+    ),
+    (
+        "search float16 query OK",
+        lambda e: _same_search(
+            e.ix.search(Q.astype(np.float16), k=2),
+            e.ix.search(Q.astype(np.float16).astype(np.float32), k=2),
+        ),
+        OK,
+    ),
+    (
+        "search subset with unknown ids OK",
+        lambda e: _same_search(
+            e.ix.search(Q, k=2, subset=["a", "zz"]), e.ix.search(Q, k=2, subset=["a"])
+        ),
+        OK,
+    ),
 ]
 
 # ---------------------------------------------------------------- get / contains
@@ -307,8 +443,21 @@ def test_bad_input(env: Env, name: str, call: Callable[[Env], Any], expected: An
 
 def test_matrix_covers_every_public_entry_point() -> None:
     names = " ".join(r[0] for r in ROWS)
-    for entry in ["maxsim", "create", "open", "add", "delete", "search", "get", "contains",
-                  "closed commit", "closed compact", "closed len", "closed ids", "closed verify"]:
+    for entry in [
+        "maxsim",
+        "create",
+        "open",
+        "add",
+        "delete",
+        "search",
+        "get",
+        "contains",
+        "closed commit",
+        "closed compact",
+        "closed len",
+        "closed ids",
+        "closed verify",
+    ]:
         assert entry in names, entry
     assert len(ROWS) > 200
 

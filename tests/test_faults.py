@@ -14,10 +14,9 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import latix
 import numpy as np
 import pytest
-
-import latix
 
 DIM = 32
 

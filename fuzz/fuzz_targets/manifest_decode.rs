@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(m) = Manifest::decode(&b, Path::new("MANIFEST-fuzz")) {
         let enc = m.encode();
-        assert_eq!(enc, b, "decode accepted bytes that do not re-encode identically");
+        assert_eq!(
+            enc, b,
+            "decode accepted bytes that do not re-encode identically"
+        );
         let _ = m.referenced_files();
     }
 });

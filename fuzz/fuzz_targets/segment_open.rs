@@ -32,7 +32,11 @@ fuzz_target!(|data: &[u8]| {
     if dim == 0 {
         return;
     }
-    let expected = if mode & 2 == 2 { latix_fuzz::segment_header_crc(&b) } else { None };
+    let expected = if mode & 2 == 2 {
+        latix_fuzz::segment_header_crc(&b)
+    } else {
+        None
+    };
     if let Ok(seg) = Segment::open(&path, dim, dtype, expected) {
         let n = seg.n_docs() as u32;
         for d in 0..n.min(256) {

@@ -24,7 +24,11 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 pub fn scratch_dir() -> PathBuf {
     // /dev/shm when available: these targets write a file per input, keep that off the disk.
     let shm = std::path::Path::new("/dev/shm");
-    let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
     let d = base.join(format!("latix-fuzz-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("cannot create the fuzz scratch directory");

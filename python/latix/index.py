@@ -106,7 +106,7 @@ class Index:
             IndexLockedError: ``mode="w"`` and another writer holds the lock.
         """
         if not isinstance(mode, str):
-            raise InvalidArgumentError(f"mode must be \"r\" or \"w\", got {type(mode).__name__}")
+            raise InvalidArgumentError(f'mode must be "r" or "w", got {type(mode).__name__}')
         return cls(_core.Index.open(_path_arg(path), mode))
 
     # ----------------------------------------------------------------------------- writing
@@ -217,7 +217,9 @@ class Index:
         sub: list[str] | None = None
         if subset is not None:
             if isinstance(subset, str):
-                raise InvalidArgumentError("subset must be an iterable of str ids, got a single str")
+                raise InvalidArgumentError(
+                    "subset must be an iterable of str ids, got a single str"
+                )
             try:
                 sub = list(subset)
             except TypeError:

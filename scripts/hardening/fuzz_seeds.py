@@ -10,9 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 import latix
+import numpy as np
 
 
 def build(path: Path, dtype: str, dim: int) -> tuple[bytes, bytes, bytes]:
@@ -20,7 +19,9 @@ def build(path: Path, dtype: str, dim: int) -> tuple[bytes, bytes, bytes]:
     rng = np.random.default_rng(0)
     with latix.Index.create(path, dim=dim, dtype=dtype) as ix:
         ids = ["a", "bb", "c\u00e9", "d", "e"]
-        ix.add(ids, [rng.standard_normal((int(n), dim)).astype(np.float32) for n in (1, 3, 2, 4, 1)])
+        ix.add(
+            ids, [rng.standard_normal((int(n), dim)).astype(np.float32) for n in (1, 3, 2, 4, 1)]
+        )
         ix.commit()
         ix.delete(["d"])
         ix.commit()

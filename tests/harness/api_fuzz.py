@@ -23,13 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import latix
 import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
-import latix
 
 DIM = 4
 F16_MAX = 65504.0
@@ -57,7 +56,14 @@ any_array = st.builds(
     ),
     st.sampled_from([np.float32, np.float16, np.float64, np.int32]),
 )
-matrix = st.one_of(valid_matrix, valid_matrix, any_array, st.just(np.asfortranarray(np.ones((2, DIM), np.float32))), st.none(), st.text(max_size=2))
+matrix = st.one_of(
+    valid_matrix,
+    valid_matrix,
+    any_array,
+    st.just(np.asfortranarray(np.ones((2, DIM), np.float32))),
+    st.none(),
+    st.text(max_size=2),
+)
 id_text = st.one_of(st.text(alphabet="abc", max_size=2), st.text(max_size=6))
 any_id = st.one_of(id_text, id_text, id_text, st.integers(), st.none(), st.binary(max_size=2))
 
@@ -111,7 +117,9 @@ class IndexMachine(RuleBasedStateMachine):
             return None
         raise AssertionError(f"expected {exc.__name__}")
 
-    @rule(ids=st.lists(any_id, max_size=4), mats=st.lists(matrix, max_size=4), replace=st.booleans())
+    @rule(
+        ids=st.lists(any_id, max_size=4), mats=st.lists(matrix, max_size=4), replace=st.booleans()
+    )
     def add(self, ids: list[Any], mats: list[Any], replace: bool) -> None:
         assert self.ix is not None
         mats = mats[: len(ids)] if len(mats) >= len(ids) else mats
@@ -151,7 +159,12 @@ class IndexMachine(RuleBasedStateMachine):
 
     # Rules biased towards valid calls, so that the index actually fills up and changes.
     @rule(
-        ids=st.lists(st.sampled_from(["a", "b", "c", "aa", "ab", "\u00e9", "x y"]), min_size=1, max_size=3, unique=True),
+        ids=st.lists(
+            st.sampled_from(["a", "b", "c", "aa", "ab", "\u00e9", "x y"]),
+            min_size=1,
+            max_size=3,
+            unique=True,
+        ),
         data=st.data(),
         replace=st.booleans(),
     )
@@ -163,7 +176,9 @@ class IndexMachine(RuleBasedStateMachine):
     def delete_existing(self, data: Any) -> None:
         live = sorted(i for i in set(self.committed) | set(self.staged) if self.live(i))
         if live:
-            self.delete(data.draw(st.lists(st.sampled_from(live), min_size=1, max_size=3, unique=True)))
+            self.delete(
+                data.draw(st.lists(st.sampled_from(live), min_size=1, max_size=3, unique=True))
+            )
 
     @rule(q=valid_matrix, k=st.integers(1, 8))
     def search_valid(self, q: Any, k: int) -> None:
@@ -217,7 +232,10 @@ class IndexMachine(RuleBasedStateMachine):
         scores, ids = self.ix.search(q, k=k)
         assert scores.shape == (1, k) and ids.shape == (1, k)
         qf = q.astype(np.float32).astype(np.float64)
-        ref = {i: float((qf @ v.astype(np.float64).T).max(axis=1).sum()) for i, v in self.committed.items()}
+        ref = {
+            i: float((qf @ v.astype(np.float64).T).max(axis=1).sum())
+            for i, v in self.committed.items()
+        }
         best = sorted(ref.values(), reverse=True)[:k]
         n = len(best)
         np.testing.assert_allclose(scores[0, :n], best, rtol=1e-4, atol=1e-3)

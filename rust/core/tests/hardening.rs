@@ -15,10 +15,14 @@ const DIM: usize = 8;
 
 fn doc(seed: u64, n: usize) -> Vec<f32> {
     // A small deterministic generator: no dependency, different per seed.
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n * DIM)
         .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((x >> 33) as f32 / (1u64 << 31) as f32) - 0.5
         })
         .collect()
@@ -44,7 +48,10 @@ fn seg_files(dir: &Path) -> Vec<std::path::PathBuf> {
         .expect("read_dir")
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("seg-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("seg-"))
+        })
         .collect();
     v.sort();
     v
@@ -90,7 +97,11 @@ fn damaged_vectors_are_detected_on_first_touch() {
     drop(ix);
     let seg = &seg_files(&dir)[0];
     let at = 256 + (1 << 20) + 5; // in block 1 = documents 32..39
-    let f = OpenOptions::new().read(true).write(true).open(seg).expect("open");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(seg)
+        .expect("open");
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at).expect("read");
     f.write_all_at(&[b[0] ^ 0x10], at).expect("write");
@@ -98,9 +109,14 @@ fn damaged_vectors_are_detected_on_first_touch() {
     let ix = Index::open(&dir, OpenMode::Read).expect("open is O(1), does not read vectors");
     assert!(ix.get("d0").is_ok(), "block 0 is intact");
     let err = ix.get("d35").expect_err("block 1 is damaged");
-    assert!(matches!(&err, LatixError::Corrupted { path, .. } if path == seg), "{err}");
+    assert!(
+        matches!(&err, LatixError::Corrupted { path, .. } if path == seg),
+        "{err}"
+    );
     let q = doc(1, 2);
-    let err = ix.search(&[&q], 5, Some(2), None).expect_err("search touches block 1");
+    let err = ix
+        .search(&[&q], 5, Some(2), None)
+        .expect_err("search touches block 1");
     assert!(err.to_string().contains("block 1"), "{err}");
     assert!(ix.search(&[&q], 5, Some(1), Some(&["d1", "d2"])).is_ok());
     assert!(ix.verify().is_err());
@@ -136,7 +152,10 @@ fn damaged_current_and_renamed_manifest_are_named() {
     let current_err = |text: &str| {
         std::fs::write(&cur, text).expect("write CURRENT");
         let e = Index::open(&dir, OpenMode::Read).expect_err("damaged CURRENT");
-        assert!(matches!(&e, LatixError::Corrupted { path, .. } if path == &cur), "{text:?}: {e}");
+        assert!(
+            matches!(&e, LatixError::Corrupted { path, .. } if path == &cur),
+            "{text:?}: {e}"
+        );
     };
     current_err(&good.replace("1\n", "3\n")); // a manifest that does not exist
     current_err(good.trim_end()); // no newline: a torn write
@@ -149,7 +168,16 @@ fn damaged_current_and_renamed_manifest_are_named() {
     std::fs::copy(&m1, &m5).expect("copy");
     std::fs::write(&cur, format!("MANIFEST-{:020}\n", 5)).expect("write");
     let e = Index::open(&dir, OpenMode::Read).expect_err("generation mismatch");
-    assert!(matches!(&e, LatixError::Corrupted { path, .. } if path == &m5), "{e}");
+    assert!(
+        matches!(&e, LatixError::Corrupted { path, .. } if path == &m5),
+        "{e}"
+    );
     std::fs::write(&cur, &good).expect("restore");
-    assert_eq!(Index::open(&dir, OpenMode::Read).expect("open").len().expect("len"), 3);
+    assert_eq!(
+        Index::open(&dir, OpenMode::Read)
+            .expect("open")
+            .len()
+            .expect("len"),
+        3
+    );
 }

@@ -27,7 +27,10 @@ fn maxsim<'py>(
             _ => {
                 return Err(invalid(
                     py,
-                    format!("n_threads must be a positive integer or None, got {}", o.repr()?),
+                    format!(
+                        "n_threads must be a positive integer or None, got {}",
+                        o.repr()?
+                    ),
                 ))
             }
         },

@@ -719,7 +719,9 @@ impl Segment {
     fn check_block(&self, blk: u64) -> Result<()> {
         let vectors = self.section(SEC_VECTORS);
         let crcs: &[u32] = self.try_u32(SEC_BLOCK_CRCS)?;
-        let lo = blk.saturating_mul(self.block_size).min(vectors.len() as u64) as usize;
+        let lo = blk
+            .saturating_mul(self.block_size)
+            .min(vectors.len() as u64) as usize;
         let hi = (lo as u64 + self.block_size).min(vectors.len() as u64) as usize;
         let want = crcs.get(blk as usize).copied();
         if want != Some(crc32c::crc32c(&vectors[lo..hi])) {
