@@ -57,7 +57,8 @@ bench: build
 # resource faults and the bad-input matrix with reduced trial counts.
 harden: build
 	$(BIN)/python -m pytest -q -s tests/test_crash.py tests/test_corruption.py \
-		tests/test_concurrency.py tests/test_faults.py tests/test_bad_input_matrix.py
+		tests/test_concurrency.py tests/test_faults.py tests/test_faults_api_fuzz.py \
+		tests/test_bad_input_matrix.py
 
 # The long soak: >= 200 SIGKILLs, >= 1000 corruption cases per dtype, 10,000 concurrent ops,
 # then every fuzz target for FUZZ_SECONDS each. Prints trials, failures, documents checked.

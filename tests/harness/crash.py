@@ -296,6 +296,13 @@ def run(
                 ix.add(["final"], [doc_vectors(seed, "final", 0, DIM)])
                 ix.commit()
                 assert "final" in ix and len(ix) == len(model.state(committed)) + 1
+            # The writer that took over removed whatever the crashed ones left behind.
+            left = sorted(os.listdir(path))
+            stray = [f for f in left if f.startswith("tmp-")]
+            manifests = [f for f in left if f.startswith("MANIFEST-")]
+            if stray or len(manifests) != 1:
+                stats.fail(f"seed={seed}: files left behind after recovery: {left}")
+            stats.details["files_at_end"] = len(left)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return stats
