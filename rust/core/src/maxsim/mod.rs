@@ -210,7 +210,7 @@ impl PreparedQuery {
         if dim == 0 {
             return Err(LatixError::invalid("dim must be positive, got 0"));
         }
-        if query.is_empty() || query.len() % dim != 0 {
+        if query.is_empty() || !query.len().is_multiple_of(dim) {
             return Err(LatixError::invalid(format!(
                 "query must be a non-empty (n_query_tokens, dim={dim}) array, got {} values",
                 query.len()
@@ -311,7 +311,7 @@ impl PreparedQuery {
     fn score_one(&self, doc: DocVectors<'_>, s: &mut Scratch) -> f32 {
         let dim = self.dim;
         assert!(
-            doc.len() % dim == 0,
+            doc.len().is_multiple_of(dim),
             "document length {} is not a multiple of dim {dim}",
             doc.len()
         );
@@ -462,7 +462,7 @@ pub fn maxsim_with(
     n_threads: Option<usize>,
 ) -> Result<Vec<f32>> {
     let prepared = PreparedQuery::with_kernel(query, dim, kernel)?;
-    if docs.len() % dim != 0 {
+    if !docs.len().is_multiple_of(dim) {
         return Err(LatixError::invalid(format!(
             "doc_vectors must be (n_tokens, dim={dim}), got {} values (not a multiple of dim)",
             docs.len()
