@@ -6,7 +6,7 @@ document token vectors in memory-mapped files and scores them with SIMD, multith
 
 from __future__ import annotations
 
-from latix._core import __version__, maxsim
+from latix._core import __version__, kernel_name, maxsim
 from latix.errors import (
     AlreadyExistsError,
     CorruptedIndexError,
@@ -22,6 +22,7 @@ from latix.errors import (
 __all__ = [
     "__version__",
     "maxsim",
+    "kernel_name",
     "LatixError",
     "InvalidArgumentError",
     "NotFoundError",

@@ -88,7 +88,14 @@ fn maxsim<'py>(
     Ok(scores.into_pyarray(py))
 }
 
+/// Name of the MaxSim kernel chosen for this CPU ("avx512", "avx2", "portable" or "scalar").
+#[pyfunction]
+fn kernel_name() -> &'static str {
+    core_maxsim::kernel_name()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(maxsim, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_name, m)?)?;
     Ok(())
 }
