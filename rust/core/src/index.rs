@@ -1049,6 +1049,10 @@ pub fn search_snapshot(
     };
     let tops: Vec<TopK> = if nq == 0 || n_work == 0 {
         vec![TopK::new(k); nq]
+    } else if n_work == 1 || crate::parallel::resolve_threads(n_threads)? == 1 {
+        // Nothing to parallelise: skip the hand-off to the pool (a thread wake-up costs more
+        // than scoring a small index).
+        (0..n_work).fold(new_acc(), process).tops
     } else {
         crate::parallel::install(n_threads, || {
             (0..n_work)
