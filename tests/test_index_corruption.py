@@ -6,10 +6,9 @@ import os
 import struct
 from pathlib import Path
 
+import latix
 import numpy as np
 import pytest
-
-import latix
 from latix import CorruptedIndexError, LatixError, UnsupportedVersionError
 
 HEADER = 256
@@ -19,7 +18,10 @@ def build(tmp_path: Path) -> Path:
     rng = np.random.default_rng(1)
     p = tmp_path / "ix"
     with latix.Index.create(p, dim=16, dtype="float32") as ix:
-        docs = [rng.standard_normal((int(rng.integers(1, 30)), 16)).astype(np.float32) for _ in range(50)]
+        docs = [
+            rng.standard_normal((int(rng.integers(1, 30)), 16)).astype(np.float32)
+            for _ in range(50)
+        ]
         ix.add([f"doc{i}" for i in range(50)], docs)
         ix.commit()
     return p

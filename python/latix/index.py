@@ -89,7 +89,7 @@ class Index:
     def add(
         self,
         ids: Sequence[str],
-        embeddings: Sequence[FloatArray] | npt.NDArray[np.float32],
+        embeddings: Sequence[FloatArray] | FloatArray,
         replace: bool = False,
     ) -> None:
         """Stages documents; visible to searches after :meth:`commit`.
@@ -191,7 +191,9 @@ class Index:
         sub: list[str] | None = None
         if subset is not None:
             if isinstance(subset, str):
-                raise InvalidArgumentError("subset must be an iterable of str ids, got a single str")
+                raise InvalidArgumentError(
+                    "subset must be an iterable of str ids, got a single str"
+                )
             sub = list(subset)
         scores, flat_ids = self._inner.search(qlist, int(k), n_threads, sub)
         ids = np.empty(len(flat_ids), dtype=object)

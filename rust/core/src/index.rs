@@ -23,10 +23,10 @@ use rayon::prelude::*;
 
 use crate::error::{LatixError, Result};
 use crate::maxsim::{self, DocVectors};
-use crate::store::manifest::{is_plain_file_name, manifest_name, Manifest, SegmentEntry};
+use crate::store::manifest::{manifest_name, Manifest, SegmentEntry};
 use crate::store::{
-    fsync_dir, snapshot::read_current, write_atomic, Dtype, Segment, SegmentWriter, Snapshot,
-    CURRENT_FILE, LOCK_FILE, MANIFEST_PREFIX, TMP_PREFIX,
+    fsync_dir, write_atomic, Dtype, Segment, SegmentWriter, Snapshot, CURRENT_FILE, LOCK_FILE,
+    MANIFEST_PREFIX, TMP_PREFIX,
 };
 
 /// Target bytes of document vectors scored per work item (fits in L2 with room for the query).
@@ -734,8 +734,7 @@ impl Index {
         let mut staged_dead = std::mem::take(&mut w.staged_dead);
         w.reset();
         staged_dead.sort_unstable();
-        let res = self.publish(&base, segments, stage, staged_dead, hook);
-        res
+        self.publish(&base, segments, stage, staged_dead, hook)
     }
 
     /// Writes the staged segment (if any), the new manifest, switches `CURRENT`, refreshes this
@@ -1050,6 +1049,10 @@ pub fn search_snapshot(
     };
     let tops: Vec<TopK> = if nq == 0 || n_work == 0 {
         vec![TopK::new(k); nq]
+    } else if n_work == 1 || crate::parallel::resolve_threads(n_threads)? == 1 {
+        // Nothing to parallelise: skip the hand-off to the pool (a thread wake-up costs more
+        // than scoring a small index).
+        (0..n_work).fold(new_acc(), process).tops
     } else {
         crate::parallel::install(n_threads, || {
             (0..n_work)
@@ -1079,14 +1082,4 @@ pub fn search_snapshot(
         scores,
         ids,
     })
-}
-
-/// Reads `CURRENT` of an index directory (exposed for tools and tests).
-pub fn current_manifest_name(dir: &Path) -> Result<String> {
-    read_current(dir)
-}
-
-/// Whether `name` is a plain file name as stored in manifests.
-pub fn valid_file_name(name: &str) -> bool {
-    is_plain_file_name(name)
 }
