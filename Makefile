@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.latix-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup build demo test test-rust test-python lint fmt check bench clean
+.PHONY: setup build demo test test-rust test-python lint fmt check bench clean harden soak fuzz
 
 setup: $(STAMP)
 
@@ -52,6 +52,27 @@ check: lint test
 
 bench: build
 	$(BIN)/python benches/bench_maxsim.py
+
+# Hardening harnesses, fast part (also part of `make test`): crash, corruption, concurrency,
+# resource faults and the bad-input matrix with reduced trial counts.
+harden: build
+	$(BIN)/python -m pytest -q -s tests/test_crash.py tests/test_corruption.py \
+		tests/test_concurrency.py tests/test_faults.py tests/test_bad_input_matrix.py
+
+# The long soak: >= 200 SIGKILLs, >= 1000 corruption cases per dtype, 10,000 concurrent ops,
+# then every fuzz target for FUZZ_SECONDS each. Prints trials, failures, documents checked.
+FUZZ_SECONDS ?= 60
+soak: build
+	PYTHONPATH=tests $(BIN)/python -m harness.crash --kills 200 --seed 1
+	PYTHONPATH=tests $(BIN)/python -m harness.corruption --cases 1000 --seed 1 --dtype float16
+	PYTHONPATH=tests $(BIN)/python -m harness.corruption --cases 1000 --seed 2 --dtype float32
+	PYTHONPATH=tests $(BIN)/python -m harness.concurrency --ops 10000 --seed 1
+	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_SECONDS)
+
+# cargo-fuzz targets over the on-disk parsers and the hypothesis harness over the Python API,
+# each for a bounded time (needs `cargo +nightly` and `cargo install cargo-fuzz`).
+fuzz: build
+	scripts/hardening/fuzz.sh $(FUZZ_SECONDS)
 
 clean:
 	cargo clean

@@ -817,7 +817,8 @@ impl Index {
                     continue;
                 }
                 let (a, b) = seg.doc_range(d);
-                stage.add_doc(seg.id(d)?, seg.rows(a, b))?;
+                // Verified read: compaction must not launder damaged vectors into fresh checksums.
+                stage.add_doc(seg.id(d)?, seg.rows_checked(a, b)?)?;
             }
         }
         self.publish(&base, Vec::new(), Some(stage), Vec::new(), hook)
@@ -856,7 +857,7 @@ impl Index {
     /// Copy of the stored token vectors of `id` (row-major `(n, dim)`, storage dtype).
     pub fn get(&self, id: &str) -> Result<OwnedVectors> {
         let snap = self.snapshot()?;
-        match snap.get(id) {
+        match snap.get(id)? {
             Some(DocVectors::F16(v)) => Ok(OwnedVectors::F16(v.to_vec())),
             Some(DocVectors::F32(v)) => Ok(OwnedVectors::F32(v.to_vec())),
             None => Err(LatixError::NotFound(format!(
@@ -994,7 +995,7 @@ pub fn search_snapshot(
         scores: Vec::new(),
         offs: Vec::new(),
     };
-    let process = |mut acc: Acc, w: usize| -> Acc {
+    let process = |mut acc: Acc, w: usize| -> Result<Acc> {
         match work(w) {
             Work::Range { seg, start, end } => {
                 let v = &segs[seg];
@@ -1009,7 +1010,7 @@ pub fn search_snapshot(
                 );
                 let n = (end - start) as usize;
                 acc.scores.resize(n, 0.0);
-                let rows = s.rows(lo, hi);
+                let rows = s.rows_checked(lo, hi)?;
                 let tomb = &v.entry.tombstones;
                 let t0 = tomb.partition_point(|&t| t < start);
                 for (q, top) in queries.iter().zip(acc.tops.iter_mut()) {
@@ -1033,7 +1034,7 @@ pub fn search_snapshot(
                 let mut one = [0f32; 1];
                 for &d in docs {
                     let (a, b) = s.doc_range(d);
-                    let rows = s.rows(a, b);
+                    let rows = s.rows_checked(a, b)?;
                     let offs = [0u64, b - a];
                     for (q, top) in queries.iter().zip(acc.tops.iter_mut()) {
                         maxsim::score_docs(q, dim, rows, &offs, &mut one);
@@ -1045,7 +1046,7 @@ pub fn search_snapshot(
                 }
             }
         }
-        acc
+        Ok(acc)
     };
     let tops: Vec<TopK> = if nq == 0 || n_work == 0 {
         vec![TopK::new(k); nq]
@@ -1057,13 +1058,13 @@ pub fn search_snapshot(
         crate::parallel::install(n_threads, || {
             (0..n_work)
                 .into_par_iter()
-                .fold(new_acc, process)
-                .map(|a| a.tops)
-                .reduce(
+                .try_fold(new_acc, process)
+                .map(|a| a.map(|a| a.tops))
+                .try_reduce(
                     || vec![TopK::new(k); nq],
-                    |a, b| a.into_iter().zip(b).map(|(x, y)| x.merge(y)).collect(),
+                    |a, b| Ok(a.into_iter().zip(b).map(|(x, y)| x.merge(y)).collect()),
                 )
-        })?
+        })??
     };
     let mut scores = vec![f32::NEG_INFINITY; nq * k];
     let mut ids = vec![String::new(); nq * k];

@@ -14,10 +14,15 @@
 //! The vectors section carries no whole-section checksum: it is covered by one crc32c per
 //! `block_size` bytes (the last section), so a verifier can check it lazily, block by block,
 //! without reading gigabytes at open. All other sections are small and verified at open.
+//! Every read of vector rows through [`Segment::rows_checked`] verifies the blocks it touches the
+//! first time they are touched (a bitmap of verified blocks, atomics, so concurrent searches share
+//! the work and pay one bit test per block afterwards): damaged vectors surface as `Corrupted`,
+//! never as silently wrong scores.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -385,6 +390,8 @@ pub struct Segment {
     block_size: u64,
     sections: [Section; N_SECTIONS],
     header_crc: u32,
+    /// One bit per vector block: set once the block's checksum has been checked.
+    verified: Box<[AtomicU64]>,
 }
 
 impl std::fmt::Debug for Segment {
@@ -544,6 +551,9 @@ impl Segment {
             block_size,
             sections,
             header_crc,
+            verified: (0..n_blocks.unwrap_or(0).div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         };
         for i in [
             SEC_OFFSETS,
@@ -656,7 +666,8 @@ impl Segment {
         self.header_crc
     }
 
-    /// All token vectors, row-major `(n_tokens, dim)`.
+    /// All token vectors, row-major `(n_tokens, dim)`, *unverified*: use
+    /// [`Segment::rows_checked`] (or [`Segment::check_rows`] first) before trusting the values.
     pub fn vectors(&self) -> DocVectors<'_> {
         let b = self.section(SEC_VECTORS);
         match self.dtype {
@@ -680,7 +691,54 @@ impl Segment {
         }
     }
 
-    /// Token vectors of rows `start..end` (token numbers, as from [`Segment::doc_range`]).
+    /// Verifies (once per block, on first touch) the checksums of the vector blocks holding rows
+    /// `start..end`; `Corrupted` naming the file and block if one does not match.
+    pub fn check_rows(&self, start: u64, end: u64) -> Result<()> {
+        let row_bytes = (self.dim * self.dtype.size()) as u64;
+        let vec_len = self.sections[SEC_VECTORS].len;
+        let (a, b) = (
+            start.saturating_mul(row_bytes).min(vec_len),
+            end.saturating_mul(row_bytes).min(vec_len),
+        );
+        if b <= a {
+            return Ok(());
+        }
+        for blk in a / self.block_size..=(b - 1) / self.block_size {
+            let (word, bit) = ((blk / 64) as usize, 1u64 << (blk % 64));
+            let Some(w) = self.verified.get(word) else {
+                return Err(self.corrupted(format!("vector block {blk} out of range")));
+            };
+            if w.load(Ordering::Acquire) & bit == 0 {
+                self.check_block(blk)?;
+                w.fetch_or(bit, Ordering::AcqRel);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_block(&self, blk: u64) -> Result<()> {
+        let vectors = self.section(SEC_VECTORS);
+        let crcs: &[u32] = self.try_u32(SEC_BLOCK_CRCS)?;
+        let lo = blk.saturating_mul(self.block_size).min(vectors.len() as u64) as usize;
+        let hi = (lo as u64 + self.block_size).min(vectors.len() as u64) as usize;
+        let want = crcs.get(blk as usize).copied();
+        if want != Some(crc32c::crc32c(&vectors[lo..hi])) {
+            return Err(self.corrupted(format!(
+                "vector data checksum mismatch in block {blk} (bytes {lo}..{hi} of the vectors section)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Token vectors of rows `start..end` after [`Segment::check_rows`]: the verified way to read
+    /// vectors.
+    pub fn rows_checked(&self, start: u64, end: u64) -> Result<DocVectors<'_>> {
+        self.check_rows(start, end)?;
+        Ok(self.rows(start, end))
+    }
+
+    /// Token vectors of rows `start..end` (token numbers, as from [`Segment::doc_range`]),
+    /// *unverified* (see [`Segment::rows_checked`]).
     pub fn rows(&self, start: u64, end: u64) -> DocVectors<'_> {
         let (a, b) = (start as usize * self.dim, end as usize * self.dim);
         match self.vectors() {
@@ -722,19 +780,12 @@ impl Segment {
     /// Full check: every vector block checksum, UTF-8 ids, sorted id order and permutation.
     /// Reads the whole file.
     pub fn verify(&self) -> Result<()> {
-        let crcs: &[u32] = self.try_u32(SEC_BLOCK_CRCS)?;
-        let vectors = self.section(SEC_VECTORS);
-        for (i, (chunk, &want)) in vectors
-            .chunks(self.block_size as usize)
-            .zip(crcs)
-            .enumerate()
-        {
-            if crc32c::crc32c(chunk) != want {
-                return Err(self.corrupted(format!(
-                    "vector data checksum mismatch in block {i} (bytes {}..{} of the vectors section)",
-                    i as u64 * self.block_size,
-                    i as u64 * self.block_size + chunk.len() as u64
-                )));
+        // Re-checks every block, even those already verified: this is the full scrub.
+        let n_blocks = self.sections[SEC_VECTORS].len.div_ceil(self.block_size);
+        for blk in 0..n_blocks {
+            self.check_block(blk)?;
+            if let Some(w) = self.verified.get((blk / 64) as usize) {
+                w.fetch_or(1u64 << (blk % 64), Ordering::AcqRel);
             }
         }
         for d in 0..self.n_docs as u32 {

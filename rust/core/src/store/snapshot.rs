@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::error::{LatixError, Result};
 use crate::maxsim::DocVectors;
-use crate::store::manifest::{is_plain_file_name, Manifest, SegmentEntry};
+use crate::store::manifest::{is_plain_file_name, manifest_name, Manifest, SegmentEntry};
 use crate::store::{Dtype, Segment, CURRENT_FILE, MANIFEST_PREFIX};
 
 /// How many times a load restarts when a file vanished under it (a concurrent commit removed it).
@@ -65,8 +65,14 @@ pub fn read_current(dir: &Path) -> Result<String> {
     let bytes = std::fs::read(&p).map_err(|e| LatixError::io(&p, e))?;
     let name = std::str::from_utf8(&bytes)
         .ok()
-        .map(|s| s.trim_end_matches('\n'))
-        .filter(|s| s.starts_with(MANIFEST_PREFIX) && is_plain_file_name(s))
+        .and_then(|s| s.strip_suffix('\n'))
+        // Exactly what commits write ("MANIFEST-" + 20 digits): a damaged CURRENT is reported
+        // as such rather than as some other file being missing.
+        .filter(|s| {
+            s.strip_prefix(MANIFEST_PREFIX)
+                .is_some_and(|g| g.len() == 20 && g.bytes().all(|b| b.is_ascii_digit()))
+                && is_plain_file_name(s)
+        })
         .ok_or_else(|| LatixError::corrupted(&p, "does not name a manifest file"))?;
     Ok(name.to_owned())
 }
@@ -93,6 +99,12 @@ impl Snapshot {
                             LatixError::Io { path, .. } => path.display().to_string(),
                             _ => String::new(),
                         };
+                        if !dir.join(&name).exists() {
+                            return Err(LatixError::corrupted(
+                                dir.join(CURRENT_FILE),
+                                format!("names {name}, which does not exist"),
+                            ));
+                        }
                         return Err(LatixError::corrupted(
                             dir.join(&name),
                             format!("references a missing file ({missing})"),
@@ -111,6 +123,15 @@ impl Snapshot {
         let path = dir.join(name);
         let bytes = std::fs::read(&path).map_err(|e| LatixError::io(&path, e))?;
         let manifest = Manifest::decode(&bytes, &path)?;
+        if manifest_name(manifest.generation) != name {
+            return Err(LatixError::corrupted(
+                &path,
+                format!(
+                    "holds generation {}, its name says otherwise",
+                    manifest.generation
+                ),
+            ));
+        }
         if let Some(prev) = previous {
             if prev.manifest.dim != manifest.dim || prev.manifest.dtype != manifest.dtype {
                 return Err(LatixError::corrupted(
@@ -239,12 +260,15 @@ impl Snapshot {
             .find_map(|(i, v)| v.find_live(id).map(|d| (i, d)))
     }
 
-    /// Stored token vectors `(n, dim)` of the live document `id`, straight from the map.
-    pub fn get(&self, id: &str) -> Option<DocVectors<'_>> {
-        let (s, d) = self.lookup(id)?;
+    /// Stored token vectors `(n, dim)` of the live document `id`, straight from the map, after
+    /// verifying the checksums of the blocks holding them (`Corrupted` if damaged).
+    pub fn get(&self, id: &str) -> Result<Option<DocVectors<'_>>> {
+        let Some((s, d)) = self.lookup(id) else {
+            return Ok(None);
+        };
         let seg = &self.segments[s].segment;
         let (a, b) = seg.doc_range(d);
-        Some(seg.rows(a, b))
+        seg.rows_checked(a, b).map(Some)
     }
 
     /// Ids of all live documents in insertion order.
