@@ -234,7 +234,7 @@ fn delete_replace_compact() {
         .collect();
     assert_eq!(segs.len(), 1);
     for (i, v) in &live {
-        match old_snap.get(i) {
+        match old_snap.get(i).unwrap() {
             Some(DocVectors::F32(g)) => assert_eq!(g, v.as_slice()),
             _ => panic!("old snapshot lost {i}"),
         }
