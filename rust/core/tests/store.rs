@@ -498,3 +498,61 @@ fn every_truncation_and_byte_flip_is_detected() {
         );
     }
 }
+
+#[test]
+fn readers_stay_consistent_during_commits_and_compactions() {
+    let dir = tmp();
+    let path = dir.path().join("ix");
+    let dim = 4;
+    let w = Index::create(&path, dim, Dtype::F32).expect("create");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Every document i has all components equal to i, so a snapshot's content is checkable:
+    // ids are "d<i>" and get(id) must return i everywhere.
+    let reader = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let r = Index::open(&path, OpenMode::Read).expect("open");
+            let mut seen_generations = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let snap = r.snapshot().expect("snapshot during concurrent commits");
+                seen_generations.insert(snap.generation());
+                for id in snap.ids().expect("ids") {
+                    let want: f32 = id[1..].parse().expect("number");
+                    match snap.get(&id) {
+                        Some(DocVectors::F32(v)) => assert!(v.iter().all(|&x| x == want), "{id}"),
+                        _ => panic!("{id} listed but not readable"),
+                    }
+                }
+                let q = vec![1.0f32; dim];
+                let res = r.search(&[&q], 3, Some(1), None).expect("search");
+                assert!(res
+                    .scores
+                    .windows(2)
+                    .all(|w| w[0] >= w[1] || w[1] == f32::NEG_INFINITY));
+            }
+            seen_generations.len()
+        })
+    };
+    let mut next = 0u32;
+    for round in 0..40 {
+        let vals: Vec<Vec<f32>> = (0..5)
+            .map(|i| vec![(next + i) as f32; dim * (1 + i as usize % 3)])
+            .collect();
+        let id: Vec<String> = (0..5).map(|i| format!("d{}", next + i)).collect();
+        add_all(&w, &id, &vals);
+        next += 5;
+        w.commit().expect("commit");
+        if round % 3 == 0 {
+            let victim = format!("d{}", next - 3);
+            w.delete(&[victim.as_str()]).expect("delete");
+            w.commit().expect("commit");
+        }
+        if round % 7 == 6 {
+            w.compact().expect("compact");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let generations = reader.join().expect("reader thread panicked");
+    assert!(generations >= 2, "reader saw {generations} generations");
+    w.verify().expect("verify");
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::error::{LatixError, Result};
 use crate::maxsim::DocVectors;
-use crate::store::manifest::{is_plain_file_name, Manifest, SegmentEntry};
+use crate::store::manifest::{is_plain_file_name, manifest_name, Manifest, SegmentEntry};
 use crate::store::{Dtype, Segment, CURRENT_FILE, MANIFEST_PREFIX};
 
 /// How many times a load restarts when a file vanished under it (a concurrent commit removed it).
@@ -111,6 +111,15 @@ impl Snapshot {
         let path = dir.join(name);
         let bytes = std::fs::read(&path).map_err(|e| LatixError::io(&path, e))?;
         let manifest = Manifest::decode(&bytes, &path)?;
+        if manifest_name(manifest.generation) != name {
+            return Err(LatixError::corrupted(
+                &path,
+                format!(
+                    "holds generation {}, which does not match its file name",
+                    manifest.generation
+                ),
+            ));
+        }
         if let Some(prev) = previous {
             if prev.manifest.dim != manifest.dim || prev.manifest.dtype != manifest.dtype {
                 return Err(LatixError::corrupted(
