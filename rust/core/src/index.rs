@@ -37,6 +37,10 @@ pub const MAX_DIM: usize = 65536;
 pub const MAX_ID_BYTES: usize = 65535;
 
 const SEGMENT_PREFIX: &str = "seg-";
+/// Prefix of index-level named files (so a writer recognises one orphaned by a crash).
+const INDEX_FILE_PREFIX: &str = "idx-";
+/// Largest `k` accepted beyond the number of documents (the result arrays are `n_queries * k`).
+pub const MAX_PADDED_K: usize = 1 << 20;
 
 /// How [`Index::open`] opens an index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +139,7 @@ impl CommitContext<'_> {
     pub fn write_index_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         Self::check_name(name)?;
         // A fresh file name per generation: files readers may have mapped are never overwritten.
-        let file = format!("{name}-{:020}", self.manifest.generation);
+        let file = format!("{INDEX_FILE_PREFIX}{name}-{:020}", self.manifest.generation);
         write_atomic(self.dir, &file, bytes)?;
         self.manifest.index_files.retain(|(n, _)| n != name);
         self.manifest.index_files.push((name.to_owned(), file));
@@ -586,6 +590,7 @@ impl Index {
             let ours = name.starts_with(TMP_PREFIX)
                 || name.starts_with(MANIFEST_PREFIX)
                 || name.starts_with(SEGMENT_PREFIX)
+                || name.starts_with(INDEX_FILE_PREFIX)
                 || known.contains(&name);
             if ours && !keep.contains(&name) && name != LOCK_FILE && name != CURRENT_FILE {
                 // Unlinking is safe for readers: their maps stay valid; a reader that has not yet
@@ -903,6 +908,13 @@ impl Index {
         }
         crate::parallel::resolve_threads(n_threads)?;
         let snap = self.snapshot()?;
+        if k > MAX_PADDED_K.max(snap.len()) {
+            return Err(LatixError::invalid(format!(
+                "k = {k} exceeds both the number of documents ({}) and {MAX_PADDED_K}; the results \
+                 would be mostly padding",
+                snap.len()
+            )));
+        }
         search_snapshot(&snap, queries, k, n_threads, subset)
     }
 }

@@ -289,7 +289,14 @@ fn snapshots_locks_and_staging() {
     // The lock is free again; an orphaned temp file is removed by the next writer.
     std::fs::write(path.join("tmp-segment-orphan"), b"junk").expect("write");
     std::fs::write(path.join("MANIFEST-00000000000000000099"), b"junk").expect("write");
+    std::fs::write(path.join("idx-codec-00000000000000000042"), b"junk").expect("write");
+    std::fs::write(path.join("user-notes.txt"), b"keep me").expect("write");
     let w2 = Index::open(&path, OpenMode::Write).expect("open w");
+    assert!(!path.join("idx-codec-00000000000000000042").exists());
+    assert!(
+        path.join("user-notes.txt").exists(),
+        "files latix did not write are never removed"
+    );
     assert!(!path.join("tmp-segment-orphan").exists());
     assert!(!path.join("MANIFEST-00000000000000000099").exists());
     assert_eq!(
@@ -379,6 +386,17 @@ fn invalid_arguments_change_nothing() {
         ix.search(&[&ok], 0, None, None),
         Err(LatixError::InvalidArgument(_))
     ));
+    assert!(matches!(
+        ix.search(&[&ok], usize::MAX, None, None),
+        Err(LatixError::InvalidArgument(_))
+    ));
+    assert_eq!(
+        ix.search(&[&ok], 1 << 20, None, None)
+            .expect("padded")
+            .scores
+            .len(),
+        1 << 20
+    );
     assert!(matches!(
         ix.search(&[&short], 1, None, None),
         Err(LatixError::InvalidArgument(_))
