@@ -25,8 +25,8 @@ use crate::error::{LatixError, Result};
 use crate::maxsim::{self, DocVectors};
 use crate::store::manifest::{manifest_name, Manifest, SegmentEntry};
 use crate::store::{
-    fsync_dir, write_atomic, Dtype, Segment, SegmentWriter, Snapshot, CURRENT_FILE, LOCK_FILE,
-    MANIFEST_PREFIX, TMP_PREFIX,
+    fsync_dir, snapshot::read_current, write_atomic, Dtype, Segment, SegmentWriter, Snapshot,
+    CURRENT_FILE, LOCK_FILE, MANIFEST_PREFIX, TMP_PREFIX,
 };
 
 /// Target bytes of document vectors scored per work item (fits in L2 with room for the query).
@@ -735,20 +735,58 @@ impl Index {
             }
             segments.push(entry);
         }
-        let stage = w.stage.take();
-        let mut staged_dead = std::mem::take(&mut w.staged_dead);
-        w.reset();
+        let mut stage = w.stage.take();
+        let mut staged_dead = w.staged_dead.clone();
         staged_dead.sort_unstable();
-        self.publish(&base, segments, stage, staged_dead, hook)
+        let (switched, res) = self.publish(&base, segments, stage.as_mut(), staged_dead, hook);
+        if switched {
+            w.reset();
+        } else {
+            // Nothing was published: keep every staged change so the commit can be retried.
+            w.stage = stage;
+        }
+        res
     }
 
-    /// Writes the staged segment (if any), the new manifest, switches `CURRENT`, refreshes this
-    /// handle's snapshot and removes files no longer referenced.
+    /// Publishes a commit: [`Index::write_commit`], then refreshes this handle's snapshot and
+    /// removes files no longer referenced. Returns whether `CURRENT` was switched (the commit
+    /// happened, even if a later step failed). If not, a finished `stage` is moved back to its
+    /// temporary name so that the caller can keep it staged.
     fn publish(
         &self,
         base: &Arc<Snapshot>,
+        segments: Vec<SegmentEntry>,
+        stage: Option<&mut SegmentWriter>,
+        stage_dead: Vec<u32>,
+        hook: Option<CommitHook<'_>>,
+    ) -> (bool, Result<()>) {
+        let mut stage = stage.filter(|s| s.n_docs() > 0);
+        if let Err(e) = self.write_commit(base, segments, stage.as_deref_mut(), stage_dead, hook) {
+            // An error after the rename of CURRENT (e.g. the directory fsync) still committed.
+            let target = manifest_name(base.generation() + 1);
+            if read_current(&self.dir).ok().as_deref() == Some(target.as_str()) {
+                return (true, Err(e));
+            }
+            if let Some(s) = stage {
+                if let Err(e2) = s.unpublish() {
+                    return (false, Err(e2));
+                }
+            }
+            return (false, Err(e));
+        }
+        let res = self
+            .snapshot()
+            .and_then(|snap| self.remove_unreferenced(&snap, Some(base.manifest())));
+        (true, res)
+    }
+
+    /// Writes the staged segment (if any), runs the hook, writes the new manifest and switches
+    /// `CURRENT` to it.
+    fn write_commit(
+        &self,
+        base: &Arc<Snapshot>,
         mut segments: Vec<SegmentEntry>,
-        stage: Option<SegmentWriter>,
+        stage: Option<&mut SegmentWriter>,
         stage_dead: Vec<u32>,
         hook: Option<CommitHook<'_>>,
     ) -> Result<()> {
@@ -762,7 +800,7 @@ impl Index {
             segments: Vec::new(),
         };
         let mut new_segments = Vec::new();
-        if let Some(stage) = stage.filter(|s| s.n_docs() > 0) {
+        if let Some(stage) = stage {
             let file = format!("{SEGMENT_PREFIX}{:010}.lxs", manifest.next_segment_id);
             manifest.next_segment_id += 1;
             let (n_docs, n_tokens) = (stage.n_docs() as u64, stage.n_tokens());
@@ -777,7 +815,7 @@ impl Index {
             });
             new_segments.push(file);
         }
-        // A segment whose every document is deleted is dropped (its file removed below).
+        // A segment whose every document is deleted is dropped (its file removed after).
         segments.retain(|s| (s.tombstones.len() as u64) < s.n_docs);
         manifest.segments = segments;
         if let Some(hook) = hook {
@@ -792,8 +830,6 @@ impl Index {
         let name = manifest_name(manifest.generation);
         write_atomic(&self.dir, &name, &manifest.encode())?;
         write_atomic(&self.dir, CURRENT_FILE, format!("{name}\n").as_bytes())?;
-        let snap = self.snapshot()?;
-        self.remove_unreferenced(&snap, Some(bm))?;
         Ok(())
     }
 
@@ -825,7 +861,9 @@ impl Index {
                 stage.add_doc(seg.id(d)?, seg.rows(a, b))?;
             }
         }
-        self.publish(&base, Vec::new(), Some(stage), Vec::new(), hook)
+        // On failure the temporary segment is removed when `stage` drops; nothing changed.
+        self.publish(&base, Vec::new(), Some(&mut stage), Vec::new(), hook)
+            .1
     }
 
     /// [`Index::compact_with`] without a hook.

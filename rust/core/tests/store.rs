@@ -574,3 +574,57 @@ fn readers_stay_consistent_during_commits_and_compactions() {
     assert!(generations >= 2, "reader saw {generations} generations");
     w.verify().expect("verify");
 }
+
+#[test]
+fn failed_commit_keeps_staged_changes_for_a_retry() {
+    let dir = tmp();
+    let path = dir.path().join("ix");
+    let ix = Index::create(&path, 2, Dtype::F32).expect("create");
+    let v = vec![0.25f32; 4];
+    ix.add(
+        &["a", "b"],
+        &[DocVectors::F32(&v), DocVectors::F32(&v)],
+        false,
+    )
+    .expect("add");
+    ix.commit().expect("commit");
+    ix.add(&["c"], &[DocVectors::F32(&v)], false).expect("add");
+    ix.delete(&["a"]).expect("delete");
+    // The hook runs after the new segment was written and renamed: its failure must undo that.
+    let mut failing = |_: &mut CommitContext<'_>| -> latix_core::Result<()> {
+        Err(LatixError::invalid("hook failed on purpose"))
+    };
+    assert!(ix.commit_with(Some(&mut failing)).is_err());
+    assert_eq!(
+        ix.ids().expect("ids"),
+        vec!["a".to_string(), "b".to_string()]
+    );
+    let names: Vec<String> = std::fs::read_dir(&path)
+        .expect("dir")
+        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("seg-")).count(),
+        1,
+        "{names:?}"
+    );
+    // Staged changes survived: a plain retry publishes them.
+    ix.add(&["d"], &[DocVectors::F32(&v)], false)
+        .expect("add after failed commit");
+    ix.commit().expect("retry");
+    assert_eq!(
+        ix.ids().expect("ids"),
+        vec!["b".to_string(), "c".to_string(), "d".to_string()]
+    );
+    ix.verify().expect("verify");
+    drop(ix);
+    let ix = Index::open(&path, OpenMode::Read).expect("open");
+    assert_eq!(
+        ix.ids().expect("ids"),
+        vec!["b".to_string(), "c".to_string(), "d".to_string()]
+    );
+    // A failing compaction changes nothing either.
+    assert!(ix.compact_with(Some(&mut failing)).is_err());
+    assert_eq!(ix.ids().expect("ids").len(), 3);
+    ix.verify().expect("verify");
+}
