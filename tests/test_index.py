@@ -518,3 +518,17 @@ def test_create_and_open_errors(tmp_path: Path) -> None:
     empty.mkdir()
     latix.Index.create(empty, dim=4, dtype="float32").close()
     assert latix.Index.open(empty).dtype == "float32"
+
+
+def test_add_views_of_one_array_and_3d_batch(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    flat = rng.standard_normal((3000, 8)).astype(np.float32)
+    views = np.split(flat, np.arange(3, 3000, 3))  # 1000 views sharing one base array
+    index = latix.Index.create(tmp_path / "ix", dim=8, dtype="float32")
+    index.add([f"v{i}" for i in range(1000)], views)
+    batch = rng.standard_normal((5, 4, 8)).astype(np.float16)
+    index.add([f"b{i}" for i in range(5)], batch)
+    index.commit()
+    assert len(index) == 1005
+    np.testing.assert_array_equal(index.get("v999"), flat[2997:])
+    np.testing.assert_array_equal(index.get("b4"), batch[4].astype(np.float32))

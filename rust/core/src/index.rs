@@ -25,8 +25,8 @@ use crate::error::{LatixError, Result};
 use crate::maxsim::{self, DocVectors};
 use crate::store::manifest::{manifest_name, Manifest, SegmentEntry};
 use crate::store::{
-    fsync_dir, write_atomic, Dtype, Segment, SegmentWriter, Snapshot, CURRENT_FILE, LOCK_FILE,
-    MANIFEST_PREFIX, TMP_PREFIX,
+    fsync_dir, snapshot::read_current, write_atomic, Dtype, Segment, SegmentWriter, Snapshot,
+    CURRENT_FILE, LOCK_FILE, MANIFEST_PREFIX, TMP_PREFIX,
 };
 
 /// Target bytes of document vectors scored per work item (fits in L2 with room for the query).
@@ -37,6 +37,10 @@ pub const MAX_DIM: usize = 65536;
 pub const MAX_ID_BYTES: usize = 65535;
 
 const SEGMENT_PREFIX: &str = "seg-";
+/// Prefix of index-level named files (so a writer recognises one orphaned by a crash).
+const INDEX_FILE_PREFIX: &str = "idx-";
+/// Largest `k` accepted beyond the number of documents (the result arrays are `n_queries * k`).
+pub const MAX_PADDED_K: usize = 1 << 20;
 
 /// How [`Index::open`] opens an index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +139,7 @@ impl CommitContext<'_> {
     pub fn write_index_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         Self::check_name(name)?;
         // A fresh file name per generation: files readers may have mapped are never overwritten.
-        let file = format!("{name}-{:020}", self.manifest.generation);
+        let file = format!("{INDEX_FILE_PREFIX}{name}-{:020}", self.manifest.generation);
         write_atomic(self.dir, &file, bytes)?;
         self.manifest.index_files.retain(|(n, _)| n != name);
         self.manifest.index_files.push((name.to_owned(), file));
@@ -586,6 +590,7 @@ impl Index {
             let ours = name.starts_with(TMP_PREFIX)
                 || name.starts_with(MANIFEST_PREFIX)
                 || name.starts_with(SEGMENT_PREFIX)
+                || name.starts_with(INDEX_FILE_PREFIX)
                 || known.contains(&name);
             if ours && !keep.contains(&name) && name != LOCK_FILE && name != CURRENT_FILE {
                 // Unlinking is safe for readers: their maps stay valid; a reader that has not yet
@@ -730,20 +735,58 @@ impl Index {
             }
             segments.push(entry);
         }
-        let stage = w.stage.take();
-        let mut staged_dead = std::mem::take(&mut w.staged_dead);
-        w.reset();
+        let mut stage = w.stage.take();
+        let mut staged_dead = w.staged_dead.clone();
         staged_dead.sort_unstable();
-        self.publish(&base, segments, stage, staged_dead, hook)
+        let (switched, res) = self.publish(&base, segments, stage.as_mut(), staged_dead, hook);
+        if switched {
+            w.reset();
+        } else {
+            // Nothing was published: keep every staged change so the commit can be retried.
+            w.stage = stage;
+        }
+        res
     }
 
-    /// Writes the staged segment (if any), the new manifest, switches `CURRENT`, refreshes this
-    /// handle's snapshot and removes files no longer referenced.
+    /// Publishes a commit: [`Index::write_commit`], then refreshes this handle's snapshot and
+    /// removes files no longer referenced. Returns whether `CURRENT` was switched (the commit
+    /// happened, even if a later step failed). If not, a finished `stage` is moved back to its
+    /// temporary name so that the caller can keep it staged.
     fn publish(
         &self,
         base: &Arc<Snapshot>,
+        segments: Vec<SegmentEntry>,
+        stage: Option<&mut SegmentWriter>,
+        stage_dead: Vec<u32>,
+        hook: Option<CommitHook<'_>>,
+    ) -> (bool, Result<()>) {
+        let mut stage = stage.filter(|s| s.n_docs() > 0);
+        if let Err(e) = self.write_commit(base, segments, stage.as_deref_mut(), stage_dead, hook) {
+            // An error after the rename of CURRENT (e.g. the directory fsync) still committed.
+            let target = manifest_name(base.generation() + 1);
+            if read_current(&self.dir).ok().as_deref() == Some(target.as_str()) {
+                return (true, Err(e));
+            }
+            if let Some(s) = stage {
+                if let Err(e2) = s.unpublish() {
+                    return (false, Err(e2));
+                }
+            }
+            return (false, Err(e));
+        }
+        let res = self
+            .snapshot()
+            .and_then(|snap| self.remove_unreferenced(&snap, Some(base.manifest())));
+        (true, res)
+    }
+
+    /// Writes the staged segment (if any), runs the hook, writes the new manifest and switches
+    /// `CURRENT` to it.
+    fn write_commit(
+        &self,
+        base: &Arc<Snapshot>,
         mut segments: Vec<SegmentEntry>,
-        stage: Option<SegmentWriter>,
+        stage: Option<&mut SegmentWriter>,
         stage_dead: Vec<u32>,
         hook: Option<CommitHook<'_>>,
     ) -> Result<()> {
@@ -757,7 +800,7 @@ impl Index {
             segments: Vec::new(),
         };
         let mut new_segments = Vec::new();
-        if let Some(stage) = stage.filter(|s| s.n_docs() > 0) {
+        if let Some(stage) = stage {
             let file = format!("{SEGMENT_PREFIX}{:010}.lxs", manifest.next_segment_id);
             manifest.next_segment_id += 1;
             let (n_docs, n_tokens) = (stage.n_docs() as u64, stage.n_tokens());
@@ -772,7 +815,7 @@ impl Index {
             });
             new_segments.push(file);
         }
-        // A segment whose every document is deleted is dropped (its file removed below).
+        // A segment whose every document is deleted is dropped (its file removed after).
         segments.retain(|s| (s.tombstones.len() as u64) < s.n_docs);
         manifest.segments = segments;
         if let Some(hook) = hook {
@@ -787,8 +830,6 @@ impl Index {
         let name = manifest_name(manifest.generation);
         write_atomic(&self.dir, &name, &manifest.encode())?;
         write_atomic(&self.dir, CURRENT_FILE, format!("{name}\n").as_bytes())?;
-        let snap = self.snapshot()?;
-        self.remove_unreferenced(&snap, Some(bm))?;
         Ok(())
     }
 
@@ -821,7 +862,9 @@ impl Index {
                 stage.add_doc(seg.id(d)?, seg.rows_checked(a, b)?)?;
             }
         }
-        self.publish(&base, Vec::new(), Some(stage), Vec::new(), hook)
+        // On failure the temporary segment is removed when `stage` drops; nothing changed.
+        self.publish(&base, Vec::new(), Some(&mut stage), Vec::new(), hook)
+            .1
     }
 
     /// [`Index::compact_with`] without a hook.
@@ -904,6 +947,13 @@ impl Index {
         }
         crate::parallel::resolve_threads(n_threads)?;
         let snap = self.snapshot()?;
+        if k > MAX_PADDED_K.max(snap.len()) {
+            return Err(LatixError::invalid(format!(
+                "k = {k} exceeds both the number of documents ({}) and {MAX_PADDED_K}; the results \
+                 would be mostly padding",
+                snap.len()
+            )));
+        }
         search_snapshot(&snap, queries, k, n_threads, subset)
     }
 }

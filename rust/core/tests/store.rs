@@ -289,7 +289,14 @@ fn snapshots_locks_and_staging() {
     // The lock is free again; an orphaned temp file is removed by the next writer.
     std::fs::write(path.join("tmp-segment-orphan"), b"junk").expect("write");
     std::fs::write(path.join("MANIFEST-00000000000000000099"), b"junk").expect("write");
+    std::fs::write(path.join("idx-codec-00000000000000000042"), b"junk").expect("write");
+    std::fs::write(path.join("user-notes.txt"), b"keep me").expect("write");
     let w2 = Index::open(&path, OpenMode::Write).expect("open w");
+    assert!(!path.join("idx-codec-00000000000000000042").exists());
+    assert!(
+        path.join("user-notes.txt").exists(),
+        "files latix did not write are never removed"
+    );
     assert!(!path.join("tmp-segment-orphan").exists());
     assert!(!path.join("MANIFEST-00000000000000000099").exists());
     assert_eq!(
@@ -379,6 +386,17 @@ fn invalid_arguments_change_nothing() {
         ix.search(&[&ok], 0, None, None),
         Err(LatixError::InvalidArgument(_))
     ));
+    assert!(matches!(
+        ix.search(&[&ok], usize::MAX, None, None),
+        Err(LatixError::InvalidArgument(_))
+    ));
+    assert_eq!(
+        ix.search(&[&ok], 1 << 20, None, None)
+            .expect("padded")
+            .scores
+            .len(),
+        1 << 20
+    );
     assert!(matches!(
         ix.search(&[&short], 1, None, None),
         Err(LatixError::InvalidArgument(_))
@@ -497,4 +515,116 @@ fn every_truncation_and_byte_flip_is_detected() {
             "manifest flip at {at}: {r:?}"
         );
     }
+}
+
+#[test]
+fn readers_stay_consistent_during_commits_and_compactions() {
+    let dir = tmp();
+    let path = dir.path().join("ix");
+    let dim = 4;
+    let w = Index::create(&path, dim, Dtype::F32).expect("create");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Every document i has all components equal to i, so a snapshot's content is checkable:
+    // ids are "d<i>" and get(id) must return i everywhere.
+    let reader = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let r = Index::open(&path, OpenMode::Read).expect("open");
+            let mut seen_generations = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let snap = r.snapshot().expect("snapshot during concurrent commits");
+                seen_generations.insert(snap.generation());
+                for id in snap.ids().expect("ids") {
+                    let want: f32 = id[1..].parse().expect("number");
+                    match snap.get(&id) {
+                        Some(DocVectors::F32(v)) => assert!(v.iter().all(|&x| x == want), "{id}"),
+                        _ => panic!("{id} listed but not readable"),
+                    }
+                }
+                let q = vec![1.0f32; dim];
+                let res = r.search(&[&q], 3, Some(1), None).expect("search");
+                assert!(res
+                    .scores
+                    .windows(2)
+                    .all(|w| w[0] >= w[1] || w[1] == f32::NEG_INFINITY));
+            }
+            seen_generations.len()
+        })
+    };
+    let mut next = 0u32;
+    for round in 0..40 {
+        let vals: Vec<Vec<f32>> = (0..5)
+            .map(|i| vec![(next + i) as f32; dim * (1 + i as usize % 3)])
+            .collect();
+        let id: Vec<String> = (0..5).map(|i| format!("d{}", next + i)).collect();
+        add_all(&w, &id, &vals);
+        next += 5;
+        w.commit().expect("commit");
+        if round % 3 == 0 {
+            let victim = format!("d{}", next - 3);
+            w.delete(&[victim.as_str()]).expect("delete");
+            w.commit().expect("commit");
+        }
+        if round % 7 == 6 {
+            w.compact().expect("compact");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let generations = reader.join().expect("reader thread panicked");
+    assert!(generations >= 2, "reader saw {generations} generations");
+    w.verify().expect("verify");
+}
+
+#[test]
+fn failed_commit_keeps_staged_changes_for_a_retry() {
+    let dir = tmp();
+    let path = dir.path().join("ix");
+    let ix = Index::create(&path, 2, Dtype::F32).expect("create");
+    let v = vec![0.25f32; 4];
+    ix.add(
+        &["a", "b"],
+        &[DocVectors::F32(&v), DocVectors::F32(&v)],
+        false,
+    )
+    .expect("add");
+    ix.commit().expect("commit");
+    ix.add(&["c"], &[DocVectors::F32(&v)], false).expect("add");
+    ix.delete(&["a"]).expect("delete");
+    // The hook runs after the new segment was written and renamed: its failure must undo that.
+    let mut failing = |_: &mut CommitContext<'_>| -> latix_core::Result<()> {
+        Err(LatixError::invalid("hook failed on purpose"))
+    };
+    assert!(ix.commit_with(Some(&mut failing)).is_err());
+    assert_eq!(
+        ix.ids().expect("ids"),
+        vec!["a".to_string(), "b".to_string()]
+    );
+    let names: Vec<String> = std::fs::read_dir(&path)
+        .expect("dir")
+        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("seg-")).count(),
+        1,
+        "{names:?}"
+    );
+    // Staged changes survived: a plain retry publishes them.
+    ix.add(&["d"], &[DocVectors::F32(&v)], false)
+        .expect("add after failed commit");
+    ix.commit().expect("retry");
+    assert_eq!(
+        ix.ids().expect("ids"),
+        vec!["b".to_string(), "c".to_string(), "d".to_string()]
+    );
+    ix.verify().expect("verify");
+    drop(ix);
+    let ix = Index::open(&path, OpenMode::Read).expect("open");
+    assert_eq!(
+        ix.ids().expect("ids"),
+        vec!["b".to_string(), "c".to_string(), "d".to_string()]
+    );
+    // A failing compaction changes nothing either.
+    assert!(ix.compact_with(Some(&mut failing)).is_err());
+    assert_eq!(ix.ids().expect("ids").len(), 3);
+    ix.verify().expect("verify");
 }
