@@ -536,7 +536,7 @@ fn readers_stay_consistent_during_commits_and_compactions() {
                 seen_generations.insert(snap.generation());
                 for id in snap.ids().expect("ids") {
                     let want: f32 = id[1..].parse().expect("number");
-                    match snap.get(&id) {
+                    match snap.get(&id).unwrap() {
                         Some(DocVectors::F32(v)) => assert!(v.iter().all(|&x| x == want), "{id}"),
                         _ => panic!("{id} listed but not readable"),
                     }
