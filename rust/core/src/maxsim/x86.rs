@@ -258,3 +258,12 @@ pub unsafe fn f16_to_f32_avx512(src: &[f16], dst: &mut [f32]) {
         dst[j] = src[j].to_f32();
     }
 }
+
+/// [`super::any_non_finite_portable`] compiled for AVX2 (256-bit `vpminud` / `vpminuw`).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn any_non_finite_avx2(values: super::DocVectors<'_>) -> bool {
+    super::any_non_finite_portable(values)
+}
