@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -118,9 +119,8 @@ def worker_latix(dim: int, n_docs: int, repeats: int) -> dict[str, Any]:
         for threads in (1, 2):
             s = latix.maxsim(query, d, offsets, n_threads=threads)
             assert np.array_equal(s, scores[storage]), "thread count changed the scores"
-            t = median_time(
-                lambda d=d, th=threads: latix.maxsim(query, d, offsets, n_threads=th), repeats
-            )
+            call = functools.partial(latix.maxsim, query, d, offsets, n_threads=threads)
+            t = median_time(call, repeats)
             res[f"{storage}_{threads}"] = t
     del docs16
     res["err_vs_numpy"] = float(np.abs(scores["f32"][ids] - ref).max())
