@@ -293,7 +293,9 @@ def main() -> None:
         f"- numpy: {notes['blas']} (OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset), threads set "
         "with threadpoolctl; bare product Q @ D.T over all tokens, no max",
         "- maxsim-cpu 0.1.0: threads set with RAYON_NUM_THREADS and OMP_NUM_THREADS in a fresh "
-        f"process; query scored in chunks of <= {MAXSIM_CPU_LIMIT} tokens x dim and summed",
+        f"process; query scored in chunks of <= {MAXSIM_CPU_LIMIT} tokens x dim and summed "
+        "(at d=384 that is 4 calls, each reading every document: its d=384 figures include the "
+        "cost of this workaround for its bug)",
         "- f16 rows: latix reads f16 storage; the baselines have no f16 path, their f32 "
         "figures are shown (marked)",
         f"- load average (1 min) at start / end: {load0[0]:.1f} / {load1[0]:.1f} "
