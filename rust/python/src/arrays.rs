@@ -70,6 +70,7 @@ pub fn contiguous1<'a, T: numpy::Element + Clone>(a: &'a PyReadonlyArray1<'_, T>
 }
 
 /// Rejects NaN and infinities, naming the argument and the first bad position.
+#[allow(dead_code)] // latix.maxsim now uses latix_core::maxsim::check_finite (vectorised)
 pub fn check_finite_f32(py: Python<'_>, data: &[f32], name: &str, dim: usize) -> PyResult<()> {
     if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
         return Err(invalid(
@@ -81,6 +82,7 @@ pub fn check_finite_f32(py: Python<'_>, data: &[f32], name: &str, dim: usize) ->
 }
 
 /// Rejects NaN and infinities in float16 data.
+#[allow(dead_code)] // latix.maxsim now uses latix_core::maxsim::check_finite (vectorised)
 pub fn check_finite_f16(py: Python<'_>, data: &[f16], name: &str, dim: usize) -> PyResult<()> {
     if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
         return Err(invalid(

@@ -5,10 +5,7 @@ use pyo3::prelude::*;
 
 use latix_core::maxsim::{self as core_maxsim, DocVectors};
 
-use crate::arrays::{
-    check_finite_f16, check_finite_f32, contiguous1, contiguous2, f32_matrix, float_matrix,
-    i64_vector, FloatMatrix,
-};
+use crate::arrays::{contiguous1, contiguous2, f32_matrix, float_matrix, i64_vector, FloatMatrix};
 use crate::errors::{invalid, IntoPyResult};
 
 /// Exact MaxSim scores of one query against every document of a packed collection.
@@ -66,23 +63,18 @@ fn maxsim<'py>(
     }
     let offsets_u64: Vec<u64> = offsets.iter().map(|&o| o as u64).collect();
     let q_data = contiguous2(&q);
-    check_finite_f32(py, &q_data, "query", dim)?;
+    // NaN/Inf checks run without the GIL, fused with scoring (no extra pass over the documents).
+    let run = |docs: DocVectors<'_>| {
+        core_maxsim::maxsim_checked(&q_data, dim, docs, &offsets_u64, n_threads)
+    };
     let scores = match &docs {
         FloatMatrix::F32(a) => {
             let d = contiguous2(a);
-            check_finite_f32(py, &d, "doc_vectors", dim)?;
-            py.detach(|| {
-                core_maxsim::maxsim(&q_data, dim, DocVectors::F32(&d), &offsets_u64, n_threads)
-            })
-            .py_err(py)?
+            py.detach(|| run(DocVectors::F32(&d))).py_err(py)?
         }
         FloatMatrix::F16(a) => {
             let d = contiguous2(a);
-            check_finite_f16(py, &d, "doc_vectors", dim)?;
-            py.detach(|| {
-                core_maxsim::maxsim(&q_data, dim, DocVectors::F16(&d), &offsets_u64, n_threads)
-            })
-            .py_err(py)?
+            py.detach(|| run(DocVectors::F16(&d))).py_err(py)?
         }
     };
     Ok(scores.into_pyarray(py))

@@ -103,7 +103,13 @@ impl Kernel {
                     && is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => is_x86_feature_detected!("avx512f"),
+            // AVX2/F16C too: the NaN scan and remainders share AVX2 code (every AVX-512 CPU has them).
+            Kernel::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             Kernel::Avx2 | Kernel::Avx512 => false,
         }
@@ -280,7 +286,7 @@ impl PreparedQuery {
     /// MaxSim of the query against one document (`n_tokens * dim` scalars, row-major); a
     /// document with no tokens scores 0. Panics if the length is not a multiple of `dim`.
     pub fn score_doc(&self, doc: DocVectors<'_>) -> f32 {
-        self.with_scratch(|s| self.score_one(doc, s))
+        self.with_scratch(|s| self.score_one(doc, s, false).unwrap_or(f32::NAN))
     }
 
     /// Scores documents `i in 0..offsets.len()-1` (tokens `offsets[i]..offsets[i+1]` of `docs`)
@@ -291,12 +297,50 @@ impl PreparedQuery {
             offsets.len(),
             "out must have offsets.len() - 1 entries"
         );
+        // Without the check `score_one` cannot fail.
+        let _ = self.score_docs_impl(docs, offsets, out, false);
+    }
+
+    /// [`PreparedQuery::score_docs`] that also rejects NaN and infinities in the scored documents,
+    /// fused with scoring (each piece of a document is checked just before the kernel reads it,
+    /// while it is in cache). The error names `doc_vectors` and the first bad row (counted from
+    /// the start of `docs`) and column.
+    pub fn score_docs_checked(
+        &self,
+        docs: DocVectors<'_>,
+        offsets: &[u64],
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.score_docs_impl(docs, offsets, out, true)
+    }
+
+    fn score_docs_impl(
+        &self,
+        docs: DocVectors<'_>,
+        offsets: &[u64],
+        out: &mut [f32],
+        check: bool,
+    ) -> Result<()> {
+        assert_eq!(
+            out.len() + 1,
+            offsets.len(),
+            "out must have offsets.len() - 1 entries"
+        );
         let dim = self.dim;
         self.with_scratch(|s| {
             for (i, o) in out.iter_mut().enumerate() {
                 let (a, b) = (offsets[i] as usize * dim, offsets[i + 1] as usize * dim);
-                *o = self.score_one(docs.slice(a, b), s);
+                let doc = docs.slice(a, b);
+                match self.score_one(doc, s, check) {
+                    Ok(score) => *o = score,
+                    Err(t0) => {
+                        let row0 = offsets[i] as usize + t0;
+                        let rest = doc.slice(t0 * dim, doc.len());
+                        return Err(non_finite_error(rest, "doc_vectors", dim, row0));
+                    }
+                }
             }
+            Ok(())
         })
     }
 
@@ -308,7 +352,15 @@ impl PreparedQuery {
         })
     }
 
-    fn score_one(&self, doc: DocVectors<'_>, s: &mut Scratch) -> f32 {
+    /// MaxSim of one document. With `check`, each chunk is first scanned for NaN/infinity (it is
+    /// then in cache for the kernel, so the scan costs no extra memory traffic); `Err(t)` means
+    /// the chunk starting at token `t` holds one.
+    fn score_one(
+        &self,
+        doc: DocVectors<'_>,
+        s: &mut Scratch,
+        check: bool,
+    ) -> std::result::Result<f32, usize> {
         let dim = self.dim;
         assert!(
             doc.len().is_multiple_of(dim),
@@ -316,13 +368,16 @@ impl PreparedQuery {
             doc.len()
         );
         if doc.is_empty() {
-            return 0.0;
+            return Ok(0.0);
         }
         if self.kernel == Kernel::Scalar {
-            return match doc {
+            if check && any_non_finite(doc) {
+                return Err(0);
+            }
+            return Ok(match doc {
                 DocVectors::F32(v) => scalar::maxsim_f32(&self.query, v, dim),
                 DocVectors::F16(v) => scalar::maxsim_f16(&self.query, v, dim),
-            };
+            });
         }
         s.maxbuf.clear();
         s.maxbuf.resize(self.nq_pad, f32::NEG_INFINITY);
@@ -333,6 +388,9 @@ impl PreparedQuery {
         while t0 < n_tok {
             let t1 = (t0 + chunk_tok).min(n_tok);
             let part = doc.slice(t0 * dim, t1 * dim);
+            if check && any_non_finite(part) {
+                return Err(t0);
+            }
             match part {
                 DocVectors::F32(v) => self.fold_f32(v, &mut s.maxbuf),
                 DocVectors::F16(v) => {
@@ -346,7 +404,7 @@ impl PreparedQuery {
             t0 = t1;
         }
         // Sum in query-token order, ignoring padded lanes.
-        s.maxbuf[..self.nq].iter().sum()
+        Ok(s.maxbuf[..self.nq].iter().sum())
     }
 
     /// Folds f32 document tokens into the running maxima, block by block.
@@ -438,6 +496,62 @@ fn check_offsets(offsets: &[u64], n_tokens: u64) -> Result<()> {
     Ok(())
 }
 
+/// Exponent masks: a value is NaN or infinite exactly when all its exponent bits are set.
+const F32_EXP: u32 = 0x7f80_0000;
+const F16_EXP: u16 = 0x7c00;
+
+/// Whether any value is NaN or infinite. Branch-free min-reduction of the complemented exponent
+/// bits (zero iff some value has all exponent bits set), so LLVM vectorises it; `#[inline(always)]`
+/// so the AVX2 wrapper in `x86.rs` gets a 256-bit version.
+#[inline(always)]
+fn any_non_finite_portable(values: DocVectors<'_>) -> bool {
+    match values {
+        DocVectors::F32(v) => v.iter().fold(F32_EXP, |m, x| m.min(!x.to_bits() & F32_EXP)) == 0,
+        DocVectors::F16(v) => v.iter().fold(F16_EXP, |m, x| m.min(!x.to_bits() & F16_EXP)) == 0,
+    }
+}
+
+/// Whether any value is NaN or infinite, with the fastest scan this CPU has.
+fn any_non_finite(values: DocVectors<'_>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(Kernel::detect(), Kernel::Avx2 | Kernel::Avx512) {
+        // SAFETY: both kernels are only detected on CPUs with AVX2.
+        return unsafe { x86::any_non_finite_avx2(values) };
+    }
+    any_non_finite_portable(values)
+}
+
+/// The error for the first NaN/infinity of `values` (`(rows, dim)` row-major), which must have
+/// one; rows are numbered from `row0`.
+fn non_finite_error(values: DocVectors<'_>, name: &str, dim: usize, row0: usize) -> LatixError {
+    let found = match values {
+        DocVectors::F32(v) => v
+            .iter()
+            .position(|x| !x.is_finite())
+            .map(|i| (i, v[i].to_string())),
+        DocVectors::F16(v) => v
+            .iter()
+            .position(|x| !x.is_finite())
+            .map(|i| (i, v[i].to_string())),
+    };
+    let (pos, value) = found.unwrap_or((0, "?".into()));
+    let dim = dim.max(1);
+    LatixError::invalid(format!(
+        "{name} contains a non-finite value ({value}) at row {}, column {}",
+        row0 + pos / dim,
+        pos % dim
+    ))
+}
+
+/// Rejects NaN and infinities in `values` (`(rows, dim)` row-major), naming the argument `name`
+/// and the first bad position. Vectorised: about one memory pass over the data.
+pub fn check_finite(values: DocVectors<'_>, name: &str, dim: usize) -> Result<()> {
+    if any_non_finite(values) {
+        return Err(non_finite_error(values, name, dim, 0));
+    }
+    Ok(())
+}
+
 /// Scores every document `i` (tokens `offsets[i]..offsets[i+1]` of `docs`) against `query`
 /// (`n_query_tokens * dim` f32, row-major) with the detected kernel. Validates all inputs and
 /// runs in latix's pool of `n_threads` threads (None = default), documents split into chunks of
@@ -452,6 +566,20 @@ pub fn maxsim(
     maxsim_with(Kernel::detect(), query, dim, docs, offsets, n_threads)
 }
 
+/// [`maxsim`] that also rejects NaN and infinities in the query and in the scored documents
+/// (an `InvalidArgument` naming `query` or `doc_vectors`, row and column). The document check is
+/// fused with scoring, so it costs no extra pass over memory: use it for untrusted input.
+pub fn maxsim_checked(
+    query: &[f32],
+    dim: usize,
+    docs: DocVectors<'_>,
+    offsets: &[u64],
+    n_threads: Option<usize>,
+) -> Result<Vec<f32>> {
+    check_finite(DocVectors::F32(query), "query", dim)?;
+    maxsim_impl(Kernel::detect(), query, dim, docs, offsets, n_threads, true)
+}
+
 /// [`maxsim`] with a given kernel (tests and benchmarks); fails if the CPU cannot run it.
 pub fn maxsim_with(
     kernel: Kernel,
@@ -460,6 +588,18 @@ pub fn maxsim_with(
     docs: DocVectors<'_>,
     offsets: &[u64],
     n_threads: Option<usize>,
+) -> Result<Vec<f32>> {
+    maxsim_impl(kernel, query, dim, docs, offsets, n_threads, false)
+}
+
+fn maxsim_impl(
+    kernel: Kernel,
+    query: &[f32],
+    dim: usize,
+    docs: DocVectors<'_>,
+    offsets: &[u64],
+    n_threads: Option<usize>,
+    check: bool,
 ) -> Result<Vec<f32>> {
     let prepared = PreparedQuery::with_kernel(query, dim, kernel)?;
     if !docs.len().is_multiple_of(dim) {
@@ -489,11 +629,17 @@ pub fn maxsim_with(
             rest = tail;
             start = end;
         }
-        tasks.into_par_iter().for_each(|(start, chunk)| {
-            let end = start + chunk.len();
-            prepared.score_docs(docs, &offsets[start..=end], chunk);
-        });
-    })?;
+        // Each task stops at its first error; the first failing task in document order has the
+        // first bad row overall, so the reported error does not depend on scheduling.
+        let results: Vec<Result<()>> = tasks
+            .into_par_iter()
+            .map(|(start, chunk)| {
+                let end = start + chunk.len();
+                prepared.score_docs_impl(docs, &offsets[start..=end], chunk, check)
+            })
+            .collect();
+        results.into_iter().collect::<Result<()>>()
+    })??;
     Ok(out)
 }
 

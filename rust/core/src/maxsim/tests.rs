@@ -232,3 +232,74 @@ fn kernel_detection() {
         }
     }
 }
+
+#[test]
+fn checked_maxsim_rejects_nan_and_inf_with_position() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let dim = 24;
+    let offsets = random_offsets(&mut rng, 300, 30);
+    let n_tok = *offsets.last().unwrap_or(&0) as usize;
+    let query = random_vectors(&mut rng, 5, dim, true);
+    let docs = random_vectors(&mut rng, n_tok, dim, true);
+    let clean = maxsim(&query, dim, DocVectors::F32(&docs), &offsets, Some(2)).expect("valid");
+    let checked =
+        maxsim_checked(&query, dim, DocVectors::F32(&docs), &offsets, Some(2)).expect("finite");
+    assert_eq!(clean, checked);
+    let msg = |r: Result<Vec<f32>>| match r {
+        Err(LatixError::InvalidArgument(m)) => m,
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    };
+    for (row, col, bad) in [
+        (n_tok - 1, dim - 1, f32::NAN),
+        (n_tok / 2, 3, f32::INFINITY),
+        (0, 0, f32::NEG_INFINITY),
+    ] {
+        let mut d = docs.clone();
+        d[row * dim + col] = bad;
+        // A second bad value later must not be the one reported.
+        if row + 1 < n_tok {
+            d[(n_tok - 1) * dim] = f32::NAN;
+        }
+        let m = msg(maxsim_checked(
+            &query,
+            dim,
+            DocVectors::F32(&d),
+            &offsets,
+            Some(2),
+        ));
+        assert!(
+            m.contains(&format!(
+                "doc_vectors contains a non-finite value ({bad}) at row {row}, column {col}"
+            )),
+            "{m}"
+        );
+        let d16: Vec<f16> = d.iter().map(|&x| f16::from_f32(x)).collect();
+        let m = msg(maxsim_checked(
+            &query,
+            dim,
+            DocVectors::F16(&d16),
+            &offsets,
+            Some(1),
+        ));
+        assert!(m.contains(&format!("at row {row}, column {col}")), "{m}");
+        assert!(check_finite(DocVectors::F32(&d), "doc_vectors", dim).is_err());
+    }
+    let mut q = query.clone();
+    q[2 * dim + 1] = f32::NAN;
+    let m = msg(maxsim_checked(
+        &q,
+        dim,
+        DocVectors::F32(&docs),
+        &offsets,
+        None,
+    ));
+    assert!(
+        m.contains("query contains a non-finite value (NaN) at row 2, column 1"),
+        "{m}"
+    );
+    // Values that overflow f16 become infinities.
+    let big = [f16::from_f32(1e6); 4];
+    assert!(check_finite(DocVectors::F16(&big), "x", 2).is_err());
+    assert!(check_finite(DocVectors::F16(&[f16::MAX, f16::MIN]), "x", 2).is_ok());
+    assert!(check_finite(DocVectors::F32(&[f32::MAX, f32::MIN, 0.0]), "x", 3).is_ok());
+}

@@ -27,16 +27,17 @@ pub const AVX512_ROWS: usize = 12;
 /// Query lanes per AVX-512 vector.
 pub const AVX512_LANES: usize = 16;
 
-/// Software-prefetches `len` floats from `from` (clipped at `end`) into L1: the next tile's
-/// document rows, while the current tile computes (several hundred cycles), because the hardware
-/// prefetcher does not keep up with one stream per tile row.
+/// Software-prefetches `len` floats from `from` (clipped at `end`) into L2, one hint per cache
+/// line: the next tile's document rows, while the current tile computes (hundreds of cycles).
+/// Measured (thread CPU time, DRAM-resident data, d=128): 42-47 -> 72 GFLOP/s; the L2 hint
+/// matches L1 (T0) at d=128 and keeps the next tile from evicting the packed query at d=384.
 #[inline(always)]
 unsafe fn prefetch_next(from: *const f32, end: *const f32, len: usize) {
-    let stop = from.add(len).min(end);
+    let stop = from.wrapping_add(len).min(end);
     let mut p = from;
     while p < stop {
         _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
-        p = p.add(16);
+        p = p.wrapping_add(16);
     }
 }
 
@@ -194,12 +195,15 @@ unsafe fn block_avx512<const C: usize>(
     maxbuf: *mut f32,
 ) {
     let full = n_tok / AVX512_ROWS;
+    let end = doc.add(n_tok * dim);
     for t in 0..full {
-        tile_avx512::<AVX512_ROWS, C>(qt, doc.add(t * AVX512_ROWS * dim), dim, maxbuf);
+        let d = doc.add(t * AVX512_ROWS * dim);
+        prefetch_next(d.add(AVX512_ROWS * dim), end, AVX512_ROWS * dim);
+        tile_avx512::<AVX512_ROWS, C>(qt, d, dim, maxbuf);
     }
     let mut d = doc.add(full * AVX512_ROWS * dim);
     let mut rem = n_tok % AVX512_ROWS;
-    // Remainders: one tile of 4/8 tokens, then up to 3 single... kept to a few instantiations.
+    // Remainder of 1-11 tokens as tiles of 8, 4 and 1-3: few instantiations, all register-resident.
     if rem >= 8 {
         tile_avx512::<8, C>(qt, d, dim, maxbuf);
         d = d.add(8 * dim);
@@ -257,4 +261,13 @@ pub unsafe fn f16_to_f32_avx512(src: &[f16], dst: &mut [f32]) {
     for j in n16..src.len() {
         dst[j] = src[j].to_f32();
     }
+}
+
+/// [`super::any_non_finite_portable`] compiled for AVX2 (256-bit `vpminud` / `vpminuw`).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn any_non_finite_avx2(values: super::DocVectors<'_>) -> bool {
+    super::any_non_finite_portable(values)
 }
