@@ -983,6 +983,11 @@ pub fn search_snapshot(
     let nq = queries.len();
     let dim = snap.dim();
     let segs = snap.segments();
+    // Pack each query once for the kernel, not once per chunk of documents.
+    let prepared = queries
+        .iter()
+        .map(|q| maxsim::PreparedQuery::new(q, dim))
+        .collect::<Result<Vec<_>>>()?;
     // Subset: resolve ids to (segment, doc), sorted by insertion order, grouped per segment.
     let subset_docs: Option<Vec<Vec<u32>>> = subset.map(|ids| {
         let mut per: Vec<Vec<u32>> = vec![Vec::new(); segs.len()];
@@ -1063,8 +1068,8 @@ pub fn search_snapshot(
                 let rows = s.rows_checked(lo, hi)?;
                 let tomb = &v.entry.tombstones;
                 let t0 = tomb.partition_point(|&t| t < start);
-                for (q, top) in queries.iter().zip(acc.tops.iter_mut()) {
-                    maxsim::score_docs(q, dim, rows, &acc.offs, &mut acc.scores);
+                for (q, top) in prepared.iter().zip(acc.tops.iter_mut()) {
+                    q.score_docs(rows, &acc.offs, &mut acc.scores);
                     let mut ti = t0;
                     for (i, &sc) in acc.scores.iter().enumerate() {
                         let d = start + i as u32;
@@ -1086,8 +1091,8 @@ pub fn search_snapshot(
                     let (a, b) = s.doc_range(d);
                     let rows = s.rows_checked(a, b)?;
                     let offs = [0u64, b - a];
-                    for (q, top) in queries.iter().zip(acc.tops.iter_mut()) {
-                        maxsim::score_docs(q, dim, rows, &offs, &mut one);
+                    for (q, top) in prepared.iter().zip(acc.tops.iter_mut()) {
+                        q.score_docs(rows, &offs, &mut one);
                         top.push(Hit {
                             score: one[0],
                             ord: ((seg as u64) << 32) | d as u64,
