@@ -273,7 +273,7 @@ fn check_matrix(v: DocVectors<'_>, dim: usize, what: &str, storage: Option<Dtype
             "{what} must have at least one row (token), got shape (0, {dim})"
         )));
     }
-    if v.len() % dim != 0 {
+    if !v.len().is_multiple_of(dim) {
         return Err(LatixError::invalid(format!(
             "{what} must have shape (n, {dim}), got {} values",
             v.len()

@@ -20,19 +20,39 @@ pub fn describe(obj: &Bound<'_, PyAny>) -> String {
     if let Ok(a) = obj.cast::<PyUntypedArray>() {
         format!("array of dtype {} and shape {:?}", a.dtype(), a.shape())
     } else {
-        format!("object of type {}", obj.get_type().name().map(|s| s.to_string()).unwrap_or_default())
+        format!(
+            "object of type {}",
+            obj.get_type()
+                .name()
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        )
     }
 }
 
 /// Extracts a 2-D float32 array, or raises `InvalidArgumentError` naming `name` and `expected`.
-pub fn f32_matrix<'py>(obj: &Bound<'py, PyAny>, name: &str, expected: &str) -> PyResult<PyReadonlyArray2<'py, f32>> {
+pub fn f32_matrix<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    expected: &str,
+) -> PyResult<PyReadonlyArray2<'py, f32>> {
     obj.extract::<PyReadonlyArray2<'py, f32>>().map_err(|_| {
-        invalid(obj.py(), format!("{name} must be a float32 array of shape {expected}, got {}", describe(obj)))
+        invalid(
+            obj.py(),
+            format!(
+                "{name} must be a float32 array of shape {expected}, got {}",
+                describe(obj)
+            ),
+        )
     })
 }
 
 /// Extracts a 2-D float32 or float16 array.
-pub fn float_matrix<'py>(obj: &Bound<'py, PyAny>, name: &str, expected: &str) -> PyResult<FloatMatrix<'py>> {
+pub fn float_matrix<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    expected: &str,
+) -> PyResult<FloatMatrix<'py>> {
     if let Ok(a) = obj.extract::<PyReadonlyArray2<'py, f32>>() {
         return Ok(FloatMatrix::F32(a));
     }
@@ -41,14 +61,27 @@ pub fn float_matrix<'py>(obj: &Bound<'py, PyAny>, name: &str, expected: &str) ->
     }
     Err(invalid(
         obj.py(),
-        format!("{name} must be a float32 or float16 array of shape {expected}, got {}", describe(obj)),
+        format!(
+            "{name} must be a float32 or float16 array of shape {expected}, got {}",
+            describe(obj)
+        ),
     ))
 }
 
 /// Extracts a 1-D int64 array.
-pub fn i64_vector<'py>(obj: &Bound<'py, PyAny>, name: &str, expected: &str) -> PyResult<PyReadonlyArray1<'py, i64>> {
+pub fn i64_vector<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    expected: &str,
+) -> PyResult<PyReadonlyArray1<'py, i64>> {
     obj.extract::<PyReadonlyArray1<'py, i64>>().map_err(|_| {
-        invalid(obj.py(), format!("{name} must be an int64 array of shape {expected}, got {}", describe(obj)))
+        invalid(
+            obj.py(),
+            format!(
+                "{name} must be an int64 array of shape {expected}, got {}",
+                describe(obj)
+            ),
+        )
     })
 }
 
@@ -75,7 +108,12 @@ pub fn check_finite_f32(py: Python<'_>, data: &[f32], name: &str, dim: usize) ->
     if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
         return Err(invalid(
             py,
-            format!("{name} contains a non-finite value ({}) at row {}, column {}", data[pos], pos / dim.max(1), pos % dim.max(1)),
+            format!(
+                "{name} contains a non-finite value ({}) at row {}, column {}",
+                data[pos],
+                pos / dim.max(1),
+                pos % dim.max(1)
+            ),
         ));
     }
     Ok(())
@@ -87,7 +125,12 @@ pub fn check_finite_f16(py: Python<'_>, data: &[f16], name: &str, dim: usize) ->
     if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
         return Err(invalid(
             py,
-            format!("{name} contains a non-finite value ({}) at row {}, column {}", data[pos], pos / dim.max(1), pos % dim.max(1)),
+            format!(
+                "{name} contains a non-finite value ({}) at row {}, column {}",
+                data[pos],
+                pos / dim.max(1),
+                pos % dim.max(1)
+            ),
         ));
     }
     Ok(())

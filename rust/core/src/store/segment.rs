@@ -208,7 +208,7 @@ impl SegmentWriter {
     /// I/O error the writer is rolled back to its previous state.
     pub fn add_doc(&mut self, id: &str, vectors: DocVectors<'_>) -> Result<u32> {
         let n_values = vectors.len();
-        if self.dim == 0 || n_values % self.dim != 0 {
+        if self.dim == 0 || !n_values.is_multiple_of(self.dim) {
             return Err(LatixError::invalid(
                 "document vectors length is not a multiple of dim",
             ));
@@ -503,7 +503,7 @@ impl Segment {
             return Err(bad(format!("n_docs {n_docs64} out of range")));
         }
         let n_docs = n_docs64 as usize;
-        if block_size == 0 || block_size % 64 != 0 {
+        if block_size == 0 || !block_size.is_multiple_of(64) {
             return Err(bad(format!("bad vector block size {block_size}")));
         }
         let mut sections = [Section::default(); N_SECTIONS];
@@ -755,7 +755,9 @@ impl Segment {
     fn check_block(&self, blk: u64) -> Result<()> {
         let vectors = self.section(SEC_VECTORS);
         let crcs: &[u32] = self.try_u32(SEC_BLOCK_CRCS)?;
-        let lo = blk.saturating_mul(self.block_size).min(vectors.len() as u64) as usize;
+        let lo = blk
+            .saturating_mul(self.block_size)
+            .min(vectors.len() as u64) as usize;
         let hi = (lo as u64 + self.block_size).min(vectors.len() as u64) as usize;
         let want = crcs.get(blk as usize).copied();
         if want != Some(crc32c::crc32c(&vectors[lo..hi])) {
