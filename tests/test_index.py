@@ -8,13 +8,11 @@ import sys
 import threading
 from pathlib import Path
 
+import latix
 import numpy as np
 import pytest
-
-import latix
 from latix import (
     AlreadyExistsError,
-    CorruptedIndexError,
     IndexClosedError,
     IndexLockedError,
     InvalidArgumentError,
@@ -54,7 +52,9 @@ def check_search(
     assert ids.shape == (len(queries), k) and ids.dtype == object
     cands = [i for i in order if subset is None or i in set(subset)]
     for qi, q in enumerate(queries):
-        ref = sorted(((ref_maxsim(q, truth[i]), n) for n, i in enumerate(cands)), key=lambda t: -t[0])
+        ref = sorted(
+            ((ref_maxsim(q, truth[i]), n) for n, i in enumerate(cands)), key=lambda t: -t[0]
+        )
         n_hits = min(k, len(cands))
         np.testing.assert_allclose(
             scores[qi, :n_hits], [s for s, _ in ref[:n_hits]], rtol=1e-4, atol=1e-4
@@ -62,7 +62,9 @@ def check_search(
         for j in range(n_hits):
             # Each returned id's true score equals the returned score (robust to near-ties).
             assert ids[qi, j] in truth and (subset is None or ids[qi, j] in subset)
-            assert ref_maxsim(q, truth[ids[qi, j]]) == pytest.approx(scores[qi, j], rel=1e-4, abs=1e-4)
+            assert ref_maxsim(q, truth[ids[qi, j]]) == pytest.approx(
+                scores[qi, j], rel=1e-4, abs=1e-4
+            )
         assert len(set(ids[qi, :n_hits])) == n_hits
         assert np.all(np.isneginf(scores[qi, n_hits:]))
         assert all(x == "" for x in ids[qi, n_hits:])
@@ -135,7 +137,9 @@ def test_search_matches_numpy(
         index.add(ids[a : a + 17], docs[a : a + 17])
         index.commit()
     truth = {i: stored(d, dtype) for i, d in zip(ids, docs, strict=True)}
-    queries = [rng.standard_normal((int(rng.integers(1, 5)), dim)).astype(np.float32) for _ in range(4)]
+    queries = [
+        rng.standard_normal((int(rng.integers(1, 5)), dim)).astype(np.float32) for _ in range(4)
+    ]
     for n_threads in (1, 2):
         s1, i1 = index.search(queries, k=k, n_threads=n_threads)
         check_search(index, truth, ids, queries, k)
@@ -147,7 +151,9 @@ def test_search_matches_numpy(
     check_search(index, truth, ids, queries, n_docs + 5)
 
 
-def test_single_query_array_and_3d(small: tuple[latix.Index, dict[str, np.ndarray], np.ndarray]) -> None:
+def test_single_query_array_and_3d(
+    small: tuple[latix.Index, dict[str, np.ndarray], np.ndarray],
+) -> None:
     index, truth, q = small
     s1, i1 = index.search(q, k=4)
     assert s1.shape == (1, 4)
@@ -341,7 +347,9 @@ def test_second_writer_thread(small: tuple[latix.Index, dict[str, np.ndarray], n
         assert "t" in h and "w" in h
 
 
-def test_second_writer_process(small: tuple[latix.Index, dict[str, np.ndarray], np.ndarray]) -> None:
+def test_second_writer_process(
+    small: tuple[latix.Index, dict[str, np.ndarray], np.ndarray],
+) -> None:
     writer, _, _ = small
     writer.delete(["doc1"])  # takes the lock
     code = (
@@ -427,7 +435,9 @@ def test_f16_range_and_noncontiguous(tmp_path: Path) -> None:
     assert s[0, 0] == pytest.approx(3 * nc.sum(axis=1).max())
 
 
-def test_bad_search_and_delete(small: tuple[latix.Index, dict[str, np.ndarray], np.ndarray]) -> None:
+def test_bad_search_and_delete(
+    small: tuple[latix.Index, dict[str, np.ndarray], np.ndarray],
+) -> None:
     index, _, q = small
     before = state(index, q)
     bad_queries = [
@@ -508,3 +518,17 @@ def test_create_and_open_errors(tmp_path: Path) -> None:
     empty.mkdir()
     latix.Index.create(empty, dim=4, dtype="float32").close()
     assert latix.Index.open(empty).dtype == "float32"
+
+
+def test_add_views_of_one_array_and_3d_batch(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    flat = rng.standard_normal((3000, 8)).astype(np.float32)
+    views = np.split(flat, np.arange(3, 3000, 3))  # 1000 views sharing one base array
+    index = latix.Index.create(tmp_path / "ix", dim=8, dtype="float32")
+    index.add([f"v{i}" for i in range(1000)], views)
+    batch = rng.standard_normal((5, 4, 8)).astype(np.float16)
+    index.add([f"b{i}" for i in range(5)], batch)
+    index.commit()
+    assert len(index) == 1005
+    np.testing.assert_array_equal(index.get("v999"), flat[2997:])
+    np.testing.assert_array_equal(index.get("b4"), batch[4].astype(np.float32))

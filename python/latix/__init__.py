@@ -6,7 +6,7 @@ document token vectors in memory-mapped files and scores them with SIMD, multith
 
 from __future__ import annotations
 
-from latix._core import __version__, maxsim
+from latix._core import __version__, kernel_name, maxsim
 from latix.errors import (
     AlreadyExistsError,
     CorruptedIndexError,
@@ -24,6 +24,7 @@ __all__ = [
     "__version__",
     "maxsim",
     "Index",
+    "kernel_name",
     "LatixError",
     "InvalidArgumentError",
     "NotFoundError",

@@ -64,3 +64,11 @@ class Index:
     def generation(self) -> int: ...
     @property
     def closed(self) -> bool: ...
+
+def kernel_name() -> str:
+    """Name of the MaxSim kernel selected for this CPU at run time.
+
+    Returns:
+        One of "avx512", "avx2", "portable" (auto-vectorised, NEON on aarch64) or "scalar". The
+        environment variable LATIX_KERNEL, read once at first use, can force a slower one.
+    """

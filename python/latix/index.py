@@ -114,7 +114,7 @@ class Index:
     def add(
         self,
         ids: Sequence[str],
-        embeddings: Sequence[FloatArray] | npt.NDArray[np.float32],
+        embeddings: Sequence[FloatArray] | FloatArray,
         replace: bool = False,
     ) -> None:
         """Stages documents; visible to searches after :meth:`commit`.

@@ -52,12 +52,18 @@ impl LatixError {
 
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        LatixError::Io { path: path.into(), source }
+        LatixError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// Shorthand for [`LatixError::Corrupted`].
     pub fn corrupted(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        LatixError::Corrupted { path: path.into(), detail: detail.into() }
+        LatixError::Corrupted {
+            path: path.into(),
+            detail: detail.into(),
+        }
     }
 }
 

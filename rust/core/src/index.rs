@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use crate::error::{LatixError, Result};
 use crate::maxsim::{self, DocVectors};
-use crate::store::manifest::{is_plain_file_name, manifest_name, Manifest, SegmentEntry};
+use crate::store::manifest::{manifest_name, Manifest, SegmentEntry};
 use crate::store::{
     fsync_dir, snapshot::read_current, write_atomic, Dtype, Segment, SegmentWriter, Snapshot,
     CURRENT_FILE, LOCK_FILE, MANIFEST_PREFIX, TMP_PREFIX,
@@ -40,6 +40,10 @@ pub const MAX_ID_BYTES: usize = 65535;
 pub const MAX_RESULT_SLOTS: usize = 1 << 26;
 
 const SEGMENT_PREFIX: &str = "seg-";
+/// Prefix of index-level named files (so a writer recognises one orphaned by a crash).
+const INDEX_FILE_PREFIX: &str = "idx-";
+/// Largest `k` accepted beyond the number of documents (the result arrays are `n_queries * k`).
+pub const MAX_PADDED_K: usize = 1 << 20;
 
 /// How [`Index::open`] opens an index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,7 +142,7 @@ impl CommitContext<'_> {
     pub fn write_index_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         Self::check_name(name)?;
         // A fresh file name per generation: files readers may have mapped are never overwritten.
-        let file = format!("{name}-{:020}", self.manifest.generation);
+        let file = format!("{INDEX_FILE_PREFIX}{name}-{:020}", self.manifest.generation);
         write_atomic(self.dir, &file, bytes)?;
         self.manifest.index_files.retain(|(n, _)| n != name);
         self.manifest.index_files.push((name.to_owned(), file));
@@ -272,7 +276,7 @@ fn check_matrix(v: DocVectors<'_>, dim: usize, what: &str, storage: Option<Dtype
             "{what} must have at least one row (token), got shape (0, {dim})"
         )));
     }
-    if v.len() % dim != 0 {
+    if !v.len().is_multiple_of(dim) {
         return Err(LatixError::invalid(format!(
             "{what} must have shape (n, {dim}), got {} values",
             v.len()
@@ -589,6 +593,7 @@ impl Index {
             let ours = name.starts_with(TMP_PREFIX)
                 || name.starts_with(MANIFEST_PREFIX)
                 || name.starts_with(SEGMENT_PREFIX)
+                || name.starts_with(INDEX_FILE_PREFIX)
                 || known.contains(&name);
             if ours && !keep.contains(&name) && name != LOCK_FILE && name != CURRENT_FILE {
                 // Unlinking is safe for readers: their maps stay valid; a reader that has not yet
@@ -733,21 +738,58 @@ impl Index {
             }
             segments.push(entry);
         }
-        let stage = w.stage.take();
-        let mut staged_dead = std::mem::take(&mut w.staged_dead);
-        w.reset();
+        let mut stage = w.stage.take();
+        let mut staged_dead = w.staged_dead.clone();
         staged_dead.sort_unstable();
-        let res = self.publish(&base, segments, stage, staged_dead, hook);
+        let (switched, res) = self.publish(&base, segments, stage.as_mut(), staged_dead, hook);
+        if switched {
+            w.reset();
+        } else {
+            // Nothing was published: keep every staged change so the commit can be retried.
+            w.stage = stage;
+        }
         res
     }
 
-    /// Writes the staged segment (if any), the new manifest, switches `CURRENT`, refreshes this
-    /// handle's snapshot and removes files no longer referenced.
+    /// Publishes a commit: [`Index::write_commit`], then refreshes this handle's snapshot and
+    /// removes files no longer referenced. Returns whether `CURRENT` was switched (the commit
+    /// happened, even if a later step failed). If not, a finished `stage` is moved back to its
+    /// temporary name so that the caller can keep it staged.
     fn publish(
         &self,
         base: &Arc<Snapshot>,
+        segments: Vec<SegmentEntry>,
+        stage: Option<&mut SegmentWriter>,
+        stage_dead: Vec<u32>,
+        hook: Option<CommitHook<'_>>,
+    ) -> (bool, Result<()>) {
+        let mut stage = stage.filter(|s| s.n_docs() > 0);
+        if let Err(e) = self.write_commit(base, segments, stage.as_deref_mut(), stage_dead, hook) {
+            // An error after the rename of CURRENT (e.g. the directory fsync) still committed.
+            let target = manifest_name(base.generation() + 1);
+            if read_current(&self.dir).ok().as_deref() == Some(target.as_str()) {
+                return (true, Err(e));
+            }
+            if let Some(s) = stage {
+                if let Err(e2) = s.unpublish() {
+                    return (false, Err(e2));
+                }
+            }
+            return (false, Err(e));
+        }
+        let res = self
+            .snapshot()
+            .and_then(|snap| self.remove_unreferenced(&snap, Some(base.manifest())));
+        (true, res)
+    }
+
+    /// Writes the staged segment (if any), runs the hook, writes the new manifest and switches
+    /// `CURRENT` to it.
+    fn write_commit(
+        &self,
+        base: &Arc<Snapshot>,
         mut segments: Vec<SegmentEntry>,
-        stage: Option<SegmentWriter>,
+        stage: Option<&mut SegmentWriter>,
         stage_dead: Vec<u32>,
         hook: Option<CommitHook<'_>>,
     ) -> Result<()> {
@@ -761,7 +803,7 @@ impl Index {
             segments: Vec::new(),
         };
         let mut new_segments = Vec::new();
-        if let Some(stage) = stage.filter(|s| s.n_docs() > 0) {
+        if let Some(stage) = stage {
             let file = format!("{SEGMENT_PREFIX}{:010}.lxs", manifest.next_segment_id);
             manifest.next_segment_id += 1;
             let (n_docs, n_tokens) = (stage.n_docs() as u64, stage.n_tokens());
@@ -776,7 +818,7 @@ impl Index {
             });
             new_segments.push(file);
         }
-        // A segment whose every document is deleted is dropped (its file removed below).
+        // A segment whose every document is deleted is dropped (its file removed after).
         segments.retain(|s| (s.tombstones.len() as u64) < s.n_docs);
         manifest.segments = segments;
         if let Some(hook) = hook {
@@ -791,8 +833,6 @@ impl Index {
         let name = manifest_name(manifest.generation);
         write_atomic(&self.dir, &name, &manifest.encode())?;
         write_atomic(&self.dir, CURRENT_FILE, format!("{name}\n").as_bytes())?;
-        let snap = self.snapshot()?;
-        self.remove_unreferenced(&snap, Some(bm))?;
         Ok(())
     }
 
@@ -825,7 +865,9 @@ impl Index {
                 stage.add_doc(seg.id(d)?, seg.rows_checked(a, b)?)?;
             }
         }
-        self.publish(&base, Vec::new(), Some(stage), Vec::new(), hook)
+        // On failure the temporary segment is removed when `stage` drops; nothing changed.
+        self.publish(&base, Vec::new(), Some(&mut stage), Vec::new(), hook)
+            .1
     }
 
     /// [`Index::compact_with`] without a hook.
@@ -908,6 +950,13 @@ impl Index {
         }
         crate::parallel::resolve_threads(n_threads)?;
         let snap = self.snapshot()?;
+        if k > MAX_PADDED_K.max(snap.len()) {
+            return Err(LatixError::invalid(format!(
+                "k = {k} exceeds both the number of documents ({}) and {MAX_PADDED_K}; the results \
+                 would be mostly padding",
+                snap.len()
+            )));
+        }
         search_snapshot(&snap, queries, k, n_threads, subset)
     }
 }
@@ -942,6 +991,11 @@ pub fn search_snapshot(
     }
     let dim = snap.dim();
     let segs = snap.segments();
+    // Pack each query once for the kernel, not once per chunk of documents.
+    let prepared = queries
+        .iter()
+        .map(|q| maxsim::PreparedQuery::new(q, dim))
+        .collect::<Result<Vec<_>>>()?;
     // Subset: resolve ids to (segment, doc), sorted by insertion order, grouped per segment.
     let subset_docs: Option<Vec<Vec<u32>>> = subset.map(|ids| {
         let mut per: Vec<Vec<u32>> = vec![Vec::new(); segs.len()];
@@ -1022,8 +1076,8 @@ pub fn search_snapshot(
                 let rows = s.rows_checked(lo, hi)?;
                 let tomb = &v.entry.tombstones;
                 let t0 = tomb.partition_point(|&t| t < start);
-                for (q, top) in queries.iter().zip(acc.tops.iter_mut()) {
-                    maxsim::score_docs(q, dim, rows, &acc.offs, &mut acc.scores);
+                for (q, top) in prepared.iter().zip(acc.tops.iter_mut()) {
+                    q.score_docs(rows, &acc.offs, &mut acc.scores);
                     let mut ti = t0;
                     for (i, &sc) in acc.scores.iter().enumerate() {
                         let d = start + i as u32;
@@ -1045,8 +1099,8 @@ pub fn search_snapshot(
                     let (a, b) = s.doc_range(d);
                     let rows = s.rows_checked(a, b)?;
                     let offs = [0u64, b - a];
-                    for (q, top) in queries.iter().zip(acc.tops.iter_mut()) {
-                        maxsim::score_docs(q, dim, rows, &offs, &mut one);
+                    for (q, top) in prepared.iter().zip(acc.tops.iter_mut()) {
+                        q.score_docs(rows, &offs, &mut one);
                         top.push(Hit {
                             score: one[0],
                             ord: ((seg as u64) << 32) | d as u64,
@@ -1059,6 +1113,10 @@ pub fn search_snapshot(
     };
     let tops: Vec<TopK> = if nq == 0 || n_work == 0 {
         vec![TopK::new(k); nq]
+    } else if n_work == 1 || crate::parallel::resolve_threads(n_threads)? == 1 {
+        // Nothing to parallelise: skip the hand-off to the pool (a thread wake-up costs more
+        // than scoring a small index).
+        (0..n_work).try_fold(new_acc(), process)?.tops
     } else {
         crate::parallel::install(n_threads, || {
             (0..n_work)
@@ -1088,14 +1146,4 @@ pub fn search_snapshot(
         scores,
         ids,
     })
-}
-
-/// Reads `CURRENT` of an index directory (exposed for tools and tests).
-pub fn current_manifest_name(dir: &Path) -> Result<String> {
-    read_current(dir)
-}
-
-/// Whether `name` is a plain file name as stored in manifests.
-pub fn valid_file_name(name: &str) -> bool {
-    is_plain_file_name(name)
 }

@@ -17,7 +17,12 @@ struct PoolCache {
 
 fn cache() -> &'static Mutex<PoolCache> {
     static CACHE: OnceLock<Mutex<PoolCache>> = OnceLock::new();
-    CACHE.get_or_init(|| Mutex::new(PoolCache { pid: std::process::id(), pools: HashMap::new() }))
+    CACHE.get_or_init(|| {
+        Mutex::new(PoolCache {
+            pid: std::process::id(),
+            pools: HashMap::new(),
+        })
+    })
 }
 
 /// The default number of threads: `LATIX_NUM_THREADS` if set to a positive integer, else the
@@ -30,17 +35,21 @@ pub fn default_num_threads() -> usize {
             }
         }
     }
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Resolves a user's `n_threads` (None = default) into a thread count, rejecting 0.
 pub fn resolve_threads(n_threads: Option<usize>) -> Result<usize> {
     match n_threads {
         None => Ok(default_num_threads()),
-        Some(0) => Err(LatixError::invalid("n_threads must be a positive integer or None, got 0")),
-        Some(n) if n > 1024 => {
-            Err(LatixError::invalid(format!("n_threads must be at most 1024, got {n}")))
-        }
+        Some(0) => Err(LatixError::invalid(
+            "n_threads must be a positive integer or None, got 0",
+        )),
+        Some(n) if n > 1024 => Err(LatixError::invalid(format!(
+            "n_threads must be at most 1024, got {n}"
+        ))),
         Some(n) => Ok(n),
     }
 }

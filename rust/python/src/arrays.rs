@@ -20,19 +20,39 @@ pub fn describe(obj: &Bound<'_, PyAny>) -> String {
     if let Ok(a) = obj.cast::<PyUntypedArray>() {
         format!("array of dtype {} and shape {:?}", a.dtype(), a.shape())
     } else {
-        format!("object of type {}", obj.get_type().name().map(|s| s.to_string()).unwrap_or_default())
+        format!(
+            "object of type {}",
+            obj.get_type()
+                .name()
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        )
     }
 }
 
 /// Extracts a 2-D float32 array, or raises `InvalidArgumentError` naming `name` and `expected`.
-pub fn f32_matrix<'py>(obj: &Bound<'py, PyAny>, name: &str, expected: &str) -> PyResult<PyReadonlyArray2<'py, f32>> {
+pub fn f32_matrix<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    expected: &str,
+) -> PyResult<PyReadonlyArray2<'py, f32>> {
     obj.extract::<PyReadonlyArray2<'py, f32>>().map_err(|_| {
-        invalid(obj.py(), format!("{name} must be a float32 array of shape {expected}, got {}", describe(obj)))
+        invalid(
+            obj.py(),
+            format!(
+                "{name} must be a float32 array of shape {expected}, got {}",
+                describe(obj)
+            ),
+        )
     })
 }
 
 /// Extracts a 2-D float32 or float16 array.
-pub fn float_matrix<'py>(obj: &Bound<'py, PyAny>, name: &str, expected: &str) -> PyResult<FloatMatrix<'py>> {
+pub fn float_matrix<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    expected: &str,
+) -> PyResult<FloatMatrix<'py>> {
     if let Ok(a) = obj.extract::<PyReadonlyArray2<'py, f32>>() {
         return Ok(FloatMatrix::F32(a));
     }
@@ -41,27 +61,37 @@ pub fn float_matrix<'py>(obj: &Bound<'py, PyAny>, name: &str, expected: &str) ->
     }
     Err(invalid(
         obj.py(),
-        format!("{name} must be a float32 or float16 array of shape {expected}, got {}", describe(obj)),
+        format!(
+            "{name} must be a float32 or float16 array of shape {expected}, got {}",
+            describe(obj)
+        ),
     ))
 }
 
 /// Extracts a 1-D int64 array.
-pub fn i64_vector<'py>(obj: &Bound<'py, PyAny>, name: &str, expected: &str) -> PyResult<PyReadonlyArray1<'py, i64>> {
+pub fn i64_vector<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    expected: &str,
+) -> PyResult<PyReadonlyArray1<'py, i64>> {
     obj.extract::<PyReadonlyArray1<'py, i64>>().map_err(|_| {
-        invalid(obj.py(), format!("{name} must be an int64 array of shape {expected}, got {}", describe(obj)))
+        invalid(
+            obj.py(),
+            format!(
+                "{name} must be an int64 array of shape {expected}, got {}",
+                describe(obj)
+            ),
+        )
     })
 }
 
 /// A row-major contiguous slice of a 2-D array; copies only when the array is not C-contiguous.
 pub fn contiguous2<'a, T: numpy::Element + Clone>(a: &'a PyReadonlyArray2<'_, T>) -> Cow<'a, [T]> {
-    // `as_slice` also succeeds on Fortran-ordered arrays (column-major memory): only a
-    // C-contiguous array may be borrowed as row-major data.
-    if a.is_c_contiguous() {
-        if let Ok(s) = a.as_slice() {
-            return Cow::Borrowed(s);
-        }
+    // `as_slice` also accepts Fortran-ordered arrays (in column-major order): borrow only C order.
+    match a.as_slice() {
+        Ok(s) if a.is_c_contiguous() => Cow::Borrowed(s),
+        _ => Cow::Owned(a.as_array().iter().cloned().collect()),
     }
-    Cow::Owned(a.as_array().iter().cloned().collect())
 }
 
 /// A contiguous slice of a 1-D array; copies only when the array is strided.
@@ -73,22 +103,34 @@ pub fn contiguous1<'a, T: numpy::Element + Clone>(a: &'a PyReadonlyArray1<'_, T>
 }
 
 /// Rejects NaN and infinities, naming the argument and the first bad position.
+#[allow(dead_code)] // latix.maxsim now uses latix_core::maxsim::check_finite (vectorised)
 pub fn check_finite_f32(py: Python<'_>, data: &[f32], name: &str, dim: usize) -> PyResult<()> {
     if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
         return Err(invalid(
             py,
-            format!("{name} contains a non-finite value ({}) at row {}, column {}", data[pos], pos / dim.max(1), pos % dim.max(1)),
+            format!(
+                "{name} contains a non-finite value ({}) at row {}, column {}",
+                data[pos],
+                pos / dim.max(1),
+                pos % dim.max(1)
+            ),
         ));
     }
     Ok(())
 }
 
 /// Rejects NaN and infinities in float16 data.
+#[allow(dead_code)] // latix.maxsim now uses latix_core::maxsim::check_finite (vectorised)
 pub fn check_finite_f16(py: Python<'_>, data: &[f16], name: &str, dim: usize) -> PyResult<()> {
     if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
         return Err(invalid(
             py,
-            format!("{name} contains a non-finite value ({}) at row {}, column {}", data[pos], pos / dim.max(1), pos % dim.max(1)),
+            format!(
+                "{name} contains a non-finite value ({}) at row {}, column {}",
+                data[pos],
+                pos / dim.max(1),
+                pos % dim.max(1)
+            ),
         ));
     }
     Ok(())

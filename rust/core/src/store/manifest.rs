@@ -191,7 +191,11 @@ impl Manifest {
                 return Err(bad(&format!("invalid file entry {name:?} -> {file:?}")));
             }
         }
+        let mut names = std::collections::HashSet::new();
         for s in &m.segments {
+            if !names.insert(s.file.as_str()) {
+                return Err(bad(&format!("segment {} is listed twice", s.file)));
+            }
             if !is_plain_file_name(&s.file) {
                 return Err(bad(&format!("invalid segment file name {:?}", s.file)));
             }

@@ -8,6 +8,10 @@
 //! fsynced, renamed into place, and the directory fsynced; a file that readers may have mapped is
 //! never modified or truncated, only unlinked once no manifest references it.
 
+// Files are little-endian and mapped without byte swapping.
+#[cfg(target_endian = "big")]
+compile_error!("latix index files are little-endian; big-endian targets are not supported");
+
 pub mod manifest;
 pub mod segment;
 pub mod snapshot;

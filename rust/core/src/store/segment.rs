@@ -128,6 +128,8 @@ pub struct SegmentWriter {
     pos: u64,
     crc: BlockCrc,
     buf: Vec<u8>,
+    /// Where [`SegmentWriter::finish`] renamed the file, until [`SegmentWriter::unpublish`].
+    published: Option<PathBuf>,
 }
 
 impl SegmentWriter {
@@ -150,6 +152,7 @@ impl SegmentWriter {
             pos: HEADER_SIZE as u64,
             crc: BlockCrc::new(VECTOR_BLOCK_SIZE),
             buf: Vec::new(),
+            published: None,
         };
         // Placeholder header, overwritten by finish(); a file left by a crash is recognisably bad.
         w.write_at(&[0u8; HEADER_SIZE], 0)?;
@@ -205,7 +208,7 @@ impl SegmentWriter {
     /// I/O error the writer is rolled back to its previous state.
     pub fn add_doc(&mut self, id: &str, vectors: DocVectors<'_>) -> Result<u32> {
         let n_values = vectors.len();
-        if self.dim == 0 || n_values % self.dim != 0 {
+        if self.dim == 0 || !n_values.is_multiple_of(self.dim) {
             return Err(LatixError::invalid(
                 "document vectors length is not a multiple of dim",
             ));
@@ -254,7 +257,41 @@ impl SegmentWriter {
 
     /// Writes the trailing sections and the header, fsyncs, and renames the file to `target`.
     /// Returns the header checksum (recorded in the manifest). The caller fsyncs the directory.
-    pub fn finish(mut self, target: &Path) -> Result<u32> {
+    /// On error the writer keeps its documents (the tail is cut off again), so a commit that
+    /// failed (e.g. disk full) can be retried; after success, dropping the writer keeps the file
+    /// unless [`SegmentWriter::unpublish`] takes it back.
+    pub fn finish(&mut self, target: &Path) -> Result<u32> {
+        if self.published.is_some() {
+            return Err(LatixError::Closed("segment writer already finished".into()));
+        }
+        let res = self.finish_inner(target);
+        if res.is_err() {
+            if let Some(f) = &self.file {
+                let _ = f.set_len(self.pos);
+            }
+        } else {
+            self.published = Some(target.to_path_buf());
+        }
+        res
+    }
+
+    /// Moves a finished segment file back to its temporary name (the commit that was to publish
+    /// it failed before switching `CURRENT`), ready for more documents or another `finish`.
+    pub fn unpublish(&mut self) -> Result<()> {
+        if let Some(target) = self.published.take() {
+            if let Err(e) = std::fs::rename(&target, &self.tmp_path) {
+                self.published = Some(target.clone());
+                return Err(LatixError::io(target, e));
+            }
+            if let Some(f) = &self.file {
+                f.set_len(self.pos)
+                    .map_err(|e| LatixError::io(&self.tmp_path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_inner(&mut self, target: &Path) -> Result<u32> {
         let n_docs = self.ids.len() as u64;
         let n_tokens = self.n_tokens();
         let mut sections = [Section::default(); N_SECTIONS];
@@ -295,7 +332,7 @@ impl SegmentWriter {
                 .cmp(self.ids[b as usize].as_bytes())
         });
         sections[SEC_SORTED] = push(&mut tail, bytemuck::cast_slice(&sorted));
-        let crcs = std::mem::replace(&mut self.crc, BlockCrc::new(VECTOR_BLOCK_SIZE)).finish();
+        let crcs = self.crc.clone().finish();
         sections[SEC_BLOCK_CRCS] = push(&mut tail, bytemuck::cast_slice(&crcs));
 
         let header = encode_header(
@@ -320,11 +357,10 @@ impl SegmentWriter {
         self.write_at(&header, 0)?;
         let file = self
             .file
-            .take()
+            .as_ref()
             .ok_or_else(|| LatixError::Closed("segment writer already finished".into()))?;
         file.sync_all()
             .map_err(|e| LatixError::io(&self.tmp_path, e))?;
-        drop(file);
         std::fs::rename(&self.tmp_path, target).map_err(|e| LatixError::io(target, e))?;
         Ok(header_crc)
     }
@@ -332,7 +368,7 @@ impl SegmentWriter {
 
 impl Drop for SegmentWriter {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        if self.published.is_none() && self.file.take().is_some() {
             let _ = std::fs::remove_file(&self.tmp_path);
         }
     }
@@ -467,7 +503,7 @@ impl Segment {
             return Err(bad(format!("n_docs {n_docs64} out of range")));
         }
         let n_docs = n_docs64 as usize;
-        if block_size == 0 || block_size % 64 != 0 {
+        if block_size == 0 || !block_size.is_multiple_of(64) {
             return Err(bad(format!("bad vector block size {block_size}")));
         }
         let mut sections = [Section::default(); N_SECTIONS];

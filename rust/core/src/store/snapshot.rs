@@ -127,7 +127,7 @@ impl Snapshot {
             return Err(LatixError::corrupted(
                 &path,
                 format!(
-                    "holds generation {}, its name says otherwise",
+                    "holds generation {}, which does not match its file name",
                     manifest.generation
                 ),
             ));
