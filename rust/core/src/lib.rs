@@ -5,7 +5,11 @@
 //! The PyO3 binding lives in the `latix-python` crate and only converts and delegates.
 
 pub mod error;
+pub mod index;
 pub mod maxsim;
 pub mod parallel;
+pub mod store;
 
 pub use error::{LatixError, Result};
+pub use index::{Index, OpenMode, OwnedVectors, SearchResults};
+pub use store::Dtype;

@@ -5,11 +5,13 @@ use pyo3::prelude::*;
 
 mod arrays;
 mod errors;
+mod index;
 mod maxsim;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     maxsim::register(m)?;
+    index::register(m)?;
     Ok(())
 }
