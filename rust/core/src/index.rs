@@ -1053,7 +1053,7 @@ pub fn search_snapshot(
     } else if n_work == 1 || crate::parallel::resolve_threads(n_threads)? == 1 {
         // Nothing to parallelise: skip the hand-off to the pool (a thread wake-up costs more
         // than scoring a small index).
-        (0..n_work).fold(new_acc(), process).tops
+        (0..n_work).try_fold(new_acc(), process)?.tops
     } else {
         crate::parallel::install(n_threads, || {
             (0..n_work)
