@@ -1,6 +1,6 @@
 """CLI and collection tests: index (resumable, interruptible, bad input), search (explained), eval.
 
-Until the Rust index is merged, a numpy stand-in (tests/encoder_fake_index.py) plays latix.Index.
+Runs against the real latix.Index (Rust store).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 import latix
 import numpy as np
 import pytest
-from encoder_fake_index import FakeIndex
 from latix import cli
 from latix.collection import Collection, build_collection
 from latix.corpus import Document, read_corpus
@@ -30,12 +29,6 @@ DOCS = [
     ("d9", "Insulin", "Insulin resistance is an early sign of type 2 diabetes."),
     ("d10", "Bees", "Honey bees pollinate crops and communicate by dancing."),
 ]
-
-
-@pytest.fixture(autouse=True)
-def index_impl(monkeypatch: pytest.MonkeyPatch) -> None:
-    if getattr(latix, "Index", None) is None:
-        monkeypatch.setattr(latix, "Index", FakeIndex, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +245,19 @@ def test_eval_metrics_match_hand_computation() -> None:
     assert math.isclose(res.metrics["MRR@10"], 0.5)
     assert math.isclose(res.metrics["Recall@100"], 2 / 3)
     assert math.isclose(res.metrics["MAP"], (1 / 2 + 2 / 3) / 3)
+
+
+def test_demo_small(tmp_path: Path, capsys: pytest.CaptureFixture[str], encoder: object) -> None:
+    from latix import demo
+
+    docs = demo.stdlib_docstrings(limit=60)
+    assert len(docs) == 60 and len({d.id for d in docs}) == 60
+    assert docs == demo.stdlib_docstrings(limit=60)  # deterministic
+    assert all(d.text.startswith(d.id + ": ") for d in docs)
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out), "--limit", "60", "-k", "2", "gzip compression"]) == 0
+    text = capsys.readouterr().out
+    assert "indexed 60 documents" in text and "query: gzip compression" in text
+    assert "  1. " in text and "why:" in text
+    assert demo.main(["--out", str(out), "--limit", "60", "-k", "1", "x"]) == 0
+    assert "60 already indexed" in capsys.readouterr().out

@@ -9,10 +9,8 @@ import os
 import threading
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 import latix
+import numpy as np
 from harness import concurrency
 
 OPS = int(os.environ.get("LATIX_CONCURRENCY_OPS", "800"))

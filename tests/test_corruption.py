@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import latix
 import numpy as np
 import pytest
-
-import latix
 from harness import corruption
 
 CASES = int(os.environ.get("LATIX_CORRUPTION_CASES", "200"))

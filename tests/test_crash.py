@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from harness import crash
 
 KILLS = int(os.environ.get("LATIX_CRASH_KILLS", "12"))

@@ -37,10 +37,34 @@ SAMPLE_QUERIES = [
 
 # Modules whose import has side effects (opens a browser, prints, starts a GUI) or is slow/heavy.
 _SKIP = {
-    "antigravity", "this", "idlelib", "turtledemo", "tkinter", "turtle", "test", "__main__",
-    "ensurepip", "venv", "lib2to3", "pydoc_data", "xxsubtype", "msilib", "winreg", "winsound",
-    "msvcrt", "nt", "_winapi", "curses", "readline", "pty", "tty", "site", "sitecustomize",
-    "usercustomize", "xxlimited", "lzma" if sys.platform == "win32" else "",
+    "antigravity",
+    "this",
+    "idlelib",
+    "turtledemo",
+    "tkinter",
+    "turtle",
+    "test",
+    "__main__",
+    "ensurepip",
+    "venv",
+    "lib2to3",
+    "pydoc_data",
+    "xxsubtype",
+    "msilib",
+    "winreg",
+    "winsound",
+    "msvcrt",
+    "nt",
+    "_winapi",
+    "curses",
+    "readline",
+    "pty",
+    "tty",
+    "site",
+    "sitecustomize",
+    "usercustomize",
+    "xxlimited",
+    "lzma" if sys.platform == "win32" else "",
 }
 
 
@@ -75,8 +99,10 @@ def stdlib_docstrings(limit: int | None = 3000, min_chars: int = 40) -> list[Doc
             continue
         seen.add(name)
         try:
-            with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(
-                io.StringIO()
+            with (
+                warnings.catch_warnings(),
+                redirect_stdout(io.StringIO()),
+                redirect_stderr(io.StringIO()),
             ):
                 warnings.simplefilter("ignore")
                 mod = importlib.import_module(name)
@@ -107,8 +133,11 @@ def stdlib_docstrings(limit: int | None = 3000, min_chars: int = 40) -> list[Doc
             for mname, meth in sorted(vars(obj).items()):  # methods defined by the class itself
                 if mname.startswith("_") or not inspect.isroutine(meth):
                     continue
-                mdoc = _clean(meth.__doc__ if isinstance(meth, (staticmethod, classmethod))
-                              else inspect.getdoc(meth))
+                mdoc = _clean(
+                    meth.__doc__
+                    if isinstance(meth, (staticmethod, classmethod))
+                    else inspect.getdoc(meth)
+                )
                 if len(mdoc) >= min_chars:
                     qual = f"{name}.{attr}.{mname}"
                     members.append(Document(qual, f"{qual}: {mdoc}"))
@@ -136,12 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         t0 = time.perf_counter()
         docs = stdlib_docstrings(args.limit)
-        print(f"collected {len(docs)} standard-library docstrings in "
-              f"{time.perf_counter() - t0:.1f} s")
+        print(
+            f"collected {len(docs)} standard-library docstrings in {time.perf_counter() - t0:.1f} s"
+        )
         encoder = Encoder.default(n_threads=args.threads)
         print(f"model: {encoder.config.name}, {encoder.dim}-d token vectors")
-        rep = build_collection(args.out, docs, encoder, model_spec="default",
-                               restart=args.restart, commit_every=500)
+        rep = build_collection(
+            args.out, docs, encoder, model_spec="default", restart=args.restart, commit_every=500
+        )
         rate = rep.n_indexed / rep.seconds if rep.seconds > 0 else 0.0
         print(
             f"indexed {rep.n_indexed} documents ({rep.n_tokens} token vectors) in "

@@ -165,18 +165,30 @@ def export_checkpoint(
         if tdir is None:
             raise ModelError(f"{src}/modules.json has no Transformer module")
         st_cfg = _read_json(src / "config_sentence_transformers.json")
-        skip = st_cfg.get("skiplist_words", list(string.punctuation))
-        cfg_kw = {
-            "marker_mode": "prefix",
-            "query_marker": str(st_cfg.get("query_prefix", "[Q] ")),
-            "document_marker": str(st_cfg.get("document_prefix", "[D] ")),
-            "query_max_length": int(st_cfg.get("query_length", 32)),
-            "document_max_length": int(st_cfg.get("document_length", 180)),
-            "query_mask_augmentation": bool(st_cfg.get("do_query_expansion", True)),
-            "attend_to_mask_tokens": bool(st_cfg.get("attend_to_expansion_tokens", False)),
-            "skiplist_punctuation": bool(skip),
-            "keep_special_tokens": True,
-        }
+        if "query_prefix" not in st_cfg and not linears:
+            # A plain sentence-transformers model (e.g. all-MiniLM-L6-v2) used as a token
+            # encoder: no markers, no [MASK] augmentation, no skiplist, [CLS]/[SEP] dropped.
+            sbert = _read_json(src / "sentence_bert_config.json")
+            layout = "sentence-transformers"
+            cfg_kw = {
+                "marker_mode": "none",
+                "query_max_length": 64,
+                "document_max_length": int(sbert.get("max_seq_length", 256)),
+                "keep_special_tokens": False,
+            }
+        else:
+            skip = st_cfg.get("skiplist_words", list(string.punctuation))
+            cfg_kw = {
+                "marker_mode": "prefix",
+                "query_marker": str(st_cfg.get("query_prefix", "[Q] ")),
+                "document_marker": str(st_cfg.get("document_prefix", "[D] ")),
+                "query_max_length": int(st_cfg.get("query_length", 32)),
+                "document_max_length": int(st_cfg.get("document_length", 180)),
+                "query_mask_augmentation": bool(st_cfg.get("do_query_expansion", True)),
+                "attend_to_mask_tokens": bool(st_cfg.get("attend_to_expansion_tokens", False)),
+                "skiplist_punctuation": bool(skip),
+                "keep_special_tokens": True,
+            }
 
     model = AutoModel.from_pretrained(str(tdir))
     model.eval()

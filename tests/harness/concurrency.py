@@ -299,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ops", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--readers", type=int, default=3)
-    ap.add_argument("--reader", nargs=3, metavar=("PATH", "JOURNAL", "STOP"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--reader", nargs=3, metavar=("PATH", "JOURNAL", "STOP"), help=argparse.SUPPRESS
+    )
     a = ap.parse_args(argv)
     if a.reader:
         reader_process(a.reader[0], a.reader[1], a.seed, a.reader[2])

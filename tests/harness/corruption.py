@@ -77,9 +77,11 @@ def reference(path: Path, seed: int) -> dict[str, Any]:
         ix.verify()
         vecs = {i: ix.get(i) for i in ids}
         for i, v in vecs.items():
-            assert np.array_equal(v, as_stored(doc_vectors(seed, i, 0, DIM, 3000 if i[0] == "c" else 40), ix.dtype))
+            assert np.array_equal(
+                v, as_stored(doc_vectors(seed, i, 0, DIM, 3000 if i[0] == "c" else 40), ix.dtype)
+            )
         scores, hits = ix.search(queries, k=K)
-        for q, s, h in zip(queries, scores, hits, strict=True):
+        for q, s, _h in zip(queries, scores, hits, strict=True):
             ref = sorted((maxsim_np(q, v) for v in vecs.values()), reverse=True)[:K]
             assert np.allclose(s, ref, rtol=1e-4, atol=1e-3)
         subset = ids[::3]
@@ -111,7 +113,9 @@ def damage(path: Path, case: dict[str, Any]) -> None:
             f.write(bytes([b ^ case["mask"]]))
 
 
-def run_case(base: Path, scratch: Path, ref: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
+def run_case(
+    base: Path, scratch: Path, ref: dict[str, Any], case: dict[str, Any]
+) -> dict[str, Any]:
     """Runs one case on a damaged copy of ``base``; returns the outcome record."""
     import latix
 
@@ -173,6 +177,7 @@ def run_case(base: Path, scratch: Path, ref: dict[str, Any], case: dict[str, Any
         step("verify", ix.verify)
     finally:
         ix.close()
+
     # A writer on the damaged copy: committing must work or fail cleanly, compaction must not
     # launder damaged vectors into a fresh, valid-looking segment.
     def write() -> None:

@@ -268,7 +268,9 @@ def run(
             began_n = [int(ln.split()[1]) for _, ln in c.lines if ln.startswith("B ")]
             last = max(done, default=committed)
             if c.p.returncode != -signal.SIGKILL:
-                stats.fail(f"seed={seed} trial={trial}: child exited {c.p.returncode}: {err[-2000:]}")
+                stats.fail(
+                    f"seed={seed} trial={trial}: child exited {c.p.returncode}: {err[-2000:]}"
+                )
                 break
             candidates = [last] + ([last + 1] if (last + 1) in began_n else [])
             in_commit = bool(began_n) and max(began_n) > last
