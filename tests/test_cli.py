@@ -250,14 +250,16 @@ def test_eval_metrics_match_hand_computation() -> None:
 def test_demo_small(tmp_path: Path, capsys: pytest.CaptureFixture[str], encoder: object) -> None:
     from latix import demo
 
-    docs = demo.stdlib_docstrings(limit=60)
-    assert len(docs) == 60 and len({d.id for d in docs}) == 60
-    assert docs == demo.stdlib_docstrings(limit=60)  # deterministic
+    mods = ["gzip", "difflib", "json"]
+    docs = demo.stdlib_docstrings(limit=12, modules=mods)
+    assert len(docs) == 12 and len({d.id for d in docs}) == 12
+    assert {"gzip", "difflib", "json"} <= {d.id for d in docs}  # module docstrings come first
     assert all(d.text.startswith(d.id + ": ") for d in docs)
     out = tmp_path / "demo"
-    assert demo.main(["--out", str(out), "--limit", "60", "-k", "2", "gzip compression"]) == 0
+    args = ["--out", str(out), "--limit", "12", "--modules", *mods, "-k", "2"]
+    assert demo.main([*args, "--", "gzip compression"]) == 0
     text = capsys.readouterr().out
-    assert "indexed 60 documents" in text and "query: gzip compression" in text
-    assert "  1. " in text and "why:" in text
-    assert demo.main(["--out", str(out), "--limit", "60", "-k", "1", "x"]) == 0
-    assert "60 already indexed" in capsys.readouterr().out
+    assert "indexed 12 documents" in text and "query: gzip compression" in text
+    assert "  1. gzip" in text and "why:" in text
+    assert demo.main([*args, "--", "x"]) == 0
+    assert "12 already indexed" in capsys.readouterr().out

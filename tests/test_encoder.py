@@ -4,6 +4,7 @@ reference on a tiny, fully known model."""
 
 from __future__ import annotations
 
+import functools
 import json
 import string
 import sys
@@ -27,9 +28,17 @@ def default() -> Encoder:
     return Encoder.default(n_threads=1, batch_size=4)
 
 
+@functools.lru_cache(maxsize=1)
+def _session(path: str) -> object:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
 def _reference_default(enc: Encoder, text: str, max_len: int) -> np.ndarray:
     """Encode one text without batching: tokenizers + onnxruntime directly."""
-    import onnxruntime as ort
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(enc.tokenizer_path))
@@ -37,7 +46,7 @@ def _reference_default(enc: Encoder, text: str, max_len: int) -> np.ndarray:
     tok.enable_truncation(max_len)
     e = tok.encode(text)
     ids = np.array([e.ids], np.int64)
-    sess = ort.InferenceSession(str(enc.onnx_path), providers=["CPUExecutionProvider"])
+    sess = _session(str(enc.onnx_path))
     h = sess.run(
         None,
         {

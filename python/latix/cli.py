@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
@@ -98,11 +99,16 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from latix.collection import build_collection
+    from latix.collection import Collection, build_collection
     from latix.corpus import ReadStats, detect_format, read_corpus
     from latix.encoder import Encoder
+    from latix.errors import AlreadyExistsError
 
-    detect_format(args.corpus)  # unknown format: fail before loading the model
+    # Cheap checks first: unknown format or a foreign output directory fail before model loading.
+    detect_format(args.corpus)
+    out = Path(args.out)
+    if out.exists() and not Collection.exists(out) and (not out.is_dir() or any(out.iterdir())):
+        raise AlreadyExistsError(f"{out} exists and is not an empty directory or a collection")
     encoder = Encoder.load(args.model, n_threads=args.threads, batch_size=args.batch_size)
     stats = ReadStats()
     docs = read_corpus(args.corpus, stats)

@@ -72,23 +72,25 @@ def _clean(doc: str | None) -> str:
     return " ".join(doc.split()) if doc else ""
 
 
-def stdlib_docstrings(limit: int | None = 3000, min_chars: int = 40) -> list[Document]:
+def stdlib_docstrings(
+    limit: int | None = 3000, min_chars: int = 40, modules: Sequence[str] | None = None
+) -> list[Document]:
     """Docstrings of the standard library's public modules, classes and functions.
 
     Args:
         limit: maximum documents; module docstrings are kept first, the rest is a deterministic
             selection (by hash of the id) so that every part of the library is represented.
         min_chars: docstrings shorter than this are skipped.
+        modules: restrict to these top-level modules (default: the whole standard library).
 
     Returns:
         Documents with ids like ``json.dumps`` and text ``"json.dumps: <docstring>"``.
     """
-    names = sorted(
-        str(n)
-        for n in getattr(sys, "stdlib_module_names", sys.builtin_module_names)
-        if not n.startswith("_") and n not in _SKIP
+    pool: Sequence[str] = (
+        modules if modules else getattr(sys, "stdlib_module_names", sys.builtin_module_names)
     )
-    modules: list[Document] = []
+    names = sorted(str(n) for n in pool if not n.startswith("_") and n not in _SKIP)
+    mod_docs: list[Document] = []
     members: list[Document] = []
     seen: set[str] = set()
     i = 0
@@ -110,7 +112,7 @@ def stdlib_docstrings(limit: int | None = 3000, min_chars: int = 40) -> list[Doc
             continue
         doc = _clean(inspect.getdoc(mod))
         if len(doc) >= min_chars:
-            modules.append(Document(name, f"{name}: {doc}"))
+            mod_docs.append(Document(name, f"{name}: {doc}"))
         if hasattr(mod, "__path__") and name.count(".") < 2:  # public submodules of packages
             for sub in pkgutil.iter_modules(mod.__path__):
                 leaf = sub.name
@@ -141,7 +143,7 @@ def stdlib_docstrings(limit: int | None = 3000, min_chars: int = 40) -> list[Doc
                 if len(mdoc) >= min_chars:
                     qual = f"{name}.{attr}.{mname}"
                     members.append(Document(qual, f"{qual}: {mdoc}"))
-    docs = modules + sorted(members, key=lambda d: hashlib.sha1(d.id.encode()).hexdigest())
+    docs = mod_docs + sorted(members, key=lambda d: hashlib.sha1(d.id.encode()).hexdigest())
     return docs if limit is None else docs[:limit]
 
 
@@ -159,12 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
     ap.add_argument("--restart", action="store_true", help="rebuild the collection from scratch")
     ap.add_argument("-k", type=int, default=3, help="hits per query")
+    ap.add_argument("--modules", nargs="+", default=None, help="only these stdlib modules")
     ap.add_argument("queries", nargs="*", help="queries (default: a few samples)")
     args = ap.parse_args(argv)
 
     try:
         t0 = time.perf_counter()
-        docs = stdlib_docstrings(args.limit)
+        docs = stdlib_docstrings(args.limit, modules=args.modules)
         print(
             f"collected {len(docs)} standard-library docstrings in {time.perf_counter() - t0:.1f} s"
         )
