@@ -85,6 +85,11 @@ def bench(enc: Encoder, texts: list[str], reps: int) -> dict[str, float]:
     }
 
 
+def _unsorted(enc: Encoder) -> Encoder:
+    enc.sort_by_length = False
+    return enc
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", default=os.environ.get("LATIX_DATA", str(ROOT / "../shared/data")))
@@ -92,6 +97,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--fp32", default=None, help="fp32 model directory (latix export output)")
     ap.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--unsorted", action="store_true", help="also measure unsorted batching")
     args = ap.parse_args()
     docs = []
     for d in read_corpus(Path(args.data) / "scifact/corpus.jsonl.gz"):
@@ -99,6 +105,8 @@ def main() -> int:
         if len(docs) == args.docs:
             break
     models = {"int8 (default)": lambda t: Encoder.default(n_threads=t)}
+    if args.unsorted:
+        models["int8, batches in input order"] = lambda t: _unsorted(Encoder.default(n_threads=t))
     if args.fp32:
         models["fp32 export"] = lambda t: Encoder.load(args.fp32, n_threads=t)
     rows = []

@@ -111,6 +111,8 @@ class Encoder:
         projection_bias_path: optional (dim,) float32 ``.npy`` added after the projection.
         n_threads: onnxruntime intra-op threads (default: onnxruntime's choice, all cores).
         batch_size: texts per forward pass.
+        sort_by_length: batch texts of similar token length together (less padding); False
+            keeps input order (only useful to measure what sorting saves).
 
     Raises:
         ModelError: a file is missing or unreadable, the graph lacks the configured output or
@@ -128,6 +130,7 @@ class Encoder:
         projection_bias_path: str | os.PathLike[str] | None = None,
         n_threads: int | None = None,
         batch_size: int = 32,
+        sort_by_length: bool = True,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -138,6 +141,7 @@ class Encoder:
             raise InvalidArgumentError(f"n_threads must be >= 1, got {n_threads}")
         self.config = config
         self.batch_size = batch_size
+        self.sort_by_length = sort_by_length
         self.n_threads = n_threads
         self.onnx_path = Path(onnx_path)
         self.tokenizer_path = Path(tokenizer_path)
@@ -487,7 +491,11 @@ class Encoder:
         np.cumsum(counts, out=offsets[1:])
         vectors: npt.NDArray[np.float32] | None = None
         # Similar lengths share a batch: little padding; stable sort keeps runs deterministic.
-        order = np.argsort([len(p.ids) for p in prepared], kind="stable")
+        order = (
+            np.argsort([len(p.ids) for p in prepared], kind="stable")
+            if self.sort_by_length
+            else np.arange(n)
+        )
         for s in range(0, n, self.batch_size):
             idx = order[s : s + self.batch_size]
             width = max(len(prepared[i].ids) for i in idx)
