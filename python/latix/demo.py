@@ -68,12 +68,18 @@ _SKIP = {
 }
 
 
-def _clean(doc: str | None) -> str:
-    return " ".join(doc.split()) if doc else ""
+def _clean(doc: str | None, max_chars: int = 600) -> str:
+    """Whitespace-normalised docstring, cut at a word boundary after ``max_chars`` characters
+    (the summary and first paragraphs: keeps the demo's encoding time to about a minute)."""
+    text = " ".join(doc.split()) if doc else ""
+    if len(text) > max_chars:
+        cut = text.rfind(" ", 0, max_chars)
+        text = text[: cut if cut > 0 else max_chars]
+    return text
 
 
 def stdlib_docstrings(
-    limit: int | None = 3000, min_chars: int = 40, modules: Sequence[str] | None = None
+    limit: int | None = 2000, min_chars: int = 40, modules: Sequence[str] | None = None
 ) -> list[Document]:
     """Docstrings of the standard library's public modules, classes and functions.
 
@@ -157,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m latix.demo", description=__doc__)
     cache = Path(os.environ.get("LATIX_CACHE_DIR") or Path.home() / ".cache" / "latix")
     ap.add_argument("--out", default=str(cache / "demo"), help="collection directory")
-    ap.add_argument("--limit", type=int, default=3000, help="documents to index")
+    ap.add_argument("--limit", type=int, default=2000, help="documents to index")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
     ap.add_argument("--restart", action="store_true", help="rebuild the collection from scratch")
     ap.add_argument("-k", type=int, default=3, help="hits per query")
