@@ -281,7 +281,7 @@ def highlight(
             if w > best_w:
                 best_w, start = w, s0
     end = min(len(text), start + width)
-    marks = sorted({(a, b) for a, b, _ in spans if a >= start and b <= end and b > a})
+    marks = sorted({_word(text, a, b) for a, b, _ in spans if a >= start and b <= end and b > a})
     parts: list[str] = []
     cur = start
     for a, b in marks:
@@ -293,6 +293,15 @@ def highlight(
     parts.append(text[cur:end])
     s = "".join(parts).replace("\n", " ")
     return ("…" if start > 0 else "") + s + ("…" if end < len(text) else "")
+
+
+def _word(text: str, a: int, b: int) -> tuple[int, int]:
+    """Widen a sub-word token's span to its whole word (``##se`` of "parser" marks "parser")."""
+    while a > 0 and text[a - 1].isalnum():
+        a -= 1
+    while b < len(text) and text[b].isalnum():
+        b += 1
+    return a, b
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
