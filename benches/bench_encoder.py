@@ -9,7 +9,7 @@ Model FLOPs per token (BERT encoder, L layers, hidden H, feed-forward F, sequenc
 2 * L * (4 H^2 + 2 H F + 2 S H)  (Q, K, V, O projections; FFN; attention scores and mixing).
 The sgemm ceiling is measured in a subprocess with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset.
 
-    python benches/bench_encoder.py [--docs 256] [--fp32 DIR] [--data ../shared/data]
+    python benches/bench_encoder.py [--docs 256] [--fp32 DIR] [--unsorted] [--corpus FILE]
 """
 
 from __future__ import annotations
@@ -94,13 +94,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", default=os.environ.get("LATIX_DATA", str(ROOT / "../shared/data")))
     ap.add_argument("--docs", type=int, default=256)
+    ap.add_argument("--corpus", default=None, help="corpus file (default: SciFact under --data)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--fp32", default=None, help="fp32 model directory (latix export output)")
     ap.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--unsorted", action="store_true", help="also measure unsorted batching")
     args = ap.parse_args()
     docs = []
-    for d in read_corpus(Path(args.data) / "scifact/corpus.jsonl.gz"):
+    for d in read_corpus(args.corpus or Path(args.data) / "scifact/corpus.jsonl.gz"):
         docs.append(d.text)
         if len(docs) == args.docs:
             break
