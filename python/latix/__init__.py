@@ -7,6 +7,8 @@ document token vectors in memory-mapped files and scores them with SIMD, multith
 from __future__ import annotations
 
 from latix._core import __version__, kernel_name, maxsim
+from latix.config import ModelConfig, ModelError
+from latix.encoder import Encoded, Encoder
 from latix.errors import (
     AlreadyExistsError,
     CorruptedIndexError,
@@ -34,4 +36,8 @@ __all__ = [
     "IndexClosedError",
     "UnsupportedVersionError",
     "LatixIOError",
+    "Encoder",
+    "Encoded",
+    "ModelConfig",
+    "ModelError",
 ]

