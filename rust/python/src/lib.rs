@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 
 mod arrays;
+mod compressed;
 mod errors;
 mod maxsim;
 
@@ -11,5 +12,6 @@ mod maxsim;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     maxsim::register(m)?;
+    compressed::register(m)?;
     Ok(())
 }
