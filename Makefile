@@ -1,49 +1,78 @@
-# One entry point for everything: `make setup`, `make demo`, `make test`, `make check`, `make bench`.
-# Everything runs inside the project's own virtual environment (.venv), created by `make setup`.
+# One entry point for everything. Each target sets up what it needs first (a .venv with latix
+# built in release mode by maturin), so `make demo` and `make test` work on a fresh clone.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.latix-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup build demo test test-rust test-python lint check bench clean
+.PHONY: setup build demo test test-rust test-python lint fmt check bench clean harden soak fuzz
 
-# Create .venv and install latix (built by maturin, release mode) with test and dev tools.
-setup: $(BIN)/python
-	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[dev,model]"
+setup: $(STAMP)
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+# Create .venv and install latix editable, with the default model and the test/dev tools.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[dev,model]"
+	touch $(STAMP)
 
-# Rebuild the Rust extension in place after changing Rust code.
-build:
-	$(BIN)/maturin develop --release
+# Rebuild the Rust extension in place (incremental; a no-op when nothing changed).
+build: $(STAMP)
+	$(BIN)/maturin develop --release --skip-install
 
-# The main job: index a corpus every machine has and answer a query (see README).
-demo:
+# The main job: index a corpus every machine has (Python's own docstrings) and answer a query.
+demo: build
 	$(BIN)/python -m latix.demo
 
 test-rust:
 	cargo test --release -p latix-core
 
-test-python:
+test-python: build
 	$(BIN)/python -m pytest -q
 
-# The test command CI runs.
+# The test command (CI runs exactly this).
 test: test-rust test-python
 
-lint:
+fmt:
+	cargo fmt --all
+	$(BIN)/ruff format python tests benches
+	$(BIN)/ruff check --fix python tests benches
+
+lint: $(STAMP)
 	cargo fmt --all -- --check
 	cargo clippy --release --all-targets -- -D warnings
 	$(BIN)/ruff check python tests benches
 	$(BIN)/ruff format --check python tests benches
 	$(BIN)/mypy
 
+# Everything a change must pass before it lands.
 check: lint test
 
-bench:
+bench: build
 	$(BIN)/python benches/bench_maxsim.py
+
+# Hardening harnesses, fast part (also part of `make test`): crash, corruption, concurrency,
+# resource faults and the bad-input matrix with reduced trial counts.
+harden: build
+	$(BIN)/python -m pytest -q -s tests/test_crash.py tests/test_corruption.py \
+		tests/test_concurrency.py tests/test_faults.py tests/test_bad_input_matrix.py
+
+# The long soak: >= 200 SIGKILLs, >= 1000 corruption cases per dtype, 10,000 concurrent ops,
+# then every fuzz target for FUZZ_SECONDS each. Prints trials, failures, documents checked.
+FUZZ_SECONDS ?= 60
+soak: build
+	PYTHONPATH=tests $(BIN)/python -m harness.crash --kills 200 --seed 1
+	PYTHONPATH=tests $(BIN)/python -m harness.corruption --cases 1000 --seed 1 --dtype float16
+	PYTHONPATH=tests $(BIN)/python -m harness.corruption --cases 1000 --seed 2 --dtype float32
+	PYTHONPATH=tests $(BIN)/python -m harness.concurrency --ops 10000 --seed 1
+	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_SECONDS)
+
+# cargo-fuzz targets over the on-disk parsers and the hypothesis harness over the Python API,
+# each for a bounded time (needs `cargo +nightly` and `cargo install cargo-fuzz`).
+fuzz: build
+	scripts/hardening/fuzz.sh $(FUZZ_SECONDS)
 
 clean:
 	cargo clean

@@ -6,7 +6,7 @@ document token vectors in memory-mapped files and scores them with SIMD, multith
 
 from __future__ import annotations
 
-from latix._core import __version__, maxsim
+from latix._core import __version__, kernel_name, maxsim
 from latix.errors import (
     AlreadyExistsError,
     CorruptedIndexError,
@@ -18,10 +18,13 @@ from latix.errors import (
     NotFoundError,
     UnsupportedVersionError,
 )
+from latix.index import Index
 
 __all__ = [
     "__version__",
     "maxsim",
+    "Index",
+    "kernel_name",
     "LatixError",
     "InvalidArgumentError",
     "NotFoundError",

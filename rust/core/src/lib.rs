@@ -6,7 +6,11 @@
 
 pub mod compressed;
 pub mod error;
+pub mod index;
 pub mod maxsim;
 pub mod parallel;
+pub mod store;
 
 pub use error::{LatixError, Result};
+pub use index::{Index, OpenMode, OwnedVectors, SearchResults};
+pub use store::Dtype;

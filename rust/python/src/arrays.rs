@@ -54,9 +54,10 @@ pub fn i64_vector<'py>(obj: &Bound<'py, PyAny>, name: &str, expected: &str) -> P
 
 /// A row-major contiguous slice of a 2-D array; copies only when the array is not C-contiguous.
 pub fn contiguous2<'a, T: numpy::Element + Clone>(a: &'a PyReadonlyArray2<'_, T>) -> Cow<'a, [T]> {
+    // `as_slice` also accepts Fortran-ordered arrays (in column-major order): borrow only C order.
     match a.as_slice() {
-        Ok(s) => Cow::Borrowed(s),
-        Err(_) => Cow::Owned(a.as_array().iter().cloned().collect()),
+        Ok(s) if a.is_c_contiguous() => Cow::Borrowed(s),
+        _ => Cow::Owned(a.as_array().iter().cloned().collect()),
     }
 }
 

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 mod arrays;
 mod compressed;
 mod errors;
+mod index;
 mod maxsim;
 
 #[pymodule]
@@ -13,5 +14,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     maxsim::register(m)?;
     compressed::register(m)?;
+    index::register(m)?;
     Ok(())
 }

@@ -5,7 +5,10 @@ use pyo3::prelude::*;
 
 use latix_core::maxsim::{self as core_maxsim, DocVectors};
 
-use crate::arrays::{check_finite_f16, check_finite_f32, contiguous1, contiguous2, f32_matrix, float_matrix, i64_vector, FloatMatrix};
+use crate::arrays::{
+    check_finite_f16, check_finite_f32, contiguous1, contiguous2, f32_matrix, float_matrix,
+    i64_vector, FloatMatrix,
+};
 use crate::errors::{invalid, IntoPyResult};
 
 /// Exact MaxSim scores of one query against every document of a packed collection.
@@ -27,7 +30,10 @@ fn maxsim<'py>(
         FloatMatrix::F16(a) => (a.shape()[0], a.shape()[1]),
     };
     if nq == 0 || dim == 0 {
-        return Err(invalid(py, format!("query must have at least one token and dim > 0, got shape ({nq}, {dim})")));
+        return Err(invalid(
+            py,
+            format!("query must have at least one token and dim > 0, got shape ({nq}, {dim})"),
+        ));
     }
     if doc_dim != dim {
         return Err(invalid(
@@ -37,17 +43,26 @@ fn maxsim<'py>(
     }
     let offsets = contiguous1(&offs);
     if offsets.is_empty() {
-        return Err(invalid(py, "doc_offsets must have n_docs + 1 entries (at least 1), got 0"));
+        return Err(invalid(
+            py,
+            "doc_offsets must have n_docs + 1 entries (at least 1), got 0",
+        ));
     }
     if offsets[0] != 0 {
-        return Err(invalid(py, format!("doc_offsets[0] must be 0, got {}", offsets[0])));
+        return Err(invalid(
+            py,
+            format!("doc_offsets[0] must be 0, got {}", offsets[0]),
+        ));
     }
     if let Some(i) = offsets.windows(2).position(|w| w[1] < w[0]) {
         return Err(invalid(py, format!("doc_offsets must be non-decreasing, but doc_offsets[{}] = {} > doc_offsets[{}] = {}", i, offsets[i], i + 1, offsets[i + 1])));
     }
     let last = offsets[offsets.len() - 1];
     if last as usize != n_tokens {
-        return Err(invalid(py, format!("doc_offsets[-1] must equal doc_vectors.shape[0] = {n_tokens}, got {last}")));
+        return Err(invalid(
+            py,
+            format!("doc_offsets[-1] must equal doc_vectors.shape[0] = {n_tokens}, got {last}"),
+        ));
     }
     let offsets_u64: Vec<u64> = offsets.iter().map(|&o| o as u64).collect();
     let q_data = contiguous2(&q);
@@ -56,18 +71,31 @@ fn maxsim<'py>(
         FloatMatrix::F32(a) => {
             let d = contiguous2(a);
             check_finite_f32(py, &d, "doc_vectors", dim)?;
-            py.detach(|| core_maxsim::maxsim(&q_data, dim, DocVectors::F32(&d), &offsets_u64, n_threads)).py_err(py)?
+            py.detach(|| {
+                core_maxsim::maxsim(&q_data, dim, DocVectors::F32(&d), &offsets_u64, n_threads)
+            })
+            .py_err(py)?
         }
         FloatMatrix::F16(a) => {
             let d = contiguous2(a);
             check_finite_f16(py, &d, "doc_vectors", dim)?;
-            py.detach(|| core_maxsim::maxsim(&q_data, dim, DocVectors::F16(&d), &offsets_u64, n_threads)).py_err(py)?
+            py.detach(|| {
+                core_maxsim::maxsim(&q_data, dim, DocVectors::F16(&d), &offsets_u64, n_threads)
+            })
+            .py_err(py)?
         }
     };
     Ok(scores.into_pyarray(py))
 }
 
+/// Name of the MaxSim kernel chosen for this CPU ("avx512", "avx2", "portable" or "scalar").
+#[pyfunction]
+fn kernel_name() -> &'static str {
+    core_maxsim::kernel_name()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(maxsim, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_name, m)?)?;
     Ok(())
 }

@@ -1,8 +1,22 @@
-//! Exact MaxSim: score(q, d) = sum over query tokens i of max over document tokens j of <q_i, d_j>.
+//! Exact MaxSim (ColBERT late interaction, Khattab & Zaharia, SIGIR 2020):
+//! `score(q, d) = sum over query tokens i of max over document tokens j of <q_i, d_j>`.
 //!
-//! (Placeholder: scalar only. The SIMD kernels and dispatch replace this module body.)
+//! The query is packed once into a [`PreparedQuery`] (transposed, zero-padded to whole SIMD
+//! vectors, split into blocks of at most two vectors); documents are then streamed through a
+//! register-blocked micro-kernel that computes a tile of dot products with FMAs and folds it
+//! straight into a running per-query-token max, so the similarity matrix is never stored.
+//! Kernels are chosen once at run time ([`Kernel::detect`]): AVX-512F, AVX2+FMA(+F16C), a portable
+//! kernel LLVM auto-vectorises (NEON on aarch64), and the scalar reference ([`scalar`]), which is
+//! also the test oracle. Half-precision documents are converted to f32 a chunk at a time into a
+//! small per-thread buffer and scored with the same f32 kernel.
 
+mod portable;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
 
 use half::f16;
 use rayon::prelude::*;
@@ -16,7 +30,7 @@ pub enum DocVectors<'a> {
     F16(&'a [f16]),
 }
 
-impl DocVectors<'_> {
+impl<'a> DocVectors<'a> {
     /// Number of scalars stored.
     pub fn len(&self) -> usize {
         match self {
@@ -29,25 +43,405 @@ impl DocVectors<'_> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
 
-/// Scores documents `i in 0..offsets.len()-1` (tokens `offsets[i]..offsets[i+1]` of `docs`,
-/// offsets relative to the start of `docs`) into `out[i]`, on the calling thread. The building
-/// block for the index's search, which parallelises over chunks of documents itself.
-/// Inputs must already be valid (the caller checked them); panics on inconsistent lengths.
-pub fn score_docs(query: &[f32], dim: usize, docs: DocVectors<'_>, offsets: &[u64], out: &mut [f32]) {
-    assert_eq!(out.len() + 1, offsets.len());
-    for (i, o) in out.iter_mut().enumerate() {
-        let (a, b) = (offsets[i] as usize * dim, offsets[i + 1] as usize * dim);
-        *o = match docs {
-            DocVectors::F32(v) => scalar::maxsim_f32(query, &v[a..b], dim),
-            DocVectors::F16(v) => scalar::maxsim_f16(query, &v[a..b], dim),
-        };
+    /// Scalars `a..b` (a sub-range of tokens when `a` and `b` are multiples of `dim`).
+    fn slice(&self, a: usize, b: usize) -> DocVectors<'a> {
+        match *self {
+            DocVectors::F32(v) => DocVectors::F32(&v[a..b]),
+            DocVectors::F16(v) => DocVectors::F16(&v[a..b]),
+        }
     }
 }
 
+/// A MaxSim implementation. [`Kernel::detect`] picks the fastest one the CPU supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Plain loops ([`scalar`]); the reference every other kernel is tested against.
+    Scalar,
+    /// Register-blocked kernel in portable Rust, auto-vectorised (NEON on aarch64).
+    Portable,
+    /// x86-64 AVX2 + FMA, F16C for half-precision storage.
+    Avx2,
+    /// x86-64 AVX-512F (compiled, not run on hardware during development).
+    Avx512,
+}
+
+impl Kernel {
+    /// Every kernel, slowest first.
+    pub const ALL: [Kernel; 4] = [
+        Kernel::Scalar,
+        Kernel::Portable,
+        Kernel::Avx2,
+        Kernel::Avx512,
+    ];
+
+    /// Short name (`"scalar"`, `"portable"`, `"avx2"`, `"avx512"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Portable => "portable",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses a name produced by [`Kernel::name`].
+    pub fn from_name(name: &str) -> Option<Kernel> {
+        Kernel::ALL
+            .into_iter()
+            .find(|k| k.name() == name.trim().to_ascii_lowercase())
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn is_available(self) -> bool {
+        match self {
+            Kernel::Scalar | Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 | Kernel::Avx512 => false,
+        }
+    }
+
+    /// The kernels this CPU can run, slowest first.
+    pub fn available() -> Vec<Kernel> {
+        Kernel::ALL
+            .into_iter()
+            .filter(|k| k.is_available())
+            .collect()
+    }
+
+    /// The kernel used by default, detected once per process: the fastest available, unless the
+    /// environment variable `LATIX_KERNEL` names another available one (for benchmarks).
+    pub fn detect() -> Kernel {
+        static DETECTED: OnceLock<Kernel> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            if let Some(k) = std::env::var("LATIX_KERNEL")
+                .ok()
+                .as_deref()
+                .and_then(Kernel::from_name)
+            {
+                if k.is_available() {
+                    return k;
+                }
+            }
+            *Kernel::available().last().unwrap_or(&Kernel::Scalar)
+        })
+    }
+
+    /// SIMD lanes per query vector in this kernel's packing.
+    fn lanes(self) -> usize {
+        match self {
+            Kernel::Avx512 => 16,
+            _ => 8,
+        }
+    }
+
+    /// Document tokens per micro-kernel tile (the f16 conversion chunk is a multiple of it).
+    fn rows(self) -> usize {
+        match self {
+            Kernel::Scalar => 1,
+            Kernel::Portable => portable::ROWS,
+            Kernel::Avx2 => 6,
+            Kernel::Avx512 => 12,
+        }
+    }
+}
+
+/// Name of the kernel [`maxsim`] and [`score_docs`] use on this machine (see [`Kernel::detect`]).
+pub fn kernel_name() -> &'static str {
+    Kernel::detect().name()
+}
+
+/// One block of packed query vectors (at most two, so the tile fits in registers).
+#[derive(Clone, Copy, Debug)]
+struct QBlock {
+    /// First query lane (token) of the block.
+    lane0: usize,
+    /// Vectors in the block (1 or 2).
+    n_vec: usize,
+    /// Start of the block's `dim * n_vec * lanes` packed floats in `PreparedQuery::qt`.
+    offset: usize,
+}
+
+/// A query packed for a kernel: transposed, zero-padded to whole vectors, in blocks of <= 2
+/// vectors. Build it once per query and score any number of documents with it.
+#[derive(Clone, Debug)]
+pub struct PreparedQuery {
+    kernel: Kernel,
+    dim: usize,
+    nq: usize,
+    nq_pad: usize,
+    blocks: Vec<QBlock>,
+    qt: Vec<f32>,
+    /// The row-major query, for the scalar kernel.
+    query: Vec<f32>,
+}
+
+/// Floats of document data processed per chunk: bounds the f16 conversion buffer (192 KB, stays
+/// in L2) and keeps a long document's chunk cached while each query block passes over it.
+const CHUNK_FLOATS: usize = 48 * 1024;
+
+/// Per-thread scratch: running maxima and the f16 -> f32 conversion buffer.
+#[derive(Default)]
+struct Scratch {
+    maxbuf: Vec<f32>,
+    conv: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+impl PreparedQuery {
+    /// Packs `query` (`n_query_tokens * dim` f32, row-major) for the detected kernel.
+    pub fn new(query: &[f32], dim: usize) -> Result<Self> {
+        Self::with_kernel(query, dim, Kernel::detect())
+    }
+
+    /// Packs `query` for a given kernel; fails if this CPU cannot run it.
+    pub fn with_kernel(query: &[f32], dim: usize, kernel: Kernel) -> Result<Self> {
+        if dim == 0 {
+            return Err(LatixError::invalid("dim must be positive, got 0"));
+        }
+        if query.is_empty() || !query.len().is_multiple_of(dim) {
+            return Err(LatixError::invalid(format!(
+                "query must be a non-empty (n_query_tokens, dim={dim}) array, got {} values",
+                query.len()
+            )));
+        }
+        if !kernel.is_available() {
+            return Err(LatixError::invalid(format!(
+                "kernel {} is not supported by this CPU",
+                kernel.name()
+            )));
+        }
+        let nq = query.len() / dim;
+        let lanes = kernel.lanes();
+        let n_vec_total = nq.div_ceil(lanes);
+        let nq_pad = n_vec_total * lanes;
+        let mut blocks = Vec::new();
+        let mut qt = Vec::new();
+        if kernel != Kernel::Scalar {
+            qt = vec![0.0f32; dim * nq_pad];
+            let mut v = 0;
+            while v < n_vec_total {
+                let n_vec = (n_vec_total - v).min(2);
+                let (lane0, width, offset) = (v * lanes, n_vec * lanes, v * lanes * dim);
+                for lane in 0..width {
+                    let tok = lane0 + lane;
+                    if tok < nq {
+                        let row = &query[tok * dim..(tok + 1) * dim];
+                        for (k, &x) in row.iter().enumerate() {
+                            qt[offset + k * width + lane] = x;
+                        }
+                    }
+                }
+                blocks.push(QBlock {
+                    lane0,
+                    n_vec,
+                    offset,
+                });
+                v += n_vec;
+            }
+        }
+        Ok(PreparedQuery {
+            kernel,
+            dim,
+            nq,
+            nq_pad,
+            blocks,
+            qt,
+            query: query.to_vec(),
+        })
+    }
+
+    /// The kernel this query was packed for.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Vector dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of query tokens.
+    pub fn n_tokens(&self) -> usize {
+        self.nq
+    }
+
+    /// MaxSim of the query against one document (`n_tokens * dim` scalars, row-major); a
+    /// document with no tokens scores 0. Panics if the length is not a multiple of `dim`.
+    pub fn score_doc(&self, doc: DocVectors<'_>) -> f32 {
+        self.with_scratch(|s| self.score_one(doc, s))
+    }
+
+    /// Scores documents `i in 0..offsets.len()-1` (tokens `offsets[i]..offsets[i+1]` of `docs`)
+    /// into `out[i]` on the calling thread. Panics on inconsistent lengths (callers validate).
+    pub fn score_docs(&self, docs: DocVectors<'_>, offsets: &[u64], out: &mut [f32]) {
+        assert_eq!(
+            out.len() + 1,
+            offsets.len(),
+            "out must have offsets.len() - 1 entries"
+        );
+        let dim = self.dim;
+        self.with_scratch(|s| {
+            for (i, o) in out.iter_mut().enumerate() {
+                let (a, b) = (offsets[i] as usize * dim, offsets[i + 1] as usize * dim);
+                *o = self.score_one(docs.slice(a, b), s);
+            }
+        })
+    }
+
+    fn with_scratch<R>(&self, f: impl FnOnce(&mut Scratch) -> R) -> R {
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut s) => f(&mut s),
+            // Re-entered on this thread (cannot happen today): use a fresh buffer.
+            Err(_) => f(&mut Scratch::default()),
+        })
+    }
+
+    fn score_one(&self, doc: DocVectors<'_>, s: &mut Scratch) -> f32 {
+        let dim = self.dim;
+        assert!(
+            doc.len().is_multiple_of(dim),
+            "document length {} is not a multiple of dim {dim}",
+            doc.len()
+        );
+        if doc.is_empty() {
+            return 0.0;
+        }
+        if self.kernel == Kernel::Scalar {
+            return match doc {
+                DocVectors::F32(v) => scalar::maxsim_f32(&self.query, v, dim),
+                DocVectors::F16(v) => scalar::maxsim_f16(&self.query, v, dim),
+            };
+        }
+        s.maxbuf.clear();
+        s.maxbuf.resize(self.nq_pad, f32::NEG_INFINITY);
+        let rows = self.kernel.rows();
+        let chunk_tok = (CHUNK_FLOATS / dim / rows).max(1) * rows;
+        let n_tok = doc.len() / dim;
+        let mut t0 = 0;
+        while t0 < n_tok {
+            let t1 = (t0 + chunk_tok).min(n_tok);
+            let part = doc.slice(t0 * dim, t1 * dim);
+            match part {
+                DocVectors::F32(v) => self.fold_f32(v, &mut s.maxbuf),
+                DocVectors::F16(v) => {
+                    s.conv.resize(v.len(), 0.0);
+                    self.convert(v, &mut s.conv[..v.len()]);
+                    let conv = std::mem::take(&mut s.conv);
+                    self.fold_f32(&conv[..v.len()], &mut s.maxbuf);
+                    s.conv = conv;
+                }
+            }
+            t0 = t1;
+        }
+        // Sum in query-token order, ignoring padded lanes.
+        s.maxbuf[..self.nq].iter().sum()
+    }
+
+    /// Folds f32 document tokens into the running maxima, block by block.
+    fn fold_f32(&self, doc: &[f32], maxbuf: &mut [f32]) {
+        let lanes = self.kernel.lanes();
+        for b in &self.blocks {
+            let qt = &self.qt[b.offset..b.offset + self.dim * b.n_vec * lanes];
+            let mb = &mut maxbuf[b.lane0..b.lane0 + b.n_vec * lanes];
+            match self.kernel {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `with_kernel` checked that the CPU supports AVX2, FMA and F16C.
+                Kernel::Avx2 => unsafe { x86::block_f32_avx2(qt, b.n_vec, doc, self.dim, mb) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `with_kernel` checked that the CPU supports AVX-512F.
+                Kernel::Avx512 => unsafe { x86::block_f32_avx512(qt, b.n_vec, doc, self.dim, mb) },
+                _ => portable::block_f32(qt, b.n_vec, doc, self.dim, mb),
+            }
+        }
+    }
+
+    /// Converts f16 document data to f32 with the kernel's instruction set.
+    fn convert(&self, src: &[f16], dst: &mut [f32]) {
+        match self.kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `with_kernel` checked that the CPU supports AVX2, FMA and F16C.
+            Kernel::Avx2 => unsafe { x86::f16_to_f32_f16c(src, dst) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `with_kernel` checked that the CPU supports AVX-512F.
+            Kernel::Avx512 => unsafe { x86::f16_to_f32_avx512(src, dst) },
+            _ => {
+                use half::slice::HalfFloatSliceExt;
+                src.convert_to_f32_slice(dst)
+            }
+        }
+    }
+}
+
+/// Scores documents `i in 0..offsets.len()-1` (tokens `offsets[i]..offsets[i+1]` of `docs`,
+/// offsets relative to the start of `docs`) into `out[i]`, on the calling thread, with the
+/// detected kernel. The building block for the index's search, which parallelises over chunks
+/// of documents itself. Inputs must already be valid (the caller checked them); panics on
+/// inconsistent lengths. Packs the query on every call: use [`PreparedQuery`] to pack it once.
+pub fn score_docs(
+    query: &[f32],
+    dim: usize,
+    docs: DocVectors<'_>,
+    offsets: &[u64],
+    out: &mut [f32],
+) {
+    score_docs_with(Kernel::detect(), query, dim, docs, offsets, out)
+}
+
+/// [`score_docs`] with a given kernel (tests and benchmarks). Panics if the CPU cannot run it.
+pub fn score_docs_with(
+    kernel: Kernel,
+    query: &[f32],
+    dim: usize,
+    docs: DocVectors<'_>,
+    offsets: &[u64],
+    out: &mut [f32],
+) {
+    match PreparedQuery::with_kernel(query, dim, kernel) {
+        Ok(p) => p.score_docs(docs, offsets, out),
+        Err(e) => panic!("score_docs: {e}"),
+    }
+}
+
+/// Checks `offsets` against a collection of `n_tokens` tokens: non-empty, non-decreasing, last
+/// entry at most `n_tokens`.
+fn check_offsets(offsets: &[u64], n_tokens: u64) -> Result<()> {
+    let Some(&last) = offsets.last() else {
+        return Err(LatixError::invalid(
+            "doc_offsets must have n_docs + 1 entries (at least 1), got 0",
+        ));
+    };
+    if let Some(i) = offsets.windows(2).position(|w| w[1] < w[0]) {
+        return Err(LatixError::invalid(format!(
+            "doc_offsets must be non-decreasing, but doc_offsets[{i}] = {} > doc_offsets[{}] = {}",
+            offsets[i],
+            i + 1,
+            offsets[i + 1]
+        )));
+    }
+    if last > n_tokens {
+        return Err(LatixError::invalid(format!(
+            "doc_offsets[-1] = {last} points past the end of doc_vectors ({n_tokens} tokens)"
+        )));
+    }
+    Ok(())
+}
+
 /// Scores every document `i` (tokens `offsets[i]..offsets[i+1]` of `docs`) against `query`
-/// (`n_query_tokens * dim` f32, row-major). Runs in latix's pool; validates all inputs.
+/// (`n_query_tokens * dim` f32, row-major) with the detected kernel. Validates all inputs and
+/// runs in latix's pool of `n_threads` threads (None = default), documents split into chunks of
+/// similar token counts. Results do not depend on the number of threads.
 pub fn maxsim(
     query: &[f32],
     dim: usize,
@@ -55,35 +449,53 @@ pub fn maxsim(
     offsets: &[u64],
     n_threads: Option<usize>,
 ) -> Result<Vec<f32>> {
-    if dim == 0 {
-        return Err(LatixError::invalid("dim must be positive"));
-    }
-    if query.is_empty() || query.len() % dim != 0 {
-        return Err(LatixError::invalid("query must be a non-empty (n_query_tokens, dim) array"));
-    }
-    if offsets.is_empty() {
-        return Err(LatixError::invalid("doc_offsets must have n_docs + 1 entries"));
-    }
-    let n_tokens = (docs.len() / dim) as u64;
-    for w in offsets.windows(2) {
-        if w[1] < w[0] {
-            return Err(LatixError::invalid("doc_offsets must be non-decreasing"));
-        }
-    }
-    if offsets[offsets.len() - 1] > n_tokens {
-        return Err(LatixError::invalid("doc_offsets point past the end of doc_vectors"));
-    }
-    let n_docs = offsets.len() - 1;
-    crate::parallel::install(n_threads, || {
-        (0..n_docs)
-            .into_par_iter()
-            .map(|i| {
-                let (a, b) = (offsets[i] as usize * dim, offsets[i + 1] as usize * dim);
-                match docs {
-                    DocVectors::F32(v) => scalar::maxsim_f32(query, &v[a..b], dim),
-                    DocVectors::F16(v) => scalar::maxsim_f16(query, &v[a..b], dim),
-                }
-            })
-            .collect()
-    })
+    maxsim_with(Kernel::detect(), query, dim, docs, offsets, n_threads)
 }
+
+/// [`maxsim`] with a given kernel (tests and benchmarks); fails if the CPU cannot run it.
+pub fn maxsim_with(
+    kernel: Kernel,
+    query: &[f32],
+    dim: usize,
+    docs: DocVectors<'_>,
+    offsets: &[u64],
+    n_threads: Option<usize>,
+) -> Result<Vec<f32>> {
+    let prepared = PreparedQuery::with_kernel(query, dim, kernel)?;
+    if !docs.len().is_multiple_of(dim) {
+        return Err(LatixError::invalid(format!(
+            "doc_vectors must be (n_tokens, dim={dim}), got {} values (not a multiple of dim)",
+            docs.len()
+        )));
+    }
+    check_offsets(offsets, (docs.len() / dim) as u64)?;
+    let n_docs = offsets.len() - 1;
+    let mut out = vec![0.0f32; n_docs];
+    crate::parallel::install(n_threads, || {
+        let n_threads = rayon::current_num_threads();
+        let total = offsets[n_docs] - offsets[0];
+        // Several chunks per thread for balance, but big enough that scheduling costs nothing.
+        let target = (total / (n_threads as u64 * 8)).max(4096);
+        let mut tasks: Vec<(usize, &mut [f32])> = Vec::new();
+        let mut rest: &mut [f32] = &mut out;
+        let mut start = 0;
+        while start < n_docs {
+            let mut end = start + 1;
+            while end < n_docs && offsets[end] - offsets[start] < target {
+                end += 1;
+            }
+            let (head, tail) = rest.split_at_mut(end - start);
+            tasks.push((start, head));
+            rest = tail;
+            start = end;
+        }
+        tasks.into_par_iter().for_each(|(start, chunk)| {
+            let end = start + chunk.len();
+            prepared.score_docs(docs, &offsets[start..=end], chunk);
+        });
+    })?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1136 @@
+//! The index: a directory-backed, memory-mapped collection of documents (each a matrix of token
+//! vectors under a stable external string id) with exhaustive exact MaxSim search.
+//!
+//! Concurrency model: one writer (an exclusive `flock` on `LOCK`, taken by the first mutating
+//! call, released when the handle closes or the process dies) and any number of readers. Staged
+//! adds go to a temporary segment file and staged deletes to a small in-memory set; `commit`
+//! publishes both atomically by switching `CURRENT` to a new manifest. Readers search an `Arc`'d
+//! [`Snapshot`]; each search first compares `CURRENT` with the snapshot's manifest name (one tiny
+//! read) and reloads only when a newer commit exists.
+//!
+//! Search scores documents in chunks of about [`CHUNK_BYTES`] of vectors on latix's thread pool,
+//! keeping a per-query top-k heap per worker, so its memory does not grow with the index.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::error::{LatixError, Result};
+use crate::maxsim::{self, DocVectors};
+use crate::store::manifest::{manifest_name, Manifest, SegmentEntry};
+use crate::store::{
+    fsync_dir, snapshot::read_current, write_atomic, Dtype, Segment, SegmentWriter, Snapshot,
+    CURRENT_FILE, LOCK_FILE, MANIFEST_PREFIX, TMP_PREFIX,
+};
+
+/// Target bytes of document vectors scored per work item (fits in L2 with room for the query).
+pub const CHUNK_BYTES: usize = 256 * 1024;
+/// Largest accepted vector dimension.
+pub const MAX_DIM: usize = 65536;
+/// Longest accepted id, in UTF-8 bytes.
+pub const MAX_ID_BYTES: usize = 65535;
+
+const SEGMENT_PREFIX: &str = "seg-";
+/// Prefix of index-level named files (so a writer recognises one orphaned by a crash).
+const INDEX_FILE_PREFIX: &str = "idx-";
+/// Largest `k` accepted beyond the number of documents (the result arrays are `n_queries * k`).
+pub const MAX_PADDED_K: usize = 1 << 20;
+
+/// How [`Index::open`] opens an index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Read-only until the first mutating call, which then takes the write lock.
+    Read,
+    /// Take the write lock now (fails with `Locked` if another writer holds it).
+    Write,
+}
+
+/// A document's stored vectors, copied out of the index.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OwnedVectors {
+    /// float16 storage, row-major `(n, dim)`.
+    F16(Vec<f16>),
+    /// float32 storage, row-major `(n, dim)`.
+    F32(Vec<f32>),
+}
+
+/// Results of [`Index::search`]: row-major `(n_queries, k)`, best first; missing hits are
+/// `-inf` with id `""`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchResults {
+    /// Number of queries.
+    pub n_queries: usize,
+    /// Hits per query.
+    pub k: usize,
+    /// `n_queries * k` scores.
+    pub scores: Vec<f32>,
+    /// `n_queries * k` ids.
+    pub ids: Vec<String>,
+}
+
+/// What a commit hook may do: add index-level or per-segment named files to the commit (e.g. a
+/// trained codec and each new segment's codes). Files are written atomically and published by the
+/// same manifest switch as the rest of the commit.
+pub struct CommitContext<'a> {
+    dir: &'a Path,
+    manifest: &'a mut Manifest,
+    new_segments: Vec<String>,
+    previous: &'a Snapshot,
+}
+
+impl CommitContext<'_> {
+    /// The generation this commit will publish.
+    pub fn generation(&self) -> u64 {
+        self.manifest.generation
+    }
+
+    /// The committed state this commit builds on.
+    pub fn previous(&self) -> &Snapshot {
+        self.previous
+    }
+
+    /// Segment entries of the new manifest (tombstones included), in order.
+    pub fn segments(&self) -> &[SegmentEntry] {
+        &self.manifest.segments
+    }
+
+    /// File names of the segments created by this commit.
+    pub fn new_segments(&self) -> &[String] {
+        &self.new_segments
+    }
+
+    /// Maps one segment of the new manifest (new or old) for reading.
+    pub fn open_segment(&self, file: &str) -> Result<Segment> {
+        let e = self
+            .manifest
+            .segments
+            .iter()
+            .find(|s| s.file == file)
+            .ok_or_else(|| LatixError::NotFound(format!("no segment {file}")))?;
+        Segment::open(
+            &self.dir.join(file),
+            self.manifest.dim,
+            self.manifest.dtype,
+            Some(e.header_crc),
+        )
+    }
+
+    fn check_name(name: &str) -> Result<()> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(LatixError::invalid(format!(
+                "side file name must match [a-z0-9_]{{1,64}}, got {name:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes (or replaces) the index-level named file `name`.
+    pub fn write_index_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        Self::check_name(name)?;
+        // A fresh file name per generation: files readers may have mapped are never overwritten.
+        let file = format!("{INDEX_FILE_PREFIX}{name}-{:020}", self.manifest.generation);
+        write_atomic(self.dir, &file, bytes)?;
+        self.manifest.index_files.retain(|(n, _)| n != name);
+        self.manifest.index_files.push((name.to_owned(), file));
+        Ok(())
+    }
+
+    /// Writes (or replaces) the named side file `name` of segment `segment_file`.
+    pub fn write_segment_file(
+        &mut self,
+        segment_file: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<()> {
+        Self::check_name(name)?;
+        let gen = self.manifest.generation;
+        let e = self
+            .manifest
+            .segments
+            .iter_mut()
+            .find(|s| s.file == segment_file)
+            .ok_or_else(|| {
+                LatixError::NotFound(format!("no segment {segment_file} in this commit"))
+            })?;
+        let stem = segment_file.trim_end_matches(".lxs");
+        let file = format!("{stem}.{name}-{gen:020}");
+        write_atomic(self.dir, &file, bytes)?;
+        e.side_files.retain(|(n, _)| n != name);
+        e.side_files.push((name.to_owned(), file));
+        Ok(())
+    }
+}
+
+/// A commit hook: called after new segments are written, before the manifest switch.
+pub type CommitHook<'h> = &'h mut dyn FnMut(&mut CommitContext<'_>) -> Result<()>;
+
+struct Writer {
+    _lock: File,
+    stage: Option<SegmentWriter>,
+    /// Live staged ids -> staged document number.
+    staged_ids: HashMap<String, u32>,
+    /// Staged documents deleted or replaced before their commit.
+    staged_dead: Vec<u32>,
+    /// Committed documents deleted by staged operations: segment file -> document numbers.
+    deletes: HashMap<String, BTreeSet<u32>>,
+}
+
+impl Writer {
+    fn has_changes(&self) -> bool {
+        self.stage.as_ref().is_some_and(|s| s.n_docs() > 0) || !self.deletes.is_empty()
+    }
+
+    fn reset(&mut self) {
+        self.stage = None;
+        self.staged_ids.clear();
+        self.staged_dead.clear();
+        self.deletes.clear();
+    }
+
+    /// Whether `id` is live after the staged changes, given the committed snapshot.
+    fn exists(&self, snap: &Snapshot, id: &str) -> bool {
+        self.staged_ids.contains_key(id) || self.committed_live(snap, id).is_some()
+    }
+
+    fn committed_live(&self, snap: &Snapshot, id: &str) -> Option<(String, u32)> {
+        let (s, d) = snap.lookup(id)?;
+        let file = snap.segments()[s].segment.file_name();
+        if self.deletes.get(file).is_some_and(|set| set.contains(&d)) {
+            return None;
+        }
+        Some((file.to_owned(), d))
+    }
+
+    /// Stages the deletion of live `id` (caller checked it exists).
+    fn stage_delete(&mut self, snap: &Snapshot, id: &str) {
+        if let Some(d) = self.staged_ids.remove(id) {
+            self.staged_dead.push(d);
+        } else if let Some((file, d)) = self.committed_live(snap, id) {
+            self.deletes.entry(file).or_default().insert(d);
+        }
+    }
+}
+
+/// A handle on an index directory. Thread-safe: searches run concurrently; mutations serialise.
+pub struct Index {
+    dir: PathBuf,
+    dim: usize,
+    dtype: Dtype,
+    closed: AtomicBool,
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
+    writer: Mutex<Option<Writer>>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("dir", &self.dir)
+            .field("dim", &self.dim)
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned mutex means a panic elsewhere; the guarded state is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn take_lock(dir: &Path) -> Result<File> {
+    let p = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&p)
+        .map_err(|e| LatixError::io(&p, e))?;
+    match fs4::FileExt::try_lock(&f) {
+        Ok(()) => Ok(f),
+        Err(fs4::TryLockError::WouldBlock) => Err(LatixError::Locked(format!(
+            "index at {} is locked by another writer (another handle or process); close it first",
+            dir.display()
+        ))),
+        Err(fs4::TryLockError::Error(e)) => Err(LatixError::io(&p, e)),
+    }
+}
+
+/// Validates one document or query matrix given as a flat slice; `what` names it in errors.
+fn check_matrix(v: DocVectors<'_>, dim: usize, what: &str, storage: Option<Dtype>) -> Result<()> {
+    if v.is_empty() {
+        return Err(LatixError::invalid(format!(
+            "{what} must have at least one row (token), got shape (0, {dim})"
+        )));
+    }
+    if v.len() % dim != 0 {
+        return Err(LatixError::invalid(format!(
+            "{what} must have shape (n, {dim}), got {} values",
+            v.len()
+        )));
+    }
+    let bad = |pos: usize, x: f32, why: &str| {
+        LatixError::invalid(format!(
+            "{what} contains {why} ({x}) at row {}, column {}",
+            pos / dim,
+            pos % dim
+        ))
+    };
+    match v {
+        DocVectors::F32(s) => {
+            if let Some(p) = s.iter().position(|x| !x.is_finite()) {
+                return Err(bad(p, s[p], "a non-finite value"));
+            }
+            if storage == Some(Dtype::F16) {
+                if let Some(p) = s.iter().position(|x| x.abs() > f16::MAX.to_f32()) {
+                    return Err(bad(p, s[p], "a value outside the float16 range"));
+                }
+            }
+        }
+        DocVectors::F16(s) => {
+            if let Some(p) = s.iter().position(|x| !x.is_finite()) {
+                return Err(bad(p, s[p].to_f32(), "a non-finite value"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_id(id: &str, i: usize) -> Result<()> {
+    if id.is_empty() {
+        return Err(LatixError::invalid(format!(
+            "ids[{i}] is empty; ids must be non-empty strings"
+        )));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(LatixError::invalid(format!(
+            "ids[{i}] is {} bytes long, at most {MAX_ID_BYTES} allowed",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_unique<'a>(ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    let mut seen = HashSet::new();
+    for id in ids {
+        if !seen.insert(id) {
+            return Err(LatixError::invalid(format!(
+                "ids contains {id:?} more than once"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn list_some(ids: &[&str]) -> String {
+    let mut s: Vec<String> = ids.iter().take(5).map(|i| format!("{i:?}")).collect();
+    if ids.len() > 5 {
+        s.push(format!("... ({} in all)", ids.len()));
+    }
+    s.join(", ")
+}
+
+/// A search hit; ordered so that the *worse* hit compares greater (max-heap top = worst kept).
+#[derive(Clone, Copy, Debug)]
+struct Hit {
+    score: f32,
+    /// (segment index << 32) | document number: insertion order, the tie breaker.
+    ord: u64,
+}
+
+impl PartialEq for Hit {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == CmpOrdering::Equal
+    }
+}
+impl Eq for Hit {}
+impl PartialOrd for Hit {
+    fn partial_cmp(&self, o: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Hit {
+    fn cmp(&self, o: &Self) -> CmpOrdering {
+        o.score.total_cmp(&self.score).then(self.ord.cmp(&o.ord))
+    }
+}
+
+#[derive(Clone, Debug)]
+struct TopK {
+    k: usize,
+    heap: BinaryHeap<Hit>,
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k.min(4096) + 1),
+        }
+    }
+    fn push(&mut self, h: Hit) {
+        if self.heap.len() < self.k {
+            self.heap.push(h);
+        } else if let Some(mut top) = self.heap.peek_mut() {
+            if h < *top {
+                *top = h;
+            }
+        }
+    }
+    fn merge(mut self, other: TopK) -> TopK {
+        for h in other.heap {
+            self.push(h);
+        }
+        self
+    }
+}
+
+/// One unit of search work: a range of documents of one segment, or a list of them (subset).
+enum Work<'a> {
+    Range { seg: usize, start: u32, end: u32 },
+    List { seg: usize, docs: &'a [u32] },
+}
+
+impl Index {
+    /// Creates a new, empty index at `path` (the directory is created if missing) and returns a
+    /// handle holding the write lock. Fails with `AlreadyExists` if an index (or any other file)
+    /// is already there.
+    pub fn create(path: impl AsRef<Path>, dim: usize, dtype: Dtype) -> Result<Index> {
+        let dir = path.as_ref().to_path_buf();
+        if dim == 0 || dim > MAX_DIM {
+            return Err(LatixError::invalid(format!(
+                "dim must be between 1 and {MAX_DIM}, got {dim}"
+            )));
+        }
+        let not_empty = |dir: &Path| -> Result<bool> {
+            let rd = std::fs::read_dir(dir).map_err(|e| LatixError::io(dir, e))?;
+            for e in rd {
+                let e = e.map_err(|e| LatixError::io(dir, e))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                // A LOCK or temp file alone is what an interrupted create leaves behind.
+                if name != LOCK_FILE && !name.starts_with(TMP_PREFIX) {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        if dir.exists() {
+            if !dir.is_dir() {
+                return Err(LatixError::AlreadyExists(format!(
+                    "{} exists and is not a directory",
+                    dir.display()
+                )));
+            }
+            if dir.join(CURRENT_FILE).exists() {
+                return Err(LatixError::AlreadyExists(format!(
+                    "an index already exists at {}",
+                    dir.display()
+                )));
+            }
+            if not_empty(&dir)? {
+                return Err(LatixError::AlreadyExists(format!(
+                    "{} is a non-empty directory that is not a latix index; refusing to create an index there",
+                    dir.display()
+                )));
+            }
+        } else {
+            std::fs::create_dir_all(&dir).map_err(|e| LatixError::io(&dir, e))?;
+        }
+        let lock_file = take_lock(&dir)?;
+        // Re-check under the lock: another process may have created the index meanwhile.
+        if dir.join(CURRENT_FILE).exists() {
+            return Err(LatixError::AlreadyExists(format!(
+                "an index already exists at {}",
+                dir.display()
+            )));
+        }
+        let manifest = Manifest {
+            dim,
+            dtype,
+            generation: 0,
+            next_segment_id: 0,
+            index_files: vec![],
+            segments: vec![],
+        };
+        let name = manifest_name(0);
+        write_atomic(&dir, &name, &manifest.encode())?;
+        write_atomic(&dir, CURRENT_FILE, format!("{name}\n").as_bytes())?;
+        let snap = Snapshot::load(&dir, None)?;
+        Ok(Index {
+            dir,
+            dim,
+            dtype,
+            closed: AtomicBool::new(false),
+            snapshot: Mutex::new(Some(snap)),
+            writer: Mutex::new(Some(Writer {
+                _lock: lock_file,
+                stage: None,
+                staged_ids: HashMap::new(),
+                staged_dead: Vec::new(),
+                deletes: HashMap::new(),
+            })),
+        })
+    }
+
+    /// Opens an existing index. O(1) in the size of the vector data: reads `CURRENT` and the
+    /// manifest and maps the segments.
+    pub fn open(path: impl AsRef<Path>, mode: OpenMode) -> Result<Index> {
+        let dir = path.as_ref().to_path_buf();
+        if !dir.join(CURRENT_FILE).exists() {
+            let what = if !dir.exists() {
+                "does not exist"
+            } else if !dir.is_dir() {
+                "is not a directory"
+            } else {
+                "is not a latix index (no CURRENT file)"
+            };
+            return Err(LatixError::NotFound(format!("{} {what}", dir.display())));
+        }
+        let snap = Snapshot::load(&dir, None)?;
+        let index = Index {
+            dim: snap.dim(),
+            dtype: snap.dtype(),
+            dir,
+            closed: AtomicBool::new(false),
+            snapshot: Mutex::new(Some(snap)),
+            writer: Mutex::new(None),
+        };
+        if mode == OpenMode::Write {
+            let mut w = lock(&index.writer);
+            index.writer_mut(&mut w)?;
+        }
+        Ok(index)
+    }
+
+    /// Directory of the index.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Vector dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Storage dtype.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LatixError::Closed(format!(
+                "the index handle for {} is closed",
+                self.dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The latest committed snapshot (reloaded only if `CURRENT` changed since the last call).
+    pub fn snapshot(&self) -> Result<Arc<Snapshot>> {
+        self.ensure_open()?;
+        let mut g = lock(&self.snapshot);
+        let prev = g
+            .as_ref()
+            .ok_or_else(|| LatixError::Closed("the index handle is closed".into()))?;
+        let snap = Snapshot::load(&self.dir, Some(prev))?;
+        *g = Some(snap.clone());
+        Ok(snap)
+    }
+
+    /// Takes the write lock if this handle does not hold it yet; on taking it, removes files a
+    /// crashed writer left behind.
+    fn writer_mut<'a>(&self, g: &'a mut MutexGuard<'_, Option<Writer>>) -> Result<&'a mut Writer> {
+        self.ensure_open()?;
+        if g.is_none() {
+            let lock_file = take_lock(&self.dir)?;
+            let snap = self.snapshot()?;
+            self.remove_unreferenced(&snap, None)?;
+            **g = Some(Writer {
+                _lock: lock_file,
+                stage: None,
+                staged_ids: HashMap::new(),
+                staged_dead: Vec::new(),
+                deletes: HashMap::new(),
+            });
+        }
+        g.as_mut()
+            .ok_or_else(|| LatixError::Closed("no writer".into()))
+    }
+
+    /// Deletes files of the directory that `snap` does not reference: temp files, old manifests,
+    /// old segments and their side files (`also` lists other side files of a previous manifest).
+    /// Only called by the lock holder.
+    fn remove_unreferenced(&self, snap: &Snapshot, also: Option<&Manifest>) -> Result<()> {
+        let keep: HashSet<String> = snap
+            .manifest()
+            .referenced_files()
+            .into_iter()
+            .chain([snap.manifest_name().to_owned()])
+            .collect();
+        let known: HashSet<String> = also
+            .map(|m| m.referenced_files().into_iter().collect())
+            .unwrap_or_default();
+        let rd = std::fs::read_dir(&self.dir).map_err(|e| LatixError::io(&self.dir, e))?;
+        let mut removed = false;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = name.starts_with(TMP_PREFIX)
+                || name.starts_with(MANIFEST_PREFIX)
+                || name.starts_with(SEGMENT_PREFIX)
+                || name.starts_with(INDEX_FILE_PREFIX)
+                || known.contains(&name);
+            if ours && !keep.contains(&name) && name != LOCK_FILE && name != CURRENT_FILE {
+                // Unlinking is safe for readers: their maps stay valid; a reader that has not yet
+                // opened a file of an older manifest retries from CURRENT.
+                let _ = std::fs::remove_file(e.path());
+                removed = true;
+            }
+        }
+        if removed {
+            fsync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Stages documents. `ids[i]` gets the token vectors `docs[i]` (row-major `(n_i, dim)`, f32
+    /// or f16, converted to the storage dtype). An id that already exists (committed or staged)
+    /// is an `AlreadyExists` error unless `replace`, which deletes the old document in the same
+    /// commit. All checks run before anything is staged: on error nothing changes.
+    pub fn add(&self, ids: &[&str], docs: &[DocVectors<'_>], replace: bool) -> Result<()> {
+        self.ensure_open()?;
+        if ids.len() != docs.len() {
+            return Err(LatixError::invalid(format!(
+                "len(ids) = {} but len(embeddings) = {}; they must match",
+                ids.len(),
+                docs.len()
+            )));
+        }
+        for (i, id) in ids.iter().enumerate() {
+            check_id(id, i)?;
+        }
+        check_unique(ids.iter().copied())?;
+        for (i, d) in docs.iter().enumerate() {
+            check_matrix(*d, self.dim, &format!("embeddings[{i}]"), Some(self.dtype))?;
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut g = lock(&self.writer);
+        let w = self.writer_mut(&mut g)?;
+        let snap = self.snapshot()?;
+        if !replace {
+            let existing: Vec<&str> = ids
+                .iter()
+                .copied()
+                .filter(|id| w.exists(&snap, id))
+                .collect();
+            if !existing.is_empty() {
+                return Err(LatixError::AlreadyExists(format!(
+                    "ids already in the index (pass replace=True to overwrite): {}",
+                    list_some(&existing)
+                )));
+            }
+        }
+        if w.stage.is_none() {
+            w.stage = Some(SegmentWriter::create(&self.dir, self.dim, self.dtype)?);
+        }
+        let stage = w
+            .stage
+            .as_mut()
+            .ok_or_else(|| LatixError::Closed("no stage".into()))?;
+        let cp = stage.checkpoint();
+        let mut new_docs = Vec::with_capacity(ids.len());
+        for (id, d) in ids.iter().zip(docs) {
+            match stage.add_doc(id, *d) {
+                Ok(n) => new_docs.push(n),
+                Err(e) => {
+                    stage.rollback(cp);
+                    return Err(e);
+                }
+            }
+        }
+        for (id, n) in ids.iter().zip(new_docs) {
+            if replace && w.exists(&snap, id) {
+                w.stage_delete(&snap, id);
+            }
+            w.staged_ids.insert((*id).to_owned(), n);
+        }
+        Ok(())
+    }
+
+    /// Stages the deletion of `ids`. Every id must exist (committed and not deleted, or staged);
+    /// otherwise `NotFound` names the missing ones and nothing is deleted.
+    pub fn delete(&self, ids: &[&str]) -> Result<()> {
+        self.ensure_open()?;
+        for (i, id) in ids.iter().enumerate() {
+            check_id(id, i)?;
+        }
+        check_unique(ids.iter().copied())?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut g = lock(&self.writer);
+        let w = self.writer_mut(&mut g)?;
+        let snap = self.snapshot()?;
+        let missing: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !w.exists(&snap, id))
+            .collect();
+        if !missing.is_empty() {
+            return Err(LatixError::NotFound(format!(
+                "ids not in the index (nothing deleted): {}",
+                list_some(&missing)
+            )));
+        }
+        for id in ids {
+            w.stage_delete(&snap, id);
+        }
+        Ok(())
+    }
+
+    /// Makes staged changes durable and visible, atomically. A no-op without staged changes.
+    pub fn commit(&self) -> Result<()> {
+        self.commit_with(None)
+    }
+
+    /// [`Index::commit`] with a hook that may attach named files to the commit (always commits
+    /// when a hook is given, even without staged changes).
+    pub fn commit_with(&self, hook: Option<CommitHook<'_>>) -> Result<()> {
+        self.ensure_open()?;
+        let mut g = lock(&self.writer);
+        if g.is_none() && hook.is_none() {
+            return Ok(());
+        }
+        let w = self.writer_mut(&mut g)?;
+        if !w.has_changes() && hook.is_none() {
+            w.reset();
+            return Ok(());
+        }
+        let base = self.snapshot()?;
+        let mut segments = Vec::with_capacity(base.segments().len() + 1);
+        for v in base.segments() {
+            let mut entry = v.entry.clone();
+            if let Some(dels) = w.deletes.get(v.segment.file_name()) {
+                let merged: BTreeSet<u32> = entry
+                    .tombstones
+                    .iter()
+                    .copied()
+                    .chain(dels.iter().copied())
+                    .collect();
+                entry.tombstones = Arc::new(merged.into_iter().collect());
+            }
+            segments.push(entry);
+        }
+        let mut stage = w.stage.take();
+        let mut staged_dead = w.staged_dead.clone();
+        staged_dead.sort_unstable();
+        let (switched, res) = self.publish(&base, segments, stage.as_mut(), staged_dead, hook);
+        if switched {
+            w.reset();
+        } else {
+            // Nothing was published: keep every staged change so the commit can be retried.
+            w.stage = stage;
+        }
+        res
+    }
+
+    /// Publishes a commit: [`Index::write_commit`], then refreshes this handle's snapshot and
+    /// removes files no longer referenced. Returns whether `CURRENT` was switched (the commit
+    /// happened, even if a later step failed). If not, a finished `stage` is moved back to its
+    /// temporary name so that the caller can keep it staged.
+    fn publish(
+        &self,
+        base: &Arc<Snapshot>,
+        segments: Vec<SegmentEntry>,
+        stage: Option<&mut SegmentWriter>,
+        stage_dead: Vec<u32>,
+        hook: Option<CommitHook<'_>>,
+    ) -> (bool, Result<()>) {
+        let mut stage = stage.filter(|s| s.n_docs() > 0);
+        if let Err(e) = self.write_commit(base, segments, stage.as_deref_mut(), stage_dead, hook) {
+            // An error after the rename of CURRENT (e.g. the directory fsync) still committed.
+            let target = manifest_name(base.generation() + 1);
+            if read_current(&self.dir).ok().as_deref() == Some(target.as_str()) {
+                return (true, Err(e));
+            }
+            if let Some(s) = stage {
+                if let Err(e2) = s.unpublish() {
+                    return (false, Err(e2));
+                }
+            }
+            return (false, Err(e));
+        }
+        let res = self
+            .snapshot()
+            .and_then(|snap| self.remove_unreferenced(&snap, Some(base.manifest())));
+        (true, res)
+    }
+
+    /// Writes the staged segment (if any), runs the hook, writes the new manifest and switches
+    /// `CURRENT` to it.
+    fn write_commit(
+        &self,
+        base: &Arc<Snapshot>,
+        mut segments: Vec<SegmentEntry>,
+        stage: Option<&mut SegmentWriter>,
+        stage_dead: Vec<u32>,
+        hook: Option<CommitHook<'_>>,
+    ) -> Result<()> {
+        let bm = base.manifest();
+        let mut manifest = Manifest {
+            dim: self.dim,
+            dtype: self.dtype,
+            generation: bm.generation + 1,
+            next_segment_id: bm.next_segment_id,
+            index_files: bm.index_files.clone(),
+            segments: Vec::new(),
+        };
+        let mut new_segments = Vec::new();
+        if let Some(stage) = stage {
+            let file = format!("{SEGMENT_PREFIX}{:010}.lxs", manifest.next_segment_id);
+            manifest.next_segment_id += 1;
+            let (n_docs, n_tokens) = (stage.n_docs() as u64, stage.n_tokens());
+            let header_crc = stage.finish(&self.dir.join(&file))?;
+            segments.push(SegmentEntry {
+                file: file.clone(),
+                n_docs,
+                n_tokens,
+                header_crc,
+                side_files: vec![],
+                tombstones: Arc::new(stage_dead),
+            });
+            new_segments.push(file);
+        }
+        // A segment whose every document is deleted is dropped (its file removed after).
+        segments.retain(|s| (s.tombstones.len() as u64) < s.n_docs);
+        manifest.segments = segments;
+        if let Some(hook) = hook {
+            let mut ctx = CommitContext {
+                dir: &self.dir,
+                manifest: &mut manifest,
+                new_segments,
+                previous: base,
+            };
+            hook(&mut ctx)?;
+        }
+        let name = manifest_name(manifest.generation);
+        write_atomic(&self.dir, &name, &manifest.encode())?;
+        write_atomic(&self.dir, CURRENT_FILE, format!("{name}\n").as_bytes())?;
+        Ok(())
+    }
+
+    /// Commits staged changes, then rewrites all live documents into one new segment (dropping
+    /// deleted ones and any per-segment side files), commits that, and removes the old files.
+    /// Ids and insertion order are preserved. Readers keep their snapshots. `hook` may attach
+    /// files (e.g. re-encoded codes) to the compacted segment.
+    pub fn compact_with(&self, hook: Option<CommitHook<'_>>) -> Result<()> {
+        self.commit()?;
+        let mut g = lock(&self.writer);
+        self.writer_mut(&mut g)?;
+        let base = self.snapshot()?;
+        let dirty = base.segments().len() > 1
+            || base
+                .segments()
+                .iter()
+                .any(|v| !v.entry.tombstones.is_empty());
+        if !dirty && hook.is_none() {
+            return Ok(());
+        }
+        let mut stage = SegmentWriter::create(&self.dir, self.dim, self.dtype)?;
+        for v in base.segments() {
+            let seg = &v.segment;
+            for d in 0..seg.n_docs() as u32 {
+                if v.is_deleted(d) {
+                    continue;
+                }
+                let (a, b) = seg.doc_range(d);
+                // Verified read: compaction must not launder damaged vectors into fresh checksums.
+                stage.add_doc(seg.id(d)?, seg.rows_checked(a, b)?)?;
+            }
+        }
+        // On failure the temporary segment is removed when `stage` drops; nothing changed.
+        self.publish(&base, Vec::new(), Some(&mut stage), Vec::new(), hook)
+            .1
+    }
+
+    /// [`Index::compact_with`] without a hook.
+    pub fn compact(&self) -> Result<()> {
+        self.compact_with(None)
+    }
+
+    /// Number of live documents in the latest committed snapshot.
+    pub fn len(&self) -> Result<usize> {
+        Ok(self.snapshot()?.len())
+    }
+
+    /// True if the committed index has no live documents.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Number of token vectors of live documents.
+    pub fn num_tokens(&self) -> Result<u64> {
+        Ok(self.snapshot()?.num_tokens())
+    }
+
+    /// True if `id` is a live committed document.
+    pub fn contains(&self, id: &str) -> Result<bool> {
+        Ok(self.snapshot()?.lookup(id).is_some())
+    }
+
+    /// Ids of all live committed documents, in insertion order.
+    pub fn ids(&self) -> Result<Vec<String>> {
+        self.snapshot()?.ids()
+    }
+
+    /// Copy of the stored token vectors of `id` (row-major `(n, dim)`, storage dtype).
+    pub fn get(&self, id: &str) -> Result<OwnedVectors> {
+        let snap = self.snapshot()?;
+        match snap.get(id)? {
+            Some(DocVectors::F16(v)) => Ok(OwnedVectors::F16(v.to_vec())),
+            Some(DocVectors::F32(v)) => Ok(OwnedVectors::F32(v.to_vec())),
+            None => Err(LatixError::NotFound(format!(
+                "id {id:?} is not in the index"
+            ))),
+        }
+    }
+
+    /// Full integrity check of the committed snapshot (reads every byte of every segment).
+    pub fn verify(&self) -> Result<()> {
+        self.snapshot()?.verify()
+    }
+
+    /// Closes the handle: drops staged changes (removing their temp file), releases the write
+    /// lock and the maps held by this handle. Idempotent. Searches already running finish on
+    /// their snapshot.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        *lock(&self.writer) = None;
+        *lock(&self.snapshot) = None;
+    }
+
+    /// True once [`Index::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Exhaustive exact MaxSim search of the latest committed snapshot. `queries[i]` is row-major
+    /// `(n_i, dim)` f32. `subset` restricts the search to those ids (unknown ids are ignored, so a
+    /// filter may name documents deleted since). Ties are broken by insertion order.
+    pub fn search(
+        &self,
+        queries: &[&[f32]],
+        k: usize,
+        n_threads: Option<usize>,
+        subset: Option<&[&str]>,
+    ) -> Result<SearchResults> {
+        self.ensure_open()?;
+        if k == 0 {
+            return Err(LatixError::invalid("k must be at least 1, got 0"));
+        }
+        for (i, q) in queries.iter().enumerate() {
+            check_matrix(DocVectors::F32(q), self.dim, &format!("queries[{i}]"), None)?;
+        }
+        crate::parallel::resolve_threads(n_threads)?;
+        let snap = self.snapshot()?;
+        if k > MAX_PADDED_K.max(snap.len()) {
+            return Err(LatixError::invalid(format!(
+                "k = {k} exceeds both the number of documents ({}) and {MAX_PADDED_K}; the results \
+                 would be mostly padding",
+                snap.len()
+            )));
+        }
+        search_snapshot(&snap, queries, k, n_threads, subset)
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Number of documents per work item for segment `seg`, from its mean document size.
+fn docs_per_chunk(seg: &Segment) -> u32 {
+    let bytes_per_doc =
+        (seg.n_tokens() as usize * seg.dim() * seg.dtype().size()) / seg.n_docs().max(1);
+    (CHUNK_BYTES / bytes_per_doc.max(1)).clamp(1, 1024) as u32
+}
+
+/// Search over an explicit snapshot (the core of [`Index::search`], usable by other index kinds).
+/// Inputs must be valid (k >= 1, each query a non-empty multiple of dim, finite).
+pub fn search_snapshot(
+    snap: &Snapshot,
+    queries: &[&[f32]],
+    k: usize,
+    n_threads: Option<usize>,
+    subset: Option<&[&str]>,
+) -> Result<SearchResults> {
+    let nq = queries.len();
+    let dim = snap.dim();
+    let segs = snap.segments();
+    // Subset: resolve ids to (segment, doc), sorted by insertion order, grouped per segment.
+    let subset_docs: Option<Vec<Vec<u32>>> = subset.map(|ids| {
+        let mut per: Vec<Vec<u32>> = vec![Vec::new(); segs.len()];
+        for id in ids {
+            if let Some((s, d)) = snap.lookup(id) {
+                per[s].push(d);
+            }
+        }
+        for v in per.iter_mut() {
+            v.sort_unstable();
+            v.dedup();
+        }
+        per
+    });
+    // Work items are derived from a flat index through per-segment prefix sums: O(segments)
+    // memory, however many documents.
+    let mut starts = Vec::with_capacity(segs.len() + 1);
+    let mut per_chunk = Vec::with_capacity(segs.len());
+    starts.push(0usize);
+    for (i, v) in segs.iter().enumerate() {
+        let c = docs_per_chunk(&v.segment) as usize;
+        let n = match &subset_docs {
+            Some(per) => per[i].len(),
+            None => v.segment.n_docs(),
+        };
+        per_chunk.push(c);
+        starts.push(starts[i] + n.div_ceil(c));
+    }
+    let n_work = starts[segs.len()];
+    let work = |w: usize| -> Work<'_> {
+        let seg = starts.partition_point(|&s| s <= w) - 1;
+        let j = w - starts[seg];
+        let c = per_chunk[seg];
+        match &subset_docs {
+            Some(per) => {
+                let list = &per[seg];
+                Work::List {
+                    seg,
+                    docs: &list[j * c..((j + 1) * c).min(list.len())],
+                }
+            }
+            None => {
+                let n = segs[seg].segment.n_docs();
+                Work::Range {
+                    seg,
+                    start: (j * c) as u32,
+                    end: ((j + 1) * c).min(n) as u32,
+                }
+            }
+        }
+    };
+
+    struct Acc {
+        tops: Vec<TopK>,
+        scores: Vec<f32>,
+        offs: Vec<u64>,
+    }
+    let new_acc = || Acc {
+        tops: vec![TopK::new(k); nq],
+        scores: Vec::new(),
+        offs: Vec::new(),
+    };
+    let process = |mut acc: Acc, w: usize| -> Result<Acc> {
+        match work(w) {
+            Work::Range { seg, start, end } => {
+                let v = &segs[seg];
+                let s = &v.segment;
+                let offsets = s.offsets();
+                let (lo, hi) = (offsets[start as usize], offsets[end as usize]);
+                acc.offs.clear();
+                acc.offs.extend(
+                    offsets[start as usize..=end as usize]
+                        .iter()
+                        .map(|o| o - lo),
+                );
+                let n = (end - start) as usize;
+                acc.scores.resize(n, 0.0);
+                let rows = s.rows_checked(lo, hi)?;
+                let tomb = &v.entry.tombstones;
+                let t0 = tomb.partition_point(|&t| t < start);
+                for (q, top) in queries.iter().zip(acc.tops.iter_mut()) {
+                    maxsim::score_docs(q, dim, rows, &acc.offs, &mut acc.scores);
+                    let mut ti = t0;
+                    for (i, &sc) in acc.scores.iter().enumerate() {
+                        let d = start + i as u32;
+                        if tomb.get(ti) == Some(&d) {
+                            ti += 1;
+                            continue;
+                        }
+                        top.push(Hit {
+                            score: sc,
+                            ord: ((seg as u64) << 32) | d as u64,
+                        });
+                    }
+                }
+            }
+            Work::List { seg, docs } => {
+                let s = &segs[seg].segment;
+                let mut one = [0f32; 1];
+                for &d in docs {
+                    let (a, b) = s.doc_range(d);
+                    let rows = s.rows_checked(a, b)?;
+                    let offs = [0u64, b - a];
+                    for (q, top) in queries.iter().zip(acc.tops.iter_mut()) {
+                        maxsim::score_docs(q, dim, rows, &offs, &mut one);
+                        top.push(Hit {
+                            score: one[0],
+                            ord: ((seg as u64) << 32) | d as u64,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(acc)
+    };
+    let tops: Vec<TopK> = if nq == 0 || n_work == 0 {
+        vec![TopK::new(k); nq]
+    } else if n_work == 1 || crate::parallel::resolve_threads(n_threads)? == 1 {
+        // Nothing to parallelise: skip the hand-off to the pool (a thread wake-up costs more
+        // than scoring a small index).
+        (0..n_work).try_fold(new_acc(), process)?.tops
+    } else {
+        crate::parallel::install(n_threads, || {
+            (0..n_work)
+                .into_par_iter()
+                .try_fold(new_acc, process)
+                .map(|a| a.map(|a| a.tops))
+                .try_reduce(
+                    || vec![TopK::new(k); nq],
+                    |a, b| Ok(a.into_iter().zip(b).map(|(x, y)| x.merge(y)).collect()),
+                )
+        })??
+    };
+    let mut scores = vec![f32::NEG_INFINITY; nq * k];
+    let mut ids = vec![String::new(); nq * k];
+    for (qi, top) in tops.into_iter().enumerate() {
+        // Sorted ascending by Hit's order = best first.
+        for (r, h) in top.heap.into_sorted_vec().into_iter().enumerate() {
+            let seg = (h.ord >> 32) as usize;
+            let doc = (h.ord & 0xffff_ffff) as u32;
+            scores[qi * k + r] = h.score;
+            ids[qi * k + r] = segs[seg].segment.id(doc)?.to_owned();
+        }
+    }
+    Ok(SearchResults {
+        n_queries: nq,
+        k,
+        scores,
+        ids,
+    })
+}

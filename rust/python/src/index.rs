@@ -1,0 +1,413 @@
+//! `latix._core.Index`: the binding of `latix_core::Index`. Validates and converts arguments
+//! (naming the argument and the expected shape/dtype), releases the GIL around the core call and
+//! converts results back. The public, documented facade is `latix.Index` (python/latix/index.py).
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use numpy::{IntoPyArray, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString, PyTuple};
+
+use latix_core::index::{Index as CoreIndex, OpenMode, OwnedVectors};
+use latix_core::maxsim::DocVectors;
+use latix_core::store::Dtype;
+
+use crate::arrays::{contiguous2, describe, float_matrix, FloatMatrix};
+use crate::errors::{invalid, IntoPyResult};
+
+/// Extracts a list of str ids (any iterable but a bare str), naming the offending position.
+fn extract_ids(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<String>> {
+    let py = obj.py();
+    if obj.is_instance_of::<PyString>() || obj.is_instance_of::<pyo3::types::PyBytes>() {
+        return Err(invalid(
+            py,
+            format!(
+                "{name} must be a list of str, got a single {}",
+                describe(obj)
+            ),
+        ));
+    }
+    let iter = obj.try_iter().map_err(|_| {
+        invalid(
+            py,
+            format!("{name} must be a list of str, got {}", describe(obj)),
+        )
+    })?;
+    let mut out = Vec::new();
+    for (i, item) in iter.enumerate() {
+        let item = item?;
+        let s = item.cast::<PyString>().map_err(|_| {
+            invalid(
+                py,
+                format!("{name}[{i}] must be str, got {}", describe(&item)),
+            )
+        })?;
+        out.push(s.to_str()?.to_owned());
+    }
+    Ok(out)
+}
+
+fn shape(m: &FloatMatrix<'_>) -> (usize, usize) {
+    match m {
+        FloatMatrix::F32(a) => (a.shape()[0], a.shape()[1]),
+        FloatMatrix::F16(a) => (a.shape()[0], a.shape()[1]),
+    }
+}
+
+/// A document matrix held for the duration of a call: the numpy array itself when it is
+/// C-contiguous (no copy), else a contiguous copy.
+enum Held<'py> {
+    F32(Bound<'py, PyArray2<f32>>),
+    F16(Bound<'py, PyArray2<f16>>),
+    OwnedF32(Vec<f32>),
+    OwnedF16(Vec<f16>),
+}
+
+impl Held<'_> {
+    /// The data as a flat slice.
+    ///
+    /// # Safety
+    /// Reads the array's buffer without rust-numpy's dynamic borrow tracking, whose per-borrow
+    /// cost is linear in the number of live borrows of the same base array, so borrowing n views
+    /// of one array (`np.split`, a 3-D batch) costs O(n^2): 7 s for 40k documents. The tracking
+    /// only guards against other Rust borrows, never against Python code writing to the array, so
+    /// the contract is the same as with `PyReadonlyArray`: the caller must not mutate the arrays
+    /// while the call runs. The array is C-contiguous and kept alive by `self`.
+    unsafe fn view(&self) -> DocVectors<'_> {
+        match self {
+            Held::F32(a) => DocVectors::F32(unsafe { a.as_slice() }.unwrap_or(&[])),
+            Held::F16(a) => DocVectors::F16(unsafe { a.as_slice() }.unwrap_or(&[])),
+            Held::OwnedF32(v) => DocVectors::F32(v),
+            Held::OwnedF16(v) => DocVectors::F16(v),
+        }
+    }
+}
+
+/// Checks that `obj` is an `(n >= 1, dim)` float32/float16 array and holds it (see [`Held`]).
+fn hold_matrix<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    dim: usize,
+    rows: &str,
+    what: &str,
+) -> PyResult<Held<'py>> {
+    let py = obj.py();
+    let expected = || {
+        format!(
+            "{name} must be a float32 or float16 array of shape ({rows}, {dim}), got {}",
+            describe(obj)
+        )
+    };
+    let (n, d, contiguous) = if let Ok(a) = obj.cast::<PyArray2<f32>>() {
+        (a.shape()[0], a.shape()[1], a.is_c_contiguous())
+    } else if let Ok(a) = obj.cast::<PyArray2<f16>>() {
+        (a.shape()[0], a.shape()[1], a.is_c_contiguous())
+    } else {
+        return Err(invalid(py, expected()));
+    };
+    if d != dim {
+        return Err(invalid(
+            py,
+            format!("{name} has shape ({n}, {d}), expected ({rows}, {dim}) for this index"),
+        ));
+    }
+    if n == 0 {
+        return Err(invalid(
+            py,
+            format!("{name} has shape (0, {d}): a {what} needs at least one token"),
+        ));
+    }
+    Ok(
+        match (obj.cast::<PyArray2<f32>>(), obj.cast::<PyArray2<f16>>()) {
+            (Ok(a), _) if contiguous => Held::F32(a.clone()),
+            (Ok(a), _) => Held::OwnedF32(a.to_owned_array().iter().copied().collect()),
+            (_, Ok(a)) if contiguous => Held::F16(a.clone()),
+            (_, Ok(a)) => Held::OwnedF16(a.to_owned_array().iter().copied().collect()),
+            _ => return Err(invalid(py, expected())),
+        },
+    )
+}
+
+/// The Rust index handle behind `latix.Index`.
+#[pyclass(frozen, module = "latix._core", name = "Index")]
+pub struct PyIndex {
+    inner: CoreIndex,
+}
+
+#[pymethods]
+impl PyIndex {
+    /// Creates a new empty index directory (holding the write lock).
+    #[staticmethod]
+    #[pyo3(signature = (path, dim, dtype="float16"))]
+    fn create(py: Python<'_>, path: PathBuf, dim: i64, dtype: &str) -> PyResult<PyIndex> {
+        if dim < 1 {
+            return Err(invalid(
+                py,
+                format!("dim must be a positive integer, got {dim}"),
+            ));
+        }
+        let dtype = Dtype::parse(dtype).py_err(py)?;
+        let inner = py
+            .detach(|| CoreIndex::create(&path, dim as usize, dtype))
+            .py_err(py)?;
+        Ok(PyIndex { inner })
+    }
+
+    /// Opens an existing index; mode "r" (lock taken on first mutation) or "w" (lock now).
+    #[staticmethod]
+    #[pyo3(signature = (path, mode="r"))]
+    fn open(py: Python<'_>, path: PathBuf, mode: &str) -> PyResult<PyIndex> {
+        let mode = match mode {
+            "r" => OpenMode::Read,
+            "w" => OpenMode::Write,
+            _ => {
+                return Err(invalid(
+                    py,
+                    format!("mode must be \"r\" or \"w\", got {mode:?}"),
+                ))
+            }
+        };
+        let inner = py.detach(|| CoreIndex::open(&path, mode)).py_err(py)?;
+        Ok(PyIndex { inner })
+    }
+
+    #[pyo3(signature = (ids, embeddings, replace=false))]
+    fn add(
+        &self,
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        embeddings: &Bound<'_, PyAny>,
+        replace: bool,
+    ) -> PyResult<()> {
+        if self.inner.is_closed() {
+            return self.inner.len().map(|_| ()).py_err(py);
+        }
+        let ids = extract_ids(ids, "ids")?;
+        if embeddings.is_instance_of::<PyString>() {
+            return Err(invalid(
+                py,
+                "embeddings must be a list of (n_i, dim) arrays, got str",
+            ));
+        }
+        let list: Vec<Bound<'_, PyAny>> = match embeddings.cast::<numpy::PyUntypedArray>() {
+            // A single 3-D array (n_docs, n_tokens, dim) is accepted as a list of its rows.
+            Ok(a) if a.ndim() == 3 => embeddings.try_iter()?.collect::<PyResult<_>>()?,
+            Ok(_) => {
+                return Err(invalid(
+                    py,
+                    format!(
+                        "embeddings must be a list of (n_i, dim) arrays, got {}",
+                        describe(embeddings)
+                    ),
+                ))
+            }
+            Err(_) => embeddings
+                .try_iter()
+                .map_err(|_| {
+                    invalid(
+                        py,
+                        format!(
+                            "embeddings must be a list of (n_i, dim) arrays, got {}",
+                            describe(embeddings)
+                        ),
+                    )
+                })?
+                .collect::<PyResult<_>>()?,
+        };
+        if ids.len() != list.len() {
+            return Err(invalid(
+                py,
+                format!(
+                    "len(ids) = {} but len(embeddings) = {}; they must match",
+                    ids.len(),
+                    list.len()
+                ),
+            ));
+        }
+        let dim = self.inner.dim();
+        let held = list
+            .iter()
+            .enumerate()
+            .map(|(i, e)| hold_matrix(e, &format!("embeddings[{i}]"), dim, "n_tokens", "document"))
+            .collect::<PyResult<Vec<_>>>()?;
+        // SAFETY: see `Held::view`; `held` keeps every array alive until after the call.
+        let docs: Vec<DocVectors<'_>> = held.iter().map(|h| unsafe { h.view() }).collect();
+        let id_refs: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
+        py.detach(|| self.inner.add(&id_refs, &docs, replace))
+            .py_err(py)
+    }
+
+    fn delete(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
+        let ids = extract_ids(ids, "ids")?;
+        let id_refs: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
+        py.detach(|| self.inner.delete(&id_refs)).py_err(py)
+    }
+
+    fn commit(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.commit()).py_err(py)
+    }
+
+    fn compact(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.compact()).py_err(py)
+    }
+
+    fn verify(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.verify()).py_err(py)
+    }
+
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.inner.close())
+    }
+
+    /// Returns (scores float32 (n_queries, k), ids list[str] of length n_queries * k).
+    #[pyo3(signature = (queries, k=10, n_threads=None, subset=None))]
+    fn search<'py>(
+        &self,
+        py: Python<'py>,
+        queries: &Bound<'py, PyList>,
+        k: i64,
+        n_threads: Option<i64>,
+        subset: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        if self.inner.is_closed() {
+            return self.inner.len().map(|_| PyTuple::empty(py)).py_err(py);
+        }
+        if k < 1 {
+            return Err(invalid(
+                py,
+                format!("k must be a positive integer, got {k}"),
+            ));
+        }
+        let n_threads = match n_threads {
+            None => None,
+            Some(n) if n >= 1 => Some(n as usize),
+            Some(n) => {
+                return Err(invalid(
+                    py,
+                    format!("n_threads must be a positive integer or None, got {n}"),
+                ))
+            }
+        };
+        let dim = self.inner.dim();
+        let mut qs: Vec<Cow<'_, [f32]>> = Vec::with_capacity(queries.len());
+        let mats: Vec<FloatMatrix<'py>> = queries
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let name = format!("queries[{i}]");
+                let m = float_matrix(&q, &name, &format!("(n_query_tokens, {dim})"))?;
+                let (n, d) = shape(&m);
+                if d != dim {
+                    return Err(invalid(py, format!("{name} has shape ({n}, {d}), expected (n_query_tokens, {dim}) for this index")));
+                }
+                if n == 0 {
+                    return Err(invalid(py, format!("{name} has shape (0, {d}): a query needs at least one token")));
+                }
+                Ok(m)
+            })
+            .collect::<PyResult<_>>()?;
+        for m in &mats {
+            qs.push(match m {
+                FloatMatrix::F32(a) => contiguous2(a),
+                FloatMatrix::F16(a) => {
+                    let h = contiguous2(a);
+                    let mut v = vec![0f32; h.len()];
+                    h.convert_to_f32_slice(&mut v);
+                    Cow::Owned(v)
+                }
+            });
+        }
+        let subset: Option<Vec<String>> = subset.map(|s| extract_ids(s, "subset")).transpose()?;
+        let q_refs: Vec<&[f32]> = qs.iter().map(|c| c.as_ref()).collect();
+        let s_refs: Option<Vec<&str>> = subset
+            .as_ref()
+            .map(|v| v.iter().map(|s| s.as_str()).collect());
+        let k = k as usize;
+        let res = py
+            .detach(|| self.inner.search(&q_refs, k, n_threads, s_refs.as_deref()))
+            .py_err(py)?;
+        let scores = res
+            .scores
+            .into_pyarray(py)
+            .reshape([res.n_queries, res.k])?;
+        let ids = PyList::new(py, res.ids)?;
+        PyTuple::new(py, [scores.into_any(), ids.into_any()])
+    }
+
+    /// The stored vectors of `id` as an (n, dim) array of the storage dtype.
+    fn get<'py>(&self, py: Python<'py>, id: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let id: String = id
+            .cast::<PyString>()
+            .map_err(|_| invalid(py, format!("id must be str, got {}", describe(id))))?
+            .to_str()?
+            .to_owned();
+        let v = py.detach(|| self.inner.get(&id)).py_err(py)?;
+        let dim = self.inner.dim();
+        Ok(match v {
+            OwnedVectors::F16(v) => {
+                let n = v.len() / dim;
+                v.into_pyarray(py).reshape([n, dim])?.into_any()
+            }
+            OwnedVectors::F32(v) => {
+                let n = v.len() / dim;
+                v.into_pyarray(py).reshape([n, dim])?.into_any()
+            }
+        })
+    }
+
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        self.inner.len().py_err(py)
+    }
+
+    fn contains(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match id.cast::<PyString>() {
+            Ok(s) => {
+                let s = s.to_str()?.to_owned();
+                py.detach(|| self.inner.contains(&s)).py_err(py)
+            }
+            Err(_) => self.inner.len().map(|_| false).py_err(py),
+        }
+    }
+
+    fn ids(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        py.detach(|| self.inner.ids()).py_err(py)
+    }
+
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.inner.dtype().name()
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.inner.path().to_path_buf()
+    }
+
+    #[getter]
+    fn num_tokens(&self, py: Python<'_>) -> PyResult<u64> {
+        self.inner.num_tokens().py_err(py)
+    }
+
+    #[getter]
+    fn generation(&self, py: Python<'_>) -> PyResult<u64> {
+        self.inner.snapshot().map(|s| s.generation()).py_err(py)
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyIndex>()?;
+    Ok(())
+}

@@ -1,0 +1,323 @@
+"""Crash-consistency harness: SIGKILL a writer process at random moments, then check the index.
+
+A child process (``python -m harness.crash --child``) replays a deterministic, seeded sequence of
+transactions on an index: each transaction stages adds, replacements and deletes, then commits
+(or compacts). Around each commit it reports ``B <n> <kind>`` ("about to commit n") and
+``D <n>`` ("committed n") on a pipe to the parent. The parent kills it with SIGKILL, mostly in the
+commit window (a random delay after ``B``, drawn over the measured commit duration), sometimes at
+an arbitrary moment. After each kill it opens the index and requires that it holds exactly the
+state after transaction ``D`` (the last reported commit) or, if ``B D+1`` was seen, possibly
+``D+1``: every document of that state with its exact stored vectors, no other id, searches that
+agree with a numpy brute force, and ``verify()`` passing. The next child continues from that state,
+so every trial also checks that the index accepts new writes after a crash.
+
+Transaction kinds live in :data:`KINDS`; a compressed index kind adds e.g. ``"retrain"`` there
+(an operation with no effect on the logical content, like ``"compact"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.common import Stats, as_stored, child_env, doc_vectors, maxsim_np, python
+
+DIM = 16
+
+# kind -> (probability weight, action on an open writer handle after staging).
+KINDS: dict[str, tuple[float, Callable[[Any], None]]] = {
+    "commit": (0.75, lambda ix: ix.commit()),
+    "compact": (0.25, lambda ix: ix.compact()),
+}
+"""Transaction kinds. Each stages the transaction's changes, then runs the action; the action
+must publish them. A future ``"retrain"`` kind (retrain the codec, re-encode) registers here."""
+
+
+class Model:
+    """The expected logical state after every transaction: id -> version of its vectors."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.states: list[dict[str, int]] = [{}]
+
+    def kind(self, n: int) -> str:
+        """Kind of transaction ``n`` (>= 1)."""
+        rng = np.random.default_rng([self.seed, n, 1])
+        names = list(KINDS)
+        w = np.array([KINDS[k][0] for k in names])
+        return names[int(rng.choice(len(names), p=w / w.sum()))]
+
+    def ops(self, n: int) -> tuple[list[str], list[str], list[str]]:
+        """``(adds, replaces, deletes)`` of transaction ``n``, given the state after ``n - 1``."""
+        prev = self.state(n - 1)
+        rng = np.random.default_rng([self.seed, n, 2])
+        live = sorted(prev)
+        big = rng.random() < 0.05  # now and then a batch that spans several checksum blocks
+        n_add = int(rng.integers(150, 300)) if big else int(rng.integers(1, 25))
+        adds = [f"d{n}-{j}" for j in range(n_add)]
+        n_del = int(rng.integers(0, 8 + max(0, len(live) - 400) // 4 + 1))
+        n_del = min(n_del, len(live))
+        dels = [live[i] for i in rng.choice(len(live), size=n_del, replace=False)] if n_del else []
+        rest = sorted(set(live) - set(dels))
+        n_rep = min(int(rng.integers(0, 4)), len(rest))
+        reps = [rest[i] for i in rng.choice(len(rest), size=n_rep, replace=False)] if n_rep else []
+        return adds, reps, sorted(dels)
+
+    def state(self, n: int) -> dict[str, int]:
+        """The committed state after transaction ``n`` (0 = empty index)."""
+        while len(self.states) <= n:
+            m = len(self.states)
+            adds, reps, dels = self.ops(m)
+            s = dict(self.states[-1])
+            for d in dels:
+                del s[d]
+            for r in reps:
+                s[r] = m
+            for a in adds:
+                s[a] = m
+            self.states.append(s)
+        return self.states[n]
+
+
+# ------------------------------------------------------------------------------------- child
+
+
+def child(path: str, seed: int, start: int, dtype: str) -> None:
+    """Runs transactions ``start, start + 1, ...`` until killed, reporting on stdout."""
+    import latix
+
+    model = Model(seed)
+    out = sys.stdout
+    ix = latix.Index.open(path, "w")
+    out.write("O\n")
+    out.flush()
+    n = start
+    while True:
+        adds, reps, dels = model.ops(n)
+        if dels:
+            ix.delete(dels)
+        if reps:
+            ix.add(reps, [doc_vectors(seed, r, n, DIM) for r in reps], replace=True)
+        # Several add calls per transaction, as an application streaming documents would do.
+        for i in range(0, len(adds), 16):
+            chunk = adds[i : i + 16]
+            ix.add(chunk, [doc_vectors(seed, a, n, DIM) for a in chunk])
+        kind = model.kind(n)
+        out.write(f"B {n} {kind}\n")
+        out.flush()
+        KINDS[kind][1](ix)
+        out.write(f"D {n}\n")
+        out.flush()
+        n += 1
+
+
+# ------------------------------------------------------------------------------------- parent
+
+
+def check_state(path: Path, model: Model, candidates: list[int], dtype: str, stats: Stats) -> int:
+    """Opens the index and returns which candidate transaction's state it holds exactly.
+
+    Raises AssertionError (with the reason) if it matches none, or if any check fails.
+    """
+    import latix
+
+    with latix.Index.open(path) as ix:
+        ids = ix.ids()
+        got = set(ids)
+        assert len(ids) == len(got), "duplicate live ids"
+        assert len(ix) == len(ids), f"len {len(ix)} != {len(ids)} ids"
+        match = [c for c in candidates if set(model.state(c)) == got]
+        assert match, (
+            f"live ids match none of the states {candidates}: "
+            f"{len(got)} ids vs {[len(model.state(c)) for c in candidates]}"
+        )
+        # Several candidates can share an id set (only replacements differ): vectors decide.
+        for n in reversed(match):
+            state = model.state(n)
+            if all(
+                np.array_equal(
+                    ix.get(i), as_stored(doc_vectors(model.seed, i, state[i], DIM), dtype)
+                )
+                for i in ids
+            ):
+                break
+        else:
+            raise AssertionError(f"stored vectors match none of the states {match}")
+        stats.docs_checked += len(ids)
+        ix.verify()
+        if ids:
+            rng = np.random.default_rng([model.seed, n, 3])
+            q = rng.standard_normal((4, DIM)).astype(np.float32)
+            k = min(5, len(ids))
+            scores, hits = ix.search(q, k=k)
+            ref = {
+                i: maxsim_np(q, as_stored(doc_vectors(model.seed, i, state[i], DIM), dtype))
+                for i in ids
+            }
+            best = sorted(ref.values(), reverse=True)[:k]
+            assert np.allclose(scores[0], best, rtol=1e-4, atol=1e-3), (scores[0], best)
+            for s, h in zip(scores[0], hits[0], strict=True):
+                assert abs(ref[h] - s) <= 1e-3 + 1e-4 * abs(s), (h, s, ref[h])
+        return n
+
+
+class ChildProc:
+    """A running child writer with a non-blocking line reader on its stdout."""
+
+    def __init__(self, path: Path, seed: int, start: int, dtype: str) -> None:
+        cmd = [python(), "-m", "harness.crash", "--child", str(path), "--seed", str(seed)]
+        cmd += ["--start", str(start), "--dtype", dtype]
+        self.p = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env()
+        )
+        assert self.p.stdout is not None
+        os.set_blocking(self.p.stdout.fileno(), False)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.p.stdout, selectors.EVENT_READ)
+        self.buf = b""
+        self.lines: list[tuple[float, str]] = []
+
+    def poll(self, timeout: float) -> list[tuple[float, str]]:
+        """Reads the lines available within ``timeout`` seconds; returns the new ones."""
+        new: list[tuple[float, str]] = []
+        if self.sel.select(timeout):
+            assert self.p.stdout is not None
+            chunk = self.p.stdout.read() or b""
+            now = time.monotonic()
+            self.buf += chunk
+            *full, self.buf = self.buf.split(b"\n")
+            new = [(now, ln.decode()) for ln in full]
+            self.lines += new
+        return new
+
+    def kill(self) -> str:
+        """SIGKILLs the child, collects its remaining output; returns its stderr."""
+        try:
+            os.kill(self.p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.p.wait()
+        while self.poll(0):
+            pass
+        self.sel.close()
+        assert self.p.stderr is not None
+        err = self.p.stderr.read().decode(errors="replace")
+        self.p.stdout.close()  # type: ignore[union-attr]
+        self.p.stderr.close()
+        return err
+
+
+def run(
+    kills: int, seed: int, dtype: str = "float32", workdir: str | None = None, verbose: bool = False
+) -> Stats:
+    """Runs ``kills`` kill-and-check trials with ``seed``; returns the figures."""
+    import latix
+
+    stats = Stats("crash")
+    rng = np.random.default_rng(seed)
+    model = Model(seed)
+    tmp = Path(tempfile.mkdtemp(prefix="latix-crash-", dir=workdir))
+    path = tmp / "ix"
+    latix.Index.create(path, dim=DIM, dtype=dtype).close()
+    committed = 0  # the state the index holds now
+    commit_time: dict[str, float] = {}  # measured B->D duration per kind (running mean)
+    try:
+        for trial in range(kills):
+            stats.trials += 1
+            start = committed + 1
+            c = ChildProc(path, seed, start, dtype)
+            mode = rng.choice(["commit", "any"], p=[0.8, 0.2])
+            target = start + int(rng.integers(0, 3))
+            t0 = time.monotonic()
+            deadline = t0 + (float(rng.uniform(0, 0.6)) if mode == "any" else 60.0)
+            kill_at: float | None = None
+            began: dict[int, float] = {}
+            while True:
+                now = time.monotonic()
+                limit = kill_at if kill_at is not None else deadline
+                if now >= limit or c.p.poll() is not None:
+                    break
+                for t, ln in c.poll(min(0.05, max(0.0, limit - now))):
+                    parts = ln.split()
+                    if parts[0] == "B":
+                        n = int(parts[1])
+                        began[n] = t
+                        if mode == "commit" and n == target:
+                            est = commit_time.get(parts[2], 0.01)
+                            kill_at = t + float(rng.uniform(0, 1.3 * est))
+                    elif parts[0] == "D":
+                        n = int(parts[1])
+                        if n in began:
+                            kind = model.kind(n)
+                            d = t - began[n]
+                            commit_time[kind] = 0.8 * commit_time.get(kind, d) + 0.2 * d
+            err = c.kill()
+            done = [int(ln.split()[1]) for _, ln in c.lines if ln.startswith("D ")]
+            began_n = [int(ln.split()[1]) for _, ln in c.lines if ln.startswith("B ")]
+            last = max(done, default=committed)
+            if c.p.returncode != -signal.SIGKILL:
+                stats.fail(f"seed={seed} trial={trial}: child exited {c.p.returncode}: {err[-2000:]}")
+                break
+            candidates = [last] + ([last + 1] if (last + 1) in began_n else [])
+            in_commit = bool(began_n) and max(began_n) > last
+            if in_commit:
+                stats.count(f"killed_in_{model.kind(max(began_n))}")
+            else:
+                stats.count("killed_outside_commit")
+            try:
+                got = check_state(path, model, candidates, dtype, stats)
+            except Exception as e:  # noqa: BLE001 - any failure of a check is a harness failure
+                stats.fail(
+                    f"seed={seed} trial={trial} candidates={candidates}: {type(e).__name__}: {e}"
+                )
+                break
+            stats.count("recovered_new_state" if got == last + 1 and in_commit else "recovered")
+            committed = got
+            if verbose:
+                print(f"trial {trial}: {mode} kill, state {got}, {len(model.state(got))} docs")
+        stats.details["transactions_committed"] = committed
+        # A last write after the final crash.
+        if not stats.failures:
+            with latix.Index.open(path, "w") as ix:
+                ix.add(["final"], [doc_vectors(seed, "final", 0, DIM)])
+                ix.commit()
+                assert "final" in ix and len(ix) == len(model.state(committed)) + 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m harness.crash --kills 200 --seed 1``."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kills", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--child", metavar="PATH", help=argparse.SUPPRESS)
+    ap.add_argument("--start", type=int, default=1, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child:
+        child(a.child, a.seed, a.start, a.dtype)
+        return 0
+    t = time.monotonic()
+    stats = run(a.kills, a.seed, a.dtype, a.workdir, a.verbose)
+    print(stats.summary() + f" seconds={time.monotonic() - t:.1f}")
+    return 1 if stats.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
