@@ -269,8 +269,9 @@ impl PyCompressedSegment {
 }
 
 /// Searches compressed segments: returns (scores (n,) f32, segment (n,) int64, doc (n,) int64), best first.
+/// With `full` (per segment: full vectors and offsets), the best `n_candidates` are re-scored exactly.
 #[pyfunction]
-#[pyo3(signature = (codec, segments, query, k, nprobe=None, allowed=None, n_threads=None))]
+#[pyo3(signature = (codec, segments, query, k, nprobe=None, allowed=None, full=None, n_candidates=None, n_threads=None))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 fn compressed_search<'py>(
     py: Python<'py>,
@@ -280,6 +281,8 @@ fn compressed_search<'py>(
     k: usize,
     nprobe: Option<usize>,
     allowed: Option<Vec<Option<PyReadonlyArray1<'py, bool>>>>,
+    full: Option<Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>>,
+    n_candidates: Option<usize>,
     n_threads: Option<usize>,
 ) -> PyResult<(
     Bound<'py, PyArray1<f32>>,
@@ -342,6 +345,65 @@ fn compressed_search<'py>(
             }
         }
     }
+    enum Held<'a> {
+        F32(std::borrow::Cow<'a, [f32]>),
+        F16(std::borrow::Cow<'a, [half::f16]>),
+    }
+    let full_arrays: Vec<(FloatMatrix<'py>, Vec<u64>)> = match &full {
+        None => Vec::new(),
+        Some(list) => {
+            if list.len() != segments.len() {
+                return Err(invalid(
+                    py,
+                    format!(
+                        "full must have one (vectors, offsets) pair per segment ({}), got {}",
+                        segments.len(),
+                        list.len()
+                    ),
+                ));
+            }
+            let mut out = Vec::with_capacity(list.len());
+            for (i, (v, o)) in list.iter().enumerate() {
+                let m = float_matrix(v, &format!("full[{i}][0]"), "(n_tokens, dim)")?;
+                let offs = i64_vector(o, &format!("full[{i}][1]"), "(n_docs + 1,)")?;
+                let o = contiguous1(&offs);
+                let (rows, d) = match &m {
+                    FloatMatrix::F32(a) => (a.shape()[0], a.shape()[1]),
+                    FloatMatrix::F16(a) => (a.shape()[0], a.shape()[1]),
+                };
+                let nd = segments[i].inner.n_docs();
+                if d != dim
+                    || o.len() != nd + 1
+                    || o[0] != 0
+                    || o.windows(2).any(|w| w[1] < w[0])
+                    || o[nd] as usize != rows
+                {
+                    return Err(invalid(py, format!("full[{i}] must be ((n_tokens, {dim}) vectors, ({},) non-decreasing offsets from 0 to n_tokens)", nd + 1)));
+                }
+                out.push((m, o.iter().map(|&x| x as u64).collect()));
+            }
+            out
+        }
+    };
+    let held: Vec<Held<'_>> = full_arrays
+        .iter()
+        .map(|(m, _)| match m {
+            FloatMatrix::F32(a) => Held::F32(contiguous2(a)),
+            FloatMatrix::F16(a) => Held::F16(contiguous2(a)),
+        })
+        .collect();
+    let fulls: Vec<cc::FullVectors<'_>> = held
+        .iter()
+        .zip(&full_arrays)
+        .map(|(h, (_, o))| cc::FullVectors {
+            vectors: match h {
+                Held::F32(v) => DocVectors::F32(v),
+                Held::F16(v) => DocVectors::F16(v),
+            },
+            offsets: o,
+        })
+        .collect();
+    let depth = n_candidates.unwrap_or((4 * k).max(100)).max(k);
     let nprobe = nprobe.unwrap_or_else(|| cc::default_nprobe(codec.inner.n_centroids()));
     let segs: Vec<Arc<IvfSegment>> = segments.iter().map(|s| s.inner.clone()).collect();
     let c = codec.inner.clone();
@@ -356,7 +418,14 @@ fn compressed_search<'py>(
                     allowed: b.as_deref(),
                 })
                 .collect();
-            latix_core::parallel::install(n_threads, || cc::search_segments(&plan, &views, k))?
+            if fulls.is_empty() {
+                latix_core::parallel::install(n_threads, || cc::search_segments(&plan, &views, k))?
+            } else {
+                let cands = latix_core::parallel::install(n_threads, || {
+                    cc::search_segments(&plan, &views, depth)
+                })??;
+                cc::rerank_exact(&qd, dim, &fulls, &cands, k)
+            }
         })
         .py_err(py)?;
     let scores: Vec<f32> = res.iter().map(|r| r.0).collect();

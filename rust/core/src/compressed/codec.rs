@@ -151,7 +151,7 @@ impl Codec {
         params: &CodecParams,
         n_threads: Option<usize>,
     ) -> Result<Codec> {
-        if dim == 0 || x.len() % dim != 0 {
+        if dim == 0 || !x.len().is_multiple_of(dim) {
             return Err(LatixError::invalid(format!("training vectors must be an (n, dim) array with dim > 0, got {} values for dim {dim}", x.len())));
         }
         if let Some(pos) = x.iter().position(|v| !v.is_finite()) {
@@ -175,7 +175,7 @@ impl Codec {
         let default_bytes = if dim >= 256 { dim / 16 } else { dim / 8 }.max(1);
         let bytes = params.bytes_per_token.unwrap_or(default_bytes);
         let m = bytes * 2;
-        if bytes == 0 || m > dim || dim % m != 0 || m > 256 {
+        if bytes == 0 || m > dim || !dim.is_multiple_of(m) || m > 256 {
             return Err(LatixError::invalid(format!(
                 "bytes_per_token must make 2 * bytes_per_token subspaces that divide dim = {dim} (and at most 128 bytes), got {bytes}"
             )));

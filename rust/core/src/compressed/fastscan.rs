@@ -91,7 +91,7 @@ pub fn scan_block_scalar(lut: &[u8], block: &[u8], m: usize, out: &mut [u16; BLO
 #[target_feature(enable = "avx2")]
 unsafe fn scan_block_avx2(lut: &[u8], block: &[u8], m: usize, out: &mut [u16; BLOCK]) {
     use std::arch::x86_64::*;
-    debug_assert!(lut.len() >= m * 16 && block.len() >= m * 16 && m % 2 == 0);
+    debug_assert!(lut.len() >= m * 16 && block.len() >= m * 16 && m.is_multiple_of(2));
     let mask = _mm256_set1_epi8(0x0f);
     let mut lo_e = _mm256_setzero_si256();
     let mut lo_o = _mm256_setzero_si256();
@@ -140,7 +140,7 @@ pub fn has_avx2() -> bool {
 /// Sums the table entries of the 32 tokens of `block` (SIMD when available).
 #[inline]
 pub fn scan_block(lut: &[u8], block: &[u8], m: usize, simd: bool, out: &mut [u16; BLOCK]) {
-    assert!(lut.len() >= m * 16 && block.len() >= m * 16 && m % 2 == 0);
+    assert!(lut.len() >= m * 16 && block.len() >= m * 16 && m.is_multiple_of(2));
     #[cfg(target_arch = "x86_64")]
     {
         if simd {

@@ -72,7 +72,7 @@ impl IvfSegment {
         offsets: &[u64],
     ) -> Result<IvfSegment> {
         let dim = codec.dim();
-        if vectors.len() % dim != 0 {
+        if !vectors.len().is_multiple_of(dim) {
             return Err(LatixError::invalid(format!(
                 "vectors have dim {}, the codec has dim {dim}",
                 vectors.len()

@@ -12,4 +12,6 @@ pub mod search;
 
 pub use codec::{default_n_centroids, Codec, CodecParams};
 pub use ivf::{codec_checksum, IvfSegment};
-pub use search::{default_nprobe, search_segments, Candidate, QueryPlan, SegmentView};
+pub use search::{
+    default_nprobe, rerank_exact, search_segments, Candidate, FullVectors, QueryPlan, SegmentView,
+};

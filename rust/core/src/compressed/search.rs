@@ -18,6 +18,7 @@ use super::fastscan::{build_lut, has_avx2, scan_block, TokenLut, BLOCK};
 use super::ivf::IvfSegment;
 use super::linalg::scores;
 use crate::error::{LatixError, Result};
+use crate::maxsim::DocVectors;
 const IMPUTE_SHIFT: f32 = 0.0;
 
 /// Default number of lists probed per query token for a codec with `k` centroids.
@@ -41,7 +42,7 @@ impl QueryPlan {
     /// Prepares `query` (`nq * dim` f32) for `codec`, probing `nprobe` lists per token.
     pub fn new(codec: &Codec, query: &[f32], nprobe: usize) -> Result<QueryPlan> {
         let dim = codec.dim();
-        if query.is_empty() || query.len() % dim != 0 {
+        if query.is_empty() || !query.len().is_multiple_of(dim) {
             return Err(LatixError::invalid(format!(
                 "query must be a non-empty (n_query_tokens, {dim}) array, got {} values",
                 query.len()
@@ -257,4 +258,51 @@ pub fn search_segments(
     cands.sort_by(cmp);
     cands.truncate(n_out);
     Ok(cands)
+}
+
+/// Full-precision vectors of one segment (`offsets[d]..offsets[d+1]` are document `d`'s rows),
+/// used to re-rank candidates exactly.
+#[derive(Clone, Copy)]
+pub struct FullVectors<'a> {
+    /// Row-major token vectors of the segment.
+    pub vectors: DocVectors<'a>,
+    /// Per-document row offsets (`n_docs + 1`).
+    pub offsets: &'a [u64],
+}
+
+/// Re-scores `cands` exactly (MaxSim over the documents' full vectors, `full[segment]`), keeps the
+/// best `k`. Single-threaded (the short list is small); ties broken by segment then document.
+pub fn rerank_exact(
+    query: &[f32],
+    dim: usize,
+    full: &[FullVectors<'_>],
+    cands: &[Candidate],
+    k: usize,
+) -> Result<Vec<Candidate>> {
+    let mut out = Vec::with_capacity(cands.len());
+    let mut one = [0.0f32; 1];
+    for &(_, s, d) in cands {
+        let f = full
+            .get(s as usize)
+            .ok_or_else(|| LatixError::invalid(format!("no full vectors for segment {s}")))?;
+        let (a, b) = match (f.offsets.get(d as usize), f.offsets.get(d as usize + 1)) {
+            (Some(&a), Some(&b)) if a <= b && (b as usize) * dim <= f.vectors.len() => {
+                (a as usize, b as usize)
+            }
+            _ => {
+                return Err(LatixError::invalid(format!(
+                    "segment {s}: full vectors do not cover document {d}"
+                )))
+            }
+        };
+        let rows = match f.vectors {
+            DocVectors::F32(v) => DocVectors::F32(&v[a * dim..b * dim]),
+            DocVectors::F16(v) => DocVectors::F16(&v[a * dim..b * dim]),
+        };
+        crate::maxsim::score_docs(query, dim, rows, &[0, (b - a) as u64], &mut one);
+        out.push((one[0], s, d));
+    }
+    out.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    out.truncate(k);
+    Ok(out)
 }
