@@ -4,6 +4,7 @@
 //! compression (`codec`), candidate generation (`ivf`) and the index that ties them together.
 //! The PyO3 binding lives in the `latix-python` crate and only converts and delegates.
 
+pub mod compressed;
 pub mod error;
 pub mod index;
 pub mod maxsim;

@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 
 mod arrays;
+mod compressed;
 mod errors;
 mod index;
 mod maxsim;
@@ -12,6 +13,7 @@ mod maxsim;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     maxsim::register(m)?;
+    compressed::register(m)?;
     index::register(m)?;
     Ok(())
 }

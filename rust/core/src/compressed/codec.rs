@@ -1,0 +1,548 @@
+//! The token-vector codec: a coarse centroid plus a product-quantised residual.
+//!
+//! A token vector x is stored as the id of its coarse centroid c (ColBERTv2, Santhanam et al.
+//! NAACL 2022, section 3.2) and the residual x - c quantised by product quantisation (Jegou et al.,
+//! "Product quantization for nearest neighbor search", TPAMI 2011, with residual encoding as in
+//! their IVFADC): the dimensions are split into `M` contiguous subspaces and each sub-residual is
+//! replaced by the nearest of 16 codewords, i.e. 4 bits, so a token costs `M / 2` bytes plus its
+//! centroid (implicit in the inverted-list layout of [`super::ivf`]).
+//!
+//! The coarse quantiser is a two-level k-means tree: `G ~ sqrt(K)` top centroids, then each top
+//! cluster's points are split into a share of the `K` leaves proportional to its size. Training and
+//! assignment cost `O(G + p * K / G)` dot products per vector instead of `O(K)` (assignment probes the
+//! `p` best top clusters), which keeps a 13M-token build within minutes on two cores; the leaves
+//! are the coarse centroids used everywhere else. Centroids are rounded to f16 (their storage type)
+//! before residuals are computed, so saved and in-memory codecs encode identically.
+//!
+//! Scoring never decompresses: `<q, x^> = <q, c> + sum_m <q_m, codeword_m>`, the second term read
+//! from a per-query-token lookup table (see [`super::fastscan`]).
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::kmeans::{half_norms, kmeans, Rng};
+use super::linalg::{argmax_rows, scores, Panels};
+use crate::error::{LatixError, Result};
+
+/// Codewords per subspace (4-bit codes).
+pub const KSUB: usize = 16;
+const MAGIC: &[u8; 8] = b"LTXCODEC";
+const VERSION: u32 = 1;
+/// Fewest training vectors accepted.
+pub const MIN_TRAIN_TOKENS: usize = 256;
+/// Top clusters probed when assigning a vector to a leaf centroid.
+const ASSIGN_PROBE: usize = 4;
+
+/// Training parameters; `None` fields get automatic values from the data size.
+#[derive(Clone, Debug, Default)]
+pub struct CodecParams {
+    /// Number of coarse centroids K (default: power of two nearest `2 * sqrt(n_tokens)`).
+    pub n_centroids: Option<usize>,
+    /// Bytes of residual code per token, `M / 2` (default: `dim / 16`, i.e. 8-dim subspaces).
+    pub bytes_per_token: Option<usize>,
+    /// Lloyd iterations (default 10).
+    pub kmeans_iters: Option<usize>,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+/// Automatic number of coarse centroids for an index of `n_tokens` tokens: the power of two
+/// nearest to `2 * sqrt(n_tokens)` (PLAID uses `16 * sqrt`; our lists are scanned from codes, so fewer,
+/// longer lists cost little and keep the centroid table small), at most `n_tokens / 8`.
+pub fn default_n_centroids(n_tokens: usize) -> usize {
+    let target = 2.0 * (n_tokens.max(1) as f64).sqrt();
+    let p = target.log2().round().max(4.0) as u32;
+    let k = 1usize << p.min(20);
+    k.min((n_tokens / 8).max(16)).max(16)
+}
+
+/// A trained codec (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct Codec {
+    dim: usize,
+    m: usize,
+    /// Top-level clusters: leaves of top cluster g are `group_off[g]..group_off[g+1]`.
+    group_off: Vec<u32>,
+    top: Vec<f32>,
+    centroids: Vec<f32>,
+    /// `M * KSUB * dsub` codewords.
+    codebooks: Vec<f32>,
+    // Derived, not serialised.
+    top_panels: Panels,
+    top_hn: Vec<f32>,
+    group_panels: Vec<(Panels, Vec<f32>)>,
+    centroid_panels: Panels,
+}
+
+fn round_f16(v: &mut [f32]) {
+    for x in v {
+        *x = f16::from_f32(*x).to_f32();
+    }
+}
+
+impl Codec {
+    /// Vector dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// Number of PQ subspaces M.
+    pub fn n_subspaces(&self) -> usize {
+        self.m
+    }
+    /// Bytes of code per token (M / 2).
+    pub fn bytes_per_token(&self) -> usize {
+        self.m / 2
+    }
+    /// Number of coarse centroids K.
+    pub fn n_centroids(&self) -> usize {
+        self.centroids.len() / self.dim
+    }
+    /// Coarse centroids, `K * dim` row-major.
+    pub fn centroids(&self) -> &[f32] {
+        &self.centroids
+    }
+    /// Centroids packed for scoring queries.
+    pub fn centroid_panels(&self) -> &Panels {
+        &self.centroid_panels
+    }
+    /// PQ codewords, `M * 16 * (dim / M)`.
+    pub fn codebooks(&self) -> &[f32] {
+        &self.codebooks
+    }
+
+    fn from_parts(
+        dim: usize,
+        m: usize,
+        group_off: Vec<u32>,
+        top: Vec<f32>,
+        centroids: Vec<f32>,
+        codebooks: Vec<f32>,
+    ) -> Self {
+        let top_panels = Panels::new(&top, dim);
+        let top_hn = half_norms(&top, dim);
+        let group_panels = group_off
+            .windows(2)
+            .map(|w| {
+                let c = &centroids[w[0] as usize * dim..w[1] as usize * dim];
+                (Panels::new(c, dim), half_norms(c, dim))
+            })
+            .collect();
+        let centroid_panels = Panels::new(&centroids, dim);
+        Codec {
+            dim,
+            m,
+            group_off,
+            top,
+            centroids,
+            codebooks,
+            top_panels,
+            top_hn,
+            group_panels,
+            centroid_panels,
+        }
+    }
+
+    /// Trains a codec on `x` (`n * dim` f32, row-major; the caller samples) for an index expected
+    /// to hold about `n_tokens_hint` tokens (sets the default K). Runs in latix's pool.
+    pub fn train(
+        x: &[f32],
+        dim: usize,
+        n_tokens_hint: usize,
+        params: &CodecParams,
+        n_threads: Option<usize>,
+    ) -> Result<Codec> {
+        if dim == 0 || !x.len().is_multiple_of(dim) {
+            return Err(LatixError::invalid(format!("training vectors must be an (n, dim) array with dim > 0, got {} values for dim {dim}", x.len())));
+        }
+        if let Some(pos) = x.iter().position(|v| !v.is_finite()) {
+            return Err(LatixError::invalid(format!(
+                "training vectors contain a non-finite value at row {}",
+                pos / dim
+            )));
+        }
+        let n = x.len() / dim;
+        if n < MIN_TRAIN_TOKENS {
+            return Err(LatixError::invalid(format!(
+                "training the codec needs at least {MIN_TRAIN_TOKENS} token vectors, got {n}"
+            )));
+        }
+        let k = params
+            .n_centroids
+            .unwrap_or_else(|| default_n_centroids(n_tokens_hint.max(n)).min(n / 4));
+        if k < 1 || k > n || k > (1 << 24) {
+            return Err(LatixError::invalid(format!("n_centroids must be in 1..={} (the number of training vectors, at most 2^24), got {k}", n.min(1 << 24))));
+        }
+        let default_bytes = if dim >= 256 { dim / 16 } else { dim / 8 }.max(1);
+        let bytes = params.bytes_per_token.unwrap_or(default_bytes);
+        let m = bytes * 2;
+        if bytes == 0 || m > dim || !dim.is_multiple_of(m) || m > 256 {
+            return Err(LatixError::invalid(format!(
+                "bytes_per_token must make 2 * bytes_per_token subspaces that divide dim = {dim} (and at most 128 bytes), got {bytes}"
+            )));
+        }
+        let iters = params.kmeans_iters.unwrap_or(10);
+        if iters == 0 || iters > 1000 {
+            return Err(LatixError::invalid(format!(
+                "kmeans_iters must be in 1..=1000, got {iters}"
+            )));
+        }
+        let seed = params.seed;
+        crate::parallel::install(n_threads, || Self::train_inner(x, dim, k, m, iters, seed))
+    }
+
+    fn train_inner(x: &[f32], dim: usize, k: usize, m: usize, iters: usize, seed: u64) -> Codec {
+        let n = x.len() / dim;
+        let mut rng = Rng::new(seed);
+        // Level 1: G top clusters.
+        let g = ((k as f64).sqrt().round() as usize).clamp(1, k);
+        let top = kmeans(x, dim, g, iters, rng.next_u64());
+        let asg = super::kmeans::assign(x, dim, &top);
+        let mut members: Vec<Vec<u32>> = vec![Vec::new(); g];
+        for (i, &(c, _)) in asg.iter().enumerate() {
+            members[c as usize].push(i as u32);
+        }
+        // Share of the K leaves per top cluster: proportional to size (largest remainder), at least
+        // one for a non-empty cluster, never more than its points.
+        let mut share: Vec<usize> = members.iter().map(|mm| (k * mm.len()) / n).collect();
+        for (s, mm) in share.iter_mut().zip(&members) {
+            *s = (*s).clamp(usize::from(!mm.is_empty()), mm.len());
+        }
+        let mut total: usize = share.iter().sum();
+        let mut order: Vec<usize> = (0..g).collect();
+        order.sort_by(|&a, &b| {
+            let ra = members[a].len() as f64 / (share[a] as f64 + 1.0);
+            let rb = members[b].len() as f64 / (share[b] as f64 + 1.0);
+            rb.total_cmp(&ra).then(a.cmp(&b))
+        });
+        let mut oi = 0;
+        while total < k && !order.is_empty() {
+            let gi = order[oi % order.len()];
+            if share[gi] < members[gi].len() {
+                share[gi] += 1;
+                total += 1;
+            }
+            oi += 1;
+            if oi > 4 * k + g {
+                break;
+            }
+        }
+        while total > k {
+            let gi = (0..g).max_by_key(|&i| share[i]).unwrap_or(0);
+            share[gi] -= 1;
+            total -= 1;
+        }
+        let seeds: Vec<u64> = (0..g).map(|_| rng.next_u64()).collect();
+        let leaves: Vec<Vec<f32>> = (0..g)
+            .into_par_iter()
+            .map(|gi| {
+                if share[gi] == 0 {
+                    return Vec::new();
+                }
+                let mut pts = Vec::with_capacity(members[gi].len() * dim);
+                for &i in &members[gi] {
+                    pts.extend_from_slice(&x[i as usize * dim..(i as usize + 1) * dim]);
+                }
+                kmeans(&pts, dim, share[gi], iters, seeds[gi])
+            })
+            .collect();
+        let mut group_off = vec![0u32];
+        let mut centroids = Vec::with_capacity(k * dim);
+        let mut kept_top = Vec::new();
+        for (gi, l) in leaves.into_iter().enumerate() {
+            if l.is_empty() {
+                continue;
+            }
+            centroids.extend_from_slice(&l);
+            kept_top.extend_from_slice(&top[gi * dim..(gi + 1) * dim]);
+            group_off.push((centroids.len() / dim) as u32);
+        }
+        round_f16(&mut centroids);
+        let dsub = dim / m;
+        // PQ codebooks on residuals of (a sample of) the training vectors.
+        let mut codec = Codec::from_parts(
+            dim,
+            m,
+            group_off,
+            kept_top,
+            centroids,
+            vec![0.0; m * KSUB * dsub],
+        );
+        let n_pq = n.min(65536);
+        let idx = rng.sample_indices(n, n_pq);
+        let mut sample = Vec::with_capacity(n_pq * dim);
+        for &i in &idx {
+            sample.extend_from_slice(&x[i * dim..(i + 1) * dim]);
+        }
+        let cids = codec.assign(&sample);
+        let mut res = sample;
+        for (row, &c) in res.chunks_exact_mut(dim).zip(&cids) {
+            for (v, cv) in row
+                .iter_mut()
+                .zip(&codec.centroids[c as usize * dim..(c as usize + 1) * dim])
+            {
+                *v -= cv;
+            }
+        }
+        let sub_seeds: Vec<u64> = (0..m).map(|_| rng.next_u64()).collect();
+        let books: Vec<Vec<f32>> = (0..m)
+            .into_par_iter()
+            .map(|s| {
+                let mut sub = Vec::with_capacity(n_pq * dsub);
+                for row in res.chunks_exact(dim) {
+                    sub.extend_from_slice(&row[s * dsub..(s + 1) * dsub]);
+                }
+                kmeans(&sub, dsub, KSUB, iters.max(16), sub_seeds[s])
+            })
+            .collect();
+        codec.codebooks = books.concat();
+        codec
+    }
+
+    /// Leaf centroid of every row of `x` (two-level search, see module docs); current pool.
+    pub fn assign(&self, x: &[f32]) -> Vec<u32> {
+        let dim = self.dim;
+        let n = x.len() / dim;
+        let mut out = vec![0u32; n];
+        const CHUNK: usize = 1024;
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK * dim))
+            .for_each(|(o, xs)| self.assign_chunk(xs, o));
+        out
+    }
+
+    fn assign_chunk(&self, xs: &[f32], out: &mut [u32]) {
+        let dim = self.dim;
+        let n = xs.len() / dim;
+        let g = self.group_off.len() - 1;
+        let p = ASSIGN_PROBE.min(g);
+        let np = self.top_panels.n_padded();
+        let mut ts = vec![0.0f32; n * np];
+        scores(xs, &self.top_panels, &mut ts);
+        let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); g];
+        let mut cand: Vec<(f32, u32)> = Vec::with_capacity(g);
+        for r in 0..n {
+            cand.clear();
+            cand.extend((0..g).map(|gi| (ts[r * np + gi] - self.top_hn[gi], gi as u32)));
+            if p < g {
+                cand.select_nth_unstable_by(p - 1, |a, b| b.0.total_cmp(&a.0));
+            }
+            for &(_, gi) in &cand[..p] {
+                buckets[gi as usize].push(r as u32);
+            }
+        }
+        let mut best = vec![(0u32, f32::NEG_INFINITY); n];
+        let mut rows = Vec::new();
+        let mut res = Vec::new();
+        for (gi, b) in buckets.iter().enumerate() {
+            if b.is_empty() {
+                continue;
+            }
+            rows.clear();
+            for &r in b {
+                rows.extend_from_slice(&xs[r as usize * dim..(r as usize + 1) * dim]);
+            }
+            res.clear();
+            res.resize(b.len(), (0u32, 0.0f32));
+            let (pan, hn) = &self.group_panels[gi];
+            argmax_rows(&rows, pan, hn, &mut res);
+            let base = self.group_off[gi];
+            for (&r, &(c, v)) in b.iter().zip(&res) {
+                let bb = &mut best[r as usize];
+                if v > bb.1 || (v == bb.1 && base + c < bb.0) {
+                    *bb = (base + c, v);
+                }
+            }
+        }
+        for (o, b) in out.iter_mut().zip(best) {
+            *o = b.0;
+        }
+    }
+
+    /// Encodes `x` (`n * dim` f32): leaf centroid ids and PQ codes, `M / 2` bytes per token with
+    /// subspace `2i` in the low nibble of byte `i` and `2i + 1` in the high nibble. Current pool.
+    pub fn encode(&self, x: &[f32]) -> (Vec<u32>, Vec<u8>) {
+        let cids = self.assign(x);
+        let bpt = self.m / 2;
+        let mut codes = vec![0u8; cids.len() * bpt];
+        const CHUNK: usize = 1024;
+        codes
+            .par_chunks_mut(CHUNK * bpt)
+            .zip(x.par_chunks(CHUNK * self.dim))
+            .zip(cids.par_chunks(CHUNK))
+            .for_each(|((cd, xs), cs)| {
+                let mut r = vec![0.0f32; self.dim];
+                for ((row, &c), out) in xs
+                    .chunks_exact(self.dim)
+                    .zip(cs)
+                    .zip(cd.chunks_exact_mut(bpt))
+                {
+                    let cen = &self.centroids[c as usize * self.dim..(c as usize + 1) * self.dim];
+                    for ((rv, &xv), &cv) in r.iter_mut().zip(row).zip(cen) {
+                        *rv = xv - cv;
+                    }
+                    self.pq_encode(&r, out);
+                }
+            });
+        (cids, codes)
+    }
+
+    fn pq_encode(&self, r: &[f32], out: &mut [u8]) {
+        let dsub = self.dim / self.m;
+        for (s, sub) in r.chunks_exact(dsub).enumerate() {
+            let book = &self.codebooks[s * KSUB * dsub..(s + 1) * KSUB * dsub];
+            let mut best = (0usize, f32::INFINITY);
+            for (j, cw) in book.chunks_exact(dsub).enumerate() {
+                let d: f32 = sub.iter().zip(cw).map(|(a, b)| (a - b) * (a - b)).sum();
+                if d < best.1 {
+                    best = (j, d);
+                }
+            }
+            let code = best.0 as u8;
+            if s % 2 == 0 {
+                out[s / 2] = code;
+            } else {
+                out[s / 2] |= code << 4;
+            }
+        }
+    }
+
+    /// Reconstructs token vectors from centroid ids and codes (for tests and diagnostics only; search
+    /// never decompresses).
+    pub fn decode(&self, cids: &[u32], codes: &[u8]) -> Vec<f32> {
+        let dim = self.dim;
+        let dsub = dim / self.m;
+        let bpt = self.m / 2;
+        let mut out = Vec::with_capacity(cids.len() * dim);
+        for (&c, cd) in cids.iter().zip(codes.chunks_exact(bpt)) {
+            let cen = &self.centroids[c as usize * dim..(c as usize + 1) * dim];
+            for s in 0..self.m {
+                let code = ((cd[s / 2] >> (4 * (s % 2))) & 15) as usize;
+                let cw = &self.codebooks[(s * KSUB + code) * dsub..(s * KSUB + code + 1) * dsub];
+                for (j, &w) in cw.iter().enumerate() {
+                    out.push(cen[s * dsub + j] + w);
+                }
+            }
+        }
+        out
+    }
+
+    /// Serialises to a self-describing, checksummed byte string.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        for v in [
+            VERSION,
+            self.dim as u32,
+            self.n_centroids() as u32,
+            (self.group_off.len() - 1) as u32,
+            self.m as u32,
+            KSUB as u32,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for &v in &self.group_off {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for &v in &self.top {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for &v in &self.centroids {
+            b.extend_from_slice(&f16::from_f32(v).to_le_bytes());
+        }
+        for &v in &self.codebooks {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Parses [`Codec::to_bytes`] output, validating magic, version, sizes and checksum. `path`
+    /// only names the source in errors.
+    pub fn from_bytes(b: &[u8], path: &std::path::Path) -> Result<Codec> {
+        let bad = |d: &str| LatixError::corrupted(path, format!("codec: {d}"));
+        if b.len() < 8 + 24 + 4 || &b[..8] != MAGIC {
+            return Err(bad("not a latix codec file (bad magic or too short)"));
+        }
+        let (body, tail) = b.split_at(b.len() - 4);
+        let crc = u32::from_le_bytes(tail.try_into().map_err(|_| bad("truncated"))?);
+        if crc32c::crc32c(body) != crc {
+            return Err(bad("checksum mismatch"));
+        }
+        let rd = |i: usize| {
+            u32::from_le_bytes(body[8 + 4 * i..12 + 4 * i].try_into().unwrap_or([0; 4])) as usize
+        };
+        let (version, dim, k, g, m, ksub) = (rd(0), rd(1), rd(2), rd(3), rd(4), rd(5));
+        if version != VERSION as usize {
+            return Err(LatixError::UnsupportedVersion {
+                path: path.into(),
+                detail: format!("codec format version {version}, this latix reads {VERSION}"),
+            });
+        }
+        if dim == 0
+            || k == 0
+            || g == 0
+            || g > k
+            || m == 0
+            || m % 2 != 0
+            || dim % m != 0
+            || ksub != KSUB
+            || m > 256
+        {
+            return Err(bad(&format!(
+                "inconsistent header (dim {dim}, K {k}, G {g}, M {m}, ksub {ksub})"
+            )));
+        }
+        let need = 32usize
+            .checked_add((g + 1) * 4)
+            .and_then(|v| v.checked_add(g.checked_mul(dim)?.checked_mul(4)?))
+            .and_then(|v| v.checked_add(k.checked_mul(dim)?.checked_mul(2)?))
+            .and_then(|v| v.checked_add(m * KSUB * (dim / m) * 4))
+            .ok_or_else(|| bad("sizes overflow"))?;
+        if body.len() != need {
+            return Err(bad(&format!(
+                "expected {need} bytes before the checksum, found {}",
+                body.len()
+            )));
+        }
+        let mut pos = 32;
+        let mut take = |len: usize| {
+            let s = &body[pos..pos + len];
+            pos += len;
+            s
+        };
+        let group_off: Vec<u32> = take((g + 1) * 4)
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let top: Vec<f32> = take(g * dim * 4)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let centroids: Vec<f32> = take(k * dim * 2)
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect();
+        let codebooks: Vec<f32> = take(m * KSUB * (dim / m) * 4)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if group_off[0] != 0
+            || group_off[g] as usize != k
+            || group_off.windows(2).any(|w| w[1] <= w[0])
+        {
+            return Err(bad("top-cluster ranges are not increasing from 0 to K"));
+        }
+        if top
+            .iter()
+            .chain(&centroids)
+            .chain(&codebooks)
+            .any(|v| !v.is_finite())
+        {
+            return Err(bad("non-finite parameter"));
+        }
+        Ok(Codec::from_parts(
+            dim, m, group_off, top, centroids, codebooks,
+        ))
+    }
+}

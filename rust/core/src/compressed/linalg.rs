@@ -1,0 +1,244 @@
+//! Dense dot-product tiles for k-means assignment and centroid scoring.
+//!
+//! Classic GEMM micro-kernel shape (Goto & van de Geijn, "Anatomy of high-performance matrix
+//! multiplication", 2008): the right-hand matrix is packed into panels of `NR` columns stored
+//! dimension-major, and an `MR x NR` tile of dot products is accumulated in registers by
+//! broadcasting one left-hand scalar per row and multiplying it with a panel row. The inner loop has
+//! no horizontal reduction, so the plain Rust below vectorises; it is compiled twice (baseline and
+//! AVX2+FMA) and the AVX2 copy is chosen at run time.
+
+/// Columns per packed panel.
+pub const NR: usize = 16;
+/// Rows per register tile.
+pub const MR: usize = 6;
+
+/// Rows of a matrix packed into panels of [`NR`] rows, each stored dimension-major
+/// (`panel[j * NR + c]` = row `c` of the panel, dimension `j`). Missing rows of the last panel are 0.
+#[derive(Clone, Debug)]
+pub struct Panels {
+    /// Dimension of each row.
+    pub dim: usize,
+    /// Number of real rows.
+    pub n: usize,
+    data: Vec<f32>,
+}
+
+impl Panels {
+    /// Packs `rows` (`n * dim`, row-major).
+    pub fn new(rows: &[f32], dim: usize) -> Self {
+        let n = rows.len().checked_div(dim).unwrap_or(0);
+        let n_panels = n.div_ceil(NR);
+        let mut data = vec![0.0f32; n_panels * dim * NR];
+        for (r, row) in rows.chunks_exact(dim.max(1)).enumerate().take(n) {
+            let (p, c) = (r / NR, r % NR);
+            let base = p * dim * NR;
+            for (j, &v) in row.iter().enumerate() {
+                data[base + j * NR + c] = v;
+            }
+        }
+        Panels { dim, n, data }
+    }
+
+    /// Number of rows rounded up to a multiple of [`NR`].
+    pub fn n_padded(&self) -> usize {
+        self.n.div_ceil(NR) * NR
+    }
+
+    fn panel(&self, p: usize) -> &[f32] {
+        &self.data[p * self.dim * NR..(p + 1) * self.dim * NR]
+    }
+}
+
+#[inline(always)]
+fn tile_generic<const R: usize>(x: &[f32], dim: usize, panel: &[f32], acc: &mut [[f32; NR]; R]) {
+    for a in acc.iter_mut() {
+        *a = [0.0; NR];
+    }
+    for j in 0..dim {
+        let prow: &[f32; NR] = panel[j * NR..(j + 1) * NR].try_into().expect("panel row");
+        for r in 0..R {
+            let xv = x[r * dim + j];
+            for c in 0..NR {
+                acc[r][c] += xv * prow[c];
+            }
+        }
+    }
+}
+
+/// Computes `out[r * n_padded + c] = <x_r, row_c>` for every row of `x` (`m * dim`).
+fn scores_generic(x: &[f32], panels: &Panels, out: &mut [f32]) {
+    let dim = panels.dim;
+    let m = x.len() / dim;
+    let np = panels.n_padded();
+    let n_panels = np / NR;
+    let mut r0 = 0;
+    while r0 < m {
+        let rows = (m - r0).min(MR);
+        for p in 0..n_panels {
+            let panel = panels.panel(p);
+            let xs = &x[r0 * dim..(r0 + rows) * dim];
+            if rows == MR {
+                let mut acc = [[0.0f32; NR]; MR];
+                tile_generic::<MR>(xs, dim, panel, &mut acc);
+                for (r, a) in acc.iter().enumerate() {
+                    out[(r0 + r) * np + p * NR..(r0 + r) * np + (p + 1) * NR].copy_from_slice(a);
+                }
+            } else {
+                for r in 0..rows {
+                    let mut acc = [[0.0f32; NR]; 1];
+                    tile_generic::<1>(&xs[r * dim..(r + 1) * dim], dim, panel, &mut acc);
+                    out[(r0 + r) * np + p * NR..(r0 + r) * np + (p + 1) * NR]
+                        .copy_from_slice(&acc[0]);
+                }
+            }
+        }
+        r0 += rows;
+    }
+}
+
+/// AVX2+FMA register tile: `R` rows of `x` times one panel, 2 x R accumulators of 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const R: usize>(
+    x: &[f32],
+    dim: usize,
+    panel: &[f32],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() >= R * dim && panel.len() >= dim * NR);
+    let mut acc0 = [_mm256_setzero_ps(); R];
+    let mut acc1 = [_mm256_setzero_ps(); R];
+    let pp = panel.as_ptr();
+    let xp = x.as_ptr();
+    for j in 0..dim {
+        // SAFETY: j < dim, so the panel row j (16 floats) and x[r * dim + j] are in bounds.
+        let p0 = _mm256_loadu_ps(pp.add(j * NR));
+        let p1 = _mm256_loadu_ps(pp.add(j * NR + 8));
+        for r in 0..R {
+            let xv = _mm256_broadcast_ss(&*xp.add(r * dim + j));
+            acc0[r] = _mm256_fmadd_ps(xv, p0, acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(xv, p1, acc1[r]);
+        }
+    }
+    for r in 0..R {
+        // SAFETY: the caller passes out with R rows of at least NR values at out_stride.
+        _mm256_storeu_ps(out.as_mut_ptr().add(r * out_stride), acc0[r]);
+        _mm256_storeu_ps(out.as_mut_ptr().add(r * out_stride + 8), acc1[r]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scores_avx2(x: &[f32], panels: &Panels, out: &mut [f32]) {
+    let dim = panels.dim;
+    let m = x.len() / dim;
+    let np = panels.n_padded();
+    let mut r0 = 0;
+    while r0 < m {
+        let rows = (m - r0).min(MR);
+        let xs = &x[r0 * dim..(r0 + rows) * dim];
+        for p in 0..np / NR {
+            let panel = panels.panel(p);
+            let o = &mut out[r0 * np + p * NR..];
+            match rows {
+                6 => tile_avx2::<6>(xs, dim, panel, o, np),
+                5 => tile_avx2::<5>(xs, dim, panel, o, np),
+                4 => tile_avx2::<4>(xs, dim, panel, o, np),
+                3 => tile_avx2::<3>(xs, dim, panel, o, np),
+                2 => tile_avx2::<2>(xs, dim, panel, o, np),
+                _ => tile_avx2::<1>(xs, dim, panel, o, np),
+            }
+        }
+        r0 += rows;
+    }
+}
+
+/// Dot products of every row of `x` (`m * dim`, row-major) with every packed row:
+/// `out[r * panels.n_padded() + c]`. `out` must hold `m * panels.n_padded()` values; padded
+/// columns receive 0.
+pub fn scores(x: &[f32], panels: &Panels, out: &mut [f32]) {
+    let m = x.len() / panels.dim.max(1);
+    assert!(
+        out.len() >= m * panels.n_padded(),
+        "scores: output too small"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the required CPU features were detected at run time.
+            unsafe { scores_avx2(x, panels, out) };
+            return;
+        }
+    }
+    scores_generic(x, panels, out)
+}
+
+/// Scalar dot product (reference for tests and small cases).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// For each row of `x`, the index of the row `c` of `panels` maximising `<x, c> - half_norms[c]`
+/// (nearest centroid in Euclidean distance when `half_norms[c] = |c|^2 / 2`) and that value.
+/// Single-threaded; callers parallelise over chunks of rows.
+pub fn argmax_rows(x: &[f32], panels: &Panels, half_norms: &[f32], out: &mut [(u32, f32)]) {
+    let dim = panels.dim;
+    let np = panels.n_padded();
+    // Bound the scratch matrix: score blocks of rows at a time.
+    let block = (4096 * 16 / np.max(1)).clamp(MR, 1024);
+    let mut buf = vec![0.0f32; block * np];
+    for (bi, xs) in x.chunks(block * dim).enumerate() {
+        let m = xs.len() / dim;
+        scores(xs, panels, &mut buf[..m * np]);
+        for r in 0..m {
+            let row = &buf[r * np..r * np + panels.n];
+            let mut best = (0u32, f32::NEG_INFINITY);
+            for (c, (&s, &h)) in row.iter().zip(half_norms).enumerate() {
+                let v = s - h;
+                if v > best.1 {
+                    best = (c as u32, v);
+                }
+            }
+            out[bi * block + r] = best;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_match_scalar_dots() {
+        let mut s = 1u64;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for &(m, n, dim) in &[(1, 1, 1), (7, 17, 5), (13, 40, 33), (6, 16, 8)] {
+            let x: Vec<f32> = (0..m * dim).map(|_| next()).collect();
+            let c: Vec<f32> = (0..n * dim).map(|_| next()).collect();
+            let p = Panels::new(&c, dim);
+            let mut out = vec![f32::NAN; m * p.n_padded()];
+            scores(&x, &p, &mut out);
+            for r in 0..m {
+                for j in 0..p.n_padded() {
+                    let want = if j < n {
+                        dot(&x[r * dim..(r + 1) * dim], &c[j * dim..(j + 1) * dim])
+                    } else {
+                        0.0
+                    };
+                    assert!(
+                        (out[r * p.n_padded() + j] - want).abs() < 1e-5,
+                        "{m} {n} {dim} {r} {j}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Compressed index: codec round trip, code-level scores against exact dot products, recall of the
+//! WARP-style search against exhaustive MaxSim on seeded clustered data, filters, file round trips
+//! and bad input.
+
+use latix_core::compressed::fastscan::{
+    build_lut, has_avx2, pack_block, scan_block, scan_block_scalar, BLOCK,
+};
+use latix_core::compressed::kmeans::Rng;
+use latix_core::compressed::{
+    codec_checksum, search_segments, Codec, CodecParams, IvfSegment, QueryPlan, SegmentView,
+};
+use latix_core::maxsim::{scalar::maxsim_f32, DocVectors};
+use latix_core::LatixError;
+
+fn gauss(rng: &mut Rng) -> f32 {
+    // Box-Muller.
+    let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+fn normalise(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= n);
+}
+
+/// Clustered unit vectors: `n_topics` topic centres, every document draws its tokens around 2 of them.
+pub struct Corpus {
+    pub dim: usize,
+    pub vectors: Vec<f32>,
+    pub offsets: Vec<u64>,
+    pub centres: Vec<f32>,
+}
+
+pub fn corpus(seed: u64, n_docs: usize, dim: usize, n_topics: usize) -> Corpus {
+    let mut rng = Rng::new(seed);
+    let mut centres = Vec::new();
+    for _ in 0..n_topics {
+        let mut c: Vec<f32> = (0..dim).map(|_| gauss(&mut rng)).collect();
+        normalise(&mut c);
+        centres.extend(c);
+    }
+    let mut vectors = Vec::new();
+    let mut offsets = vec![0u64];
+    for _ in 0..n_docs {
+        let len = 5 + rng.below(20);
+        let topics = [rng.below(n_topics), rng.below(n_topics)];
+        for t in 0..len {
+            let c = &centres[topics[t % 2] * dim..(topics[t % 2] + 1) * dim];
+            let mut v: Vec<f32> = c
+                .iter()
+                .map(|&x| x + 0.6 * gauss(&mut rng) / (dim as f32).sqrt())
+                .collect();
+            normalise(&mut v);
+            vectors.extend(v);
+        }
+        offsets.push((vectors.len() / dim) as u64);
+    }
+    Corpus {
+        dim,
+        vectors,
+        offsets,
+        centres,
+    }
+}
+
+fn query(c: &Corpus, rng: &mut Rng, nq: usize) -> Vec<f32> {
+    let n_topics = c.centres.len() / c.dim;
+    let topics = [rng.below(n_topics), rng.below(n_topics)];
+    let mut q = Vec::new();
+    for t in 0..nq {
+        let ctr = &c.centres[topics[t % 2] * c.dim..(topics[t % 2] + 1) * c.dim];
+        let mut v: Vec<f32> = ctr
+            .iter()
+            .map(|&x| x + 0.8 * gauss(rng) / (c.dim as f32).sqrt())
+            .collect();
+        normalise(&mut v);
+        q.extend(v);
+    }
+    q
+}
+
+fn train(c: &Corpus, k: usize, bytes: usize) -> Codec {
+    let p = CodecParams {
+        n_centroids: Some(k),
+        bytes_per_token: Some(bytes),
+        kmeans_iters: Some(8),
+        seed: 1,
+    };
+    Codec::train(&c.vectors, c.dim, c.vectors.len() / c.dim, &p, Some(2)).expect("train")
+}
+
+#[test]
+fn round_trip_error_is_small_and_shrinks_with_more_bytes() {
+    let c = corpus(1, 300, 64, 12);
+    let n = c.vectors.len() / c.dim;
+    let mut errs = Vec::new();
+    for bytes in [4, 16] {
+        let codec = train(&c, 32, bytes);
+        let (ids, codes) =
+            latix_core::parallel::install(Some(2), || codec.encode(&c.vectors)).unwrap();
+        assert_eq!(codes.len(), n * bytes);
+        let rec = codec.decode(&ids, &codes);
+        let err: f32 = c
+            .vectors
+            .iter()
+            .zip(&rec)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f32>()
+            / n as f32;
+        // Centroid only (no residual code): the error the PQ must beat.
+        let cen = codec.centroids();
+        let err_c: f32 = c
+            .vectors
+            .chunks_exact(c.dim)
+            .zip(&ids)
+            .map(|(v, &i)| {
+                v.iter()
+                    .zip(&cen[i as usize * c.dim..])
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f32>()
+            })
+            .sum::<f32>()
+            / n as f32;
+        assert!(
+            err < 0.8 * err_c,
+            "bytes {bytes}: PQ error {err} vs centroid-only {err_c}"
+        );
+        assert!(
+            err < 0.3,
+            "bytes {bytes}: mean squared error {err} of unit vectors"
+        );
+        errs.push(err);
+    }
+    assert!(
+        errs[1] < errs[0] * 0.8,
+        "more bytes must reduce the error: {errs:?}"
+    );
+}
+
+#[test]
+fn code_level_scores_match_dot_with_decoded_vector() {
+    let c = corpus(2, 200, 32, 8);
+    let codec = train(&c, 16, 8);
+    let (ids, codes) = latix_core::parallel::install(Some(1), || codec.encode(&c.vectors)).unwrap();
+    let rec = codec.decode(&ids, &codes);
+    let mut rng = Rng::new(5);
+    let q = query(&c, &mut rng, 1);
+    let lut = build_lut(&codec, &q);
+    // Re-pack the first 32 tokens as a block and score them from codes.
+    let m = codec.n_subspaces();
+    let mut block = vec![0u8; m * 16];
+    pack_block(&codes[..BLOCK * m / 2], m, &mut block);
+    let mut acc = [0u16; BLOCK];
+    let mut acc2 = [0u16; BLOCK];
+    scan_block(&lut.lut, &block, m, has_avx2(), &mut acc);
+    scan_block_scalar(&lut.lut, &block, m, &mut acc2);
+    assert_eq!(acc, acc2);
+    let cen = codec.centroids();
+    for t in 0..BLOCK {
+        let cid = ids[t] as usize;
+        let cs: f32 = q
+            .iter()
+            .zip(&cen[cid * c.dim..(cid + 1) * c.dim])
+            .map(|(a, b)| a * b)
+            .sum();
+        let est = cs + lut.bias + lut.scale * acc[t] as f32;
+        let exact_dec: f32 = q
+            .iter()
+            .zip(&rec[t * c.dim..(t + 1) * c.dim])
+            .map(|(a, b)| a * b)
+            .sum();
+        // u8 table rounding: at most half a step per subspace.
+        assert!(
+            (est - exact_dec).abs() <= 0.5 * lut.scale * m as f32 + 1e-4,
+            "token {t}: {est} vs {exact_dec}"
+        );
+        let exact: f32 = q
+            .iter()
+            .zip(&c.vectors[t * c.dim..(t + 1) * c.dim])
+            .map(|(a, b)| a * b)
+            .sum();
+        assert!(
+            (est - exact).abs() < 0.2,
+            "token {t}: code score {est} vs exact {exact}"
+        );
+    }
+}
+
+fn exact_topk(c: &Corpus, q: &[f32], k: usize, allowed: impl Fn(usize) -> bool) -> Vec<usize> {
+    let nd = c.offsets.len() - 1;
+    let mut s: Vec<(f32, usize)> = (0..nd)
+        .filter(|&d| allowed(d))
+        .map(|d| {
+            (
+                maxsim_f32(
+                    q,
+                    &c.vectors[c.offsets[d] as usize * c.dim..c.offsets[d + 1] as usize * c.dim],
+                    c.dim,
+                ),
+                d,
+            )
+        })
+        .collect();
+    s.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    s.into_iter().take(k).map(|x| x.1).collect()
+}
+
+#[test]
+fn search_recall_against_exhaustive_maxsim() {
+    let c = corpus(3, 2000, 64, 32);
+    let codec = train(&c, 64, 16);
+    let crc = codec_checksum(&codec.to_bytes());
+    let seg = latix_core::parallel::install(Some(2), || {
+        IvfSegment::build(&codec, crc, DocVectors::F32(&c.vectors), &c.offsets)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(seg.n_docs(), 2000);
+    // Exhaustive MaxSim over the decoded vectors isolates the search structure from codec error.
+    let (ids, codes) = latix_core::parallel::install(Some(2), || codec.encode(&c.vectors)).unwrap();
+    let decoded = Corpus {
+        dim: c.dim,
+        vectors: codec.decode(&ids, &codes),
+        offsets: c.offsets.clone(),
+        centres: c.centres.clone(),
+    };
+    let mut rng = Rng::new(11);
+    let (mut hit_all, mut hit_probe, mut hit_exact, mut total) = (0, 0, 0, 0);
+    for _ in 0..20 {
+        let q = query(&c, &mut rng, 8);
+        let view = [SegmentView {
+            seg: &seg,
+            allowed: None,
+        }];
+        let all = search_segments(&QueryPlan::new(&codec, &q, 64).unwrap(), &view, 10).unwrap();
+        let probed = latix_core::parallel::install(Some(2), || {
+            search_segments(&QueryPlan::new(&codec, &q, 16).unwrap(), &view, 10)
+        })
+        .unwrap()
+        .unwrap();
+        let want_dec = exact_topk(&decoded, &q, 10, |_| true);
+        let want = exact_topk(&c, &q, 10, |_| true);
+        hit_all += all
+            .iter()
+            .filter(|g| want_dec.contains(&(g.2 as usize)))
+            .count();
+        hit_probe += probed
+            .iter()
+            .filter(|g| want_dec.contains(&(g.2 as usize)))
+            .count();
+        hit_exact += probed
+            .iter()
+            .filter(|g| want.contains(&(g.2 as usize)))
+            .count();
+        total += 10;
+        // Scores are sorted best first.
+        assert!(probed.windows(2).all(|w| w[0].0 >= w[1].0));
+    }
+    let r = |h: usize| h as f64 / total as f64;
+    assert!(
+        r(hit_all) >= 0.97,
+        "all lists probed: recall@10 vs exhaustive on decoded vectors = {}",
+        r(hit_all)
+    );
+    assert!(
+        r(hit_probe) >= 0.9,
+        "nprobe 16/64: recall@10 vs exhaustive on decoded vectors = {}",
+        r(hit_probe)
+    );
+    assert!(
+        r(hit_exact) >= 0.75,
+        "nprobe 16/64: recall@10 vs exact exhaustive = {}",
+        r(hit_exact)
+    );
+}
+
+#[test]
+fn filter_restricts_candidates_and_segments_round_trip_through_files() {
+    let c = corpus(4, 600, 32, 10);
+    let codec = train(&c, 32, 8);
+    let bytes = codec.to_bytes();
+    let crc = codec_checksum(&bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let seg = latix_core::parallel::install(Some(1), || {
+        IvfSegment::build(&codec, crc, DocVectors::F32(&c.vectors), &c.offsets)
+    })
+    .unwrap()
+    .unwrap();
+    let p = dir.path().join("seg.ivf");
+    seg.save(&p).unwrap();
+    let seg2 = IvfSegment::open(&p, true).unwrap();
+    assert_eq!(seg2.as_bytes(), seg.as_bytes());
+    let codec2 = Codec::from_bytes(&bytes, &p).unwrap();
+    assert_eq!(codec2.to_bytes(), bytes);
+    // Only even documents allowed.
+    let mut bits = vec![0u64; 600usize.div_ceil(64)];
+    for d in (0..600).step_by(2) {
+        bits[d / 64] |= 1 << (d % 64);
+    }
+    let mut rng = Rng::new(2);
+    let q = query(&c, &mut rng, 6);
+    let plan = QueryPlan::new(&codec2, &q, 16).unwrap();
+    let got = search_segments(
+        &plan,
+        &[SegmentView {
+            seg: &seg2,
+            allowed: Some(&bits),
+        }],
+        10,
+    )
+    .unwrap();
+    assert_eq!(got.len(), 10);
+    assert!(
+        got.iter().all(|g| g.2 % 2 == 0),
+        "filtered search returned an odd document"
+    );
+    let want = exact_topk(&c, &q, 10, |d| d % 2 == 0);
+    let hit = got
+        .iter()
+        .filter(|g| want.contains(&(g.2 as usize)))
+        .count();
+    assert!(hit >= 7, "filtered recall {hit}/10");
+    // A corrupted byte is caught by the checksum.
+    let mut raw = std::fs::read(&p).unwrap();
+    let mid = raw.len() / 2;
+    raw[mid] ^= 0x55;
+    std::fs::write(&p, &raw).unwrap();
+    assert!(matches!(
+        IvfSegment::open(&p, true),
+        Err(LatixError::Corrupted { .. })
+    ));
+    let mut cb = bytes.clone();
+    cb[40] ^= 1;
+    assert!(matches!(
+        Codec::from_bytes(&cb, &p),
+        Err(LatixError::Corrupted { .. })
+    ));
+}
+
+#[test]
+fn bad_input_is_rejected_with_clear_errors() {
+    let c = corpus(5, 40, 16, 4);
+    let few = &c.vectors[..100 * 16];
+    let e = Codec::train(few, 16, 100, &CodecParams::default(), Some(1)).unwrap_err();
+    assert!(e.to_string().contains("at least 256"), "{e}");
+    let e = Codec::train(
+        &c.vectors[..c.vectors.len() - 1],
+        16,
+        1,
+        &CodecParams::default(),
+        Some(1),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("dim"), "{e}");
+    let p = CodecParams {
+        bytes_per_token: Some(3),
+        ..Default::default()
+    };
+    let e = Codec::train(&c.vectors, 16, 1000, &p, Some(1)).unwrap_err();
+    assert!(e.to_string().contains("bytes_per_token"), "{e}");
+    let p = CodecParams {
+        n_centroids: Some(1 << 30),
+        ..Default::default()
+    };
+    assert!(Codec::train(&c.vectors, 16, 1000, &p, Some(1))
+        .unwrap_err()
+        .to_string()
+        .contains("n_centroids"));
+    let mut nan = c.vectors.clone();
+    nan[5] = f32::NAN;
+    assert!(
+        Codec::train(&nan, 16, 1000, &CodecParams::default(), Some(1))
+            .unwrap_err()
+            .to_string()
+            .contains("non-finite")
+    );
+    let codec = train(&c, 8, 4);
+    let e = QueryPlan::new(&codec, &[0.0; 15], 2).unwrap_err();
+    assert!(e.to_string().contains("query"), "{e}");
+    let e = QueryPlan::new(&codec, &[0.1; 16], 9).unwrap_err();
+    assert!(e.to_string().contains("nprobe"), "{e}");
+}

@@ -1,0 +1,446 @@
+//! `latix._core.Codec`, `latix._core.CompressedSegment` and `latix._core.compressed_search`: the
+//! compressed-index building blocks (codec training/encoding, per-segment inverted lists, and
+//! WARP-style search over them). Validation and conversion only; the work is in
+//! `latix_core::compressed`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use numpy::ndarray::Array2;
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use latix_core::compressed::{self as cc, Codec, CodecParams, IvfSegment, QueryPlan, SegmentView};
+use latix_core::maxsim::DocVectors;
+
+use crate::arrays::{
+    check_finite_f16, check_finite_f32, contiguous1, contiguous2, describe, f32_matrix,
+    float_matrix, i64_vector, FloatMatrix,
+};
+use crate::errors::{invalid, IntoPyResult};
+
+/// A trained token codec (coarse centroids + 4-bit product-quantised residuals).
+#[pyclass(frozen, name = "Codec", module = "latix._core")]
+pub struct PyCodec {
+    pub inner: Arc<Codec>,
+    pub crc: u32,
+}
+
+impl PyCodec {
+    fn wrap(c: Codec) -> Self {
+        let crc = cc::codec_checksum(&c.to_bytes());
+        PyCodec {
+            inner: Arc::new(c),
+            crc,
+        }
+    }
+}
+
+#[pymethods]
+impl PyCodec {
+    /// Trains a codec on sample token vectors.
+    #[staticmethod]
+    #[pyo3(signature = (vectors, n_tokens_hint=None, n_centroids=None, bytes_per_token=None, kmeans_iters=None, seed=0, n_threads=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn train(
+        py: Python<'_>,
+        vectors: &Bound<'_, PyAny>,
+        n_tokens_hint: Option<usize>,
+        n_centroids: Option<usize>,
+        bytes_per_token: Option<usize>,
+        kmeans_iters: Option<usize>,
+        seed: u64,
+        n_threads: Option<usize>,
+    ) -> PyResult<Self> {
+        let v = f32_matrix(vectors, "vectors", "(n, dim)")?;
+        let (n, dim) = (v.shape()[0], v.shape()[1]);
+        let data = contiguous2(&v);
+        let params = CodecParams {
+            n_centroids,
+            bytes_per_token,
+            kmeans_iters,
+            seed,
+        };
+        let c = py
+            .detach(|| Codec::train(&data, dim, n_tokens_hint.unwrap_or(n), &params, n_threads))
+            .py_err(py)?;
+        Ok(Self::wrap(c))
+    }
+
+    /// Loads a codec from the bytes of `to_bytes`.
+    #[staticmethod]
+    fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
+        let c = Codec::from_bytes(data, std::path::Path::new("<bytes>")).py_err(py)?;
+        Ok(Self::wrap(c))
+    }
+
+    /// Serialised codec (versioned, checksummed).
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.to_bytes())
+    }
+
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    #[getter]
+    fn n_centroids(&self) -> usize {
+        self.inner.n_centroids()
+    }
+    #[getter]
+    fn bytes_per_token(&self) -> usize {
+        self.inner.bytes_per_token()
+    }
+
+    /// Coarse centroids, (n_centroids, dim) float32.
+    #[getter]
+    fn centroids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let a = Array2::from_shape_vec(
+            (self.inner.n_centroids(), self.inner.dim()),
+            self.inner.centroids().to_vec(),
+        )
+        .map_err(|e| invalid(py, e.to_string()))?;
+        Ok(a.into_pyarray(py))
+    }
+
+    /// Encodes vectors: (centroid ids (n,) uint32, codes (n, bytes_per_token) uint8).
+    #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (vectors, n_threads=None))]
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        vectors: &Bound<'py, PyAny>,
+        n_threads: Option<usize>,
+    ) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray2<u8>>)> {
+        let v = f32_matrix(vectors, "vectors", "(n, dim)")?;
+        let (n, dim) = (v.shape()[0], v.shape()[1]);
+        if dim != self.inner.dim() {
+            return Err(invalid(py, format!("vectors have dim {dim} but the codec was trained with dim {}: shape ({n}, {dim})", self.inner.dim())));
+        }
+        let data = contiguous2(&v);
+        check_finite_f32(py, &data, "vectors", dim)?;
+        let codec = self.inner.clone();
+        let (c, codes) = py
+            .detach(|| latix_core::parallel::install(n_threads, || codec.encode(&data)))
+            .py_err(py)?;
+        let bpt = self.inner.bytes_per_token();
+        let codes =
+            Array2::from_shape_vec((n, bpt), codes).map_err(|e| invalid(py, e.to_string()))?;
+        Ok((c.into_pyarray(py), codes.into_pyarray(py)))
+    }
+
+    /// Reconstructs vectors from centroid ids and codes: (n, dim) float32.
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        centroid_ids: PyReadonlyArray1<'py, u32>,
+        codes: PyReadonlyArray2<'py, u8>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let ids = contiguous1(&centroid_ids);
+        let cd = contiguous2(&codes);
+        let bpt = self.inner.bytes_per_token();
+        if codes.shape()[0] != ids.len() || codes.shape()[1] != bpt {
+            return Err(invalid(
+                py,
+                format!(
+                    "codes must have shape ({}, {bpt}), got {:?}",
+                    ids.len(),
+                    codes.shape()
+                ),
+            ));
+        }
+        let k = self.inner.n_centroids();
+        if let Some(&bad) = ids.iter().find(|&&c| c as usize >= k) {
+            return Err(invalid(
+                py,
+                format!("centroid id {bad} out of range 0..{k}"),
+            ));
+        }
+        let out = self.inner.decode(&ids, &cd);
+        let a = Array2::from_shape_vec((ids.len(), self.inner.dim()), out)
+            .map_err(|e| invalid(py, e.to_string()))?;
+        Ok(a.into_pyarray(py))
+    }
+}
+
+/// One segment's compressed inverted lists.
+#[pyclass(frozen, name = "CompressedSegment", module = "latix._core")]
+pub struct PyCompressedSegment {
+    pub inner: Arc<IvfSegment>,
+}
+
+#[pymethods]
+impl PyCompressedSegment {
+    /// Encodes documents with `codec` and builds the segment's inverted lists.
+    #[staticmethod]
+    #[pyo3(signature = (codec, doc_vectors, doc_offsets, n_threads=None))]
+    fn build(
+        py: Python<'_>,
+        codec: &PyCodec,
+        doc_vectors: &Bound<'_, PyAny>,
+        doc_offsets: &Bound<'_, PyAny>,
+        n_threads: Option<usize>,
+    ) -> PyResult<Self> {
+        let docs = float_matrix(doc_vectors, "doc_vectors", "(n_tokens, dim)")?;
+        let offs = i64_vector(doc_offsets, "doc_offsets", "(n_docs + 1,)")?;
+        let (n_tokens, dim) = match &docs {
+            FloatMatrix::F32(a) => (a.shape()[0], a.shape()[1]),
+            FloatMatrix::F16(a) => (a.shape()[0], a.shape()[1]),
+        };
+        if dim != codec.inner.dim() {
+            return Err(invalid(py, format!("doc_vectors has dim {dim} but the codec was trained with dim {}: shape ({n_tokens}, {dim})", codec.inner.dim())));
+        }
+        let o = contiguous1(&offs);
+        if o.is_empty()
+            || o[0] != 0
+            || o.windows(2).any(|w| w[1] < w[0])
+            || o[o.len() - 1] as usize != n_tokens
+        {
+            return Err(invalid(py, format!("doc_offsets must be non-decreasing from 0 to doc_vectors.shape[0] = {n_tokens}, got {}", describe(doc_offsets))));
+        }
+        let offsets: Vec<u64> = o.iter().map(|&v| v as u64).collect();
+        let c = codec.inner.clone();
+        let crc = codec.crc;
+        let seg = match &docs {
+            FloatMatrix::F32(a) => {
+                let d = contiguous2(a);
+                check_finite_f32(py, &d, "doc_vectors", dim)?;
+                py.detach(|| {
+                    latix_core::parallel::install(n_threads, || {
+                        IvfSegment::build(&c, crc, DocVectors::F32(&d), &offsets)
+                    })
+                })
+            }
+            FloatMatrix::F16(a) => {
+                let d = contiguous2(a);
+                check_finite_f16(py, &d, "doc_vectors", dim)?;
+                py.detach(|| {
+                    latix_core::parallel::install(n_threads, || {
+                        IvfSegment::build(&c, crc, DocVectors::F16(&d), &offsets)
+                    })
+                })
+            }
+        }
+        .py_err(py)?
+        .py_err(py)?;
+        Ok(PyCompressedSegment {
+            inner: Arc::new(seg),
+        })
+    }
+
+    /// Writes the segment file (atomically).
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let s = self.inner.clone();
+        py.detach(|| s.save(&path)).py_err(py)
+    }
+
+    /// Memory-maps a segment file written by `save`, checking it was built with `codec`.
+    #[staticmethod]
+    fn open(py: Python<'_>, path: PathBuf, codec: &PyCodec) -> PyResult<Self> {
+        let s = py.detach(|| IvfSegment::open(&path, true)).py_err(py)?;
+        if s.codec_checksum() != codec.crc {
+            return Err(crate::errors::to_py(
+                py,
+                latix_core::LatixError::invalid(format!(
+                    "{}: segment was encoded with a different codec",
+                    path.display()
+                )),
+            ));
+        }
+        Ok(PyCompressedSegment { inner: Arc::new(s) })
+    }
+
+    #[getter]
+    fn n_docs(&self) -> usize {
+        self.inner.n_docs()
+    }
+    #[getter]
+    fn n_tokens(&self) -> usize {
+        self.inner.n_tokens()
+    }
+    /// Size of the serialised segment in bytes.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.inner.byte_len()
+    }
+}
+
+/// Searches compressed segments: returns (scores (n,) f32, segment (n,) int64, doc (n,) int64), best first.
+/// With `full` (per segment: full vectors and offsets), the best `n_candidates` are re-scored exactly.
+#[pyfunction]
+#[pyo3(signature = (codec, segments, query, k, nprobe=None, allowed=None, full=None, n_candidates=None, n_threads=None))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn compressed_search<'py>(
+    py: Python<'py>,
+    codec: &PyCodec,
+    segments: Vec<PyRef<'py, PyCompressedSegment>>,
+    query: &Bound<'py, PyAny>,
+    k: usize,
+    nprobe: Option<usize>,
+    allowed: Option<Vec<Option<PyReadonlyArray1<'py, bool>>>>,
+    full: Option<Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>>,
+    n_candidates: Option<usize>,
+    n_threads: Option<usize>,
+) -> PyResult<(
+    Bound<'py, PyArray1<f32>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+)> {
+    let q = f32_matrix(query, "query", "(n_query_tokens, dim)")?;
+    let (nq, dim) = (q.shape()[0], q.shape()[1]);
+    if nq == 0 || dim != codec.inner.dim() {
+        return Err(invalid(
+            py,
+            format!(
+                "query must have shape (n_query_tokens >= 1, {}), got ({nq}, {dim})",
+                codec.inner.dim()
+            ),
+        ));
+    }
+    if k == 0 {
+        return Err(invalid(py, "k must be positive"));
+    }
+    let qd = contiguous2(&q);
+    check_finite_f32(py, &qd, "query", dim)?;
+    for (i, s) in segments.iter().enumerate() {
+        if s.inner.codec_checksum() != codec.crc {
+            return Err(invalid(
+                py,
+                format!("segments[{i}] was encoded with a different codec"),
+            ));
+        }
+    }
+    let mut bitmaps: Vec<Option<Vec<u64>>> = vec![None; segments.len()];
+    if let Some(al) = &allowed {
+        if al.len() != segments.len() {
+            return Err(invalid(
+                py,
+                format!(
+                    "allowed must have one entry per segment ({}), got {}",
+                    segments.len(),
+                    al.len()
+                ),
+            ));
+        }
+        for (i, a) in al.iter().enumerate() {
+            if let Some(a) = a {
+                let v = contiguous1(a);
+                let nd = segments[i].inner.n_docs();
+                if v.len() != nd {
+                    return Err(invalid(
+                        py,
+                        format!("allowed[{i}] must have shape ({nd},), got ({},)", v.len()),
+                    ));
+                }
+                let mut bits = vec![0u64; nd.div_ceil(64)];
+                for (d, &ok) in v.iter().enumerate() {
+                    if ok {
+                        bits[d >> 6] |= 1 << (d & 63);
+                    }
+                }
+                bitmaps[i] = Some(bits);
+            }
+        }
+    }
+    enum Held<'a> {
+        F32(std::borrow::Cow<'a, [f32]>),
+        F16(std::borrow::Cow<'a, [half::f16]>),
+    }
+    let full_arrays: Vec<(FloatMatrix<'py>, Vec<u64>)> = match &full {
+        None => Vec::new(),
+        Some(list) => {
+            if list.len() != segments.len() {
+                return Err(invalid(
+                    py,
+                    format!(
+                        "full must have one (vectors, offsets) pair per segment ({}), got {}",
+                        segments.len(),
+                        list.len()
+                    ),
+                ));
+            }
+            let mut out = Vec::with_capacity(list.len());
+            for (i, (v, o)) in list.iter().enumerate() {
+                let m = float_matrix(v, &format!("full[{i}][0]"), "(n_tokens, dim)")?;
+                let offs = i64_vector(o, &format!("full[{i}][1]"), "(n_docs + 1,)")?;
+                let o = contiguous1(&offs);
+                let (rows, d) = match &m {
+                    FloatMatrix::F32(a) => (a.shape()[0], a.shape()[1]),
+                    FloatMatrix::F16(a) => (a.shape()[0], a.shape()[1]),
+                };
+                let nd = segments[i].inner.n_docs();
+                if d != dim
+                    || o.len() != nd + 1
+                    || o[0] != 0
+                    || o.windows(2).any(|w| w[1] < w[0])
+                    || o[nd] as usize != rows
+                {
+                    return Err(invalid(py, format!("full[{i}] must be ((n_tokens, {dim}) vectors, ({},) non-decreasing offsets from 0 to n_tokens)", nd + 1)));
+                }
+                out.push((m, o.iter().map(|&x| x as u64).collect()));
+            }
+            out
+        }
+    };
+    let held: Vec<Held<'_>> = full_arrays
+        .iter()
+        .map(|(m, _)| match m {
+            FloatMatrix::F32(a) => Held::F32(contiguous2(a)),
+            FloatMatrix::F16(a) => Held::F16(contiguous2(a)),
+        })
+        .collect();
+    let fulls: Vec<cc::FullVectors<'_>> = held
+        .iter()
+        .zip(&full_arrays)
+        .map(|(h, (_, o))| cc::FullVectors {
+            vectors: match h {
+                Held::F32(v) => DocVectors::F32(v),
+                Held::F16(v) => DocVectors::F16(v),
+            },
+            offsets: o,
+        })
+        .collect();
+    let depth = n_candidates.unwrap_or((4 * k).max(100)).max(k);
+    let nprobe = nprobe.unwrap_or_else(|| cc::default_nprobe(codec.inner.n_centroids()));
+    let segs: Vec<Arc<IvfSegment>> = segments.iter().map(|s| s.inner.clone()).collect();
+    let c = codec.inner.clone();
+    let res = py
+        .detach(|| {
+            let plan = QueryPlan::new(&c, &qd, nprobe)?;
+            let views: Vec<SegmentView<'_>> = segs
+                .iter()
+                .zip(&bitmaps)
+                .map(|(s, b)| SegmentView {
+                    seg: s,
+                    allowed: b.as_deref(),
+                })
+                .collect();
+            if fulls.is_empty() {
+                latix_core::parallel::install(n_threads, || cc::search_segments(&plan, &views, k))?
+            } else {
+                let cands = latix_core::parallel::install(n_threads, || {
+                    cc::search_segments(&plan, &views, depth)
+                })??;
+                cc::rerank_exact(&qd, dim, &fulls, &cands, k)
+            }
+        })
+        .py_err(py)?;
+    let scores: Vec<f32> = res.iter().map(|r| r.0).collect();
+    let seg: Vec<i64> = res.iter().map(|r| r.1 as i64).collect();
+    let doc: Vec<i64> = res.iter().map(|r| r.2 as i64).collect();
+    Ok((
+        scores.into_pyarray(py),
+        seg.into_pyarray(py),
+        doc.into_pyarray(py),
+    ))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyCodec>()?;
+    m.add_class::<PyCompressedSegment>()?;
+    m.add_function(wrap_pyfunction!(compressed_search, m)?)?;
+    Ok(())
+}
