@@ -7,7 +7,13 @@ The long run is ``make soak`` (``python -m harness.crash --kills 200``); see tes
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import latix
+import numpy as np
 import pytest
 from harness import crash
 
@@ -29,3 +35,52 @@ def test_model_is_deterministic() -> None:
     assert a.state(30) == b.state(30)
     assert [a.kind(n) for n in range(1, 30)] == [b.kind(n) for n in range(1, 30)]
     assert a.state(30) != crash.Model(6).state(30)
+
+
+def test_interrupted_create_can_be_redone(tmp_path: Path) -> None:
+    # Regression: a crash between writing MANIFEST-0 and CURRENT left a directory that create()
+    # refused ("non-empty directory that is not a latix index") and open() did not know.
+    p = tmp_path / "ix"
+    p.mkdir()
+    (p / "LOCK").touch()
+    (p / f"MANIFEST-{0:020d}").write_bytes(b"torn")
+    (p / "tmp-CURRENT-1-2-3").write_bytes(b"MANIF")
+    with pytest.raises(latix.NotFoundError):
+        latix.Index.open(p)
+    with latix.Index.create(p, dim=4) as ix:
+        assert len(ix) == 0
+    with latix.Index.open(p, "w"):  # the next writer removes the stray temp file
+        pass
+    assert sorted(os.listdir(p)) == ["CURRENT", "LOCK", f"MANIFEST-{0:020d}"]
+
+
+def test_kill_during_create(tmp_path: Path) -> None:
+    # SIGKILL a process creating an index at random moments: afterwards the directory is either
+    # a valid empty index or can be created again.
+    code = (
+        "import sys, latix\n"
+        "print('go', flush=True)\n"
+        "latix.Index.create(sys.argv[1], dim=4).close()\n"
+        "print('done', flush=True)\n"
+    )
+    rng = np.random.default_rng(0)
+    outcomes = {"created": 0, "recreated": 0}
+    for trial in range(KILLS):
+        p = tmp_path / f"ix{trial}"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(p)], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "go"
+        time.sleep(float(rng.uniform(0, 0.01)))
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        try:
+            with latix.Index.open(p) as ix:
+                assert len(ix) == 0 and ix.dim == 4
+            outcomes["created"] += 1
+        except latix.NotFoundError:
+            with latix.Index.create(p, dim=4) as ix:
+                assert len(ix) == 0
+            outcomes["recreated"] += 1
+    print(outcomes)

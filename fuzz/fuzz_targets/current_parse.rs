@@ -14,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     if let Ok(name) = read_current(dir) {
-        assert!(name.starts_with("MANIFEST-") && latix_core::index::valid_file_name(&name));
+        assert!(
+            name.starts_with("MANIFEST-") && latix_core::store::manifest::is_plain_file_name(&name)
+        );
         assert!(!name.contains('/') && !name.contains(".."));
     }
 });

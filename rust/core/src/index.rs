@@ -421,8 +421,9 @@ impl Index {
             for e in rd {
                 let e = e.map_err(|e| LatixError::io(dir, e))?;
                 let name = e.file_name().to_string_lossy().into_owned();
-                // A LOCK or temp file alone is what an interrupted create leaves behind.
-                if name != LOCK_FILE && !name.starts_with(TMP_PREFIX) {
+                // A LOCK, temp files and the first manifest (written just before CURRENT) are
+                // what an interrupted create leaves behind.
+                if name != LOCK_FILE && !name.starts_with(TMP_PREFIX) && name != manifest_name(0) {
                     return Ok(true);
                 }
             }
