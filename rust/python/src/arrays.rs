@@ -7,7 +7,9 @@ use half::f16;
 use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use crate::errors::invalid;
+use latix_core::maxsim::DocVectors;
+
+use crate::errors::{invalid, IntoPyResult};
 
 /// A 2-D float array in one of the storage precisions latix accepts.
 pub enum FloatMatrix<'py> {
@@ -102,36 +104,13 @@ pub fn contiguous1<'a, T: numpy::Element + Clone>(a: &'a PyReadonlyArray1<'_, T>
     }
 }
 
-/// Rejects NaN and infinities, naming the argument and the first bad position.
-#[allow(dead_code)] // latix.maxsim now uses latix_core::maxsim::check_finite (vectorised)
+/// Rejects NaN and infinities, naming the argument and the first bad position (the core's
+/// vectorised check).
 pub fn check_finite_f32(py: Python<'_>, data: &[f32], name: &str, dim: usize) -> PyResult<()> {
-    if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
-        return Err(invalid(
-            py,
-            format!(
-                "{name} contains a non-finite value ({}) at row {}, column {}",
-                data[pos],
-                pos / dim.max(1),
-                pos % dim.max(1)
-            ),
-        ));
-    }
-    Ok(())
+    latix_core::maxsim::check_finite(DocVectors::F32(data), name, dim).py_err(py)
 }
 
 /// Rejects NaN and infinities in float16 data.
-#[allow(dead_code)] // latix.maxsim now uses latix_core::maxsim::check_finite (vectorised)
 pub fn check_finite_f16(py: Python<'_>, data: &[f16], name: &str, dim: usize) -> PyResult<()> {
-    if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
-        return Err(invalid(
-            py,
-            format!(
-                "{name} contains a non-finite value ({}) at row {}, column {}",
-                data[pos],
-                pos / dim.max(1),
-                pos % dim.max(1)
-            ),
-        ));
-    }
-    Ok(())
+    latix_core::maxsim::check_finite(DocVectors::F16(data), name, dim).py_err(py)
 }
