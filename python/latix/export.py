@@ -66,6 +66,19 @@ def _load_state(p: Path) -> dict[str, Any]:
     raise ModelError(f"no model.safetensors or pytorch_model.bin in {p}")
 
 
+def _linear_from_state(state: dict[str, Any]) -> Any:
+    """A ``torch.nn.Linear`` holding a checkpoint's ``linear.weight`` (and ``linear.bias``)."""
+    import torch
+
+    w = state["linear.weight"]
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias="linear.bias" in state)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        if "linear.bias" in state:
+            lin.bias.copy_(state["linear.bias"])
+    return lin
+
+
 def _weight_keys(p: Path) -> set[str]:
     if (p / "model.safetensors").is_file():
         from safetensors import safe_open
@@ -121,14 +134,7 @@ def export_checkpoint(
     if layout == "stanford":
         tdir = src
         meta = _read_json(src / "artifact.metadata")
-        state = _load_state(src)
-        w = state["linear.weight"]
-        lin = torch.nn.Linear(w.shape[1], w.shape[0], bias="linear.bias" in state)
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            if "linear.bias" in state:
-                lin.bias.copy_(state["linear.bias"])
-        linears.append(lin)
+        linears.append(_linear_from_state(_load_state(src)))
         cfg_kw: dict[str, Any] = {
             "marker_mode": "token",
             "query_marker": str(meta.get("query_token_id", "[unused0]")),
@@ -152,14 +158,7 @@ def export_checkpoint(
                 act = str(dcfg.get("activation_function", "torch.nn.modules.linear.Identity"))
                 if not act.endswith("Identity"):
                     raise ModelError(f"{mpath}: Dense activation {act} is not supported")
-                st = _load_state(mpath)
-                w = st["linear.weight"]
-                lin = torch.nn.Linear(w.shape[1], w.shape[0], bias="linear.bias" in st)
-                with torch.no_grad():
-                    lin.weight.copy_(w)
-                    if "linear.bias" in st:
-                        lin.bias.copy_(st["linear.bias"])
-                linears.append(lin)
+                linears.append(_linear_from_state(_load_state(mpath)))
             elif not mtype.endswith(("Normalize", "Pooling")):
                 raise ModelError(f"{src}/modules.json: module type {mtype} is not supported")
         if tdir is None:
