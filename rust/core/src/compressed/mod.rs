@@ -8,6 +8,7 @@ pub mod fastscan;
 pub mod ivf;
 pub mod kmeans;
 pub mod linalg;
+pub mod pool;
 pub mod search;
 
 pub use codec::{default_n_centroids, Codec, CodecParams};
