@@ -345,8 +345,12 @@ pub(crate) fn verify(snap: &Snapshot) -> Result<()> {
 
 // ----------------------------------------------------------------------------------- commit
 
-/// Live token ranges `(entry index, row start, row end)` of the segments of a commit, in order.
-fn live_ranges(ctx: &CommitContext<'_>) -> Result<(Vec<Segment>, Vec<(usize, u64, u64)>, u64)> {
+/// A token range `(segment index, row start, row end)`.
+type Range = (usize, u64, u64);
+
+/// The segments of a commit (mapped), the live token ranges of their documents in order, and the
+/// number of live tokens.
+fn live_ranges(ctx: &CommitContext<'_>) -> Result<(Vec<Segment>, Vec<Range>, u64)> {
     let mut segs = Vec::new();
     let mut ranges = Vec::new();
     let mut total = 0u64;
@@ -371,7 +375,7 @@ fn live_ranges(ctx: &CommitContext<'_>) -> Result<(Vec<Segment>, Vec<(usize, u64
 fn train_codec(
     cfg: &Compression,
     segs: &[Segment],
-    ranges: &[(usize, u64, u64)],
+    ranges: &[Range],
     total: u64,
     n_threads: Option<usize>,
 ) -> Result<Codec> {

@@ -12,9 +12,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
 
 use latix_core::index::{Index as CoreIndex, OpenMode, OwnedVectors};
-use latix_core::{CompressedSearch, Compression};
 use latix_core::maxsim::DocVectors;
 use latix_core::store::Dtype;
+use latix_core::{CompressedSearch, Compression};
 
 use crate::arrays::{contiguous2, describe, float_matrix, FloatMatrix};
 use crate::errors::{invalid, IntoPyResult};
