@@ -613,6 +613,33 @@ impl Index {
         self.compression.as_ref()
     }
 
+    /// The latest snapshot with its codec and inverted lists (compressed index). A concurrent
+    /// commit may remove the side files of the snapshot just loaded before they are opened: then
+    /// the newer snapshot is loaded instead, as [`Snapshot::load`] does for segments. A file
+    /// missing while `CURRENT` still names the snapshot is damage.
+    fn snapshot_and_state(&self) -> Result<(Arc<Snapshot>, Arc<CState>)> {
+        let mut tries = 0;
+        loop {
+            let snap = self.snapshot()?;
+            match self.cstate_for(&snap) {
+                Ok(st) => return Ok((snap, st)),
+                Err(LatixError::Io { path, source })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    tries += 1;
+                    let moved = read_current(&self.dir)? != snap.manifest_name();
+                    if !moved || tries > 20 {
+                        return Err(LatixError::corrupted(
+                            self.dir.join(snap.manifest_name()),
+                            format!("references a missing file ({})", path.display()),
+                        ));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Codec and inverted lists of `snap` (compressed index), loaded once per file.
     fn cstate_for(&self, snap: &Snapshot) -> Result<Arc<CState>> {
         let mut g = lock(&self.cstate);
@@ -1075,12 +1102,15 @@ impl Index {
     /// compressed index that dropped the vectors: the decoded approximation (centroid + residual
     /// codewords), rows grouped by centroid rather than in the original token order.
     pub fn get(&self, id: &str) -> Result<OwnedVectors> {
-        let snap = self.snapshot()?;
-        if let Some((s, d)) = snap.lookup(id) {
-            if !snap.segments()[s].segment.has_vectors() {
-                let st = self.cstate_for(&snap)?;
-                let rows = self.decode_doc(Some(&st), s, d)?;
-                return Ok(cindex::to_storage(rows, self.dtype));
+        let mut snap = self.snapshot()?;
+        if self.compression.is_some() {
+            let (sn, st) = self.snapshot_and_state()?;
+            snap = sn;
+            if let Some((s, d)) = snap.lookup(id) {
+                if !snap.segments()[s].segment.has_vectors() {
+                    let rows = self.decode_doc(Some(&st), s, d)?;
+                    return Ok(cindex::to_storage(rows, self.dtype));
+                }
             }
         }
         match snap.get(id)? {
@@ -1104,29 +1134,46 @@ impl Index {
 
     /// Size and state figures of the latest committed snapshot.
     pub fn stats(&self) -> Result<IndexStats> {
-        let snap = self.snapshot()?;
-        let mut files = snap.manifest().referenced_files();
-        files.push(snap.manifest_name().to_owned());
-        files.push(CURRENT_FILE.to_owned());
-        let mut bytes = 0u64;
-        for f in files {
-            let p = self.dir.join(&f);
-            bytes += std::fs::metadata(&p)
-                .map_err(|e| LatixError::io(&p, e))?
-                .len();
-        }
-        let (trained, n_centroids, code_bytes) = match &self.compression {
-            Some(_) => {
-                let st = self.cstate_for(&snap)?;
-                match &st.codec {
-                    Some(c) => (
-                        true,
-                        Some(c.codec.n_centroids()),
-                        Some(c.codec.bytes_per_token()),
-                    ),
-                    None => (false, None, None),
+        let (snap, state, bytes) = loop {
+            let (snap, state) = match &self.compression {
+                Some(_) => {
+                    let (s, st) = self.snapshot_and_state()?;
+                    (s, Some(st))
+                }
+                None => (self.snapshot()?, None),
+            };
+            let mut files = snap.manifest().referenced_files();
+            files.push(snap.manifest_name().to_owned());
+            files.push(CURRENT_FILE.to_owned());
+            let mut bytes = Some(0u64);
+            for f in files {
+                let p = self.dir.join(&f);
+                match std::fs::metadata(&p) {
+                    Ok(m) => bytes = bytes.map(|b| b + m.len()),
+                    // Removed by a commit published since the snapshot: measure the new one.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        if read_current(&self.dir)? == snap.manifest_name() {
+                            return Err(LatixError::io(&p, e));
+                        }
+                        bytes = None;
+                        break;
+                    }
+                    Err(e) => return Err(LatixError::io(&p, e)),
                 }
             }
+            if let Some(b) = bytes {
+                break (snap, state, b);
+            }
+        };
+        let (trained, n_centroids, code_bytes) = match state {
+            Some(st) => match &st.codec {
+                Some(c) => (
+                    true,
+                    Some(c.codec.n_centroids()),
+                    Some(c.codec.bytes_per_token()),
+                ),
+                None => (false, None, None),
+            },
             None => (false, None, None),
         };
         Ok(IndexStats {
@@ -1207,7 +1254,13 @@ impl Index {
             check_matrix(DocVectors::F32(q), self.dim, &format!("queries[{i}]"), None)?;
         }
         crate::parallel::resolve_threads(n_threads)?;
-        let snap = self.snapshot()?;
+        let (snap, state) = match &self.compression {
+            Some(_) => {
+                let (s, st) = self.snapshot_and_state()?;
+                (s, Some(st))
+            }
+            None => (self.snapshot()?, None),
+        };
         if k > MAX_PADDED_K.max(snap.len()) {
             return Err(LatixError::invalid(format!(
                 "k = {k} exceeds both the number of documents ({}) and {MAX_PADDED_K}; the results \
@@ -1215,8 +1268,7 @@ impl Index {
                 snap.len()
             )));
         }
-        if let Some(cfg) = &self.compression {
-            let st = self.cstate_for(&snap)?;
+        if let (Some(cfg), Some(st)) = (&self.compression, state) {
             if st.codec.is_some() {
                 return cindex::search(
                     &snap,

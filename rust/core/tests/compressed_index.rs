@@ -495,3 +495,43 @@ fn damaged_codec_and_lists_are_reported_naming_the_file() {
     std::fs::copy(b.join(&cb), a.join(&ca)).expect("copy");
     check(&a, &files(&a, ".ivf-")[0]);
 }
+
+#[test]
+fn readers_search_while_the_writer_commits_compacts_and_retrains() {
+    // A reader handle must always see a consistent committed generation, even when a commit
+    // removes the side files of the snapshot it just loaded (compaction, retraining).
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("ix");
+    let mut data = Data::new(17);
+    let w = Index::create_with(&dir, DIM, Dtype::F16, Some(cfg(false))).expect("create");
+    add(&w, "s", &data.docs(200), false);
+    w.commit().expect("commit");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let queries: Vec<Vec<f32>> = (0..4).map(|_| data.mat(6, 0.8)).collect();
+    std::thread::scope(|sc| {
+        let reader = sc.spawn(|| {
+            let r = Index::open(&dir, OpenMode::Read).expect("open");
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) || n < 5 {
+                let q: Vec<&[f32]> = queries.iter().map(|q| q.as_slice()).collect();
+                let res = r
+                    .search(&q, 5, Some(1), None)
+                    .expect("search during writes");
+                assert!(res.ids.iter().all(|i| !i.is_empty()));
+                r.get("s150").expect("get during writes");
+                r.stats().expect("stats during writes");
+                n += 1;
+            }
+            n
+        });
+        for round in 0..6 {
+            add(&w, &format!("r{round}-"), &data.docs(20), false);
+            w.delete(&[&format!("s{round}")]).expect("delete");
+            w.commit().expect("commit");
+            w.compact_retrain(round % 2 == 1).expect("compact");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        assert!(reader.join().expect("reader") >= 5);
+    });
+    w.verify().expect("verify");
+}
