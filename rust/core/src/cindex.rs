@@ -79,14 +79,21 @@ impl Default for Compression {
 impl Compression {
     /// Checks the configuration for an index of dimension `dim`; errors say which field is wrong.
     pub fn validate(&self, dim: usize) -> Result<()> {
-        if let Some(b) = self.bytes_per_token {
-            let m = b.saturating_mul(2);
-            if b == 0 || m > dim || !dim.is_multiple_of(m) || m > 256 {
-                return Err(LatixError::invalid(format!(
-                    "bytes_per_token must be at least 1, at most 128, and 2 * bytes_per_token must \
-                     divide dim = {dim}; got {b}"
-                )));
-            }
+        // Checked here, not at the training commit: a configuration the codec rejects would make
+        // every commit from the threshold on fail. The default mirrors `Codec::train`'s.
+        let b = self
+            .bytes_per_token
+            .unwrap_or(if dim >= 256 { dim / 16 } else { dim / 8 }.max(1));
+        let m = b.saturating_mul(2);
+        if b == 0 || m > dim || !dim.is_multiple_of(m) || m > 256 {
+            let what = match self.bytes_per_token {
+                Some(b) => format!("got {b}"),
+                None => format!("the default for dim = {dim} is {b}; pass bytes_per_token"),
+            };
+            return Err(LatixError::invalid(format!(
+                "bytes_per_token must be at least 1, at most 128, and 2 * bytes_per_token must \
+                 divide dim = {dim}; {what}"
+            )));
         }
         if self.train_min_tokens < MIN_TRAIN_TOKENS || self.train_min_tokens > u32::MAX as u64 {
             return Err(LatixError::invalid(format!(

@@ -381,6 +381,15 @@ fn bad_input_is_rejected_with_clear_errors() {
         }),
         "n_centroids",
     );
+    // An odd dim has no default code size: refused at create, not at the training commit.
+    let odd = Compression {
+        bytes_per_token: None,
+        ..cfg(false)
+    };
+    assert!(matches!(
+        Index::create_with(tmp.path().join("bad"), 5, Dtype::F16, Some(odd)),
+        Err(LatixError::InvalidArgument(m)) if m.contains("bytes_per_token")
+    ));
     assert!(
         !tmp.path().join("bad").exists(),
         "nothing created on bad input"
@@ -534,4 +543,25 @@ fn readers_search_while_the_writer_commits_compacts_and_retrains() {
         assert!(reader.join().expect("reader") >= 5);
     });
     w.verify().expect("verify");
+}
+
+#[test]
+fn config_round_trips_and_every_damaged_byte_is_rejected() {
+    let p = Path::new("idx-compression-0");
+    for c in [cfg(true), Compression::default()] {
+        let b = c.encode();
+        assert_eq!(Compression::decode(&b, p).expect("decode"), c);
+        for i in 0..b.len() {
+            let mut d = b.clone();
+            d[i] ^= 0x08;
+            assert!(
+                Compression::decode(&d, p).is_err(),
+                "flip at byte {i} accepted"
+            );
+            assert!(
+                Compression::decode(&b[..i], p).is_err(),
+                "truncation at {i} accepted"
+            );
+        }
+    }
 }
