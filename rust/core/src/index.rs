@@ -960,7 +960,11 @@ impl Index {
             let file = format!("{SEGMENT_PREFIX}{:010}.lxs", manifest.next_segment_id);
             manifest.next_segment_id += 1;
             let (n_docs, n_tokens) = (stage.n_docs() as u64, stage.n_tokens());
-            let header_crc = stage.finish(&self.dir.join(&file))?;
+            // A compressed index that drops vectors and already has a codec re-writes this segment
+            // vector-free in the commit hook: the vector-bearing file is transient.
+            let transient = self.compression.as_ref().is_some_and(|c| !c.keep_vectors)
+                && bm.index_files.iter().any(|(n, _)| n == cindex::CODEC_FILE);
+            let header_crc = stage.finish_with(&self.dir.join(&file), !transient)?;
             segments.push(SegmentEntry {
                 file: file.clone(),
                 n_docs,

@@ -303,10 +303,18 @@ impl SegmentWriter {
     /// failed (e.g. disk full) can be retried; after success, dropping the writer keeps the file
     /// unless [`SegmentWriter::unpublish`] takes it back.
     pub fn finish(&mut self, target: &Path) -> Result<u32> {
+        self.finish_with(target, true)
+    }
+
+    /// [`SegmentWriter::finish`]; `durable = false` skips the fsync, for a segment that the same
+    /// commit replaces before publishing (a compressed index re-writes it vector-free): no
+    /// manifest ever references it, so it need not survive a crash, and its pages are dropped
+    /// unwritten when it is removed.
+    pub fn finish_with(&mut self, target: &Path, durable: bool) -> Result<u32> {
         if self.published.is_some() {
             return Err(LatixError::Closed("segment writer already finished".into()));
         }
-        let res = self.finish_inner(target);
+        let res = self.finish_inner(target, durable);
         if res.is_err() {
             if let Some(f) = &self.file {
                 let _ = f.set_len(self.pos);
@@ -333,7 +341,7 @@ impl SegmentWriter {
         Ok(())
     }
 
-    fn finish_inner(&mut self, target: &Path) -> Result<u32> {
+    fn finish_inner(&mut self, target: &Path, durable: bool) -> Result<u32> {
         let n_docs = self.ids.len() as u64;
         let n_tokens = self.n_tokens();
         let mut sections = [Section::default(); N_SECTIONS];
@@ -402,8 +410,10 @@ impl SegmentWriter {
             .file
             .as_ref()
             .ok_or_else(|| LatixError::Closed("segment writer already finished".into()))?;
-        file.sync_all()
-            .map_err(|e| LatixError::io(&self.tmp_path, e))?;
+        if durable {
+            file.sync_all()
+                .map_err(|e| LatixError::io(&self.tmp_path, e))?;
+        }
         std::fs::rename(&self.tmp_path, target).map_err(|e| LatixError::io(target, e))?;
         Ok(header_crc)
     }
