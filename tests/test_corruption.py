@@ -28,6 +28,16 @@ def test_random_damage(seed: int, dtype: str) -> None:
     assert stats.details.get("undetected_exact", 0) == 0
 
 
+def test_random_damage_compressed() -> None:
+    # Compressed base: configuration, codec, ivf side files and vector-free segments are damaged
+    # too; each of its ~9 files is hit at least ~5 times.
+    stats = corruption.run(CASES // 4, 23, "float16", compressed=True)
+    print(stats.summary())
+    assert stats.failures == 0, stats.summary()
+    assert stats.details["files"] >= 8
+    assert stats.details.get("undetected_exact", 0) == 0
+
+
 def _single_segment(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
     p = tmp_path / "ix"
     rng = np.random.default_rng(0)

@@ -20,13 +20,19 @@ from harness import crash
 KILLS = int(os.environ.get("LATIX_CRASH_KILLS", "12"))
 
 
-@pytest.mark.parametrize("seed,dtype", [(11, "float32"), (12, "float16")])
-def test_crash_consistency(seed: int, dtype: str) -> None:
-    stats = crash.run(KILLS // 2, seed, dtype)
+@pytest.mark.parametrize(
+    "seed,dtype,compressed", [(11, "float32", False), (12, "float16", False), (13, "float16", True)]
+)
+def test_crash_consistency(seed: int, dtype: str, compressed: bool) -> None:
+    stats = crash.run(KILLS // 2, seed, dtype, compressed=compressed)
     print(stats.summary())
     assert stats.failures == 0, stats.summary()
     assert stats.trials == KILLS // 2
     assert stats.docs_checked > 0
+    if compressed:
+        # The codec was trained during the run and trained states were checked.
+        assert stats.details["trained"] == 1
+        assert stats.details.get("compressed_searches", 0) > 0, stats.summary()
 
 
 def test_model_is_deterministic() -> None:

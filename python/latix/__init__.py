@@ -20,12 +20,13 @@ from latix.errors import (
     NotFoundError,
     UnsupportedVersionError,
 )
-from latix.index import Index
+from latix.index import Compression, Index
 
 __all__ = [
     "__version__",
     "maxsim",
     "Index",
+    "Compression",
     "kernel_name",
     "LatixError",
     "InvalidArgumentError",

@@ -1,4 +1,10 @@
-"""The on-disk latix index: stable string ids -> token-vector matrices, exact MaxSim search.
+"""The on-disk latix index: stable string ids -> token-vector matrices, MaxSim search.
+
+A plain index searches exactly. An index created with a :class:`Compression` configuration is a
+*compressed* index: once it holds ``train_min_tokens`` tokens, a commit trains a codec (coarse
+centroids + product-quantised residuals) and from then on every segment is stored as codes in
+inverted lists and searched by candidate generation from the codes (optionally re-ranked exactly
+from kept vectors). Same add / delete / commit / search API, same atomicity and snapshots.
 
 An index is a directory of memory-mapped files (see ``rust/core/src/store``). Opening it maps the
 files without reading the vectors, so it is fast whatever the index size; searches read vectors
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -20,7 +27,7 @@ import numpy.typing as npt
 from latix import _core
 from latix.errors import InvalidArgumentError
 
-__all__ = ["Index"]
+__all__ = ["Compression", "Index"]
 
 FloatArray = npt.NDArray[np.float32] | npt.NDArray[np.float16]
 
@@ -48,6 +55,63 @@ def _path_arg(path: object) -> str:
     return str(p)
 
 
+@dataclass(frozen=True)
+class Compression:
+    """Configuration of a compressed index (pass to :meth:`Index.create`; fixed for its life).
+
+    Until the index holds ``train_min_tokens`` live tokens it keeps full vectors and searches
+    exactly. The commit that reaches the threshold trains the codec on a seeded sample of
+    ``train_sample_tokens`` live tokens and encodes every segment; later commits encode new
+    documents with that codec (no retraining; :meth:`Index.compact` with ``retrain=True``
+    retrains).
+
+    Attributes:
+        bytes_per_token: bytes of residual code per token (4-bit codes, so ``2 * bytes_per_token``
+            subspaces, which must divide ``dim``; at most 128). None: the codec default
+            (``dim / 16``, e.g. 24 for 384-d vectors).
+        n_centroids: coarse centroids K, at most ``min(train_min_tokens, train_sample_tokens)``.
+            None: automatic from the token count at training time (about ``2 * sqrt(n_tokens)``,
+            a power of two).
+        keep_vectors: keep the full vectors (in the index's dtype, memory-mapped) next to the
+            codes: enables the exact re-rank (the search default then) and exact :meth:`Index.get`,
+            at ``dim * 2`` (float16) more bytes per token. False (default): segments hold ids
+            and codes only (about 30 bytes per token at 384-d, everything included).
+        train_min_tokens: live tokens that trigger training (>= 256).
+        train_sample_tokens: tokens sampled to train the codec (>= 256).
+        seed: seed of the training sample and of k-means (the codec is reproducible).
+    """
+
+    bytes_per_token: int | None = None
+    n_centroids: int | None = None
+    keep_vectors: bool = False
+    train_min_tokens: int = 65_536
+    train_sample_tokens: int = 262_144
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("bytes_per_token", "n_centroids"):
+            v = getattr(self, name)
+            if v is not None:
+                _int_arg(name, v, 1, 2**32 - 1)
+        if not isinstance(self.keep_vectors, bool | np.bool_):
+            raise InvalidArgumentError(
+                f"keep_vectors must be a bool, got {type(self.keep_vectors).__name__}"
+            )
+        _int_arg("train_min_tokens", self.train_min_tokens, 0)
+        _int_arg("train_sample_tokens", self.train_sample_tokens, 0)
+        _int_arg("seed", self.seed, 0, 2**64 - 1)
+
+    def _as_tuple(self) -> tuple[int | None, int | None, bool, int, int, int]:
+        return (
+            None if self.bytes_per_token is None else int(self.bytes_per_token),
+            None if self.n_centroids is None else int(self.n_centroids),
+            bool(self.keep_vectors),
+            int(self.train_min_tokens),
+            int(self.train_sample_tokens),
+            int(self.seed),
+        )
+
+
 class Index:
     """A latix index directory, opened for search (and, on first mutation, for writing).
 
@@ -73,6 +137,8 @@ class Index:
         path: str | os.PathLike[str],
         dim: int,
         dtype: Literal["float16", "float32"] = "float16",
+        *,
+        compression: Compression | None = None,
     ) -> Index:
         """Creates a new, empty index directory and returns a handle holding the write lock.
 
@@ -80,15 +146,25 @@ class Index:
             path: directory to create (may exist if empty).
             dim: dimension of every token vector.
             dtype: storage precision, ``"float16"`` (default, half the disk) or ``"float32"``.
+            compression: make a compressed index with this configuration (persisted in the
+                index; :meth:`open` restores it). None: a plain, exact index.
 
         Raises:
             AlreadyExistsError: an index, or any other file, already exists at ``path``.
-            InvalidArgumentError: ``dim`` < 1 or an unknown ``dtype``.
+            InvalidArgumentError: ``dim`` < 1, an unknown ``dtype``, or a ``compression`` field
+                out of range (e.g. ``bytes_per_token`` whose ``2 * bytes_per_token`` does not
+                divide ``dim``, ``train_min_tokens`` < 256, ``n_centroids`` above the training
+                sample size).
             IndexLockedError: another process is creating an index there.
         """
         if not isinstance(dtype, str):
             raise InvalidArgumentError(f"dtype must be a str, got {type(dtype).__name__}")
-        return cls(_core.Index.create(_path_arg(path), _int_arg("dim", dim, 1), dtype))
+        if compression is not None and not isinstance(compression, Compression):
+            raise InvalidArgumentError(
+                f"compression must be a latix.Compression or None, got {type(compression).__name__}"
+            )
+        comp = None if compression is None else compression._as_tuple()
+        return cls(_core.Index.create(_path_arg(path), _int_arg("dim", dim, 1), dtype, comp))
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], mode: Literal["r", "w"] = "r") -> Index:
@@ -158,13 +234,25 @@ class Index:
         """
         self._inner.commit()
 
-    def compact(self) -> None:
+    def compact(self, retrain: bool = False) -> None:
         """Commits staged changes, then rewrites live documents into one segment.
 
-        Reclaims the space of deleted documents; ids, vectors and search results are unchanged.
-        Readers with an open snapshot keep working on it.
+        Reclaims the space of deleted documents; ids, vectors and (plain index) search results
+        are unchanged. Readers with an open snapshot keep working on it. On a compressed index the
+        merged segment is re-encoded into one set of inverted lists; segments without kept
+        vectors contribute their decoded approximations, so re-encoding them may change a few
+        codes.
+
+        Args:
+            retrain: compressed index only: retrain the codec on the live tokens first (use when
+                the data drifted since training). Without kept vectors the codec is retrained on
+                decoded reconstructions, which is lossy: it learns the reconstructions, not the
+                original vectors.
+
+        Raises:
+            InvalidArgumentError: ``retrain=True`` on a plain index.
         """
-        self._inner.compact()
+        self._inner.compact(bool(retrain))
 
     # ----------------------------------------------------------------------------- reading
 
@@ -174,8 +262,17 @@ class Index:
         k: int = 10,
         n_threads: int | None = None,
         subset: Iterable[str] | None = None,
+        *,
+        nprobe: int | None = None,
+        rerank: bool | None = None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.object_]]:
-        """Exact exhaustive MaxSim search of the latest committed documents.
+        """MaxSim search of the latest committed documents.
+
+        A plain index (or a compressed one before its codec is trained) is searched exactly and
+        exhaustively. A trained compressed index probes, per query token, the ``nprobe`` best
+        centroids' inverted lists and scores their tokens from the codes (deleted documents and
+        ``subset`` are filtered inside this candidate generation); scores are then estimates,
+        unless the short list is re-ranked exactly from the kept vectors.
 
         Args:
             queries: one ``(n_query_tokens, dim)`` float32 (or float16) array, a list of them, or
@@ -184,6 +281,11 @@ class Index:
             n_threads: threads to use (default: ``LATIX_NUM_THREADS`` or the number of CPUs).
             subset: restrict the search to these ids; ids not in the index are ignored (so a
                 filter may name documents deleted since it was built).
+            nprobe: compressed index only: inverted lists probed per query token, in
+                ``1..n_centroids`` (default: ``n_centroids / 64`` clamped to 8..32). More is
+                slower and closer to exact.
+            rerank: compressed index only: re-score the best ``max(4 * k, 100)`` candidates
+                exactly from the kept vectors (default: True when the index keeps vectors).
 
         Returns:
             ``(scores, ids)``: float32 ``(n_queries, k)`` best first, and a ``(n_queries, k)``
@@ -191,9 +293,17 @@ class Index:
             ordered by insertion order. A single 2-D query gives ``n_queries == 1``.
 
         Raises:
-            InvalidArgumentError: wrong shape/dtype/dim, NaN/Inf, empty query, ``k < 1``.
+            InvalidArgumentError: wrong shape/dtype/dim, NaN/Inf, empty query, ``k < 1``,
+                ``nprobe`` out of range, ``rerank=True`` without kept vectors, ``nprobe`` or
+                ``rerank`` on a plain index.
             IndexClosedError: the handle is closed.
         """
+        if nprobe is not None:
+            nprobe = _int_arg("nprobe", nprobe, 1)
+        if rerank is not None and not isinstance(rerank, bool | np.bool_):
+            raise InvalidArgumentError(
+                f"rerank must be a bool or None, got {type(rerank).__name__}"
+            )
         if isinstance(queries, np.ndarray):
             if queries.ndim == 2:
                 qlist: list[object] = [queries]
@@ -226,13 +336,19 @@ class Index:
                 raise InvalidArgumentError(
                     f"subset must be an iterable of str ids, got {type(subset).__name__}"
                 ) from None
-        scores, flat_ids = self._inner.search(qlist, k, n_threads, sub)
+        scores, flat_ids = self._inner.search(
+            qlist, k, n_threads, sub, nprobe, None if rerank is None else bool(rerank)
+        )
         ids = np.empty(len(flat_ids), dtype=object)
         ids[:] = flat_ids
         return scores, ids.reshape(scores.shape)
 
     def get(self, id: str) -> FloatArray:
         """The stored token vectors of a committed document.
+
+        On a compressed index created with ``keep_vectors=False`` the vectors are not stored:
+        this returns their decoded approximation (centroid + residual codewords), with the rows
+        grouped by centroid rather than in the original token order.
 
         Args:
             id: the document id.
@@ -245,12 +361,38 @@ class Index:
         """
         return self._inner.get(id)
 
+    def stats(self) -> dict[str, object]:
+        """Figures of the latest committed state.
+
+        Returns:
+            A dict with ``kind`` (``"plain"`` or ``"compressed"``), ``n_docs``, ``n_tokens``,
+            ``n_segments``, ``bytes_on_disk`` (every file of the committed state: segments, codes,
+            codec, configuration, manifest), ``bytes_per_token`` (``bytes_on_disk / n_tokens``),
+            ``trained``, ``n_centroids`` and ``code_bytes_per_token`` (None until trained) and
+            ``keep_vectors``.
+        """
+        s = self._inner.stats()
+        n, size = s["n_tokens"], s["bytes_on_disk"]
+        ok = isinstance(n, int) and isinstance(size, int) and n > 0
+        s["bytes_per_token"] = size / n if ok else None  # type: ignore[operator]
+        return s
+
+    @property
+    def compression(self) -> Compression | None:
+        """The compression configuration, or None for a plain index."""
+        c = self._inner.compression
+        return None if c is None else Compression(*c)
+
     def ids(self) -> list[str]:
         """Ids of all committed documents, in insertion order."""
         return self._inner.ids()
 
     def verify(self) -> None:
         """Checks every checksum and table of the committed index (reads all files).
+
+        On a compressed index this includes the configuration, the codec and every segment's
+        inverted lists (their checksum, offsets, counts, and that they were encoded with the
+        index's codec).
 
         Raises:
             CorruptedIndexError: a file is damaged; the message names it and the problem.

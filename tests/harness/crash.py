@@ -11,8 +11,12 @@ state after transaction ``D`` (the last reported commit) or, if ``B D+1`` was se
 agree with a numpy brute force, and ``verify()`` passing. The next child continues from that state,
 so every trial also checks that the index accepts new writes after a crash.
 
-Transaction kinds live in :data:`KINDS`; a compressed index kind adds e.g. ``"retrain"`` there
-(an operation with no effect on the logical content, like ``"compact"``).
+Transaction kinds live in :data:`KINDS`; ``"retrain"`` (compaction that retrains the codec of a
+compressed index; a plain compaction on a plain index) has no effect on the logical content, like
+``"compact"``. ``--compressed`` runs the same trials on a compressed index (:data:`COMPRESSION`,
+kept vectors so stored vectors stay exact) that trains its codec after a few transactions, so
+kills also land in training commits, encoding commits (codec and ``ivf`` side files) and
+retraining compactions.
 """
 
 from __future__ import annotations
@@ -38,11 +42,27 @@ DIM = 16
 
 # kind -> (probability weight, action on an open writer handle after staging).
 KINDS: dict[str, tuple[float, Callable[[Any], None]]] = {
-    "commit": (0.75, lambda ix: ix.commit()),
-    "compact": (0.25, lambda ix: ix.compact()),
+    "commit": (0.7, lambda ix: ix.commit()),
+    "compact": (0.2, lambda ix: ix.compact()),
+    "retrain": (0.1, lambda ix: ix.compact(retrain=ix.compression is not None)),
 }
 """Transaction kinds. Each stages the transaction's changes, then runs the action; the action
-must publish them. A future ``"retrain"`` kind (retrain the codec, re-encode) registers here."""
+must publish them."""
+
+
+def compression() -> Any:
+    """The configuration of ``--compressed`` runs: a codec trained once the index holds 300
+    tokens (a few transactions), 16 centroids, 4 code bytes per 16-d token, vectors kept."""
+    import latix
+
+    return latix.Compression(
+        bytes_per_token=4,
+        n_centroids=16,
+        keep_vectors=True,
+        train_min_tokens=300,
+        train_sample_tokens=4000,
+        seed=1,
+    )
 
 
 class Model:
@@ -161,7 +181,15 @@ def check_state(path: Path, model: Model, candidates: list[int], dtype: str, sta
             rng = np.random.default_rng([model.seed, n, 3])
             q = rng.standard_normal((4, DIM)).astype(np.float32)
             k = min(5, len(ids))
-            scores, hits = ix.search(q, k=k)
+            st = ix.stats()
+            if st["trained"]:
+                # Probing every list touches every document, and a re-rank depth of at least
+                # len(ids) re-scores all of them exactly: the result must be exact.
+                scores, hits = ix.search(q, k=len(ids), nprobe=st["n_centroids"], rerank=True)
+                scores, hits = scores[:, :k], hits[:, :k]
+                stats.count("compressed_searches")
+            else:
+                scores, hits = ix.search(q, k=k)
             ref = {
                 i: maxsim_np(q, as_stored(doc_vectors(model.seed, i, state[i], DIM), dtype))
                 for i in ids
@@ -220,17 +248,24 @@ class ChildProc:
 
 
 def run(
-    kills: int, seed: int, dtype: str = "float32", workdir: str | None = None, verbose: bool = False
+    kills: int,
+    seed: int,
+    dtype: str = "float32",
+    workdir: str | None = None,
+    verbose: bool = False,
+    compressed: bool = False,
 ) -> Stats:
-    """Runs ``kills`` kill-and-check trials with ``seed``; returns the figures."""
+    """Runs ``kills`` kill-and-check trials with ``seed`` (on a compressed index if
+    ``compressed``); returns the figures."""
     import latix
 
-    stats = Stats("crash")
+    stats = Stats("crash-compressed" if compressed else "crash")
     rng = np.random.default_rng(seed)
     model = Model(seed)
     tmp = Path(tempfile.mkdtemp(prefix="latix-crash-", dir=workdir))
     path = tmp / "ix"
-    latix.Index.create(path, dim=DIM, dtype=dtype).close()
+    comp = compression() if compressed else None
+    latix.Index.create(path, dim=DIM, dtype=dtype, compression=comp).close()
     committed = 0  # the state the index holds now
     commit_time: dict[str, float] = {}  # measured B->D duration per kind (running mean)
     try:
@@ -290,6 +325,9 @@ def run(
             if verbose:
                 print(f"trial {trial}: {mode} kill, state {got}, {len(model.state(got))} docs")
         stats.details["transactions_committed"] = committed
+        if compressed:
+            with latix.Index.open(path) as ix:
+                stats.details["trained"] = int(bool(ix.stats()["trained"]))
         # A last write after the final crash.
         if not stats.failures:
             with latix.Index.open(path, "w") as ix:
@@ -316,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--compressed", action="store_true", help="run on a compressed index")
     ap.add_argument("--child", metavar="PATH", help=argparse.SUPPRESS)
     ap.add_argument("--start", type=int, default=1, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -323,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         child(a.child, a.seed, a.start, a.dtype)
         return 0
     t = time.monotonic()
-    stats = run(a.kills, a.seed, a.dtype, a.workdir, a.verbose)
+    stats = run(a.kills, a.seed, a.dtype, a.workdir, a.verbose, a.compressed)
     print(stats.summary() + f" seconds={time.monotonic() - t:.1f}")
     return 1 if stats.failures else 0
 

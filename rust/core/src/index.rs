@@ -10,6 +10,10 @@
 //!
 //! Search scores documents in chunks of about [`CHUNK_BYTES`] of vectors on latix's thread pool,
 //! keeping a per-query top-k heap per worker, so its memory does not grow with the index.
+//!
+//! An index created with a [`Compression`] configuration is a *compressed* index: its commits run
+//! the hook of [`crate::cindex`] (codec training, per-segment inverted lists, vector-free
+//! segments) and its searches go through candidate generation from codes once a codec is trained.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
@@ -21,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use half::f16;
 use rayon::prelude::*;
 
+use crate::cindex::{self, CState, CompressedSearch, Compression};
 use crate::error::{LatixError, Result};
 use crate::maxsim::{self, DocVectors};
 use crate::store::manifest::{manifest_name, Manifest, SegmentEntry};
@@ -106,6 +111,41 @@ impl CommitContext<'_> {
     /// File names of the segments created by this commit.
     pub fn new_segments(&self) -> &[String] {
         &self.new_segments
+    }
+
+    /// Replaces segment `segment_file` of this commit by a vector-free copy (same ids, offsets,
+    /// tombstones and side files; a new file name, returned). The old file is removed once the
+    /// commit is published (if it was new) or no manifest references it any more.
+    pub fn strip_vectors(&mut self, segment_file: &str) -> Result<String> {
+        let seg = self.open_segment(segment_file)?;
+        if !seg.has_vectors() {
+            return Ok(segment_file.to_owned());
+        }
+        let file = format!("{SEGMENT_PREFIX}{:010}.lxs", self.manifest.next_segment_id);
+        self.manifest.next_segment_id += 1;
+        let mut w = SegmentWriter::create_without_vectors(self.dir, seg.dim(), seg.dtype())?;
+        for d in 0..seg.n_docs() as u32 {
+            let (a, b) = seg.doc_range(d);
+            w.add_doc_without_vectors(seg.id(d)?, b - a)?;
+        }
+        // The directory is fsynced when the manifest is written, after this rename.
+        let header_crc = w.finish(&self.dir.join(&file))?;
+        let e = self
+            .manifest
+            .segments
+            .iter_mut()
+            .find(|s| s.file == segment_file)
+            .ok_or_else(|| {
+                LatixError::NotFound(format!("no segment {segment_file} in this commit"))
+            })?;
+        e.file = file.clone();
+        e.header_crc = header_crc;
+        for n in self.new_segments.iter_mut() {
+            if n == segment_file {
+                *n = file.clone();
+            }
+        }
+        Ok(file)
     }
 
     /// Maps one segment of the new manifest (new or old) for reading.
@@ -230,6 +270,10 @@ pub struct Index {
     dir: PathBuf,
     dim: usize,
     dtype: Dtype,
+    /// Set for a compressed index (fixed at create, persisted in the index).
+    compression: Option<Compression>,
+    /// Codec and inverted lists of the latest snapshot used (compressed index only).
+    cstate: Mutex<Option<Arc<CState>>>,
     closed: AtomicBool,
     snapshot: Mutex<Option<Arc<Snapshot>>>,
     writer: Mutex<Option<Writer>>,
@@ -241,6 +285,7 @@ impl std::fmt::Debug for Index {
             .field("dir", &self.dir)
             .field("dim", &self.dim)
             .field("dtype", &self.dtype)
+            .field("compression", &self.compression)
             .finish()
     }
 }
@@ -410,12 +455,26 @@ impl Index {
     /// handle holding the write lock. Fails with `AlreadyExists` if an index (or any other file)
     /// is already there.
     pub fn create(path: impl AsRef<Path>, dim: usize, dtype: Dtype) -> Result<Index> {
+        Self::create_with(path, dim, dtype, None)
+    }
+
+    /// [`Index::create`] with an optional [`Compression`] configuration (a compressed index).
+    pub fn create_with(
+        path: impl AsRef<Path>,
+        dim: usize,
+        dtype: Dtype,
+        compression: Option<Compression>,
+    ) -> Result<Index> {
         let dir = path.as_ref().to_path_buf();
         if dim == 0 || dim > MAX_DIM {
             return Err(LatixError::invalid(format!(
                 "dim must be between 1 and {MAX_DIM}, got {dim}"
             )));
         }
+        if let Some(c) = &compression {
+            c.validate(dim)?;
+        }
+        let config_file = format!("{INDEX_FILE_PREFIX}{}-{:020}", cindex::CONFIG_FILE, 0);
         let not_empty = |dir: &Path| -> Result<bool> {
             let rd = std::fs::read_dir(dir).map_err(|e| LatixError::io(dir, e))?;
             for e in rd {
@@ -423,7 +482,11 @@ impl Index {
                 let name = e.file_name().to_string_lossy().into_owned();
                 // A LOCK, temp files and the first manifest (written just before CURRENT) are
                 // what an interrupted create leaves behind.
-                if name != LOCK_FILE && !name.starts_with(TMP_PREFIX) && name != manifest_name(0) {
+                if name != LOCK_FILE
+                    && !name.starts_with(TMP_PREFIX)
+                    && name != manifest_name(0)
+                    && name != config_file
+                {
                     return Ok(true);
                 }
             }
@@ -459,12 +522,17 @@ impl Index {
                 dir.display()
             )));
         }
+        let mut index_files = vec![];
+        if let Some(c) = &compression {
+            write_atomic(&dir, &config_file, &c.encode())?;
+            index_files.push((cindex::CONFIG_FILE.to_owned(), config_file.clone()));
+        }
         let manifest = Manifest {
             dim,
             dtype,
             generation: 0,
             next_segment_id: 0,
-            index_files: vec![],
+            index_files,
             segments: vec![],
         };
         let name = manifest_name(0);
@@ -475,6 +543,8 @@ impl Index {
             dir,
             dim,
             dtype,
+            compression,
+            cstate: Mutex::new(None),
             closed: AtomicBool::new(false),
             snapshot: Mutex::new(Some(snap)),
             writer: Mutex::new(Some(Writer {
@@ -502,9 +572,15 @@ impl Index {
             return Err(LatixError::NotFound(format!("{} {what}", dir.display())));
         }
         let snap = Snapshot::load(&dir, None)?;
+        let compression = snap
+            .index_file(cindex::CONFIG_FILE)
+            .map(|p| Compression::load(&p, snap.dim()))
+            .transpose()?;
         let index = Index {
             dim: snap.dim(),
             dtype: snap.dtype(),
+            compression,
+            cstate: Mutex::new(None),
             dir,
             closed: AtomicBool::new(false),
             snapshot: Mutex::new(Some(snap)),
@@ -530,6 +606,51 @@ impl Index {
     /// Storage dtype.
     pub fn dtype(&self) -> Dtype {
         self.dtype
+    }
+
+    /// The compression configuration (`None` for a plain, exact index).
+    pub fn compression(&self) -> Option<&Compression> {
+        self.compression.as_ref()
+    }
+
+    /// The latest snapshot with its codec and inverted lists (compressed index). A concurrent
+    /// commit may remove the side files of the snapshot just loaded before they are opened: then
+    /// the newer snapshot is loaded instead, as [`Snapshot::load`] does for segments. A file
+    /// missing while `CURRENT` still names the snapshot is damage.
+    fn snapshot_and_state(&self) -> Result<(Arc<Snapshot>, Arc<CState>)> {
+        let mut tries = 0;
+        loop {
+            let snap = self.snapshot()?;
+            match self.cstate_for(&snap) {
+                Ok(st) => return Ok((snap, st)),
+                Err(LatixError::Io { path, source })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    tries += 1;
+                    let moved = read_current(&self.dir)? != snap.manifest_name();
+                    if !moved || tries > 20 {
+                        return Err(LatixError::corrupted(
+                            self.dir.join(snap.manifest_name()),
+                            format!("references a missing file ({})", path.display()),
+                        ));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Codec and inverted lists of `snap` (compressed index), loaded once per file.
+    fn cstate_for(&self, snap: &Snapshot) -> Result<Arc<CState>> {
+        let mut g = lock(&self.cstate);
+        if let Some(s) = g.as_ref() {
+            if s.manifest == snap.manifest_name() {
+                return Ok(s.clone());
+            }
+        }
+        let st = Arc::new(cindex::load_state(snap, g.as_deref())?);
+        *g = Some(st.clone());
+        Ok(st)
     }
 
     fn ensure_open(&self) -> Result<()> {
@@ -708,19 +829,48 @@ impl Index {
 
     /// Makes staged changes durable and visible, atomically. A no-op without staged changes.
     pub fn commit(&self) -> Result<()> {
-        self.commit_with(None)
+        self.commit_inner(None)
     }
 
     /// [`Index::commit`] with a hook that may attach named files to the commit (always commits
-    /// when a hook is given, even without staged changes).
+    /// when a hook is given, even without staged changes). On a compressed index the compression
+    /// hook runs first.
     pub fn commit_with(&self, hook: Option<CommitHook<'_>>) -> Result<()> {
+        self.commit_inner(hook)
+    }
+
+    /// Wraps a user hook with the compression hook of a compressed index (`retrain`: retrain the
+    /// codec in this commit) and calls `f` with the result.
+    fn with_hook<R>(
+        &self,
+        user: Option<CommitHook<'_>>,
+        retrain: bool,
+        f: impl FnOnce(Option<CommitHook<'_>>) -> R,
+    ) -> R {
+        match (&self.compression, user) {
+            (None, user) => f(user),
+            (Some(cfg), mut user) => {
+                let mut combined = |ctx: &mut CommitContext<'_>| -> Result<()> {
+                    cindex::commit_hook(ctx, cfg, retrain, None)?;
+                    if let Some(h) = user.as_mut() {
+                        h(ctx)?;
+                    }
+                    Ok(())
+                };
+                f(Some(&mut combined))
+            }
+        }
+    }
+
+    fn commit_inner(&self, hook: Option<CommitHook<'_>>) -> Result<()> {
         self.ensure_open()?;
+        let force = hook.is_some();
         let mut g = lock(&self.writer);
-        if g.is_none() && hook.is_none() {
+        if g.is_none() && !force {
             return Ok(());
         }
         let w = self.writer_mut(&mut g)?;
-        if !w.has_changes() && hook.is_none() {
+        if !w.has_changes() && !force {
             w.reset();
             return Ok(());
         }
@@ -742,7 +892,9 @@ impl Index {
         let mut stage = w.stage.take();
         let mut staged_dead = w.staged_dead.clone();
         staged_dead.sort_unstable();
-        let (switched, res) = self.publish(&base, segments, stage.as_mut(), staged_dead, hook);
+        let (switched, res) = self.with_hook(hook, false, |hook| {
+            self.publish(&base, segments, stage.as_mut(), staged_dead, hook)
+        });
         if switched {
             w.reset();
         } else {
@@ -808,7 +960,11 @@ impl Index {
             let file = format!("{SEGMENT_PREFIX}{:010}.lxs", manifest.next_segment_id);
             manifest.next_segment_id += 1;
             let (n_docs, n_tokens) = (stage.n_docs() as u64, stage.n_tokens());
-            let header_crc = stage.finish(&self.dir.join(&file))?;
+            // A compressed index that drops vectors and already has a codec re-writes this segment
+            // vector-free in the commit hook: the vector-bearing file is transient.
+            let transient = self.compression.as_ref().is_some_and(|c| !c.keep_vectors)
+                && bm.index_files.iter().any(|(n, _)| n == cindex::CODEC_FILE);
+            let header_crc = stage.finish_with(&self.dir.join(&file), !transient)?;
             segments.push(SegmentEntry {
                 file: file.clone(),
                 n_docs,
@@ -842,6 +998,29 @@ impl Index {
     /// Ids and insertion order are preserved. Readers keep their snapshots. `hook` may attach
     /// files (e.g. re-encoded codes) to the compacted segment.
     pub fn compact_with(&self, hook: Option<CommitHook<'_>>) -> Result<()> {
+        self.compact_inner(hook, false)
+    }
+
+    /// [`Index::compact_with`] without a hook.
+    pub fn compact(&self) -> Result<()> {
+        self.compact_with(None)
+    }
+
+    /// Compaction of a compressed index: merges every live document into one segment and
+    /// re-encodes it into one set of inverted lists; `retrain` first retrains the codec on the
+    /// live tokens (see [`Index::compact_with`]). Segments without vectors contribute their
+    /// decoded approximations (lossy: re-encoding a reconstruction may change a few codes, and a
+    /// codec retrained on reconstructions learns the reconstructions, not the original vectors).
+    pub fn compact_retrain(&self, retrain: bool) -> Result<()> {
+        if retrain && self.compression.is_none() {
+            return Err(LatixError::invalid(
+                "retrain applies to compressed indexes only (create the index with compression)",
+            ));
+        }
+        self.compact_inner(None, retrain)
+    }
+
+    fn compact_inner(&self, hook: Option<CommitHook<'_>>, retrain: bool) -> Result<()> {
         self.commit()?;
         let mut g = lock(&self.writer);
         self.writer_mut(&mut g)?;
@@ -851,29 +1030,51 @@ impl Index {
                 .segments()
                 .iter()
                 .any(|v| !v.entry.tombstones.is_empty());
-        if !dirty && hook.is_none() {
+        if !dirty && hook.is_none() && !retrain {
             return Ok(());
         }
+        let state = match &self.compression {
+            Some(_) if base.segments().iter().any(|v| !v.segment.has_vectors()) => {
+                Some(self.cstate_for(&base)?)
+            }
+            _ => None,
+        };
         let mut stage = SegmentWriter::create(&self.dir, self.dim, self.dtype)?;
-        for v in base.segments() {
+        for (s, v) in base.segments().iter().enumerate() {
             let seg = &v.segment;
             for d in 0..seg.n_docs() as u32 {
                 if v.is_deleted(d) {
                     continue;
                 }
-                let (a, b) = seg.doc_range(d);
-                // Verified read: compaction must not launder damaged vectors into fresh checksums.
-                stage.add_doc(seg.id(d)?, seg.rows_checked(a, b)?)?;
+                if seg.has_vectors() {
+                    let (a, b) = seg.doc_range(d);
+                    // Verified read: compaction must not launder damaged vectors into fresh
+                    // checksums.
+                    stage.add_doc(seg.id(d)?, seg.rows_checked(a, b)?)?;
+                } else {
+                    let rows = self.decode_doc(state.as_deref(), s, d)?;
+                    stage.add_doc(seg.id(d)?, DocVectors::F32(&rows))?;
+                }
             }
         }
         // On failure the temporary segment is removed when `stage` drops; nothing changed.
-        self.publish(&base, Vec::new(), Some(&mut stage), Vec::new(), hook)
-            .1
+        self.with_hook(hook, retrain, |hook| {
+            self.publish(&base, Vec::new(), Some(&mut stage), Vec::new(), hook)
+                .1
+        })
     }
 
-    /// [`Index::compact_with`] without a hook.
-    pub fn compact(&self) -> Result<()> {
-        self.compact_with(None)
+    /// The decoded approximation of document `doc` of segment `seg` (a vector-free segment).
+    fn decode_doc(&self, state: Option<&CState>, seg: usize, doc: u32) -> Result<Vec<f32>> {
+        let no_codes = || LatixError::invalid("the segment has no codes to decode");
+        let st = state.ok_or_else(no_codes)?;
+        let codec = st.codec.as_ref().ok_or_else(no_codes)?;
+        let (_, ivf) = st
+            .ivfs
+            .get(seg)
+            .and_then(|x| x.as_ref())
+            .ok_or_else(no_codes)?;
+        Ok(cindex::decode_doc(&codec.codec, ivf, doc))
     }
 
     /// Number of live documents in the latest committed snapshot.
@@ -901,9 +1102,21 @@ impl Index {
         self.snapshot()?.ids()
     }
 
-    /// Copy of the stored token vectors of `id` (row-major `(n, dim)`, storage dtype).
+    /// Copy of the stored token vectors of `id` (row-major `(n, dim)`, storage dtype). On a
+    /// compressed index that dropped the vectors: the decoded approximation (centroid + residual
+    /// codewords), rows grouped by centroid rather than in the original token order.
     pub fn get(&self, id: &str) -> Result<OwnedVectors> {
-        let snap = self.snapshot()?;
+        let mut snap = self.snapshot()?;
+        if self.compression.is_some() {
+            let (sn, st) = self.snapshot_and_state()?;
+            snap = sn;
+            if let Some((s, d)) = snap.lookup(id) {
+                if !snap.segments()[s].segment.has_vectors() {
+                    let rows = self.decode_doc(Some(&st), s, d)?;
+                    return Ok(cindex::to_storage(rows, self.dtype));
+                }
+            }
+        }
         match snap.get(id)? {
             Some(DocVectors::F16(v)) => Ok(OwnedVectors::F16(v.to_vec())),
             Some(DocVectors::F32(v)) => Ok(OwnedVectors::F32(v.to_vec())),
@@ -915,7 +1128,69 @@ impl Index {
 
     /// Full integrity check of the committed snapshot (reads every byte of every segment).
     pub fn verify(&self) -> Result<()> {
-        self.snapshot()?.verify()
+        let snap = self.snapshot()?;
+        snap.verify()?;
+        if self.compression.is_some() {
+            cindex::verify(&snap)?;
+        }
+        Ok(())
+    }
+
+    /// Size and state figures of the latest committed snapshot.
+    pub fn stats(&self) -> Result<IndexStats> {
+        let (snap, state, bytes) = loop {
+            let (snap, state) = match &self.compression {
+                Some(_) => {
+                    let (s, st) = self.snapshot_and_state()?;
+                    (s, Some(st))
+                }
+                None => (self.snapshot()?, None),
+            };
+            let mut files = snap.manifest().referenced_files();
+            files.push(snap.manifest_name().to_owned());
+            files.push(CURRENT_FILE.to_owned());
+            let mut bytes = Some(0u64);
+            for f in files {
+                let p = self.dir.join(&f);
+                match std::fs::metadata(&p) {
+                    Ok(m) => bytes = bytes.map(|b| b + m.len()),
+                    // Removed by a commit published since the snapshot: measure the new one.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        if read_current(&self.dir)? == snap.manifest_name() {
+                            return Err(LatixError::io(&p, e));
+                        }
+                        bytes = None;
+                        break;
+                    }
+                    Err(e) => return Err(LatixError::io(&p, e)),
+                }
+            }
+            if let Some(b) = bytes {
+                break (snap, state, b);
+            }
+        };
+        let (trained, n_centroids, code_bytes) = match state {
+            Some(st) => match &st.codec {
+                Some(c) => (
+                    true,
+                    Some(c.codec.n_centroids()),
+                    Some(c.codec.bytes_per_token()),
+                ),
+                None => (false, None, None),
+            },
+            None => (false, None, None),
+        };
+        Ok(IndexStats {
+            compressed: self.compression.is_some(),
+            n_docs: snap.len(),
+            n_tokens: snap.num_tokens(),
+            n_segments: snap.segments().len(),
+            bytes_on_disk: bytes,
+            trained,
+            n_centroids,
+            code_bytes_per_token: code_bytes,
+            keep_vectors: self.compression.as_ref().is_none_or(|c| c.keep_vectors),
+        })
     }
 
     /// Closes the handle: drops staged changes (removing their temp file), releases the write
@@ -942,7 +1217,40 @@ impl Index {
         n_threads: Option<usize>,
         subset: Option<&[&str]>,
     ) -> Result<SearchResults> {
+        self.search_with(queries, k, n_threads, subset, CompressedSearch::default())
+    }
+
+    /// [`Index::search`] with the options of a compressed index (`nprobe`, `rerank`; both must
+    /// be `None` on a plain index). A compressed index searches segments that have inverted lists
+    /// through candidate generation from codes (tombstones and `subset` filter inside it), with
+    /// an exact re-rank of the short list when requested (default: when vectors are kept), and
+    /// searches the others exactly. Before its codec is trained, it is searched exactly.
+    pub fn search_with(
+        &self,
+        queries: &[&[f32]],
+        k: usize,
+        n_threads: Option<usize>,
+        subset: Option<&[&str]>,
+        opts: CompressedSearch,
+    ) -> Result<SearchResults> {
         self.ensure_open()?;
+        match &self.compression {
+            None if opts.nprobe.is_some() || opts.rerank.is_some() => {
+                return Err(LatixError::invalid(
+                    "nprobe and rerank apply to compressed indexes only",
+                ));
+            }
+            Some(c) if opts.rerank == Some(true) && !c.keep_vectors => {
+                return Err(LatixError::invalid(
+                    "rerank=True needs the full vectors, and this index was created with \
+                     keep_vectors=False",
+                ));
+            }
+            _ => {}
+        }
+        if opts.nprobe == Some(0) {
+            return Err(LatixError::invalid("nprobe must be at least 1, got 0"));
+        }
         if k == 0 {
             return Err(LatixError::invalid("k must be at least 1, got 0"));
         }
@@ -950,7 +1258,13 @@ impl Index {
             check_matrix(DocVectors::F32(q), self.dim, &format!("queries[{i}]"), None)?;
         }
         crate::parallel::resolve_threads(n_threads)?;
-        let snap = self.snapshot()?;
+        let (snap, state) = match &self.compression {
+            Some(_) => {
+                let (s, st) = self.snapshot_and_state()?;
+                (s, Some(st))
+            }
+            None => (self.snapshot()?, None),
+        };
         if k > MAX_PADDED_K.max(snap.len()) {
             return Err(LatixError::invalid(format!(
                 "k = {k} exceeds both the number of documents ({}) and {MAX_PADDED_K}; the results \
@@ -958,8 +1272,46 @@ impl Index {
                 snap.len()
             )));
         }
+        if let (Some(cfg), Some(st)) = (&self.compression, state) {
+            if st.codec.is_some() {
+                return cindex::search(
+                    &snap,
+                    &st,
+                    queries,
+                    k,
+                    n_threads,
+                    subset,
+                    opts,
+                    cfg.keep_vectors,
+                );
+            }
+        }
         search_snapshot(&snap, queries, k, n_threads, subset)
     }
+}
+
+/// Figures of an index snapshot ([`Index::stats`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexStats {
+    /// True for a compressed index.
+    pub compressed: bool,
+    /// Live documents.
+    pub n_docs: usize,
+    /// Token vectors of live documents.
+    pub n_tokens: u64,
+    /// Segments of the snapshot.
+    pub n_segments: usize,
+    /// Bytes of every file of the snapshot (segments, side files, codec, config, manifest,
+    /// CURRENT), including not yet compacted deleted documents.
+    pub bytes_on_disk: u64,
+    /// A codec is trained (compressed index).
+    pub trained: bool,
+    /// Coarse centroids of the codec, if trained.
+    pub n_centroids: Option<usize>,
+    /// Bytes of residual code per token, if trained.
+    pub code_bytes_per_token: Option<usize>,
+    /// Segments keep their full vectors (always true for a plain index).
+    pub keep_vectors: bool,
 }
 
 impl Drop for Index {

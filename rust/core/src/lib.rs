@@ -4,6 +4,7 @@
 //! compression (`codec`), candidate generation (`ivf`) and the index that ties them together.
 //! The PyO3 binding lives in the `latix-python` crate and only converts and delegates.
 
+pub mod cindex;
 pub mod compressed;
 pub mod error;
 pub mod index;
@@ -11,6 +12,7 @@ pub mod maxsim;
 pub mod parallel;
 pub mod store;
 
+pub use cindex::{CompressedSearch, Compression};
 pub use error::{LatixError, Result};
-pub use index::{Index, OpenMode, OwnedVectors, SearchResults};
+pub use index::{Index, IndexStats, OpenMode, OwnedVectors, SearchResults};
 pub use store::Dtype;

@@ -14,6 +14,7 @@ use pyo3::types::{PyList, PyString, PyTuple};
 use latix_core::index::{Index as CoreIndex, OpenMode, OwnedVectors};
 use latix_core::maxsim::DocVectors;
 use latix_core::store::Dtype;
+use latix_core::{CompressedSearch, Compression};
 
 use crate::arrays::{contiguous2, describe, float_matrix, FloatMatrix};
 use crate::errors::{invalid, IntoPyResult};
@@ -139,10 +140,19 @@ pub struct PyIndex {
 
 #[pymethods]
 impl PyIndex {
-    /// Creates a new empty index directory (holding the write lock).
+    /// Creates a new empty index directory (holding the write lock). `compression` is
+    /// (bytes_per_token, n_centroids, keep_vectors, train_min_tokens, train_sample_tokens, seed)
+    /// for a compressed index (ranges are checked by the core).
     #[staticmethod]
-    #[pyo3(signature = (path, dim, dtype="float16"))]
-    fn create(py: Python<'_>, path: PathBuf, dim: i64, dtype: &str) -> PyResult<PyIndex> {
+    #[pyo3(signature = (path, dim, dtype="float16", compression=None))]
+    #[allow(clippy::type_complexity)]
+    fn create(
+        py: Python<'_>,
+        path: PathBuf,
+        dim: i64,
+        dtype: &str,
+        compression: Option<(Option<usize>, Option<usize>, bool, u64, u64, u64)>,
+    ) -> PyResult<PyIndex> {
         if dim < 1 {
             return Err(invalid(
                 py,
@@ -150,10 +160,50 @@ impl PyIndex {
             ));
         }
         let dtype = Dtype::parse(dtype).py_err(py)?;
+        let compression = compression.map(|(b, k, keep, tmin, tsample, seed)| Compression {
+            bytes_per_token: b,
+            n_centroids: k,
+            keep_vectors: keep,
+            train_min_tokens: tmin,
+            train_sample_tokens: tsample,
+            seed,
+        });
         let inner = py
-            .detach(|| CoreIndex::create(&path, dim as usize, dtype))
+            .detach(|| CoreIndex::create_with(&path, dim as usize, dtype, compression))
             .py_err(py)?;
         Ok(PyIndex { inner })
+    }
+
+    /// The compression configuration as the tuple `create` takes, or None for a plain index.
+    #[getter]
+    #[allow(clippy::type_complexity)]
+    fn compression(&self) -> Option<(Option<usize>, Option<usize>, bool, u64, u64, u64)> {
+        self.inner.compression().map(|c| {
+            (
+                c.bytes_per_token,
+                c.n_centroids,
+                c.keep_vectors,
+                c.train_min_tokens,
+                c.train_sample_tokens,
+                c.seed,
+            )
+        })
+    }
+
+    /// Figures of the latest committed snapshot, as a dict.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let s = py.detach(|| self.inner.stats()).py_err(py)?;
+        let d = pyo3::types::PyDict::new(py);
+        d.set_item("kind", if s.compressed { "compressed" } else { "plain" })?;
+        d.set_item("n_docs", s.n_docs)?;
+        d.set_item("n_tokens", s.n_tokens)?;
+        d.set_item("n_segments", s.n_segments)?;
+        d.set_item("bytes_on_disk", s.bytes_on_disk)?;
+        d.set_item("trained", s.trained)?;
+        d.set_item("n_centroids", s.n_centroids)?;
+        d.set_item("code_bytes_per_token", s.code_bytes_per_token)?;
+        d.set_item("keep_vectors", s.keep_vectors)?;
+        Ok(d)
     }
 
     /// Opens an existing index; mode "r" (lock taken on first mutation) or "w" (lock now).
@@ -250,8 +300,9 @@ impl PyIndex {
         py.detach(|| self.inner.commit()).py_err(py)
     }
 
-    fn compact(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.inner.compact()).py_err(py)
+    #[pyo3(signature = (retrain=false))]
+    fn compact(&self, py: Python<'_>, retrain: bool) -> PyResult<()> {
+        py.detach(|| self.inner.compact_retrain(retrain)).py_err(py)
     }
 
     fn verify(&self, py: Python<'_>) -> PyResult<()> {
@@ -263,7 +314,8 @@ impl PyIndex {
     }
 
     /// Returns (scores float32 (n_queries, k), ids list[str] of length n_queries * k).
-    #[pyo3(signature = (queries, k=10, n_threads=None, subset=None))]
+    #[pyo3(signature = (queries, k=10, n_threads=None, subset=None, nprobe=None, rerank=None))]
+    #[allow(clippy::too_many_arguments)]
     fn search<'py>(
         &self,
         py: Python<'py>,
@@ -271,7 +323,20 @@ impl PyIndex {
         k: i64,
         n_threads: Option<i64>,
         subset: Option<&Bound<'py, PyAny>>,
+        nprobe: Option<i64>,
+        rerank: Option<bool>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let nprobe = match nprobe {
+            None => None,
+            Some(n) if n >= 1 => Some(n as usize),
+            Some(n) => {
+                return Err(invalid(
+                    py,
+                    format!("nprobe must be a positive integer or None, got {n}"),
+                ))
+            }
+        };
+        let opts = CompressedSearch { nprobe, rerank };
         if self.inner.is_closed() {
             return self.inner.len().map(|_| PyTuple::empty(py)).py_err(py);
         }
@@ -327,7 +392,10 @@ impl PyIndex {
             .map(|v| v.iter().map(|s| s.as_str()).collect());
         let k = k as usize;
         let res = py
-            .detach(|| self.inner.search(&q_refs, k, n_threads, s_refs.as_deref()))
+            .detach(|| {
+                self.inner
+                    .search_with(&q_refs, k, n_threads, s_refs.as_deref(), opts)
+            })
             .py_err(py)?;
         let scores = res
             .scores

@@ -362,6 +362,29 @@ impl IvfSegment {
     pub fn byte_len(&self) -> usize {
         self.as_bytes().len()
     }
+    /// Codes of the token at list position `pos` of list `list` (`M / 2` bytes, nibble-packed as
+    /// [`Codec::encode`] writes them): the inverse of the block packing, for decoding a document.
+    /// Out-of-range positions give zero codes.
+    pub fn token_codes(&self, list: usize, pos: usize) -> Vec<u8> {
+        let m = self.m;
+        let mut out = vec![0u8; m / 2];
+        let (lt, lb) = (self.list_tokens(), self.list_blocks());
+        let (Some(&t0), Some(&b0)) = (lt.get(list), lb.get(list)) else {
+            return out;
+        };
+        let Some(j) = pos.checked_sub(t0 as usize) else {
+            return out;
+        };
+        let (bi, t) = (b0 as usize + j / BLOCK, j % BLOCK);
+        let Some(block) = self.codes().get(bi * m * 16..(bi + 1) * m * 16) else {
+            return out;
+        };
+        for s in 0..m {
+            let code = (block[s * 16 + t % 16] >> (4 * (t / 16))) & 15;
+            out[s / 2] |= code << (4 * (s % 2));
+        }
+        out
+    }
 }
 
 /// Writes `data` to `path` atomically: temp file in the same directory, fsync, rename.

@@ -18,6 +18,10 @@
 //! first time they are touched (a bitmap of verified blocks, atomics, so concurrent searches share
 //! the work and pay one bit test per block afterwards): damaged vectors surface as `Corrupted`,
 //! never as silently wrong scores.
+//!
+//! Version 2 adds one flag, [`FLAG_NO_VECTORS`]: a *vector-free* segment (a compressed index that
+//! keeps only codes) has empty vectors and block-checksum sections and holds ids and offsets only.
+//! Version-1 files (flags 0) are still read; vector-bearing segments are still written as version 1.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -34,8 +38,12 @@ use crate::store::{align64, tmp_name, Dtype};
 
 /// Magic bytes at the start of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"LATIXSEG";
-/// Current segment format version.
+/// Format version of segments that store vectors (also the oldest version read).
 pub const SEGMENT_VERSION: u32 = 1;
+/// Format version of vector-free segments (flag [`FLAG_NO_VECTORS`] set, no vector data).
+pub const SEGMENT_VERSION_NO_VECTORS: u32 = 2;
+/// Header flag: the segment stores no vector data (ids and token offsets only).
+pub const FLAG_NO_VECTORS: u32 = 1;
 /// Size of the fixed header; the vectors section starts here.
 pub const HEADER_SIZE: usize = 256;
 /// Bytes of vector data covered by one block checksum.
@@ -130,6 +138,9 @@ pub struct SegmentWriter {
     buf: Vec<u8>,
     /// Where [`SegmentWriter::finish`] renamed the file, until [`SegmentWriter::unpublish`].
     published: Option<PathBuf>,
+    /// Writes a vector-free (version 2) segment: documents are added with
+    /// [`SegmentWriter::add_doc_without_vectors`].
+    no_vectors: bool,
 }
 
 impl SegmentWriter {
@@ -153,6 +164,7 @@ impl SegmentWriter {
             crc: BlockCrc::new(VECTOR_BLOCK_SIZE),
             buf: Vec::new(),
             published: None,
+            no_vectors: false,
         };
         // Placeholder header, overwritten by finish(); a file left by a crash is recognisably bad.
         w.write_at(&[0u8; HEADER_SIZE], 0)?;
@@ -166,6 +178,31 @@ impl SegmentWriter {
                 .map_err(|e| LatixError::io(&self.tmp_path, e)),
             None => Err(LatixError::Closed("segment writer already finished".into())),
         }
+    }
+
+    /// Starts a vector-free segment (ids and token offsets only, see [`FLAG_NO_VECTORS`]): a
+    /// compressed index that dropped the vectors keeps its documents' codes in side files.
+    pub fn create_without_vectors(dir: &Path, dim: usize, dtype: Dtype) -> Result<Self> {
+        let mut w = Self::create(dir, dim, dtype)?;
+        w.no_vectors = true;
+        Ok(w)
+    }
+
+    /// Appends one document of `n_tokens` tokens to a vector-free segment; returns its number.
+    pub fn add_doc_without_vectors(&mut self, id: &str, n_tokens: u64) -> Result<u32> {
+        if !self.no_vectors {
+            return Err(LatixError::invalid(
+                "add_doc_without_vectors needs a writer made by create_without_vectors",
+            ));
+        }
+        if self.ids.len() >= (u32::MAX - 1) as usize {
+            return Err(LatixError::invalid(
+                "a segment holds at most 2^32 - 2 documents; commit first",
+            ));
+        }
+        self.offsets.push(self.n_tokens() + n_tokens);
+        self.ids.push(id.to_owned());
+        Ok((self.ids.len() - 1) as u32)
     }
 
     /// A point the writer can be rolled back to (see [`SegmentWriter::rollback`]).
@@ -207,6 +244,11 @@ impl SegmentWriter {
     /// and returns its document number. The caller validated the input (dim, finiteness). On an
     /// I/O error the writer is rolled back to its previous state.
     pub fn add_doc(&mut self, id: &str, vectors: DocVectors<'_>) -> Result<u32> {
+        if self.no_vectors {
+            return Err(LatixError::invalid(
+                "this segment writer stores no vectors; use add_doc_without_vectors",
+            ));
+        }
         let n_values = vectors.len();
         if self.dim == 0 || !n_values.is_multiple_of(self.dim) {
             return Err(LatixError::invalid(
@@ -261,10 +303,18 @@ impl SegmentWriter {
     /// failed (e.g. disk full) can be retried; after success, dropping the writer keeps the file
     /// unless [`SegmentWriter::unpublish`] takes it back.
     pub fn finish(&mut self, target: &Path) -> Result<u32> {
+        self.finish_with(target, true)
+    }
+
+    /// [`SegmentWriter::finish`]; `durable = false` skips the fsync, for a segment that the same
+    /// commit replaces before publishing (a compressed index re-writes it vector-free): no
+    /// manifest ever references it, so it need not survive a crash, and its pages are dropped
+    /// unwritten when it is removed.
+    pub fn finish_with(&mut self, target: &Path, durable: bool) -> Result<u32> {
         if self.published.is_some() {
             return Err(LatixError::Closed("segment writer already finished".into()));
         }
-        let res = self.finish_inner(target);
+        let res = self.finish_inner(target, durable);
         if res.is_err() {
             if let Some(f) = &self.file {
                 let _ = f.set_len(self.pos);
@@ -291,7 +341,7 @@ impl SegmentWriter {
         Ok(())
     }
 
-    fn finish_inner(&mut self, target: &Path) -> Result<u32> {
+    fn finish_inner(&mut self, target: &Path, durable: bool) -> Result<u32> {
         let n_docs = self.ids.len() as u64;
         let n_tokens = self.n_tokens();
         let mut sections = [Section::default(); N_SECTIONS];
@@ -336,6 +386,7 @@ impl SegmentWriter {
         sections[SEC_BLOCK_CRCS] = push(&mut tail, bytemuck::cast_slice(&crcs));
 
         let header = encode_header(
+            self.no_vectors,
             self.dtype,
             self.dim as u32,
             n_docs,
@@ -359,8 +410,10 @@ impl SegmentWriter {
             .file
             .as_ref()
             .ok_or_else(|| LatixError::Closed("segment writer already finished".into()))?;
-        file.sync_all()
-            .map_err(|e| LatixError::io(&self.tmp_path, e))?;
+        if durable {
+            file.sync_all()
+                .map_err(|e| LatixError::io(&self.tmp_path, e))?;
+        }
         std::fs::rename(&self.tmp_path, target).map_err(|e| LatixError::io(target, e))?;
         Ok(header_crc)
     }
@@ -375,6 +428,7 @@ impl Drop for SegmentWriter {
 }
 
 fn encode_header(
+    no_vectors: bool,
     dtype: Dtype,
     dim: u32,
     n_docs: u64,
@@ -384,9 +438,15 @@ fn encode_header(
 ) -> [u8; HEADER_SIZE] {
     let mut h = [0u8; HEADER_SIZE];
     h[0..8].copy_from_slice(SEGMENT_MAGIC);
-    h[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    let (version, flags) = if no_vectors {
+        (SEGMENT_VERSION_NO_VECTORS, FLAG_NO_VECTORS)
+    } else {
+        (SEGMENT_VERSION, 0)
+    };
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[12..16].copy_from_slice(&dtype.code().to_le_bytes());
     h[16..20].copy_from_slice(&dim.to_le_bytes());
+    h[20..24].copy_from_slice(&flags.to_le_bytes());
     h[24..32].copy_from_slice(&n_docs.to_le_bytes());
     h[32..40].copy_from_slice(&n_tokens.to_le_bytes());
     h[40..48].copy_from_slice(&block.to_le_bytes());
@@ -426,6 +486,8 @@ pub struct Segment {
     block_size: u64,
     sections: [Section; N_SECTIONS],
     header_crc: u32,
+    /// Vector-free (version 2) segment.
+    no_vectors: bool,
     /// One bit per vector block: set once the block's checksum has been checked.
     verified: Box<[AtomicU64]>,
 }
@@ -467,11 +529,12 @@ impl Segment {
             return Err(bad("bad magic (not a latix segment file)".into()));
         }
         let version = le_u32(h, 8);
-        if version != SEGMENT_VERSION {
+        if version != SEGMENT_VERSION && version != SEGMENT_VERSION_NO_VECTORS {
             return Err(LatixError::UnsupportedVersion {
                 path: path.to_path_buf(),
                 detail: format!(
-                    "segment format version {version}, this latix reads version {SEGMENT_VERSION}"
+                    "segment format version {version}, this latix reads versions \
+                     {SEGMENT_VERSION} and {SEGMENT_VERSION_NO_VECTORS}"
                 ),
             });
         }
@@ -485,6 +548,14 @@ impl Segment {
                     "header checksum {header_crc:#010x} differs from the manifest's {exp:#010x}"
                 )));
             }
+        }
+        // Each version has exactly one flag set: an unknown flag is damage, not a feature.
+        let flags = le_u32(h, 20);
+        let no_vectors = version == SEGMENT_VERSION_NO_VECTORS;
+        if flags != if no_vectors { FLAG_NO_VECTORS } else { 0 } {
+            return Err(bad(format!(
+                "header flags {flags:#x} are invalid for format version {version}"
+            )));
         }
         let file_dtype = Dtype::from_code(le_u32(h, 12))
             .ok_or_else(|| bad(format!("unknown dtype code {}", le_u32(h, 12))))?;
@@ -554,9 +625,13 @@ impl Segment {
             return Err(bad("non-zero padding bytes".into()));
         }
         // Section lengths implied by the counts; checked arithmetic so hostile counts cannot wrap.
-        let vec_len = n_tokens
-            .checked_mul(dim as u64)
-            .and_then(|v| v.checked_mul(dtype.size() as u64));
+        let vec_len = if no_vectors {
+            Some(0)
+        } else {
+            n_tokens
+                .checked_mul(dim as u64)
+                .and_then(|v| v.checked_mul(dtype.size() as u64))
+        };
         let n_blocks = vec_len.map(|v| v.div_ceil(block_size));
         let expect = [
             (SEC_VECTORS, vec_len),
@@ -587,6 +662,7 @@ impl Segment {
             block_size,
             sections,
             header_crc,
+            no_vectors,
             verified: (0..n_blocks.unwrap_or(0).div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
@@ -702,6 +778,11 @@ impl Segment {
         self.header_crc
     }
 
+    /// False for a vector-free segment (see [`FLAG_NO_VECTORS`]): its rows cannot be read.
+    pub fn has_vectors(&self) -> bool {
+        !self.no_vectors
+    }
+
     /// All token vectors, row-major `(n_tokens, dim)`, *unverified*: use
     /// [`Segment::rows_checked`] (or [`Segment::check_rows`] first) before trusting the values.
     pub fn vectors(&self) -> DocVectors<'_> {
@@ -730,6 +811,12 @@ impl Segment {
     /// Verifies (once per block, on first touch) the checksums of the vector blocks holding rows
     /// `start..end`; `Corrupted` naming the file and block if one does not match.
     pub fn check_rows(&self, start: u64, end: u64) -> Result<()> {
+        if self.no_vectors && end > start {
+            return Err(LatixError::invalid(format!(
+                "segment {} stores no vectors (a compressed index created with keep_vectors=False)",
+                self.file_name
+            )));
+        }
         let row_bytes = (self.dim * self.dtype.size()) as u64;
         let vec_len = self.sections[SEC_VECTORS].len;
         let (a, b) = (

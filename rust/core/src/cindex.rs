@@ -1,0 +1,691 @@
+//! The compressed index kind: an [`crate::Index`] whose segments are searched through the codec
+//! and inverted lists of [`crate::compressed`] (WARP-style candidate generation from codes) once
+//! it holds enough tokens to train a codec.
+//!
+//! Lifecycle (all of it inside the store's atomic commit, so a crash at any moment leaves the
+//! previous committed state):
+//! - the [`Compression`] configuration is an index-level file (`compression`), written at create;
+//! - until the index holds `train_min_tokens` live tokens, segments keep their vectors and are
+//!   searched exactly;
+//! - the first commit that reaches the threshold trains the codec on a seeded sample of live
+//!   tokens, writes it as the index-level file `codec` and gives every live segment a side file
+//!   `ivf` (its inverted lists of codes); with `keep_vectors = false` every segment is rewritten
+//!   vector-free (ids and offsets only) in that same commit;
+//! - every later commit encodes its new segment with the existing codec (no retraining);
+//! - compaction merges everything into one segment and re-encodes it, optionally retraining.
+//!
+//! Every `ivf` file records the checksum of the codec it was encoded with; loading checks it, so
+//! lists encoded with another codec are reported as corruption instead of silently mis-scored.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use half::f16;
+
+use crate::compressed::{
+    codec_checksum, default_nprobe, rerank_exact, search_segments, Codec, CodecParams, FullVectors,
+    IvfSegment, QueryPlan, SegmentView as IvfView,
+};
+use crate::error::{LatixError, Result};
+use crate::index::{CommitContext, SearchResults, MAX_RESULT_SLOTS};
+use crate::maxsim::{self, DocVectors};
+use crate::store::{Dtype, Segment, Snapshot};
+
+/// Name of the index-level file holding the [`Compression`] configuration.
+pub const CONFIG_FILE: &str = "compression";
+/// Name of the index-level file holding the trained codec.
+pub const CODEC_FILE: &str = "codec";
+/// Name of the per-segment side file holding the segment's inverted lists of codes.
+pub const IVF_FILE: &str = "ivf";
+
+const CONFIG_MAGIC: &[u8; 8] = b"LTXCOMPR";
+const CONFIG_VERSION: u32 = 1;
+const CONFIG_LEN: usize = 8 + 4 + 4 + 4 + 4 + 8 + 8 + 8 + 4;
+
+/// Smallest accepted `train_min_tokens` / `train_sample_tokens` (the codec's training minimum).
+pub const MIN_TRAIN_TOKENS: u64 = crate::compressed::codec::MIN_TRAIN_TOKENS as u64;
+
+/// Configuration of a compressed index (persisted in the index, fixed at create).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compression {
+    /// Bytes of residual code per token (`None`: the codec default, `dim / 16` for dim >= 256).
+    pub bytes_per_token: Option<usize>,
+    /// Number of coarse centroids (`None`: automatic from the token count at training time).
+    pub n_centroids: Option<usize>,
+    /// Keep the full vectors (f16/f32, memory-mapped) for exact re-ranking and exact `get`.
+    pub keep_vectors: bool,
+    /// Live tokens at which the first commit trains the codec (before that: exact search).
+    pub train_min_tokens: u64,
+    /// Tokens sampled (seeded, uniformly over live tokens) to train the codec.
+    pub train_sample_tokens: u64,
+    /// Seed of the sample and of k-means.
+    pub seed: u64,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression {
+            bytes_per_token: None,
+            n_centroids: None,
+            keep_vectors: false,
+            train_min_tokens: 65_536,
+            train_sample_tokens: 262_144,
+            seed: 0,
+        }
+    }
+}
+
+impl Compression {
+    /// Checks the configuration for an index of dimension `dim`; errors say which field is wrong.
+    pub fn validate(&self, dim: usize) -> Result<()> {
+        // Checked here, not at the training commit: a configuration the codec rejects would make
+        // every commit from the threshold on fail. The default mirrors `Codec::train`'s.
+        let b = self
+            .bytes_per_token
+            .unwrap_or(if dim >= 256 { dim / 16 } else { dim / 8 }.max(1));
+        let m = b.saturating_mul(2);
+        if b == 0 || m > dim || !dim.is_multiple_of(m) || m > 256 {
+            let what = match self.bytes_per_token {
+                Some(b) => format!("got {b}"),
+                None => format!("the default for dim = {dim} is {b}; pass bytes_per_token"),
+            };
+            return Err(LatixError::invalid(format!(
+                "bytes_per_token must be at least 1, at most 128, and 2 * bytes_per_token must \
+                 divide dim = {dim}; {what}"
+            )));
+        }
+        if self.train_min_tokens < MIN_TRAIN_TOKENS || self.train_min_tokens > u32::MAX as u64 {
+            return Err(LatixError::invalid(format!(
+                "train_min_tokens must be between {MIN_TRAIN_TOKENS} (the fewest vectors the codec \
+                 trains on) and 2^32 - 1, got {}",
+                self.train_min_tokens
+            )));
+        }
+        if self.train_sample_tokens < MIN_TRAIN_TOKENS || self.train_sample_tokens > 1 << 26 {
+            return Err(LatixError::invalid(format!(
+                "train_sample_tokens must be between {MIN_TRAIN_TOKENS} and 2^26, got {}",
+                self.train_sample_tokens
+            )));
+        }
+        if let Some(k) = self.n_centroids {
+            // The training sample holds at least min(train_min_tokens, train_sample_tokens).
+            let fewest = self.train_min_tokens.min(self.train_sample_tokens);
+            if k == 0 || k as u64 > fewest || k > 1 << 24 {
+                return Err(LatixError::invalid(format!(
+                    "n_centroids must be between 1 and min(train_min_tokens, train_sample_tokens) \
+                     = {fewest} (k-means needs at least one training vector per centroid), got {k}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Serialises the configuration (versioned, checksummed).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(CONFIG_LEN);
+        b.extend_from_slice(CONFIG_MAGIC);
+        b.extend_from_slice(&CONFIG_VERSION.to_le_bytes());
+        b.extend_from_slice(&(self.bytes_per_token.unwrap_or(0) as u32).to_le_bytes());
+        b.extend_from_slice(&(self.n_centroids.unwrap_or(0) as u32).to_le_bytes());
+        b.extend_from_slice(&(self.keep_vectors as u32).to_le_bytes());
+        b.extend_from_slice(&self.train_min_tokens.to_le_bytes());
+        b.extend_from_slice(&self.train_sample_tokens.to_le_bytes());
+        b.extend_from_slice(&self.seed.to_le_bytes());
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Parses [`Compression::encode`] output read from `path` (named in errors).
+    pub fn decode(b: &[u8], path: &Path) -> Result<Compression> {
+        let bad = |d: &str| LatixError::corrupted(path, format!("compression config: {d}"));
+        if b.len() < 12 || &b[..8] != CONFIG_MAGIC {
+            return Err(bad(
+                "bad magic (not a latix compression config) or truncated",
+            ));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let version = u32_at(8);
+        if version != CONFIG_VERSION {
+            return Err(LatixError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "compression config version {version}, this latix reads {CONFIG_VERSION}"
+                ),
+            });
+        }
+        if b.len() != CONFIG_LEN {
+            return Err(bad(&format!("{} bytes, expected {CONFIG_LEN}", b.len())));
+        }
+        if crc32c::crc32c(&b[..CONFIG_LEN - 4]) != u32_at(CONFIG_LEN - 4) {
+            return Err(bad("checksum mismatch"));
+        }
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        let opt = |v: u32| (v != 0).then_some(v as usize);
+        let keep = u32_at(20);
+        if keep > 1 {
+            return Err(bad("keep_vectors is neither 0 nor 1"));
+        }
+        Ok(Compression {
+            bytes_per_token: opt(u32_at(12)),
+            n_centroids: opt(u32_at(16)),
+            keep_vectors: keep == 1,
+            train_min_tokens: u64_at(24),
+            train_sample_tokens: u64_at(32),
+            seed: u64_at(40),
+        })
+    }
+
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path, dim: usize) -> Result<Compression> {
+        let b = std::fs::read(path).map_err(|e| LatixError::io(path, e))?;
+        let c = Self::decode(&b, path)?;
+        c.validate(dim)
+            .map_err(|e| LatixError::corrupted(path, format!("compression config: {e}")))?;
+        Ok(c)
+    }
+}
+
+/// A loaded codec with the checksum its inverted lists must carry.
+pub(crate) struct LoadedCodec {
+    pub(crate) file: String,
+    pub(crate) codec: Codec,
+    pub(crate) crc: u32,
+}
+
+/// The compressed state of one snapshot: its codec and each segment's inverted lists (loaded
+/// once per file and shared with later snapshots of the same handle).
+pub(crate) struct CState {
+    pub(crate) manifest: String,
+    pub(crate) codec: Option<Arc<LoadedCodec>>,
+    /// Per snapshot segment: its inverted lists, if encoded.
+    pub(crate) ivfs: Vec<Option<(String, Arc<IvfSegment>)>>,
+}
+
+/// The identity of a codec recorded in its inverted lists. The codec's serialised form ends with a
+/// crc32c of everything before it, and the crc32c of a message followed by its own crc32c is the
+/// same constant for every message, so the whole file cannot be hashed: its body is.
+pub fn codec_id(codec_bytes: &[u8]) -> u32 {
+    codec_checksum(&codec_bytes[..codec_bytes.len().saturating_sub(4)])
+}
+
+fn load_codec(path: &Path, dim: usize) -> Result<(Codec, u32)> {
+    let bytes = std::fs::read(path).map_err(|e| LatixError::io(path, e))?;
+    let codec = Codec::from_bytes(&bytes, path)?;
+    if codec.dim() != dim {
+        return Err(LatixError::corrupted(
+            path,
+            format!("codec has dim {}, the index has dim {dim}", codec.dim()),
+        ));
+    }
+    Ok((codec, codec_id(&bytes)))
+}
+
+/// Opens one `ivf` file fully verified (checksum included) and checks it against its segment and
+/// the codec.
+fn load_ivf(path: &Path, seg: &Segment, codec: &LoadedCodec) -> Result<IvfSegment> {
+    let ivf = IvfSegment::open(path, true)?;
+    if ivf.codec_checksum() != codec.crc {
+        return Err(LatixError::corrupted(
+            path,
+            format!(
+                "inverted lists were encoded with another codec (checksum {:#010x}, the index codec \
+                 {} has {:#010x})",
+                ivf.codec_checksum(),
+                codec.file,
+                codec.crc
+            ),
+        ));
+    }
+    if ivf.n_centroids() != codec.codec.n_centroids()
+        || ivf.n_subspaces() != codec.codec.n_subspaces()
+    {
+        return Err(LatixError::corrupted(
+            path,
+            "inverted lists do not match the codec's centroids or subspaces",
+        ));
+    }
+    if ivf.n_docs() != seg.n_docs() || ivf.n_tokens() as u64 != seg.n_tokens() {
+        return Err(LatixError::corrupted(
+            path,
+            format!(
+                "inverted lists hold {} documents and {} tokens, segment {} holds {} and {}",
+                ivf.n_docs(),
+                ivf.n_tokens(),
+                seg.file_name(),
+                seg.n_docs(),
+                seg.n_tokens()
+            ),
+        ));
+    }
+    Ok(ivf)
+}
+
+/// Loads the compressed state of `snap`, reusing what `prev` already loaded.
+pub(crate) fn load_state(snap: &Snapshot, prev: Option<&CState>) -> Result<CState> {
+    let dir = snap.dir();
+    let codec_file = snap
+        .manifest()
+        .index_files
+        .iter()
+        .find(|(n, _)| n == CODEC_FILE)
+        .map(|(_, f)| f.clone());
+    let codec = match codec_file {
+        None => None,
+        Some(f) => match prev.and_then(|p| p.codec.as_ref()).filter(|c| c.file == f) {
+            Some(c) => Some(c.clone()),
+            None => {
+                let (codec, crc) = load_codec(&dir.join(&f), snap.dim())?;
+                Some(Arc::new(LoadedCodec {
+                    file: f,
+                    codec,
+                    crc,
+                }))
+            }
+        },
+    };
+    let reuse: HashMap<&str, &Arc<IvfSegment>> = prev
+        .map(|p| {
+            p.ivfs
+                .iter()
+                .flatten()
+                .map(|(f, s)| (f.as_str(), s))
+                .collect()
+        })
+        .unwrap_or_default();
+    let manifest_path = dir.join(snap.manifest_name());
+    let mut ivfs = Vec::with_capacity(snap.segments().len());
+    for v in snap.segments() {
+        let file = v
+            .entry
+            .side_files
+            .iter()
+            .find(|(n, _)| n == IVF_FILE)
+            .map(|(_, f)| f.clone());
+        match (file, &codec) {
+            (Some(f), Some(c)) => {
+                let ivf = match reuse.get(f.as_str()) {
+                    Some(s) => Arc::clone(s),
+                    None => Arc::new(load_ivf(&dir.join(&f), &v.segment, c)?),
+                };
+                ivfs.push(Some((f, ivf)));
+            }
+            (Some(f), None) => {
+                return Err(LatixError::corrupted(
+                    &manifest_path,
+                    format!("segment side file {f} needs a codec, and the index has none"),
+                ))
+            }
+            (None, _) if !v.segment.has_vectors() => {
+                return Err(LatixError::corrupted(
+                    &manifest_path,
+                    format!(
+                        "segment {} stores no vectors and has no inverted lists",
+                        v.segment.file_name()
+                    ),
+                ))
+            }
+            (None, _) => ivfs.push(None),
+        }
+    }
+    Ok(CState {
+        manifest: snap.manifest_name().to_owned(),
+        codec,
+        ivfs,
+    })
+}
+
+/// Full check of the compressed files of `snap`: configuration, codec, every `ivf` (read
+/// entirely, checksum, offsets, codec checksum, counts against the segment).
+pub(crate) fn verify(snap: &Snapshot) -> Result<()> {
+    if let Some(p) = snap.index_file(CONFIG_FILE) {
+        Compression::load(&p, snap.dim())?;
+    }
+    // A fresh load (no reuse) re-reads and re-checks every file.
+    load_state(snap, None).map(|_| ())
+}
+
+// ----------------------------------------------------------------------------------- commit
+
+/// A token range `(segment index, row start, row end)`.
+type Range = (usize, u64, u64);
+
+/// The segments of a commit (mapped), the live token ranges of their documents in order, and the
+/// number of live tokens.
+fn live_ranges(ctx: &CommitContext<'_>) -> Result<(Vec<Segment>, Vec<Range>, u64)> {
+    let mut segs = Vec::new();
+    let mut ranges = Vec::new();
+    let mut total = 0u64;
+    for (i, e) in ctx.segments().iter().enumerate() {
+        let seg = ctx.open_segment(&e.file)?;
+        for d in 0..seg.n_docs() as u32 {
+            if e.tombstones.binary_search(&d).is_ok() {
+                continue;
+            }
+            let (a, b) = seg.doc_range(d);
+            if b > a {
+                ranges.push((i, a, b));
+                total += b - a;
+            }
+        }
+        segs.push(seg);
+    }
+    Ok((segs, ranges, total))
+}
+
+/// Trains a codec on a seeded uniform sample of the live tokens of the commit.
+fn train_codec(
+    cfg: &Compression,
+    segs: &[Segment],
+    ranges: &[Range],
+    total: u64,
+    n_threads: Option<usize>,
+) -> Result<Codec> {
+    let dim = segs.first().map(|s| s.dim()).unwrap_or(0);
+    let want = cfg.train_sample_tokens.min(total) as usize;
+    let mut rng = crate::compressed::kmeans::Rng::new(cfg.seed ^ 0x5eed_c0de_c0de_5eed);
+    let mut picks: Vec<u64> = if want as u64 == total {
+        (0..total).collect()
+    } else {
+        rng.sample_indices(total as usize, want)
+            .into_iter()
+            .map(|i| i as u64)
+            .collect()
+    };
+    picks.sort_unstable();
+    let mut x = Vec::with_capacity(want * dim);
+    let mut base = 0u64;
+    let mut p = 0usize;
+    for &(si, a, b) in ranges {
+        let len = b - a;
+        while p < picks.len() && picks[p] < base + len {
+            let row = a + (picks[p] - base);
+            match segs[si].rows_checked(row, row + 1)? {
+                DocVectors::F32(v) => x.extend_from_slice(v),
+                DocVectors::F16(v) => x.extend(v.iter().map(|h| h.to_f32())),
+            }
+            p += 1;
+        }
+        base += len;
+    }
+    let params = CodecParams {
+        n_centroids: cfg.n_centroids,
+        bytes_per_token: cfg.bytes_per_token,
+        kmeans_iters: None,
+        seed: cfg.seed,
+    };
+    Codec::train(&x, dim, total as usize, &params, n_threads)
+}
+
+/// Encodes segment `file` of the commit with `codec`, attaches its `ivf` side file and, without
+/// `keep_vectors`, replaces it by a vector-free copy.
+fn encode_segment(
+    ctx: &mut CommitContext<'_>,
+    file: &str,
+    codec: &Codec,
+    crc: u32,
+    keep_vectors: bool,
+    n_threads: Option<usize>,
+) -> Result<()> {
+    let seg = ctx.open_segment(file)?;
+    // Verified read: encoding must not launder damaged vectors into fresh checksums.
+    let rows = seg.rows_checked(0, seg.n_tokens())?;
+    let ivf = crate::parallel::install(n_threads, || {
+        IvfSegment::build(codec, crc, rows, seg.offsets())
+    })??;
+    let target = if keep_vectors {
+        file.to_owned()
+    } else {
+        ctx.strip_vectors(file)?
+    };
+    ctx.write_segment_file(&target, IVF_FILE, ivf.as_bytes())
+}
+
+/// The commit hook of a compressed index (see the module documentation). `retrain` retrains the
+/// codec from the commit's live tokens even if one exists (compaction with retraining).
+pub(crate) fn commit_hook(
+    ctx: &mut CommitContext<'_>,
+    cfg: &Compression,
+    retrain: bool,
+    n_threads: Option<usize>,
+) -> Result<()> {
+    let prev_codec = ctx.previous().index_file(CODEC_FILE);
+    if let (Some(p), false) = (&prev_codec, retrain) {
+        let (codec, crc) = load_codec(p, ctx.previous().dim())?;
+        for f in ctx.new_segments().to_vec() {
+            encode_segment(ctx, &f, &codec, crc, cfg.keep_vectors, n_threads)?;
+        }
+        return Ok(());
+    }
+    let (segs, ranges, total) = live_ranges(ctx)?;
+    if total < cfg.train_min_tokens && !(retrain && prev_codec.is_some()) {
+        return Ok(()); // still exact: segments keep their vectors
+    }
+    if total < MIN_TRAIN_TOKENS {
+        // Retraining an index shrunk below the codec's minimum: keep the current codec.
+        if let Some(p) = &prev_codec {
+            let (codec, crc) = load_codec(p, ctx.previous().dim())?;
+            for f in ctx.new_segments().to_vec() {
+                encode_segment(ctx, &f, &codec, crc, cfg.keep_vectors, n_threads)?;
+            }
+        }
+        return Ok(());
+    }
+    let codec = train_codec(cfg, &segs, &ranges, total, n_threads)?;
+    drop(segs);
+    let bytes = codec.to_bytes();
+    let crc = codec_id(&bytes);
+    ctx.write_index_file(CODEC_FILE, &bytes)?;
+    let files: Vec<String> = ctx.segments().iter().map(|e| e.file.clone()).collect();
+    for f in files {
+        encode_segment(ctx, &f, &codec, crc, cfg.keep_vectors, n_threads)?;
+    }
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------- reading
+
+/// The decoded approximation of document `doc` of a compressed segment, rows in list order
+/// (grouped by centroid, not in the original token order), as f32 `(n, dim)`.
+pub(crate) fn decode_doc(codec: &Codec, ivf: &IvfSegment, doc: u32) -> Vec<f32> {
+    let lt = ivf.list_tokens();
+    let mut cids = Vec::new();
+    let mut codes = Vec::new();
+    for (pos, &d) in ivf.doc_of_token().iter().enumerate() {
+        if d != doc {
+            continue;
+        }
+        // The list holding position `pos`: the last list starting at or before it.
+        let c = lt.partition_point(|&s| s as usize <= pos).saturating_sub(1);
+        cids.push(c as u32);
+        codes.extend_from_slice(&ivf.token_codes(c, pos));
+    }
+    codec.decode(&cids, &codes)
+}
+
+/// Converts f32 rows to the storage dtype.
+pub(crate) fn to_storage(v: Vec<f32>, dtype: Dtype) -> crate::index::OwnedVectors {
+    match dtype {
+        Dtype::F32 => crate::index::OwnedVectors::F32(v),
+        Dtype::F16 => crate::index::OwnedVectors::F16(v.into_iter().map(f16::from_f32).collect()),
+    }
+}
+
+/// Options of a compressed search.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CompressedSearch {
+    /// Lists probed per query token (`None`: [`default_nprobe`] of the codec's K).
+    pub nprobe: Option<usize>,
+    /// Re-rank the short list exactly from the kept vectors (`None`: when vectors are kept).
+    pub rerank: Option<bool>,
+}
+
+/// Documents scored by candidate generation before an exact re-rank keeps `k`.
+pub fn rerank_depth(k: usize) -> usize {
+    (4 * k).max(100)
+}
+
+fn bitmap_all_but(n: usize, dead: &[u32]) -> Vec<u64> {
+    let mut b = vec![u64::MAX; n.div_ceil(64)];
+    if !n.is_multiple_of(64) {
+        if let Some(last) = b.last_mut() {
+            *last = (1u64 << (n % 64)) - 1;
+        }
+    }
+    for &d in dead {
+        b[d as usize >> 6] &= !(1u64 << (d & 63));
+    }
+    b
+}
+
+/// Search of a trained compressed snapshot: encoded segments through the codec (filters as
+/// allowed-document bitmaps inside candidate generation), segments without lists exactly, merged.
+/// Inputs were validated by the caller (queries, k); `keep_vectors` decides the default re-rank.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn search(
+    snap: &Snapshot,
+    state: &CState,
+    queries: &[&[f32]],
+    k: usize,
+    n_threads: Option<usize>,
+    subset: Option<&[&str]>,
+    opts: CompressedSearch,
+    keep_vectors: bool,
+) -> Result<SearchResults> {
+    let nq = queries.len();
+    if k > MAX_RESULT_SLOTS || nq.saturating_mul(k) > MAX_RESULT_SLOTS {
+        return Err(LatixError::invalid(format!(
+            "k * n_queries must be at most {MAX_RESULT_SLOTS}, got k = {k} with {nq} queries"
+        )));
+    }
+    let codec = state
+        .codec
+        .as_ref()
+        .ok_or_else(|| LatixError::invalid("the index has no trained codec yet"))?;
+    let kc = codec.codec.n_centroids();
+    let nprobe = opts.nprobe.unwrap_or_else(|| default_nprobe(kc));
+    if nprobe == 0 || nprobe > kc {
+        return Err(LatixError::invalid(format!(
+            "nprobe must be between 1 and the number of centroids ({kc}), got {nprobe}"
+        )));
+    }
+    let rerank = opts.rerank.unwrap_or(keep_vectors);
+    let segs = snap.segments();
+    // Allowed documents per segment: the subset's live documents, or all live documents.
+    let allowed: Vec<Option<Vec<u64>>> = match subset {
+        Some(ids) => {
+            let mut b: Vec<Vec<u64>> = segs
+                .iter()
+                .map(|v| vec![0u64; v.segment.n_docs().div_ceil(64)])
+                .collect();
+            for id in ids {
+                if let Some((s, d)) = snap.lookup(id) {
+                    b[s][d as usize >> 6] |= 1u64 << (d & 63);
+                }
+            }
+            b.into_iter().map(Some).collect()
+        }
+        None => segs
+            .iter()
+            .map(|v| {
+                (!v.entry.tombstones.is_empty())
+                    .then(|| bitmap_all_but(v.segment.n_docs(), &v.entry.tombstones))
+            })
+            .collect(),
+    };
+    let is_allowed = |s: usize, d: u32| {
+        allowed[s]
+            .as_ref()
+            .is_none_or(|b| b[d as usize >> 6] >> (d & 63) & 1 == 1)
+    };
+    let mut views = Vec::new();
+    let mut view_seg = Vec::new();
+    let mut fulls = Vec::new();
+    let mut exact_segs = Vec::new();
+    for (s, v) in segs.iter().enumerate() {
+        match state.ivfs.get(s).and_then(|x| x.as_ref()) {
+            Some((_, ivf)) => {
+                views.push(IvfView {
+                    seg: ivf,
+                    allowed: allowed[s].as_deref(),
+                });
+                view_seg.push(s);
+                if rerank {
+                    if !v.segment.has_vectors() {
+                        return Err(LatixError::invalid(
+                            "rerank needs the full vectors, and this index was created with \
+                             keep_vectors=False",
+                        ));
+                    }
+                    fulls.push(FullVectors {
+                        vectors: v.segment.vectors(),
+                        offsets: v.segment.offsets(),
+                    });
+                }
+            }
+            None => exact_segs.push(s),
+        }
+    }
+    let dim = snap.dim();
+    let depth = if rerank { rerank_depth(k) } else { k };
+    let per_query = |q: &[f32]| -> Result<Vec<(f32, usize, u32)>> {
+        let mut hits: Vec<(f32, usize, u32)> = Vec::new();
+        if !views.is_empty() {
+            let plan = QueryPlan::new(&codec.codec, q, nprobe)?;
+            let mut cands = search_segments(&plan, &views, depth)?;
+            if rerank {
+                for &(_, vi, d) in &cands {
+                    // Verified read of the rows the re-rank is about to use.
+                    let seg = &segs[view_seg[vi as usize]].segment;
+                    let (a, b) = seg.doc_range(d);
+                    seg.check_rows(a, b)?;
+                }
+                cands = rerank_exact(q, dim, &fulls, &cands, k)?;
+            }
+            hits.extend(
+                cands
+                    .iter()
+                    .map(|&(s, vi, d)| (s, view_seg[vi as usize], d)),
+            );
+        }
+        let mut one = [0f32; 1];
+        for &s in &exact_segs {
+            let seg = &segs[s].segment;
+            for d in 0..seg.n_docs() as u32 {
+                if !is_allowed(s, d) {
+                    continue;
+                }
+                let (a, b) = seg.doc_range(d);
+                let rows = seg.rows_checked(a, b)?;
+                maxsim::score_docs(q, dim, rows, &[0, b - a], &mut one);
+                hits.push((one[0], s, d));
+            }
+        }
+        // Best first; ties by insertion order (segment, then document).
+        hits.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        hits.truncate(k);
+        Ok(hits)
+    };
+    let all: Vec<Vec<(f32, usize, u32)>> = crate::parallel::install(n_threads, || {
+        queries.iter().map(|q| per_query(q)).collect::<Result<_>>()
+    })??;
+    let mut scores = vec![f32::NEG_INFINITY; nq * k];
+    let mut ids = vec![String::new(); nq * k];
+    for (qi, hits) in all.into_iter().enumerate() {
+        for (r, (sc, s, d)) in hits.into_iter().enumerate() {
+            scores[qi * k + r] = sc;
+            ids[qi * k + r] = segs[s].segment.id(d)?.to_owned();
+        }
+    }
+    Ok(SearchResults {
+        n_queries: nq,
+        k,
+        scores,
+        ids,
+    })
+}

@@ -1,0 +1,246 @@
+"""The compressed index kind through latix.Index: training at the threshold commit, search recall
+against an exact numpy MaxSim, adds after training, deletes, replacements, subsets, reopening,
+compaction with and without retraining, kept vectors and re-rank, bad input, damaged files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import latix
+import numpy as np
+import pytest
+
+DIM = 32
+
+
+class Data:
+    """Seeded clustered unit vectors: 24 topic centres, documents and queries mix two topics."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        c = self.rng.standard_normal((24, DIM))
+        self.centres = c / np.linalg.norm(c, axis=1, keepdims=True)
+
+    def mat(self, n: int, noise: float) -> np.ndarray:
+        t = self.rng.integers(0, 24, 2)
+        eps = self.rng.standard_normal((n, DIM)) / np.sqrt(DIM)
+        x = self.centres[t[np.arange(n) % 2]] + noise * eps
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    def docs(self, n: int) -> list[np.ndarray]:
+        return [self.mat(int(self.rng.integers(6, 26)), 0.6) for _ in range(n)]
+
+
+def maxsim(q: np.ndarray, d: np.ndarray) -> float:
+    d = d.astype(np.float16).astype(np.float32)  # what a float16 index stores
+    return float((q @ d.T).max(axis=1).sum())
+
+
+def exact_top(q: np.ndarray, live: dict[str, np.ndarray], k: int) -> list[str]:
+    s = sorted(live, key=lambda i: -maxsim(q, live[i]))
+    return s[:k]
+
+
+def cfg(keep: bool = False, **kw: object) -> latix.Compression:
+    base: dict[str, object] = dict(
+        bytes_per_token=8,
+        n_centroids=32,
+        keep_vectors=keep,
+        train_min_tokens=2000,
+        train_sample_tokens=4000,
+        seed=3,
+    )
+    base.update(kw)
+    return latix.Compression(**base)  # type: ignore[arg-type]
+
+
+def recall(ix: latix.Index, data: Data, live: dict[str, np.ndarray], **kw: object) -> float:
+    hit = tot = 0
+    for _ in range(20):
+        q = data.mat(8, 0.8)
+        want = set(exact_top(q, live, 10))
+        _, ids = ix.search(q, k=10, **kw)  # type: ignore[arg-type]
+        hit += len(want & set(ids[0]))
+        tot += len(want)
+    return hit / tot
+
+
+def add(ix: latix.Index, prefix: str, docs: list[np.ndarray], live: dict[str, np.ndarray]) -> None:
+    ids = [f"{prefix}{i}" for i in range(len(docs))]
+    ix.add(ids, docs, replace=True)
+    live.update(zip(ids, docs, strict=True))
+
+
+def test_lifecycle(tmp_path: Path) -> None:
+    data = Data(7)
+    live: dict[str, np.ndarray] = {}
+    path = tmp_path / "ix"
+    ix = latix.Index.create(path, DIM, compression=cfg())
+    assert ix.compression == cfg()
+    add(ix, "a", data.docs(60), live)
+    ix.commit()
+    st = ix.stats()
+    assert st["kind"] == "compressed" and st["trained"] is False and st["n_centroids"] is None
+    # Below the threshold the index is exact.
+    q = data.mat(8, 0.8)
+    scores, ids = ix.search(q, k=5)
+    assert list(ids[0]) == exact_top(q, live, 5)
+    np.testing.assert_allclose(scores[0], [maxsim(q, live[i]) for i in ids[0]], rtol=1e-4)
+
+    add(ix, "b", data.docs(150), live)
+    ix.delete(["a3"])
+    del live["a3"]
+    ix.commit()
+    st = ix.stats()
+    assert st["trained"] is True and st["n_centroids"] == 32 and st["code_bytes_per_token"] == 8
+    assert st["n_docs"] == len(live)
+    assert st["n_tokens"] == sum(len(v) for v in live.values())
+    assert isinstance(st["bytes_per_token"], float) and st["bytes_per_token"] < 40
+    codec_files = sorted(p.name for p in path.glob("idx-codec-*"))
+    assert len(codec_files) == 1
+    assert recall(ix, data, live) >= 0.7
+    assert recall(ix, data, live, nprobe=32) >= 0.85
+    for _ in range(5):
+        _, ids = ix.search(data.mat(8, 0.8), k=50, nprobe=32)
+        assert "a3" not in set(ids[0])
+
+    # Adds after training: encoded with the same codec, found right after the commit.
+    new = data.docs(20)
+    add(ix, "c", new, live)
+    ix.commit()
+    assert sorted(p.name for p in path.glob("idx-codec-*")) == codec_files
+    for i, d in enumerate(new):
+        _, ids = ix.search(d, k=1, nprobe=32)
+        assert ids[0, 0] == f"c{i}"
+    # Replacement: search and get see the new version.
+    rep = data.docs(1)
+    add(ix, "b", rep, live)
+    ix.commit()
+    _, ids = ix.search(rep[0], k=1, nprobe=32)
+    assert ids[0, 0] == "b0"
+    g = ix.get("b0")
+    assert g.shape == rep[0].shape and g.dtype == np.float16
+    cos = (rep[0] @ g.astype(np.float32).T).max(axis=1)
+    assert cos.min() > 0.8  # decoded approximation, rows in list order
+
+    # Subset: only members, the best member near the top.
+    sub = sorted(live)[::3]
+    q = data.mat(8, 0.8)
+    _, ids = ix.search(q, k=10, subset=sub, nprobe=32)
+    assert set(ids[0]) - {""} <= set(sub)
+    best = exact_top(q, {i: live[i] for i in sub}, 1)[0]
+    assert best in list(ids[0][:3])
+
+    # Reopen: same configuration, same results.
+    before = ix.search(q, k=10, nprobe=32)
+    ix.close()
+    ix = latix.Index.open(path)
+    assert ix.compression == cfg()
+    after = ix.search(q, k=10, nprobe=32)
+    assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
+    ix.verify()
+
+    # Compaction: one segment, same documents, same codec, still good; retraining: a new codec.
+    ix.compact()
+    st = ix.stats()
+    assert st["n_segments"] == 1 and st["n_docs"] == len(live)
+    assert sorted(p.name for p in path.glob("idx-codec-*")) == codec_files
+    assert recall(ix, data, live, nprobe=32) >= 0.85
+    ix.compact(retrain=True)
+    assert sorted(p.name for p in path.glob("idx-codec-*")) != codec_files
+    assert recall(ix, data, live, nprobe=32) >= 0.8
+    ix.verify()
+    assert sorted(ix.ids()) == sorted(live)
+    ix.close()
+
+
+def test_keep_vectors_sizes_and_rerank(tmp_path: Path) -> None:
+    data = Data(11)
+    docs = data.docs(250)
+    ids = [f"d{i}" for i in range(len(docs))]
+    live = dict(zip(ids, docs, strict=True))
+    per_token = {}
+    for keep in (True, False):
+        with latix.Index.create(tmp_path / f"ix{keep}", DIM, compression=cfg(keep)) as ix:
+            ix.add(ids, docs)
+            ix.commit()
+            st = ix.stats()
+            assert st["trained"] and st["keep_vectors"] is keep
+            per_token[keep] = st["bytes_per_token"]
+            if keep:
+                np.testing.assert_array_equal(ix.get("d5"), docs[5].astype(np.float16))
+                for _ in range(10):
+                    q = data.mat(8, 0.8)
+                    scores, got = ix.search(q, k=10)  # re-ranked by default
+                    np.testing.assert_allclose(
+                        scores[0], [maxsim(q, live[i]) for i in got[0]], rtol=1e-4, atol=1e-4
+                    )
+                    assert got[0, 0] == exact_top(q, live, 1)[0]
+                    _, approx = ix.search(q, k=10, rerank=False)
+                    assert len(set(approx[0]) & set(got[0])) >= 5
+            else:
+                with pytest.raises(latix.InvalidArgumentError, match="keep_vectors"):
+                    ix.search(data.mat(4, 0.8), k=5, rerank=True)
+    # Vectors cost dim * 2 = 64 bytes per token at float16.
+    assert per_token[True] > per_token[False] + 60  # type: ignore[operator]
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    p = tmp_path / "bad"
+    for kw, what in [
+        (dict(bytes_per_token=0), "bytes_per_token"),
+        (dict(bytes_per_token=5), "bytes_per_token"),
+        (dict(bytes_per_token=32), "bytes_per_token"),
+        (dict(train_min_tokens=10), "train_min_tokens"),
+        (dict(n_centroids=5000), "n_centroids"),
+    ]:
+        with pytest.raises(latix.InvalidArgumentError, match=what):
+            latix.Index.create(p, DIM, compression=cfg(**kw))
+    with pytest.raises(latix.InvalidArgumentError, match="keep_vectors"):
+        latix.Compression(keep_vectors="yes")  # type: ignore[arg-type]
+    with pytest.raises(latix.InvalidArgumentError, match="compression"):
+        latix.Index.create(p, DIM, compression={"n_centroids": 4})  # type: ignore[arg-type]
+    assert not p.exists()
+    data = Data(5)
+    with latix.Index.create(tmp_path / "ok", DIM, compression=cfg()) as ix:
+        ix.add([f"x{i}" for i in range(250)], data.docs(250))
+        ix.commit()
+        q = data.mat(4, 0.8)
+        for n in (0, 33):
+            with pytest.raises(latix.InvalidArgumentError, match="nprobe"):
+                ix.search(q, k=5, nprobe=n)
+        with pytest.raises(latix.InvalidArgumentError, match="keep_vectors"):
+            ix.search(q, k=5, rerank=True)
+        with pytest.raises(latix.InvalidArgumentError):
+            ix.search(np.ones((3, DIM + 1), np.float32), k=5)
+        with pytest.raises(latix.InvalidArgumentError):
+            ix.add(["y"], [np.ones((3, DIM - 1), np.float32)])
+    with latix.Index.create(tmp_path / "plain", DIM) as plain:
+        assert plain.compression is None and plain.stats()["kind"] == "plain"
+        with pytest.raises(latix.InvalidArgumentError, match="compressed"):
+            plain.search(q, k=5, nprobe=4)
+        with pytest.raises(latix.InvalidArgumentError, match="compressed"):
+            plain.compact(retrain=True)
+
+
+@pytest.mark.parametrize("pattern", ["idx-codec-*", "*.ivf-*"])
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_damaged_codec_or_lists_raise_corrupted(tmp_path: Path, pattern: str, how: str) -> None:
+    data = Data(13)
+    path = tmp_path / "ix"
+    with latix.Index.create(path, DIM, compression=cfg()) as ix:
+        ix.add([f"d{i}" for i in range(250)], data.docs(250))
+        ix.commit()
+    (f,) = path.glob(pattern)
+    b = bytearray(f.read_bytes())
+    if how == "truncate":
+        del b[len(b) // 2 :]
+    else:
+        b[len(b) // 3] ^= 0x10
+    f.write_bytes(bytes(b))
+    with pytest.raises(latix.CorruptedIndexError, match=f.name):
+        with latix.Index.open(path) as ix:
+            ix.search(data.mat(4, 0.8), k=5)
+    with pytest.raises(latix.CorruptedIndexError, match=f.name):
+        with latix.Index.open(path) as ix:
+            ix.verify()
