@@ -40,8 +40,12 @@ pub const CODEC_FILE: &str = "codec";
 pub const IVF_FILE: &str = "ivf";
 
 const CONFIG_MAGIC: &[u8; 8] = b"LTXCOMPR";
-const CONFIG_VERSION: u32 = 1;
-const CONFIG_LEN: usize = 8 + 4 + 4 + 4 + 4 + 8 + 8 + 8 + 4;
+const CONFIG_VERSION: u32 = 2;
+/// Version 1 had no pool factor (it reads as 1).
+const CONFIG_LEN_V1: usize = 8 + 4 + 4 + 4 + 4 + 8 + 8 + 8 + 4;
+const CONFIG_LEN: usize = CONFIG_LEN_V1 + 4;
+/// Largest accepted token-pooling factor.
+pub const MAX_POOL_FACTOR: usize = 8;
 
 /// Smallest accepted `train_min_tokens` / `train_sample_tokens` (the codec's training minimum).
 pub const MIN_TRAIN_TOKENS: u64 = crate::compressed::codec::MIN_TRAIN_TOKENS as u64;
@@ -61,6 +65,9 @@ pub struct Compression {
     pub train_sample_tokens: u64,
     /// Seed of the sample and of k-means.
     pub seed: u64,
+    /// Token pooling factor (see [`crate::compressed::pool`]): each document is stored with
+    /// `ceil(n / pool_factor)` pooled vectors; 1 = no pooling.
+    pub pool_factor: usize,
 }
 
 impl Default for Compression {
@@ -72,18 +79,40 @@ impl Default for Compression {
             train_min_tokens: 65_536,
             train_sample_tokens: 262_144,
             seed: 0,
+            pool_factor: 2,
         }
     }
 }
 
 impl Compression {
+    /// Bytes of code per stored (pooled) vector for dimension `dim`: `bytes_per_token`, or by
+    /// default the codec's default (`dim / 16`, `dim / 8` below 256 dims) times the pool factor, so
+    /// the bytes per original token stay the same as unpooled while each pooled vector gets a finer
+    /// code (falls back to the codec default when that multiple does not split `dim` evenly).
+    pub fn code_bytes(&self, dim: usize) -> usize {
+        if let Some(b) = self.bytes_per_token {
+            return b;
+        }
+        let base = if dim >= 256 { dim / 16 } else { dim / 8 }.max(1);
+        let scaled = base * self.pool_factor.max(1);
+        if 2 * scaled <= dim && dim.is_multiple_of(2 * scaled) && 2 * scaled <= 256 {
+            scaled
+        } else {
+            base
+        }
+    }
+
     /// Checks the configuration for an index of dimension `dim`; errors say which field is wrong.
     pub fn validate(&self, dim: usize) -> Result<()> {
         // Checked here, not at the training commit: a configuration the codec rejects would make
-        // every commit from the threshold on fail. The default mirrors `Codec::train`'s.
-        let b = self
-            .bytes_per_token
-            .unwrap_or(if dim >= 256 { dim / 16 } else { dim / 8 }.max(1));
+        // every commit from the threshold on fail.
+        if self.pool_factor == 0 || self.pool_factor > MAX_POOL_FACTOR {
+            return Err(LatixError::invalid(format!(
+                "pool_factor must be between 1 (no pooling) and {MAX_POOL_FACTOR}, got {}",
+                self.pool_factor
+            )));
+        }
+        let b = self.code_bytes(dim);
         let m = b.saturating_mul(2);
         if b == 0 || m > dim || !dim.is_multiple_of(m) || m > 256 {
             let what = match self.bytes_per_token {
@@ -132,6 +161,7 @@ impl Compression {
         b.extend_from_slice(&self.train_min_tokens.to_le_bytes());
         b.extend_from_slice(&self.train_sample_tokens.to_le_bytes());
         b.extend_from_slice(&self.seed.to_le_bytes());
+        b.extend_from_slice(&(self.pool_factor as u32).to_le_bytes());
         let crc = crc32c::crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         b
@@ -147,7 +177,7 @@ impl Compression {
         }
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         let version = u32_at(8);
-        if version != CONFIG_VERSION {
+        if version != CONFIG_VERSION && version != 1 {
             return Err(LatixError::UnsupportedVersion {
                 path: path.to_path_buf(),
                 detail: format!(
@@ -155,10 +185,15 @@ impl Compression {
                 ),
             });
         }
-        if b.len() != CONFIG_LEN {
-            return Err(bad(&format!("{} bytes, expected {CONFIG_LEN}", b.len())));
+        let len = if version == 1 {
+            CONFIG_LEN_V1
+        } else {
+            CONFIG_LEN
+        };
+        if b.len() != len {
+            return Err(bad(&format!("{} bytes, expected {len}", b.len())));
         }
-        if crc32c::crc32c(&b[..CONFIG_LEN - 4]) != u32_at(CONFIG_LEN - 4) {
+        if crc32c::crc32c(&b[..len - 4]) != u32_at(len - 4) {
             return Err(bad("checksum mismatch"));
         }
         let u64_at = |i: usize| {
@@ -178,6 +213,7 @@ impl Compression {
             train_min_tokens: u64_at(24),
             train_sample_tokens: u64_at(32),
             seed: u64_at(40),
+            pool_factor: if version == 1 { 1 } else { u32_at(48) as usize },
         })
     }
 
@@ -250,11 +286,24 @@ fn load_ivf(path: &Path, seg: &Segment, codec: &LoadedCodec) -> Result<IvfSegmen
             "inverted lists do not match the codec's centroids or subspaces",
         ));
     }
-    if ivf.n_docs() != seg.n_docs() || ivf.n_tokens() as u64 != seg.n_tokens() {
+    // The lists hold the segment's tokens, or its documents pooled by some factor (the pooled
+    // count of every document is determined by its length).
+    let pooled_count = |f: usize| -> u64 {
+        (0..seg.n_docs() as u32)
+            .map(|d| {
+                let (a, b) = seg.doc_range(d);
+                crate::compressed::pool::pooled_len((b - a) as usize, f) as u64
+            })
+            .sum()
+    };
+    let tokens_match = ivf.n_tokens() as u64 == seg.n_tokens()
+        || (2..=MAX_POOL_FACTOR).any(|f| ivf.n_tokens() as u64 == pooled_count(f));
+    if ivf.n_docs() != seg.n_docs() || !tokens_match {
         return Err(LatixError::corrupted(
             path,
             format!(
-                "inverted lists hold {} documents and {} tokens, segment {} holds {} and {}",
+                "inverted lists hold {} documents and {} tokens, segment {} holds {} and {} \
+                 (and no pooling factor gives that count)",
                 ivf.n_docs(),
                 ivf.n_tokens(),
                 seg.file_name(),
@@ -378,67 +427,110 @@ fn live_ranges(ctx: &CommitContext<'_>) -> Result<(Vec<Segment>, Vec<Range>, u64
     Ok((segs, ranges, total))
 }
 
-/// Trains a codec on a seeded uniform sample of the live tokens of the commit.
+/// The f32 rows of document rows `a..b` of `seg`, read verified (encoding must not launder
+/// damaged vectors into fresh checksums), pooled by `pool_factor`.
+fn pooled_doc(seg: &Segment, a: u64, b: u64, pool_factor: usize) -> Result<Vec<f32>> {
+    let x = match seg.rows_checked(a, b)? {
+        DocVectors::F32(v) => v.to_vec(),
+        DocVectors::F16(v) => v.iter().map(|h| h.to_f32()).collect(),
+    };
+    Ok(crate::compressed::pool::pool_document(
+        &x,
+        seg.dim(),
+        pool_factor,
+    ))
+}
+
+/// Trains a codec on a seeded sample of the commit's live (pooled) token vectors: documents are
+/// drawn uniformly until about `train_sample_tokens` pooled vectors are gathered, so the codec
+/// learns the distribution it will encode.
 fn train_codec(
     cfg: &Compression,
     segs: &[Segment],
     ranges: &[Range],
     total: u64,
+    pool_factor: usize,
     n_threads: Option<usize>,
 ) -> Result<Codec> {
     let dim = segs.first().map(|s| s.dim()).unwrap_or(0);
-    let want = cfg.train_sample_tokens.min(total) as usize;
-    let mut rng = crate::compressed::kmeans::Rng::new(cfg.seed ^ 0x5eed_c0de_c0de_5eed);
-    let mut picks: Vec<u64> = if want as u64 == total {
-        (0..total).collect()
+    let pool = pool_factor.max(1) as u64;
+    let pooled_total = total.div_ceil(pool);
+    // Probability of drawing a document, in millionths (all documents when the sample covers them).
+    let want = cfg.train_sample_tokens.min(pooled_total);
+    let p_ppm = if want >= pooled_total {
+        1_000_000
     } else {
-        rng.sample_indices(total as usize, want)
-            .into_iter()
-            .map(|i| i as u64)
-            .collect()
+        (want.saturating_mul(1_000_000) / pooled_total.max(1)).max(1)
     };
-    picks.sort_unstable();
-    let mut x = Vec::with_capacity(want * dim);
-    let mut base = 0u64;
-    let mut p = 0usize;
-    for &(si, a, b) in ranges {
-        let len = b - a;
-        while p < picks.len() && picks[p] < base + len {
-            let row = a + (picks[p] - base);
-            match segs[si].rows_checked(row, row + 1)? {
-                DocVectors::F32(v) => x.extend_from_slice(v),
-                DocVectors::F16(v) => x.extend(v.iter().map(|h| h.to_f32())),
-            }
-            p += 1;
+    let mut rng = crate::compressed::kmeans::Rng::new(cfg.seed ^ 0x5eed_c0de_c0de_5eed);
+    let picked: Vec<Range> = ranges
+        .iter()
+        .copied()
+        .filter(|_| (rng.below(1_000_000) as u64) < p_ppm)
+        .collect();
+    let pooled: Vec<Vec<f32>> = crate::parallel::install(n_threads, || {
+        use rayon::prelude::*;
+        picked
+            .par_iter()
+            .map(|&(si, a, b)| pooled_doc(&segs[si], a, b, pool_factor))
+            .collect::<Result<Vec<_>>>()
+    })??;
+    let mut x: Vec<f32> = pooled.concat();
+    drop(pooled);
+    // A sample that drew too few vectors (small indexes) falls back to every live document.
+    let fewest = (MIN_TRAIN_TOKENS as usize).max(cfg.n_centroids.unwrap_or(0));
+    if x.len() / dim.max(1) < fewest && picked.len() < ranges.len() {
+        x.clear();
+        for &(si, a, b) in ranges {
+            x.extend(pooled_doc(&segs[si], a, b, pool_factor)?);
         }
-        base += len;
     }
     let params = CodecParams {
         n_centroids: cfg.n_centroids,
-        bytes_per_token: cfg.bytes_per_token,
+        bytes_per_token: Some(cfg.code_bytes(dim)),
         kmeans_iters: None,
         seed: cfg.seed,
     };
-    Codec::train(&x, dim, total as usize, &params, n_threads)
+    Codec::train(&x, dim, pooled_total as usize, &params, n_threads)
 }
 
-/// Encodes segment `file` of the commit with `codec`, attaches its `ivf` side file and, without
-/// `keep_vectors`, replaces it by a vector-free copy.
+/// Encodes segment `file` of the commit with `codec` (pooling each document by `pool_factor`),
+/// attaches its `ivf` side file and, without `keep_vectors`, replaces it by a vector-free copy.
 fn encode_segment(
     ctx: &mut CommitContext<'_>,
     file: &str,
     codec: &Codec,
     crc: u32,
-    keep_vectors: bool,
+    cfg: &Compression,
+    pool_factor: usize,
     n_threads: Option<usize>,
 ) -> Result<()> {
     let seg = ctx.open_segment(file)?;
-    // Verified read: encoding must not launder damaged vectors into fresh checksums.
-    let rows = seg.rows_checked(0, seg.n_tokens())?;
-    let ivf = crate::parallel::install(n_threads, || {
-        IvfSegment::build(codec, crc, rows, seg.offsets())
+    let ivf = crate::parallel::install(n_threads, || -> Result<IvfSegment> {
+        if pool_factor <= 1 {
+            // Verified read: encoding must not launder damaged vectors into fresh checksums.
+            let rows = seg.rows_checked(0, seg.n_tokens())?;
+            return IvfSegment::build(codec, crc, rows, seg.offsets());
+        }
+        use rayon::prelude::*;
+        let docs: Vec<Vec<f32>> = (0..seg.n_docs() as u32)
+            .into_par_iter()
+            .map(|d| {
+                let (a, b) = seg.doc_range(d);
+                pooled_doc(&seg, a, b, pool_factor)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let dim = seg.dim();
+        let mut offsets = Vec::with_capacity(docs.len() + 1);
+        offsets.push(0u64);
+        for d in &docs {
+            offsets.push(offsets[offsets.len() - 1] + (d.len() / dim) as u64);
+        }
+        let rows: Vec<f32> = docs.concat();
+        drop(docs);
+        IvfSegment::build(codec, crc, DocVectors::F32(&rows), &offsets)
     })??;
-    let target = if keep_vectors {
+    let target = if cfg.keep_vectors {
         file.to_owned()
     } else {
         ctx.strip_vectors(file)?
@@ -448,42 +540,56 @@ fn encode_segment(
 
 /// The commit hook of a compressed index (see the module documentation). `retrain` retrains the
 /// codec from the commit's live tokens even if one exists (compaction with retraining).
+///
+/// `decoded_input`: the commit's new segment holds decoded approximations (compaction of
+/// vector-free segments), which are already pooled and must not be pooled again.
 pub(crate) fn commit_hook(
     ctx: &mut CommitContext<'_>,
     cfg: &Compression,
     retrain: bool,
+    decoded_input: bool,
     n_threads: Option<usize>,
 ) -> Result<()> {
+    let pool = if decoded_input { 1 } else { cfg.pool_factor };
     let prev_codec = ctx.previous().index_file(CODEC_FILE);
     if let (Some(p), false) = (&prev_codec, retrain) {
         let (codec, crc) = load_codec(p, ctx.previous().dim())?;
         for f in ctx.new_segments().to_vec() {
-            encode_segment(ctx, &f, &codec, crc, cfg.keep_vectors, n_threads)?;
+            encode_segment(ctx, &f, &codec, crc, cfg, pool, n_threads)?;
         }
         return Ok(());
     }
     let (segs, ranges, total) = live_ranges(ctx)?;
-    if total < cfg.train_min_tokens && !(retrain && prev_codec.is_some()) {
+    // Vectors the codec would train on: the pooled count, which must reach the codec's minimum
+    // and the number of centroids asked for.
+    let pooled_live: u64 = ranges
+        .iter()
+        .map(|&(_, a, b)| crate::compressed::pool::pooled_len((b - a) as usize, pool) as u64)
+        .sum();
+    let trainable = MIN_TRAIN_TOKENS.max(cfg.n_centroids.unwrap_or(0) as u64);
+    if (total < cfg.train_min_tokens || pooled_live < trainable)
+        && !(retrain && prev_codec.is_some())
+    {
         return Ok(()); // still exact: segments keep their vectors
     }
-    if total < MIN_TRAIN_TOKENS {
+    if pooled_live < trainable {
         // Retraining an index shrunk below the codec's minimum: keep the current codec.
         if let Some(p) = &prev_codec {
             let (codec, crc) = load_codec(p, ctx.previous().dim())?;
             for f in ctx.new_segments().to_vec() {
-                encode_segment(ctx, &f, &codec, crc, cfg.keep_vectors, n_threads)?;
+                encode_segment(ctx, &f, &codec, crc, cfg, pool, n_threads)?;
             }
         }
         return Ok(());
     }
-    let codec = train_codec(cfg, &segs, &ranges, total, n_threads)?;
+    let codec = train_codec(cfg, &segs, &ranges, total, pool, n_threads)?;
     drop(segs);
     let bytes = codec.to_bytes();
     let crc = codec_id(&bytes);
     ctx.write_index_file(CODEC_FILE, &bytes)?;
     let files: Vec<String> = ctx.segments().iter().map(|e| e.file.clone()).collect();
     for f in files {
-        encode_segment(ctx, &f, &codec, crc, cfg.keep_vectors, n_threads)?;
+        encode_segment(ctx, &f, &codec, crc, cfg, pool, n_threads)?;
     }
     Ok(())
 }

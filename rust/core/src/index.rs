@@ -845,13 +845,14 @@ impl Index {
         &self,
         user: Option<CommitHook<'_>>,
         retrain: bool,
+        decoded_input: bool,
         f: impl FnOnce(Option<CommitHook<'_>>) -> R,
     ) -> R {
         match (&self.compression, user) {
             (None, user) => f(user),
             (Some(cfg), mut user) => {
                 let mut combined = |ctx: &mut CommitContext<'_>| -> Result<()> {
-                    cindex::commit_hook(ctx, cfg, retrain, None)?;
+                    cindex::commit_hook(ctx, cfg, retrain, decoded_input, None)?;
                     if let Some(h) = user.as_mut() {
                         h(ctx)?;
                     }
@@ -892,7 +893,7 @@ impl Index {
         let mut stage = w.stage.take();
         let mut staged_dead = w.staged_dead.clone();
         staged_dead.sort_unstable();
-        let (switched, res) = self.with_hook(hook, false, |hook| {
+        let (switched, res) = self.with_hook(hook, false, false, |hook| {
             self.publish(&base, segments, stage.as_mut(), staged_dead, hook)
         });
         if switched {
@@ -1058,7 +1059,8 @@ impl Index {
             }
         }
         // On failure the temporary segment is removed when `stage` drops; nothing changed.
-        self.with_hook(hook, retrain, |hook| {
+        let decoded_input = state.is_some();
+        self.with_hook(hook, retrain, decoded_input, |hook| {
             self.publish(&base, Vec::new(), Some(&mut stage), Vec::new(), hook)
                 .1
         })

@@ -84,6 +84,7 @@ fn cfg(keep: bool) -> Compression {
         train_min_tokens: 2000,
         train_sample_tokens: 4000,
         seed: 3,
+        pool_factor: 1,
     }
 }
 
@@ -332,6 +333,20 @@ fn bad_input_is_rejected_with_clear_errors() {
         Err(LatixError::InvalidArgument(m)) => assert!(m.contains(what), "{m}"),
         other => panic!("expected InvalidArgument about {what}, got {other:?}"),
     };
+    err(
+        mk(Compression {
+            pool_factor: 0,
+            ..cfg(false)
+        }),
+        "pool_factor",
+    );
+    err(
+        mk(Compression {
+            pool_factor: 9,
+            ..cfg(false)
+        }),
+        "pool_factor",
+    );
     err(
         mk(Compression {
             bytes_per_token: Some(0),

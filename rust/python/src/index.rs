@@ -141,7 +141,8 @@ pub struct PyIndex {
 #[pymethods]
 impl PyIndex {
     /// Creates a new empty index directory (holding the write lock). `compression` is
-    /// (bytes_per_token, n_centroids, keep_vectors, train_min_tokens, train_sample_tokens, seed)
+    /// (bytes_per_token, n_centroids, keep_vectors, train_min_tokens, train_sample_tokens, seed,
+    /// pool_factor)
     /// for a compressed index (ranges are checked by the core).
     #[staticmethod]
     #[pyo3(signature = (path, dim, dtype="float16", compression=None))]
@@ -151,7 +152,7 @@ impl PyIndex {
         path: PathBuf,
         dim: i64,
         dtype: &str,
-        compression: Option<(Option<usize>, Option<usize>, bool, u64, u64, u64)>,
+        compression: Option<(Option<usize>, Option<usize>, bool, u64, u64, u64, usize)>,
     ) -> PyResult<PyIndex> {
         if dim < 1 {
             return Err(invalid(
@@ -160,13 +161,14 @@ impl PyIndex {
             ));
         }
         let dtype = Dtype::parse(dtype).py_err(py)?;
-        let compression = compression.map(|(b, k, keep, tmin, tsample, seed)| Compression {
+        let compression = compression.map(|(b, k, keep, tmin, tsample, seed, pool)| Compression {
             bytes_per_token: b,
             n_centroids: k,
             keep_vectors: keep,
             train_min_tokens: tmin,
             train_sample_tokens: tsample,
             seed,
+            pool_factor: pool,
         });
         let inner = py
             .detach(|| CoreIndex::create_with(&path, dim as usize, dtype, compression))
@@ -177,7 +179,7 @@ impl PyIndex {
     /// The compression configuration as the tuple `create` takes, or None for a plain index.
     #[getter]
     #[allow(clippy::type_complexity)]
-    fn compression(&self) -> Option<(Option<usize>, Option<usize>, bool, u64, u64, u64)> {
+    fn compression(&self) -> Option<(Option<usize>, Option<usize>, bool, u64, u64, u64, usize)> {
         self.inner.compression().map(|c| {
             (
                 c.bytes_per_token,
@@ -186,6 +188,7 @@ impl PyIndex {
                 c.train_min_tokens,
                 c.train_sample_tokens,
                 c.seed,
+                c.pool_factor,
             )
         })
     }
