@@ -170,18 +170,35 @@ def run(corpus: str, work: str, seed: int, exact_queries: int, nprobe: int | Non
         return sorted(hits, key=lambda h: -h[0])[:k]
 
     rows = []
+    # Exact reference (top 100 of every query): computed once per corpus and cached next to the
+    # benchmark indexes (it takes ~25 min for the 14M-token corpus); its latency is timed afresh
+    # in this run on the first `exact_queries` queries, with 1 and 2 threads.
+    ref_path = f"{work}/{corpus}-exact-top100.json"
+    ref = json.load(open(ref_path)) if os.path.exists(ref_path) else None
+    if ref is None or len(ref["ids"]) != nq:
+        ref = {"ids": [], "scores": []}
+        for i in range(nq):
+            hits = exact(i, 100, 2)
+            ref["ids"].append([h[1] for h in hits])
+            ref["scores"].append([h[0] for h in hits])
+        with open(ref_path + ".tmp", "w") as f:
+            json.dump(ref, f)
+        os.replace(ref_path + ".tmp", ref_path)
     n_ex = min(nq, exact_queries)
-    exact_top10 = {}
-    exact_run = {}
+    exact_top10 = {i: set(ref["ids"][i][:10]) for i in range(nq)}
+    exact_run = {
+        qids[i]: dict(zip(ref["ids"][i], ref["scores"][i], strict=True)) for i in range(nq)
+    }
     lat_ex: dict[int, list[float]] = {1: [], 2: []}
     for i in range(n_ex):
         for th in (1, 2):
             t = time.perf_counter()
             hits = exact(i, 100, th)
             lat_ex[th].append(time.perf_counter() - t)
-        exact_top10[i] = {h[1] for h in hits[:10]}
-        exact_run[qids[i]] = {h[1]: h[0] for h in hits}
-    sub_qrels = {q: qrels[q] for q in qids[:n_ex] if q in qrels}
+        assert [h[1] for h in hits[:10]] == ref["ids"][i][:10] or abs(
+            hits[9][0] - ref["scores"][i][9]
+        ) < 1e-3, "cached exact reference does not match this run"
+    sub_qrels = {q: qrels[q] for q in qids if q in qrels}
     ev = ir_measures.calc_aggregate([nDCG @ 10, R @ 100], sub_qrels, exact_run)
     rows.append(
         (
@@ -209,10 +226,8 @@ def run(corpus: str, work: str, seed: int, exact_queries: int, nprobe: int | Non
                 hits = compressed(i, 100, th, rerank)
                 lat[th].append(time.perf_counter() - t)
             run_[qids[i]] = {h[1]: h[0] for h in hits}
-            if i in exact_top10:
-                rec.append(len({h[1] for h in hits[:10]} & exact_top10[i]) / 10)
-        sub_run = {q: run_[q] for q in qids[:n_ex]}
-        ev = ir_measures.calc_aggregate([nDCG @ 10, R @ 100], sub_qrels, sub_run)
+            rec.append(len({h[1] for h in hits[:10]} & exact_top10[i]) / 10)
+        ev = ir_measures.calc_aggregate([nDCG @ 10, R @ 100], sub_qrels, run_)
         bpt = info[rerank]["bytes_on_disk"] / n_tok
         rows.append(
             (
@@ -255,7 +270,8 @@ def run(corpus: str, work: str, seed: int, exact_queries: int, nprobe: int | Non
         f"(training) commit {i0['first_commit_s']:.1f} s), peak build memory "
         f"{peak_mb[False]:,.0f} MB; build with kept vectors {wall[True]:.1f} s; adding 1,000 "
         f"docs ({x.shape[0]:,} tokens) {add_s:.2f} s (add {t_add:.2f} s + commit "
-        f"{add_s - t_add:.2f} s); quality on the first {n_ex} of {nq} test queries"
+        f"{add_s - t_add:.2f} s); quality over all {nq} test queries; exact latency over the "
+        f"first {n_ex}"
     )
     print(
         "| method | bytes/token on disk | nDCG@10 | R@100 | recall@10 vs exact | p50 1T ms "
@@ -279,8 +295,9 @@ def main() -> None:
     ap.add_argument(
         "--exact-queries",
         type=int,
-        default=300,
-        help="queries with an exact reference (default all 300 test queries)",
+        default=20,
+        help="queries whose exact search is timed in this run (the exact top 100 of all "
+        "queries is computed once and cached)",
     )
     ap.add_argument("--_build", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_keep", action="store_true", help=argparse.SUPPRESS)
