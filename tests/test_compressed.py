@@ -112,7 +112,7 @@ def test_bad_input_raises_clear_errors(data: tuple[np.ndarray, np.ndarray, C.Cod
     with pytest.raises(latix.InvalidArgumentError, match="at least 256"):
         C.Codec.train(v[:100])
     with pytest.raises(latix.InvalidArgumentError, match="bytes_per_token"):
-        C.Codec.train(v, bytes_per_token=5)
+        C.Codec.train(v, bytes_per_token=17)
     with pytest.raises(latix.InvalidArgumentError, match="n_centroids"):
         C.Codec.train(v, n_centroids=10**7)
     with pytest.raises(latix.InvalidArgumentError, match="dim"):
