@@ -55,6 +55,27 @@ def test_round_trip_error_is_below_centroid_only(
     assert np.array_equal(again.encode(v)[1], codes)
 
 
+def test_uneven_subspaces_and_anisotropic_codec_round_trip(
+    data: tuple[np.ndarray, np.ndarray, C.Codec],
+) -> None:
+    v, _, _ = data
+    # 5 bytes = 10 subspaces over 32 dimensions (sizes 4 and 3): allowed since codec v2.
+    codec = C.Codec.train(v, n_centroids=16, bytes_per_token=5, seed=3, n_threads=2)
+    assert codec.aniso_eta == 1.0
+    aniso = codec.with_aniso_eta(4.0)
+    cids, codes = aniso.encode(v)
+    assert codes.shape == (len(v), 5)
+    rec = aniso.decode(cids, codes)
+    # Error along each token's own direction: smaller than with squared-error codes.
+    par = lambda r: float((((v - r) * v).sum(1) ** 2).mean())  # noqa: E731
+    plain = codec.decode(*codec.encode(v))
+    assert par(rec) < par(plain)
+    again = C.Codec.from_bytes(aniso.to_bytes())
+    assert again.aniso_eta == 4.0 and np.array_equal(again.encode(v)[1], codes)
+    with pytest.raises(latix.InvalidArgumentError, match="aniso_eta"):
+        codec.with_aniso_eta(0.0)
+
+
 def test_code_level_scores_match_numpy_on_decoded(
     data: tuple[np.ndarray, np.ndarray, C.Codec],
 ) -> None:
@@ -112,7 +133,7 @@ def test_bad_input_raises_clear_errors(data: tuple[np.ndarray, np.ndarray, C.Cod
     with pytest.raises(latix.InvalidArgumentError, match="at least 256"):
         C.Codec.train(v[:100])
     with pytest.raises(latix.InvalidArgumentError, match="bytes_per_token"):
-        C.Codec.train(v, bytes_per_token=5)
+        C.Codec.train(v, bytes_per_token=17)
     with pytest.raises(latix.InvalidArgumentError, match="n_centroids"):
         C.Codec.train(v, n_centroids=10**7)
     with pytest.raises(latix.InvalidArgumentError, match="dim"):

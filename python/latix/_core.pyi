@@ -111,6 +111,11 @@ class Codec:
     @property
     def bytes_per_token(self) -> int: ...
     @property
+    def aniso_eta(self) -> float:
+        """Weight of the error along a token's own direction in the encoder's loss (1.0 = MSE)."""
+    def with_aniso_eta(self, eta: float) -> Codec:
+        """A copy whose encoder uses anisotropic loss weight eta > 0; decoding is unchanged."""
+    @property
     def centroids(self) -> npt.NDArray[np.float32]:
         """(n_centroids, dim) float32 coarse centroids."""
     def encode(

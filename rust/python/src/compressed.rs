@@ -94,6 +94,17 @@ impl PyCodec {
     fn bytes_per_token(&self) -> usize {
         self.inner.bytes_per_token()
     }
+    /// Weight of the error along a token's own direction in the encoder's loss (1.0 = squared error).
+    #[getter]
+    fn aniso_eta(&self) -> f32 {
+        self.inner.aniso_eta()
+    }
+
+    /// A copy of this codec whose encoder uses the anisotropic loss weight `eta` (> 0; 1.0 = plain
+    /// squared error). Decoding and scoring are unchanged.
+    fn with_aniso_eta(&self, py: Python<'_>, eta: f32) -> PyResult<Self> {
+        Ok(Self::wrap(self.inner.with_aniso_eta(eta).py_err(py)?))
+    }
 
     /// Coarse centroids, (n_centroids, dim) float32.
     #[getter]

@@ -27,13 +27,11 @@ pub struct TokenLut {
 /// Builds the lookup table of one query token `q` (`dim` f32).
 pub fn build_lut(codec: &Codec, q: &[f32]) -> TokenLut {
     let m = codec.n_subspaces();
-    let dsub = codec.dim() / m;
-    let books = codec.codebooks();
+    let so = codec.subspace_offsets();
     let mut lf = vec![0.0f32; m * KSUB];
     for s in 0..m {
-        let qs = &q[s * dsub..(s + 1) * dsub];
-        for j in 0..KSUB {
-            let cw = &books[(s * KSUB + j) * dsub..(s * KSUB + j + 1) * dsub];
+        let qs = &q[so[s]..so[s + 1]];
+        for (j, cw) in codec.codebook(s).chunks_exact(qs.len()).enumerate() {
             lf[s * KSUB + j] = qs.iter().zip(cw).map(|(a, b)| a * b).sum();
         }
     }

@@ -2,16 +2,22 @@
 //!
 //! WARP-style layout (Scheerer et al., "WARP: An Efficient Engine for Multi-Vector Retrieval",
 //! SIGIR 2025): the tokens of a segment are grouped by coarse centroid; each list holds, for every
-//! token, the segment-local document number (u32) and its residual codes, the codes laid out in
-//! 32-token blocks for [`super::fastscan`]. Search probes a few lists per query token and scores
+//! token, its segment-local document number and its residual codes, the codes laid out in
+//! 32-token blocks for [`super::fastscan`]. Document numbers are stored as u16 (2 bytes a token
+//! instead of 4, spent on codes instead): a segment's documents are cut into chunks of
+//! [`DOC_CHUNK`], each centroid's list is split into one sub-list per chunk (each starting on a
+//! block boundary), and a token's document is `chunk * DOC_CHUNK + u16`. Segments of at most
+//! 65,536 documents (the common case) have one sub-list per centroid. Search probes a few lists per query token and scores
 //! their tokens straight from codes; no per-document token table is needed, so a segment is a
 //! single immutable file that fits the store's append-only segments (new documents are encoded
 //! with the existing codec into the new segment's file).
 //!
 //! File format (little endian): a 64-byte header (magic `LTXIVFSG`, version, K, M, n_docs,
-//! n_tokens, n_blocks, codec checksum), then 64-byte-aligned sections `list_tokens` (K+1 u32, token
-//! offsets of each list), `list_blocks` (K+1 u32, block offsets), `doc_of_token` (n_tokens u32) and
-//! `codes` (n_blocks * M * 16 bytes), then a CRC32C of everything before it.
+//! n_tokens, n_blocks, codec checksum, n_chunks), then 64-byte-aligned sections `list_tokens`
+//! (K * n_chunks + 1 u32, token offsets of each sub-list, sub-list `c * n_chunks + h` = centroid
+//! `c`, document chunk `h`), `list_blocks` (K * n_chunks + 1 u32, block offsets), `doc_of_token`
+//! (n_tokens u16, document number within its chunk) and `codes` (n_blocks * M * 16 bytes), then a
+//! CRC32C of everything before it.
 
 use std::path::Path;
 
@@ -23,8 +29,10 @@ use crate::error::{LatixError, Result};
 use crate::maxsim::DocVectors;
 
 const MAGIC: &[u8; 8] = b"LTXIVFSG";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER: usize = 64;
+/// Documents per document-number chunk (u16 document numbers).
+pub const DOC_CHUNK: usize = 1 << 16;
 
 fn align64(x: usize) -> usize {
     x.div_ceil(64) * 64
@@ -52,8 +60,18 @@ pub struct IvfSegment {
     m: usize,
     n_docs: usize,
     n_tokens: usize,
+    n_chunks: usize,
     codec_crc: u32,
     sec: [(usize, usize); 4],
+}
+
+/// Section offsets of a segment: list_tokens, list_blocks, doc_of_token, codes.
+fn layout(n_lists: usize, n_tokens: usize) -> [usize; 4] {
+    let s0 = HEADER;
+    let s1 = align64(s0 + (n_lists + 1) * 4);
+    let s2 = align64(s1 + (n_lists + 1) * 4);
+    let s3 = align64(s2 + n_tokens * 2);
+    [s0, s1, s2, s3]
 }
 
 /// Checksum identifying a codec, stored in every segment built with it.
@@ -123,37 +141,46 @@ impl IvfSegment {
             codes.extend_from_slice(&cd);
             t0 = t1;
         }
-        // Counting sort of tokens by centroid (stable: document order inside a list).
-        let mut list_tokens = vec![0u32; k + 1];
-        for &c in &cids {
-            list_tokens[c as usize + 1] += 1;
-        }
-        let mut list_blocks = vec![0u32; k + 1];
-        for c in 0..k {
-            let len = list_tokens[c + 1];
-            list_tokens[c + 1] += list_tokens[c];
-            list_blocks[c + 1] = list_blocks[c] + (len as usize).div_ceil(BLOCK) as u32;
-        }
-        let n_blocks = list_blocks[k] as usize;
-        let mut order = vec![0u32; n_tokens];
-        let mut doc_of_token = vec![0u32; n_tokens];
-        let mut fill = list_tokens.clone();
-        let mut doc = 0usize;
-        for (t, &c) in cids.iter().enumerate() {
-            while offsets[doc + 1] as usize <= t {
-                doc += 1;
+        // Counting sort of tokens by sub-list (centroid, document chunk); stable, so document order
+        // inside a sub-list.
+        let nch = n_docs.div_ceil(DOC_CHUNK).max(1);
+        let nl = k * nch;
+        let mut doc_full = vec![0u32; n_tokens];
+        {
+            let mut doc = 0usize;
+            for (t, h) in doc_full.iter_mut().enumerate() {
+                while offsets[doc + 1] as usize <= t {
+                    doc += 1;
+                }
+                *h = doc as u32;
             }
-            let pos = fill[c as usize] as usize;
-            fill[c as usize] += 1;
-            order[pos] = t as u32;
-            doc_of_token[pos] = doc as u32;
         }
+        let list_of = |c: u32, d: u32| c as usize * nch + d as usize / DOC_CHUNK;
+        let mut list_tokens = vec![0u32; nl + 1];
+        for (&c, &d) in cids.iter().zip(&doc_full) {
+            list_tokens[list_of(c, d) + 1] += 1;
+        }
+        let mut list_blocks = vec![0u32; nl + 1];
+        for l in 0..nl {
+            let len = list_tokens[l + 1];
+            list_tokens[l + 1] += list_tokens[l];
+            list_blocks[l + 1] = list_blocks[l] + (len as usize).div_ceil(BLOCK) as u32;
+        }
+        let n_blocks = list_blocks[nl] as usize;
+        let mut order = vec![0u32; n_tokens];
+        let mut doc_of_token = vec![0u16; n_tokens];
+        let mut fill = list_tokens.clone();
+        for (t, (&c, &d)) in cids.iter().zip(&doc_full).enumerate() {
+            let l = list_of(c, d);
+            let pos = fill[l] as usize;
+            fill[l] += 1;
+            order[pos] = t as u32;
+            doc_of_token[pos] = (d as usize % DOC_CHUNK) as u16;
+        }
+        drop(doc_full);
         // Layout and write.
         let block_bytes = m * 16;
-        let s0 = HEADER;
-        let s1 = align64(s0 + (k + 1) * 4);
-        let s2 = align64(s1 + (k + 1) * 4);
-        let s3 = align64(s2 + n_tokens * 4);
+        let [s0, s1, s2, s3] = layout(nl, n_tokens);
         let end = s3 + n_blocks * block_bytes;
         let total = end + 4;
         let mut store = vec![0u64; total.div_ceil(8)];
@@ -168,22 +195,23 @@ impl IvfSegment {
                 n_tokens as u32,
                 n_blocks as u32,
                 codec_crc,
+                nch as u32,
             ]
             .iter()
             .enumerate()
             {
                 b[8 + 4 * i..12 + 4 * i].copy_from_slice(&v.to_le_bytes());
             }
-            b[s0..s0 + (k + 1) * 4].copy_from_slice(bytemuck::cast_slice(&list_tokens));
-            b[s1..s1 + (k + 1) * 4].copy_from_slice(bytemuck::cast_slice(&list_blocks));
-            b[s2..s2 + n_tokens * 4].copy_from_slice(bytemuck::cast_slice(&doc_of_token));
+            b[s0..s0 + (nl + 1) * 4].copy_from_slice(bytemuck::cast_slice(&list_tokens));
+            b[s1..s1 + (nl + 1) * 4].copy_from_slice(bytemuck::cast_slice(&list_blocks));
+            b[s2..s2 + n_tokens * 2].copy_from_slice(bytemuck::cast_slice(&doc_of_token));
             let code_area = &mut b[s3..end];
-            // Fill blocks list by list (in parallel over lists).
-            let blocks: Vec<(usize, Vec<u8>)> = (0..k)
+            // Fill blocks sub-list by sub-list (in parallel).
+            let blocks: Vec<(usize, Vec<u8>)> = (0..nl)
                 .into_par_iter()
-                .filter(|&c| list_tokens[c + 1] > list_tokens[c])
-                .map(|c| {
-                    let (a, e) = (list_tokens[c] as usize, list_tokens[c + 1] as usize);
+                .filter(|&l| list_tokens[l + 1] > list_tokens[l])
+                .map(|l| {
+                    let (a, e) = (list_tokens[l] as usize, list_tokens[l + 1] as usize);
                     let nb = (e - a).div_ceil(BLOCK);
                     let mut out = vec![0u8; nb * block_bytes];
                     let mut tok = Vec::with_capacity(BLOCK * bpt);
@@ -194,11 +222,11 @@ impl IvfSegment {
                         }
                         pack_block(&tok, m, &mut out[bi * block_bytes..(bi + 1) * block_bytes]);
                     }
-                    (c, out)
+                    (l, out)
                 })
                 .collect();
-            for (c, out) in blocks {
-                let off = list_blocks[c] as usize * block_bytes;
+            for (l, out) in blocks {
+                let off = list_blocks[l] as usize * block_bytes;
                 code_area[off..off + out.len()].copy_from_slice(&out);
             }
             let crc = crc32c::crc32c(&b[..end]);
@@ -246,21 +274,26 @@ impl IvfSegment {
                 ),
             });
         }
-        let (k, m, n_docs, n_tokens, n_blocks, codec_crc) = (
+        let (k, m, n_docs, n_tokens, n_blocks, codec_crc, nch) = (
             rd(1) as usize,
             rd(2) as usize,
             rd(3) as usize,
             rd(4) as usize,
             rd(5) as usize,
             rd(6),
+            rd(7) as usize,
         );
         if k == 0 || m == 0 || m % 2 != 0 || m > 256 {
             return Err(bad(format!("bad header (K {k}, M {m})")));
         }
-        let s0 = HEADER;
-        let s1 = align64(s0 + (k + 1) * 4);
-        let s2 = align64(s1 + (k + 1) * 4);
-        let s3 = align64(s2 + n_tokens * 4);
+        if nch != n_docs.div_ceil(DOC_CHUNK).max(1) {
+            return Err(bad(format!("{nch} document chunks for {n_docs} documents")));
+        }
+        let nl = k
+            .checked_mul(nch)
+            .filter(|&v| v < u32::MAX as usize)
+            .ok_or_else(|| bad("sizes overflow".into()))?;
+        let [s0, s1, s2, s3] = layout(nl, n_tokens);
         let end = n_blocks
             .checked_mul(m * 16)
             .and_then(|v| v.checked_add(s3))
@@ -283,10 +316,11 @@ impl IvfSegment {
             m,
             n_docs,
             n_tokens,
+            n_chunks: nch,
             codec_crc,
             sec: [
-                (s0, k + 1),
-                (s1, k + 1),
+                (s0, nl + 1),
+                (s1, nl + 1),
                 (s2, n_tokens),
                 (s3, n_blocks * m * 16),
             ],
@@ -295,22 +329,28 @@ impl IvfSegment {
         // Validate every offset the search will follow.
         let lt = seg.list_tokens();
         let lb = seg.list_blocks();
-        if lt[0] != 0 || lb[0] != 0 || lt[k] as usize != n_tokens || lb[k] as usize != n_blocks {
+        if lt[0] != 0 || lb[0] != 0 || lt[nl] as usize != n_tokens || lb[nl] as usize != n_blocks {
             return Err(bad("list offsets do not span the tokens/blocks".into()));
         }
-        for c in 0..k {
-            let len = lt[c + 1]
-                .checked_sub(lt[c])
-                .ok_or_else(|| bad(format!("list {c} has negative length")))?;
-            let nb = lb[c + 1]
-                .checked_sub(lb[c])
-                .ok_or_else(|| bad(format!("list {c} has negative block count")))?;
+        let docs = seg.doc_of_token();
+        for l in 0..nl {
+            let len = lt[l + 1]
+                .checked_sub(lt[l])
+                .ok_or_else(|| bad(format!("sub-list {l} has negative length")))?;
+            let nb = lb[l + 1]
+                .checked_sub(lb[l])
+                .ok_or_else(|| bad(format!("sub-list {l} has negative block count")))?;
             if nb as usize != (len as usize).div_ceil(BLOCK) {
-                return Err(bad(format!("list {c}: {len} tokens but {nb} blocks")));
+                return Err(bad(format!("sub-list {l}: {len} tokens but {nb} blocks")));
             }
-        }
-        if seg.doc_of_token().iter().any(|&d| d as usize >= n_docs) {
-            return Err(bad("a token refers to a document past the end".into()));
+            // Documents of chunk h are h * DOC_CHUNK + u16 and must exist.
+            let base = (l % nch) * DOC_CHUNK;
+            if docs[lt[l] as usize..lt[l + 1] as usize]
+                .iter()
+                .any(|&d| base + d as usize >= n_docs)
+            {
+                return Err(bad("a token refers to a document past the end".into()));
+            }
         }
         Ok(seg)
     }
@@ -321,17 +361,42 @@ impl IvfSegment {
         bytemuck::cast_slice(&self.bytes.as_slice()[off..off + n * 4])
     }
 
-    /// Token offsets of each list (K+1).
+    /// Token offsets of each sub-list (`K * n_doc_chunks + 1`; sub-list `c * n_doc_chunks + h`
+    /// holds centroid `c`'s tokens of document chunk `h`).
     pub fn list_tokens(&self) -> &[u32] {
         self.u32s(0)
     }
-    /// Block offsets of each list (K+1).
+    /// Block offsets of each sub-list (`K * n_doc_chunks + 1`).
     pub fn list_blocks(&self) -> &[u32] {
         self.u32s(1)
     }
-    /// Segment-local document number of each token, in list order.
-    pub fn doc_of_token(&self) -> &[u32] {
-        self.u32s(2)
+    /// Document number of each token within its chunk, in list order: the segment-local
+    /// document is `h * DOC_CHUNK + doc_of_token()[t]` for a token of sub-list chunk `h`.
+    pub fn doc_of_token(&self) -> &[u16] {
+        let (off, n) = self.sec[2];
+        bytemuck::cast_slice(&self.bytes.as_slice()[off..off + n * 2])
+    }
+    /// Number of document chunks of [`DOC_CHUNK`] documents (at least 1).
+    pub fn n_doc_chunks(&self) -> usize {
+        self.n_chunks
+    }
+    /// Sub-lists of centroid `c`: `(first token, end token, first block, document base)` each.
+    pub fn sublists(&self, c: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> + '_ {
+        let (lt, lb) = (self.list_tokens(), self.list_blocks());
+        (0..self.n_chunks).map(move |h| {
+            let l = c * self.n_chunks + h;
+            (
+                lt[l] as usize,
+                lt[l + 1] as usize,
+                lb[l] as usize,
+                h * DOC_CHUNK,
+            )
+        })
+    }
+    /// Number of tokens in centroid `c`'s list (all its sub-lists).
+    pub fn list_len(&self, c: usize) -> usize {
+        let lt = self.list_tokens();
+        (lt[(c + 1) * self.n_chunks] - lt[c * self.n_chunks]) as usize
     }
     /// All code blocks, `M * 16` bytes each.
     pub fn codes(&self) -> &[u8] {

@@ -129,8 +129,6 @@ fn scan_token(plan: &QueryPlan, i: usize, v: &SegmentView<'_>, simd: bool, s: &m
     let seg = v.seg;
     let m = plan.m;
     let bb = m * 16;
-    let lt = seg.list_tokens();
-    let lb = seg.list_blocks();
     let docs = seg.doc_of_token();
     let codes = seg.codes();
     let lut = &plan.luts[i];
@@ -138,31 +136,32 @@ fn scan_token(plan: &QueryPlan, i: usize, v: &SegmentView<'_>, simd: bool, s: &m
     for p in 0..plan.nprobe {
         let c = plan.probes[i * plan.nprobe + p] as usize;
         let base = plan.probe_scores[i * plan.nprobe + p] + lut.bias;
-        let (t_start, t_end) = (lt[c] as usize, lt[c + 1] as usize);
-        let b_start = lb[c] as usize;
-        let mut t0 = t_start;
-        let mut bi = b_start;
-        while t0 < t_end {
-            scan_block(&lut.lut, &codes[bi * bb..(bi + 1) * bb], m, simd, &mut acc);
-            let n = (t_end - t0).min(BLOCK);
-            for (j, &a) in acc[..n].iter().enumerate() {
-                let d = docs[t0 + j] as usize;
-                if let Some(bits) = v.allowed {
-                    if bits[d >> 6] >> (d & 63) & 1 == 0 {
-                        continue;
+        // One sub-list per chunk of 65,536 documents (u16 document numbers, see ivf).
+        for (t_start, t_end, b_start, doc_base) in seg.sublists(c) {
+            let mut t0 = t_start;
+            let mut bi = b_start;
+            while t0 < t_end {
+                scan_block(&lut.lut, &codes[bi * bb..(bi + 1) * bb], m, simd, &mut acc);
+                let n = (t_end - t0).min(BLOCK);
+                for (j, &a) in acc[..n].iter().enumerate() {
+                    let d = doc_base + docs[t0 + j] as usize;
+                    if let Some(bits) = v.allowed {
+                        if bits[d >> 6] >> (d & 63) & 1 == 0 {
+                            continue;
+                        }
+                    }
+                    let sc = base + lut.scale * a as f32;
+                    let b = &mut s.best[d];
+                    if *b == f32::NEG_INFINITY {
+                        s.touched.push(d as u32);
+                    }
+                    if sc > *b {
+                        *b = sc;
                     }
                 }
-                let sc = base + lut.scale * a as f32;
-                let b = &mut s.best[d];
-                if *b == f32::NEG_INFINITY {
-                    s.touched.push(d as u32);
-                }
-                if sc > *b {
-                    *b = sc;
-                }
+                t0 += BLOCK;
+                bi += 1;
             }
-            t0 += BLOCK;
-            bi += 1;
         }
     }
     let mi = plan.impute[i];
