@@ -228,7 +228,7 @@ def test_bad_input(tmp_path: Path) -> None:
     p = tmp_path / "bad"
     for kw, what in [
         (dict(bytes_per_token=0), "bytes_per_token"),
-        (dict(bytes_per_token=5), "bytes_per_token"),
+        (dict(bytes_per_token=17), "bytes_per_token"),
         (dict(bytes_per_token=32), "bytes_per_token"),
         (dict(train_min_tokens=10), "train_min_tokens"),
         (dict(n_centroids=5000), "n_centroids"),

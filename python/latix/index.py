@@ -72,7 +72,7 @@ class Compression:
 
     Attributes:
         bytes_per_token: bytes of residual code per stored (pooled) vector (4-bit codes, so
-            ``2 * bytes_per_token`` subspaces, which must divide ``dim``; at most 128). None: the
+            ``2 * bytes_per_token`` subspaces; 1 to ``min(dim / 2, 128)``). None: the
             codec default (``dim / 16``, e.g. 24 for 384-d vectors) times ``pool_factor`` (48 at
             384-d with the default pooling), i.e. the same bytes per original token.
         n_centroids: coarse centroids K, at most ``min(train_min_tokens, train_sample_tokens)``.

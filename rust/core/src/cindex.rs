@@ -95,7 +95,8 @@ impl Compression {
         }
         let base = if dim >= 256 { dim / 16 } else { dim / 8 }.max(1);
         let scaled = base * self.pool_factor.max(1);
-        if 2 * scaled <= dim && dim.is_multiple_of(2 * scaled) && 2 * scaled <= 256 {
+        // Even subspaces (2 * bytes dividing dim) keep the scan's subspaces uniform.
+        if 2 * scaled <= dim && dim.is_multiple_of(2 * scaled) && scaled <= 128 {
             scaled
         } else {
             base
@@ -113,15 +114,15 @@ impl Compression {
             )));
         }
         let b = self.code_bytes(dim);
-        let m = b.saturating_mul(2);
-        if b == 0 || m > dim || !dim.is_multiple_of(m) || m > 256 {
+        let most = (dim / 2).min(128);
+        if b == 0 || b > most {
             let what = match self.bytes_per_token {
                 Some(b) => format!("got {b}"),
                 None => format!("the default for dim = {dim} is {b}; pass bytes_per_token"),
             };
             return Err(LatixError::invalid(format!(
-                "bytes_per_token must be at least 1, at most 128, and 2 * bytes_per_token must \
-                 divide dim = {dim}; {what}"
+                "bytes_per_token must be in 1..={most} (2 * bytes_per_token subspaces of at least \
+                 one of the {dim} dimensions, at most 128 bytes); {what}"
             )));
         }
         if self.train_min_tokens < MIN_TRAIN_TOKENS || self.train_min_tokens > u32::MAX as u64 {
@@ -599,17 +600,23 @@ pub(crate) fn commit_hook(
 /// The decoded approximation of document `doc` of a compressed segment, rows in list order
 /// (grouped by centroid, not in the original token order), as f32 `(n, dim)`.
 pub(crate) fn decode_doc(codec: &Codec, ivf: &IvfSegment, doc: u32) -> Vec<f32> {
-    let lt = ivf.list_tokens();
+    use crate::compressed::ivf::DOC_CHUNK;
+    let docs = ivf.doc_of_token();
+    let nch = ivf.n_doc_chunks();
+    let h = doc as usize / DOC_CHUNK;
+    let local = (doc as usize % DOC_CHUNK) as u16;
     let mut cids = Vec::new();
     let mut codes = Vec::new();
-    for (pos, &d) in ivf.doc_of_token().iter().enumerate() {
-        if d != doc {
-            continue;
+    for c in 0..ivf.n_centroids() {
+        // Only the sub-list of the document's chunk can hold it.
+        if let Some((t0, t1, _, _)) = ivf.sublists(c).nth(h) {
+            for (pos, &d) in docs[t0..t1].iter().enumerate() {
+                if d == local {
+                    cids.push(c as u32);
+                    codes.extend_from_slice(&ivf.token_codes(c * nch + h, t0 + pos));
+                }
+            }
         }
-        // The list holding position `pos`: the last list starting at or before it.
-        let c = lt.partition_point(|&s| s as usize <= pos).saturating_sub(1);
-        cids.push(c as u32);
-        codes.extend_from_slice(&ivf.token_codes(c, pos));
     }
     codec.decode(&cids, &codes)
 }

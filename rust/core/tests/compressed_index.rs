@@ -356,7 +356,7 @@ fn bad_input_is_rejected_with_clear_errors() {
     );
     err(
         mk(Compression {
-            bytes_per_token: Some(5),
+            bytes_per_token: Some(17),
             ..cfg(false)
         }),
         "bytes_per_token",

@@ -427,7 +427,8 @@ impl IvfSegment {
     pub fn byte_len(&self) -> usize {
         self.as_bytes().len()
     }
-    /// Codes of the token at list position `pos` of list `list` (`M / 2` bytes, nibble-packed as
+    /// Codes of the token at position `pos` of sub-list `list` (`c * n_doc_chunks + chunk`; `M / 2`
+    /// bytes, nibble-packed as
     /// [`Codec::encode`] writes them): the inverse of the block packing, for decoding a document.
     /// Out-of-range positions give zero codes.
     pub fn token_codes(&self, list: usize, pos: usize) -> Vec<u8> {
