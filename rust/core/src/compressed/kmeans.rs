@@ -76,6 +76,27 @@ pub fn assign(x: &[f32], dim: usize, centroids: &[f32]) -> Vec<(u32, f32)> {
     out
 }
 
+/// Squared Euclidean distance with 8 independent partial sums, so it vectorises (a single running
+/// f32 sum cannot be reordered by the compiler).
+#[inline]
+pub fn sqdist(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            let d = x[i] - y[i];
+            acc[i] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// k-means++ seeding (Arthur & Vassilvitskii, SODA 2007): each new centroid is a point drawn with
 /// probability proportional to its squared distance to the nearest centroid chosen so far.
 fn kmeans_pp_init(x: &[f32], dim: usize, k: usize, rng: &mut Rng) -> Vec<f32> {
@@ -90,8 +111,7 @@ fn kmeans_pp_init(x: &[f32], dim: usize, k: usize, rng: &mut Rng) -> Vec<f32> {
             .zip(x.par_chunks(4096 * dim))
             .for_each(|(ds, xs)| {
                 for (dv, row) in ds.iter_mut().zip(xs.chunks_exact(dim)) {
-                    let d: f32 = row.iter().zip(&last).map(|(a, b)| (a - b) * (a - b)).sum();
-                    *dv = dv.min(d as f64);
+                    *dv = dv.min(sqdist(row, &last) as f64);
                 }
             });
         let total: f64 = d2.iter().sum();
@@ -114,13 +134,57 @@ fn kmeans_pp_init(x: &[f32], dim: usize, k: usize, rng: &mut Rng) -> Vec<f32> {
     c
 }
 
+/// Training points per centroid beyond which [`kmeans_sampled`] subsamples (the FAISS default:
+/// more points barely move the centroids but cost proportionally more).
+pub const MAX_POINTS_PER_CENTROID: usize = 256;
+
+/// Points per centroid that k-means++ seeding looks at (a seeded subsample beyond that).
+pub const INIT_POINTS_PER_CENTROID: usize = 32;
+
+/// [`kmeans`] on a seeded uniform subsample of at most `k * max_points_per_centroid` rows of `x`.
+pub fn kmeans_sampled(
+    x: &[f32],
+    dim: usize,
+    k: usize,
+    iters: usize,
+    seed: u64,
+    max_points_per_centroid: usize,
+) -> Vec<f32> {
+    let n = x.len() / dim;
+    let cap = k.saturating_mul(max_points_per_centroid.max(1));
+    if n <= cap {
+        return kmeans(x, dim, k, iters, seed);
+    }
+    let mut rng = Rng::new(seed ^ 0x5A5A_5A5A_5A5A_5A5A);
+    let mut idx = rng.sample_indices(n, cap);
+    // Gather in row order, for sequential reads.
+    idx.sort_unstable();
+    let mut sub = Vec::with_capacity(cap * dim);
+    for &i in &idx {
+        sub.extend_from_slice(&x[i * dim..(i + 1) * dim]);
+    }
+    kmeans(&sub, dim, k, iters, seed)
+}
+
 /// Trains `k` centroids on `x` (`n * dim`, row-major) with `iters` Lloyd iterations.
 /// Requires `n >= k >= 1`; runs in the current rayon pool.
 pub fn kmeans(x: &[f32], dim: usize, k: usize, iters: usize, seed: u64) -> Vec<f32> {
     let n = x.len() / dim;
     assert!(k >= 1 && n >= k, "kmeans needs n >= k >= 1");
     let mut rng = Rng::new(seed);
-    let mut c = kmeans_pp_init(x, dim, k, &mut rng);
+    // k-means++ costs k passes over its input: seed from a subsample of INIT_POINTS_PER_CENTROID
+    // points per centroid (enough to place seeds; Lloyd then uses every point).
+    let mut c = if n > k * INIT_POINTS_PER_CENTROID {
+        let mut idx = rng.sample_indices(n, k * INIT_POINTS_PER_CENTROID);
+        idx.sort_unstable();
+        let mut sub = Vec::with_capacity(idx.len() * dim);
+        for &i in &idx {
+            sub.extend_from_slice(&x[i * dim..(i + 1) * dim]);
+        }
+        kmeans_pp_init(&sub, dim, k, &mut rng)
+    } else {
+        kmeans_pp_init(x, dim, k, &mut rng)
+    };
     for _ in 0..iters {
         let a = assign(x, dim, &c);
         // Partial sums per chunk, reduced in chunk order so the result does not depend on threads.

@@ -135,12 +135,15 @@ unsafe fn scores_avx2(x: &[f32], panels: &Panels, out: &mut [f32]) {
     let dim = panels.dim;
     let m = x.len() / dim;
     let np = panels.n_padded();
-    let mut r0 = 0;
-    while r0 < m {
-        let rows = (m - r0).min(MR);
-        let xs = &x[r0 * dim..(r0 + rows) * dim];
-        for p in 0..np / NR {
-            let panel = panels.panel(p);
+    // Panel-outer order: a panel (dim x 16 floats, 24 KB at dim 384) stays in L1 while every row
+    // tile uses it, so the centroid matrix streams from memory once per call instead of once per
+    // 6 rows (the row-outer order was bandwidth-bound for query-sized inputs).
+    for p in 0..np / NR {
+        let panel = panels.panel(p);
+        let mut r0 = 0;
+        while r0 < m {
+            let rows = (m - r0).min(MR);
+            let xs = &x[r0 * dim..(r0 + rows) * dim];
             let o = &mut out[r0 * np + p * NR..];
             match rows {
                 6 => tile_avx2::<6>(xs, dim, panel, o, np),
@@ -150,8 +153,8 @@ unsafe fn scores_avx2(x: &[f32], panels: &Panels, out: &mut [f32]) {
                 2 => tile_avx2::<2>(xs, dim, panel, o, np),
                 _ => tile_avx2::<1>(xs, dim, panel, o, np),
             }
+            r0 += rows;
         }
-        r0 += rows;
     }
 }
 
@@ -176,6 +179,105 @@ pub fn scores(x: &[f32], panels: &Panels, out: &mut [f32]) {
     scores_generic(x, panels, out)
 }
 
+/// Rows packed like [`Panels`] but stored as IEEE half floats: half the bytes to stream when the
+/// rows are themselves f16 values (the coarse centroids are), with identical products since the
+/// f16 -> f32 conversion is exact. Used for per-query centroid scoring, which is bandwidth-bound
+/// (the whole centroid table is read once per query).
+#[derive(Clone, Debug)]
+pub struct HalfPanels {
+    /// Dimension of each row.
+    pub dim: usize,
+    /// Number of real rows.
+    pub n: usize,
+    data: Vec<half::f16>,
+}
+
+impl HalfPanels {
+    /// Packs `rows` (`n * dim`, row-major), rounding to f16.
+    pub fn new(rows: &[f32], dim: usize) -> Self {
+        let p = Panels::new(rows, dim);
+        HalfPanels {
+            dim,
+            n: p.n,
+            data: p.data.iter().map(|&v| half::f16::from_f32(v)).collect(),
+        }
+    }
+
+    /// Number of rows rounded up to a multiple of [`NR`].
+    pub fn n_padded(&self) -> usize {
+        self.n.div_ceil(NR) * NR
+    }
+
+    fn panel(&self, p: usize) -> &[half::f16] {
+        &self.data[p * self.dim * NR..(p + 1) * self.dim * NR]
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_half_avx2(x: &[f32], panels: &HalfPanels, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let dim = panels.dim;
+    let m = x.len() / dim;
+    let np = panels.n_padded();
+    // Each panel is widened once into an L1-resident f32 buffer, then every row tile runs the f32
+    // kernel on it: the memory traffic is f16, the conversion cost 1/m of the FMAs.
+    let mut buf = vec![0.0f32; dim * NR];
+    for p in 0..np / NR {
+        let src = panels.panel(p);
+        for (o, h) in buf.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+            // SAFETY: both chunks hold exactly 8 elements (8 halves = 16 bytes, 8 floats).
+            let v = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
+            _mm256_storeu_ps(o.as_mut_ptr(), v);
+        }
+        let mut r0 = 0;
+        while r0 < m {
+            let rows = (m - r0).min(MR);
+            let xs = &x[r0 * dim..(r0 + rows) * dim];
+            let o = &mut out[r0 * np + p * NR..];
+            match rows {
+                6 => tile_avx2::<6>(xs, dim, &buf, o, np),
+                5 => tile_avx2::<5>(xs, dim, &buf, o, np),
+                4 => tile_avx2::<4>(xs, dim, &buf, o, np),
+                3 => tile_avx2::<3>(xs, dim, &buf, o, np),
+                2 => tile_avx2::<2>(xs, dim, &buf, o, np),
+                _ => tile_avx2::<1>(xs, dim, &buf, o, np),
+            }
+            r0 += rows;
+        }
+    }
+}
+
+/// [`scores`] against half-float panels: `out[r * panels.n_padded() + c] = <x_r, row_c>`.
+pub fn scores_half(x: &[f32], panels: &HalfPanels, out: &mut [f32]) {
+    let dim = panels.dim.max(1);
+    let m = x.len() / dim;
+    assert!(
+        out.len() >= m * panels.n_padded(),
+        "scores_half: output too small"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the required CPU features were detected at run time.
+            unsafe { scores_half_avx2(x, panels, out) };
+            return;
+        }
+    }
+    let np = panels.n_padded();
+    for p in 0..np / NR {
+        let panel: Vec<f32> = panels.panel(p).iter().map(|h| h.to_f32()).collect();
+        for r in 0..m {
+            let mut acc = [[0.0f32; NR]; 1];
+            tile_generic::<1>(&x[r * dim..(r + 1) * dim], dim, &panel, &mut acc);
+            out[r * np + p * NR..r * np + (p + 1) * NR].copy_from_slice(&acc[0]);
+        }
+    }
+}
+
 /// Scalar dot product (reference for tests and small cases).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -188,7 +290,8 @@ pub fn argmax_rows(x: &[f32], panels: &Panels, half_norms: &[f32], out: &mut [(u
     let dim = panels.dim;
     let np = panels.n_padded();
     // Bound the scratch matrix: score blocks of rows at a time.
-    let block = (4096 * 16 / np.max(1)).clamp(MR, 1024);
+    let n_rows = x.len() / dim.max(1);
+    let block = (4096 * 16 / np.max(1)).clamp(MR, 1024).min(n_rows.max(1));
     let mut buf = vec![0.0f32; block * np];
     for (bi, xs) in x.chunks(block * dim).enumerate() {
         let m = xs.len() / dim;
@@ -210,6 +313,42 @@ pub fn argmax_rows(x: &[f32], panels: &Panels, half_norms: &[f32], out: &mut [(u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn half_panels_match_scalar_dots_of_rounded_rows() {
+        let mut s = 7u64;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for &(m, n, dim) in &[(1, 1, 1), (7, 17, 5), (13, 40, 33), (21, 50, 384)] {
+            let x: Vec<f32> = (0..m * dim).map(|_| next()).collect();
+            let c: Vec<f32> = (0..n * dim)
+                .map(|_| half::f16::from_f32(next()).to_f32())
+                .collect();
+            let p = HalfPanels::new(&c, dim);
+            let mut out = vec![f32::NAN; m * p.n_padded()];
+            scores_half(&x, &p, &mut out);
+            let full = Panels::new(&c, dim);
+            let mut want = vec![0.0; m * full.n_padded()];
+            scores(&x, &full, &mut want);
+            for r in 0..m {
+                for j in 0..p.n_padded() {
+                    let d = if j < n {
+                        dot(&x[r * dim..(r + 1) * dim], &c[j * dim..(j + 1) * dim])
+                    } else {
+                        0.0
+                    };
+                    let got = out[r * p.n_padded() + j];
+                    assert!((got - d).abs() < 1e-4, "{m} {n} {dim} {r} {j}");
+                    // Rows already f16: the same products as the f32 panels, bit for bit.
+                    assert_eq!(got, want[r * full.n_padded() + j]);
+                }
+            }
+        }
+    }
 
     #[test]
     fn tiles_match_scalar_dots() {

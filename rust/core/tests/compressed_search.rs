@@ -1,0 +1,272 @@
+//! Compressed search against an independent scalar reference: the same estimator (probed lists
+//! scored from codes through the u8 lookup tables, best token per document, imputed score for
+//! unprobed query tokens) computed with plain loops and hash maps, over several segments, with
+//! and without a filter, with 1 and 2 threads; plus the two-level centroid probing option.
+
+use std::collections::HashMap;
+
+use latix_core::compressed::fastscan::{build_lut, scan_block_scalar, BLOCK};
+use latix_core::compressed::kmeans::Rng;
+use latix_core::compressed::{
+    codec_checksum, search_segments, Codec, CodecParams, IvfSegment, QueryPlan, SegmentView,
+};
+use latix_core::maxsim::DocVectors;
+
+fn gauss(rng: &mut Rng) -> f32 {
+    let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+fn unit(rng: &mut Rng, centre: &[f32], noise: f32) -> Vec<f32> {
+    let dim = centre.len();
+    let mut v: Vec<f32> = centre
+        .iter()
+        .map(|&c| c + noise * gauss(rng) / (dim as f32).sqrt())
+        .collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+/// Clustered unit vectors: documents of 3..20 tokens around 2 of `n_topics` random centres.
+fn corpus(seed: u64, n_docs: usize, dim: usize, n_topics: usize) -> (Vec<f32>, Vec<u64>, Vec<f32>) {
+    let mut rng = Rng::new(seed);
+    let zero = vec![0.0; dim];
+    let centres: Vec<f32> = (0..n_topics)
+        .flat_map(|_| unit(&mut rng, &zero, 1.0))
+        .collect();
+    let (mut v, mut off) = (Vec::new(), vec![0u64]);
+    for _ in 0..n_docs {
+        let t = [rng.below(n_topics), rng.below(n_topics)];
+        for j in 0..3 + rng.below(18) {
+            let c = &centres[t[j % 2] * dim..(t[j % 2] + 1) * dim];
+            v.extend(unit(&mut rng, c, 0.7));
+        }
+        off.push((v.len() / dim) as u64);
+    }
+    (v, off, centres)
+}
+
+/// The estimator, computed from scratch: returns (score, segment, doc) of every reached document.
+fn reference(
+    codec: &Codec,
+    segs: &[&IvfSegment],
+    q: &[f32],
+    nprobe: usize,
+    allowed: &dyn Fn(usize, usize) -> bool,
+) -> Vec<(f32, u32, u32)> {
+    let dim = codec.dim();
+    let k = codec.n_centroids();
+    let m = codec.n_subspaces();
+    let cen = codec.centroids();
+    let mut acc: HashMap<(u32, u32), f32> = HashMap::new();
+    let mut base = 0.0f32;
+    let nq = q.len() / dim;
+    for i in 0..nq {
+        let qi = &q[i * dim..(i + 1) * dim];
+        let mut cs: Vec<(f32, usize)> = (0..k)
+            .map(|c| {
+                let s: f32 = qi.iter().zip(&cen[c * dim..]).map(|(a, b)| a * b).sum();
+                (s, c)
+            })
+            .collect();
+        cs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mi = if nprobe < k { cs[nprobe].0 } else { 0.0 };
+        base += mi;
+        let lut = build_lut(codec, qi);
+        let mut best: HashMap<(u32, u32), f32> = HashMap::new();
+        for &(cscore, c) in &cs[..nprobe] {
+            for (si, seg) in segs.iter().enumerate() {
+                let bb = m * 16;
+                for (t_start, t_end, b_start, doc_base) in seg.sublists(c) {
+                    for t in t_start..t_end {
+                        let j = t - t_start;
+                        let blk = b_start + j / BLOCK;
+                        let mut out = [0u16; BLOCK];
+                        scan_block_scalar(
+                            &lut.lut,
+                            &seg.codes()[blk * bb..(blk + 1) * bb],
+                            m,
+                            &mut out,
+                        );
+                        let d = doc_base + seg.doc_of_token()[t] as usize;
+                        if !allowed(si, d) {
+                            continue;
+                        }
+                        let s = cscore + lut.bias + lut.scale * out[j % BLOCK] as f32;
+                        let e = best
+                            .entry((si as u32, d as u32))
+                            .or_insert(f32::NEG_INFINITY);
+                        *e = e.max(s);
+                    }
+                }
+            }
+        }
+        for (key, b) in best {
+            *acc.entry(key).or_insert(0.0) += b - mi;
+        }
+    }
+    acc.into_iter()
+        .map(|((s, d), p)| (base + p, s, d))
+        .collect()
+}
+
+fn check(got: &[(f32, u32, u32)], want: &[(f32, u32, u32)], n: usize, what: &str) {
+    let map: HashMap<(u32, u32), f32> = want.iter().map(|&(s, a, b)| ((a, b), s)).collect();
+    let mut sorted: Vec<f32> = want.iter().map(|w| w.0).collect();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    assert_eq!(got.len(), n.min(want.len()), "{what}: result count");
+    let kth = sorted[got.len() - 1];
+    for w in got.windows(2) {
+        assert!(w[0].0 >= w[1].0, "{what}: not sorted");
+    }
+    for &(s, seg, d) in got {
+        let r = map
+            .get(&(seg, d))
+            .unwrap_or_else(|| panic!("{what}: ({seg}, {d}) was not reached by the reference"));
+        assert!(
+            (s - r).abs() < 1e-3,
+            "{what}: ({seg}, {d}) score {s} vs {r}"
+        );
+        assert!(
+            s >= kth - 1e-3,
+            "{what}: ({seg}, {d}) {s} below the k-th best {kth}"
+        );
+    }
+}
+
+#[test]
+fn search_matches_scalar_reference_over_segments_filters_and_threads() {
+    let dim = 32;
+    let (v, off, centres) = corpus(21, 900, dim, 12);
+    let p = CodecParams {
+        n_centroids: Some(48),
+        bytes_per_token: Some(8),
+        kmeans_iters: Some(6),
+        seed: 3,
+    };
+    let codec = Codec::train(&v, dim, v.len() / dim, &p, Some(2)).unwrap();
+    let crc = codec_checksum(&codec.to_bytes());
+    // Three segments of unequal size (the middle one holds documents 300..800).
+    let cuts = [0usize, 300, 800, 900];
+    let segs: Vec<IvfSegment> = cuts
+        .windows(2)
+        .map(|w| {
+            let (a, b) = (off[w[0]] as usize, off[w[1]] as usize);
+            let o: Vec<u64> = off[w[0]..=w[1]].iter().map(|&x| x - off[w[0]]).collect();
+            latix_core::parallel::install(Some(2), || {
+                IvfSegment::build(&codec, crc, DocVectors::F32(&v[a * dim..b * dim]), &o)
+            })
+            .unwrap()
+            .unwrap()
+        })
+        .collect();
+    let refs: Vec<&IvfSegment> = segs.iter().collect();
+    // Filter: documents whose number is not a multiple of 3.
+    let bits: Vec<Vec<u64>> = segs
+        .iter()
+        .map(|s| {
+            let mut b = vec![0u64; s.n_docs().div_ceil(64)];
+            for d in (0..s.n_docs()).filter(|d| d % 3 != 0) {
+                b[d / 64] |= 1 << (d % 64);
+            }
+            b
+        })
+        .collect();
+    let mut rng = Rng::new(8);
+    for trial in 0..12 {
+        let nq = 1 + rng.below(12);
+        let q: Vec<f32> = (0..nq)
+            .flat_map(|_| {
+                let t = rng.below(12);
+                unit(&mut rng, &centres[t * dim..(t + 1) * dim], 0.9)
+            })
+            .collect();
+        let nprobe = [1, 4, 9, 48][trial % 4];
+        let n_out = [1, 10, 50][trial % 3];
+        let plan = QueryPlan::new(&codec, &q, nprobe).unwrap();
+        let filtered = trial % 2 == 1;
+        let views: Vec<SegmentView> = segs
+            .iter()
+            .zip(&bits)
+            .map(|(s, b)| SegmentView {
+                seg: s,
+                allowed: filtered.then_some(b.as_slice()),
+            })
+            .collect();
+        let want = reference(&codec, &refs, &q, nprobe, &|_, d| !filtered || d % 3 != 0);
+        for threads in [1, 2] {
+            let got = latix_core::parallel::install(Some(threads), || {
+                search_segments(&plan, &views, n_out)
+            })
+            .unwrap()
+            .unwrap();
+            let what = format!("trial {trial} nq {nq} nprobe {nprobe} threads {threads}");
+            check(&got, &want, n_out, &what);
+            if filtered {
+                assert!(got.iter().all(|g| g.2 % 3 != 0), "{what}: filtered doc");
+            }
+        }
+        // The same query twice in a row: scratch state must not leak between queries.
+        let again = search_segments(&plan, &views, n_out).unwrap();
+        let first = search_segments(&plan, &views, n_out).unwrap();
+        assert_eq!(again, first);
+    }
+    assert!(
+        search_segments(&QueryPlan::new(&codec, &centres[..dim], 2).unwrap(), &[], 5)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn two_level_probing_scores_only_the_best_clusters_leaves() {
+    let dim = 32;
+    let (v, off, centres) = corpus(5, 1500, dim, 16);
+    let p = CodecParams {
+        n_centroids: Some(100),
+        bytes_per_token: Some(8),
+        kmeans_iters: Some(6),
+        seed: 1,
+    };
+    let codec = Codec::train(&v, dim, v.len() / dim, &p, Some(2)).unwrap();
+    let g = codec.n_groups();
+    assert!(g >= 5, "{g} top-level clusters");
+    let crc = codec_checksum(&codec.to_bytes());
+    let seg = latix_core::parallel::install(Some(2), || {
+        IvfSegment::build(&codec, crc, DocVectors::F32(&v), &off)
+    })
+    .unwrap()
+    .unwrap();
+    let views = [SegmentView {
+        seg: &seg,
+        allowed: None,
+    }];
+    let mut rng = Rng::new(3);
+    let (mut hit, mut total) = (0, 0);
+    for _ in 0..10 {
+        let q: Vec<f32> = (0..6)
+            .flat_map(|_| {
+                let t = rng.below(16);
+                unit(&mut rng, &centres[t * dim..(t + 1) * dim], 0.9)
+            })
+            .collect();
+        // Probing every cluster is the exact path.
+        let exact = search_segments(&QueryPlan::new(&codec, &q, 8).unwrap(), &views, 10).unwrap();
+        let all = QueryPlan::with_probe_groups(&codec, &q, 8, g).unwrap();
+        assert_eq!(search_segments(&all, &views, 10).unwrap(), exact);
+        // Half of the clusters: close to the exact result on clustered data.
+        let half = QueryPlan::with_probe_groups(&codec, &q, 8, g / 2).unwrap();
+        let got = search_segments(&half, &views, 10).unwrap();
+        hit += got
+            .iter()
+            .filter(|x| exact.iter().any(|e| e.2 == x.2))
+            .count();
+        total += exact.len();
+        // One cluster still yields nprobe lists (clusters are added until they hold enough).
+        let one = QueryPlan::with_probe_groups(&codec, &q, 8, 1).unwrap();
+        assert_eq!(search_segments(&one, &views, 10).unwrap().len(), 10);
+    }
+    assert!(hit as f64 >= 0.8 * total as f64, "{hit}/{total}");
+}
