@@ -117,7 +117,7 @@ def main() -> None:
         k: getattr(a, k) for k in ("n_docs", "n_source_docs", "noise", "max_len", "seed")
     }
     if not a.force and holds(out, params):
-        print(f"{out}: already holds {a.n_docs} distractor docs with these parameters")
+        print(f"{out}: already holds {a.n_docs} distractor docs, nothing to do")
         return
     if not os.path.exists(scifact_offsets):
         raise SystemExit(f"{scifact_offsets} not found: run benches/prepare_bench_data.py first")
