@@ -7,7 +7,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.latix-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup build demo test test-rust test-python lint fmt check bench clean harden soak fuzz
+.PHONY: setup build demo test test-rust test-python lint fmt check bench bench-compressed clean harden \
+	soak fuzz
 
 setup: $(STAMP)
 
@@ -58,6 +59,16 @@ check: lint test
 
 bench: build
 	$(BIN)/python benches/bench_maxsim.py
+
+# The compressed-index benchmark from a fresh clone, in three steps that each skip what exists:
+# encode SciFact (~55 min the first time; embeddings cached), build 100k distractor documents
+# (~11 min, 9.8 GB), then the benchmark itself. Data root: $LATIX_BENCH_DATA (default
+# ~/.cache/latix/bench). Extra benchmark options: make bench-compressed BENCH_ARGS="--corpus scifact"
+BENCH_ARGS ?=
+bench-compressed: build
+	$(BIN)/python benches/prepare_bench_data.py
+	$(BIN)/python benches/make_distractors.py
+	$(BIN)/python benches/bench_compressed.py $(BENCH_ARGS)
 
 # Hardening harnesses, fast part (also part of `make test`): crash, corruption, concurrency,
 # resource faults and the bad-input matrix with reduced trial counts.

@@ -12,8 +12,11 @@ vectors); queries run one at a time. Each build runs in a child process so that 
 figure is the builder's, not the page cache's. Sizes are `Index.stats()["bytes_on_disk"]`: every
 file of the committed index.
 
-Data: /work/cache/scifact-minilm-int8 (SciFact encoded with the default model), qrels from
-/work/shared/data/scifact/qrels/test.tsv, distractors from /work/cache/distractors.
+Data: a data root (--data, default $LATIX_BENCH_DATA or ~/.cache/latix/bench) holding scifact/
+(SciFact encoded with the default model, written by benches/prepare_bench_data.py) and
+distractors/ (benches/make_distractors.py); qrels from <source>/scifact/qrels/test.tsv (--source,
+default $LATIX_DATA or ../shared/data); indexes and the cached exact reference under --work
+(default <data>/bench-compressed). `make bench-compressed` runs all three steps.
 """
 
 from __future__ import annotations
@@ -31,9 +34,13 @@ from typing import Any
 
 import numpy as np
 
-SCIFACT = "/work/cache/scifact-minilm-int8"
-DISTRACTORS = "/work/cache/distractors"
-QRELS = "/work/shared/data/scifact/qrels/test.tsv"
+DATA = os.environ.get("LATIX_BENCH_DATA") or os.path.expanduser("~/.cache/latix/bench")
+SOURCE = os.environ.get("LATIX_DATA") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"
+)
+SCIFACT = os.path.join(DATA, "scifact")
+DISTRACTORS = os.path.join(DATA, "distractors")
+QRELS = os.path.join(SOURCE, "scifact", "qrels", "test.tsv")
 CHUNK_DOCS = 20_000
 
 
@@ -289,7 +296,9 @@ def run(corpus: str, work: str, seed: int, exact_queries: int, nprobe: int | Non
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--corpus", choices=["scifact", "distractors", "all"], default="all")
-    ap.add_argument("--work", default="/work/cache/bench-compressed")
+    ap.add_argument("--data", default=DATA, help="bench data root (scifact/, distractors/)")
+    ap.add_argument("--source", default=SOURCE, help="evaluation collections (qrels)")
+    ap.add_argument("--work", default=None, help="indexes (default: <data>/bench-compressed)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--nprobe", type=int, default=None)
     ap.add_argument(
@@ -302,10 +311,19 @@ def main() -> None:
     ap.add_argument("--_build", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_keep", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    global SCIFACT, DISTRACTORS, QRELS
+    os.environ["LATIX_BENCH_DATA"] = os.path.abspath(a.data)  # the build children inherit it
+    SCIFACT, DISTRACTORS = os.path.join(a.data, "scifact"), os.path.join(a.data, "distractors")
+    QRELS = os.path.join(a.source, "scifact", "qrels", "test.tsv")
+    a.work = a.work or os.path.join(a.data, "bench-compressed")
     if a._build:
         build(a._build, f"{a.work}/{a._build}-keep{int(a._keep)}", a.seed, a._keep)
         return
-    for c in ["scifact", "distractors"] if a.corpus == "all" else [a.corpus]:
+    corpora = ["scifact", "distractors"] if a.corpus == "all" else [a.corpus]
+    for d in parts(corpora[-1]):
+        if not os.path.exists(d + "/doc_offsets.npy"):
+            raise SystemExit(f"{d} has no data: run `make bench-compressed` (or its steps) first")
+    for c in corpora:
         run(c, a.work, a.seed, a.exact_queries, a.nprobe)
 
 

