@@ -80,7 +80,9 @@ def compression(corpus: str, keep_vectors: bool, seed: int) -> Any:
         int(np.load(d + "/doc_offsets.npy")[b] - np.load(d + "/doc_offsets.npy")[a])
         for d, a, b in chunks(corpus)
     )
-    k = 1 << round(np.log2(2 * np.sqrt(n_tokens)))  # as the codec's automatic default
+    # The codec's automatic default (power of two nearest 3 * sqrt(vectors)) for the corpus's
+    # final number of stored vectors, i.e. after pooling by the default factor 2.
+    k = 1 << round(np.log2(3 * np.sqrt(n_tokens / 2)))
     return latix.Compression(n_centroids=k, keep_vectors=keep_vectors, seed=seed)
 
 

@@ -607,6 +607,7 @@ pub(crate) fn decode_doc(codec: &Codec, ivf: &IvfSegment, doc: u32) -> Vec<f32> 
     let local = (doc as usize % DOC_CHUNK) as u16;
     let mut cids = Vec::new();
     let mut codes = Vec::new();
+    let mut scales = Vec::new();
     for c in 0..ivf.n_centroids() {
         // Only the sub-list of the document's chunk can hold it.
         if let Some((t0, t1, _, _)) = ivf.sublists(c).nth(h) {
@@ -614,11 +615,18 @@ pub(crate) fn decode_doc(codec: &Codec, ivf: &IvfSegment, doc: u32) -> Vec<f32> 
                 if d == local {
                     cids.push(c as u32);
                     codes.extend_from_slice(&ivf.token_codes(c * nch + h, t0 + pos));
+                    scales.push(ivf.norm_scale()[t0 + pos]);
                 }
             }
         }
     }
-    codec.decode(&cids, &codes)
+    // Rescaled to each token's true length, as search scores them.
+    let mut rows = codec.decode(&cids, &codes);
+    let dim = codec.dim();
+    for (row, r) in rows.chunks_exact_mut(dim).zip(scales) {
+        row.iter_mut().for_each(|v| *v *= r);
+    }
+    rows
 }
 
 /// Converts f32 rows to the storage dtype.

@@ -219,9 +219,19 @@ fn search_recall_against_exhaustive_maxsim() {
     assert_eq!(seg.n_docs(), 2000);
     // Exhaustive MaxSim over the decoded vectors isolates the search structure from codec error.
     let (ids, codes) = latix_core::parallel::install(Some(2), || codec.encode(&c.vectors)).unwrap();
+    // Decoded vectors rescaled to their original lengths: what search scores (see ivf's norm_scale).
+    let mut dec = codec.decode(&ids, &codes);
+    for (r, x) in dec
+        .chunks_exact_mut(c.dim)
+        .zip(c.vectors.chunks_exact(c.dim))
+    {
+        let nr = r.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let nx = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+        r.iter_mut().for_each(|v| *v *= nx / nr);
+    }
     let decoded = Corpus {
         dim: c.dim,
-        vectors: codec.decode(&ids, &codes),
+        vectors: dec,
         offsets: c.offsets.clone(),
         centres: c.centres.clone(),
     };

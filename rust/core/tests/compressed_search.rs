@@ -94,7 +94,8 @@ fn reference(
                         if !allowed(si, d) {
                             continue;
                         }
-                        let s = cscore + lut.bias + lut.scale * out[j % BLOCK] as f32;
+                        let s = (cscore + lut.bias + lut.scale * out[j % BLOCK] as f32)
+                            * seg.norm_scale()[t];
                         let e = best
                             .entry((si as u32, d as u32))
                             .or_insert(f32::NEG_INFINITY);

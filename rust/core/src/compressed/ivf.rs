@@ -16,8 +16,15 @@
 //! n_tokens, n_blocks, codec checksum, n_chunks), then 64-byte-aligned sections `list_tokens`
 //! (K * n_chunks + 1 u32, token offsets of each sub-list, sub-list `c * n_chunks + h` = centroid
 //! `c`, document chunk `h`), `list_blocks` (K * n_chunks + 1 u32, block offsets), `doc_of_token`
-//! (n_tokens u16, document number within its chunk) and `codes` (n_blocks * M * 16 bytes), then a
-//! CRC32C of everything before it.
+//! (n_tokens u16, document number within its chunk), `norm_scale` (n_tokens f32, in list order) and
+//! `codes` (n_blocks * M * 16 bytes), then a CRC32C of everything before it.
+//!
+//! `norm_scale` of a token is `|x| / |x^|`, its true norm over the norm of its decoded vector: a
+//! token is scored as `<q, x^> * norm_scale`, i.e. the decoded vector rescaled to the original
+//! length. Quantisation error shrinks or stretches decoded vectors, and MaxSim's max over a
+//! document's tokens favours the stretched ones; removing the norm error leaves only the
+//! direction error. Measured on SciFact (pooled by 2, 48 B codes, exact top-200 re-scored):
+//! nDCG@10 0.6991 -> 0.7121, recall@10 vs exact 0.850 -> 0.866, for 4 bytes per stored vector.
 
 use std::path::Path;
 
@@ -29,7 +36,7 @@ use crate::error::{LatixError, Result};
 use crate::maxsim::DocVectors;
 
 const MAGIC: &[u8; 8] = b"LTXIVFSG";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const HEADER: usize = 64;
 /// Documents per document-number chunk (u16 document numbers).
 pub const DOC_CHUNK: usize = 1 << 16;
@@ -62,16 +69,29 @@ pub struct IvfSegment {
     n_tokens: usize,
     n_chunks: usize,
     codec_crc: u32,
-    sec: [(usize, usize); 4],
+    sec: [(usize, usize); 5],
 }
 
-/// Section offsets of a segment: list_tokens, list_blocks, doc_of_token, codes.
-fn layout(n_lists: usize, n_tokens: usize) -> [usize; 4] {
+/// Section offsets of a segment: list_tokens, list_blocks, doc_of_token, norm_scale, codes.
+fn layout(n_lists: usize, n_tokens: usize) -> [usize; 5] {
     let s0 = HEADER;
     let s1 = align64(s0 + (n_lists + 1) * 4);
     let s2 = align64(s1 + (n_lists + 1) * 4);
     let s3 = align64(s2 + n_tokens * 2);
-    [s0, s1, s2, s3]
+    let s4 = align64(s3 + n_tokens * 4);
+    [s0, s1, s2, s3, s4]
+}
+
+/// `|x| / |x^|` for a vector `x` and its decoding `x^` (1 when either is zero, so nothing is
+/// amplified without bound).
+fn norm_ratio(x: &[f32], decoded: &[f32]) -> f32 {
+    let nx = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let nd = decoded.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if nx > 0.0 && nd > 1e-6 * nx.max(1e-30) {
+        (nx / nd).min(1e6)
+    } else {
+        1.0
+    }
 }
 
 /// Checksum identifying a codec, stored in every segment built with it.
@@ -118,6 +138,7 @@ impl IvfSegment {
         const CHUNK: usize = 65536;
         let mut cids = Vec::with_capacity(n_tokens);
         let mut codes = Vec::with_capacity(n_tokens * bpt);
+        let mut scales: Vec<f32> = Vec::with_capacity(n_tokens);
         let mut buf = Vec::new();
         let mut t0 = 0;
         while t0 < n_tokens {
@@ -137,6 +158,12 @@ impl IvfSegment {
                 )));
             }
             let (c, cd) = codec.encode(x);
+            let decoded = codec.decode(&c, &cd);
+            scales.extend(
+                x.chunks_exact(dim)
+                    .zip(decoded.chunks_exact(dim))
+                    .map(|(a, r)| norm_ratio(a, r)),
+            );
             cids.extend_from_slice(&c);
             codes.extend_from_slice(&cd);
             t0 = t1;
@@ -169,6 +196,7 @@ impl IvfSegment {
         let n_blocks = list_blocks[nl] as usize;
         let mut order = vec![0u32; n_tokens];
         let mut doc_of_token = vec![0u16; n_tokens];
+        let mut norm_scale = vec![0f32; n_tokens];
         let mut fill = list_tokens.clone();
         for (t, (&c, &d)) in cids.iter().zip(&doc_full).enumerate() {
             let l = list_of(c, d);
@@ -176,12 +204,14 @@ impl IvfSegment {
             fill[l] += 1;
             order[pos] = t as u32;
             doc_of_token[pos] = (d as usize % DOC_CHUNK) as u16;
+            norm_scale[pos] = scales[t];
         }
+        drop(scales);
         drop(doc_full);
         // Layout and write.
         let block_bytes = m * 16;
-        let [s0, s1, s2, s3] = layout(nl, n_tokens);
-        let end = s3 + n_blocks * block_bytes;
+        let [s0, s1, s2, s3, s4] = layout(nl, n_tokens);
+        let end = s4 + n_blocks * block_bytes;
         let total = end + 4;
         let mut store = vec![0u64; total.div_ceil(8)];
         {
@@ -205,7 +235,8 @@ impl IvfSegment {
             b[s0..s0 + (nl + 1) * 4].copy_from_slice(bytemuck::cast_slice(&list_tokens));
             b[s1..s1 + (nl + 1) * 4].copy_from_slice(bytemuck::cast_slice(&list_blocks));
             b[s2..s2 + n_tokens * 2].copy_from_slice(bytemuck::cast_slice(&doc_of_token));
-            let code_area = &mut b[s3..end];
+            b[s3..s3 + n_tokens * 4].copy_from_slice(bytemuck::cast_slice(&norm_scale));
+            let code_area = &mut b[s4..end];
             // Fill blocks sub-list by sub-list (in parallel).
             let blocks: Vec<(usize, Vec<u8>)> = (0..nl)
                 .into_par_iter()
@@ -293,10 +324,10 @@ impl IvfSegment {
             .checked_mul(nch)
             .filter(|&v| v < u32::MAX as usize)
             .ok_or_else(|| bad("sizes overflow".into()))?;
-        let [s0, s1, s2, s3] = layout(nl, n_tokens);
+        let [s0, s1, s2, s3, s4] = layout(nl, n_tokens);
         let end = n_blocks
             .checked_mul(m * 16)
-            .and_then(|v| v.checked_add(s3))
+            .and_then(|v| v.checked_add(s4))
             .ok_or_else(|| bad("sizes overflow".into()))?;
         if b.len() != end + 4 {
             return Err(bad(format!(
@@ -322,7 +353,8 @@ impl IvfSegment {
                 (s0, nl + 1),
                 (s1, nl + 1),
                 (s2, n_tokens),
-                (s3, n_blocks * m * 16),
+                (s3, n_tokens),
+                (s4, n_blocks * m * 16),
             ],
             bytes,
         };
@@ -331,6 +363,9 @@ impl IvfSegment {
         let lb = seg.list_blocks();
         if lt[0] != 0 || lb[0] != 0 || lt[nl] as usize != n_tokens || lb[nl] as usize != n_blocks {
             return Err(bad("list offsets do not span the tokens/blocks".into()));
+        }
+        if seg.norm_scale().iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(bad("a token's norm scale is negative or not finite".into()));
         }
         let docs = seg.doc_of_token();
         for l in 0..nl {
@@ -398,9 +433,14 @@ impl IvfSegment {
         let lt = self.list_tokens();
         (lt[(c + 1) * self.n_chunks] - lt[c * self.n_chunks]) as usize
     }
+    /// `|x| / |x^|` of every token, in list order (see the module documentation).
+    pub fn norm_scale(&self) -> &[f32] {
+        let (off, n) = self.sec[3];
+        bytemuck::cast_slice(&self.bytes.as_slice()[off..off + n * 4])
+    }
     /// All code blocks, `M * 16` bytes each.
     pub fn codes(&self) -> &[u8] {
-        let (off, n) = self.sec[3];
+        let (off, n) = self.sec[4];
         &self.bytes.as_slice()[off..off + n]
     }
     /// Number of coarse centroids the segment was built with.

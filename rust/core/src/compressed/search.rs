@@ -1,7 +1,8 @@
 //! Candidate generation and code-level scoring over compressed segments (WARP-style, Scheerer et
 //! al., SIGIR 2025, section 4): every query token is scored against all coarse centroids; its
 //! `nprobe` best lists are scanned, each token scored from its codes as
-//! `<q, c> + sum_m lut_m[code_m]` (the dot product with the decoded vector, never materialised);
+//! `(<q, c> + sum_m lut_m[code_m]) * norm_scale` (the dot product with the decoded vector, never
+//! materialised, rescaled to the token's true length: see [`super::ivf`]);
 //! each document keeps its best token per query token. A document with no token in the probed lists
 //! of query token i gets the imputed score `m_i` = the score of the best centroid that was *not*
 //! probed, an upper bound of what an unprobed centroid contributes (WARP's missing-similarity
@@ -356,6 +357,7 @@ fn scan_token_body(plan: &QueryPlan, i: usize, seg: &IvfSegment, simd: bool, s: 
     let m = plan.m;
     let bb = m * 16;
     let docs = seg.doc_of_token();
+    let norms = seg.norm_scale();
     let codes = seg.codes();
     let lut = &plan.luts[i];
     let best = &mut s.best[..];
@@ -380,8 +382,10 @@ fn scan_token_body(plan: &QueryPlan, i: usize, seg: &IvfSegment, simd: bool, s: 
                     *o = base + lut.scale * a as f32;
                 }
                 let n = (t_end - t0).min(BLOCK);
-                for (&d, &v) in docs[t0..t0 + n].iter().zip(&sc) {
+                for ((&d, &v), &r) in docs[t0..t0 + n].iter().zip(&sc).zip(&norms[t0..t0 + n]) {
                     let d = doc_base + d as usize;
+                    // The decoded vector rescaled to the token's true length (see ivf).
+                    let v = v * r;
                     let b = &mut best[d];
                     // A select (maxss), not a branch: the outcome is unpredictable.
                     *b = if v > *b { v } else { *b };
