@@ -514,22 +514,37 @@ fn encode_segment(
             return IvfSegment::build(codec, crc, rows, seg.offsets());
         }
         use rayon::prelude::*;
-        let docs: Vec<Vec<f32>> = (0..seg.n_docs() as u32)
-            .into_par_iter()
-            .map(|d| {
-                let (a, b) = seg.doc_range(d);
-                pooled_doc(&seg, a, b, pool_factor)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // Pooled rows are written in place (f16, the precision of the stored vectors) so a
+        // 20k-document segment costs one pooled copy, not two f32 ones.
         let dim = seg.dim();
-        let mut offsets = Vec::with_capacity(docs.len() + 1);
+        let mut offsets = Vec::with_capacity(seg.n_docs() + 1);
         offsets.push(0u64);
-        for d in &docs {
-            offsets.push(offsets[offsets.len() - 1] + (d.len() / dim) as u64);
+        for d in 0..seg.n_docs() as u32 {
+            let (a, b) = seg.doc_range(d);
+            let n = crate::compressed::pool::pooled_len((b - a) as usize, pool_factor) as u64;
+            offsets.push(offsets[offsets.len() - 1] + n);
         }
-        let rows: Vec<f32> = docs.concat();
-        drop(docs);
-        IvfSegment::build(codec, crc, DocVectors::F32(&rows), &offsets)
+        let total = offsets[offsets.len() - 1] as usize;
+        let mut rows = vec![f16::ZERO; total * dim];
+        let mut slices = Vec::with_capacity(seg.n_docs());
+        let mut rest = &mut rows[..];
+        for w in offsets.windows(2) {
+            let (head, tail) = rest.split_at_mut((w[1] - w[0]) as usize * dim);
+            slices.push(head);
+            rest = tail;
+        }
+        slices
+            .into_par_iter()
+            .enumerate()
+            .try_for_each(|(d, out)| -> Result<()> {
+                let (a, b) = seg.doc_range(d as u32);
+                let p = pooled_doc(&seg, a, b, pool_factor)?;
+                for (o, v) in out.iter_mut().zip(&p) {
+                    *o = f16::from_f32(*v);
+                }
+                Ok(())
+            })?;
+        IvfSegment::build(codec, crc, DocVectors::F16(&rows), &offsets)
     })??;
     let target = if cfg.keep_vectors {
         file.to_owned()
