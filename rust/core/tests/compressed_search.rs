@@ -72,7 +72,11 @@ fn reference(
             })
             .collect();
         cs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let mi = if nprobe < k { cs[nprobe].0 } else { 0.0 };
+        let mi = if nprobe < k {
+            cs[nprobe].0 + latix_core::compressed::search::IMPUTE_SHIFT
+        } else {
+            0.0
+        };
         base += mi;
         let lut = build_lut(codec, qi);
         let mut best: HashMap<(u32, u32), f32> = HashMap::new();
