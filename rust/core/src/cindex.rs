@@ -442,26 +442,42 @@ fn pooled_doc(seg: &Segment, a: u64, b: u64, pool_factor: usize) -> Result<Vec<f
     ))
 }
 
+/// The pooled vectors of the document ranges `ranges`, concatenated (f32, row-major), pooled in
+/// parallel in latix's pool.
+fn pool_ranges(
+    segs: &[Segment],
+    ranges: &[Range],
+    pool_factor: usize,
+    n_threads: Option<usize>,
+) -> Result<Vec<f32>> {
+    let pooled: Vec<Vec<f32>> = crate::parallel::install(n_threads, || {
+        use rayon::prelude::*;
+        ranges
+            .par_iter()
+            .map(|&(si, a, b)| pooled_doc(&segs[si], a, b, pool_factor))
+            .collect::<Result<Vec<_>>>()
+    })??;
+    Ok(pooled.concat())
+}
+
 /// Trains a codec on a seeded sample of the commit's live (pooled) token vectors: documents are
-/// drawn uniformly until about `train_sample_tokens` pooled vectors are gathered, so the codec
-/// learns the distribution it will encode.
+/// drawn uniformly until about `train_sample_tokens` of the `pooled_live` pooled vectors are
+/// gathered, so the codec learns the distribution it will encode.
 fn train_codec(
     cfg: &Compression,
     segs: &[Segment],
     ranges: &[Range],
-    total: u64,
+    pooled_live: u64,
     pool_factor: usize,
     n_threads: Option<usize>,
 ) -> Result<Codec> {
     let dim = segs.first().map(|s| s.dim()).unwrap_or(0);
-    let pool = pool_factor.max(1) as u64;
-    let pooled_total = total.div_ceil(pool);
     // Probability of drawing a document, in millionths (all documents when the sample covers them).
-    let want = cfg.train_sample_tokens.min(pooled_total);
-    let p_ppm = if want >= pooled_total {
+    let want = cfg.train_sample_tokens.min(pooled_live);
+    let p_ppm = if want >= pooled_live {
         1_000_000
     } else {
-        (want.saturating_mul(1_000_000) / pooled_total.max(1)).max(1)
+        (want.saturating_mul(1_000_000) / pooled_live.max(1)).max(1)
     };
     let mut rng = crate::compressed::kmeans::Rng::new(cfg.seed ^ 0x5eed_c0de_c0de_5eed);
     let picked: Vec<Range> = ranges
@@ -469,22 +485,11 @@ fn train_codec(
         .copied()
         .filter(|_| (rng.below(1_000_000) as u64) < p_ppm)
         .collect();
-    let pooled: Vec<Vec<f32>> = crate::parallel::install(n_threads, || {
-        use rayon::prelude::*;
-        picked
-            .par_iter()
-            .map(|&(si, a, b)| pooled_doc(&segs[si], a, b, pool_factor))
-            .collect::<Result<Vec<_>>>()
-    })??;
-    let mut x: Vec<f32> = pooled.concat();
-    drop(pooled);
+    let mut x = pool_ranges(segs, &picked, pool_factor, n_threads)?;
     // A sample that drew too few vectors (small indexes) falls back to every live document.
     let fewest = (MIN_TRAIN_TOKENS as usize).max(cfg.n_centroids.unwrap_or(0));
     if x.len() / dim.max(1) < fewest && picked.len() < ranges.len() {
-        x.clear();
-        for &(si, a, b) in ranges {
-            x.extend(pooled_doc(&segs[si], a, b, pool_factor)?);
-        }
+        x = pool_ranges(segs, ranges, pool_factor, n_threads)?;
     }
     let params = CodecParams {
         n_centroids: cfg.n_centroids,
@@ -492,7 +497,7 @@ fn train_codec(
         kmeans_iters: None,
         seed: cfg.seed,
     };
-    Codec::train(&x, dim, pooled_total as usize, &params, n_threads)
+    Codec::train(&x, dim, pooled_live as usize, &params, n_threads)
 }
 
 /// Encodes segment `file` of the commit with `codec` (pooling each document by `pool_factor`),
@@ -568,12 +573,16 @@ pub(crate) fn commit_hook(
 ) -> Result<()> {
     let pool = if decoded_input { 1 } else { cfg.pool_factor };
     let prev_codec = ctx.previous().index_file(CODEC_FILE);
-    if let (Some(p), false) = (&prev_codec, retrain) {
-        let (codec, crc) = load_codec(p, ctx.previous().dim())?;
+    // Encodes the commit's new segments with the codec already in the index.
+    let encode_new = |ctx: &mut CommitContext<'_>, codec_path: &Path| -> Result<()> {
+        let (codec, crc) = load_codec(codec_path, ctx.previous().dim())?;
         for f in ctx.new_segments().to_vec() {
             encode_segment(ctx, &f, &codec, crc, cfg, pool, n_threads)?;
         }
-        return Ok(());
+        Ok(())
+    };
+    if let (Some(p), false) = (&prev_codec, retrain) {
+        return encode_new(ctx, p);
     }
     let (segs, ranges, total) = live_ranges(ctx)?;
     // Vectors the codec would train on: the pooled count, which must reach the codec's minimum
@@ -591,14 +600,11 @@ pub(crate) fn commit_hook(
     if pooled_live < trainable {
         // Retraining an index shrunk below the codec's minimum: keep the current codec.
         if let Some(p) = &prev_codec {
-            let (codec, crc) = load_codec(p, ctx.previous().dim())?;
-            for f in ctx.new_segments().to_vec() {
-                encode_segment(ctx, &f, &codec, crc, cfg, pool, n_threads)?;
-            }
+            encode_new(ctx, p)?;
         }
         return Ok(());
     }
-    let codec = train_codec(cfg, &segs, &ranges, total, pool, n_threads)?;
+    let codec = train_codec(cfg, &segs, &ranges, pooled_live, pool, n_threads)?;
     drop(segs);
     let bytes = codec.to_bytes();
     let crc = codec_id(&bytes);
