@@ -130,14 +130,7 @@ impl CommitContext<'_> {
         }
         // The directory is fsynced when the manifest is written, after this rename.
         let header_crc = w.finish(&self.dir.join(&file))?;
-        let e = self
-            .manifest
-            .segments
-            .iter_mut()
-            .find(|s| s.file == segment_file)
-            .ok_or_else(|| {
-                LatixError::NotFound(format!("no segment {segment_file} in this commit"))
-            })?;
+        let e = self.entry_mut(segment_file)?;
         e.file = file.clone();
         e.header_crc = header_crc;
         for n in self.new_segments.iter_mut() {
@@ -178,6 +171,17 @@ impl CommitContext<'_> {
         Ok(())
     }
 
+    /// The new manifest's entry of segment `segment_file`.
+    fn entry_mut(&mut self, segment_file: &str) -> Result<&mut SegmentEntry> {
+        self.manifest
+            .segments
+            .iter_mut()
+            .find(|s| s.file == segment_file)
+            .ok_or_else(|| {
+                LatixError::NotFound(format!("no segment {segment_file} in this commit"))
+            })
+    }
+
     /// Writes (or replaces) the index-level named file `name`.
     pub fn write_index_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         Self::check_name(name)?;
@@ -198,17 +202,12 @@ impl CommitContext<'_> {
     ) -> Result<()> {
         Self::check_name(name)?;
         let gen = self.manifest.generation;
-        let e = self
-            .manifest
-            .segments
-            .iter_mut()
-            .find(|s| s.file == segment_file)
-            .ok_or_else(|| {
-                LatixError::NotFound(format!("no segment {segment_file} in this commit"))
-            })?;
+        // Checked before writing: no side file for a segment outside the commit.
+        self.entry_mut(segment_file)?;
         let stem = segment_file.trim_end_matches(".lxs");
         let file = format!("{stem}.{name}-{gen:020}");
         write_atomic(self.dir, &file, bytes)?;
+        let e = self.entry_mut(segment_file)?;
         e.side_files.retain(|(n, _)| n != name);
         e.side_files.push((name.to_owned(), file));
         Ok(())
