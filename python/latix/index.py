@@ -278,14 +278,17 @@ class Index:
         *,
         nprobe: int | None = None,
         rerank: bool | None = None,
+        refine: int | None = None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.object_]]:
         """MaxSim search of the latest committed documents.
 
         A plain index (or a compressed one before its codec is trained) is searched exactly and
         exhaustively. A trained compressed index probes, per query token, the ``nprobe`` best
         centroids' inverted lists and scores their tokens from the codes (deleted documents and
-        ``subset`` are filtered inside this candidate generation); scores are then estimates,
-        unless the short list is re-ranked exactly from the kept vectors.
+        ``subset`` are filtered inside this candidate generation), then re-scores the best
+        ``refine`` candidates with the codes of all their tokens (MaxSim over the compressed
+        vectors); scores are then estimates, unless the short list is re-ranked exactly from the
+        kept vectors.
 
         Args:
             queries: one ``(n_query_tokens, dim)`` float32 (or float16) array, a list of them, or
@@ -299,6 +302,10 @@ class Index:
                 slower and closer to exact.
             rerank: compressed index only: re-score the best ``max(4 * k, 100)`` candidates
                 exactly from the kept vectors (default: True when the index keeps vectors).
+            refine: compressed index only: candidates re-scored with all their tokens' codes
+                (default ``max(k, 32)``; ``0`` returns candidate generation's own estimates,
+                which are faster and less accurate). Indexes written before latix 0.1's
+                document map skip it by default until ``compact()`` rewrites them.
 
         Returns:
             ``(scores, ids)``: float32 ``(n_queries, k)`` best first, and a ``(n_queries, k)``
@@ -307,12 +314,14 @@ class Index:
 
         Raises:
             InvalidArgumentError: wrong shape/dtype/dim, NaN/Inf, empty query, ``k < 1``,
-                ``nprobe`` out of range, ``rerank=True`` without kept vectors, ``nprobe`` or
-                ``rerank`` on a plain index.
+                ``nprobe`` out of range, ``rerank=True`` without kept vectors, ``nprobe``,
+                ``rerank`` or ``refine`` on a plain index.
             IndexClosedError: the handle is closed.
         """
         if nprobe is not None:
             nprobe = _int_arg("nprobe", nprobe, 1)
+        if refine is not None:
+            refine = _int_arg("refine", refine, 0)
         if rerank is not None and not isinstance(rerank, bool | np.bool_):
             raise InvalidArgumentError(
                 f"rerank must be a bool or None, got {type(rerank).__name__}"
@@ -350,7 +359,7 @@ class Index:
                     f"subset must be an iterable of str ids, got {type(subset).__name__}"
                 ) from None
         scores, flat_ids = self._inner.search(
-            qlist, k, n_threads, sub, nprobe, None if rerank is None else bool(rerank)
+            qlist, k, n_threads, sub, nprobe, None if rerank is None else bool(rerank), refine
         )
         ids = np.empty(len(flat_ids), dtype=object)
         ids[:] = flat_ids

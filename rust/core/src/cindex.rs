@@ -24,8 +24,8 @@ use std::sync::Arc;
 use half::f16;
 
 use crate::compressed::{
-    codec_checksum, default_nprobe, rerank_exact, search_segments, Codec, CodecParams, FullVectors,
-    IvfSegment, QueryPlan, SegmentView as IvfView,
+    codec_checksum, default_nprobe, default_refine, refine, rerank_exact, search_segments, Codec,
+    CodecParams, FullVectors, IvfSegment, QueryPlan, SegmentView as IvfView,
 };
 use crate::error::{LatixError, Result};
 use crate::index::{CommitContext, SearchResults, MAX_RESULT_SLOTS};
@@ -622,21 +622,33 @@ pub(crate) fn commit_hook(
 /// (grouped by centroid, not in the original token order), as f32 `(n, dim)`.
 pub(crate) fn decode_doc(codec: &Codec, ivf: &IvfSegment, doc: u32) -> Vec<f32> {
     use crate::compressed::ivf::DOC_CHUNK;
-    let docs = ivf.doc_of_token();
     let nch = ivf.n_doc_chunks();
-    let h = doc as usize / DOC_CHUNK;
-    let local = (doc as usize % DOC_CHUNK) as u16;
+    let norms = ivf.norm_scales();
     let mut cids = Vec::new();
     let mut codes = Vec::new();
     let mut scales = Vec::new();
-    for c in 0..ivf.n_centroids() {
-        // Only the sub-list of the document's chunk can hold it.
-        if let Some((t0, t1, _, _)) = ivf.sublists(c).nth(h) {
-            for (pos, &d) in docs[t0..t1].iter().enumerate() {
-                if d == local {
-                    cids.push(c as u32);
-                    codes.extend_from_slice(&ivf.token_codes(c * nch + h, t0 + pos));
-                    scales.push(ivf.norm_scale()[t0 + pos]);
+    if let Some(positions) = ivf.doc_positions(doc as usize) {
+        // The document map names the tokens directly (ascending positions = list order).
+        for &p in positions {
+            let p = p as usize;
+            let l = ivf.list_of_position(p);
+            cids.push((l / nch) as u32);
+            codes.extend_from_slice(&ivf.token_codes(l, p));
+            scales.push(norms.get(p));
+        }
+    } else {
+        // Version-3 lists: find the document's tokens in its chunk's sub-lists.
+        let docs = ivf.doc_of_token();
+        let h = doc as usize / DOC_CHUNK;
+        let local = (doc as usize % DOC_CHUNK) as u16;
+        for c in 0..ivf.n_centroids() {
+            if let Some((t0, t1, _, _)) = ivf.sublists(c).nth(h) {
+                for (pos, &d) in docs[t0..t1].iter().enumerate() {
+                    if d == local {
+                        cids.push(c as u32);
+                        codes.extend_from_slice(&ivf.token_codes(c * nch + h, t0 + pos));
+                        scales.push(norms.get(t0 + pos));
+                    }
                 }
             }
         }
@@ -665,6 +677,10 @@ pub struct CompressedSearch {
     pub nprobe: Option<usize>,
     /// Re-rank the short list exactly from the kept vectors (`None`: when vectors are kept).
     pub rerank: Option<bool>,
+    /// Candidates re-scored with all their tokens' codes ([`refine`]); `Some(0)` turns it off,
+    /// `None` is [`default_refine`] of `k` (and off for indexes whose lists predate the document
+    /// map).
+    pub refine: Option<usize>,
 }
 
 /// Documents scored by candidate generation before an exact re-rank keeps `k`.
@@ -774,12 +790,34 @@ pub(crate) fn search(
         }
     }
     let dim = snap.dim();
-    let depth = if rerank { rerank_depth(k) } else { k };
+    let all_mapped = views.iter().all(|v| v.seg.has_doc_map());
+    let n_refine = match opts.refine {
+        Some(0) => 0,
+        Some(r) if !all_mapped => {
+            return Err(LatixError::invalid(format!(
+                "refine={r} needs inverted lists with a document map, and some segments of this \
+                 index were written by an older latix: compact() rewrites them"
+            )))
+        }
+        Some(r) => r.max(k),
+        None if all_mapped => default_refine(k),
+        None => 0,
+    };
+    let exact_depth = if rerank { rerank_depth(k) } else { k };
+    let depth = exact_depth.max(n_refine);
     let per_query = |q: &[f32]| -> Result<Vec<(f32, usize, u32)>> {
         let mut hits: Vec<(f32, usize, u32)> = Vec::new();
         if !views.is_empty() {
             let plan = QueryPlan::new(&codec.codec, q, nprobe)?;
             let mut cands = search_segments(&plan, &views, depth)?;
+            if n_refine > 0 {
+                // Re-score the best n_refine with all their codes; the rest keep their order
+                // below them (only reached when the exact re-rank asks for more).
+                let rest = cands.split_off(n_refine.min(cands.len()));
+                cands = refine(&codec.codec, &plan, &views, &cands)?;
+                cands.extend(rest);
+            }
+            cands.truncate(exact_depth);
             if rerank {
                 for &(_, vi, d) in &cands {
                     // Verified read of the rows the re-rank is about to use.

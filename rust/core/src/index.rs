@@ -1221,11 +1221,12 @@ impl Index {
         self.search_with(queries, k, n_threads, subset, CompressedSearch::default())
     }
 
-    /// [`Index::search`] with the options of a compressed index (`nprobe`, `rerank`; both must
-    /// be `None` on a plain index). A compressed index searches segments that have inverted lists
-    /// through candidate generation from codes (tombstones and `subset` filter inside it), with
-    /// an exact re-rank of the short list when requested (default: when vectors are kept), and
-    /// searches the others exactly. Before its codec is trained, it is searched exactly.
+    /// [`Index::search`] with the options of a compressed index (`nprobe`, `rerank`, `refine`; all
+    /// must be `None` on a plain index). A compressed index searches segments that have inverted
+    /// lists through candidate generation from codes (tombstones and `subset` filter inside it),
+    /// re-scores the short list with all its documents' codes, then re-ranks it exactly from the
+    /// kept vectors when requested (default: when vectors are kept), and searches the others
+    /// exactly. Before its codec is trained, it is searched exactly.
     pub fn search_with(
         &self,
         queries: &[&[f32]],
@@ -1236,9 +1237,9 @@ impl Index {
     ) -> Result<SearchResults> {
         self.ensure_open()?;
         match &self.compression {
-            None if opts.nprobe.is_some() || opts.rerank.is_some() => {
+            None if opts.nprobe.is_some() || opts.rerank.is_some() || opts.refine.is_some() => {
                 return Err(LatixError::invalid(
-                    "nprobe and rerank apply to compressed indexes only",
+                    "nprobe, rerank and refine apply to compressed indexes only",
                 ));
             }
             Some(c) if opts.rerank == Some(true) && !c.keep_vectors => {

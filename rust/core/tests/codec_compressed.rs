@@ -520,3 +520,131 @@ fn segments_over_65536_documents_use_document_chunks() {
     assert!(got.iter().any(|g| g.2 == 69_999));
     assert!(got.iter().all(|g| (g.2 as usize) < n_docs));
 }
+
+fn align64(x: usize) -> usize {
+    x.div_ceil(64) * 64
+}
+
+/// Section offsets of a version-4 file: (list_tokens, list_blocks, doc_of_token, norm_scale,
+/// doc_offsets, doc_positions, codes), as the module documentation of `ivf` lays them out.
+fn v4_layout(seg: &IvfSegment) -> [usize; 7] {
+    let nl = seg.list_tokens().len() - 1;
+    let (nd, nt) = (seg.n_docs(), seg.n_tokens());
+    let lt = 64;
+    let lb = align64(lt + (nl + 1) * 4);
+    let dt = align64(lb + (nl + 1) * 4);
+    let ns = align64(dt + nt * 2);
+    let doff = align64(ns + nt * 2);
+    let dpos = align64(doff + (nd + 1) * 4);
+    let codes = align64(dpos + nt * 4);
+    [lt, lb, dt, ns, doff, dpos, codes]
+}
+
+fn with_crc(mut b: Vec<u8>) -> Vec<u8> {
+    let n = b.len() - 4;
+    let crc = crc32c::crc32c(&b[..n]);
+    b[n..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// The same lists in the version-3 format (f32 norm scales, no document map) that latix wrote
+/// before the document map existed.
+fn as_version_3(seg: &IvfSegment) -> Vec<u8> {
+    let v4 = seg.as_bytes();
+    let nt = seg.n_tokens();
+    let [_, _, dt, ns, _, _, codes] = v4_layout(seg);
+    let ns_end = align64(ns + nt * 4);
+    let mut b = vec![0u8; ns_end];
+    b[..dt + nt * 2].copy_from_slice(&v4[..dt + nt * 2]);
+    b[8..12].copy_from_slice(&3u32.to_le_bytes());
+    for t in 0..nt {
+        b[ns + 4 * t..ns + 4 * t + 4].copy_from_slice(&seg.norm_scales().get(t).to_le_bytes());
+    }
+    b.extend_from_slice(&v4[codes..v4.len() - 4]);
+    b.extend_from_slice(&[0; 4]);
+    with_crc(b)
+}
+
+#[test]
+fn document_map_is_exact_validated_and_version_3_lists_still_load() {
+    let c = corpus(6, 300, 32, 8);
+    let codec = train(&c, 24, 8);
+    let crc = codec_checksum(&codec.to_bytes());
+    let seg = latix_core::parallel::install(Some(2), || {
+        IvfSegment::build(&codec, crc, DocVectors::F32(&c.vectors), &c.offsets)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(seg.version(), 4);
+    // The map names exactly each document's tokens, ascending, and list_of_position finds the
+    // sub-list of every position.
+    let lt = seg.list_tokens().to_vec();
+    for l in 0..lt.len() - 1 {
+        for t in lt[l] as usize..lt[l + 1] as usize {
+            assert_eq!(seg.list_of_position(t), l, "position {t}");
+        }
+    }
+    let owner: Vec<usize> = seg.doc_of_token().iter().map(|&d| d as usize).collect();
+    for d in 0..seg.n_docs() {
+        let want: Vec<u32> = (0..seg.n_tokens())
+            .filter(|&t| owner[t] == d)
+            .map(|t| t as u32)
+            .collect();
+        assert_eq!(seg.doc_positions(d).unwrap(), &want[..], "document {d}");
+        assert_eq!(want.len() as u64, c.offsets[d + 1] - c.offsets[d]);
+    }
+    assert!(seg.doc_positions(seg.n_docs()).is_none());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("seg.ivf");
+    // A position that names another document's token, with a valid checksum: rejected by the
+    // map's validation, not only by the checksum.
+    let [.., dpos, _] = v4_layout(&seg);
+    let mut raw = seg.as_bytes().to_vec();
+    let d0 = seg.doc_positions(0).unwrap()[0];
+    let other = seg.doc_positions(1).unwrap()[0];
+    assert_ne!(d0, other);
+    raw[dpos..dpos + 4].copy_from_slice(&other.to_le_bytes());
+    std::fs::write(&p, with_crc(raw)).unwrap();
+    let e = IvfSegment::open(&p, true)
+        .err()
+        .expect("bad document map accepted");
+    assert!(
+        matches!(e, LatixError::Corrupted { .. }) && e.to_string().contains("document 0"),
+        "{e}"
+    );
+    // Version 3: loads, has no map, searches like version 4 from the same codes, and refuses to
+    // refine.
+    std::fs::write(&p, as_version_3(&seg)).unwrap();
+    let old = IvfSegment::open(&p, true).unwrap();
+    assert_eq!((old.version(), old.has_doc_map()), (3, false));
+    assert!(old.doc_positions(0).is_none());
+    let mut rng = Rng::new(4);
+    let q = query(&c, &mut rng, 5);
+    let plan = QueryPlan::new(&codec, &q, 6).unwrap();
+    let view = |s| {
+        [SegmentView {
+            seg: s,
+            allowed: None,
+        }]
+    };
+    let a = search_segments(&plan, &view(&seg), 20).unwrap();
+    let b = search_segments(&plan, &view(&old), 20).unwrap();
+    assert_eq!(a, b);
+    let e = latix_core::compressed::refine(&codec, &plan, &view(&old), &b).unwrap_err();
+    assert!(e.to_string().contains("document map"), "{e}");
+    // Every token's codes read the same from both files.
+    for d in [0usize, 7, 299] {
+        let mut x: Vec<Vec<u8>> = Vec::new();
+        let mut y: Vec<Vec<u8>> = Vec::new();
+        for (s, out) in [(&seg, &mut x), (&old, &mut y)] {
+            for l in 0..lt.len() - 1 {
+                for t in lt[l] as usize..lt[l + 1] as usize {
+                    if s.doc_of_token()[t] as usize == d {
+                        out.push(s.token_codes(l, t));
+                    }
+                }
+            }
+        }
+        assert_eq!(x, y);
+    }
+}

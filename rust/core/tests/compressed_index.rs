@@ -185,7 +185,8 @@ fn lifecycle_train_add_delete_subset_reopen_compact() {
             None,
             CompressedSearch {
                 nprobe: None,
-                rerank: Some(true)
+                rerank: Some(true),
+                refine: None,
             }
         ),
         Err(LatixError::InvalidArgument(_))
@@ -193,6 +194,7 @@ fn lifecycle_train_add_delete_subset_reopen_compact() {
     let all = CompressedSearch {
         nprobe: Some(32),
         rerank: None,
+        refine: None,
     };
     let r = recall(&ix, &mut data, &live, CompressedSearch::default());
     assert!(r >= 0.7, "recall@10 {r}");
@@ -321,6 +323,7 @@ fn keep_vectors_rerank_is_exact_on_the_short_list_and_costs_the_vectors() {
             let no = CompressedSearch {
                 nprobe: None,
                 rerank: Some(false),
+                refine: None,
             };
             assert!(!search(&ix, &data.mat(4, 0.8), 10, no).is_empty());
         }
@@ -425,6 +428,7 @@ fn bad_input_is_rejected_with_clear_errors() {
         let o = CompressedSearch {
             nprobe: Some(np),
             rerank: None,
+            refine: None,
         };
         assert!(matches!(
             ix.search_with(&[&q], 5, None, None, o),
@@ -449,7 +453,8 @@ fn bad_input_is_rejected_with_clear_errors() {
             None,
             CompressedSearch {
                 nprobe: Some(4),
-                rerank: None
+                rerank: None,
+                refine: None,
             }
         ),
         Err(LatixError::InvalidArgument(_))

@@ -99,7 +99,7 @@ fn reference(
                             continue;
                         }
                         let s = (cscore + lut.bias + lut.scale * out[j % BLOCK] as f32)
-                            * seg.norm_scale()[t];
+                            * seg.norm_scales().get(t);
                         let e = best
                             .entry((si as u32, d as u32))
                             .or_insert(f32::NEG_INFINITY);
@@ -274,4 +274,124 @@ fn two_level_probing_scores_only_the_best_clusters_leaves() {
         assert_eq!(search_segments(&one, &views, 10).unwrap().len(), 10);
     }
     assert!(hit as f64 >= 0.8 * total as f64, "{hit}/{total}");
+}
+
+/// MaxSim of `q` with the decoded, norm-rescaled vectors of every token of document `d` of
+/// `seg`, found by scanning every list (not through the document map), in f64.
+fn decoded_maxsim(codec: &Codec, seg: &IvfSegment, q: &[f32], d: usize) -> f64 {
+    let dim = codec.dim();
+    let m = codec.n_subspaces();
+    let nch = seg.n_doc_chunks();
+    let lt = seg.list_tokens();
+    let mut rows: Vec<Vec<f32>> = Vec::new();
+    for l in 0..lt.len() - 1 {
+        let base = (l % nch) * latix_core::compressed::ivf::DOC_CHUNK;
+        for t in lt[l] as usize..lt[l + 1] as usize {
+            if base + seg.doc_of_token()[t] as usize == d {
+                let codes = seg.token_codes(l, t);
+                assert_eq!(codes.len(), m / 2);
+                let mut x = codec.decode(&[(l / nch) as u32], &codes);
+                let r = seg.norm_scales().get(t);
+                x.iter_mut().for_each(|v| *v *= r);
+                rows.push(x);
+            }
+        }
+    }
+    q.chunks_exact(dim)
+        .map(|qi| {
+            rows.iter()
+                .map(|x| {
+                    qi.iter()
+                        .zip(x)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
+                })
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .sum()
+}
+
+#[test]
+fn refine_scores_equal_maxsim_over_decoded_tokens() {
+    let dim = 32;
+    let (v, off, centres) = corpus(31, 700, dim, 10);
+    let p = CodecParams {
+        n_centroids: Some(40),
+        bytes_per_token: Some(8),
+        kmeans_iters: Some(6),
+        seed: 5,
+    };
+    let codec = Codec::train(&v, dim, v.len() / dim, &p, Some(2)).unwrap();
+    let crc = codec_checksum(&codec.to_bytes());
+    let cuts = [0usize, 250, 700];
+    let segs: Vec<IvfSegment> = cuts
+        .windows(2)
+        .map(|w| {
+            let (a, b) = (off[w[0]] as usize, off[w[1]] as usize);
+            let o: Vec<u64> = off[w[0]..=w[1]].iter().map(|&x| x - off[w[0]]).collect();
+            IvfSegment::build(&codec, crc, DocVectors::F32(&v[a * dim..b * dim]), &o).unwrap()
+        })
+        .collect();
+    for s in &segs {
+        assert!(s.has_doc_map());
+    }
+    let views: Vec<SegmentView> = segs
+        .iter()
+        .map(|s| SegmentView {
+            seg: s,
+            allowed: None,
+        })
+        .collect();
+    let mut rng = Rng::new(12);
+    for trial in 0..8 {
+        let nq = 1 + rng.below(10);
+        let q: Vec<f32> = (0..nq)
+            .flat_map(|_| {
+                let t = rng.below(10);
+                unit(&mut rng, &centres[t * dim..(t + 1) * dim], 0.9)
+            })
+            .collect();
+        let nprobe = [1, 3, 8, 40][trial % 4];
+        let plan = QueryPlan::new(&codec, &q, nprobe).unwrap();
+        let cands = search_segments(&plan, &views, 40).unwrap();
+        for threads in [1, 2] {
+            let got = latix_core::parallel::install(Some(threads), || {
+                latix_core::compressed::refine(&codec, &plan, &views, &cands)
+            })
+            .unwrap()
+            .unwrap();
+            let what = format!("trial {trial} nq {nq} nprobe {nprobe} threads {threads}");
+            // The same documents, re-scored and sorted best first.
+            let mut a: Vec<(u32, u32)> = got.iter().map(|c| (c.1, c.2)).collect();
+            let mut b: Vec<(u32, u32)> = cands.iter().map(|c| (c.1, c.2)).collect();
+            a.sort_unstable();
+            b.sort_unstable();
+            assert_eq!(a, b, "{what}: candidate set");
+            assert!(got.windows(2).all(|w| w[0].0 >= w[1].0), "{what}: order");
+            for &(s, si, d) in &got {
+                let want = decoded_maxsim(&codec, &segs[si as usize], &q, d as usize);
+                // u8 lookup tables: at most half a step per subspace and query token.
+                let tol = nq as f64 * (0.5 * 8.0 * 2.0 * plan_lut_step(&codec, &q) + 1e-3);
+                assert!(
+                    (s as f64 - want).abs() <= tol,
+                    "{what}: ({si}, {d}) refined {s} vs decoded MaxSim {want} (tol {tol})"
+                );
+            }
+        }
+    }
+    // A two-level plan (not every centroid scored) refines to the same scores.
+    let q: Vec<f32> = unit(&mut rng, &centres[..dim], 0.9);
+    let full = QueryPlan::new(&codec, &q, 4).unwrap();
+    let two = QueryPlan::with_probe_groups(&codec, &q, 4, 1).unwrap();
+    let cands = search_segments(&full, &views, 20).unwrap();
+    let a = latix_core::compressed::refine(&codec, &full, &views, &cands).unwrap();
+    let b = latix_core::compressed::refine(&codec, &two, &views, &cands).unwrap();
+    assert_eq!(a, b);
+}
+
+/// Largest lookup-table step of any query token of `q` (the u8 tables' resolution).
+fn plan_lut_step(codec: &Codec, q: &[f32]) -> f64 {
+    q.chunks_exact(codec.dim())
+        .map(|qi| build_lut(codec, qi).scale as f64)
+        .fold(0.0, f64::max)
 }

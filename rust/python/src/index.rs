@@ -317,7 +317,7 @@ impl PyIndex {
     }
 
     /// Returns (scores float32 (n_queries, k), ids list[str] of length n_queries * k).
-    #[pyo3(signature = (queries, k=10, n_threads=None, subset=None, nprobe=None, rerank=None))]
+    #[pyo3(signature = (queries, k=10, n_threads=None, subset=None, nprobe=None, rerank=None, refine=None))]
     #[allow(clippy::too_many_arguments)]
     fn search<'py>(
         &self,
@@ -328,6 +328,7 @@ impl PyIndex {
         subset: Option<&Bound<'py, PyAny>>,
         nprobe: Option<i64>,
         rerank: Option<bool>,
+        refine: Option<i64>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let nprobe = match nprobe {
             None => None,
@@ -339,7 +340,21 @@ impl PyIndex {
                 ))
             }
         };
-        let opts = CompressedSearch { nprobe, rerank };
+        let refine = match refine {
+            None => None,
+            Some(n) if n >= 0 => Some(n as usize),
+            Some(n) => {
+                return Err(invalid(
+                    py,
+                    format!("refine must be a non-negative integer or None, got {n}"),
+                ))
+            }
+        };
+        let opts = CompressedSearch {
+            nprobe,
+            rerank,
+            refine,
+        };
         if self.inner.is_closed() {
             return self.inner.len().map(|_| PyTuple::empty(py)).py_err(py);
         }

@@ -100,6 +100,9 @@ pub struct Codec {
     /// at `KSUB * sub_off[s]` (`KSUB * dim` in all).
     codebooks: Vec<f32>,
     // Derived, not serialised.
+    /// The codewords dimension-major: `codewords_t[d * KSUB + j]` = dimension `d` of codeword `j`
+    /// of the subspace holding `d`, so a query's lookup table is 16-wide multiply-adds.
+    codewords_t: Vec<f32>,
     sub_off: Vec<usize>,
     top_panels: Panels,
     top_hn: Vec<f32>,
@@ -117,6 +120,24 @@ pub fn subspace_offsets(dim: usize, m: usize) -> Vec<usize> {
         off.push(off[s] + q + usize::from(s < r));
     }
     off
+}
+
+/// The codebooks dimension-major (see [`Codec::codewords_by_dim`]).
+fn transpose_codebooks(codebooks: &[f32], sub_off: &[usize]) -> Vec<f32> {
+    let dim = sub_off.last().copied().unwrap_or(0);
+    let mut t = vec![0.0f32; KSUB * dim];
+    for w in sub_off.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        for (j, cw) in codebooks[KSUB * a..KSUB * b]
+            .chunks_exact(b - a)
+            .enumerate()
+        {
+            for (d, &v) in cw.iter().enumerate() {
+                t[(a + d) * KSUB + j] = v;
+            }
+        }
+    }
+    t
 }
 
 fn round_f16(v: &mut [f32]) {
@@ -176,6 +197,11 @@ impl Codec {
     pub fn codebooks(&self) -> &[f32] {
         &self.codebooks
     }
+    /// The codewords dimension-major (`16 * dim` values): `[d * 16 + j]` is dimension `d` of
+    /// codeword `j` of the subspace that holds dimension `d`.
+    pub fn codewords_by_dim(&self) -> &[f32] {
+        &self.codewords_t
+    }
     /// Subspace boundaries (`M + 1` dimension offsets).
     pub fn subspace_offsets(&self) -> &[usize] {
         &self.sub_off
@@ -223,6 +249,8 @@ impl Codec {
             .collect();
         let centroid_panels = Panels::new(&centroids, dim);
         let centroid_half_panels = HalfPanels::new(&centroids, dim);
+        let sub_off = subspace_offsets(dim, m);
+        let codewords_t = transpose_codebooks(&codebooks, &sub_off);
         Codec {
             dim,
             m,
@@ -231,7 +259,8 @@ impl Codec {
             top,
             centroids,
             codebooks,
-            sub_off: subspace_offsets(dim, m),
+            codewords_t,
+            sub_off,
             top_panels,
             top_hn,
             group_panels,
@@ -403,6 +432,7 @@ impl Codec {
             })
             .collect();
         codec.codebooks = books.concat();
+        codec.codewords_t = transpose_codebooks(&codec.codebooks, &codec.sub_off);
         codec
     }
 

@@ -25,33 +25,55 @@ pub struct TokenLut {
 }
 
 /// Builds the lookup table of one query token `q` (`dim` f32).
+///
+/// The float table of a subspace is 16 multiply-adds per dimension against the dimension-major
+/// codewords ([`Codec::codewords_by_dim`]), and min / max / rounding are plain compare-selects,
+/// so the whole build vectorises (it was a tenth of a SciFact query's instructions as dot products,
+/// `f32::min` folds and libm `roundf` calls).
 pub fn build_lut(codec: &Codec, q: &[f32]) -> TokenLut {
     let m = codec.n_subspaces();
     let so = codec.subspace_offsets();
-    let mut lf = vec![0.0f32; m * KSUB];
-    for s in 0..m {
-        let qs = &q[so[s]..so[s + 1]];
-        for (j, cw) in codec.codebook(s).chunks_exact(qs.len()).enumerate() {
-            lf[s * KSUB + j] = qs.iter().zip(cw).map(|(a, b)| a * b).sum();
-        }
-    }
+    let cwt = codec.codewords_by_dim();
+    let mut lf = vec![[0.0f32; KSUB]; m];
+    let mut mins = vec![0.0f32; m];
     let mut bias = 0.0f32;
     let mut range = 0.0f32;
-    let mut mins = vec![0.0f32; m];
-    for s in 0..m {
-        let row = &lf[s * KSUB..(s + 1) * KSUB];
-        let lo = row.iter().copied().fold(f32::INFINITY, f32::min);
-        let hi = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for (s, out) in lf.iter_mut().enumerate() {
+        let mut acc = [0.0f32; KSUB];
+        for d in so[s]..so[s + 1] {
+            let qd = q[d];
+            let row: &[f32; KSUB] = cwt[d * KSUB..(d + 1) * KSUB]
+                .try_into()
+                .expect("KSUB codewords per dimension");
+            for j in 0..KSUB {
+                acc[j] += qd * row[j];
+            }
+        }
+        *out = acc;
+        let (mut lo, mut hi) = (acc[0], acc[0]);
+        for &v in &acc[1..] {
+            lo = if v < lo { v } else { lo };
+            hi = if v > hi { v } else { hi };
+        }
         mins[s] = lo;
         bias += lo;
         range = range.max(hi - lo);
     }
     let scale = if range > 0.0 { range / 255.0 } else { 1.0 };
-    let lut = lf
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| ((v - mins[i / KSUB]) / scale).round().clamp(0.0, 255.0) as u8)
-        .collect();
+    let inv = 1.0 / scale;
+    let mut lut = vec![0u8; m * KSUB];
+    for ((out, row), &lo) in lut.chunks_exact_mut(KSUB).zip(&lf).zip(&mins) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            // v - lo >= 0, so adding 0.5 and truncating rounds to nearest. The selects map NaN
+            // (only from overflowing inputs) to 0 and clamp to 0..=255, so the unchecked
+            // conversion, which vectorises unlike a saturating `as`, is always defined.
+            let y = (v - lo) * inv + 0.5;
+            let y = if y >= 0.0 { y } else { 0.0 };
+            let y = if y < 255.0 { y } else { 255.0 };
+            // SAFETY: 0 <= y <= 255 (NaN excluded by the first select).
+            *o = unsafe { y.to_int_unchecked::<i32>() } as u8;
+        }
+    }
     TokenLut { lut, bias, scale }
 }
 
@@ -122,6 +144,116 @@ unsafe fn scan_block_avx2(lut: &[u8], block: &[u8], m: usize, out: &mut [u16; BL
     _mm_storeu_si128(p.add(3), _mm_unpackhi_epi16(he, ho));
 }
 
+/// Copies the codes of up to 32 tokens, each `(block, lane)` in the block array `codes`
+/// (`M * 16` bytes per block), into one block `out` (token `u` of `tokens` at lane `u`; missing
+/// lanes get code 0): the inverse of scattering a document's tokens over inverted lists, so they
+/// can be scored with [`scan_block`] (see `search::refine`). Panics if a token is out of range.
+pub fn gather_block(codes: &[u8], m: usize, tokens: &[(usize, usize)], out: &mut [u8]) {
+    let bb = m * 16;
+    assert!(tokens.len() <= BLOCK && out.len() == bb && m.is_multiple_of(2));
+    for &(b, lane) in tokens {
+        assert!(
+            lane < BLOCK && (b + 1) * bb <= codes.len(),
+            "token out of range"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2() && m <= 256 {
+            // SAFETY: AVX2 detected at run time; every source block and `out` checked above.
+            unsafe { gather_block_avx2(codes, m, tokens, out) };
+            return;
+        }
+    }
+    gather_block_scalar(codes, m, tokens, out)
+}
+
+/// Reference for [`gather_block`]: one nibble at a time.
+pub fn gather_block_scalar(codes: &[u8], m: usize, tokens: &[(usize, usize)], out: &mut [u8]) {
+    let bb = m * 16;
+    out.fill(0);
+    for (u, &(b, lane)) in tokens.iter().enumerate() {
+        let src = &codes[b * bb..(b + 1) * bb];
+        let (sb, ssh) = (lane % 16, 4 * (lane / 16));
+        let (db, dsh) = (u % 16, 4 * (u / 16));
+        for (d, s) in out.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
+            d[db] |= ((s[sb] >> ssh) & 15) << dsh;
+        }
+    }
+}
+
+/// AVX2 [`gather_block`]. Byte `db` of every 16-byte row of the output comes from byte `sb` of
+/// the same row of the token's source block, so one `pshufb` per pair of rows moves a token's
+/// bytes into place (an index of 0x80 zeroes the other bytes) and an OR accumulates the 16
+/// tokens of each output nibble half. Each accumulated byte still holds both of its source
+/// nibbles; the right one is selected per token at the end. Row pairs are done four at a time
+/// so the accumulators stay in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gather_block_avx2(codes: &[u8], m: usize, tokens: &[(usize, usize)], out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    const G: usize = 4;
+    let pairs = m / 2;
+    let bb = m * 16;
+    let iota = _mm256_setr_epi8(
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+        12, 13, 14, 15,
+    );
+    let zero_idx = _mm256_set1_epi8(0x80u8 as i8);
+    // Per token: its shuffle index (0x80 everywhere but byte db of each 128-bit lane, which
+    // reads byte sb) and its source block.
+    let mut idx = [zero_idx; BLOCK];
+    let mut src = [codes.as_ptr(); BLOCK];
+    let mut high = [[0u8; 32]; 2];
+    for (u, &(b, lane)) in tokens.iter().enumerate() {
+        let (h, db) = (u / 16, u % 16);
+        let at_db = _mm256_cmpeq_epi8(iota, _mm256_set1_epi8(db as i8));
+        idx[u] = _mm256_blendv_epi8(zero_idx, _mm256_set1_epi8((lane % 16) as i8), at_db);
+        src[u] = codes.as_ptr().add(b * bb);
+        if lane >= 16 {
+            high[h][db] = 0xFF;
+            high[h][db + 16] = 0xFF;
+        }
+    }
+    let n = tokens.len();
+    let (n_lo, n_hi) = (n.min(16), n.saturating_sub(16));
+    let low_mask = _mm256_set1_epi8(0x0f);
+    let sel_lo = _mm256_loadu_si256(high[0].as_ptr() as *const __m256i);
+    let sel_hi = _mm256_loadu_si256(high[1].as_ptr() as *const __m256i);
+    let nib = |v: __m256i, s: __m256i| {
+        _mm256_blendv_epi8(
+            _mm256_and_si256(v, low_mask),
+            _mm256_and_si256(_mm256_srli_epi16(v, 4), low_mask),
+            s,
+        )
+    };
+    let mut p0 = 0;
+    while p0 < pairs {
+        let g = (pairs - p0).min(G);
+        let mut lo = [_mm256_setzero_si256(); G];
+        let mut hi = [_mm256_setzero_si256(); G];
+        for (acc, range) in [(&mut lo, 0..n_lo), (&mut hi, 16..16 + n_hi)] {
+            for u in range {
+                let ix = idx[u];
+                let s = src[u].add(p0 * 32);
+                for (j, a) in acc.iter_mut().enumerate().take(g) {
+                    // SAFETY: (p0 + j) * 32 + 32 <= bb, inside the source block (checked by the
+                    // caller).
+                    let v = _mm256_loadu_si256(s.add(j * 32) as *const __m256i);
+                    *a = _mm256_or_si256(*a, _mm256_shuffle_epi8(v, ix));
+                }
+            }
+        }
+        for j in 0..g {
+            // Nibbles are at most 15, so the 16-bit shift keeps each in its byte.
+            let v = _mm256_or_si256(nib(lo[j], sel_lo), _mm256_slli_epi16(nib(hi[j], sel_hi), 4));
+            // SAFETY: (p0 + j) * 32 + 32 <= bb = out.len().
+            _mm256_storeu_si256(out.as_mut_ptr().add((p0 + j) * 32) as *mut __m256i, v);
+        }
+        p0 += g;
+    }
+}
+
 /// True when the AVX2 kernel can run on this CPU (detected once by std).
 #[inline]
 pub fn has_avx2() -> bool {
@@ -167,6 +299,34 @@ mod tests {
             scan_block_scalar(&lut, &block, m, &mut a);
             scan_block(&lut, &block, m, has_avx2(), &mut b);
             assert_eq!(a, b, "m = {m}");
+        }
+    }
+
+    #[test]
+    fn gather_matches_scalar_and_reads_token_codes() {
+        let mut rng = Rng::new(11);
+        for &m in &[2usize, 8, 48, 96, 256] {
+            let bb = m * 16;
+            let n_blocks = 7;
+            let codes: Vec<u8> = (0..n_blocks * bb).map(|_| rng.below(256) as u8).collect();
+            for n in [0usize, 1, 15, 16, 17, 31, 32] {
+                let toks: Vec<(usize, usize)> = (0..n)
+                    .map(|_| (rng.below(n_blocks), rng.below(BLOCK)))
+                    .collect();
+                let mut a = vec![0xAAu8; bb];
+                let mut b = vec![0x55u8; bb];
+                gather_block(&codes, m, &toks, &mut a);
+                gather_block_scalar(&codes, m, &toks, &mut b);
+                assert_eq!(a, b, "m {m} n {n}");
+                // Lane u of the output holds token u's code in every subspace.
+                for (u, &(blk, lane)) in toks.iter().enumerate() {
+                    for s in 0..m {
+                        let src = (codes[blk * bb + s * 16 + lane % 16] >> (4 * (lane / 16))) & 15;
+                        let dst = (a[s * 16 + u % 16] >> (4 * (u / 16))) & 15;
+                        assert_eq!(src, dst);
+                    }
+                }
+            }
         }
     }
 

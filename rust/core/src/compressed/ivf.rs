@@ -16,8 +16,18 @@
 //! n_tokens, n_blocks, codec checksum, n_chunks), then 64-byte-aligned sections `list_tokens`
 //! (K * n_chunks + 1 u32, token offsets of each sub-list, sub-list `c * n_chunks + h` = centroid
 //! `c`, document chunk `h`), `list_blocks` (K * n_chunks + 1 u32, block offsets), `doc_of_token`
-//! (n_tokens u16, document number within its chunk), `norm_scale` (n_tokens f32, in list order) and
-//! `codes` (n_blocks * M * 16 bytes), then a CRC32C of everything before it.
+//! (n_tokens u16, document number within its chunk), `norm_scale` (n_tokens, in list order),
+//! in version 4 `doc_offsets` (n_docs + 1 u32) and `doc_positions` (n_tokens u32: the list
+//! positions of document `d`'s tokens are `doc_positions[doc_offsets[d]..doc_offsets[d + 1]]`,
+//! ascending), and `codes` (n_blocks * M * 16 bytes), then a CRC32C of everything before it.
+//! Version 4 stores the norm scale as u16 fixed point (`value / 16384`, 6e-5 resolution, 2 bytes
+//! instead of 4); version 3 files (f32 norm scales, no document map) are still read, and are
+//! searched without the code-level refinement that needs the document map (see
+//! [`super::search::refine`]) until compaction rewrites them.
+//!
+//! The document map costs 4 bytes per stored token (2 per original token with pooling by 2) and
+//! lets search re-score a short list of documents with *all* their tokens' codes (PLAID's final
+//! stage, from codes), where candidate generation only saw the tokens in probed lists.
 //!
 //! `norm_scale` of a token is `|x| / |x^|`, its true norm over the norm of its decoded vector: a
 //! token is scored as `<q, x^> * norm_scale`, i.e. the decoded vector rescaled to the original
@@ -36,7 +46,11 @@ use crate::error::{LatixError, Result};
 use crate::maxsim::DocVectors;
 
 const MAGIC: &[u8; 8] = b"LTXIVFSG";
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
+/// The previous version (f32 norm scales, no document map), still read.
+const VERSION_V3: u32 = 3;
+/// Fixed-point unit of a version-4 norm scale: stored `u16` = `round(scale * NORM_ONE)`.
+pub const NORM_ONE: f32 = 16384.0;
 const HEADER: usize = 64;
 /// Documents per document-number chunk (u16 document numbers).
 pub const DOC_CHUNK: usize = 1 << 16;
@@ -69,17 +83,80 @@ pub struct IvfSegment {
     n_tokens: usize,
     n_chunks: usize,
     codec_crc: u32,
-    sec: [(usize, usize); 5],
+    version: u32,
+    /// In memory only: the sub-list holding list position `b << POS_BUCKET_SHIFT`, per bucket, so
+    /// [`IvfSegment::list_of_position`] is a lookup and a short forward walk.
+    pos_bucket: Vec<u32>,
+    /// (byte offset, element count) of the sections, indexed by the `SEC_*` constants; the
+    /// document map sections are empty in version 3.
+    sec: [(usize, usize); 7],
 }
 
-/// Section offsets of a segment: list_tokens, list_blocks, doc_of_token, norm_scale, codes.
-fn layout(n_lists: usize, n_tokens: usize) -> [usize; 5] {
-    let s0 = HEADER;
-    let s1 = align64(s0 + (n_lists + 1) * 4);
-    let s2 = align64(s1 + (n_lists + 1) * 4);
-    let s3 = align64(s2 + n_tokens * 2);
-    let s4 = align64(s3 + n_tokens * 4);
-    [s0, s1, s2, s3, s4]
+const SEC_LIST_TOKENS: usize = 0;
+const SEC_LIST_BLOCKS: usize = 1;
+const SEC_DOC_OF_TOKEN: usize = 2;
+const SEC_NORM: usize = 3;
+const SEC_DOC_OFFSETS: usize = 4;
+const SEC_DOC_POSITIONS: usize = 5;
+const SEC_CODES: usize = 6;
+
+/// Log2 of the list positions per bucket of [`IvfSegment::list_of_position`]'s table (4 bytes per
+/// 64 tokens in memory).
+const POS_BUCKET_SHIFT: usize = 6;
+
+/// Byte offsets of the sections of a file of `version` (indexed by the `SEC_*` constants) and
+/// the offset where the codes end is computed from (the codes section's start).
+fn layout(version: u32, n_lists: usize, n_docs: usize, n_tokens: usize) -> [usize; 7] {
+    let lt = HEADER;
+    let lb = align64(lt + (n_lists + 1) * 4);
+    let dt = align64(lb + (n_lists + 1) * 4);
+    let ns = align64(dt + n_tokens * 2);
+    if version == VERSION_V3 {
+        let codes = align64(ns + n_tokens * 4);
+        return [lt, lb, dt, ns, codes, codes, codes];
+    }
+    let doff = align64(ns + n_tokens * 2);
+    let dpos = align64(doff + (n_docs + 1) * 4);
+    let codes = align64(dpos + n_tokens * 4);
+    [lt, lb, dt, ns, doff, dpos, codes]
+}
+
+/// A segment's per-token norm scales (see the module documentation), in list order.
+#[derive(Clone, Copy, Debug)]
+pub enum NormScales<'a> {
+    /// Version 3: plain f32.
+    F32(&'a [f32]),
+    /// Version 4: u16 fixed point, `value / NORM_ONE`.
+    Fixed(&'a [u16]),
+}
+
+impl NormScales<'_> {
+    /// The scale of the token at list position `t`.
+    #[inline(always)]
+    pub fn get(&self, t: usize) -> f32 {
+        match self {
+            NormScales::F32(v) => v[t],
+            NormScales::Fixed(v) => v[t] as f32 * (1.0 / NORM_ONE),
+        }
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        match self {
+            NormScales::F32(v) => v.len(),
+            NormScales::Fixed(v) => v.len(),
+        }
+    }
+
+    /// True when there are no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A norm scale rounded to the version-4 fixed point (saturating at the largest value, ~4).
+fn norm_fixed(r: f32) -> u16 {
+    (r * NORM_ONE + 0.5).clamp(0.0, u16::MAX as f32) as u16
 }
 
 /// `|x| / |x^|` for a vector `x` and its decoding `x^` (1 when either is zero, so nothing is
@@ -196,7 +273,10 @@ impl IvfSegment {
         let n_blocks = list_blocks[nl] as usize;
         let mut order = vec![0u32; n_tokens];
         let mut doc_of_token = vec![0u16; n_tokens];
-        let mut norm_scale = vec![0f32; n_tokens];
+        let mut norm_scale = vec![0u16; n_tokens];
+        // The document map: list position of every token, in token order, then sorted per
+        // document (the documents' token ranges are the input offsets).
+        let mut doc_positions = vec![0u32; n_tokens];
         let mut fill = list_tokens.clone();
         for (t, (&c, &d)) in cids.iter().zip(&doc_full).enumerate() {
             let l = list_of(c, d);
@@ -204,14 +284,19 @@ impl IvfSegment {
             fill[l] += 1;
             order[pos] = t as u32;
             doc_of_token[pos] = (d as usize % DOC_CHUNK) as u16;
-            norm_scale[pos] = scales[t];
+            norm_scale[pos] = norm_fixed(scales[t]);
+            doc_positions[t] = pos as u32;
         }
         drop(scales);
         drop(doc_full);
+        let doc_offsets: Vec<u32> = offsets.iter().map(|&o| o as u32).collect();
+        for w in doc_offsets.windows(2) {
+            doc_positions[w[0] as usize..w[1] as usize].sort_unstable();
+        }
         // Layout and write.
         let block_bytes = m * 16;
-        let [s0, s1, s2, s3, s4] = layout(nl, n_tokens);
-        let end = s4 + n_blocks * block_bytes;
+        let [s0, s1, s2, s3, s4, s5, s6] = layout(VERSION, nl, n_docs, n_tokens);
+        let end = s6 + n_blocks * block_bytes;
         let total = end + 4;
         let mut store = vec![0u64; total.div_ceil(8)];
         {
@@ -235,8 +320,10 @@ impl IvfSegment {
             b[s0..s0 + (nl + 1) * 4].copy_from_slice(bytemuck::cast_slice(&list_tokens));
             b[s1..s1 + (nl + 1) * 4].copy_from_slice(bytemuck::cast_slice(&list_blocks));
             b[s2..s2 + n_tokens * 2].copy_from_slice(bytemuck::cast_slice(&doc_of_token));
-            b[s3..s3 + n_tokens * 4].copy_from_slice(bytemuck::cast_slice(&norm_scale));
-            let code_area = &mut b[s4..end];
+            b[s3..s3 + n_tokens * 2].copy_from_slice(bytemuck::cast_slice(&norm_scale));
+            b[s4..s4 + (n_docs + 1) * 4].copy_from_slice(bytemuck::cast_slice(&doc_offsets));
+            b[s5..s5 + n_tokens * 4].copy_from_slice(bytemuck::cast_slice(&doc_positions));
+            let code_area = &mut b[s6..end];
             // Fill blocks sub-list by sub-list (in parallel).
             let blocks: Vec<(usize, Vec<u8>)> = (0..nl)
                 .into_par_iter()
@@ -297,7 +384,7 @@ impl IvfSegment {
             u32::from_le_bytes([b[8 + 4 * i], b[9 + 4 * i], b[10 + 4 * i], b[11 + 4 * i]])
         };
         let version = rd(0);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_V3 {
             return Err(LatixError::UnsupportedVersion {
                 path: path.into(),
                 detail: format!(
@@ -324,10 +411,15 @@ impl IvfSegment {
             .checked_mul(nch)
             .filter(|&v| v < u32::MAX as usize)
             .ok_or_else(|| bad("sizes overflow".into()))?;
-        let [s0, s1, s2, s3, s4] = layout(nl, n_tokens);
+        if n_docs >= u32::MAX as usize || n_tokens >= u32::MAX as usize {
+            return Err(bad(format!(
+                "{n_docs} documents / {n_tokens} tokens overflow u32"
+            )));
+        }
+        let lay = layout(version, nl, n_docs, n_tokens);
         let end = n_blocks
             .checked_mul(m * 16)
-            .and_then(|v| v.checked_add(s4))
+            .and_then(|v| v.checked_add(lay[SEC_CODES]))
             .ok_or_else(|| bad("sizes overflow".into()))?;
         if b.len() != end + 4 {
             return Err(bad(format!(
@@ -342,19 +434,24 @@ impl IvfSegment {
                 return Err(bad("checksum mismatch".into()));
             }
         }
-        let seg = IvfSegment {
+        let v4 = version == VERSION;
+        let mut seg = IvfSegment {
             k,
             m,
             n_docs,
             n_tokens,
             n_chunks: nch,
             codec_crc,
+            version,
+            pos_bucket: Vec::new(),
             sec: [
-                (s0, nl + 1),
-                (s1, nl + 1),
-                (s2, n_tokens),
-                (s3, n_tokens),
-                (s4, n_blocks * m * 16),
+                (lay[SEC_LIST_TOKENS], nl + 1),
+                (lay[SEC_LIST_BLOCKS], nl + 1),
+                (lay[SEC_DOC_OF_TOKEN], n_tokens),
+                (lay[SEC_NORM], n_tokens),
+                (lay[SEC_DOC_OFFSETS], if v4 { n_docs + 1 } else { 0 }),
+                (lay[SEC_DOC_POSITIONS], if v4 { n_tokens } else { 0 }),
+                (lay[SEC_CODES], n_blocks * m * 16),
             ],
             bytes,
         };
@@ -364,10 +461,41 @@ impl IvfSegment {
         if lt[0] != 0 || lb[0] != 0 || lt[nl] as usize != n_tokens || lb[nl] as usize != n_blocks {
             return Err(bad("list offsets do not span the tokens/blocks".into()));
         }
-        if seg.norm_scale().iter().any(|v| !v.is_finite() || *v < 0.0) {
-            return Err(bad("a token's norm scale is negative or not finite".into()));
+        if let NormScales::F32(v) = seg.norm_scales() {
+            if v.iter().any(|v| !v.is_finite() || *v < 0.0) {
+                return Err(bad("a token's norm scale is negative or not finite".into()));
+            }
         }
         let docs = seg.doc_of_token();
+        if v4 {
+            // The document map: offsets span the tokens, and every position names a token of
+            // that document (its chunk-local number matches), ascending.
+            let doff = seg.u32s(SEC_DOC_OFFSETS);
+            let dpos = seg.u32s(SEC_DOC_POSITIONS);
+            if doff[0] != 0 || doff[n_docs] as usize != n_tokens {
+                return Err(bad("document offsets do not span the tokens".into()));
+            }
+            for d in 0..n_docs {
+                let (a, e) = (doff[d] as usize, doff[d + 1] as usize);
+                if e < a || e > n_tokens {
+                    return Err(bad(format!("document {d} has a bad token range")));
+                }
+                let local = (d % DOC_CHUNK) as u16;
+                let mut prev: Option<u32> = None;
+                for &p in &dpos[a..e] {
+                    if p as usize >= n_tokens
+                        || docs[p as usize] != local
+                        || prev.is_some_and(|q| q >= p)
+                    {
+                        return Err(bad(format!(
+                            "document {d}: token position {p} is out of range, out of order or \
+                             belongs to another document"
+                        )));
+                    }
+                    prev = Some(p);
+                }
+            }
+        }
         for l in 0..nl {
             let len = lt[l + 1]
                 .checked_sub(lt[l])
@@ -387,6 +515,20 @@ impl IvfSegment {
                 return Err(bad("a token refers to a document past the end".into()));
             }
         }
+        // Bucket table of list_of_position: sub-lists are contiguous and ascending, so a bucket's
+        // first position lies in the last sub-list starting at or before it.
+        let n_buckets = n_tokens.div_ceil(1 << POS_BUCKET_SHIFT);
+        let mut bucket = Vec::with_capacity(n_buckets);
+        let lt = seg.list_tokens();
+        let mut l = 0usize;
+        for b in 0..n_buckets {
+            let t = b << POS_BUCKET_SHIFT;
+            while lt[l + 1] as usize <= t {
+                l += 1;
+            }
+            bucket.push(l as u32);
+        }
+        seg.pos_bucket = bucket;
         Ok(seg)
     }
 
@@ -399,16 +541,46 @@ impl IvfSegment {
     /// Token offsets of each sub-list (`K * n_doc_chunks + 1`; sub-list `c * n_doc_chunks + h`
     /// holds centroid `c`'s tokens of document chunk `h`).
     pub fn list_tokens(&self) -> &[u32] {
-        self.u32s(0)
+        self.u32s(SEC_LIST_TOKENS)
     }
     /// Block offsets of each sub-list (`K * n_doc_chunks + 1`).
     pub fn list_blocks(&self) -> &[u32] {
-        self.u32s(1)
+        self.u32s(SEC_LIST_BLOCKS)
+    }
+    /// File format version (3 or 4).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+    /// True when the segment has the document map (version 4), which code-level refinement needs.
+    pub fn has_doc_map(&self) -> bool {
+        self.version >= VERSION
+    }
+    /// List positions of document `doc`'s tokens, ascending (None without a document map or for a
+    /// document number out of range).
+    pub fn doc_positions(&self, doc: usize) -> Option<&[u32]> {
+        if !self.has_doc_map() || doc >= self.n_docs {
+            return None;
+        }
+        let off = self.u32s(SEC_DOC_OFFSETS);
+        let pos = self.u32s(SEC_DOC_POSITIONS);
+        // Validated at parse: offsets within the tokens and non-decreasing.
+        pos.get(off[doc] as usize..off[doc + 1] as usize)
+    }
+    /// The sub-list holding list position `pos` (`pos < n_tokens`; panics otherwise): a table
+    /// lookup and a forward walk over the few sub-lists that start inside its bucket.
+    #[inline]
+    pub fn list_of_position(&self, pos: usize) -> usize {
+        let lt = self.list_tokens();
+        let mut l = self.pos_bucket[pos >> POS_BUCKET_SHIFT] as usize;
+        while lt[l + 1] as usize <= pos {
+            l += 1;
+        }
+        l
     }
     /// Document number of each token within its chunk, in list order: the segment-local
     /// document is `h * DOC_CHUNK + doc_of_token()[t]` for a token of sub-list chunk `h`.
     pub fn doc_of_token(&self) -> &[u16] {
-        let (off, n) = self.sec[2];
+        let (off, n) = self.sec[SEC_DOC_OF_TOKEN];
         bytemuck::cast_slice(&self.bytes.as_slice()[off..off + n * 2])
     }
     /// Number of document chunks of [`DOC_CHUNK`] documents (at least 1).
@@ -434,13 +606,18 @@ impl IvfSegment {
         (lt[(c + 1) * self.n_chunks] - lt[c * self.n_chunks]) as usize
     }
     /// `|x| / |x^|` of every token, in list order (see the module documentation).
-    pub fn norm_scale(&self) -> &[f32] {
-        let (off, n) = self.sec[3];
-        bytemuck::cast_slice(&self.bytes.as_slice()[off..off + n * 4])
+    pub fn norm_scales(&self) -> NormScales<'_> {
+        let (off, n) = self.sec[SEC_NORM];
+        let b = self.bytes.as_slice();
+        if self.version == VERSION_V3 {
+            NormScales::F32(bytemuck::cast_slice(&b[off..off + n * 4]))
+        } else {
+            NormScales::Fixed(bytemuck::cast_slice(&b[off..off + n * 2]))
+        }
     }
     /// All code blocks, `M * 16` bytes each.
     pub fn codes(&self) -> &[u8] {
-        let (off, n) = self.sec[4];
+        let (off, n) = self.sec[SEC_CODES];
         &self.bytes.as_slice()[off..off + n]
     }
     /// Number of coarse centroids the segment was built with.

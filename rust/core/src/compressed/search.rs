@@ -15,8 +15,8 @@
 use rayon::prelude::*;
 
 use super::codec::Codec;
-use super::fastscan::{build_lut, has_avx2, scan_block, TokenLut, BLOCK};
-use super::ivf::IvfSegment;
+use super::fastscan::{build_lut, gather_block, has_avx2, scan_block, TokenLut, BLOCK};
+use super::ivf::{IvfSegment, NormScales, NORM_ONE};
 use super::linalg::{scores, scores_half};
 use crate::error::{LatixError, Result};
 use crate::maxsim::DocVectors;
@@ -47,6 +47,12 @@ pub struct QueryPlan {
     probe_scores: Vec<f32>,
     impute: Vec<f32>,
     luts: Vec<TokenLut>,
+    /// Every centroid's score for every query token (`nq` rows of `cs_stride` values), kept
+    /// for [`refine`]; empty when the plan scored only some centroids (two-level probing).
+    centroid_scores: Vec<f32>,
+    cs_stride: usize,
+    /// The query tokens (`nq * dim`).
+    query: Vec<f32>,
     m: usize,
     k: usize,
 }
@@ -96,6 +102,41 @@ fn top_keys(it: impl Iterator<Item = u64>, n: usize, buf: &mut Vec<u64>) {
         buf.truncate(n);
     }
     buf.sort_unstable_by(desc);
+}
+
+/// Leaves `buf` holding the keys of the `n` best entries of `row` (score, then lower index), in
+/// descending order. The maxima of groups of 16 give a threshold that at least `n` entries reach
+/// (the `n`-th best group maximum), so only the few entries at or above it become keys; the
+/// result equals [`top_keys`] over the whole row.
+fn top_of_row(row: &[f32], n: usize, gmax: &mut Vec<f32>, buf: &mut Vec<u64>) {
+    const G: usize = 16;
+    let n_groups = row.len().div_ceil(G);
+    if n == 0 || n_groups <= n {
+        top_keys(
+            row.iter().enumerate().map(|(c, &v)| key(v, c as u32)),
+            n,
+            buf,
+        );
+        return;
+    }
+    gmax.clear();
+    for g in row.chunks(G) {
+        let mut m = g[0];
+        for &v in &g[1..] {
+            m = if v > m { v } else { m };
+        }
+        gmax.push(m);
+    }
+    gmax.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a));
+    let thr = gmax[n - 1];
+    top_keys(
+        row.iter()
+            .enumerate()
+            .filter(|&(_, &v)| v >= thr)
+            .map(|(c, &v)| key(v, c as u32)),
+        n,
+        buf,
+    );
 }
 
 /// Scores the leaves of every cluster against the query tokens listed for it (one small GEMM per
@@ -193,20 +234,20 @@ impl QueryPlan {
             }
         };
         let g = codec.n_groups();
+        let mut centroid_scores = Vec::new();
+        let mut cs_stride = 0;
         if probe_groups >= g || g <= 1 {
             let panels = codec.centroid_half_panels();
             let np = panels.n_padded();
             let mut cs = vec![0.0f32; nq * np];
             scores_half(query, panels, &mut cs);
+            let mut gmax = Vec::new();
             for i in 0..nq {
-                let row = &cs[i * np..i * np + k];
-                top_keys(
-                    row.iter().enumerate().map(|(c, &v)| key(v, c as u32)),
-                    want,
-                    &mut top,
-                );
+                top_of_row(&cs[i * np..i * np + k], want, &mut gmax, &mut top);
                 push_token(&mut top);
             }
+            centroid_scores = cs;
+            cs_stride = np;
         } else {
             // Level 1: top-level cluster scores.
             let tp = codec.top_panels();
@@ -254,6 +295,9 @@ impl QueryPlan {
             probe_scores,
             impute,
             luts,
+            centroid_scores,
+            cs_stride,
+            query: query.to_vec(),
             m: codec.n_subspaces(),
             k,
         })
@@ -361,14 +405,64 @@ unsafe fn scan_token_avx2(plan: &QueryPlan, i: usize, seg: &IvfSegment, s: &mut 
 
 #[inline(always)]
 fn scan_token_body(plan: &QueryPlan, i: usize, seg: &IvfSegment, simd: bool, s: &mut Scratch) {
+    match seg.norm_scales() {
+        NormScales::F32(n) => scan_lists(plan, i, seg, n, simd, s),
+        NormScales::Fixed(n) => scan_lists(plan, i, seg, n, simd, s),
+    }
+}
+
+/// Per-token norm scales as stored (f32 in version-3 lists, u16 fixed point in version 4).
+trait NormSlice: Copy {
+    /// The scales of tokens `t0..t0 + BLOCK` times `scores` (only the first `n` are meaningful;
+    /// the rest may be anything when the list ends inside the block).
+    fn scale_block(self, t0: usize, n: usize, scores: &mut [f32; BLOCK]);
+}
+
+impl NormSlice for &[f32] {
+    #[inline(always)]
+    fn scale_block(self, t0: usize, n: usize, scores: &mut [f32; BLOCK]) {
+        for (o, &r) in scores[..n].iter_mut().zip(&self[t0..t0 + n]) {
+            *o *= r;
+        }
+    }
+}
+
+impl NormSlice for &[u16] {
+    #[inline(always)]
+    fn scale_block(self, t0: usize, n: usize, scores: &mut [f32; BLOCK]) {
+        if n == BLOCK {
+            // Fixed length: the multiply vectorises.
+            let r: &[u16; BLOCK] = self[t0..t0 + BLOCK].try_into().expect("a full block");
+            for (o, &r) in scores.iter_mut().zip(r) {
+                *o *= r as f32 * (1.0 / NORM_ONE);
+            }
+        } else {
+            for (o, &r) in scores[..n].iter_mut().zip(&self[t0..t0 + n]) {
+                *o *= r as f32 * (1.0 / NORM_ONE);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn scan_lists<N: NormSlice>(
+    plan: &QueryPlan,
+    i: usize,
+    seg: &IvfSegment,
+    norms: N,
+    simd: bool,
+    s: &mut Scratch,
+) {
     let m = plan.m;
     let bb = m * 16;
     let docs = seg.doc_of_token();
-    let norms = seg.norm_scale();
     let codes = seg.codes();
     let lut = &plan.luts[i];
     let best = &mut s.best[..];
     let dirty = &mut s.dirty[..];
+    // Every document number below is < seg.n_docs() (checked when the lists were parsed), and the
+    // scratch covers n_docs documents in whole chunks (`Scratch::ensure`).
+    assert!(best.len() >= seg.n_docs() && dirty.len() * CHUNK >= seg.n_docs());
     let mut acc = [0u16; BLOCK];
     let mut sc = [0.0f32; BLOCK];
     for p in 0..plan.nprobe {
@@ -389,14 +483,19 @@ fn scan_token_body(plan: &QueryPlan, i: usize, seg: &IvfSegment, simd: bool, s: 
                     *o = base + lut.scale * a as f32;
                 }
                 let n = (t_end - t0).min(BLOCK);
-                for ((&d, &v), &r) in docs[t0..t0 + n].iter().zip(&sc).zip(&norms[t0..t0 + n]) {
+                // The decoded vector rescaled to the token's true length (see ivf).
+                norms.scale_block(t0, n, &mut sc);
+                for (&d, &v) in docs[t0..t0 + n].iter().zip(&sc[..n]) {
                     let d = doc_base + d as usize;
-                    // The decoded vector rescaled to the token's true length (see ivf).
-                    let v = v * r;
-                    let b = &mut best[d];
-                    // A select (maxss), not a branch: the outcome is unpredictable.
-                    *b = if v > *b { v } else { *b };
-                    dirty[d / CHUNK] = 1;
+                    debug_assert!(d < seg.n_docs());
+                    // SAFETY: d < seg.n_docs() <= best.len() and d / CHUNK < dirty.len()
+                    // (asserted above; document numbers validated at parse).
+                    unsafe {
+                        let b = best.get_unchecked_mut(d);
+                        // A select (maxss), not a branch: the outcome is unpredictable.
+                        *b = if v > *b { v } else { *b };
+                        *dirty.get_unchecked_mut(d / CHUNK) = 1;
+                    }
                 }
             }
         }
@@ -644,6 +743,213 @@ fn split_tokens(plan: &QueryPlan, segments: &[SegmentView<'_>], n: usize) -> Vec
         .collect()
 }
 
+/// Documents re-scored by [`refine`] by default: at least this many, and at least `k`.
+/// Measured on SciFact (default model, pooled index, MaxSim over decoded vectors of the short
+/// list, 300 test queries): recall@10 against exact search 0.825 at the stage-1 order, 0.871 /
+/// 0.884 / 0.886 / 0.887 after re-scoring the best 16 / 32 / 64 / 100 at nprobe 16; at nprobe 8
+/// the best 32 hold 96.7% of the exact top 10.
+pub const REFINE_MIN: usize = 32;
+
+/// Default refinement depth for `k` results: `max(k, REFINE_MIN)`.
+pub fn default_refine(k: usize) -> usize {
+    k.max(REFINE_MIN)
+}
+
+/// Per-thread buffers of [`refine`]: one document's tokens repacked into fast-scan blocks.
+#[derive(Default)]
+struct RefineScratch {
+    blocks: Vec<u8>,
+    /// Per token (padded to whole blocks): centroid id, and norm scale.
+    cid: Vec<u32>,
+    scale: Vec<f32>,
+    src: Vec<(usize, usize)>,
+}
+
+/// Code-level MaxSim of the document whose tokens sit at list `positions` of `seg` (from the
+/// document map): the tokens' codes are gathered out of their lists' blocks into blocks of the
+/// document's own ([`gather_block`]), scored against every query token's lookup table, and the
+/// best token per query token is summed. No imputation: every query token meets every token.
+fn refine_doc(
+    plan: &QueryPlan,
+    cs: &[f32],
+    cs_stride: usize,
+    seg: &IvfSegment,
+    positions: &[u32],
+    simd: bool,
+    sc: &mut RefineScratch,
+) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd {
+            // SAFETY: `simd` is true only when AVX2 was detected at run time (`has_avx2`).
+            return unsafe { refine_doc_avx2(plan, cs, cs_stride, seg, positions, sc) };
+        }
+    }
+    refine_doc_body(plan, cs, cs_stride, seg, positions, simd, sc)
+}
+
+/// [`refine_doc_body`] compiled for AVX2, so its fixed-length loops run 8 lanes wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn refine_doc_avx2(
+    plan: &QueryPlan,
+    cs: &[f32],
+    cs_stride: usize,
+    seg: &IvfSegment,
+    positions: &[u32],
+    sc: &mut RefineScratch,
+) -> f32 {
+    refine_doc_body(plan, cs, cs_stride, seg, positions, true, sc)
+}
+
+#[inline(always)]
+fn refine_doc_body(
+    plan: &QueryPlan,
+    cs: &[f32],
+    cs_stride: usize,
+    seg: &IvfSegment,
+    positions: &[u32],
+    simd: bool,
+    sc: &mut RefineScratch,
+) -> f32 {
+    let n = positions.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let m = plan.m;
+    let bb = m * 16;
+    let nb = n.div_ceil(BLOCK);
+    let nch = seg.n_doc_chunks();
+    let (lt, lb) = (seg.list_tokens(), seg.list_blocks());
+    let norms = seg.norm_scales();
+    sc.blocks.resize(nb * bb, 0);
+    sc.cid.clear();
+    sc.scale.clear();
+    sc.src.clear();
+    for &p in positions {
+        let p = p as usize;
+        let l = seg.list_of_position(p);
+        let j = p - lt[l] as usize;
+        sc.src.push((lb[l] as usize + j / BLOCK, j % BLOCK));
+        sc.cid.push((l / nch) as u32);
+        sc.scale.push(norms.get(p));
+    }
+    // Padding lanes: any valid centroid, and a score forced to -inf below.
+    sc.cid.resize(nb * BLOCK, 0);
+    sc.scale.resize(nb * BLOCK, 0.0);
+    for (b, out) in sc.blocks.chunks_exact_mut(bb).enumerate() {
+        let toks = &sc.src[b * BLOCK..((b + 1) * BLOCK).min(n)];
+        gather_block(seg.codes(), m, toks, out);
+    }
+    let tail = n - (nb - 1) * BLOCK;
+    let mut acc = [0u16; BLOCK];
+    let mut v = [0.0f32; BLOCK];
+    let mut total = 0.0f32;
+    for (i, lut) in plan.luts.iter().enumerate() {
+        let row = &cs[i * cs_stride..(i + 1) * cs_stride];
+        let mut best = [f32::NEG_INFINITY; 8];
+        for b in 0..nb {
+            scan_block(
+                &lut.lut,
+                &sc.blocks[b * bb..(b + 1) * bb],
+                m,
+                simd,
+                &mut acc,
+            );
+            let cid: &[u32; BLOCK] = sc.cid[b * BLOCK..(b + 1) * BLOCK]
+                .try_into()
+                .expect("block");
+            let r: &[f32; BLOCK] = sc.scale[b * BLOCK..(b + 1) * BLOCK]
+                .try_into()
+                .expect("block");
+            for (o, &c) in v.iter_mut().zip(cid) {
+                *o = row[c as usize];
+            }
+            // Fixed-length loops: these vectorise.
+            for ((o, &a), &r) in v.iter_mut().zip(&acc).zip(r) {
+                *o = (*o + lut.bias + lut.scale * a as f32) * r;
+            }
+            if b == nb - 1 {
+                v[tail..].fill(f32::NEG_INFINITY);
+            }
+            for c in v.chunks_exact(8) {
+                for (bm, &x) in best.iter_mut().zip(c) {
+                    *bm = if x > *bm { x } else { *bm };
+                }
+            }
+        }
+        total += best.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    }
+    total
+}
+
+/// Re-scores `cands` (from [`search_segments`] over the same `segments`) with code-level MaxSim
+/// over *all* of each document's tokens, and returns them best first (ties by segment then
+/// document). This is PLAID's last stage (Santhanam et al., CIKM 2022, section 4.4) done from the
+/// codes: candidate generation only sees a document's tokens in the probed lists and imputes the
+/// rest, which misorders close documents; the short list gets exact code-level scores instead.
+/// Needs the document map (version-4 lists) of every segment a candidate comes from. Runs in the
+/// current rayon pool.
+pub fn refine(
+    codec: &Codec,
+    plan: &QueryPlan,
+    segments: &[SegmentView<'_>],
+    cands: &[Candidate],
+) -> Result<Vec<Candidate>> {
+    for &(_, si, _) in cands {
+        let v = segments
+            .get(si as usize)
+            .ok_or_else(|| LatixError::invalid(format!("candidate of unknown segment {si}")))?;
+        if !v.seg.has_doc_map() {
+            return Err(LatixError::invalid(format!(
+                "segment {si} has version-{} inverted lists without a document map; compact the \
+                 index to refine its results",
+                v.seg.version()
+            )));
+        }
+    }
+    // Two-level plans did not score every centroid: score them all now.
+    let full;
+    let (cs, stride) = if plan.centroid_scores.is_empty() {
+        let panels = codec.centroid_half_panels();
+        let np = panels.n_padded();
+        let dim = codec.dim();
+        let q = &plan.query;
+        let mut out = vec![0.0f32; q.len() / dim * np];
+        scores_half(q, panels, &mut out);
+        full = out;
+        (&full[..], np)
+    } else {
+        (&plan.centroid_scores[..], plan.cs_stride)
+    };
+    let simd = has_avx2();
+    let score = |sc: &mut RefineScratch, &(_, si, d): &Candidate| -> Result<Candidate> {
+        let seg = segments[si as usize].seg;
+        let positions = seg
+            .doc_positions(d as usize)
+            .ok_or_else(|| LatixError::invalid(format!("segment {si} has no document {d}")))?;
+        Ok((
+            refine_doc(plan, cs, stride, seg, positions, simd, sc),
+            si,
+            d,
+        ))
+    };
+    let mut out: Vec<Candidate> = if rayon::current_num_threads() > 1 && cands.len() > 8 {
+        cands
+            .par_iter()
+            .map_init(RefineScratch::default, score)
+            .collect::<Result<_>>()?
+    } else {
+        let mut sc = RefineScratch::default();
+        cands
+            .iter()
+            .map(|c| score(&mut sc, c))
+            .collect::<Result<_>>()?
+    };
+    out.sort_by(cand_cmp);
+    Ok(out)
+}
+
 /// Full-precision vectors of one segment (`offsets[d]..offsets[d+1]` are document `d`'s rows),
 /// used to re-rank candidates exactly.
 #[derive(Clone, Copy)]
@@ -689,4 +995,41 @@ pub fn rerank_exact(
     out.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     out.truncate(k);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compressed::kmeans::Rng;
+
+    #[test]
+    fn top_of_row_equals_full_selection() {
+        let mut rng = Rng::new(3);
+        let mut gmax = Vec::new();
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        for &len in &[1usize, 15, 16, 17, 100, 2048, 3001] {
+            for &n in &[0usize, 1, 5, 17, 33, 200] {
+                for coarse in [false, true] {
+                    // Coarse values make many ties, which must resolve to the lower index.
+                    let row: Vec<f32> = (0..len)
+                        .map(|_| {
+                            let v = rng.below(1000) as f32 / 1000.0 - 0.5;
+                            if coarse {
+                                (v * 8.0).round()
+                            } else {
+                                v
+                            }
+                        })
+                        .collect();
+                    top_of_row(&row, n, &mut gmax, &mut got);
+                    top_keys(
+                        row.iter().enumerate().map(|(c, &v)| key(v, c as u32)),
+                        n,
+                        &mut want,
+                    );
+                    assert_eq!(got, want, "len {len} n {n} coarse {coarse}");
+                }
+            }
+        }
+    }
 }
