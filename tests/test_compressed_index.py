@@ -224,6 +224,50 @@ def test_keep_vectors_sizes_and_rerank(tmp_path: Path) -> None:
     assert per_token[True] > per_token[False] + 60  # type: ignore[operator]
 
 
+@pytest.mark.parametrize("factor", [1, 2])
+def test_refine_scores_are_maxsim_over_the_decoded_vectors(tmp_path: Path, factor: int) -> None:
+    """With refine, a hit's score is MaxSim over every stored (decoded) vector of the document,
+    i.e. numpy MaxSim over what get() returns (up to the 8-bit lookup tables); without it,
+    candidate generation's estimate (probed lists + imputation) is returned instead."""
+    data = Data(13)
+    docs = data.docs(260)
+    ids = [f"d{i}" for i in range(len(docs))]
+    live = dict(zip(ids, docs, strict=True))
+    with latix.Index.create(tmp_path / "ix", DIM, compression=cfg(pool_factor=factor)) as ix:
+        ix.add(ids[:200], docs[:200])
+        ix.commit()
+        ix.add(ids[200:], docs[200:])  # a second segment, encoded with the trained codec
+        ix.commit()
+        ix.delete(["d3", "d201"])
+        ix.commit()
+        live.pop("d3")
+        live.pop("d201")
+        decoded = {i: ix.get(i).astype(np.float32) for i in live}
+        differs = 0
+        for trial in range(12):
+            q = data.mat(1 + trial % 9, 0.8)
+            for k, refine in ((10, None), (5, 40), (30, 7)):
+                scores, got = ix.search(q, k=k, nprobe=2, refine=refine)
+                hits = [i for i in got[0] if i]  # nprobe=2 may reach fewer than k documents
+                assert "d3" not in hits and "d201" not in hits
+                want = [float((q @ decoded[i].T).max(axis=1).sum()) for i in hits]
+                np.testing.assert_allclose(scores[0][: len(hits)], want, atol=0.02 * len(q))
+                assert list(scores[0]) == sorted(scores[0], reverse=True)
+            est, got0 = ix.search(q, k=10, nprobe=2, refine=0)
+            hits0 = [i for i in got0[0] if i]
+            want0 = [float((q @ decoded[i].T).max(axis=1).sum()) for i in hits0]
+            differs += not np.allclose(est[0][: len(hits0)], want0, atol=0.02 * len(q))
+        # nprobe=2 of 32 lists leaves most query tokens unreached: imputed, not exact.
+        assert differs > 0
+        # Re-scoring misordered candidates brings the top 10 closer to exact MaxSim.
+        with_refine = recall(ix, data, live, nprobe=2, refine=40)
+        without = recall(ix, data, live, nprobe=2, refine=0)
+        assert with_refine > without, (with_refine, without)
+        for bad in (-1, 2.5, "3"):
+            with pytest.raises(latix.InvalidArgumentError, match="refine"):
+                ix.search(data.mat(3, 0.8), k=5, refine=bad)  # type: ignore[arg-type]
+
+
 def test_bad_input(tmp_path: Path) -> None:
     p = tmp_path / "bad"
     for kw, what in [
@@ -261,6 +305,8 @@ def test_bad_input(tmp_path: Path) -> None:
         assert plain.compression is None and plain.stats()["kind"] == "plain"
         with pytest.raises(latix.InvalidArgumentError, match="compressed"):
             plain.search(q, k=5, nprobe=4)
+        with pytest.raises(latix.InvalidArgumentError, match="compressed"):
+            plain.search(q, k=5, refine=8)
         with pytest.raises(latix.InvalidArgumentError, match="compressed"):
             plain.compact(retrain=True)
 

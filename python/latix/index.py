@@ -298,14 +298,17 @@ class Index:
             subset: restrict the search to these ids; ids not in the index are ignored (so a
                 filter may name documents deleted since it was built).
             nprobe: compressed index only: inverted lists probed per query token, in
-                ``1..n_centroids`` (default: ``n_centroids / 64`` clamped to 8..32). More is
-                slower and closer to exact.
-            rerank: compressed index only: re-score the best ``max(4 * k, 100)`` candidates
-                exactly from the kept vectors (default: True when the index keeps vectors).
+                ``1..n_centroids`` (default: ``n_centroids / 512`` clamped to 8..32). More is
+                slower and finds more candidates.
+            rerank: compressed index only: re-score the best candidates exactly from the kept
+                vectors, ``max(2 * k, 16)`` of them after refinement (``max(4 * k, 100)``
+                without it); default: True when the index keeps vectors.
             refine: compressed index only: candidates re-scored with all their tokens' codes
-                (default ``max(k, 32)``; ``0`` returns candidate generation's own estimates,
-                which are faster and less accurate). Indexes written before latix 0.1's
-                document map skip it by default until ``compact()`` rewrites them.
+                (MaxSim over the compressed vectors) before the top ``k`` (or the exact
+                re-rank's share) is taken. Default ``max(k, 16)``, or ``max(4 * k, 48)`` when
+                re-ranking; ``0`` keeps candidate generation's own estimates (faster, less
+                accurate). Indexes whose lists were written before the document map existed
+                skip it by default until ``compact()`` rewrites them.
 
         Returns:
             ``(scores, ids)``: float32 ``(n_queries, k)`` best first, and a ``(n_queries, k)``

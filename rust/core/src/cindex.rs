@@ -24,8 +24,9 @@ use std::sync::Arc;
 use half::f16;
 
 use crate::compressed::{
-    codec_checksum, default_nprobe, default_refine, refine, rerank_exact, search_segments, Codec,
-    CodecParams, FullVectors, IvfSegment, QueryPlan, SegmentView as IvfView,
+    codec_checksum, default_nprobe, default_refine, default_refine_for_rerank, refine,
+    rerank_depth, rerank_exact, search_segments, Codec, CodecParams, FullVectors, IvfSegment,
+    QueryPlan, SegmentView as IvfView,
 };
 use crate::error::{LatixError, Result};
 use crate::index::{CommitContext, SearchResults, MAX_RESULT_SLOTS};
@@ -683,11 +684,6 @@ pub struct CompressedSearch {
     pub refine: Option<usize>,
 }
 
-/// Documents scored by candidate generation before an exact re-rank keeps `k`.
-pub fn rerank_depth(k: usize) -> usize {
-    (4 * k).max(100)
-}
-
 fn bitmap_all_but(n: usize, dead: &[u32]) -> Vec<u64> {
     let mut b = vec![u64::MAX; n.div_ceil(64)];
     if !n.is_multiple_of(64) {
@@ -800,10 +796,15 @@ pub(crate) fn search(
             )))
         }
         Some(r) => r.max(k),
-        None if all_mapped => default_refine(k),
-        None => 0,
+        None if !all_mapped => 0,
+        None if rerank => default_refine_for_rerank(k),
+        None => default_refine(k),
     };
-    let exact_depth = if rerank { rerank_depth(k) } else { k };
+    let exact_depth = if rerank {
+        rerank_depth(k, n_refine > 0)
+    } else {
+        k
+    };
     let depth = exact_depth.max(n_refine);
     let per_query = |q: &[f32]| -> Result<Vec<(f32, usize, u32)>> {
         let mut hits: Vec<(f32, usize, u32)> = Vec::new();

@@ -414,7 +414,7 @@ fn compressed_search<'py>(
             offsets: o,
         })
         .collect();
-    let depth = n_candidates.unwrap_or((4 * k).max(100)).max(k);
+    let depth = n_candidates.unwrap_or(cc::rerank_depth(k, false)).max(k);
     let nprobe = nprobe.unwrap_or_else(|| cc::default_nprobe(codec.inner.n_centroids()));
     let segs: Vec<Arc<IvfSegment>> = segments.iter().map(|s| s.inner.clone()).collect();
     let c = codec.inner.clone();
@@ -429,14 +429,14 @@ fn compressed_search<'py>(
                     allowed: b.as_deref(),
                 })
                 .collect();
-            if fulls.is_empty() {
-                latix_core::parallel::install(n_threads, || cc::search_segments(&plan, &views, k))?
-            } else {
-                let cands = latix_core::parallel::install(n_threads, || {
-                    cc::search_segments(&plan, &views, depth)
-                })??;
-                cc::rerank_exact(&qd, dim, &fulls, &cands, k)
-            }
+            latix_core::parallel::install(n_threads, || {
+                if fulls.is_empty() {
+                    cc::search_segments(&plan, &views, k)
+                } else {
+                    let cands = cc::search_segments(&plan, &views, depth)?;
+                    cc::rerank_exact(&qd, dim, &fulls, &cands, k)
+                }
+            })?
         })
         .py_err(py)?;
     let scores: Vec<f32> = res.iter().map(|r| r.0).collect();

@@ -29,14 +29,16 @@ use crate::maxsim::DocVectors;
 /// nDCG@10 0.7127 -> 0.7141 but recall@10 0.793 -> 0.753).
 pub const IMPUTE_SHIFT: f32 = 0.1;
 
-/// Default number of lists probed per query token for a codec with `k` centroids: 16 up to
-/// K = 8192, then `k / 512` up to 32 (at most `k`). Measured with codes only, 1 thread: SciFact,
-/// K 4096, nprobe 16 / 24 / 32: recall@10 vs exact 0.761 / 0.771 / 0.781, nDCG@10 0.690 / 0.692 /
-/// 0.691, 2.1 / 2.5 / 3.3 ms per query; SciFact + 100k distractors, K 8192, nprobe 16 / 24 / 32:
-/// nDCG@10 0.669 / 0.667 / 0.667 at 9.7 / 10.7 / 13.5 ms. Beyond 16 the scan grows linearly for
-/// little gain; larger K (bigger indexes) get more probes as each list covers a smaller region.
+/// Default number of lists probed per query token for a codec with `k` centroids: `k / 512`
+/// within 8..=32 (at most `k`), i.e. 8 up to K = 4096, 16 at K = 8192. Candidate generation only
+/// has to bring the true top documents into the short list that [`refine`] re-scores, so fewer
+/// probes suffice than when its estimates were final. Measured on SciFact's 809 *train* queries
+/// (default model, pooled index, K 2048, 1 thread, recall@10 against exact search): nprobe 8 /
+/// 12 / 16 with the best 16 refined: 0.853 / 0.863 / 0.869 at p50 1.49 / 1.63 / 1.87 ms (no
+/// refine: 0.780 at nprobe 8, 0.821 at 16). On SciFact + 100k distractors (K 8192, 200 train
+/// queries), nprobe 8 / 16 refining 16: 0.813 / 0.863.
 pub fn default_nprobe(k: usize) -> usize {
-    (k / 512).clamp(16, 32).min(k)
+    (k / 512).clamp(8, 32).min(k)
 }
 
 /// A query prepared for scanning: probed lists, imputed scores and lookup tables per token.
@@ -744,15 +746,34 @@ fn split_tokens(plan: &QueryPlan, segments: &[SegmentView<'_>], n: usize) -> Vec
 }
 
 /// Documents re-scored by [`refine`] by default: at least this many, and at least `k`.
-/// Measured on SciFact (default model, pooled index, MaxSim over decoded vectors of the short
-/// list, 300 test queries): recall@10 against exact search 0.825 at the stage-1 order, 0.871 /
-/// 0.884 / 0.886 / 0.887 after re-scoring the best 16 / 32 / 64 / 100 at nprobe 16; at nprobe 8
-/// the best 32 hold 96.7% of the exact top 10.
-pub const REFINE_MIN: usize = 32;
+/// Measured on SciFact's 809 train queries (K 2048, nprobe 8, 1 thread): recall@10 against
+/// exact search 0.780 without refinement, 0.853 / 0.870 / 0.874 refining the best 16 / 24 / 32,
+/// at p50 1.07 / 1.49 / 1.80 / 2.07 ms: each refined document costs ~30 us (its ~120 tokens
+/// against ~20 query tokens), so 16 keeps a SciFact query under 2 ms.
+pub const REFINE_MIN: usize = 16;
 
 /// Default refinement depth for `k` results: `max(k, REFINE_MIN)`.
 pub fn default_refine(k: usize) -> usize {
     k.max(REFINE_MIN)
+}
+
+/// Default refinement depth when the refined list is then re-ranked exactly: the exact re-rank
+/// reads [`rerank_depth`] documents' full vectors, chosen from this many refined candidates.
+/// SciFact + 100k distractors, 200 train queries, nprobe 16, re-ranking 16: recall@10 against
+/// exact 0.970 / 0.976 refining 48 / 64 (0.896 re-ranking the stage-1 top 16 unrefined).
+pub fn default_refine_for_rerank(k: usize) -> usize {
+    (4 * k).max(48)
+}
+
+/// Documents re-ranked exactly from the full vectors for `k` results: `max(2k, 16)` after
+/// refinement (the refined order already holds the exact top 10 in its first 16 for 97% of
+/// SciFact + distractors train queries), `max(4k, 100)` when refinement is off.
+pub fn rerank_depth(k: usize, refined: bool) -> usize {
+    if refined {
+        (2 * k).max(16)
+    } else {
+        (4 * k).max(100)
+    }
 }
 
 /// Per-thread buffers of [`refine`]: one document's tokens repacked into fast-scan blocks.
@@ -961,7 +982,8 @@ pub struct FullVectors<'a> {
 }
 
 /// Re-scores `cands` exactly (MaxSim over the documents' full vectors, `full[segment]`), keeps the
-/// best `k`. Single-threaded (the short list is small); ties broken by segment then document.
+/// best `k`; ties broken by segment then document. The query is packed once for the MaxSim kernel;
+/// documents are scored in parallel in the current rayon pool when it has several threads.
 pub fn rerank_exact(
     query: &[f32],
     dim: usize,
@@ -969,9 +991,8 @@ pub fn rerank_exact(
     cands: &[Candidate],
     k: usize,
 ) -> Result<Vec<Candidate>> {
-    let mut out = Vec::with_capacity(cands.len());
-    let mut one = [0.0f32; 1];
-    for &(_, s, d) in cands {
+    let prepared = crate::maxsim::PreparedQuery::new(query, dim)?;
+    let score = |&(_, s, d): &Candidate| -> Result<Candidate> {
         let f = full
             .get(s as usize)
             .ok_or_else(|| LatixError::invalid(format!("no full vectors for segment {s}")))?;
@@ -989,10 +1010,14 @@ pub fn rerank_exact(
             DocVectors::F32(v) => DocVectors::F32(&v[a * dim..b * dim]),
             DocVectors::F16(v) => DocVectors::F16(&v[a * dim..b * dim]),
         };
-        crate::maxsim::score_docs(query, dim, rows, &[0, (b - a) as u64], &mut one);
-        out.push((one[0], s, d));
-    }
-    out.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        Ok((prepared.score_doc(rows), s, d))
+    };
+    let mut out: Vec<Candidate> = if rayon::current_num_threads() > 1 && cands.len() > 8 {
+        cands.par_iter().map(score).collect::<Result<_>>()?
+    } else {
+        cands.iter().map(score).collect::<Result<_>>()?
+    };
+    out.sort_by(cand_cmp);
     out.truncate(k);
     Ok(out)
 }
