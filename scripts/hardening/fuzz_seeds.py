@@ -31,9 +31,27 @@ def build(path: Path, dtype: str, dim: int) -> tuple[bytes, bytes, bytes]:
     return manifest, seg.read_bytes(), current
 
 
+def build_ivf(path: Path) -> bytes:
+    """The inverted-list file of a small trained compressed index."""
+    rng = np.random.default_rng(1)
+    comp = latix.Compression(
+        bytes_per_token=2,
+        n_centroids=8,
+        train_min_tokens=256,
+        train_sample_tokens=256,
+        pool_factor=1,
+    )
+    with latix.Index.create(path, dim=8, compression=comp) as ix:
+        docs = [rng.standard_normal((int(n), 8)).astype(np.float32) for n in rng.integers(1, 9, 80)]
+        ix.add([f"d{i}" for i in range(len(docs))], docs)
+        ix.commit()
+    (ivf,) = sorted(path.glob("*.ivf-*"))
+    return ivf.read_bytes()
+
+
 def main(out: str) -> None:
     root = Path(out)
-    for t in ("manifest_decode", "segment_open", "current_parse", "index_open"):
+    for t in ("manifest_decode", "segment_open", "current_parse", "index_open", "ivf_parse"):
         (root / t).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for dtype, dim in (("float32", 4), ("float16", 8)):
@@ -46,6 +64,9 @@ def main(out: str) -> None:
                     bytes([mode]) + struct.pack("<H", len(m)) + m + s
                 )
             (root / "current_parse" / f"seed-{dtype}").write_bytes(c)
+        ivf = build_ivf(Path(tmp) / "compressed")
+        for mode in (0, 1):
+            (root / "ivf_parse" / f"seed-{mode}").write_bytes(bytes([mode]) + ivf)
 
 
 if __name__ == "__main__":

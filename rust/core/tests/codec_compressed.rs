@@ -648,3 +648,69 @@ fn document_map_is_exact_validated_and_version_3_lists_still_load() {
         assert_eq!(x, y);
     }
 }
+
+#[test]
+fn damaged_lists_with_valid_checksums_fail_cleanly_or_search_without_panicking() {
+    // Damage with the checksum recomputed, so only the structural validation stands between it
+    // and the search (whose scan and refinement index without bounds checks on validated data):
+    // parsing must either fail as corruption or give lists that search, refine and decode.
+    let c = corpus(9, 140, 16, 4);
+    let codec = train(&c, 8, 4);
+    let crc = codec_checksum(&codec.to_bytes());
+    let seg = IvfSegment::build(&codec, crc, DocVectors::F32(&c.vectors), &c.offsets).unwrap();
+    let base = seg.as_bytes().to_vec();
+    let words = (base.len() - 4) / 4;
+    let mut rng = Rng::new(77);
+    let q = query(&c, &mut rng, 3);
+    let (mut ok, mut rejected) = (0, 0);
+    for trial in 0..4000 {
+        let mut b = base.clone();
+        match trial % 4 {
+            // A random byte anywhere before the checksum.
+            0 => b[rng.below(base.len() - 4)] ^= 1 + rng.below(255) as u8,
+            // A random aligned word set to a boundary value.
+            1 | 2 => {
+                let w = 4 * rng.below(words);
+                let v = [
+                    0u32,
+                    1,
+                    u32::MAX,
+                    seg.n_tokens() as u32,
+                    seg.n_docs() as u32,
+                ][rng.below(5)]
+                .wrapping_add(rng.below(3) as u32);
+                b[w..w + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            // A byte of the header or of the offset tables (most of the structure).
+            _ => b[rng.below(base.len().min(64 + 8 * seg.list_tokens().len()))] ^= 0x80,
+        }
+        match IvfSegment::from_bytes(&with_crc(b), true) {
+            Err(LatixError::Corrupted { .. } | LatixError::UnsupportedVersion { .. }) => {
+                rejected += 1
+            }
+            Err(e) => panic!("trial {trial}: unexpected error kind {e}"),
+            Ok(s) => {
+                ok += 1;
+                let view = [SegmentView {
+                    seg: &s,
+                    allowed: None,
+                }];
+                let plan = QueryPlan::new(&codec, &q, 3).unwrap();
+                if let Ok(cands) = search_segments(&plan, &view, 20) {
+                    if s.has_doc_map() {
+                        latix_core::compressed::refine(&codec, &plan, &view, &cands).unwrap();
+                    }
+                }
+                for d in 0..s.n_docs() {
+                    if let Some(p) = s.doc_positions(d) {
+                        for &t in p {
+                            let l = s.list_of_position(t as usize);
+                            assert!(s.token_codes(l, t as usize).len() == s.n_subspaces() / 2);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(ok > 100 && rejected > 100, "ok {ok}, rejected {rejected}");
+}

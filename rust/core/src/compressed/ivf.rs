@@ -363,6 +363,18 @@ impl IvfSegment {
         write_atomic(path, self.as_bytes())
     }
 
+    /// Parses a serialised segment held in memory (copied), with the same validation as
+    /// [`IvfSegment::open`] (for fuzzing and tests of damaged files).
+    pub fn from_bytes(data: &[u8], verify_checksum: bool) -> Result<IvfSegment> {
+        let mut store = vec![0u64; data.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..data.len()].copy_from_slice(data);
+        Self::parse(
+            Bytes::Owned(store, data.len()),
+            Path::new("<memory>"),
+            verify_checksum,
+        )
+    }
+
     /// Memory-maps a segment file, validating header, section bounds, list offsets, document
     /// numbers and (when `verify_checksum`) the CRC.
     pub fn open(path: &Path, verify_checksum: bool) -> Result<IvfSegment> {

@@ -11,6 +11,12 @@
 //!
 //! Query tokens are split among threads; each thread accumulates `best - m_i` per touched
 //! document, and the partial sums are added at the end.
+//!
+//! The short list is then re-scored by [`refine`] with every token of each document (PLAID's
+//! final stage, Santhanam et al., CIKM 2022, section 4.4, computed from the codes instead of
+//! decompressed vectors): imputation misorders close documents, and exact code-level MaxSim over
+//! a few dozen documents costs less than probing enough lists to make imputation rare. With kept
+//! vectors, the best of the refined list are finally re-ranked exactly ([`rerank_exact`]).
 
 use rayon::prelude::*;
 
@@ -326,6 +332,9 @@ pub type Candidate = (f32, u32, u32);
 
 /// Documents per accumulator chunk: the unit in which dirty regions are tracked and cleared.
 const CHUNK: usize = 64;
+// A chunk's hit mask is one u64 word, and filters (one bit per document, 64 per word) are
+// applied a chunk at a time.
+const _: () = assert!(CHUNK == 64);
 
 /// Per-thread dense accumulators, reused across queries and segments. Invariant between uses:
 /// `best` is all `-inf`, `partial` all 0, `hit` all 0 and both chunk bitmaps empty; only the
@@ -336,8 +345,9 @@ struct Scratch {
     best: Vec<f32>,
     /// Sum over the query tokens folded so far of `best - m_i` (reached tokens only).
     partial: Vec<f32>,
-    /// 1 when some query token reached the document (it is a candidate).
-    hit: Vec<u8>,
+    /// One word per chunk, bit `d % 64` set when some query token reached document `d` (it is a
+    /// candidate).
+    hit: Vec<u64>,
     /// One byte per chunk of [`CHUNK`] documents: `best` holds values there (a plain byte store
     /// per token, so consecutive tokens do not chain through a read-modify-write of one word).
     dirty: Vec<u8>,
@@ -362,7 +372,9 @@ impl Scratch {
         if self.best.len() < n {
             self.best.resize(n, f32::NEG_INFINITY);
             self.partial.resize(n, 0.0);
-            self.hit.resize(n, 0);
+        }
+        if self.hit.len() < n / CHUNK {
+            self.hit.resize(n / CHUNK, 0);
         }
         if self.dirty.len() < n / CHUNK {
             self.dirty.resize(n / CHUNK, 0);
@@ -507,26 +519,62 @@ fn scan_lists<N: NormSlice>(
 /// Folds the current query token into the per-document sums: `partial += best - m_i` where
 /// reached, marks hits, and resets `best` (dirty chunks only).
 fn fold_token(mi: f32, s: &mut Scratch) {
+    let simd = has_avx2();
     for c in 0..s.dirty.len() {
         if s.dirty[c] == 0 {
             continue;
         }
         s.dirty[c] = 0;
         s.any[c >> 6] |= 1u64 << (c & 63);
-        {
-            let r = c * CHUNK..(c + 1) * CHUNK;
-            for ((b, p), h) in s.best[r.clone()]
-                .iter_mut()
-                .zip(&mut s.partial[r.clone()])
-                .zip(&mut s.hit[r])
-            {
-                let reached = *b != f32::NEG_INFINITY;
-                *p += if reached { *b - mi } else { 0.0 };
-                *h |= reached as u8;
-                *b = f32::NEG_INFINITY;
-            }
+        let r = c * CHUNK..(c + 1) * CHUNK;
+        let best: &mut [f32; CHUNK] = (&mut s.best[r.clone()]).try_into().expect("a chunk");
+        let partial: &mut [f32; CHUNK] = (&mut s.partial[r]).try_into().expect("a chunk");
+        s.hit[c] |= fold_chunk(best, partial, mi, simd);
+    }
+}
+
+/// One chunk of [`fold_token`]; returns the chunk's reached documents as bits.
+#[inline]
+fn fold_chunk(best: &mut [f32; CHUNK], partial: &mut [f32; CHUNK], mi: f32, simd: bool) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd {
+            // SAFETY: `simd` is true only when AVX2 was detected at run time.
+            return unsafe { fold_chunk_avx2(best, partial, mi) };
         }
     }
+    let _ = simd;
+    let mut bits = 0u64;
+    for (j, (b, p)) in best.iter_mut().zip(partial.iter_mut()).enumerate() {
+        let reached = *b != f32::NEG_INFINITY;
+        *p += if reached { *b - mi } else { 0.0 };
+        bits |= (reached as u64) << j;
+        *b = f32::NEG_INFINITY;
+    }
+    bits
+}
+
+/// AVX2 [`fold_chunk`]: eight documents per step, the reached mask as a movemask.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn fold_chunk_avx2(best: &mut [f32; CHUNK], partial: &mut [f32; CHUNK], mi: f32) -> u64 {
+    use std::arch::x86_64::*;
+    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    let vmi = _mm256_set1_ps(mi);
+    let mut bits = 0u64;
+    for g in 0..CHUNK / 8 {
+        // SAFETY: g * 8 + 8 <= CHUNK for both arrays.
+        let bp = best.as_mut_ptr().add(g * 8);
+        let pp = partial.as_mut_ptr().add(g * 8);
+        let b = _mm256_loadu_ps(bp);
+        // Scores are never NaN (finite queries and codes), so "not equal" means "reached".
+        let reached = _mm256_cmp_ps::<_CMP_NEQ_OQ>(b, ninf);
+        let add = _mm256_and_ps(_mm256_sub_ps(b, vmi), reached);
+        _mm256_storeu_ps(pp, _mm256_add_ps(_mm256_loadu_ps(pp), add));
+        _mm256_storeu_ps(bp, ninf);
+        bits |= ((_mm256_movemask_ps(reached) as u32 & 0xFF) as u64) << (g * 8);
+    }
+    bits
 }
 
 /// Keeps the `n` best candidates seen so far without sorting everything: candidates are pushed
@@ -599,19 +647,20 @@ fn drain_candidates(
         while bits != 0 {
             let c = w * 64 + bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            for d in c * CHUNK..(c + 1) * CHUNK {
-                if s.hit[d] != 0 {
-                    // The filter decides which documents become candidates, before the short
-                    // list is cut (scores are per document, so this equals skipping them while
-                    // scanning, at a fraction of the cost).
-                    let ok = allowed.is_none_or(|a| a[d >> 6] >> (d & 63) & 1 == 1);
-                    if ok {
-                        top.push((base + s.partial[d], si as u32, d as u32));
-                    }
-                    s.hit[d] = 0;
-                }
-                s.partial[d] = 0.0;
+            // The filter decides which documents become candidates, before the short list is
+            // cut (scores are per document, so this equals skipping them while scanning, at a
+            // fraction of the cost). Chunk c's documents are the words' bit positions.
+            let mut hit = s.hit[c];
+            if let Some(a) = allowed {
+                hit &= a.get(c).copied().unwrap_or(0);
             }
+            s.hit[c] = 0;
+            while hit != 0 {
+                let d = c * CHUNK + hit.trailing_zeros() as usize;
+                hit &= hit - 1;
+                top.push((base + s.partial[d], si as u32, d as u32));
+            }
+            s.partial[c * CHUNK..(c + 1) * CHUNK].fill(0.0);
         }
     }
 }
@@ -680,13 +729,13 @@ pub fn search_segments(
                             while bits != 0 {
                                 let c = w * 64 + bits.trailing_zeros() as usize;
                                 bits &= bits - 1;
-                                for d in c * CHUNK..(c + 1) * CHUNK {
-                                    if s.hit[d] != 0 {
-                                        out.push((d as u32, s.partial[d]));
-                                        s.hit[d] = 0;
-                                    }
-                                    s.partial[d] = 0.0;
+                                let mut hit = std::mem::take(&mut s.hit[c]);
+                                while hit != 0 {
+                                    let d = c * CHUNK + hit.trailing_zeros() as usize;
+                                    hit &= hit - 1;
+                                    out.push((d as u32, s.partial[d]));
                                 }
+                                s.partial[c * CHUNK..(c + 1) * CHUNK].fill(0.0);
                             }
                         }
                         out
@@ -703,7 +752,7 @@ pub fn search_segments(
                 for &(d, p) in &part[si] {
                     let d = d as usize;
                     s.partial[d] += p;
-                    s.hit[d] = 1;
+                    s.hit[d / CHUNK] |= 1u64 << (d % CHUNK);
                     s.any[d >> 12] |= 1u64 << ((d >> 6) & 63);
                 }
             }
@@ -1026,6 +1075,37 @@ pub fn rerank_exact(
 mod tests {
     use super::*;
     use crate::compressed::kmeans::Rng;
+
+    #[test]
+    fn fold_chunk_simd_matches_scalar() {
+        let mut rng = Rng::new(5);
+        for _ in 0..50 {
+            let mut b = [0.0f32; CHUNK];
+            for v in b.iter_mut() {
+                *v = if rng.below(3) == 0 {
+                    f32::NEG_INFINITY
+                } else {
+                    rng.below(1000) as f32 / 500.0 - 1.0
+                };
+            }
+            let p: [f32; CHUNK] = std::array::from_fn(|_| rng.below(100) as f32 / 10.0);
+            let (mut b1, mut p1, mut b2, mut p2) = (b, p, b, p);
+            let m1 = fold_chunk(&mut b1, &mut p1, 0.25, false);
+            let m2 = fold_chunk(&mut b2, &mut p2, 0.25, has_avx2());
+            assert_eq!(m1, m2);
+            assert_eq!(p1, p2);
+            assert!(b1.iter().chain(&b2).all(|&x| x == f32::NEG_INFINITY));
+            for j in 0..CHUNK {
+                assert_eq!(m1 >> j & 1 == 1, b[j] != f32::NEG_INFINITY);
+                let want = if b[j] == f32::NEG_INFINITY {
+                    p[j]
+                } else {
+                    p[j] + (b[j] - 0.25)
+                };
+                assert_eq!(p1[j], want);
+            }
+        }
+    }
 
     #[test]
     fn top_of_row_equals_full_selection() {
