@@ -3,8 +3,9 @@
 A plain index searches exactly. An index created with a :class:`Compression` configuration is a
 *compressed* index: once it holds ``train_min_tokens`` tokens, a commit trains a codec (coarse
 centroids + product-quantised residuals) and from then on every segment is stored as codes in
-inverted lists and searched by candidate generation from the codes, whose short list is re-scored
-with all its documents' codes (optionally then re-ranked exactly from kept vectors). Same add / delete / commit / search API, same atomicity and snapshots.
+inverted lists and searched by candidate generation from the codes, whose short list is
+re-scored with all its documents' codes (optionally then re-ranked exactly from kept vectors).
+Same add / delete / commit / search API, same atomicity and snapshots.
 
 An index is a directory of memory-mapped files (see ``rust/core/src/store``). Opening it maps the
 files without reading the vectors, so it is fast whatever the index size; searches read vectors
