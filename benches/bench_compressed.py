@@ -235,13 +235,18 @@ def run(
     )
     # Compressed rows: quality of what a user asking for k = 10 gets (nDCG@10, recall@10 against
     # the exact top 10) and R@100 from k = 100 searches; latency of k = 10 searches, one query at
-    # a time, with 1 and 2 threads.
+    # a time, with 1 and 2 threads, after a warm-up pass.
     variants = [
         ("compressed, codes only (keep_vectors=False)", False, refine),
         ("compressed, codes only, candidate generation alone (refine=0)", False, 0),
         ("compressed + exact re-rank (keep_vectors=True, f16)", True, refine),
     ]
     for name, rerank, ref_n in variants:
+        # One untimed pass first: the figures are steady-state latency, not the first touch of
+        # each page of the lists (and, with kept vectors, the first verification of each 1 MB
+        # block of vectors a re-rank reads).
+        for i in range(nq):
+            compressed(i, 10, 1, rerank, ref_n)
         run10: dict[str, dict[str, float]] = {}
         run100: dict[str, dict[str, float]] = {}
         lat: dict[int, list[float]] = {1: [], 2: []}
@@ -271,22 +276,28 @@ def run(
             )
         )
     # Adding 1,000 documents to the trained codes-only index: one add + commit (encoding with the
-    # existing codec, new segment + its inverted lists, atomic publish), under new ids.
+    # existing codec, new segment + its inverted lists, atomic publish), under new ids, then
+    # deleted again; three times, the median reported (a commit fsyncs, and right after the
+    # builds the disk may still be writing back gigabytes of them).
     d, a, b = chunks(corpus)[-1]
     off = np.load(d + "/doc_offsets.npy")
     b = min(b, a + 1000)
     x = read_rows(d + "/docs_vectors.npy", int(off[a]), int(off[b]))
     docs = np.split(x, (off[a + 1 : b] - off[a]).astype(np.int64))
     ixs[False].close()
-    with latix.Index.open(f"{out}-keep0", "w") as w:
-        t = time.perf_counter()
-        w.add([f"added-{j}" for j in range(len(docs))], docs)
-        t_add = time.perf_counter() - t
-        w.commit()
-        add_s = time.perf_counter() - t
-        # Leave the benchmark index as it was built.
-        w.delete([f"added-{j}" for j in range(len(docs))])
-        w.commit()
+    add_runs: list[tuple[float, float]] = []
+    for _ in range(3):
+        with latix.Index.open(f"{out}-keep0", "w") as w:
+            t = time.perf_counter()
+            w.add([f"added-{j}" for j in range(len(docs))], docs)
+            t_add = time.perf_counter() - t
+            w.commit()
+            add_runs.append((time.perf_counter() - t, t_add))
+            # Leave the benchmark index as it was built.
+            w.delete([f"added-{j}" for j in range(len(docs))])
+            w.commit()
+    add_s, t_add = sorted(add_runs)[1]
+    add_all = " / ".join(f"{r[0]:.2f}" for r in add_runs)
     ixs[True].close()
     i0 = info[False]
     print(
@@ -298,9 +309,10 @@ def run(
         f"build (codes only) {wall[False]:.1f} s wall ({len(i0['commit_s'])} commits, first "
         f"(training) commit {i0['first_commit_s']:.1f} s), peak build memory "
         f"{peak_mb[False]:,.0f} MB; build with kept vectors {wall[True]:.1f} s; adding 1,000 "
-        f"docs ({x.shape[0]:,} tokens) {add_s:.2f} s (add {t_add:.2f} s + commit "
-        f"{add_s - t_add:.2f} s); quality over all {nq} test queries; exact latency over the "
-        f"first {n_ex}"
+        f"docs ({x.shape[0]:,} tokens) {add_s:.2f} s median of {add_all} (add {t_add:.2f} s + "
+        f"commit {add_s - t_add:.2f} s); quality over all {nq} test queries (nDCG@10 and recall@10 "
+        f"of k = 10 searches, R@100 of k = 100); latency of k = 10 searches after a warm-up "
+        f"pass; exact latency over the first {n_ex}"
     )
     print(
         "| method | bytes/token on disk | nDCG@10 | R@100 | recall@10 vs exact | p50 1T ms "

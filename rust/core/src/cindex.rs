@@ -572,6 +572,9 @@ pub(crate) fn commit_hook(
     decoded_input: bool,
     n_threads: Option<usize>,
 ) -> Result<()> {
+    if !retrain {
+        upgrade_old_lists(ctx)?;
+    }
     let pool = if decoded_input { 1 } else { cfg.pool_factor };
     let prev_codec = ctx.previous().index_file(CODEC_FILE);
     // Encodes the commit's new segments with the codec already in the index.
@@ -613,6 +616,41 @@ pub(crate) fn commit_hook(
     let files: Vec<String> = ctx.segments().iter().map(|e| e.file.clone()).collect();
     for f in files {
         encode_segment(ctx, &f, &codec, crc, cfg, pool, n_threads)?;
+    }
+    Ok(())
+}
+
+/// The inverted-list files of `entries` that an older latix wrote: (segment file, lists file).
+fn old_lists<'a>(
+    dir: &Path,
+    entries: impl Iterator<Item = &'a crate::store::SegmentEntry>,
+) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for e in entries {
+        if let Some((_, f)) = e.side_files.iter().find(|(n, _)| n == IVF_FILE) {
+            if IvfSegment::is_old_version(IvfSegment::file_version(&dir.join(f))?) {
+                out.push((e.file.clone(), f.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// True when some segment of `snap` has inverted lists in a format latix no longer writes.
+pub(crate) fn has_old_lists(snap: &Snapshot) -> Result<bool> {
+    Ok(!old_lists(snap.dir(), snap.segments().iter().map(|v| &v.entry))?.is_empty())
+}
+
+/// Rewrites the old-format inverted lists of the segments this commit keeps in the current
+/// format, in the same commit (lossless: same codes; [`IvfSegment::upgraded`]). Each commit peeks
+/// at one header per segment; only old files are read in full.
+fn upgrade_old_lists(ctx: &mut CommitContext<'_>) -> Result<()> {
+    let dir = ctx.previous().dir().to_path_buf();
+    for (seg, f) in old_lists(&dir, ctx.segments().iter())? {
+        let ivf = IvfSegment::open(&dir.join(&f), true)?;
+        if let Some(up) = ivf.upgraded()? {
+            ctx.write_segment_file(&seg, IVF_FILE, up.as_bytes())?;
+        }
     }
     Ok(())
 }

@@ -1031,6 +1031,13 @@ impl Index {
                 .iter()
                 .any(|v| !v.entry.tombstones.is_empty());
         if !dirty && hook.is_none() && !retrain {
+            // Nothing to merge, but lists an older latix wrote are still rewritten in the current
+            // format (by the compression hook of an otherwise empty commit: lossless, unlike
+            // merging a vector-free segment, which re-encodes reconstructions).
+            if self.compression.is_some() && cindex::has_old_lists(&base)? {
+                drop(g);
+                return self.commit_with(Some(&mut |_: &mut CommitContext<'_>| Ok(())));
+            }
             return Ok(());
         }
         let state = match &self.compression {

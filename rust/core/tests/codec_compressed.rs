@@ -12,6 +12,9 @@ use latix_core::compressed::{
 use latix_core::maxsim::{scalar::maxsim_f32, DocVectors};
 use latix_core::LatixError;
 
+mod common;
+use common::{as_version_3, v4_layout, with_crc};
+
 fn gauss(rng: &mut Rng) -> f32 {
     // Box-Muller.
     let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
@@ -521,50 +524,6 @@ fn segments_over_65536_documents_use_document_chunks() {
     assert!(got.iter().all(|g| (g.2 as usize) < n_docs));
 }
 
-fn align64(x: usize) -> usize {
-    x.div_ceil(64) * 64
-}
-
-/// Section offsets of a version-4 file: (list_tokens, list_blocks, doc_of_token, norm_scale,
-/// doc_offsets, doc_positions, codes), as the module documentation of `ivf` lays them out.
-fn v4_layout(seg: &IvfSegment) -> [usize; 7] {
-    let nl = seg.list_tokens().len() - 1;
-    let (nd, nt) = (seg.n_docs(), seg.n_tokens());
-    let lt = 64;
-    let lb = align64(lt + (nl + 1) * 4);
-    let dt = align64(lb + (nl + 1) * 4);
-    let ns = align64(dt + nt * 2);
-    let doff = align64(ns + nt * 2);
-    let dpos = align64(doff + (nd + 1) * 4);
-    let codes = align64(dpos + nt * 4);
-    [lt, lb, dt, ns, doff, dpos, codes]
-}
-
-fn with_crc(mut b: Vec<u8>) -> Vec<u8> {
-    let n = b.len() - 4;
-    let crc = crc32c::crc32c(&b[..n]);
-    b[n..].copy_from_slice(&crc.to_le_bytes());
-    b
-}
-
-/// The same lists in the version-3 format (f32 norm scales, no document map) that latix wrote
-/// before the document map existed.
-fn as_version_3(seg: &IvfSegment) -> Vec<u8> {
-    let v4 = seg.as_bytes();
-    let nt = seg.n_tokens();
-    let [_, _, dt, ns, _, _, codes] = v4_layout(seg);
-    let ns_end = align64(ns + nt * 4);
-    let mut b = vec![0u8; ns_end];
-    b[..dt + nt * 2].copy_from_slice(&v4[..dt + nt * 2]);
-    b[8..12].copy_from_slice(&3u32.to_le_bytes());
-    for t in 0..nt {
-        b[ns + 4 * t..ns + 4 * t + 4].copy_from_slice(&seg.norm_scales().get(t).to_le_bytes());
-    }
-    b.extend_from_slice(&v4[codes..v4.len() - 4]);
-    b.extend_from_slice(&[0; 4]);
-    with_crc(b)
-}
-
 #[test]
 fn document_map_is_exact_validated_and_version_3_lists_still_load() {
     let c = corpus(6, 300, 32, 8);
@@ -632,6 +591,10 @@ fn document_map_is_exact_validated_and_version_3_lists_still_load() {
     assert_eq!(a, b);
     let e = latix_core::compressed::refine(&codec, &plan, &view(&old), &b).unwrap_err();
     assert!(e.to_string().contains("document map"), "{e}");
+    // The upgrade rebuilds the very file latix writes today (same codes, map and scales).
+    assert!(seg.upgraded().unwrap().is_none());
+    let up = old.upgraded().unwrap().expect("version 3 is upgraded");
+    assert_eq!(up.as_bytes(), seg.as_bytes());
     // Every token's codes read the same from both files.
     for d in [0usize, 7, 299] {
         let mut x: Vec<Vec<u8>> = Vec::new();

@@ -12,6 +12,8 @@ use latix_core::maxsim::{scalar::maxsim_f32, DocVectors};
 use latix_core::store::Dtype;
 use latix_core::{CompressedSearch, Compression, LatixError};
 
+mod common;
+
 const DIM: usize = 32;
 
 fn gauss(rng: &mut Rng) -> f32 {
@@ -588,5 +590,84 @@ fn config_round_trips_and_every_damaged_byte_is_rejected() {
                 "truncation at {i} accepted"
             );
         }
+    }
+}
+
+#[test]
+fn lists_written_before_the_document_map_search_and_are_upgraded_by_the_next_commit() {
+    use latix_core::compressed::IvfSegment;
+    let mut data = Data::new(17);
+    let dir = tempfile::tempdir().unwrap();
+    let docs = data.docs(300);
+    let more = data.docs(40);
+    let queries: Vec<Vec<f32>> = (0..6).map(|_| data.mat(6, 0.8)).collect();
+    let no_refine = CompressedSearch {
+        nprobe: Some(4),
+        rerank: None,
+        refine: Some(0),
+    };
+    let refined = CompressedSearch {
+        refine: Some(20),
+        ..no_refine
+    };
+    for (case, p) in ["compact", "add"]
+        .iter()
+        .zip([dir.path().join("a"), dir.path().join("b")])
+    {
+        let ix = Index::create_with(&p, DIM, Dtype::F16, Some(cfg(false))).unwrap();
+        add(&ix, "d", &docs, false);
+        ix.commit().unwrap();
+        let want: Vec<_> = queries
+            .iter()
+            .map(|q| search(&ix, q, 10, no_refine))
+            .collect();
+        let want_refined: Vec<_> = queries
+            .iter()
+            .map(|q| search(&ix, q, 10, refined))
+            .collect();
+        ix.close();
+        // Rewrite the lists as the previous latix wrote them.
+        for f in files(&p, ".ivf-") {
+            let path = p.join(&f);
+            let old = common::as_version_3(&IvfSegment::open(&path, true).unwrap());
+            std::fs::write(&path, old).unwrap();
+            assert_eq!(IvfSegment::file_version(&path).unwrap(), 3);
+        }
+        let ix = Index::open(&p, OpenMode::Write).unwrap();
+        // Searchable as before; refinement is off by default and refused when asked for.
+        for (q, w) in queries.iter().zip(&want) {
+            assert_eq!(&search(&ix, q, 10, no_refine), w, "{case}");
+            let default = search(&ix, q, 10, CompressedSearch::default());
+            assert_eq!(default.len(), w.len(), "{case}");
+        }
+        let e = ix
+            .search_with(&[&queries[0][..]], 10, Some(1), None, refined)
+            .unwrap_err();
+        assert!(e.to_string().contains("compact()"), "{e}");
+        if *case == "compact" {
+            ix.compact().unwrap();
+        } else {
+            add(&ix, "m", &more, false);
+            ix.commit().unwrap();
+        }
+        for f in files(&p, ".ivf-") {
+            assert_eq!(
+                IvfSegment::file_version(&p.join(&f)).unwrap(),
+                4,
+                "{case}: {f}"
+            );
+        }
+        // Lossless: the same codes score the same, and refinement works again.
+        for ((q, w), wr) in queries.iter().zip(&want).zip(&want_refined) {
+            let got = search(&ix, q, 10, refined);
+            if *case == "compact" {
+                assert_eq!(&search(&ix, q, 10, no_refine), w);
+                assert_eq!(&got, wr);
+            } else {
+                assert_eq!(got.len(), 10);
+            }
+        }
+        ix.verify().unwrap();
+        ix.close();
     }
 }

@@ -176,6 +176,66 @@ pub fn codec_checksum(codec_bytes: &[u8]) -> u32 {
     crc32c::crc32c(codec_bytes)
 }
 
+/// Everything of a current-version file but the codes, for [`Sections::assemble`].
+struct Sections<'a> {
+    k: usize,
+    m: usize,
+    n_docs: usize,
+    n_blocks: usize,
+    codec_crc: u32,
+    n_chunks: usize,
+    list_tokens: &'a [u32],
+    list_blocks: &'a [u32],
+    doc_of_token: &'a [u16],
+    norm_scale: &'a [u16],
+    doc_offsets: &'a [u32],
+    doc_positions: &'a [u32],
+}
+
+impl Sections<'_> {
+    /// Lays out a current-version file, lets `fill_codes` write the code blocks, appends the
+    /// checksum and parses the result (validated like a file read from disk).
+    fn assemble(&self, fill_codes: impl FnOnce(&mut [u8])) -> Result<IvfSegment> {
+        let n_tokens = self.doc_of_token.len();
+        let nl = self.list_tokens.len() - 1;
+        let [s0, s1, s2, s3, s4, s5, s6] = layout(VERSION, nl, self.n_docs, n_tokens);
+        let end = s6 + self.n_blocks * self.m * 16;
+        let total = end + 4;
+        let mut store = vec![0u64; total.div_ceil(8)];
+        {
+            let b: &mut [u8] = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..total];
+            b[..8].copy_from_slice(MAGIC);
+            for (i, v) in [
+                VERSION,
+                self.k as u32,
+                self.m as u32,
+                self.n_docs as u32,
+                n_tokens as u32,
+                self.n_blocks as u32,
+                self.codec_crc,
+                self.n_chunks as u32,
+            ]
+            .iter()
+            .enumerate()
+            {
+                b[8 + 4 * i..12 + 4 * i].copy_from_slice(&v.to_le_bytes());
+            }
+            let put =
+                |b: &mut [u8], at: usize, src: &[u8]| b[at..at + src.len()].copy_from_slice(src);
+            put(b, s0, bytemuck::cast_slice(self.list_tokens));
+            put(b, s1, bytemuck::cast_slice(self.list_blocks));
+            put(b, s2, bytemuck::cast_slice(self.doc_of_token));
+            put(b, s3, bytemuck::cast_slice(self.norm_scale));
+            put(b, s4, bytemuck::cast_slice(self.doc_offsets));
+            put(b, s5, bytemuck::cast_slice(self.doc_positions));
+            fill_codes(&mut b[s6..end]);
+            let crc = crc32c::crc32c(&b[..end]);
+            b[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+        }
+        IvfSegment::parse(Bytes::Owned(store, total), Path::new("<memory>"), false)
+    }
+}
+
 impl IvfSegment {
     /// Encodes documents `offsets[i]..offsets[i+1]` of `vectors` (`dim`-wide rows) with `codec` and
     /// builds the segment's lists. `codec_crc` is [`codec_checksum`] of the codec's bytes. Runs in the
@@ -293,37 +353,22 @@ impl IvfSegment {
         for w in doc_offsets.windows(2) {
             doc_positions[w[0] as usize..w[1] as usize].sort_unstable();
         }
-        // Layout and write.
         let block_bytes = m * 16;
-        let [s0, s1, s2, s3, s4, s5, s6] = layout(VERSION, nl, n_docs, n_tokens);
-        let end = s6 + n_blocks * block_bytes;
-        let total = end + 4;
-        let mut store = vec![0u64; total.div_ceil(8)];
-        {
-            let b: &mut [u8] = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..total];
-            b[..8].copy_from_slice(MAGIC);
-            for (i, v) in [
-                VERSION,
-                k as u32,
-                m as u32,
-                n_docs as u32,
-                n_tokens as u32,
-                n_blocks as u32,
-                codec_crc,
-                nch as u32,
-            ]
-            .iter()
-            .enumerate()
-            {
-                b[8 + 4 * i..12 + 4 * i].copy_from_slice(&v.to_le_bytes());
-            }
-            b[s0..s0 + (nl + 1) * 4].copy_from_slice(bytemuck::cast_slice(&list_tokens));
-            b[s1..s1 + (nl + 1) * 4].copy_from_slice(bytemuck::cast_slice(&list_blocks));
-            b[s2..s2 + n_tokens * 2].copy_from_slice(bytemuck::cast_slice(&doc_of_token));
-            b[s3..s3 + n_tokens * 2].copy_from_slice(bytemuck::cast_slice(&norm_scale));
-            b[s4..s4 + (n_docs + 1) * 4].copy_from_slice(bytemuck::cast_slice(&doc_offsets));
-            b[s5..s5 + n_tokens * 4].copy_from_slice(bytemuck::cast_slice(&doc_positions));
-            let code_area = &mut b[s6..end];
+        let sections = Sections {
+            k,
+            m,
+            n_docs,
+            n_blocks,
+            codec_crc,
+            n_chunks: nch,
+            list_tokens: &list_tokens,
+            list_blocks: &list_blocks,
+            doc_of_token: &doc_of_token,
+            norm_scale: &norm_scale,
+            doc_offsets: &doc_offsets,
+            doc_positions: &doc_positions,
+        };
+        sections.assemble(|code_area| {
             // Fill blocks sub-list by sub-list (in parallel).
             let blocks: Vec<(usize, Vec<u8>)> = (0..nl)
                 .into_par_iter()
@@ -347,10 +392,62 @@ impl IvfSegment {
                 let off = list_blocks[l] as usize * block_bytes;
                 code_area[off..off + out.len()].copy_from_slice(&out);
             }
-            let crc = crc32c::crc32c(&b[..end]);
-            b[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+        })
+    }
+
+    /// The same lists in the current format, or None when they already are: version-3 lists
+    /// (f32 norm scales, no document map) get the document map, derived from their document
+    /// numbers, and u16 norm scales. Lossless for the codes, so a vector-free index is upgraded
+    /// without re-encoding reconstructions.
+    pub fn upgraded(&self) -> Result<Option<IvfSegment>> {
+        if self.version == VERSION {
+            return Ok(None);
         }
-        Self::parse(Bytes::Owned(store, total), Path::new("<memory>"), false)
+        let n_tokens = self.n_tokens;
+        let nch = self.n_chunks;
+        let lt = self.list_tokens();
+        let docs = self.doc_of_token();
+        // Owner of every list position, then a counting sort into per-document position lists
+        // (ascending, as positions are visited in order).
+        let mut owner = vec![0u32; n_tokens];
+        for l in 0..lt.len() - 1 {
+            let base = (l % nch) * DOC_CHUNK;
+            for t in lt[l] as usize..lt[l + 1] as usize {
+                owner[t] = (base + docs[t] as usize) as u32;
+            }
+        }
+        let mut doc_offsets = vec![0u32; self.n_docs + 1];
+        for &d in &owner {
+            doc_offsets[d as usize + 1] += 1;
+        }
+        for d in 0..self.n_docs {
+            doc_offsets[d + 1] += doc_offsets[d];
+        }
+        let mut fill = doc_offsets.clone();
+        let mut doc_positions = vec![0u32; n_tokens];
+        for (t, &d) in owner.iter().enumerate() {
+            doc_positions[fill[d as usize] as usize] = t as u32;
+            fill[d as usize] += 1;
+        }
+        let norms = self.norm_scales();
+        let norm_scale: Vec<u16> = (0..n_tokens).map(|t| norm_fixed(norms.get(t))).collect();
+        let sections = Sections {
+            k: self.k,
+            m: self.m,
+            n_docs: self.n_docs,
+            n_blocks: self.codes().len() / (self.m * 16),
+            codec_crc: self.codec_crc,
+            n_chunks: nch,
+            list_tokens: lt,
+            list_blocks: self.list_blocks(),
+            doc_of_token: docs,
+            norm_scale: &norm_scale,
+            doc_offsets: &doc_offsets,
+            doc_positions: &doc_positions,
+        };
+        sections
+            .assemble(|code_area| code_area.copy_from_slice(self.codes()))
+            .map(Some)
     }
 
     /// The serialised form (what [`IvfSegment::open`] reads).
@@ -361,6 +458,27 @@ impl IvfSegment {
     /// Writes the segment to `path` (temp file, fsync, rename).
     pub fn save(&self, path: &Path) -> Result<()> {
         write_atomic(path, self.as_bytes())
+    }
+
+    /// The format version of the lists file at `path` (its header only; not validated further).
+    pub fn file_version(path: &Path) -> Result<u32> {
+        use std::io::Read;
+        let mut h = [0u8; 12];
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut h))
+            .map_err(|e| LatixError::io(path, e))?;
+        if &h[..8] != MAGIC {
+            return Err(LatixError::corrupted(
+                path,
+                "inverted lists: not a latix inverted-list file (bad magic)",
+            ));
+        }
+        Ok(u32::from_le_bytes([h[8], h[9], h[10], h[11]]))
+    }
+
+    /// True when lists of this version are read but no longer written (see [`Self::upgraded`]).
+    pub fn is_old_version(version: u32) -> bool {
+        version < VERSION
     }
 
     /// Parses a serialised segment held in memory (copied), with the same validation as
