@@ -61,9 +61,10 @@ bench: build
 	$(BIN)/python benches/bench_maxsim.py
 
 # The compressed-index benchmark from a fresh clone, in three steps that each skip what exists:
-# encode SciFact (~55 min the first time; embeddings cached), build 100k distractor documents
-# (~11 min, 9.8 GB), then the benchmark itself. Data root: $LATIX_BENCH_DATA (default
-# ~/.cache/latix/bench). Extra benchmark options: make bench-compressed BENCH_ARGS="--corpus scifact"
+# encode SciFact (6 min the first time on a quiet 2-core machine; embeddings cached), build 100k
+# distractor documents (10 min, 9.8 GB), then the benchmark itself (~32 min the first time, the
+# exact reference then cached). Data root: $LATIX_BENCH_DATA (default ~/.cache/latix/bench).
+# Extra benchmark options: make bench-compressed BENCH_ARGS="--corpus scifact"
 BENCH_ARGS ?=
 bench-compressed: build
 	$(BIN)/python benches/prepare_bench_data.py

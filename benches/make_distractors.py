@@ -4,7 +4,7 @@ Recipe (deterministic for a given --seed):
 1. Encode the Vaswani documents (<source>/vaswani/doc-text.trec, read by latix.corpus) with
    latix's default model (`latix.Encoder.default()`: int8 ONNX all-MiniLM-L6-v2 as a token
    encoder, no [CLS]/[SEP], L2-normalised, 256-token cap) through latix's embedding cache
-   ($LATIX_CACHE_DIR or ~/.cache/latix, shared with benches/eval_scifact.py: ~11 min the first
+   ($LATIX_CACHE_DIR or ~/.cache/latix, shared with benches/eval_scifact.py: 6-11 min the first
    time on a 2-core machine, then instant), and take a seeded sample of --n-source-docs of them.
 2. For each of --n-docs distractor documents: draw a length from SciFact's document-length
    distribution (<data>/scifact/doc_offsets.npy, written by benches/prepare_bench_data.py;
@@ -14,7 +14,7 @@ Recipe (deterministic for a given --seed):
 3. Write docs_vectors.npy (float16, memory-mapped while writing), doc_offsets.npy (int64),
    doc_ids.json ("distractor-<i>") and params.json into <data>/distractors, each through a
    temporary name and an atomic rename. If that folder already holds a corpus made with the same
-   parameters, nothing is done (--force rebuilds). 100k documents take ~11 min and 9.8 GB.
+   parameters, nothing is done (--force rebuilds). 100k documents take 4-11 min and 9.8 GB.
 
 Usage: python benches/make_distractors.py [--data DIR] [--n-docs 100000] [--source ../shared/data]
 """

@@ -16,8 +16,8 @@ Written into <data>/scifact/ (each file through a temporary name and an atomic r
     query_ids.json     the n_queries query ids
 
 If the root already holds this data (same ids, consistent shapes and dtypes), nothing is done.
-Encoding the full corpus (5,183 docs, 1.23M tokens) takes ~55 min on a 2-core machine; the 300
-queries take seconds.
+Encoding the full corpus (5,183 docs, 1.23M tokens) takes 6 min on a quiet 2-core machine (55 min
+was seen on a loaded one); the 300 queries take seconds.
 
 Usage: python benches/prepare_bench_data.py [--data DIR] [--source ../shared/data] [--limit N]
 """
