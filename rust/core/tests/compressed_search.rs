@@ -191,6 +191,10 @@ fn search_matches_scalar_reference_over_segments_filters_and_threads() {
         let nprobe = [1, 4, 9, 48][trial % 4];
         let n_out = [1, 10, 50][trial % 3];
         let plan = QueryPlan::new(&codec, &q, nprobe).unwrap();
+        // Built with two threads (centroid scores and tables split by query token): the same.
+        let plan2 =
+            latix_core::parallel::install(Some(2), || QueryPlan::new(&codec, &q, nprobe)).unwrap();
+        assert_eq!(plan2.unwrap(), plan);
         let filtered = trial % 2 == 1;
         let views: Vec<SegmentView> = segs
             .iter()

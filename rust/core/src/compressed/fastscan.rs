@@ -14,7 +14,7 @@ use super::codec::{Codec, KSUB};
 pub const BLOCK: usize = 32;
 
 /// A query token's quantised lookup table: `lut[s * 16 + j]` ~ `(<q_s, codeword_{s,j}> - min_s) / scale`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TokenLut {
     /// `M * 16` quantised entries.
     pub lut: Vec<u8>,

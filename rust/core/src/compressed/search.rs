@@ -48,7 +48,7 @@ pub fn default_nprobe(k: usize) -> usize {
 }
 
 /// A query prepared for scanning: probed lists, imputed scores and lookup tables per token.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct QueryPlan {
     nprobe: usize,
     probes: Vec<u32>,
@@ -248,7 +248,17 @@ impl QueryPlan {
             let panels = codec.centroid_half_panels();
             let np = panels.n_padded();
             let mut cs = vec![0.0f32; nq * np];
-            scores_half(query, panels, &mut cs);
+            // With several threads, each scores every centroid for a share of the query tokens
+            // (the largest single piece of a query's work at large K).
+            let threads = rayon::current_num_threads();
+            if threads > 1 && nq > 1 {
+                let rows = nq.div_ceil(threads);
+                cs.par_chunks_mut(rows * np)
+                    .zip(query.par_chunks(rows * dim))
+                    .for_each(|(out, q)| scores_half(q, panels, out));
+            } else {
+                scores_half(query, panels, &mut cs);
+            }
             let mut gmax = Vec::new();
             for i in 0..nq {
                 top_of_row(&cs[i * np..i * np + k], want, &mut gmax, &mut top);
@@ -293,10 +303,17 @@ impl QueryPlan {
                 push_token(&mut top);
             }
         }
-        let luts = query
-            .chunks_exact(dim)
-            .map(|q| build_lut(codec, q))
-            .collect();
+        let luts = if rayon::current_num_threads() > 1 {
+            query
+                .par_chunks_exact(dim)
+                .map(|q| build_lut(codec, q))
+                .collect()
+        } else {
+            query
+                .chunks_exact(dim)
+                .map(|q| build_lut(codec, q))
+                .collect()
+        };
         Ok(QueryPlan {
             nprobe,
             probes,
