@@ -113,6 +113,8 @@ def build(corpus: str, out: str, seed: int, keep_vectors: bool) -> None:
         "build_s": time.time() - t0,
         "first_commit_s": commits[0],
         "commit_s": commits,
+        # This build's own peak resident memory (Linux reports KiB).
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **st,
     }
     with open(out + ".json", "w") as f:
@@ -144,17 +146,14 @@ def run(
 
     out = f"{work}/{corpus}"
     wall = {}
-    peak_mb = {}
     for keep in (False, True):
         t0 = time.time()
         cmd = [sys.executable, __file__, "--_build", corpus, "--work", work, "--seed", str(seed)]
-        # Each build is its own child: RUSAGE_CHILDREN's max RSS is the largest child so far, so
-        # the codes-only build (the headline) runs first.
-        r0 = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        # Each build is its own child process, which records its own peak memory.
         subprocess.run(cmd + (["--_keep"] if keep else []), check=True)
         wall[keep] = time.time() - t0
-        peak_mb[keep] = max(r0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
     info = {keep: json.load(open(f"{out}-keep{int(keep)}.json")) for keep in (False, True)}
+    peak_mb = {keep: info[keep]["peak_rss_mb"] for keep in (False, True)}
     ixs = {keep: latix.Index.open(f"{out}-keep{int(keep)}") for keep in (False, True)}
     n_tok = info[False]["n_tokens"]
     # Full vectors (memory-mapped f16) per part, for the exact baseline.
@@ -275,7 +274,7 @@ def run(
                 pct(lat[2], 99),
             )
         )
-    # Adding 1,000 documents to the trained codes-only index: one add + commit (encoding with the
+    # Adding 1,000 documents to each trained index: one add + commit (encoding with the
     # existing codec, new segment + its inverted lists, atomic publish), under new ids, then
     # deleted again; three times, the median reported (a commit fsyncs, and right after the
     # builds the disk may still be writing back gigabytes of them).
@@ -284,21 +283,22 @@ def run(
     b = min(b, a + 1000)
     x = read_rows(d + "/docs_vectors.npy", int(off[a]), int(off[b]))
     docs = np.split(x, (off[a + 1 : b] - off[a]).astype(np.int64))
-    ixs[False].close()
-    add_runs: list[tuple[float, float]] = []
-    for _ in range(3):
-        with latix.Index.open(f"{out}-keep0", "w") as w:
-            t = time.perf_counter()
-            w.add([f"added-{j}" for j in range(len(docs))], docs)
-            t_add = time.perf_counter() - t
-            w.commit()
-            add_runs.append((time.perf_counter() - t, t_add))
-            # Leave the benchmark index as it was built.
-            w.delete([f"added-{j}" for j in range(len(docs))])
-            w.commit()
-    add_s, t_add = sorted(add_runs)[1]
-    add_all = " / ".join(f"{r[0]:.2f}" for r in add_runs)
-    ixs[True].close()
+    add_s: dict[bool, float] = {}
+    add_all: dict[bool, str] = {}
+    for keep in (False, True):
+        ixs[keep].close()
+        add_runs: list[float] = []
+        for _ in range(3):
+            with latix.Index.open(f"{out}-keep{int(keep)}", "w") as w:
+                t = time.perf_counter()
+                w.add([f"added-{j}" for j in range(len(docs))], docs)
+                w.commit()
+                add_runs.append(time.perf_counter() - t)
+                # Leave the benchmark index as it was built.
+                w.delete([f"added-{j}" for j in range(len(docs))])
+                w.commit()
+        add_s[keep] = sorted(add_runs)[1]
+        add_all[keep] = " / ".join(f"{r:.2f}" for r in add_runs)
     i0 = info[False]
     print(
         f"\n## {corpus}: {n_tok:,} tokens, K = {i0['n_centroids']}, "
@@ -308,11 +308,12 @@ def run(
     print(
         f"build (codes only) {wall[False]:.1f} s wall ({len(i0['commit_s'])} commits, first "
         f"(training) commit {i0['first_commit_s']:.1f} s), peak build memory "
-        f"{peak_mb[False]:,.0f} MB; build with kept vectors {wall[True]:.1f} s; adding 1,000 "
-        f"docs ({x.shape[0]:,} tokens) {add_s:.2f} s median of {add_all} (add {t_add:.2f} s + "
-        f"commit {add_s - t_add:.2f} s); quality over all {nq} test queries (nDCG@10 and recall@10 "
-        f"of k = 10 searches, R@100 of k = 100); latency of k = 10 searches after a warm-up "
-        f"pass; exact latency over the first {n_ex}"
+        f"{peak_mb[False]:,.0f} MB; build with kept vectors {wall[True]:.1f} s, peak "
+        f"{peak_mb[True]:,.0f} MB; adding 1,000 docs ({x.shape[0]:,} tokens, add + commit, "
+        f"median of 3): {add_s[False]:.2f} s codes only ({add_all[False]}), {add_s[True]:.2f} s "
+        f"with kept vectors ({add_all[True]}); quality over all {nq} test queries (nDCG@10 and "
+        f"recall@10 of k = 10 searches, R@100 of k = 100); latency of k = 10 searches after a "
+        f"warm-up pass; exact latency over the first {n_ex}"
     )
     print(
         "| method | bytes/token on disk | nDCG@10 | R@100 | recall@10 vs exact | p50 1T ms "
