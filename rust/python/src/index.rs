@@ -330,26 +330,8 @@ impl PyIndex {
         rerank: Option<bool>,
         refine: Option<i64>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let nprobe = match nprobe {
-            None => None,
-            Some(n) if n >= 1 => Some(n as usize),
-            Some(n) => {
-                return Err(invalid(
-                    py,
-                    format!("nprobe must be a positive integer or None, got {n}"),
-                ))
-            }
-        };
-        let refine = match refine {
-            None => None,
-            Some(n) if n >= 0 => Some(n as usize),
-            Some(n) => {
-                return Err(invalid(
-                    py,
-                    format!("refine must be a non-negative integer or None, got {n}"),
-                ))
-            }
-        };
+        let nprobe = count_arg(py, "nprobe", nprobe, 1)?;
+        let refine = count_arg(py, "refine", refine, 0)?;
         let opts = CompressedSearch {
             nprobe,
             rerank,
@@ -364,16 +346,7 @@ impl PyIndex {
                 format!("k must be a positive integer, got {k}"),
             ));
         }
-        let n_threads = match n_threads {
-            None => None,
-            Some(n) if n >= 1 => Some(n as usize),
-            Some(n) => {
-                return Err(invalid(
-                    py,
-                    format!("n_threads must be a positive integer or None, got {n}"),
-                ))
-            }
-        };
+        let n_threads = count_arg(py, "n_threads", n_threads, 1)?;
         let dim = self.inner.dim();
         let mut qs: Vec<Cow<'_, [f32]>> = Vec::with_capacity(queries.len());
         let mats: Vec<FloatMatrix<'py>> = queries
@@ -496,4 +469,20 @@ impl PyIndex {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyIndex>()?;
     Ok(())
+}
+
+/// An optional count argument: `None`, or a value of at least `min` (1: a positive integer, 0: a
+/// non-negative one), else InvalidArgumentError naming the argument.
+fn count_arg(py: Python<'_>, name: &str, v: Option<i64>, min: i64) -> PyResult<Option<usize>> {
+    match v {
+        None => Ok(None),
+        Some(n) if n >= min => Ok(Some(n as usize)),
+        Some(n) => {
+            let what = if min >= 1 { "positive" } else { "non-negative" };
+            Err(invalid(
+                py,
+                format!("{name} must be a {what} integer or None, got {n}"),
+            ))
+        }
+    }
 }

@@ -23,7 +23,7 @@
 //! Version 4 stores the norm scale as u16 fixed point (`value / 16384`, 6e-5 resolution, 2 bytes
 //! instead of 4); version 3 files (f32 norm scales, no document map) are still read, and are
 //! searched without the code-level refinement that needs the document map (see
-//! [`super::search::refine`]) until compaction rewrites them.
+//! [`super::search::refine`]) until the next commit rewrites them ([`IvfSegment::upgraded`]).
 //!
 //! The document map costs 4 bytes per stored token (2 per original token with pooling by 2) and
 //! lets search re-score a short list of documents with *all* their tokens' codes (PLAID's final
@@ -104,8 +104,8 @@ const SEC_CODES: usize = 6;
 /// 64 tokens in memory).
 const POS_BUCKET_SHIFT: usize = 6;
 
-/// Byte offsets of the sections of a file of `version` (indexed by the `SEC_*` constants) and
-/// the offset where the codes end is computed from (the codes section's start).
+/// Byte offsets of the sections of a file of `version`, indexed by the `SEC_*` constants (a
+/// version-3 file's document-map sections are empty, at the codes' offset).
 fn layout(version: u32, n_lists: usize, n_docs: usize, n_tokens: usize) -> [usize; 7] {
     let lt = HEADER;
     let lb = align64(lt + (n_lists + 1) * 4);

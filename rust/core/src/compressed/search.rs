@@ -59,7 +59,8 @@ pub struct QueryPlan {
     /// for [`refine`]; empty when the plan scored only some centroids (two-level probing).
     centroid_scores: Vec<f32>,
     cs_stride: usize,
-    /// The query tokens (`nq * dim`).
+    /// The query tokens (`nq * dim`), kept only when `centroid_scores` is empty, for [`refine`]
+    /// to score every centroid.
     query: Vec<f32>,
     m: usize,
     k: usize,
@@ -322,7 +323,11 @@ impl QueryPlan {
             luts,
             centroid_scores,
             cs_stride,
-            query: query.to_vec(),
+            query: if cs_stride == 0 {
+                query.to_vec()
+            } else {
+                Vec::new()
+            },
             m: codec.n_subspaces(),
             k,
         })
@@ -380,6 +385,31 @@ impl Scratch {
             hit: Vec::new(),
             dirty: Vec::new(),
             any: Vec::new(),
+        }
+    }
+
+    /// Calls `f(document, partial)` for every document some query token reached (and `allowed`
+    /// lets through: one bit per document, one word per chunk), in document order, and resets the
+    /// chunks they occupied, restoring the invariant. The filter decides which documents become
+    /// candidates before the short list is cut (scores are per document, so this equals skipping
+    /// them while scanning, at a fraction of the cost).
+    fn take_hits(&mut self, allowed: Option<&[u64]>, mut f: impl FnMut(usize, f32)) {
+        for w in 0..self.any.len() {
+            let mut bits = std::mem::take(&mut self.any[w]);
+            while bits != 0 {
+                let c = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let mut hit = std::mem::take(&mut self.hit[c]);
+                if let Some(a) = allowed {
+                    hit &= a.get(c).copied().unwrap_or(0);
+                }
+                while hit != 0 {
+                    let d = c * CHUNK + hit.trailing_zeros() as usize;
+                    hit &= hit - 1;
+                    f(d, self.partial[d]);
+                }
+                self.partial[c * CHUNK..(c + 1) * CHUNK].fill(0.0);
+            }
         }
     }
 
@@ -655,31 +685,7 @@ fn drain_candidates(
     allowed: Option<&[u64]>,
     top: &mut TopN,
 ) {
-    for w in 0..s.any.len() {
-        let mut bits = s.any[w];
-        if bits == 0 {
-            continue;
-        }
-        s.any[w] = 0;
-        while bits != 0 {
-            let c = w * 64 + bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            // The filter decides which documents become candidates, before the short list is
-            // cut (scores are per document, so this equals skipping them while scanning, at a
-            // fraction of the cost). Chunk c's documents are the words' bit positions.
-            let mut hit = s.hit[c];
-            if let Some(a) = allowed {
-                hit &= a.get(c).copied().unwrap_or(0);
-            }
-            s.hit[c] = 0;
-            while hit != 0 {
-                let d = c * CHUNK + hit.trailing_zeros() as usize;
-                hit &= hit - 1;
-                top.push((base + s.partial[d], si as u32, d as u32));
-            }
-            s.partial[c * CHUNK..(c + 1) * CHUNK].fill(0.0);
-        }
-    }
+    s.take_hits(allowed, |d, p| top.push((base + p, si as u32, d as u32)));
 }
 
 /// Scans `segments` for `plan` and returns the `n_out` best documents by estimated score, best
@@ -740,21 +746,7 @@ pub fn search_segments(
                             fold_token(plan.impute[i], s);
                         }
                         let mut out = Vec::new();
-                        for w in 0..s.any.len() {
-                            let mut bits = s.any[w];
-                            s.any[w] = 0;
-                            while bits != 0 {
-                                let c = w * 64 + bits.trailing_zeros() as usize;
-                                bits &= bits - 1;
-                                let mut hit = std::mem::take(&mut s.hit[c]);
-                                while hit != 0 {
-                                    let d = c * CHUNK + hit.trailing_zeros() as usize;
-                                    hit &= hit - 1;
-                                    out.push((d as u32, s.partial[d]));
-                                }
-                                s.partial[c * CHUNK..(c + 1) * CHUNK].fill(0.0);
-                            }
-                        }
+                        s.take_hits(None, |d, p| out.push((d as u32, p)));
                         out
                     })
                     .collect()
