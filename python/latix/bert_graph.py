@@ -50,7 +50,15 @@ import numpy.typing as npt
 
 from latix.config import ModelError
 
-__all__ = ["BertShape", "BertWeights", "weights_from_onnx", "weights_from_safetensors", "build"]
+__all__ = [
+    "BertShape",
+    "BertWeights",
+    "FusedGraph",
+    "weights_from_onnx",
+    "weights_from_safetensors",
+    "build",
+    "session",
+]
 
 F32 = npt.NDArray[np.float32]
 
@@ -325,8 +333,31 @@ def quantize_columns(w: F32) -> tuple[npt.NDArray[np.int8], F32]:
     return q, scale
 
 
-def build(weights: BertWeights, *, int8: bool = False, opset: int = 17) -> bytes:
-    """The fused encoder graph (serialised ONNX ModelProto) over ``weights``.
+@dataclass
+class FusedGraph:
+    """A built graph: the serialised ModelProto, whose initializers are marked as external data,
+    and the arrays that hold them (handed to onnxruntime in memory by :func:`session`, so the
+    ~90 MB of weights are never copied through protobuf)."""
+
+    model: bytes
+    initializers: dict[str, npt.NDArray[Any]]
+
+
+def session(ort: Any, graph: FusedGraph, options: Any, providers: list[str]) -> Any:
+    """An ``onnxruntime.InferenceSession`` over ``graph`` (``options`` gains its initializers).
+
+    The session keeps using the initializer arrays: they stay referenced from the session object.
+    """
+    names = list(graph.initializers)
+    values = [ort.OrtValue.ortvalue_from_numpy(graph.initializers[n]) for n in names]
+    options.add_external_initializers(names, values)
+    sess = ort.InferenceSession(graph.model, options, providers=providers)
+    sess._latix_initializers = (graph.initializers, values)  # lifetime: as long as the session
+    return sess
+
+
+def build(weights: BertWeights, *, int8: bool = False, opset: int = 17) -> FusedGraph:
+    """The fused encoder graph over ``weights``.
 
     Args:
         weights: the parameters.
@@ -337,13 +368,13 @@ def build(weights: BertWeights, *, int8: bool = False, opset: int = 17) -> bytes
             LayerNorm and GELU stay float32.
 
     Returns:
-        The model bytes, to pass to ``onnxruntime.InferenceSession``.
+        The graph, to pass to :func:`session`.
 
     Raises:
         ModelError: the ``onnx`` package is missing.
     """
     try:
-        from onnx import TensorProto, helper, numpy_helper
+        from onnx import TensorProto, helper
     except ImportError:
         raise ModelError("building the fused graph needs the onnx package") from None
     s = weights.shape
@@ -351,9 +382,21 @@ def build(weights: BertWeights, *, int8: bool = False, opset: int = 17) -> bytes
     ms = "com.microsoft"
     inits = []
     nodes = []
+    arrays: dict[str, npt.NDArray[Any]] = {}
 
     def init(name: str, a: npt.NDArray[Any]) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(a), name))
+        a = np.ascontiguousarray(a)
+        if a.nbytes < 4096:  # small constants inline: shape inference reads some (Split sizes)
+            inits.append(helper.make_tensor(name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape, a.tobytes(), raw=True))
+            return name
+        tp = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(a.dtype))
+        tp.dims.extend(a.shape)
+        tp.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", "latix-memory"), ("offset", "0"), ("length", str(a.nbytes))):
+            e = tp.external_data.add()
+            e.key, e.value = k, v
+        inits.append(tp)
+        arrays[name] = a
         return name
 
     import os as _os
@@ -495,4 +538,4 @@ def build(weights: BertWeights, *, int8: bool = False, opset: int = 17) -> bytes
         producer_name="latix",
     )
     model.ir_version = 8
-    return bytes(model.SerializeToString())
+    return FusedGraph(bytes(model.SerializeToString()), arrays)

@@ -487,12 +487,19 @@ class Encoder:
         try:
             shape = bert_graph.shape_from_config(config_path)
             weights = bert_graph.weights_from_onnx(self.onnx_path, shape)
-            so = _session_options(ort, self.n_threads)
-            doc = ort.InferenceSession(bert_graph.build(weights), so, providers=_PROVIDERS)
+            doc = bert_graph.session(
+                ort,
+                bert_graph.build(weights),
+                _session_options(ort, self.n_threads),
+                _PROVIDERS,
+            )
             query = doc
             if query_precision == "int8":
-                query = ort.InferenceSession(
-                    bert_graph.build(weights, int8=True), so, providers=_PROVIDERS
+                query = bert_graph.session(
+                    ort,
+                    bert_graph.build(weights, int8=True),
+                    _session_options(ort, self.n_threads),
+                    _PROVIDERS,
                 )
             del weights
             err = self._fused_error(doc, shape.vocab)
