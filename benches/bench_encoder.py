@@ -184,8 +184,15 @@ def doc_throughput(enc: Encoder, texts: list[str], reps: int) -> dict[str, float
     }
 
 
-def scifact_quality(data: Path, variants: dict[str, Callable[[], Encoder]]) -> list[dict[str, Any]]:
-    """nDCG@10 (and the other latix.eval metrics) on SciFact train and test, exact MaxSim."""
+def scifact_quality(
+    data: Path, variants: dict[str, Callable[[], Encoder]], splits: list[str]
+) -> list[dict[str, Any]]:
+    """nDCG@10 (and the other latix.eval metrics) on SciFact train / test, exact MaxSim.
+
+    Variants whose query vectors equal the exported graph's to float32 rounding rank the same way;
+    :func:`max_query_difference` shows which those are without searching (a search of all
+    1,109 queries takes minutes per variant).
+    """
     from latix.eval import EmbeddingCache, evaluate
     from latix.index import Index
 
@@ -202,9 +209,11 @@ def scifact_quality(data: Path, variants: dict[str, Callable[[], Encoder]]) -> l
         index = Index.create(Path(tmp) / "idx", dim=ref.dim)
         for s in range(0, len(ids), 512):
             part = range(s, min(s + 512, len(ids)))
-            index.add([ids[i] for i in part], [np.asarray(vecs[offs[i] : offs[i + 1]]) for i in part])
+            index.add(
+                [ids[i] for i in part], [np.asarray(vecs[offs[i] : offs[i + 1]]) for i in part]
+            )
         index.commit()
-        for split in ("train", "test"):
+        for split in splits:
             qrels: dict[str, dict[str, int]] = {}
             for line in (data / f"scifact/qrels/{split}.tsv").open():
                 q, d, r = line.rstrip("\n").split("\t")[:3]
@@ -219,6 +228,27 @@ def scifact_quality(data: Path, variants: dict[str, Callable[[], Encoder]]) -> l
     return rows
 
 
+def max_query_difference(
+    data: Path, variants: dict[str, Callable[[], Encoder]]
+) -> dict[str, dict[str, float]]:
+    """Per variant, over all SciFact queries: max |v - exported| and min cosine per token."""
+    texts = [json.loads(line)["text"] for line in (data / "scifact/queries.jsonl").open()]
+    ref = Encoder.default(n_threads=2, fused=False).encode_queries(texts)
+    out = {}
+    for name, make in variants.items():
+        got = make().encode_queries(texts)
+        diff = max(float(np.abs(g - r).max()) for g, r in zip(got, ref, strict=True))
+        cos = np.concatenate([(g * r).sum(1) for g, r in zip(got, ref, strict=True)])
+        out[name] = {
+            "max_abs_diff": diff,
+            "min_cos": float(cos.min()),
+            "mean_cos": float(cos.mean()),
+            "queries": len(texts),
+        }
+        print(json.dumps({"variant": name, **out[name]}), flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", default=os.environ.get("LATIX_DATA", str(ROOT / "../shared/data")))
@@ -230,6 +260,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--unsorted", action="store_true", help="also measure unsorted batching")
     ap.add_argument("--quality", action="store_true", help="SciFact nDCG@10 per query variant")
+    ap.add_argument(
+        "--quality-variants",
+        nargs="*",
+        default=["exported graph", "fused int8"],
+        help="query variants searched for --quality (the others are compared vector by vector)",
+    )
+    ap.add_argument("--splits", nargs="*", default=["test", "train"])
     ap.add_argument("--no-latency", action="store_true", help="skip the query-latency part")
     ap.add_argument("--json", default=None, help="write every figure to this JSON file")
     args = ap.parse_args()
@@ -343,8 +380,10 @@ def main() -> int:
 
     # 3. Quality.
     if args.quality:
+        variants = {k: v for k, v in make_variants(2).items() if "latix export" not in k}
+        report["query_vectors_vs_exported"] = max_query_difference(data, variants)
         report["quality"] = scifact_quality(
-            data, {k: v for k, v in make_variants(1).items() if "latix export" not in k}
+            data, {k: v for k, v in variants.items() if k in args.quality_variants}, args.splits
         )
 
     print()
@@ -357,7 +396,9 @@ def main() -> int:
                 f"| {r['p99_ms']:.2f} | {r['speedup_p50']:.2f} |"
             )
         print("\nload time (s): " + ", ".join(f"{k} {v}" for k, v in report["load_s"].items()))
-        print("\n| step (10-word queries, µs, median) | " + " | ".join(report["breakdown_us"]) + " |")
+        print(
+            "\n| step (10-word queries, µs, median) | " + " | ".join(report["breakdown_us"]) + " |"
+        )
         print("|---|" + "---|" * len(report["breakdown_us"]))
         steps = next(iter(report["breakdown_us"].values()))
         for step in steps:
@@ -374,6 +415,11 @@ def main() -> int:
             f"| {r['model_gflops']:.1f} | {r['sgemm_gflops']:.1f} "
             f"| {100 * r['fraction_of_sgemm']:.0f}% | {r['speedup']:.2f} |"
         )
+    if "query_vectors_vs_exported" in report:
+        print("\n| query encoder | max abs diff to exported graph | min cos | mean cos |")
+        print("|---|---|---|---|")
+        for k, r in report["query_vectors_vs_exported"].items():
+            print(f"| {k} | {r['max_abs_diff']:.2e} | {r['min_cos']:.5f} | {r['mean_cos']:.5f} |")
     if "quality" in report:
         print("\n| split | query encoder | nDCG@10 | Recall@100 | MRR@10 |")
         print("|---|---|---|---|---|")

@@ -1,4 +1,5 @@
-"""The fused BERT graph (latix.bert_graph) and the encoder's fast path against independent references.
+"""The fused BERT graph (latix.bert_graph) and the encoder's fast path against independent
+references.
 
 * A numpy BERT forward pass (written here from the BERT equations) on tiny random weights, many
   batch shapes and padding patterns: the fused graph must compute the same function.
@@ -81,7 +82,10 @@ def numpy_bert(w: bg.BertWeights, ids: np.ndarray, mask: np.ndarray) -> np.ndarr
         )
         f = lin("output.dense", _gelu(lin("intermediate.dense", a)))
         x = _ln(
-            f + a, t[p + "output.LayerNorm.weight"], t[p + "output.LayerNorm.bias"], s.layer_norm_eps
+            f + a,
+            t[p + "output.LayerNorm.weight"],
+            t[p + "output.LayerNorm.bias"],
+            s.layer_norm_eps,
         )
     return x
 
@@ -150,7 +154,9 @@ def test_fused_graph_matches_numpy_bert(shape: bg.BertShape, seed: int) -> None:
         lengths[0] = n  # the longest row fills the batch, as the encoder pads
         mask = (np.arange(n)[None, :] < lengths[:, None]).astype(np.int64)
         ids = np.where(mask > 0, ids, 0)
-        got = sess.run(None, {"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32)})[0]
+        got = sess.run(
+            None, {"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32)}
+        )[0]
         want = numpy_bert(w, ids, mask)
         assert got.shape == (b_, n, shape.hidden) and got.dtype == np.float32
         valid = mask.astype(bool)
@@ -165,7 +171,9 @@ def test_fused_int8_graph_close_to_numpy_bert() -> None:
     ids = rng.integers(0, shape.vocab, size=(3, 20))
     mask = np.ones_like(ids)
     mask[2, 11:] = 0
-    got = sess.run(None, {"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32)})[0]
+    got = sess.run(
+        None, {"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32)}
+    )[0]
     want = numpy_bert(w, ids, mask)
     valid = mask.astype(bool)
     g, r = got[valid], want[valid]
@@ -291,7 +299,11 @@ def _reference(files: dict[str, Path], texts: list[str], max_len: int) -> list[n
         ids = np.array([tok.encode(t).ids], np.int64)
         h = sess.run(
             None,
-            {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)},
+            {
+                "input_ids": ids,
+                "attention_mask": np.ones_like(ids),
+                "token_type_ids": np.zeros_like(ids),
+            },
         )[0][0][1:-1]  # [CLS]/[SEP] dropped by the default conventions
         out.append(h / np.linalg.norm(h, axis=1, keepdims=True))
     return out
@@ -317,7 +329,11 @@ def test_fused_queries_match_plain_session(fast: Encoder, files: dict[str, Path]
     texts = _random_texts(3, 12, 70)
     ref = _reference(files, texts, DEFAULT_MODEL_CONFIG.query_max_length)
     for one_by_one in (True, False):
-        got = [fast.encode_queries([t])[0] for t in texts] if one_by_one else fast.encode_queries(texts)
+        got = (
+            [fast.encode_queries([t])[0] for t in texts]
+            if one_by_one
+            else fast.encode_queries(texts)
+        )
         for g, r in zip(got, ref, strict=True):
             assert g.shape == r.shape
             np.testing.assert_allclose(g, r, atol=5e-5, rtol=0)
@@ -421,3 +437,15 @@ def test_bad_precision_arguments(files: dict[str, Path]) -> None:
         warnings.simplefilter("error")
         with pytest.raises(ModelError, match="fused"):
             Encoder(DEFAULT_MODEL_CONFIG, files["onnx"], files["tok"], query_precision="int8")
+
+
+def test_auto_precision_follows_the_cpu(files: dict[str, Path]) -> None:
+    from latix.encoder import auto_query_precision
+
+    want = "int8" if latix.kernel_name() in ("avx2", "avx512") else "fp32"
+    assert auto_query_precision() == want
+    assert Encoder.default(n_threads=1, query_precision="auto").query_precision == want
+    # without the fused graph "auto" falls back to float32 instead of failing
+    assert (
+        Encoder.default(n_threads=1, query_precision="auto", fused=False).query_precision == "fp32"
+    )

@@ -116,7 +116,7 @@ _EMB = [
 
 
 def _strip_prefix(name: str) -> str:
-    # Exporters and checkpoints prefix parameter names differently ("bert.", "inner.", "0.auto_model.")
+    # Exporters and checkpoints prefix parameter names differently ("bert.", "inner.", ...)
     m = re.search(r"(embeddings\.|encoder\.layer\.)", name)
     return name[m.start() :] if m else name
 
@@ -154,7 +154,9 @@ def _check(tensors: dict[str, F32], shape: BertShape, source: str) -> BertWeight
         out[name] = np.ascontiguousarray(a, dtype=np.float32)
     tt = tensors.get("embeddings.token_type_embeddings.weight")
     if tt is None or tt.ndim != 2 or tt.shape[1] != h:
-        raise ModelError(f"{source}: BERT parameter embeddings.token_type_embeddings.weight missing")
+        raise ModelError(
+            f"{source}: BERT parameter embeddings.token_type_embeddings.weight missing"
+        )
     out["embeddings.token_type_embeddings.weight"] = np.ascontiguousarray(tt, dtype=np.float32)
     for name, a in out.items():
         if not np.all(np.isfinite(a)):
@@ -256,9 +258,7 @@ def weights_from_onnx(path: str | os.PathLike[str], shape: BertShape) -> BertWei
     except Exception as e:  # onnx raises DecodeError and others
         raise ModelError(f"cannot read ONNX model {path}: {e}") from None
     g = model.graph
-    const: dict[str, npt.NDArray[Any]] = {
-        i.name: numpy_helper.to_array(i) for i in g.initializer
-    }
+    const: dict[str, npt.NDArray[Any]] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     for node in g.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             const[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
@@ -387,7 +387,11 @@ def build(weights: BertWeights, *, int8: bool = False, opset: int = 17) -> Fused
     def init(name: str, a: npt.NDArray[Any]) -> str:
         a = np.ascontiguousarray(a)
         if a.nbytes < 4096:  # small constants inline: shape inference reads some (Split sizes)
-            inits.append(helper.make_tensor(name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape, a.tobytes(), raw=True))
+            inits.append(
+                helper.make_tensor(
+                    name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape, a.tobytes(), raw=True
+                )
+            )
             return name
         tp = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(a.dtype))
         tp.dims.extend(a.shape)
@@ -399,25 +403,29 @@ def build(weights: BertWeights, *, int8: bool = False, opset: int = 17) -> Fused
         arrays[name] = a
         return name
 
-    import os as _os
-    _sel = _os.environ.get("LATIX_INT8_SET", "qkv,o,f1,f2").split(",")
-
     def linear(name: str, x: str, w: F32, bias: F32 | None = None) -> str:
         # x @ w (+ bias); the bias is left to the consumer where a fused op takes it.
-        if not int8 or name.split("_")[1] not in _sel:
+        if not int8:
             if bias is not None:
                 raise AssertionError("float32 linear layers take their bias in the next op")
             nodes.append(helper.make_node("MatMul", [x, init(name + "_w", w)], [name]))
             return name
         q, scale = quantize_columns(w)
-        ins = [x, init(name + "_q", q), init(name + "_s", scale), init(name + "_z", np.zeros_like(q[0]))]
+        ins = [
+            x,
+            init(name + "_q", q),
+            init(name + "_s", scale),
+            init(name + "_z", np.zeros_like(q[0])),
+        ]
         if bias is not None:
             ins.append(init(name + "_b", bias))
         nodes.append(helper.make_node("DynamicQuantizeMatMul", ins, [name], domain=ms))
         return name
 
     # Token type is always 0: fold its row into the position table (one add fewer per token).
-    pos = t["embeddings.position_embeddings.weight"] + t["embeddings.token_type_embeddings.weight"][0]
+    pos = (
+        t["embeddings.position_embeddings.weight"] + t["embeddings.token_type_embeddings.weight"][0]
+    )
     nodes.append(
         helper.make_node(
             "EmbedLayerNormalization",
@@ -430,7 +438,10 @@ def build(weights: BertWeights, *, int8: bool = False, opset: int = 17) -> Fused
                 init("emb_ln_g", t["embeddings.LayerNorm.weight"]),
                 init("emb_ln_b", t["embeddings.LayerNorm.bias"]),
             ],
-            ["h0", "mask_index"],  # mask_index unused (no mask input) but required by type inference
+            [
+                "h0",
+                "mask_index",
+            ],  # mask_index unused (no mask input) but required by type inference
             domain=ms,
             epsilon=s.layer_norm_eps,
         )

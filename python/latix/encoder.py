@@ -40,10 +40,11 @@ import numpy.typing as npt
 from latix.config import CONFIG_FILE, ModelConfig, ModelError
 from latix.errors import InvalidArgumentError
 
-__all__ = ["Encoder", "Encoded", "DEFAULT_MODEL_CONFIG"]
+__all__ = ["Encoder", "Encoded", "DEFAULT_MODEL_CONFIG", "auto_query_precision"]
 
 Kind = Literal["query", "document"]
 Precision = Literal["fp32", "int8"]
+PrecisionChoice = Literal["auto", "fp32", "int8"]
 
 #: Conventions of the default model: all-MiniLM-L6-v2 as a token encoder. No markers, no [MASK]
 #: augmentation, no projection; [CLS]/[SEP] dropped and documents cut at 256 tokens, which measured
@@ -131,8 +132,9 @@ class Encoder:
             When given, the encoder runs the fused graph of :mod:`latix.bert_graph` built from
             the ONNX file's weights, after checking on probe inputs that it computes what the
             exported graph computes (else it warns and runs the exported graph).
-        query_precision: ``"fp32"`` or ``"int8"`` (int8 linear layers for queries; needs the
-            fused graph). Documents are always encoded in float32.
+        query_precision: ``"fp32"``, ``"int8"`` (int8 linear layers for queries; needs the
+            fused graph) or ``"auto"`` (:func:`auto_query_precision`; fp32 when the fused graph
+            is not available). Documents are always encoded in float32.
         fused: False runs the exported graph even when ``bert_config_path`` is given (the
             reference path, for benchmarks and tests).
 
@@ -154,7 +156,7 @@ class Encoder:
         batch_size: int = 32,
         sort_by_length: bool = True,
         bert_config_path: str | os.PathLike[str] | None = None,
-        query_precision: Precision = "fp32",
+        query_precision: PrecisionChoice = "fp32",
         fused: bool = True,
     ) -> None:
         import onnxruntime as ort
@@ -164,10 +166,13 @@ class Encoder:
             raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
         if n_threads is not None and n_threads < 1:
             raise InvalidArgumentError(f"n_threads must be >= 1, got {n_threads}")
-        if query_precision not in ("fp32", "int8"):
+        if query_precision not in ("auto", "fp32", "int8"):
             raise InvalidArgumentError(
-                f"query_precision must be 'fp32' or 'int8', got {query_precision!r}"
+                f"query_precision must be 'auto', 'fp32' or 'int8', got {query_precision!r}"
             )
+        want: Precision = auto_query_precision() if query_precision == "auto" else query_precision
+        if want == "int8" and query_precision == "auto" and (bert_config_path is None or not fused):
+            want = "fp32"
         self.config = config
         self.batch_size = batch_size
         self.sort_by_length = sort_by_length
@@ -260,14 +265,16 @@ class Encoder:
         self._fused_doc: Any = None
         self._fused_query: Any = None
         if bert_config_path is not None and fused:
-            self._load_fused(ort, Path(bert_config_path), query_precision)
-        if query_precision == "int8" and self._fused_query is None:
-            raise ModelError(
-                "query_precision='int8' needs the fused BERT graph (bert_config_path and the "
-                "onnx package)"
-            )
-        #: Precision of the query encoder's linear layers.
-        self.query_precision: Precision = query_precision
+            self._load_fused(ort, Path(bert_config_path), want)
+        if want == "int8" and self._fused_query is None:
+            if query_precision == "int8":
+                raise ModelError(
+                    "query_precision='int8' needs the fused BERT graph (bert_config_path and "
+                    "the onnx package)"
+                )
+            want = "fp32"  # "auto" where the fused graph could not be built
+        #: Precision of the query encoder's linear layers (``"auto"`` resolved).
+        self.query_precision: Precision = want
         self._probe()
 
     # ----------------------------------------------------------------------------- construction
@@ -347,7 +354,7 @@ class Encoder:
         *,
         n_threads: int | None = None,
         batch_size: int = 32,
-        query_precision: Precision = "fp32",
+        query_precision: PrecisionChoice = "fp32",
         fused: bool = True,
     ) -> Encoder:
         """The default model: all-MiniLM-L6-v2 as a token encoder (int8 ONNX, 384-d).
@@ -360,7 +367,7 @@ class Encoder:
         Args:
             n_threads: onnxruntime intra-op threads.
             batch_size: texts per forward pass.
-            query_precision: ``"fp32"`` or ``"int8"`` linear layers for queries.
+            query_precision: ``"fp32"``, ``"int8"`` or ``"auto"`` (see :class:`Encoder`).
             fused: False runs the exported graph (the reference path).
 
         Raises:
@@ -531,7 +538,9 @@ class Encoder:
         att[1, 9:] = 0
         ids[1, 9:] = self._pad_id
         ref = self._run_exported(ids, att)
-        got = fused.run(None, {"input_ids": ids.astype(np.int32), "attention_mask": att.astype(np.int32)})[0]
+        got = fused.run(
+            None, {"input_ids": ids.astype(np.int32), "attention_mask": att.astype(np.int32)}
+        )[0]
         if got.shape != ref.shape:
             return float("inf")
         valid = att.astype(bool)
@@ -550,13 +559,18 @@ class Encoder:
         return out
 
     def _forward(
-        self, kind: Kind, ids: npt.NDArray[np.int64], att: npt.NDArray[np.int64]
+        self, kind: Kind, ids: npt.NDArray[np.integer[Any]], att: npt.NDArray[np.integer[Any]]
     ) -> npt.NDArray[np.float32]:
         """(batch, tokens, hidden) float32 hidden states of a right-padded batch."""
         if self._fused_doc is None:
-            return self._run_exported(ids, att)
+            return self._run_exported(
+                ids.astype(np.int64, copy=False), att.astype(np.int64, copy=False)
+            )
         sess = self._fused_query if kind == "query" else self._fused_doc
-        feeds = {"input_ids": ids.astype(np.int32), "attention_mask": att.astype(np.int32)}
+        feeds = {
+            "input_ids": ids.astype(np.int32, copy=False),
+            "attention_mask": att.astype(np.int32, copy=False),
+        }
         out: npt.NDArray[np.float32] = sess.run(None, feeds)[0]
         return out
 
@@ -639,11 +653,13 @@ class Encoder:
             if self.sort_by_length
             else np.arange(n)
         )
+        # The fused graph takes int32 ids and mask (no conversion copy per batch).
+        id_type = np.int64 if self._fused_doc is None else np.int32
         for s in range(0, n, self.batch_size):
             idx = order[s : s + self.batch_size]
             width = max(len(prepared[i].ids) for i in idx)
-            ids = np.full((len(idx), width), self._pad_id, dtype=np.int64)
-            att = np.zeros((len(idx), width), dtype=np.int64)
+            ids = np.full((len(idx), width), self._pad_id, dtype=id_type)
+            att = np.zeros((len(idx), width), dtype=id_type)
             for r, i in enumerate(idx):
                 p = prepared[i]
                 ids[r, : len(p.ids)] = p.ids
@@ -662,6 +678,9 @@ class Encoder:
                     f"model output dimension {block.shape[1]} does not match dim={dim} in the "
                     f"config of {self.onnx_path}"
                 )
+            if n <= self.batch_size and bool(np.all(idx == np.arange(n))):
+                vectors = block  # one batch already in input order (e.g. one query): no copy
+                break
             if vectors is None:
                 vectors = np.empty((int(offsets[-1]), dim), dtype=np.float32)
             pos = 0
@@ -694,6 +713,20 @@ class Encoder:
             norms = np.linalg.norm(x, axis=1, keepdims=True)
             x = x / np.maximum(norms, 1e-12)
         return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def auto_query_precision() -> Precision:
+    """The query precision ``"auto"`` picks on this CPU.
+
+    ``"int8"`` on x86-64 CPUs with AVX2 (detected at run time by latix's own SIMD dispatch,
+    :func:`latix.kernel_name`): onnxruntime's u8s8 GEMM there runs about twice the float32 FMA
+    rate even without VNNI (measured on Zen3, bench-results/encoder.md), and CPUs with AVX-512 or
+    VNNI get faster kernels of the same arithmetic. ``"fp32"`` elsewhere (ARM, older x86), where
+    the int8 speed has not been measured.
+    """
+    from latix._core import kernel_name
+
+    return "int8" if kernel_name() in ("avx2", "avx512") else "fp32"
 
 
 def _session_options(ort: Any, n_threads: int | None) -> Any:
