@@ -363,7 +363,7 @@ def build(weights: BertWeights, *, int8: bool = False, opset: int = 17) -> Fused
         weights: the parameters.
         int8: compute the linear layers in int8 (``DynamicQuantizeMatMul``: activations quantised
             per tensor to uint8 at run time, weights per output column to int8, int32
-            accumulation): about twice the float32 FMA rate on AVX2 and more with VNNI, at a
+            accumulation): about twice the float32 FMA rate on AVX2 without VNNI, at a
             precision cost measured in bench-results/encoder.md. Attention scores, softmax,
             LayerNorm and GELU stay float32.
 

@@ -15,8 +15,9 @@ through its exported graph but through the same function rebuilt as a fused onnx
 (:mod:`latix.bert_graph`: one Attention / SkipLayerNormalization / BiasGelu node per stage instead
 of ~280 small operators), checked at load time against the exported graph on probe inputs.
 Documents always run in float32 (their vectors match the exported graph to ~1e-6). Queries can run
-with int8 linear layers (``query_precision="int8"``), about 2x faster on AVX2 CPUs and more
-with VNNI; see bench-results/encoder.md for speed and SciFact quality of each choice.
+with int8 linear layers (``query_precision="int8"``), about 2x faster on an AVX2 CPU without VNNI
+(VNNI CPUs get faster kernels of the same arithmetic, not measured here); see
+bench-results/encoder.md for speed and SciFact quality of each choice.
 """
 
 from __future__ import annotations
@@ -115,8 +116,8 @@ class Encoder:
     takes explicit file paths. Loading runs a probe text through the model and checks that the
     output dimension equals ``config.dim``.
 
-    Thread safety: encoding calls may run from several threads at once (onnxruntime sessions are
-    thread-safe; the tokenizers are guarded by a lock).
+    Thread safety: encoding calls may run from several threads at once (onnxruntime sessions,
+    exported or fused, are thread-safe; the tokenizers are guarded by a lock).
 
     Args:
         config: the model's late-interaction conventions.
