@@ -54,7 +54,7 @@ for t in $targets; do
         status=1
     fi
     grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "$ROOT/fuzz/artifacts/$t.log" | sed "s/^/   /" || true
-    grep -E "^#[0-9]+ +DONE" "$ROOT/fuzz/artifacts/$t.log" | sed "s/^/   /" || true
+    grep -E "^#[0-9]+[[:space:]]+DONE" "$ROOT/fuzz/artifacts/$t.log" | sed "s/^/   /" || true
 done
 echo "== hypothesis API fuzz (${SECS}s)"
 PYTHONPATH=tests "$PY" -m harness.api_fuzz --seconds "$SECS" || status=1
