@@ -46,8 +46,9 @@ _skipped: list[tuple[str, str]] = []
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Collects every skipped test (setup or call phase) with its reason."""
-    if report.skipped:
+    """Collects every skipped test (setup or call phase) with its reason (an expected failure,
+    which pytest also reports as skipped, is not a skip)."""
+    if report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         _skipped.append((report.nodeid, str(reason)))
 
