@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def git_commit() -> str:
-    """`<40-hex commit>` of the project's checkout, `+ uncommitted changes` when the work tree
-    differs from it in tracked files, or `unknown (not a git checkout)`."""
+    """`<40-hex commit>` of the project's checkout, `+ uncommitted changes to <paths>` when the
+    work tree differs from it in tracked files, or `unknown (not a git checkout)`."""
     try:
         head = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
@@ -35,7 +35,11 @@ def git_commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
-    return head + (" + uncommitted changes" if dirty else "")
+    if not dirty:
+        return head
+    paths = [line[3:] for line in dirty.splitlines()]
+    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    return f"{head} + uncommitted changes to {shown}"
 
 
 def cpu_model() -> str:
