@@ -32,7 +32,7 @@ def git_commit() -> str:
             capture_output=True,
             text=True,
             check=True,
-        ).stdout.strip()
+        ).stdout.rstrip("\n")  # porcelain lines are "XY path": keep the leading blank
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     if not dirty:
