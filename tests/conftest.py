@@ -53,6 +53,13 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _skipped.append((report.nodeid, str(reason)))
 
 
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    """Collects modules skipped at collection (e.g. a module-level ``pytest.importorskip``)."""
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skipped.append((report.nodeid, str(reason)))
+
+
 def _unexpected() -> list[tuple[str, str]]:
     pats = _allowed_patterns()
     return [(n, r) for n, r in _skipped if not any(fnmatch.fnmatch(n, p) for p in pats)]
