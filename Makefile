@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.latix-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup build demo test test-rust test-python lint fmt check bench bench-compressed clean harden \
-	soak fuzz
+	soak fuzz fuzz-smoke
 
 setup: $(STAMP)
 
@@ -39,7 +39,7 @@ test-rust:
 test-python: build
 	$(BIN)/python -m pytest -q
 
-# The test command (CI runs exactly this).
+# The tests (Rust, then Python); `make check` runs them with everything else.
 test: test-rust test-python
 
 fmt:
@@ -54,8 +54,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check python tests benches
 	$(BIN)/mypy
 
-# Everything a change must pass before it lands.
-check: lint test
+# Everything a change must pass before it lands: what CI runs (.ci/run), and the README's
+# check command. Lint, the tests, then every fuzz target built and run for a few seconds.
+check: lint test fuzz-smoke
 
 bench: build
 	$(BIN)/python benches/bench_maxsim.py
@@ -88,10 +89,16 @@ soak: build
 	PYTHONPATH=tests $(BIN)/python -m harness.concurrency --ops 10000 --seed 1
 	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_SECONDS)
 
-# cargo-fuzz targets over the on-disk parsers and the hypothesis harness over the Python API,
-# each for a bounded time (needs `cargo +nightly` and `cargo install cargo-fuzz`).
+# libFuzzer targets over the on-disk parsers and the hypothesis harness over the Python API,
+# each for a bounded time: with cargo-fuzz + ASan where `cargo +nightly fuzz` works, otherwise
+# built on stable with coverage instrumentation (scripts/hardening/fuzz.sh says which).
 fuzz: build
 	scripts/hardening/fuzz.sh $(FUZZ_SECONDS)
+
+# The same, a few seconds per target (part of `make check`).
+FUZZ_SMOKE_SECONDS ?= 5
+fuzz-smoke: build
+	scripts/hardening/fuzz.sh $(FUZZ_SMOKE_SECONDS)
 
 clean:
 	cargo clean

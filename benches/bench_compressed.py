@@ -17,6 +17,15 @@ Data: a data root (--data, default $LATIX_BENCH_DATA or ~/.cache/latix/bench) ho
 distractors/ (benches/make_distractors.py); qrels from <source>/scifact/qrels/test.tsv (--source,
 default $LATIX_DATA or ../shared/data); indexes and the cached exact reference under --work
 (default <data>/bench-compressed). `make bench-compressed` runs all three steps.
+
+Checks before anything is measured: the distractor corpus must have been made with
+benches/make_distractors.py's default parameters (params.json) and every file must match the
+checksums it recorded (checksums.json). The cached exact top 100 is keyed by a checksum of every
+input (document vectors, offsets and ids of each part, query vectors and ids); a cache whose key
+differs is recomputed. When it is loaded, every query's cached top 10 is re-scored from the
+document vectors in numpy float64 and must match (ids, scores, order), and the timed exact
+searches (first --exact-queries queries) must return the cached top 10. The output starts with
+the run's provenance (benches/provenance.py): command, commit, CPU, MaxSim kernel, date, load.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ import time
 from typing import Any
 
 import numpy as np
+import provenance
+from checksums import combined, digests, file_digest
 
 DATA = os.environ.get("LATIX_BENCH_DATA") or os.path.expanduser("~/.cache/latix/bench")
 SOURCE = os.environ.get("LATIX_DATA") or os.path.join(
@@ -121,6 +132,60 @@ def build(corpus: str, out: str, seed: int, keep_vectors: bool) -> None:
         json.dump(info, f)
 
 
+def check_distractors() -> str:
+    """Checks the distractor corpus itself: made with make_distractors.py's default parameters,
+    every file matching the checksums recorded when it was written. Returns a one-line summary
+    (for the table header); exits on a mismatch."""
+    from make_distractors import DATA_FILES, default_params
+
+    try:
+        with open(DISTRACTORS + "/params.json") as f:
+            params = json.load(f)
+        with open(DISTRACTORS + "/checksums.json") as f:
+            recorded = json.load(f)
+    except OSError as e:
+        raise SystemExit(
+            f"{DISTRACTORS}: {e}; run `python benches/make_distractors.py` (it records "
+            "params.json and checksums.json)"
+        ) from None
+    if params != default_params():
+        raise SystemExit(
+            f"{DISTRACTORS}/params.json is {params}, not make_distractors.py's defaults "
+            f"{default_params()}: rebuild with `python benches/make_distractors.py --force`"
+        )
+    t = time.time()
+    got = digests(DISTRACTORS, DATA_FILES)
+    if got != recorded:
+        bad = [n for n in DATA_FILES if got[n] != recorded.get(n)]
+        raise SystemExit(f"{DISTRACTORS}: {bad} differ from checksums.json: rebuild (--force)")
+    print(f"distractor corpus checked: params and checksums ({time.time() - t:.0f} s)")
+    return (
+        f"distractor corpus: make_distractors.py defaults {json.dumps(params)}, "
+        f"docs_vectors.npy blake2b-128 {got['docs_vectors.npy']}"
+    )
+
+
+DOC_FILES = ("docs_vectors.npy", "doc_offsets.npy", "doc_ids.json")
+QUERY_FILES = ("query_vectors.npy", "query_offsets.npy", "query_ids.json")
+
+
+def input_key(corpus: str) -> str:
+    """Checksum of everything the exact reference depends on: each part's document vectors,
+    offsets and ids, the chunking, the test queries' vectors, offsets and ids, and k."""
+    key: list[object] = []
+    for d in parts(corpus):
+        if d == DISTRACTORS:
+            with open(d + "/checksums.json") as f:
+                sums = json.load(f)  # verified against the files by check_distractors()
+        else:
+            sums = digests(d, DOC_FILES)
+        key.append([os.path.basename(d), [sums[n] for n in DOC_FILES]])
+    key.append([[os.path.basename(d), a, b] for d, a, b in chunks(corpus)])
+    key.append([file_digest(f"{SCIFACT}/{n}") for n in QUERY_FILES])
+    key.append({"k": 100, "format": 2})
+    return combined(key)
+
+
 def load_qrels() -> dict[str, dict[str, int]]:
     q: dict[str, dict[str, int]] = {}
     for row in list(csv.reader(open(QRELS), delimiter="\t"))[1:]:
@@ -144,6 +209,9 @@ def run(
     import latix
     from ir_measures import R, nDCG
 
+    # The corpus itself first: a wrong distractor corpus leaves exact SciFact metrics unchanged,
+    # so only its parameters and checksums can tell.
+    corpus_line = check_distractors() if corpus == "distractors" else "SciFact documents only"
     out = f"{work}/{corpus}"
     wall = {}
     for keep in (False, True):
@@ -192,10 +260,15 @@ def run(
     # Exact reference (top 100 of every query): computed once per corpus and cached next to the
     # benchmark indexes (it takes ~25 min for the 14M-token corpus); its latency is timed afresh
     # in this run on the first `exact_queries` queries, with 1 and 2 threads.
+    # The cache is keyed by a checksum of every input; a different key means other data.
     ref_path = f"{work}/{corpus}-exact-top100.json"
+    t = time.time()
+    key = input_key(corpus)
+    key_s = time.time() - t
     ref = json.load(open(ref_path)) if os.path.exists(ref_path) else None
-    if ref is None or len(ref["ids"]) != nq:
-        ref = {"ids": [], "scores": []}
+    cached = ref is not None and ref.get("key") == key and len(ref["ids"]) == nq
+    if not cached:
+        ref = {"key": key, "ids": [], "scores": []}
         for i in range(nq):
             hits = exact(i, 100, 2)
             ref["ids"].append([h[1] for h in hits])
@@ -203,6 +276,21 @@ def run(
         with open(ref_path + ".tmp", "w") as f:
             json.dump(ref, f)
         os.replace(ref_path + ".tmp", ref_path)
+    assert ref is not None
+    # Every query's top 10, re-scored independently: numpy float64 MaxSim over the f16 vectors
+    # of each cached document must give the cached score, in non-increasing order.
+    where = {doc: (p, j) for p, idl in enumerate(ids) for j, doc in enumerate(idl)}
+    for i in range(nq):
+        q64 = Q[qo[i] : qo[i + 1]].astype(np.float64)
+        top_ids, top_s = ref["ids"][i][:10], ref["scores"][i][:10]
+        assert len(set(top_ids)) == len(top_ids) == min(10, len(where)), f"query {i}: ids"
+        assert all(np.diff(top_s) <= 0), f"query {i}: cached order"
+        for doc, sc in zip(top_ids, top_s, strict=True):
+            p, j = where[doc]
+            v, o = full[p]
+            x = np.asarray(v[o[j] : o[j + 1]], dtype=np.float64)
+            want = float((q64 @ x.T).max(axis=1).sum())
+            assert abs(want - sc) <= 1e-3, f"query {i}, {doc}: cached {sc} vs float64 {want}"
     n_ex = min(nq, exact_queries)
     exact_top10 = {i: set(ref["ids"][i][:10]) for i in range(nq)}
     exact_run = {
@@ -214,9 +302,15 @@ def run(
             t = time.perf_counter()
             hits = exact(i, 100, th)
             lat_ex[th].append(time.perf_counter() - t)
-        assert [h[1] for h in hits[:10]] == ref["ids"][i][:10] or abs(
-            hits[9][0] - ref["scores"][i][9]
-        ) < 1e-3, "cached exact reference does not match this run"
+        # This run's full scan returns the cached top 10 (positions may swap only between
+        # equal scores).
+        got_ids, got_s = [h[1] for h in hits[:10]], [h[0] for h in hits[:10]]
+        np.testing.assert_allclose(got_s, ref["scores"][i][:10], rtol=0, atol=1e-5)
+        for pos, (g, w) in enumerate(zip(got_ids, ref["ids"][i][:10], strict=True)):
+            if g != w:  # only a swap of equal scores: w is elsewhere with the same score
+                assert any(h[1] == w and abs(h[0] - got_s[pos]) < 1e-6 for h in hits[:10]), (
+                    f"query {i}: exact top 10 differs from the cached reference at {pos}"
+                )
     sub_qrels = {q: qrels[q] for q in qids if q in qrels}
     ev = ir_measures.calc_aggregate([nDCG @ 10, R @ 100], sub_qrels, exact_run)
     rows.append(
@@ -300,6 +394,12 @@ def run(
         add_s[keep] = sorted(add_runs)[1]
         add_all[keep] = " / ".join(f"{r:.2f}" for r in add_runs)
     i0 = info[False]
+    print(f"\n{corpus_line}")
+    print(
+        f"exact reference: {'cached' if cached else 'computed in this run'}, key {key} "
+        f"(checksum of every input, {key_s:.0f} s); all {nq} queries' cached top 10 re-scored in "
+        f"float64 and matched; the {n_ex} timed full scans returned the cached top 10"
+    )
     print(
         f"\n## {corpus}: {n_tok:,} tokens, K = {i0['n_centroids']}, "
         f"{i0['code_bytes_per_token']} B/token of codes, nprobe = {nprobe or 'auto'}, "
@@ -325,6 +425,7 @@ def run(
             f"| {r[0]} | {r[1]:.1f} | {r[2]:.4f} | {r[3]:.4f} | {r[4]:.3f} | {r[5]:.2f} | "
             f"{r[6]:.2f} | {r[7]:.2f} | {r[8]:.2f} | {rows[0][5] / r[5]:,.0f}x |"
         )
+    print(f"load average (1 / 5 / 15 min) at the end: {provenance.load_average()}")
     sys.stdout.flush()
 
 
@@ -357,6 +458,7 @@ def main() -> None:
     if a._build:
         build(a._build, f"{a.work}/{a._build}-keep{int(a._keep)}", a.seed, a._keep)
         return
+    provenance.print_header()
     corpora = ["scifact", "distractors"] if a.corpus == "all" else [a.corpus]
     for d in parts(corpora[-1]):
         if not os.path.exists(d + "/doc_offsets.npy"):

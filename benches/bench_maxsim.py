@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from provenance import git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 20261125
@@ -286,6 +287,7 @@ def main() -> None:
         "",
         f"- date: {started:%Y-%m-%d %H:%M} UTC; command: `python benches/bench_maxsim.py"
         f"{' --quick' if a.quick else ''}`",
+        f"- commit: {git_commit()}",
         f"- CPU: {cpu_model()} ({os.cpu_count()} logical CPUs); latix kernel: `{notes['kernel']}`",
         f"- data: {n_docs:,} documents of 30-200 tokens (uniform), {NQ}-token query, "
         "L2-normalised, seeded; median of "

@@ -12,9 +12,12 @@ Recipe (deterministic for a given --seed):
    two Vaswani documents (topical coherence), add isotropic Gaussian noise of norm ~--noise and
    re-normalise.
 3. Write docs_vectors.npy (float16, memory-mapped while writing), doc_offsets.npy (int64),
-   doc_ids.json ("distractor-<i>") and params.json into <data>/distractors, each through a
-   temporary name and an atomic rename. If that folder already holds a corpus made with the same
-   parameters, nothing is done (--force rebuilds). 100k documents take 4-11 min and 9.8 GB.
+   doc_ids.json ("distractor-<i>"), checksums.json (BLAKE2b of those three files, see
+   benches/checksums.py) and params.json into <data>/distractors, each through a temporary name
+   and an atomic rename. If that folder already holds a corpus made with the same parameters,
+   nothing is done (--force rebuilds); a corpus made before checksums were recorded gets its
+   checksums.json then. 100k documents take 4-11 min and 9.8 GB. benches/bench_compressed.py
+   checks params.json against these defaults and every file against checksums.json.
 
 Usage: python benches/make_distractors.py [--data DIR] [--n-docs 100000] [--source ../shared/data]
 """
@@ -29,8 +32,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from checksums import digests
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The corpus's data files, whose checksums are recorded in checksums.json.
+DATA_FILES = ("docs_vectors.npy", "doc_offsets.npy", "doc_ids.json")
+#: Parameters recorded in params.json (the argparse destinations of parser()).
+PARAM_KEYS = ("n_docs", "n_source_docs", "noise", "max_len", "seed")
 
 
 def default_data_root() -> str:
@@ -92,9 +100,23 @@ def holds(out: str, params: dict[str, object]) -> bool:
     return n == params["n_docs"] and off.shape == (n + 1,) and vec.shape[0] == int(off[-1])
 
 
-def main() -> None:
-    from tqdm import tqdm
+def write_checksums(out: str) -> dict[str, str]:
+    """Writes <out>/checksums.json (through a temporary name) and returns it."""
+    sums = digests(out, DATA_FILES)
+    with open(out + "/checksums.json.tmp", "w") as f:
+        json.dump(sums, f, indent=1)
+    os.replace(out + "/checksums.json.tmp", out + "/checksums.json")
+    return sums
 
+
+def default_params() -> dict[str, object]:
+    """The parameters of the default corpus (what the benchmark expects in params.json)."""
+    ap = parser()
+    return {k: ap.get_default(k) for k in PARAM_KEYS}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (its defaults are the benchmark's corpus)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n-docs", type=int, default=100_000)
     ap.add_argument("--n-source-docs", type=int, default=3000, help="Vaswani documents encoded")
@@ -110,19 +132,27 @@ def main() -> None:
     ap.add_argument("--source", default=default_source(), help="evaluation collections (read)")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default all)")
     ap.add_argument("--force", action="store_true", help="rebuild even if the corpus exists")
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    from tqdm import tqdm
+
+    a = parser().parse_args()
     out = os.path.join(a.data, "distractors")
     scifact_offsets = os.path.join(a.data, "scifact", "doc_offsets.npy")
-    params: dict[str, object] = {
-        k: getattr(a, k) for k in ("n_docs", "n_source_docs", "noise", "max_len", "seed")
-    }
+    params: dict[str, object] = {k: getattr(a, k) for k in PARAM_KEYS}
     if not a.force and holds(out, params):
+        if not os.path.exists(out + "/checksums.json"):
+            print(f"{out}: recording checksums.json", file=sys.stderr)
+            write_checksums(out)
         print(f"{out}: already holds {a.n_docs} distractor docs, nothing to do")
         return
     if not os.path.exists(scifact_offsets):
         raise SystemExit(f"{scifact_offsets} not found: run benches/prepare_bench_data.py first")
-    if os.path.exists(out + "/params.json"):
-        os.remove(out + "/params.json")  # an interrupted rebuild must not look complete
+    for stale in ("params.json", "checksums.json"):
+        if os.path.exists(f"{out}/{stale}"):
+            os.remove(f"{out}/{stale}")  # an interrupted rebuild must not look complete
     t0 = time.time()
     vaswani = Path(a.source) / "vaswani" / "doc-text.trec"
     pool, pool_off = encode_vaswani(vaswani, a.n_source_docs, a.seed, a.threads)
@@ -160,13 +190,13 @@ def main() -> None:
     del vec
     os.replace(out + "/docs_vectors.npy.tmp", out + "/docs_vectors.npy")
     save_npy(offsets, out + "/doc_offsets.npy")
-    for name, obj in (
-        ("doc_ids", [f"distractor-{i}" for i in range(a.n_docs)]),
-        ("params", params),
-    ):
-        with open(f"{out}/{name}.json.tmp", "w") as f:
-            json.dump(obj, f)
-        os.replace(f"{out}/{name}.json.tmp", f"{out}/{name}.json")  # params last: marks complete
+    with open(f"{out}/doc_ids.json.tmp", "w") as f:
+        json.dump([f"distractor-{i}" for i in range(a.n_docs)], f)
+    os.replace(f"{out}/doc_ids.json.tmp", f"{out}/doc_ids.json")
+    write_checksums(out)
+    with open(f"{out}/params.json.tmp", "w") as f:
+        json.dump(params, f)
+    os.replace(f"{out}/params.json.tmp", f"{out}/params.json")  # last: marks complete
     print(f"{a.n_docs} distractor docs, {offsets[-1]} tokens -> {out} ({time.time() - t0:.0f} s)")
 
 

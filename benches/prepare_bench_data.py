@@ -1,6 +1,8 @@
 """Encodes SciFact for the compressed-index benchmark (benches/bench_compressed.py).
 
-SciFact's corpus and its test queries (those judged in qrels/test.tsv) are encoded with latix's
+SciFact's corpus, its test queries (those judged in qrels/test.tsv) and its train queries (those
+judged in qrels/train.tsv: the 809 queries every default is tuned on, benches/tune_compressed.py)
+are encoded with latix's
 default model (`latix.Encoder.default()`: all-MiniLM-L6-v2 int8 ONNX as a token encoder, [CLS]
 and [SEP] dropped, L2-normalised, documents cut at 256 tokens, queries at 64). Encodings go
 through latix's embedding cache (`latix.eval.EmbeddingCache`, under $LATIX_CACHE_DIR or
@@ -14,10 +16,12 @@ Written into <data>/scifact/ (each file through a temporary name and an atomic r
     query_vectors.npy  float32 (n_query_tokens, 384), test queries in queries.jsonl order
     query_offsets.npy  int64 (n_queries + 1,)
     query_ids.json     the n_queries query ids
+    train_query_vectors.npy, train_query_offsets.npy, train_query_ids.json: the same for the
+                       train queries
 
 If the root already holds this data (same ids, consistent shapes and dtypes), nothing is done.
 Encoding the full corpus (5,183 docs, 1.23M tokens) takes 6 min on a quiet 2-core machine (55 min
-was seen on a loaded one); the 300 queries take seconds.
+was seen on a loaded one); the 300 + 809 queries take seconds.
 
 Usage: python benches/prepare_bench_data.py [--data DIR] [--source ../shared/data] [--limit N]
 """
@@ -55,6 +59,7 @@ def default_source() -> str:
 FILES = {
     "doc": ("docs_vectors.npy", "doc_offsets.npy", "doc_ids.json"),
     "query": ("query_vectors.npy", "query_offsets.npy", "query_ids.json"),
+    "train_query": ("train_query_vectors.npy", "train_query_offsets.npy", "train_query_ids.json"),
 }
 
 
@@ -129,6 +134,17 @@ def encode_set(
     write_json(ids, out / iname)
 
 
+def scifact_queries(source: Path, split: str) -> tuple[list[str], list[str]]:
+    """(query ids, texts) of SciFact's `split` ("test" or "train"): the queries with a judgement
+    in qrels/<split>.tsv, in queries.jsonl order."""
+    from latix.corpus import read_qrels, read_queries
+
+    queries = read_queries(source / "scifact" / "queries.jsonl")
+    judged = read_qrels(source / "scifact" / "qrels" / f"{split}.tsv")
+    qids = [q for q in queries if q in judged]
+    return qids, [queries[q] for q in qids]
+
+
 def scifact_texts(
     source: Path, limit: int | None
 ) -> tuple[list[str], list[str], list[str], list[str]]:
@@ -137,7 +153,7 @@ def scifact_texts(
     Documents are `title + " " + text` in corpus order (latix.corpus.read_corpus); queries are
     those with a judgement in qrels/test.tsv, in queries.jsonl order.
     """
-    from latix.corpus import ReadStats, read_corpus, read_qrels, read_queries
+    from latix.corpus import ReadStats, read_corpus
 
     st = ReadStats()
     docs = list(read_corpus(source / "scifact" / "corpus.jsonl.gz", st))
@@ -145,10 +161,8 @@ def scifact_texts(
         raise SystemExit(f"SciFact corpus: {st.n_skipped} records skipped: {st.messages}")
     if limit is not None:
         docs = docs[:limit]
-    queries = read_queries(source / "scifact" / "queries.jsonl")
-    judged = read_qrels(source / "scifact" / "qrels" / "test.tsv")
-    qids = [q for q in queries if q in judged]
-    return [d.id for d in docs], [d.text for d in docs], qids, [queries[q] for q in qids]
+    qids, qtexts = scifact_queries(source, "test")
+    return [d.id for d in docs], [d.text for d in docs], qids, qtexts
 
 
 def main() -> None:
@@ -162,8 +176,16 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.data) / "scifact"
     ids, texts, qids, qtexts = scifact_texts(Path(a.source), a.limit)
-    if holds(out, "doc", ids, np.float16) and holds(out, "query", qids, np.float32):
-        print(f"{out}: already holds {len(ids)} docs and {len(qids)} queries, nothing to do")
+    tids, ttexts = scifact_queries(Path(a.source), "train")
+    if (
+        holds(out, "doc", ids, np.float16)
+        and holds(out, "query", qids, np.float32)
+        and holds(out, "train_query", tids, np.float32)
+    ):
+        print(
+            f"{out}: already holds {len(ids)} docs, {len(qids)} test and {len(tids)} train "
+            "queries, nothing to do"
+        )
         return
     from latix.encoder import Encoder
     from latix.eval import EmbeddingCache
@@ -172,10 +194,15 @@ def main() -> None:
     cache = EmbeddingCache()
     out.mkdir(parents=True, exist_ok=True)
     encode_set(encoder, cache, out, "query", "query", qids, qtexts)
+    encode_set(encoder, cache, out, "train_query", "query", tids, ttexts)
     encode_set(encoder, cache, out, "doc", "document", ids, texts)
     doc_off: npt.NDArray[np.int64] = np.load(out / "doc_offsets.npy")
     assert holds(out, "doc", ids, np.float16) and holds(out, "query", qids, np.float32)
-    print(f"{out}: {len(ids)} docs ({int(doc_off[-1]):,} tokens), {len(qids)} queries")
+    assert holds(out, "train_query", tids, np.float32)
+    print(
+        f"{out}: {len(ids)} docs ({int(doc_off[-1]):,} tokens), {len(qids)} test queries, "
+        f"{len(tids)} train queries"
+    )
 
 
 if __name__ == "__main__":

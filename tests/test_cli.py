@@ -13,6 +13,7 @@ from pathlib import Path
 import latix
 import numpy as np
 import pytest
+from conftest import data_dir
 from latix import cli
 from latix.collection import Collection, build_collection
 from latix.corpus import Document, read_corpus
@@ -191,9 +192,9 @@ def test_trec_and_folder_readers(tmp_path: Path) -> None:
 
 
 def test_vaswani_real_files() -> None:
-    root = Path(__file__).parents[1] / "../shared/data/vaswani"
+    root = data_dir() / "vaswani"
     if not root.exists():
-        pytest.skip("Vaswani data not available")
+        pytest.skip(f"Vaswani data not at {root} (set LATIX_DATA to the shared data folder)")
     from latix.corpus import read_qrels, read_queries
 
     it = read_corpus(root / "doc-text.trec")

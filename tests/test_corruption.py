@@ -69,7 +69,12 @@ def test_damaged_vectors_are_detected_on_use_not_returned(tmp_path: Path) -> Non
             ix.get(f"d{doc}")
         with pytest.raises(latix.CorruptedIndexError, match=seg.name):
             ix.search(np.ones((1, 16), np.float32), k=3, subset=[f"d{doc}"])
-        ix.search(np.ones((1, 16), np.float32), k=3, subset=["d0"])  # untouched block: fine
+        # An untouched block is still searched, exactly: d0's score is its numpy MaxSim.
+        q = np.ones((1, 16), np.float32)
+        scores, hits = ix.search(q, k=3, subset=["d0"])
+        assert list(hits[0]) == ["d0", "", ""]
+        want = (q.astype(np.float64) @ docs["d0"].astype(np.float64).T).max(axis=1).sum()
+        assert scores[0, 0] == pytest.approx(want, rel=1e-5)
     with latix.Index.open(p, "w") as ix:
         ix.delete(["d29"])  # a tombstone makes compaction rewrite the segment
         with pytest.raises(latix.CorruptedIndexError, match=seg.name):

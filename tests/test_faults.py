@@ -34,7 +34,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs (skips if mounting is not permitted)."""
     mnt = tmp_path / "mnt"
     if not _mount(mnt, "size=2m"):
-        pytest.skip("mounting a tmpfs is not permitted here")
+        pytest.skip("needs permission to mount a tmpfs (root; CI has it)")
     try:
         yield mnt
     finally:
@@ -164,7 +164,7 @@ def test_file_size_limit_in_child(tmp_path: Path) -> None:
 def test_read_only_filesystem(tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     if not _mount(mnt, "size=8m"):
-        pytest.skip("mounting a tmpfs is not permitted here")
+        pytest.skip("needs permission to mount a tmpfs (root; CI has it)")
     try:
         path = mnt / "ix"
         docs = _docs(7, 30)
@@ -175,7 +175,7 @@ def test_read_only_filesystem(tmp_path: Path) -> None:
             want = ix.search(q, k=5)
         r = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True)
         if r.returncode != 0:
-            pytest.skip("remounting read-only is not permitted here")
+            pytest.skip("needs permission to remount a tmpfs read-only (root; CI has it)")
         with latix.Index.open(path) as ix:
             got = ix.search(q, k=5)
             np.testing.assert_array_equal(got[0], want[0])

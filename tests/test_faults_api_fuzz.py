@@ -12,5 +12,9 @@ from harness import api_fuzz
 EXAMPLES = int(os.environ.get("LATIX_API_FUZZ_EXAMPLES", "40"))
 
 
+SEED = int(os.environ.get("LATIX_API_FUZZ_SEED", "0"))
+
+
 def test_api_state_machine() -> None:
-    api_fuzz.run(EXAMPLES)
+    # Seeded: the same call sequences on every run (LATIX_API_FUZZ_SEED picks others).
+    api_fuzz.run(EXAMPLES, seed=SEED)

@@ -45,9 +45,11 @@ def check_search(
     queries: list[np.ndarray],
     k: int,
     subset: list[str] | None = None,
-) -> None:
-    """Compares search results with brute force over ``truth`` (id -> stored f32 vectors)."""
-    scores, ids = index.search(queries, k=k, subset=subset)
+    n_threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Compares search results with brute force over ``truth`` (id -> stored f32 vectors);
+    returns them (scores, ids)."""
+    scores, ids = index.search(queries, k=k, subset=subset, n_threads=n_threads)
     assert scores.shape == (len(queries), k) and scores.dtype == np.float32
     assert ids.shape == (len(queries), k) and ids.dtype == object
     cands = [i for i in order if subset is None or i in set(subset)]
@@ -68,6 +70,7 @@ def check_search(
         assert len(set(ids[qi, :n_hits])) == n_hits
         assert np.all(np.isneginf(scores[qi, n_hits:]))
         assert all(x == "" for x in ids[qi, n_hits:])
+    return scores, ids
 
 
 def state(index: latix.Index, q: np.ndarray) -> tuple[int, list[str], list[float], list[str]]:
@@ -140,10 +143,10 @@ def test_search_matches_numpy(
     queries = [
         rng.standard_normal((int(rng.integers(1, 5)), dim)).astype(np.float32) for _ in range(4)
     ]
-    for n_threads in (1, 2):
-        s1, i1 = index.search(queries, k=k, n_threads=n_threads)
-        check_search(index, truth, ids, queries, k)
-    s2, i2 = index.search(queries, k=k, n_threads=1)
+    # Each thread count's own results are checked against brute force, and 1 and 2 threads
+    # must agree exactly (same scores, same tie order).
+    s1, i1 = check_search(index, truth, ids, queries, k, n_threads=1)
+    s2, i2 = check_search(index, truth, ids, queries, k, n_threads=2)
     np.testing.assert_array_equal(s1, s2)
     assert (i1 == i2).all()
     subset = [ids[j] for j in rng.choice(n_docs, size=max(1, n_docs // 3), replace=False)]
@@ -319,14 +322,15 @@ def test_uncommitted_lost_on_close(tmp_path: Path) -> None:
 
 
 def test_second_writer_thread(small: tuple[latix.Index, dict[str, np.ndarray], np.ndarray]) -> None:
-    writer, _, q = small
+    writer, truth, q = small
     writer.add(["w"], [q])  # takes the lock
     errors: list[BaseException] = []
+    found: list[tuple[np.ndarray, np.ndarray]] = []
 
     def other() -> None:
         h = latix.Index.open(writer.path)
         try:
-            h.search(q, k=2)  # readers are fine
+            found.append(h.search(q, k=2))  # readers are fine: checked below
             h.add(["t"], [q])
         except BaseException as e:  # noqa: B036
             errors.append(e)
@@ -337,6 +341,11 @@ def test_second_writer_thread(small: tuple[latix.Index, dict[str, np.ndarray], n
     t.start()
     t.join()
     assert len(errors) == 1 and isinstance(errors[0], IndexLockedError)
+    # The reader saw the committed documents only (not the staged "w"), best two by MaxSim.
+    ((scores, hits),) = found
+    want = sorted(truth, key=lambda i: -ref_maxsim(q, truth[i]))[:2]
+    assert list(hits[0]) == want
+    np.testing.assert_allclose(scores[0], [ref_maxsim(q, truth[i]) for i in want], rtol=1e-5)
     with pytest.raises(IndexLockedError):
         latix.Index.open(writer.path, mode="w")
     writer.commit()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+
 import latix
 import numpy as np
 import numpy.typing as npt
@@ -95,9 +100,55 @@ def test_thread_counts_give_identical_results() -> None:
     np.testing.assert_allclose(one, numpy_maxsim(query, docs, offsets), rtol=1e-5, atol=1e-4)
 
 
-def test_kernel_name() -> None:
-    assert latix.kernel_name() in {"avx512", "avx2", "portable", "scalar"}
-    assert latix.kernel_name() == latix._core.kernel_name()
+def _cpu_flags() -> set[str] | None:
+    """The CPU feature flags the kernel reports, from /proc/cpuinfo (None where unreadable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def _kernel_in_child(forced: str | None) -> tuple[str, bool]:
+    """(kernel_name(), whether maxsim matched numpy) in a fresh process, LATIX_KERNEL=forced."""
+    code = (
+        "import sys, numpy as np, latix\n"
+        "rng = np.random.default_rng(0)\n"
+        "q = rng.standard_normal((5, 40)).astype(np.float32)\n"
+        "d = rng.standard_normal((30, 40)).astype(np.float32)\n"
+        "o = np.array([0, 7, 7, 19, 30], np.int64)\n"
+        "ref = [(q.astype(np.float64) @ d[a:b].astype(np.float64).T).max(axis=1).sum()"
+        " if b > a else 0.0 for a, b in zip(o[:-1], o[1:])]\n"
+        "ok = np.allclose(latix.maxsim(q, d, o), ref, rtol=1e-5, atol=1e-4)\n"
+        "print(latix.kernel_name(), ok)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LATIX_KERNEL"}
+    if forced is not None:
+        env["LATIX_KERNEL"] = forced
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    return out[0], out[1] == "True"
+
+
+def test_kernel_name_follows_the_cpu_and_latix_kernel() -> None:
+    # Independent of the binding: the kernel a fresh process picks must be the fastest one that
+    # /proc/cpuinfo's flags allow (the documented detection rule), and LATIX_KERNEL must select
+    # each slower kernel, which then still computes MaxSim correctly.
+    chosen, ok = _kernel_in_child(None)
+    assert ok and chosen in {"avx512", "avx2", "portable", "scalar"}
+    flags = _cpu_flags()
+    if platform.machine() in ("x86_64", "AMD64") and flags is not None:
+        avx2 = {"avx2", "fma", "f16c"} <= flags
+        want = "avx512" if avx2 and "avx512f" in flags else "avx2" if avx2 else "portable"
+        assert chosen == want, (chosen, sorted(flags & {"avx2", "fma", "f16c", "avx512f"}))
+    for forced in ("scalar", "portable"):
+        assert _kernel_in_child(forced) == (forced, True)
+    # A kernel the CPU cannot run (or an unknown name) falls back to the detected one.
+    assert _kernel_in_child("no-such-kernel") == (chosen, True)
 
 
 def _good() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
@@ -151,5 +202,8 @@ def test_bad_input_raises_invalid_argument(case: tuple[str, dict[str, object], s
 
 def test_n_threads_negative_is_rejected() -> None:
     q, d, o = _good()
-    with pytest.raises((latix.InvalidArgumentError, OverflowError, TypeError)):
-        latix.maxsim(q, d, o, n_threads=-1)
+    # Documented: "n_threads must be a positive integer or None" (InvalidArgumentError, which is
+    # also a ValueError), for every non-positive or non-integer value.
+    for bad in (-1, -(2**70), 2.0, "2", True):
+        with pytest.raises(latix.InvalidArgumentError, match="n_threads"):
+            latix.maxsim(q, d, o, n_threads=bad)  # type: ignore[arg-type]

@@ -31,8 +31,9 @@ def build(path: Path, dtype: str, dim: int) -> tuple[bytes, bytes, bytes]:
     return manifest, seg.read_bytes(), current
 
 
-def build_ivf(path: Path) -> bytes:
-    """The inverted-list file of a small trained compressed index."""
+def build_ivf(path: Path) -> tuple[bytes, bytes, bytes]:
+    """The inverted-list, codec and compression-config files of a small trained compressed
+    index."""
     rng = np.random.default_rng(1)
     comp = latix.Compression(
         bytes_per_token=2,
@@ -46,12 +47,15 @@ def build_ivf(path: Path) -> bytes:
         ix.add([f"d{i}" for i in range(len(docs))], docs)
         ix.commit()
     (ivf,) = sorted(path.glob("*.ivf-*"))
-    return ivf.read_bytes()
+    (codec,) = sorted(path.glob("idx-codec-*"))
+    (config,) = sorted(path.glob("idx-compression-*"))
+    return ivf.read_bytes(), codec.read_bytes(), config.read_bytes()
 
 
 def main(out: str) -> None:
     root = Path(out)
-    for t in ("manifest_decode", "segment_open", "current_parse", "index_open", "ivf_parse"):
+    targets = ("manifest_decode", "segment_open", "current_parse", "index_open", "ivf_parse")
+    for t in targets + ("codec_parse", "compression_decode"):
         (root / t).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for dtype, dim in (("float32", 4), ("float16", 8)):
@@ -64,9 +68,11 @@ def main(out: str) -> None:
                     bytes([mode]) + struct.pack("<H", len(m)) + m + s
                 )
             (root / "current_parse" / f"seed-{dtype}").write_bytes(c)
-        ivf = build_ivf(Path(tmp) / "compressed")
+        ivf, codec, config = build_ivf(Path(tmp) / "compressed")
         for mode in (0, 1):
             (root / "ivf_parse" / f"seed-{mode}").write_bytes(bytes([mode]) + ivf)
+            (root / "codec_parse" / f"seed-{mode}").write_bytes(bytes([mode]) + codec)
+            (root / "compression_decode" / f"seed-{mode}").write_bytes(bytes([mode]) + config)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,12 @@ generation it saw), every score must equal the numpy MaxSim of that document's k
 (no torn or foreign data), scores must be sorted, and a handle must never go back to an older
 generation. Meanwhile a second writer — a thread with another handle, and a separate process —
 must get ``IndexLockedError``. Compactions replace every file under the readers' feet.
+
+``--compressed`` runs the same on a compressed index (:func:`compression`: kept vectors, a codec
+trained once the index holds a few hundred tokens, compactions that sometimes retrain it).
+Readers then search with every list probed and the exact re-rank (:data:`COMPRESSED_SEARCH`),
+which makes the result exact MaxSim over the stored float16 vectors, so the same checks apply;
+searches that saw a trained snapshot are counted (``compressed_searches``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,30 @@ from harness.common import Stats, child_env, doc_vectors, maxsim_np, python
 DIM = 16
 MAX_LIVE = 120
 K_ALL = 4 * MAX_LIVE  # more than the index can hold: a search lists every live document
+N_CENTROIDS = 16
+#: Search options of readers on a compressed index: every list probed (all documents reached)
+#: and the exact re-rank, whose depth (from k = K_ALL) covers every live document.
+COMPRESSED_SEARCH: dict[str, Any] = {"nprobe": N_CENTROIDS, "rerank": True}
+
+
+def compression() -> Any:
+    """The compressed configuration: 16 centroids, 4 code bytes per 16-d token, f16 vectors kept,
+    training at the commit that brings 300 (pooled) tokens."""
+    import latix
+
+    return latix.Compression(
+        bytes_per_token=4,
+        n_centroids=N_CENTROIDS,
+        keep_vectors=True,
+        train_min_tokens=300,
+        train_sample_tokens=4000,
+        seed=2,
+    )
+
+
+def search_all(ix: Any, q: Any, compressed: bool) -> Any:
+    """A search listing every live document of the snapshot it sees (exact scores)."""
+    return ix.search(q, k=K_ALL, n_threads=1, **(COMPRESSED_SEARCH if compressed else {}))
 
 
 class States:
@@ -41,6 +71,9 @@ class States:
         self.by_set: dict[frozenset[str], list[int]] = {}
         self.live: set[str] = set()
         self.gen = 0
+        #: First generation whose snapshot has a trained codec (compressed runs); readers count
+        #: the searches that matched a state at or after it.
+        self.trained_gen: int | None = None
         self.record(0)
 
     def record(self, gen: int) -> None:
@@ -91,25 +124,35 @@ class Checker:
 
 
 def reader_loop(
-    ix: Any, checker: Checker, seed: int, stop: threading.Event, stats: Stats, lock: threading.Lock
+    ix: Any,
+    checker: Checker,
+    seed: int,
+    stop: threading.Event,
+    stats: Stats,
+    lock: threading.Lock,
+    compressed: bool = False,
 ) -> None:
     """Searches until ``stop``; records figures and failures in ``stats``."""
     rng = np.random.default_rng(seed)
     last = 0
-    n = docs = 0
+    n = docs = trained = 0
     while not stop.is_set():
         q = rng.standard_normal((int(rng.integers(1, 6)), DIM)).astype(np.float32)
         try:
-            scores, hits = ix.search(q, k=K_ALL, n_threads=1)
+            scores, hits = search_all(ix, q, compressed)
             last, d = checker.check(q, scores, hits, last)
             n += 1
             docs += d
+            tg = checker.states.trained_gen
+            trained += tg is not None and last >= tg
         except Exception as e:  # noqa: BLE001 - any error is a failure of the harness
             with lock:
                 stats.fail(f"reader seed={seed}: {type(e).__name__}: {e}")
             return
     with lock:
         stats.count("searches", n)
+        if compressed:
+            stats.count("compressed_searches", trained)
         stats.docs_checked += docs
 
 
@@ -145,7 +188,9 @@ def second_writer_checks(path: Path, stats: Stats, lock: threading.Lock) -> None
             stats.fail(f"second writer process: exit status {rc}, expected IndexLockedError")
 
 
-def reader_process(path: str, journal: str, seed: int, stopfile: str) -> None:
+def reader_process(
+    path: str, journal: str, seed: int, stopfile: str, compressed: bool = False
+) -> None:
     """A reader in another process: replays the journal to know the committed states."""
     import latix
 
@@ -166,19 +211,23 @@ def reader_process(path: str, journal: str, seed: int, stopfile: str) -> None:
                 states.live.difference_update(rec["del"])
                 states.live.update(rec["add"])
                 states.record(rec["gen"])
+                if rec.get("trained_gen") is not None and states.trained_gen is None:
+                    states.trained_gen = rec["trained_gen"]
 
     rng = np.random.default_rng([seed, 1000])  # queries differ from the threads'
-    out = {"searches": 0, "docs": 0, "fail": None}
+    out: dict[str, Any] = {"searches": 0, "compressed_searches": 0, "docs": 0, "fail": None}
     last = 0
     with latix.Index.open(path) as ix:
         while not Path(stopfile).exists():
             q = rng.standard_normal((int(rng.integers(1, 6)), DIM)).astype(np.float32)
             try:
-                scores, hits = ix.search(q, k=K_ALL, n_threads=1)
+                scores, hits = search_all(ix, q, compressed)
                 if states.lookup(frozenset(h for h in hits[0] if h)) is None:
                     refresh()
                 last, d = checker.check(q, scores, hits, last)
                 out["searches"] += 1
+                tg = states.trained_gen
+                out["compressed_searches"] += tg is not None and last >= tg
                 out["docs"] += d
             except Exception as e:  # noqa: BLE001 - reported to the parent
                 out["fail"] = f"{type(e).__name__}: {e}"
@@ -186,22 +235,27 @@ def reader_process(path: str, journal: str, seed: int, stopfile: str) -> None:
     print(json.dumps(out))
 
 
-def run(ops: int, seed: int, readers: int = 3, verbose: bool = False) -> Stats:
-    """Runs the writer for ``ops`` operations against ``readers`` reader threads + 1 process."""
+def run(
+    ops: int, seed: int, readers: int = 3, verbose: bool = False, compressed: bool = False
+) -> Stats:
+    """Runs the writer for ``ops`` operations against ``readers`` reader threads + 1 process
+    (on a compressed index if ``compressed``)."""
     import latix
 
-    stats = Stats("concurrency")
+    stats = Stats("concurrency-compressed" if compressed else "concurrency")
     lock = threading.Lock()
     tmp = Path(tempfile.mkdtemp(prefix="latix-conc-"))
     path, journal, stopfile = tmp / "ix", tmp / "journal.jsonl", tmp / "stop"
     states = States()
     checker = Checker(seed, states)
     rng = np.random.default_rng(seed)
-    w = latix.Index.create(path, dim=DIM, dtype="float16")
+    comp = compression() if compressed else None
+    w = latix.Index.create(path, dim=DIM, dtype="float16", compression=comp)
     journal.write_text(json.dumps({"gen": 0, "add": [], "del": []}) + "\n")
     proc = subprocess.Popen(
         [python(), "-m", "harness.concurrency", "--reader", str(path), str(journal), str(stopfile)]
-        + ["--seed", str(seed)],
+        + ["--seed", str(seed)]
+        + (["--compressed"] if compressed else []),
         stdout=subprocess.PIPE,
         env=child_env(),
         text=True,
@@ -209,7 +263,9 @@ def run(ops: int, seed: int, readers: int = 3, verbose: bool = False) -> Stats:
     stop = threading.Event()
     handles = [w] + [latix.Index.open(path) for _ in range(readers - 1)]
     threads = [
-        threading.Thread(target=reader_loop, args=(h, checker, seed + 1 + i, stop, stats, lock))
+        threading.Thread(
+            target=reader_loop, args=(h, checker, seed + 1 + i, stop, stats, lock, compressed)
+        )
         for i, h in enumerate(handles)
     ]
     for t in threads:
@@ -227,6 +283,7 @@ def run(ops: int, seed: int, readers: int = 3, verbose: bool = False) -> Stats:
                 second_writer_checks(path, stats, lock)
             if r < 0.08 or op == ops - 1:
                 kind = "compact" if rng.random() < 0.1 else "commit"
+                retrain = compressed and kind == "compact" and rng.random() < 0.5
                 states.gen += 1
                 states.live.difference_update(staged_del)
                 states.live.update(staged_add)
@@ -235,11 +292,24 @@ def run(ops: int, seed: int, readers: int = 3, verbose: bool = False) -> Stats:
                 if kind == "compact":
                     states.gen += 1  # compact = commit (no-op here) + compaction commit
                     states.record(states.gen)
+                rec = {"gen": states.gen, "add": staged_add, "del": staged_del}
                 with open(journal, "a") as f:
-                    f.write(json.dumps({"gen": states.gen, "add": staged_add, "del": staged_del}))
-                    f.write("\n")
-                getattr(w, kind)()
-                stats.count(kind)
+                    f.write(json.dumps(rec) + "\n")
+                if retrain:
+                    w.compact(retrain=True)
+                    stats.count("compact_retrain")
+                else:
+                    getattr(w, kind)()
+                    stats.count(kind)
+                if compressed and states.trained_gen is None and w.stats()["trained"]:
+                    # Training happened in the commit just made (the first one past the
+                    # threshold): from this generation on, snapshots search the codes.
+                    first = states.gen - (1 if kind == "compact" else 0)
+                    states.trained_gen = first
+                    stats.details["trained_generation"] = first
+                    with open(journal, "a") as f:
+                        f.write(json.dumps({**rec, "add": [], "del": [], "trained_gen": first}))
+                        f.write("\n")
                 staged_add, staged_del = [], []
             elif r < 0.6 or len(live) < 10:
                 if len(live) >= MAX_LIVE:
@@ -276,6 +346,8 @@ def run(ops: int, seed: int, readers: int = 3, verbose: bool = False) -> Stats:
     try:
         res = json.loads(out.strip().splitlines()[-1])
         stats.count("process_searches", res["searches"])
+        if compressed:
+            stats.count("process_compressed_searches", res["compressed_searches"])
         stats.docs_checked += res["docs"]
         if res["fail"]:
             stats.fail(f"reader process seed={seed}: {res['fail']}")
@@ -299,14 +371,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ops", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--readers", type=int, default=3)
+    ap.add_argument("--compressed", action="store_true", help="run on a compressed index")
     ap.add_argument(
         "--reader", nargs=3, metavar=("PATH", "JOURNAL", "STOP"), help=argparse.SUPPRESS
     )
     a = ap.parse_args(argv)
     if a.reader:
-        reader_process(a.reader[0], a.reader[1], a.seed, a.reader[2])
+        reader_process(a.reader[0], a.reader[1], a.seed, a.reader[2], a.compressed)
         return 0
-    stats = run(a.ops, a.seed, a.readers)
+    stats = run(a.ops, a.seed, a.readers, compressed=a.compressed)
     print(stats.summary())
     return 1 if stats.failures else 0
 

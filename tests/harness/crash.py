@@ -254,9 +254,12 @@ def run(
     workdir: str | None = None,
     verbose: bool = False,
     compressed: bool = False,
+    min_in_commit: int = 0,
 ) -> Stats:
     """Runs ``kills`` kill-and-check trials with ``seed`` (on a compressed index if
-    ``compressed``); returns the figures."""
+    ``compressed``); returns the figures. Kill timing is random, so a short run may land few
+    kills inside a commit window: with ``min_in_commit``, trials go on past ``kills`` (up to
+    ``3 * kills``) until that many did."""
     import latix
 
     stats = Stats("crash-compressed" if compressed else "crash")
@@ -268,8 +271,11 @@ def run(
     latix.Index.create(path, dim=DIM, dtype=dtype, compression=comp).close()
     committed = 0  # the state the index holds now
     commit_time: dict[str, float] = {}  # measured B->D duration per kind (running mean)
+    in_commit_kills = 0
     try:
-        for trial in range(kills):
+        for trial in range(3 * kills if min_in_commit else kills):
+            if trial >= kills and in_commit_kills >= min_in_commit:
+                break
             stats.trials += 1
             start = committed + 1
             c = ChildProc(path, seed, start, dtype)
@@ -310,6 +316,7 @@ def run(
             candidates = [last] + ([last + 1] if (last + 1) in began_n else [])
             in_commit = bool(began_n) and max(began_n) > last
             if in_commit:
+                in_commit_kills += 1
                 stats.count(f"killed_in_{model.kind(max(began_n))}")
             else:
                 stats.count("killed_outside_commit")

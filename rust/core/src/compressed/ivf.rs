@@ -638,7 +638,9 @@ impl IvfSegment {
             }
             // Documents of chunk h are h * DOC_CHUNK + u16 and must exist.
             let base = (l % nch) * DOC_CHUNK;
-            if docs[lt[l] as usize..lt[l + 1] as usize]
+            if docs
+                .get(lt[l] as usize..lt[l + 1] as usize)
+                .ok_or_else(|| bad(format!("sub-list {l} runs past the tokens")))?
                 .iter()
                 .any(|&d| base + d as usize >= n_docs)
             {
