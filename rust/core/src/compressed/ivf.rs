@@ -59,17 +59,18 @@ fn align64(x: usize) -> usize {
     x.div_ceil(64) * 64
 }
 
-/// Byte storage of a segment: built in memory (8-byte aligned) or memory-mapped.
+/// Byte storage of a segment: built in memory (8-byte aligned) or memory-mapped (with the open
+/// file, whose size is compared with the map's: see [`IvfSegment::check_size`]).
 enum Bytes {
     Owned(Vec<u64>, usize),
-    Mapped(memmap2::Mmap),
+    Mapped(memmap2::Mmap, std::fs::File),
 }
 
 impl Bytes {
     fn as_slice(&self) -> &[u8] {
         match self {
             Bytes::Owned(v, len) => &bytemuck::cast_slice::<u64, u8>(v)[..*len],
-            Bytes::Mapped(m) => m,
+            Bytes::Mapped(m, _) => m,
         }
     }
 }
@@ -464,8 +465,8 @@ impl IvfSegment {
     pub fn file_version(path: &Path) -> Result<u32> {
         use std::io::Read;
         let mut h = [0u8; 12];
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_exact(&mut h))
+        crate::store::open_regular(path)?
+            .read_exact(&mut h)
             .map_err(|e| LatixError::io(path, e))?;
         if &h[..8] != MAGIC {
             return Err(LatixError::corrupted(
@@ -496,10 +497,10 @@ impl IvfSegment {
     /// Memory-maps a segment file, validating header, section bounds, list offsets, document
     /// numbers and (when `verify_checksum`) the CRC.
     pub fn open(path: &Path, verify_checksum: bool) -> Result<IvfSegment> {
-        let f = std::fs::File::open(path).map_err(|e| LatixError::io(path, e))?;
+        let f = crate::store::open_regular(path)?;
         // SAFETY: segment files are immutable once renamed into place; latix never writes them again.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| LatixError::io(path, e))?;
-        Self::parse(Bytes::Mapped(map), path, verify_checksum)
+        Self::parse(Bytes::Mapped(map, f), path, verify_checksum)
     }
 
     fn parse(bytes: Bytes, path: &Path, verify: bool) -> Result<IvfSegment> {
@@ -770,9 +771,35 @@ impl IvfSegment {
     pub fn codec_checksum(&self) -> u32 {
         self.codec_crc
     }
+    /// The file's own checksum (its last four bytes: the crc32c of everything before them), the
+    /// value an index manifest records to bind the file to its segment.
+    pub fn file_checksum(&self) -> u32 {
+        let b = self.as_bytes();
+        let n = b.len() - 4; // parse() requires at least a header and the checksum
+        u32::from_le_bytes([b[n], b[n + 1], b[n + 2], b[n + 3]])
+    }
     /// Size in bytes of the serialised segment.
     pub fn byte_len(&self) -> usize {
         self.as_bytes().len()
+    }
+    /// `Corrupted` (naming `path`) if a mapped file no longer has its mapped size: truncated or
+    /// rewritten from outside latix, so that reading it would raise SIGBUS (best effort, like
+    /// [`crate::store::Segment::check_size`]).
+    pub fn check_size(&self, path: &Path) -> Result<()> {
+        if let Bytes::Mapped(m, f) = &self.bytes {
+            let len = f.metadata().map_err(|e| LatixError::io(path, e))?.len();
+            if len != m.len() as u64 {
+                return Err(LatixError::corrupted(
+                    path,
+                    format!(
+                        "file size changed from {} to {len} bytes while mapped (truncated or \
+                         rewritten from outside latix)",
+                        m.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
     /// Codes of the token at position `pos` of sub-list `list` (`c * n_doc_chunks + chunk`; `M / 2`
     /// bytes, nibble-packed as
