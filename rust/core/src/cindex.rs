@@ -359,7 +359,8 @@ pub(crate) fn load_state(snap: &Snapshot, prev: Option<&CState>) -> Result<CStat
         None => None,
         Some(f) => match prev.and_then(|p| p.codec.as_ref()).filter(|c| c.file == f) {
             Some(c) => Some(c.clone()),
-            None => load_codec(snap)?.map(|(file, codec, crc)| Arc::new(LoadedCodec { file, codec, crc })),
+            None => load_codec(snap)?
+                .map(|(file, codec, crc)| Arc::new(LoadedCodec { file, codec, crc })),
         },
     };
     let reuse: HashMap<&str, &Arc<IvfSegment>> = prev
@@ -478,7 +479,13 @@ fn pool_ranges(
             .map(|&(si, a, b)| pooled_doc(&segs[si], a, b, pool_factor))
             .collect::<Result<Vec<_>>>()
     })??;
-    Ok(pooled.concat())
+    // The sample's size follows train_sample_tokens and the data: reserved fallibly.
+    let total = pooled.iter().map(|p| p.len()).sum();
+    let mut out = crate::error::try_vec(total, "the codec's training sample")?;
+    for p in pooled {
+        out.extend_from_slice(&p);
+    }
+    Ok(out)
 }
 
 /// Trains a codec on a seeded sample of the commit's live (pooled) token vectors: documents are
@@ -554,7 +561,11 @@ fn encode_segment(
             offsets.push(offsets[offsets.len() - 1] + n);
         }
         let total = offsets[offsets.len() - 1] as usize;
-        let mut rows = vec![f16::ZERO; total * dim];
+        let mut rows = crate::error::try_filled(
+            total.saturating_mul(dim),
+            f16::ZERO,
+            "the pooled vectors of a segment",
+        )?;
         let mut slices = Vec::with_capacity(seg.n_docs());
         let mut rest = &mut rows[..];
         for w in offsets.windows(2) {
@@ -630,9 +641,7 @@ pub(crate) fn commit_hook(
         .map(|&(_, a, b)| crate::compressed::pool::pooled_len((b - a) as usize, pool) as u64)
         .sum();
     let trainable = MIN_TRAIN_TOKENS.max(cfg.n_centroids.unwrap_or(0) as u64);
-    if (total < cfg.train_min_tokens || pooled_live < trainable)
-        && !(retrain && prev_codec)
-    {
+    if (total < cfg.train_min_tokens || pooled_live < trainable) && !(retrain && prev_codec) {
         return Ok(()); // still exact: segments keep their vectors
     }
     if pooled_live < trainable {

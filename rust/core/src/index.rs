@@ -43,8 +43,8 @@ use crate::store::manifest::{
     manifest_name, named_file_checksum, Manifest, SegmentEntry, SEGMENT_PREFIX,
 };
 use crate::store::{
-    check_regular, fsync_dir, snapshot::read_current, write_atomic, Dtype, Segment,
-    SegmentWriter, Snapshot, CURRENT_FILE, LOCK_FILE, MANIFEST_PREFIX, TMP_PREFIX,
+    check_regular, fsync_dir, snapshot::read_current, write_atomic, Dtype, Segment, SegmentWriter,
+    Snapshot, CURRENT_FILE, LOCK_FILE, MANIFEST_PREFIX, TMP_PREFIX,
 };
 
 /// Target bytes of document vectors scored per work item (fits in L2 with room for the query).
@@ -242,7 +242,9 @@ impl CommitContext<'_> {
         self.claim(&file)?;
         write_atomic(self.dir, &file, bytes)?;
         self.manifest.index_files.retain(|(n, _)| n != name);
-        self.manifest.index_files.push((name.to_owned(), file.clone()));
+        self.manifest
+            .index_files
+            .push((name.to_owned(), file.clone()));
         self.manifest.checksums.insert(file, crc);
         Ok(())
     }
@@ -455,23 +457,6 @@ fn check_shape(v: DocVectors<'_>, dim: usize, what: &str) -> Result<()> {
             "{what} must have shape (n, {dim}), got {} values",
             v.len()
         )));
-    }
-    Ok(())
-}
-
-/// The value checks of a document given for storage in `dtype`: finite, within
-/// [`maxsim::MAX_ABS_VALUE`], and within the float16 range for float16 storage.
-fn check_doc_values(v: DocVectors<'_>, dim: usize, what: &str, dtype: Dtype) -> Result<()> {
-    maxsim::check_values(v, what, dim)?;
-    if let (DocVectors::F32(s), Dtype::F16) = (v, dtype) {
-        if let Some(p) = s.iter().position(|x| x.abs() > f16::MAX.to_f32()) {
-            return Err(LatixError::invalid(format!(
-                "{what} contains a value outside the float16 range ({}) at row {}, column {}",
-                s[p],
-                p / dim,
-                p % dim
-            )));
-        }
     }
     Ok(())
 }
@@ -778,15 +763,20 @@ impl Index {
     }
 
     /// Codec and inverted lists of `snap` (compressed index), loaded once per file.
+    /// Loaded outside the mutex (like [`Index::snapshot`]); the newest state is kept.
     fn cstate_for(&self, snap: &Snapshot) -> Result<Arc<CState>> {
-        let mut g = lock(&self.cstate);
-        if let Some(s) = g.as_ref() {
+        let prev = lock(&self.cstate).clone();
+        if let Some(s) = &prev {
             if s.manifest == snap.manifest_name() {
                 return Ok(s.clone());
             }
         }
-        let st = Arc::new(cindex::load_state(snap, g.as_deref())?);
-        *g = Some(st.clone());
+        let st = Arc::new(cindex::load_state(snap, prev.as_deref())?);
+        let mut g = lock(&self.cstate);
+        // Manifest names are zero-padded generations: they order like the generations.
+        if g.as_ref().is_none_or(|cur| cur.manifest <= st.manifest) {
+            *g = Some(st.clone());
+        }
         Ok(st)
     }
 
@@ -850,8 +840,7 @@ impl Index {
             let snap = self.snapshot()?;
             self.remove_unreferenced(&snap, None)?;
             **g = Some(Writer::new(lock_file));
-            self.writer_pid
-                .store(std::process::id(), Ordering::Release);
+            self.writer_pid.store(std::process::id(), Ordering::Release);
         }
         g.as_mut()
             .ok_or_else(|| LatixError::Closed("no writer".into()))
@@ -928,7 +917,7 @@ impl Index {
             check_shape(*d, self.dim, &what)?;
             // A fast first pass, so bad input is refused before the write lock is even taken;
             // what is stored is checked again as it is copied (SegmentWriter::add_doc_checked).
-            check_doc_values(*d, self.dim, &what, self.dtype)?;
+            crate::store::segment::check_storable(*d, &what, self.dim, self.dtype, 0)?;
         }
         if ids.is_empty() {
             return Ok(());
@@ -1421,15 +1410,18 @@ impl Index {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         if self.ensure_not_forked().is_err() {
-            // A forked child's handle: its writer is the parent's. Drop it only if no thread held
-            // the mutex at the fork (such a thread does not exist here: waiting would hang);
-            // dropping leaves the parent's staging file and lock alone (`Writer`'s Drop).
+            // A forked child's handle: its writer is the parent's. Drop what no thread held at
+            // the fork (such a thread does not exist here: waiting would hang); dropping the
+            // writer leaves the parent's staging file and lock alone (`Writer`'s Drop).
             if let Ok(mut g) = self.writer.try_lock() {
                 *g = None;
             }
-        } else {
-            *lock(&self.writer) = None;
+            if let Ok(mut g) = self.snapshot.try_lock() {
+                *g = None;
+            }
+            return;
         }
+        *lock(&self.writer) = None;
         *lock(&self.snapshot) = None;
     }
 

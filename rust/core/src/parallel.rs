@@ -139,7 +139,10 @@ mod tests {
     fn pools_are_bounded_and_reused() {
         let max = max_threads();
         for n in 1..=64 {
-            assert_eq!(pool(Some(n)).expect("pool").current_num_threads(), n.min(max));
+            assert_eq!(
+                pool(Some(n)).expect("pool").current_num_threads(),
+                n.min(max)
+            );
         }
         let g = cache().lock().expect("cache");
         assert!(g.pools.len() <= MAX_POOLS, "{} pools cached", g.pools.len());

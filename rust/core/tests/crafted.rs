@@ -153,17 +153,16 @@ fn files_referenced_twice_or_reserved_names_are_refused() {
             "one side file for two segments",
             Box::new(|m: &mut Manifest| {
                 for s in 0..2 {
-                    m.segments[s]
-                        .side_files
-                        .push(("ivf".into(), "seg-0000000000.ivf-00000000000000000003".into()));
+                    m.segments[s].side_files.push((
+                        "ivf".into(),
+                        "seg-0000000000.ivf-00000000000000000003".into(),
+                    ));
                 }
             }),
         ),
         (
             "index file that is a segment",
-            Box::new(move |m: &mut Manifest| {
-                m.index_files.push(("codec".into(), seg1.clone()))
-            }),
+            Box::new(move |m: &mut Manifest| m.index_files.push(("codec".into(), seg1.clone()))),
         ),
         (
             "CURRENT as an index file",
@@ -226,7 +225,9 @@ fn a_commit_never_overwrites_a_referenced_file() {
     publish(&dir, &m);
     let ix = Index::open(&dir, OpenMode::Write).expect("open");
     add(&ix, "b", 100, 3); // reaches train_min_tokens: this commit trains and writes the codec
-    let e = ix.commit().expect_err("the commit would overwrite a referenced file");
+    let e = ix
+        .commit()
+        .expect_err("the commit would overwrite a referenced file");
     assert!(e.to_string().contains(&victim), "{e}");
     assert_eq!(std::fs::read(dir.join(&victim)).expect("read"), b"precious");
     assert_eq!(ix.len().expect("len"), 10);

@@ -331,7 +331,9 @@ fn commit_hook_side_files() {
         assert_eq!(seg.n_docs(), 2);
         ctx.write_segment_file(&segs[0], "codes", &sealed(b"codes-bytes"))?;
         assert!(ctx.write_index_file("Bad/Name", &sealed(b"")).is_err());
-        assert!(ctx.write_index_file("unsealed", b"no checksum at the end").is_err());
+        assert!(ctx
+            .write_index_file("unsealed", b"no checksum at the end")
+            .is_err());
         assert!(ctx.write_segment_file(&segs[0], "short", b"abc").is_err());
         Ok(())
     };

@@ -42,7 +42,7 @@ use rayon::prelude::*;
 
 use super::codec::Codec;
 use super::fastscan::{pack_block, BLOCK};
-use crate::error::{LatixError, Result};
+use crate::error::{try_filled, try_vec, LatixError, Result};
 use crate::maxsim::DocVectors;
 
 const MAGIC: &[u8; 8] = b"LTXIVFSG";
@@ -202,7 +202,7 @@ impl Sections<'_> {
         let [s0, s1, s2, s3, s4, s5, s6] = layout(VERSION, nl, self.n_docs, n_tokens);
         let end = s6 + self.n_blocks * self.m * 16;
         let total = end + 4;
-        let mut store = vec![0u64; total.div_ceil(8)];
+        let mut store = try_filled(total.div_ceil(8), 0u64, "an inverted-list file")?;
         {
             let b: &mut [u8] = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..total];
             b[..8].copy_from_slice(MAGIC);
@@ -274,9 +274,12 @@ impl IvfSegment {
         let k = codec.n_centroids();
         // Encode in chunks so f16 input is converted to f32 a piece at a time.
         const CHUNK: usize = 65536;
-        let mut cids = Vec::with_capacity(n_tokens);
-        let mut codes = Vec::with_capacity(n_tokens * bpt);
-        let mut scales: Vec<f32> = Vec::with_capacity(n_tokens);
+        // Every buffer below is sized by the segment's token count: reserved fallibly, so a
+        // commit too large for memory is an error, not an abort.
+        let what = "encoding a segment's tokens";
+        let mut cids = try_vec(n_tokens, what)?;
+        let mut codes = try_vec(n_tokens.saturating_mul(bpt), what)?;
+        let mut scales: Vec<f32> = try_vec(n_tokens, what)?;
         let mut buf = Vec::new();
         let mut t0 = 0;
         while t0 < n_tokens {
@@ -310,7 +313,7 @@ impl IvfSegment {
         // inside a sub-list.
         let nch = n_docs.div_ceil(DOC_CHUNK).max(1);
         let nl = k * nch;
-        let mut doc_full = vec![0u32; n_tokens];
+        let mut doc_full = try_filled(n_tokens, 0u32, what)?;
         {
             let mut doc = 0usize;
             for (t, h) in doc_full.iter_mut().enumerate() {
@@ -332,12 +335,12 @@ impl IvfSegment {
             list_blocks[l + 1] = list_blocks[l] + (len as usize).div_ceil(BLOCK) as u32;
         }
         let n_blocks = list_blocks[nl] as usize;
-        let mut order = vec![0u32; n_tokens];
-        let mut doc_of_token = vec![0u16; n_tokens];
-        let mut norm_scale = vec![0u16; n_tokens];
+        let mut order = try_filled(n_tokens, 0u32, what)?;
+        let mut doc_of_token = try_filled(n_tokens, 0u16, what)?;
+        let mut norm_scale = try_filled(n_tokens, 0u16, what)?;
         // The document map: list position of every token, in token order, then sorted per
         // document (the documents' token ranges are the input offsets).
-        let mut doc_positions = vec![0u32; n_tokens];
+        let mut doc_positions = try_filled(n_tokens, 0u32, what)?;
         let mut fill = list_tokens.clone();
         for (t, (&c, &d)) in cids.iter().zip(&doc_full).enumerate() {
             let l = list_of(c, d);

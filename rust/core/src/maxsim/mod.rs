@@ -546,12 +546,18 @@ fn any_invalid(values: DocVectors<'_>) -> bool {
 
 /// The error for the first value of `values` (`(rows, dim)` row-major) that is non-finite or, with
 /// `bounded`, beyond [`MAX_ABS_VALUE`] (there must be one); rows are numbered from `row0`.
-fn value_error(values: DocVectors<'_>, name: &str, dim: usize, row0: usize, bounded: bool) -> LatixError {
+fn value_error(
+    values: DocVectors<'_>,
+    name: &str,
+    dim: usize,
+    row0: usize,
+    bounded: bool,
+) -> LatixError {
     let limit = if bounded { MAX_ABS_VALUE } else { f32::MAX };
     let found = match values {
         DocVectors::F32(v) => v
             .iter()
-            .position(|x| !(x.abs() <= limit))
+            .position(|x| x.is_nan() || x.abs() > limit)
             .map(|i| (i, v[i])),
         DocVectors::F16(v) => v
             .iter()
@@ -591,7 +597,12 @@ pub fn check_values(values: DocVectors<'_>, name: &str, dim: usize) -> Result<()
 }
 
 /// [`check_values`] with rows numbered from `row0` in the error (a piece of a larger matrix).
-pub fn check_values_from(values: DocVectors<'_>, name: &str, dim: usize, row0: usize) -> Result<()> {
+pub fn check_values_from(
+    values: DocVectors<'_>,
+    name: &str,
+    dim: usize,
+    row0: usize,
+) -> Result<()> {
     if any_invalid(values) {
         return Err(value_error(values, name, dim, row0, true));
     }

@@ -145,7 +145,10 @@ pub(crate) fn check_regular(f: &File, path: &Path) -> Result<std::fs::Metadata> 
     if !m.file_type().is_file() {
         return Err(LatixError::corrupted(
             path,
-            format!("is {} where latix expects a regular file", file_kind(m.file_type())),
+            format!(
+                "is {} where latix expects a regular file",
+                file_kind(m.file_type())
+            ),
         ));
     }
     Ok(m)

@@ -116,6 +116,30 @@ impl BlockCrc {
     }
 }
 
+/// Checks values given for storage in `dtype` (`(rows, dim)` row-major, rows numbered from `row0`
+/// in errors, `name` naming the matrix): finite, within [`crate::maxsim::MAX_ABS_VALUE`], and
+/// within the float16 range for float16 storage.
+pub fn check_storable(
+    values: DocVectors<'_>,
+    name: &str,
+    dim: usize,
+    dtype: Dtype,
+    row0: usize,
+) -> Result<()> {
+    crate::maxsim::check_values_from(values, name, dim, row0)?;
+    if let (DocVectors::F32(v), Dtype::F16) = (values, dtype) {
+        if let Some(p) = v.iter().position(|x| x.abs() > f16::MAX.to_f32()) {
+            return Err(LatixError::invalid(format!(
+                "{name} contains a value outside the float16 range ({}) at row {}, column {}",
+                v[p],
+                row0 + p / dim.max(1),
+                p % dim.max(1)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// State of a [`SegmentWriter`] to roll back to.
 #[derive(Clone, Debug)]
 pub struct SegmentCheckpoint {
@@ -258,11 +282,21 @@ impl SegmentWriter {
     /// that is converted and written, piece by piece, so what is stored is exactly what was
     /// checked even if the caller's buffer changes meanwhile (another thread writing to a numpy
     /// array during `add`). `name` names the matrix in errors. On error nothing is added.
-    pub fn add_doc_checked(&mut self, id: &str, vectors: DocVectors<'_>, name: &str) -> Result<u32> {
+    pub fn add_doc_checked(
+        &mut self,
+        id: &str,
+        vectors: DocVectors<'_>,
+        name: &str,
+    ) -> Result<u32> {
         self.add_doc_impl(id, vectors, Some(name))
     }
 
-    fn add_doc_impl(&mut self, id: &str, vectors: DocVectors<'_>, check: Option<&str>) -> Result<u32> {
+    fn add_doc_impl(
+        &mut self,
+        id: &str,
+        vectors: DocVectors<'_>,
+        check: Option<&str>,
+    ) -> Result<u32> {
         if self.no_vectors {
             return Err(LatixError::invalid(
                 "this segment writer stores no vectors; use add_doc_without_vectors",
@@ -325,18 +359,7 @@ impl SegmentWriter {
                 } else {
                     DocVectors::F32(&b32)
                 };
-                crate::maxsim::check_values_from(copy, name, self.dim, row0)?;
-                if self.dtype == Dtype::F16 {
-                    if let Some(p) = b32.iter().position(|x| x.abs() > f16::MAX.to_f32()) {
-                        return Err(LatixError::invalid(format!(
-                            "{name} contains a value outside the float16 range ({}) at row {}, \
-                             column {}",
-                            b32[p],
-                            row0 + p / self.dim,
-                            p % self.dim
-                        )));
-                    }
-                }
+                check_storable(copy, name, self.dim, self.dtype, row0)?;
             }
             match (part, self.dtype) {
                 (DocVectors::F32(_), Dtype::F16) => {
@@ -1104,9 +1127,9 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let path = tmp.path().join("seg-0000000000.lxs");
         for (sorted, why) in [
-            (vec![0u32, 1, 2], "not sorted"),   // ids are "b", "a", "c": [1, 0, 2] is sorted
-            (vec![1u32, 1, 2], "permutation"),  // "a" twice, "b" never
-            (vec![1u32, 0, 3], "permutation"),  // a document that does not exist
+            (vec![0u32, 1, 2], "not sorted"), // ids are "b", "a", "c": [1, 0, 2] is sorted
+            (vec![1u32, 1, 2], "permutation"), // "a" twice, "b" never
+            (vec![1u32, 0, 3], "permutation"), // a document that does not exist
         ] {
             let mut w = SegmentWriter::create(tmp.path(), 2, Dtype::F32).expect("create");
             for id in ["b", "a", "c"] {
@@ -1121,7 +1144,10 @@ mod tests {
                 Err(e) => e.to_string(),
                 Ok(_) => panic!("{sorted:?}: a crafted sorted-id table was accepted"),
             };
-            assert!(e.contains("sorted id table") && e.contains(why), "{sorted:?}: {e}");
+            assert!(
+                e.contains("sorted id table") && e.contains(why),
+                "{sorted:?}: {e}"
+            );
         }
     }
 
@@ -1129,7 +1155,8 @@ mod tests {
     fn add_doc_checked_refuses_and_rolls_back() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut w = SegmentWriter::create(tmp.path(), 2, Dtype::F16).expect("create");
-        w.add_doc_checked("a", DocVectors::F32(&[1.0, 2.0]), "e[0]").expect("add");
+        w.add_doc_checked("a", DocVectors::F32(&[1.0, 2.0]), "e[0]")
+            .expect("add");
         let pos = w.pos;
         // A bad value in a later piece than the first: the earlier pieces were written.
         let mut big = vec![0.5f32; 2 * (WRITE_CHUNK_VALUES + 10)];
@@ -1143,15 +1170,28 @@ mod tests {
             let e = w
                 .add_doc_checked("b", DocVectors::F32(&big), "e[1]")
                 .expect_err("bad value");
-            assert!(e.to_string().contains(what) && e.to_string().contains("e[1]"), "{e}");
+            assert!(
+                e.to_string().contains(what) && e.to_string().contains("e[1]"),
+                "{e}"
+            );
             let row = (at / 2).to_string();
             assert!(e.to_string().contains(&format!("row {row}")), "{e}");
             assert_eq!((w.pos, w.n_docs()), (pos, 1));
-            assert_eq!(w.file.as_ref().expect("file").metadata().expect("meta").len(), pos);
+            assert_eq!(
+                w.file
+                    .as_ref()
+                    .expect("file")
+                    .metadata()
+                    .expect("meta")
+                    .len(),
+                pos
+            );
             big[at] = 0.5;
         }
-        w.add_doc_checked("b", DocVectors::F32(&big), "e[1]").expect("add");
-        w.finish(&tmp.path().join("seg-0000000000.lxs")).expect("finish");
+        w.add_doc_checked("b", DocVectors::F32(&big), "e[1]")
+            .expect("add");
+        w.finish(&tmp.path().join("seg-0000000000.lxs"))
+            .expect("finish");
         let seg = Segment::open(&tmp.path().join("seg-0000000000.lxs"), 2, Dtype::F16, None)
             .expect("open");
         seg.verify().expect("verify");

@@ -215,7 +215,9 @@ impl Snapshot {
 
     /// [`Segment::check_size`] of every segment.
     pub fn check_sizes(&self) -> Result<()> {
-        self.segments.iter().try_for_each(|v| v.segment.check_size())
+        self.segments
+            .iter()
+            .try_for_each(|v| v.segment.check_size())
     }
 
     /// Directory of the index.
