@@ -331,8 +331,9 @@ class Index:
                 (MaxSim over the compressed vectors) before the top ``k`` (or the exact
                 re-rank's share) is taken. Default ``max(k, 16)``, or ``max(4 * k, 48)`` when
                 re-ranking; ``0`` keeps candidate generation's own estimates (faster, less
-                accurate); a value above the number of documents means all of them. Lists written by a latix without the document map skip it by
-                default until the next commit (or ``compact()``) rewrites them.
+                accurate); a value above the number of documents means all of them. Lists
+                written by a latix without the document map skip it by default until the next
+                commit (or ``compact()``) rewrites them.
 
         Returns:
             ``(scores, ids)``: float32 ``(n_queries, k)`` best first, and a ``(n_queries, k)``
