@@ -1,17 +1,17 @@
 """Edges of the Python API found by an independent attack: unaligned arrays, non-bool flags, ids
 that are not valid Unicode, finite inputs whose scores would overflow, values changed by another
-thread while ``add`` runs, token counts after compaction, and files truncated under an open
-handle.
+thread or process while ``add`` runs, token counts after compaction, and files truncated under
+an open handle.
 """
 
 from __future__ import annotations
 
-import os
+import multiprocessing
 import subprocess
 import sys
-import threading
-import textwrap
+from multiprocessing import shared_memory
 from pathlib import Path
+from typing import Any
 
 import latix
 import numpy as np
@@ -107,37 +107,54 @@ def test_scores_cannot_overflow(tmp_path: Path) -> None:
     assert np.isfinite(latix.maxsim(ok, ok, np.array([0, 2]))).all()
 
 
-@pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_values_changed_during_add_are_checked_as_stored(tmp_path: Path, dtype: str) -> None:
-    # Another thread flips the last value of the document between NaN and 0 while add() runs
-    # (it releases the GIL): whatever add() stores must be finite, or add() must refuse.
-    v = np.random.default_rng(0).standard_normal((400_000, DIM)).astype(np.float32)
-    stop = threading.Event()
-
-    def flip() -> None:
-        while not stop.is_set():
+def _flipper(name: str, shape: tuple[int, int], ready: Any, stop: Any) -> None:
+    """Flips one value of the shared array between NaN and 0 until ``stop`` (another process,
+    so it runs on the other core whatever the GIL does)."""
+    shm = shared_memory.SharedMemory(name=name)
+    v: np.ndarray = np.ndarray(shape, np.float32, buffer=shm.buf)
+    ready.set()
+    while not stop.is_set():
+        for _ in range(1000):
             v[-1, 0] = np.nan
             v[-1, 0] = 0.0
+    del v
+    shm.close()
 
-    t = threading.Thread(target=flip)
-    t.start()
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_values_changed_during_add_are_checked_as_stored(tmp_path: Path, dtype: str) -> None:
+    # Another process flips the last value of the document between NaN and 0 while add() runs:
+    # whatever add() stores must be finite, or add() must refuse. (A race: on a latix that checked
+    # the caller's buffer before copying it, a few percent of these adds stored a NaN.)
+    ctx = multiprocessing.get_context("spawn")
     stored = refused = 0
-    try:
-        with latix.Index.create(tmp_path / "ix", DIM, dtype=dtype) as ix:
-            for i in range(12):
-                try:
-                    ix.add([f"d{i}"], [v])
-                    stored += 1
-                except latix.InvalidArgumentError as e:
-                    assert "non-finite" in str(e)
-                    refused += 1
-            ix.commit()
-            for i in ix.ids():
-                assert np.isfinite(ix.get(i)).all(), f"{i} was stored with a NaN"
-    finally:
-        stop.set()
-        t.join()
-    assert stored + refused == 12
+    with latix.Index.create(tmp_path / "ix", DIM, dtype=dtype) as ix:
+        for rows in (500, 2000, 3000):
+            shm = shared_memory.SharedMemory(create=True, size=rows * DIM * 4)
+            v: np.ndarray = np.ndarray((rows, DIM), np.float32, buffer=shm.buf)
+            v[...] = np.random.default_rng(rows).standard_normal((rows, DIM))
+            ready, stop = ctx.Event(), ctx.Event()
+            p = ctx.Process(target=_flipper, args=(shm.name, (rows, DIM), ready, stop))
+            p.start()
+            assert ready.wait(60), "the flipping process did not start"
+            try:
+                for i in range(100):
+                    try:
+                        ix.add([f"d{rows}-{i}"], [v])
+                        stored += 1
+                    except latix.InvalidArgumentError as e:
+                        assert "non-finite" in str(e)
+                        refused += 1
+            finally:
+                stop.set()
+                p.join()
+                del v
+                shm.close()
+                shm.unlink()
+        ix.commit()
+        for i in ix.ids():
+            assert np.isfinite(ix.get(i)).all(), f"{i} was stored with a NaN"
+    assert stored + refused == 300 and stored > 0
 
 
 def test_compaction_keeps_original_token_counts(tmp_path: Path) -> None:
@@ -193,13 +210,16 @@ def test_truncated_file_is_reported_not_a_crash(tmp_path: Path, compressed: bool
     p = tmp_path / "ix"
     rng = np.random.default_rng(0)
     comp = (
-        latix.Compression(bytes_per_token=4, n_centroids=16, train_min_tokens=256,
-                          train_sample_tokens=4000)
+        latix.Compression(
+            bytes_per_token=4, n_centroids=16, train_min_tokens=256, train_sample_tokens=4000
+        )
         if compressed
         else None
     )
     with latix.Index.create(p, DIM, compression=comp) as ix:
-        ix.add([f"d{i}" for i in range(2000)], list(rng.standard_normal((2000, 8, DIM), np.float32)))
+        ix.add(
+            [f"d{i}" for i in range(2000)], list(rng.standard_normal((2000, 8, DIM), np.float32))
+        )
         ix.commit()
     prefix = "seg-0000000001.ivf" if compressed else "seg-"
     out = subprocess.run(

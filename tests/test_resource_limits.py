@@ -51,7 +51,7 @@ def run_case(body: str, tmp: str, timeout: float = 120) -> list[str]:
 def test_huge_refine_is_capped_at_the_index_size(tmp_path: object, keep: bool) -> None:
     out = run_case(
         """
-        ix = build(os.environ["TMP_DIR"] + "/ix", compressed=True, keep=%r)
+        ix = build(os.environ["TMP_DIR"] + "/ix", compressed=True, keep=KEEP)
         assert ix.stats()["trained"]
         q = rng.standard_normal((4, 16)).astype(np.float32)
         for refine in (10**9, 2**62):
@@ -59,8 +59,7 @@ def test_huge_refine_is_capped_at_the_index_size(tmp_path: object, keep: bool) -
         outcome(lambda: ix.search(q, k=5, refine=300)[1].tolist())
         outcome(lambda: ix.search(q, k=300, refine=10**9, nprobe=16)[1].tolist())
         outcome(lambda: ix.search(q, k=300, refine=300, nprobe=16)[1].tolist())
-        """
-        % keep,
+        """.replace("KEEP", repr(keep)),
         str(tmp_path),
     )
     assert all(o.startswith("OK") for o in out), out
@@ -97,7 +96,9 @@ def test_huge_depth_parameters_are_rejected_or_capped(tmp_path: object) -> None:
     ],
 )
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_huge_non_contiguous_input_is_a_memory_error(tmp_path: object, call: str, dtype: str) -> None:
+def test_huge_non_contiguous_input_is_a_memory_error(
+    tmp_path: object, call: str, dtype: str
+) -> None:
     if "maxsim(big" in call and dtype == "float16":
         pytest.skip("latix.maxsim takes float32 queries only")
     out = run_case(

@@ -40,7 +40,17 @@ import numpy as np
 from harness.common import Stats, as_stored, child_env, doc_vectors, python
 
 DIM = 8
-SCENARIOS = ("exit", "close", "drop", "interpreter_exit", "write", "race", "read", "reopen", "spawn")
+SCENARIOS = (
+    "exit",
+    "close",
+    "drop",
+    "interpreter_exit",
+    "write",
+    "race",
+    "read",
+    "reopen",
+    "spawn",
+)
 TIMEOUT = 60.0
 
 # A handle the forked children inherit (module state, so that a child can drop the last reference).
@@ -270,7 +280,9 @@ def scenario(name: str, parent: Parent, stats: Stats) -> None:
         parent.stage(2)
     elif name == "spawn":
         want_ids, _ = parent.expected()
-        p, c = _start(multiprocessing.get_context("spawn"), _child_spawn, str(parent.path), want_ids)
+        p, c = _start(
+            multiprocessing.get_context("spawn"), _child_spawn, str(parent.path), want_ids
+        )
         stats.count("spawns")
         _finish(p, c, name, stats)
     _HELD.clear()
@@ -289,9 +301,7 @@ def check(parent: Parent, stats: Stats) -> None:
     with latix.Index.open(parent.path) as ix:
         ix.verify()
         if set(ix.ids()) != set(parent.model):
-            stats.fail(
-                f"index holds {sorted(set(ix.ids()) ^ set(parent.model))} unlike the model"
-            )
+            stats.fail(f"index holds {sorted(set(ix.ids()) ^ set(parent.model))} unlike the model")
             return
         for i, v in parent.model.items():
             if not np.array_equal(ix.get(i), as_stored(v, "float32")):
