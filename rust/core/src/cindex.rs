@@ -16,6 +16,10 @@
 //!
 //! Every `ivf` file records the checksum of the codec it was encoded with; loading checks it, so
 //! lists encoded with another codec are reported as corruption instead of silently mis-scored.
+//! The manifest also records the checksum of every one of these files (configuration, codec,
+//! each segment's lists: see [`crate::store::manifest`]) and each is checked against it when
+//! loaded, so a file replaced by another valid one of the same shape (another segment's lists,
+//! another index's codec or configuration) is corruption too.
 
 use std::collections::HashMap;
 use std::path::Path;

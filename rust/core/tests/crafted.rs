@@ -27,7 +27,12 @@ fn doc(seed: u64, n: usize) -> Vec<f32> {
 
 fn add(ix: &Index, prefix: &str, n: usize, tokens: usize) {
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
-    let vecs: Vec<Vec<f32>> = (0..n).map(|i| doc(i as u64 * 31 + 7, tokens)).collect();
+    let salt = prefix
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(131).wrapping_add(b as u64));
+    let vecs: Vec<Vec<f32>> = (0..n)
+        .map(|i| doc(salt.wrapping_mul(1_000_003) + i as u64 * 31, tokens))
+        .collect();
     let docs: Vec<DocVectors<'_>> = vecs.iter().map(|v| DocVectors::F32(v)).collect();
     let refs: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
     ix.add(&refs, &docs, false).expect("add");
@@ -231,4 +236,78 @@ fn a_commit_never_overwrites_a_referenced_file() {
     assert!(e.to_string().contains(&victim), "{e}");
     assert_eq!(std::fs::read(dir.join(&victim)).expect("read"), b"precious");
     assert_eq!(ix.len().expect("len"), 10);
+}
+
+#[test]
+fn version_1_manifests_are_read_and_the_next_commit_binds_their_files() {
+    // An index written before named-file checksums existed (manifest version 1) opens and
+    // searches; its next commit records the checksum of every named file, after which a file
+    // replaced by another valid one is detected.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("ix");
+    let cfg = Compression {
+        bytes_per_token: Some(2),
+        n_centroids: Some(8),
+        keep_vectors: false,
+        train_min_tokens: 256,
+        train_sample_tokens: 4096,
+        seed: 1,
+        pool_factor: 1,
+    };
+    {
+        let ix = Index::create_with(&dir, DIM, Dtype::F32, Some(cfg)).expect("create");
+        add(&ix, "a", 60, 6);
+        ix.commit().expect("commit (trains the codec)");
+        add(&ix, "b", 60, 6);
+        ix.commit().expect("commit");
+    }
+    let m = current_manifest(&dir);
+    assert!(!m.checksums.is_empty());
+    let name = manifest_name(m.generation);
+    std::fs::write(dir.join(&name), m.encode_v1()).expect("write v1");
+    let old = current_manifest(&dir);
+    assert!(
+        old.checksums.is_empty(),
+        "a version-1 manifest records no checksums"
+    );
+    let q = doc(5, 3);
+    let ix = Index::open(&dir, OpenMode::Write).expect("a version-1 index opens");
+    let before = ix.search(&[&q], 10, Some(1), None).expect("search");
+    add(&ix, "c", 1, 6);
+    ix.commit().expect("commit");
+    let new = current_manifest(&dir);
+    let named: Vec<String> = new
+        .index_files
+        .iter()
+        .chain(new.segments.iter().flat_map(|s| s.side_files.iter()))
+        .map(|(_, f)| f.clone())
+        .collect();
+    assert!(named.len() >= 4, "{named:?}");
+    for f in &named {
+        let b = std::fs::read(dir.join(f)).expect("read");
+        let trailer = u32::from_le_bytes(b[b.len() - 4..].try_into().expect("4 bytes"));
+        assert_eq!(new.checksums.get(f), Some(&trailer), "{f}");
+    }
+    assert_eq!(new.checksums.len(), named.len(), "no stale checksums kept");
+    let old_ids: Vec<String> = (0..60)
+        .flat_map(|i| [format!("a{i}"), format!("b{i}")])
+        .collect();
+    let refs: Vec<&str> = old_ids.iter().map(|s| s.as_str()).collect();
+    let after = ix.search(&[&q], 10, Some(1), Some(&refs)).expect("search");
+    assert_eq!(
+        &after.ids[..],
+        &before.ids[..],
+        "the old documents rank as before"
+    );
+    drop(ix);
+    // Now bound: one segment's lists copied over another's are refused.
+    let ivfs: Vec<&String> = named.iter().filter(|f| f.contains(".ivf-")).collect();
+    std::fs::copy(dir.join(ivfs[0]), dir.join(ivfs[1])).expect("copy");
+    let e = Index::open(&dir, OpenMode::Read)
+        .and_then(|ix| ix.search(&[&q], 10, Some(1), None))
+        .expect_err("a replaced file");
+    assert!(
+        matches!(&e, LatixError::Corrupted { path, .. } if path.ends_with(ivfs[1])),
+        "{e}"
+    );
 }
