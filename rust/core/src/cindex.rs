@@ -250,13 +250,24 @@ pub(crate) struct CState {
     pub(crate) codec: Option<Arc<LoadedCodec>>,
     /// Per snapshot segment: its inverted lists, if encoded.
     pub(crate) ivfs: Vec<Option<(String, Arc<IvfSegment>)>>,
+    /// When the lists' file sizes were last checked.
+    pub(crate) size_checked: std::sync::atomic::AtomicU64,
 }
 
 impl CState {
-    /// [`IvfSegment::check_size`] of every mapped list file of `snap` (this state's snapshot).
+    /// [`IvfSegment::check_size`] of every mapped list file of `snap` (this state's snapshot), at
+    /// most every 10 ms (see [`crate::store::size_check_due`]).
     pub(crate) fn check_sizes(&self, snap: &Snapshot) -> Result<()> {
+        if !crate::store::size_check_due(&self.size_checked) {
+            return Ok(());
+        }
         for (f, ivf) in self.ivfs.iter().flatten() {
-            ivf.check_size(&snap.dir().join(f))?;
+            if let Err(e) = ivf.check_size(&snap.dir().join(f)) {
+                // Damaged: every later call checks again (and fails), undelayed.
+                self.size_checked
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -415,6 +426,7 @@ pub(crate) fn load_state(snap: &Snapshot, prev: Option<&CState>) -> Result<CStat
         manifest: snap.manifest_name().to_owned(),
         codec,
         ivfs,
+        size_checked: std::sync::atomic::AtomicU64::new(0),
     })
 }
 

@@ -59,18 +59,17 @@ fn align64(x: usize) -> usize {
     x.div_ceil(64) * 64
 }
 
-/// Byte storage of a segment: built in memory (8-byte aligned) or memory-mapped (with the open
-/// file, whose size is compared with the map's: see [`IvfSegment::check_size`]).
+/// Byte storage of a segment: built in memory (8-byte aligned) or memory-mapped.
 enum Bytes {
     Owned(Vec<u64>, usize),
-    Mapped(memmap2::Mmap, std::fs::File),
+    Mapped(memmap2::Mmap),
 }
 
 impl Bytes {
     fn as_slice(&self) -> &[u8] {
         match self {
             Bytes::Owned(v, len) => &bytemuck::cast_slice::<u64, u8>(v)[..*len],
-            Bytes::Mapped(m, _) => m,
+            Bytes::Mapped(m) => m,
         }
     }
 }
@@ -503,7 +502,7 @@ impl IvfSegment {
         let f = crate::store::open_regular(path)?;
         // SAFETY: segment files are immutable once renamed into place; latix never writes them again.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| LatixError::io(path, e))?;
-        Self::parse(Bytes::Mapped(map, f), path, verify_checksum)
+        Self::parse(Bytes::Mapped(map), path, verify_checksum)
     }
 
     fn parse(bytes: Bytes, path: &Path, verify: bool) -> Result<IvfSegment> {
@@ -789,20 +788,10 @@ impl IvfSegment {
     /// rewritten from outside latix, so that reading it would raise SIGBUS (best effort, like
     /// [`crate::store::Segment::check_size`]).
     pub fn check_size(&self, path: &Path) -> Result<()> {
-        if let Bytes::Mapped(m, f) = &self.bytes {
-            let len = f.metadata().map_err(|e| LatixError::io(path, e))?.len();
-            if len != m.len() as u64 {
-                return Err(LatixError::corrupted(
-                    path,
-                    format!(
-                        "file size changed from {} to {len} bytes while mapped (truncated or \
-                         rewritten from outside latix)",
-                        m.len()
-                    ),
-                ));
-            }
+        match &self.bytes {
+            Bytes::Mapped(m) => crate::store::check_mapped_size(path, m.len() as u64),
+            Bytes::Owned(..) => Ok(()),
         }
-        Ok(())
     }
     /// Codes of the token at position `pos` of sub-list `list` (`c * n_doc_chunks + chunk`; `M / 2`
     /// bytes, nibble-packed as

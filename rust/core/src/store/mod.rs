@@ -179,6 +179,45 @@ pub(crate) fn read_bounded(path: &Path, max_len: u64, what: &str) -> Result<Vec<
     Ok(buf)
 }
 
+/// `Corrupted` if the file at `path`, mapped with `mapped_len` bytes, now has another size: it was
+/// truncated or rewritten from outside latix (which never modifies a file it wrote), and reading
+/// the lost pages of the map would kill the process with SIGBUS. A file that is gone was unlinked
+/// by a later commit: its map stays valid. A `stat` by name, so that no descriptor stays open
+/// per mapped file. Racy by nature (the file may change right after): a best-effort guard.
+pub(crate) fn check_mapped_size(path: &Path, mapped_len: u64) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() != mapped_len => Err(LatixError::corrupted(
+            path,
+            format!(
+                "file size changed from {mapped_len} to {} bytes while mapped (truncated or \
+                 rewritten from outside latix)",
+                m.len()
+            ),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(LatixError::io(path, e)),
+    }
+}
+
+/// Rate limit of [`check_mapped_size`] on paths that run on every call: true at most once per
+/// [`SIZE_CHECK_INTERVAL_NS`] per `last` (an atomic timestamp owned by a snapshot or state), so
+/// the cost stays negligible whatever the number of files.
+pub(crate) fn size_check_due(last: &std::sync::atomic::AtomicU64) -> bool {
+    use std::sync::atomic::Ordering;
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let now = EPOCH.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64 + 1;
+    let prev = last.load(Ordering::Relaxed);
+    if prev != 0 && now.saturating_sub(prev) < SIZE_CHECK_INTERVAL_NS {
+        return false;
+    }
+    last.compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+}
+
+/// Interval of the per-call size checks (10 ms).
+pub const SIZE_CHECK_INTERVAL_NS: u64 = 10_000_000;
+
 /// Temporary files of this process's live [`SegmentWriter`]s (a writer's staging file, a
 /// compaction's merged segment): the cleanup of unreferenced files never removes them, whatever
 /// path led there (a staging file deleted under its writer once lost every staged document).

@@ -34,7 +34,7 @@ use memmap2::Mmap;
 
 use crate::error::{LatixError, Result};
 use crate::maxsim::DocVectors;
-use crate::store::{align64, open_regular, set_live_tmp, tmp_name, Dtype};
+use crate::store::{align64, check_mapped_size, open_regular, set_live_tmp, tmp_name, Dtype};
 
 /// Magic bytes at the start of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"LATIXSEG";
@@ -585,8 +585,6 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 pub struct Segment {
     path: PathBuf,
     file_name: String,
-    /// The open file behind `map` (its size is compared with the map's, see `check_size`).
-    file: File,
     map: Mmap,
     dim: usize,
     dtype: Dtype,
@@ -764,7 +762,6 @@ impl Segment {
                 .file_name()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            file,
             map,
             dim,
             dtype,
@@ -1066,24 +1063,11 @@ impl Segment {
         Ok(())
     }
 
-    /// `Corrupted` if the file's size differs from what was mapped: it was truncated or rewritten
-    /// from outside latix (which never modifies a segment), and reading the lost pages would kill
-    /// the process with SIGBUS. Racy by nature (the file may change right after), so it is a
-    /// best-effort guard at snapshot refresh and in `verify`, not a guarantee.
+    /// `Corrupted` if the file's size differs from what was mapped (truncated or rewritten from
+    /// outside latix: reading the lost pages would raise SIGBUS). Best effort, see
+    /// [`crate::store::check_mapped_size`].
     pub fn check_size(&self) -> Result<()> {
-        let len = self
-            .file
-            .metadata()
-            .map_err(|e| LatixError::io(&self.path, e))?
-            .len();
-        if len != self.map.len() as u64 {
-            return Err(self.corrupted(format!(
-                "file size changed from {} to {len} bytes while mapped (truncated or rewritten \
-                 from outside latix)",
-                self.map.len()
-            )));
-        }
-        Ok(())
+        check_mapped_size(&self.path, self.map.len() as u64)
     }
 }
 

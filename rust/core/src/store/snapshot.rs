@@ -55,6 +55,8 @@ pub struct Snapshot {
     segments: Vec<SegmentView>,
     n_live: usize,
     n_live_tokens: u64,
+    /// When the mapped files' sizes were last checked ([`crate::store::size_check_due`]).
+    size_checked: std::sync::atomic::AtomicU64,
 }
 
 /// Whether an error means "a file was not there" (possibly removed by a concurrent commit).
@@ -83,17 +85,24 @@ pub fn read_current(dir: &Path) -> Result<String> {
 
 impl Snapshot {
     /// Loads the snapshot `CURRENT` names, reusing the segment maps of `previous` (and returning
-    /// `previous` itself when `CURRENT` is unchanged: one small read, no reload). Either way the
-    /// mapped segment files are checked to still have their mapped size ([`Segment::check_size`]:
-    /// one `fstat` each), so a file truncated from outside is reported instead of crashing the
-    /// next read with SIGBUS (best effort: it may still happen between the check and the read).
+    /// `previous` itself when `CURRENT` is unchanged: one small read, no reload). The mapped
+    /// segment files are checked to still have their mapped size ([`Segment::check_size`]) when
+    /// a snapshot reuses them, and at most every 10 ms when `CURRENT` is unchanged, so a file
+    /// truncated from outside is reported instead of crashing a read with SIGBUS (best effort: a
+    /// truncation between the check and the read still crashes).
     pub fn load(dir: &Path, previous: Option<&Arc<Snapshot>>) -> Result<Arc<Snapshot>> {
         let mut last_err = None;
         for _ in 0..LOAD_RETRIES {
             let name = read_current(dir)?;
             if let Some(prev) = previous {
                 if prev.manifest_name == name {
-                    prev.check_sizes()?;
+                    if crate::store::size_check_due(&prev.size_checked) {
+                        if let Err(e) = prev.check_sizes() {
+                            // Damaged: every later call checks again (and fails), undelayed.
+                            prev.size_checked.store(0, std::sync::atomic::Ordering::Relaxed);
+                            return Err(e);
+                        }
+                    }
                     return Ok(prev.clone());
                 }
             }
@@ -210,6 +219,7 @@ impl Snapshot {
             segments,
             n_live,
             n_live_tokens,
+            size_checked: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
