@@ -53,10 +53,15 @@ pub fn default_num_threads() -> usize {
     cpus()
 }
 
+/// CPUs available to this process, read once: `available_parallelism` reads cgroup files on
+/// every call (tens of microseconds), too slow for a per-search path.
 fn cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    *CPUS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
 }
 
 /// The most threads one call runs on: the larger of [`default_num_threads`] and the number of
@@ -109,7 +114,7 @@ pub fn pool(n_threads: Option<usize>) -> Result<Arc<ThreadPool>> {
     let p = Arc::new(p);
     cache.pools.push((n, p.clone(), tick));
     if cache.pools.len() > MAX_POOLS {
-        let keep = default_num_threads().min(max_threads());
+        let keep = default_num_threads();
         let victim = cache
             .pools
             .iter()

@@ -220,7 +220,8 @@ impl Manifest {
             let next_segment_id = r.u64()?;
             let index_files = r.files()?;
             let n_seg = r.u32()? as usize;
-            let mut segments = Vec::with_capacity(n_seg.min(1 << 16));
+            // Each entry takes at least 36 bytes: a count the file cannot hold reserves nothing.
+            let mut segments = Vec::with_capacity(n_seg.min(r.remaining() / 36));
             for _ in 0..n_seg {
                 let file = r.str()?;
                 let n_docs = r.u64()?;

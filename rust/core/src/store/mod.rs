@@ -206,7 +206,11 @@ pub(crate) fn check_mapped_size(path: &Path, mapped_len: u64) -> Result<()> {
 pub(crate) fn size_check_due(last: &std::sync::atomic::AtomicU64) -> bool {
     use std::sync::atomic::Ordering;
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let now = EPOCH.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64 + 1;
+    let now = EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+        + 1;
     let prev = last.load(Ordering::Relaxed);
     if prev != 0 && now.saturating_sub(prev) < SIZE_CHECK_INTERVAL_NS {
         return false;

@@ -99,7 +99,8 @@ impl Snapshot {
                     if crate::store::size_check_due(&prev.size_checked) {
                         if let Err(e) = prev.check_sizes() {
                             // Damaged: every later call checks again (and fails), undelayed.
-                            prev.size_checked.store(0, std::sync::atomic::Ordering::Relaxed);
+                            prev.size_checked
+                                .store(0, std::sync::atomic::Ordering::Relaxed);
                             return Err(e);
                         }
                     }
