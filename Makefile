@@ -73,20 +73,26 @@ bench-compressed: build
 	$(BIN)/python benches/bench_compressed.py $(BENCH_ARGS)
 
 # Hardening harnesses, fast part (also part of `make test`): crash, corruption, concurrency,
-# resource faults and the bad-input matrix with reduced trial counts.
+# resource faults, the bad-input matrix, fork, threaded writers against compaction, huge
+# parameters, special and swapped files, with reduced trial counts.
 harden: build
 	$(BIN)/python -m pytest -q -s tests/test_crash.py tests/test_corruption.py \
 		tests/test_concurrency.py tests/test_faults.py tests/test_faults_api_fuzz.py \
-		tests/test_bad_input_matrix.py
+		tests/test_bad_input_matrix.py tests/test_fork.py tests/test_writer_threads.py \
+		tests/test_resource_limits.py tests/test_special_files.py tests/test_swapped_files.py
 
 # The long soak: >= 200 SIGKILLs, >= 1000 corruption cases per dtype, 10,000 concurrent ops,
-# then every fuzz target for FUZZ_SECONDS each. Prints trials, failures, documents checked.
+# 20 rounds of fork scenarios, 3 x 5,000 threaded writes against compaction (plain) and 3 x 2,000
+# (compressed), then every fuzz target for FUZZ_SECONDS each. Prints trials, failures, documents checked.
 FUZZ_SECONDS ?= 60
 soak: build
 	PYTHONPATH=tests $(BIN)/python -m harness.crash --kills 200 --seed 1
 	PYTHONPATH=tests $(BIN)/python -m harness.corruption --cases 1000 --seed 1 --dtype float16
 	PYTHONPATH=tests $(BIN)/python -m harness.corruption --cases 1000 --seed 2 --dtype float32
 	PYTHONPATH=tests $(BIN)/python -m harness.concurrency --ops 10000 --seed 1
+	PYTHONPATH=tests $(BIN)/python -m harness.forks --rounds 20 --seed 1
+	PYTHONPATH=tests $(BIN)/python -m harness.writers --ops 5000 --seed 1
+	PYTHONPATH=tests $(BIN)/python -m harness.writers --ops 2000 --seed 2 --compressed
 	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_SECONDS)
 
 # libFuzzer targets over the on-disk parsers and the hypothesis harness over the Python API,

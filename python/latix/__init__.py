@@ -17,6 +17,7 @@ from latix.errors import (
     InvalidArgumentError,
     LatixError,
     LatixIOError,
+    LatixMemoryError,
     NotFoundError,
     UnsupportedVersionError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "IndexClosedError",
     "UnsupportedVersionError",
     "LatixIOError",
+    "LatixMemoryError",
     "Encoder",
     "Encoded",
     "ModelConfig",

@@ -17,6 +17,7 @@ __all__ = [
     "IndexClosedError",
     "UnsupportedVersionError",
     "LatixIOError",
+    "LatixMemoryError",
 ]
 
 
@@ -47,7 +48,12 @@ class CorruptedIndexError(LatixError, OSError):
 
 
 class IndexLockedError(LatixError, OSError):
-    """Another writer (thread or process) holds the index's write lock."""
+    """Another writer (another handle, or another process) holds the index's write lock.
+
+    Also raised by every mutating call on a handle inherited through ``fork()`` whose writer is
+    the parent process: the child may search with it, not write (close it and open the index
+    again in the child, once the parent's writer is closed).
+    """
 
 
 class IndexClosedError(LatixError, ValueError):
@@ -60,3 +66,11 @@ class UnsupportedVersionError(LatixError, OSError):
 
 class LatixIOError(LatixError, OSError):
     """An operating-system I/O failure (disk full, permission denied, ...) on an index file."""
+
+
+class LatixMemoryError(LatixError, MemoryError):
+    """Memory for an operation could not be allocated (the message says what and how much).
+
+    Raised instead of aborting the process, e.g. for a huge non-contiguous (broadcast) array that
+    would have to be copied; nothing was changed.
+    """

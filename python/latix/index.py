@@ -11,6 +11,12 @@ An index is a directory of memory-mapped files (see ``rust/core/src/store``). Op
 files without reading the vectors, so it is fast whatever the index size; searches read vectors
 straight from the maps. One writer at a time (an OS file lock), any number of readers; writes are
 staged and become visible atomically at :meth:`Index.commit`.
+
+Threads and processes: a handle may be shared by any number of threads (writes serialise with
+each other, with commit and with compaction; searches run concurrently). A handle inherited
+through ``fork()`` can search, never write: its mutating calls raise :class:`IndexLockedError`,
+and closing it leaves the parent's staged changes and lock alone. See README.md, "Threads,
+processes and fork".
 """
 
 from __future__ import annotations
@@ -41,6 +47,14 @@ def _int_arg(name: str, value: object, lo: int, hi: int = 2**62) -> int:
     if not lo <= v <= hi:
         raise InvalidArgumentError(f"{name} must be between {lo} and {hi}, got {v}")
     return v
+
+
+def _bool_arg(name: str, value: object) -> bool:
+    """``value`` as a bool if it is one (Python's or numpy's), else InvalidArgumentError: a string
+    such as ``"False"`` is truthy, and must not silently mean True."""
+    if not isinstance(value, bool | np.bool_):
+        raise InvalidArgumentError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
 
 
 def _path_arg(path: object) -> str:
@@ -130,7 +144,9 @@ class Index:
     """A latix index directory, opened for search (and, on first mutation, for writing).
 
     Create one with :meth:`Index.create` or open one with :meth:`Index.open`; do not call the
-    constructor directly. Handles are thread-safe: searches run concurrently, mutations serialise.
+    constructor directly. Handles are thread-safe: searches run concurrently, mutations (add,
+    delete, commit, compact) serialise, and a compaction never loses what another thread staged.
+    After ``fork()`` the child's copy of a handle may only read (see the module docstring).
 
     Example::
 
@@ -215,18 +231,24 @@ class Index:
         Args:
             ids: one non-empty str per document, unique within the call.
             embeddings: per document a ``(n_i, dim)`` float32 or float16 array (n_i >= 1,
-                finite values), converted to the storage dtype; non-contiguous arrays are copied.
-                A single ``(n_docs, n_tokens, dim)`` array is also accepted.
-            replace: overwrite documents whose id already exists (committed or staged).
+                finite values of absolute value at most 1e9, within the float16 range for a
+                float16 index), converted to the storage dtype; arrays that are not C-contiguous
+                and aligned are copied. A single ``(n_docs, n_tokens, dim)`` array is also
+                accepted. The values are checked on the copy that is stored, so what is stored
+                is valid even if another thread writes to the arrays during the call.
+            replace: (a bool) overwrite documents whose id already exists (committed or staged).
 
         Raises:
             AlreadyExistsError: an id exists and ``replace`` is False.
-            InvalidArgumentError: bad id, shape, dtype, NaN/Inf, empty document, duplicates,
-                ``len(ids) != len(embeddings)``.
-            IndexLockedError: another handle or process is the writer.
+            InvalidArgumentError: bad id (not a str, empty, not valid Unicode), shape, dtype,
+                NaN/Inf or a value beyond 1e9, empty document, duplicates,
+                ``len(ids) != len(embeddings)``, ``replace`` not a bool.
+            LatixMemoryError: a non-contiguous array too large to copy.
+            IndexLockedError: another handle or process is the writer (including the parent
+                process, for a handle inherited through ``fork()``).
             IndexClosedError: the handle is closed.
         """
-        self._inner.add(ids, embeddings, bool(replace))
+        self._inner.add(ids, embeddings, _bool_arg("replace", replace))
 
     def delete(self, ids: Iterable[str]) -> None:
         """Stages the deletion of documents; effective at :meth:`commit`.
@@ -258,15 +280,15 @@ class Index:
         codes.
 
         Args:
-            retrain: compressed index only: retrain the codec on the live tokens first (use when
-                the data drifted since training). Without kept vectors the codec is retrained on
-                decoded reconstructions, which is lossy: it learns the reconstructions, not the
-                original vectors.
+            retrain: (a bool) compressed index only: retrain the codec on the live tokens first
+                (use when the data drifted since training). Without kept vectors the codec is
+                retrained on decoded reconstructions, which is lossy: it learns the
+                reconstructions, not the original vectors.
 
         Raises:
-            InvalidArgumentError: ``retrain=True`` on a plain index.
+            InvalidArgumentError: ``retrain=True`` on a plain index, ``retrain`` not a bool.
         """
-        self._inner.compact(bool(retrain))
+        self._inner.compact(_bool_arg("retrain", retrain))
 
     # ----------------------------------------------------------------------------- reading
 
@@ -295,7 +317,8 @@ class Index:
             queries: one ``(n_query_tokens, dim)`` float32 (or float16) array, a list of them, or
                 a ``(n_queries, n_query_tokens, dim)`` array.
             k: hits per query (>= 1); fewer documents than ``k`` pads the result.
-            n_threads: threads to use (default: ``LATIX_NUM_THREADS`` or the number of CPUs).
+            n_threads: threads to use (default: ``LATIX_NUM_THREADS`` or the number of CPUs; at
+                most 1024; more than the larger of those two defaults runs on that many).
             subset: restrict the search to these ids; ids not in the index are ignored (so a
                 filter may name documents deleted since it was built).
             nprobe: compressed index only: inverted lists probed per query token, in
@@ -308,8 +331,9 @@ class Index:
                 (MaxSim over the compressed vectors) before the top ``k`` (or the exact
                 re-rank's share) is taken. Default ``max(k, 16)``, or ``max(4 * k, 48)`` when
                 re-ranking; ``0`` keeps candidate generation's own estimates (faster, less
-                accurate). Lists written by a latix without the document map skip it by
-                default until the next commit (or ``compact()``) rewrites them.
+                accurate); a value above the number of documents means all of them. Lists
+                written by a latix without the document map skip it by default until the next
+                commit (or ``compact()``) rewrites them.
 
         Returns:
             ``(scores, ids)``: float32 ``(n_queries, k)`` best first, and a ``(n_queries, k)``
@@ -317,9 +341,13 @@ class Index:
             ordered by insertion order. A single 2-D query gives ``n_queries == 1``.
 
         Raises:
-            InvalidArgumentError: wrong shape/dtype/dim, NaN/Inf, empty query, ``k < 1``,
-                ``nprobe`` out of range, ``rerank=True`` without kept vectors, ``nprobe``,
-                ``rerank`` or ``refine`` on a plain index.
+            InvalidArgumentError: wrong shape/dtype/dim, NaN/Inf or a value beyond 1e9 (so that
+                no score can overflow), empty query, ``k < 1``, ``k`` above both the number of
+                documents and 2**20 (or ``k * n_queries`` above 2**26), ``nprobe`` out of range,
+                ``rerank=True`` without kept vectors, ``nprobe``, ``rerank`` or ``refine`` on a
+                plain index, a ``subset`` id that is not a str or not valid Unicode.
+            LatixMemoryError: a non-contiguous query too large to copy, or a result that cannot
+                be allocated.
             IndexClosedError: the handle is closed.
         """
         if nprobe is not None:
@@ -384,6 +412,7 @@ class Index:
 
         Raises:
             NotFoundError: no committed document has this id.
+            InvalidArgumentError: ``id`` is not a str, or not valid Unicode.
         """
         return self._inner.get(id)
 

@@ -1,9 +1,11 @@
 """Property-based fuzzing of the public Python API (hypothesis stateful testing).
 
-A state machine drives one ``latix.Index`` with arbitrary ids (str of any kind, but also ints,
-bytes, None), arbitrary arrays (any dtype among float32/float16/float64/int32, rank 0-3, any
-shape, NaN/Inf/huge values), arbitrary ``k`` and arbitrary call sequences (add, replace, delete,
-commit, compact, close/reopen, search, get, contains). A plain-Python model predicts every
+A state machine drives one ``latix.Index`` with arbitrary ids (str of any kind, lone surrogates
+included, but also ints, bytes, None), arbitrary arrays (any dtype among
+float32/float16/float64/int32, rank 0-3, any shape, NaN/Inf/huge values, broadcast, strided and
+unaligned views), arbitrary ``k``, ``n_threads`` and ``replace`` (non-bools included) and
+arbitrary call sequences (add, replace, delete, commit, compact, close/reopen, search, get,
+contains). A plain-Python model predicts every
 outcome: a valid call must succeed and change the model exactly; an invalid one must raise the
 documented ``LatixError`` subclass and change nothing. Searches are checked against a numpy brute
 force over the model's committed documents, ``get`` byte for byte.
@@ -32,6 +34,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 DIM = 4
 F16_MAX = 65504.0
+MAX_ABS = 1e9  # latix.maxsim's MAX_ABS_VALUE: no score can overflow float32
 
 floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
 small_floats = st.floats(min_value=-4, max_value=4, width=32)
@@ -52,19 +55,36 @@ any_array = st.builds(
     hnp.arrays(
         np.float64,
         hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
-        elements=st.one_of(st.integers(-3, 3).map(float), floats, st.just(1e6)),
+        elements=st.one_of(st.integers(-3, 3).map(float), floats, st.just(1e6), st.just(2e9)),
     ),
     st.sampled_from([np.float32, np.float16, np.float64, np.int32]),
 )
+
+
+def _unaligned(a: Any) -> Any:
+    """The same values in a buffer one byte off alignment (numpy: not ALIGNED)."""
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    u = buf[1:].view(a.dtype).reshape(a.shape)
+    u[...] = a
+    return u
+
+
 matrix = st.one_of(
     valid_matrix,
     valid_matrix,
     any_array,
     st.just(np.asfortranarray(np.ones((2, DIM), np.float32))),
+    valid_matrix.map(_unaligned),
+    valid_matrix.map(lambda a: np.broadcast_to(a[:1], (3, DIM))),
+    valid_matrix.map(lambda a: np.repeat(a, 2, axis=0)[::2]),
     st.none(),
     st.text(max_size=2),
 )
-id_text = st.one_of(st.text(alphabet="abc", max_size=2), st.text(max_size=6))
+id_text = st.one_of(
+    st.text(alphabet="abc", max_size=2),
+    st.text(max_size=6),
+    st.text(st.characters(codec=None, categories=["Cs", "Ll"]), max_size=3),  # lone surrogates
+)
 any_id = st.one_of(id_text, id_text, id_text, st.integers(), st.none(), st.binary(max_size=2))
 
 
@@ -74,11 +94,18 @@ def valid_matrix_value(a: Any, storage: str) -> bool:
         return False
     if a.shape[0] < 1 or a.shape[1] != DIM or not np.all(np.isfinite(a)):
         return False
+    if np.any(np.abs(a.astype(np.float64)) > MAX_ABS):
+        return False
     return not (storage == "float16" and a.dtype == np.float32 and np.any(np.abs(a) > F16_MAX))
 
 
 def valid_id(i: Any) -> bool:
-    return isinstance(i, str) and 0 < len(i.encode("utf-8", "surrogatepass")) <= 65535
+    if not isinstance(i, str):
+        return False
+    try:
+        return 0 < len(i.encode("utf-8")) <= 65535  # a lone surrogate has no UTF-8 form
+    except UnicodeEncodeError:
+        return False
 
 
 class IndexMachine(RuleBasedStateMachine):
@@ -118,11 +145,16 @@ class IndexMachine(RuleBasedStateMachine):
         raise AssertionError(f"expected {exc.__name__}")
 
     @rule(
-        ids=st.lists(any_id, max_size=4), mats=st.lists(matrix, max_size=4), replace=st.booleans()
+        ids=st.lists(any_id, max_size=4),
+        mats=st.lists(matrix, max_size=4),
+        replace=st.one_of(st.booleans(), st.booleans(), st.sampled_from(["False", 0, 1, None])),
     )
-    def add(self, ids: list[Any], mats: list[Any], replace: bool) -> None:
+    def add(self, ids: list[Any], mats: list[Any], replace: Any) -> None:
         assert self.ix is not None
         mats = mats[: len(ids)] if len(mats) >= len(ids) else mats
+        if not isinstance(replace, bool):
+            self.expect(latix.InvalidArgumentError, lambda: self.ix.add(ids, mats, replace=replace))  # type: ignore[union-attr]
+            return
         ok = (
             all(valid_id(i) for i in ids)
             and len(set(ids)) == len(ids)
@@ -218,18 +250,29 @@ class IndexMachine(RuleBasedStateMachine):
         self.expect(latix.IndexClosedError, lambda: len(self.ix))  # type: ignore[arg-type]
         return contextlib.nullcontext()
 
-    @rule(q=matrix, k=st.one_of(st.integers(-2, 12), st.just(2**40), st.floats(0, 3), st.none()))
-    def search(self, q: Any, k: Any) -> None:
+    @rule(
+        q=matrix,
+        k=st.one_of(st.integers(-2, 12), st.just(2**40), st.floats(0, 3), st.none()),
+        n_threads=st.one_of(st.none(), st.none(), st.integers(-1, 1100)),
+    )
+    def search(self, q: Any, k: Any, n_threads: Any = None) -> None:
         assert self.ix is not None
+        if n_threads is not None and not 1 <= n_threads <= 1024:
+            self.expect(
+                latix.InvalidArgumentError, lambda: self.ix.search(q, k=k, n_threads=n_threads)
+            )  # type: ignore[union-attr]
+            return
         k_ok = isinstance(k, int) and 1 <= k <= 2**26
         is_batch = isinstance(q, np.ndarray) and q.ndim == 3
         if not k_ok or is_batch or not valid_matrix_value(q, "float32"):
             if is_batch and k_ok and all(valid_matrix_value(x, "float32") for x in q):
-                self.ix.search(q, k=k)
+                self.ix.search(q, k=k, n_threads=n_threads)
                 return
-            self.expect(latix.InvalidArgumentError, lambda: self.ix.search(q, k=k))  # type: ignore[union-attr]
+            self.expect(
+                latix.InvalidArgumentError, lambda: self.ix.search(q, k=k, n_threads=n_threads)
+            )  # type: ignore[union-attr]
             return
-        scores, ids = self.ix.search(q, k=k)
+        scores, ids = self.ix.search(q, k=k, n_threads=n_threads)
         assert scores.shape == (1, k) and ids.shape == (1, k)
         qf = q.astype(np.float32).astype(np.float64)
         ref = {
@@ -246,7 +289,7 @@ class IndexMachine(RuleBasedStateMachine):
     @rule(i=any_id)
     def get(self, i: Any) -> None:
         assert self.ix is not None
-        if not isinstance(i, str):
+        if not valid_id(i) and not (isinstance(i, str) and i == ""):
             self.expect(latix.InvalidArgumentError, lambda: self.ix.get(i))  # type: ignore[union-attr]
             assert (i in self.ix) is False
         elif i in self.committed:

@@ -5,7 +5,10 @@ checksum blocks). Each case takes *every file of the index directory* as a candi
 that future index kinds add are covered without changes here), picks one, and either truncates it
 at a random offset or XORs one byte at a random offset with a random non-zero mask. Offsets are
 drawn uniformly over the file, in its first 256 bytes (headers), or in its last 1 KiB (tables,
-trailing checksums). The damaged copy is then used through the public API: open, len, ids,
+trailing checksums). Some cases instead replace the file by another *valid* file of the same kind
+from the same index (another segment, another segment's inverted lists: checksums intact, so only
+the binding of each file to the manifest can tell), or by a FIFO (which must be reported, never
+block an open). The damaged copy is then used through the public API: open, len, ids,
 search (all documents and a subset), get of every document, contains, verify, and a writer
 commit + compaction. Every call must either raise ``CorruptedIndexError`` (or
 ``UnsupportedVersionError``) whose message names the damaged file, or return exactly what the
@@ -145,10 +148,15 @@ def reference(path: Path, seed: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- worker
 
 
-def damage(path: Path, case: dict[str, Any]) -> None:
-    """Applies one case's damage to ``path``."""
+def damage(path: Path, case: dict[str, Any], base: Path) -> None:
+    """Applies one case's damage to ``path`` (a private copy; ``base`` holds the originals)."""
     if case["op"] == "truncate":
         os.truncate(path, case["at"])
+    elif case["op"] == "replace":
+        shutil.copyfile(base / case["src"], path)
+    elif case["op"] == "fifo":
+        path.unlink()
+        os.mkfifo(path)
     else:
         with open(path, "r+b") as f:
             f.seek(case["at"])
@@ -172,7 +180,7 @@ def run_case(
             shutil.copyfile(f, scratch / f.name)
         else:
             os.link(f, scratch / f.name)  # latix never writes a file in place: links are safe
-    damage(scratch / case["file"], case)
+    damage(scratch / case["file"], case, base)
     fname = case["file"]
     detected: list[str] = []
     docs = 0
@@ -271,6 +279,15 @@ def worker(base: str, seed: int) -> None:
 # ------------------------------------------------------------------------------------- parent
 
 
+def kind(name: str) -> str:
+    """The kind of an index file, for replacing it by a valid file of the same kind."""
+    if ".ivf-" in name:
+        return "ivf"
+    if name.startswith("seg-") and name.endswith(".lxs"):
+        return "segment"
+    return name
+
+
 def make_cases(base: Path, n: int, seed: int) -> list[dict[str, Any]]:
     """``n`` seeded cases over every non-empty file of ``base``."""
     rng = np.random.default_rng([seed, 7])
@@ -280,6 +297,15 @@ def make_cases(base: Path, n: int, seed: int) -> list[dict[str, Any]]:
     for c in range(n):
         f = files[c % len(files)] if c < len(files) else files[int(rng.integers(len(files)))]
         size = sizes[f]
+        siblings = [g for g in files if g != f and kind(g) == kind(f) and kind(f) != f]
+        u = rng.random()
+        if siblings and u < 0.1:
+            src = siblings[int(rng.integers(len(siblings)))]
+            cases.append({"id": c, "file": f, "op": "replace", "src": src})
+            continue
+        if u > 0.97:
+            cases.append({"id": c, "file": f, "op": "fifo"})
+            continue
         region = int(rng.integers(3))
         if region == 0:
             at = int(rng.integers(size))

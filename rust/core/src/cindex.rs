@@ -16,6 +16,10 @@
 //!
 //! Every `ivf` file records the checksum of the codec it was encoded with; loading checks it, so
 //! lists encoded with another codec are reported as corruption instead of silently mis-scored.
+//! The manifest also records the checksum of every one of these files (configuration, codec,
+//! each segment's lists: see [`crate::store::manifest`]) and each is checked against it when
+//! loaded, so a file replaced by another valid one of the same shape (another segment's lists,
+//! another index's codec or configuration) is corruption too.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -219,13 +223,16 @@ impl Compression {
         })
     }
 
-    /// Reads and validates the configuration file at `path`.
-    pub fn load(path: &Path, dim: usize) -> Result<Compression> {
-        let b = std::fs::read(path).map_err(|e| LatixError::io(path, e))?;
-        let c = Self::decode(&b, path)?;
-        c.validate(dim)
-            .map_err(|e| LatixError::corrupted(path, format!("compression config: {e}")))?;
-        Ok(c)
+    /// Reads and validates the configuration of the index `snap` belongs to (`None`: a plain
+    /// index), checking that the file is the one its manifest recorded.
+    pub fn load(snap: &Snapshot) -> Result<Option<Compression>> {
+        let Some((path, b)) = snap.read_index_file(CONFIG_FILE, 4096)? else {
+            return Ok(None);
+        };
+        let c = Self::decode(&b, &path)?;
+        c.validate(snap.dim())
+            .map_err(|e| LatixError::corrupted(&path, format!("compression config: {e}")))?;
+        Ok(Some(c))
     }
 }
 
@@ -243,6 +250,27 @@ pub(crate) struct CState {
     pub(crate) codec: Option<Arc<LoadedCodec>>,
     /// Per snapshot segment: its inverted lists, if encoded.
     pub(crate) ivfs: Vec<Option<(String, Arc<IvfSegment>)>>,
+    /// When the lists' file sizes were last checked.
+    pub(crate) size_checked: std::sync::atomic::AtomicU64,
+}
+
+impl CState {
+    /// [`IvfSegment::check_size`] of every mapped list file of `snap` (this state's snapshot), at
+    /// most every 10 ms (see [`crate::store::size_check_due`]).
+    pub(crate) fn check_sizes(&self, snap: &Snapshot) -> Result<()> {
+        if !crate::store::size_check_due(&self.size_checked) {
+            return Ok(());
+        }
+        for (f, ivf) in self.ivfs.iter().flatten() {
+            if let Err(e) = ivf.check_size(&snap.dir().join(f)) {
+                // Damaged: every later call checks again (and fails), undelayed.
+                self.size_checked
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The identity of a codec recorded in its inverted lists. The codec's serialised form ends with a
@@ -252,22 +280,38 @@ pub fn codec_id(codec_bytes: &[u8]) -> u32 {
     codec_checksum(&codec_bytes[..codec_bytes.len().saturating_sub(4)])
 }
 
-fn load_codec(path: &Path, dim: usize) -> Result<(Codec, u32)> {
-    let bytes = std::fs::read(path).map_err(|e| LatixError::io(path, e))?;
-    let codec = Codec::from_bytes(&bytes, path)?;
+/// Largest codec file read (centroids and codebooks: far below this for any configuration
+/// `Compression::validate` accepts with real data).
+const MAX_CODEC_BYTES: u64 = 1 << 34;
+
+/// The codec of `snap`, if it has one: (file name, codec, [`codec_id`]), the file checked against
+/// the manifest's record of it.
+fn load_codec(snap: &Snapshot) -> Result<Option<(String, Codec, u32)>> {
+    let Some((path, bytes)) = snap.read_index_file(CODEC_FILE, MAX_CODEC_BYTES)? else {
+        return Ok(None);
+    };
+    let codec = Codec::from_bytes(&bytes, &path)?;
+    let dim = snap.dim();
     if codec.dim() != dim {
         return Err(LatixError::corrupted(
-            path,
+            &path,
             format!("codec has dim {}, the index has dim {dim}", codec.dim()),
         ));
     }
-    Ok((codec, codec_id(&bytes)))
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Some((file, codec, codec_id(&bytes))))
 }
 
-/// Opens one `ivf` file fully verified (checksum included) and checks it against its segment and
-/// the codec.
-fn load_ivf(path: &Path, seg: &Segment, codec: &LoadedCodec) -> Result<IvfSegment> {
+/// Opens the `ivf` file `file` of `snap` fully verified (checksum included) and checks it against
+/// the manifest's record of it, its segment and the codec.
+fn load_ivf(snap: &Snapshot, file: &str, seg: &Segment, codec: &LoadedCodec) -> Result<IvfSegment> {
+    let path = &snap.dir().join(file);
     let ivf = IvfSegment::open(path, true)?;
+    snap.manifest()
+        .check_named_file(file, path, Some(ivf.file_checksum()))?;
     if ivf.codec_checksum() != codec.crc {
         return Err(LatixError::corrupted(
             path,
@@ -330,14 +374,8 @@ pub(crate) fn load_state(snap: &Snapshot, prev: Option<&CState>) -> Result<CStat
         None => None,
         Some(f) => match prev.and_then(|p| p.codec.as_ref()).filter(|c| c.file == f) {
             Some(c) => Some(c.clone()),
-            None => {
-                let (codec, crc) = load_codec(&dir.join(&f), snap.dim())?;
-                Some(Arc::new(LoadedCodec {
-                    file: f,
-                    codec,
-                    crc,
-                }))
-            }
+            None => load_codec(snap)?
+                .map(|(file, codec, crc)| Arc::new(LoadedCodec { file, codec, crc })),
         },
     };
     let reuse: HashMap<&str, &Arc<IvfSegment>> = prev
@@ -362,7 +400,7 @@ pub(crate) fn load_state(snap: &Snapshot, prev: Option<&CState>) -> Result<CStat
             (Some(f), Some(c)) => {
                 let ivf = match reuse.get(f.as_str()) {
                     Some(s) => Arc::clone(s),
-                    None => Arc::new(load_ivf(&dir.join(&f), &v.segment, c)?),
+                    None => Arc::new(load_ivf(snap, &f, &v.segment, c)?),
                 };
                 ivfs.push(Some((f, ivf)));
             }
@@ -388,15 +426,14 @@ pub(crate) fn load_state(snap: &Snapshot, prev: Option<&CState>) -> Result<CStat
         manifest: snap.manifest_name().to_owned(),
         codec,
         ivfs,
+        size_checked: std::sync::atomic::AtomicU64::new(0),
     })
 }
 
 /// Full check of the compressed files of `snap`: configuration, codec, every `ivf` (read
 /// entirely, checksum, offsets, codec checksum, counts against the segment).
 pub(crate) fn verify(snap: &Snapshot) -> Result<()> {
-    if let Some(p) = snap.index_file(CONFIG_FILE) {
-        Compression::load(&p, snap.dim())?;
-    }
+    Compression::load(snap)?;
     // A fresh load (no reuse) re-reads and re-checks every file.
     load_state(snap, None).map(|_| ())
 }
@@ -458,7 +495,13 @@ fn pool_ranges(
             .map(|&(si, a, b)| pooled_doc(&segs[si], a, b, pool_factor))
             .collect::<Result<Vec<_>>>()
     })??;
-    Ok(pooled.concat())
+    // The sample's size follows train_sample_tokens and the data: reserved fallibly.
+    let total = pooled.iter().map(|p| p.len()).sum();
+    let mut out = crate::error::try_vec(total, "the codec's training sample")?;
+    for p in pooled {
+        out.extend_from_slice(&p);
+    }
+    Ok(out)
 }
 
 /// Trains a codec on a seeded sample of the commit's live (pooled) token vectors: documents are
@@ -502,7 +545,9 @@ fn train_codec(
 }
 
 /// Encodes segment `file` of the commit with `codec` (pooling each document by `pool_factor`),
-/// attaches its `ivf` side file and, without `keep_vectors`, replaces it by a vector-free copy.
+/// attaches its `ivf` side file and, without `keep_vectors`, replaces it by a vector-free copy
+/// (whose documents get `token_counts` as lengths when given: see [`commit_hook`]).
+#[allow(clippy::too_many_arguments)]
 fn encode_segment(
     ctx: &mut CommitContext<'_>,
     file: &str,
@@ -511,6 +556,7 @@ fn encode_segment(
     cfg: &Compression,
     pool_factor: usize,
     n_threads: Option<usize>,
+    token_counts: Option<&[u64]>,
 ) -> Result<()> {
     let seg = ctx.open_segment(file)?;
     let ivf = crate::parallel::install(n_threads, || -> Result<IvfSegment> {
@@ -531,7 +577,11 @@ fn encode_segment(
             offsets.push(offsets[offsets.len() - 1] + n);
         }
         let total = offsets[offsets.len() - 1] as usize;
-        let mut rows = vec![f16::ZERO; total * dim];
+        let mut rows = crate::error::try_filled(
+            total.saturating_mul(dim),
+            f16::ZERO,
+            "the pooled vectors of a segment",
+        )?;
         let mut slices = Vec::with_capacity(seg.n_docs());
         let mut rest = &mut rows[..];
         for w in offsets.windows(2) {
@@ -555,7 +605,7 @@ fn encode_segment(
     let target = if cfg.keep_vectors {
         file.to_owned()
     } else {
-        ctx.strip_vectors(file)?
+        ctx.strip_vectors_with(file, token_counts)?
     };
     ctx.write_segment_file(&target, IVF_FILE, ivf.as_bytes())
 }
@@ -564,29 +614,40 @@ fn encode_segment(
 /// codec from the commit's live tokens even if one exists (compaction with retraining).
 ///
 /// `decoded_input`: the commit's new segment holds decoded approximations (compaction of
-/// vector-free segments), which are already pooled and must not be pooled again.
+/// vector-free segments), which are already pooled and must not be pooled again; the slice holds
+/// the original token count of each of its documents, which its vector-free copy keeps (so that
+/// token counts do not shrink by the pool factor at every compaction).
 pub(crate) fn commit_hook(
     ctx: &mut CommitContext<'_>,
     cfg: &Compression,
     retrain: bool,
-    decoded_input: bool,
+    decoded_input: Option<&[u64]>,
     n_threads: Option<usize>,
 ) -> Result<()> {
     if !retrain {
         upgrade_old_lists(ctx)?;
     }
-    let pool = if decoded_input { 1 } else { cfg.pool_factor };
-    let prev_codec = ctx.previous().index_file(CODEC_FILE);
+    let pool = if decoded_input.is_some() {
+        1
+    } else {
+        cfg.pool_factor
+    };
+    let prev_codec = ctx.previous().index_file(CODEC_FILE).is_some();
+    let counts_of = |ctx: &CommitContext<'_>, f: &str| {
+        decoded_input.filter(|_| ctx.new_segments().iter().any(|n| n == f))
+    };
     // Encodes the commit's new segments with the codec already in the index.
-    let encode_new = |ctx: &mut CommitContext<'_>, codec_path: &Path| -> Result<()> {
-        let (codec, crc) = load_codec(codec_path, ctx.previous().dim())?;
+    let encode_new = |ctx: &mut CommitContext<'_>| -> Result<()> {
+        let (_, codec, crc) = load_codec(ctx.previous())?
+            .ok_or_else(|| LatixError::invalid("the index has no trained codec yet"))?;
         for f in ctx.new_segments().to_vec() {
-            encode_segment(ctx, &f, &codec, crc, cfg, pool, n_threads)?;
+            let counts = counts_of(ctx, &f);
+            encode_segment(ctx, &f, &codec, crc, cfg, pool, n_threads, counts)?;
         }
         Ok(())
     };
-    if let (Some(p), false) = (&prev_codec, retrain) {
-        return encode_new(ctx, p);
+    if prev_codec && !retrain {
+        return encode_new(ctx);
     }
     let (segs, ranges, total) = live_ranges(ctx)?;
     // Vectors the codec would train on: the pooled count, which must reach the codec's minimum
@@ -596,15 +657,13 @@ pub(crate) fn commit_hook(
         .map(|&(_, a, b)| crate::compressed::pool::pooled_len((b - a) as usize, pool) as u64)
         .sum();
     let trainable = MIN_TRAIN_TOKENS.max(cfg.n_centroids.unwrap_or(0) as u64);
-    if (total < cfg.train_min_tokens || pooled_live < trainable)
-        && !(retrain && prev_codec.is_some())
-    {
+    if (total < cfg.train_min_tokens || pooled_live < trainable) && !(retrain && prev_codec) {
         return Ok(()); // still exact: segments keep their vectors
     }
     if pooled_live < trainable {
         // Retraining an index shrunk below the codec's minimum: keep the current codec.
-        if let Some(p) = &prev_codec {
-            encode_new(ctx, p)?;
+        if prev_codec {
+            encode_new(ctx)?;
         }
         return Ok(());
     }
@@ -615,7 +674,8 @@ pub(crate) fn commit_hook(
     ctx.write_index_file(CODEC_FILE, &bytes)?;
     let files: Vec<String> = ctx.segments().iter().map(|e| e.file.clone()).collect();
     for f in files {
-        encode_segment(ctx, &f, &codec, crc, cfg, pool, n_threads)?;
+        let counts = counts_of(ctx, &f);
+        encode_segment(ctx, &f, &codec, crc, cfg, pool, n_threads, counts)?;
     }
     Ok(())
 }
@@ -647,7 +707,12 @@ pub(crate) fn has_old_lists(snap: &Snapshot) -> Result<bool> {
 fn upgrade_old_lists(ctx: &mut CommitContext<'_>) -> Result<()> {
     let dir = ctx.previous().dir().to_path_buf();
     for (seg, f) in old_lists(&dir, ctx.segments().iter())? {
-        let ivf = IvfSegment::open(&dir.join(&f), true)?;
+        let path = dir.join(&f);
+        let ivf = IvfSegment::open(&path, true)?;
+        // Upgrading must not bless a replaced file with a fresh binding.
+        ctx.previous()
+            .manifest()
+            .check_named_file(&f, &path, Some(ivf.file_checksum()))?;
         if let Some(up) = ivf.upgraded()? {
             ctx.write_segment_file(&seg, IVF_FILE, up.as_bytes())?;
         }
@@ -838,11 +903,17 @@ pub(crate) fn search(
         None if rerank => default_refine_for_rerank(k),
         None => default_refine(k),
     };
+    // No stage can return more documents than the snapshot holds: depths beyond that mean
+    // "all of them" and are capped before anything is sized by them (refine=10**9 once asked
+    // for a 48 GB candidate buffer).
+    let live = snap.len().max(1);
+    let n_refine = n_refine.min(live);
     let exact_depth = if rerank {
         rerank_depth(k, n_refine > 0)
     } else {
         k
-    };
+    }
+    .min(live);
     let depth = exact_depth.max(n_refine);
     let per_query = |q: &[f32]| -> Result<Vec<(f32, usize, u32)>> {
         let mut hits: Vec<(f32, usize, u32)> = Vec::new();
@@ -893,8 +964,7 @@ pub(crate) fn search(
     let all: Vec<Vec<(f32, usize, u32)>> = crate::parallel::install(n_threads, || {
         queries.iter().map(|q| per_query(q)).collect::<Result<_>>()
     })??;
-    let mut scores = vec![f32::NEG_INFINITY; nq * k];
-    let mut ids = vec![String::new(); nq * k];
+    let (mut scores, mut ids) = crate::index::padded_results(nq, k)?;
     for (qi, hits) in all.into_iter().enumerate() {
         for (r, (sc, s, d)) in hits.into_iter().enumerate() {
             scores[qi * k + r] = sc;

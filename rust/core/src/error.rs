@@ -42,6 +42,11 @@ pub enum LatixError {
     /// A file was written by a newer (or unknown) version of latix.
     #[error("{path}: {detail}")]
     UnsupportedVersion { path: PathBuf, detail: String },
+
+    /// Memory for an operation could not be allocated (the message says what and how much).
+    /// Returned instead of aborting the process: nothing was changed.
+    #[error("{0}")]
+    OutOfMemory(String),
 }
 
 impl LatixError {
@@ -65,6 +70,57 @@ impl LatixError {
             detail: detail.into(),
         }
     }
+}
+
+/// Bytes as a short human-readable figure ("1.5 GiB").
+pub fn human_bytes(n: u128) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// A vector of `n` elements built by `fill` (which must push exactly what it wants), with its
+/// capacity reserved fallibly: an allocation that cannot succeed is [`LatixError::OutOfMemory`]
+/// naming `what`, never an abort. For every allocation whose size a caller controls.
+pub fn try_vec<T>(n: usize, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        let bytes = (n as u128) * (std::mem::size_of::<T>() as u128);
+        LatixError::OutOfMemory(format!(
+            "cannot allocate {} for {what} ({n} elements)",
+            human_bytes(bytes)
+        ))
+    })?;
+    Ok(v)
+}
+
+/// Bytes of physical memory of this machine (`None` if unknown): a copy larger than this cannot
+/// succeed, so it is refused before it is attempted.
+pub fn physical_memory() -> Option<u128> {
+    // SAFETY: sysconf has no preconditions; a negative result means "unknown".
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && size > 0).then(|| pages as u128 * size as u128)
+}
+
+/// [`try_vec`] filled with `n` copies of `value`.
+pub fn try_filled<T: Clone>(n: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let mut v = try_vec(n, what)?;
+    v.resize(n, value);
+    Ok(v)
 }
 
 /// Result alias used throughout the core.

@@ -8,6 +8,17 @@
 //! [`Snapshot`]; each search first compares `CURRENT` with the snapshot's manifest name (one tiny
 //! read) and reloads only when a newer commit exists.
 //!
+//! Threads: a handle is shared freely. Every mutation (add, delete, commit, compaction) holds the
+//! handle's writer mutex from start to end, so they serialise; compaction commits the staged
+//! changes and merges under one hold, so nothing staged in between can be lost. Searches never
+//! wait for a writer.
+//!
+//! Processes and `fork()`: the writer records the process id that took the lock. A forked child
+//! inherits the handle (its maps and lock descriptor) but is not the writer: every mutating call
+//! there is `Locked`, and closing or dropping the inherited handle neither removes the parent's
+//! staging file nor unlocks (closing an inherited descriptor of a `flock`ed file does not release
+//! the parent's lock). Reads keep working in the child.
+//!
 //! Search scores documents in chunks of about [`CHUNK_BYTES`] of vectors on latix's thread pool,
 //! keeping a per-query top-k heap per worker, so its memory does not grow with the index.
 //!
@@ -19,19 +30,21 @@ use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use half::f16;
 use rayon::prelude::*;
 
 use crate::cindex::{self, CState, CompressedSearch, Compression};
-use crate::error::{LatixError, Result};
+use crate::error::{try_filled, LatixError, Result};
 use crate::maxsim::{self, DocVectors};
-use crate::store::manifest::{manifest_name, Manifest, SegmentEntry};
+use crate::store::manifest::{
+    manifest_name, named_file_checksum, Manifest, SegmentEntry, SEGMENT_PREFIX,
+};
 use crate::store::{
-    fsync_dir, snapshot::read_current, write_atomic, Dtype, Segment, SegmentWriter, Snapshot,
-    CURRENT_FILE, LOCK_FILE, MANIFEST_PREFIX, TMP_PREFIX,
+    check_regular, fsync_dir, snapshot::read_current, write_atomic, Dtype, Segment, SegmentWriter,
+    Snapshot, CURRENT_FILE, LOCK_FILE, MANIFEST_PREFIX, TMP_PREFIX,
 };
 
 /// Target bytes of document vectors scored per work item (fits in L2 with room for the query).
@@ -44,7 +57,6 @@ pub const MAX_ID_BYTES: usize = 65535;
 /// query, padded), so an absurd `k` must be an error, not an allocation failure.
 pub const MAX_RESULT_SLOTS: usize = 1 << 26;
 
-const SEGMENT_PREFIX: &str = "seg-";
 /// Prefix of index-level named files (so a writer recognises one orphaned by a crash).
 const INDEX_FILE_PREFIX: &str = "idx-";
 /// Largest `k` accepted beyond the number of documents (the result arrays are `n_queries * k`).
@@ -117,22 +129,42 @@ impl CommitContext<'_> {
     /// tombstones and side files; a new file name, returned). The old file is removed once the
     /// commit is published (if it was new) or no manifest references it any more.
     pub fn strip_vectors(&mut self, segment_file: &str) -> Result<String> {
+        self.strip_vectors_with(segment_file, None)
+    }
+
+    /// [`CommitContext::strip_vectors`] recording `token_counts[d]` as document `d`'s number of
+    /// tokens instead of its rows in the segment (whose rows are then decoded, already pooled
+    /// approximations: the counts keep the original documents' lengths).
+    pub fn strip_vectors_with(
+        &mut self,
+        segment_file: &str,
+        token_counts: Option<&[u64]>,
+    ) -> Result<String> {
         let seg = self.open_segment(segment_file)?;
         if !seg.has_vectors() {
             return Ok(segment_file.to_owned());
         }
+        if token_counts.is_some_and(|c| c.len() != seg.n_docs()) {
+            return Err(LatixError::invalid(format!(
+                "token_counts must hold one count per document of {segment_file}"
+            )));
+        }
         let file = format!("{SEGMENT_PREFIX}{:010}.lxs", self.manifest.next_segment_id);
-        self.manifest.next_segment_id += 1;
+        self.claim(&file)?;
+        self.manifest.next_segment_id = next_id(self.dir, self.manifest.next_segment_id)?;
         let mut w = SegmentWriter::create_without_vectors(self.dir, seg.dim(), seg.dtype())?;
         for d in 0..seg.n_docs() as u32 {
             let (a, b) = seg.doc_range(d);
-            w.add_doc_without_vectors(seg.id(d)?, b - a)?;
+            let n = token_counts.map_or(b - a, |c| c[d as usize]);
+            w.add_doc_without_vectors(seg.id(d)?, n)?;
         }
         // The directory is fsynced when the manifest is written, after this rename.
         let header_crc = w.finish(&self.dir.join(&file))?;
+        let n_tokens = w.n_tokens();
         let e = self.entry_mut(segment_file)?;
         e.file = file.clone();
         e.header_crc = header_crc;
+        e.n_tokens = n_tokens;
         for n in self.new_segments.iter_mut() {
             if n == segment_file {
                 *n = file.clone();
@@ -182,14 +214,38 @@ impl CommitContext<'_> {
             })
     }
 
-    /// Writes (or replaces) the index-level named file `name`.
+    /// `Corrupted` if `file` is referenced by the previous or the new manifest: a commit creates
+    /// only new files (a crafted or damaged manifest could name a live file under the name the
+    /// next commit would write; overwriting it would destroy committed data).
+    fn claim(&self, file: &str) -> Result<()> {
+        ensure_unreferenced(self.dir, file, &[self.previous.manifest(), self.manifest])
+    }
+
+    /// The checksum that binds a named file to the manifest (see [`named_file_checksum`]); every
+    /// named file must end with the crc32c of its body, so that loaders can check it cheaply.
+    fn binding(name: &str, bytes: &[u8]) -> Result<u32> {
+        match named_file_checksum(bytes) {
+            Some(c) if crc32c::crc32c(&bytes[..bytes.len() - 4]) == c => Ok(c),
+            _ => Err(LatixError::invalid(format!(
+                "named file {name:?} must end with the crc32c of its contents"
+            ))),
+        }
+    }
+
+    /// Writes (or replaces) the index-level named file `name` (its bytes must end with the crc32c
+    /// of the rest, as every latix file does: the manifest records it).
     pub fn write_index_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         Self::check_name(name)?;
+        let crc = Self::binding(name, bytes)?;
         // A fresh file name per generation: files readers may have mapped are never overwritten.
         let file = format!("{INDEX_FILE_PREFIX}{name}-{:020}", self.manifest.generation);
+        self.claim(&file)?;
         write_atomic(self.dir, &file, bytes)?;
         self.manifest.index_files.retain(|(n, _)| n != name);
-        self.manifest.index_files.push((name.to_owned(), file));
+        self.manifest
+            .index_files
+            .push((name.to_owned(), file.clone()));
+        self.manifest.checksums.insert(file, crc);
         Ok(())
     }
 
@@ -201,15 +257,18 @@ impl CommitContext<'_> {
         bytes: &[u8],
     ) -> Result<()> {
         Self::check_name(name)?;
+        let crc = Self::binding(name, bytes)?;
         let gen = self.manifest.generation;
         // Checked before writing: no side file for a segment outside the commit.
         self.entry_mut(segment_file)?;
         let stem = segment_file.trim_end_matches(".lxs");
         let file = format!("{stem}.{name}-{gen:020}");
+        self.claim(&file)?;
         write_atomic(self.dir, &file, bytes)?;
         let e = self.entry_mut(segment_file)?;
         e.side_files.retain(|(n, _)| n != name);
-        e.side_files.push((name.to_owned(), file));
+        e.side_files.push((name.to_owned(), file.clone()));
+        self.manifest.checksums.insert(file, crc);
         Ok(())
     }
 }
@@ -217,8 +276,39 @@ impl CommitContext<'_> {
 /// A commit hook: called after new segments are written, before the manifest switch.
 pub type CommitHook<'h> = &'h mut dyn FnMut(&mut CommitContext<'_>) -> Result<()>;
 
+/// `id + 1`, or `Corrupted` when a counter of the manifest (generation, next segment id) cannot
+/// advance: never a wrap to 0, which would reuse names of live files.
+fn next_id(dir: &Path, id: u64) -> Result<u64> {
+    id.checked_add(1).ok_or_else(|| {
+        LatixError::corrupted(
+            dir.join(CURRENT_FILE),
+            format!("a counter of the manifest is exhausted ({id}): the index cannot commit"),
+        )
+    })
+}
+
+/// `Corrupted` if any of `manifests` references `file` (see [`CommitContext`]'s `claim`).
+fn ensure_unreferenced(dir: &Path, file: &str, manifests: &[&Manifest]) -> Result<()> {
+    if manifests
+        .iter()
+        .any(|m| m.referenced_files().iter().any(|f| f == file))
+    {
+        return Err(LatixError::corrupted(
+            dir.join(file),
+            "the manifest already references this file, which this commit was about to create: \
+             refusing to overwrite it (the manifest's next segment id or generation is stale)",
+        ));
+    }
+    Ok(())
+}
+
+/// The writer state of a handle that holds the write lock.
 struct Writer {
+    /// The `flock`ed `LOCK` file (released when the last descriptor of it closes).
     _lock: File,
+    /// Process that took the lock and created the staging file: a handle inherited through
+    /// `fork()` finds another id here and must not act as the writer (see the module docs).
+    pid: u32,
     stage: Option<SegmentWriter>,
     /// Live staged ids -> staged document number.
     staged_ids: HashMap<String, u32>,
@@ -228,7 +318,31 @@ struct Writer {
     deletes: HashMap<String, BTreeSet<u32>>,
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            // Inherited through fork(): the staging file is the parent's, being written there.
+            // Close our descriptors but leave the file (the lock descriptor closes too: that
+            // does not release the parent's flock, which its own descriptor keeps).
+            if let Some(s) = self.stage.take() {
+                s.abandon();
+            }
+        }
+    }
+}
+
 impl Writer {
+    fn new(lock: File) -> Writer {
+        Writer {
+            _lock: lock,
+            pid: std::process::id(),
+            stage: None,
+            staged_ids: HashMap::new(),
+            staged_dead: Vec::new(),
+            deletes: HashMap::new(),
+        }
+    }
+
     fn has_changes(&self) -> bool {
         self.stage.as_ref().is_some_and(|s| s.n_docs() > 0) || !self.deletes.is_empty()
     }
@@ -276,6 +390,10 @@ pub struct Index {
     closed: AtomicBool,
     snapshot: Mutex<Option<Arc<Snapshot>>>,
     writer: Mutex<Option<Writer>>,
+    /// Process id of the writer in `writer` (0: none), readable without the mutex, so that a
+    /// forked child refuses writes (and closes) without waiting on a mutex that a thread of the
+    /// parent may have held at the time of the fork.
+    writer_pid: AtomicU32,
 }
 
 impl std::fmt::Debug for Index {
@@ -295,14 +413,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn take_lock(dir: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let p = dir.join(LOCK_FILE);
+    // Only a regular file is locked: a FIFO, device or directory there is damage (and opening a
+    // FIFO without O_NONBLOCK would block).
+    if let Ok(m) = std::fs::metadata(&p) {
+        if !m.is_file() {
+            return Err(LatixError::corrupted(
+                &p,
+                "is not a regular file where latix expects one (the lock file)",
+            ));
+        }
+    }
     let f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(&p)
         .map_err(|e| LatixError::io(&p, e))?;
+    check_regular(&f, &p)?;
     match fs4::FileExt::try_lock(&f) {
         Ok(()) => Ok(f),
         Err(fs4::TryLockError::WouldBlock) => Err(LatixError::Locked(format!(
@@ -313,8 +444,9 @@ fn take_lock(dir: &Path) -> Result<File> {
     }
 }
 
-/// Validates one document or query matrix given as a flat slice; `what` names it in errors.
-fn check_matrix(v: DocVectors<'_>, dim: usize, what: &str, storage: Option<Dtype>) -> Result<()> {
+/// Validates the shape of one document or query matrix given as a flat slice; `what` names it in
+/// errors.
+fn check_shape(v: DocVectors<'_>, dim: usize, what: &str) -> Result<()> {
     if v.is_empty() {
         return Err(LatixError::invalid(format!(
             "{what} must have at least one row (token), got shape (0, {dim})"
@@ -326,31 +458,20 @@ fn check_matrix(v: DocVectors<'_>, dim: usize, what: &str, storage: Option<Dtype
             v.len()
         )));
     }
-    let bad = |pos: usize, x: f32, why: &str| {
-        LatixError::invalid(format!(
-            "{what} contains {why} ({x}) at row {}, column {}",
-            pos / dim,
-            pos % dim
-        ))
-    };
-    match v {
-        DocVectors::F32(s) => {
-            if let Some(p) = s.iter().position(|x| !x.is_finite()) {
-                return Err(bad(p, s[p], "a non-finite value"));
-            }
-            if storage == Some(Dtype::F16) {
-                if let Some(p) = s.iter().position(|x| x.abs() > f16::MAX.to_f32()) {
-                    return Err(bad(p, s[p], "a value outside the float16 range"));
-                }
-            }
-        }
-        DocVectors::F16(s) => {
-            if let Some(p) = s.iter().position(|x| !x.is_finite()) {
-                return Err(bad(p, s[p].to_f32(), "a non-finite value"));
-            }
-        }
-    }
     Ok(())
+}
+
+/// The last four bytes of the regular file at `path` (its body checksum, for a latix named file).
+fn read_trailer(path: &Path) -> Result<u32> {
+    use std::os::unix::fs::FileExt;
+    let (f, len) = crate::store::open_regular_len(path)?;
+    if len < 4 {
+        return Err(LatixError::corrupted(path, "is shorter than its checksum"));
+    }
+    let mut b = [0u8; 4];
+    f.read_exact_at(&mut b, len - 4)
+        .map_err(|e| LatixError::io(path, e))?;
+    Ok(u32::from_le_bytes(b))
 }
 
 fn check_id(id: &str, i: usize) -> Result<()> {
@@ -522,9 +643,14 @@ impl Index {
             )));
         }
         let mut index_files = vec![];
+        let mut checksums = std::collections::BTreeMap::new();
         if let Some(c) = &compression {
-            write_atomic(&dir, &config_file, &c.encode())?;
+            let bytes = c.encode();
+            write_atomic(&dir, &config_file, &bytes)?;
             index_files.push((cindex::CONFIG_FILE.to_owned(), config_file.clone()));
+            if let Some(crc) = named_file_checksum(&bytes) {
+                checksums.insert(config_file.clone(), crc);
+            }
         }
         let manifest = Manifest {
             dim,
@@ -533,6 +659,7 @@ impl Index {
             next_segment_id: 0,
             index_files,
             segments: vec![],
+            checksums,
         };
         let name = manifest_name(0);
         write_atomic(&dir, &name, &manifest.encode())?;
@@ -546,13 +673,8 @@ impl Index {
             cstate: Mutex::new(None),
             closed: AtomicBool::new(false),
             snapshot: Mutex::new(Some(snap)),
-            writer: Mutex::new(Some(Writer {
-                _lock: lock_file,
-                stage: None,
-                staged_ids: HashMap::new(),
-                staged_dead: Vec::new(),
-                deletes: HashMap::new(),
-            })),
+            writer: Mutex::new(Some(Writer::new(lock_file))),
+            writer_pid: AtomicU32::new(std::process::id()),
         })
     }
 
@@ -571,10 +693,7 @@ impl Index {
             return Err(LatixError::NotFound(format!("{} {what}", dir.display())));
         }
         let snap = Snapshot::load(&dir, None)?;
-        let compression = snap
-            .index_file(cindex::CONFIG_FILE)
-            .map(|p| Compression::load(&p, snap.dim()))
-            .transpose()?;
+        let compression = Compression::load(&snap)?;
         let index = Index {
             dim: snap.dim(),
             dtype: snap.dtype(),
@@ -584,6 +703,7 @@ impl Index {
             closed: AtomicBool::new(false),
             snapshot: Mutex::new(Some(snap)),
             writer: Mutex::new(None),
+            writer_pid: AtomicU32::new(0),
         };
         if mode == OpenMode::Write {
             let mut w = lock(&index.writer);
@@ -621,7 +741,10 @@ impl Index {
         loop {
             let snap = self.snapshot()?;
             match self.cstate_for(&snap) {
-                Ok(st) => return Ok((snap, st)),
+                Ok(st) => {
+                    st.check_sizes(&snap)?;
+                    return Ok((snap, st));
+                }
                 Err(LatixError::Io { path, source })
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
@@ -640,15 +763,20 @@ impl Index {
     }
 
     /// Codec and inverted lists of `snap` (compressed index), loaded once per file.
+    /// Loaded outside the mutex (like [`Index::snapshot`]); the newest state is kept.
     fn cstate_for(&self, snap: &Snapshot) -> Result<Arc<CState>> {
-        let mut g = lock(&self.cstate);
-        if let Some(s) = g.as_ref() {
+        let prev = lock(&self.cstate).clone();
+        if let Some(s) = &prev {
             if s.manifest == snap.manifest_name() {
                 return Ok(s.clone());
             }
         }
-        let st = Arc::new(cindex::load_state(snap, g.as_deref())?);
-        *g = Some(st.clone());
+        let st = Arc::new(cindex::load_state(snap, prev.as_deref())?);
+        let mut g = lock(&self.cstate);
+        // Manifest names are zero-padded generations: they order like the generations.
+        if g.as_ref().is_none_or(|cur| cur.manifest <= st.manifest) {
+            *g = Some(st.clone());
+        }
         Ok(st)
     }
 
@@ -662,41 +790,74 @@ impl Index {
         Ok(())
     }
 
+    /// `Locked` if this handle's writer belongs to another process: the handle was inherited
+    /// through `fork()` (checked without taking the writer mutex, see `writer_pid`).
+    fn ensure_not_forked(&self) -> Result<()> {
+        let owner = self.writer_pid.load(Ordering::Acquire);
+        let me = std::process::id();
+        if owner != 0 && owner != me {
+            return Err(LatixError::Locked(format!(
+                "this handle on {} is the writer of process {owner}, and this process ({me}) \
+                 inherited it through fork(): it may search but not write. Close it, and open \
+                 the index again in this process once {owner} has closed its writer",
+                self.dir.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// The latest committed snapshot (reloaded only if `CURRENT` changed since the last call).
+    /// The handle's mutex is held only to read and to publish the snapshot, never during the
+    /// file reads of a reload, so searches do not queue behind one another's reloads (and a
+    /// `fork()` while a thread reloads leaves no mutex held in the child).
     pub fn snapshot(&self) -> Result<Arc<Snapshot>> {
         self.ensure_open()?;
+        let closed = || LatixError::Closed("the index handle is closed".into());
+        let prev = lock(&self.snapshot).clone().ok_or_else(closed)?;
+        let snap = Snapshot::load(&self.dir, Some(&prev))?;
+        if Arc::ptr_eq(&snap, &prev) {
+            return Ok(snap);
+        }
         let mut g = lock(&self.snapshot);
-        let prev = g
-            .as_ref()
-            .ok_or_else(|| LatixError::Closed("the index handle is closed".into()))?;
-        let snap = Snapshot::load(&self.dir, Some(prev))?;
-        *g = Some(snap.clone());
-        Ok(snap)
+        match g.as_ref() {
+            None => Err(closed()),
+            // Another thread published a newer one meanwhile: a handle never goes back in time.
+            Some(cur) if cur.generation() > snap.generation() => Ok(cur.clone()),
+            _ => {
+                *g = Some(snap.clone());
+                Ok(snap)
+            }
+        }
     }
 
     /// Takes the write lock if this handle does not hold it yet; on taking it, removes files a
     /// crashed writer left behind.
     fn writer_mut<'a>(&self, g: &'a mut MutexGuard<'_, Option<Writer>>) -> Result<&'a mut Writer> {
         self.ensure_open()?;
+        self.ensure_not_forked()?;
         if g.is_none() {
             let lock_file = take_lock(&self.dir)?;
             let snap = self.snapshot()?;
             self.remove_unreferenced(&snap, None)?;
-            **g = Some(Writer {
-                _lock: lock_file,
-                stage: None,
-                staged_ids: HashMap::new(),
-                staged_dead: Vec::new(),
-                deletes: HashMap::new(),
-            });
+            **g = Some(Writer::new(lock_file));
+            self.writer_pid.store(std::process::id(), Ordering::Release);
         }
         g.as_mut()
             .ok_or_else(|| LatixError::Closed("no writer".into()))
     }
 
+    /// The writer mutex, after refusing a handle inherited through `fork()` (which must not wait
+    /// on a mutex a thread of the parent may have held at the fork).
+    fn lock_writer(&self) -> Result<MutexGuard<'_, Option<Writer>>> {
+        self.ensure_open()?;
+        self.ensure_not_forked()?;
+        Ok(lock(&self.writer))
+    }
+
     /// Deletes files of the directory that `snap` does not reference: temp files, old manifests,
     /// old segments and their side files (`also` lists other side files of a previous manifest).
-    /// Only called by the lock holder.
+    /// Only called by the lock holder. Never deletes the temporary file of a live segment writer
+    /// of this process (a staging file, a merge in progress), whatever its name.
     fn remove_unreferenced(&self, snap: &Snapshot, also: Option<&Manifest>) -> Result<()> {
         let keep: HashSet<String> = snap
             .manifest()
@@ -716,7 +877,12 @@ impl Index {
                 || name.starts_with(SEGMENT_PREFIX)
                 || name.starts_with(INDEX_FILE_PREFIX)
                 || known.contains(&name);
-            if ours && !keep.contains(&name) && name != LOCK_FILE && name != CURRENT_FILE {
+            if ours
+                && !keep.contains(&name)
+                && name != LOCK_FILE
+                && name != CURRENT_FILE
+                && !crate::store::is_live_tmp(&e.path())
+            {
                 // Unlinking is safe for readers: their maps stay valid; a reader that has not yet
                 // opened a file of an older manifest retries from CURRENT.
                 let _ = std::fs::remove_file(e.path());
@@ -747,12 +913,16 @@ impl Index {
         }
         check_unique(ids.iter().copied())?;
         for (i, d) in docs.iter().enumerate() {
-            check_matrix(*d, self.dim, &format!("embeddings[{i}]"), Some(self.dtype))?;
+            let what = format!("embeddings[{i}]");
+            check_shape(*d, self.dim, &what)?;
+            // A fast first pass, so bad input is refused before the write lock is even taken;
+            // what is stored is checked again as it is copied (SegmentWriter::add_doc_checked).
+            crate::store::segment::check_storable(*d, &what, self.dim, self.dtype, 0)?;
         }
         if ids.is_empty() {
             return Ok(());
         }
-        let mut g = lock(&self.writer);
+        let mut g = self.lock_writer()?;
         let w = self.writer_mut(&mut g)?;
         let snap = self.snapshot()?;
         if !replace {
@@ -777,8 +947,8 @@ impl Index {
             .ok_or_else(|| LatixError::Closed("no stage".into()))?;
         let cp = stage.checkpoint();
         let mut new_docs = Vec::with_capacity(ids.len());
-        for (id, d) in ids.iter().zip(docs) {
-            match stage.add_doc(id, *d) {
+        for (i, (id, d)) in ids.iter().zip(docs).enumerate() {
+            match stage.add_doc_checked(id, *d, &format!("embeddings[{i}]")) {
                 Ok(n) => new_docs.push(n),
                 Err(e) => {
                     stage.rollback(cp);
@@ -806,7 +976,7 @@ impl Index {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut g = lock(&self.writer);
+        let mut g = self.lock_writer()?;
         let w = self.writer_mut(&mut g)?;
         let snap = self.snapshot()?;
         let missing: Vec<&str> = ids
@@ -839,12 +1009,13 @@ impl Index {
     }
 
     /// Wraps a user hook with the compression hook of a compressed index (`retrain`: retrain the
-    /// codec in this commit) and calls `f` with the result.
+    /// codec in this commit; `decoded_input`: the new segment holds decoded approximations, with
+    /// these original token counts) and calls `f` with the result.
     fn with_hook<R>(
         &self,
         user: Option<CommitHook<'_>>,
         retrain: bool,
-        decoded_input: bool,
+        decoded_input: Option<&[u64]>,
         f: impl FnOnce(Option<CommitHook<'_>>) -> R,
     ) -> R {
         match (&self.compression, user) {
@@ -863,13 +1034,21 @@ impl Index {
     }
 
     fn commit_inner(&self, hook: Option<CommitHook<'_>>) -> Result<()> {
-        self.ensure_open()?;
+        let mut g = self.lock_writer()?;
+        self.commit_locked(&mut g, hook)
+    }
+
+    /// [`Index::commit_with`] by the holder of the writer mutex `g`.
+    fn commit_locked(
+        &self,
+        g: &mut MutexGuard<'_, Option<Writer>>,
+        hook: Option<CommitHook<'_>>,
+    ) -> Result<()> {
         let force = hook.is_some();
-        let mut g = lock(&self.writer);
         if g.is_none() && !force {
             return Ok(());
         }
-        let w = self.writer_mut(&mut g)?;
+        let w = self.writer_mut(g)?;
         if !w.has_changes() && !force {
             w.reset();
             return Ok(());
@@ -892,7 +1071,7 @@ impl Index {
         let mut stage = w.stage.take();
         let mut staged_dead = w.staged_dead.clone();
         staged_dead.sort_unstable();
-        let (switched, res) = self.with_hook(hook, false, false, |hook| {
+        let (switched, res) = self.with_hook(hook, false, None, |hook| {
             self.publish(&base, segments, stage.as_mut(), staged_dead, hook)
         });
         if switched {
@@ -950,15 +1129,17 @@ impl Index {
         let mut manifest = Manifest {
             dim: self.dim,
             dtype: self.dtype,
-            generation: bm.generation + 1,
+            generation: next_id(&self.dir, bm.generation)?,
             next_segment_id: bm.next_segment_id,
             index_files: bm.index_files.clone(),
             segments: Vec::new(),
+            checksums: bm.checksums.clone(),
         };
         let mut new_segments = Vec::new();
         if let Some(stage) = stage {
             let file = format!("{SEGMENT_PREFIX}{:010}.lxs", manifest.next_segment_id);
-            manifest.next_segment_id += 1;
+            ensure_unreferenced(&self.dir, &file, &[bm])?;
+            manifest.next_segment_id = next_id(&self.dir, manifest.next_segment_id)?;
             let (n_docs, n_tokens) = (stage.n_docs() as u64, stage.n_tokens());
             // A compressed index that drops vectors and already has a codec re-writes this segment
             // vector-free in the commit hook: the vector-bearing file is transient.
@@ -987,6 +1168,13 @@ impl Index {
             };
             hook(&mut ctx)?;
         }
+        // Named files carried over from a version-1 manifest get their binding recorded now
+        // (their trailing checksum; a damaged file is still caught when it is loaded).
+        for f in manifest.missing_checksums() {
+            let crc = read_trailer(&self.dir.join(&f))?;
+            manifest.checksums.insert(f, crc);
+        }
+        manifest.prune_checksums();
         let name = manifest_name(manifest.generation);
         write_atomic(&self.dir, &name, &manifest.encode())?;
         write_atomic(&self.dir, CURRENT_FILE, format!("{name}\n").as_bytes())?;
@@ -1021,8 +1209,11 @@ impl Index {
     }
 
     fn compact_inner(&self, hook: Option<CommitHook<'_>>, retrain: bool) -> Result<()> {
-        self.commit()?;
-        let mut g = lock(&self.writer);
+        // One hold of the writer mutex for the commit of staged changes and the merge: an add or
+        // delete from another thread in between would be staged against segments the merge is
+        // about to replace (and lost with them).
+        let mut g = self.lock_writer()?;
+        self.commit_locked(&mut g, None)?;
         self.writer_mut(&mut g)?;
         let base = self.snapshot()?;
         let dirty = base.segments().len() > 1
@@ -1035,8 +1226,7 @@ impl Index {
             // format (by the compression hook of an otherwise empty commit: lossless, unlike
             // merging a vector-free segment, which re-encodes reconstructions).
             if self.compression.is_some() && cindex::has_old_lists(&base)? {
-                drop(g);
-                return self.commit_with(Some(&mut |_: &mut CommitContext<'_>| Ok(())));
+                return self.commit_locked(&mut g, Some(&mut |_: &mut CommitContext<'_>| Ok(())));
             }
             return Ok(());
         }
@@ -1047,14 +1237,18 @@ impl Index {
             _ => None,
         };
         let mut stage = SegmentWriter::create(&self.dir, self.dim, self.dtype)?;
+        // Original token count of every merged document: a vector-free segment contributes its
+        // decoded (pooled) rows, but the merged segment must keep the documents' true lengths.
+        let mut lengths = Vec::new();
         for (s, v) in base.segments().iter().enumerate() {
             let seg = &v.segment;
             for d in 0..seg.n_docs() as u32 {
                 if v.is_deleted(d) {
                     continue;
                 }
+                let (a, b) = seg.doc_range(d);
+                lengths.push(b - a);
                 if seg.has_vectors() {
-                    let (a, b) = seg.doc_range(d);
                     // Verified read: compaction must not launder damaged vectors into fresh
                     // checksums.
                     stage.add_doc(seg.id(d)?, seg.rows_checked(a, b)?)?;
@@ -1065,8 +1259,8 @@ impl Index {
             }
         }
         // On failure the temporary segment is removed when `stage` drops; nothing changed.
-        let decoded_input = state.is_some();
-        self.with_hook(hook, retrain, decoded_input, |hook| {
+        let decoded = state.is_some().then_some(&lengths[..]);
+        self.with_hook(hook, retrain, decoded, |hook| {
             self.publish(&base, Vec::new(), Some(&mut stage), Vec::new(), hook)
                 .1
         })
@@ -1125,9 +1319,18 @@ impl Index {
                 }
             }
         }
+        let copy = |what: &str| format!("a copy of the vectors of {id:?} ({what})");
         match snap.get(id)? {
-            Some(DocVectors::F16(v)) => Ok(OwnedVectors::F16(v.to_vec())),
-            Some(DocVectors::F32(v)) => Ok(OwnedVectors::F32(v.to_vec())),
+            Some(DocVectors::F16(v)) => {
+                let mut out = crate::error::try_vec(v.len(), &copy("float16"))?;
+                out.extend_from_slice(v);
+                Ok(OwnedVectors::F16(out))
+            }
+            Some(DocVectors::F32(v)) => {
+                let mut out = crate::error::try_vec(v.len(), &copy("float32"))?;
+                out.extend_from_slice(v);
+                Ok(OwnedVectors::F32(out))
+            }
             None => Err(LatixError::NotFound(format!(
                 "id {id:?} is not in the index"
             ))),
@@ -1206,6 +1409,18 @@ impl Index {
     /// their snapshot.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        if self.ensure_not_forked().is_err() {
+            // A forked child's handle: its writer is the parent's. Drop what no thread held at
+            // the fork (such a thread does not exist here: waiting would hang); dropping the
+            // writer leaves the parent's staging file and lock alone (`Writer`'s Drop).
+            if let Ok(mut g) = self.writer.try_lock() {
+                *g = None;
+            }
+            if let Ok(mut g) = self.snapshot.try_lock() {
+                *g = None;
+            }
+            return;
+        }
         *lock(&self.writer) = None;
         *lock(&self.snapshot) = None;
     }
@@ -1264,7 +1479,9 @@ impl Index {
             return Err(LatixError::invalid("k must be at least 1, got 0"));
         }
         for (i, q) in queries.iter().enumerate() {
-            check_matrix(DocVectors::F32(q), self.dim, &format!("queries[{i}]"), None)?;
+            let what = format!("queries[{i}]");
+            check_shape(DocVectors::F32(q), self.dim, &what)?;
+            maxsim::check_values(DocVectors::F32(q), &what, self.dim)?;
         }
         crate::parallel::resolve_threads(n_threads)?;
         let (snap, state) = match &self.compression {
@@ -1327,6 +1544,16 @@ impl Drop for Index {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// The `(n_queries, k)` score and id arrays of a search result, all padding (`-inf`, `""`),
+/// allocated fallibly (`k` is the caller's).
+pub(crate) fn padded_results(nq: usize, k: usize) -> Result<(Vec<f32>, Vec<String>)> {
+    let n = nq.saturating_mul(k);
+    Ok((
+        try_filled(n, f32::NEG_INFINITY, "search results (scores)")?,
+        try_filled(n, String::new(), "search results (ids)")?,
+    ))
 }
 
 /// Number of documents per work item for segment `seg`, from its mean document size.
@@ -1491,8 +1718,7 @@ pub fn search_snapshot(
                 )
         })??
     };
-    let mut scores = vec![f32::NEG_INFINITY; nq * k];
-    let mut ids = vec![String::new(); nq * k];
+    let (mut scores, mut ids) = padded_results(nq, k)?;
     for (qi, top) in tops.into_iter().enumerate() {
         // Sorted ascending by Hit's order = best first.
         for (r, h) in top.heap.into_sorted_vec().into_iter().enumerate() {

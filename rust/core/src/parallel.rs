@@ -1,18 +1,32 @@
-//! The thread pool latix owns (never rayon's global pool, so that embedding applications keep
+//! The thread pools latix owns (never rayon's global pool, so that embedding applications keep
 //! control of theirs). Size: `n_threads` per call, else `LATIX_NUM_THREADS`, else the number of
-//! CPUs. Pools are cached per size and rebuilt after `fork()` (a child inherits the pool object but
-//! not its threads), detected by comparing the process id.
+//! CPUs; a request above [`max_threads`] (the larger of those two defaults) runs on that many, as
+//! more threads than that cannot make CPU-bound work faster.
+//!
+//! Pools are cached per size, but only a few: the default size's pool stays, and at most
+//! [`MAX_POOLS`] - 1 other sizes are kept, least recently used evicted (an evicted pool's threads
+//! exit once its last running call returns). So any sequence of `n_threads` values leaves at most
+//! `MAX_POOLS * max_threads()` latix threads (a program once cycling n_threads through 1..100 kept
+//! 5,050). Pools are rebuilt after `fork()` (a child inherits the pool objects but not their
+//! threads), detected by comparing the process id.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use crate::error::{LatixError, Result};
 
+/// Most pools cached at once (the default size's and the most recently used others).
+pub const MAX_POOLS: usize = 4;
+
+/// Largest `n_threads` accepted (an error above, not a cap: such a value is a mistake).
+pub const MAX_N_THREADS: usize = 1024;
+
 struct PoolCache {
     pid: u32,
-    pools: HashMap<usize, Arc<ThreadPool>>,
+    /// (size, pool, last use), in no particular order.
+    pools: Vec<(usize, Arc<ThreadPool>, u64)>,
+    tick: u64,
 }
 
 fn cache() -> &'static Mutex<PoolCache> {
@@ -20,7 +34,8 @@ fn cache() -> &'static Mutex<PoolCache> {
     CACHE.get_or_init(|| {
         Mutex::new(PoolCache {
             pid: std::process::id(),
-            pools: HashMap::new(),
+            pools: Vec::new(),
+            tick: 0,
         })
     })
 }
@@ -31,53 +46,87 @@ pub fn default_num_threads() -> usize {
     if let Ok(v) = std::env::var("LATIX_NUM_THREADS") {
         if let Ok(n) = v.trim().parse::<usize>() {
             if n > 0 {
-                return n;
+                return n.min(MAX_N_THREADS);
             }
         }
     }
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    cpus()
 }
 
-/// Resolves a user's `n_threads` (None = default) into a thread count, rejecting 0.
+/// CPUs available to this process, read once: `available_parallelism` reads cgroup files on
+/// every call (tens of microseconds), too slow for a per-search path.
+fn cpus() -> usize {
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    *CPUS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
+
+/// The most threads one call runs on: the larger of [`default_num_threads`] and the number of
+/// CPUs.
+pub fn max_threads() -> usize {
+    default_num_threads().max(cpus())
+}
+
+/// Resolves a user's `n_threads` (None = default) into the thread count a call runs on: at most
+/// [`max_threads`]; 0 and values above [`MAX_N_THREADS`] are errors.
 pub fn resolve_threads(n_threads: Option<usize>) -> Result<usize> {
     match n_threads {
         None => Ok(default_num_threads()),
         Some(0) => Err(LatixError::invalid(
             "n_threads must be a positive integer or None, got 0",
         )),
-        Some(n) if n > 1024 => Err(LatixError::invalid(format!(
-            "n_threads must be at most 1024, got {n}"
+        Some(n) if n > MAX_N_THREADS => Err(LatixError::invalid(format!(
+            "n_threads must be at most {MAX_N_THREADS}, got {n}"
         ))),
-        Some(n) => Ok(n),
+        Some(n) => Ok(n.min(max_threads())),
     }
 }
 
-/// Returns latix's pool with `n_threads` threads (None = default), building it on first use.
+/// Returns latix's pool for `n_threads` (None = default; see [`resolve_threads`]), building it on
+/// first use and evicting the least recently used other size beyond [`MAX_POOLS`].
 pub fn pool(n_threads: Option<usize>) -> Result<Arc<ThreadPool>> {
     let n = resolve_threads(n_threads)?;
-    // A poisoned lock only means another thread panicked while holding it; the map is still valid.
+    // A poisoned lock only means another thread panicked while holding it; the cache is valid.
     let mut cache = cache().lock().unwrap_or_else(|e| e.into_inner());
     let pid = std::process::id();
     if cache.pid != pid {
         // We are in a forked child: the parent's worker threads do not exist here. Leak the old
         // pools rather than drop them (dropping would try to signal threads that are gone).
-        for (_, p) in cache.pools.drain() {
+        for (_, p, _) in cache.pools.drain(..) {
             std::mem::forget(p);
         }
         cache.pid = pid;
     }
-    if let Some(p) = cache.pools.get(&n) {
-        return Ok(p.clone());
+    cache.tick += 1;
+    let tick = cache.tick;
+    if let Some(e) = cache.pools.iter_mut().find(|e| e.0 == n) {
+        e.2 = tick;
+        return Ok(e.1.clone());
     }
     let p = ThreadPoolBuilder::new()
         .num_threads(n)
         .thread_name(|i| format!("latix-{i}"))
         .build()
-        .map_err(|e| LatixError::invalid(format!("cannot start {n} threads: {e}")))?;
+        .map_err(|e| LatixError::OutOfMemory(format!("cannot start {n} threads: {e}")))?;
     let p = Arc::new(p);
-    cache.pools.insert(n, p.clone());
+    cache.pools.push((n, p.clone(), tick));
+    if cache.pools.len() > MAX_POOLS {
+        let keep = default_num_threads();
+        let victim = cache
+            .pools
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.0 != keep && e.0 != n)
+            .min_by_key(|(_, e)| e.2)
+            .map(|(i, _)| i);
+        if let Some(i) = victim {
+            // Dropped here, or by the last call still running on it.
+            cache.pools.swap_remove(i);
+        }
+    }
     Ok(p)
 }
 
@@ -85,4 +134,30 @@ pub fn pool(n_threads: Option<usize>) -> Result<Arc<ThreadPool>> {
 pub fn install<R: Send>(n_threads: Option<usize>, f: impl FnOnce() -> R + Send) -> Result<R> {
     let p = pool(n_threads)?;
     Ok(p.install(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_are_bounded_and_reused() {
+        let max = max_threads();
+        for n in 1..=64 {
+            assert_eq!(
+                pool(Some(n)).expect("pool").current_num_threads(),
+                n.min(max)
+            );
+        }
+        let g = cache().lock().expect("cache");
+        assert!(g.pools.len() <= MAX_POOLS, "{} pools cached", g.pools.len());
+        let threads: usize = g.pools.iter().map(|e| e.0).sum();
+        assert!(threads <= MAX_POOLS * max);
+        drop(g);
+        let a = pool(Some(1)).expect("pool");
+        let b = pool(Some(1)).expect("pool");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(resolve_threads(Some(0)).is_err());
+        assert!(resolve_threads(Some(MAX_N_THREADS + 1)).is_err());
+    }
 }

@@ -317,14 +317,24 @@ fn commit_hook_side_files() {
         false,
     )
     .expect("add");
+    // Every named file ends with the crc32c of its body (the checksum the manifest records).
+    let sealed = |b: &[u8]| {
+        let mut v = b.to_vec();
+        v.extend_from_slice(&crc32c::crc32c(b).to_le_bytes());
+        v
+    };
     let mut hook = |ctx: &mut CommitContext<'_>| -> latix_core::Result<()> {
-        ctx.write_index_file("codec", b"centroids")?;
+        ctx.write_index_file("codec", &sealed(b"centroids"))?;
         let segs = ctx.new_segments().to_vec();
         assert_eq!(segs.len(), 1);
         let seg = ctx.open_segment(&segs[0])?;
         assert_eq!(seg.n_docs(), 2);
-        ctx.write_segment_file(&segs[0], "codes", b"codes-bytes")?;
-        assert!(ctx.write_index_file("Bad/Name", b"").is_err());
+        ctx.write_segment_file(&segs[0], "codes", &sealed(b"codes-bytes"))?;
+        assert!(ctx.write_index_file("Bad/Name", &sealed(b"")).is_err());
+        assert!(ctx
+            .write_index_file("unsealed", b"no checksum at the end")
+            .is_err());
+        assert!(ctx.write_segment_file(&segs[0], "short", b"abc").is_err());
         Ok(())
     };
     ix.commit_with(Some(&mut hook)).expect("commit");
@@ -332,12 +342,12 @@ fn commit_hook_side_files() {
     let ix = Index::open(&path, OpenMode::Read).expect("open");
     let snap = ix.snapshot().expect("snap");
     let codec = snap.index_file("codec").expect("codec listed");
-    assert_eq!(std::fs::read(codec).expect("read"), b"centroids");
+    assert_eq!(std::fs::read(codec).expect("read"), sealed(b"centroids"));
     let side = &snap.segments()[0].entry.side_files;
     assert_eq!(side.len(), 1);
     assert_eq!(
         std::fs::read(path.join(&side[0].1)).expect("read"),
-        b"codes-bytes"
+        sealed(b"codes-bytes")
     );
     ix.verify().expect("verify");
     // Compaction drops per-segment side files (they describe the old segments), keeps the codec.

@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
-const CLASS_NAMES: [&str; 8] = [
+const CLASS_NAMES: [&str; 9] = [
     "InvalidArgumentError",
     "NotFoundError",
     "AlreadyExistsError",
@@ -16,6 +16,7 @@ const CLASS_NAMES: [&str; 8] = [
     "IndexClosedError",
     "UnsupportedVersionError",
     "LatixIOError",
+    "LatixMemoryError",
 ];
 
 static CLASSES: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
@@ -41,6 +42,7 @@ pub fn to_py(py: Python<'_>, e: LatixError) -> PyErr {
         LatixError::Closed(_) => 5,
         LatixError::UnsupportedVersion { .. } => 6,
         LatixError::Io { .. } => 7,
+        LatixError::OutOfMemory(_) => 8,
     };
     match classes(py) {
         Ok(cls) => PyErr::from_type(cls[idx].bind(py).clone(), e.to_string()),

@@ -16,7 +16,7 @@ use latix_core::maxsim::DocVectors;
 use latix_core::store::Dtype;
 use latix_core::{CompressedSearch, Compression};
 
-use crate::arrays::{contiguous2, describe, float_matrix, FloatMatrix};
+use crate::arrays::{c_contiguous, contiguous2, describe, float_matrix, FloatMatrix};
 use crate::errors::{invalid, IntoPyResult};
 
 /// Extracts a list of str ids (any iterable but a bare str), naming the offending position.
@@ -46,9 +46,28 @@ fn extract_ids(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<String>> {
                 format!("{name}[{i}] must be str, got {}", describe(&item)),
             )
         })?;
-        out.push(s.to_str()?.to_owned());
+        out.push(utf8(s, &format!("{name}[{i}]"))?.to_owned());
     }
     Ok(out)
+}
+
+/// The UTF-8 text of `s`, or `InvalidArgumentError` naming `name` when it cannot have one (a
+/// lone surrogate, as `os.fsdecode` or `surrogateescape` produce for undecodable bytes).
+fn utf8<'a>(s: &'a Bound<'_, PyString>, name: &str) -> PyResult<&'a str> {
+    let py = s.py();
+    s.to_str().map_err(|e| {
+        if e.is_instance_of::<pyo3::exceptions::PyUnicodeEncodeError>(py) {
+            invalid(
+                py,
+                format!(
+                    "{name} is not valid Unicode (it contains a lone surrogate, e.g. from bytes \
+                     decoded with surrogateescape): ids must be encodable as UTF-8 ({e})"
+                ),
+            )
+        } else {
+            e
+        }
+    })
 }
 
 fn shape(m: &FloatMatrix<'_>) -> (usize, usize) {
@@ -59,12 +78,10 @@ fn shape(m: &FloatMatrix<'_>) -> (usize, usize) {
 }
 
 /// A document matrix held for the duration of a call: the numpy array itself when it is
-/// C-contiguous (no copy), else a contiguous copy.
+/// C-contiguous and aligned (no copy), else numpy's C-ordered copy of it ([`c_contiguous`]).
 enum Held<'py> {
     F32(Bound<'py, PyArray2<f32>>),
     F16(Bound<'py, PyArray2<f16>>),
-    OwnedF32(Vec<f32>),
-    OwnedF16(Vec<f16>),
 }
 
 impl Held<'_> {
@@ -78,11 +95,10 @@ impl Held<'_> {
     /// the contract is the same as with `PyReadonlyArray`: the caller must not mutate the arrays
     /// while the call runs. The array is C-contiguous and kept alive by `self`.
     unsafe fn view(&self) -> DocVectors<'_> {
+        // `as_slice` cannot fail: the array is C-contiguous and aligned (checked when held).
         match self {
             Held::F32(a) => DocVectors::F32(unsafe { a.as_slice() }.unwrap_or(&[])),
             Held::F16(a) => DocVectors::F16(unsafe { a.as_slice() }.unwrap_or(&[])),
-            Held::OwnedF32(v) => DocVectors::F32(v),
-            Held::OwnedF16(v) => DocVectors::F16(v),
         }
     }
 }
@@ -102,10 +118,10 @@ fn hold_matrix<'py>(
             describe(obj)
         )
     };
-    let (n, d, contiguous) = if let Ok(a) = obj.cast::<PyArray2<f32>>() {
-        (a.shape()[0], a.shape()[1], a.is_c_contiguous())
+    let (n, d) = if let Ok(a) = obj.cast::<PyArray2<f32>>() {
+        (a.shape()[0], a.shape()[1])
     } else if let Ok(a) = obj.cast::<PyArray2<f16>>() {
-        (a.shape()[0], a.shape()[1], a.is_c_contiguous())
+        (a.shape()[0], a.shape()[1])
     } else {
         return Err(invalid(py, expected()));
     };
@@ -121,12 +137,12 @@ fn hold_matrix<'py>(
             format!("{name} has shape (0, {d}): a {what} needs at least one token"),
         ));
     }
+    // Checked before any copy: a wrong shape is an argument error, whatever the array's size.
+    let obj = c_contiguous(obj, name)?;
     Ok(
         match (obj.cast::<PyArray2<f32>>(), obj.cast::<PyArray2<f16>>()) {
-            (Ok(a), _) if contiguous => Held::F32(a.clone()),
-            (Ok(a), _) => Held::OwnedF32(a.to_owned_array().iter().copied().collect()),
-            (_, Ok(a)) if contiguous => Held::F16(a.clone()),
-            (_, Ok(a)) => Held::OwnedF16(a.to_owned_array().iter().copied().collect()),
+            (Ok(a), _) => Held::F32(a.clone()),
+            (_, Ok(a)) => Held::F16(a.clone()),
             _ => return Err(invalid(py, expected())),
         },
     )
@@ -365,16 +381,24 @@ impl PyIndex {
                 Ok(m)
             })
             .collect::<PyResult<_>>()?;
-        for m in &mats {
-            qs.push(match m {
-                FloatMatrix::F32(a) => contiguous2(a),
+        // Queries are copied (they are small next to the search): the core checks and scores
+        // the same values, even if another thread writes to the caller's arrays meanwhile.
+        for (i, m) in mats.iter().enumerate() {
+            let what = format!("a copy of queries[{i}]");
+            qs.push(Cow::Owned(match m {
+                FloatMatrix::F32(a) => {
+                    let q = contiguous2(a);
+                    let mut v = latix_core::error::try_vec(q.len(), &what).py_err(py)?;
+                    v.extend_from_slice(&q);
+                    v
+                }
                 FloatMatrix::F16(a) => {
                     let h = contiguous2(a);
-                    let mut v = vec![0f32; h.len()];
+                    let mut v = latix_core::error::try_filled(h.len(), 0f32, &what).py_err(py)?;
                     h.convert_to_f32_slice(&mut v);
-                    Cow::Owned(v)
+                    v
                 }
-            });
+            }));
         }
         let subset: Option<Vec<String>> = subset.map(|s| extract_ids(s, "subset")).transpose()?;
         let q_refs: Vec<&[f32]> = qs.iter().map(|c| c.as_ref()).collect();
@@ -398,11 +422,12 @@ impl PyIndex {
 
     /// The stored vectors of `id` as an (n, dim) array of the storage dtype.
     fn get<'py>(&self, py: Python<'py>, id: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let id: String = id
-            .cast::<PyString>()
-            .map_err(|_| invalid(py, format!("id must be str, got {}", describe(id))))?
-            .to_str()?
-            .to_owned();
+        let id: String = utf8(
+            id.cast::<PyString>()
+                .map_err(|_| invalid(py, format!("id must be str, got {}", describe(id))))?,
+            "id",
+        )?
+        .to_owned();
         let v = py.detach(|| self.inner.get(&id)).py_err(py)?;
         let dim = self.inner.dim();
         Ok(match v {
@@ -422,12 +447,13 @@ impl PyIndex {
     }
 
     fn contains(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
-        match id.cast::<PyString>() {
-            Ok(s) => {
-                let s = s.to_str()?.to_owned();
+        // Not a str, or a str that is not valid Unicode: never an id of the index.
+        match id.cast::<PyString>().ok().and_then(|s| s.to_str().ok()) {
+            Some(s) => {
+                let s = s.to_owned();
                 py.detach(|| self.inner.contains(&s)).py_err(py)
             }
-            Err(_) => self.inner.len().map(|_| false).py_err(py),
+            None => self.inner.len().map(|_| false).py_err(py),
         }
     }
 

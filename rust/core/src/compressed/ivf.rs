@@ -42,7 +42,7 @@ use rayon::prelude::*;
 
 use super::codec::Codec;
 use super::fastscan::{pack_block, BLOCK};
-use crate::error::{LatixError, Result};
+use crate::error::{try_filled, try_vec, LatixError, Result};
 use crate::maxsim::DocVectors;
 
 const MAGIC: &[u8; 8] = b"LTXIVFSG";
@@ -201,7 +201,7 @@ impl Sections<'_> {
         let [s0, s1, s2, s3, s4, s5, s6] = layout(VERSION, nl, self.n_docs, n_tokens);
         let end = s6 + self.n_blocks * self.m * 16;
         let total = end + 4;
-        let mut store = vec![0u64; total.div_ceil(8)];
+        let mut store = try_filled(total.div_ceil(8), 0u64, "an inverted-list file")?;
         {
             let b: &mut [u8] = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..total];
             b[..8].copy_from_slice(MAGIC);
@@ -273,9 +273,12 @@ impl IvfSegment {
         let k = codec.n_centroids();
         // Encode in chunks so f16 input is converted to f32 a piece at a time.
         const CHUNK: usize = 65536;
-        let mut cids = Vec::with_capacity(n_tokens);
-        let mut codes = Vec::with_capacity(n_tokens * bpt);
-        let mut scales: Vec<f32> = Vec::with_capacity(n_tokens);
+        // Every buffer below is sized by the segment's token count: reserved fallibly, so a
+        // commit too large for memory is an error, not an abort.
+        let what = "encoding a segment's tokens";
+        let mut cids = try_vec(n_tokens, what)?;
+        let mut codes = try_vec(n_tokens.saturating_mul(bpt), what)?;
+        let mut scales: Vec<f32> = try_vec(n_tokens, what)?;
         let mut buf = Vec::new();
         let mut t0 = 0;
         while t0 < n_tokens {
@@ -309,7 +312,7 @@ impl IvfSegment {
         // inside a sub-list.
         let nch = n_docs.div_ceil(DOC_CHUNK).max(1);
         let nl = k * nch;
-        let mut doc_full = vec![0u32; n_tokens];
+        let mut doc_full = try_filled(n_tokens, 0u32, what)?;
         {
             let mut doc = 0usize;
             for (t, h) in doc_full.iter_mut().enumerate() {
@@ -331,12 +334,12 @@ impl IvfSegment {
             list_blocks[l + 1] = list_blocks[l] + (len as usize).div_ceil(BLOCK) as u32;
         }
         let n_blocks = list_blocks[nl] as usize;
-        let mut order = vec![0u32; n_tokens];
-        let mut doc_of_token = vec![0u16; n_tokens];
-        let mut norm_scale = vec![0u16; n_tokens];
+        let mut order = try_filled(n_tokens, 0u32, what)?;
+        let mut doc_of_token = try_filled(n_tokens, 0u16, what)?;
+        let mut norm_scale = try_filled(n_tokens, 0u16, what)?;
         // The document map: list position of every token, in token order, then sorted per
         // document (the documents' token ranges are the input offsets).
-        let mut doc_positions = vec![0u32; n_tokens];
+        let mut doc_positions = try_filled(n_tokens, 0u32, what)?;
         let mut fill = list_tokens.clone();
         for (t, (&c, &d)) in cids.iter().zip(&doc_full).enumerate() {
             let l = list_of(c, d);
@@ -464,8 +467,8 @@ impl IvfSegment {
     pub fn file_version(path: &Path) -> Result<u32> {
         use std::io::Read;
         let mut h = [0u8; 12];
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_exact(&mut h))
+        crate::store::open_regular(path)?
+            .read_exact(&mut h)
             .map_err(|e| LatixError::io(path, e))?;
         if &h[..8] != MAGIC {
             return Err(LatixError::corrupted(
@@ -496,7 +499,7 @@ impl IvfSegment {
     /// Memory-maps a segment file, validating header, section bounds, list offsets, document
     /// numbers and (when `verify_checksum`) the CRC.
     pub fn open(path: &Path, verify_checksum: bool) -> Result<IvfSegment> {
-        let f = std::fs::File::open(path).map_err(|e| LatixError::io(path, e))?;
+        let f = crate::store::open_regular(path)?;
         // SAFETY: segment files are immutable once renamed into place; latix never writes them again.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| LatixError::io(path, e))?;
         Self::parse(Bytes::Mapped(map), path, verify_checksum)
@@ -772,9 +775,25 @@ impl IvfSegment {
     pub fn codec_checksum(&self) -> u32 {
         self.codec_crc
     }
+    /// The file's own checksum (its last four bytes: the crc32c of everything before them), the
+    /// value an index manifest records to bind the file to its segment.
+    pub fn file_checksum(&self) -> u32 {
+        let b = self.as_bytes();
+        let n = b.len() - 4; // parse() requires at least a header and the checksum
+        u32::from_le_bytes([b[n], b[n + 1], b[n + 2], b[n + 3]])
+    }
     /// Size in bytes of the serialised segment.
     pub fn byte_len(&self) -> usize {
         self.as_bytes().len()
+    }
+    /// `Corrupted` (naming `path`) if a mapped file no longer has its mapped size: truncated or
+    /// rewritten from outside latix, so that reading it would raise SIGBUS (best effort, like
+    /// [`crate::store::Segment::check_size`]).
+    pub fn check_size(&self, path: &Path) -> Result<()> {
+        match &self.bytes {
+            Bytes::Mapped(m) => crate::store::check_mapped_size(path, m.len() as u64),
+            Bytes::Owned(..) => Ok(()),
+        }
     }
     /// Codes of the token at position `pos` of sub-list `list` (`c * n_doc_chunks + chunk`; `M / 2`
     /// bytes, nibble-packed as

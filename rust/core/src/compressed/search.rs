@@ -639,10 +639,16 @@ fn cand_cmp(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
 }
 
 impl TopN {
+    /// Buffer length at which [`TopN::push`] cuts back to the best `n`.
+    fn cap(n: usize) -> usize {
+        n.saturating_mul(4).saturating_add(64)
+    }
+
     fn new(n: usize) -> Self {
         TopN {
             n,
-            buf: Vec::with_capacity(4 * n + 64),
+            // Reserved lazily beyond a small start: `n` may exceed what the segments hold.
+            buf: Vec::with_capacity(Self::cap(n).min(4096)),
             thr: f32::NEG_INFINITY,
         }
     }
@@ -651,7 +657,7 @@ impl TopN {
     fn push(&mut self, c: Candidate) {
         if c.0 > self.thr || self.thr == f32::NEG_INFINITY {
             self.buf.push(c);
-            if self.buf.len() >= 4 * self.n + 64 {
+            if self.buf.len() >= Self::cap(self.n) {
                 self.cut();
             }
         }
@@ -709,6 +715,9 @@ pub fn search_segments(
             }
         }
     }
+    // More candidates than documents cannot exist (this also bounds every buffer sized by it).
+    let n_docs: usize = segments.iter().map(|v| v.seg.n_docs()).sum();
+    let n_out = n_out.min(n_docs);
     if n_out == 0 {
         return Ok(Vec::new());
     }

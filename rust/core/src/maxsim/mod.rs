@@ -45,7 +45,7 @@ impl<'a> DocVectors<'a> {
     }
 
     /// Scalars `a..b` (a sub-range of tokens when `a` and `b` are multiples of `dim`).
-    fn slice(&self, a: usize, b: usize) -> DocVectors<'a> {
+    pub fn slice(&self, a: usize, b: usize) -> DocVectors<'a> {
         match *self {
             DocVectors::F32(v) => DocVectors::F32(&v[a..b]),
             DocVectors::F16(v) => DocVectors::F16(&v[a..b]),
@@ -301,7 +301,8 @@ impl PreparedQuery {
         let _ = self.score_docs_impl(docs, offsets, out, false);
     }
 
-    /// [`PreparedQuery::score_docs`] that also rejects NaN and infinities in the scored documents,
+    /// [`PreparedQuery::score_docs`] that also rejects NaN, infinities and values beyond
+    /// [`MAX_ABS_VALUE`] in the scored documents,
     /// fused with scoring (each piece of a document is checked just before the kernel reads it,
     /// while it is in cache). The error names `doc_vectors` and the first bad row (counted from
     /// the start of `docs`) and column.
@@ -336,7 +337,7 @@ impl PreparedQuery {
                     Err(t0) => {
                         let row0 = offsets[i] as usize + t0;
                         let rest = doc.slice(t0 * dim, doc.len());
-                        return Err(non_finite_error(rest, "doc_vectors", dim, row0));
+                        return Err(value_error(rest, "doc_vectors", dim, row0, true));
                     }
                 }
             }
@@ -371,7 +372,7 @@ impl PreparedQuery {
             return Ok(0.0);
         }
         if self.kernel == Kernel::Scalar {
-            if check && any_non_finite(doc) {
+            if check && any_invalid(doc) {
                 return Err(0);
             }
             return Ok(match doc {
@@ -388,7 +389,7 @@ impl PreparedQuery {
         while t0 < n_tok {
             let t1 = (t0 + chunk_tok).min(n_tok);
             let part = doc.slice(t0 * dim, t1 * dim);
-            if check && any_non_finite(part) {
+            if check && any_invalid(part) {
                 return Err(t0);
             }
             match part {
@@ -496,48 +497,85 @@ fn check_offsets(offsets: &[u64], n_tokens: u64) -> Result<()> {
     Ok(())
 }
 
-/// Exponent masks: a value is NaN or infinite exactly when all its exponent bits are set.
-const F32_EXP: u32 = 0x7f80_0000;
-const F16_EXP: u16 = 0x7c00;
+/// Largest absolute value accepted in a document or a query (inclusive). With every value within
+/// it, a dot product is at most `dim * 1e18 <= 6.6e22` and a MaxSim score at most that times the
+/// number of query tokens: below `f32::MAX` (3.4e38) for any query shorter than 5e15 tokens, so
+/// finite inputs always give finite scores. Real embeddings are many orders of magnitude smaller.
+pub const MAX_ABS_VALUE: f32 = 1e9;
 
-/// Whether any value is NaN or infinite. Branch-free min-reduction of the complemented exponent
-/// bits (zero iff some value has all exponent bits set), so LLVM vectorises it; `#[inline(always)]`
-/// so the AVX2 wrapper in `x86.rs` gets a 256-bit version.
+/// Bits of `|x|` as u32: a positive float's bits order like its value, so a bound on `|x|` is a
+/// bound on these (NaN and infinities have the largest).
+const F32_ABS: u32 = 0x7fff_ffff;
+const F16_ABS: u16 = 0x7fff;
+/// `f32::MAX` and `f16::MAX` bits: above them, a value is infinite or NaN.
+const F32_FINITE_MAX: u32 = 0x7f7f_ffff;
+const F16_FINITE_MAX: u16 = 0x7bff;
+
+/// Whether any f32 value has `|x|` bits above `f32_limit` (or any f16 value is non-finite: every
+/// finite f16 is below [`MAX_ABS_VALUE`]). A branch-free max-reduction, so LLVM vectorises it;
+/// `#[inline(always)]` so the AVX2 wrapper in `x86.rs` gets a 256-bit version.
 #[inline(always)]
-fn any_non_finite_portable(values: DocVectors<'_>) -> bool {
+fn any_above_portable(values: DocVectors<'_>, f32_limit: u32) -> bool {
     match values {
-        DocVectors::F32(v) => v.iter().fold(F32_EXP, |m, x| m.min(!x.to_bits() & F32_EXP)) == 0,
-        DocVectors::F16(v) => v.iter().fold(F16_EXP, |m, x| m.min(!x.to_bits() & F16_EXP)) == 0,
+        DocVectors::F32(v) => v.iter().fold(0, |m, x| m.max(x.to_bits() & F32_ABS)) > f32_limit,
+        DocVectors::F16(v) => {
+            v.iter().fold(0, |m, x| m.max(x.to_bits() & F16_ABS)) > F16_FINITE_MAX
+        }
     }
 }
 
-/// Whether any value is NaN or infinite, with the fastest scan this CPU has.
-fn any_non_finite(values: DocVectors<'_>) -> bool {
+/// [`any_above_portable`] with the fastest scan this CPU has.
+fn any_above(values: DocVectors<'_>, f32_limit: u32) -> bool {
     #[cfg(target_arch = "x86_64")]
     if matches!(Kernel::detect(), Kernel::Avx2 | Kernel::Avx512) {
         // SAFETY: both kernels are only detected on CPUs with AVX2.
-        return unsafe { x86::any_non_finite_avx2(values) };
+        return unsafe { x86::any_above_avx2(values, f32_limit) };
     }
-    any_non_finite_portable(values)
+    any_above_portable(values, f32_limit)
 }
 
-/// The error for the first NaN/infinity of `values` (`(rows, dim)` row-major), which must have
-/// one; rows are numbered from `row0`.
-fn non_finite_error(values: DocVectors<'_>, name: &str, dim: usize, row0: usize) -> LatixError {
+/// Whether any value is NaN or infinite.
+fn any_non_finite(values: DocVectors<'_>) -> bool {
+    any_above(values, F32_FINITE_MAX)
+}
+
+/// Whether any value is NaN, infinite or beyond [`MAX_ABS_VALUE`].
+fn any_invalid(values: DocVectors<'_>) -> bool {
+    any_above(values, MAX_ABS_VALUE.to_bits())
+}
+
+/// The error for the first value of `values` (`(rows, dim)` row-major) that is non-finite or, with
+/// `bounded`, beyond [`MAX_ABS_VALUE`] (there must be one); rows are numbered from `row0`.
+fn value_error(
+    values: DocVectors<'_>,
+    name: &str,
+    dim: usize,
+    row0: usize,
+    bounded: bool,
+) -> LatixError {
+    let limit = if bounded { MAX_ABS_VALUE } else { f32::MAX };
     let found = match values {
         DocVectors::F32(v) => v
             .iter()
-            .position(|x| !x.is_finite())
-            .map(|i| (i, v[i].to_string())),
+            .position(|x| x.is_nan() || x.abs() > limit)
+            .map(|i| (i, v[i])),
         DocVectors::F16(v) => v
             .iter()
             .position(|x| !x.is_finite())
-            .map(|i| (i, v[i].to_string())),
+            .map(|i| (i, v[i].to_f32())),
     };
-    let (pos, value) = found.unwrap_or((0, "?".into()));
+    let (pos, value) = found.unwrap_or((0, f32::NAN));
     let dim = dim.max(1);
+    let what = if value.is_finite() {
+        format!(
+            "a value too large ({value:e}; at most {MAX_ABS_VALUE:e} in absolute value, so that \
+             scores cannot overflow float32)"
+        )
+    } else {
+        format!("a non-finite value ({value})")
+    };
     LatixError::invalid(format!(
-        "{name} contains a non-finite value ({value}) at row {}, column {}",
+        "{name} contains {what} at row {}, column {}",
         row0 + pos / dim,
         pos % dim
     ))
@@ -547,7 +585,26 @@ fn non_finite_error(values: DocVectors<'_>, name: &str, dim: usize, row0: usize)
 /// and the first bad position. Vectorised: about one memory pass over the data.
 pub fn check_finite(values: DocVectors<'_>, name: &str, dim: usize) -> Result<()> {
     if any_non_finite(values) {
-        return Err(non_finite_error(values, name, dim, 0));
+        return Err(value_error(values, name, dim, 0, false));
+    }
+    Ok(())
+}
+
+/// Rejects what latix never scores: NaN, infinities and values beyond [`MAX_ABS_VALUE`] (the
+/// check on every document and query a caller passes). Vectorised like [`check_finite`].
+pub fn check_values(values: DocVectors<'_>, name: &str, dim: usize) -> Result<()> {
+    check_values_from(values, name, dim, 0)
+}
+
+/// [`check_values`] with rows numbered from `row0` in the error (a piece of a larger matrix).
+pub fn check_values_from(
+    values: DocVectors<'_>,
+    name: &str,
+    dim: usize,
+    row0: usize,
+) -> Result<()> {
+    if any_invalid(values) {
+        return Err(value_error(values, name, dim, row0, true));
     }
     Ok(())
 }
@@ -566,7 +623,8 @@ pub fn maxsim(
     maxsim_with(Kernel::detect(), query, dim, docs, offsets, n_threads)
 }
 
-/// [`maxsim`] that also rejects NaN and infinities in the query and in the scored documents
+/// [`maxsim`] that also rejects NaN, infinities and values beyond [`MAX_ABS_VALUE`] in the query
+/// and in the scored documents
 /// (an `InvalidArgument` naming `query` or `doc_vectors`, row and column). The document check is
 /// fused with scoring, so it costs no extra pass over memory: use it for untrusted input.
 pub fn maxsim_checked(
@@ -576,7 +634,7 @@ pub fn maxsim_checked(
     offsets: &[u64],
     n_threads: Option<usize>,
 ) -> Result<Vec<f32>> {
-    check_finite(DocVectors::F32(query), "query", dim)?;
+    check_values(DocVectors::F32(query), "query", dim)?;
     maxsim_impl(Kernel::detect(), query, dim, docs, offsets, n_threads, true)
 }
 

@@ -263,11 +263,11 @@ pub unsafe fn f16_to_f32_avx512(src: &[f16], dst: &mut [f32]) {
     }
 }
 
-/// [`super::any_non_finite_portable`] compiled for AVX2 (256-bit `vpminud` / `vpminuw`).
+/// [`super::any_above_portable`] compiled for AVX2 (256-bit `vpmaxud` / `vpmaxuw`).
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[target_feature(enable = "avx2")]
-pub unsafe fn any_non_finite_avx2(values: super::DocVectors<'_>) -> bool {
-    super::any_non_finite_portable(values)
+pub unsafe fn any_above_avx2(values: super::DocVectors<'_>, f32_limit: u32) -> bool {
+    super::any_above_portable(values, f32_limit)
 }

@@ -16,8 +16,9 @@ pub mod manifest;
 pub mod segment;
 pub mod snapshot;
 
-use std::fs::File;
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{LatixError, Result};
@@ -102,6 +103,150 @@ pub(crate) fn tmp_name(what: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// What a non-regular file is, for error messages.
+fn file_kind(ft: std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens `path` for reading, only if it is a regular file (after following symlinks): a FIFO, a
+/// device or a directory where latix expects one of its files is `Corrupted`, never a blocking
+/// open or an endless read. `O_NONBLOCK` makes opening a FIFO return at once; the type is then
+/// checked on the opened descriptor (no race with a rename in between).
+pub(crate) fn open_regular(path: &Path) -> Result<File> {
+    open_regular_len(path).map(|(f, _)| f)
+}
+
+/// [`open_regular`] that also returns the file's size (from the same `fstat`).
+pub(crate) fn open_regular_len(path: &Path) -> Result<(File, u64)> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| LatixError::io(path, e))?;
+    let len = check_regular(&f, path)?.len();
+    Ok((f, len))
+}
+
+/// `Corrupted` unless the open file `f` (named `path`) is a regular file.
+pub(crate) fn check_regular(f: &File, path: &Path) -> Result<std::fs::Metadata> {
+    let m = f.metadata().map_err(|e| LatixError::io(path, e))?;
+    if !m.file_type().is_file() {
+        return Err(LatixError::corrupted(
+            path,
+            format!(
+                "is {} where latix expects a regular file",
+                file_kind(m.file_type())
+            ),
+        ));
+    }
+    Ok(m)
+}
+
+/// Reads the whole regular file `path`, which must be at most `max_len` bytes (`what` names it
+/// in errors): the size is checked before anything is allocated, and the buffer is reserved
+/// fallibly.
+pub(crate) fn read_bounded(path: &Path, max_len: u64, what: &str) -> Result<Vec<u8>> {
+    let (f, len) = open_regular_len(path)?;
+    if len > max_len {
+        return Err(LatixError::corrupted(
+            path,
+            format!("{what} is {len} bytes, more than the {max_len} latix ever writes"),
+        ));
+    }
+    let mut buf = crate::error::try_vec(len as usize, what)?;
+    // One byte more than the size: a file that grew meanwhile is noticed, not read forever.
+    f.take(max_len + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| LatixError::io(path, e))?;
+    if buf.len() as u64 > max_len {
+        return Err(LatixError::corrupted(
+            path,
+            format!("{what} is larger than the {max_len} bytes latix ever writes"),
+        ));
+    }
+    Ok(buf)
+}
+
+/// `Corrupted` if the file at `path`, mapped with `mapped_len` bytes, now has another size: it was
+/// truncated or rewritten from outside latix (which never modifies a file it wrote), and reading
+/// the lost pages of the map would kill the process with SIGBUS. A file that is gone was unlinked
+/// by a later commit: its map stays valid. A `stat` by name, so that no descriptor stays open
+/// per mapped file. Racy by nature (the file may change right after): a best-effort guard.
+pub(crate) fn check_mapped_size(path: &Path, mapped_len: u64) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() != mapped_len => Err(LatixError::corrupted(
+            path,
+            format!(
+                "file size changed from {mapped_len} to {} bytes while mapped (truncated or \
+                 rewritten from outside latix)",
+                m.len()
+            ),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(LatixError::io(path, e)),
+    }
+}
+
+/// Rate limit of [`check_mapped_size`] on paths that run on every call: true at most once per
+/// [`SIZE_CHECK_INTERVAL_NS`] per `last` (an atomic timestamp owned by a snapshot or state), so
+/// the cost stays negligible whatever the number of files.
+pub(crate) fn size_check_due(last: &std::sync::atomic::AtomicU64) -> bool {
+    use std::sync::atomic::Ordering;
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let now = EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+        + 1;
+    let prev = last.load(Ordering::Relaxed);
+    if prev != 0 && now.saturating_sub(prev) < SIZE_CHECK_INTERVAL_NS {
+        return false;
+    }
+    last.compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+}
+
+/// Interval of the per-call size checks (10 ms).
+pub const SIZE_CHECK_INTERVAL_NS: u64 = 10_000_000;
+
+/// Temporary files of this process's live [`SegmentWriter`]s (a writer's staging file, a
+/// compaction's merged segment): the cleanup of unreferenced files never removes them, whatever
+/// path led there (a staging file deleted under its writer once lost every staged document).
+fn live_tmp() -> &'static std::sync::Mutex<std::collections::HashSet<PathBuf>> {
+    static LIVE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
+        std::sync::OnceLock::new();
+    LIVE.get_or_init(Default::default)
+}
+
+/// Registers (`true`) or unregisters a live temporary file (see [`is_live_tmp`]).
+pub(crate) fn set_live_tmp(path: &Path, live: bool) {
+    let mut g = live_tmp().lock().unwrap_or_else(|e| e.into_inner());
+    if live {
+        g.insert(path.to_path_buf());
+    } else {
+        g.remove(path);
+    }
+}
+
+/// True if `path` is the temporary file of a live segment writer of this process.
+pub(crate) fn is_live_tmp(path: &Path) -> bool {
+    live_tmp()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(path)
 }
 
 /// fsyncs a directory so that renames and unlinks in it are durable.

@@ -34,7 +34,7 @@ use memmap2::Mmap;
 
 use crate::error::{LatixError, Result};
 use crate::maxsim::DocVectors;
-use crate::store::{align64, tmp_name, Dtype};
+use crate::store::{align64, check_mapped_size, open_regular, set_live_tmp, tmp_name, Dtype};
 
 /// Magic bytes at the start of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"LATIXSEG";
@@ -48,6 +48,8 @@ pub const FLAG_NO_VECTORS: u32 = 1;
 pub const HEADER_SIZE: usize = 256;
 /// Bytes of vector data covered by one block checksum.
 pub const VECTOR_BLOCK_SIZE: u64 = 1 << 20;
+/// Values a [`SegmentWriter`] converts and writes at a time (256 KiB of f32).
+const WRITE_CHUNK_VALUES: usize = 1 << 16;
 
 const N_SECTIONS: usize = 6;
 const SEC_VECTORS: usize = 0;
@@ -114,6 +116,30 @@ impl BlockCrc {
     }
 }
 
+/// Checks values given for storage in `dtype` (`(rows, dim)` row-major, rows numbered from `row0`
+/// in errors, `name` naming the matrix): finite, within [`crate::maxsim::MAX_ABS_VALUE`], and
+/// within the float16 range for float16 storage.
+pub fn check_storable(
+    values: DocVectors<'_>,
+    name: &str,
+    dim: usize,
+    dtype: Dtype,
+    row0: usize,
+) -> Result<()> {
+    crate::maxsim::check_values_from(values, name, dim, row0)?;
+    if let (DocVectors::F32(v), Dtype::F16) = (values, dtype) {
+        if let Some(p) = v.iter().position(|x| x.abs() > f16::MAX.to_f32()) {
+            return Err(LatixError::invalid(format!(
+                "{name} contains a value outside the float16 range ({}) at row {}, column {}",
+                v[p],
+                row0 + p / dim.max(1),
+                p % dim.max(1)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// State of a [`SegmentWriter`] to roll back to.
 #[derive(Clone, Debug)]
 pub struct SegmentCheckpoint {
@@ -135,7 +161,9 @@ pub struct SegmentWriter {
     offsets: Vec<u64>,
     pos: u64,
     crc: BlockCrc,
-    buf: Vec<u8>,
+    /// Conversion buffers of `add_doc` (one piece of a document).
+    buf32: Vec<f32>,
+    buf16: Vec<f16>,
     /// Where [`SegmentWriter::finish`] renamed the file, until [`SegmentWriter::unpublish`].
     published: Option<PathBuf>,
     /// Writes a vector-free (version 2) segment: documents are added with
@@ -153,6 +181,7 @@ impl SegmentWriter {
             .create_new(true)
             .open(&tmp_path)
             .map_err(|e| LatixError::io(&tmp_path, e))?;
+        set_live_tmp(&tmp_path, true);
         let mut w = SegmentWriter {
             tmp_path,
             file: Some(file),
@@ -162,7 +191,8 @@ impl SegmentWriter {
             offsets: vec![0],
             pos: HEADER_SIZE as u64,
             crc: BlockCrc::new(VECTOR_BLOCK_SIZE),
-            buf: Vec::new(),
+            buf32: Vec::new(),
+            buf16: Vec::new(),
             published: None,
             no_vectors: false,
         };
@@ -244,6 +274,29 @@ impl SegmentWriter {
     /// and returns its document number. The caller validated the input (dim, finiteness). On an
     /// I/O error the writer is rolled back to its previous state.
     pub fn add_doc(&mut self, id: &str, vectors: DocVectors<'_>) -> Result<u32> {
+        self.add_doc_impl(id, vectors, None)
+    }
+
+    /// [`SegmentWriter::add_doc`] for caller data: the values are checked (finite, within
+    /// [`crate::maxsim::MAX_ABS_VALUE`], within the float16 range for float16 storage) on the copy
+    /// that is converted and written, piece by piece, so what is stored is exactly what was
+    /// checked even if the caller's buffer changes meanwhile (another thread writing to a numpy
+    /// array during `add`). `name` names the matrix in errors. On error nothing is added.
+    pub fn add_doc_checked(
+        &mut self,
+        id: &str,
+        vectors: DocVectors<'_>,
+        name: &str,
+    ) -> Result<u32> {
+        self.add_doc_impl(id, vectors, Some(name))
+    }
+
+    fn add_doc_impl(
+        &mut self,
+        id: &str,
+        vectors: DocVectors<'_>,
+        check: Option<&str>,
+    ) -> Result<u32> {
         if self.no_vectors {
             return Err(LatixError::invalid(
                 "this segment writer stores no vectors; use add_doc_without_vectors",
@@ -260,41 +313,77 @@ impl SegmentWriter {
                 "a segment holds at most 2^32 - 2 documents; commit first",
             ));
         }
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        match (vectors, self.dtype) {
-            (DocVectors::F32(v), Dtype::F32) => buf.extend_from_slice(bytemuck::cast_slice(v)),
-            (DocVectors::F16(v), Dtype::F16) => buf.extend_from_slice(bytemuck::cast_slice(v)),
-            (DocVectors::F32(v), Dtype::F16) => {
-                let mut h = vec![f16::ZERO; v.len()];
-                h.convert_from_f32_slice(v);
-                buf.extend_from_slice(bytemuck::cast_slice(&h));
-            }
-            (DocVectors::F16(v), Dtype::F32) => {
-                let mut s = vec![0f32; v.len()];
-                v.convert_to_f32_slice(&mut s);
-                buf.extend_from_slice(bytemuck::cast_slice(&s));
-            }
-        }
         let saved_crc = self.crc.clone();
         let at = self.pos;
-        let res = self.write_at(&buf, at);
+        // Converted and written in pieces of whole rows: memory stays bounded whatever the
+        // document's size.
+        let rows = (WRITE_CHUNK_VALUES / self.dim).max(1);
+        let n_rows = n_values / self.dim;
+        let mut r0 = 0;
+        let mut res = Ok(());
+        while r0 < n_rows && res.is_ok() {
+            let r1 = (r0 + rows).min(n_rows);
+            res = self.write_rows(vectors.slice(r0 * self.dim, r1 * self.dim), r0, check);
+            r0 = r1;
+        }
         if let Err(e) = res {
             // Undo a partial write so the staged state stays exactly the previous one.
             if let Some(f) = &self.file {
                 let _ = f.set_len(at);
             }
             self.crc = saved_crc;
-            self.buf = buf;
+            self.pos = at;
             return Err(e);
         }
-        self.crc.update(&buf);
-        self.pos += buf.len() as u64;
-        self.buf = buf;
-        let n_tok = (n_values / self.dim) as u64;
+        let n_tok = n_rows as u64;
         self.offsets.push(self.n_tokens() + n_tok);
         self.ids.push(id.to_owned());
         Ok((self.ids.len() - 1) as u32)
+    }
+
+    /// Copies rows (`row0`.. of the document) into the writer's buffers, checks the copy when
+    /// asked, converts it to the storage dtype and appends it to the file.
+    fn write_rows(&mut self, part: DocVectors<'_>, row0: usize, check: Option<&str>) -> Result<()> {
+        let mut b32 = std::mem::take(&mut self.buf32);
+        let mut b16 = std::mem::take(&mut self.buf16);
+        b32.clear();
+        b16.clear();
+        let res = (|| {
+            match part {
+                DocVectors::F32(v) => b32.extend_from_slice(v),
+                DocVectors::F16(v) => b16.extend_from_slice(v),
+            }
+            if let Some(name) = check {
+                let copy = if b32.is_empty() {
+                    DocVectors::F16(&b16)
+                } else {
+                    DocVectors::F32(&b32)
+                };
+                check_storable(copy, name, self.dim, self.dtype, row0)?;
+            }
+            match (part, self.dtype) {
+                (DocVectors::F32(_), Dtype::F16) => {
+                    b16.resize(b32.len(), f16::ZERO);
+                    b16.convert_from_f32_slice(&b32);
+                }
+                (DocVectors::F16(_), Dtype::F32) => {
+                    b32.resize(b16.len(), 0.0);
+                    b16.convert_to_f32_slice(&mut b32);
+                }
+                _ => {}
+            }
+            let bytes: &[u8] = match self.dtype {
+                Dtype::F16 => bytemuck::cast_slice(&b16),
+                Dtype::F32 => bytemuck::cast_slice(&b32),
+            };
+            self.write_at(bytes, self.pos)?;
+            self.crc.update(bytes);
+            self.pos += bytes.len() as u64;
+            Ok(())
+        })();
+        self.buf32 = b32;
+        self.buf16 = b16;
+        res
     }
 
     /// Writes the trailing sections and the header, fsyncs, and renames the file to `target`.
@@ -321,6 +410,7 @@ impl SegmentWriter {
             }
         } else {
             self.published = Some(target.to_path_buf());
+            set_live_tmp(&self.tmp_path, false);
         }
         res
     }
@@ -333,6 +423,7 @@ impl SegmentWriter {
                 self.published = Some(target.clone());
                 return Err(LatixError::io(target, e));
             }
+            set_live_tmp(&self.tmp_path, true);
             if let Some(f) = &self.file {
                 f.set_len(self.pos)
                     .map_err(|e| LatixError::io(&self.tmp_path, e))?;
@@ -419,10 +510,26 @@ impl SegmentWriter {
     }
 }
 
+impl SegmentWriter {
+    /// Closes the writer's file without removing it: a process that inherited the writer through
+    /// `fork()` must leave the parent's staging file alone.
+    pub fn abandon(mut self) {
+        // (The registry of live temp files is left alone: this process never writes the index,
+        // and a thread of the parent may have held its mutex at the fork.)
+        drop(self.file.take());
+    }
+
+    /// Path of the temporary file this writer fills.
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp_path
+    }
+}
+
 impl Drop for SegmentWriter {
     fn drop(&mut self) {
         if self.published.is_none() && self.file.take().is_some() {
             let _ = std::fs::remove_file(&self.tmp_path);
+            set_live_tmp(&self.tmp_path, false);
         }
     }
 }
@@ -513,9 +620,10 @@ impl Segment {
         dtype: Dtype,
         expected_header_crc: Option<u32>,
     ) -> Result<Segment> {
-        let file = File::open(path).map_err(|e| LatixError::io(path, e))?;
+        let file = open_regular(path)?;
         // SAFETY: segment files are immutable once renamed into place (never modified or
-        // truncated by latix); the map stays valid after the file is unlinked.
+        // truncated by latix); the map stays valid after the file is unlinked. A file truncated
+        // from outside latix makes reads past its new end raise SIGBUS: see `check_size`.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| LatixError::io(path, e))?;
         let bad = |detail: String| LatixError::corrupted(path, detail);
         if map.len() < HEADER_SIZE {
@@ -700,12 +808,9 @@ impl Segment {
                 "id offsets are not non-decreasing from 0 to the id bytes length".into(),
             ));
         }
-        let sorted = seg.try_u32(SEC_SORTED)?;
-        if sorted.iter().any(|&d| d as usize >= n_docs) {
-            return Err(
-                seg.corrupted("sorted id table holds a document number out of range".into())
-            );
-        }
+        // Lookups binary-search this table: one out of order (or a document listed twice, so
+        // another never) would make live ids silently "not found". O(ids) at open.
+        seg.check_sorted_ids()?;
         match dtype {
             Dtype::F16 => {
                 bytemuck::try_cast_slice::<u8, f16>(seg.section(SEC_VECTORS))
@@ -852,6 +957,16 @@ impl Segment {
                 "vector data checksum mismatch in block {blk} (bytes {lo}..{hi} of the vectors section)"
             )));
         }
+        // Writers store only finite values in range: a block with others (a file crafted with
+        // valid checksums) would make scores overflow or NaN, so it is damage too.
+        let values = match self.dtype {
+            Dtype::F16 => bytemuck::try_cast_slice(&vectors[lo..hi]).map(DocVectors::F16),
+            Dtype::F32 => bytemuck::try_cast_slice(&vectors[lo..hi]).map(DocVectors::F32),
+        }
+        .map_err(|e| self.corrupted(format!("vectors: {e}")))?;
+        if let Err(e) = crate::maxsim::check_finite(values, "vectors", self.dim) {
+            return Err(self.corrupted(format!("vector data block {blk}: {e}")));
+        }
         Ok(())
     }
 
@@ -916,12 +1031,28 @@ impl Segment {
         for d in 0..self.n_docs as u32 {
             self.id(d)?;
         }
+        self.check_sorted_ids()?;
+        self.check_size()
+    }
+
+    /// The sorted id table is a permutation of the documents in id order.
+    fn check_sorted_ids(&self) -> Result<()> {
         let sorted = self.try_u32(SEC_SORTED)?;
-        let mut seen = vec![false; self.n_docs];
+        let mut seen = vec![0u64; self.n_docs.div_ceil(64)];
         for &d in sorted {
-            if std::mem::replace(&mut seen[d as usize], true) {
-                return Err(self.corrupted("sorted id table is not a permutation".into()));
+            let Some(w) = seen.get_mut(d as usize / 64) else {
+                return Err(
+                    self.corrupted("sorted id table holds a document number out of range".into())
+                );
+            };
+            if d as usize >= self.n_docs || *w >> (d % 64) & 1 == 1 {
+                return Err(self.corrupted(
+                    "sorted id table is not a permutation (a document out of range or listed \
+                     twice)"
+                        .into(),
+                ));
             }
+            *w |= 1 << (d % 64);
         }
         if sorted
             .windows(2)
@@ -930,5 +1061,124 @@ impl Segment {
             return Err(self.corrupted("sorted id table is not sorted".into()));
         }
         Ok(())
+    }
+
+    /// `Corrupted` if the file's size differs from what was mapped (truncated or rewritten from
+    /// outside latix: reading the lost pages would raise SIGBUS). Best effort, see
+    /// [`crate::store::check_mapped_size`].
+    pub fn check_size(&self) -> Result<()> {
+        check_mapped_size(&self.path, self.map.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rewrites the sorted-id section of the segment at `path` with `sorted` and re-encodes the
+    /// header with this module's encoder (valid checksums: a crafted, not a damaged, file).
+    fn craft_sorted_table(path: &Path, sorted: &[u32]) -> u32 {
+        let mut b = std::fs::read(path).expect("read");
+        let h = &b[..HEADER_SIZE];
+        let mut sections = [Section::default(); N_SECTIONS];
+        for (i, s) in sections.iter_mut().enumerate() {
+            let at = 48 + i * 24;
+            *s = Section {
+                offset: le_u64(h, at),
+                len: le_u64(h, at + 8),
+                crc: le_u32(h, at + 16),
+            };
+        }
+        let (no_vectors, dtype, dim) = (
+            le_u32(h, 8) == SEGMENT_VERSION_NO_VECTORS,
+            Dtype::from_code(le_u32(h, 12)).expect("dtype"),
+            le_u32(h, 16),
+        );
+        let (n_docs, n_tokens, block) = (le_u64(h, 24), le_u64(h, 32), le_u64(h, 40));
+        let s = &mut sections[SEC_SORTED];
+        let bytes: &[u8] = bytemuck::cast_slice(sorted);
+        assert_eq!(bytes.len() as u64, s.len);
+        b[s.offset as usize..(s.offset + s.len) as usize].copy_from_slice(bytes);
+        s.crc = crc32c::crc32c(bytes);
+        let header = encode_header(no_vectors, dtype, dim, n_docs, n_tokens, block, &sections);
+        b[..HEADER_SIZE].copy_from_slice(&header);
+        std::fs::write(path, &b).expect("write");
+        le_u32(&header, HEADER_CRC_AT)
+    }
+
+    #[test]
+    fn crafted_sorted_id_tables_are_refused_at_open() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("seg-0000000000.lxs");
+        for (sorted, why) in [
+            (vec![0u32, 1, 2], "not sorted"), // ids are "b", "a", "c": [1, 0, 2] is sorted
+            (vec![1u32, 1, 2], "permutation"), // "a" twice, "b" never
+            (vec![1u32, 0, 3], "permutation"), // a document that does not exist
+        ] {
+            let mut w = SegmentWriter::create(tmp.path(), 2, Dtype::F32).expect("create");
+            for id in ["b", "a", "c"] {
+                w.add_doc(id, DocVectors::F32(&[1.0, 2.0])).expect("add");
+            }
+            w.finish(&path).expect("finish");
+            let good = Segment::open(&path, 2, Dtype::F32, None).expect("a written segment opens");
+            assert_eq!(good.find("a"), vec![1]);
+            drop(good);
+            let crc = craft_sorted_table(&path, &sorted);
+            let e = match Segment::open(&path, 2, Dtype::F32, Some(crc)) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{sorted:?}: a crafted sorted-id table was accepted"),
+            };
+            assert!(
+                e.contains("sorted id table") && e.contains(why),
+                "{sorted:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn add_doc_checked_refuses_and_rolls_back() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut w = SegmentWriter::create(tmp.path(), 2, Dtype::F16).expect("create");
+        w.add_doc_checked("a", DocVectors::F32(&[1.0, 2.0]), "e[0]")
+            .expect("add");
+        let pos = w.pos;
+        // A bad value in a later piece than the first: the earlier pieces were written.
+        let mut big = vec![0.5f32; 2 * (WRITE_CHUNK_VALUES + 10)];
+        for (bad, what) in [
+            (f32::NAN, "non-finite"),
+            (1e10, "too large"),
+            (70000.0, "float16 range"),
+        ] {
+            let at = big.len() - 3;
+            big[at] = bad;
+            let e = w
+                .add_doc_checked("b", DocVectors::F32(&big), "e[1]")
+                .expect_err("bad value");
+            assert!(
+                e.to_string().contains(what) && e.to_string().contains("e[1]"),
+                "{e}"
+            );
+            let row = (at / 2).to_string();
+            assert!(e.to_string().contains(&format!("row {row}")), "{e}");
+            assert_eq!((w.pos, w.n_docs()), (pos, 1));
+            assert_eq!(
+                w.file
+                    .as_ref()
+                    .expect("file")
+                    .metadata()
+                    .expect("meta")
+                    .len(),
+                pos
+            );
+            big[at] = 0.5;
+        }
+        w.add_doc_checked("b", DocVectors::F32(&big), "e[1]")
+            .expect("add");
+        w.finish(&tmp.path().join("seg-0000000000.lxs"))
+            .expect("finish");
+        let seg = Segment::open(&tmp.path().join("seg-0000000000.lxs"), 2, Dtype::F16, None)
+            .expect("open");
+        seg.verify().expect("verify");
+        assert_eq!(seg.n_tokens(), 1 + big.len() as u64 / 2);
     }
 }

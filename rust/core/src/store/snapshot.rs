@@ -9,8 +9,11 @@ use std::sync::Arc;
 
 use crate::error::{LatixError, Result};
 use crate::maxsim::DocVectors;
-use crate::store::manifest::{is_plain_file_name, manifest_name, Manifest, SegmentEntry};
-use crate::store::{Dtype, Segment, CURRENT_FILE, MANIFEST_PREFIX};
+use crate::store::manifest::{
+    is_plain_file_name, manifest_name, named_file_checksum, Manifest, SegmentEntry,
+    MAX_MANIFEST_BYTES,
+};
+use crate::store::{read_bounded, Dtype, Segment, CURRENT_FILE, MANIFEST_PREFIX};
 
 /// How many times a load restarts when a file vanished under it (a concurrent commit removed it).
 const LOAD_RETRIES: usize = 20;
@@ -52,6 +55,8 @@ pub struct Snapshot {
     segments: Vec<SegmentView>,
     n_live: usize,
     n_live_tokens: u64,
+    /// When the mapped files' sizes were last checked ([`crate::store::size_check_due`]).
+    size_checked: std::sync::atomic::AtomicU64,
 }
 
 /// Whether an error means "a file was not there" (possibly removed by a concurrent commit).
@@ -62,7 +67,8 @@ fn is_not_found(e: &LatixError) -> bool {
 /// Reads the name of the live manifest from `dir/CURRENT`.
 pub fn read_current(dir: &Path) -> Result<String> {
     let p = dir.join(CURRENT_FILE);
-    let bytes = std::fs::read(&p).map_err(|e| LatixError::io(&p, e))?;
+    // A manifest name and a newline; a bound far above it, so a huge file is damage, not a read.
+    let bytes = read_bounded(&p, 4096, "CURRENT")?;
     let name = std::str::from_utf8(&bytes)
         .ok()
         .and_then(|s| s.strip_suffix('\n'))
@@ -79,13 +85,25 @@ pub fn read_current(dir: &Path) -> Result<String> {
 
 impl Snapshot {
     /// Loads the snapshot `CURRENT` names, reusing the segment maps of `previous` (and returning
-    /// `previous` itself when `CURRENT` is unchanged: one small read, no reload).
+    /// `previous` itself when `CURRENT` is unchanged: one small read, no reload). The mapped
+    /// segment files are checked to still have their mapped size ([`Segment::check_size`]) when
+    /// a snapshot reuses them, and at most every 10 ms when `CURRENT` is unchanged, so a file
+    /// truncated from outside is reported instead of crashing a read with SIGBUS (best effort: a
+    /// truncation between the check and the read still crashes).
     pub fn load(dir: &Path, previous: Option<&Arc<Snapshot>>) -> Result<Arc<Snapshot>> {
         let mut last_err = None;
         for _ in 0..LOAD_RETRIES {
             let name = read_current(dir)?;
             if let Some(prev) = previous {
                 if prev.manifest_name == name {
+                    if crate::store::size_check_due(&prev.size_checked) {
+                        if let Err(e) = prev.check_sizes() {
+                            // Damaged: every later call checks again (and fails), undelayed.
+                            prev.size_checked
+                                .store(0, std::sync::atomic::Ordering::Relaxed);
+                            return Err(e);
+                        }
+                    }
                     return Ok(prev.clone());
                 }
             }
@@ -121,7 +139,7 @@ impl Snapshot {
 
     fn load_manifest(dir: &Path, name: &str, previous: Option<&Arc<Snapshot>>) -> Result<Snapshot> {
         let path = dir.join(name);
-        let bytes = std::fs::read(&path).map_err(|e| LatixError::io(&path, e))?;
+        let bytes = read_bounded(&path, MAX_MANIFEST_BYTES, "the manifest")?;
         let manifest = Manifest::decode(&bytes, &path)?;
         if manifest_name(manifest.generation) != name {
             return Err(LatixError::corrupted(
@@ -152,7 +170,12 @@ impl Snapshot {
         let (mut n_live, mut n_live_tokens) = (0usize, 0u64);
         for entry in &manifest.segments {
             let seg = match reuse.get(entry.file.as_str()) {
-                Some(s) if s.header_crc() == entry.header_crc => Arc::clone(s),
+                Some(s) if s.header_crc() == entry.header_crc => {
+                    // A mapped file truncated from outside would kill the next read with SIGBUS:
+                    // refuse the refreshed snapshot instead (cheap: one fstat per segment).
+                    s.check_size()?;
+                    Arc::clone(s)
+                }
                 _ => Arc::new(Segment::open(
                     &dir.join(&entry.file),
                     manifest.dim,
@@ -197,7 +220,15 @@ impl Snapshot {
             segments,
             n_live,
             n_live_tokens,
+            size_checked: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// [`Segment::check_size`] of every segment.
+    pub fn check_sizes(&self) -> Result<()> {
+        self.segments
+            .iter()
+            .try_for_each(|v| v.segment.check_size())
     }
 
     /// Directory of the index.
@@ -286,6 +317,20 @@ impl Snapshot {
             }
         }
         Ok(out)
+    }
+
+    /// Reads the index-level named file `name` (at most `max_len` bytes, a regular file) and
+    /// checks that it is the file this snapshot's manifest recorded (its binding checksum, see
+    /// [`crate::store::manifest`]): `Ok(None)` if the manifest has no such file.
+    pub fn read_index_file(&self, name: &str, max_len: u64) -> Result<Option<(PathBuf, Vec<u8>)>> {
+        let Some((_, file)) = self.manifest.index_files.iter().find(|(n, _)| n == name) else {
+            return Ok(None);
+        };
+        let path = self.dir.join(file);
+        let bytes = read_bounded(&path, max_len, &format!("the {name} file"))?;
+        self.manifest
+            .check_named_file(file, &path, named_file_checksum(&bytes))?;
+        Ok(Some((path, bytes)))
     }
 
     /// Path of the index-level named file `name`, if the manifest has one.
