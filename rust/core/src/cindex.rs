@@ -25,8 +25,8 @@ use half::f16;
 
 use crate::compressed::{
     codec_checksum, default_nprobe, default_refine, default_refine_for_rerank, refine,
-    rerank_depth, rerank_exact, search_segments, Codec, CodecParams, FullVectors, IvfSegment,
-    QueryPlan, SegmentView as IvfView,
+    rerank_depth, rerank_exact, search_segments, Candidate, Codec, CodecParams, FullVectors,
+    IvfSegment, QueryPlan, SegmentView as IvfView,
 };
 use crate::error::{LatixError, Result};
 use crate::index::{CommitContext, SearchResults, MAX_RESULT_SLOTS};
@@ -738,6 +738,11 @@ fn bitmap_all_but(n: usize, dead: &[u32]) -> Vec<u64> {
 /// Search of a trained compressed snapshot: encoded segments through the codec (filters as
 /// allowed-document bitmaps inside candidate generation), segments without lists exactly, merged.
 /// Inputs were validated by the caller (queries, k); `keep_vectors` decides the default re-rank.
+/// `bits` (one bitmap of live allowed documents per segment of `snap`) replaces `subset`; when it
+/// allows at most `exhaustive_below` documents, every allowed document of the encoded segments is
+/// a candidate (scored with all its codes, then re-ranked exactly when re-ranking) instead of the
+/// output of candidate generation: a small set is cheaper to score whole than to probe for, and
+/// probing misses allowed documents when few of them sit in the probed lists.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn search(
     snap: &Snapshot,
@@ -748,6 +753,8 @@ pub(crate) fn search(
     subset: Option<&[&str]>,
     opts: CompressedSearch,
     keep_vectors: bool,
+    bits: Option<Vec<Vec<u64>>>,
+    exhaustive_below: usize,
 ) -> Result<SearchResults> {
     let nq = queries.len();
     if k > MAX_RESULT_SLOTS || nq.saturating_mul(k) > MAX_RESULT_SLOTS {
@@ -769,8 +776,15 @@ pub(crate) fn search(
     let rerank = opts.rerank.unwrap_or(keep_vectors);
     let segs = snap.segments();
     // Allowed documents per segment: the subset's live documents, or all live documents.
-    let allowed: Vec<Option<Vec<u64>>> = match subset {
-        Some(ids) => {
+    let n_allowed = bits.as_ref().map(|b| {
+        b.iter()
+            .flatten()
+            .map(|w| w.count_ones() as usize)
+            .sum::<usize>()
+    });
+    let allowed: Vec<Option<Vec<u64>>> = match (bits, subset) {
+        (Some(b), _) => b.into_iter().map(Some).collect(),
+        (None, Some(ids)) => {
             let mut b: Vec<Vec<u64>> = segs
                 .iter()
                 .map(|v| vec![0u64; v.segment.n_docs().div_ceil(64)])
@@ -782,7 +796,7 @@ pub(crate) fn search(
             }
             b.into_iter().map(Some).collect()
         }
-        None => segs
+        (None, None) => segs
             .iter()
             .map(|v| {
                 (!v.entry.tombstones.is_empty())
@@ -844,12 +858,32 @@ pub(crate) fn search(
         k
     };
     let depth = exact_depth.max(n_refine);
+    // Exhaustive: every allowed document of the encoded segments, refined whole (needs the
+    // document map of every segment, like refine).
+    let exhaustive: Option<Vec<Candidate>> =
+        (all_mapped && n_allowed.is_some_and(|n| n <= exhaustive_below)).then(|| {
+            let mut c = Vec::new();
+            for (vi, v) in views.iter().enumerate() {
+                let n = v.seg.n_docs();
+                for d in 0..n as u32 {
+                    if v.allowed
+                        .is_none_or(|b| b[d as usize >> 6] >> (d & 63) & 1 == 1)
+                    {
+                        c.push((0.0f32, vi as u32, d));
+                    }
+                }
+            }
+            c
+        });
     let per_query = |q: &[f32]| -> Result<Vec<(f32, usize, u32)>> {
         let mut hits: Vec<(f32, usize, u32)> = Vec::new();
         if !views.is_empty() {
             let plan = QueryPlan::new(&codec.codec, q, nprobe)?;
-            let mut cands = search_segments(&plan, &views, depth)?;
-            if n_refine > 0 {
+            let mut cands = match &exhaustive {
+                Some(all) => refine(&codec.codec, &plan, &views, all)?,
+                None => search_segments(&plan, &views, depth)?,
+            };
+            if n_refine > 0 && exhaustive.is_none() {
                 // Re-score the best n_refine with all their codes; the rest keep their order
                 // below them (only reached when the exact re-rank asks for more).
                 let rest = cands.split_off(n_refine.min(cands.len()));
