@@ -21,7 +21,7 @@ import latix
 import numpy as np
 import pytest
 from latix import filters as flt
-from latix.collection import Collection, Passages, _fuse, _fts_query
+from latix.collection import Collection, Passages, _fts_query, _fuse
 from latix.docstore import RecordStore
 from test_filters import SCHEMA, rand_filter, rand_record, ref_eval
 
@@ -83,7 +83,11 @@ def test_records_roundtrip_and_errors(tmp_path: Path) -> None:
     assert col.get_many(["c", "nope"]) == [latix.Record("c", "gamma", {}), None]
     assert col.ids() == ["a", "b", "c", "d"]
     assert col.schema == {
-        "year": "int", "tags": "list[str]", "lang": "str", "score": "float", "ok": "bool"
+        "year": "int",
+        "tags": "list[str]",
+        "lang": "str",
+        "score": "float",
+        "ok": "bool",
     }
     assert np.array_equal(col.index.get(col.index.ids()[0]), v[0].astype(np.float16))
     with pytest.raises(latix.NotFoundError):
@@ -133,10 +137,14 @@ def test_empty_texts_are_skipped_and_counted(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     col = new(tmp_path)
     seen: list[tuple[int, int]] = []
-    recs = [(f"r{i}", "" if i % 4 == 0 else "  \n" if i % 4 == 1 else f"text {i}") for i in range(600)]
+    recs = [
+        (f"r{i}", "" if i % 4 == 0 else "  \n" if i % 4 == 1 else f"text {i}") for i in range(600)
+    ]
     # Without vectors the texts would need a model: give vectors for the non-empty ones via a
     # collection that has no model -> use vectors for all; empty texts *with* vectors are kept.
-    rep = col.add(recs, vectors=vecs(rng, 600), progress=lambda done, total: seen.append((done, total)))
+    rep = col.add(
+        recs, vectors=vecs(rng, 600), progress=lambda done, total: seen.append((done, total))
+    )
     assert rep.n_added == 600 and rep.n_empty == 0
     assert seen[-1] == (600, 600) and len(seen) == 3 and seen == sorted(seen)
 
@@ -304,7 +312,7 @@ def test_fusion_by_hand() -> None:
     got = _fuse(late, kw, 10, {"fusion": "convex", "alpha": 0.7, "rrf_k": 60, "depth": 100})
     want = {1: 0.7 * 1.0, 2: 0.7 * 0.5, 3: 0.7 * 0.0 + 0.3 * 1.0, 4: 0.3 * 0.0}
     assert [r[0] for r in got] == sorted(want, key=lambda r: -want[r])
-    for rk, s, p, ls, ks in got:
+    for rk, s, _p, _ls, _ks in got:
         assert abs(s - want[rk]) < 1e-12
     assert got[1][2] == 1 or got[0][0] == 1  # the best passage travels with the record
     rrf = _fuse(late, kw, 2, {"fusion": "rrf", "alpha": 0.7, "rrf_k": 60, "depth": 100})
@@ -324,7 +332,10 @@ def encoder() -> Any:
 
 def test_passages_and_explanations(tmp_path: Path, encoder: Any) -> None:
     col = Collection.create(
-        tmp_path / "p", encoder=encoder, compression=None, passages=Passages(max_tokens=24, overlap=6)
+        tmp_path / "p",
+        encoder=encoder,
+        compression=None,
+        passages=Passages(max_tokens=24, overlap=6),
     )
     long = (
         "Volcanoes erupt lava and ash over nearby villages. " * 3
@@ -332,7 +343,11 @@ def test_passages_and_explanations(tmp_path: Path, encoder: Any) -> None:
         + "Glaciers retreat as the climate warms. " * 3
     )
     rep = col.add(
-        [("long", long, {"k": "l"}), ("short", "Metformin treats diabetes.", {"k": "s"}), ("e", " ")]
+        [
+            ("long", long, {"k": "l"}),
+            ("short", "Metformin treats diabetes.", {"k": "s"}),
+            ("e", " "),
+        ]
     )
     assert rep.n_empty == 1 and rep.skipped == ["e"] and rep.n_added == 2
     assert rep.n_passages > 3
@@ -340,7 +355,7 @@ def test_passages_and_explanations(tmp_path: Path, encoder: Any) -> None:
     assert row.spans is not None and len(row.spans) == row.n_passages == rep.n_passages - 1
     # passages cover the text, overlap, and each is what was encoded
     assert row.spans[0][0] == 0 and row.spans[-1][1] == len(long.rstrip())
-    for (a0, b0), (a1, b1) in zip(row.spans, row.spans[1:], strict=False):
+    for (_a0, b0), (a1, b1) in zip(row.spans, row.spans[1:], strict=False):
         assert a1 < b0 <= b1  # overlapping windows, moving forward
     for p, (a, b) in enumerate(row.spans):
         stored = col.index.get(f"{row.rk}" if p == 0 else f"{row.rk}.{p}")
@@ -461,7 +476,9 @@ def test_interrupted_create_is_recognised(tmp_path: Path) -> None:
     from latix import cli
 
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": f"doc {i}"}) + "\n" for i in range(3)))
+    corpus.write_text(
+        "".join(json.dumps({"_id": f"d{i}", "text": f"doc {i}"}) + "\n" for i in range(3))
+    )
     p = tmp_path / "coll"
     p.mkdir()
     (p / "collection.json").write_text(json.dumps({"version": 2, "state": "creating"}))
@@ -499,7 +516,9 @@ def test_kill_during_create_then_index(tmp_path: Path) -> None:
     outcomes = {"done": 0, "interrupted": 0}
     for trial in range(8):
         p = tmp_path / f"c{trial}"
-        proc = subprocess.Popen([sys.executable, "-c", code, str(p)], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(p)], stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "go"
         time.sleep(float(rng.uniform(0, 0.05)))
         proc.kill()
@@ -621,12 +640,18 @@ def test_second_writer_process_is_refused(tmp_path: Path) -> None:
         "    print('locked')\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "c")], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert out == ["1", "locked"]
     col.close()
     out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "c")], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert out == ["1", "wrote"]
 

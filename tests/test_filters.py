@@ -80,7 +80,9 @@ def rand_filter(rng: np.random.Generator, depth: int = 0) -> dict[str, Any]:
         return {f: {op: [rand_operand(rng, t) for _ in range(n)]}}
     spec = {op: rand_operand(rng, t)}
     if rng.random() < 0.2:  # two operators on one field: ANDed
-        op2 = str(rng.choice([o for o in ops if o not in ("bare", "$exists", "$in", "$nin", "$all")]))
+        op2 = str(
+            rng.choice([o for o in ops if o not in ("bare", "$exists", "$in", "$nin", "$all")])
+        )
         spec[op2] = rand_operand(rng, t)
     return {f: spec}
 

@@ -947,6 +947,21 @@ class Collection:
             finally:
                 self._depth -= 1
 
+    def recover(self) -> None:
+        """Takes the write lock now and brings the database in line with the index's last
+        commit (what the first write does anyway): rows a crashed writer staged for a
+        generation the index never published are removed, deletions it never published are
+        undone, and rows whose deletion was published are removed.
+
+        Raises:
+            IndexLockedError: another process or handle is the writer.
+        """
+        self._check_fork()
+        with self._wlock:
+            self._writer_locked()
+            if not self._dirty:
+                self._pending = None
+
     def commit(self) -> None:
         """Makes staged changes durable and visible now (inside a batch: what it staged so far;
         the batch goes on). Outside a batch there is nothing staged: a no-op."""
