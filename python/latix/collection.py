@@ -1584,7 +1584,7 @@ class Collection:
             gen = self._generation()
             late: list[list[tuple[int, float, int]]] | None = None
             kw: list[list[tuple[int, float]]] | None = None
-            depth = k if mode == "late" else max(k, int(hp["depth"]))
+            depth = max(k, int(hp["depth"])) if mode == "hybrid" else k
             if mode in ("late", "hybrid"):
                 qv: list[Any]
                 if query_vectors is not None:
@@ -1696,7 +1696,10 @@ class Collection:
         if node is None:
             return ix.search(qv, k=k, n_threads=n_threads, **kw)
         for _ in range(20):
-            masks = self._build_masks(node, wkey)
+            try:
+                masks = self._build_masks(node, wkey)
+            except NotFoundError:  # a compaction replaced a segment while masks were built
+                continue
             res = ix.search_masked(
                 qv, masks, k=k, n_threads=n_threads, exhaustive_below=EXHAUSTIVE_BELOW, **kw
             )
@@ -1755,7 +1758,8 @@ class Collection:
         for file, n_docs, _ in self._index.segments():
             live.add(file)
             ck = (wkey or "", file)
-            mask = self._masks.get(ck) if wkey is not None else None
+            with self._cache_lock:
+                mask = self._masks.get(ck) if wkey is not None else None
             if mask is None:
                 m = self._mirror(file)
                 cols = {f: self._column(m, f, schema[f]) for f in names if f in schema}
