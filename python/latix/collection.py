@@ -102,9 +102,12 @@ FloatArray = npt.NDArray[np.float32] | npt.NDArray[np.float16]
 
 #: Fusion used by ``mode="hybrid"`` unless the call says otherwise: min-max normalised scores
 #: of both lists over their top ``depth``, combined as ``alpha * late + (1 - alpha) * keyword``
-#: (a record missing from a list gets 0 from it). Chosen on SciFact's 809 *train* queries
-#: (benches/bench_collection.py --tune): see bench-results/collection.md.
-HYBRID_DEFAULTS: dict[str, Any] = {"fusion": "convex", "alpha": 0.7, "rrf_k": 60, "depth": 100}
+#: (a record missing from a list gets 0 from it). Chosen on SciFact's 809 *train* queries on
+#: the compressed collection `latix index` builds (benches/bench_collection.py --only tune):
+#: train nDCG@10 0.7399 at alpha 0.5 / depth 100 (0.7378 at alpha 0.7; late alone 0.7246,
+#: BM25 alone 0.7021; reciprocal-rank fusion at best 0.7345, k 10). Depth 400 scored 0.7402:
+#: within noise, for a 4x deeper late search.
+HYBRID_DEFAULTS: dict[str, Any] = {"fusion": "convex", "alpha": 0.5, "rrf_k": 60, "depth": 100}
 
 #: A filtered late search that allows at most this many live documents scores all of them
 #: (code-level MaxSim over every token, then the exact re-rank when vectors are kept) instead of
@@ -982,16 +985,19 @@ class Collection:
         if not self._dirty:
             self._pending = None
             return
-        self._dirty = False
         try:
             w.commit()
         except BaseException:
             if w.generation >= gen:  # published despite the error (e.g. the last fsync)
                 self._pending = None
+                self._dirty = False
                 self._finish(gen)
+            # else the index kept what it staged, and the rows stay tagged for `gen`: a later
+            # commit() publishes both, a rollback() drops both.
             raise
         published = w.generation
         self._pending = None
+        self._dirty = False
         if published >= gen:
             self._finish(gen)
         else:  # nothing reached the index: nothing may stay tagged for that generation

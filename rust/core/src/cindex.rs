@@ -864,13 +864,18 @@ pub(crate) fn search(
         (all_mapped && n_allowed.is_some_and(|n| n <= exhaustive_below)).then(|| {
             let mut c = Vec::new();
             for (vi, v) in views.iter().enumerate() {
-                let n = v.seg.n_docs();
-                for d in 0..n as u32 {
-                    if v.allowed
-                        .is_none_or(|b| b[d as usize >> 6] >> (d & 63) & 1 == 1)
-                    {
-                        c.push((0.0f32, vi as u32, d));
+                match v.allowed {
+                    // Set bits only: one word per 64 documents.
+                    Some(b) => {
+                        for (i, &w) in b.iter().enumerate() {
+                            let mut w = w;
+                            while w != 0 {
+                                c.push((0.0f32, vi as u32, (i as u32) << 6 | w.trailing_zeros()));
+                                w &= w - 1;
+                            }
+                        }
                     }
+                    None => c.extend((0..v.seg.n_docs() as u32).map(|d| (0.0f32, vi as u32, d))),
                 }
             }
             c
