@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.latix-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup build demo test test-rust test-python lint fmt check bench bench-compressed clean harden \
-	soak fuzz fuzz-smoke
+	soak fuzz fuzz-smoke bench-collection
 
 setup: $(STAMP)
 
@@ -72,6 +72,13 @@ bench-compressed: build
 	$(BIN)/python benches/make_distractors.py
 	$(BIN)/python benches/bench_compressed.py $(BENCH_ARGS)
 
+# The collection benchmark (quality of late / keyword / hybrid, filtered search, indexing
+# throughput); needs the data of bench-compressed's first two steps.
+bench-collection: build
+	$(BIN)/python benches/prepare_bench_data.py
+	$(BIN)/python benches/make_distractors.py
+	$(BIN)/python benches/bench_collection.py $(BENCH_ARGS)
+
 # Hardening harnesses, fast part (also part of `make test`): crash, corruption, concurrency,
 # resource faults, the bad-input matrix, fork, threaded writers against compaction, huge
 # parameters, special and swapped files, with reduced trial counts.
@@ -79,7 +86,8 @@ harden: build
 	$(BIN)/python -m pytest -q -s tests/test_crash.py tests/test_corruption.py \
 		tests/test_concurrency.py tests/test_faults.py tests/test_faults_api_fuzz.py \
 		tests/test_bad_input_matrix.py tests/test_fork.py tests/test_writer_threads.py \
-		tests/test_resource_limits.py tests/test_special_files.py tests/test_swapped_files.py
+		tests/test_resource_limits.py tests/test_special_files.py tests/test_swapped_files.py \
+		tests/test_collection_crash.py
 
 # The long soak: >= 200 SIGKILLs, >= 1000 corruption cases per dtype, 10,000 concurrent ops,
 # 20 rounds of fork scenarios, 3 x 5,000 threaded writes against compaction (plain) and 3 x 2,000
@@ -87,6 +95,8 @@ harden: build
 FUZZ_SECONDS ?= 60
 soak: build
 	PYTHONPATH=tests $(BIN)/python -m harness.crash --kills 200 --seed 1
+	PYTHONPATH=tests $(BIN)/python -m harness.collection_crash --kills 200 --seed 1
+	PYTHONPATH=tests $(BIN)/python -m harness.collection_crash --kills 200 --seed 2 --compressed
 	PYTHONPATH=tests $(BIN)/python -m harness.corruption --cases 1000 --seed 1 --dtype float16
 	PYTHONPATH=tests $(BIN)/python -m harness.corruption --cases 1000 --seed 2 --dtype float32
 	PYTHONPATH=tests $(BIN)/python -m harness.concurrency --ops 10000 --seed 1

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import data_dir
 from latix import cli
-from latix.collection import Collection, build_collection
+from latix.collection import Collection, index_corpus, remove_collection
 from latix.corpus import Document, read_corpus
 
 DOCS = [
@@ -54,7 +54,8 @@ def test_index_search_eval_end_to_end(
     assert cli.main(["index", str(corpus), "--out", str(out), "--no-progress"]) == 0
     assert "indexed 10 documents" in capsys.readouterr().out
     with Collection.open(out) as c:
-        assert len(c.index) == 10 and len(c.docs) == 10
+        assert len(c) == 10 and len(c.index) == 10
+        assert c.index.stats()["kind"] == "compressed"  # `latix index` compresses by default
     assert (
         cli.main(["search", str(out), "diabetes blood sugar drug", "-k", "3", "--color", "never"])
         == 0
@@ -90,22 +91,27 @@ def test_resume_and_interrupt(tmp_path: Path, corpus: Path, encoder: latix.encod
     def flaky(batch: list[Document]) -> list[np.ndarray]:
         nonlocal calls
         calls += 1
-        if calls == 3:
-            raise KeyboardInterrupt  # like Ctrl-C in the middle of the third batch
+        if calls == 2:
+            raise KeyboardInterrupt  # like Ctrl-C while the second commit's batch is encoded
         return encoder.encode_documents([d.text for d in batch])
 
+    col = Collection.create(out, encoder=encoder)
     with pytest.raises(KeyboardInterrupt):
-        build_collection(
-            out, docs, encoder, model_spec="default", commit_every=4, batch_size=2, vectors_fn=flaky
-        )
+        index_corpus(col, docs, commit_every=4, vectors_fn=flaky)
+    col.close()
     with Collection.open(out) as c:
-        assert len(c.index) == 4  # the 4 committed docs; the uncommitted batch is gone
-    rep = build_collection(out, docs, encoder, model_spec="default", commit_every=4, batch_size=2)
-    assert (rep.n_already, rep.n_indexed) == (4, 6)
-    with Collection.open(out) as c:
-        assert len(c.index) == 10 and len(c.docs) == 10
-    rep = build_collection(out, docs, encoder, model_spec="default", restart=True)
-    assert (rep.n_already, rep.n_indexed) == (0, 10)
+        assert len(c) == 4 and len(c.index) == 4  # the 4 committed docs; the rest is gone
+        c.verify()
+    with Collection.open(out, encoder=encoder) as c:
+        rep = index_corpus(c, docs, commit_every=4)
+        assert (rep.n_already, rep.n_indexed) == (4, 6)
+        assert len(c) == 10 and len(c.index) == 10
+        c.verify()
+    remove_collection(out)
+    assert not out.exists()
+    with Collection.create(out, encoder=encoder) as c:
+        rep = index_corpus(c, docs)
+        assert (rep.n_already, rep.n_indexed) == (0, 10)
 
 
 def test_cli_limit_then_resume(
@@ -148,7 +154,7 @@ def test_bad_records_are_counted_and_reported(
     assert cli.main(["index", str(p), "--out", str(out), "--no-progress"]) == 0
     o = capsys.readouterr()
     assert "indexed 2 documents" in o.out and "1 documents with duplicate ids" in o.out
-    assert "skipped 4 unreadable records" in o.err
+    assert "skipped 4 unreadable or empty records" in o.err
     assert f"{p}:2: malformed JSON" in o.err and f"{p}:4: not UTF-8" in o.err
 
 

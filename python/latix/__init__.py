@@ -2,11 +2,23 @@
 
 Documents and queries are encoded into one vector per token; relevance is MaxSim. latix stores
 document token vectors in memory-mapped files and scores them with SIMD, multithreaded kernels.
+
+:class:`Collection` is the main API (records with text and metadata, filtered late / keyword /
+hybrid search); :class:`Index` is the vector-level one (token vectors in, ids and scores out).
 """
 
 from __future__ import annotations
 
 from latix._core import __version__, kernel_name, maxsim
+from latix.collection import (
+    AddReport,
+    BatchResults,
+    Collection,
+    Hit,
+    Passages,
+    Record,
+    TokenMatch,
+)
 from latix.config import ModelConfig, ModelError
 from latix.encoder import Encoded, Encoder
 from latix.errors import (
@@ -21,10 +33,20 @@ from latix.errors import (
     NotFoundError,
     UnsupportedVersionError,
 )
+from latix.filters import FilterError, MetadataError
 from latix.index import Compression, Index
 
 __all__ = [
     "__version__",
+    "Collection",
+    "Record",
+    "Hit",
+    "TokenMatch",
+    "BatchResults",
+    "AddReport",
+    "Passages",
+    "FilterError",
+    "MetadataError",
     "maxsim",
     "Index",
     "Compression",

@@ -1,11 +1,14 @@
-"""The ``latix`` command line: index a corpus, search it (explained), evaluate, export models.
+"""The ``latix`` command line: index a corpus, search it (explained), evaluate, delete, inspect.
 
 Commands::
 
-    latix index CORPUS --out DIR [--model M] [--batch-size N] [--threads T]
-                [--commit-every N] [--restart] [--limit N]
-    latix search DIR "query" [-k 10] [--model M]
-    latix eval DIR --queries Q --qrels R [--json] [--depth N]
+    latix index CORPUS --out DIR [--model M] [--compression auto|none] [codec options]
+                [--passage-tokens N] [--passage-overlap N] [--no-passages]
+                [--batch-size N] [--threads T] [--commit-every N] [--restart] [--limit N]
+    latix search DIR "query" [-k 10] [--where JSON] [--mode late|keyword|hybrid] [--json]
+    latix eval DIR --queries Q --qrels R [--mode M] [--where JSON] [--json] [--depth N]
+    latix delete DIR [ID ...] [--ids-file F] [--where JSON]
+    latix info DIR [--json]
     latix export CHECKPOINT_DIR OUT_DIR
 
 ``search`` explains each hit the late-interaction way: for every query token it shows which document
@@ -21,10 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-import numpy.typing as npt
-
-from latix.errors import LatixError
+from latix.collection import _word, explain_hit
+from latix.errors import InvalidArgumentError, LatixError
 
 __all__ = ["main", "explain_hit", "highlight", "print_hits"]
 
@@ -43,6 +44,27 @@ def _parser() -> argparse.ArgumentParser:
     pi.add_argument(
         "--model", default="default", help="model directory or hub id (default: %(default)s)"
     )
+    pi.add_argument(
+        "--compression",
+        choices=["auto", "none"],
+        default="auto",
+        help="auto: compressed index that trains its codec once big enough, exact below that "
+        "(default); none: plain index of float16 vectors, always exact",
+    )
+    pi.add_argument("--keep-vectors", action="store_true", help="keep f16 vectors next to codes")
+    pi.add_argument("--bytes-per-token", type=int, default=None, help="code bytes per vector")
+    pi.add_argument("--n-centroids", type=int, default=None, help="coarse centroids")
+    pi.add_argument("--pool-factor", type=int, default=2, help="token pooling factor (1 = off)")
+    pi.add_argument(
+        "--train-min-tokens", type=int, default=65536, help="tokens before the codec trains"
+    )
+    pi.add_argument(
+        "--passage-tokens", type=int, default=None, help="tokens per passage of long texts"
+    )
+    pi.add_argument("--passage-overlap", type=int, default=64, help="tokens shared by passages")
+    pi.add_argument(
+        "--no-passages", action="store_true", help="cut long texts instead of splitting them"
+    )
     pi.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     pi.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
     pi.add_argument("--commit-every", type=int, default=1000, help="documents per commit")
@@ -54,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     ps.add_argument("index", help="collection directory")
     ps.add_argument("query")
     ps.add_argument("-k", type=int, default=10, help="hits to show")
+    ps.add_argument("--where", default=None, help="metadata filter, JSON: '{\"year\": 2020}'")
+    ps.add_argument("--mode", choices=["late", "keyword", "hybrid"], default="late")
+    ps.add_argument("--json", action="store_true", help="print the hits as JSON")
     ps.add_argument("--model", default=None, help="model (default: the collection's)")
     ps.add_argument("--threads", type=int, default=None)
     ps.add_argument("--color", choices=["auto", "always", "never"], default="auto")
@@ -63,10 +88,22 @@ def _parser() -> argparse.ArgumentParser:
     pe.add_argument("index", help="collection directory")
     pe.add_argument("--queries", required=True, help="BEIR queries.jsonl or TREC topics")
     pe.add_argument("--qrels", required=True, help="BEIR qrels .tsv or TREC qrels")
+    pe.add_argument("--mode", choices=["late", "keyword", "hybrid"], default="late")
+    pe.add_argument("--where", default=None, help="metadata filter applied to every query")
     pe.add_argument("--model", default=None)
     pe.add_argument("--depth", type=int, default=1000, help="documents retrieved per query")
     pe.add_argument("--threads", type=int, default=None, help="search and encoder threads")
     pe.add_argument("--json", action="store_true", help="print JSON")
+
+    pd = sub.add_parser("delete", help="delete records by id or by metadata filter")
+    pd.add_argument("index", help="collection directory")
+    pd.add_argument("ids", nargs="*", help="record ids")
+    pd.add_argument("--ids-file", default=None, help="file with one id per line")
+    pd.add_argument("--where", default=None, help="metadata filter (JSON)")
+
+    pn = sub.add_parser("info", help="documents, tokens, bytes per token, codec and model")
+    pn.add_argument("index", help="collection directory")
+    pn.add_argument("--json", action="store_true", help="print JSON")
 
     px = sub.add_parser("export", help="convert a ColBERT-family checkpoint to a latix model")
     px.add_argument("checkpoint", help="Stanford ColBERT or PyLate/sentence-transformers directory")
@@ -78,14 +115,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 error, 130 interrupted)."""
     args = _parser().parse_args(argv)
+    commands = {
+        "index": _cmd_index,
+        "search": _cmd_search,
+        "eval": _cmd_eval,
+        "delete": _cmd_delete,
+        "info": _cmd_info,
+        "export": _cmd_export,
+    }
     try:
-        if args.command == "index":
-            return _cmd_index(args)
-        if args.command == "search":
-            return _cmd_search(args)
-        if args.command == "eval":
-            return _cmd_eval(args)
-        return _cmd_export(args)
+        return commands[args.command](args)
     except LatixError as e:
         print(f"latix {args.command}: error: {e}", file=sys.stderr)
         return 1
@@ -94,22 +133,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _where(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidArgumentError(
+            f"--where is not valid JSON: {e.msg} (column {e.colno})"
+        ) from None
+
+
 def _cmd_index(args: argparse.Namespace) -> int:
     import itertools
 
     from tqdm import tqdm
 
-    from latix.collection import Collection, build_collection
+    from latix.collection import Collection, Passages, index_corpus, remove_collection
     from latix.corpus import ReadStats, detect_format, read_corpus
     from latix.encoder import Encoder
     from latix.errors import AlreadyExistsError
+    from latix.index import Compression
 
     # Cheap checks first: unknown format or a foreign output directory fail before model loading.
     detect_format(args.corpus)
     out = Path(args.out)
-    if out.exists() and not Collection.exists(out) and (not out.is_dir() or any(out.iterdir())):
-        raise AlreadyExistsError(f"{out} exists and is not an empty directory or a collection")
+    if out.exists() and not Collection.exists(out):
+        if not out.is_dir() or any(q.name != "collection.json.tmp" for q in out.iterdir()):
+            raise AlreadyExistsError(f"{out} exists and is not an empty directory or a collection")
+    comp: Compression | None = None
+    if args.compression == "auto":
+        comp = Compression(
+            bytes_per_token=args.bytes_per_token,
+            n_centroids=args.n_centroids,
+            keep_vectors=args.keep_vectors,
+            train_min_tokens=args.train_min_tokens,
+            pool_factor=args.pool_factor,
+        )
+    passages = (
+        None
+        if args.no_passages
+        else Passages(max_tokens=args.passage_tokens, overlap=args.passage_overlap)
+    )
     encoder = Encoder.load(args.model, n_threads=args.threads, batch_size=args.batch_size)
+    if args.restart:
+        remove_collection(out)
+    col = _open_or_create(out, encoder, args.model, comp, passages, args.threads)
     stats = ReadStats()
     docs = read_corpus(args.corpus, stats)
     if args.limit is not None:
@@ -119,46 +188,73 @@ def _cmd_index(args: argparse.Namespace) -> int:
     def progress(n_docs: int, n_tokens: int) -> None:
         bar.update(n_docs)
 
-    try:
-        rep = build_collection(
-            args.out,
-            docs,
-            encoder,
-            model_spec=args.model,
-            commit_every=args.commit_every,
-            batch_size=max(args.batch_size, 1) * 2,
-            restart=args.restart,
-            progress=progress,
-        )
-    except KeyboardInterrupt:
+    with col:
+        try:
+            rep = index_corpus(col, docs, commit_every=args.commit_every, progress=progress)
+        except KeyboardInterrupt:
+            bar.close()
+            print(
+                "interrupted: the collection holds the documents committed so far; run the same "
+                "command again to resume",
+                file=sys.stderr,
+            )
+            return 130
         bar.close()
-        print(
-            "interrupted: the collection holds the documents committed so far; run the same "
-            "command again to resume",
-            file=sys.stderr,
-        )
-        return 130
-    bar.close()
+        st = col.stats()
     rate = rep.n_indexed / rep.seconds if rep.seconds > 0 else 0.0
     print(
-        f"indexed {rep.n_indexed} documents ({rep.n_tokens} token vectors) in {rep.seconds:.1f} s "
-        f"({rate:.1f} docs/s) into {args.out}"
+        f"indexed {rep.n_indexed} documents ({rep.n_passages} passages, {rep.n_tokens} token "
+        f"vectors) in {rep.seconds:.1f} s ({rate:.1f} docs/s) into {args.out}"
     )
     if rep.n_already:
         print(f"skipped {rep.n_already} documents already in the collection (resumed)")
     if rep.n_truncated:
-        print(
-            f"truncated {rep.n_truncated} documents at {encoder.config.document_max_length} tokens"
-        )
+        print(f"truncated {rep.n_truncated} passages at the model's maximum length")
     if rep.n_duplicate:
         print(f"skipped {rep.n_duplicate} documents with duplicate ids")
+    if rep.n_empty:
+        print(f"skipped {rep.n_empty} documents with empty text")
+    if rep.n_metadata_dropped:
+        print(f"dropped {rep.n_metadata_dropped} metadata values of an unsupported type")
     if stats.n_skipped:
-        print(f"skipped {stats.n_skipped} unreadable records:", file=sys.stderr)
+        print(f"skipped {stats.n_skipped} unreadable or empty records:", file=sys.stderr)
         for m in stats.messages:
             print(f"  {m}", file=sys.stderr)
     for m in rep.messages:
         print(f"  {m}", file=sys.stderr)
+    _print_info(st, sys.stdout)
     return 0
+
+
+def _open_or_create(
+    out: Path,
+    encoder: Any,
+    model: str,
+    comp: Any,
+    passages: Any,
+    threads: int | None,
+) -> Any:
+    """The collection at ``out``: resumed if complete, else created (an interrupted create is
+    started over)."""
+    from latix.collection import Collection, _read_meta
+
+    if Collection.exists(out) and _read_meta(out).get("state") == "ready":
+        col = Collection.open(out, n_threads=threads)
+        if col._meta.get("model_fingerprint") != encoder.fingerprint:
+            col.close()
+            raise InvalidArgumentError(
+                f"{out} was built with another model ({col.model}); use --restart to rebuild it"
+            )
+        col._encoder = encoder
+        return col
+    return Collection.create(
+        out,
+        model=model,
+        encoder=encoder,
+        compression=comp,
+        passages=passages,
+        n_threads=threads,
+    )
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -167,97 +263,134 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if not args.query.strip():
         print("latix search: error: the query is empty", file=sys.stderr)
         return 1
-    with Collection.open(args.index) as coll:
-        encoder = coll.encoder(args.model, n_threads=args.threads)
+    where = _where(args.where)
+    with Collection.open(args.index, model=args.model, n_threads=args.threads) as col:
+        if args.json:
+            hits = col.search(
+                args.query,
+                args.k,
+                where=where,
+                mode=args.mode,
+                explain=True,
+                n_threads=args.threads,
+            )
+            print(json.dumps({"hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
+            return 0
         color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
         print_hits(
-            coll, encoder, args.query, args.k, color=color, width=args.width, n_threads=args.threads
+            col,
+            args.query,
+            args.k,
+            color=color,
+            width=args.width,
+            n_threads=args.threads,
+            where=where,
+            mode=args.mode,
         )
     return 0
 
 
+def _cmd_delete(args: argparse.Namespace) -> int:
+    from latix.collection import Collection
+
+    ids = list(args.ids)
+    if args.ids_file:
+        ids += [ln.strip() for ln in Path(args.ids_file).read_text().splitlines() if ln.strip()]
+    where = _where(args.where)
+    if bool(ids) == (where is not None):
+        raise InvalidArgumentError("give record ids (or --ids-file) or --where, not both")
+    with Collection.open(args.index) as col:
+        n = col.delete(ids) if ids else col.delete(where=where)
+        left = len(col)
+    print(f"deleted {n} records; {left} remain")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from latix.collection import Collection
+
+    with Collection.open(args.index) as col:
+        st = col.stats()
+    if args.json:
+        print(json.dumps(st, indent=2))
+    else:
+        _print_info(st, sys.stdout)
+    return 0
+
+
+def _print_info(st: dict[str, Any], out: TextIO) -> None:
+    ix = st["index"]
+    bpt = st["bytes_per_token"]
+    ipt = st["index_bytes_per_token"]
+    print(
+        f"{st['n_records']} documents, {st['n_passages']} passages, {st['n_tokens']} tokens, "
+        f"{st['bytes_on_disk'] / 1e6:.1f} MB on disk"
+        + (f" ({ipt:.1f} bytes/token in the index, {bpt:.1f} with texts)" if bpt else ""),
+        file=out,
+    )
+    if ix["kind"] == "compressed":
+        codec = (
+            f"trained: {ix['n_centroids']} centroids, {ix['code_bytes_per_token']} code "
+            f"bytes/vector" + (", vectors kept" if ix["keep_vectors"] else "")
+            if ix["trained"]
+            else "not trained yet (searched exactly until it holds enough tokens)"
+        )
+        print(f"index: compressed, codec {codec}", file=out)
+    else:
+        print("index: plain (float vectors, exact search)", file=out)
+    model = st["model_name"] or st["model"] or "none (pre-computed vectors)"
+    print(f"model: {model}, {st['dim']}-d", file=out)
+    if st["fields"]:
+        fields = ", ".join(f"{k} ({v})" for k, v in sorted(st["fields"].items()))
+        print(f"metadata fields: {fields}", file=out)
+
+
 def print_hits(
-    coll: Any,
-    encoder: Any,
+    col: Any,
     query: str,
     k: int,
     *,
     color: bool = False,
     width: int = 400,
     n_threads: int | None = None,
+    where: Any = None,
+    mode: str = "late",
     out: TextIO | None = None,
 ) -> None:
     """Search a collection and print ranked hits with highlighted, explained text.
 
     Args:
-        coll: an open :class:`~latix.collection.Collection`.
-        encoder: its model.
+        col: an open :class:`~latix.collection.Collection`.
         query: the query text.
         k: hits to show.
         color: ANSI highlighting (else matched words are shown in ``[brackets]``).
         width: characters of document text shown per hit.
         n_threads: search threads.
+        where: a metadata filter.
+        mode: ``"late"``, ``"keyword"`` or ``"hybrid"``.
         out: stream (default stdout).
     """
     out = out or sys.stdout
-    qenc, qspans = encoder.encode_with_spans([query], "query")
-    qv = qenc[0]
-    scores, ids = coll.index.search(qv, k=k, n_threads=n_threads)
-    hits = [(str(d), float(s)) for d, s in zip(ids[0], scores[0], strict=False) if d != ""]
+    hits = col.search(query, k, where=where, mode=mode, explain=True, n_threads=n_threads)
     if not hits:
         print("no results", file=out)
         return
-    texts = coll.docs.get_many([d for d, _ in hits])
-    qtoks = _span_texts(query, qspans[0], encoder.tokens(query, "query"))
-    present = [d for d, _ in hits if d in texts]
-    denc, dspans = (
-        encoder.encode_with_spans([texts[d] for d in present], "document")
-        if present
-        else (None, [])
-    )
-    pos = {d: i for i, d in enumerate(present)}
-    for rank, (doc_id, score) in enumerate(hits, start=1):
-        print(f"{rank:>3}. {doc_id}  score {score:.3f}", file=out)
-        if doc_id not in texts or denc is None:
-            print("     (text not stored)", file=out)
-            continue
-        text = texts[doc_id]
-        i = pos[doc_id]
-        matches = explain_hit(qv, denc[i], dspans[i])
-        why = ", ".join(
-            f"{qtoks[q]}→{text[a:b] if a >= 0 else '·'} {s:.2f}"
-            for q, (a, b, s) in sorted(matches.items(), key=lambda kv: -kv[1][2])[:8]
-        )
-        print(f"     why: {why}", file=out)
-        spans = [(a, b, s) for a, b, s in matches.values() if a >= 0]
+    for rank, h in enumerate(hits, start=1):
+        where_ = f"  passage {h.passage}" if h.span is not None else ""
+        print(f"{rank:>3}. {h.id}  score {h.score:.3f}{where_}", file=out)
+        if h.explanation:
+            why = ", ".join(
+                f"{m.query_token}→{m.text or '·'} {m.score:.2f}" for m in h.explanation[:8]
+            )
+            print(f"     why: {why}", file=out)
+            spans = [(m.start, m.end, m.score) for m in h.explanation if m.start >= 0]
+        else:
+            spans = []
+        text = h.text
+        if h.span is not None and not spans:
+            a, b = h.span
+            spans = [(a, min(b, a + 1), 0.0)]
         print("     " + highlight(text, spans, color=color, width=width), file=out)
-
-
-def _span_texts(text: str, spans: npt.NDArray[np.int64], tokens: list[str]) -> list[str]:
-    return [text[a:b] if a >= 0 else t for (a, b), t in zip(spans.tolist(), tokens, strict=False)]
-
-
-def explain_hit(
-    query: npt.NDArray[np.float32], doc: npt.NDArray[np.float32], doc_spans: npt.NDArray[np.int64]
-) -> dict[int, tuple[int, int, float]]:
-    """For each query token, the document token that won its maximum (late interaction's own
-    explanation).
-
-    Args:
-        query: (n_q, dim) float32 query vectors.
-        doc: (n_d, dim) float32 document vectors.
-        doc_spans: (n_d, 2) int64 character spans of the document vectors (-1 for none).
-
-    Returns:
-        query token index -> (start, end, similarity) of its best document token; the sum of the
-        similarities is the MaxSim score (up to the index's storage precision).
-    """
-    sims = query @ doc.T
-    best = sims.argmax(axis=1)
-    return {
-        q: (int(doc_spans[j, 0]), int(doc_spans[j, 1]), float(sims[q, j]))
-        for q, j in enumerate(best.tolist())
-    }
 
 
 def highlight(
@@ -295,36 +428,36 @@ def highlight(
     return ("…" if start > 0 else "") + s + ("…" if end < len(text) else "")
 
 
-def _word(text: str, a: int, b: int) -> tuple[int, int]:
-    """Widen a sub-word token's span to its whole word (``##se`` of "parser" marks "parser")."""
-    while a > 0 and text[a - 1].isalnum():
-        a -= 1
-    while b < len(text) and text[b].isalnum():
-        b += 1
-    return a, b
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     from latix.collection import Collection
     from latix.corpus import ReadStats, read_qrels, read_queries
-    from latix.eval import evaluate
+    from latix.eval import evaluate_collection
 
     qstats = ReadStats()
     queries = read_queries(args.queries, qstats)
     qrels = read_qrels(args.qrels, qstats)
-    with Collection.open(args.index) as coll:
-        encoder = coll.encoder(args.model, n_threads=args.threads)
-        res = evaluate(
-            coll.index, encoder, queries, qrels, depth=args.depth, n_threads=args.threads
+    where = _where(args.where)
+    with Collection.open(args.index, model=args.model, n_threads=args.threads) as col:
+        res = evaluate_collection(
+            col,
+            queries,
+            qrels,
+            mode=args.mode,
+            depth=args.depth,
+            where=where,
+            n_threads=args.threads,
         )
     if args.json:
-        print(json.dumps(res.to_dict(), indent=2))
+        print(json.dumps({"mode": args.mode, **res.to_dict()}, indent=2))
         return 0
-    print(f"{res.n_queries} queries (depth {res.depth})")
+    print(f"{res.n_queries} queries (depth {res.depth}, mode {args.mode})")
     for name, v in res.metrics.items():
         print(f"  {name:<11} {v:.4f}")
     for what, p in (("encode", res.encode_ms), ("search", res.search_ms)):
-        print(f"  {what} latency ms: p50 {p['p50']:.2f}  p90 {p['p90']:.2f}  p99 {p['p99']:.2f}")
+        if p["p50"] == p["p50"]:  # not NaN: keyword mode encodes nothing
+            print(
+                f"  {what} latency ms: p50 {p['p50']:.2f}  p90 {p['p90']:.2f}  p99 {p['p99']:.2f}"
+            )
     if res.n_queries_without_text:
         print(f"  {res.n_queries_without_text} judged queries have no text (not evaluated)")
     if qstats.n_skipped:

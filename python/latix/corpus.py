@@ -48,10 +48,13 @@ class Document:
     Attributes:
         id: the document's external id.
         text: its text (title and body joined by a space when the format has both).
+        metadata: fields of the record other than its id, title and text (JSONL: the
+            ``metadata`` object merged with the other top-level keys), or None.
     """
 
     id: str
     text: str
+    metadata: dict[str, object] | None = None
 
 
 @dataclass
@@ -162,7 +165,17 @@ def _read_jsonl_docs(p: Path, st: ReadStats) -> Iterator[Document]:
         if not full:
             st.skip(f"{p}:{lineno}: document {doc_id} has no text")
             continue
-        yield Document(str(doc_id), full)
+        meta: dict[str, object] = {}
+        nested = obj.get("metadata")
+        if isinstance(nested, dict):
+            meta.update(nested)
+        for key, value in obj.items():
+            if key not in _JSONL_RESERVED:
+                meta[key] = value
+        yield Document(str(doc_id), full, meta or None)
+
+
+_JSONL_RESERVED = frozenset({"_id", "id", "title", "text", "metadata"})
 
 
 def _jsonl_objects(p: Path, st: ReadStats) -> Iterator[tuple[int, dict[str, object]]]:

@@ -156,7 +156,7 @@ def stdlib_docstrings(
 def main(argv: Sequence[str] | None = None) -> int:
     """Build (or resume) the stdlib-docstring collection and print answers to sample queries."""
     from latix.cli import print_hits
-    from latix.collection import Collection, build_collection
+    from latix.collection import Collection, index_corpus, remove_collection
     from latix.encoder import Encoder
     from latix.errors import LatixError
 
@@ -179,21 +179,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         encoder = Encoder.default(n_threads=args.threads)
         print(f"model: {encoder.config.name}, {encoder.dim}-d token vectors")
-        rep = build_collection(
-            args.out, docs, encoder, model_spec="default", restart=args.restart, commit_every=500
-        )
-        rate = rep.n_indexed / rep.seconds if rep.seconds > 0 else 0.0
-        print(
-            f"indexed {rep.n_indexed} documents ({rep.n_tokens} token vectors) in "
-            f"{rep.seconds:.1f} s ({rate:.1f} docs/s); {rep.n_already} already indexed; "
-            f"collection: {args.out}"
-        )
-        color = sys.stdout.isatty()
-        with Collection.open(args.out) as coll:
+        out = Path(args.out)
+        if args.restart or (Collection.exists(out) and not _opens(out)):
+            remove_collection(out)  # also an older latix's demo collection
+        if Collection.exists(out):
+            col = Collection.open(out, encoder=encoder)
+        else:
+            col = Collection.create(out, encoder=encoder)
+        with col:
+            rep = index_corpus(col, docs, commit_every=500)
+            rate = rep.n_indexed / rep.seconds if rep.seconds > 0 else 0.0
+            print(
+                f"indexed {rep.n_indexed} documents ({rep.n_tokens} token vectors) in "
+                f"{rep.seconds:.1f} s ({rate:.1f} docs/s); {rep.n_already} already indexed; "
+                f"collection: {args.out}"
+            )
+            color = sys.stdout.isatty()
             for q in args.queries or SAMPLE_QUERIES:
                 print(f"\nquery: {q}")
                 t1 = time.perf_counter()
-                print_hits(coll, encoder, q, args.k, color=color, width=240)
+                print_hits(col, q, args.k, color=color, width=240)
                 print(f"({(time.perf_counter() - t1) * 1e3:.0f} ms including explanation)")
     except LatixError as e:
         print(f"latix demo: error: {e}", file=sys.stderr)
@@ -202,6 +207,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; run again to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _opens(path: Path) -> bool:
+    """Whether ``path`` is a complete collection this latix can open."""
+    from latix.collection import Collection
+    from latix.errors import LatixError
+
+    try:
+        Collection.open(path).close()
+    except LatixError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

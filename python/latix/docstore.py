@@ -1,56 +1,435 @@
-"""Document text store kept beside an index, so search results can show (and explain) their text.
+"""The record store of a collection: texts, metadata and the keyword index, in one SQLite file.
 
-A single SQLite file keyed by document id. Each :meth:`DocStore.put_many` is one transaction, so a
-crash or Ctrl-C leaves either all of a batch or none of it (SQLite's journal makes commits atomic).
+Tables (``records.sqlite``, WAL journal, ``synchronous=FULL``)::
+
+    records(rk INTEGER PRIMARY KEY AUTOINCREMENT, id, text, meta JSON, spans JSON,
+            n_passages, n_tokens, gen, dgen)
+    fts     FTS5 over records.text (external content, porter stemming, unicode61), kept in step
+            with records by triggers, so a text and its keyword entry change in one transaction
+    fields(name PRIMARY KEY, type, gen)     metadata field types
+    info(key PRIMARY KEY, value)            format version
+
+Each stored version of a record has its own integer key ``rk``, never reused (AUTOINCREMENT); the
+collection's vector index names its documents by these keys (``"<rk>"`` for a record's first
+passage, ``"<rk>.<p>"`` for the others), so mapping index documents to rows is integer work and a
+row never changes after it is written (an upsert writes a new version).
+
+**Commit protocol** (the index commit is the point of truth). The index publishes numbered
+generations atomically. A writer that stages changes for generation ``G + 1`` first writes its
+rows in SQLite tagged ``gen = G + 1`` (new versions) or ``dgen = G + 1`` (versions it deletes),
+committed before the index is asked to commit. Readers at index generation ``G`` see the rows
+with ``gen <= G AND (dgen IS NULL OR dgen > G)``: exactly the records of that generation,
+whatever a writer is doing. After the index publishes ``G + 1``, rows with ``dgen <= G + 1`` are
+removed. A writer taking over after a crash (:meth:`RecordStore.recover`) removes rows of
+generations the index never published and restores rows whose deletion it never published, so
+texts, metadata, keyword index and vectors again describe the same records.
+
+**Threads and processes.** One writer connection, used under the collection's write lock; each
+thread that reads gets its own connection (WAL lets readers run beside the writer), opened in
+the process that uses it: connections are never carried across ``fork()``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-__all__ = ["DocStore"]
+from latix.errors import CorruptedIndexError, IndexClosedError, LatixIOError
+from latix.filters import FieldType, Node, to_sql
+
+__all__ = ["RecordStore", "Row", "FORMAT_VERSION", "DB_FILE"]
+
+DB_FILE = "records.sqlite"
+FORMAT_VERSION = 1
+_CHUNK = 900  # bound parameters per IN (...) list (SQLite's default limit is 32766)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fields (
+    name TEXT PRIMARY KEY, type TEXT NOT NULL, gen INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    rk INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    meta TEXT,
+    spans TEXT,
+    n_passages INTEGER NOT NULL,
+    n_tokens INTEGER NOT NULL,
+    gen INTEGER NOT NULL,
+    dgen INTEGER);
+CREATE UNIQUE INDEX IF NOT EXISTS records_head_id ON records(id) WHERE dgen IS NULL;
+CREATE INDEX IF NOT EXISTS records_id ON records(id);
+CREATE INDEX IF NOT EXISTS records_gen ON records(gen);
+CREATE INDEX IF NOT EXISTS records_dgen ON records(dgen) WHERE dgen IS NOT NULL;
+CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
+    text, content='records', content_rowid='rk',
+    tokenize='porter unicode61 remove_diacritics 2');
+CREATE TRIGGER IF NOT EXISTS records_ai AFTER INSERT ON records BEGIN
+    INSERT INTO fts(rowid, text) VALUES (new.rk, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS records_ad AFTER DELETE ON records BEGIN
+    INSERT INTO fts(fts, rowid, text) VALUES ('delete', old.rk, old.text);
+END;
+"""
+
+#: Visibility of a row at committed generation ``?`` (bound twice).
+VISIBLE = "gen <= ? AND (dgen IS NULL OR dgen > ?)"
 
 
-class DocStore:
-    """Maps document ids to their text (SQLite).
+@dataclass(frozen=True)
+class Row:
+    """One stored record version.
+
+    Attributes:
+        rk: its key (the index names its passages ``"<rk>"``, ``"<rk>.1"``, ...).
+        id: the user's id.
+        text: the text.
+        metadata: the metadata dict.
+        spans: character spans ``(start, end)`` of its passages, or None for one passage (the
+            whole text).
+        n_passages: passages indexed.
+        n_tokens: token vectors indexed (all passages).
+    """
+
+    rk: int
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    spans: list[tuple[int, int]] | None
+    n_passages: int
+    n_tokens: int
+
+
+def _row(t: Sequence[Any]) -> Row:
+    rk, id_, text, meta, spans, n_p, n_t = t
+    return Row(
+        int(rk),
+        id_,
+        text,
+        json.loads(meta) if meta else {},
+        [(int(a), int(b)) for a, b in json.loads(spans)] if spans else None,
+        int(n_p),
+        int(n_t),
+    )
+
+
+_ROW_COLS = "rk, id, text, meta, spans, n_passages, n_tokens"
+
+
+class RecordStore:
+    """The SQLite file of a collection (see the module documentation).
 
     Args:
-        path: the database file (created if missing).
+        path: the database file; created with its tables if missing.
+
+    Raises:
+        LatixIOError: the file cannot be opened.
+        CorruptedIndexError: it is not a latix record store, or a newer format.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        self._db = sqlite3.connect(self.path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS docs (id TEXT PRIMARY KEY, text TEXT NOT NULL)"
-        )
-        self._db.commit()
+        self.path = Path(path)
+        self._pid = os.getpid()
+        self._closed = False
+        self._local = threading.local()
+        self._conns: weakref.WeakSet[_Conn] = weakref.WeakSet()
+        self._conns_lock = threading.Lock()
+        self._wconn: sqlite3.Connection | None = None
+        self._wlock = threading.RLock()
+        _LIVE.add(self)
+        con = self._connect()
+        try:
+            try:
+                v = con.execute("SELECT value FROM info WHERE key = 'format'").fetchone()
+            except sqlite3.OperationalError:  # a new file: no tables yet
+                con.executescript(
+                    "BEGIN IMMEDIATE;"
+                    + _SCHEMA
+                    + f"INSERT OR IGNORE INTO info (key, value) VALUES ('format', "
+                    f"'{FORMAT_VERSION}'); COMMIT;"
+                )
+                v = con.execute("SELECT value FROM info WHERE key = 'format'").fetchone()
+            if v is None or not str(v[0]).isdigit():
+                raise CorruptedIndexError(f"{self.path}: not a latix record store (no format)")
+            if int(v[0]) > FORMAT_VERSION:
+                raise CorruptedIndexError(
+                    f"{self.path} was written by a newer latix (record format {v[0]})"
+                )
+        except sqlite3.DatabaseError as e:
+            raise CorruptedIndexError(f"{self.path}: not a latix record store ({e})") from None
+        finally:
+            con.close()
 
-    def put_many(self, items: Iterable[tuple[str, str]]) -> None:
-        """Insert or replace (id, text) pairs in one atomic transaction."""
-        with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO docs (id, text) VALUES (?, ?)", items)
+    # ------------------------------------------------------------------------------ connections
 
-    def get_many(self, ids: Sequence[str]) -> dict[str, str]:
-        """Texts of the given ids that are present (missing ids are absent from the result)."""
-        out: dict[str, str] = {}
-        for i in range(0, len(ids), 500):
-            chunk = list(ids[i : i + 500])
-            q = "SELECT id, text FROM docs WHERE id IN ({})".format(",".join("?" * len(chunk)))
-            out.update(self._db.execute(q, chunk).fetchall())
-        return out
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            con = sqlite3.connect(
+                self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+            )
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+            con.execute("PRAGMA foreign_keys=OFF")
+        except sqlite3.DatabaseError as e:
+            raise LatixIOError(f"{self.path}: cannot open the record store: {e}") from None
+        return con
 
-    def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
+    def _check(self) -> None:
+        if self._closed:
+            raise IndexClosedError(f"the collection at {self.path.parent} is closed")
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection (opened on first use in this thread and process)."""
+        self._check()
+        c: _Conn | None = getattr(self._local, "conn", None)
+        pid = os.getpid()
+        if c is None or c.pid != pid:
+            # A connection inherited through fork() is never used (nor closed: that could
+            # release locks the parent holds); this process opens its own.
+            c = _Conn(self._connect(), pid)
+            self._local.conn = c
+            with self._conns_lock:
+                self._conns.add(c)
+        return c.con
+
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection inside one ``BEGIN IMMEDIATE`` transaction, committed on
+        success and rolled back on error. Callers hold the collection's write lock."""
+        self._check()
+        with self._wlock:
+            if self._wconn is None or self._pid != os.getpid():
+                self._wconn = self._connect()
+                self._pid = os.getpid()
+            con = self._wconn
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
 
     def close(self) -> None:
-        """Close the database."""
-        self._db.close()
+        """Closes every connection this process opened. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        mine = os.getpid()
+        with self._conns_lock:
+            conns = list(self._conns)
+        for c in conns:
+            if c.pid == mine:
+                c.con.close()
+        if self._wconn is not None and self._pid == mine:
+            self._wconn.close()
+        self._wconn = None
 
-    def __enter__(self) -> DocStore:
-        return self
+    # ------------------------------------------------------------------------------ schema
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def fields(self) -> dict[str, FieldType]:
+        """Metadata field name -> type (fields of uncommitted batches included)."""
+        rows = self.reader().execute("SELECT name, type FROM fields").fetchall()
+        return {n: t for n, t in rows}
+
+    @staticmethod
+    def add_fields(con: sqlite3.Connection, new: dict[str, FieldType], gen: int) -> None:
+        """Registers new metadata fields (inside a write transaction)."""
+        con.executemany(
+            "INSERT INTO fields (name, type, gen) VALUES (?, ?, ?)",
+            [(n, t, gen) for n, t in new.items()],
+        )
+
+    # ------------------------------------------------------------------------------ writing
+
+    @staticmethod
+    def next_key(con: sqlite3.Connection) -> int:
+        """The next unused record key (keys of deleted rows are never reused)."""
+        r = con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        m = con.execute("SELECT MAX(rk) FROM records").fetchone()[0]
+        return max(int(r[0]) if r else 0, int(m) if m is not None else 0) + 1
+
+    @staticmethod
+    def insert(con: sqlite3.Connection, rows: Iterable[tuple[Any, ...]], gen: int) -> None:
+        """Inserts ``(rk, id, text, meta_json, spans_json, n_passages, n_tokens)`` rows of
+        generation ``gen`` (inside a write transaction)."""
+        con.executemany(
+            "INSERT INTO records (rk, id, text, meta, spans, n_passages, n_tokens, gen) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (r + (gen,) for r in rows),
+        )
+
+    @staticmethod
+    def mark_deleted(con: sqlite3.Connection, rks: Sequence[int], gen: int) -> None:
+        """Marks record versions as deleted by generation ``gen``."""
+        for i in range(0, len(rks), _CHUNK):
+            chunk = list(rks[i : i + _CHUNK])
+            con.execute(
+                f"UPDATE records SET dgen = ? WHERE rk IN ({','.join('?' * len(chunk))})",
+                [gen, *chunk],
+            )
+
+    @staticmethod
+    def head(con: sqlite3.Connection, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """The writer's view: id -> (rk, n_passages) of the versions not deleted, committed or
+        staged."""
+        out: dict[str, tuple[int, int]] = {}
+        for i in range(0, len(ids), _CHUNK):
+            chunk = list(ids[i : i + _CHUNK])
+            q = (
+                "SELECT id, rk, n_passages FROM records WHERE dgen IS NULL AND id IN "
+                f"({','.join('?' * len(chunk))})"
+            )
+            for id_, rk, n_p in con.execute(q, chunk):
+                out[id_] = (int(rk), int(n_p))
+        return out
+
+    def finish(self, committed: int) -> None:
+        """After the index published generation ``committed``: removes the rows it deleted."""
+        with self.writing() as con:
+            con.execute("DELETE FROM records WHERE dgen <= ?", (committed,))
+
+    def rollback(self, committed: int) -> int:
+        """Undoes every change staged for generations after ``committed`` (rows written,
+        deletions marked, fields registered). Returns the rows undone."""
+        with self.writing() as con:
+            n = con.execute("DELETE FROM records WHERE gen > ?", (committed,)).rowcount
+            n += con.execute("UPDATE records SET dgen = NULL WHERE dgen > ?", (committed,)).rowcount
+            con.execute("DELETE FROM fields WHERE gen > ?", (committed,))
+        return int(n)
+
+    def recover(self, committed: int) -> int:
+        """Brings the store in line with index generation ``committed`` after a crash (see
+        the module documentation); returns the rows changed."""
+        n = self.rollback(committed)
+        with self.writing() as con:
+            n += con.execute("DELETE FROM records WHERE dgen <= ?", (committed,)).rowcount
+        return int(n)
+
+    # ------------------------------------------------------------------------------ reading
+
+    def get(self, ids: Sequence[str], gen: int) -> dict[str, Row]:
+        """Visible versions of ``ids`` at generation ``gen`` (missing ids are absent)."""
+        con = self.reader()
+        out: dict[str, Row] = {}
+        for i in range(0, len(ids), _CHUNK):
+            chunk = list(ids[i : i + _CHUNK])
+            q = (
+                f"SELECT {_ROW_COLS} FROM records WHERE {VISIBLE} AND id IN "
+                f"({','.join('?' * len(chunk))})"
+            )
+            for t in con.execute(q, [gen, gen, *chunk]):
+                r = _row(t)
+                out[r.id] = r
+        return out
+
+    def by_key(self, rks: Sequence[int]) -> dict[int, Row]:
+        """Rows by key, whatever their generation (the index said they exist)."""
+        con = self.reader()
+        out: dict[int, Row] = {}
+        for i in range(0, len(rks), _CHUNK):
+            chunk = list(rks[i : i + _CHUNK])
+            q = f"SELECT {_ROW_COLS} FROM records WHERE rk IN ({','.join('?' * len(chunk))})"
+            for t in con.execute(q, chunk):
+                r = _row(t)
+                out[r.rk] = r
+        return out
+
+    def count(self, gen: int, where: Node | None = None) -> int:
+        """Visible records at generation ``gen`` (matching ``where``)."""
+        sql, params = ("1", []) if where is None else to_sql(where)
+        q = f"SELECT COUNT(*) FROM records WHERE {VISIBLE} AND {sql}"
+        return int(self.reader().execute(q, [gen, gen, *params]).fetchone()[0])
+
+    def ids(self, gen: int, where: Node | None = None) -> list[str]:
+        """Ids of the visible records at ``gen`` (matching ``where``), in insertion order."""
+        sql, params = ("1", []) if where is None else to_sql(where)
+        q = f"SELECT id FROM records WHERE {VISIBLE} AND {sql} ORDER BY rk"
+        return [r[0] for r in self.reader().execute(q, [gen, gen, *params])]
+
+    def keys(self, gen: int) -> list[tuple[int, int]]:
+        """(rk, n_passages) of the visible records at ``gen``."""
+        q = f"SELECT rk, n_passages FROM records WHERE {VISIBLE} ORDER BY rk"
+        return [(int(a), int(b)) for a, b in self.reader().execute(q, [gen, gen])]
+
+    def totals(self, gen: int) -> tuple[int, int, int]:
+        """(records, passages, token vectors) visible at ``gen``."""
+        q = f"SELECT COUNT(*), SUM(n_passages), SUM(n_tokens) FROM records WHERE {VISIBLE}"
+        n, p, t = self.reader().execute(q, [gen, gen]).fetchone()
+        return int(n), int(p or 0), int(t or 0)
+
+    def column(self, field: str, ftype: FieldType, lo: int, hi: int) -> list[tuple[int, Any]]:
+        """``(rk, value)`` of field ``field`` for the rows with ``lo <= rk <= hi`` (value None
+        where missing; a list for list fields), whatever their generation."""
+        con = self.reader()
+        path = "$." + field
+        if ftype == "list[str]":
+            q = "SELECT rk, json_extract(meta, ?) FROM records WHERE rk BETWEEN ? AND ?"
+            return [
+                (rk, None if v is None else json.loads(v))
+                for rk, v in con.execute(q, (path, lo, hi))
+            ]
+        q = "SELECT rk, json_extract(meta, ?) FROM records WHERE rk BETWEEN ? AND ?"
+        return list(con.execute(q, (path, lo, hi)))
+
+    def keyword(
+        self, match: str, k: int, gen: int, where: Node | None = None
+    ) -> list[tuple[int, float]]:
+        """BM25 (FTS5, k1 = 1.2, b = 0.75) top ``k`` of an FTS5 query among the records visible
+        at ``gen`` (matching ``where``): ``(rk, score)`` best first, score = -bm25 (higher is
+        better)."""
+        sql, params = ("1", []) if where is None else to_sql(where, "r.meta")
+        q = (
+            "SELECT r.rk, bm25(fts) AS s FROM fts JOIN records r ON r.rk = fts.rowid "
+            f"WHERE fts MATCH ? AND r.gen <= ? AND (r.dgen IS NULL OR r.dgen > ?) AND {sql} "
+            "ORDER BY s LIMIT ?"
+        )
+        rows = self.reader().execute(q, [match, gen, gen, *params, k]).fetchall()
+        return [(int(rk), -float(s)) for rk, s in rows]
+
+    def check(self) -> None:
+        """SQLite's integrity check and FTS5's check of the keyword index against the texts.
+
+        Raises:
+            CorruptedIndexError: naming the problem.
+        """
+        con = self.reader()
+        try:
+            bad = con.execute("PRAGMA integrity_check").fetchall()
+            if bad != [("ok",)]:
+                raise CorruptedIndexError(f"{self.path}: integrity check failed: {bad[:5]}")
+            con.execute("INSERT INTO fts(fts, rank) VALUES ('integrity-check', 1)")
+        except sqlite3.DatabaseError as e:
+            raise CorruptedIndexError(f"{self.path}: {e}") from None
+
+
+_LIVE: weakref.WeakSet[RecordStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Locks another thread held at fork() stay held forever in the child: start fresh.
+    for st in list(_LIVE):
+        st._wlock = threading.RLock()
+        st._conns_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Conn:
+    """A read connection and the process that opened it (weak-referenceable)."""
+
+    __slots__ = ("con", "pid", "__weakref__")
+
+    def __init__(self, con: sqlite3.Connection, pid: int) -> None:
+        self.con = con
+        self.pid = pid

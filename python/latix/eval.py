@@ -29,7 +29,15 @@ import numpy.typing as npt
 from latix.encoder import Encoder
 from latix.errors import InvalidArgumentError
 
-__all__ = ["EvalResult", "evaluate", "EmbeddingCache", "percentiles", "data_checksum"]
+__all__ = [
+    "EvalResult",
+    "evaluate",
+    "evaluate_collection",
+    "score_run",
+    "EmbeddingCache",
+    "percentiles",
+    "data_checksum",
+]
 
 #: Reported metric name -> ir-measures measure string.
 METRICS = {"nDCG@10": "nDCG@10", "Recall@100": "R@100", "MRR@10": "RR@10", "MAP": "AP"}
@@ -105,8 +113,6 @@ def evaluate(
     Raises:
         InvalidArgumentError: no judged query has a text.
     """
-    import ir_measures
-
     qids = [q for q in qrels if q in queries]
     missing = sum(1 for q in qrels if q not in queries)
     if not qids:
@@ -132,11 +138,99 @@ def evaluate(
             for s, d in zip(scores[0], ids[0], strict=False)
             if d != "" and np.isfinite(s)
         }
+    metrics = score_run(run, qrels)
+    return EvalResult(
+        metrics, len(qids), missing, percentiles(enc_ms), percentiles(search_ms), depth, run
+    )
+
+
+def score_run(
+    run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]
+) -> dict[str, float]:
+    """The metrics of :data:`METRICS` (ir-measures) of a run over the judged queries it holds.
+
+    Args:
+        run: query id -> {doc id -> score}.
+        qrels: query id -> {doc id -> relevance}.
+
+    Returns:
+        metric name -> mean over the run's judged queries.
+    """
+    import ir_measures
+
     measures = [ir_measures.parse_measure(m) for m in METRICS.values()]
     qrels_plain = {q: dict(v) for q, v in qrels.items() if q in run}
-    agg = ir_measures.calc_aggregate(measures, qrels_plain, run)
+    run_plain = {q: dict(v) for q, v in run.items()}
+    agg = ir_measures.calc_aggregate(measures, qrels_plain, run_plain)
     by_str = {str(k): float(v) for k, v in agg.items()}
-    metrics = {name: by_str[m] for name, m in METRICS.items()}
+    return {name: by_str[m] for name, m in METRICS.items()}
+
+
+def evaluate_collection(
+    col: Any,
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    *,
+    mode: str = "late",
+    depth: int = 1000,
+    where: Mapping[str, Any] | None = None,
+    n_threads: int | None = None,
+    query_vectors: Mapping[str, npt.NDArray[np.float32]] | None = None,
+    **search_options: Any,
+) -> EvalResult:
+    """Search every judged query through a :class:`latix.Collection`, one at a time, in any
+    mode, and score the ranking.
+
+    Args:
+        col: the collection.
+        queries: query id -> text.
+        qrels: query id -> {record id -> relevance}.
+        mode: ``"late"``, ``"keyword"`` or ``"hybrid"``.
+        depth: records retrieved per query.
+        where: a metadata filter applied to every query.
+        n_threads: search threads.
+        query_vectors: precomputed query vectors by id (else the collection's model encodes
+            each query, timed separately; keyword mode encodes nothing).
+        **search_options: passed to :meth:`latix.Collection.search_batch` (``fusion``,
+            ``alpha``, ``nprobe``, ...).
+
+    Returns:
+        An :class:`EvalResult` (``search_ms`` includes fetching texts and metadata).
+
+    Raises:
+        InvalidArgumentError: no judged query has a text.
+    """
+    qids = [q for q in qrels if q in queries]
+    missing = sum(1 for q in qrels if q not in queries)
+    if not qids:
+        raise InvalidArgumentError("no judged query has a text: check that queries and qrels match")
+    enc_ms: list[float] = []
+    search_ms: list[float] = []
+    run: dict[str, dict[str, float]] = {}
+    for qid in qids:
+        qv = None
+        if mode != "keyword":
+            if query_vectors is not None and qid in query_vectors:
+                qv = [query_vectors[qid]]
+            else:
+                t0 = time.perf_counter()
+                qv = col.encoder.encode_queries_packed([queries[qid]]).to_list()
+                enc_ms.append((time.perf_counter() - t0) * 1e3)
+        t0 = time.perf_counter()
+        res = col.search_batch(
+            [queries[qid]],
+            depth,
+            where=where,
+            mode=mode,
+            query_vectors=qv,
+            n_threads=n_threads,
+            include=(),
+            **search_options,
+        )
+        search_ms.append((time.perf_counter() - t0) * 1e3)
+        n = res.n_hits(0)
+        run[qid] = {str(res.ids[0, j]): float(res.scores[0, j]) for j in range(n)}
+    metrics = score_run(run, qrels)
     return EvalResult(
         metrics, len(qids), missing, percentiles(enc_ms), percentiles(search_ms), depth, run
     )

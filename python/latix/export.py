@@ -230,7 +230,7 @@ def export_checkpoint(
 def _make_wrapper(model: Any, proj: Any) -> Any:
     import torch
 
-    class Wrapped(torch.nn.Module):
+    class Wrapped(torch.nn.Module):  # type: ignore[misc,unused-ignore]  # Any without torch
         """Transformer + projection as one module: the graph outputs projected token vectors."""
 
         def __init__(self) -> None:

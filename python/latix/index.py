@@ -22,7 +22,7 @@ processes and fork".
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -55,6 +55,16 @@ def _bool_arg(name: str, value: object) -> bool:
     if not isinstance(value, bool | np.bool_):
         raise InvalidArgumentError(f"{name} must be a bool, got {type(value).__name__}")
     return bool(value)
+
+
+def _as_results(
+    res: tuple[npt.NDArray[np.float32], list[str]],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.object_]]:
+    """(scores (n_q, k), flat ids) from the binding -> (scores, (n_q, k) object array of ids)."""
+    scores, flat_ids = res
+    ids = np.empty(len(flat_ids), dtype=object)
+    ids[:] = flat_ids
+    return scores, ids.reshape(scores.shape)
 
 
 def _path_arg(path: object) -> str:
@@ -350,10 +360,95 @@ class Index:
                 be allocated.
             IndexClosedError: the handle is closed.
         """
-        if nprobe is not None:
-            nprobe = _int_arg("nprobe", nprobe, 1)
-        if refine is not None:
-            refine = _int_arg("refine", refine, 0)
+        qlist, k, n_threads, nprobe, rerank, refine = self._search_args(
+            queries, k, n_threads, nprobe, rerank, refine
+        )
+        sub: list[str] | None = None
+        if subset is not None:
+            if isinstance(subset, str):
+                raise InvalidArgumentError(
+                    "subset must be an iterable of str ids, got a single str"
+                )
+            try:
+                sub = list(subset)
+            except TypeError:
+                raise InvalidArgumentError(
+                    f"subset must be an iterable of str ids, got {type(subset).__name__}"
+                ) from None
+        res = self._inner.search(qlist, k, n_threads, sub, nprobe, rerank, refine)
+        if res is None:  # only masked searches can be out of date
+            raise InvalidArgumentError("internal error: an unmasked search returned no result")
+        return _as_results(res)
+
+    def search_masked(
+        self,
+        queries: FloatArray | Sequence[FloatArray],
+        masks: Mapping[str, npt.NDArray[np.uint64]],
+        k: int = 10,
+        n_threads: int | None = None,
+        *,
+        exhaustive_below: int = 0,
+        nprobe: int | None = None,
+        rerank: bool | None = None,
+        refine: int | None = None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.object_]] | None:
+        """:meth:`search` restricted by one bitmap of allowed documents per segment.
+
+        This is how a filter over a large share of the index reaches candidate generation
+        without naming every allowed id: list the segments with :meth:`segments`, map each
+        segment's documents (:meth:`segment_ids`, by document number) to what the filter
+        decides, and pass one bitmap per segment. Segment files are immutable, so a bitmap
+        built for a segment stays valid while the segment exists (deleted documents are dropped
+        by the search itself); a commit that adds a segment makes the masks incomplete, and the
+        search then returns None: build a mask for the new segments and search again.
+
+        Args:
+            queries: as in :meth:`search`.
+            masks: segment file name -> 1-D uint64 array of ``ceil(n_docs / 64)`` words; bit
+                ``d % 64`` of word ``d // 64`` allows document ``d`` of the segment
+                (``np.packbits(allowed, bitorder="little")`` padded to a multiple of 8 bytes and
+                viewed as ``<u8``). Masks of segments not in the index are ignored.
+            k: hits per query (>= 1).
+            n_threads: threads to use.
+            exhaustive_below: compressed index only: when at most this many live documents are
+                allowed, score every one of them with all its codes (then re-rank exactly when
+                re-ranking) instead of generating candidates from the probed lists. 0: never.
+            nprobe: as in :meth:`search`.
+            rerank: as in :meth:`search`.
+            refine: as in :meth:`search`.
+
+        Returns:
+            ``(scores, ids)`` as :meth:`search` returns them, or None when the latest committed
+            snapshot has a segment that ``masks`` does not cover.
+
+        Raises:
+            InvalidArgumentError: as :meth:`search`, or a mask of the wrong length or dtype.
+        """
+        qlist, k, n_threads, nprobe, rerank, refine = self._search_args(
+            queries, k, n_threads, nprobe, rerank, refine
+        )
+        if not isinstance(masks, Mapping):
+            raise InvalidArgumentError(
+                f"masks must be a dict of segment file -> uint64 array, got {type(masks).__name__}"
+            )
+        below = _int_arg("exhaustive_below", exhaustive_below, 0)
+        res = self._inner.search(
+            qlist, k, n_threads, None, nprobe, rerank, refine, dict(masks), below
+        )
+        return None if res is None else _as_results(res)
+
+    def _search_args(
+        self,
+        queries: FloatArray | Sequence[FloatArray],
+        k: object,
+        n_threads: object,
+        nprobe: object,
+        rerank: object,
+        refine: object,
+    ) -> tuple[list[object], int, int | None, int | None, bool | None, int | None]:
+        """The checked arguments shared by :meth:`search` and :meth:`search_masked`."""
+        nprobe_ = None if nprobe is None else _int_arg("nprobe", nprobe, 1)
+        refine_ = None if refine is None else _int_arg("refine", refine, 0)
         if rerank is not None and not isinstance(rerank, bool | np.bool_):
             raise InvalidArgumentError(
                 f"rerank must be a bool or None, got {type(rerank).__name__}"
@@ -375,27 +470,31 @@ class Index:
                 f"queries must be an (n_query_tokens, {self.dim}) array or a list of them, "
                 f"got {type(queries).__name__}"
             )
-        k = _int_arg("k", k, 1)
-        if n_threads is not None:
-            n_threads = _int_arg("n_threads", n_threads, 1)
-        sub: list[str] | None = None
-        if subset is not None:
-            if isinstance(subset, str):
-                raise InvalidArgumentError(
-                    "subset must be an iterable of str ids, got a single str"
-                )
-            try:
-                sub = list(subset)
-            except TypeError:
-                raise InvalidArgumentError(
-                    f"subset must be an iterable of str ids, got {type(subset).__name__}"
-                ) from None
-        scores, flat_ids = self._inner.search(
-            qlist, k, n_threads, sub, nprobe, None if rerank is None else bool(rerank), refine
-        )
-        ids = np.empty(len(flat_ids), dtype=object)
-        ids[:] = flat_ids
-        return scores, ids.reshape(scores.shape)
+        k_ = _int_arg("k", k, 1)
+        n_threads_ = None if n_threads is None else _int_arg("n_threads", n_threads, 1)
+        rerank_ = None if rerank is None else bool(rerank)
+        return qlist, k_, n_threads_, nprobe_, rerank_, refine_
+
+    def segments(self) -> list[tuple[str, int, int]]:
+        """The segments of the latest committed snapshot, oldest first.
+
+        Returns:
+            ``(file, n_docs, n_live)`` per segment: the file name (the key of a mask in
+            :meth:`search_masked`), its documents including deleted ones (document numbers
+            ``0..n_docs``), and those not deleted.
+        """
+        return self._inner.segments()
+
+    def segment_ids(self, file: str) -> list[str]:
+        """Ids of every document of segment ``file``, by document number (deleted ones
+        included: they keep their number).
+
+        Raises:
+            NotFoundError: the latest snapshot has no such segment (e.g. compaction replaced it).
+        """
+        if not isinstance(file, str):
+            raise InvalidArgumentError(f"file must be a str, got {type(file).__name__}")
+        return self._inner.segment_ids(file)
 
     def get(self, id: str) -> FloatArray:
         """The stored token vectors of a committed document.

@@ -28,9 +28,9 @@ use std::sync::Arc;
 use half::f16;
 
 use crate::compressed::{
-    codec_checksum, default_nprobe, default_refine, default_refine_for_rerank, refine,
-    rerank_depth, rerank_exact, search_segments, Codec, CodecParams, FullVectors, IvfSegment,
-    QueryPlan, SegmentView as IvfView,
+    centroid_interaction, codec_checksum, default_nprobe, default_refine,
+    default_refine_for_rerank, refine, rerank_depth, rerank_exact, search_segments, Candidate,
+    Codec, CodecParams, FullVectors, IvfSegment, QueryPlan, SegmentView as IvfView,
 };
 use crate::error::{LatixError, Result};
 use crate::index::{CommitContext, SearchResults, MAX_RESULT_SLOTS};
@@ -787,6 +787,19 @@ pub struct CompressedSearch {
     pub refine: Option<usize>,
 }
 
+/// Documents of a filtered search (a subset or per-segment masks) refined from codes, chosen by
+/// centroid interaction among all allowed documents (exhaustive mode) or among the best
+/// [`FILTERED_DEPTH`] candidates of candidate generation. A filter moves the true best
+/// documents down the unfiltered ranking, where candidate generation's imputed estimates are
+/// poor: refining only its best 16 found 0.65 of the exact top 10 at 10 % selectivity on
+/// SciFact + 100k distractors, refining 256 of them 0.83. Ranking 384 by centroid interaction
+/// and refining 32 found 0.84 at 10 % and 0.87 at 50 %, at 1.4x the time of an unfiltered
+/// search (512 and 32: 0.84 / 0.87 at 1.6x; 256 and 32: 0.83 / 0.87 at 1.35x; measured
+/// interleaved with unfiltered searches, 150 test queries, one thread).
+pub const FILTERED_REFINE: usize = 32;
+/// Candidates of a filtered, non-exhaustive search ranked by centroid interaction.
+pub const FILTERED_DEPTH: usize = 384;
+
 fn bitmap_all_but(n: usize, dead: &[u32]) -> Vec<u64> {
     let mut b = vec![u64::MAX; n.div_ceil(64)];
     if !n.is_multiple_of(64) {
@@ -803,6 +816,11 @@ fn bitmap_all_but(n: usize, dead: &[u32]) -> Vec<u64> {
 /// Search of a trained compressed snapshot: encoded segments through the codec (filters as
 /// allowed-document bitmaps inside candidate generation), segments without lists exactly, merged.
 /// Inputs were validated by the caller (queries, k); `keep_vectors` decides the default re-rank.
+/// `bits` (one bitmap of live allowed documents per segment of `snap`) replaces `subset`; when it
+/// allows at most `exhaustive_below` documents, every allowed document of the encoded segments is
+/// a candidate (scored with all its codes, then re-ranked exactly when re-ranking) instead of the
+/// output of candidate generation: a small set is cheaper to score whole than to probe for, and
+/// probing misses allowed documents when few of them sit in the probed lists.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn search(
     snap: &Snapshot,
@@ -813,6 +831,8 @@ pub(crate) fn search(
     subset: Option<&[&str]>,
     opts: CompressedSearch,
     keep_vectors: bool,
+    bits: Option<Vec<Vec<u64>>>,
+    exhaustive_below: usize,
 ) -> Result<SearchResults> {
     let nq = queries.len();
     if k > MAX_RESULT_SLOTS || nq.saturating_mul(k) > MAX_RESULT_SLOTS {
@@ -834,8 +854,10 @@ pub(crate) fn search(
     let rerank = opts.rerank.unwrap_or(keep_vectors);
     let segs = snap.segments();
     // Allowed documents per segment: the subset's live documents, or all live documents.
-    let allowed: Vec<Option<Vec<u64>>> = match subset {
-        Some(ids) => {
+    let filtered = bits.is_some() || subset.is_some();
+    let allowed: Vec<Option<Vec<u64>>> = match (bits, subset) {
+        (Some(b), _) => b.into_iter().map(Some).collect(),
+        (None, Some(ids)) => {
             let mut b: Vec<Vec<u64>> = segs
                 .iter()
                 .map(|v| vec![0u64; v.segment.n_docs().div_ceil(64)])
@@ -847,7 +869,7 @@ pub(crate) fn search(
             }
             b.into_iter().map(Some).collect()
         }
-        None => segs
+        (None, None) => segs
             .iter()
             .map(|v| {
                 (!v.entry.tombstones.is_empty())
@@ -855,6 +877,15 @@ pub(crate) fn search(
             })
             .collect(),
     };
+    // Live allowed documents of a filtered search (subsets and masks alike).
+    let n_allowed = filtered.then(|| {
+        allowed
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|w| w.count_ones() as usize)
+            .sum::<usize>()
+    });
     let is_allowed = |s: usize, d: u32| {
         allowed[s]
             .as_ref()
@@ -915,12 +946,52 @@ pub(crate) fn search(
     }
     .min(live);
     let depth = exact_depth.max(n_refine);
+    // Exhaustive: every allowed document of the encoded segments, refined whole (needs the
+    // document map of every segment, like refine).
+    let exhaustive: Option<Vec<Candidate>> =
+        (all_mapped && n_allowed.is_some_and(|n| n <= exhaustive_below)).then(|| {
+            let mut c = Vec::new();
+            for (vi, v) in views.iter().enumerate() {
+                match v.allowed {
+                    // Set bits only: one word per 64 documents.
+                    Some(b) => {
+                        for (i, &w) in b.iter().enumerate() {
+                            let mut w = w;
+                            while w != 0 {
+                                c.push((0.0f32, vi as u32, (i as u32) << 6 | w.trailing_zeros()));
+                                w &= w - 1;
+                            }
+                        }
+                    }
+                    None => c.extend((0..v.seg.n_docs() as u32).map(|d| (0.0f32, vi as u32, d))),
+                }
+            }
+            c
+        });
     let per_query = |q: &[f32]| -> Result<Vec<(f32, usize, u32)>> {
         let mut hits: Vec<(f32, usize, u32)> = Vec::new();
         if !views.is_empty() {
             let plan = QueryPlan::new(&codec.codec, q, nprobe)?;
-            let mut cands = search_segments(&plan, &views, depth)?;
-            if n_refine > 0 {
+            // A filtered search ranks many candidates by centroid interaction and refines the
+            // best of them (all allowed documents when exhaustive).
+            let ci_refine = |c: &[Candidate]| -> Result<Vec<Candidate>> {
+                let r = FILTERED_REFINE.max(depth);
+                if c.len() <= r {
+                    return refine(&codec.codec, &plan, &views, c);
+                }
+                let mut ci = centroid_interaction(&codec.codec, &plan, &views, c)?;
+                ci.truncate(r);
+                refine(&codec.codec, &plan, &views, &ci)
+            };
+            let deep = filtered && n_refine > 0;
+            let mut cands = match &exhaustive {
+                Some(all) => ci_refine(all)?,
+                None if deep => {
+                    ci_refine(&search_segments(&plan, &views, FILTERED_DEPTH.max(depth))?)?
+                }
+                None => search_segments(&plan, &views, depth)?,
+            };
+            if n_refine > 0 && exhaustive.is_none() && !deep {
                 // Re-score the best n_refine with all their codes; the rest keep their order
                 // below them (only reached when the exact re-rank asks for more).
                 let rest = cands.split_off(n_refine.min(cands.len()));

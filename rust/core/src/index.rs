@@ -94,6 +94,42 @@ pub struct SearchResults {
     pub ids: Vec<String>,
 }
 
+/// Allowed documents per segment, for [`DocFilter::Masks`]: segment file name -> bitmap over the
+/// segment's document numbers (bit `d % 64` of word `d / 64` allows document `d`; exactly
+/// `n_docs.div_ceil(64)` words). Segment files are immutable, so a mask built for a file stays
+/// valid for as long as the file is part of the index; tombstones are applied by the search.
+pub type SegmentMasks = HashMap<String, Vec<u64>>;
+
+/// Which documents a search may return (deleted documents never are).
+#[derive(Clone, Copy, Debug)]
+pub enum DocFilter<'a> {
+    /// Every live document.
+    All,
+    /// The live documents with these ids; unknown ids are ignored.
+    Ids(&'a [&'a str]),
+    /// The live documents allowed by per-segment bitmaps. A compressed index scores the allowed
+    /// documents exhaustively (code-level MaxSim over all their tokens, then the exact re-rank
+    /// when vectors are kept) instead of through candidate generation when at most
+    /// `exhaustive_below` of them are live.
+    Masks {
+        /// Bitmap per segment file; every segment of the searched snapshot must have one.
+        masks: &'a SegmentMasks,
+        /// Live allowed documents at or below which a compressed index searches exhaustively.
+        exhaustive_below: usize,
+    },
+}
+
+/// A segment of a committed snapshot, as [`Index::segments`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// The segment's file name (the key of [`SegmentMasks`]).
+    pub file: String,
+    /// Documents stored in the segment, deleted ones included (document numbers `0..n_docs`).
+    pub n_docs: usize,
+    /// Documents of the segment that are not deleted.
+    pub n_live: usize,
+}
+
 /// What a commit hook may do: add index-level or per-segment named files to the commit (e.g. a
 /// trained codec and each new segment's codes). Files are written atomically and published by the
 /// same manifest switch as the rest of the commit.
@@ -1457,6 +1493,23 @@ impl Index {
         subset: Option<&[&str]>,
         opts: CompressedSearch,
     ) -> Result<SearchResults> {
+        let filter = subset.map_or(DocFilter::All, DocFilter::Ids);
+        self.search_filtered(queries, k, n_threads, filter, opts)?
+            .ok_or_else(|| LatixError::invalid("an id filter cannot be out of date"))
+    }
+
+    /// [`Index::search_with`] restricted by a [`DocFilter`]. Returns `None` (search nothing)
+    /// when the filter is [`DocFilter::Masks`] and the latest snapshot has a segment the masks
+    /// do not cover: a commit published a new segment since they were built; build masks for
+    /// [`Index::segments`] again and retry.
+    pub fn search_filtered(
+        &self,
+        queries: &[&[f32]],
+        k: usize,
+        n_threads: Option<usize>,
+        filter: DocFilter<'_>,
+        opts: CompressedSearch,
+    ) -> Result<Option<SearchResults>> {
         self.ensure_open()?;
         match &self.compression {
             None if opts.nprobe.is_some() || opts.rerank.is_some() || opts.refine.is_some() => {
@@ -1498,6 +1551,17 @@ impl Index {
                 snap.len()
             )));
         }
+        let (subset, bits, exhaustive_below) = match filter {
+            DocFilter::All => (None, None, 0),
+            DocFilter::Ids(ids) => (Some(ids), None, 0),
+            DocFilter::Masks {
+                masks,
+                exhaustive_below,
+            } => match live_masks(&snap, masks)? {
+                Some(b) => (None, Some(b), exhaustive_below),
+                None => return Ok(None),
+            },
+        };
         if let (Some(cfg), Some(st)) = (&self.compression, state) {
             if st.codec.is_some() {
                 return cindex::search(
@@ -1509,10 +1573,49 @@ impl Index {
                     subset,
                     opts,
                     cfg.keep_vectors,
-                );
+                    bits,
+                    exhaustive_below,
+                )
+                .map(Some);
             }
         }
-        search_snapshot(&snap, queries, k, n_threads, subset)
+        match bits {
+            Some(b) => search_snapshot_docs(&snap, queries, k, n_threads, Some(bitmap_docs(&b))),
+            None => search_snapshot(&snap, queries, k, n_threads, subset),
+        }
+        .map(Some)
+    }
+
+    /// The segments of the latest committed snapshot, in insertion order.
+    pub fn segments(&self) -> Result<Vec<SegmentInfo>> {
+        let snap = self.snapshot()?;
+        Ok(snap
+            .segments()
+            .iter()
+            .map(|v| SegmentInfo {
+                file: v.segment.file_name().to_owned(),
+                n_docs: v.segment.n_docs(),
+                n_live: v.live_docs,
+            })
+            .collect())
+    }
+
+    /// Ids of every document of segment `file` of the latest committed snapshot, indexed by
+    /// document number (deleted documents included: their numbers stay in the segment).
+    /// `NotFound` if the snapshot has no such segment (e.g. a compaction replaced it).
+    pub fn segment_ids(&self, file: &str) -> Result<Vec<String>> {
+        let snap = self.snapshot()?;
+        let v = snap
+            .segments()
+            .iter()
+            .find(|v| v.segment.file_name() == file)
+            .ok_or_else(|| {
+                LatixError::NotFound(format!("the index has no segment {file:?} (any more)"))
+            })?;
+        let seg = &v.segment;
+        (0..seg.n_docs() as u32)
+            .map(|d| seg.id(d).map(str::to_owned))
+            .collect()
     }
 }
 
@@ -1556,6 +1659,54 @@ pub(crate) fn padded_results(nq: usize, k: usize) -> Result<(Vec<f32>, Vec<Strin
     ))
 }
 
+/// The masks of [`DocFilter::Masks`] for each segment of `snap`, with its deleted documents
+/// cleared; `None` if a segment of `snap` has no mask.
+fn live_masks(snap: &Snapshot, masks: &SegmentMasks) -> Result<Option<Vec<Vec<u64>>>> {
+    let mut out = Vec::with_capacity(snap.segments().len());
+    for v in snap.segments() {
+        let file = v.segment.file_name();
+        let Some(m) = masks.get(file) else {
+            return Ok(None);
+        };
+        let n = v.segment.n_docs();
+        if m.len() != n.div_ceil(64) {
+            return Err(LatixError::invalid(format!(
+                "the mask of segment {file} has {} words; its {n} documents need {}",
+                m.len(),
+                n.div_ceil(64)
+            )));
+        }
+        let mut b = m.clone();
+        if !n.is_multiple_of(64) {
+            if let Some(last) = b.last_mut() {
+                *last &= (1u64 << (n % 64)) - 1;
+            }
+        }
+        for &d in v.entry.tombstones.iter() {
+            b[d as usize >> 6] &= !(1u64 << (d & 63));
+        }
+        out.push(b);
+    }
+    Ok(Some(out))
+}
+
+/// The set document numbers of each bitmap, ascending.
+fn bitmap_docs(bits: &[Vec<u64>]) -> Vec<Vec<u32>> {
+    bits.iter()
+        .map(|b| {
+            let mut docs = Vec::with_capacity(b.iter().map(|w| w.count_ones() as usize).sum());
+            for (i, &w) in b.iter().enumerate() {
+                let mut w = w;
+                while w != 0 {
+                    docs.push((i as u32) << 6 | w.trailing_zeros());
+                    w &= w - 1;
+                }
+            }
+            docs
+        })
+        .collect()
+}
+
 /// Number of documents per work item for segment `seg`, from its mean document size.
 fn docs_per_chunk(seg: &Segment) -> u32 {
     let bytes_per_doc =
@@ -1572,22 +1723,9 @@ pub fn search_snapshot(
     n_threads: Option<usize>,
     subset: Option<&[&str]>,
 ) -> Result<SearchResults> {
-    let nq = queries.len();
-    if k > MAX_RESULT_SLOTS || nq.saturating_mul(k) > MAX_RESULT_SLOTS {
-        return Err(LatixError::invalid(format!(
-            "k * n_queries must be at most {MAX_RESULT_SLOTS}, got k = {k} with {nq} queries"
-        )));
-    }
-    let dim = snap.dim();
-    let segs = snap.segments();
-    // Pack each query once for the kernel, not once per chunk of documents.
-    let prepared = queries
-        .iter()
-        .map(|q| maxsim::PreparedQuery::new(q, dim))
-        .collect::<Result<Vec<_>>>()?;
     // Subset: resolve ids to (segment, doc), sorted by insertion order, grouped per segment.
     let subset_docs: Option<Vec<Vec<u32>>> = subset.map(|ids| {
-        let mut per: Vec<Vec<u32>> = vec![Vec::new(); segs.len()];
+        let mut per: Vec<Vec<u32>> = vec![Vec::new(); snap.segments().len()];
         for id in ids {
             if let Some((s, d)) = snap.lookup(id) {
                 per[s].push(d);
@@ -1599,6 +1737,36 @@ pub fn search_snapshot(
         }
         per
     });
+    search_snapshot_docs(snap, queries, k, n_threads, subset_docs)
+}
+
+/// [`search_snapshot`] restricted to `subset_docs[s]`: sorted, unique, live document numbers of
+/// segment `s` for every segment of `snap` (`None`: every live document).
+pub fn search_snapshot_docs(
+    snap: &Snapshot,
+    queries: &[&[f32]],
+    k: usize,
+    n_threads: Option<usize>,
+    subset_docs: Option<Vec<Vec<u32>>>,
+) -> Result<SearchResults> {
+    let nq = queries.len();
+    if k > MAX_RESULT_SLOTS || nq.saturating_mul(k) > MAX_RESULT_SLOTS {
+        return Err(LatixError::invalid(format!(
+            "k * n_queries must be at most {MAX_RESULT_SLOTS}, got k = {k} with {nq} queries"
+        )));
+    }
+    let dim = snap.dim();
+    let segs = snap.segments();
+    if subset_docs.as_ref().is_some_and(|p| p.len() != segs.len()) {
+        return Err(LatixError::invalid(
+            "subset_docs must have one list per segment of the snapshot",
+        ));
+    }
+    // Pack each query once for the kernel, not once per chunk of documents.
+    let prepared = queries
+        .iter()
+        .map(|q| maxsim::PreparedQuery::new(q, dim))
+        .collect::<Result<Vec<_>>>()?;
     // Work items are derived from a flat index through per-segment prefix sums: O(segments)
     // memory, however many documents.
     let mut starts = Vec::with_capacity(segs.len() + 1);

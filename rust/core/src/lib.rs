@@ -14,5 +14,7 @@ pub mod store;
 
 pub use cindex::{CompressedSearch, Compression};
 pub use error::{LatixError, Result};
-pub use index::{Index, IndexStats, OpenMode, OwnedVectors, SearchResults};
+pub use index::{
+    DocFilter, Index, IndexStats, OpenMode, OwnedVectors, SearchResults, SegmentInfo, SegmentMasks,
+};
 pub use store::Dtype;

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use numpy::{IntoPyArray, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use latix_core::index::{Index as CoreIndex, OpenMode, OwnedVectors};
+use latix_core::index::{DocFilter, Index as CoreIndex, OpenMode, OwnedVectors, SegmentMasks};
 use latix_core::maxsim::DocVectors;
 use latix_core::store::Dtype;
 use latix_core::{CompressedSearch, Compression};
@@ -332,8 +332,12 @@ impl PyIndex {
         py.detach(|| self.inner.close())
     }
 
-    /// Returns (scores float32 (n_queries, k), ids list[str] of length n_queries * k).
-    #[pyo3(signature = (queries, k=10, n_threads=None, subset=None, nprobe=None, rerank=None, refine=None))]
+    /// Returns (scores float32 (n_queries, k), ids list[str] of length n_queries * k). `masks`
+    /// (segment file -> uint64 bitmap, see `segments`) restricts the search like `subset`; then
+    /// the result is None when the latest snapshot has a segment the masks do not cover, and a
+    /// compressed index scores the allowed documents exhaustively when at most
+    /// `exhaustive_below` are live.
+    #[pyo3(signature = (queries, k=10, n_threads=None, subset=None, nprobe=None, rerank=None, refine=None, masks=None, exhaustive_below=0))]
     #[allow(clippy::too_many_arguments)]
     fn search<'py>(
         &self,
@@ -345,7 +349,9 @@ impl PyIndex {
         nprobe: Option<i64>,
         rerank: Option<bool>,
         refine: Option<i64>,
-    ) -> PyResult<Bound<'py, PyTuple>> {
+        masks: Option<&Bound<'py, PyDict>>,
+        exhaustive_below: usize,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let nprobe = count_arg(py, "nprobe", nprobe, 1)?;
         let refine = count_arg(py, "refine", refine, 0)?;
         let opts = CompressedSearch {
@@ -354,7 +360,7 @@ impl PyIndex {
             refine,
         };
         if self.inner.is_closed() {
-            return self.inner.len().map(|_| PyTuple::empty(py)).py_err(py);
+            return self.inner.len().map(|_| None).py_err(py);
         }
         if k < 1 {
             return Err(invalid(
@@ -406,18 +412,47 @@ impl PyIndex {
             .as_ref()
             .map(|v| v.iter().map(|s| s.as_str()).collect());
         let k = k as usize;
+        let masks = masks.map(extract_masks).transpose()?;
+        if masks.is_some() && s_refs.is_some() {
+            return Err(invalid(py, "pass subset or masks, not both"));
+        }
         let res = py
             .detach(|| {
+                let filter = match (&masks, &s_refs) {
+                    (Some(m), _) => DocFilter::Masks {
+                        masks: m,
+                        exhaustive_below,
+                    },
+                    (None, Some(ids)) => DocFilter::Ids(ids),
+                    (None, None) => DocFilter::All,
+                };
                 self.inner
-                    .search_with(&q_refs, k, n_threads, s_refs.as_deref(), opts)
+                    .search_filtered(&q_refs, k, n_threads, filter, opts)
             })
             .py_err(py)?;
+        let Some(res) = res else {
+            return Ok(None);
+        };
         let scores = res
             .scores
             .into_pyarray(py)
             .reshape([res.n_queries, res.k])?;
         let ids = PyList::new(py, res.ids)?;
-        PyTuple::new(py, [scores.into_any(), ids.into_any()])
+        PyTuple::new(py, [scores.into_any(), ids.into_any()]).map(Some)
+    }
+
+    /// The segments of the latest snapshot: (file, n_docs, n_live) per segment, in order.
+    fn segments(&self, py: Python<'_>) -> PyResult<Vec<(String, usize, usize)>> {
+        let segs = py.detach(|| self.inner.segments()).py_err(py)?;
+        Ok(segs
+            .into_iter()
+            .map(|s| (s.file, s.n_docs, s.n_live))
+            .collect())
+    }
+
+    /// The ids of every document of segment `file`, by document number (deleted ones included).
+    fn segment_ids(&self, py: Python<'_>, file: &str) -> PyResult<Vec<String>> {
+        py.detach(|| self.inner.segment_ids(file)).py_err(py)
     }
 
     /// The stored vectors of `id` as an (n, dim) array of the storage dtype.
@@ -495,6 +530,37 @@ impl PyIndex {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyIndex>()?;
     Ok(())
+}
+
+/// Per-segment masks from a dict of segment file name -> 1-D uint64 array (bit `d % 64` of word
+/// `d / 64` allows document `d`), copied (a few KB per segment).
+fn extract_masks(d: &Bound<'_, PyDict>) -> PyResult<SegmentMasks> {
+    let py = d.py();
+    let mut out = SegmentMasks::with_capacity(d.len());
+    for (key, value) in d.iter() {
+        let file: String = key
+            .cast::<PyString>()
+            .map_err(|_| {
+                invalid(
+                    py,
+                    format!("masks keys must be str, got {}", describe(&key)),
+                )
+            })?
+            .to_str()?
+            .to_owned();
+        let arr = value.cast::<PyArray1<u64>>().map_err(|_| {
+            invalid(
+                py,
+                format!(
+                    "masks[{file:?}] must be a 1-D uint64 array, got {}",
+                    describe(&value)
+                ),
+            )
+        })?;
+        let words: Vec<u64> = arr.readonly().as_array().iter().copied().collect();
+        out.insert(file, words);
+    }
+    Ok(out)
 }
 
 /// An optional count argument: `None`, or a value of at least `min` (1: a positive integer, 0: a

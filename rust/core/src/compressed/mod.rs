@@ -14,6 +14,7 @@ pub mod search;
 pub use codec::{default_n_centroids, Codec, CodecParams};
 pub use ivf::{codec_checksum, IvfSegment};
 pub use search::{
-    default_nprobe, default_probe_groups, default_refine, default_refine_for_rerank, refine,
-    rerank_depth, rerank_exact, search_segments, Candidate, FullVectors, QueryPlan, SegmentView,
+    centroid_interaction, default_nprobe, default_probe_groups, default_refine,
+    default_refine_for_rerank, refine, rerank_depth, rerank_exact, search_segments, Candidate,
+    FullVectors, QueryPlan, SegmentView,
 };

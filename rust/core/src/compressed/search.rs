@@ -1038,6 +1038,88 @@ pub fn refine(
     Ok(out)
 }
 
+/// Centroid interaction (PLAID, Santhanam et al., CIKM 2022, section 4.2): scores each of
+/// `cands` with every one of its tokens replaced by its coarse centroid, i.e. the sum over query
+/// tokens of the best centroid score among the document's tokens, and returns them best first
+/// (ties by segment then document). No residual codes are read: about a microsecond per
+/// document, against tens for [`refine`], so it can rank every document of a small filtered set
+/// and leave [`refine`] only the best of them. Needs the document map of every segment a
+/// candidate comes from. Runs in the current rayon pool.
+pub fn centroid_interaction(
+    codec: &Codec,
+    plan: &QueryPlan,
+    segments: &[SegmentView<'_>],
+    cands: &[Candidate],
+) -> Result<Vec<Candidate>> {
+    for &(_, si, _) in cands {
+        let v = segments
+            .get(si as usize)
+            .ok_or_else(|| LatixError::invalid(format!("candidate of unknown segment {si}")))?;
+        if !v.seg.has_doc_map() {
+            return Err(LatixError::invalid(format!(
+                "segment {si} has inverted lists without a document map"
+            )));
+        }
+    }
+    let nq = plan.n_query_tokens();
+    let full;
+    let (cs, stride) = if plan.centroid_scores.is_empty() {
+        let panels = codec.centroid_half_panels();
+        let np = panels.n_padded();
+        let mut out = vec![0.0f32; nq * np];
+        scores_half(&plan.query, panels, &mut out);
+        full = out;
+        (&full[..], np)
+    } else {
+        (&plan.centroid_scores[..], plan.cs_stride)
+    };
+    // Centroid-major: a document token reads one contiguous row of nq scores.
+    let kc = codec.n_centroids();
+    let mut by_centroid = vec![0.0f32; kc * nq];
+    for i in 0..nq {
+        let row = &cs[i * stride..i * stride + kc];
+        for (c, &x) in row.iter().enumerate() {
+            by_centroid[c * nq + i] = x;
+        }
+    }
+    let score = |acc: &mut Vec<f32>, &(_, si, d): &Candidate| -> Result<Candidate> {
+        let seg = segments[si as usize].seg;
+        let positions = seg
+            .doc_positions(d as usize)
+            .ok_or_else(|| LatixError::invalid(format!("segment {si} has no document {d}")))?;
+        let nch = seg.n_doc_chunks();
+        acc.clear();
+        acc.resize(nq, f32::NEG_INFINITY);
+        for &p in positions {
+            let c = seg.list_of_position(p as usize) / nch;
+            let row = &by_centroid[c * nq..(c + 1) * nq];
+            for (a, &x) in acc.iter_mut().zip(row) {
+                *a = if x > *a { x } else { *a };
+            }
+        }
+        let total = if positions.is_empty() {
+            0.0
+        } else {
+            acc.iter().sum()
+        };
+        Ok((total, si, d))
+    };
+    let mut out: Vec<Candidate> = if rayon::current_num_threads() > 1 && cands.len() > 256 {
+        cands
+            .par_iter()
+            .map_init(Vec::new, score)
+            .collect::<Result<_>>()?
+    } else {
+        let mut acc = Vec::new();
+        cands
+            .iter()
+            .map(|c| score(&mut acc, c))
+            .collect::<Result<_>>()?
+    };
+    out.sort_by(cand_cmp);
+    Ok(out)
+}
+
 /// Full-precision vectors of one segment (`offsets[d]..offsets[d+1]` are document `d`'s rows),
 /// used to re-rank candidates exactly.
 #[derive(Clone, Copy)]

@@ -554,15 +554,19 @@ fn value_error(
     bounded: bool,
 ) -> LatixError {
     let limit = if bounded { MAX_ABS_VALUE } else { f32::MAX };
+    // Each value is read once: `values` may be a caller's buffer that another process changes
+    // while it is scanned, and the error must name the value that failed, not a later one.
     let found = match values {
         DocVectors::F32(v) => v
             .iter()
-            .position(|x| x.is_nan() || x.abs() > limit)
-            .map(|i| (i, v[i])),
+            .map(|x| *x)
+            .enumerate()
+            .find(|(_, x)| x.is_nan() || x.abs() > limit),
         DocVectors::F16(v) => v
             .iter()
-            .position(|x| !x.is_finite())
-            .map(|i| (i, v[i].to_f32())),
+            .map(|x| x.to_f32())
+            .enumerate()
+            .find(|(_, x)| !x.is_finite()),
     };
     let (pos, value) = found.unwrap_or((0, f32::NAN));
     let dim = dim.max(1);
