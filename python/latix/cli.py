@@ -9,6 +9,7 @@ Commands::
     latix eval DIR --queries Q --qrels R [--mode M] [--where JSON] [--json] [--depth N]
     latix delete DIR [ID ...] [--ids-file F] [--where JSON]
     latix info DIR [--json]
+    latix serve DIR [--host 127.0.0.1] [--port 8000] [--workers N]   (needs latix[serve])
     latix export CHECKPOINT_DIR OUT_DIR
 
 ``search`` explains each hit the late-interaction way: for every query token it shows which document
@@ -105,6 +106,24 @@ def _parser() -> argparse.ArgumentParser:
     pn.add_argument("index", help="collection directory")
     pn.add_argument("--json", action="store_true", help="print JSON")
 
+    pv = sub.add_parser("serve", help="serve a collection over HTTP (JSON API; latix[serve])")
+    pv.add_argument("index", help="collection directory")
+    pv.add_argument("--host", default="127.0.0.1", help="interface (default: %(default)s)")
+    pv.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    pv.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="search threads (default: CPUs); one process is the collection's one writer",
+    )
+    pv.add_argument("--threads", type=int, default=1, help="onnxruntime threads per encoder call")
+    pv.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit (MiB)")
+    pv.add_argument(
+        "--batch-wait-ms", type=float, default=2.0, help="bounded wait of query micro-batching"
+    )
+    pv.add_argument("--max-batch", type=int, default=16, help="queries per encoder call")
+    pv.add_argument("--log-level", default="warning", help="uvicorn log level")
+
     px = sub.add_parser("export", help="convert a ColBERT-family checkpoint to a latix model")
     px.add_argument("checkpoint", help="Stanford ColBERT or PyLate/sentence-transformers directory")
     px.add_argument("out", help="output model directory")
@@ -122,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "delete": _cmd_delete,
         "info": _cmd_info,
         "export": _cmd_export,
+        "serve": _cmd_serve,
     }
     try:
         return commands[args.command](args)
@@ -315,6 +335,32 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2))
     else:
         _print_info(st, sys.stdout)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise InvalidArgumentError(f"--port must be in 0..65535, got {args.port}")
+    for name in ("workers", "threads", "max_batch"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise InvalidArgumentError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if args.max_body_mb <= 0 or args.batch_wait_ms < 0:
+        raise InvalidArgumentError("--max-body-mb must be > 0 and --batch-wait-ms >= 0")
+    from latix.serve import run  # imports the serve extra (MissingExtraError names it)
+
+    print(f"latix serve: {args.index} on http://{args.host}:{args.port}", file=sys.stderr)
+    run(
+        args.index,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        threads=args.threads,
+        max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        batch_wait=args.batch_wait_ms / 1000.0,
+        max_batch=args.max_batch,
+        log_level=args.log_level,
+    )
     return 0
 
 

@@ -30,6 +30,16 @@ written first, tagged with the index generation that will publish them, and the 
 decides (see :mod:`latix.docstore`); after a crash, the next writer brings the database back to
 the last published generation.
 
+**Async.** :meth:`Collection.asearch`, :meth:`~Collection.asearch_batch`, :meth:`~Collection.aget`,
+:meth:`~Collection.aget_many`, :meth:`~Collection.acount`, :meth:`~Collection.astats` and the
+writes :meth:`~Collection.aadd`, :meth:`~Collection.aupsert`, :meth:`~Collection.adelete` are
+coroutines that run the blocking call in a thread (reads in the event loop's default executor or
+the one given to :meth:`~Collection.set_executor`; writes in the handle's one writer thread, so
+they queue in order and never occupy the readers' threads). The work releases the GIL, so an
+``async def`` handler awaiting them does not stall its event loop, and concurrent awaits run on
+all cores. Cancelling an awaiting task does not stop a call already running: a write then still
+completes (durable when its thread returns).
+
 **Threads and processes.** A handle may be shared by threads: searches, ``get`` and counts run
 concurrently (the index and the encoder release the GIL; each thread reads SQLite through its
 own connection); writes are serialised, and a batch holds the write lock for its whole block.
@@ -41,7 +51,9 @@ child, and refuses writes there (``IndexLockedError``): open the collection agai
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -50,6 +62,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -600,6 +613,8 @@ class Collection:
         self._mirrors: dict[str, _Mirror] = {}
         self._masks: OrderedDict[tuple[str, str], npt.NDArray[np.uint64]] = OrderedDict()
         self._mask_bytes = 0
+        self._executor: Executor | None = None  # reads of the a* methods (None: loop default)
+        self._apool: ThreadPoolExecutor | None = None  # the writer thread of aadd/aupsert/adelete
         _LIVE.add(self)
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -782,6 +797,10 @@ class Collection:
         """Closes the handle: releases the write lock, the index maps and the database
         connections. Idempotent. Raises InvalidArgumentError inside an open batch (exit the
         batch first: closing would drop its staged changes)."""
+        pool = self._apool
+        if pool is not None:  # queued async writes finish first (they need the write lock)
+            self._apool = None
+            pool.shutdown(wait=True)
         with self._wlock:
             if self._closed:
                 return
@@ -858,6 +877,7 @@ class Collection:
         self._enc_lock = threading.Lock()
         self._cache_lock = threading.Lock()
         self._wlock = threading.RLock()
+        self._apool = None  # the parent's writer thread does not exist here
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1717,6 +1737,95 @@ class Collection:
         raise LatixConcurrencyError(
             "the index changed 20 times during one filtered search; try again"
         )
+
+    # ------------------------------------------------------------------------------ async
+
+    def set_executor(self, executor: Executor | None) -> None:
+        """Chooses the executor the async reads (:meth:`asearch` and friends) run in.
+
+        Args:
+            executor: e.g. a ``ThreadPoolExecutor`` sized to the cores; None (the default): the
+                running event loop's default executor.
+        """
+        self._executor = executor
+
+    async def _in_thread(self, write: bool, fn: Callable[..., Any], /, *a: Any, **kw: Any) -> Any:
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        ex: Executor | None = self._executor
+        if write:
+            with self._cache_lock:
+                if self._apool is None:
+                    self._apool = ThreadPoolExecutor(1, thread_name_prefix="latix-writer")
+                ex = self._apool
+        return await loop.run_in_executor(ex, functools.partial(fn, *a, **kw))
+
+    async def asearch(
+        self,
+        query: str | Sequence[str] | None = None,
+        k: int = 10,
+        **options: Any,
+    ) -> list[Hit] | list[list[Hit]]:
+        """:meth:`search` as a coroutine: runs in a thread (see :meth:`set_executor`), so the
+        event loop keeps serving while the GIL-free encoding and search run.
+
+        Args:
+            query: a query text or a list of them.
+            k: hits per query.
+            **options: the keyword arguments of :meth:`search` (``where``, ``mode``, ...).
+
+        Returns:
+            What :meth:`search` returns.
+        """
+        res: list[Hit] | list[list[Hit]] = await self._in_thread(
+            False, self.search, query, k, **options
+        )
+        return res
+
+    async def asearch_batch(
+        self, queries: Sequence[str] | None = None, k: int = 10, **options: Any
+    ) -> BatchResults:
+        """:meth:`search_batch` as a coroutine (in a thread, like :meth:`asearch`)."""
+        res: BatchResults = await self._in_thread(False, self.search_batch, queries, k, **options)
+        return res
+
+    async def aget(self, id: str) -> Record:
+        """:meth:`get` as a coroutine."""
+        res: Record = await self._in_thread(False, self.get, id)
+        return res
+
+    async def aget_many(self, ids: Sequence[str]) -> list[Record | None]:
+        """:meth:`get_many` as a coroutine."""
+        res: list[Record | None] = await self._in_thread(False, self.get_many, ids)
+        return res
+
+    async def acount(self, where: Mapping[str, Any] | None = None) -> int:
+        """:meth:`count` as a coroutine."""
+        res: int = await self._in_thread(False, self.count, where)
+        return res
+
+    async def astats(self) -> dict[str, Any]:
+        """:meth:`stats` as a coroutine."""
+        res: dict[str, Any] = await self._in_thread(False, self.stats)
+        return res
+
+    async def aadd(self, records: Iterable[Any], **options: Any) -> AddReport:
+        """:meth:`add` as a coroutine, run by the handle's one writer thread (async writes
+        queue in call order); durable when it returns. ``options``: those of :meth:`add`."""
+        res: AddReport = await self._in_thread(True, self.add, records, **options)
+        return res
+
+    async def aupsert(self, records: Iterable[Any], **options: Any) -> AddReport:
+        """:meth:`upsert` as a coroutine, run by the writer thread like :meth:`aadd`."""
+        res: AddReport = await self._in_thread(True, self.upsert, records, **options)
+        return res
+
+    async def adelete(
+        self, ids: Iterable[str] | None = None, *, where: Mapping[str, Any] | None = None
+    ) -> int:
+        """:meth:`delete` as a coroutine, run by the writer thread like :meth:`aadd`."""
+        res: int = await self._in_thread(True, self.delete, ids, where=where)
+        return res
 
     # ------------------------------------------------------------------------------ masks
 

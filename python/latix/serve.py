@@ -1,0 +1,696 @@
+"""The HTTP service: a JSON API over one :class:`latix.Collection` (``latix serve COLLECTION``).
+
+Endpoints (the OpenAPI schema is served at ``/openapi.json``, its browsable form at ``/docs``)::
+
+    POST   /search          {"query": str | [str], "k": 10, "where": {...}, "mode": "late",
+                             "explain": false}  ->  {"hits": [hit, ...]} (a list of such lists
+                             for a list of queries); hit = {"id", "score", "text", "metadata",
+                             "passage", "span", "late_score", "keyword_score", "explanation"}
+    POST   /records         {"records": [{"id", "text", "metadata"}, ...]}  add (409 if an id
+                             exists)  ->  the AddReport's counts
+    PUT    /records         same body: upsert
+    POST   /records/delete  {"ids": [...]} or {"where": {...}}  ->  {"deleted": n}
+    DELETE /records/{id}    ->  {"deleted": 1}
+    GET    /records/{id}    ->  {"id", "text", "metadata"}
+    POST   /records/get     {"ids": [...]}  ->  {"records": [record or null, ...]}
+    GET    /stats           the collection's stats
+    GET    /health          liveness: 200 while the process serves
+    GET    /ready           readiness: 200 once the model is loaded and warm, 503 while
+                             starting or draining
+
+**Errors.** Bad input is always a 4xx with ``{"error": type, "message": text}`` (plus
+``"detail"`` for schema violations): 400 malformed JSON or an argument latix refuses (an unknown
+filter field, a mistyped metadata value, a blank query), 404 unknown id or route, 405 wrong
+method, 409 an id that exists (add), 413 a body over the limit, 422 a body that does not match
+the schema (wrong types, unknown fields, ``k`` out of range). 5xx means the server failed (a
+damaged file, an I/O error), never the request.
+
+**Concurrency.** Handlers are ``async``; the blocking work (encoding, search, SQLite) runs in
+threads and releases the GIL, so requests run on all cores. Query texts of concurrent requests
+are micro-batched into one encoder call (:class:`QueryBatcher`): a batch starts as soon as an
+encoder slot is free (no added latency when idle), else when the oldest waiting text has waited
+``batch_wait`` seconds; a batch holds at most ``max_batch`` texts, and a request with many queries
+is cut into batches of that size queued in turn, so a long request never delays short ones by
+more than one batch. Each request is then searched in the read pool. Writes go through the
+collection's one writer thread (:meth:`Collection.aadd` and friends), in arrival order, each
+durable before it is acknowledged, while searches keep reading the last committed state.
+
+**Shutdown.** On SIGTERM / SIGINT uvicorn stops accepting connections and lets running requests
+finish; then the app reports not ready, waits for queued writes and closes the collection. A write
+is acknowledged only after its commit, so neither a graceful stop nor a ``kill -9`` loses an
+acknowledged write (tests/test_serve.py kills the server during writes and checks).
+
+**Processes.** One server process serves a collection: it is the collection's one writer, and its
+threads use the cores (``--workers`` sets the number of search threads). Other processes may read
+the same collection directory (e.g. more ``latix serve`` processes only searching), but their
+writes would get 503 (the index's write lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from latix._extras import import_extra
+
+# The serve extra, imported here so that a missing package names the extra to install.
+import_extra("serve", "fastapi")
+import_extra("serve", "uvicorn")
+
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.encoders import jsonable_encoder  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints  # noqa: E402
+from starlette.exceptions import HTTPException  # noqa: E402
+
+from latix.collection import Collection, Hit  # noqa: E402
+from latix.errors import (  # noqa: E402
+    AlreadyExistsError,
+    IndexClosedError,
+    IndexLockedError,
+    InvalidArgumentError,
+    LatixError,
+    NotFoundError,
+)
+
+__all__ = ["create_app", "run", "QueryBatcher", "MAX_K", "MAX_QUERIES", "DEFAULT_MAX_BODY"]
+
+#: Largest ``k`` a search request may ask for.
+MAX_K = 1000
+#: Most queries in one search request.
+MAX_QUERIES = 256
+#: Most records in one write request.
+MAX_RECORDS = 10_000
+#: Default request body limit (bytes).
+DEFAULT_MAX_BODY = 16 << 20
+#: Longest query text (characters; the model reads 32 tokens of it anyway).
+MAX_QUERY_CHARS = 10_000
+
+Vectors = list[npt.NDArray[np.float32]]
+
+
+# ----------------------------------------------------------------------------------------------
+# micro-batching of query encoding
+
+
+class QueryBatcher:
+    """Collects the query texts of concurrent requests into shared encoder calls.
+
+    A batch starts when fewer than ``max_inflight`` encoder calls are running (so a lone request
+    is encoded at once, without waiting), or when the oldest queued text has waited ``max_wait``
+    seconds (the bound on the added wait under load). A batch takes queued chunks in arrival
+    order up to ``max_batch`` texts; a request's texts are queued as chunks of at most
+    ``max_batch`` so a long request cannot hold a batch for longer than one call. If a batch
+    fails, its chunks are encoded one by one, so a bad text fails only its own request.
+
+    Must be used from one event loop (the app's).
+
+    Args:
+        encode: encodes a list of texts into one ``(n_tokens, dim)`` float32 array per text;
+            runs in ``executor`` (it releases the GIL).
+        executor: the threads encoder calls run in.
+        max_wait: seconds a text may wait for a batch before one starts regardless.
+        max_batch: texts per encoder call at most.
+        max_inflight: encoder calls running at once before texts wait to be batched.
+    """
+
+    def __init__(
+        self,
+        encode: Callable[[list[str]], Vectors],
+        executor: ThreadPoolExecutor,
+        *,
+        max_wait: float = 0.002,
+        max_batch: int = 16,
+        max_inflight: int = 2,
+    ) -> None:
+        if max_batch < 1 or max_inflight < 1 or not max_wait >= 0:
+            raise InvalidArgumentError("max_batch and max_inflight must be >= 1, max_wait >= 0")
+        self._encode = encode
+        self._executor = executor
+        self.max_wait = float(max_wait)
+        self.max_batch = int(max_batch)
+        self.max_inflight = int(max_inflight)
+        self._queue: collections.deque[tuple[list[str], asyncio.Future[Vectors], float]] = (
+            collections.deque()
+        )
+        self._inflight = 0
+        self._timer: asyncio.TimerHandle | None = None
+        #: Encoder calls made and texts encoded (texts / calls is the mean batch size).
+        self.n_calls = 0
+        self.n_texts = 0
+
+    async def encode(self, texts: list[str]) -> Vectors:
+        """The vectors of ``texts`` (one array per text, in order), encoded in shared batches."""
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[Vectors]] = []
+        now = loop.time()
+        for i in range(0, len(texts), self.max_batch):
+            f: asyncio.Future[Vectors] = loop.create_future()
+            self._queue.append((texts[i : i + self.max_batch], f, now))
+            futs.append(f)
+        self._pump()
+        parts = await asyncio.gather(*futs)
+        return [v for p in parts for v in p]
+
+    def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._queue:
+            if self._inflight >= self.max_inflight:
+                due = self._queue[0][2] + self.max_wait
+                if loop.time() < due:
+                    self._timer = loop.call_at(due, self._pump)
+                    return
+            batch: list[tuple[list[str], asyncio.Future[Vectors], float]] = []
+            n = 0
+            while self._queue and n + len(self._queue[0][0]) <= self.max_batch:
+                item = self._queue.popleft()
+                if item[1].done():  # its request was cancelled
+                    continue
+                batch.append(item)
+                n += len(item[0])
+            if batch:
+                self._start(batch)
+
+    def _start(self, batch: list[tuple[list[str], asyncio.Future[Vectors], float]]) -> None:
+        loop = asyncio.get_running_loop()
+        self._inflight += 1
+        texts = [t for chunk, _, _ in batch for t in chunk]
+        self.n_calls += 1
+        self.n_texts += len(texts)
+        task = loop.run_in_executor(self._executor, self._run, [c for c, _, _ in batch])
+        task.add_done_callback(lambda t: self._done(t, batch))
+
+    def _run(self, chunks: list[list[str]]) -> list[Vectors | BaseException]:
+        """In a thread: one call for all chunks; if it fails, one call per chunk."""
+        flat = [t for c in chunks for t in c]
+        try:
+            vecs = self._encode(flat)
+        except Exception as e:  # noqa: BLE001 - each chunk gets its own outcome below
+            if len(chunks) == 1:
+                return [e]
+            out: list[Vectors | BaseException] = []
+            for c in chunks:
+                try:
+                    out.append(self._encode(c))
+                except Exception as e2:  # noqa: BLE001 - reported to that chunk's request
+                    out.append(e2)
+            return out
+        res: list[Vectors | BaseException] = []
+        pos = 0
+        for c in chunks:
+            res.append(vecs[pos : pos + len(c)])
+            pos += len(c)
+        return res
+
+    def _done(
+        self,
+        task: asyncio.Future[list[Vectors | BaseException]],
+        batch: list[tuple[list[str], asyncio.Future[Vectors], float]],
+    ) -> None:
+        self._inflight -= 1
+        try:
+            results: list[Vectors | BaseException] = task.result()
+        except BaseException as e:  # noqa: BLE001 - the executor itself failed
+            results = [e] * len(batch)
+        for (_, fut, _), r in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(r, BaseException):
+                fut.set_exception(r)
+            else:
+                fut.set_result(r)
+        self._pump()
+
+
+# ----------------------------------------------------------------------------------------------
+# request and response schemas
+
+QueryText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS)]
+RecordId = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class _Body(BaseModel):
+    # Unknown fields are errors (a misspelt "wehre" must not silently search unfiltered) and
+    # types are strict ("10" is not an int, 1.0 is not an int, true is not an int).
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SearchRequest(_Body):
+    """A search: one query text or a list of them."""
+
+    query: QueryText | Annotated[list[QueryText], Field(min_length=1, max_length=MAX_QUERIES)]
+    k: int = Field(10, ge=1, le=MAX_K, description="hits per query")
+    where: dict[str, Any] | None = Field(None, description="metadata filter (latix.filters)")
+    mode: Literal["late", "keyword", "hybrid"] = "late"
+    explain: bool = Field(False, description="per query token, the document token that won")
+
+
+class TokenMatchOut(BaseModel):
+    """Why a hit scored: one query token and the document text that won its maximum."""
+
+    query_token: str
+    text: str
+    start: int
+    end: int
+    score: float
+
+
+class HitOut(BaseModel):
+    """One search result."""
+
+    id: str
+    score: float
+    text: str
+    metadata: dict[str, Any]
+    passage: int = 0
+    span: list[int] | None = None
+    late_score: float | None = None
+    keyword_score: float | None = None
+    explanation: list[TokenMatchOut] | None = None
+
+
+class SearchResponse(BaseModel):
+    """Hits best first; for a list of queries, one list per query."""
+
+    hits: list[HitOut] | list[list[HitOut]]
+
+
+class RecordIn(_Body):
+    """A record to write."""
+
+    id: RecordId
+    text: str
+    metadata: dict[str, Any] | None = None
+
+
+class WriteRequest(_Body):
+    """Records to add or upsert (one commit)."""
+
+    records: Annotated[list[RecordIn], Field(min_length=1, max_length=MAX_RECORDS)]
+
+
+class WriteResponse(BaseModel):
+    """What a write did (latix.AddReport)."""
+
+    n_added: int
+    n_replaced: int
+    n_empty: int
+    n_passages: int
+    n_tokens: int
+    n_truncated: int
+    skipped: list[str]
+
+
+class DeleteRequest(_Body):
+    """Records to delete: by ids or by filter (exactly one)."""
+
+    ids: Annotated[list[RecordId], Field(min_length=1, max_length=MAX_RECORDS)] | None = None
+    where: dict[str, Any] | None = None
+
+
+class DeleteResponse(BaseModel):
+    """How many records were deleted."""
+
+    deleted: int
+
+
+class GetRequest(_Body):
+    """Records to fetch."""
+
+    ids: Annotated[list[RecordId], Field(min_length=1, max_length=MAX_RECORDS)]
+
+
+class RecordOut(BaseModel):
+    """A stored record."""
+
+    id: str
+    text: str
+    metadata: dict[str, Any]
+
+
+class GetResponse(BaseModel):
+    """The records, in request order (null for an id not found)."""
+
+    records: list[RecordOut | None]
+
+
+class ErrorOut(BaseModel):
+    """An error: its type and a message saying what to change."""
+
+    error: str
+    message: str
+    detail: list[Any] | None = None
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    c: {"model": ErrorOut} for c in (400, 404, 409, 413, 422, 503)
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# the app
+
+
+def _error(status: int, kind: str, message: str, detail: Any = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": kind, "message": message}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status)
+
+
+def _latix_status(e: LatixError) -> int:
+    if isinstance(e, NotFoundError):
+        return 404
+    if isinstance(e, AlreadyExistsError):
+        return 409
+    if isinstance(e, IndexLockedError | IndexClosedError):
+        return 503
+    if isinstance(e, InvalidArgumentError):
+        return 400
+    return 500  # a damaged file, an I/O failure: the server's problem, not the request's
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class _BodyLimit:
+    """ASGI middleware refusing request bodies over ``max_bytes`` with 413: at once from the
+    Content-Length header, else while the body streams in (chunked uploads)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    n = int(value)
+                except ValueError:
+                    n = -1
+                if n < 0:
+                    await _error(400, "bad_request", "invalid Content-Length")(scope, receive, send)
+                    return
+                if n > self.max_bytes:
+                    await self._too_large(scope, receive, send)
+                    return
+        seen = 0
+        limit = self.max_bytes
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    # Raised inside FastAPI's body parsing, which passes HTTPException through.
+                    raise HTTPException(413, f"request body over the limit of {limit} bytes")
+            return msg
+
+        await self.app(scope, limited, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        resp = _error(413, "too_large", f"request body over the limit of {self.max_bytes} bytes")
+        await resp(scope, receive, send)
+
+
+def _hit_dicts(hits: list[Hit]) -> list[dict[str, Any]]:
+    return [h.to_dict() for h in hits]
+
+
+def create_app(
+    collection: Collection,
+    *,
+    workers: int | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    batch_wait: float = 0.002,
+    max_batch: int = 16,
+    search_threads: int = 1,
+    close_on_shutdown: bool = False,
+) -> FastAPI:
+    """The ASGI app serving ``collection`` (run it with uvicorn, or test it with
+    ``fastapi.testclient.TestClient``).
+
+    Args:
+        collection: an open collection (with a model for text queries).
+        workers: threads that run searches (default: the number of CPUs); also the number of
+            encoder calls that run at once before queries wait to be batched.
+        max_body_bytes: request bodies over this size get 413.
+        batch_wait: seconds a query may wait to join a batch when every encoder slot is busy.
+        max_batch: query texts per encoder call at most.
+        search_threads: threads per search call (1: parallelism comes from concurrent
+            requests).
+        close_on_shutdown: close the collection when the app shuts down (after queued writes).
+
+    Returns:
+        A FastAPI app.
+    """
+    n_workers = int(workers or os.cpu_count() or 2)
+    if n_workers < 1:
+        raise InvalidArgumentError(f"workers must be >= 1, got {workers!r}")
+    if max_body_bytes < 1:
+        raise InvalidArgumentError(f"max_body_bytes must be >= 1, got {max_body_bytes!r}")
+    col = collection
+    state: dict[str, Any] = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reads = ThreadPoolExecutor(n_workers, thread_name_prefix="latix-read")
+        encs = ThreadPoolExecutor(n_workers + 2, thread_name_prefix="latix-encode")
+        col.set_executor(reads)
+        batcher: QueryBatcher | None = None
+        if col.model is not None or col._encoder is not None:
+            enc = col.encoder  # loads the model now, not at the first request
+
+            def encode(texts: list[str]) -> Vectors:
+                return enc.encode_queries_packed(texts).to_list()
+
+            batcher = QueryBatcher(
+                encode, encs, max_wait=batch_wait, max_batch=max_batch, max_inflight=n_workers
+            )
+            await asyncio.get_running_loop().run_in_executor(encs, encode, ["warm up"])
+        state["batcher"] = batcher
+        state["ready"] = True
+        state["started"] = time.time()
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            encs.shutdown(wait=True)
+            reads.shutdown(wait=True)
+            col.set_executor(None)
+            if close_on_shutdown:
+                col.close()  # waits for queued writes first
+
+    app = FastAPI(
+        title="latix",
+        summary="Late-interaction search over one latix collection",
+        version=_version(),
+        lifespan=lifespan,
+        responses=_ERRORS,
+    )
+    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
+    app.state.latix = state
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errs):
+            return _error(
+                400, "bad_json", "the request body is not valid JSON", jsonable_encoder(errs)
+            )
+        msg = "; ".join(
+            f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', '')}" for e in errs[:5]
+        )
+        return _error(422, "invalid_request", msg, jsonable_encoder(errs))
+
+    @app.exception_handler(LatixError)
+    async def _latix(request: Request, exc: LatixError) -> JSONResponse:
+        return _error(_latix_status(exc), type(exc).__name__, str(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        kinds = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        return _error(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.post("/search", response_model=SearchResponse)
+    async def search(req: SearchRequest) -> JSONResponse:
+        """Searches the committed records (late interaction, keywords or both, filtered)."""
+        single = isinstance(req.query, str)
+        qs = [req.query] if isinstance(req.query, str) else list(req.query)
+        for i, q in enumerate(qs):
+            if not q.strip():
+                raise InvalidArgumentError(f"query {i} is blank")
+        if req.explain:
+            hits = await col.asearch(
+                qs, req.k, where=req.where, mode=req.mode, explain=True, n_threads=search_threads
+            )
+            out: list[list[dict[str, Any]]] = [_hit_dicts(h) for h in hits]  # type: ignore[arg-type]
+        else:
+            vecs = None
+            batcher: QueryBatcher | None = state["batcher"]
+            if req.mode != "keyword" and batcher is not None:
+                vecs = await batcher.encode(qs)
+            res = await col.asearch_batch(
+                qs,
+                req.k,
+                where=req.where,
+                mode=req.mode,
+                query_vectors=vecs,
+                n_threads=search_threads,
+            )
+            out = [_hit_dicts(res.hits(i)) for i in range(len(res))]
+        return JSONResponse({"hits": out[0] if single else out})
+
+    @app.post("/records", response_model=WriteResponse, status_code=200)
+    async def add(req: WriteRequest) -> dict[str, Any]:
+        """Adds records (409 if an id exists); durable when it answers."""
+        rep = await col.aadd([r.model_dump() for r in req.records])
+        return _report(rep)
+
+    @app.put("/records", response_model=WriteResponse)
+    async def upsert(req: WriteRequest) -> dict[str, Any]:
+        """Adds records, replacing those whose id exists; durable when it answers."""
+        rep = await col.aupsert([r.model_dump() for r in req.records])
+        return _report(rep)
+
+    @app.post("/records/delete", response_model=DeleteResponse)
+    async def delete(req: DeleteRequest) -> dict[str, Any]:
+        """Deletes records by ids (404 and nothing deleted if one is missing) or by filter."""
+        if (req.ids is None) == (req.where is None):
+            raise InvalidArgumentError('give "ids" or "where" (exactly one)')
+        n = await col.adelete(req.ids, where=req.where)
+        return {"deleted": n}
+
+    @app.delete("/records/{id}", response_model=DeleteResponse)
+    async def delete_one(id: str) -> dict[str, Any]:
+        """Deletes one record."""
+        n = await col.adelete([id])
+        return {"deleted": n}
+
+    @app.get("/records/{id}", response_model=RecordOut)
+    async def get(id: str) -> dict[str, Any]:
+        """One record by id."""
+        return (await col.aget(id)).to_dict()
+
+    @app.post("/records/get", response_model=GetResponse)
+    async def get_many(req: GetRequest) -> dict[str, Any]:
+        """Records by ids, in order (null for ids not found)."""
+        recs = await col.aget_many(req.ids)
+        return {"records": [None if r is None else r.to_dict() for r in recs]}
+
+    @app.get("/stats")
+    async def stats() -> JSONResponse:
+        """The collection's figures (records, passages, tokens, bytes, codec, model) and the
+        server's (encoder calls, mean batch size)."""
+        st = await col.astats()
+        b: QueryBatcher | None = state["batcher"]
+        st["server"] = {
+            "workers": n_workers,
+            "encoder_calls": b.n_calls if b else 0,
+            "queries_encoded": b.n_texts if b else 0,
+        }
+        return JSONResponse(jsonable_encoder(st))
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready", responses={503: {"model": ErrorOut}})
+    async def ready() -> JSONResponse:
+        """Readiness: 200 once the model is loaded and warm, 503 while starting or stopping."""
+        if not state["ready"]:
+            return _error(503, "not_ready", "the server is starting or shutting down")
+        return JSONResponse({"status": "ready", "records": await col.acount()})
+
+    return app
+
+
+def _report(rep: Any) -> dict[str, Any]:
+    return {
+        "n_added": rep.n_added,
+        "n_replaced": rep.n_replaced,
+        "n_empty": rep.n_empty,
+        "n_passages": rep.n_passages,
+        "n_tokens": rep.n_tokens,
+        "n_truncated": rep.n_truncated,
+        "skipped": list(rep.skipped),
+    }
+
+
+def _version() -> str:
+    from latix import __version__
+
+    return str(__version__)
+
+
+def run(
+    path: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int | None = None,
+    threads: int = 1,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    batch_wait: float = 0.002,
+    max_batch: int = 16,
+    log_level: str = "warning",
+) -> None:
+    """Serves the collection at ``path`` until SIGINT/SIGTERM (what ``latix serve`` runs).
+
+    Args:
+        path: the collection directory.
+        host: interface to listen on.
+        port: TCP port.
+        workers: search threads (default: the number of CPUs).
+        threads: onnxruntime threads per encoder call (1: parallelism comes from concurrent
+            calls).
+        max_body_bytes: request body limit.
+        batch_wait: bounded wait of the query micro-batcher (seconds).
+        max_batch: query texts per encoder call at most.
+        log_level: uvicorn's log level.
+    """
+    import uvicorn
+
+    col = Collection.open(path, n_threads=threads)
+    try:
+        app = create_app(
+            col,
+            workers=workers,
+            max_body_bytes=max_body_bytes,
+            batch_wait=batch_wait,
+            max_batch=max_batch,
+            close_on_shutdown=True,
+        )
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            timeout_graceful_shutdown=30,
+            access_log=False,
+        )
+        server = uvicorn.Server(config)
+        server.run()
+    finally:
+        col.close()
