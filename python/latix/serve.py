@@ -513,7 +513,16 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = exc.errors()
+        # Type, location and message only: echoing the input back could be large, and may hold
+        # NaN / Infinity (which Python's JSON parser accepts and a JSON response cannot carry).
+        errs = [
+            {
+                "type": str(e.get("type")),
+                "loc": [str(x) for x in e.get("loc", ())],
+                "msg": str(e.get("msg")),
+            }
+            for e in exc.errors()
+        ]
         if any(e.get("type") == "json_invalid" for e in errs):
             return _error(
                 400, "bad_json", "the request body is not valid JSON", jsonable_encoder(errs)
@@ -521,7 +530,7 @@ def create_app(
         msg = "; ".join(
             f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', '')}" for e in errs[:5]
         )
-        return _error(422, "invalid_request", msg, jsonable_encoder(errs))
+        return _error(422, "invalid_request", msg, errs)
 
     @app.exception_handler(LatixError)
     async def _latix(request: Request, exc: LatixError) -> JSONResponse:

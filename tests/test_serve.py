@@ -1,0 +1,712 @@
+"""The HTTP service (latix.serve) and the async Collection API.
+
+References are independent of the code under test: hits are checked against numpy MaxSim over
+vectors the test computes itself with the collection's encoder (documents rounded to float16,
+what the plain index stores) and filters against the pure-Python reference of test_filters;
+writes against a dict the test keeps. In-process tests drive the ASGI app through FastAPI's
+TestClient (no sockets); one test runs ``latix serve`` as a real uvicorn process on a free
+loopback port, kills it with SIGKILL during writes, restarts it and checks that every write it
+acknowledged is there, then stops it with SIGTERM during writes (graceful: the same holds).
+A hypothesis test sends generated bodies to every operation of the OpenAPI schema: 0 server
+errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import latix
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from latix.collection import Collection
+from latix.serve import MAX_K, QueryBatcher, create_app  # noqa: E402
+from test_filters import ref_eval
+
+WORDS = (
+    "metformin glucose insulin diabetes kidney liver heart protein gene cell tumour cancer "
+    "vaccine virus immune response patients trial dose blood pressure brain neuron memory sleep "
+    "glacier climate ocean carbon forest river soil bacteria antibiotic resistance mouse model "
+    "therapy risk obesity diet exercise muscle bone fracture aging mortality"
+).split()
+LANGS = ["en", "fr", "de"]
+TAGS = ["a", "b", "c", "d"]
+
+
+def rand_text(rng: np.random.Generator, lo: int = 3, hi: int = 14) -> str:
+    return " ".join(rng.choice(WORDS, int(rng.integers(lo, hi))).tolist())
+
+
+def rand_meta(rng: np.random.Generator) -> dict[str, Any]:
+    m: dict[str, Any] = {}
+    if rng.random() < 0.9:
+        m["n"] = int(rng.integers(2000, 2025))
+    if rng.random() < 0.8:
+        m["s"] = str(rng.choice(LANGS))
+    if rng.random() < 0.7:
+        m["tags"] = sorted(set(rng.choice(TAGS, int(rng.integers(0, 3))).tolist()))
+    return m
+
+
+def rand_where(rng: np.random.Generator) -> dict[str, Any]:
+    c = int(rng.integers(0, 5))
+    if c == 0:
+        return {"n": {"$gte": int(rng.integers(2000, 2025))}}
+    if c == 1:
+        return {"s": str(rng.choice(LANGS))}
+    if c == 2:
+        return {"tags": {"$in": [str(rng.choice(TAGS))]}}
+    if c == 3:
+        return {"$or": [{"s": "en"}, {"n": {"$lt": 2010}}]}
+    return {"$not": {"tags": "a"}, "n": {"$lte": 2020}}
+
+
+@pytest.fixture(scope="module")
+def encoder() -> latix.Encoder:
+    return latix.Encoder.default()
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, encoder: latix.Encoder
+) -> Iterator[tuple[Collection, TestClient, dict[str, dict[str, Any]]]]:
+    """A plain collection of 60 random records behind the app, and the test's own copy."""
+    rng = np.random.default_rng(11)
+    col = Collection.create(
+        tmp_path_factory.mktemp("serve") / "c", encoder=encoder, compression=None
+    )
+    recs = {
+        f"r{i}": {"id": f"r{i}", "text": rand_text(rng), "metadata": rand_meta(rng)}
+        for i in range(60)
+    }
+    col.add(list(recs.values()))
+    with TestClient(create_app(col, workers=2)) as client:
+        yield col, client, recs
+    col.close()
+
+
+_DOC_VECS: dict[str, np.ndarray] = {}  # text -> its float16-rounded document vectors
+
+
+def ref_search(
+    encoder: latix.Encoder,
+    query: str,
+    recs: dict[str, dict[str, Any]],
+    k: int,
+    where: dict[str, Any] | None = None,
+) -> list[tuple[str, float]]:
+    """Exact MaxSim over float16-rounded document vectors, numpy only."""
+    q = encoder.encode_queries([query])[0].astype(np.float64)
+    ids = [i for i, r in recs.items() if where is None or ref_eval(where, r["metadata"])]
+    todo = [recs[i]["text"] for i in ids if recs[i]["text"] not in _DOC_VECS]
+    for t, d in zip(todo, encoder.encode_documents(todo) if todo else [], strict=True):
+        _DOC_VECS[t] = d.astype(np.float16).astype(np.float64)
+    docs = [_DOC_VECS[recs[i]["text"]] for i in ids]
+    sc = [float((q @ d.T).max(axis=1).sum()) for d in docs]
+    order = sorted(range(len(ids)), key=lambda j: -sc[j])[:k]
+    return [(ids[j], sc[j]) for j in order]
+
+
+def check_hits(hits: list[dict[str, Any]], ref: list[tuple[str, float]], recs: Any) -> None:
+    assert len(hits) == len(ref)
+    got = [h["score"] for h in hits]
+    np.testing.assert_allclose(got, [s for _, s in ref], atol=2e-3)
+    assert got == sorted(got, reverse=True)
+    for h, (rid, s) in zip(hits, ref, strict=True):
+        if h["id"] != rid:  # a near tie may swap: the score must still be the reference's
+            assert abs(h["score"] - s) < 2e-3
+        assert h["text"] == recs[h["id"]]["text"]
+        assert h["metadata"] == recs[h["id"]]["metadata"]
+
+
+# ------------------------------------------------------------------------------------ contract
+
+
+def test_search_matches_numpy_maxsim(served: Any, encoder: latix.Encoder) -> None:
+    _, client, recs = served
+    rng = np.random.default_rng(1)
+    for trial in range(6):
+        q = rand_text(rng, 1, 6)
+        k = int(rng.integers(1, 12))
+        where = rand_where(rng) if trial % 2 else None
+        r = client.post("/search", json={"query": q, "k": k, "where": where})
+        assert r.status_code == 200, r.text
+        check_hits(r.json()["hits"], ref_search(encoder, q, recs, k, where), recs)
+    # Many queries: one list per query, in order.
+    qs = [rand_text(rng, 1, 5) for _ in range(5)]
+    r = client.post("/search", json={"query": qs, "k": 3})
+    assert r.status_code == 200
+    lists = r.json()["hits"]
+    assert len(lists) == 5
+    for q, hits in zip(qs, lists, strict=True):
+        check_hits(hits, ref_search(encoder, q, recs, 3), recs)
+
+
+def test_keyword_and_hybrid_modes_match_collection(served: Any) -> None:
+    col, client, recs = served
+    for mode in ("keyword", "hybrid"):
+        for where in (None, {"s": "en"}):
+            r = client.post(
+                "/search", json={"query": "glucose insulin", "k": 7, "mode": mode, "where": where}
+            )
+            assert r.status_code == 200
+            hits = r.json()["hits"]
+            ref = col.search("glucose insulin", 7, mode=mode, where=where)
+            assert [h["id"] for h in hits] == [h.id for h in ref]
+            if where is not None:
+                assert all(recs[h["id"]]["metadata"].get("s") == "en" for h in hits)
+            if mode == "keyword":  # every keyword hit contains a query word
+                assert all(
+                    {"glucose", "insulin"} & set(recs[h["id"]]["text"].split()) for h in hits
+                )
+
+
+def test_explain_returns_matched_words(served: Any) -> None:
+    _, client, recs = served
+    r = client.post("/search", json={"query": "insulin", "k": 2, "explain": True})
+    assert r.status_code == 200
+    for h in r.json()["hits"]:
+        words = set(recs[h["id"]]["text"].split())
+        for m in h["explanation"]:
+            assert m["text"] == "" or m["text"] in words
+
+
+def test_concurrent_requests_are_batched_and_correct(served: Any, encoder: latix.Encoder) -> None:
+    _, client, recs = served
+    rng = np.random.default_rng(5)
+    qs = [rand_text(rng, 1, 5) for _ in range(24)]
+    before = client.get("/stats").json()["server"]
+    out: dict[int, Any] = {}
+
+    def one(i: int) -> None:
+        out[i] = client.post("/search", json={"query": qs[i], "k": 4}).json()["hits"]
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(len(qs))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    after = client.get("/stats").json()["server"]
+    assert after["queries_encoded"] - before["queries_encoded"] == len(qs)
+    for i, q in enumerate(qs):
+        check_hits(out[i], ref_search(encoder, q, recs, 4), recs)
+
+
+def test_writes_round_trip_against_a_dict(tmp_path: Path, encoder: latix.Encoder) -> None:
+    rng = np.random.default_rng(3)
+    col = Collection.create(tmp_path / "w", encoder=encoder, compression=None)
+    model: dict[str, dict[str, Any]] = {}
+    with TestClient(create_app(col, workers=2)) as c:
+        for step in range(12):
+            op = step % 4
+            if op in (0, 1):
+                n = int(rng.integers(1, 4))
+                batch = [
+                    {
+                        "id": f"d{step}-{j}"
+                        if op == 0 or not model
+                        else str(rng.choice(list(model))),
+                        "text": rand_text(rng),
+                        "metadata": rand_meta(rng),
+                    }
+                    for j in range(n)
+                ]
+                batch = list({b["id"]: b for b in batch}.values())
+                r = (
+                    c.post("/records", json={"records": batch})
+                    if op == 0
+                    else c.put("/records", json={"records": batch})
+                )
+                assert r.status_code == 200, r.text
+                assert r.json()["n_added"] + r.json()["n_replaced"] == len(batch)
+                for b in batch:
+                    model[b["id"]] = b
+            elif op == 2 and model:
+                victim = str(rng.choice(list(model)))
+                assert c.delete(f"/records/{victim}").json() == {"deleted": 1}
+                del model[victim]
+            else:
+                where = {"n": {"$lt": 2008}}
+                n = c.post("/records/delete", json={"where": where}).json()["deleted"]
+                gone = [i for i, r in model.items() if ref_eval(where, r["metadata"])]
+                assert n == len(gone)
+                for i in gone:
+                    del model[i]
+            # The server's view equals the model after every step.
+            ids = list(model) + ["missing"]
+            got = c.post("/records/get", json={"ids": ids}).json()["records"]
+            assert got[-1] is None
+            for i, g in zip(ids[:-1], got[:-1], strict=True):
+                want = model[i]
+                assert g == {"id": i, "text": want["text"], "metadata": want["metadata"]}
+            assert c.get("/stats").json()["n_records"] == len(model)
+        assert (
+            c.post("/records", json={"records": [{"id": "dup", "text": "x"}] * 2}).status_code
+            == 400
+        )
+        if model:
+            some = next(iter(model))
+            r = c.post("/records", json={"records": [{"id": some, "text": "again"}]})
+            assert r.status_code == 409
+        assert c.delete("/records/never").status_code == 404
+    col.close()
+
+
+BAD: list[tuple[str, str, Any, int]] = [
+    ("POST", "/search", b"{not json", 400),
+    ("POST", "/search", b"", 422),
+    ("POST", "/search", [], 422),
+    ("POST", "/search", {"k": 3}, 422),
+    ("POST", "/search", {"query": 5}, 422),
+    ("POST", "/search", {"query": ""}, 422),
+    ("POST", "/search", {"query": "   "}, 400),
+    ("POST", "/search", {"query": []}, 422),
+    ("POST", "/search", {"query": ["ok", 3]}, 422),
+    ("POST", "/search", {"query": "x", "k": 0}, 422),
+    ("POST", "/search", {"query": "x", "k": MAX_K + 1}, 422),
+    ("POST", "/search", {"query": "x", "k": "10"}, 422),
+    ("POST", "/search", {"query": "x", "k": 2.0}, 422),
+    ("POST", "/search", {"query": "x", "k": True}, 422),
+    ("POST", "/search", {"query": "x", "mode": "semantic"}, 422),
+    ("POST", "/search", {"query": "x", "wehre": {"s": "en"}}, 422),
+    ("POST", "/search", {"query": "x", "where": {"nope": 1}}, 400),
+    ("POST", "/search", {"query": "x", "where": {"n": "2020"}}, 400),
+    ("POST", "/search", {"query": "x", "where": {"n": {"$regex": "a"}}}, 400),
+    ("POST", "/search", {"query": "x", "where": {"n": {"$gt": float("nan")}}}, 400),
+    ("POST", "/search", {"query": "x", "where": []}, 422),
+    ("POST", "/search", {"query": "x", "where": {"s": "'; DROP TABLE records; --"}}, 200),
+    ("POST", "/records", {"records": []}, 422),
+    ("POST", "/records", {"records": [{"id": "", "text": "t"}]}, 422),
+    ("POST", "/records", {"records": [{"id": "z", "text": "t", "extra": 1}]}, 422),
+    ("POST", "/records", {"records": [{"id": "z", "text": "t", "metadata": {"n": "x"}}]}, 400),
+    ("POST", "/records", {"records": [{"id": "z", "text": "t", "metadata": {"o": {"a": 1}}}]}, 400),
+    ("POST", "/records", {"records": [{"id": "z", "text": "t", "metadata": {"bad name": 1}}]}, 400),
+    ("POST", "/records", {"records": [{"id": "z", "text": "a\x00b"}]}, 400),
+    ("POST", "/records/delete", {}, 400),
+    ("POST", "/records/delete", {"ids": ["r1"], "where": {"s": "en"}}, 400),
+    ("POST", "/records/delete", {"ids": ["not-there"]}, 404),
+    ("POST", "/records/delete", {"where": {"zzz": 1}}, 400),
+    ("POST", "/records/get", {"ids": "r1"}, 422),
+    ("GET", "/records/nope", None, 404),
+    ("GET", "/nowhere", None, 404),
+    ("PATCH", "/search", None, 405),
+    ("GET", "/search", None, 405),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status", BAD)
+def test_bad_input_is_a_clear_4xx(
+    served: Any, method: str, path: str, body: Any, status: int
+) -> None:
+    _, client, _ = served
+    if isinstance(body, bytes):
+        r = client.request(method, path, content=body, headers={"content-type": "application/json"})
+    elif body is None:
+        r = client.request(method, path)
+    else:
+        raw = json.dumps(body)  # NaN goes out as the NaN literal Python's json accepts
+        r = client.request(method, path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    if status >= 400:
+        e = r.json()
+        assert e["error"] and e["message"]
+
+
+def test_body_limit(encoder: latix.Encoder, tmp_path: Path) -> None:
+    col = Collection.create(tmp_path / "b", encoder=encoder, compression=None)
+    with TestClient(create_app(col, workers=1, max_body_bytes=1000)) as c:
+        big = {"records": [{"id": "x", "text": "word " * 400}]}
+        r = c.post("/records", json=big)
+        assert r.status_code == 413 and "1000" in r.json()["message"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the limit applies while streaming
+            yield b'{"records": [{"id": "x", "text": "'
+            for _ in range(50):
+                yield b"word " * 10
+            yield b'"}]}'
+
+        r = c.post("/records", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        assert c.post("/records", json={"records": [{"id": "x", "text": "ok"}]}).status_code == 200
+        assert len(col) == 1
+    col.close()
+
+
+def test_health_ready_openapi(served: Any) -> None:
+    col, client, _ = served
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"status": "ready", "records": len(col)}
+    spec = client.get("/openapi.json").json()
+    for path in (
+        "/search",
+        "/records",
+        "/records/delete",
+        "/records/get",
+        "/records/{id}",
+        "/stats",
+        "/health",
+        "/ready",
+    ):
+        assert path in spec["paths"]
+    st_ = client.get("/stats").json()
+    assert st_["n_records"] == len(col) and st_["dim"] == col.dim
+
+
+def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    from latix._extras import MissingExtraError, import_extra
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # what an absent package looks like
+    with pytest.raises(MissingExtraError, match=r"pip install 'latix\[serve\]'") as ei:
+        import_extra("serve", "fastapi")
+    assert isinstance(ei.value, latix.LatixError) and isinstance(ei.value, ImportError)
+
+
+# ------------------------------------------------------------------------------------ schema fuzz
+
+JSONV = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.text(max_size=6), ch, max_size=4),
+    max_leaves=12,
+)
+FIELDS = [
+    "query",
+    "k",
+    "where",
+    "mode",
+    "explain",
+    "records",
+    "ids",
+    "id",
+    "text",
+    "metadata",
+    "n",
+    "s",
+    "tags",
+    "$gte",
+    "$in",
+    "$or",
+    "$not",
+]
+
+
+@st.composite
+def body_for(draw: st.DrawFn, props: dict[str, Any]) -> Any:
+    """A body near the schema: its own fields with values of any JSON type (often the right
+    one), sometimes an unknown field, sometimes not an object at all."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(JSONV)
+    out: dict[str, Any] = {}
+    for name in props:
+        if draw(st.booleans()):
+            out[name] = draw(
+                st.one_of(
+                    JSONV,
+                    st.integers(-3, MAX_K + 3),
+                    st.sampled_from(["late", "keyword", "hybrid", "metformin", " ", ""]),
+                    st.lists(st.text(WORDS[0] + " ab", max_size=12), max_size=3),
+                    st.lists(
+                        st.fixed_dictionaries(
+                            {"id": st.text(max_size=4), "text": st.text(max_size=12)},
+                            optional={
+                                "metadata": st.dictionaries(
+                                    st.sampled_from(FIELDS), JSONV, max_size=2
+                                )
+                            },
+                        ),
+                        max_size=3,
+                    ),
+                    st.dictionaries(st.sampled_from(FIELDS), JSONV, max_size=3),
+                )
+            )
+    if draw(st.integers(0, 5)) == 0:
+        out[draw(st.sampled_from(FIELDS))] = draw(JSONV)
+    return out
+
+
+def _operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    ops = []
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            props: dict[str, Any] = {}
+            body = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if body:
+                ref = body["schema"]["$ref"].rsplit("/", 1)[-1]
+                props = spec["components"]["schemas"][ref]["properties"]
+            ops.append((method.upper(), path, props))
+    return ops
+
+
+def test_openapi_fuzz_no_server_errors(served: Any) -> None:
+    _, client, _ = served
+    spec = client.get("/openapi.json").json()
+    ops = _operations(spec)
+    assert len(ops) >= 9
+    seen: set[tuple[str, str]] = set()
+    statuses: dict[int, int] = {}
+
+    @settings(
+        max_examples=int(os.environ.get("LATIX_SERVE_FUZZ_EXAMPLES", "160")),
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        database=None,
+    )
+    @given(
+        st.sampled_from(ops).flatmap(
+            lambda o: st.tuples(st.just(o), body_for(o[2]), st.text(max_size=6))
+        )
+    )
+    def run(case: Any) -> None:
+        (method, path, props), body, pid = case
+        seen.add((method, path))
+        url = path.replace("{id}", urllib.parse.quote(pid, safe="") or "r1")
+        raw = json.dumps(body, allow_nan=True)
+        kw: dict[str, Any] = {"content": raw, "headers": {"content-type": "application/json"}}
+        r = client.request(method, url, **(kw if props else {}))
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        assert r.status_code < 500, (method, url, raw, r.text)
+        r.json()  # every answer is JSON
+
+    run()
+    assert len(seen) == len(ops), set((m, p) for m, p, _ in ops) - seen
+    assert any(s == 200 for s in statuses) and any(400 <= s < 500 for s in statuses)
+
+
+# ------------------------------------------------------------------------------------ batcher
+
+
+def test_query_batcher_batches_bounds_and_isolates_failures() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls: list[list[str]] = []
+    lock = threading.Lock()
+
+    def encode(texts: list[str]) -> list[np.ndarray]:
+        with lock:
+            calls.append(list(texts))
+        if "bad" in texts:
+            raise latix.InvalidArgumentError("bad text")
+        time.sleep(0.01)
+        return [np.full((len(t), 2), float(len(t)), np.float32) for t in texts]
+
+    async def main() -> None:
+        with ThreadPoolExecutor(4) as ex:
+            b = QueryBatcher(encode, ex, max_wait=0.002, max_batch=4, max_inflight=1)
+            # Alone: encoded at once, one call.
+            (v,) = await b.encode(["abc"])
+            assert v.shape == (3, 2) and calls == [["abc"]]
+            calls.clear()
+            reqs = [[f"q{i}" * (i % 3 + 1)] for i in range(10)] + [[f"long{j}" for j in range(9)]]
+            outs = await asyncio.gather(*(b.encode(r) for r in reqs))
+            for r, o in zip(reqs, outs, strict=True):  # every request gets its own vectors
+                assert [x.shape[0] for x in o] == [len(t) for t in r]
+            assert all(len(c) <= 4 for c in calls)
+            assert sum(len(c) for c in calls) == 19
+            assert len(calls) < 11  # concurrent texts shared calls
+            # A bad text fails its own request only.
+            res = await asyncio.gather(
+                b.encode(["fine"]), b.encode(["bad"]), b.encode(["ok"]), return_exceptions=True
+            )
+            assert isinstance(res[1], latix.InvalidArgumentError)
+            assert res[0][0].shape == (4, 2) and res[2][0].shape == (2, 2)
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------------------------ async API
+
+
+def test_async_api_matches_sync(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    col = Collection.create(tmp_path / "a", model=None, dim=8, compression=None)
+    docs = [rng.standard_normal((int(rng.integers(2, 6)), 8)).astype(np.float32) for _ in range(30)]
+    docs = [d / np.linalg.norm(d, axis=1, keepdims=True) for d in docs]
+
+    async def main() -> None:
+        reps = await asyncio.gather(
+            *(
+                col.aadd(
+                    [{"id": f"x{i}", "text": f"t{i}", "metadata": {"n": i}}], vectors=[docs[i]]
+                )
+                for i in range(30)
+            )
+        )
+        assert sum(r.n_added for r in reps) == 30 and len(col) == 30
+        qs = [rng.standard_normal((3, 8)).astype(np.float32) for _ in range(8)]
+        got = await asyncio.gather(*(col.asearch(None, 5, query_vectors=q) for q in qs))
+        for q, hits in zip(qs, got, strict=True):
+            ref = sorted(
+                range(30),
+                key=lambda i: (
+                    -float((q @ docs[i].astype(np.float16).astype(np.float32).T).max(1).sum())
+                ),
+            )[:5]
+            assert [h.id for h in hits] == [f"x{i}" for i in ref]  # type: ignore[union-attr]
+        assert (await col.aget("x3")).metadata == {"n": 3}
+        assert [r.id if r else None for r in await col.aget_many(["x1", "zz"])] == ["x1", None]
+        assert await col.acount({"n": {"$lt": 10}}) == 10
+        assert await col.adelete(where={"n": {"$lt": 10}}) == 10
+        assert (await col.astats())["n_records"] == 20
+        with pytest.raises(latix.NotFoundError):
+            await col.aget("x1")
+
+    asyncio.run(main())
+    col.close()
+    with pytest.raises(latix.IndexClosedError):
+        asyncio.run(col.asearch(None, 1, query_vectors=np.ones((1, 8), np.float32)))
+
+
+# ------------------------------------------------------------------------------------ real server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http(
+    port: int, method: str, path: str, body: Any = None, timeout: float = 30
+) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=data,
+        method=method,
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _start(path: Path, port: int) -> subprocess.Popen[bytes]:
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "latix.cli",
+            "serve",
+            str(path),
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        if p.poll() is not None:
+            raise AssertionError(f"server exited: {p.stderr.read().decode() if p.stderr else ''}")
+        try:
+            if _http(port, "GET", "/ready", timeout=2)[0] == 200:
+                return p
+        except OSError:
+            pass
+        time.sleep(0.1)
+    p.kill()
+    raise AssertionError("server not ready in 120 s")
+
+
+def _writer_threads(
+    port: int, n_threads: int, acked: dict[str, str], stop: threading.Event
+) -> list[threading.Thread]:
+    def loop(t: int) -> None:
+        i = 0
+        while not stop.is_set():
+            rid = f"w{t}-{i}"
+            text = f"written by thread {t} step {i} glucose"
+            try:
+                s, _ = _http(port, "POST", "/records", {"records": [{"id": rid, "text": text}]}, 10)
+            except OSError:
+                return  # the server died: this write was never acknowledged
+            if s == 200:
+                acked[rid] = text
+            i += 1
+
+    ts = [threading.Thread(target=loop, args=(t,), daemon=True) for t in range(n_threads)]
+    for t in ts:
+        t.start()
+    return ts
+
+
+def test_real_server_kill9_and_sigterm_lose_no_acknowledged_write(
+    tmp_path: Path, encoder: latix.Encoder
+) -> None:
+    path = tmp_path / "srv"
+    col = Collection.create(path, encoder=encoder, compression=None)
+    col.add([{"id": "seed", "text": "metformin lowers blood glucose", "metadata": {"n": 2021}}])
+    col.close()
+    port = _free_port()
+    p = _start(path, port)
+    acked: dict[str, str] = {}
+    try:
+        s, body = _http(port, "POST", "/search", {"query": "diabetes drug", "k": 1})
+        assert s == 200 and body["hits"][0]["id"] == "seed"
+        assert _http(port, "POST", "/search", {"query": "x", "k": 0})[0] == 422
+        stop = threading.Event()
+        ts = _writer_threads(port, 3, acked, stop)
+        t0 = time.time()
+        while len(acked) < 15 and time.time() - t0 < 60:
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)  # mid-write: requests are in flight
+        p.wait(10)
+        stop.set()
+        for t in ts:
+            t.join(15)
+        assert len(acked) >= 15
+    finally:
+        if p.poll() is None:
+            p.kill()
+    # Restart on the same directory (the dead writer's lock is gone with its process).
+    n_before = len(acked)
+    p = _start(path, port)
+    try:
+        ids = list(acked)
+        s, body = _http(port, "POST", "/records/get", {"ids": ids})
+        assert s == 200
+        lost = [
+            i
+            for i, r in zip(ids, body["records"], strict=True)
+            if r is None or r["text"] != acked[i]
+        ]
+        assert lost == [], f"{len(lost)} acknowledged writes lost: {lost[:5]}"
+        # Graceful stop during writes: running requests finish, queued writes commit.
+        stop = threading.Event()
+        ts = _writer_threads(port, 3, acked, stop)
+        t0 = time.time()
+        while len(acked) < n_before + 10 and time.time() - t0 < 60:
+            time.sleep(0.02)
+        p.send_signal(signal.SIGTERM)
+        # uvicorn re-raises the signal once it has shut down gracefully.
+        assert p.wait(60) in (0, -signal.SIGTERM)
+        stop.set()
+        for t in ts:
+            t.join(15)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    with Collection.open(path) as col:
+        got = col.get_many(list(acked))
+        assert all(r is not None and r.text == acked[i] for i, r in zip(acked, got, strict=True))
+        col.verify()
+        assert os.path.isdir(path)
