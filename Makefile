@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.latix-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup build demo test test-rust test-python lint fmt check bench bench-compressed clean harden \
-	soak fuzz fuzz-smoke bench-collection
+	soak fuzz fuzz-smoke bench-collection bench-serve
 
 setup: $(STAMP)
 
@@ -78,6 +78,13 @@ bench-collection: build
 	$(BIN)/python benches/prepare_bench_data.py
 	$(BIN)/python benches/make_distractors.py
 	$(BIN)/python benches/bench_collection.py $(BENCH_ARGS)
+
+# The HTTP service under 1 / 4 / 16 concurrent clients next to in-process search and the query
+# encoder (SciFact compressed collection built from the cached encodings of bench-compressed's
+# first step); results in bench-results/serve.md.
+bench-serve: build
+	$(BIN)/python benches/prepare_bench_data.py
+	$(BIN)/python benches/bench_serve.py $(BENCH_ARGS)
 
 # Hardening harnesses, fast part (also part of `make test`): crash, corruption, concurrency,
 # resource faults, the bad-input matrix, fork, threaded writers against compaction, huge

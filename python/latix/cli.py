@@ -123,6 +123,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     pv.add_argument("--max-batch", type=int, default=16, help="queries per encoder call")
     pv.add_argument("--log-level", default="warning", help="uvicorn log level")
+    pv.add_argument(
+        "--query-precision",
+        choices=["auto", "fp32", "int8"],
+        default="auto",
+        help="default model's query encoder: auto = int8 on AVX2 (2x faster, SciFact nDCG@10 "
+        "0.7095 vs 0.7100 fp32)",
+    )
 
     px = sub.add_parser("export", help="convert a ColBERT-family checkpoint to a latix model")
     px.add_argument("checkpoint", help="Stanford ColBERT or PyLate/sentence-transformers directory")
@@ -360,6 +367,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         batch_wait=args.batch_wait_ms / 1000.0,
         max_batch=args.max_batch,
         log_level=args.log_level,
+        query_precision=args.query_precision,
     )
     return 0
 

@@ -1,0 +1,367 @@
+"""End-to-end latency of ``latix serve`` under concurrency, next to in-process search and the
+query encoder, on the SciFact compressed collection.
+
+One command, ``python benches/bench_serve.py`` (``make bench-serve``), writes
+``bench-results/serve.md`` and ``serve.json``:
+
+1. builds the SciFact collection the way ``latix index`` builds it (compressed ``"auto"``,
+   passages, ``index_corpus``), from the cached encodings of latix.eval.EmbeddingCache (never
+   re-encoding the corpus; benches/bench_collection.py's builder), under --work;
+2. under the team's benchmark lock (``/work/team/bench.lock``), only while timing:
+
+   * the query encoder, 1 thread, fp32 and int8 (``query_precision``), interleaved query by
+     query: p50/p99 of one ``encode_queries`` call for a 10-word query and for the 300 SciFact
+     test queries;
+   * in-process ``Collection.search`` (text in, hits with text and metadata out, encoding
+     included, 1 search thread): one caller, then 4 and 16 threads;
+   * the HTTP service: ``latix serve`` as a uvicorn subprocess on 127.0.0.1 (``--workers 2``,
+     query precision ``auto``), loaded by an asyncio client (one keep-alive connection per
+     client, each client sending its next query when the previous one is answered) with 1 / 4
+     / 16 concurrent clients, each level sending the 300 test queries ``--rounds`` times:
+     p50/p99 latency (request written -> whole JSON body read) and QPS; the 16-client level is
+     also run against a server with micro-batching off (``--max-batch 1``), the baseline of
+     the batching;
+   * document encoding throughput (1 thread) as a share of the machine's float32 sgemm rate
+     measured in the same run (benches/bench_encoder.py's method).
+
+The HTTP hits are checked against in-process search of the same queries (same top-10 ids).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benches"))
+
+import bench_collection as bc  # noqa: E402
+import bench_encoder as be  # noqa: E402
+import provenance  # noqa: E402
+
+TEN_WORDS = "does metformin lower blood glucose in patients with type 2 diabetes"
+
+
+def pct(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms, dtype=np.float64)
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 2),
+        "p99_ms": round(float(np.percentile(a, 99)), 2),
+        "n": len(ms),
+    }
+
+
+# ------------------------------------------------------------------------------------ HTTP load
+
+
+async def _client(
+    port: int, bodies: list[bytes], nxt: list[int], lat: list[float], out: dict[int, Any]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while True:
+            i = nxt[0]
+            if i >= len(bodies):
+                return
+            nxt[0] += 1
+            body = bodies[i]
+            req = (
+                b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body)
+            ) + body
+            t0 = time.perf_counter()
+            writer.write(req)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            n = 0
+            for line in head.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    n = int(v)
+            data = await reader.readexactly(n)
+            lat.append((time.perf_counter() - t0) * 1000)
+            status = int(head.split(b" ", 2)[1])
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {data[:200]!r}")
+            out[i] = data
+    finally:
+        writer.close()
+
+
+def http_load(
+    port: int, bodies: list[bytes], clients: int
+) -> tuple[dict[str, float], dict[int, Any]]:
+    lat: list[float] = []
+    out: dict[int, Any] = {}
+    nxt = [0]
+
+    async def main() -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(_client(port, bodies, nxt, lat, out) for _ in range(clients)))
+        return time.perf_counter() - t0
+
+    wall = asyncio.run(main())
+    res = pct(lat)
+    res["qps"] = round(len(bodies) / wall, 1)
+    res["clients"] = clients
+    return res, out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(path: Path, port: int, extra: list[str]) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "latix.cli",
+        "serve",
+        str(path),
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        *extra,
+    ]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import urllib.request
+
+    t0 = time.time()
+    while time.time() - t0 < 180:
+        if p.poll() is not None:
+            raise SystemExit(f"server exited: {p.stderr.read().decode() if p.stderr else ''}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r:
+                if r.status == 200:
+                    return p
+        except OSError:
+            time.sleep(0.2)
+    p.kill()
+    raise SystemExit("server not ready after 180 s")
+
+
+def stop_server(p: subprocess.Popen[bytes]) -> None:
+    p.terminate()
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+
+# ------------------------------------------------------------------------------------ in-process
+
+
+def inprocess(col: Any, queries: list[str], threads: int, rounds: int) -> dict[str, float]:
+    lat: list[float] = []
+
+    def one(q: str) -> None:
+        t0 = time.perf_counter()
+        col.search(q, 10, n_threads=1)
+        lat.append((time.perf_counter() - t0) * 1000)
+
+    work = queries * rounds
+    t0 = time.perf_counter()
+    if threads == 1:
+        for q in work:
+            one(q)
+    else:
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(one, work))
+    wall = time.perf_counter() - t0
+    res = pct(lat)
+    res["qps"] = round(len(work) / wall, 1)
+    res["clients"] = threads
+    return res
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--work", default=str(Path.home() / ".cache" / "latix" / "serve"))
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--levels", type=int, nargs="*", default=[1, 4, 16])
+    ap.add_argument("--rounds", type=int, default=2, help="passes over the queries per level")
+    ap.add_argument("--out", default=str(ROOT / "bench-results" / "serve"))
+    ap.add_argument(
+        "--no-lock", action="store_true", help="trial run without the benchmark lock (not quoted)"
+    )
+    a = ap.parse_args()
+    prov = provenance.lines()
+    print("\n".join(prov), flush=True)
+    import latix
+    from latix.eval import EmbeddingCache
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    encoder = latix.Encoder.default()
+    cache = EmbeddingCache()
+    docs, queries, qrels = bc.load_set("scifact")
+    vecs = bc.passage_vectors("scifact", docs, encoder, cache)
+    path = work / "scifact-auto"
+    col, build_s = bc.build_like_latix_index(path, docs, vecs, encoder, "auto")
+    col.close()
+    bc.log(f"collection at {path} (built in {build_s:.0f} s)")
+    qids = [q for q in queries if q in qrels][: a.queries]
+    qtexts = [queries[q] for q in qids]
+    bodies = [json.dumps({"query": q, "k": 10}).encode() for q in qtexts]
+    results: dict[str, Any] = {"queries": len(qtexts), "rounds": a.rounds}
+    import contextlib
+
+    with contextlib.nullcontext() if a.no_lock else bc.bench_lock():
+        # 1. the query encoder, 1 thread
+        bc.log("query encoder")
+        variants = {
+            "fp32": latix.Encoder.default(n_threads=1, query_precision="fp32"),
+            "int8": latix.Encoder.default(n_threads=1, query_precision="int8"),
+        }
+        results["encoder_10_words"] = be.query_latency(variants, [TEN_WORDS] * 300, 1)
+        results["encoder_scifact"] = be.query_latency(variants, qtexts, 1)
+        # 2. in-process search, the server's encoder settings (auto precision, 1 thread)
+        bc.log("in-process search")
+        enc_auto = latix.Encoder.default(n_threads=1, query_precision="auto")
+        results["precision_auto"] = enc_auto.query_precision
+        col = latix.Collection.open(path, encoder=enc_auto)
+        for q in qtexts[:20]:
+            col.search(q, 10, n_threads=1)
+        results["inprocess"] = [inprocess(col, qtexts, t, a.rounds) for t in a.levels]
+        ref = {i: [h.id for h in col.search(q, 10, n_threads=1)] for i, q in enumerate(qtexts)}
+        col.close()
+        # 3. HTTP
+        runs: list[dict[str, Any]] = []
+        for label, extra in (
+            ("batched", []),
+            ("no batching (--max-batch 1)", ["--max-batch", "1"]),
+        ):
+            port = free_port()
+            p = start_server(path, port, extra)
+            try:
+                http_load(port, bodies[:50], 4)  # warm-up
+                levels = a.levels if label == "batched" else [max(a.levels)]
+                for c in levels:
+                    bc.log(f"HTTP {label}: {c} clients")
+                    r, out = http_load(port, bodies * a.rounds, c)
+                    same = sum(
+                        [h["id"] for h in json.loads(out[i])["hits"]] == ref[i % len(qtexts)]
+                        for i in range(len(qtexts))
+                    )
+                    r["same_top10_as_inprocess"] = f"{same}/{len(qtexts)}"
+                    r["server"] = label
+                    runs.append(r)
+                with __import__("urllib.request").request.urlopen(
+                    f"http://127.0.0.1:{port}/stats", timeout=10
+                ) as resp:
+                    srv = json.loads(resp.read())["server"]
+                runs[-1]["encoder_calls"] = srv["encoder_calls"]
+                runs[-1]["queries_encoded"] = srv["queries_encoded"]
+            finally:
+                stop_server(p)
+        results["http"] = runs
+        # 4. document encoding vs sgemm, 1 thread
+        bc.log("document encoding vs sgemm")
+        texts = [d.text for d in docs[:48] if d.text.strip()]
+        enc1 = latix.Encoder.default(n_threads=1)
+        dt = be.doc_throughput(enc1, texts, 1)
+        sg = be.sgemm_gflops(1)
+        gf = dt["tokens_per_s"] * be.flops_per_token(dt["avg_tokens"]) / 1e9
+        results["documents"] = {
+            "docs_per_s": round(dt["docs_per_s"], 2),
+            "tokens_per_s": round(dt["tokens_per_s"], 0),
+            "avg_tokens": round(dt["avg_tokens"], 1),
+            "model_gflops": round(gf, 1),
+            "sgemm_gflops": round(sg, 1),
+            "share_of_sgemm": round(gf / sg, 3),
+        }
+    Path(a.out + ".json").write_text(json.dumps(results, indent=1))
+    md = report(results, prov)
+    Path(a.out + ".md").write_text(md)
+    print(md)
+    return 0
+
+
+def report(r: dict[str, Any], prov: list[str]) -> str:
+    h1 = next(x for x in r["http"] if x["clients"] == 1 and x["server"] == "batched")
+    hmax = [x for x in r["http"] if x["server"] == "batched"][-1]
+    nob = [x for x in r["http"] if x["server"] != "batched"]
+    lines = [
+        "# `latix serve`: end-to-end latency under concurrency",
+        "",
+        "Provenance:",
+        *prov,
+        "",
+        f"SciFact compressed collection (the `latix index` defaults), {r['queries']} test queries "
+        f"sent {r['rounds']}x per level, k=10, hits with text and metadata. Server: "
+        "`latix serve --workers 2` (uvicorn, query precision `auto` = int8 on this AVX2 CPU, 1 "
+        "encoder thread and 1 search thread per call); client: asyncio, one keep-alive "
+        "connection per client, on the same 2 cores. Latency: request written -> JSON body read.",
+        "",
+        "| path | clients | p50 ms | p99 ms | QPS | same top-10 as in-process |",
+        "|---|---|---|---|---|---|",
+    ]
+    for x in r["inprocess"]:
+        lines.append(
+            f"| in-process `Collection.search` ({'1 caller' if x['clients'] == 1 else 'threads'}) "
+            f"| {x['clients']} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {x['qps']:.1f} | |"
+        )
+    for x in r["http"]:
+        lines.append(
+            f"| HTTP, {x['server']} | {x['clients']} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} "
+            f"| {x['qps']:.1f} | {x['same_top10_as_inprocess']} |"
+        )
+    lines += [
+        "",
+        f"- 16-client QPS / 1-client QPS: **{hmax['qps'] / h1['qps']:.2f}x** (target >= 1.7x); "
+        f"16-client p99 / 1-client p50: **{hmax['p99_ms'] / h1['p50_ms']:.2f}x** (target <= 5x); "
+        f"1-client p50 **{h1['p50_ms']:.2f} ms** (target <= 6 ms).",
+    ]
+    if nob:
+        lines.append(
+            f"- micro-batching at {nob[0]['clients']} clients: {hmax['qps']:.1f} QPS vs "
+            f"{nob[0]['qps']:.1f} without ({hmax['qps'] / nob[0]['qps']:.2f}x); p99 "
+            f"{hmax['p99_ms']:.2f} vs {nob[0]['p99_ms']:.2f} ms. Batched server: "
+            f"{hmax.get('queries_encoded', 0)} queries in {hmax.get('encoder_calls', 0)} encoder "
+            "calls over its whole run (warm-up and all levels)."
+            if "encoder_calls" in hmax
+            else f"- micro-batching off at {nob[0]['clients']} clients: {nob[0]['qps']:.1f} QPS"
+        )
+    lines += [
+        "",
+        "## Query encoder (1 thread, one query per call, fp32 vs int8 interleaved)",
+        "",
+        "| queries | precision | p50 ms | p99 ms |",
+        "|---|---|---|---|",
+    ]
+    for name, key in (
+        ("10-word query", "encoder_10_words"),
+        ("SciFact test queries", "encoder_scifact"),
+    ):
+        for prec, v in r[key].items():
+            lines.append(f"| {name} | {prec} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} |")
+    d = r["documents"]
+    lines += [
+        "",
+        f"Document encoding, 1 thread (first SciFact documents, {d['avg_tokens']} tokens on "
+        f"average): {d['docs_per_s']} docs/s, {d['model_gflops']} model GFLOP/s = "
+        f"**{100 * d['share_of_sgemm']:.0f}%** of the {d['sgemm_gflops']} GFLOP/s numpy sgemm "
+        "rate measured in the same run.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
