@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -239,19 +240,39 @@ def main() -> int:
         for q in qtexts[:20]:
             col.search(q, 10, n_threads=1)
         results["inprocess"] = [inprocess(col, qtexts, t, a.rounds) for t in a.levels]
-        ref = {i: [h.id for h in col.search(q, 10, n_threads=1)] for i, q in enumerate(qtexts)}
+        refs = {"int8": {i: [h.id for h in col.search(q, 10)] for i, q in enumerate(qtexts)}}
         col.close()
-        # 3. HTTP
+        col = latix.Collection.open(path, encoder=variants["fp32"])
+        for q in qtexts[:20]:
+            col.search(q, 10, n_threads=1)
+        r32 = inprocess(col, qtexts, 1, a.rounds)
+        r32["precision"] = "fp32"
+        results["inprocess"].append(r32)
+        refs["fp32"] = {i: [h.id for h in col.search(q, 10)] for i, q in enumerate(qtexts)}
+        col.close()
+        # 3. HTTP: the default server (int8 queries, one per encoder call), fp32 micro-batched,
+        # and fp32 with batching off (the baseline of the batching)
         runs: list[dict[str, Any]] = []
-        for label, extra in (
-            ("batched", []),
-            ("no batching (--max-batch 1)", ["--max-batch", "1"]),
-        ):
+        servers = [
+            (
+                "int8 queries (`auto`, default), one per encoder call",
+                ["--query-precision", "auto"],
+                a.levels,
+            ),
+            ("fp32 queries, micro-batched", ["--query-precision", "fp32"], a.levels),
+            (
+                "fp32 queries, batching off (`--max-batch 1`)",
+                ["--query-precision", "fp32", "--max-batch", "1"],
+                [max(a.levels)],
+            ),
+        ]
+        for label, extra, levels in servers:
             port = free_port()
             p = start_server(path, port, extra)
+            ref = refs["int8" if "int8" in label else "fp32"]
             try:
                 http_load(port, bodies[:50], 4)  # warm-up
-                levels = a.levels if label == "batched" else [max(a.levels)]
+                first = len(runs)
                 for c in levels:
                     bc.log(f"HTTP {label}: {c} clients")
                     r, out = http_load(port, bodies * a.rounds, c)
@@ -262,12 +283,12 @@ def main() -> int:
                     r["same_top10_as_inprocess"] = f"{same}/{len(qtexts)}"
                     r["server"] = label
                     runs.append(r)
-                with __import__("urllib.request").request.urlopen(
-                    f"http://127.0.0.1:{port}/stats", timeout=10
-                ) as resp:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as resp:
                     srv = json.loads(resp.read())["server"]
-                runs[-1]["encoder_calls"] = srv["encoder_calls"]
-                runs[-1]["queries_encoded"] = srv["queries_encoded"]
+                for r in runs[first:]:
+                    r["encoder_calls"] = srv["encoder_calls"]
+                    r["queries_encoded"] = srv["queries_encoded"]
+                    r["batching"] = srv["batching"]
             finally:
                 stop_server(p)
         results["http"] = runs
@@ -294,9 +315,10 @@ def main() -> int:
 
 
 def report(r: dict[str, Any], prov: list[str]) -> str:
-    h1 = next(x for x in r["http"] if x["clients"] == 1 and x["server"] == "batched")
-    hmax = [x for x in r["http"] if x["server"] == "batched"][-1]
-    nob = [x for x in r["http"] if x["server"] != "batched"]
+    http = r["http"]
+    default = [x for x in http if "default" in x["server"]]
+    batched = [x for x in http if "micro-batched" in x["server"]]
+    off = [x for x in http if "off" in x["server"]]
     lines = [
         "# `latix serve`: end-to-end latency under concurrency",
         "",
@@ -305,38 +327,45 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
         "",
         f"SciFact compressed collection (the `latix index` defaults), {r['queries']} test queries "
         f"sent {r['rounds']}x per level, k=10, hits with text and metadata. Server: "
-        "`latix serve --workers 2` (uvicorn, query precision `auto` = int8 on this AVX2 CPU, 1 "
-        "encoder thread and 1 search thread per call); client: asyncio, one keep-alive "
-        "connection per client, on the same 2 cores. Latency: request written -> JSON body read.",
+        "`latix serve --workers 2` (uvicorn; 1 encoder thread and 1 search thread per call); "
+        "client: asyncio in the benchmark process, one keep-alive connection per client, each "
+        "sending its next query when answered, on the same 2 cores. Latency: request written -> "
+        "JSON body read. In-process: `Collection.search(text, 10)` (encoding included), one "
+        "caller or a thread pool.",
         "",
-        "| path | clients | p50 ms | p99 ms | QPS | same top-10 as in-process |",
+        "| path | clients | p50 ms | p99 ms | QPS | same top-10 as in-process (same precision) |",
         "|---|---|---|---|---|---|",
     ]
     for x in r["inprocess"]:
+        who = "1 caller" if x["clients"] == 1 else f"{x['clients']} threads"
         lines.append(
-            f"| in-process `Collection.search` ({'1 caller' if x['clients'] == 1 else 'threads'}) "
-            f"| {x['clients']} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {x['qps']:.1f} | |"
+            f"| in-process, {x.get('precision', 'int8 (`auto`)')} queries, {who} | {x['clients']} "
+            f"| {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {x['qps']:.1f} | |"
         )
-    for x in r["http"]:
+    for x in http:
         lines.append(
             f"| HTTP, {x['server']} | {x['clients']} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} "
             f"| {x['qps']:.1f} | {x['same_top10_as_inprocess']} |"
         )
-    lines += [
-        "",
-        f"- 16-client QPS / 1-client QPS: **{hmax['qps'] / h1['qps']:.2f}x** (target >= 1.7x); "
-        f"16-client p99 / 1-client p50: **{hmax['p99_ms'] / h1['p50_ms']:.2f}x** (target <= 5x); "
-        f"1-client p50 **{h1['p50_ms']:.2f} ms** (target <= 6 ms).",
-    ]
-    if nob:
+    lines.append("")
+    for name, rows in (("default server (int8 queries)", default), ("fp32 micro-batched", batched)):
+        if len(rows) >= 2:
+            one, top = rows[0], rows[-1]
+            lines.append(
+                f"- {name}: {top['clients']}-client QPS / 1-client QPS "
+                f"**{top['qps'] / one['qps']:.2f}x** (target >= 1.7x); {top['clients']}-client "
+                f"p99 / 1-client p50 **{top['p99_ms'] / one['p50_ms']:.2f}x** (target <= 5x); "
+                f"1-client p50 **{one['p50_ms']:.2f} ms** (target <= 6 ms); "
+                f"{one['queries_encoded']} queries in {one['encoder_calls']} encoder calls over "
+                "the server's run."
+            )
+    if batched and off:
+        b, o = batched[-1], off[0]
         lines.append(
-            f"- micro-batching at {nob[0]['clients']} clients: {hmax['qps']:.1f} QPS vs "
-            f"{nob[0]['qps']:.1f} without ({hmax['qps'] / nob[0]['qps']:.2f}x); p99 "
-            f"{hmax['p99_ms']:.2f} vs {nob[0]['p99_ms']:.2f} ms. Batched server: "
-            f"{hmax.get('queries_encoded', 0)} queries in {hmax.get('encoder_calls', 0)} encoder "
-            "calls over its whole run (warm-up and all levels)."
-            if "encoder_calls" in hmax
-            else f"- micro-batching off at {nob[0]['clients']} clients: {nob[0]['qps']:.1f} QPS"
+            f"- micro-batching (fp32) at {o['clients']} clients: {b['qps']:.1f} QPS vs "
+            f"{o['qps']:.1f} with batching off ({b['qps'] / o['qps']:.2f}x); p50 "
+            f"{b['p50_ms']:.2f} vs {o['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} vs "
+            f"{o['p99_ms']:.2f} ms."
         )
     lines += [
         "",

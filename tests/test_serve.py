@@ -203,9 +203,42 @@ def test_concurrent_requests_are_batched_and_correct(served: Any, encoder: latix
     for t in ts:
         t.join()
     after = client.get("/stats").json()["server"]
+    assert after["batching"] is True  # an fp32 query encoder: batch-independent vectors
     assert after["queries_encoded"] - before["queries_encoded"] == len(qs)
     for i, q in enumerate(qs):
         check_hits(out[i], ref_search(encoder, q, recs, 4), recs)
+
+
+def test_int8_queries_are_not_batched_so_results_do_not_depend_on_traffic(served: Any) -> None:
+    col, _, _ = served
+    enc8 = latix.Encoder.default(query_precision="int8")
+    # Why: int8 vectors of a query change with its batch-mates (one activation scale per call).
+    qs = ["insulin resistance in muscle", "glacier", "tumour immune response of patients"]
+    alone = [enc8.encode_queries([q])[0] for q in qs]
+    together = enc8.encode_queries(qs)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(alone, together, strict=True)) > 1e-4
+    c8 = Collection.open(col.path, encoder=enc8)
+    try:
+        with TestClient(create_app(c8, workers=2)) as client:
+            out: dict[int, Any] = {}
+
+            def one(i: int) -> None:
+                out[i] = client.post("/search", json={"query": qs[i % 3], "k": 5}).json()["hits"]
+
+            ts = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            srv = client.get("/stats").json()["server"]
+            assert srv["batching"] is False
+            assert srv["encoder_calls"] == srv["queries_encoded"]  # one query per call
+            for i in range(12):
+                q = enc8.encode_queries([qs[i % 3]])[0]
+                ref = [h.id for h in c8.search(None, 5, query_vectors=q)]
+                assert [h["id"] for h in out[i]] == ref
+    finally:
+        c8.close()
 
 
 def test_writes_round_trip_against_a_dict(tmp_path: Path, encoder: latix.Encoder) -> None:

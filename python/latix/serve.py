@@ -26,14 +26,16 @@ the schema (wrong types, unknown fields, ``k`` out of range). 5xx means the serv
 damaged file, an I/O error), never the request.
 
 **Concurrency.** Handlers are ``async``; the blocking work (encoding, search, SQLite) runs in
-threads and releases the GIL, so requests run on all cores. Query texts of concurrent requests
-are micro-batched into one encoder call (:class:`QueryBatcher`): a batch starts as soon as an
-encoder slot is free (no added latency when idle), else when the oldest waiting text has waited
+threads and releases the GIL, so requests run on all cores. Query texts of concurrent requests are
+micro-batched into one encoder call (:class:`QueryBatcher`; for fp32 query encoders only: an int8
+one quantises each call's activations with one scale, which would make a query's vectors depend on
+its batch-mates, so int8 queries are encoded one per call, concurrently): a batch starts as soon as
+an encoder slot is free (no added latency when idle), else when the oldest waiting text has waited
 ``batch_wait`` seconds; a batch holds at most ``max_batch`` texts, and a request with many queries
-is cut into batches of that size queued in turn, so a long request never delays short ones by
-more than one batch. Each request is then searched in the read pool. Writes go through the
-collection's one writer thread (:meth:`Collection.aadd` and friends), in arrival order, each
-durable before it is acknowledged, while searches keep reading the last committed state.
+is cut into batches of that size queued in turn, so a long request never delays short ones by more
+than one batch. Each request is then searched in the read pool. Writes go through the collection's
+one writer thread (:meth:`Collection.aadd` and friends), in arrival order, each durable before it
+is acknowledged, while searches keep reading the last committed state.
 
 **Shutdown.** On SIGTERM / SIGINT uvicorn stops accepting connections and lets running requests
 finish; then the app reports not ready, waits for queued writes and closes the collection. A write
@@ -470,7 +472,7 @@ def create_app(
     if max_body_bytes < 1:
         raise InvalidArgumentError(f"max_body_bytes must be >= 1, got {max_body_bytes!r}")
     col = collection
-    state: dict[str, Any] = {"ready": False}
+    state: dict[str, Any] = {"ready": False, "batching": False}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -484,8 +486,19 @@ def create_app(
             def encode(texts: list[str]) -> Vectors:
                 return enc.encode_queries_packed(texts).to_list()
 
+            # An int8 query encoder (DynamicQuantizeMatMul) quantises activations with one scale
+            # per call, so a query's vectors would depend on the queries batched with it (max
+            # abs difference 0.03 measured; the top 10 of half the SciFact queries changed):
+            # results must not depend on concurrent traffic, so int8 queries are encoded one per
+            # call (still concurrently, on the encoder threads). fp32 is batch-independent.
+            batching = max_batch > 1 and getattr(enc, "query_precision", "fp32") != "int8"
+            state["batching"] = batching
             batcher = QueryBatcher(
-                encode, encs, max_wait=batch_wait, max_batch=max_batch, max_inflight=n_workers
+                encode,
+                encs,
+                max_wait=batch_wait,
+                max_batch=max_batch if batching else 1,
+                max_inflight=n_workers,
             )
             await asyncio.get_running_loop().run_in_executor(encs, encode, ["warm up"])
         state["batcher"] = batcher
@@ -615,6 +628,7 @@ def create_app(
         b: QueryBatcher | None = state["batcher"]
         st["server"] = {
             "workers": n_workers,
+            "batching": state["batching"],
             "encoder_calls": b.n_calls if b else 0,
             "queries_encoded": b.n_texts if b else 0,
         }
