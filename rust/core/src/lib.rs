@@ -10,6 +10,7 @@ pub mod error;
 pub mod index;
 pub mod maxsim;
 pub mod parallel;
+pub mod simd;
 pub mod store;
 
 pub use cindex::{CompressedSearch, Compression};

@@ -449,7 +449,8 @@ fn scan_token(plan: &QueryPlan, i: usize, seg: &IvfSegment, simd: bool, s: &mut 
     #[cfg(target_arch = "x86_64")]
     {
         if simd {
-            // SAFETY: `simd` is true only when AVX2 was detected at run time (`has_avx2`).
+            // SAFETY: `simd` is true only when AVX2 and FMA were detected at run time
+            // (`simd::avx2_fma`, the features `scan_token_avx2` enables).
             unsafe { scan_token_avx2(plan, i, seg, s) };
             return;
         }
@@ -722,7 +723,7 @@ pub fn search_segments(
         return Ok(Vec::new());
     }
     let nq = plan.n_query_tokens();
-    let simd = has_avx2();
+    let simd = crate::simd::avx2_fma();
     let base: f32 = plan.impute.iter().sum();
     let n_tasks = rayon::current_num_threads().min(nq).max(1);
     let mut top = TopN::new(n_out);
@@ -869,7 +870,8 @@ fn refine_doc(
     #[cfg(target_arch = "x86_64")]
     {
         if simd {
-            // SAFETY: `simd` is true only when AVX2 was detected at run time (`has_avx2`).
+            // SAFETY: `simd` is true only when AVX2 and FMA were detected at run time
+            // (`simd::avx2_fma`, the features `refine_doc_avx2` enables).
             return unsafe { refine_doc_avx2(plan, cs, cs_stride, seg, positions, sc) };
         }
     }
@@ -1010,7 +1012,7 @@ pub fn refine(
     } else {
         (&plan.centroid_scores[..], plan.cs_stride)
     };
-    let simd = has_avx2();
+    let simd = crate::simd::avx2_fma();
     let score = |sc: &mut RefineScratch, &(_, si, d): &Candidate| -> Result<Candidate> {
         let seg = segments[si as usize].seg;
         let positions = seg
