@@ -33,9 +33,10 @@ use crate::compressed::{
     Codec, CodecParams, FullVectors, IvfSegment, QueryPlan, SegmentView as IvfView,
 };
 use crate::error::{LatixError, Result};
-use crate::index::{CommitContext, SearchResults, MAX_RESULT_SLOTS};
 use crate::maxsim::{self, DocVectors};
-use crate::store::{Dtype, Segment, Snapshot};
+use crate::store::CommitContext;
+use crate::store::{Segment, Snapshot};
+use crate::types::SearchResults;
 
 /// Name of the index-level file holding the [`Compression`] configuration.
 pub const CONFIG_FILE: &str = "compression";
@@ -766,14 +767,6 @@ pub(crate) fn decode_doc(codec: &Codec, ivf: &IvfSegment, doc: u32) -> Vec<f32> 
     rows
 }
 
-/// Converts f32 rows to the storage dtype.
-pub(crate) fn to_storage(v: Vec<f32>, dtype: Dtype) -> crate::index::OwnedVectors {
-    match dtype {
-        Dtype::F32 => crate::index::OwnedVectors::F32(v),
-        Dtype::F16 => crate::index::OwnedVectors::F16(v.into_iter().map(f16::from_f32).collect()),
-    }
-}
-
 /// Options of a compressed search.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CompressedSearch {
@@ -834,12 +827,7 @@ pub(crate) fn search(
     bits: Option<Vec<Vec<u64>>>,
     exhaustive_below: usize,
 ) -> Result<SearchResults> {
-    let nq = queries.len();
-    if k > MAX_RESULT_SLOTS || nq.saturating_mul(k) > MAX_RESULT_SLOTS {
-        return Err(LatixError::invalid(format!(
-            "k * n_queries must be at most {MAX_RESULT_SLOTS}, got k = {k} with {nq} queries"
-        )));
-    }
+    SearchResults::check_slots(queries.len(), k)?;
     let codec = state
         .codec
         .as_ref()
@@ -1035,17 +1023,5 @@ pub(crate) fn search(
     let all: Vec<Vec<(f32, usize, u32)>> = crate::parallel::install(n_threads, || {
         queries.iter().map(|q| per_query(q)).collect::<Result<_>>()
     })??;
-    let (mut scores, mut ids) = crate::index::padded_results(nq, k)?;
-    for (qi, hits) in all.into_iter().enumerate() {
-        for (r, (sc, s, d)) in hits.into_iter().enumerate() {
-            scores[qi * k + r] = sc;
-            ids[qi * k + r] = segs[s].segment.id(d)?.to_owned();
-        }
-    }
-    Ok(SearchResults {
-        n_queries: nq,
-        k,
-        scores,
-        ids,
-    })
+    SearchResults::assemble(snap, k, all.into_iter())
 }

@@ -33,12 +33,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use half::f16;
 use rayon::prelude::*;
 
 use crate::cindex::{self, CState, CompressedSearch, Compression};
-use crate::error::{try_filled, LatixError, Result};
+use crate::error::{LatixError, Result};
 use crate::maxsim::{self, DocVectors};
+use crate::store::commit::{ensure_unreferenced, next_id, INDEX_FILE_PREFIX};
 use crate::store::manifest::{
     manifest_name, named_file_checksum, Manifest, SegmentEntry, SEGMENT_PREFIX,
 };
@@ -47,21 +47,14 @@ use crate::store::{
     Snapshot, CURRENT_FILE, LOCK_FILE, MANIFEST_PREFIX, TMP_PREFIX,
 };
 
+pub use crate::store::commit::{CommitContext, CommitHook};
+pub use crate::types::{
+    DocFilter, OwnedVectors, SearchResults, SegmentInfo, SegmentMasks, MAX_DIM, MAX_ID_BYTES,
+    MAX_PADDED_K, MAX_RESULT_SLOTS,
+};
+
 /// Target bytes of document vectors scored per work item (fits in L2 with room for the query).
 pub const CHUNK_BYTES: usize = 256 * 1024;
-/// Largest accepted vector dimension.
-pub const MAX_DIM: usize = 65536;
-/// Longest accepted id, in UTF-8 bytes.
-pub const MAX_ID_BYTES: usize = 65535;
-/// Largest `k * n_queries` a search accepts: the result is allocated up front (`k` hits per
-/// query, padded), so an absurd `k` must be an error, not an allocation failure.
-pub const MAX_RESULT_SLOTS: usize = 1 << 26;
-
-/// Prefix of index-level named files (so a writer recognises one orphaned by a crash).
-const INDEX_FILE_PREFIX: &str = "idx-";
-/// Largest `k` accepted beyond the number of documents (the result arrays are `n_queries * k`).
-pub const MAX_PADDED_K: usize = 1 << 20;
-
 /// How [`Index::open`] opens an index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenMode {
@@ -69,273 +62,6 @@ pub enum OpenMode {
     Read,
     /// Take the write lock now (fails with `Locked` if another writer holds it).
     Write,
-}
-
-/// A document's stored vectors, copied out of the index.
-#[derive(Clone, Debug, PartialEq)]
-pub enum OwnedVectors {
-    /// float16 storage, row-major `(n, dim)`.
-    F16(Vec<f16>),
-    /// float32 storage, row-major `(n, dim)`.
-    F32(Vec<f32>),
-}
-
-/// Results of [`Index::search`]: row-major `(n_queries, k)`, best first; missing hits are
-/// `-inf` with id `""`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SearchResults {
-    /// Number of queries.
-    pub n_queries: usize,
-    /// Hits per query.
-    pub k: usize,
-    /// `n_queries * k` scores.
-    pub scores: Vec<f32>,
-    /// `n_queries * k` ids.
-    pub ids: Vec<String>,
-}
-
-/// Allowed documents per segment, for [`DocFilter::Masks`]: segment file name -> bitmap over the
-/// segment's document numbers (bit `d % 64` of word `d / 64` allows document `d`; exactly
-/// `n_docs.div_ceil(64)` words). Segment files are immutable, so a mask built for a file stays
-/// valid for as long as the file is part of the index; tombstones are applied by the search.
-pub type SegmentMasks = HashMap<String, Vec<u64>>;
-
-/// Which documents a search may return (deleted documents never are).
-#[derive(Clone, Copy, Debug)]
-pub enum DocFilter<'a> {
-    /// Every live document.
-    All,
-    /// The live documents with these ids; unknown ids are ignored.
-    Ids(&'a [&'a str]),
-    /// The live documents allowed by per-segment bitmaps. A compressed index scores the allowed
-    /// documents exhaustively (code-level MaxSim over all their tokens, then the exact re-rank
-    /// when vectors are kept) instead of through candidate generation when at most
-    /// `exhaustive_below` of them are live.
-    Masks {
-        /// Bitmap per segment file; every segment of the searched snapshot must have one.
-        masks: &'a SegmentMasks,
-        /// Live allowed documents at or below which a compressed index searches exhaustively.
-        exhaustive_below: usize,
-    },
-}
-
-/// A segment of a committed snapshot, as [`Index::segments`] lists it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SegmentInfo {
-    /// The segment's file name (the key of [`SegmentMasks`]).
-    pub file: String,
-    /// Documents stored in the segment, deleted ones included (document numbers `0..n_docs`).
-    pub n_docs: usize,
-    /// Documents of the segment that are not deleted.
-    pub n_live: usize,
-}
-
-/// What a commit hook may do: add index-level or per-segment named files to the commit (e.g. a
-/// trained codec and each new segment's codes). Files are written atomically and published by the
-/// same manifest switch as the rest of the commit.
-pub struct CommitContext<'a> {
-    dir: &'a Path,
-    manifest: &'a mut Manifest,
-    new_segments: Vec<String>,
-    previous: &'a Snapshot,
-}
-
-impl CommitContext<'_> {
-    /// The generation this commit will publish.
-    pub fn generation(&self) -> u64 {
-        self.manifest.generation
-    }
-
-    /// The committed state this commit builds on.
-    pub fn previous(&self) -> &Snapshot {
-        self.previous
-    }
-
-    /// Segment entries of the new manifest (tombstones included), in order.
-    pub fn segments(&self) -> &[SegmentEntry] {
-        &self.manifest.segments
-    }
-
-    /// File names of the segments created by this commit.
-    pub fn new_segments(&self) -> &[String] {
-        &self.new_segments
-    }
-
-    /// Replaces segment `segment_file` of this commit by a vector-free copy (same ids, offsets,
-    /// tombstones and side files; a new file name, returned). The old file is removed once the
-    /// commit is published (if it was new) or no manifest references it any more.
-    pub fn strip_vectors(&mut self, segment_file: &str) -> Result<String> {
-        self.strip_vectors_with(segment_file, None)
-    }
-
-    /// [`CommitContext::strip_vectors`] recording `token_counts[d]` as document `d`'s number of
-    /// tokens instead of its rows in the segment (whose rows are then decoded, already pooled
-    /// approximations: the counts keep the original documents' lengths).
-    pub fn strip_vectors_with(
-        &mut self,
-        segment_file: &str,
-        token_counts: Option<&[u64]>,
-    ) -> Result<String> {
-        let seg = self.open_segment(segment_file)?;
-        if !seg.has_vectors() {
-            return Ok(segment_file.to_owned());
-        }
-        if token_counts.is_some_and(|c| c.len() != seg.n_docs()) {
-            return Err(LatixError::invalid(format!(
-                "token_counts must hold one count per document of {segment_file}"
-            )));
-        }
-        let file = format!("{SEGMENT_PREFIX}{:010}.lxs", self.manifest.next_segment_id);
-        self.claim(&file)?;
-        self.manifest.next_segment_id = next_id(self.dir, self.manifest.next_segment_id)?;
-        let mut w = SegmentWriter::create_without_vectors(self.dir, seg.dim(), seg.dtype())?;
-        for d in 0..seg.n_docs() as u32 {
-            let (a, b) = seg.doc_range(d);
-            let n = token_counts.map_or(b - a, |c| c[d as usize]);
-            w.add_doc_without_vectors(seg.id(d)?, n)?;
-        }
-        // The directory is fsynced when the manifest is written, after this rename.
-        let header_crc = w.finish(&self.dir.join(&file))?;
-        let n_tokens = w.n_tokens();
-        let e = self.entry_mut(segment_file)?;
-        e.file = file.clone();
-        e.header_crc = header_crc;
-        e.n_tokens = n_tokens;
-        for n in self.new_segments.iter_mut() {
-            if n == segment_file {
-                *n = file.clone();
-            }
-        }
-        Ok(file)
-    }
-
-    /// Maps one segment of the new manifest (new or old) for reading.
-    pub fn open_segment(&self, file: &str) -> Result<Segment> {
-        let e = self
-            .manifest
-            .segments
-            .iter()
-            .find(|s| s.file == file)
-            .ok_or_else(|| LatixError::NotFound(format!("no segment {file}")))?;
-        Segment::open(
-            &self.dir.join(file),
-            self.manifest.dim,
-            self.manifest.dtype,
-            Some(e.header_crc),
-        )
-    }
-
-    fn check_name(name: &str) -> Result<()> {
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(LatixError::invalid(format!(
-                "side file name must match [a-z0-9_]{{1,64}}, got {name:?}"
-            )));
-        }
-        Ok(())
-    }
-
-    /// The new manifest's entry of segment `segment_file`.
-    fn entry_mut(&mut self, segment_file: &str) -> Result<&mut SegmentEntry> {
-        self.manifest
-            .segments
-            .iter_mut()
-            .find(|s| s.file == segment_file)
-            .ok_or_else(|| {
-                LatixError::NotFound(format!("no segment {segment_file} in this commit"))
-            })
-    }
-
-    /// `Corrupted` if `file` is referenced by the previous or the new manifest: a commit creates
-    /// only new files (a crafted or damaged manifest could name a live file under the name the
-    /// next commit would write; overwriting it would destroy committed data).
-    fn claim(&self, file: &str) -> Result<()> {
-        ensure_unreferenced(self.dir, file, &[self.previous.manifest(), self.manifest])
-    }
-
-    /// The checksum that binds a named file to the manifest (see [`named_file_checksum`]); every
-    /// named file must end with the crc32c of its body, so that loaders can check it cheaply.
-    fn binding(name: &str, bytes: &[u8]) -> Result<u32> {
-        match named_file_checksum(bytes) {
-            Some(c) if crc32c::crc32c(&bytes[..bytes.len() - 4]) == c => Ok(c),
-            _ => Err(LatixError::invalid(format!(
-                "named file {name:?} must end with the crc32c of its contents"
-            ))),
-        }
-    }
-
-    /// Writes (or replaces) the index-level named file `name` (its bytes must end with the crc32c
-    /// of the rest, as every latix file does: the manifest records it).
-    pub fn write_index_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        Self::check_name(name)?;
-        let crc = Self::binding(name, bytes)?;
-        // A fresh file name per generation: files readers may have mapped are never overwritten.
-        let file = format!("{INDEX_FILE_PREFIX}{name}-{:020}", self.manifest.generation);
-        self.claim(&file)?;
-        write_atomic(self.dir, &file, bytes)?;
-        self.manifest.index_files.retain(|(n, _)| n != name);
-        self.manifest
-            .index_files
-            .push((name.to_owned(), file.clone()));
-        self.manifest.checksums.insert(file, crc);
-        Ok(())
-    }
-
-    /// Writes (or replaces) the named side file `name` of segment `segment_file`.
-    pub fn write_segment_file(
-        &mut self,
-        segment_file: &str,
-        name: &str,
-        bytes: &[u8],
-    ) -> Result<()> {
-        Self::check_name(name)?;
-        let crc = Self::binding(name, bytes)?;
-        let gen = self.manifest.generation;
-        // Checked before writing: no side file for a segment outside the commit.
-        self.entry_mut(segment_file)?;
-        let stem = segment_file.trim_end_matches(".lxs");
-        let file = format!("{stem}.{name}-{gen:020}");
-        self.claim(&file)?;
-        write_atomic(self.dir, &file, bytes)?;
-        let e = self.entry_mut(segment_file)?;
-        e.side_files.retain(|(n, _)| n != name);
-        e.side_files.push((name.to_owned(), file.clone()));
-        self.manifest.checksums.insert(file, crc);
-        Ok(())
-    }
-}
-
-/// A commit hook: called after new segments are written, before the manifest switch.
-pub type CommitHook<'h> = &'h mut dyn FnMut(&mut CommitContext<'_>) -> Result<()>;
-
-/// `id + 1`, or `Corrupted` when a counter of the manifest (generation, next segment id) cannot
-/// advance: never a wrap to 0, which would reuse names of live files.
-fn next_id(dir: &Path, id: u64) -> Result<u64> {
-    id.checked_add(1).ok_or_else(|| {
-        LatixError::corrupted(
-            dir.join(CURRENT_FILE),
-            format!("a counter of the manifest is exhausted ({id}): the index cannot commit"),
-        )
-    })
-}
-
-/// `Corrupted` if any of `manifests` references `file` (see [`CommitContext`]'s `claim`).
-fn ensure_unreferenced(dir: &Path, file: &str, manifests: &[&Manifest]) -> Result<()> {
-    if manifests
-        .iter()
-        .any(|m| m.referenced_files().iter().any(|f| f == file))
-    {
-        return Err(LatixError::corrupted(
-            dir.join(file),
-            "the manifest already references this file, which this commit was about to create: \
-             refusing to overwrite it (the manifest's next segment id or generation is stale)",
-        ));
-    }
-    Ok(())
 }
 
 /// The writer state of a handle that holds the write lock.
@@ -1196,12 +922,7 @@ impl Index {
         segments.retain(|s| (s.tombstones.len() as u64) < s.n_docs);
         manifest.segments = segments;
         if let Some(hook) = hook {
-            let mut ctx = CommitContext {
-                dir: &self.dir,
-                manifest: &mut manifest,
-                new_segments,
-                previous: base,
-            };
+            let mut ctx = CommitContext::new(&self.dir, &mut manifest, new_segments, base);
             hook(&mut ctx)?;
         }
         // Named files carried over from a version-1 manifest get their binding recorded now
@@ -1351,7 +1072,7 @@ impl Index {
             if let Some((s, d)) = snap.lookup(id) {
                 if !snap.segments()[s].segment.has_vectors() {
                     let rows = self.decode_doc(Some(&st), s, d)?;
-                    return Ok(cindex::to_storage(rows, self.dtype));
+                    return Ok(OwnedVectors::from_f32(rows, self.dtype));
                 }
             }
         }
@@ -1649,16 +1370,6 @@ impl Drop for Index {
     }
 }
 
-/// The `(n_queries, k)` score and id arrays of a search result, all padding (`-inf`, `""`),
-/// allocated fallibly (`k` is the caller's).
-pub(crate) fn padded_results(nq: usize, k: usize) -> Result<(Vec<f32>, Vec<String>)> {
-    let n = nq.saturating_mul(k);
-    Ok((
-        try_filled(n, f32::NEG_INFINITY, "search results (scores)")?,
-        try_filled(n, String::new(), "search results (ids)")?,
-    ))
-}
-
 /// The masks of [`DocFilter::Masks`] for each segment of `snap`, with its deleted documents
 /// cleared; `None` if a segment of `snap` has no mask.
 fn live_masks(snap: &Snapshot, masks: &SegmentMasks) -> Result<Option<Vec<Vec<u64>>>> {
@@ -1750,11 +1461,7 @@ pub fn search_snapshot_docs(
     subset_docs: Option<Vec<Vec<u32>>>,
 ) -> Result<SearchResults> {
     let nq = queries.len();
-    if k > MAX_RESULT_SLOTS || nq.saturating_mul(k) > MAX_RESULT_SLOTS {
-        return Err(LatixError::invalid(format!(
-            "k * n_queries must be at most {MAX_RESULT_SLOTS}, got k = {k} with {nq} queries"
-        )));
-    }
+    SearchResults::check_slots(nq, k)?;
     let dim = snap.dim();
     let segs = snap.segments();
     if subset_docs.as_ref().is_some_and(|p| p.len() != segs.len()) {
@@ -1886,20 +1593,18 @@ pub fn search_snapshot_docs(
                 )
         })??
     };
-    let (mut scores, mut ids) = padded_results(nq, k)?;
-    for (qi, top) in tops.into_iter().enumerate() {
-        // Sorted ascending by Hit's order = best first.
-        for (r, h) in top.heap.into_sorted_vec().into_iter().enumerate() {
-            let seg = (h.ord >> 32) as usize;
-            let doc = (h.ord & 0xffff_ffff) as u32;
-            scores[qi * k + r] = h.score;
-            ids[qi * k + r] = segs[seg].segment.id(doc)?.to_owned();
-        }
-    }
-    Ok(SearchResults {
-        n_queries: nq,
+    // Sorted ascending by Hit's order = best first.
+    SearchResults::assemble(
+        snap,
         k,
-        scores,
-        ids,
-    })
+        tops.into_iter().map(|top| {
+            top.heap.into_sorted_vec().into_iter().map(|h| {
+                (
+                    h.score,
+                    (h.ord >> 32) as usize,
+                    (h.ord & 0xffff_ffff) as u32,
+                )
+            })
+        }),
+    )
 }

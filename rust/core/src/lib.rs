@@ -12,6 +12,7 @@ pub mod maxsim;
 pub mod parallel;
 pub mod simd;
 pub mod store;
+pub mod types;
 
 pub use cindex::{CompressedSearch, Compression};
 pub use error::{LatixError, Result};
