@@ -26,7 +26,9 @@ use crate::error::{LatixError, Result};
 /// Stored document token vectors, row-major `(n_tokens, dim)`, in either storage precision.
 #[derive(Clone, Copy, Debug)]
 pub enum DocVectors<'a> {
+    /// float32 rows.
     F32(&'a [f32]),
+    /// float16 rows.
     F16(&'a [f16]),
 }
 
