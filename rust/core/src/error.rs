@@ -22,14 +22,21 @@ pub enum LatixError {
     /// An operating-system I/O failure on a file of the index.
     #[error("{path}: {source}")]
     Io {
+        /// The file (or directory) the operation was on.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
 
     /// A file of the index is damaged: bad magic, checksum mismatch, truncated, inconsistent.
     #[error("{path}: index file is corrupted: {detail}")]
-    Corrupted { path: PathBuf, detail: String },
+    Corrupted {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
 
     /// Another writer holds the index's write lock.
     #[error("{0}")]
@@ -41,7 +48,12 @@ pub enum LatixError {
 
     /// A file was written by a newer (or unknown) version of latix.
     #[error("{path}: {detail}")]
-    UnsupportedVersion { path: PathBuf, detail: String },
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// Which version it has and which ones this latix reads.
+        detail: String,
+    },
 
     /// Memory for an operation could not be allocated (the message says what and how much).
     /// Returned instead of aborting the process: nothing was changed.

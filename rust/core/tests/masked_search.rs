@@ -212,7 +212,7 @@ fn masks_on_a_compressed_index_and_the_exhaustive_mode() {
             let (g, w) = (hits(&got), hits(&want));
             assert_eq!(g.len(), w.len());
             let live_allowed = ids.iter().filter(|i| ix.contains(i).expect("c")).count();
-            if live_allowed <= latix_core::cindex::FILTERED_REFINE {
+            if live_allowed <= latix_core::compressed::FILTERED_REFINE {
                 // Few enough to refine them all: exactly probing everything and refining all.
                 for ((gi, gs), (wi, ws)) in g.iter().zip(&w) {
                     assert!(

@@ -257,14 +257,7 @@ unsafe fn gather_block_avx2(codes: &[u8], m: usize, tokens: &[(usize, usize)], o
 /// True when the AVX2 kernel can run on this CPU (detected once by std).
 #[inline]
 pub fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::simd::avx2()
 }
 
 /// Sums the table entries of the 32 tokens of `block` (SIMD when available).

@@ -169,8 +169,7 @@ pub fn scores(x: &[f32], panels: &Panels, out: &mut [f32]) {
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if crate::simd::avx2_fma() {
             // SAFETY: the required CPU features were detected at run time.
             unsafe { scores_avx2(x, panels, out) };
             return;
@@ -258,10 +257,7 @@ pub fn scores_half(x: &[f32], panels: &HalfPanels, out: &mut [f32]) {
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
+        if crate::simd::avx2_fma_f16c() {
             // SAFETY: the required CPU features were detected at run time.
             unsafe { scores_half_avx2(x, panels, out) };
             return;

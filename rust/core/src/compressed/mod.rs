@@ -4,17 +4,26 @@
 //! source.
 
 pub mod codec;
+mod commit;
+pub mod config;
 pub mod fastscan;
 pub mod ivf;
 pub mod kmeans;
 pub mod linalg;
 pub mod pool;
 pub mod search;
+mod state;
 
 pub use codec::{default_n_centroids, Codec, CodecParams};
+pub(crate) use commit::{commit_hook, has_old_lists};
+pub use config::{
+    Compression, CODEC_FILE, CONFIG_FILE, IVF_FILE, MAX_POOL_FACTOR, MIN_TRAIN_TOKENS,
+};
 pub use ivf::{codec_checksum, IvfSegment};
 pub use search::{
-    centroid_interaction, default_nprobe, default_probe_groups, default_refine,
-    default_refine_for_rerank, refine, rerank_depth, rerank_exact, search_segments, Candidate,
-    FullVectors, QueryPlan, SegmentView,
+    centroid_interaction, default_nprobe, default_refine, default_refine_for_rerank, refine,
+    rerank_depth, rerank_exact, search_segments, Candidate, FullVectors, QueryPlan, SegmentView,
 };
+pub use search::{CompressedSearch, FILTERED_DEPTH, FILTERED_REFINE};
+pub use state::codec_id;
+pub(crate) use state::{decode_doc, load_state, verify, CState};

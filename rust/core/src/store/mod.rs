@@ -12,6 +12,7 @@
 #[cfg(target_endian = "big")]
 compile_error!("latix index files are little-endian; big-endian targets are not supported");
 
+pub mod commit;
 pub mod manifest;
 pub mod segment;
 pub mod snapshot;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{LatixError, Result};
 
+pub use commit::{CommitContext, CommitHook};
 pub use manifest::{Manifest, SegmentEntry};
 pub use segment::{Segment, SegmentWriter};
 pub use snapshot::{SegmentView, Snapshot};

@@ -1,0 +1,132 @@
+//! The codec file: a self-describing, checksummed byte string (magic, version, parameters,
+//! centroids, codebooks, crc32c), validated field by field when read.
+
+use half::f16;
+
+use super::*;
+use crate::error::{LatixError, Result};
+
+impl Codec {
+    /// Serialises to a self-describing, checksummed byte string.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        for v in [
+            VERSION,
+            self.dim as u32,
+            self.n_centroids() as u32,
+            (self.group_off.len() - 1) as u32,
+            self.m as u32,
+            KSUB as u32,
+            self.eta.to_bits(),
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for &v in &self.group_off {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for &v in &self.top {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for &v in &self.centroids {
+            b.extend_from_slice(&f16::from_f32(v).to_le_bytes());
+        }
+        for &v in &self.codebooks {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Parses [`Codec::to_bytes`] output, validating magic, version, sizes and checksum. `path`
+    /// only names the source in errors.
+    pub fn from_bytes(b: &[u8], path: &std::path::Path) -> Result<Codec> {
+        let bad = |d: &str| LatixError::corrupted(path, format!("codec: {d}"));
+        if b.len() < 8 + 28 + 4 || &b[..8] != MAGIC {
+            return Err(bad("not a latix codec file (bad magic or too short)"));
+        }
+        let (body, tail) = b.split_at(b.len() - 4);
+        let crc = u32::from_le_bytes(tail.try_into().map_err(|_| bad("truncated"))?);
+        if crc32c::crc32c(body) != crc {
+            return Err(bad("checksum mismatch"));
+        }
+        let rd = |i: usize| {
+            u32::from_le_bytes(body[8 + 4 * i..12 + 4 * i].try_into().unwrap_or([0; 4])) as usize
+        };
+        let (version, dim, k, g, m, ksub) = (rd(0), rd(1), rd(2), rd(3), rd(4), rd(5));
+        let eta = f32::from_bits(rd(6) as u32);
+        if version != VERSION as usize {
+            return Err(LatixError::UnsupportedVersion {
+                path: path.into(),
+                detail: format!("codec format version {version}, this latix reads {VERSION}"),
+            });
+        }
+        if dim == 0
+            || k == 0
+            || g == 0
+            || g > k
+            || m == 0
+            || m % 2 != 0
+            || m > dim
+            || ksub != KSUB
+            || m > 256
+            || !(eta.is_finite() && eta > 0.0)
+        {
+            return Err(bad(&format!(
+                "inconsistent header (dim {dim}, K {k}, G {g}, M {m}, ksub {ksub}, eta {eta})"
+            )));
+        }
+        let need = 36usize
+            .checked_add((g + 1) * 4)
+            .and_then(|v| v.checked_add(g.checked_mul(dim)?.checked_mul(4)?))
+            .and_then(|v| v.checked_add(k.checked_mul(dim)?.checked_mul(2)?))
+            .and_then(|v| v.checked_add(KSUB * dim * 4))
+            .ok_or_else(|| bad("sizes overflow"))?;
+        if body.len() != need {
+            return Err(bad(&format!(
+                "expected {need} bytes before the checksum, found {}",
+                body.len()
+            )));
+        }
+        let mut pos = 36;
+        let mut take = |len: usize| {
+            let s = &body[pos..pos + len];
+            pos += len;
+            s
+        };
+        let group_off: Vec<u32> = take((g + 1) * 4)
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let top: Vec<f32> = take(g * dim * 4)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let centroids: Vec<f32> = take(k * dim * 2)
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect();
+        let codebooks: Vec<f32> = take(KSUB * dim * 4)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if group_off[0] != 0
+            || group_off[g] as usize != k
+            || group_off.windows(2).any(|w| w[1] <= w[0])
+        {
+            return Err(bad("top-cluster ranges are not increasing from 0 to K"));
+        }
+        if top
+            .iter()
+            .chain(&centroids)
+            .chain(&codebooks)
+            .any(|v| !v.is_finite())
+        {
+            return Err(bad("non-finite parameter"));
+        }
+        Ok(Codec::from_parts(
+            dim, m, eta, group_off, top, centroids, codebooks,
+        ))
+    }
+}

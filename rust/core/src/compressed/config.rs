@@ -1,0 +1,206 @@
+//! The configuration of a compressed index ([`Compression`]), persisted as the index-level file
+//! `compression` (magic, version, fixed-size little-endian fields, crc32c) at create.
+
+use std::path::Path;
+
+use crate::error::{LatixError, Result};
+use crate::store::Snapshot;
+
+/// Name of the index-level file holding the [`Compression`] configuration.
+pub const CONFIG_FILE: &str = "compression";
+/// Name of the index-level file holding the trained codec.
+pub const CODEC_FILE: &str = "codec";
+/// Name of the per-segment side file holding the segment's inverted lists of codes.
+pub const IVF_FILE: &str = "ivf";
+
+const CONFIG_MAGIC: &[u8; 8] = b"LTXCOMPR";
+const CONFIG_VERSION: u32 = 2;
+/// Version 1 had no pool factor (it reads as 1).
+const CONFIG_LEN_V1: usize = 8 + 4 + 4 + 4 + 4 + 8 + 8 + 8 + 4;
+const CONFIG_LEN: usize = CONFIG_LEN_V1 + 4;
+/// Largest accepted token-pooling factor.
+pub const MAX_POOL_FACTOR: usize = 8;
+
+/// Smallest accepted `train_min_tokens` / `train_sample_tokens` (the codec's training minimum).
+pub const MIN_TRAIN_TOKENS: u64 = crate::compressed::codec::MIN_TRAIN_TOKENS as u64;
+
+/// Configuration of a compressed index (persisted in the index, fixed at create).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compression {
+    /// Bytes of residual code per token (`None`: the codec default, `dim / 16` for dim >= 256).
+    pub bytes_per_token: Option<usize>,
+    /// Number of coarse centroids (`None`: automatic from the token count at training time).
+    pub n_centroids: Option<usize>,
+    /// Keep the full vectors (f16/f32, memory-mapped) for exact re-ranking and exact `get`.
+    pub keep_vectors: bool,
+    /// Live tokens at which the first commit trains the codec (before that: exact search).
+    pub train_min_tokens: u64,
+    /// Tokens sampled (seeded, uniformly over live tokens) to train the codec.
+    pub train_sample_tokens: u64,
+    /// Seed of the sample and of k-means.
+    pub seed: u64,
+    /// Token pooling factor (see [`crate::compressed::pool`]): each document is stored with
+    /// `ceil(n / pool_factor)` pooled vectors; 1 = no pooling.
+    pub pool_factor: usize,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression {
+            bytes_per_token: None,
+            n_centroids: None,
+            keep_vectors: false,
+            train_min_tokens: 65_536,
+            train_sample_tokens: 262_144,
+            seed: 0,
+            pool_factor: 2,
+        }
+    }
+}
+
+impl Compression {
+    /// Bytes of code per stored (pooled) vector for dimension `dim`: `bytes_per_token`, or by
+    /// default the codec's default (`dim / 16`, `dim / 8` below 256 dims) times the pool factor, so
+    /// the bytes per original token stay the same as unpooled while each pooled vector gets a finer
+    /// code (falls back to the codec default when that multiple does not split `dim` evenly).
+    pub fn code_bytes(&self, dim: usize) -> usize {
+        if let Some(b) = self.bytes_per_token {
+            return b;
+        }
+        let base = if dim >= 256 { dim / 16 } else { dim / 8 }.max(1);
+        let scaled = base * self.pool_factor.max(1);
+        // Even subspaces (2 * bytes dividing dim) keep the scan's subspaces uniform.
+        if 2 * scaled <= dim && dim.is_multiple_of(2 * scaled) && scaled <= 128 {
+            scaled
+        } else {
+            base
+        }
+    }
+
+    /// Checks the configuration for an index of dimension `dim`; errors say which field is wrong.
+    pub fn validate(&self, dim: usize) -> Result<()> {
+        // Checked here, not at the training commit: a configuration the codec rejects would make
+        // every commit from the threshold on fail.
+        if self.pool_factor == 0 || self.pool_factor > MAX_POOL_FACTOR {
+            return Err(LatixError::invalid(format!(
+                "pool_factor must be between 1 (no pooling) and {MAX_POOL_FACTOR}, got {}",
+                self.pool_factor
+            )));
+        }
+        let b = self.code_bytes(dim);
+        let most = (dim / 2).min(128);
+        if b == 0 || b > most {
+            let what = match self.bytes_per_token {
+                Some(b) => format!("got {b}"),
+                None => format!("the default for dim = {dim} is {b}; pass bytes_per_token"),
+            };
+            return Err(LatixError::invalid(format!(
+                "bytes_per_token must be in 1..={most} (2 * bytes_per_token subspaces of at least \
+                 one of the {dim} dimensions, at most 128 bytes); {what}"
+            )));
+        }
+        if self.train_min_tokens < MIN_TRAIN_TOKENS || self.train_min_tokens > u32::MAX as u64 {
+            return Err(LatixError::invalid(format!(
+                "train_min_tokens must be between {MIN_TRAIN_TOKENS} (the fewest vectors the codec \
+                 trains on) and 2^32 - 1, got {}",
+                self.train_min_tokens
+            )));
+        }
+        if self.train_sample_tokens < MIN_TRAIN_TOKENS || self.train_sample_tokens > 1 << 26 {
+            return Err(LatixError::invalid(format!(
+                "train_sample_tokens must be between {MIN_TRAIN_TOKENS} and 2^26, got {}",
+                self.train_sample_tokens
+            )));
+        }
+        if let Some(k) = self.n_centroids {
+            // The training sample holds at least min(train_min_tokens, train_sample_tokens).
+            let fewest = self.train_min_tokens.min(self.train_sample_tokens);
+            if k == 0 || k as u64 > fewest || k > 1 << 24 {
+                return Err(LatixError::invalid(format!(
+                    "n_centroids must be between 1 and min(train_min_tokens, train_sample_tokens) \
+                     = {fewest} (k-means needs at least one training vector per centroid), got {k}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Serialises the configuration (versioned, checksummed).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(CONFIG_LEN);
+        b.extend_from_slice(CONFIG_MAGIC);
+        b.extend_from_slice(&CONFIG_VERSION.to_le_bytes());
+        b.extend_from_slice(&(self.bytes_per_token.unwrap_or(0) as u32).to_le_bytes());
+        b.extend_from_slice(&(self.n_centroids.unwrap_or(0) as u32).to_le_bytes());
+        b.extend_from_slice(&(self.keep_vectors as u32).to_le_bytes());
+        b.extend_from_slice(&self.train_min_tokens.to_le_bytes());
+        b.extend_from_slice(&self.train_sample_tokens.to_le_bytes());
+        b.extend_from_slice(&self.seed.to_le_bytes());
+        b.extend_from_slice(&(self.pool_factor as u32).to_le_bytes());
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Parses [`Compression::encode`] output read from `path` (named in errors).
+    pub fn decode(b: &[u8], path: &Path) -> Result<Compression> {
+        let bad = |d: &str| LatixError::corrupted(path, format!("compression config: {d}"));
+        if b.len() < 12 || &b[..8] != CONFIG_MAGIC {
+            return Err(bad(
+                "bad magic (not a latix compression config) or truncated",
+            ));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let version = u32_at(8);
+        if version != CONFIG_VERSION && version != 1 {
+            return Err(LatixError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "compression config version {version}, this latix reads {CONFIG_VERSION}"
+                ),
+            });
+        }
+        let len = if version == 1 {
+            CONFIG_LEN_V1
+        } else {
+            CONFIG_LEN
+        };
+        if b.len() != len {
+            return Err(bad(&format!("{} bytes, expected {len}", b.len())));
+        }
+        if crc32c::crc32c(&b[..len - 4]) != u32_at(len - 4) {
+            return Err(bad("checksum mismatch"));
+        }
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        let opt = |v: u32| (v != 0).then_some(v as usize);
+        let keep = u32_at(20);
+        if keep > 1 {
+            return Err(bad("keep_vectors is neither 0 nor 1"));
+        }
+        Ok(Compression {
+            bytes_per_token: opt(u32_at(12)),
+            n_centroids: opt(u32_at(16)),
+            keep_vectors: keep == 1,
+            train_min_tokens: u64_at(24),
+            train_sample_tokens: u64_at(32),
+            seed: u64_at(40),
+            pool_factor: if version == 1 { 1 } else { u32_at(48) as usize },
+        })
+    }
+
+    /// Reads and validates the configuration of the index `snap` belongs to (`None`: a plain
+    /// index), checking that the file is the one its manifest recorded.
+    pub fn load(snap: &Snapshot) -> Result<Option<Compression>> {
+        let Some((path, b)) = snap.read_index_file(CONFIG_FILE, 4096)? else {
+            return Ok(None);
+        };
+        let c = Self::decode(&b, &path)?;
+        c.validate(snap.dim())
+            .map_err(|e| LatixError::corrupted(&path, format!("compression config: {e}")))?;
+        Ok(Some(c))
+    }
+}
