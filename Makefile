@@ -73,8 +73,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check python tests benches
 	$(BIN)/mypy
 
-# Release wheel: abi3, manylinux2014 (glibc 2.17) through zig's linker, stripped, checked by
-# auditwheel (scripts/wheel/build.sh); WHEEL_TARGET=aarch64-unknown-linux-gnu cross-compiles.
+# Release wheel, built from the sdist (both in dist/): abi3, manylinux2014 (glibc 2.17) through
+# zig's linker, stripped, checked by auditwheel (scripts/wheel/build.sh);
+# WHEEL_TARGET=aarch64-unknown-linux-gnu cross-compiles.
 WHEEL_TARGET ?= x86_64-unknown-linux-gnu
 WHEEL_COMPAT ?= manylinux2014
 wheel: $(WHEEL_STAMP)

@@ -19,6 +19,7 @@ from latix.collection import (
     Record,
     TokenMatch,
 )
+from latix._optional import MissingDependencyError
 from latix.config import ModelConfig, ModelError
 from latix.encoder import Encoded, Encoder
 from latix.errors import (
@@ -65,4 +66,5 @@ __all__ = [
     "Encoded",
     "ModelConfig",
     "ModelError",
+    "MissingDependencyError",
 ]

@@ -41,7 +41,6 @@ EXTRAS: dict[str, str] = {
     "ray": "sharded collections on Ray",
     "langchain": "the LangChain retriever",
     "llama-index": "the LlamaIndex retriever",
-    "docs": "building the documentation site (mkdocs)",
 }
 
 
