@@ -1192,8 +1192,11 @@ impl Index {
             });
             new_segments.push(file);
         }
-        // A segment whose every document is deleted is dropped (its file removed after).
+        // A segment whose every document is deleted is dropped (its file removed after), and so
+        // leaves the commit's new segments too: the hook must not encode a file the manifest
+        // does not reference (a staged segment whose documents were all deleted before the commit).
         segments.retain(|s| (s.tombstones.len() as u64) < s.n_docs);
+        new_segments.retain(|f| segments.iter().any(|s| &s.file == f));
         manifest.segments = segments;
         if let Some(hook) = hook {
             let mut ctx = CommitContext {

@@ -676,3 +676,38 @@ fn lists_written_before_the_document_map_search_and_are_upgraded_by_the_next_com
         ix.close();
     }
 }
+
+#[test]
+fn a_commit_whose_staged_documents_are_all_deleted_succeeds_on_a_trained_index() {
+    // Documents added and deleted before one commit leave a staged segment with every document
+    // dead, which the commit drops; the codec's hook once still tried to encode it ("no segment
+    // seg-….lxs"), and since a failed commit keeps what is staged, every later commit and
+    // compaction of that handle failed the same way (found by the writers soak).
+    for keep in [true, false] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("ix");
+        let mut data = Data::new(11);
+        let ix = Index::create_with(&dir, DIM, Dtype::F16, Some(cfg(keep))).expect("create");
+        let d0 = data.docs(200);
+        add(&ix, "a", &d0, false);
+        ix.commit().expect("commit");
+        assert!(
+            ix.stats().expect("stats").trained,
+            "trained by the first commit"
+        );
+        let d1 = data.docs(3);
+        add(&ix, "b", &d1, false);
+        ix.delete(&["b0", "b1", "b2", "a5"]).expect("delete");
+        ix.commit().expect("a commit of only dead staged documents");
+        assert_eq!(ix.len().expect("len"), 199);
+        assert!(!ix.contains("b1").expect("contains") && !ix.contains("a5").expect("contains"));
+        // The handle still commits and compacts.
+        add(&ix, "c", &data.docs(2), false);
+        ix.commit().expect("commit");
+        ix.compact().expect("compact");
+        assert_eq!(ix.len().expect("len"), 201);
+        ix.verify().expect("verify");
+        let reopened = Index::open(&dir, OpenMode::Read).expect("reopen");
+        assert_eq!(reopened.len().expect("len"), 201);
+    }
+}

@@ -559,7 +559,7 @@ fn value_error(
     let found = match values {
         DocVectors::F32(v) => v
             .iter()
-            .map(|x| *x)
+            .copied()
             .enumerate()
             .find(|(_, x)| x.is_nan() || x.abs() > limit),
         DocVectors::F16(v) => v
