@@ -10,6 +10,7 @@ hybrid search); :class:`Index` is the vector-level one (token vectors in, ids an
 from __future__ import annotations
 
 from latix._core import __version__, kernel_name, maxsim
+from latix._optional import MissingDependencyError
 from latix.collection import (
     AddReport,
     BatchResults,
@@ -19,7 +20,6 @@ from latix.collection import (
     Record,
     TokenMatch,
 )
-from latix._optional import MissingDependencyError
 from latix.config import ModelConfig, ModelError
 from latix.encoder import Encoded, Encoder
 from latix.errors import (
