@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.latix-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup build demo test test-rust test-python test-export wheel sdist test-wheel lint fmt check bench bench-compressed clean harden \
+.PHONY: setup build demo test test-rust test-python test-export wheel sdist test-wheel test-rust-aarch64 lint fmt check bench bench-compressed clean harden \
 	soak fuzz fuzz-smoke bench-collection
 
 setup: $(STAMP)
@@ -89,6 +89,16 @@ sdist: $(WHEEL_STAMP)
 # The wheel installed into a fresh venv with no Rust toolchain on PATH, then a smoke search.
 test-wheel: wheel
 	scripts/wheel/test.sh "$$(ls -t dist/latix-*-manylinux*_$(firstword $(subst -, ,$(WHEEL_TARGET))).whl | head -n 1)"
+
+# The Rust tests cross-compiled for aarch64 and run under qemu-user (needs Debian's qemu-user,
+# gcc-aarch64-linux-gnu and libc6-dev-arm64-cross, and `rustup target add
+# aarch64-unknown-linux-gnu`); an LTO-free release build, as emulation is the slow part.
+test-rust-aarch64:
+	CARGO_TARGET_DIR=target/aarch64-test CARGO_PROFILE_RELEASE_LTO=false \
+	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+		cargo test --release -p latix-core --target aarch64-unknown-linux-gnu
 
 # Everything a change must pass before it lands: what CI runs (.ci/run), and the README's
 # check command. Lint, the tests, then every fuzz target built and run for a few seconds.
