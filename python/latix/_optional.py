@@ -14,7 +14,8 @@ For module authors (new extras such as ``serve``, ``ray``, ``langchain``, ``llam
 2. add it to :data:`EXTRAS` below with what it is for (shown in the error);
 3. import each of its packages with ``require(extra, module)`` at the point of use (not at module
    import time, so that ``import latix`` keeps working without the extra);
-4. add the extra to ``tests/test_optional.py``'s table (it checks the message of every extra).
+4. add a test of the call site to ``tests/test_optional.py`` (which already checks the message
+   of every extra in :data:`EXTRAS`, and that every user extra of ``pyproject.toml`` is in it).
 
 :class:`MissingDependencyError` is a :class:`latix.LatixError` and an :class:`ImportError`, so
 both ``except latix.LatixError`` (the CLI prints the message and exits 1) and
