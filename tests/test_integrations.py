@@ -166,7 +166,7 @@ def test_missing_adapter_extras_name_the_install_command(monkeypatch: pytest.Mon
     import importlib
     import sys
 
-    from latix._extras import MissingExtraError
+    from latix._optional import MissingDependencyError
 
     for extra, pkg, mod in [
         ("langchain", "langchain_core", "latix.integrations.langchain"),
@@ -174,7 +174,7 @@ def test_missing_adapter_extras_name_the_install_command(monkeypatch: pytest.Mon
     ]:
         monkeypatch.setitem(sys.modules, pkg, None)
         monkeypatch.delitem(sys.modules, mod, raising=False)
-        with pytest.raises(MissingExtraError, match=rf"pip install 'latix\[{extra}\]'"):
+        with pytest.raises(MissingDependencyError, match=rf"pip install 'latix\[{extra}\]'"):
             importlib.import_module(mod)
         monkeypatch.undo()
         monkeypatch.delitem(sys.modules, mod, raising=False)

@@ -402,11 +402,11 @@ def test_health_ready_openapi(served: Any) -> None:
 
 
 def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    from latix._extras import MissingExtraError, import_extra
+    from latix._optional import MissingDependencyError, require
 
     monkeypatch.setitem(sys.modules, "fastapi", None)  # what an absent package looks like
-    with pytest.raises(MissingExtraError, match=r"pip install 'latix\[serve\]'") as ei:
-        import_extra("serve", "fastapi")
+    with pytest.raises(MissingDependencyError, match=r"pip install 'latix\[serve\]'") as ei:
+        require("serve", "fastapi")
     assert isinstance(ei.value, latix.LatixError) and isinstance(ei.value, ImportError)
 
 

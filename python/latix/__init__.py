@@ -10,6 +10,7 @@ hybrid search); :class:`Index` is the vector-level one (token vectors in, ids an
 from __future__ import annotations
 
 from latix._core import __version__, kernel_name, maxsim
+from latix._optional import MissingDependencyError
 from latix.collection import (
     AddReport,
     BatchResults,
@@ -65,4 +66,5 @@ __all__ = [
     "Encoded",
     "ModelConfig",
     "ModelError",
+    "MissingDependencyError",
 ]

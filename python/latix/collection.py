@@ -498,8 +498,11 @@ class _Splitter:
     the original text; no model run)."""
 
     def __init__(self, encoder: Encoder, cfg: Passages) -> None:
-        from tokenizers import Tokenizer
+        from latix._optional import require
 
+        Tokenizer = require(
+            "model", "tokenizers", purpose="splitting texts into passages"
+        ).Tokenizer
         tok = Tokenizer.from_file(str(encoder.tokenizer_path))
         tok.no_truncation()
         tok.no_padding()
@@ -1114,8 +1117,9 @@ class Collection:
         if progress is True:
             import sys
 
-            from tqdm import tqdm
+            from latix._optional import require
 
+            tqdm = require("model", "tqdm", purpose="the progress bar").tqdm
             bar = tqdm(total=total if total >= 0 else None, unit="rec", file=sys.stderr)
             cb = None
         elif callable(progress):

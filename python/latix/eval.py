@@ -112,7 +112,11 @@ def evaluate(
 
     Raises:
         InvalidArgumentError: no judged query has a text.
+        MissingDependencyError: ir-measures (the ``eval`` extra) is missing (checked first).
     """
+    from latix._optional import require
+
+    require("eval", "ir_measures", purpose="evaluation metrics")
     qids = [q for q in qrels if q in queries]
     missing = sum(1 for q in qrels if q not in queries)
     if not qids:
@@ -156,8 +160,9 @@ def score_run(
     Returns:
         metric name -> mean over the run's judged queries.
     """
-    import ir_measures
+    from latix._optional import require
 
+    ir_measures = require("eval", "ir_measures", purpose="evaluation metrics")
     measures = [ir_measures.parse_measure(m) for m in METRICS.values()]
     qrels_plain = {q: dict(v) for q, v in qrels.items() if q in run}
     run_plain = {q: dict(v) for q, v in run.items()}
@@ -199,7 +204,11 @@ def evaluate_collection(
 
     Raises:
         InvalidArgumentError: no judged query has a text.
+        MissingDependencyError: ir-measures (the ``eval`` extra) is missing (checked first).
     """
+    from latix._optional import require
+
+    require("eval", "ir_measures", purpose="evaluation metrics")
     qids = [q for q in qrels if q in queries]
     missing = sum(1 for q in qrels if q not in queries)
     if not qids:

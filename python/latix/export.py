@@ -115,22 +115,21 @@ def export_checkpoint(
 
     Raises:
         ModelError: unknown layout, unsupported module (e.g. a Dense activation other than
-            identity), or torch/transformers missing.
+            identity).
+        MissingDependencyError: torch or transformers (the ``export`` extra) is missing.
     """
-    try:
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-    except ImportError:
-        raise ModelError(
-            "exporting needs torch and transformers: pip install 'latix[export]'"
-        ) from None
+    from latix._optional import require
+
+    torch = require("export", "torch", purpose="exporting a checkpoint")
+    transformers = require("export", "transformers", purpose="exporting a checkpoint")
+    AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer
 
     src = Path(checkpoint)
     layout = detect_layout(src)
     dst = Path(out)
     dst.mkdir(parents=True, exist_ok=True)
 
-    linears: list[torch.nn.Linear] = []
+    linears: list[Any] = []  # torch.nn.Linear
     if layout == "stanford":
         tdir = src
         meta = _read_json(src / "artifact.metadata")

@@ -62,11 +62,11 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from latix._extras import import_extra
+from latix._optional import require
 
 # The serve extra, imported here so that a missing package names the extra to install.
-import_extra("serve", "fastapi")
-import_extra("serve", "uvicorn")
+require("serve", "fastapi")
+require("serve", "uvicorn")
 
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.encoders import jsonable_encoder  # noqa: E402

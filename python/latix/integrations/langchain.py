@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from latix._extras import import_extra
+from latix._optional import require
 
-import_extra("langchain", "langchain_core")
+require("langchain", "langchain_core")
 
 from langchain_core.callbacks import (  # noqa: E402
     AsyncCallbackManagerForRetrieverRun,

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from latix._extras import import_extra
+from latix._optional import require
 
-import_extra("llama-index", "llama_index.core")
+require("llama-index", "llama_index.core")
 
 from llama_index.core.retrievers import BaseRetriever  # noqa: E402
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode  # noqa: E402
