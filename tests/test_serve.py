@@ -561,6 +561,129 @@ def test_query_batcher_batches_bounds_and_isolates_failures() -> None:
     asyncio.run(main())
 
 
+def _fake_vectors(text: str) -> np.ndarray:
+    """A text's own vectors (shape and values from its bytes), the reference for batched calls."""
+    seed = int.from_bytes(text.encode(), "little") % (2**32)
+    r = np.random.default_rng(seed)
+    return r.standard_normal((len(text) % 5 + 1, 3)).astype(np.float32)
+
+
+class _SlowEncoder:
+    """A fake encode function that records its calls and how many are in flight at once.
+
+    The first ``n_gated`` calls block on ``gate``; every call then holds one of ``cores``
+    "cores" for ``delay`` seconds, so that, as with the real encoder on a 2-core machine, calls
+    beyond the cores queue for CPU instead of running for free.
+    """
+
+    def __init__(self, delay: float = 0.0, n_gated: int = 0, cores: int = 2) -> None:
+        self.delay = delay
+        self.n_gated = n_gated
+        self.gate = threading.Event()
+        self.cores = threading.Semaphore(cores)
+        self.lock = threading.Lock()
+        self.calls: list[list[str]] = []
+        self.running = 0
+        self.max_running = 0
+
+    def __call__(self, texts: list[str]) -> list[np.ndarray]:
+        with self.lock:
+            self.calls.append(list(texts))
+            gated = len(self.calls) <= self.n_gated
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        try:
+            if gated:
+                assert self.gate.wait(30), "gate never opened"
+            with self.cores:
+                time.sleep(self.delay)
+            return [_fake_vectors(t) for t in texts]
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_query_batcher_queues_while_every_slot_is_busy() -> None:
+    """Texts arriving while all ``max_inflight`` calls run wait for a free slot (no extra call
+    after ``max_wait``) and then share calls, FIFO, each request getting its own vectors."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc = _SlowEncoder(n_gated=2)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(6) as ex:
+            b = QueryBatcher(enc, ex, max_wait=0.002, max_batch=4, max_inflight=2)
+            try:
+                first = [asyncio.ensure_future(b.encode([f"a{i}"])) for i in range(2)]
+                await asyncio.sleep(0.01)
+                assert len(enc.calls) == 2  # both slots taken, one text each
+                reqs = [[f"q{i}"] for i in range(6)] + [[f"long{j}" for j in range(9)]]
+                reqs += [[f"r{i}"] for i in range(3)]
+                rest = []
+                for r in reqs:  # arriving apart, each after more than max_wait
+                    rest.append(asyncio.ensure_future(b.encode(r)))
+                    await asyncio.sleep(0.005)
+                # Every slot is busy, so nothing new may start, however long they wait.
+                await asyncio.sleep(0.05)
+                assert len(enc.calls) == 2 and b.n_calls == 2
+            finally:
+                enc.gate.set()
+            outs = await asyncio.gather(*first, *rest)
+        for r, o in zip([["a0"], ["a1"], *reqs], outs, strict=True):
+            assert len(o) == len(r)
+            for t, v in zip(r, o, strict=True):
+                np.testing.assert_array_equal(v, _fake_vectors(t))
+        assert enc.max_running <= 2
+        queued = [t for r in reqs for t in r]
+        later = enc.calls[2:]
+        assert all(1 <= len(c) <= 4 for c in later)
+        # FIFO: the calls are consecutive runs of the arrival order (the two slots may enter
+        # their threads in either order, hence the sort by first position).
+        later.sort(key=lambda c: queued.index(c[0]))
+        assert [t for c in later for t in c] == queued
+        # 18 queued texts in ceil(18 / 4) = 5 calls at best; a long request's chunks do not
+        # merge with a neighbour's across the 4-text limit, hence at most 6 (a call per
+        # arrival, 12, before: a timer started one whenever a text had waited max_wait).
+        assert len(later) <= 6, later
+        assert b.n_calls == len(enc.calls) and b.n_texts == 20
+
+    asyncio.run(main())
+
+
+def test_query_batcher_closed_loop_clients_share_calls() -> None:
+    """16 clients each sending 8 queries one after another onto 2 slots of a slow encoder: the
+    queries share few calls (the old timer made about one call per query), never more than 2
+    at once, and every query gets its own vectors."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc = _SlowEncoder(delay=0.005)
+    n_clients, n_each = 16, 8
+
+    async def client(b: QueryBatcher, c: int) -> None:
+        for j in range(n_each):
+            texts = [f"c{c}-{j}" + "x" * (j % 3)]
+            if j == 3:
+                texts = [f"c{c}-{j}-{m}" for m in range(20)]  # long: cut into chunks of 8
+            out = await b.encode(texts)
+            assert len(out) == len(texts)
+            for t, v in zip(texts, out, strict=True):
+                np.testing.assert_array_equal(v, _fake_vectors(t))
+
+    async def main() -> QueryBatcher:
+        with ThreadPoolExecutor(8) as ex:
+            b = QueryBatcher(enc, ex, max_wait=0.002, max_batch=8, max_inflight=2)
+            await asyncio.gather(*(client(b, c) for c in range(n_clients)))
+            return b
+
+    b = asyncio.run(main())
+    n_texts = n_clients * (n_each - 1 + 20)
+    assert b.n_texts == n_texts == sum(len(c) for c in enc.calls)
+    assert enc.max_running <= 2
+    assert all(len(c) <= 8 for c in enc.calls)
+    # ceil(n_texts / 8) = 54 calls at best; about one call per short query (128) before.
+    assert b.n_calls <= n_texts // 4, (b.n_calls, n_texts)
+
+
 # ------------------------------------------------------------------------------------ async API
 
 
