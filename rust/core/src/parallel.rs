@@ -10,11 +10,18 @@
 //! 5,050). Pools are rebuilt after `fork()` (a child inherits the pool objects but not their
 //! threads), detected by comparing the process id.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use crate::error::{LatixError, Result};
+
+/// Locks `m`, ignoring poisoning: a poisoned mutex means a panic elsewhere, and every mutex latix
+/// holds guards state that is consistent between statements (the handle's writer, snapshot and
+/// compressed state), so the next caller may proceed.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Most pools cached at once (the default size's and the most recently used others).
 pub const MAX_POOLS: usize = 4;
@@ -90,7 +97,7 @@ pub fn resolve_threads(n_threads: Option<usize>) -> Result<usize> {
 pub fn pool(n_threads: Option<usize>) -> Result<Arc<ThreadPool>> {
     let n = resolve_threads(n_threads)?;
     // A poisoned lock only means another thread panicked while holding it; the cache is valid.
-    let mut cache = cache().lock().unwrap_or_else(|e| e.into_inner());
+    let mut cache = lock(cache());
     let pid = std::process::id();
     if cache.pid != pid {
         // We are in a forked child: the parent's worker threads do not exist here. Leak the old

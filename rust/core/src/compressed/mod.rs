@@ -26,4 +26,4 @@ pub use search::{
 };
 pub use search::{CompressedSearch, FILTERED_DEPTH, FILTERED_REFINE};
 pub use state::codec_id;
-pub(crate) use state::{decode_doc, load_state, verify, CState};
+pub(crate) use state::{decode_segment_doc, load_state, verify, CState};

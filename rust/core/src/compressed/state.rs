@@ -234,6 +234,20 @@ pub(crate) fn verify(snap: &Snapshot) -> Result<()> {
     load_state(snap, None).map(|_| ())
 }
 
+/// The decoded approximation of document `doc` of segment `seg` of a snapshot whose compressed
+/// state is `state` (a vector-free segment: its rows are reconstructed from codes).
+pub(crate) fn decode_segment_doc(state: Option<&CState>, seg: usize, doc: u32) -> Result<Vec<f32>> {
+    let no_codes = || LatixError::invalid("the segment has no codes to decode");
+    let st = state.ok_or_else(no_codes)?;
+    let codec = st.codec.as_ref().ok_or_else(no_codes)?;
+    let (_, ivf) = st
+        .ivfs
+        .get(seg)
+        .and_then(|x| x.as_ref())
+        .ok_or_else(no_codes)?;
+    Ok(decode_doc(&codec.codec, ivf, doc))
+}
+
 /// The decoded approximation of document `doc` of a compressed segment, rows in list order
 /// (grouped by centroid, not in the original token order), as f32 `(n, dim)`.
 pub(crate) fn decode_doc(codec: &Codec, ivf: &IvfSegment, doc: u32) -> Vec<f32> {

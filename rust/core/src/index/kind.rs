@@ -15,10 +15,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::exact::{bitmap_docs, search_snapshot, search_snapshot_docs};
-use super::writer::lock;
-use crate::compressed::{self, CState, CompressedSearch, Compression};
+use crate::compressed::{self, decode_segment_doc, CState, CompressedSearch, Compression};
 use crate::error::{LatixError, Result};
 use crate::maxsim::DocVectors;
+use crate::parallel::lock;
 use crate::store::manifest::Manifest;
 use crate::store::snapshot::read_current;
 use crate::store::{CommitContext, CommitHook, Snapshot};
@@ -254,7 +254,7 @@ impl Kind {
         let snap = &view.snap;
         if let Some((s, d)) = snap.lookup(id) {
             if !snap.segments()[s].segment.has_vectors() {
-                let rows = decode_doc(view.state.as_deref(), s, d)?;
+                let rows = decode_segment_doc(view.state.as_deref(), s, d)?;
                 return Ok(Some(OwnedVectors::from_f32(rows, snap.dtype())));
             }
         }
@@ -313,19 +313,6 @@ impl CompressedKind {
         }
         Ok(st)
     }
-}
-
-/// The decoded approximation of document `doc` of segment `seg` (a vector-free segment).
-pub(crate) fn decode_doc(state: Option<&CState>, seg: usize, doc: u32) -> Result<Vec<f32>> {
-    let no_codes = || LatixError::invalid("the segment has no codes to decode");
-    let st = state.ok_or_else(no_codes)?;
-    let codec = st.codec.as_ref().ok_or_else(no_codes)?;
-    let (_, ivf) = st
-        .ivfs
-        .get(seg)
-        .and_then(|x| x.as_ref())
-        .ok_or_else(no_codes)?;
-    Ok(compressed::decode_doc(&codec.codec, ivf, doc))
 }
 
 /// Resolves `filter` against `snap`; `None` when the filter is [`DocFilter::Masks`] and `snap`

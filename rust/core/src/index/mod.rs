@@ -37,12 +37,13 @@ use std::sync::{Arc, Mutex};
 
 use crate::compressed::{CompressedSearch, Compression};
 use crate::error::{LatixError, Result};
+use crate::parallel::lock;
 use crate::store::commit::INDEX_FILE_PREFIX;
 use crate::store::manifest::{manifest_name, named_file_checksum, Manifest};
 use crate::store::snapshot::read_current;
 use crate::store::{write_atomic, Dtype, Snapshot, CURRENT_FILE, LOCK_FILE, TMP_PREFIX};
 use kind::{Kind, View};
-use writer::{lock, take_lock, Writer};
+use writer::{take_lock, Writer};
 
 pub use crate::store::commit::{CommitContext, CommitHook};
 pub use crate::types::{

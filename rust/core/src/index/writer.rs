@@ -5,13 +5,14 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 
-use super::kind::decode_doc;
 use super::validate;
 use super::Index;
+use crate::compressed::decode_segment_doc;
 use crate::error::{LatixError, Result};
 use crate::maxsim::DocVectors;
+use crate::parallel::lock;
 use crate::store::commit::{ensure_unreferenced, next_id, INDEX_FILE_PREFIX};
 use crate::store::manifest::{manifest_name, Manifest, SegmentEntry, SEGMENT_PREFIX};
 use crate::store::{
@@ -93,11 +94,6 @@ impl Writer {
             self.deletes.entry(file).or_default().insert(d);
         }
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned mutex means a panic elsewhere; the guarded state is still consistent.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub(super) fn take_lock(dir: &Path) -> Result<File> {
@@ -500,7 +496,7 @@ impl Index {
                     // checksums.
                     stage.add_doc(seg.id(d)?, seg.rows_checked(a, b)?)?;
                 } else {
-                    let rows = decode_doc(state.as_deref(), s, d)?;
+                    let rows = decode_segment_doc(state.as_deref(), s, d)?;
                     stage.add_doc(seg.id(d)?, DocVectors::F32(&rows))?;
                 }
             }
