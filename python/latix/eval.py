@@ -85,6 +85,21 @@ class EvalResult:
         }
 
 
+def _judged_queries(
+    qrels: Mapping[str, Mapping[str, int]], queries: Mapping[str, str]
+) -> tuple[list[str], int]:
+    """The judged query ids that have a text, in qrels order, and how many judged ones have none,
+    after checking that the ``eval`` extra (ir-measures) is installed: both evaluations fail
+    before any encoding or search when it is missing or no judged query has a text."""
+    from latix._optional import require
+
+    require("eval", "ir_measures", purpose="evaluation metrics")
+    qids = [q for q in qrels if q in queries]
+    if not qids:
+        raise InvalidArgumentError("no judged query has a text: check that queries and qrels match")
+    return qids, len(qrels) - len(qids)
+
+
 def evaluate(
     index: Any,
     encoder: Encoder | None,
@@ -114,13 +129,7 @@ def evaluate(
         InvalidArgumentError: no judged query has a text.
         MissingDependencyError: ir-measures (the ``eval`` extra) is missing (checked first).
     """
-    from latix._optional import require
-
-    require("eval", "ir_measures", purpose="evaluation metrics")
-    qids = [q for q in qrels if q in queries]
-    missing = sum(1 for q in qrels if q not in queries)
-    if not qids:
-        raise InvalidArgumentError("no judged query has a text: check that queries and qrels match")
+    qids, missing = _judged_queries(qrels, queries)
     if encoder is None and query_vectors is None:
         raise InvalidArgumentError("evaluate needs an encoder or query_vectors")
     enc_ms: list[float] = []
@@ -206,13 +215,7 @@ def evaluate_collection(
         InvalidArgumentError: no judged query has a text.
         MissingDependencyError: ir-measures (the ``eval`` extra) is missing (checked first).
     """
-    from latix._optional import require
-
-    require("eval", "ir_measures", purpose="evaluation metrics")
-    qids = [q for q in qrels if q in queries]
-    missing = sum(1 for q in qrels if q not in queries)
-    if not qids:
-        raise InvalidArgumentError("no judged query has a text: check that queries and qrels match")
+    qids, missing = _judged_queries(qrels, queries)
     enc_ms: list[float] = []
     search_ms: list[float] = []
     run: dict[str, dict[str, float]] = {}
