@@ -29,11 +29,8 @@ accepts writes after a crash.
 from __future__ import annotations
 
 import argparse
-import os
-import selectors
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.common import Stats, child_env, doc_vectors, python
+from harness.common import ChildProc, Stats, doc_vectors, python
 
 DIM = 16
 KINDS = {"add": 0.35, "upsert": 0.15, "batch": 0.3, "where": 0.1, "compact": 0.06, "retrain": 0.04}
@@ -295,48 +292,6 @@ def check(path: Path, model: Model, candidates: list[int], stats: Stats) -> int:
     return match
 
 
-class ChildProc:
-    def __init__(self, path: Path, seed: int, start: int) -> None:
-        cmd = [python(), "-m", "harness.collection_crash", "--child", str(path)]
-        cmd += ["--seed", str(seed), "--start", str(start)]
-        self.p = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env()
-        )
-        assert self.p.stdout is not None
-        os.set_blocking(self.p.stdout.fileno(), False)
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(self.p.stdout, selectors.EVENT_READ)
-        self.buf = b""
-        self.lines: list[tuple[float, str]] = []
-
-    def poll(self, timeout: float) -> list[tuple[float, str]]:
-        new: list[tuple[float, str]] = []
-        if self.sel.select(timeout):
-            assert self.p.stdout is not None
-            chunk = self.p.stdout.read() or b""
-            now = time.monotonic()
-            self.buf += chunk
-            *full, self.buf = self.buf.split(b"\n")
-            new = [(now, ln.decode()) for ln in full]
-            self.lines += new
-        return new
-
-    def kill(self) -> str:
-        try:
-            os.kill(self.p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.p.wait()
-        while self.poll(0):
-            pass
-        self.sel.close()
-        assert self.p.stderr is not None and self.p.stdout is not None
-        err = self.p.stderr.read().decode(errors="replace")
-        self.p.stdout.close()
-        self.p.stderr.close()
-        return err
-
-
 def run(
     kills: int,
     seed: int,
@@ -363,7 +318,10 @@ def run(
         for trial in range(kills):
             stats.trials += 1
             start = committed + 1
-            c = ChildProc(path, seed, start)
+            c = ChildProc(
+                [python(), "-m", "harness.collection_crash", "--child", str(path)]
+                + ["--seed", str(seed), "--start", str(start)]
+            )
             mode = rng.choice(["txn", "any"], p=[0.85, 0.15])
             target = start + int(rng.integers(0, 3))
             if committed < train_at and train_kills < 6:

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import selectors
+import signal
+import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -85,3 +89,48 @@ class Stats:
         ]
         lines += [f"  FAIL: {m}" for m in self.failure_messages[:20]]
         return "\n".join(lines)
+
+
+class ChildProc:
+    """A running child writer (``cmd``, run with :func:`child_env`) with a non-blocking line reader
+    on its stdout: the crash harnesses time their kills by the lines it prints."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        self.p = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env()
+        )
+        assert self.p.stdout is not None
+        os.set_blocking(self.p.stdout.fileno(), False)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.p.stdout, selectors.EVENT_READ)
+        self.buf = b""
+        self.lines: list[tuple[float, str]] = []
+
+    def poll(self, timeout: float) -> list[tuple[float, str]]:
+        """Reads the lines available within ``timeout`` seconds; returns the new ones."""
+        new: list[tuple[float, str]] = []
+        if self.sel.select(timeout):
+            assert self.p.stdout is not None
+            chunk = self.p.stdout.read() or b""
+            now = time.monotonic()
+            self.buf += chunk
+            *full, self.buf = self.buf.split(b"\n")
+            new = [(now, ln.decode()) for ln in full]
+            self.lines += new
+        return new
+
+    def kill(self) -> str:
+        """SIGKILLs the child, collects its remaining output; returns its stderr."""
+        try:
+            os.kill(self.p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.p.wait()
+        while self.poll(0):
+            pass
+        self.sel.close()
+        assert self.p.stderr is not None and self.p.stdout is not None
+        err = self.p.stderr.read().decode(errors="replace")
+        self.p.stdout.close()
+        self.p.stderr.close()
+        return err

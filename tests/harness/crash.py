@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import selectors
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.common import Stats, as_stored, child_env, doc_vectors, maxsim_np, python
+from harness.common import ChildProc, Stats, as_stored, doc_vectors, maxsim_np, python
 
 DIM = 16
 
@@ -201,52 +199,6 @@ def check_state(path: Path, model: Model, candidates: list[int], dtype: str, sta
         return n
 
 
-class ChildProc:
-    """A running child writer with a non-blocking line reader on its stdout."""
-
-    def __init__(self, path: Path, seed: int, start: int, dtype: str) -> None:
-        cmd = [python(), "-m", "harness.crash", "--child", str(path), "--seed", str(seed)]
-        cmd += ["--start", str(start), "--dtype", dtype]
-        self.p = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env()
-        )
-        assert self.p.stdout is not None
-        os.set_blocking(self.p.stdout.fileno(), False)
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(self.p.stdout, selectors.EVENT_READ)
-        self.buf = b""
-        self.lines: list[tuple[float, str]] = []
-
-    def poll(self, timeout: float) -> list[tuple[float, str]]:
-        """Reads the lines available within ``timeout`` seconds; returns the new ones."""
-        new: list[tuple[float, str]] = []
-        if self.sel.select(timeout):
-            assert self.p.stdout is not None
-            chunk = self.p.stdout.read() or b""
-            now = time.monotonic()
-            self.buf += chunk
-            *full, self.buf = self.buf.split(b"\n")
-            new = [(now, ln.decode()) for ln in full]
-            self.lines += new
-        return new
-
-    def kill(self) -> str:
-        """SIGKILLs the child, collects its remaining output; returns its stderr."""
-        try:
-            os.kill(self.p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.p.wait()
-        while self.poll(0):
-            pass
-        self.sel.close()
-        assert self.p.stderr is not None
-        err = self.p.stderr.read().decode(errors="replace")
-        self.p.stdout.close()  # type: ignore[union-attr]
-        self.p.stderr.close()
-        return err
-
-
 def run(
     kills: int,
     seed: int,
@@ -278,7 +230,10 @@ def run(
                 break
             stats.trials += 1
             start = committed + 1
-            c = ChildProc(path, seed, start, dtype)
+            c = ChildProc(
+                [python(), "-m", "harness.crash", "--child", str(path), "--seed", str(seed)]
+                + ["--start", str(start), "--dtype", dtype]
+            )
             mode = rng.choice(["commit", "any"], p=[0.8, 0.2])
             target = start + int(rng.integers(0, 3))
             t0 = time.monotonic()
