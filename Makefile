@@ -38,7 +38,7 @@ $(STAMP): $(RUNTIME_STAMP)
 # on a CPU; ~45 s from a warm pip cache).
 EXPORT_STAMP := $(VENV)/.latix-export-installed
 $(EXPORT_STAMP): $(STAMP)
-	$(BIN)/python -m pip install "torch>=2.1" "transformers>=4.40"
+	$(BIN)/python -m pip install --no-cache-dir "torch>=2.1" "transformers>=4.40"
 	touch $(EXPORT_STAMP)
 
 # maturin, zig (the linker that targets glibc 2.17) and auditwheel for `make wheel`.
