@@ -128,9 +128,10 @@ test-rust-aarch64:
 		cargo test --release -p latix-core --target aarch64-unknown-linux-gnu
 
 # Everything a change must pass before it lands: what CI runs (.ci/run), and the README's
-# check command. Lint, the tests, the documentation site, then every fuzz target built and run
+# check command. Lint, the documentation site (before the tests: it installs the docs extra that
+# the figures' test in tests/test_docs.py needs), the tests, then every fuzz target built and run
 # for a few seconds.
-check: lint test docs fuzz-smoke
+check: lint docs test fuzz-smoke
 
 bench: build
 	$(BIN)/python benches/bench_maxsim.py

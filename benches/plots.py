@@ -75,31 +75,31 @@ def compressed(d: dict[str, Any], out: Path, rel: str) -> list[str]:
     for ax, c in zip(axes[0], corpora, strict=True):
         run = d[c]
         for r in run["rows"]:
-            ax.scatter(r["p50_1t_ms"], r["recall_at_10_vs_exact"], s=40)
-            ax.annotate(
-                f"{r['method']}\n{r['bytes_per_token']:.0f} B/token",
-                (r["p50_1t_ms"], r["recall_at_10_vs_exact"]),
-                textcoords="offset points",
-                xytext=(6, -4),
-                fontsize=7,
+            ax.scatter(
+                r["p50_1t_ms"],
+                r["recall_at_10_vs_exact"],
+                s=40,
+                label=f"{r['method']}, {r['bytes_per_token']:.0f} B/token",
             )
+        ax.legend(fontsize=7, loc="lower right")
         ax.set_xscale("log")
         ax.set_xlabel("p50 latency, 1 thread, k = 10 (ms, log scale)")
         ax.set_ylabel("recall@10 against exact MaxSim")
         ax.set_title(f"{c}: {run['n_tokens']:,} tokens")
         ax.grid(alpha=0.3)
     latency = _save(fig, out, "compressed-latency-recall.png")
-    fig, ax = plt.subplots(figsize=(7, 3.6))
     labels, values = [], []
     for c in corpora:
         for r in d[c]["rows"]:
             labels.append(f"{c}: {r['method']}")
             values.append(r["bytes_per_token"])
-    ax.barh(labels, values)
-    ax.set_xscale("log")
-    ax.set_xlabel("bytes per token on disk (every file of the index; log scale)")
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(labels) + 1.2))
+    bars = ax.barh(labels, values)
+    ax.bar_label(bars, fmt="%.1f", padding=3, fontsize=8)
+    ax.set_xlim(0, max(values) * 1.12)
+    ax.set_xlabel("bytes per token on disk (compressed: every file; exact: the f16 vectors)")
     ax.invert_yaxis()
-    ax.tick_params(axis="y", labelsize=7)
+    ax.tick_params(axis="y", labelsize=8)
     size = _save(fig, out, "compressed-bytes-per-token.png")
     md += [_image(rel, latency, "latency against recall"), "", _image(rel, size, "bytes/token"), ""]
     md += ["| corpus | method | bytes/token | nDCG@10 | recall@10 vs exact | p50 / p99 1T ms |"]
