@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.latix-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup build demo test test-rust test-python test-export wheel sdist test-wheel test-rust-aarch64 lint fmt check bench bench-compressed clean harden \
-	soak fuzz fuzz-smoke bench-collection bench-serve
+	soak fuzz fuzz-smoke bench-collection bench-serve docs
 
 setup: $(STAMP)
 
@@ -46,6 +46,22 @@ WHEEL_STAMP := $(VENV)/.latix-wheel-installed
 $(WHEEL_STAMP): $(STAMP)
 	$(BIN)/python -m pip install "maturin>=1.9.4,<2" "ziglang>=0.13" "auditwheel>=6.1"
 	touch $(WHEEL_STAMP)
+
+# The documentation site's tools (the `docs` extra: mkdocs, material, mkdocstrings, matplotlib).
+DOCS_STAMP := $(VENV)/.latix-docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+# The documentation site, into site/ (git-ignored): the CLI reference from latix's argparse
+# parser and the benchmark figures from bench-results/*.json are generated into docs/generated/
+# (git-ignored) first; --strict fails on any warning (broken link, docstring mkdocstrings cannot
+# render). tests/test_docs.py runs the guide's code samples.
+docs: build $(DOCS_STAMP)
+	rm -rf docs/generated
+	$(BIN)/python scripts/docs/gen_cli.py docs/generated/cli.md
+	MPLBACKEND=Agg $(BIN)/python benches/plots.py --out docs/generated/benchmarks
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # Rebuild the Rust extension in place (incremental; a no-op when nothing changed).
 build: $(STAMP)
@@ -112,8 +128,10 @@ test-rust-aarch64:
 		cargo test --release -p latix-core --target aarch64-unknown-linux-gnu
 
 # Everything a change must pass before it lands: what CI runs (.ci/run), and the README's
-# check command. Lint, the tests, then every fuzz target built and run for a few seconds.
-check: lint test fuzz-smoke
+# check command. Lint, the documentation site (before the tests: it installs the docs extra that
+# the figures' test in tests/test_docs.py needs), the tests, then every fuzz target built and run
+# for a few seconds.
+check: lint docs test fuzz-smoke
 
 bench: build
 	$(BIN)/python benches/bench_maxsim.py

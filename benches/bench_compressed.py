@@ -427,6 +427,21 @@ def run(
         )
     print(f"load average (1 / 5 / 15 min) at the end: {provenance.load_average()}")
     sys.stdout.flush()
+    keys = ("bytes_per_token", "ndcg_at_10", "r_at_100", "recall_at_10_vs_exact")
+    keys += ("p50_1t_ms", "p99_1t_ms", "p50_2t_ms", "p99_2t_ms")
+    RESULTS[corpus] = {
+        "provenance": provenance.lines(),
+        "n_tokens": n_tok,
+        "n_centroids": i0["n_centroids"],
+        "build_s": {"codes": wall[False], "keep_vectors": wall[True]},
+        "peak_build_mb": {"codes": peak_mb[False], "keep_vectors": peak_mb[True]},
+        "add_1000_docs_s": {"codes": add_s[False], "keep_vectors": add_s[True]},
+        "rows": [{"method": r[0], **dict(zip(keys, r[1:], strict=True))} for r in rows],
+    }
+
+
+#: Each corpus's figures, written to --json (read by benches/plots.py for the docs' figures).
+RESULTS: dict[str, Any] = {}
 
 
 def main() -> None:
@@ -447,6 +462,11 @@ def main() -> None:
         help="queries whose exact search is timed in this run (the exact top 100 of all "
         "queries is computed once and cached)",
     )
+    ap.add_argument(
+        "--json",
+        default=os.path.join(os.path.dirname(__file__), "..", "bench-results", "compressed.json"),
+        help="figures of each corpus run, merged into this file (default: %(default)s)",
+    )
     ap.add_argument("--_build", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_keep", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -465,6 +485,12 @@ def main() -> None:
             raise SystemExit(f"{d} has no data: run `make bench-compressed` (or its steps) first")
     for c in corpora:
         run(c, a.work, a.seed, a.exact_queries, a.nprobe, a.refine)
+        # Merged per corpus, so `--corpus scifact` then `--corpus distractors` keeps both.
+        saved = json.load(open(a.json)) if os.path.exists(a.json) else {}
+        saved[c] = RESULTS[c]
+        with open(a.json + ".tmp", "w") as f:
+            json.dump(saved, f, indent=1)
+        os.replace(a.json + ".tmp", a.json)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,325 @@
+"""Figures of the benchmarks page, drawn from the result files the benchmarks write.
+
+`python benches/plots.py --out DIR` reads bench-results/*.json (never the Markdown tables) and
+writes matplotlib PNGs plus `figures.md`, the Markdown fragment the docs' benchmarks page
+includes (`make docs` runs it, so the figures always show the committed results):
+
+* compressed.json (`benches/bench_compressed.py`): latency against recall@10 vs exact MaxSim for
+  every method of each corpus (exact search, codes only, candidate generation alone, kept
+  vectors with the exact re-rank) and bytes per token on disk;
+* collection.json (`benches/bench_collection.py`): nDCG@10 per mode, the index's bytes per
+  token, filtered search at each selectivity (latency ratio and recall) and the
+  exhaustive-vs-probing switch point;
+* serve.json (`benches/bench_serve.py`): `latix serve` p50 / p99 and QPS at 1 / 4 / 16 clients
+  next to in-process search.
+
+A result file that does not exist yet is named in the fragment with the command that writes it;
+nothing is drawn for it (no figure is ever made from numbers typed in here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench-results"
+COMMANDS = {
+    "compressed.json": "make bench-compressed (benches/bench_compressed.py)",
+    "collection.json": "make bench-collection (benches/bench_collection.py)",
+    "serve.json": "make bench-serve (benches/bench_serve.py)",
+}
+
+
+def _load(results: Path, name: str) -> dict[str, Any] | None:
+    p = results / name
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _save(fig: Any, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def _missing(name: str) -> list[str]:
+    return [
+        f'!!! note "No `bench-results/{name}` yet"',
+        f"    Its figures appear here once `{COMMANDS[name]}` has written it.",
+        "",
+    ]
+
+
+def _image(rel: str, name: str, alt: str) -> str:
+    return f"![{alt}]({rel}/{name})"
+
+
+# ---------------------------------------------------------------------------- compressed index
+
+
+def compressed(d: dict[str, Any], out: Path, rel: str) -> list[str]:
+    """Latency vs recall and bytes/token per method, one panel per corpus."""
+    corpora = [c for c in ("scifact", "distractors") if c in d]
+    md = ["### Compressed index against exact search", ""]
+    if not corpora:
+        return md + ["`compressed.json` holds no corpus.", ""]
+    fig, axes = plt.subplots(1, len(corpora), figsize=(6 * len(corpora), 4.2), squeeze=False)
+    for ax, c in zip(axes[0], corpora, strict=True):
+        run = d[c]
+        for r in run["rows"]:
+            ax.scatter(
+                r["p50_1t_ms"],
+                r["recall_at_10_vs_exact"],
+                s=40,
+                label=f"{r['method']}, {r['bytes_per_token']:.0f} B/token",
+            )
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_xscale("log")
+        ax.set_xlabel("p50 latency, 1 thread, k = 10 (ms, log scale)")
+        ax.set_ylabel("recall@10 against exact MaxSim")
+        ax.set_title(f"{c}: {run['n_tokens']:,} tokens")
+        ax.grid(alpha=0.3)
+    latency = _save(fig, out, "compressed-latency-recall.png")
+    labels, values = [], []
+    for c in corpora:
+        for r in d[c]["rows"]:
+            labels.append(f"{c}: {r['method']}")
+            values.append(r["bytes_per_token"])
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(labels) + 1.2))
+    bars = ax.barh(labels, values)
+    ax.bar_label(bars, fmt="%.1f", padding=3, fontsize=8)
+    ax.set_xlim(0, max(values) * 1.12)
+    ax.set_xlabel("bytes per token on disk (compressed: every file; exact: the f16 vectors)")
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=8)
+    size = _save(fig, out, "compressed-bytes-per-token.png")
+    md += [_image(rel, latency, "latency against recall"), "", _image(rel, size, "bytes/token"), ""]
+    md += ["| corpus | method | bytes/token | nDCG@10 | recall@10 vs exact | p50 / p99 1T ms |"]
+    md += ["| --- | --- | --- | --- | --- | --- |"]
+    for c in corpora:
+        for r in d[c]["rows"]:
+            md.append(
+                f"| {c} | {r['method']} | {r['bytes_per_token']:.1f} | {r['ndcg_at_10']:.4f} | "
+                f"{r['recall_at_10_vs_exact']:.3f} | {r['p50_1t_ms']:.2f} / {r['p99_1t_ms']:.2f} |"
+            )
+    md.append("")
+    for c in corpora:
+        prov = "; ".join(x.removeprefix("- ") for x in d[c].get("provenance", []))
+        md.append(f"*{c}:* {prov}")
+        md.append("")
+    return md
+
+
+# ---------------------------------------------------------------------------- collections
+
+
+def collection_quality(d: dict[str, Any], out: Path, rel: str, when: str) -> list[str]:
+    q = d.get("quality") or {}
+    if not q:
+        return []
+    modes = [
+        "late/exact (plain)",
+        "late/compressed",
+        "keyword/FTS5 BM25",
+        "hybrid/compressed + BM25",
+    ]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / len(modes)
+    names = list(q)
+    for j, m in enumerate(modes):
+        xs = [i + (j - (len(modes) - 1) / 2) * width for i in range(len(names))]
+        ax.bar(xs, [q[n][m]["nDCG@10"] for n in names], width, label=m)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("nDCG@10, test queries")
+    ax.set_ylim(0.3, 0.8)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    img = _save(fig, out, "collection-quality.png")
+    md = ["### Collections: late, keyword and hybrid search", "", _image(rel, img, "nDCG@10"), ""]
+    md += [
+        "| collection | documents | passages | index bytes/token | codec | nDCG@10 late "
+        "(compressed) | keyword | hybrid |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for n in names:
+        r = q[n]
+        ix = r["index"]
+        md.append(
+            f"| {n} | {r['docs']:,} | {r['passages']:,} | {r['index_bytes_per_token']:.1f} | "
+            f"K = {ix['n_centroids']}, {ix['code_bytes_per_token']} B of codes per pooled vector "
+            f"| {r['late/compressed']['nDCG@10']:.4f} | {r['keyword/FTS5 BM25']['nDCG@10']:.4f} "
+            f"| {r['hybrid/compressed + BM25']['nDCG@10']:.4f} |"
+        )
+    md += ["", f"*Source:* `bench-results/collection.json`, quality part run {when}.", ""]
+    return md
+
+
+def collection_filtered(d: dict[str, Any], out: Path, rel: str, when: str) -> list[str]:
+    f = d.get("filtered") or {}
+    table = f.get("table") or {}
+    if "unfiltered" not in table:
+        return []
+    base = table["unfiltered"]["warm"]
+    rows = [(k, v["warm"]) for k, v in table.items() if k != "unfiltered"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    labels = [k.split(" (")[0] for k, _ in rows]
+    a1.bar(labels, [v["p50"] / base["p50"] for _, v in rows])
+    a1.axhline(1.0, color="k", lw=0.8, ls="--", label="unfiltered p50")
+    a1.set_ylabel("p50 / unfiltered p50")
+    a1.set_xlabel("share of documents the filter allows")
+    a1.legend(fontsize=8)
+    a2.plot(labels, [v["recall@10"] for _, v in rows], marker="o", label="filtered")
+    a2.axhline(base["recall@10"], color="k", lw=0.8, ls="--", label="unfiltered")
+    a2.set_ylabel("recall@10 vs exact over the filtered set")
+    a2.set_xlabel("share of documents the filter allows")
+    a2.set_ylim(0, 1.05)
+    a2.legend(fontsize=8)
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    img = _save(fig, out, "collection-filtered.png")
+    idx = f.get("index", {})
+    md = [
+        "### Filtered search at every selectivity",
+        "",
+        f"SciFact + 100k distractors: {f.get('n_docs', 0):,} documents, "
+        f"{f.get('n_tokens', 0):,} tokens, compressed (K = {idx.get('n_centroids')}, "
+        f"{idx.get('bytes_per_token', 0):.1f} B/token); 1 thread, k = 10, query vectors given.",
+        "",
+        _image(rel, img, "filtered search"),
+        "",
+        "| filter | p50 ms | p99 ms | p50 / unfiltered | recall@10 |",
+        "| --- | --- | --- | --- | --- |",
+        f"| unfiltered | {base['p50']:.2f} | {base['p99']:.2f} | 1.00 | {base['recall@10']:.3f} |",
+    ]
+    for k, v in rows:
+        md.append(
+            f"| {k} | {v['p50']:.2f} | {v['p99']:.2f} | {v['p50'] / base['p50']:.2f} | "
+            f"{v['recall@10']:.3f} |"
+        )
+    sw = f.get("switch") or []
+    if sw:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+        sizes = [s["size"] for s in sw]
+        for key, name in (("exhaustive", "exhaustive"), ("probe", "probing")):
+            a1.plot(sizes, [s[key]["p50"] for s in sw], marker="o", label=name)
+            a2.plot(sizes, [s[key]["recall@10"] for s in sw], marker="o", label=name)
+        for a in (a1, a2):
+            a.set_xscale("log")
+            a.set_xlabel("documents the filter allows (log scale)")
+            a.axvline(2000, color="k", lw=0.8, ls=":", label="EXHAUSTIVE_BELOW")
+            a.grid(alpha=0.3)
+            a.legend(fontsize=8)
+        a1.set_ylabel("p50 ms")
+        a2.set_ylabel("recall@10 vs exact")
+        img2 = _save(fig, out, "collection-switch.png")
+        md += [
+            "",
+            "Where a filtered search switches from probing to scoring every allowed "
+            "document (`latix.collection.EXHAUSTIVE_BELOW`):",
+            "",
+            _image(rel, img2, "switch"),
+        ]
+    md += ["", f"*Source:* `bench-results/collection.json`, filtered part run {when}.", ""]
+    return md
+
+
+# ---------------------------------------------------------------------------- serving
+
+
+def serve(d: dict[str, Any], out: Path, rel: str) -> list[str]:
+    http = d.get("http") or []
+    inproc = [r for r in d.get("inprocess") or [] if "precision" not in r]
+    if not http:
+        return []
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    series: dict[str, list[dict[str, Any]]] = {}
+    for r in http:
+        series.setdefault(f"HTTP: {r['server']}", []).append(r)
+    if inproc:
+        series["in-process Collection.search"] = inproc
+    for name, rs in series.items():
+        if len(rs) < 2:
+            continue  # a single-level variant (e.g. batching off at 16 clients) is in the table
+        cl = [r["clients"] for r in rs]
+        (line,) = a1.plot(cl, [r["p50_ms"] for r in rs], marker="o", label=f"{name} p50")
+        a1.plot(cl, [r["p99_ms"] for r in rs], marker="x", ls="--", color=line.get_color())
+        a2.plot(cl, [r["qps"] for r in rs], marker="o", label=name)
+    for a in (a1, a2):
+        a.set_xscale("log", base=2)
+        a.set_xticks([1, 4, 16], ["1", "4", "16"])
+        a.set_xlabel("concurrent clients")
+        a.grid(alpha=0.3)
+    a1.set_ylabel("latency ms (solid p50, dashed p99)")
+    a2.set_ylabel("queries per second")
+    a2.legend(fontsize=7)
+    img = _save(fig, out, "serve.png")
+    md = ["### `latix serve` under concurrency", "", _image(rel, img, "serve latency"), ""]
+    md += ["| path | clients | p50 ms | p99 ms | QPS |", "| --- | --- | --- | --- | --- |"]
+    for r in d.get("inprocess") or []:
+        md.append(
+            f"| in-process, {r.get('precision', 'int8 (auto)')} queries | {r['clients']} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps']:.1f} |"
+        )
+    for r in http:
+        md.append(
+            f"| HTTP, {r['server']} | {r['clients']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['qps']:.1f} |"
+        )
+    enc = d.get("encoder_10_words") or {}
+    if enc:
+        md += [
+            "",
+            "Query encoder in the same run (10-word query, 1 thread): "
+            + "; ".join(
+                f"{k} p50 {v['p50_ms']:.2f} ms, p99 {v['p99_ms']:.2f} ms" for k, v in enc.items()
+            )
+            + ".",
+        ]
+    md += ["", "*Source:* `bench-results/serve.json` (provenance in `bench-results/serve.md`).", ""]
+    return md
+
+
+def figures(results: Path, out: Path, rel: str) -> tuple[str, list[str]]:
+    """Draws every figure into ``out``; returns the Markdown fragment and the PNG names."""
+    out.mkdir(parents=True, exist_ok=True)
+    md: list[str] = []
+    comp = _load(results, "compressed.json")
+    md += compressed(comp, out, rel) if comp is not None else _missing("compressed.json")
+    coll = _load(results, "collection.json")
+    if coll is None:
+        md += _missing("collection.json")
+    else:
+        sec = coll.get("sections", {})
+        md += collection_quality(coll, out, rel, sec.get("quality", {}).get("when", "?"))
+        md += collection_filtered(coll, out, rel, sec.get("filtered", {}).get("when", "?"))
+    srv = _load(results, "serve.json")
+    md += serve(srv, out, rel) if srv is not None else _missing("serve.json")
+    return "\n".join(md) + "\n", sorted(p.name for p in out.glob("*.png"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the *.json results")
+    ap.add_argument("--out", type=Path, required=True, help="folder for the PNGs and figures.md")
+    ap.add_argument(
+        "--rel",
+        default="generated/benchmarks",
+        help="path of --out as the including page links it (default: %(default)s)",
+    )
+    a = ap.parse_args()
+    text, pngs = figures(a.results, a.out, a.rel)
+    (a.out / "figures.md").write_text(text)
+    print(f"{len(pngs)} figures in {a.out}: {', '.join(pngs)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
