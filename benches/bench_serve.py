@@ -188,6 +188,45 @@ def inprocess(col: Any, queries: list[str], threads: int, rounds: int) -> dict[s
     return res
 
 
+def first_depth_ab(col: Any, base: Any, queries: list[str], rounds: int) -> dict[str, Any]:
+    """In-process ``Collection.search(text, 10)``, 1 caller, interleaved query by query: ``col``
+    (the default first depth, ``k`` times the passages per record) against ``base`` (another
+    handle whose first index search asks for ``k`` passages, the depth before, re-querying 4x
+    deeper when passages of the same records fill the list). Also counts index searches."""
+    import latix.collection as lc
+
+    calls = {"default": 0, "k": 0}
+    lat: dict[str, list[float]] = {"default": [], "k": []}
+
+    def counting(c: Any, name: str) -> None:
+        orig = c._index_search
+
+        def wrapped(*a: Any, **kw: Any) -> Any:
+            calls[name] += 1
+            return orig(*a, **kw)
+
+        c._index_search = wrapped
+
+    counting(col, "default")
+    counting(base, "k")
+    base._first_depth = lambda k, n: k  # the depth before lc.PASSAGE_DEPTH_MAX
+    for q in queries[:20]:
+        col.search(q, 10, n_threads=1)
+        base.search(q, 10, n_threads=1)
+    calls.update(default=0, k=0)
+    for _ in range(rounds):
+        for q in queries:
+            for name, c in (("default", col), ("k", base)):
+                t0 = time.perf_counter()
+                c.search(q, 10, n_threads=1)
+                lat[name].append((time.perf_counter() - t0) * 1000)
+    n = len(queries) * rounds
+    return {
+        name: {**pct(lat[name]), "index_searches_per_search": round(calls[name] / n, 3)}
+        for name in lat
+    } | {"passage_depth_max": lc.PASSAGE_DEPTH_MAX}
+
+
 # ------------------------------------------------------------------------------------ main
 
 
@@ -241,6 +280,10 @@ def main() -> int:
             col.search(q, 10, n_threads=1)
         results["inprocess"] = [inprocess(col, qtexts, t, a.rounds) for t in a.levels]
         refs = {"int8": {i: [h.id for h in col.search(q, 10)] for i, q in enumerate(qtexts)}}
+        bc.log("in-process search: first depth k times passages per record vs k")
+        base = latix.Collection.open(path, encoder=enc_auto)
+        results["first_depth"] = first_depth_ab(col, base, qtexts, a.rounds)
+        base.close()
         col.close()
         col = latix.Collection.open(path, encoder=variants["fp32"])
         for q in qtexts[:20]:
@@ -367,6 +410,27 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
             f"{b['p50_ms']:.2f} vs {o['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} vs "
             f"{o['p99_ms']:.2f} ms."
         )
+    fd = r.get("first_depth")
+    if fd:
+        d, b = fd["default"], fd["k"]
+        lines += [
+            "",
+            "## First index depth of a late search (in-process, int8 queries, 1 caller)",
+            "",
+            "`Collection.search(text, 10)` with the default first depth (10 x passages per "
+            f"record, at most {fd['passage_depth_max']:g}x) against a handle whose first index "
+            "search asks for 10 passages (the depth before: a list filled by passages of the "
+            "same records searched again 4x deeper), interleaved query by query:",
+            "",
+            "| first depth | p50 ms | p99 ms | index searches per search |",
+            "|---|---|---|---|",
+            f"| k x passages per record (default) | {d['p50_ms']:.2f} | {d['p99_ms']:.2f} | "
+            f"{d['index_searches_per_search']:.2f} |",
+            f"| k (before) | {b['p50_ms']:.2f} | {b['p99_ms']:.2f} | "
+            f"{b['index_searches_per_search']:.2f} |",
+            "",
+            f"p50 ratio default / before: **{d['p50_ms'] / b['p50_ms']:.2f}x**.",
+        ]
     lines += [
         "",
         "## Query encoder (1 thread, one query per call, fp32 vs int8 interleaved)",

@@ -55,6 +55,7 @@ import asyncio
 import dataclasses
 import functools
 import json
+import math
 import os
 import shutil
 import threading
@@ -102,6 +103,7 @@ __all__ = [
     "explain_hit",
     "HYBRID_DEFAULTS",
     "EXHAUSTIVE_BELOW",
+    "PASSAGE_DEPTH_MAX",
 ]
 
 META_FILE = "collection.json"
@@ -130,6 +132,14 @@ HYBRID_DEFAULTS: dict[str, Any] = {"fusion": "convex", "alpha": 0.5, "rrf_k": 60
 #: 105 / 1,052 / 2,103 allowed documents, probing 1.2x / 1.45x / 1.45x, and exhaustive finds
 #: more of the exact top 10 at every size up to 3,000 (0.88 vs 0.82 at 1,052).
 EXHAUSTIVE_BELOW = 2000
+
+#: A late search first asks the index for ``k`` times the collection's passages per record,
+#: capped at this factor; a list that still holds fewer than ``k`` records searches again 4x
+#: deeper. SciFact (9,981 passages of 5,183 records, 1.93 per record), 809 *train* queries on
+#: the compressed collection: asking 10 / 16 / 20 passages leaves 83 % / 6.9 % / 0.9 % of the
+#: searches short of 10 records (1.83 index searches per search when the first depth was k),
+#: and on a compressed index the refined list grows only from 16 to 20 documents.
+PASSAGE_DEPTH_MAX = 4.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -616,6 +626,7 @@ class Collection:
         self._mirrors: dict[str, _Mirror] = {}
         self._masks: OrderedDict[tuple[str, str], npt.NDArray[np.uint64]] = OrderedDict()
         self._mask_bytes = 0
+        self._ppr: tuple[int, float] | None = None  # (generation, passages per record)
         self._executor: Executor | None = None  # reads of the a* methods (None: loop default)
         self._apool: ThreadPoolExecutor | None = None  # the writer thread of aadd/aupsert/adelete
         _LIVE.add(self)
@@ -1686,9 +1697,15 @@ class Collection:
         n_threads: int | None,
         opts: dict[str, Any],
     ) -> list[list[tuple[int, float, int]]]:
-        """Late-interaction top ``k`` records per query: (rk, best passage score, passage)."""
-        kp = k
+        """Late-interaction top ``k`` records per query: (rk, best passage score, passage).
+
+        The index returns passages; a record's passages can fill its top ``k``, so the first
+        depth asks for ``k`` times the collection's passages per record (at most
+        :data:`PASSAGE_DEPTH_MAX` times ``k``) and only a list that still holds fewer than ``k``
+        records searches again, 4x deeper.
+        """
         n_docs = len(self._index)
+        kp = self._first_depth(k, n_docs)
         while True:
             kk = max(1, min(kp, max(n_docs, 1)))
             scores, ids = self._index_search(qv, kk, node, wkey, n_threads, opts)
@@ -1712,6 +1729,19 @@ class Collection:
             if not short:
                 return out
             kp = kk * 4
+
+    def _first_depth(self, k: int, n_passages: int) -> int:
+        """Passages to ask the index for to fill ``k`` records at the first try (see
+        :meth:`_late`): ``ceil(k * passages per record)``, from the committed totals of the
+        current generation (cached: one SQLite count per generation)."""
+        gen = self._generation()
+        cached = self._ppr
+        if cached is None or cached[0] != gen:
+            n_rec = self._store.count(gen)
+            ppr = n_passages / n_rec if n_rec > 0 else 1.0
+            cached = (gen, min(max(ppr, 1.0), PASSAGE_DEPTH_MAX))
+            self._ppr = cached
+        return max(k, math.ceil(k * cached[1]))
 
     def _index_search(
         self,
