@@ -256,6 +256,18 @@ def test_passages_fill_k_records_matches_numpy(tmp_path: Path, seed: int) -> Non
     col.close()
 
 
+def test_custom_compression_reaches_the_index_unchanged(tmp_path: Path) -> None:
+    """A latix.Compression given to Collection.create is the index's configuration, field for
+    field (so settings such as a storage tier pass through the collection layer)."""
+    for i, comp in enumerate((small_compression(True), small_compression(False))):
+        col = new(tmp_path, f"c{i}", compression=comp)
+        assert col.index.compression == comp
+        col.close()
+        col = Collection.open(tmp_path / f"c{i}")
+        assert col.index.compression == comp and col.stats()["compression"] == "custom"
+        col.close()
+
+
 @pytest.mark.parametrize("keep", [True, False])
 @pytest.mark.parametrize("exhaustive", [True, False])
 def test_filters_on_a_compressed_collection(

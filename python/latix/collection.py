@@ -667,7 +667,8 @@ class Collection:
             compression: ``"auto"`` (default): a compressed index (``latix.Compression()``:
                 about 30 bytes per 384-d token) that searches exactly until it holds 65,536
                 tokens, then trains its codec; None: a plain index of full vectors, searched
-                exactly; or a :class:`~latix.index.Compression` of your own.
+                exactly; or a :class:`~latix.index.Compression` of your own, handed to the
+                index unchanged (every setting it has, a storage tier included).
             dtype: storage precision of full vectors (``"float16"`` or ``"float32"``).
             schema: metadata field types to declare up front (field -> ``"str"``, ``"int"``,
                 ``"float"``, ``"bool"`` or ``"list[str]"``); other fields get their type from
