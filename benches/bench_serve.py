@@ -138,8 +138,11 @@ def start_server(path: Path, port: int, extra: list[str]) -> subprocess.Popen[by
         *extra,
     ]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    import urllib.request
+    return wait_ready(p, port)
 
+
+def wait_ready(p: subprocess.Popen[bytes], port: int) -> subprocess.Popen[bytes]:
+    """``p`` once its server answers GET /ready with 200 (exits if it dies first)."""
     t0 = time.time()
     while time.time() - t0 < 180:
         if p.poll() is not None:
@@ -160,6 +163,33 @@ def stop_server(p: subprocess.Popen[bytes]) -> None:
         p.wait(30)
     except subprocess.TimeoutExpired:
         p.kill()
+
+
+def noop_server(port: int, body_file: str) -> None:
+    """The floor of the HTTP path: uvicorn + FastAPI with latix's request model (validation
+    included) answering every POST /search with a fixed, real search answer (no encoding, no
+    search). Run as ``bench_serve.py --noop-server PORT BODY_FILE``."""
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from latix.serve import SearchRequest
+
+    answer = json.loads(Path(body_file).read_text())
+    app = FastAPI()
+
+    async def search(req: SearchRequest) -> JSONResponse:
+        return JSONResponse(answer)
+
+    # This module's annotations are strings (postponed), and SearchRequest is a local name
+    # FastAPI cannot resolve from the module: give it the class itself.
+    search.__annotations__ = {"req": SearchRequest, "return": JSONResponse}
+    app.post("/search")(search)
+
+    @app.get("/ready")
+    async def ready() -> dict[str, str]:
+        return {"status": "ready"}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 # ------------------------------------------------------------------------------------ in-process
@@ -240,7 +270,11 @@ def main() -> int:
     ap.add_argument(
         "--no-lock", action="store_true", help="trial run without the benchmark lock (not quoted)"
     )
+    ap.add_argument("--noop-server", nargs=2, metavar=("PORT", "BODY_FILE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.noop_server:
+        noop_server(int(a.noop_server[0]), a.noop_server[1])
+        return 0
     prov = provenance.lines()
     print("\n".join(prov), flush=True)
     import latix
@@ -296,6 +330,7 @@ def main() -> int:
         # 3. HTTP: the default server (int8 queries, one per encoder call), fp32 micro-batched,
         # and fp32 with batching off (the baseline of the batching)
         runs: list[dict[str, Any]] = []
+        first_answer: dict[int, bytes] = {}  # the default server's answer to query 0
         servers = [
             (
                 "int8 queries (`auto`, default), one per encoder call",
@@ -324,6 +359,7 @@ def main() -> int:
                         for i in range(len(qtexts))
                     )
                     r["same_top10_as_inprocess"] = f"{same}/{len(qtexts)}"
+                    first_answer.setdefault(0, out[0])
                     r["server"] = label
                     runs.append(r)
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as resp:
@@ -335,6 +371,23 @@ def main() -> int:
             finally:
                 stop_server(p)
         results["http"] = runs
+        # The floor of the HTTP path: the same request and answer through uvicorn + FastAPI
+        # with nothing searched (the default server's answer to the first query, fixed).
+        bc.log("HTTP no-op handler: 1 client")
+        answer = work / "noop-answer.json"
+        answer.write_bytes(first_answer[0])
+        port = free_port()
+        p = subprocess.Popen(
+            [sys.executable, __file__, "--noop-server", str(port), str(answer)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_ready(p, port)
+            http_load(port, bodies[:50], 1)  # warm-up
+            results["http_noop"], _ = http_load(port, bodies * a.rounds, 1)
+        finally:
+            stop_server(p)
         # 4. document encoding vs sgemm, 1 thread
         bc.log("document encoding vs sgemm")
         texts = [d.text for d in docs[:48] if d.text.strip()]
@@ -389,6 +442,13 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
         lines.append(
             f"| HTTP, {x['server']} | {x['clients']} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} "
             f"| {x['qps']:.1f} | {x['same_top10_as_inprocess']} |"
+        )
+    noop = r.get("http_noop")
+    if noop:
+        lines.append(
+            f"| HTTP, no-op handler (latix's request model, a fixed real answer; the HTTP "
+            f"path's floor) | 1 | {noop['p50_ms']:.2f} | {noop['p99_ms']:.2f} | "
+            f"{noop['qps']:.1f} | |"
         )
     lines.append("")
     for name, rows in (("default server (int8 queries)", default), ("fp32 micro-batched", batched)):
