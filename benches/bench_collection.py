@@ -400,6 +400,8 @@ def filtered(results: dict[str, Any], n_queries: int, keep: bool = False) -> lis
                 lc.EXHAUSTIVE_BELOW = below
                 if cold:
                     col._masks.clear()
+                    col._mask_sets.clear()
+                    col._mask_set_bytes = 0
                 t = time.perf_counter()
                 hits = col.search(query_vectors=q, k=10, where=where, n_threads=1)
                 lat[name].append((time.perf_counter() - t) * 1e3)
@@ -430,6 +432,8 @@ def filtered(results: dict[str, Any], n_queries: int, keep: bool = False) -> lis
         for _ in range(3):
             col._mirrors.clear()
             col._masks.clear()
+            col._mask_sets.clear()
+            col._mask_set_bytes = 0
             t = time.perf_counter()
             col.search(query_vectors=qv[0], k=10, where=rows[1][1], n_threads=1)
             first.append((time.perf_counter() - t) * 1e3)

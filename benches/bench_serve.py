@@ -138,8 +138,11 @@ def start_server(path: Path, port: int, extra: list[str]) -> subprocess.Popen[by
         *extra,
     ]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    import urllib.request
+    return wait_ready(p, port)
 
+
+def wait_ready(p: subprocess.Popen[bytes], port: int) -> subprocess.Popen[bytes]:
+    """``p`` once its server answers GET /ready with 200 (exits if it dies first)."""
     t0 = time.time()
     while time.time() - t0 < 180:
         if p.poll() is not None:
@@ -160,6 +163,33 @@ def stop_server(p: subprocess.Popen[bytes]) -> None:
         p.wait(30)
     except subprocess.TimeoutExpired:
         p.kill()
+
+
+def noop_server(port: int, body_file: str) -> None:
+    """The floor of the HTTP path: uvicorn + FastAPI with latix's request model (validation
+    included) answering every POST /search with a fixed, real search answer (no encoding, no
+    search). Run as ``bench_serve.py --noop-server PORT BODY_FILE``."""
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from latix.serve import SearchRequest
+
+    answer = json.loads(Path(body_file).read_text())
+    app = FastAPI()
+
+    async def search(req: SearchRequest) -> JSONResponse:
+        return JSONResponse(answer)
+
+    # This module's annotations are strings (postponed), and SearchRequest is a local name
+    # FastAPI cannot resolve from the module: give it the class itself.
+    search.__annotations__ = {"req": SearchRequest, "return": JSONResponse}
+    app.post("/search")(search)
+
+    @app.get("/ready")
+    async def ready() -> dict[str, str]:
+        return {"status": "ready"}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 # ------------------------------------------------------------------------------------ in-process
@@ -188,6 +218,45 @@ def inprocess(col: Any, queries: list[str], threads: int, rounds: int) -> dict[s
     return res
 
 
+def first_depth_ab(col: Any, base: Any, queries: list[str], rounds: int) -> dict[str, Any]:
+    """In-process ``Collection.search(text, 10)``, 1 caller, interleaved query by query: ``col``
+    (the default first depth, ``k`` times the passages per record) against ``base`` (another
+    handle whose first index search asks for ``k`` passages, the depth before, re-querying 4x
+    deeper when passages of the same records fill the list). Also counts index searches."""
+    import latix.collection as lc
+
+    calls = {"default": 0, "k": 0}
+    lat: dict[str, list[float]] = {"default": [], "k": []}
+
+    def counting(c: Any, name: str) -> None:
+        orig = c._index_search
+
+        def wrapped(*a: Any, **kw: Any) -> Any:
+            calls[name] += 1
+            return orig(*a, **kw)
+
+        c._index_search = wrapped
+
+    counting(col, "default")
+    counting(base, "k")
+    base._first_depth = lambda k, n: k  # the depth before lc.PASSAGE_DEPTH_MAX
+    for q in queries[:20]:
+        col.search(q, 10, n_threads=1)
+        base.search(q, 10, n_threads=1)
+    calls.update(default=0, k=0)
+    for _ in range(rounds):
+        for q in queries:
+            for name, c in (("default", col), ("k", base)):
+                t0 = time.perf_counter()
+                c.search(q, 10, n_threads=1)
+                lat[name].append((time.perf_counter() - t0) * 1000)
+    n = len(queries) * rounds
+    return {
+        name: {**pct(lat[name]), "index_searches_per_search": round(calls[name] / n, 3)}
+        for name in lat
+    } | {"passage_depth_max": lc.PASSAGE_DEPTH_MAX}
+
+
 # ------------------------------------------------------------------------------------ main
 
 
@@ -201,7 +270,11 @@ def main() -> int:
     ap.add_argument(
         "--no-lock", action="store_true", help="trial run without the benchmark lock (not quoted)"
     )
+    ap.add_argument("--noop-server", nargs=2, metavar=("PORT", "BODY_FILE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.noop_server:
+        noop_server(int(a.noop_server[0]), a.noop_server[1])
+        return 0
     prov = provenance.lines()
     print("\n".join(prov), flush=True)
     import latix
@@ -241,6 +314,10 @@ def main() -> int:
             col.search(q, 10, n_threads=1)
         results["inprocess"] = [inprocess(col, qtexts, t, a.rounds) for t in a.levels]
         refs = {"int8": {i: [h.id for h in col.search(q, 10)] for i, q in enumerate(qtexts)}}
+        bc.log("in-process search: first depth k times passages per record vs k")
+        base = latix.Collection.open(path, encoder=enc_auto)
+        results["first_depth"] = first_depth_ab(col, base, qtexts, a.rounds)
+        base.close()
         col.close()
         col = latix.Collection.open(path, encoder=variants["fp32"])
         for q in qtexts[:20]:
@@ -253,6 +330,7 @@ def main() -> int:
         # 3. HTTP: the default server (int8 queries, one per encoder call), fp32 micro-batched,
         # and fp32 with batching off (the baseline of the batching)
         runs: list[dict[str, Any]] = []
+        first_answer: dict[int, bytes] = {}  # the default server's answer to query 0
         servers = [
             (
                 "int8 queries (`auto`, default), one per encoder call",
@@ -281,6 +359,7 @@ def main() -> int:
                         for i in range(len(qtexts))
                     )
                     r["same_top10_as_inprocess"] = f"{same}/{len(qtexts)}"
+                    first_answer.setdefault(0, out[0])
                     r["server"] = label
                     runs.append(r)
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as resp:
@@ -292,6 +371,23 @@ def main() -> int:
             finally:
                 stop_server(p)
         results["http"] = runs
+        # The floor of the HTTP path: the same request and answer through uvicorn + FastAPI
+        # with nothing searched (the default server's answer to the first query, fixed).
+        bc.log("HTTP no-op handler: 1 client")
+        answer = work / "noop-answer.json"
+        answer.write_bytes(first_answer[0])
+        port = free_port()
+        p = subprocess.Popen(
+            [sys.executable, __file__, "--noop-server", str(port), str(answer)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_ready(p, port)
+            http_load(port, bodies[:50], 1)  # warm-up
+            results["http_noop"], _ = http_load(port, bodies * a.rounds, 1)
+        finally:
+            stop_server(p)
         # 4. document encoding vs sgemm, 1 thread
         bc.log("document encoding vs sgemm")
         texts = [d.text for d in docs[:48] if d.text.strip()]
@@ -347,6 +443,13 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
             f"| HTTP, {x['server']} | {x['clients']} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} "
             f"| {x['qps']:.1f} | {x['same_top10_as_inprocess']} |"
         )
+    noop = r.get("http_noop")
+    if noop:
+        lines.append(
+            f"| HTTP, no-op handler (latix's request model, a fixed real answer; the HTTP "
+            f"path's floor) | 1 | {noop['p50_ms']:.2f} | {noop['p99_ms']:.2f} | "
+            f"{noop['qps']:.1f} | |"
+        )
     lines.append("")
     for name, rows in (("default server (int8 queries)", default), ("fp32 micro-batched", batched)):
         if len(rows) >= 2:
@@ -367,6 +470,27 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
             f"{b['p50_ms']:.2f} vs {o['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} vs "
             f"{o['p99_ms']:.2f} ms."
         )
+    fd = r.get("first_depth")
+    if fd:
+        d, b = fd["default"], fd["k"]
+        lines += [
+            "",
+            "## First index depth of a late search (in-process, int8 queries, 1 caller)",
+            "",
+            "`Collection.search(text, 10)` with the default first depth (10 x passages per "
+            f"record, at most {fd['passage_depth_max']:g}x) against a handle whose first index "
+            "search asks for 10 passages (the depth before: a list filled by passages of the "
+            "same records searched again 4x deeper), interleaved query by query:",
+            "",
+            "| first depth | p50 ms | p99 ms | index searches per search |",
+            "|---|---|---|---|",
+            f"| k x passages per record (default) | {d['p50_ms']:.2f} | {d['p99_ms']:.2f} | "
+            f"{d['index_searches_per_search']:.2f} |",
+            f"| k (before) | {b['p50_ms']:.2f} | {b['p99_ms']:.2f} | "
+            f"{b['index_searches_per_search']:.2f} |",
+            "",
+            f"p50 ratio default / before: **{d['p50_ms'] / b['p50_ms']:.2f}x**.",
+        ]
     lines += [
         "",
         "## Query encoder (1 thread, one query per call, fp32 vs int8 interleaved)",

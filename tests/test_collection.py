@@ -211,6 +211,63 @@ def test_late_search_with_filters_matches_numpy_on_a_plain_index(tmp_path: Path,
             assert col.count(where=where) == len(allowed)
 
 
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_passages_fill_k_records_matches_numpy(tmp_path: Path, seed: int) -> None:
+    """Records of 1-6 passages (vectors given per passage): the best-passage score of every
+    record against numpy, for k up to beyond the record count, after deletes change the
+    passages per record; the first index search asks for k times the passages per record."""
+    rng = np.random.default_rng(seed)
+    col = new(tmp_path)
+    n_pass = rng.integers(1, 7, size=40) if seed != 7 else np.ones(40, dtype=int)
+    truth = {f"r{i}": vecs(rng, int(n)) for i, n in enumerate(n_pass)}
+    col.add([(i, "") for i in truth], vectors=list(truth.values()))
+    calls: list[int] = []
+    orig = col._index_search
+
+    def counted(qv: Any, k: int, *a: Any) -> Any:
+        calls.append(k)
+        return orig(qv, k, *a)
+
+    col._index_search = counted  # type: ignore[method-assign]
+    for _step in range(2):
+        ppr = sum(len(v) for v in truth.values()) / len(truth)
+        for k in (1, 3, 10, 39, 40, 60):
+            q = vecs(rng, 1, 2, 6)[0]
+            ref = sorted(
+                ((max(maxsim(q, d) for d in ps), i) for i, ps in truth.items()),
+                key=lambda t: (-t[0], t[1]),
+            )
+            calls.clear()
+            hits = col.search(query_vectors=q, k=k)
+            assert len(hits) == min(k, len(truth))
+            assert len({h.id for h in hits}) == len(hits)  # each record once
+            for h, (sc, _) in zip(hits, ref, strict=False):
+                assert abs(h.score - sc) < 2e-3
+            n_p = sum(len(v) for v in truth.values())
+            first = max(k, int(np.ceil(k * min(ppr, 4.0) - 1e-9)))
+            assert calls[0] == min(first, n_p), (k, ppr, calls)
+            if seed == 7:  # one passage per record: never a second search
+                assert calls == [min(k, n_p)]
+        # deletes change the passages per record (a new generation recomputes it)
+        gone = sorted(truth, key=lambda i: -len(truth[i]))[:10]
+        col.delete(gone)
+        for i in gone:
+            del truth[i]
+    col.close()
+
+
+def test_custom_compression_reaches_the_index_unchanged(tmp_path: Path) -> None:
+    """A latix.Compression given to Collection.create is the index's configuration, field for
+    field (so settings such as a storage tier pass through the collection layer)."""
+    for i, comp in enumerate((small_compression(True), small_compression(False))):
+        col = new(tmp_path, f"c{i}", compression=comp)
+        assert col.index.compression == comp
+        col.close()
+        col = Collection.open(tmp_path / f"c{i}")
+        assert col.index.compression == comp and col.stats()["compression"] == "custom"
+        col.close()
+
+
 @pytest.mark.parametrize("keep", [True, False])
 @pytest.mark.parametrize("exhaustive", [True, False])
 def test_filters_on_a_compressed_collection(

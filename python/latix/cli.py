@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
         "--train-min-tokens", type=int, default=65536, help="tokens before the codec trains"
     )
     pi.add_argument(
+        "--fidelity",
+        default=None,
+        help="storage tier of the compressed index, passed to latix.Compression(fidelity=...) "
+        "(where this latix has tiers)",
+    )
+    pi.add_argument(
         "--passage-tokens", type=int, default=None, help="tokens per passage of long texts"
     )
     pi.add_argument("--passage-overlap", type=int, default=64, help="tokens shared by passages")
@@ -212,7 +218,10 @@ def _cmd_index(args: argparse.Namespace) -> int:
             keep_vectors=args.keep_vectors,
             train_min_tokens=args.train_min_tokens,
             pool_factor=args.pool_factor,
+            **_fidelity_option(args.fidelity),
         )
+    elif args.fidelity is not None:
+        raise InvalidArgumentError("--fidelity applies to compressed collections, not none")
     passages = (
         None
         if args.no_passages
@@ -267,6 +276,23 @@ def _cmd_index(args: argparse.Namespace) -> int:
         print(f"  {m}", file=sys.stderr)
     _print_info(st, sys.stdout)
     return 0
+
+
+def _fidelity_option(fidelity: str | None) -> dict[str, Any]:
+    """``{"fidelity": fidelity}`` for latix.Compression, or nothing when not given. The tier
+    itself is the Compression's to validate; a Compression without tiers is a clear error
+    rather than a silently ignored option."""
+    import dataclasses
+
+    from latix.index import Compression
+
+    if fidelity is None:
+        return {}
+    if "fidelity" not in {f.name for f in dataclasses.fields(Compression)}:
+        raise InvalidArgumentError(
+            "--fidelity: this latix's compressed index has no storage tiers (codes only)"
+        )
+    return {"fidelity": fidelity}
 
 
 def _open_or_create(

@@ -599,7 +599,14 @@ def create_app(
             vecs = None
             batcher: QueryBatcher | None = state["batcher"]
             if req.mode != "keyword" and batcher is not None:
-                vecs = await batcher.encode(qs)
+                if state["batching"] or len(qs) > 1:
+                    vecs = await batcher.encode(qs)
+                else:
+                    # One query and no batching: the search call encodes it in its own thread
+                    # (one thread hop per request instead of two; the read pool has as many
+                    # threads as the batcher has encoder slots, and queues FIFO like it).
+                    batcher.n_calls += 1
+                    batcher.n_texts += 1
             res = await col.asearch_batch(
                 qs,
                 req.k,
