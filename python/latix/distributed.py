@@ -762,6 +762,10 @@ class ShardedCollection:
         rex = ray.exceptions
         dead = (rex.RayActorError, getattr(rex, "ActorUnavailableError", rex.RayActorError))
         refs = {s: getattr(self._actors[s], m).remote(*a) for s, (m, a) in calls.items()}
+        try:  # the common case: every shard answers (one wait for all of them)
+            return dict(zip(refs, ray.get(list(refs.values())), strict=True)), [], []
+        except (*dead, rex.RayTaskError):
+            pass  # find out which shard failed, one by one (answers already in are kept)
         out: dict[int, Any] = {}
         missing: list[int] = []
         retried: list[int] = []
