@@ -209,6 +209,25 @@ def test_new_metadata_field_is_declared_on_every_shard(cluster: None, tmp_path: 
     )
     try:
         sc.add(recs, vectors=vecs)
+        # one handle shared by threads: concurrent searches give the single-threaded answers
+        qs = [unit(np.random.default_rng(i), 4, 8) for i in range(8)]
+        want = [[h.id for h in sc.search(query_vectors=q, k=5)] for q in qs]
+        errors: list[BaseException] = []
+
+        def reader(t: int) -> None:
+            try:
+                for j in range(12):
+                    i = (t + j) % len(qs)
+                    assert [h.id for h in sc.search(query_vectors=qs[i], k=5)] == want[i]
+            except BaseException as e:  # noqa: BLE001 - reported by the main thread
+                errors.append(e)
+
+        ths = [threading.Thread(target=reader, args=(t,)) for t in range(4)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        assert not errors, errors
         rec = Record("only-one", "text", {"color": "red"})
         sc.add([rec], vectors=[vecs[0]])
         # a filter on the field works on every shard (those without such records match none)

@@ -67,7 +67,8 @@ thread-safe; writes from one handle are serialised by a lock). Any number of han
 processes of the Ray cluster, may be opened on one directory; each starts its own shard actors
 (each shard still has one writer at a time: the index's lock, see latix.Collection). The shard
 directories must be reachable at the same path from the nodes the actors run on (a local disk
-for a one-node cluster, a shared filesystem otherwise).
+for a one-node cluster, a shared filesystem otherwise). A handle is not fork-safe (Ray's driver
+state is not): in a forked child, call ``ray.init`` and open a new handle.
 """
 
 from __future__ import annotations
@@ -713,6 +714,15 @@ class ShardedCollection:
     def dim(self) -> int:
         """Dimension of the token vectors."""
         return int(self._manifest["dim"])
+
+    @property
+    def encoder(self) -> Encoder:
+        """The collections' model, loaded in this process (on first use) to encode queries.
+
+        Raises:
+            InvalidArgumentError: the collection was created without a model.
+        """
+        return self._get_encoder()
 
     def shard_of(self, id: str) -> int:
         """The shard owning record ``id`` (:func:`shard_of`)."""
