@@ -945,7 +945,7 @@ class ShardedCollection:
             if name not in ("text", "metadata"):
                 raise InvalidArgumentError(f'include may name "text" and "metadata", not {name!r}')
         if where is not None:
-            flt.parse(where, self._fields())  # a malformed filter fails here, once
+            self._check_where(where)  # a malformed filter fails here, once
         hp = dict(HYBRID_DEFAULTS)
         if fusion is not None:
             if fusion not in ("convex", "rrf"):
@@ -1075,6 +1075,14 @@ class ShardedCollection:
                 union.update(part)
             self._schema = union
         return dict(self._schema)
+
+    def _check_where(self, where: Mapping[str, Any]) -> None:
+        """Parses a filter against the union schema (FilterError for a malformed one)."""
+        try:
+            flt.parse(where, self._fields())
+        except flt.FilterError:  # the cached schema may predate another handle's new fields
+            self._schema = None
+            flt.parse(where, self._fields())
 
     @property
     def schema(self) -> dict[str, FieldType]:
@@ -1306,7 +1314,7 @@ class ShardedCollection:
             raise InvalidArgumentError("pass ids or where (exactly one)")
         with self._wlock:
             if where is not None:
-                flt.parse(where, self._fields())
+                self._check_where(where)
                 ok = self._write_parts({s: ("delete", (None, where)) for s in range(self.n_shards)})
                 return int(sum(ok.values()))
             if isinstance(ids, str):
