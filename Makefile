@@ -41,6 +41,13 @@ $(EXPORT_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --no-cache-dir "torch>=2.1" "transformers>=4.40"
 	touch $(EXPORT_STAMP)
 
+# Ray for the sharded-collection tests (the `ray` extra of pyproject.toml, same pin; ~200 MB),
+# installed without rebuilding latix.
+RAY_STAMP := $(VENV)/.latix-ray-installed
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install "ray>=2.40"
+	touch $(RAY_STAMP)
+
 # maturin, zig (the linker that targets glibc 2.17) and auditwheel for `make wheel`.
 WHEEL_STAMP := $(VENV)/.latix-wheel-installed
 $(WHEEL_STAMP): $(STAMP)
@@ -78,7 +85,7 @@ test-rust:
 	cargo test --release -p latix-core
 
 # Everything but the export tests (which need torch: test-export).
-test-python: build
+test-python: build $(RAY_STAMP)
 	$(BIN)/python -m pytest -q --ignore=tests/test_export.py
 
 # The export tests, after installing torch + transformers into the venv (first time only).

@@ -1,0 +1,396 @@
+"""Sharded collections on a local Ray cluster (latix.distributed) against one collection, on
+SciFact, in one run.
+
+One command, ``python benches/bench_ray.py``, writes ``bench-results/ray.md`` and ``ray.json``.
+It starts a local Ray cluster of 2 CPUs (``ray.init(address="local", num_cpus=2)``, no
+dashboard; 2 worker processes run the encoder sessions) and stops it at the end. Everything
+timed runs under the team's benchmark lock (``/work/team/bench.lock``):
+
+1. **Build, index part** (encoding not measured): the 5,183 SciFact documents with their cached
+   encodings (latix.eval.EmbeddingCache, passages as ``latix index`` makes them), once through
+   the single-process path of ``latix index`` (``index_corpus`` into one compressed ``"auto"``
+   collection) and once through ``latix.distributed.build`` into 2 shards (the vectors sent
+   from the driver to the shard actors): docs/s and the speed-up.
+2. **Build with encoding**, on a bounded subset (``--encode-docs``, default the first 300
+   documents: the encoder runs at ~8-10 docs/s here, so the whole corpus is never re-encoded):
+   ``index_corpus`` with live encoding (one encoder session, onnxruntime's default threads)
+   against ``build`` with 2 shards, each shard actor one encoder session of 1 thread.
+3. **Quality**: nDCG@10 and R@100 (ir-measures) over the 300 test queries, and recall@10
+   against exact MaxSim (a plain collection's top 10), for the single compressed collection and
+   the 2-shard compressed one (each shard trains its own codec); plus exact 2-shard against
+   exact single: identical top-10 ids and scores.
+4. **Search**: p50 / p99 / QPS of one caller sending the test queries (query vectors given, k=10,
+   hits with text and metadata, 1 search thread per shard) through the sharded handle with 1, 2
+   and 4 shards and through the one collection in process; the fan-out overhead as the 1-shard
+   handle's p50 minus the one collection's, and the bare Ray round trip to a shard actor.
+
+Collections are kept under ``--work`` (default ``~/.cache/latix/ray``) and removed with
+``--clean``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benches"))
+
+import bench_collection as bc  # noqa: E402
+import provenance  # noqa: E402
+
+
+def pct(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms, dtype=np.float64)
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 3),
+        "p99_ms": round(float(np.percentile(a, 99)), 3),
+    }
+
+
+def fresh(p: Path) -> Path:
+    if p.exists():
+        shutil.rmtree(p)
+    return p
+
+
+def search_timing(col: Any, qv: list[np.ndarray], rounds: int) -> dict[str, float]:
+    """One caller, each query once per round, k=10 with text and metadata, 1 search thread."""
+    for q in qv[:20]:
+        col.search(query_vectors=q, k=10, n_threads=1)
+    ms: list[float] = []
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        for q in qv:
+            t = time.perf_counter()
+            col.search(query_vectors=q, k=10, n_threads=1)
+            ms.append((time.perf_counter() - t) * 1e3)
+    wall = time.perf_counter() - t0
+    return {**pct(ms), "qps": round(len(ms) / wall, 1), "n": len(ms)}
+
+
+def top10(col: Any, qv: list[np.ndarray]) -> list[list[tuple[str, float]]]:
+    out = []
+    for q in qv:
+        res = col.search_batch(query_vectors=[q], k=10, include=())
+        out.append([(str(res.ids[0, j]), float(res.scores[0, j])) for j in range(res.n_hits(0))])
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--work", default=str(Path.home() / ".cache" / "latix" / "ray"))
+    ap.add_argument("--encode-docs", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=2, help="passes over the queries per setup")
+    ap.add_argument("--out", default=str(ROOT / "bench-results" / "ray"))
+    ap.add_argument("--no-lock", action="store_true", help="trial run (not quoted)")
+    ap.add_argument("--docs", type=int, default=0, help="trial: first N documents only")
+    ap.add_argument("--clean", action="store_true", help="remove --work at the end")
+    a = ap.parse_args()
+    prov = provenance.lines()
+    print("\n".join(prov), flush=True)
+    import latix
+    import latix.distributed as ld
+    import ray
+    from latix.collection import Collection, index_corpus
+    from latix.eval import EmbeddingCache, evaluate_collection
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    encoder = latix.Encoder.default()
+    cache = EmbeddingCache()
+    docs, queries, qrels = bc.load_set("scifact")
+    if a.docs:
+        docs = docs[: a.docs]
+    vecs = bc.passage_vectors("scifact", docs, encoder, cache)
+    qvd = bc.query_vectors(encoder, cache, queries, qrels)
+    qids = list(qvd)
+    qv = [qvd[q] for q in qids]
+    test_q = {q: queries[q] for q in qids}
+
+    def vfn(rs: list[Any]) -> list[Any]:
+        return [vecs[r.id] for r in rs]
+
+    # Ray runs its workers at nice 15 by default (the raylet first); the single-process
+    # baseline runs at the benchmark's own priority, so the shard actors do too (a fair
+    # comparison on a machine shared with other jobs).
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    tmp = tempfile.mkdtemp(prefix="latix-ray-bench-")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=256 * 2**20,
+        log_to_driver=False,
+        _temp_dir=tmp,
+    )
+    r: dict[str, Any] = {"docs": len(docs), "queries": len(qv), "rounds": a.rounds}
+    handles: list[Any] = []
+    held = contextlib.ExitStack()
+    try:
+
+        def lock() -> Any:
+            return contextlib.nullcontext() if a.no_lock else bc.bench_lock()
+
+        held.enter_context(lock())  # held around the timed parts only
+        # 1. build, index part (cached encodings)
+        bc.log("build from cached encodings: one collection")
+        t = time.perf_counter()
+        one = Collection.create(fresh(work / "one-auto"), encoder=encoder)
+        index_corpus(one, docs, commit_every=1000, vectors_fn=lambda b: [vecs[d.id] for d in b])
+        single_s = time.perf_counter() - t
+        bc.log(f"  {single_s:.1f} s; 2 shards")
+        t = time.perf_counter()
+        s2 = ld.build(
+            docs,
+            fresh(work / "sharded-2-auto"),
+            n_shards=2,
+            encoder=encoder,
+            batch_size=500,
+            vectors_fn=vfn,
+            n_threads=1,
+        )
+        shard_s = time.perf_counter() - t
+        handles.append(s2)
+        assert len(s2) == len(one) == len(docs)
+        r["build_index"] = {
+            "single_s": round(single_s, 2),
+            "single_docs_s": round(len(docs) / single_s, 1),
+            "sharded2_s": round(shard_s, 2),
+            "sharded2_docs_s": round(len(docs) / shard_s, 1),
+            "sharded2_add_s": round(s2.last_build.seconds, 2),
+            "speedup": round(single_s / shard_s, 2),
+        }
+        bc.log(f"  {r['build_index']}")
+        # 2. build with encoding, bounded subset
+        sub = docs[: a.encode_docs]
+        bc.log(f"build with encoding: {len(sub)} docs, one collection")
+        t = time.perf_counter()
+        c1 = Collection.create(fresh(work / "enc-one"), encoder=encoder)
+        index_corpus(c1, sub, commit_every=1000)
+        enc_single = time.perf_counter() - t
+        n_enc_tokens = c1.stats()["n_tokens"]
+        c1.close()
+        bc.log(f"  {enc_single:.1f} s; 2 shards")
+        t = time.perf_counter()
+        e2 = ld.build(
+            sub,
+            fresh(work / "enc-sharded-2"),
+            n_shards=2,
+            encoder=encoder,
+            batch_size=32,
+            encoder_threads=1,
+        )
+        enc_shard = time.perf_counter() - t
+        assert len(e2) == len(sub) and e2.stats()["n_tokens"] == n_enc_tokens
+        enc_add = e2.last_build.seconds if e2.last_build else enc_shard
+        e2.close()
+        r["build_encode"] = {
+            "docs": len(sub),
+            "single_s": round(enc_single, 2),
+            "single_docs_s": round(len(sub) / enc_single, 2),
+            "sharded2_s": round(enc_shard, 2),
+            "sharded2_docs_s": round(len(sub) / enc_shard, 2),
+            "sharded2_add_s": round(enc_add, 2),
+            "speedup": round(enc_single / enc_shard, 2),
+        }
+        bc.log(f"  {r['build_encode']}")
+        held.close()
+        # 3. quality (not timed)
+        bc.log("quality: exact references")
+        ex1 = Collection.create(fresh(work / "one-exact"), encoder=encoder, compression=None)
+        index_corpus(ex1, docs, commit_every=1000, vectors_fn=lambda b: [vecs[d.id] for d in b])
+        ex2 = ld.build(
+            docs,
+            fresh(work / "sharded-2-exact"),
+            n_shards=2,
+            encoder=encoder,
+            compression=None,
+            batch_size=500,
+            vectors_fn=vfn,
+        )
+        handles.append(ex2)
+        # one exact pass per collection: exact top 100 of the single one (metrics, reference
+        # top 10), top 10 of the exact shards (same ids and scores?)
+        ev_exact = evaluate_collection(ex1, test_q, qrels, depth=100, query_vectors=qvd)
+        t_ex1 = [sorted(ev_exact.run[qid].items(), key=lambda kv: -kv[1])[:10] for qid in qids]
+        t_ex2 = top10(ex2, qv)
+        same_ids = sum(
+            [i for i, _ in x] == [i for i, _ in y] for x, y in zip(t_ex1, t_ex2, strict=True)
+        )
+        max_diff = max(
+            abs(sx - sy)
+            for x, y in zip(t_ex1, t_ex2, strict=True)
+            for (_, sx), (_, sy) in zip(x, y, strict=True)
+        )
+        ex2.close()
+        handles.remove(ex2)
+        q: dict[str, Any] = {"exact_same_top10": same_ids, "exact_max_score_diff": max_diff}
+        q["exact"] = {
+            "nDCG@10": round(ev_exact.metrics["nDCG@10"], 4),
+            "R@100": round(ev_exact.metrics["Recall@100"], 4),
+            "recall@10_vs_exact": 1.0,
+        }
+        for name, col in (("one collection", one), ("2 shards", s2)):
+            ev = evaluate_collection(col, test_q, qrels, depth=100, query_vectors=qvd)
+            got = top10(col, qv)
+            rec = float(
+                np.mean(
+                    [
+                        len({i for i, _ in g} & {i for i, _ in e}) / max(1, len(e))
+                        for g, e in zip(got, t_ex1, strict=True)
+                    ]
+                )
+            )
+            q[name] = {
+                "nDCG@10": round(ev.metrics["nDCG@10"], 4),
+                "R@100": round(ev.metrics["Recall@100"], 4),
+                "recall@10_vs_exact": round(rec, 4),
+            }
+            bc.log(f"  {name}: {q[name]}")
+        ex1.close()
+        st1, st2 = one.stats(), s2.stats()
+        q["bytes_per_token"] = {
+            "one collection": round(st1["bytes_per_token"], 2),
+            "2 shards": round(st2["bytes_per_token"], 2),
+        }
+        r["quality"] = q
+        # 4. search latency
+        bc.log("search latency")
+        s1 = ld.build(
+            docs,
+            fresh(work / "sharded-1-auto"),
+            n_shards=1,
+            encoder=encoder,
+            batch_size=500,
+            vectors_fn=vfn,
+            n_threads=1,
+        )
+        handles.append(s1)
+        s4 = ld.build(
+            docs,
+            fresh(work / "sharded-4-auto"),
+            n_shards=4,
+            encoder=encoder,
+            batch_size=500,
+            vectors_fn=vfn,
+            n_threads=1,
+        )
+        handles.append(s4)
+        lat: dict[str, Any] = {}
+        held.enter_context(lock())  # held around the timed parts only
+        for name, col in (
+            ("one collection", one),
+            ("1 shard", s1),
+            ("2 shards", s2),
+            ("4 shards", s4),
+        ):
+            lat[name] = search_timing(col, qv, a.rounds)
+            bc.log(f"  {name}: {lat[name]}")
+        actor = s1._actors[0]
+        ray.get(actor.ready.remote())
+        rt: list[float] = []
+        for _ in range(500):
+            t = time.perf_counter()
+            ray.get(actor.ready.remote())
+            rt.append((time.perf_counter() - t) * 1e3)
+        lat["ray_round_trip"] = pct(rt)
+        lat["fanout_overhead_p50_ms"] = round(
+            lat["1 shard"]["p50_ms"] - lat["one collection"]["p50_ms"], 3
+        )
+        held.close()
+        r["search"] = lat
+        bc.log(f"  overhead p50 {lat['fanout_overhead_p50_ms']} ms; RPC {lat['ray_round_trip']}")
+        one.close()
+    finally:
+        held.close()
+        for h in handles:
+            h.close()
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if a.clean:
+            shutil.rmtree(work, ignore_errors=True)
+    out = Path(a.out)
+    out.with_suffix(".json").write_text(json.dumps({"provenance": prov, **r}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(report(r, prov))
+    print(report(r, prov))
+    return 0
+
+
+def report(r: dict[str, Any], prov: list[str]) -> str:
+    bi, be, q, s = r["build_index"], r["build_encode"], r["quality"], r["search"]
+    lines = [
+        "# Sharded collections on Ray (latix.distributed)",
+        "",
+        "Provenance:",
+        *prov,
+        "",
+        f"SciFact ({r['docs']} documents, {r['queries']} test queries), local Ray cluster of 2 "
+        'CPUs on this machine (`ray.init(address="local", num_cpus=2)`), compressed `"auto"` '
+        "collections (the `latix index` defaults) unless marked exact.",
+        "",
+        "## Build",
+        "",
+        "| build | documents | single process (`latix index` path) | 2 shards on Ray | speed-up |",
+        "|---|---|---|---|---|",
+        f"| cached encodings (index part only) | {r['docs']} | {bi['single_s']} s, "
+        f"{bi['single_docs_s']} docs/s | {bi['sharded2_s']} s, {bi['sharded2_docs_s']} docs/s "
+        f"(of which streaming {bi['sharded2_add_s']} s) | **{bi['speedup']}x** |",
+        f"| with encoding (first {be['docs']} documents) | {be['docs']} | {be['single_s']} s, "
+        f"{be['single_docs_s']} docs/s (1 session, default threads) | {be['sharded2_s']} s, "
+        f"{be['sharded2_docs_s']} docs/s (2 actors x 1 thread; streaming {be['sharded2_add_s']} s)"
+        f" | **{be['speedup']}x** |",
+        "",
+        "The sharded times include creating the shards and starting their actors.",
+        "",
+        "## Quality (300 test queries)",
+        "",
+        "| index | nDCG@10 | R@100 | recall@10 vs exact | bytes/token (all files) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("exact", "one collection", "2 shards"):
+        m = q[name]
+        bpt = q["bytes_per_token"].get(name, "")
+        lines.append(
+            f"| {name} | {m['nDCG@10']:.4f} | {m['R@100']:.4f} | {m['recall@10_vs_exact']:.4f} "
+            f"| {bpt} |"
+        )
+    lines += [
+        "",
+        f"Exact 2 shards vs exact one collection: identical top-10 ids for "
+        f"**{q['exact_same_top10']}/{r['queries']}** queries, largest score difference "
+        f"{q['exact_max_score_diff']:.3g}.",
+        "",
+        f"## Search (1 caller, k=10 with text and metadata, query vectors given, 1 search thread "
+        f"per shard, {r['rounds']} passes)",
+        "",
+        "| through | p50 ms | p99 ms | QPS |",
+        "|---|---|---|---|",
+    ]
+    for name in ("one collection", "1 shard", "2 shards", "4 shards"):
+        m = s[name]
+        what = "in process" if name == "one collection" else "sharded handle"
+        lines.append(f"| {name} ({what}) | {m['p50_ms']} | {m['p99_ms']} | {m['qps']} |")
+    lines += [
+        "",
+        f"- fan-out overhead (1-shard handle p50 - one collection p50): "
+        f"**{s['fanout_overhead_p50_ms']} ms** (target <= 1 ms)",
+        f"- bare Ray round trip to a shard actor (empty call): p50 {s['ray_round_trip']['p50_ms']}"
+        f" ms, p99 {s['ray_round_trip']['p99_ms']} ms",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

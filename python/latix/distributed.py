@@ -1,0 +1,1582 @@
+"""Sharded collections on Ray: one latix :class:`~latix.collection.Collection` per shard, each
+served by a Ray actor, behind one handle with the Collection's API (``latix[ray]`` extra).
+
+Layout of a sharded collection directory::
+
+    OUT/sharded.json     the shard manifest: format version, number of shards, routing, model,
+                         dimension, checksum (written temp + fsync + rename; "creating" until
+                         every shard exists, then "ready")
+    OUT/shard-0000/      a normal latix collection (``latix.Collection.open`` opens it alone)
+    OUT/shard-0001/      ...
+
+**Routing.** A record lives in shard ``shard_of(id, n_shards)``: the first 8 bytes of the
+BLAKE2b digest (``digest_size=8``) of the id's UTF-8 bytes, read as a little-endian unsigned
+integer, modulo the number of shards. It depends on nothing but the id's bytes, so it is the
+same in every process, on every machine and in every Python version (Python's ``hash()`` is
+salted per process and is never used). Adds, upserts, deletes by id and gets go to the owning
+shard only; the shard count is fixed when the collection is built.
+
+**Search (fan-out).** The query is encoded once, by the handle (the driver), with the
+collections' model; its vectors go to every shard actor in parallel (one Ray call each), each
+shard answers with its own top list from its own Collection, and the handle merges:
+
+* ``mode="late"``: every shard returns its top ``k`` records by MaxSim; the global top ``k`` is
+  contained in the union of the shards' top ``k`` lists, so the merge is exact: for exact
+  (uncompressed) shards the hits and scores are those of one Collection holding all records
+  (tests/test_distributed.py checks ids and scores). Compressed shards search their own codes;
+  each shard trains its own codec on its own records (hash routing makes every shard a uniform
+  sample of the corpus).
+* ``mode="keyword"``: each shard scores BM25 with its own FTS5 statistics (document count,
+  average length, document frequencies), as a search engine's default "query then fetch" does;
+  the merge is exact over those scores. With hash routing each shard is a uniform random sample
+  of the corpus, so shard statistics estimate the global ones; the scores are not bit-identical
+  to one collection's (global statistics would need a second round trip and BM25 computed
+  outside FTS5, which latix does not do).
+* ``mode="hybrid"``: fusion is **not** done per shard (min-max normalisation over one shard's
+  list would use that shard's extremes, and reciprocal ranks within one shard are not global
+  ranks). Each shard returns its late and its keyword top ``depth``
+  (:data:`~latix.collection.HYBRID_DEFAULTS`) lists unfused; the handle merges each list across
+  shards (the late list exactly), then fuses the two merged lists with the Collection's own
+  fusion (:func:`latix.collection._fuse`), and fetches texts and metadata of the final hits from
+  their shards. With one shard this is exactly Collection's hybrid search.
+
+**Faults.** Shard actors are restartable (``max_restarts``): a restarted actor opens its shard
+from disk again (the last committed state). A search whose shard call fails because the actor
+died is sent again, up to ``retries`` times within ``retry_timeout`` seconds, to the restarted
+actor; if a shard still cannot answer, the search raises :class:`ShardUnavailableError`, or,
+with ``allow_partial=True``, returns the merge of the shards that answered with
+``partial=True`` and the missing shard numbers in ``missing_shards`` (:class:`ShardedHits`,
+:class:`ShardedBatchResults`). A short list is never returned silently.
+
+**Writes.** Each shard's part of a write is one commit of that shard (durable when the call
+returns); a write spanning shards is not atomic across them: if a shard fails, the exception
+(:class:`ShardWriteError`) says which shards committed their part. Metadata field types are
+checked against the union of every shard's fields before anything is written, and a new field is
+declared on every shard, so that a filter means the same thing on all of them.
+
+**Build.** :func:`build` creates the shards and streams the corpus into them: records are routed,
+grouped per shard in windows sorted by text length (so that each encoder batch pads little),
+and each batch is sent to its shard's actor, which encodes it with its own encoder session (one
+per actor, ``encoder_threads`` threads) and adds it as one commit. A batch whose actor died is
+sent again to the restarted actor, which first drops the records its shard already holds (a
+batch that committed before the kill is not added twice); a build that stopped (even killed) is
+finished by running it again, which skips every id the shards hold.
+
+**Threads and processes.** A handle may be shared by threads (Ray's actor handles are
+thread-safe; writes from one handle are serialised by a lock). Any number of handles, in any
+processes of the Ray cluster, may be opened on one directory; each starts its own shard actors
+(each shard still has one writer at a time: the index's lock, see latix.Collection). The shard
+directories must be reachable at the same path from the nodes the actors run on (a local disk
+for a one-node cluster, a shared filesystem otherwise). A handle is not fork-safe (Ray's driver
+state is not): in a forked child, call ``ray.init`` and open a new handle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from latix import filters as flt
+from latix._optional import require
+from latix.collection import (
+    HYBRID_DEFAULTS,
+    AddReport,
+    BatchResults,
+    Collection,
+    CompressionArg,
+    FloatArray,
+    Hit,
+    Mode,
+    Passages,
+    Record,
+    _as_record,
+    _check_id,
+    _fts_query,
+    _fuse,
+    _write_json_atomic,
+    remove_collection,
+)
+from latix.docstore import RecordStore
+from latix.errors import (
+    AlreadyExistsError,
+    CorruptedIndexError,
+    InvalidArgumentError,
+    LatixError,
+    NotFoundError,
+    UnsupportedVersionError,
+)
+from latix.filters import FieldType
+
+if TYPE_CHECKING:
+    from latix.encoder import Encoder
+
+__all__ = [
+    "ShardedCollection",
+    "ShardedHits",
+    "ShardedBatchResults",
+    "BuildReport",
+    "ShardUnavailableError",
+    "ShardWriteError",
+    "build",
+    "shard_of",
+    "MANIFEST",
+]
+
+MANIFEST = "sharded.json"
+_FORMAT = "latix-sharded"
+_VERSION = 1
+ROUTING = "blake2b-8-le-mod"
+_DEFAULT_PASSAGES = Passages()  # Collection.create's default (frozen, so one shared value)
+
+
+def shard_of(id: str, n_shards: int) -> int:
+    """The shard that owns record ``id``: BLAKE2b (8-byte digest) of its UTF-8 bytes, as a
+    little-endian unsigned int, modulo ``n_shards`` (stable across processes, machines and
+    Python versions).
+
+    Args:
+        id: the record id (non-empty str).
+        n_shards: number of shards (>= 1).
+
+    Returns:
+        The shard number in ``0 .. n_shards - 1``.
+    """
+    h = hashlib.blake2b(id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(h, "little") % n_shards
+
+
+class ShardUnavailableError(LatixError, OSError):
+    """A shard actor could not answer (it died and did not come back within the retries).
+
+    Attributes:
+        shards: the shard numbers that did not answer.
+    """
+
+    def __init__(self, message: str, shards: Sequence[int]) -> None:
+        super().__init__(message)
+        self.shards = list(shards)
+
+
+class ShardWriteError(LatixError):
+    """A write failed on some shards after others had committed their part.
+
+    Attributes:
+        committed: shard numbers whose part of the write is durable.
+        failed: shard number -> the exception it raised.
+    """
+
+    def __init__(self, message: str, committed: Sequence[int], failed: Mapping[int, Exception]):
+        super().__init__(message)
+        self.committed = list(committed)
+        self.failed = dict(failed)
+
+
+class ShardedHits(list[Hit]):
+    """The hits of one query (a ``list`` of :class:`~latix.collection.Hit`, best first), with
+    whether every shard answered.
+
+    Attributes:
+        partial: True when some shards did not answer (only with ``allow_partial=True``).
+        missing_shards: the shard numbers that did not answer.
+        retried_shards: the shard numbers whose call was sent again after their actor died.
+    """
+
+    partial: bool = False
+    missing_shards: list[int]
+    retried_shards: list[int]
+
+    def __init__(
+        self,
+        hits: Iterable[Hit] = (),
+        missing: Sequence[int] = (),
+        retried: Sequence[int] = (),
+    ) -> None:
+        super().__init__(hits)
+        self.missing_shards = sorted(missing)
+        self.retried_shards = sorted(retried)
+        self.partial = bool(self.missing_shards)
+
+
+@dataclass
+class ShardedBatchResults(BatchResults):
+    """:class:`~latix.collection.BatchResults` of a sharded search, with whether every shard
+    answered (``partial``, ``missing_shards``, ``retried_shards``: see :class:`ShardedHits`)."""
+
+    partial: bool = False
+    missing_shards: list[int] = field(default_factory=list)
+    retried_shards: list[int] = field(default_factory=list)
+
+
+@dataclass
+class BuildReport:
+    """What :func:`build` / :meth:`ShardedCollection.add_corpus` did.
+
+    Attributes:
+        n_indexed: records added in this run.
+        n_already: records skipped because their shard already held their id (resume).
+        n_duplicate: records skipped because their id appeared earlier in the corpus.
+        n_empty: records skipped because their text is empty.
+        n_metadata_dropped: metadata values dropped (unsupported type or mistyped).
+        n_retried: batches sent again after their shard actor died.
+        per_shard: records added per shard.
+        seconds: wall time.
+    """
+
+    n_indexed: int = 0
+    n_already: int = 0
+    n_duplicate: int = 0
+    n_empty: int = 0
+    n_metadata_dropped: int = 0
+    n_retried: int = 0
+    per_shard: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# the shard actor (a plain class; made a Ray actor by _actor_class)
+
+
+class _ShardServer:
+    """One shard: a latix Collection opened from disk, answering the handle's calls. Runs in a
+    Ray actor process; a restarted actor runs ``__init__`` again (opens the last commit)."""
+
+    def __init__(self, path: str, encoder_threads: int | None) -> None:
+        self.col = Collection.open(path, n_threads=encoder_threads)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def ready(self) -> bool:
+        return True
+
+    def late_or_keyword(
+        self,
+        queries: list[str] | None,
+        qv: list[Any] | None,
+        k: int,
+        where: Any,
+        mode: str,
+        n_threads: int | None,
+        opts: dict[str, Any],
+    ) -> BatchResults:
+        return self.col.search_batch(
+            queries,
+            k,
+            where=where,
+            mode=mode,  # type: ignore[arg-type]
+            query_vectors=qv,
+            n_threads=n_threads,
+            **opts,
+        )
+
+    def hybrid_lists(
+        self,
+        queries: list[str],
+        qv: list[Any] | None,
+        depth: int,
+        where: Any,
+        n_threads: int | None,
+        opts: dict[str, Any],
+    ) -> tuple[BatchResults, list[list[tuple[str, float]]]]:
+        """The unfused halves of a hybrid search: the late top ``depth`` (columnar) and, per
+        query, the BM25 top ``depth`` as ``(id, score)`` with FTS5's double-precision scores
+        (the fusion's min-max normalisation then sees what Collection's own fusion sees)."""
+        col = self.col
+        if qv is None:
+            qv = col._get_encoder().encode_queries_packed(queries).to_list()
+        late = col.search_batch(
+            None,
+            depth,
+            where=where,
+            mode="late",
+            query_vectors=qv,
+            include=(),
+            n_threads=n_threads,
+            **opts,
+        )
+        node = None if where is None else flt.parse(where, col._store.fields())
+        gen = col._generation()
+        kw = []
+        for q in queries:
+            lst = col._store.keyword(_fts_query(q), depth, gen, node)
+            rows = col._store.by_key([rk for rk, _ in lst]) if lst else {}
+            kw.append([(rows[rk].id, float(sc)) for rk, sc in lst if rk in rows])
+        return late, kw
+
+    def rows(self, ids: list[str]) -> dict[str, tuple[str, dict[str, Any], Any]]:
+        got = self.col._store.get(ids, self.col._generation())
+        return {i: (r.text, r.metadata, r.spans) for i, r in got.items()}
+
+    def explain(self, query: str, hits: list[Hit]) -> list[Hit]:
+        return self.col._explain(query, hits)
+
+    def schema(self) -> dict[str, FieldType]:
+        return self.col.schema
+
+    def declare_fields(self, new: dict[str, FieldType]) -> None:
+        """Registers metadata fields now (committed at once: they take no index commit)."""
+        col = self.col
+        with col._wlock:
+            w, _ = col._writer_locked()
+            have = col._store.fields()
+            todo = {n: t for n, t in new.items() if n not in have}
+            for n, t in new.items():
+                if n in have and have[n] != t:
+                    raise flt.MetadataError(
+                        f"field {n!r} is {have[n]} in shard {col.path.name}, not {t}"
+                    )
+            if todo:
+                with col._store.writing() as con:
+                    RecordStore.add_fields(con, todo, w.generation)
+
+    def add(self, records: list[Any], vectors: list[Any] | None, replace: bool) -> AddReport:
+        if replace:
+            return self.col.upsert(records, vectors=vectors)
+        return self.col.add(records, vectors=vectors)
+
+    def add_new(self, records: list[Any], vectors: list[Any] | None) -> tuple[AddReport, int]:
+        """Adds the records whose id the shard does not hold yet (a resent batch after a
+        restart adds only what its first attempt did not commit). Returns (report, skipped)."""
+        ids = [_as_record(r, i)[0] for i, r in enumerate(records)]
+        have = {i for i, r in zip(ids, self.col.get_many(ids), strict=True) if r is not None}
+        keep = [j for j, i in enumerate(ids) if i not in have]
+        if not keep:
+            return AddReport(), len(ids)
+        recs = [records[j] for j in keep]
+        vecs = [vectors[j] for j in keep] if vectors is not None else None
+        return self.col.add(recs, vectors=vecs), len(ids) - len(keep)
+
+    def delete(self, ids: list[str] | None, where: Any) -> int:
+        return self.col.delete(ids, where=where)
+
+    def missing(self, ids: list[str]) -> list[str]:
+        return [i for i, r in zip(ids, self.col.get_many(ids), strict=True) if r is None]
+
+    def get_many(self, ids: list[str]) -> list[Record | None]:
+        return self.col.get_many(ids)
+
+    def ids(self, where: Any) -> list[str]:
+        return self.col.ids(where)
+
+    def count(self, where: Any) -> int:
+        return self.col.count(where)
+
+    def stats(self) -> dict[str, Any]:
+        return self.col.stats()
+
+    def verify(self) -> None:
+        self.col.verify()
+
+    def compact(self, retrain: bool) -> None:
+        self.col.compact(retrain)
+
+    def close(self) -> None:
+        self.col.close()
+
+
+_ACTOR: Any = None
+_ACTOR_LOCK = threading.Lock()
+
+
+def _ray() -> Any:
+    return require("ray", "ray", purpose="sharded collections (latix.distributed)")
+
+
+def _actor_class() -> Any:
+    global _ACTOR
+    with _ACTOR_LOCK:
+        if _ACTOR is None:
+            # num_cpus=0: shard actors are scheduled wherever the cluster has room (their
+            # search threads and encoder sessions are sized by n_threads / encoder_threads).
+            _ACTOR = _ray().remote(num_cpus=0)(_ShardServer)
+        return _ACTOR
+
+
+def _cause(e: BaseException) -> BaseException:
+    """The user-level exception inside a Ray task error (the shard's own LatixError)."""
+    c = getattr(e, "cause", None)
+    return c if isinstance(c, BaseException) else e
+
+
+# ----------------------------------------------------------------------------------------------
+# manifest
+
+
+def _checksum(m: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in m.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _write_manifest(out: Path, m: dict[str, Any]) -> None:
+    m = dict(m)
+    m["checksum"] = _checksum(m)
+    _write_json_atomic(out / MANIFEST, m)
+
+
+def _read_manifest(out: Path) -> dict[str, Any]:
+    mp = out / MANIFEST
+    if not mp.is_file():
+        raise NotFoundError(
+            f"{out} is not a sharded latix collection (no {MANIFEST}); build one with "
+            "latix.distributed.build"
+        )
+    try:
+        m = json.loads(mp.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CorruptedIndexError(f"{mp}: unreadable ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != _FORMAT:
+        raise CorruptedIndexError(f"{mp}: not a latix shard manifest")
+    if m.get("checksum") != _checksum(m):
+        raise CorruptedIndexError(f"{mp}: checksum mismatch (the manifest was damaged)")
+    if m.get("version") != _VERSION:
+        raise UnsupportedVersionError(
+            f"{mp}: sharded format {m.get('version')!r}, this latix reads {_VERSION}"
+        )
+    if m.get("routing") != ROUTING:
+        raise UnsupportedVersionError(f"{mp}: unknown routing {m.get('routing')!r}")
+    n = m.get("n_shards")
+    shards = m.get("shards")
+    if not isinstance(n, int) or n < 1 or not isinstance(shards, list) or len(shards) != n:
+        raise CorruptedIndexError(f"{mp}: bad shard list")
+    for s in shards:
+        if not isinstance(s, str) or "/" in s or s.startswith("."):
+            raise CorruptedIndexError(f"{mp}: bad shard name {s!r}")
+    return m
+
+
+# ----------------------------------------------------------------------------------------------
+# the handle
+
+
+class ShardedCollection:
+    """A sharded collection: one latix Collection per shard, each served by a Ray actor, with
+    :class:`~latix.collection.Collection`'s search / add / upsert / delete / get.
+
+    Open one with :meth:`open`, build one with :func:`build` (or :meth:`create`, then
+    :meth:`add` / :meth:`add_corpus`). Ray must be installed (``pip install 'latix[ray]'``); the
+    handle joins the running Ray cluster (``ray.init`` first, or Ray starts a local one).
+
+    Example::
+
+        import latix.distributed as ld
+
+        sc = ld.build("corpus.jsonl", "papers.sharded", n_shards=4)
+        hits = sc.search("insulin resistance", k=10, mode="hybrid", where={"year": {"$gte": 2020}})
+        sc.add([{"id": "new", "text": "..."}]); sc.delete(["old"]); sc.get("new")
+        sc.close()                                     # stops the shard actors
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        actors: list[Any],
+        *,
+        n_threads: int | None,
+        encoder_threads: int | None,
+        max_restarts: int,
+        retries: int,
+        retry_timeout: float,
+    ) -> None:
+        self._path = path
+        self._manifest = manifest
+        self._actors = actors
+        self._n_threads = n_threads
+        self._encoder_threads = encoder_threads
+        self._max_restarts = max_restarts
+        self._retries = retries
+        self._retry_timeout = retry_timeout
+        self._encoder: Encoder | None = None
+        self._enc_lock = threading.Lock()
+        self._wlock = threading.Lock()
+        self._schema: dict[str, FieldType] | None = None
+        self._closed = False
+        #: The report of the last :func:`build` / :meth:`add_corpus` through this handle.
+        self.last_build: BuildReport | None = None
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    @staticmethod
+    def exists(path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` holds a shard manifest."""
+        return (Path(path) / MANIFEST).is_file()
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        n_shards: int,
+        model: str | os.PathLike[str] | None = "default",
+        encoder: Encoder | None = None,
+        dim: int | None = None,
+        compression: CompressionArg = "auto",
+        dtype: Literal["float16", "float32"] = "float16",
+        schema: Mapping[str, FieldType] | None = None,
+        passages: Passages | None = _DEFAULT_PASSAGES,
+        **open_options: Any,
+    ) -> ShardedCollection:
+        """Creates an empty sharded collection: ``n_shards`` collections and the manifest.
+
+        Args:
+            path: the directory (must not exist, or be empty; one left by an interrupted create
+                is created again).
+            n_shards: number of shards (1..4096).
+            model, encoder, dim, compression, dtype, schema, passages: as
+                :meth:`latix.Collection.create`, for every shard (the model is loaded once).
+            **open_options: options of :meth:`open`.
+
+        Returns:
+            The open handle.
+
+        Raises:
+            AlreadyExistsError: ``path`` holds a collection or other files.
+            InvalidArgumentError: a bad ``n_shards`` or any argument Collection.create refuses.
+        """
+        if isinstance(n_shards, bool) or not isinstance(n_shards, int) or not 1 <= n_shards <= 4096:
+            raise InvalidArgumentError(f"n_shards must be an int in 1..4096, got {n_shards!r}")
+        p = Path(os.fspath(path))
+        if p.exists():
+            if not p.is_dir():
+                raise AlreadyExistsError(f"{p} exists and is not a directory")
+            if (p / MANIFEST).is_file():
+                try:
+                    old = _read_manifest(p)
+                except LatixError:
+                    old = None
+                if old is None or old.get("state") != "creating":
+                    raise AlreadyExistsError(f"a sharded collection already exists at {p}")
+                for s in old["shards"]:
+                    remove_collection(p / s)
+                (p / MANIFEST).unlink()
+            elif any(q.name != MANIFEST + ".tmp" for q in p.iterdir()):
+                raise AlreadyExistsError(f"{p} is a non-empty directory that is not a collection")
+        p.mkdir(parents=True, exist_ok=True)
+        if (model is not None or encoder is not None) and encoder is None:
+            from latix.encoder import Encoder
+
+            encoder = Encoder.load("default" if model is None else os.fspath(model))
+        names = [f"shard-{i:04d}" for i in range(n_shards)]
+        m: dict[str, Any] = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "state": "creating",
+            "n_shards": n_shards,
+            "routing": ROUTING,
+            "shards": names,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _write_manifest(p, m)  # first: an interrupted create is recognised and started over
+        for s in names:
+            Collection.create(
+                p / s,
+                model=model,
+                encoder=encoder,
+                dim=dim,
+                compression=compression,
+                dtype=dtype,
+                schema=schema,
+                passages=passages,
+            ).close()
+        first = Collection.open(p / names[0])
+        m["model"] = first.model
+        m["dim"] = first.dim
+        m["model_fingerprint"] = first._meta.get("model_fingerprint")
+        first.close()
+        m["state"] = "ready"
+        _write_manifest(p, m)
+        sc = cls.open(p, **open_options)
+        if encoder is not None:
+            sc._encoder = encoder
+        return sc
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        n_threads: int | None = None,
+        encoder_threads: int | None = 1,
+        max_restarts: int = 3,
+        retries: int = 3,
+        retry_timeout: float = 60.0,
+    ) -> ShardedCollection:
+        """Opens a sharded collection: reads the manifest and starts one actor per shard.
+
+        Args:
+            path: the directory holding ``sharded.json``.
+            n_threads: search threads per shard (None: latix's default, all cores of the node).
+            encoder_threads: encoder threads of each shard's model session (adds and builds).
+            max_restarts: how many times Ray restarts a dead shard actor (-1: always, 0: never).
+            retries: times a call to a shard whose actor died is sent again.
+            retry_timeout: seconds a call may spend on retries.
+
+        Raises:
+            MissingDependencyError: Ray is not installed.
+            NotFoundError: no manifest, or the collection's creation was interrupted.
+            CorruptedIndexError: a damaged manifest or a shard that is not a collection.
+            UnsupportedVersionError: a manifest of another format version.
+        """
+        ray = _ray()
+        p = Path(os.fspath(path)).resolve()
+        m = _read_manifest(p)
+        if m.get("state") != "ready":
+            raise NotFoundError(f"{p}: the sharded collection's creation was interrupted")
+        for s in m["shards"]:
+            if not Collection.exists(p / s):
+                raise CorruptedIndexError(f"{p}: shard {s} is missing")
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, log_to_driver=False)
+        cls_ = _actor_class()
+        actors = [
+            cls_.options(max_restarts=max_restarts, max_task_retries=0).remote(
+                str(p / s), encoder_threads
+            )
+            for s in m["shards"]
+        ]
+        sc = cls(
+            p,
+            m,
+            actors,
+            n_threads=n_threads,
+            encoder_threads=encoder_threads,
+            max_restarts=max_restarts,
+            retries=retries,
+            retry_timeout=retry_timeout,
+        )
+        try:
+            sc._call_all("ready")  # every shard opened (errors surface here, not later)
+        except BaseException:
+            sc.close()
+            raise
+        return sc
+
+    def close(self) -> None:
+        """Closes every shard (releasing its write lock) and stops the shard actors.
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        ray = _ray()
+        refs = []
+        for a in self._actors:
+            try:
+                refs.append(a.close.remote())
+            except Exception:  # noqa: BLE001 - a dead actor has nothing to close
+                pass
+        for r in refs:
+            try:
+                ray.get(r, timeout=30)
+            except Exception:  # noqa: BLE001 - ditto
+                pass
+        for a in self._actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def __enter__(self) -> ShardedCollection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ShardedCollection({str(self._path)!r}, n_shards={self.n_shards})"
+
+    # ------------------------------------------------------------------------------ properties
+
+    @property
+    def path(self) -> Path:
+        """The sharded collection's directory."""
+        return self._path
+
+    @property
+    def n_shards(self) -> int:
+        """Number of shards."""
+        return int(self._manifest["n_shards"])
+
+    @property
+    def shard_paths(self) -> list[Path]:
+        """Each shard's collection directory, in shard order."""
+        return [self._path / s for s in self._manifest["shards"]]
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the token vectors."""
+        return int(self._manifest["dim"])
+
+    @property
+    def encoder(self) -> Encoder:
+        """The collections' model, loaded in this process (on first use) to encode queries.
+
+        Raises:
+            InvalidArgumentError: the collection was created without a model.
+        """
+        return self._get_encoder()
+
+    def shard_of(self, id: str) -> int:
+        """The shard owning record ``id`` (:func:`shard_of`)."""
+        return shard_of(_check_id(id, "shard_of"), self.n_shards)
+
+    def shard_pids(self) -> list[int]:
+        """The process id of each shard's actor (for monitoring and fault tests)."""
+        return [int(x) for x in self._call_all("pid")[0]]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            from latix.errors import IndexClosedError
+
+            raise IndexClosedError(f"the sharded collection at {self._path} is closed")
+
+    def _get_encoder(self) -> Encoder:
+        if self._encoder is None:
+            with self._enc_lock:
+                if self._encoder is None:
+                    spec = self._manifest.get("model")
+                    if spec is None:
+                        raise InvalidArgumentError(
+                            f"{self._path} was created without a model: pass query vectors"
+                        )
+                    from latix.encoder import Encoder
+
+                    enc = Encoder.load(str(spec))
+                    fp = self._manifest.get("model_fingerprint")
+                    if fp is not None and enc.fingerprint != fp:
+                        raise InvalidArgumentError(
+                            f"model {spec} is not the model {self._path} was built with"
+                        )
+                    self._encoder = enc
+        return self._encoder
+
+    # ------------------------------------------------------------------------------ fan-out
+
+    def _call(
+        self, calls: Mapping[int, tuple[str, tuple[Any, ...]]], allow_partial: bool = False
+    ) -> tuple[dict[int, Any], list[int], list[int]]:
+        """Sends ``calls`` (shard -> (method, args)) in parallel; returns (results, missing
+        shards, retried shards). A call whose actor died is sent again (the restarted actor
+        reopens its shard) up to ``retries`` times; errors raised by the shard's own code
+        propagate as they are."""
+        self._check_open()
+        ray = _ray()
+        rex = ray.exceptions
+        dead = (rex.RayActorError, getattr(rex, "ActorUnavailableError", rex.RayActorError))
+        refs = {s: getattr(self._actors[s], m).remote(*a) for s, (m, a) in calls.items()}
+        try:  # the common case: every shard answers (one wait for all of them)
+            return dict(zip(refs, ray.get(list(refs.values())), strict=True)), [], []
+        except (*dead, rex.RayTaskError):
+            pass  # find out which shard failed, one by one (answers already in are kept)
+        out: dict[int, Any] = {}
+        missing: list[int] = []
+        retried: list[int] = []
+        tries = dict.fromkeys(calls, 0)
+        deadline = time.monotonic() + self._retry_timeout
+        while refs:
+            ready, _ = ray.wait(list(refs.values()), num_returns=1)
+            s = next(s for s, r in refs.items() if r == ready[0])
+            del refs[s]
+            try:
+                out[s] = ray.get(ready[0])
+            except dead as e:
+                if tries[s] < self._retries and time.monotonic() < deadline:
+                    tries[s] += 1
+                    if s not in retried:
+                        retried.append(s)
+                    time.sleep(min(0.2 * tries[s], 1.0))
+                    m, a = calls[s]
+                    refs[s] = getattr(self._actors[s], m).remote(*a)
+                    continue
+                if allow_partial:
+                    missing.append(s)
+                    continue
+                raise ShardUnavailableError(
+                    f"shard {s} of {self._path} did not answer after {tries[s]} retries: {e}",
+                    [s],
+                ) from None
+            except rex.RayTaskError as e:
+                raise _cause(e) from None
+        return out, sorted(missing), sorted(retried)
+
+    def _call_all(self, method: str, *args: Any) -> tuple[list[Any], list[int]]:
+        res, _, retried = self._call({s: (method, args) for s in range(self.n_shards)})
+        return [res[s] for s in range(self.n_shards)], retried
+
+    # ------------------------------------------------------------------------------ search
+
+    def search(
+        self,
+        query: str | Sequence[str] | None = None,
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        mode: Mode = "late",
+        explain: bool = False,
+        query_vectors: FloatArray | Sequence[FloatArray] | None = None,
+        n_threads: int | None = None,
+        fusion: Literal["convex", "rrf"] | None = None,
+        alpha: float | None = None,
+        nprobe: int | None = None,
+        refine: int | None = None,
+        rerank: bool | None = None,
+        allow_partial: bool = False,
+    ) -> Any:
+        """Searches every shard and merges: the arguments and hits of
+        :meth:`latix.Collection.search` (see the module documentation for how each mode
+        merges).
+
+        Args:
+            query, k, where, mode, explain, query_vectors, n_threads, fusion, alpha, nprobe,
+                refine, rerank: as :meth:`latix.Collection.search` (``n_threads``: per shard;
+                default the handle's).
+            allow_partial: when a shard does not answer (after the retries), return what the
+                other shards found, flagged, instead of raising.
+
+        Returns:
+            For one query a :class:`ShardedHits` (a list of hits, best first, with ``partial``
+            and ``missing_shards``); for a list of queries, a list of them.
+
+        Raises:
+            InvalidArgumentError, FilterError: as Collection.search.
+            ShardUnavailableError: a shard did not answer (without ``allow_partial``).
+        """
+        single = isinstance(query, str) or (
+            query is None and isinstance(query_vectors, np.ndarray) and query_vectors.ndim == 2
+        )
+        qs = None if query is None else ([query] if isinstance(query, str) else list(query))
+        qv: list[Any] | None
+        if query_vectors is None:
+            qv = None
+        elif isinstance(query_vectors, np.ndarray) and query_vectors.ndim == 2:
+            qv = [query_vectors]
+        else:
+            qv = list(query_vectors)
+        res = self.search_batch(
+            qs,
+            k,
+            where=where,
+            mode=mode,
+            query_vectors=qv,
+            n_threads=n_threads,
+            fusion=fusion,
+            alpha=alpha,
+            nprobe=nprobe,
+            refine=refine,
+            rerank=rerank,
+            allow_partial=allow_partial,
+        )
+        out = [res.hits(i) for i in range(len(res))]
+        if explain and qs is not None and self._manifest.get("model") is not None:
+            out = [self._explain(qs[i], hs) for i, hs in enumerate(out)]
+        wrapped = [ShardedHits(h, res.missing_shards, res.retried_shards) for h in out]
+        return wrapped[0] if single else wrapped
+
+    def _explain(self, query: str, hits: list[Hit]) -> list[Hit]:
+        by: dict[int, list[int]] = {}
+        for j, h in enumerate(hits):
+            by.setdefault(self.shard_of(h.id), []).append(j)
+        res, _, _ = self._call(
+            {s: ("explain", (query, [hits[j] for j in js])) for s, js in by.items()}
+        )
+        out = list(hits)
+        for s, js in by.items():
+            for j, h in zip(js, res[s], strict=True):
+                out[j] = h
+        return out
+
+    def search_batch(
+        self,
+        queries: Sequence[str] | None = None,
+        k: int = 10,
+        *,
+        where: Mapping[str, Any] | None = None,
+        mode: Mode = "late",
+        query_vectors: Sequence[FloatArray] | None = None,
+        include: Sequence[Literal["text", "metadata"]] = ("text", "metadata"),
+        n_threads: int | None = None,
+        fusion: Literal["convex", "rrf"] | None = None,
+        alpha: float | None = None,
+        nprobe: int | None = None,
+        refine: int | None = None,
+        rerank: bool | None = None,
+        allow_partial: bool = False,
+    ) -> ShardedBatchResults:
+        """:meth:`latix.Collection.search_batch` over every shard, merged (columnar results).
+
+        Args:
+            queries, k, where, mode, query_vectors, include, n_threads, fusion, alpha, nprobe,
+                refine, rerank: as :meth:`latix.Collection.search_batch`.
+            allow_partial: see :meth:`search`.
+
+        Returns:
+            A :class:`ShardedBatchResults`.
+        """
+        self._check_open()
+        if mode not in ("late", "keyword", "hybrid"):
+            raise InvalidArgumentError(f'mode must be "late", "keyword" or "hybrid", got {mode!r}')
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1 or k > 100_000:
+            raise InvalidArgumentError(f"k must be an int in 1..100000, got {k!r}")
+        k = int(k)
+        if queries is not None:
+            if isinstance(queries, str):
+                raise InvalidArgumentError("queries must be a list of str, got a single str")
+            queries = list(queries)
+            for i, q in enumerate(queries):
+                if not isinstance(q, str) or not q.strip():
+                    raise InvalidArgumentError(f"queries[{i}] must be a non-empty str")
+        if mode != "late" and queries is None:
+            raise InvalidArgumentError(f'mode "{mode}" needs query texts')
+        if queries is None and query_vectors is None:
+            raise InvalidArgumentError("pass queries (texts) or query_vectors")
+        if queries is not None and query_vectors is not None and len(queries) != len(query_vectors):
+            raise InvalidArgumentError(
+                f"{len(queries)} queries but {len(query_vectors)} query vectors"
+            )
+        for name in include:
+            if name not in ("text", "metadata"):
+                raise InvalidArgumentError(f'include may name "text" and "metadata", not {name!r}')
+        if where is not None:
+            self._check_where(where)  # a malformed filter fails here, once
+        hp = dict(HYBRID_DEFAULTS)
+        if fusion is not None:
+            if fusion not in ("convex", "rrf"):
+                raise InvalidArgumentError(f'fusion must be "convex" or "rrf", got {fusion!r}')
+            hp["fusion"] = fusion
+        if alpha is not None:
+            if not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0:
+                raise InvalidArgumentError(f"alpha must be a number in [0, 1], got {alpha!r}")
+            hp["alpha"] = float(alpha)
+        opts = {
+            k_: v
+            for k_, v in {"nprobe": nprobe, "refine": refine, "rerank": rerank}.items()
+            if v is not None
+        }
+        nt = n_threads if n_threads is not None else self._n_threads
+        qv: list[Any] | None = None if query_vectors is None else list(query_vectors)
+        if qv is None and mode != "keyword":
+            assert queries is not None
+            qv = self._get_encoder().encode_queries_packed(queries).to_list()  # encoded once
+        n_q = len(queries) if queries is not None else len(qv or [])
+        shards = range(self.n_shards)
+        if mode != "hybrid":
+            args = (queries if mode == "keyword" else None, qv, k, where, mode, nt, opts)
+            res, missing, retried = self._call(
+                {s: ("late_or_keyword", args) for s in shards}, allow_partial
+            )
+            merged = _merge([res[s] for s in sorted(res)], n_q, k, include)
+        else:
+            assert queries is not None
+            depth = max(k, int(hp["depth"]))
+            hargs = (queries, qv, depth, where, nt, opts)
+            res, missing, retried = self._call(
+                {s: ("hybrid_lists", hargs) for s in shards}, allow_partial
+            )
+            merged = self._hybrid(res, n_q, k, depth, hp, include, allow_partial)
+            missing = sorted(set(missing) | set(merged.missing_shards))
+        merged.missing_shards = missing
+        merged.partial = bool(missing)
+        merged.retried_shards = retried
+        return merged
+
+    def _hybrid(
+        self,
+        res: dict[int, tuple[BatchResults, list[list[tuple[str, float]]]]],
+        n_q: int,
+        k: int,
+        depth: int,
+        hp: dict[str, Any],
+        include: Sequence[str],
+        allow_partial: bool,
+    ) -> ShardedBatchResults:
+        keys: dict[str, int] = {}  # record id -> fusion key (ids are unique across shards)
+        names: list[str] = []
+
+        def key(i: str) -> int:
+            if i not in keys:
+                keys[i] = len(names)
+                names.append(i)
+            return keys[i]
+
+        fused: list[list[tuple[int, float, int, float, float]]] = []
+        spans_of: dict[tuple[str, int], Any] = {}
+        for q in range(n_q):
+            late: list[tuple[float, int, int]] = []
+            kw: list[tuple[float, int]] = []
+            for s in sorted(res):
+                lb, kb = res[s]
+                for j in range(lb.n_hits(q)):
+                    rid = str(lb.ids[q, j])
+                    late.append((float(lb.scores[q, j]), key(rid), int(lb.passages[q, j])))
+                    spans_of[(rid, int(lb.passages[q, j]))] = lb.spans[q][j]
+                for rid, sc in kb[q]:
+                    kw.append((sc, key(rid)))
+            late.sort(key=lambda t: -t[0])
+            kw.sort(key=lambda t: -t[0])
+            fused.append(
+                _fuse(
+                    [(rk, sc, p) for sc, rk, p in late[:depth]],
+                    [(rk, sc) for sc, rk in kw[:depth]],
+                    k,
+                    hp,
+                )
+            )
+        want: dict[int, list[str]] = {}
+        for lst in fused:
+            for rk, *_ in lst:
+                want.setdefault(shard_of(names[rk], self.n_shards), []).append(names[rk])
+        rows: dict[str, tuple[str, dict[str, Any], Any]] = {}
+        missing: list[int] = []
+        if want:
+            got, missing, _ = self._call(
+                {s: ("rows", (sorted(set(v)),)) for s, v in want.items()}, allow_partial
+            )
+            for part in got.values():
+                rows.update(part)
+        out = _empty(n_q, k, include)
+        for q, lst in enumerate(fused):
+            j = 0
+            for rk, sc, p, ls, ks in lst:
+                rid = names[rk]
+                if rid not in rows:  # deleted since, or its shard did not answer
+                    continue
+                text, meta, spans = rows[rid]
+                out.ids[q, j] = rid
+                out.scores[q, j] = sc
+                out.passages[q, j] = p
+                out.late_scores[q, j] = ls
+                out.keyword_scores[q, j] = ks
+                if out.texts is not None:
+                    out.texts[q].append(text)
+                if out.metadata is not None:
+                    out.metadata[q].append(meta)
+                out.spans[q].append(
+                    spans[p] if spans is not None and p < len(spans) else spans_of.get((rid, p))
+                )
+                j += 1
+        out.missing_shards = missing
+        return out
+
+    # ------------------------------------------------------------------------------ reading
+
+    def _fields(self) -> dict[str, FieldType]:
+        if self._schema is None:
+            parts, _ = self._call_all("schema")
+            union: dict[str, FieldType] = {}
+            for part in parts:
+                union.update(part)
+            self._schema = union
+        return dict(self._schema)
+
+    def _check_where(self, where: Mapping[str, Any]) -> None:
+        """Parses a filter against the union schema (FilterError for a malformed one)."""
+        try:
+            flt.parse(where, self._fields())
+        except flt.FilterError:  # the cached schema may predate another handle's new fields
+            self._schema = None
+            flt.parse(where, self._fields())
+
+    @property
+    def schema(self) -> dict[str, FieldType]:
+        """Metadata field name -> type (the same on every shard)."""
+        self._schema = None
+        return self._fields()
+
+    def get(self, id: str) -> Record:
+        """The committed record with this id (asked of its shard only).
+
+        Raises:
+            NotFoundError: no such record.
+        """
+        r = self.get_many([id])[0]
+        if r is None:
+            raise NotFoundError(f"no record with id {id!r}")
+        return r
+
+    def get_many(self, ids: Sequence[str]) -> list[Record | None]:
+        """The committed records with these ids (None where not found), in order."""
+        want = [_check_id(x, f"ids[{i}]") for i, x in enumerate(ids)]
+        by: dict[int, list[int]] = {}
+        for j, x in enumerate(want):
+            by.setdefault(shard_of(x, self.n_shards), []).append(j)
+        res, _, _ = self._call({s: ("get_many", ([want[j] for j in js],)) for s, js in by.items()})
+        out: list[Record | None] = [None] * len(want)
+        for s, js in by.items():
+            for j, r in zip(js, res[s], strict=True):
+                out[j] = r
+        return out
+
+    def __contains__(self, id: object) -> bool:
+        return isinstance(id, str) and bool(id) and self.get_many([id])[0] is not None
+
+    def __len__(self) -> int:
+        """Number of committed records over all shards."""
+        return self.count()
+
+    def count(self, where: Mapping[str, Any] | None = None) -> int:
+        """Number of committed records (matching ``where``) over all shards."""
+        return int(sum(self._call_all("count", where)[0]))
+
+    def ids(self, where: Mapping[str, Any] | None = None) -> list[str]:
+        """Ids of the committed records (matching ``where``), shard by shard."""
+        return [i for part in self._call_all("ids", where)[0] for i in part]
+
+    def stats(self) -> dict[str, Any]:
+        """Figures summed over the shards, plus each shard's own :meth:`Collection.stats`."""
+        parts, _ = self._call_all("stats")
+        n_tok = sum(int(p["n_tokens"]) for p in parts)
+        b = sum(int(p["bytes_on_disk"]) for p in parts)
+        return {
+            "n_shards": self.n_shards,
+            "n_records": sum(int(p["n_records"]) for p in parts),
+            "n_passages": sum(int(p["n_passages"]) for p in parts),
+            "n_tokens": n_tok,
+            "bytes_on_disk": b,
+            "bytes_per_token": b / n_tok if n_tok else None,
+            "shards": parts,
+        }
+
+    def verify(self) -> None:
+        """:meth:`Collection.verify` of every shard, and that each record is in its shard.
+
+        Raises:
+            CorruptedIndexError: naming the shard and what differs.
+        """
+        self._call_all("verify")
+        for s, part in enumerate(self._call_all("ids", None)[0]):
+            wrong = [i for i in part if shard_of(i, self.n_shards) != s]
+            if wrong:
+                raise CorruptedIndexError(
+                    f"shard {s} holds {len(wrong)} records routed elsewhere (e.g. {wrong[:3]})"
+                )
+
+    def compact(self, retrain: bool = False) -> None:
+        """:meth:`Collection.compact` on every shard, in parallel."""
+        with self._wlock:
+            self._call_all("compact", retrain)
+
+    # ------------------------------------------------------------------------------ writing
+
+    def _route_records(
+        self, records: Iterable[Any], vectors: Sequence[Any] | None, drop_bad_metadata: bool
+    ) -> tuple[dict[int, tuple[list[Any], list[Any] | None]], dict[str, FieldType], int]:
+        """Checks records (ids, metadata against the union schema) and groups them by shard."""
+        if isinstance(records, str | bytes | Mapping):
+            raise InvalidArgumentError("records must be a list (or iterable) of records")
+        recs = list(records)
+        if vectors is not None and len(vectors) != len(recs):
+            raise InvalidArgumentError(
+                f"{len(recs)} records but {len(vectors)} vectors; they must match"
+            )
+        schema = self._fields()
+        new: dict[str, FieldType] = {}
+        seen: set[str] = set()
+        by: dict[int, tuple[list[Any], list[Any] | None]] = {}
+        dropped = 0
+        for i, r in enumerate(recs):
+            rid, text, meta = _as_record(r, i)
+            if rid in seen:
+                raise InvalidArgumentError(f"records[{i}]: id {rid!r} appears twice in the call")
+            seen.add(rid)
+            if drop_bad_metadata:
+                kept: dict[str, Any] = {}
+                for f, v in (meta or {}).items():
+                    try:
+                        st, nf = flt.normalize_metadata({f: v}, {**schema, **new})
+                    except flt.MetadataError:
+                        dropped += 1
+                        continue
+                    new.update(nf)
+                    kept.update(st)
+                meta = kept
+            else:
+                _, nf = flt.normalize_metadata(meta, {**schema, **new}, f"records[{i}]")
+                new.update(nf)
+            s = shard_of(rid, self.n_shards)
+            lst, vl = by.setdefault(s, ([], [] if vectors is not None else None))
+            lst.append(Record(rid, text, dict(meta or {})))
+            if vl is not None and vectors is not None:
+                vl.append(vectors[i])
+        return by, new, dropped
+
+    def _declare(self, new: Mapping[str, FieldType]) -> None:
+        if new:
+            self._call({s: ("declare_fields", (dict(new),)) for s in range(self.n_shards)})
+            self._schema = None
+
+    def _write_parts(self, calls: dict[int, tuple[str, tuple[Any, ...]]]) -> dict[int, Any]:
+        """Runs one write per shard in parallel; if any fails, ShardWriteError names the
+        shards that committed (or the shard's own error when it was the only one)."""
+        ray = _ray()
+        refs = {s: getattr(self._actors[s], m).remote(*a) for s, (m, a) in calls.items()}
+        ok: dict[int, Any] = {}
+        bad: dict[int, Exception] = {}
+        for s, r in refs.items():
+            try:
+                ok[s] = ray.get(r)
+            except Exception as e:  # noqa: BLE001 - collected and reported below
+                c = _cause(e)
+                bad[s] = c if isinstance(c, Exception) else e
+        if bad:
+            if not ok and len(bad) == 1:
+                raise next(iter(bad.values()))
+            raise ShardWriteError(
+                f"the write failed on shards {sorted(bad)} ({next(iter(bad.values()))}); "
+                f"shards {sorted(ok)} committed their part",
+                sorted(ok),
+                bad,
+            )
+        return ok
+
+    def add(
+        self,
+        records: Iterable[Any],
+        *,
+        vectors: Sequence[FloatArray | Sequence[FloatArray]] | None = None,
+    ) -> AddReport:
+        """Adds records, each to its shard (encoded there by the shard's model, or ``vectors``
+        as given); each shard's part is durable when the call returns.
+
+        Args:
+            records: as :meth:`latix.Collection.add`.
+            vectors: as :meth:`latix.Collection.add` (one entry per record).
+
+        Returns:
+            The shards' :class:`~latix.collection.AddReport` merged.
+
+        Raises:
+            AlreadyExistsError: an id is already in the collection (checked on every owning
+                shard before anything is written).
+            InvalidArgumentError, MetadataError: as Collection.add (checked before writing).
+            ShardWriteError: some shards failed after others committed.
+        """
+        return self._add(records, vectors, replace=False)
+
+    def upsert(
+        self,
+        records: Iterable[Any],
+        *,
+        vectors: Sequence[FloatArray | Sequence[FloatArray]] | None = None,
+    ) -> AddReport:
+        """Adds records, replacing those whose id exists (see :meth:`add`)."""
+        return self._add(records, vectors, replace=True)
+
+    def _add(self, records: Iterable[Any], vectors: Any, replace: bool) -> AddReport:
+        with self._wlock:
+            by, new, _ = self._route_records(records, vectors, False)
+            if not replace and by:
+                res, _, _ = self._call(
+                    {s: ("missing", ([r.id for r in recs],)) for s, (recs, _) in by.items()}
+                )
+                there = [
+                    r.id for s, (recs, _) in by.items() for r in recs if r.id not in set(res[s])
+                ]
+                if there:
+                    raise AlreadyExistsError(
+                        "ids already in the collection (use upsert to replace): "
+                        + ", ".join(repr(x) for x in there[:5])
+                    )
+            self._declare(new)
+            ok = self._write_parts(
+                {s: ("add", (recs, vl, replace)) for s, (recs, vl) in by.items()}
+            )
+            rep = AddReport()
+            for s in sorted(ok):
+                rep.merge(ok[s])
+            return rep
+
+    def delete(
+        self, ids: Iterable[str] | None = None, *, where: Mapping[str, Any] | None = None
+    ) -> int:
+        """Deletes records by id (each from its shard) or by filter (on every shard).
+
+        Args:
+            ids: record ids (each must exist: checked on every owning shard first).
+            where: a filter.
+
+        Returns:
+            The number of records deleted.
+
+        Raises:
+            NotFoundError: some ``ids`` are not in the collection (nothing is deleted).
+            InvalidArgumentError: neither or both of ``ids`` and ``where``.
+            ShardWriteError: some shards failed after others committed.
+        """
+        if (ids is None) == (where is None):
+            raise InvalidArgumentError("pass ids or where (exactly one)")
+        with self._wlock:
+            if where is not None:
+                self._check_where(where)
+                ok = self._write_parts({s: ("delete", (None, where)) for s in range(self.n_shards)})
+                return int(sum(ok.values()))
+            if isinstance(ids, str):
+                raise InvalidArgumentError("ids must be a list of str, got a single str")
+            assert ids is not None
+            want = [_check_id(x, f"ids[{i}]") for i, x in enumerate(ids)]
+            if len(set(want)) != len(want):
+                raise InvalidArgumentError("ids contains duplicates")
+            by: dict[int, list[str]] = {}
+            for x in want:
+                by.setdefault(shard_of(x, self.n_shards), []).append(x)
+            res, _, _ = self._call({s: ("missing", (v,)) for s, v in by.items()})
+            missing = [x for s in by for x in res[s]]
+            if missing:
+                raise NotFoundError(
+                    "ids not in the collection (nothing deleted): "
+                    + ", ".join(repr(x) for x in missing[:5])
+                )
+            ok = self._write_parts({s: ("delete", (v, None)) for s, v in by.items()})
+            return int(sum(ok.values()))
+
+    def add_corpus(
+        self,
+        docs: Iterable[Any],
+        *,
+        batch_size: int = 64,
+        vectors_fn: Callable[[list[Record]], list[Any]] | None = None,
+        in_flight: int = 2,
+        progress: Callable[[BuildReport], None] | None = None,
+    ) -> BuildReport:
+        """Streams a corpus into the shards, resumably (what :func:`build` runs).
+
+        Records whose id a shard already holds are skipped (a rerun finishes an interrupted
+        build), as are duplicate ids and empty texts; metadata values of an unsupported type
+        or of a type differing from the field's are dropped and counted. Per shard, records
+        are gathered in windows of ``4 * batch_size``, sorted by text length and cut into
+        batches of ``batch_size``, each encoded by the shard's actor and added as one commit.
+
+        Args:
+            docs: records in any form :meth:`latix.Collection.add` accepts (also
+                :class:`latix.corpus.Document`).
+            batch_size: records per encoder batch and commit.
+            vectors_fn: computes the vectors of a batch of records in the driver (one entry
+                per record, as ``Collection.add``'s ``vectors``) instead of the shards' model.
+            in_flight: batches queued per shard actor (keeps every actor busy while the
+                driver reads the corpus).
+            progress: called with the report so far after each batch is committed.
+
+        Returns:
+            A :class:`BuildReport`.
+
+        Raises:
+            ShardUnavailableError: a shard actor died more than ``retries`` times in a row.
+        """
+        if batch_size < 1 or in_flight < 1:
+            raise InvalidArgumentError("batch_size and in_flight must be >= 1")
+        ray = _ray()
+        rex = ray.exceptions
+        dead = (rex.RayActorError, getattr(rex, "ActorUnavailableError", rex.RayActorError))
+        t0 = time.perf_counter()
+        rep = BuildReport(per_shard=[0] * self.n_shards)
+        with self._wlock:
+            have = set(self.ids())
+            seen: set[str] = set()
+            window = 4 * batch_size
+            buf: dict[int, list[Record]] = {s: [] for s in range(self.n_shards)}
+            pending: dict[Any, tuple[int, list[Record], list[Any] | None, int]] = {}
+
+            def submit(s: int, recs: list[Record], vl: list[Any] | None, tries: int) -> None:
+                ref = self._actors[s].add_new.remote(recs, vl)
+                pending[ref] = (s, recs, vl, tries)
+
+            def drain(limit: int) -> None:
+                while len(pending) > limit:
+                    ready, _ = ray.wait(list(pending), num_returns=1)
+                    s, recs, vl, tries = pending.pop(ready[0])
+                    try:
+                        r, skipped = ray.get(ready[0])
+                    except dead:
+                        if tries >= self._retries:
+                            raise ShardUnavailableError(
+                                f"shard {s} died {tries + 1} times during the build; run the "
+                                "build again to resume",
+                                [s],
+                            ) from None
+                        rep.n_retried += 1
+                        time.sleep(min(0.2 * (tries + 1), 1.0))
+                        submit(s, recs, vl, tries + 1)
+                        continue
+                    except rex.RayTaskError as e:
+                        raise _cause(e) from None
+                    rep.n_indexed += r.n_added
+                    rep.n_empty += r.n_empty
+                    rep.n_already += skipped
+                    rep.per_shard[s] += r.n_added
+                    if progress is not None:
+                        progress(rep)
+
+            def flush(s: int, final: bool) -> None:
+                recs = buf[s]
+                if not recs or (not final and len(recs) < window):
+                    return
+                buf[s] = []
+                recs.sort(key=lambda r: len(r.text))
+                for a in range(0, len(recs), batch_size):
+                    part = recs[a : a + batch_size]
+                    if not part:
+                        continue
+                    by, new, dropped = self._route_records(part, None, True)
+                    rep.n_metadata_dropped += dropped
+                    self._declare(new)
+                    cleaned = by[s][0]
+                    vl = vectors_fn(cleaned) if vectors_fn is not None else None
+                    drain(in_flight * self.n_shards - 1)
+                    submit(s, cleaned, vl, 0)
+
+            for i, d in enumerate(docs):
+                rid, text, meta = _as_record(d, i)
+                if rid in seen:
+                    rep.n_duplicate += 1
+                    continue
+                seen.add(rid)
+                if rid in have:
+                    rep.n_already += 1
+                    continue
+                if vectors_fn is None and not text.strip():
+                    rep.n_empty += 1
+                    continue
+                s = shard_of(rid, self.n_shards)
+                buf[s].append(Record(rid, text, dict(meta or {})))
+                flush(s, False)
+            for s in range(self.n_shards):
+                flush(s, True)
+            drain(0)
+        rep.seconds = time.perf_counter() - t0
+        self.last_build = rep
+        return rep
+
+
+def _empty(n_q: int, k: int, include: Sequence[str]) -> ShardedBatchResults:
+    return ShardedBatchResults(
+        ids=np.full((n_q, k), "", dtype=object),
+        scores=np.full((n_q, k), -np.inf, dtype=np.float32),
+        texts=[[] for _ in range(n_q)] if "text" in include else None,
+        metadata=[[] for _ in range(n_q)] if "metadata" in include else None,
+        passages=np.full((n_q, k), -1, dtype=np.int32),
+        spans=[[] for _ in range(n_q)],
+        late_scores=np.full((n_q, k), np.nan, dtype=np.float32),
+        keyword_scores=np.full((n_q, k), np.nan, dtype=np.float32),
+    )
+
+
+def _merge(
+    parts: list[BatchResults], n_q: int, k: int, include: Sequence[str]
+) -> ShardedBatchResults:
+    """Exact top-``k`` merge of the shards' own top-``k`` lists (best score first; equal scores
+    in shard order)."""
+    out = _empty(n_q, k, include)
+    for q in range(n_q):
+        cand = [
+            (float(p.scores[q, j]), si, j) for si, p in enumerate(parts) for j in range(p.n_hits(q))
+        ]
+        cand.sort(key=lambda t: (-t[0], t[1], t[2]))
+        for j, (_, si, jj) in enumerate(cand[:k]):
+            p = parts[si]
+            out.ids[q, j] = p.ids[q, jj]
+            out.scores[q, j] = p.scores[q, jj]
+            out.passages[q, j] = p.passages[q, jj]
+            out.late_scores[q, j] = p.late_scores[q, jj]
+            out.keyword_scores[q, j] = p.keyword_scores[q, jj]
+            if out.texts is not None and p.texts is not None:
+                out.texts[q].append(p.texts[q][jj])
+            if out.metadata is not None and p.metadata is not None:
+                out.metadata[q].append(p.metadata[q][jj])
+            out.spans[q].append(p.spans[q][jj])
+    return out
+
+
+def _corpus_iter(corpus: Any) -> Iterable[Any]:
+    """Records of a corpus path (BEIR JSONL, TREC, folder: latix.corpus), a Ray Dataset (rows
+    with ``_id``/``id``, ``text``, optional ``title`` and ``metadata``) or an iterable."""
+    if isinstance(corpus, str | os.PathLike):
+        from latix.corpus import read_corpus
+
+        return read_corpus(corpus)
+    if hasattr(corpus, "iter_rows") and hasattr(corpus, "map_batches"):  # ray.data.Dataset
+
+        def rows() -> Iterable[Any]:
+            for r in corpus.iter_rows():
+                rid = r.get("_id", r.get("id"))
+                text = str(r.get("text") or "")
+                title = r.get("title")
+                if title:
+                    text = f"{title} {text}".strip()
+                yield Record(str(rid), text, dict(r.get("metadata") or {}))
+
+        return rows()
+    it: Iterable[Any] = corpus
+    return it
+
+
+def build(
+    corpus: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    n_shards: int = 2,
+    compression: CompressionArg = "auto",
+    model: str | os.PathLike[str] | None = "default",
+    encoder: Encoder | None = None,
+    dim: int | None = None,
+    passages: Passages | None = _DEFAULT_PASSAGES,
+    schema: Mapping[str, FieldType] | None = None,
+    batch_size: int = 64,
+    vectors_fn: Callable[[list[Record]], list[Any]] | None = None,
+    progress: Callable[[BuildReport], None] | None = None,
+    **open_options: Any,
+) -> ShardedCollection:
+    """Builds (or resumes building) a sharded collection from a corpus.
+
+    Creates ``n_shards`` collections under ``out_dir`` (unless a complete shard manifest is
+    there already: then the build resumes, skipping every id the shards hold) and streams the
+    corpus into them (:meth:`ShardedCollection.add_corpus`): routed by id, encoded by the shard
+    actors in length-sorted batches, each batch one commit.
+
+    Args:
+        corpus: a corpus file or folder (BEIR ``corpus.jsonl(.gz)``, TREC, ``.txt``/``.md``
+            folder: :func:`latix.corpus.read_corpus`), a Ray Dataset, or an iterable of records.
+        out_dir: the sharded collection's directory.
+        n_shards: number of shards (ignored when resuming; the manifest's count is used).
+        compression, model, encoder, dim, passages, schema: as :meth:`latix.Collection.create`.
+        batch_size: records per encoder batch and per shard commit.
+        vectors_fn: pre-computed vectors for a batch of records (bring your own encoder).
+        progress: called with the :class:`BuildReport` so far after each committed batch.
+        **open_options: options of :meth:`ShardedCollection.open` (``max_restarts``,
+            ``retries``, ``encoder_threads``, ...).
+
+    Returns:
+        The open :class:`ShardedCollection` (its ``last_build`` attribute holds the report).
+    """
+    out = Path(os.fspath(out_dir))
+    resume = False
+    if (out / MANIFEST).is_file():
+        resume = _read_manifest(out).get("state") == "ready"
+    if resume:
+        sc = ShardedCollection.open(out, **open_options)
+    else:
+        sc = ShardedCollection.create(
+            out,
+            n_shards=n_shards,
+            model=model,
+            encoder=encoder,
+            dim=dim,
+            compression=compression,
+            schema=schema,
+            passages=passages,
+            **open_options,
+        )
+    try:
+        sc.add_corpus(
+            _corpus_iter(corpus), batch_size=batch_size, vectors_fn=vectors_fn, progress=progress
+        )
+    except BaseException:
+        sc.close()
+        raise
+    return sc

