@@ -174,11 +174,17 @@ def documented_names() -> set[str]:
 
 
 def public_names() -> list[str]:
-    """Every public name: ``latix.__all__``, the serve module's, the retrievers'."""
+    """Every public name: ``latix.__all__``, the serve module's, the retrievers', the sharded
+    collections'."""
     import latix
 
     out = [f"latix.{n}" for n in latix.__all__ if n != "__version__"]
-    for mod in ("latix.serve", "latix.integrations.langchain", "latix.integrations.llama_index"):
+    for mod in (
+        "latix.serve",
+        "latix.integrations.langchain",
+        "latix.integrations.llama_index",
+        "latix.distributed",
+    ):
         out += [f"{mod}.{n}" for n in importlib.import_module(mod).__all__]
     return out
 

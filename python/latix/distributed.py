@@ -527,12 +527,13 @@ class ShardedCollection:
     ) -> ShardedCollection:
         """Creates an empty sharded collection: ``n_shards`` collections and the manifest.
 
+        ``model``, ``encoder``, ``dim``, ``compression``, ``dtype``, ``schema`` and ``passages``
+        are those of :meth:`latix.Collection.create`, for every shard (the model is loaded once).
+
         Args:
             path: the directory (must not exist, or be empty; one left by an interrupted create
                 is created again).
             n_shards: number of shards (1..4096).
-            model, encoder, dim, compression, dtype, schema, passages: as
-                :meth:`latix.Collection.create`, for every shard (the model is loaded once).
             **open_options: options of :meth:`open`.
 
         Returns:
@@ -834,10 +835,11 @@ class ShardedCollection:
         :meth:`latix.Collection.search` (see the module documentation for how each mode
         merges).
 
+        ``query``, ``k``, ``where``, ``mode``, ``explain``, ``query_vectors``, ``n_threads``,
+        ``fusion``, ``alpha``, ``nprobe``, ``refine`` and ``rerank`` are those of
+        :meth:`latix.Collection.search` (``n_threads``: per shard; default the handle's).
+
         Args:
-            query, k, where, mode, explain, query_vectors, n_threads, fusion, alpha, nprobe,
-                refine, rerank: as :meth:`latix.Collection.search` (``n_threads``: per shard;
-                default the handle's).
             allow_partial: when a shard does not answer (after the retries), return what the
                 other shards found, flagged, instead of raising.
 
@@ -912,9 +914,11 @@ class ShardedCollection:
     ) -> ShardedBatchResults:
         """:meth:`latix.Collection.search_batch` over every shard, merged (columnar results).
 
+        ``queries``, ``k``, ``where``, ``mode``, ``query_vectors``, ``include``, ``n_threads``,
+        ``fusion``, ``alpha``, ``nprobe``, ``refine`` and ``rerank`` are those of
+        :meth:`latix.Collection.search_batch`.
+
         Args:
-            queries, k, where, mode, query_vectors, include, n_threads, fusion, alpha, nprobe,
-                refine, rerank: as :meth:`latix.Collection.search_batch`.
             allow_partial: see :meth:`search`.
 
         Returns:
@@ -1539,12 +1543,14 @@ def build(
     corpus into them (:meth:`ShardedCollection.add_corpus`): routed by id, encoded by the shard
     actors in length-sorted batches, each batch one commit.
 
+    ``compression``, ``model``, ``encoder``, ``dim``, ``passages`` and ``schema`` are those of
+    :meth:`latix.Collection.create`.
+
     Args:
         corpus: a corpus file or folder (BEIR ``corpus.jsonl(.gz)``, TREC, ``.txt``/``.md``
             folder: :func:`latix.corpus.read_corpus`), a Ray Dataset, or an iterable of records.
         out_dir: the sharded collection's directory.
         n_shards: number of shards (ignored when resuming; the manifest's count is used).
-        compression, model, encoder, dim, passages, schema: as :meth:`latix.Collection.create`.
         batch_size: records per encoder batch and per shard commit.
         vectors_fn: pre-computed vectors for a batch of records (bring your own encoder).
         progress: called with the :class:`BuildReport` so far after each committed batch.
