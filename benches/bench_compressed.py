@@ -81,7 +81,7 @@ def chunks(corpus: str) -> list[tuple[str, int, int]]:
     return out
 
 
-def compression(corpus: str, keep_vectors: bool, seed: int) -> Any:
+def compression(corpus: str, keep_vectors: bool, seed: int, fidelity: str = "codes") -> Any:
     """The index configuration: K chosen for the corpus's final size (the codec is trained at the
     first commit, which holds SciFact only, so the automatic K would fit 1.2M tokens, not 14M),
     codec default code size, the default training threshold and sample."""
@@ -94,10 +94,17 @@ def compression(corpus: str, keep_vectors: bool, seed: int) -> Any:
     # The codec's automatic default (power of two nearest 3 * sqrt(vectors)) for the corpus's
     # final number of stored vectors, i.e. after pooling by the default factor 2.
     k = 1 << round(np.log2(3 * np.sqrt(n_tokens / 2)))
-    return latix.Compression(n_centroids=k, keep_vectors=keep_vectors, seed=seed)
+    return latix.Compression(
+        n_centroids=k, keep_vectors=keep_vectors, seed=seed, fidelity=fidelity
+    )
 
 
-def build(corpus: str, out: str, seed: int, keep_vectors: bool) -> None:
+def index_name(corpus: str, keep: bool, fidelity: str = "codes") -> str:
+    """File name of a benchmark index: `<corpus>-keep0` / `-keep1`, or `<corpus>-<tier>`."""
+    return f"{corpus}-keep{int(keep)}" if fidelity == "codes" else f"{corpus}-{fidelity}"
+
+
+def build(corpus: str, out: str, seed: int, keep_vectors: bool, fidelity: str = "codes") -> None:
     """Child process: the product path. Creates a compressed index and adds the corpus in chunks
     of at most 20k documents, one commit per chunk (the first commit trains the codec; later ones
     encode their documents with it)."""
@@ -106,7 +113,9 @@ def build(corpus: str, out: str, seed: int, keep_vectors: bool) -> None:
     t0 = time.time()
     if os.path.exists(out):
         shutil.rmtree(out)
-    ix = latix.Index.create(out, dim=384, compression=compression(corpus, keep_vectors, seed))
+    ix = latix.Index.create(
+        out, dim=384, compression=compression(corpus, keep_vectors, seed, fidelity)
+    )
     commits = []
     for d, a, b in chunks(corpus):
         off = np.load(d + "/doc_offsets.npy")
@@ -449,6 +458,7 @@ def main() -> None:
     )
     ap.add_argument("--_build", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_keep", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--_fidelity", default="codes", help=argparse.SUPPRESS)
     a = ap.parse_args()
     global SCIFACT, DISTRACTORS, QRELS
     os.environ["LATIX_BENCH_DATA"] = os.path.abspath(a.data)  # the build children inherit it
@@ -456,7 +466,8 @@ def main() -> None:
     QRELS = os.path.join(a.source, "scifact", "qrels", "test.tsv")
     a.work = a.work or os.path.join(a.data, "bench-compressed")
     if a._build:
-        build(a._build, f"{a.work}/{a._build}-keep{int(a._keep)}", a.seed, a._keep)
+        name = index_name(a._build, a._keep, a._fidelity)
+        build(a._build, f"{a.work}/{name}", a.seed, a._keep, a._fidelity)
         return
     provenance.print_header()
     corpora = ["scifact", "distractors"] if a.corpus == "all" else [a.corpus]
