@@ -7,10 +7,11 @@ added in chunks of at most 20k with one commit per chunk (the first commit train
 `Index.search`. Indexes built per corpus: the default one (`keep_vectors=False`, codes
 only: its build time, peak memory and size are the headline figures), one with
 `keep_vectors=True` for the exact re-rank row, and one per fidelity tier of --tiers
-(`Compression(fidelity=...)`, default balanced and high). Query encoding is excluded (pre-encoded query
-vectors); queries run one at a time. Each build runs in a child process so that its peak memory
-(max RSS) is measured on its own; input vectors are read in chunks (not memory-mapped) so the
-figure is the builder's, not the page cache's. Sizes are `Index.stats()["bytes_on_disk"]`: every
+(`Compression(fidelity=...)`, default balanced and high). Query encoding is excluded
+(pre-encoded query vectors); queries run one at a time. Each build runs in a child process so
+that its peak memory (max RSS) is measured on its own; input vectors are read in chunks (not
+memory-mapped) so the figure is the builder's, not the page cache's. Sizes are
+`Index.stats()["bytes_on_disk"]`: every
 file of the committed index.
 
 Data: a data root (--data, default $LATIX_BENCH_DATA or ~/.cache/latix/bench) holding scifact/
@@ -95,9 +96,7 @@ def compression(corpus: str, keep_vectors: bool, seed: int, fidelity: str = "cod
     # The codec's automatic default (power of two nearest 3 * sqrt(vectors)) for the corpus's
     # final number of stored vectors, i.e. after pooling by the default factor 2.
     k = 1 << round(np.log2(3 * np.sqrt(n_tokens / 2)))
-    return latix.Compression(
-        n_centroids=k, keep_vectors=keep_vectors, seed=seed, fidelity=fidelity
-    )
+    return latix.Compression(n_centroids=k, keep_vectors=keep_vectors, seed=seed, fidelity=fidelity)
 
 
 def index_name(corpus: str, keep: bool, fidelity: str = "codes") -> str:
@@ -223,7 +222,6 @@ def run(
     # The corpus itself first: a wrong distractor corpus leaves exact SciFact metrics unchanged,
     # so only its parameters and checksums can tell.
     corpus_line = check_distractors() if corpus == "distractors" else "SciFact documents only"
-    out = f"{work}/{corpus}"
     wall: dict[Any, float] = {}
     # Index keys: False (codes only), True (kept vectors), then each fidelity tier by name.
     keys: list[Any] = [False, True, *tiers]

@@ -211,7 +211,8 @@ def main() -> None:
         f"\n## {a.corpus}: {st['n_tokens']:,} tokens, K = {st['n_centroids']}, "
         f"{st['code_bytes_per_token']} B/token of codes, keep_vectors={keep}, "
         f"fidelity={a.fidelity}, rerank={keep or tier}, "
-        f"{st['bytes_on_disk'] / st['n_tokens']:.1f} B/token on disk; {nq} SciFact train queries, k = 10, 1 thread, {a.repeats} timed "
+        f"{st['bytes_on_disk'] / st['n_tokens']:.1f} B/token on disk; {nq} SciFact train "
+        f"queries, k = 10, 1 thread, {a.repeats} timed "
         "passes each (interleaved) after one untimed pass"
     )
     head = "nprobe : refine : rerank_depth" if tier else "nprobe : refine"

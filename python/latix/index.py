@@ -382,7 +382,8 @@ class Index:
                 no score can overflow), empty query, ``k < 1``, ``k`` above both the number of
                 documents and 2**20 (or ``k * n_queries`` above 2**26), ``nprobe`` out of range,
                 ``rerank=True`` without kept vectors or a tier, ``nprobe``, ``rerank``,
-                ``refine`` or ``rerank_depth`` on a plain index, a ``subset`` id that is not a str or not valid Unicode.
+                ``refine`` or ``rerank_depth`` on a plain index, a ``subset`` id that is not a
+                str or not valid Unicode.
             LatixMemoryError: a non-contiguous query too large to copy, or a result that cannot
                 be allocated.
             IndexClosedError: the handle is closed.

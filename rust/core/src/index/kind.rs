@@ -6,9 +6,9 @@
 //! | create   | nothing                      | writes the [`Compression`] configuration file            |
 //! | commit   | the user's hook only         | codec training / encoding hook, then the user's hook     |
 //! | refresh  | the latest snapshot          | the snapshot with its codec and inverted lists (cached)  |
-//! | search   | exhaustive exact MaxSim      | generate -> refine -> rerank from codes once trained     |
-//! | get      | stored vectors               | decoded codes for a vector-free segment                  |
-//! | verify   | the store's check            | + configuration, codec and every inverted-list file      |
+//! | search   | exhaustive exact MaxSim      | generate -> refine -> rerank (vectors or tier) once trained |
+//! | get      | stored vectors               | decoded codes (or tier file) for a vector-free segment   |
+//! | verify   | the store's check            | + configuration, codec, inverted-list and tier files     |
 //! | stats    | `compressed: false`          | codec figures                                            |
 
 use std::path::Path;
