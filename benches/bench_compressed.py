@@ -4,12 +4,14 @@ exhaustive MaxSim, on SciFact alone and on SciFact + 100k distractors (benches/m
 One command: `python benches/bench_compressed.py` prints a table per corpus. Everything goes
 through the product API: `latix.Index.create(..., compression=latix.Compression(...))`, documents
 added in chunks of at most 20k with one commit per chunk (the first commit trains the codec), and
-`Index.search`. Two indexes are built per corpus: the default one (`keep_vectors=False`, codes
-only: its build time, peak memory and size are the headline figures) and one with
-`keep_vectors=True` for the exact re-rank row. Query encoding is excluded (pre-encoded query
-vectors); queries run one at a time. Each build runs in a child process so that its peak memory
-(max RSS) is measured on its own; input vectors are read in chunks (not memory-mapped) so the
-figure is the builder's, not the page cache's. Sizes are `Index.stats()["bytes_on_disk"]`: every
+`Index.search`. Indexes built per corpus: the default one (`keep_vectors=False`, codes
+only: its build time, peak memory and size are the headline figures), one with
+`keep_vectors=True` for the exact re-rank row, and one per fidelity tier of --tiers
+(`Compression(fidelity=...)`, default balanced and high). Query encoding is excluded
+(pre-encoded query vectors); queries run one at a time. Each build runs in a child process so
+that its peak memory (max RSS) is measured on its own; input vectors are read in chunks (not
+memory-mapped) so the figure is the builder's, not the page cache's. Sizes are
+`Index.stats()["bytes_on_disk"]`: every
 file of the committed index.
 
 Data: a data root (--data, default $LATIX_BENCH_DATA or ~/.cache/latix/bench) holding scifact/
@@ -81,7 +83,7 @@ def chunks(corpus: str) -> list[tuple[str, int, int]]:
     return out
 
 
-def compression(corpus: str, keep_vectors: bool, seed: int) -> Any:
+def compression(corpus: str, keep_vectors: bool, seed: int, fidelity: str = "codes") -> Any:
     """The index configuration: K chosen for the corpus's final size (the codec is trained at the
     first commit, which holds SciFact only, so the automatic K would fit 1.2M tokens, not 14M),
     codec default code size, the default training threshold and sample."""
@@ -94,10 +96,15 @@ def compression(corpus: str, keep_vectors: bool, seed: int) -> Any:
     # The codec's automatic default (power of two nearest 3 * sqrt(vectors)) for the corpus's
     # final number of stored vectors, i.e. after pooling by the default factor 2.
     k = 1 << round(np.log2(3 * np.sqrt(n_tokens / 2)))
-    return latix.Compression(n_centroids=k, keep_vectors=keep_vectors, seed=seed)
+    return latix.Compression(n_centroids=k, keep_vectors=keep_vectors, seed=seed, fidelity=fidelity)
 
 
-def build(corpus: str, out: str, seed: int, keep_vectors: bool) -> None:
+def index_name(corpus: str, keep: bool, fidelity: str = "codes") -> str:
+    """File name of a benchmark index: `<corpus>-keep0` / `-keep1`, or `<corpus>-<tier>`."""
+    return f"{corpus}-keep{int(keep)}" if fidelity == "codes" else f"{corpus}-{fidelity}"
+
+
+def build(corpus: str, out: str, seed: int, keep_vectors: bool, fidelity: str = "codes") -> None:
     """Child process: the product path. Creates a compressed index and adds the corpus in chunks
     of at most 20k documents, one commit per chunk (the first commit trains the codec; later ones
     encode their documents with it)."""
@@ -106,7 +113,9 @@ def build(corpus: str, out: str, seed: int, keep_vectors: bool) -> None:
     t0 = time.time()
     if os.path.exists(out):
         shutil.rmtree(out)
-    ix = latix.Index.create(out, dim=384, compression=compression(corpus, keep_vectors, seed))
+    ix = latix.Index.create(
+        out, dim=384, compression=compression(corpus, keep_vectors, seed, fidelity)
+    )
     commits = []
     for d, a, b in chunks(corpus):
         off = np.load(d + "/doc_offsets.npy")
@@ -204,6 +213,7 @@ def run(
     exact_queries: int,
     nprobe: int | None,
     refine: int | None,
+    tiers: list[str],
 ) -> None:
     import ir_measures
     import latix
@@ -212,17 +222,28 @@ def run(
     # The corpus itself first: a wrong distractor corpus leaves exact SciFact metrics unchanged,
     # so only its parameters and checksums can tell.
     corpus_line = check_distractors() if corpus == "distractors" else "SciFact documents only"
-    out = f"{work}/{corpus}"
-    wall = {}
-    for keep in (False, True):
+    wall: dict[Any, float] = {}
+    # Index keys: False (codes only), True (kept vectors), then each fidelity tier by name.
+    keys: list[Any] = [False, True, *tiers]
+    for kind in keys:
         t0 = time.time()
         cmd = [sys.executable, __file__, "--_build", corpus, "--work", work, "--seed", str(seed)]
         # Each build is its own child process, which records its own peak memory.
-        subprocess.run(cmd + (["--_keep"] if keep else []), check=True)
-        wall[keep] = time.time() - t0
-    info = {keep: json.load(open(f"{out}-keep{int(keep)}.json")) for keep in (False, True)}
-    peak_mb = {keep: info[keep]["peak_rss_mb"] for keep in (False, True)}
-    ixs = {keep: latix.Index.open(f"{out}-keep{int(keep)}") for keep in (False, True)}
+        if kind is True:
+            cmd.append("--_keep")
+        elif isinstance(kind, str):
+            cmd += ["--_fidelity", kind]
+        subprocess.run(cmd, check=True)
+        wall[kind] = time.time() - t0
+
+    def path_of(kind: Any) -> str:
+        if isinstance(kind, str):
+            return f"{work}/{index_name(corpus, False, kind)}"
+        return f"{work}/{index_name(corpus, kind)}"
+
+    info = {kind: json.load(open(path_of(kind) + ".json")) for kind in keys}
+    peak_mb = {kind: info[kind]["peak_rss_mb"] for kind in keys}
+    ixs = {kind: latix.Index.open(path_of(kind)) for kind in keys}
     n_tok = info[False]["n_tokens"]
     # Full vectors (memory-mapped f16) per part, for the exact baseline.
     ids: list[list[str]] = []
@@ -239,10 +260,12 @@ def run(
     nq = len(qids)
 
     def compressed(
-        i: int, k: int, threads: int, rerank: bool, refine: int | None
+        i: int, k: int, threads: int, key: Any, refine: int | None
     ) -> list[tuple[float, str]]:
         q = Q[qo[i] : qo[i + 1]]
-        s, h = ixs[rerank].search(
+        # A tier re-ranks from its refinement data by default (rerank=None).
+        rerank = None if isinstance(key, str) else key
+        s, h = ixs[key].search(
             q, k=k, n_threads=threads, nprobe=nprobe, rerank=rerank, refine=refine
         )
         return [(float(x), str(d)) for x, d in zip(s[0], h[0], strict=True) if d]
@@ -334,6 +357,7 @@ def run(
         ("compressed, codes only, candidate generation alone (refine=0)", False, 0),
         ("compressed + exact re-rank (keep_vectors=True, f16)", True, refine),
     ]
+    variants += [(f'compressed, fidelity="{t}" (tier re-rank)', t, refine) for t in tiers]
     for name, rerank, ref_n in variants:
         # One untimed pass first: the figures are steady-state latency, not the first touch of
         # each page of the lists (and, with kept vectors, the first verification of each 1 MB
@@ -377,13 +401,13 @@ def run(
     b = min(b, a + 1000)
     x = read_rows(d + "/docs_vectors.npy", int(off[a]), int(off[b]))
     docs = np.split(x, (off[a + 1 : b] - off[a]).astype(np.int64))
-    add_s: dict[bool, float] = {}
-    add_all: dict[bool, str] = {}
-    for keep in (False, True):
+    add_s: dict[Any, float] = {}
+    add_all: dict[Any, str] = {}
+    for keep in keys:
         ixs[keep].close()
         add_runs: list[float] = []
         for _ in range(3):
-            with latix.Index.open(f"{out}-keep{int(keep)}", "w") as w:
+            with latix.Index.open(path_of(keep), "w") as w:
                 t = time.perf_counter()
                 w.add([f"added-{j}" for j in range(len(docs))], docs)
                 w.commit()
@@ -415,6 +439,11 @@ def run(
         f"recall@10 of k = 10 searches, R@100 of k = 100); latency of k = 10 searches after a "
         f"warm-up pass; exact latency over the first {n_ex}"
     )
+    for t in tiers:
+        print(
+            f'fidelity="{t}": build {wall[t]:.1f} s wall, peak build memory {peak_mb[t]:,.0f} MB, '
+            f"adding 1,000 docs {add_s[t]:.2f} s ({add_all[t]})"
+        )
     print(
         "| method | bytes/token on disk | nDCG@10 | R@100 | recall@10 vs exact | p50 1T ms "
         "| p99 1T ms | p50 2T ms | p99 2T ms | p50 1T speed-up vs exact |"
@@ -433,9 +462,21 @@ def run(
         "provenance": provenance.lines(),
         "n_tokens": n_tok,
         "n_centroids": i0["n_centroids"],
-        "build_s": {"codes": wall[False], "keep_vectors": wall[True]},
-        "peak_build_mb": {"codes": peak_mb[False], "keep_vectors": peak_mb[True]},
-        "add_1000_docs_s": {"codes": add_s[False], "keep_vectors": add_s[True]},
+        "build_s": {
+            "codes": wall[False],
+            "keep_vectors": wall[True],
+            **{t: wall[t] for t in tiers},
+        },
+        "peak_build_mb": {
+            "codes": peak_mb[False],
+            "keep_vectors": peak_mb[True],
+            **{t: peak_mb[t] for t in tiers},
+        },
+        "add_1000_docs_s": {
+            "codes": add_s[False],
+            "keep_vectors": add_s[True],
+            **{t: add_s[t] for t in tiers},
+        },
         "rows": [{"method": r[0], **dict(zip(keys, r[1:], strict=True))} for r in rows],
     }
 
@@ -467,8 +508,15 @@ def main() -> None:
         default=os.path.join(os.path.dirname(__file__), "..", "bench-results", "compressed.json"),
         help="figures of each corpus run, merged into this file (default: %(default)s)",
     )
+    ap.add_argument(
+        "--tiers",
+        default="balanced,high",
+        help="fidelity tiers benchmarked beside codes only and kept vectors (comma-separated, "
+        "empty for none)",
+    )
     ap.add_argument("--_build", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_keep", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--_fidelity", default="codes", help=argparse.SUPPRESS)
     a = ap.parse_args()
     global SCIFACT, DISTRACTORS, QRELS
     os.environ["LATIX_BENCH_DATA"] = os.path.abspath(a.data)  # the build children inherit it
@@ -476,7 +524,8 @@ def main() -> None:
     QRELS = os.path.join(a.source, "scifact", "qrels", "test.tsv")
     a.work = a.work or os.path.join(a.data, "bench-compressed")
     if a._build:
-        build(a._build, f"{a.work}/{a._build}-keep{int(a._keep)}", a.seed, a._keep)
+        name = index_name(a._build, a._keep, a._fidelity)
+        build(a._build, f"{a.work}/{name}", a.seed, a._keep, a._fidelity)
         return
     provenance.print_header()
     corpora = ["scifact", "distractors"] if a.corpus == "all" else [a.corpus]
@@ -484,7 +533,8 @@ def main() -> None:
         if not os.path.exists(d + "/doc_offsets.npy"):
             raise SystemExit(f"{d} has no data: run `make bench-compressed` (or its steps) first")
     for c in corpora:
-        run(c, a.work, a.seed, a.exact_queries, a.nprobe, a.refine)
+        tiers = [t for t in a.tiers.split(",") if t]
+        run(c, a.work, a.seed, a.exact_queries, a.nprobe, a.refine, tiers)
         # Merged per corpus, so `--corpus scifact` then `--corpus distractors` keeps both.
         saved = json.load(open(a.json)) if os.path.exists(a.json) else {}
         saved[c] = RESULTS[c]

@@ -47,13 +47,12 @@ SCIFACT_GRID = "8:0,8:16,8:24,8:32,10:16,12:16,12:24,16:0,16:16"
 DISTRACTOR_GRID = "8:48,8:64,12:48,16:48,16:64,16:0"
 
 
-def parse_grid(grid: str) -> list[tuple[int, int]]:
-    """ "8:16,12:24" -> [(8, 16), (12, 24)]."""
-    out = []
-    for item in grid.split(","):
-        a, b = item.split(":")
-        out.append((int(a), int(b)))
-    return out
+TIER_GRID = "8:16:16,8:32:16,8:32:24,8:48:16,8:48:24,12:32:16,12:48:24,16:48:24,16:64:32"
+
+
+def parse_grid(grid: str) -> list[tuple[int | None, ...]]:
+    """ "8:16,12:24" -> [(8, 16), (12, 24)]; a third field is the re-rank depth."""
+    return [tuple(int(v) for v in item.split(":")) for item in grid.split(",")]
 
 
 def train_qrels(source: str) -> dict[str, dict[str, int]]:
@@ -136,6 +135,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="timed passes per configuration")
     ap.add_argument("--seed", type=int, default=0, help="codec seed (the benchmark's: 0)")
     ap.add_argument("--no-build", action="store_true", help="reuse the index in --work")
+    ap.add_argument(
+        "--fidelity",
+        choices=["codes", "balanced", "high"],
+        default="codes",
+        help="storage tier; a tier's grid is nprobe:refine:rerank_depth triples",
+    )
     a = ap.parse_args()
     import ir_measures
     import latix
@@ -146,14 +151,17 @@ def main() -> None:
     os.environ["LATIX_BENCH_DATA"] = os.path.abspath(a.data)  # the build child inherits it
     work = a.work or os.path.join(a.data, "bench-compressed", "tune")
     os.makedirs(work, exist_ok=True)
-    keep = a.corpus == "distractors"  # the re-rank grid needs the kept vectors
+    # The re-rank grid needs the kept vectors (or a tier's refinement data).
+    keep = a.corpus == "distractors" and a.fidelity == "codes"
+    tier = a.fidelity != "codes"
     provenance.print_header()
     corpus_line = bc.check_distractors() if keep else "SciFact documents only"
-    ix_path = f"{work}/{a.corpus}-keep{int(keep)}"
+    ix_path = f"{work}/{bc.index_name(a.corpus, keep, a.fidelity)}"
     if not a.no_build or not os.path.exists(ix_path):
         t = time.time()
         cmd = [sys.executable, bc.__file__, "--_build", a.corpus, "--work", work]
-        cmd += ["--seed", str(a.seed), "--data", a.data] + (["--_keep"] if keep else [])
+        cmd += ["--seed", str(a.seed), "--data", a.data, "--_fidelity", a.fidelity]
+        cmd += ["--_keep"] if keep else []
         subprocess.run(cmd, check=True)
         print(f"built {ix_path} in {time.time() - t:.0f} s", file=sys.stderr)
     Q = np.load(f"{bc.SCIFACT}/train_query_vectors.npy")
@@ -166,12 +174,22 @@ def main() -> None:
     qrels = {q: r for q, r in train_qrels(a.source).items() if q in set(qids)}
     ix = latix.Index.open(ix_path)
     st = ix.stats()
-    grid: list[tuple[int | None, int | None]] = [(None, None)]
-    grid += parse_grid(a.grid or (DISTRACTOR_GRID if keep else SCIFACT_GRID))
+    grid: list[tuple[int | None, ...]] = [(None, None, None)]
+    default_grid = TIER_GRID if tier else DISTRACTOR_GRID if keep else SCIFACT_GRID
+    grid += parse_grid(a.grid or default_grid)
 
-    def search(i: int, cfg: tuple[int | None, int | None]) -> list[str]:
+    def search(i: int, cfg: tuple[int | None, ...]) -> list[str]:
         q = Q[qo[i] : qo[i + 1]]
-        _, h = ix.search(q, k=10, n_threads=1, nprobe=cfg[0], refine=cfg[1], rerank=keep)
+        depth = cfg[2] if len(cfg) > 2 else None
+        _, h = ix.search(
+            q,
+            k=10,
+            n_threads=1,
+            nprobe=cfg[0],
+            refine=cfg[1],
+            rerank=keep or tier,
+            rerank_depth=depth,
+        )
         return [str(d) for d in h[0] if d]
 
     for cfg in grid:  # untimed pass: every page of the lists touched once
@@ -192,16 +210,19 @@ def main() -> None:
     print(
         f"\n## {a.corpus}: {st['n_tokens']:,} tokens, K = {st['n_centroids']}, "
         f"{st['code_bytes_per_token']} B/token of codes, keep_vectors={keep}, "
-        f"rerank={keep}; {nq} SciFact train queries, k = 10, 1 thread, {a.repeats} timed "
+        f"fidelity={a.fidelity}, rerank={keep or tier}, "
+        f"{st['bytes_on_disk'] / st['n_tokens']:.1f} B/token on disk; {nq} SciFact train "
+        f"queries, k = 10, 1 thread, {a.repeats} timed "
         "passes each (interleaved) after one untimed pass"
     )
-    print("| nprobe : refine | p50 ms | p99 ms | nDCG@10 (train) | recall@10 vs exact |")
+    head = "nprobe : refine : rerank_depth" if tier else "nprobe : refine"
+    print(f"| {head} | p50 ms | p99 ms | nDCG@10 (train) | recall@10 vs exact |")
     print("|---|---|---|---|---|")
     for j, cfg in enumerate(grid):
         run = {qids[i]: {d: 10.0 - r for r, d in enumerate(got[j][i])} for i in range(nq)}
         ndcg = ir_measures.calc_aggregate([nDCG @ 10], qrels, run)[nDCG @ 10]
         rec = float(np.mean([len(set(got[j][i]) & set(exact[i])) / 10 for i in range(nq)]))
-        name = "auto (default)" if cfg == (None, None) else f"{cfg[0]} : {cfg[1]}"
+        name = "auto (default)" if cfg[0] is None else " : ".join(str(v) for v in cfg)
         ms = np.array(lat[j]) * 1000
         print(
             f"| {name} | {np.percentile(ms, 50):.2f} | {np.percentile(ms, 99):.2f} | "

@@ -52,10 +52,29 @@ def build_ivf(path: Path) -> tuple[bytes, bytes, bytes]:
     return ivf.read_bytes(), codec.read_bytes(), config.read_bytes()
 
 
+def build_fid(path: Path) -> bytes:
+    """The refinement file (fidelity tier) of a small trained compressed index."""
+    rng = np.random.default_rng(2)
+    comp = latix.Compression(
+        bytes_per_token=2,
+        n_centroids=8,
+        train_min_tokens=256,
+        train_sample_tokens=256,
+        pool_factor=2,
+        fidelity="high",
+    )
+    with latix.Index.create(path, dim=8, compression=comp) as ix:
+        docs = [rng.standard_normal((int(n), 8)).astype(np.float32) for n in rng.integers(1, 9, 80)]
+        ix.add([f"d{i}" for i in range(len(docs))], docs)
+        ix.commit()
+    (fid,) = sorted(path.glob("*.fid-*"))
+    return fid.read_bytes()
+
+
 def main(out: str) -> None:
     root = Path(out)
     targets = ("manifest_decode", "segment_open", "current_parse", "index_open", "ivf_parse")
-    for t in targets + ("codec_parse", "compression_decode"):
+    for t in targets + ("codec_parse", "compression_decode", "fid_parse"):
         (root / t).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for dtype, dim in (("float32", 4), ("float16", 8)):
@@ -73,6 +92,9 @@ def main(out: str) -> None:
             (root / "ivf_parse" / f"seed-{mode}").write_bytes(bytes([mode]) + ivf)
             (root / "codec_parse" / f"seed-{mode}").write_bytes(bytes([mode]) + codec)
             (root / "compression_decode" / f"seed-{mode}").write_bytes(bytes([mode]) + config)
+        fid = build_fid(Path(tmp) / "tiered")
+        for mode in (0, 1):
+            (root / "fid_parse" / f"seed-{mode}").write_bytes(bytes([mode]) + fid)
 
 
 if __name__ == "__main__":

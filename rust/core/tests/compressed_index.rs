@@ -87,6 +87,7 @@ fn cfg(keep: bool) -> Compression {
         train_sample_tokens: 4000,
         seed: 3,
         pool_factor: 1,
+        fidelity: Default::default(),
     }
 }
 
@@ -189,6 +190,7 @@ fn lifecycle_train_add_delete_subset_reopen_compact() {
                 nprobe: None,
                 rerank: Some(true),
                 refine: None,
+                rerank_depth: None,
             }
         ),
         Err(LatixError::InvalidArgument(_))
@@ -197,6 +199,7 @@ fn lifecycle_train_add_delete_subset_reopen_compact() {
         nprobe: Some(32),
         rerank: None,
         refine: None,
+        rerank_depth: None,
     };
     let r = recall(&ix, &mut data, &live, CompressedSearch::default());
     assert!(r >= 0.7, "recall@10 {r}");
@@ -326,6 +329,7 @@ fn keep_vectors_rerank_is_exact_on_the_short_list_and_costs_the_vectors() {
                 nprobe: None,
                 rerank: Some(false),
                 refine: None,
+                rerank_depth: None,
             };
             assert!(!search(&ix, &data.mat(4, 0.8), 10, no).is_empty());
         }
@@ -431,6 +435,7 @@ fn bad_input_is_rejected_with_clear_errors() {
             nprobe: Some(np),
             rerank: None,
             refine: None,
+            rerank_depth: None,
         };
         assert!(matches!(
             ix.search_with(&[&q], 5, None, None, o),
@@ -457,6 +462,7 @@ fn bad_input_is_rejected_with_clear_errors() {
                 nprobe: Some(4),
                 rerank: None,
                 refine: None,
+                rerank_depth: None,
             }
         ),
         Err(LatixError::InvalidArgument(_))
@@ -605,6 +611,7 @@ fn lists_written_before_the_document_map_search_and_are_upgraded_by_the_next_com
         nprobe: Some(4),
         rerank: None,
         refine: Some(0),
+        rerank_depth: None,
     };
     let refined = CompressedSearch {
         refine: Some(20),

@@ -217,6 +217,7 @@ fn a_commit_never_overwrites_a_referenced_file() {
         train_sample_tokens: 4096,
         seed: 1,
         pool_factor: 1,
+        fidelity: Default::default(),
     };
     {
         let ix = Index::create_with(&dir, DIM, Dtype::F32, Some(cfg)).expect("create");
@@ -253,6 +254,7 @@ fn version_1_manifests_are_read_and_the_next_commit_binds_their_files() {
         train_sample_tokens: 4096,
         seed: 1,
         pool_factor: 1,
+        fidelity: Default::default(),
     };
     {
         let ix = Index::create_with(&dir, DIM, Dtype::F32, Some(cfg)).expect("create");

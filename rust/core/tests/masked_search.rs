@@ -159,6 +159,7 @@ fn compression(keep: bool) -> Compression {
         train_sample_tokens: 4000,
         seed: 5,
         pool_factor: 1,
+        fidelity: Default::default(),
     }
 }
 

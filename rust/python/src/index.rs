@@ -11,6 +11,7 @@ use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMetho
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
+use latix_core::compressed::Fidelity;
 use latix_core::index::{DocFilter, Index as CoreIndex, OpenMode, OwnedVectors, SegmentMasks};
 use latix_core::maxsim::DocVectors;
 use latix_core::store::Dtype;
@@ -158,7 +159,7 @@ pub struct PyIndex {
 impl PyIndex {
     /// Creates a new empty index directory (holding the write lock). `compression` is
     /// (bytes_per_token, n_centroids, keep_vectors, train_min_tokens, train_sample_tokens, seed,
-    /// pool_factor)
+    /// pool_factor, fidelity)
     /// for a compressed index (ranges are checked by the core).
     #[staticmethod]
     #[pyo3(signature = (path, dim, dtype="float16", compression=None))]
@@ -168,7 +169,16 @@ impl PyIndex {
         path: PathBuf,
         dim: i64,
         dtype: &str,
-        compression: Option<(Option<usize>, Option<usize>, bool, u64, u64, u64, usize)>,
+        compression: Option<(
+            Option<usize>,
+            Option<usize>,
+            bool,
+            u64,
+            u64,
+            u64,
+            usize,
+            String,
+        )>,
     ) -> PyResult<PyIndex> {
         if dim < 1 {
             return Err(invalid(
@@ -177,15 +187,19 @@ impl PyIndex {
             ));
         }
         let dtype = Dtype::parse(dtype).py_err(py)?;
-        let compression = compression.map(|(b, k, keep, tmin, tsample, seed, pool)| Compression {
-            bytes_per_token: b,
-            n_centroids: k,
-            keep_vectors: keep,
-            train_min_tokens: tmin,
-            train_sample_tokens: tsample,
-            seed,
-            pool_factor: pool,
-        });
+        let compression = match compression {
+            None => None,
+            Some((b, k, keep, tmin, tsample, seed, pool, fid)) => Some(Compression {
+                bytes_per_token: b,
+                n_centroids: k,
+                keep_vectors: keep,
+                train_min_tokens: tmin,
+                train_sample_tokens: tsample,
+                seed,
+                pool_factor: pool,
+                fidelity: Fidelity::parse(&fid).py_err(py)?,
+            }),
+        };
         let inner = py
             .detach(|| CoreIndex::create_with(&path, dim as usize, dtype, compression))
             .py_err(py)?;
@@ -195,7 +209,18 @@ impl PyIndex {
     /// The compression configuration as the tuple `create` takes, or None for a plain index.
     #[getter]
     #[allow(clippy::type_complexity)]
-    fn compression(&self) -> Option<(Option<usize>, Option<usize>, bool, u64, u64, u64, usize)> {
+    fn compression(
+        &self,
+    ) -> Option<(
+        Option<usize>,
+        Option<usize>,
+        bool,
+        u64,
+        u64,
+        u64,
+        usize,
+        String,
+    )> {
         self.inner.compression().map(|c| {
             (
                 c.bytes_per_token,
@@ -205,6 +230,7 @@ impl PyIndex {
                 c.train_sample_tokens,
                 c.seed,
                 c.pool_factor,
+                c.fidelity.name().to_owned(),
             )
         })
     }
@@ -337,7 +363,7 @@ impl PyIndex {
     /// the result is None when the latest snapshot has a segment the masks do not cover, and a
     /// compressed index scores the allowed documents exhaustively when at most
     /// `exhaustive_below` are live.
-    #[pyo3(signature = (queries, k=10, n_threads=None, subset=None, nprobe=None, rerank=None, refine=None, masks=None, exhaustive_below=0))]
+    #[pyo3(signature = (queries, k=10, n_threads=None, subset=None, nprobe=None, rerank=None, refine=None, masks=None, exhaustive_below=0, rerank_depth=None))]
     #[allow(clippy::too_many_arguments)]
     fn search<'py>(
         &self,
@@ -351,13 +377,16 @@ impl PyIndex {
         refine: Option<i64>,
         masks: Option<&Bound<'py, PyDict>>,
         exhaustive_below: usize,
+        rerank_depth: Option<i64>,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let nprobe = count_arg(py, "nprobe", nprobe, 1)?;
         let refine = count_arg(py, "refine", refine, 0)?;
+        let rerank_depth = count_arg(py, "rerank_depth", rerank_depth, 1)?;
         let opts = CompressedSearch {
             nprobe,
             rerank,
             refine,
+            rerank_depth,
         };
         if self.inner.is_closed() {
             return self.inner.len().map(|_| None).py_err(py);

@@ -9,6 +9,7 @@ use std::path::Path;
 use half::f16;
 
 use super::config::{Compression, CODEC_FILE, IVF_FILE, MIN_TRAIN_TOKENS};
+use super::fidelity::{Fidelity, FID_FILE};
 use super::state::{codec_id, load_codec};
 use super::{Codec, CodecParams, IvfSegment};
 use crate::error::{LatixError, Result};
@@ -177,12 +178,25 @@ fn encode_segment(
             })?;
         IvfSegment::build(codec, crc, DocVectors::F16(&rows), &offsets)
     })??;
+    // The tier's refinement data, from the segment's original (unpooled) rows, read verified.
+    let fid = match cfg.fidelity.nbits() {
+        0 => None,
+        nbits => Some(crate::parallel::install(n_threads, || {
+            let rows = seg.rows_checked(0, seg.n_tokens())?;
+            super::fidelity::build(codec, crc, rows, seg.n_docs(), nbits)
+        })??),
+    };
+    drop(seg);
     let target = if cfg.keep_vectors {
         file.to_owned()
     } else {
         ctx.strip_vectors_with(file, token_counts)?
     };
-    ctx.write_segment_file(&target, IVF_FILE, ivf.as_bytes())
+    ctx.write_segment_file(&target, IVF_FILE, ivf.as_bytes())?;
+    if let Some(f) = fid {
+        ctx.write_segment_file(&target, FID_FILE, f.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// The commit hook of a compressed index (see the module documentation). `retrain` retrains the
@@ -202,6 +216,9 @@ pub(crate) fn commit_hook(
     if !retrain {
         upgrade_old_lists(ctx)?;
     }
+    // A tiered index compacts from its refinement data's reconstructions: one row per original
+    // token, in order, so they are pooled and encoded like original vectors.
+    let decoded_input = decoded_input.filter(|_| cfg.fidelity == Fidelity::Codes);
     let pool = if decoded_input.is_some() {
         1
     } else {

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use super::fidelity::Fidelity;
 use crate::error::{LatixError, Result};
 use crate::store::Snapshot;
 
@@ -14,10 +15,13 @@ pub const CODEC_FILE: &str = "codec";
 pub const IVF_FILE: &str = "ivf";
 
 const CONFIG_MAGIC: &[u8; 8] = b"LTXCOMPR";
-const CONFIG_VERSION: u32 = 2;
-/// Version 1 had no pool factor (it reads as 1).
+const CONFIG_VERSION: u32 = 3;
+/// Version 1 had no pool factor (it reads as 1), version 2 no fidelity tier (it reads as
+/// `codes`). A `codes` configuration is still written as version 2, so an index of the default
+/// tier stays readable by the latix that wrote version 2.
 const CONFIG_LEN_V1: usize = 8 + 4 + 4 + 4 + 4 + 8 + 8 + 8 + 4;
-const CONFIG_LEN: usize = CONFIG_LEN_V1 + 4;
+const CONFIG_LEN_V2: usize = CONFIG_LEN_V1 + 4;
+const CONFIG_LEN: usize = CONFIG_LEN_V2 + 4;
 /// Largest accepted token-pooling factor.
 pub const MAX_POOL_FACTOR: usize = 8;
 
@@ -42,6 +46,9 @@ pub struct Compression {
     /// Token pooling factor (see [`crate::compressed::pool`]): each document is stored with
     /// `ceil(n / pool_factor)` pooled vectors; 1 = no pooling.
     pub pool_factor: usize,
+    /// Storage tier (see [`crate::compressed::fidelity`]): refinement data per original token
+    /// beside the codes, used to re-rank the short list when the vectors are not kept.
+    pub fidelity: Fidelity,
 }
 
 impl Default for Compression {
@@ -54,6 +61,7 @@ impl Default for Compression {
             train_sample_tokens: 262_144,
             seed: 0,
             pool_factor: 2,
+            fidelity: Fidelity::Codes,
         }
     }
 }
@@ -112,6 +120,13 @@ impl Compression {
                 self.train_sample_tokens
             )));
         }
+        if self.fidelity != Fidelity::Codes && self.keep_vectors {
+            return Err(LatixError::invalid(format!(
+                "fidelity={:?} stores refinement data instead of the full vectors; with \
+                 keep_vectors=True search re-ranks from the vectors themselves: pass one of them",
+                self.fidelity.name()
+            )));
+        }
         if let Some(k) = self.n_centroids {
             // The training sample holds at least min(train_min_tokens, train_sample_tokens).
             let fewest = self.train_min_tokens.min(self.train_sample_tokens);
@@ -128,8 +143,10 @@ impl Compression {
     /// Serialises the configuration (versioned, checksummed).
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(CONFIG_LEN);
+        let tiered = self.fidelity != Fidelity::Codes;
         b.extend_from_slice(CONFIG_MAGIC);
-        b.extend_from_slice(&CONFIG_VERSION.to_le_bytes());
+        let version = if tiered { CONFIG_VERSION } else { 2 };
+        b.extend_from_slice(&version.to_le_bytes());
         b.extend_from_slice(&(self.bytes_per_token.unwrap_or(0) as u32).to_le_bytes());
         b.extend_from_slice(&(self.n_centroids.unwrap_or(0) as u32).to_le_bytes());
         b.extend_from_slice(&(self.keep_vectors as u32).to_le_bytes());
@@ -137,6 +154,9 @@ impl Compression {
         b.extend_from_slice(&self.train_sample_tokens.to_le_bytes());
         b.extend_from_slice(&self.seed.to_le_bytes());
         b.extend_from_slice(&(self.pool_factor as u32).to_le_bytes());
+        if tiered {
+            b.extend_from_slice(&self.fidelity.code().to_le_bytes());
+        }
         let crc = crc32c::crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         b
@@ -152,7 +172,7 @@ impl Compression {
         }
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         let version = u32_at(8);
-        if version != CONFIG_VERSION && version != 1 {
+        if !(1..=CONFIG_VERSION).contains(&version) {
             return Err(LatixError::UnsupportedVersion {
                 path: path.to_path_buf(),
                 detail: format!(
@@ -160,10 +180,10 @@ impl Compression {
                 ),
             });
         }
-        let len = if version == 1 {
-            CONFIG_LEN_V1
-        } else {
-            CONFIG_LEN
+        let len = match version {
+            1 => CONFIG_LEN_V1,
+            2 => CONFIG_LEN_V2,
+            _ => CONFIG_LEN,
         };
         if b.len() != len {
             return Err(bad(&format!("{} bytes, expected {len}", b.len())));
@@ -181,6 +201,11 @@ impl Compression {
         if keep > 1 {
             return Err(bad("keep_vectors is neither 0 nor 1"));
         }
+        let fidelity = if version >= 3 {
+            Fidelity::from_code(u32_at(52)).ok_or_else(|| bad("unknown fidelity tier"))?
+        } else {
+            Fidelity::Codes
+        };
         Ok(Compression {
             bytes_per_token: opt(u32_at(12)),
             n_centroids: opt(u32_at(16)),
@@ -189,6 +214,7 @@ impl Compression {
             train_sample_tokens: u64_at(32),
             seed: u64_at(40),
             pool_factor: if version == 1 { 1 } else { u32_at(48) as usize },
+            fidelity,
         })
     }
 

@@ -7,6 +7,7 @@ pub mod codec;
 mod commit;
 pub mod config;
 pub mod fastscan;
+pub mod fidelity;
 pub mod ivf;
 pub mod kmeans;
 pub mod linalg;
@@ -19,6 +20,7 @@ pub(crate) use commit::{commit_hook, has_old_lists};
 pub use config::{
     Compression, CODEC_FILE, CONFIG_FILE, IVF_FILE, MAX_POOL_FACTOR, MIN_TRAIN_TOKENS,
 };
+pub use fidelity::{FidSegment, Fidelity, FID_FILE};
 pub use ivf::{codec_checksum, IvfSegment};
 pub use search::{
     centroid_interaction, default_nprobe, default_refine, default_refine_for_rerank, refine,

@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::config::{Compression, CODEC_FILE, IVF_FILE, MAX_POOL_FACTOR};
+use super::fidelity::{FidSegment, Fidelity, FID_FILE};
 use super::{codec_checksum, Codec, IvfSegment};
 use crate::error::{LatixError, Result};
 use crate::store::{Segment, Snapshot};
@@ -46,6 +47,8 @@ pub(crate) struct CState {
     pub(crate) codec: Option<Arc<LoadedCodec>>,
     /// Per snapshot segment: its inverted lists, if encoded.
     pub(crate) ivfs: Vec<Option<(String, Arc<IvfSegment>)>>,
+    /// Per snapshot segment: its refinement file (fidelity tiers), if encoded.
+    pub(crate) fids: Vec<Option<(String, Arc<FidSegment>)>>,
     /// When the lists' file sizes were last checked.
     pub(crate) size_checked: std::sync::atomic::AtomicU64,
 }
@@ -57,8 +60,18 @@ impl CState {
         if !crate::store::size_check_due(&self.size_checked) {
             return Ok(());
         }
-        for (f, ivf) in self.ivfs.iter().flatten() {
-            if let Err(e) = ivf.check_size(&snap.dir().join(f)) {
+        let ivfs = self
+            .ivfs
+            .iter()
+            .flatten()
+            .map(|(f, s)| (f, s.check_size(&snap.dir().join(f))));
+        let fids = self
+            .fids
+            .iter()
+            .flatten()
+            .map(|(f, s)| (f, s.check_size(&snap.dir().join(f))));
+        for (_, checked) in ivfs.chain(fids) {
+            if let Err(e) = checked {
                 // Damaged: every later call checks again (and fails), undelayed.
                 self.size_checked
                     .store(0, std::sync::atomic::Ordering::Relaxed);
@@ -157,8 +170,51 @@ fn load_ivf(snap: &Snapshot, file: &str, seg: &Segment, codec: &LoadedCodec) -> 
     Ok(ivf)
 }
 
-/// Loads the compressed state of `snap`, reusing what `prev` already loaded.
-pub(crate) fn load_state(snap: &Snapshot, prev: Option<&CState>) -> Result<CState> {
+/// Opens the refinement file `file` of `snap` fully verified and checks it against the
+/// manifest's record of it, its segment and the codec.
+fn load_fid(snap: &Snapshot, file: &str, seg: &Segment, codec: &LoadedCodec) -> Result<FidSegment> {
+    let path = &snap.dir().join(file);
+    let fid = FidSegment::open(path, true)?;
+    snap.manifest()
+        .check_named_file(file, path, Some(fid.file_checksum()))?;
+    if fid.codec_checksum() != codec.crc
+        || fid.n_centroids() != codec.codec.n_centroids()
+        || fid.dim() != codec.codec.dim()
+    {
+        return Err(LatixError::corrupted(
+            path,
+            format!(
+                "refinement file was encoded with another codec (checksum {:#010x}, the index \
+                 codec {} has {:#010x})",
+                fid.codec_checksum(),
+                codec.file,
+                codec.crc
+            ),
+        ));
+    }
+    if fid.n_tokens() as u64 != seg.n_tokens() || fid.n_docs() != seg.n_docs() {
+        return Err(LatixError::corrupted(
+            path,
+            format!(
+                "refinement file holds {} documents and {} tokens, segment {} holds {} and {}",
+                fid.n_docs(),
+                fid.n_tokens(),
+                seg.file_name(),
+                seg.n_docs(),
+                seg.n_tokens()
+            ),
+        ));
+    }
+    Ok(fid)
+}
+
+/// Loads the compressed state of `snap` (an index of tier `fidelity`), reusing what `prev`
+/// already loaded.
+pub(crate) fn load_state(
+    snap: &Snapshot,
+    prev: Option<&CState>,
+    fidelity: Fidelity,
+) -> Result<CState> {
     let dir = snap.dir();
     let codec_file = snap
         .manifest()
@@ -183,9 +239,67 @@ pub(crate) fn load_state(snap: &Snapshot, prev: Option<&CState>) -> Result<CStat
                 .collect()
         })
         .unwrap_or_default();
+    let reuse_fid: HashMap<&str, &Arc<FidSegment>> = prev
+        .map(|p| {
+            p.fids
+                .iter()
+                .flatten()
+                .map(|(f, s)| (f.as_str(), s))
+                .collect()
+        })
+        .unwrap_or_default();
     let manifest_path = dir.join(snap.manifest_name());
     let mut ivfs = Vec::with_capacity(snap.segments().len());
+    let mut fids = Vec::with_capacity(snap.segments().len());
     for v in snap.segments() {
+        let fid_file = v
+            .entry
+            .side_files
+            .iter()
+            .find(|(n, _)| n == FID_FILE)
+            .map(|(_, f)| f.clone());
+        let has_ivf = v.entry.side_files.iter().any(|(n, _)| n == IVF_FILE);
+        match (fid_file, &codec) {
+            (Some(f), Some(c)) if has_ivf && fidelity != Fidelity::Codes => {
+                let fid = match reuse_fid.get(f.as_str()) {
+                    Some(s) => Arc::clone(s),
+                    None => Arc::new(load_fid(snap, &f, &v.segment, c)?),
+                };
+                if fid.nbits() != fidelity.nbits() {
+                    return Err(LatixError::corrupted(
+                        dir.join(&f),
+                        format!(
+                            "refinement file of {} bits per dimension in an index of fidelity \
+                             {:?}",
+                            fid.nbits(),
+                            fidelity.name()
+                        ),
+                    ));
+                }
+                fids.push(Some((f, fid)));
+            }
+            (Some(f), _) => {
+                return Err(LatixError::corrupted(
+                    &manifest_path,
+                    format!(
+                        "segment side file {f} is refinement data, and the index has no codec, \
+                         no inverted lists for the segment or fidelity \"codes\""
+                    ),
+                ))
+            }
+            (None, _) if has_ivf && fidelity != Fidelity::Codes => {
+                return Err(LatixError::corrupted(
+                    &manifest_path,
+                    format!(
+                        "segment {} has inverted lists but no refinement file, and the index \
+                         has fidelity {:?}",
+                        v.segment.file_name(),
+                        fidelity.name()
+                    ),
+                ))
+            }
+            (None, _) => fids.push(None),
+        }
         let file = v
             .entry
             .side_files
@@ -222,6 +336,7 @@ pub(crate) fn load_state(snap: &Snapshot, prev: Option<&CState>) -> Result<CStat
         manifest: snap.manifest_name().to_owned(),
         codec,
         ivfs,
+        fids,
         size_checked: std::sync::atomic::AtomicU64::new(0),
     })
 }
@@ -229,17 +344,33 @@ pub(crate) fn load_state(snap: &Snapshot, prev: Option<&CState>) -> Result<CStat
 /// Full check of the compressed files of `snap`: configuration, codec, every `ivf` (read
 /// entirely, checksum, offsets, codec checksum, counts against the segment).
 pub(crate) fn verify(snap: &Snapshot) -> Result<()> {
-    Compression::load(snap)?;
+    let fidelity = Compression::load(snap)?.map_or(Fidelity::Codes, |c| c.fidelity);
     // A fresh load (no reuse) re-reads and re-checks every file.
-    load_state(snap, None).map(|_| ())
+    load_state(snap, None, fidelity).map(|_| ())
 }
 
 /// The decoded approximation of document `doc` of segment `seg` of a snapshot whose compressed
 /// state is `state` (a vector-free segment: its rows are reconstructed from codes).
-pub(crate) fn decode_segment_doc(state: Option<&CState>, seg: usize, doc: u32) -> Result<Vec<f32>> {
+///
+/// With a fidelity tier the document's rows `rows` (its range in the segment) are reconstructed
+/// from the refinement file instead: one row per original token, in the original order.
+pub(crate) fn decode_segment_doc(
+    state: Option<&CState>,
+    seg: usize,
+    doc: u32,
+    rows: (u64, u64),
+) -> Result<Vec<f32>> {
     let no_codes = || LatixError::invalid("the segment has no codes to decode");
     let st = state.ok_or_else(no_codes)?;
     let codec = st.codec.as_ref().ok_or_else(no_codes)?;
+    if let Some((_, fid)) = st.fids.get(seg).and_then(|x| x.as_ref()) {
+        // A tier: the reconstruction of every original token, in order.
+        let (a, b) = (rows.0 as usize, rows.1 as usize);
+        if a > b || b > fid.n_tokens() {
+            return Err(no_codes());
+        }
+        return fid.decode_rows(codec.codec.centroids(), a, b);
+    }
     let (_, ivf) = st
         .ivfs
         .get(seg)

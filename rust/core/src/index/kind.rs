@@ -6,9 +6,9 @@
 //! | create   | nothing                      | writes the [`Compression`] configuration file            |
 //! | commit   | the user's hook only         | codec training / encoding hook, then the user's hook     |
 //! | refresh  | the latest snapshot          | the snapshot with its codec and inverted lists (cached)  |
-//! | search   | exhaustive exact MaxSim      | generate -> refine -> rerank from codes once trained     |
-//! | get      | stored vectors               | decoded codes for a vector-free segment                  |
-//! | verify   | the store's check            | + configuration, codec and every inverted-list file      |
+//! | search   | exhaustive exact MaxSim      | generate -> refine -> rerank (vectors or tier) once trained |
+//! | get      | stored vectors               | decoded codes (or tier file) for a vector-free segment   |
+//! | verify   | the store's check            | + configuration, codec, inverted-list and tier files     |
 //! | stats    | `compressed: false`          | codec figures                                            |
 
 use std::path::Path;
@@ -195,13 +195,25 @@ impl Kind {
     /// `InvalidInput` if `opts` does not apply to this kind.
     pub(crate) fn check_options(&self, opts: &CompressedSearch) -> Result<()> {
         match self.compression() {
-            None if opts.nprobe.is_some() || opts.rerank.is_some() || opts.refine.is_some() => Err(
-                LatixError::invalid("nprobe, rerank and refine apply to compressed indexes only"),
-            ),
-            Some(c) if opts.rerank == Some(true) && !c.keep_vectors => Err(LatixError::invalid(
-                "rerank=True needs the full vectors, and this index was created with \
-                 keep_vectors=False",
-            )),
+            None if opts.nprobe.is_some()
+                || opts.rerank.is_some()
+                || opts.refine.is_some()
+                || opts.rerank_depth.is_some() =>
+            {
+                Err(LatixError::invalid(
+                    "nprobe, rerank, refine and rerank_depth apply to compressed indexes only",
+                ))
+            }
+            Some(c)
+                if opts.rerank == Some(true)
+                    && !c.keep_vectors
+                    && c.fidelity == compressed::Fidelity::Codes =>
+            {
+                Err(LatixError::invalid(
+                    "rerank=True needs the full vectors or a fidelity tier, and this index was \
+                     created with keep_vectors=False and fidelity=\"codes\"",
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -254,7 +266,8 @@ impl Kind {
         let snap = &view.snap;
         if let Some((s, d)) = snap.lookup(id) {
             if !snap.segments()[s].segment.has_vectors() {
-                let rows = decode_segment_doc(view.state.as_deref(), s, d)?;
+                let range = snap.segments()[s].segment.doc_range(d);
+                let rows = decode_segment_doc(view.state.as_deref(), s, d, range)?;
                 return Ok(Some(OwnedVectors::from_f32(rows, snap.dtype())));
             }
         }
@@ -305,7 +318,11 @@ impl CompressedKind {
                 return Ok(s.clone());
             }
         }
-        let st = Arc::new(compressed::load_state(snap, prev.as_deref())?);
+        let st = Arc::new(compressed::load_state(
+            snap,
+            prev.as_deref(),
+            self.cfg.fidelity,
+        )?);
         let mut g = lock(&self.state);
         // Manifest names are zero-padded generations: they order like the generations.
         if g.as_ref().is_none_or(|cur| cur.manifest <= st.manifest) {

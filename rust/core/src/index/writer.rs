@@ -496,7 +496,7 @@ impl Index {
                     // checksums.
                     stage.add_doc(seg.id(d)?, seg.rows_checked(a, b)?)?;
                 } else {
-                    let rows = decode_segment_doc(state.as_deref(), s, d)?;
+                    let rows = decode_segment_doc(state.as_deref(), s, d, (a, b))?;
                     stage.add_doc(seg.id(d)?, DocVectors::F32(&rows))?;
                 }
             }

@@ -34,7 +34,7 @@ pub use refinement::{
     centroid_interaction, default_refine, default_refine_for_rerank, refine, rerank_depth,
     REFINE_MIN,
 };
-pub use rerank::{rerank_exact, FullVectors};
+pub use rerank::{rerank_exact, rerank_tier, tier_rerank_depth, FullVectors, TierRows};
 use scan::cand_cmp;
 pub use scan::search_segments;
 
@@ -55,6 +55,9 @@ pub struct CompressedSearch {
     /// `None` is [`default_refine`] of `k` (and off for indexes whose lists predate the document
     /// map).
     pub refine: Option<usize>,
+    /// Documents of the refined list re-ranked (exactly from kept vectors, or from a fidelity
+    /// tier's refinement data); `None`: [`rerank_depth`] / [`tier_rerank_depth`] of `k`.
+    pub rerank_depth: Option<usize>,
 }
 
 /// Documents of a filtered search (a subset or per-segment masks) refined from codes, chosen by
@@ -116,8 +119,15 @@ pub(crate) fn search_snapshot(
             "nprobe must be between 1 and the number of centroids ({kc}), got {nprobe}"
         )));
     }
-    let rerank = opts.rerank.unwrap_or(keep_vectors);
     let segs = snap.segments();
+    // A fidelity tier re-ranks from its refinement data (every encoded segment has a file).
+    let tiered = !keep_vectors
+        && state
+            .ivfs
+            .iter()
+            .zip(&state.fids)
+            .any(|(i, f)| i.is_some() && f.is_some());
+    let rerank = opts.rerank.unwrap_or(keep_vectors || tiered);
     // Allowed documents per segment: the subset's live documents, or all live documents.
     let filtered = bits.is_some() || subset.is_some();
     let allowed: Vec<Option<Vec<u64>>> = match (bits, subset) {
@@ -159,6 +169,7 @@ pub(crate) fn search_snapshot(
     let mut views = Vec::new();
     let mut view_seg = Vec::new();
     let mut fulls = Vec::new();
+    let mut tiers = Vec::new();
     let mut exact_segs = Vec::new();
     for (s, v) in segs.iter().enumerate() {
         match state.ivfs.get(s).and_then(|x| x.as_ref()) {
@@ -168,7 +179,15 @@ pub(crate) fn search_snapshot(
                     allowed: allowed[s].as_deref(),
                 });
                 view_seg.push(s);
-                if rerank {
+                if rerank && tiered {
+                    let (_, fid) = state.fids.get(s).and_then(|x| x.as_ref()).ok_or_else(|| {
+                        LatixError::invalid("a segment of this tiered index has no refinement data")
+                    })?;
+                    tiers.push(TierRows {
+                        fid,
+                        offsets: v.segment.offsets(),
+                    });
+                } else if rerank {
                     if !v.segment.has_vectors() {
                         return Err(LatixError::invalid(
                             "rerank needs the full vectors, and this index was created with \
@@ -204,10 +223,11 @@ pub(crate) fn search_snapshot(
     // for a 48 GB candidate buffer).
     let live = snap.len().max(1);
     let n_refine = n_refine.min(live);
-    let exact_depth = if rerank {
-        rerank_depth(k, n_refine > 0)
-    } else {
-        k
+    let exact_depth = match opts.rerank_depth {
+        Some(r) if rerank => r.max(k),
+        _ if rerank && tiered => tier_rerank_depth(k),
+        _ if rerank => rerank_depth(k, n_refine > 0),
+        _ => k,
     }
     .min(live);
     let depth = exact_depth.max(n_refine);
@@ -264,7 +284,9 @@ pub(crate) fn search_snapshot(
                 cands.extend(rest);
             }
             cands.truncate(exact_depth);
-            if rerank {
+            if rerank && tiered {
+                cands = rerank_tier(&codec.codec, &plan, q, &tiers, &cands, k)?;
+            } else if rerank {
                 for &(_, vi, d) in &cands {
                     // Verified read of the rows the re-rank is about to use.
                     let seg = &segs[view_seg[vi as usize]].segment;

@@ -1,0 +1,43 @@
+//! Fuzzes `FidSegment::from_bytes` (a fidelity tier's refinement file: header, levels, centroid
+//! ids, block codes) and every reader of a parsed file: never panics or reads out of bounds,
+//! whatever the bytes. Input: a mode byte (bit 0: recompute the trailing CRC so the structural
+//! validation is reached), then the file.
+#![no_main]
+
+use latix_core::compressed::fidelity::{score_doc, FidQuery, FidSegment};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let mut b = rest.to_vec();
+    if mode & 1 == 1 && b.len() >= 4 {
+        let n = b.len() - 4;
+        let crc = crc32c::crc32c(&b[..n]);
+        b[n..].copy_from_slice(&crc.to_le_bytes());
+    }
+    let Ok(seg) = FidSegment::from_bytes(&b, true) else {
+        return;
+    };
+    let (dim, k, n) = (seg.dim(), seg.n_centroids(), seg.n_tokens());
+    if dim > 4096 || k > 1 << 16 {
+        return; // valid but too large to score here
+    }
+    assert_eq!(seg.codes().len(), n.div_ceil(32) * seg.n_sub() * 16);
+    for t in 0..n.min(256) {
+        assert!((seg.cid(t) as usize) < k);
+        for d in 0..dim.min(64) {
+            assert!(seg.level(t, d) < 1 << seg.nbits());
+        }
+    }
+    let centroids = vec![0.5f32; k * dim];
+    let m = n.min(64);
+    let rows = seg.decode_rows(&centroids, 0, m).expect("decode");
+    assert_eq!(rows.len(), m * dim);
+    let q = vec![0.25f32; 2 * dim];
+    let fq = FidQuery::new(&q, &seg);
+    let cs = vec![0.1f32; 2 * k];
+    let s = score_doc(&fq, &cs, k, &seg, 0, m, latix_core::simd::avx2_fma());
+    assert!(s.is_finite());
+});

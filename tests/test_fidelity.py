@@ -1,0 +1,121 @@
+"""Fidelity tiers (``Compression(fidelity=...)``) through the Python API: tier scores are the
+mean of numpy MaxSim over the reconstructions ``get()`` returns and the codes' refined score, the
+tier's top 10 is closer to exact search's than the codes' own, and bad values are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import latix
+import numpy as np
+import pytest
+from test_compressed_index import DIM, Data, exact_top, maxsim
+
+
+def cfg(fidelity: str, **kw: object) -> latix.Compression:
+    base: dict[str, object] = dict(
+        bytes_per_token=8,
+        n_centroids=32,
+        train_min_tokens=2000,
+        train_sample_tokens=4000,
+        seed=3,
+        pool_factor=2,
+        fidelity=fidelity,
+    )
+    base.update(kw)
+    return latix.Compression(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fidelity", ["balanced", "high"])
+def test_tier_scores_are_maxsim_over_the_reconstructions(tmp_path: Path, fidelity: str) -> None:
+    data = Data(7)
+    docs = data.docs(260)
+    ids = [f"d{i}" for i in range(len(docs))]
+    live = dict(zip(ids, docs, strict=True))
+    with latix.Index.create(tmp_path / "t", DIM, compression=cfg(fidelity)) as ix:
+        ix.add(ids[:200], docs[:200])
+        ix.commit()
+        ix.add(ids[200:], docs[200:])  # encoded with the trained codec: its own tier file
+        ix.commit()
+        ix.delete(["d5", "d230"])
+        ix.commit()
+        live.pop("d5")
+        live.pop("d230")
+        assert ix.compression is not None and ix.compression.fidelity == fidelity
+        assert len(list((tmp_path / "t").glob("*.fid-*"))) == 2
+        # get(): one reconstructed row per original token, in order, near the original.
+        rec = {i: ix.get(i).astype(np.float32) for i in live}
+        for i in list(live)[:20]:
+            assert rec[i].shape == live[i].shape
+            cos = (rec[i] * live[i]).sum(1) / np.linalg.norm(rec[i], axis=1)
+            assert cos.min() > 0.8
+        hit_t = hit_c = 0
+        with latix.Index.create(tmp_path / "c", DIM, compression=cfg("codes")) as codes:
+            codes.add(ids, docs)
+            codes.commit()
+            codes.delete(["d5", "d230"])
+            codes.commit()
+            for trial in range(15):
+                q = data.mat(1 + trial % 8, 0.8)
+                scores, got = ix.search(q, k=10)
+                hits = [i for i in got[0] if i]
+                assert "d5" not in hits and "d230" not in hits
+                # The tier's score: the mean of MaxSim over the reconstruction (up to the 8-bit
+                # tables) and the candidate's refined score from codes (the 48 refined by default
+                # for k = 10, returned unre-ranked by rerank=False).
+                s48, g48 = ix.search(q, k=48, rerank=False, refine=48)
+                from_codes = dict(zip(g48[0], s48[0], strict=True))
+                want = [
+                    0.5 * float((q @ rec[i].T).max(axis=1).sum()) + 0.5 * float(from_codes[i])
+                    for i in hits
+                ]
+                np.testing.assert_allclose(scores[0][: len(hits)], want, atol=0.01 * len(q))
+                top = set(exact_top(q, live, 10))
+                hit_t += len(top & set(hits))
+                hit_c += len(top & set(codes.search(q, k=10)[1][0]))
+                # The estimate is close to exact MaxSim of the original document.
+                for s, i in zip(scores[0][:3], hits[:3], strict=False):
+                    assert abs(s - maxsim(q, live[i])) < 0.15 * len(q)
+                # subset: only allowed documents.
+                sub = ids[::3]
+                _, g = ix.search(q, k=10, subset=sub)
+                assert set(i for i in g[0] if i) <= set(sub)
+        assert hit_t > hit_c, (hit_t, hit_c)
+        # rerank=False returns the codes' estimates; rerank_depth is validated.
+        s_off, _ = ix.search(data.mat(4, 0.8), k=5, rerank=False)
+        assert s_off.shape == (1, 5)
+        for bad in (0, -2, 1.5):
+            with pytest.raises(latix.InvalidArgumentError, match="rerank_depth"):
+                ix.search(data.mat(3, 0.8), k=5, rerank_depth=bad)  # type: ignore[arg-type]
+        ix.compact()
+        ix.verify()
+        assert len(ix) == len(live)
+
+
+def test_fidelity_knob_is_checked(tmp_path: Path) -> None:
+    for bad in ("medium", "", 1, None):
+        with pytest.raises(latix.InvalidArgumentError, match="fidelity"):
+            cfg(bad)  # type: ignore[arg-type]
+    with pytest.raises(latix.InvalidArgumentError, match="keep_vectors"):
+        cfg("high", keep_vectors=True)
+    assert latix.Compression().fidelity == "codes"
+    with latix.Index.create(tmp_path / "p", DIM) as plain:
+        plain.add(["a"], [np.ones((2, DIM), np.float32)])
+        plain.commit()
+        with pytest.raises(latix.InvalidArgumentError, match="rerank_depth"):
+            plain.search(np.ones((1, DIM), np.float32), k=1, rerank_depth=4)
+
+
+def test_damaged_tier_file_raises_corrupted(tmp_path: Path) -> None:
+    data = Data(9)
+    docs = data.docs(220)
+    with latix.Index.create(tmp_path / "t", DIM, compression=cfg("balanced")) as ix:
+        ix.add([f"d{i}" for i in range(len(docs))], docs)
+        ix.commit()
+    (f,) = sorted((tmp_path / "t").glob("*.fid-*"))
+    b = bytearray(f.read_bytes())
+    b[len(b) // 2] ^= 0x40
+    f.write_bytes(bytes(b))
+    with pytest.raises(latix.CorruptedIndexError, match="fid"):
+        with latix.Index.open(tmp_path / "t") as ix:
+            ix.search(data.mat(3, 0.8), k=5)
