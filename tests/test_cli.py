@@ -273,35 +273,27 @@ def test_demo_small(tmp_path: Path, capsys: pytest.CaptureFixture[str], encoder:
 
 
 def test_fidelity_option_reaches_compression(
-    tmp_path: Path,
-    corpus: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str], encoder: object
 ) -> None:
-    """`latix index --fidelity T` is forwarded as latix.Compression(fidelity=T) where the
-    Compression has storage tiers, and is a clear error (nothing created) where it has none or
-    the collection is not compressed."""
-    import dataclasses
-
-    import latix.index
-
-    has_tiers = "fidelity" in {f.name for f in dataclasses.fields(latix.index.Compression)}
+    """`latix index --fidelity T` creates a compressed collection whose index has tier T; on an
+    uncompressed collection, or with an unknown tier, it is a clear error and nothing is
+    created."""
     assert cli._fidelity_option(None) == {}
-    if not has_tiers:
-        out = tmp_path / "c"
-        args = ["index", str(corpus), "--out", str(out), "--no-progress"]
-        assert cli.main([*args, "--fidelity", "balanced"]) == 1
-        assert "no storage tiers" in capsys.readouterr().err
-        assert not out.exists()
-
-        @dataclasses.dataclass(frozen=True)
-        class Tiered:
-            fidelity: str = "codes"
-
-        monkeypatch.setattr(latix.index, "Compression", Tiered)
     assert cli._fidelity_option("balanced") == {"fidelity": "balanced"}
+    out = tmp_path / "c"
+    args = ["index", str(corpus), "--out", str(out), "--no-progress"]
+    assert cli.main([*args, "--fidelity", "high"]) == 0
+    with Collection.open(out) as c:
+        comp = c.index.compression
+        assert comp is not None and comp.fidelity == "high"
+    capsys.readouterr()
     out2 = tmp_path / "n"
     args = ["index", str(corpus), "--out", str(out2), "--no-progress", "--compression", "none"]
     assert cli.main([*args, "--fidelity", "high"]) == 1
     assert "applies to compressed collections" in capsys.readouterr().err
     assert not out2.exists()
+    out3 = tmp_path / "x"
+    with pytest.raises(SystemExit):
+        cli.main(["index", str(corpus), "--out", str(out3), "--fidelity", "best"])
+    assert "invalid choice" in capsys.readouterr().err
+    assert not out3.exists()
