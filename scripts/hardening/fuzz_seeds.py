@@ -64,7 +64,9 @@ def build_fid(path: Path) -> bytes:
         fidelity="high",
     )
     with latix.Index.create(path, dim=8, compression=comp) as ix:
-        docs = [rng.standard_normal((int(n), 8)).astype(np.float32) for n in rng.integers(1, 9, 80)]
+        docs = [
+            rng.standard_normal((int(n), 8)).astype(np.float32) for n in rng.integers(1, 9, 200)
+        ]
         ix.add([f"d{i}" for i in range(len(docs))], docs)
         ix.commit()
     (fid,) = sorted(path.glob("*.fid-*"))
