@@ -1594,43 +1594,13 @@ class Collection:
             InvalidArgumentError, FilterError: as :meth:`search`.
         """
         self._check_open()
-        if mode not in ("late", "keyword", "hybrid"):
-            raise InvalidArgumentError(f'mode must be "late", "keyword" or "hybrid", got {mode!r}')
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1 or k > 100_000:
-            raise InvalidArgumentError(f"k must be an int in 1..100000, got {k!r}")
-        k = int(k)
-        if queries is not None:
-            if isinstance(queries, str):
-                raise InvalidArgumentError("queries must be a list of str, got a single str")
-            queries = list(queries)
-            for i, q in enumerate(queries):
-                if not isinstance(q, str) or not q.strip():
-                    raise InvalidArgumentError(f"queries[{i}] must be a non-empty str")
-        if mode != "late" and queries is None:
-            raise InvalidArgumentError(f'mode "{mode}" needs query texts')
-        if queries is None and query_vectors is None:
-            raise InvalidArgumentError("pass queries (texts) or query_vectors")
-        if queries is not None and query_vectors is not None and len(queries) != len(query_vectors):
-            raise InvalidArgumentError(
-                f"{len(queries)} queries but {len(query_vectors)} query vectors"
-            )
-        for name in include:
-            if name not in ("text", "metadata"):
-                raise InvalidArgumentError(f'include may name "text" and "metadata", not {name!r}')
+        k, queries = _check_batch_args(mode, k, queries, query_vectors, include)
         opts = {"nprobe": nprobe, "refine": refine, "rerank": rerank}
         schema = None if where is None else self._store.fields()
         node = None if where is None or schema is None else flt.parse(where, schema)
         wkey = None if where is None else flt.cache_key(where)
         n_q = len(queries) if queries is not None else len(query_vectors or [])
-        hp = dict(HYBRID_DEFAULTS)
-        if fusion is not None:
-            if fusion not in ("convex", "rrf"):
-                raise InvalidArgumentError(f'fusion must be "convex" or "rrf", got {fusion!r}')
-            hp["fusion"] = fusion
-        if alpha is not None:
-            if not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0:
-                raise InvalidArgumentError(f"alpha must be a number in [0, 1], got {alpha!r}")
-            hp["alpha"] = float(alpha)
+        hp = _hybrid_params(fusion, alpha)
         lists: list[list[tuple[int, float, int, float, float]]] = []  # (rk, score, p, ls, ks)
         for _attempt in range(5):
             gen = self._generation()
@@ -2148,6 +2118,60 @@ def remove_collection(path: str | os.PathLike[str]) -> None:
 
 
 _FTS_WORD = None
+
+
+def _check_batch_args(
+    mode: str,
+    k: Any,
+    queries: Iterable[str] | None,
+    query_vectors: Sequence[Any] | None,
+    include: Iterable[str],
+) -> tuple[int, list[str] | None]:
+    """Checks a batch search's arguments (Collection.search_batch and the sharded handle's).
+
+    Returns:
+        ``k`` as an int and ``queries`` as a list (None when not given).
+
+    Raises:
+        InvalidArgumentError: a bad mode, ``k``, query text or ``include`` name; texts missing
+            where the mode needs them; texts and vectors of different counts.
+    """
+    if mode not in ("late", "keyword", "hybrid"):
+        raise InvalidArgumentError(f'mode must be "late", "keyword" or "hybrid", got {mode!r}')
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1 or k > 100_000:
+        raise InvalidArgumentError(f"k must be an int in 1..100000, got {k!r}")
+    texts: list[str] | None = None
+    if queries is not None:
+        if isinstance(queries, str):
+            raise InvalidArgumentError("queries must be a list of str, got a single str")
+        texts = list(queries)
+        for i, q in enumerate(texts):
+            if not isinstance(q, str) or not q.strip():
+                raise InvalidArgumentError(f"queries[{i}] must be a non-empty str")
+    if mode != "late" and texts is None:
+        raise InvalidArgumentError(f'mode "{mode}" needs query texts')
+    if texts is None and query_vectors is None:
+        raise InvalidArgumentError("pass queries (texts) or query_vectors")
+    if texts is not None and query_vectors is not None and len(texts) != len(query_vectors):
+        raise InvalidArgumentError(f"{len(texts)} queries but {len(query_vectors)} query vectors")
+    for name in include:
+        if name not in ("text", "metadata"):
+            raise InvalidArgumentError(f'include may name "text" and "metadata", not {name!r}')
+    return int(k), texts
+
+
+def _hybrid_params(fusion: str | None, alpha: float | None) -> dict[str, Any]:
+    """:data:`HYBRID_DEFAULTS` with the caller's ``fusion`` / ``alpha`` checked and applied."""
+    hp = dict(HYBRID_DEFAULTS)
+    if fusion is not None:
+        if fusion not in ("convex", "rrf"):
+            raise InvalidArgumentError(f'fusion must be "convex" or "rrf", got {fusion!r}')
+        hp["fusion"] = fusion
+    if alpha is not None:
+        if not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0:
+            raise InvalidArgumentError(f"alpha must be a number in [0, 1], got {alpha!r}")
+        hp["alpha"] = float(alpha)
+    return hp
 
 
 def _fts_query(text: str) -> str:

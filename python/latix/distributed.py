@@ -88,7 +88,6 @@ import numpy as np
 from latix import filters as flt
 from latix._optional import require
 from latix.collection import (
-    HYBRID_DEFAULTS,
     AddReport,
     BatchResults,
     Collection,
@@ -99,9 +98,11 @@ from latix.collection import (
     Passages,
     Record,
     _as_record,
+    _check_batch_args,
     _check_id,
     _fts_query,
     _fuse,
+    _hybrid_params,
     _write_json_atomic,
     remove_collection,
 )
@@ -925,40 +926,10 @@ class ShardedCollection:
             A :class:`ShardedBatchResults`.
         """
         self._check_open()
-        if mode not in ("late", "keyword", "hybrid"):
-            raise InvalidArgumentError(f'mode must be "late", "keyword" or "hybrid", got {mode!r}')
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1 or k > 100_000:
-            raise InvalidArgumentError(f"k must be an int in 1..100000, got {k!r}")
-        k = int(k)
-        if queries is not None:
-            if isinstance(queries, str):
-                raise InvalidArgumentError("queries must be a list of str, got a single str")
-            queries = list(queries)
-            for i, q in enumerate(queries):
-                if not isinstance(q, str) or not q.strip():
-                    raise InvalidArgumentError(f"queries[{i}] must be a non-empty str")
-        if mode != "late" and queries is None:
-            raise InvalidArgumentError(f'mode "{mode}" needs query texts')
-        if queries is None and query_vectors is None:
-            raise InvalidArgumentError("pass queries (texts) or query_vectors")
-        if queries is not None and query_vectors is not None and len(queries) != len(query_vectors):
-            raise InvalidArgumentError(
-                f"{len(queries)} queries but {len(query_vectors)} query vectors"
-            )
-        for name in include:
-            if name not in ("text", "metadata"):
-                raise InvalidArgumentError(f'include may name "text" and "metadata", not {name!r}')
+        k, queries = _check_batch_args(mode, k, queries, query_vectors, include)
         if where is not None:
             self._check_where(where)  # a malformed filter fails here, once
-        hp = dict(HYBRID_DEFAULTS)
-        if fusion is not None:
-            if fusion not in ("convex", "rrf"):
-                raise InvalidArgumentError(f'fusion must be "convex" or "rrf", got {fusion!r}')
-            hp["fusion"] = fusion
-        if alpha is not None:
-            if not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0:
-                raise InvalidArgumentError(f"alpha must be a number in [0, 1], got {alpha!r}")
-            hp["alpha"] = float(alpha)
+        hp = _hybrid_params(fusion, alpha)
         opts = {
             k_: v
             for k_, v in {"nprobe": nprobe, "refine": refine, "rerank": rerank}.items()
