@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.latix-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup build demo test test-rust test-python test-export wheel sdist test-wheel test-rust-aarch64 lint fmt check bench bench-compressed clean harden \
+.PHONY: setup build demo test test-rust test-python test-export wheel sdist test-wheel test-rust-aarch64 test-python-aarch64 lint fmt check bench bench-compressed clean harden \
 	soak fuzz fuzz-smoke bench-collection bench-serve docs
 
 setup: $(STAMP)
@@ -133,6 +133,19 @@ test-rust-aarch64:
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
 		cargo test --release -p latix-core --target aarch64-unknown-linux-gnu
+
+# The Python suite on aarch64 under qemu-user: the aarch64 release wheel (cross-built as `make
+# wheel WHEEL_TARGET=aarch64-unknown-linux-gnu` does), Debian's arm64 CPython 3.11 unpacked beside
+# it and the test requirements as aarch64 wheels (scripts/aarch64/setup.sh), then the subjects of
+# scripts/aarch64/test.sh (PYTEST_ARGS chooses others). Needs qemu-user and `dpkg
+# --add-architecture arm64 && apt-get update` once (root). Not part of `make check`: emulation
+# makes it ~40 minutes.
+AARCH64_DIR ?= target/aarch64-py
+test-python-aarch64: $(WHEEL_STAMP)
+	scripts/wheel/build.sh aarch64-unknown-linux-gnu $(WHEEL_COMPAT) dist
+	PIP="$(BIN)/python -m pip" scripts/aarch64/setup.sh \
+		"$$(ls -t dist/latix-*-manylinux*_aarch64.whl | head -n 1)" $(AARCH64_DIR)
+	scripts/aarch64/test.sh $(AARCH64_DIR) $(PYTEST_ARGS)
 
 # Everything a change must pass before it lands: what CI runs (.ci/run), and the README's
 # check command. Lint, the documentation site (before the tests: it installs the docs extra that
