@@ -14,17 +14,18 @@ re-encoded):
   with its own `IndexScorer.rank` (candidate generation, `filter_pids` and `decompress_residuals`
   C++ kernels, exact MaxSim over the decompressed vectors), sweeping its search settings
   (ncells, centroid_score_threshold, ndocs), the three settings colbert-ai's Searcher uses for
-  k <= 10 / <= 100 / larger plus one deeper.
+  k <= 10 and <= 100 and two shallower ones.
 
 Peers that cannot run here are listed with the reason (PEER_NOTES): the table says so.
 
 Every point runs the same 300 SciFact test queries (pre-encoded; encoding excluded), one at a
 time, k = 10, on one thread: latix with `n_threads=1`, colbert-ai with `torch.set_num_threads(1)`
-(its C++ kernels split their work over `at::get_num_threads()`). The points are timed in
-`--passes` passes (default 3) after an untimed warm-up pass; each pass runs every point over all
-queries, the points' order reversed every other pass so that a change of machine load falls on
-all of them alike; p50 / p99 are over every timed query of every pass. Builds use the machine's
-default thread counts (both libraries) and run niced.
+(its C++ kernels split their work over `at::get_num_threads()`). Each point first runs the first
+`--warmup` queries untimed (default 10), then `--passes` timed passes over all queries (default 1:
+colbert-ai's CPU search takes up to a second a query here), back to back in the same process,
+the points' order reversed every other pass so that a change of machine load falls on all of them
+alike; p50 / p99 are over every timed query of every pass, quality from the first pass's answers.
+Builds use the machine's default thread counts (both libraries) and run niced.
 
 Quality: recall@10 against exact MaxSim (the exact top 100 that benches/bench_compressed.py
 cached, checked against its input key: run that benchmark first if it is missing) and nDCG@10
@@ -104,16 +105,16 @@ def latency_at_recall(points: list[tuple[float, float]], recall: float) -> float
 
 def dir_bytes(path: str) -> int:
     """Bytes of every file under ``path``."""
-    return sum(
-        os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files
-    )
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 # ---------------------------------------------------------------------------- colbert-ai (PLAID)
 
-#: (ncells, centroid_score_threshold, ndocs): colbert-ai's Searcher defaults for k <= 10,
-#: k <= 100 and larger k, then one deeper setting.
-PLAID_POINTS = [(1, 0.5, 256), (2, 0.45, 1024), (4, 0.4, 4096), (8, 0.3, 8192)]
+#: (ncells, centroid_score_threshold, ndocs): colbert-ai's Searcher defaults for k <= 10 and
+#: k <= 100, and two shallower settings (its CPU path decompresses and scores the best ndocs / 4
+#: candidates; its k > 100 default, ndocs 4096, took 3.6 s a query here, 1,024 of SciFact's
+#: 5,183 documents).
+PLAID_POINTS = [(1, 0.5, 64), (1, 0.5, 128), (1, 0.5, 256), (2, 0.45, 1024)]
 
 
 def colbert_available() -> str | None:
@@ -172,8 +173,10 @@ def colbert_build(
         def setup(self) -> None:
             super().setup()
             # colbert-ai's rule, 2^floor(log2(16 sqrt(tokens))), gives 16384 centroids for
-            # SciFact's 1.2M tokens: k-means of 1.2M 384-d vectors into 16384 takes tens of
-            # minutes on the shared 2 cores, so the partition count is given (--plaid-k).
+            # SciFact's 1.2M tokens; faiss's k-means then clusters all 1.2M 384-d vectors, over
+            # an hour on the shared 2 cores (512 centroids: 4.3 s per iteration here). The
+            # partition count is given instead (--plaid-k, default 1024, what fits this run's
+            # time; latix's K here is 2048, over 616k vectors pooled by 2).
             self.num_partitions = n_partitions
             self._save_plan()
 
@@ -206,9 +209,13 @@ class ColbertSearcher:
     def __init__(self, path: str) -> None:
         import torch
         from colbert.infra import ColBERTConfig
+        from colbert.modeling.colbert import ColBERT
         from colbert.search.index_storage import IndexScorer
 
         torch.set_num_threads(1)
+        # The Searcher's checkpoint (a ColBERT model) loads the MaxSim kernel that scoring uses
+        # when it is constructed; no model is loaded here, so the kernel is loaded directly.
+        ColBERT.try_load_torch_extensions(False)
         self.torch = torch
         self.scorer = IndexScorer(path, use_gpu=False, load_index_with_mmap=False)
         self.config = ColBERTConfig
@@ -233,13 +240,17 @@ class ColbertSearcher:
 def main() -> None:  # noqa: C901 - one linear benchmark
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", default=None, help="bench data root (default as bench_compressed)")
+    ap.add_argument(
+        "--source", default=None, help="evaluation collections (default as bench_compressed)"
+    )
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/latix/bench/bench-peers"))
     ap.add_argument("--tiers", default="codes,balanced,high")
     ap.add_argument("--nprobe", default="4,8,16,32", help="latix nprobe values swept per tier")
-    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--passes", type=int, default=1, help="timed passes over all queries")
+    ap.add_argument("--warmup", type=int, default=10, help="untimed queries per point first")
     ap.add_argument("--queries", type=int, default=0, help="first N test queries (0 = all)")
     ap.add_argument("--plaid-nbits", type=int, default=2)
-    ap.add_argument("--plaid-k", type=int, default=4096)
+    ap.add_argument("--plaid-k", type=int, default=1024, help="PLAID centroids")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse", action="store_true", help="reuse built indexes (no build times)")
     ap.add_argument("--json", default=os.path.join(HERE, "..", "bench-results", "peers.json"))
@@ -250,6 +261,8 @@ def main() -> None:  # noqa: C901 - one linear benchmark
     import bench_compressed as bc
     import provenance
 
+    if a.source:
+        bc.QRELS = os.path.join(a.source, "scifact", "qrels", "test.tsv")
     os.makedirs(a.work, exist_ok=True)
     if a._build:
         kind, _, tier = a._build.partition(":")
@@ -265,20 +278,23 @@ def main() -> None:  # noqa: C901 - one linear benchmark
     peer_reason = colbert_available()
 
     # Builds, each in its own niced child process (its own threads, its own memory).
-    builds: dict[str, float | None] = {}
+    # The build time is the child's own (index creation to the last commit or file written),
+    # recorded in <index>.json; with --reuse it is that of the earlier build.
+    builds: dict[str, float] = {}
+    reused = []
     kinds = [f"latix:{t}" for t in tiers] + ([] if peer_reason else ["plaid:"])
     for kind in kinds:
         path = f"{a.work}/latix-{kind[6:]}" if kind.startswith("latix") else f"{a.work}/plaid"
         if a.reuse and os.path.exists(path + ".json"):
-            builds[kind] = None  # type: ignore[assignment]
-            continue
-        t = time.time()
-        cmd = ["nice", "-n", "10", sys.executable, __file__, "--_build", kind, "--work", a.work]
-        cmd += ["--seed", str(a.seed), "--plaid-nbits", str(a.plaid_nbits)]
-        cmd += ["--plaid-k", str(a.plaid_k)]
-        subprocess.run(cmd, check=True, stdout=sys.stderr)
-        builds[kind] = took = time.time() - t
-        print(f"built {kind} in {took:.1f} s", file=sys.stderr)
+            reused.append(kind)
+        else:
+            cmd = ["nice", "-n", "10", sys.executable, __file__, "--_build", kind]
+            cmd += ["--work", a.work, "--seed", str(a.seed), "--plaid-nbits", str(a.plaid_nbits)]
+            cmd += ["--plaid-k", str(a.plaid_k)]
+            subprocess.run(cmd, check=True, stdout=sys.stderr)
+        with open(path + ".json") as f:
+            builds[kind] = float(json.load(f)["build_s"])
+        print(f"built {kind} in {builds[kind]:.1f} s", file=sys.stderr)
 
     import ir_measures
     import latix
@@ -327,22 +343,27 @@ def main() -> None:  # noqa: C901 - one linear benchmark
             label = f"ncells {pt[0]}, threshold {pt[1]}, ndocs {pt[2]}"
             points.append((f"colbert-ai PLAID ({a.plaid_nbits}-bit)", "colbert-ai", label, g))
 
-    # Quality and warm-up: one untimed pass over every point.
+    # Each point: an untimed warm-up over the first --warmup queries, then --passes timed passes
+    # over all queries (the first one's answers give the quality figures); every other pass runs
+    # the points in reverse order.
     hits: dict[int, list[list[str]]] = {}
-    for j, (_, _, _, fn) in enumerate(points):
-        hits[j] = [fn(i) for i in range(nq)]
     lat: dict[int, list[float]] = {j: [] for j in range(len(points))}
     load_start = provenance.load_average()
+    for _, _, _, fn in points:
+        for i in range(min(a.warmup, nq)):
+            fn(i)
     for ps in range(a.passes):
         order = list(range(len(points)))
         if ps % 2:
             order.reverse()
         for j in order:
             fn = points[j][3]
+            got = []
             for i in range(nq):
                 t = time.perf_counter()
-                fn(i)
+                got.append(fn(i))
                 lat[j].append(time.perf_counter() - t)
+            hits.setdefault(j, got)
     load_end = provenance.load_average()
 
     sizes = {f"latix {t}": dir_bytes(f"{a.work}/latix-{t}") / n_tok for t in tiers}
@@ -353,9 +374,7 @@ def main() -> None:  # noqa: C901 - one linear benchmark
         build_s[name] = builds.get("plaid:")
     rows = []
     for j, (method, family, label, _) in enumerate(points):
-        run = {
-            qids[i]: {d: float(10 - r) for r, d in enumerate(hits[j][i])} for i in range(nq)
-        }
+        run = {qids[i]: {d: float(10 - r) for r, d in enumerate(hits[j][i])} for i in range(nq)}
         ndcg = ir_measures.calc_aggregate([nDCG @ 10], sub_qrels, run)[nDCG @ 10]
         rec = float(np.mean([len(set(hits[j][i]) & exact10[i]) / 10 for i in range(nq)]))
         ms = np.array(lat[j]) * 1000
@@ -386,6 +405,8 @@ def main() -> None:  # noqa: C901 - one linear benchmark
         f"exact reference: {ref_path} (key {key})"
     )
     print(f"load average (1 / 5 / 15 min): timing start {load_start}, end {load_end}")
+    if reused:
+        print(f"indexes reused from an earlier build (--reuse): {', '.join(reused)}")
     if plaid is not None:
         print(
             f"colbert-ai PLAID: {a.plaid_nbits}-bit residuals, {a.plaid_k} centroids, "
@@ -402,11 +423,10 @@ def main() -> None:  # noqa: C901 - one linear benchmark
         peer = r["library"] != "latix"
         at_s = "-" if not peer else ("out of latix's range" if at is None else f"{at:.2f} ms")
         ratio_s = "-" if ratio is None else f"{ratio:.3f}"
-        bs = "reused" if r["build_s"] is None else f"{r['build_s']:.1f}"
         print(
             f"| {r['method']} | {r['setting']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['recall_at_10_vs_exact']:.3f} | {r['ndcg_at_10']:.4f} | "
-            f"{r['bytes_per_token']:.1f} | {bs} | {at_s} | {ratio_s} |"
+            f"{r['bytes_per_token']:.1f} | {r['build_s']:.1f} | {at_s} | {ratio_s} |"
         )
     notes = dict(PEER_NOTES)
     if peer_reason is not None:

@@ -43,11 +43,11 @@ def test_latency_at_recall_on_a_log_linear_curve(seed: int) -> None:
         got = f(pts, float(r))
         assert got is not None
         np.testing.assert_allclose(got, np.exp(a + b * r), rtol=1e-9)
-        hi = min(l for l, x in zip(lat, rec, strict=True) if x >= r)
-        lo = max(l for l, x in zip(lat, rec, strict=True) if x <= r)
+        hi = min(v for v, x in zip(lat, rec, strict=True) if x >= r)
+        lo = max(v for v, x in zip(lat, rec, strict=True) if x <= r)
         assert lo * (1 - 1e-12) <= got <= hi * (1 + 1e-12)
-    for x, l in zip(rec, lat, strict=True):
-        np.testing.assert_allclose(f(pts, float(x)), l, rtol=1e-9)
+    for x, v in zip(rec, lat, strict=True):
+        np.testing.assert_allclose(f(pts, float(x)), v, rtol=1e-9)
     assert f(pts, float(rec[-1]) + 1e-3) is None
     assert f(pts, float(rec[0]) - 1e-3) is None
 
