@@ -401,7 +401,8 @@ def main() -> None:  # noqa: C901 - one linear benchmark
     # Output.
     print(
         f"\nSciFact: {len(doc_ids):,} documents, {n_tok:,} tokens (384-d, the cached encodings); "
-        f"{nq} test queries, k = 10, 1 thread, {a.passes} timed passes after a warm-up pass; "
+        f"{nq} test queries, k = 10, 1 thread, {a.passes} timed pass(es) after {a.warmup} "
+        "untimed queries per point; "
         f"exact reference: {ref_path} (key {key})"
     )
     print(f"load average (1 / 5 / 15 min): timing start {load_start}, end {load_end}")
