@@ -11,7 +11,11 @@ includes (`make docs` runs it, so the figures always show the committed results)
   token, filtered search at each selectivity (latency ratio and recall) and the
   exhaustive-vs-probing switch point;
 * serve.json (`benches/bench_serve.py`): `latix serve` p50 / p99 and QPS at 1 / 4 / 16 clients
-  next to in-process search.
+  next to in-process search;
+* peers.json (`benches/bench_peers.py`): latix's tiers and peer libraries' compressed indexes,
+  latency against recall swept in one run: a panel of its own in the latency-vs-recall figure
+  (the other panels' points come from other runs), the peers' bytes per token in the bytes
+  figure, and the table with the latix / peer p50 at equal recall.
 
 A result file that does not exist yet is named in the fragment with the command that writes it;
 nothing is drawn for it (no figure is ever made from numbers typed in here).
@@ -35,6 +39,7 @@ COMMANDS = {
     "compressed.json": "make bench-compressed (benches/bench_compressed.py)",
     "collection.json": "make bench-collection (benches/bench_collection.py)",
     "serve.json": "make bench-serve (benches/bench_serve.py)",
+    "peers.json": "python benches/bench_peers.py",
 }
 
 
@@ -65,14 +70,45 @@ def _image(rel: str, name: str, alt: str) -> str:
 # ---------------------------------------------------------------------------- compressed index
 
 
-def compressed(d: dict[str, Any], out: Path, rel: str) -> list[str]:
-    """Latency vs recall and bytes/token per method, one panel per corpus."""
+def _peer_panel(ax: Any, p: dict[str, Any]) -> None:
+    """One curve per method of peers.json (p50 against recall, points in sweep order)."""
+    series: dict[str, list[dict[str, Any]]] = {}
+    for r in p["rows"]:
+        series.setdefault(r["method"], []).append(r)
+    for name, rs in series.items():
+        rs = sorted(rs, key=lambda r: r["p50_ms"])
+        ls = "-" if rs[0]["library"] == "latix" else "--"
+        ax.plot(
+            [r["p50_ms"] for r in rs],
+            [r["recall_at_10_vs_exact"] for r in rs],
+            marker="o" if ls == "-" else "s",
+            ls=ls,
+            label=f"{name}, {rs[0]['bytes_per_token']:.0f} B/token",
+        )
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency, 1 thread, k = 10 (ms, log scale)")
+    ax.set_ylabel("recall@10 against exact MaxSim")
+    ax.set_title(f"scifact, latix against peers (one run): {p['n_tokens']:,} tokens", fontsize=9)
+    ax.grid(alpha=0.3)
+
+
+def compressed(
+    d: dict[str, Any], out: Path, rel: str, peers: dict[str, Any] | None = None
+) -> list[str]:
+    """Latency vs recall and bytes/token per method, one panel per corpus, and one for latix
+    against the peers (peers.json) when it has rows."""
     corpora = [c for c in ("scifact", "distractors") if c in d]
     md = ["### Compressed index against exact search", ""]
     if not corpora:
         return md + ["`compressed.json` holds no corpus.", ""]
-    fig, axes = plt.subplots(1, len(corpora), figsize=(6 * len(corpora), 4.2), squeeze=False)
-    for ax, c in zip(axes[0], corpora, strict=True):
+    with_peers = peers is not None and bool(peers.get("rows"))
+    n = len(corpora) + int(with_peers)
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4.2), squeeze=False)
+    if with_peers:
+        assert peers is not None
+        _peer_panel(axes[0][-1], peers)
+    for ax, c in zip(axes[0], corpora, strict=False):
         run = d[c]
         for r in run["rows"]:
             ax.scatter(
@@ -93,6 +129,12 @@ def compressed(d: dict[str, Any], out: Path, rel: str) -> list[str]:
         for r in d[c]["rows"]:
             labels.append(f"{c}: {r['method']}")
             values.append(r["bytes_per_token"])
+    if with_peers:
+        assert peers is not None
+        for name, bpt in dict((r["method"], r["bytes_per_token"]) for r in peers["rows"]).items():
+            if not name.startswith("latix"):
+                labels.append(f"scifact (peers.json): {name}")
+                values.append(bpt)
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(labels) + 1.2))
     bars = ax.barh(labels, values)
     ax.bar_label(bars, fmt="%.1f", padding=3, fontsize=8)
@@ -115,6 +157,43 @@ def compressed(d: dict[str, Any], out: Path, rel: str) -> list[str]:
         prov = "; ".join(x.removeprefix("- ") for x in d[c].get("provenance", []))
         md.append(f"*{c}:* {prov}")
         md.append("")
+    return md
+
+
+# ---------------------------------------------------------------------------- peers
+
+
+def peers_table(p: dict[str, Any]) -> list[str]:
+    """The table of peers.json: every operating point, the equal-recall ratio per peer point,
+    and the peers that could not be measured, with the reason."""
+    md = ["### Against peer libraries", ""]
+    la = p.get("load_average", {})
+    md += [
+        f"SciFact, {p['n_tokens']:,} tokens, {p['n_queries']} test queries, k = 10, 1 thread, "
+        f"{p['passes']} timed passes (load average at the start of timing {la.get('start')}); "
+        "latix / peer p50 at equal recall@10 reads latix's p50 off its lower envelope at the "
+        "peer's recall (geometric interpolation; `benches/bench_peers.py`).",
+        "",
+        "| method | setting | p50 / p99 ms | recall@10 vs exact | nDCG@10 | bytes/token | build s "
+        "| latix / peer p50 at equal recall |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in p.get("rows", []):
+        ratio = r.get("latix_over_peer_p50")
+        peer = r["library"] != "latix"
+        ratio_s = "-" if not peer else ("out of latix's range" if ratio is None else f"{ratio:.3f}")
+        bs = "-" if r.get("build_s") is None else f"{r['build_s']:.1f}"
+        md.append(
+            f"| {r['method']} | {r['setting']} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f} | "
+            f"{r['recall_at_10_vs_exact']:.3f} | {r['ndcg_at_10']:.4f} | "
+            f"{r['bytes_per_token']:.1f} | {bs} | {ratio_s} |"
+        )
+    notes = p.get("not_measured") or {}
+    if notes:
+        md += ["", "Not measured:", ""]
+        md += [f"- **{k}**: {v}" for k, v in notes.items()]
+    prov = "; ".join(x.removeprefix("- ") for x in p.get("provenance", []))
+    md += ["", f"*Source:* `bench-results/peers.json`; {prov}", ""]
     return md
 
 
@@ -292,7 +371,9 @@ def figures(results: Path, out: Path, rel: str) -> tuple[str, list[str]]:
     out.mkdir(parents=True, exist_ok=True)
     md: list[str] = []
     comp = _load(results, "compressed.json")
-    md += compressed(comp, out, rel) if comp is not None else _missing("compressed.json")
+    peers = _load(results, "peers.json")
+    md += compressed(comp, out, rel, peers) if comp is not None else _missing("compressed.json")
+    md += peers_table(peers) if peers is not None else _missing("peers.json")
     coll = _load(results, "collection.json")
     if coll is None:
         md += _missing("collection.json")

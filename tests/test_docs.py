@@ -284,6 +284,38 @@ def test_figures_drawn_from_result_files(tmp_path: Path) -> None:
         }
     }
     (res / "compressed.json").write_text(json.dumps(comp))
+    # peers.json as benches/bench_peers.py writes it (made-up values, as above).
+    point = {
+        "p50_ms": 1.5,
+        "p99_ms": 4.0,
+        "recall_at_10_vs_exact": 0.85,
+        "ndcg_at_10": 0.705,
+        "bytes_per_token": 29.7,
+        "build_s": 30.0,
+    }
+    peer_rows = [
+        {**point, "method": "latix codes", "library": "latix", "setting": "nprobe 8"},
+        {**point, "method": "latix codes", "library": "latix", "setting": "nprobe 16"},
+        {
+            **point,
+            "method": "peer X",
+            "library": "peer",
+            "setting": "ndocs 256",
+            "p50_ms": 12.25,
+            "bytes_per_token": 104.5,
+            "latix_over_peer_p50": 0.125,
+        },
+    ]
+    peers = {
+        "provenance": ["- commit: abc"],
+        "n_tokens": 1231885,
+        "n_queries": 300,
+        "passes": 3,
+        "load_average": {"start": "1 / 2 / 3", "end": "1 / 2 / 3"},
+        "rows": peer_rows,
+        "not_measured": {"peer Y": "not measured: needs torch"},
+    }
+    (res / "peers.json").write_text(json.dumps(peers))
     out = tmp_path / "fig"
     text, pngs = plots.figures(res, out, "rel")
     assert set(pngs) == {
@@ -298,6 +330,8 @@ def test_figures_drawn_from_result_files(tmp_path: Path) -> None:
         assert (out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(rel/{p})" in text
     assert "| scifact | codes only | 30.7 | 0.7081 | 0.858 | 1.55 / 3.00 |" in text
+    assert "| peer X | ndocs 256 | 12.25 / 4.00 | 0.850 | 0.7050 | 104.5 | 30.0 | 0.125 |" in text
+    assert "- **peer Y**: not measured: needs torch" in text
     coll = json.loads((res / "collection.json").read_text())
     base = coll["filtered"]["table"]["unfiltered"]["warm"]
     assert f"| unfiltered | {base['p50']:.2f} | {base['p99']:.2f} | 1.00 |" in text
@@ -310,5 +344,5 @@ def test_figures_drawn_from_result_files(tmp_path: Path) -> None:
     empty.mkdir()
     text, pngs = plots.figures(empty, tmp_path / "fig2", "rel")
     assert pngs == []
-    for name in ("compressed.json", "collection.json", "serve.json"):
+    for name in ("compressed.json", "collection.json", "serve.json", "peers.json"):
         assert f"No `bench-results/{name}` yet" in text
