@@ -38,7 +38,7 @@ libkrb5-3 libk5crypto3 libkrb5support0 libkeyutils1 libcom-err2"
 if [ ! -x "$dir/root/usr/bin/python3.11" ]; then
     debs="$(mktemp -d "${TMPDIR:-/tmp}/latix-aarch64-debs.XXXXXX")"
     trap 'rm -rf "$debs"' EXIT
-    (cd "$debs" && for p in $packages; do apt-get download -q "$p:arm64" >/dev/null; done)
+    (cd "$debs" && for p in $packages; do apt-get download -q -o APT::Sandbox::User=root "$p:arm64" >/dev/null; done)
     mkdir -p "$dir/root"
     for f in "$debs"/*.deb; do dpkg -x "$f" "$dir/root"; done
 fi
