@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod arrays;
 mod compressed;
+mod compression;
 mod errors;
 mod index;
 mod maxsim;
