@@ -48,7 +48,7 @@ class Index:
     """The Rust index handle behind `latix.Index`."""
     def __len__(self) -> int: ...
     def add(self, ids: object, embeddings: object, replace: bool = False) -> None:
-        """Stages documents: an iterable of str ids, a list of (n_i, dim) arrays (or a 3-D array)."""
+        """Stages documents: str ids and their (n_i, dim) arrays (a list, or one 3-D array)."""
     def close(self) -> None:
         """Releases the write lock and the files; later calls raise IndexClosedError."""
     @property

@@ -14,7 +14,9 @@ use numpy::{
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use latix_core::compressed::{self as cc, Codec, CodecParams, CompressedSearch, IvfSegment, SegmentView};
+use latix_core::compressed::{
+    self as cc, Codec, CodecParams, CompressedSearch, IvfSegment, SegmentView,
+};
 use latix_core::maxsim::DocVectors;
 
 use crate::arrays::{

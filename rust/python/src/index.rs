@@ -228,7 +228,7 @@ impl PyIndex {
 
     /// (ids: object, embeddings: object, replace: bool = False) -> None
     ///
-    /// Stages documents: an iterable of str ids, a list of (n_i, dim) arrays (or a 3-D array).
+    /// Stages documents: str ids and their (n_i, dim) arrays (a list, or one 3-D array).
     #[pyo3(signature = (ids, embeddings, replace=false))]
     fn add(
         &self,
