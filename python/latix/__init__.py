@@ -9,6 +9,7 @@ hybrid search); :class:`Index` is the vector-level one (token vectors in, ids an
 
 from __future__ import annotations
 
+from latix import errors as _errors
 from latix._core import __version__, kernel_name, maxsim
 from latix._optional import MissingDependencyError
 from latix.collection import (
@@ -22,18 +23,7 @@ from latix.collection import (
 )
 from latix.config import ModelConfig, ModelError
 from latix.encoder import Encoded, Encoder
-from latix.errors import (
-    AlreadyExistsError,
-    CorruptedIndexError,
-    IndexClosedError,
-    IndexLockedError,
-    InvalidArgumentError,
-    LatixError,
-    LatixIOError,
-    LatixMemoryError,
-    NotFoundError,
-    UnsupportedVersionError,
-)
+from latix.errors import *  # noqa: F403  (the exception classes: latix.errors.__all__)
 from latix.filters import FilterError, MetadataError
 from latix.index import Compression, Index
 
@@ -52,19 +42,12 @@ __all__ = [
     "Index",
     "Compression",
     "kernel_name",
-    "LatixError",
-    "InvalidArgumentError",
-    "NotFoundError",
-    "AlreadyExistsError",
-    "CorruptedIndexError",
-    "IndexLockedError",
-    "IndexClosedError",
-    "UnsupportedVersionError",
-    "LatixIOError",
-    "LatixMemoryError",
     "Encoder",
     "Encoded",
     "ModelConfig",
     "ModelError",
     "MissingDependencyError",
 ]
+# The exception classes are listed once, in latix.errors (the binding maps core errors to them
+# by name: rust/python/src/errors.rs).
+__all__ += _errors.__all__

@@ -155,8 +155,8 @@ def stdlib_docstrings(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Build (or resume) the stdlib-docstring collection and print answers to sample queries."""
-    from latix.cli import print_hits
     from latix.collection import Collection, index_corpus, remove_collection
+    from latix.display import print_hits
     from latix.encoder import Encoder
     from latix.errors import LatixError
 

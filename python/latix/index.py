@@ -160,18 +160,6 @@ class Compression:
                 "of them"
             )
 
-    def _as_tuple(self) -> tuple[int | None, int | None, bool, int, int, int, int, str]:
-        return (
-            None if self.bytes_per_token is None else int(self.bytes_per_token),
-            None if self.n_centroids is None else int(self.n_centroids),
-            bool(self.keep_vectors),
-            int(self.train_min_tokens),
-            int(self.train_sample_tokens),
-            int(self.seed),
-            int(self.pool_factor),
-            str(self.fidelity),
-        )
-
 
 class Index:
     """A latix index directory, opened for search (and, on first mutation, for writing).
@@ -226,8 +214,8 @@ class Index:
             raise InvalidArgumentError(
                 f"compression must be a latix.Compression or None, got {type(compression).__name__}"
             )
-        comp = None if compression is None else compression._as_tuple()
-        return cls(_core.Index.create(_path_arg(path), _int_arg("dim", dim, 1), dtype, comp))
+        # The binding reads the dataclass's fields by name (rust/python/src/compression.rs).
+        return cls(_core.Index.create(_path_arg(path), _int_arg("dim", dim, 1), dtype, compression))
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], mode: Literal["r", "w"] = "r") -> Index:
@@ -569,7 +557,7 @@ class Index:
     def compression(self) -> Compression | None:
         """The compression configuration, or None for a plain index."""
         c = self._inner.compression
-        return None if c is None else Compression(*c)
+        return None if c is None else Compression(**c)
 
     def ids(self) -> list[str]:
         """Ids of all committed documents, in insertion order."""

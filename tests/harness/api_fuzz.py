@@ -11,7 +11,7 @@ documented ``LatixError`` subclass and change nothing. Searches are checked agai
 force over the model's committed documents, ``get`` byte for byte.
 
 ``python -m harness.api_fuzz --seconds 60`` runs it for a bounded time; the pytest wrapper
-(tests/test_faults_api_fuzz.py) runs a fixed number of examples. A failure prints the minimal
+(tests/hardening/test_api_fuzz.py) runs a fixed number of examples. A failure prints the minimal
 failing call sequence: add it as a regression test.
 """
 

@@ -1,7 +1,8 @@
-//! `latix._core.Codec`, `latix._core.CompressedSegment` and `latix._core.compressed_search`: the
-//! compressed-index building blocks (codec training/encoding, per-segment inverted lists, and
-//! WARP-style search over them). Validation and conversion only; the work is in
-//! `latix_core::compressed`.
+//! `latix._core.compressed`: the compressed-index building blocks (`Codec`: training, encoding;
+//! `CompressedSegment`: one segment's inverted lists; `search`: the compressed search of a
+//! compressed `Index`, over them). Conversion only: the work, and the validation of values, is
+//! in `latix_core::compressed`; this file checks what only the binding holds (array shapes it
+//! turns into slices, segments' codec checksums).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +14,9 @@ use numpy::{
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use latix_core::compressed::{self as cc, Codec, CodecParams, IvfSegment, QueryPlan, SegmentView};
+use latix_core::compressed::{
+    self as cc, Codec, CodecParams, CompressedSearch, IvfSegment, SegmentView,
+};
 use latix_core::maxsim::DocVectors;
 
 use crate::arrays::{
@@ -23,7 +26,7 @@ use crate::arrays::{
 use crate::errors::{invalid, IntoPyResult};
 
 /// A trained token codec (coarse centroids + 4-bit product-quantised residuals).
-#[pyclass(frozen, name = "Codec", module = "latix._core")]
+#[pyclass(frozen, name = "Codec", module = "latix._core.compressed")]
 pub struct PyCodec {
     pub inner: Arc<Codec>,
     pub crc: u32,
@@ -31,7 +34,9 @@ pub struct PyCodec {
 
 impl PyCodec {
     fn wrap(c: Codec) -> Self {
-        let crc = cc::codec_checksum(&c.to_bytes());
+        // The identity an index records in its inverted lists (the crc32c of the serialised
+        // body: the crc32c of the whole form, trailing crc included, is the same for every codec).
+        let crc = cc::codec_id(&c.to_bytes());
         PyCodec {
             inner: Arc::new(c),
             crc,
@@ -41,7 +46,9 @@ impl PyCodec {
 
 #[pymethods]
 impl PyCodec {
-    /// Trains a codec on sample token vectors.
+    /// (vectors: NDArray[np.float32], n_tokens_hint: int | None = None, n_centroids: int | None = None, bytes_per_token: int | None = None, kmeans_iters: int | None = None, seed: int = 0, n_threads: int | None = None) -> Codec
+    ///
+    /// Trains on (n, dim) float32 sample vectors (n >= 256); K defaults from n_tokens_hint.
     #[staticmethod]
     #[pyo3(signature = (vectors, n_tokens_hint=None, n_centroids=None, bytes_per_token=None, kmeans_iters=None, seed=0, n_threads=None))]
     #[allow(clippy::too_many_arguments)]
@@ -70,42 +77,61 @@ impl PyCodec {
         Ok(Self::wrap(c))
     }
 
-    /// Loads a codec from the bytes of `to_bytes`.
+    /// (data: bytes) -> Codec
+    ///
+    /// Loads a codec serialised by `to_bytes` (checksummed; CorruptedIndexError if damaged).
     #[staticmethod]
     fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
         let c = Codec::from_bytes(data, std::path::Path::new("<bytes>")).py_err(py)?;
         Ok(Self::wrap(c))
     }
 
-    /// Serialised codec (versioned, checksummed).
+    /// () -> bytes
+    ///
+    /// Versioned, checksummed serialisation.
     fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, &self.inner.to_bytes())
     }
 
+    /// -> int
+    ///
+    /// Vector dimension.
     #[getter]
     fn dim(&self) -> usize {
         self.inner.dim()
     }
+    /// -> int
+    ///
+    /// Coarse centroids K.
     #[getter]
     fn n_centroids(&self) -> usize {
         self.inner.n_centroids()
     }
+    /// -> int
+    ///
+    /// Residual code bytes per token.
     #[getter]
     fn bytes_per_token(&self) -> usize {
         self.inner.bytes_per_token()
     }
-    /// Weight of the error along a token's own direction in the encoder's loss (1.0 = squared error).
+    /// -> float
+    ///
+    /// Weight of the error along a token's own direction in the encoder's loss (1.0 = MSE).
     #[getter]
     fn aniso_eta(&self) -> f32 {
         self.inner.aniso_eta()
     }
 
-    /// A copy of this codec whose encoder uses the anisotropic loss weight `eta` (> 0; 1.0 = plain
-    /// squared error). Decoding and scoring are unchanged.
+    /// (eta: float) -> Codec
+    ///
+    /// A copy of this codec whose encoder uses the anisotropic loss weight `eta` (> 0; 1.0 =
+    /// plain squared error). Decoding and scoring are unchanged.
     fn with_aniso_eta(&self, py: Python<'_>, eta: f32) -> PyResult<Self> {
         Ok(Self::wrap(self.inner.with_aniso_eta(eta).py_err(py)?))
     }
 
+    /// -> NDArray[np.float32]
+    ///
     /// Coarse centroids, (n_centroids, dim) float32.
     #[getter]
     fn centroids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f32>>> {
@@ -117,6 +143,8 @@ impl PyCodec {
         Ok(a.into_pyarray(py))
     }
 
+    /// (vectors: NDArray[np.float32], n_threads: int | None = None) -> tuple[NDArray[np.uint32], NDArray[np.uint8]]
+    ///
     /// Encodes vectors: (centroid ids (n,) uint32, codes (n, bytes_per_token) uint8).
     #[allow(clippy::type_complexity)]
     #[pyo3(signature = (vectors, n_threads=None))]
@@ -143,7 +171,9 @@ impl PyCodec {
         Ok((c.into_pyarray(py), codes.into_pyarray(py)))
     }
 
-    /// Reconstructs vectors from centroid ids and codes: (n, dim) float32.
+    /// (centroid_ids: NDArray[np.uint32], codes: NDArray[np.uint8]) -> NDArray[np.float32]
+    ///
+    /// Reconstructed (n, dim) float32 vectors (diagnostics; search never decompresses).
     fn decode<'py>(
         &self,
         py: Python<'py>,
@@ -178,14 +208,17 @@ impl PyCodec {
 }
 
 /// One segment's compressed inverted lists.
-#[pyclass(frozen, name = "CompressedSegment", module = "latix._core")]
+#[pyclass(frozen, name = "CompressedSegment", module = "latix._core.compressed")]
 pub struct PyCompressedSegment {
     pub inner: Arc<IvfSegment>,
 }
 
 #[pymethods]
 impl PyCompressedSegment {
-    /// Encodes documents with `codec` and builds the segment's inverted lists.
+    /// (codec: Codec, doc_vectors: NDArray[np.float32] | NDArray[np.float16], doc_offsets: NDArray[np.int64], n_threads: int | None = None) -> CompressedSegment
+    ///
+    /// Encodes (n_tokens, dim) documents (rows doc_offsets[i]:doc_offsets[i+1]) with `codec`
+    /// and builds the segment's inverted lists.
     #[staticmethod]
     #[pyo3(signature = (codec, doc_vectors, doc_offsets, n_threads=None))]
     fn build(
@@ -242,12 +275,16 @@ impl PyCompressedSegment {
         })
     }
 
+    /// (path: str | os.PathLike[str]) -> None
+    ///
     /// Writes the segment file (atomically).
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         let s = self.inner.clone();
         py.detach(|| s.save(&path)).py_err(py)
     }
 
+    /// (path: str | os.PathLike[str], codec: Codec) -> CompressedSegment
+    ///
     /// Memory-maps a segment file written by `save`, checking it was built with `codec`.
     #[staticmethod]
     fn open(py: Python<'_>, path: PathBuf, codec: &PyCodec) -> PyResult<Self> {
@@ -264,14 +301,22 @@ impl PyCompressedSegment {
         Ok(PyCompressedSegment { inner: Arc::new(s) })
     }
 
+    /// -> int
+    ///
+    /// Documents of the segment.
     #[getter]
     fn n_docs(&self) -> usize {
         self.inner.n_docs()
     }
+    /// -> int
+    ///
+    /// Tokens of the segment.
     #[getter]
     fn n_tokens(&self) -> usize {
         self.inner.n_tokens()
     }
+    /// -> int
+    ///
     /// Size of the serialised segment in bytes.
     #[getter]
     fn nbytes(&self) -> usize {
@@ -279,12 +324,20 @@ impl PyCompressedSegment {
     }
 }
 
-/// Searches compressed segments: returns (scores (n,) f32, segment (n,) int64, doc (n,) int64), best first.
-/// With `full` (per segment: full vectors and offsets), the best `n_candidates` are re-scored exactly.
+/// (codec: Codec, segments: list[CompressedSegment], query: NDArray[np.float32], k: int, nprobe: int | None = None, allowed: list[NDArray[np.bool_] | None] | None = None, full: list[tuple[NDArray[np.float32] | NDArray[np.float16], NDArray[np.int64]]] | None = None, n_candidates: int | None = None, n_threads: int | None = None, refine: int | None = None, rerank: bool | None = None) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.int64]]
+///
+/// Top-k documents of `segments` for one (n_query_tokens, dim) float32 query, by the pipeline
+/// and defaults of a compressed `latix.Index` (per query token the best `nprobe` centroid lists
+/// scanned from codes, the short list refined from all its documents' codes, then, with `full`
+/// (per segment: vectors, offsets), the best `n_candidates` re-ranked exactly). `allowed[i]`
+/// ((n_docs,) bool, None = all) filters segment i while scanning, as masks filter an index
+/// search. `refine` and `rerank` are those of `latix.Index.search` (`refine=0`: candidate
+/// generation's order is final). Runs on latix's pool of `n_threads` threads. Returns (scores
+/// (n,) float32, segment (n,) int64, doc (n,) int64), best first.
 #[pyfunction]
-#[pyo3(signature = (codec, segments, query, k, nprobe=None, allowed=None, full=None, n_candidates=None, n_threads=None))]
+#[pyo3(signature = (codec, segments, query, k, nprobe=None, allowed=None, full=None, n_candidates=None, n_threads=None, refine=None, rerank=None))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-fn compressed_search<'py>(
+fn search<'py>(
     py: Python<'py>,
     codec: &PyCodec,
     segments: Vec<PyRef<'py, PyCompressedSegment>>,
@@ -295,27 +348,25 @@ fn compressed_search<'py>(
     full: Option<Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>>,
     n_candidates: Option<usize>,
     n_threads: Option<usize>,
+    refine: Option<usize>,
+    rerank: Option<bool>,
 ) -> PyResult<(
     Bound<'py, PyArray1<f32>>,
     Bound<'py, PyArray1<i64>>,
     Bound<'py, PyArray1<i64>>,
 )> {
     let q = f32_matrix(query, "query", "(n_query_tokens, dim)")?;
-    let (nq, dim) = (q.shape()[0], q.shape()[1]);
-    if nq == 0 || dim != codec.inner.dim() {
+    let dim = codec.inner.dim();
+    let qd = contiguous2(&q);
+    if q.shape()[1] != dim {
         return Err(invalid(
             py,
             format!(
-                "query must have shape (n_query_tokens >= 1, {}), got ({nq}, {dim})",
-                codec.inner.dim()
+                "query must have shape (n_query_tokens >= 1, {dim}), got {:?}",
+                q.shape()
             ),
         ));
     }
-    if k == 0 {
-        return Err(invalid(py, "k must be positive"));
-    }
-    let qd = contiguous2(&q);
-    check_finite_f32(py, &qd, "query", dim)?;
     for (i, s) in segments.iter().enumerate() {
         if s.inner.codec_checksum() != codec.crc {
             return Err(invalid(
@@ -324,78 +375,8 @@ fn compressed_search<'py>(
             ));
         }
     }
-    let mut bitmaps: Vec<Option<Vec<u64>>> = vec![None; segments.len()];
-    if let Some(al) = &allowed {
-        if al.len() != segments.len() {
-            return Err(invalid(
-                py,
-                format!(
-                    "allowed must have one entry per segment ({}), got {}",
-                    segments.len(),
-                    al.len()
-                ),
-            ));
-        }
-        for (i, a) in al.iter().enumerate() {
-            if let Some(a) = a {
-                let v = contiguous1(a);
-                let nd = segments[i].inner.n_docs();
-                if v.len() != nd {
-                    return Err(invalid(
-                        py,
-                        format!("allowed[{i}] must have shape ({nd},), got ({},)", v.len()),
-                    ));
-                }
-                let mut bits = vec![0u64; nd.div_ceil(64)];
-                for (d, &ok) in v.iter().enumerate() {
-                    if ok {
-                        bits[d >> 6] |= 1 << (d & 63);
-                    }
-                }
-                bitmaps[i] = Some(bits);
-            }
-        }
-    }
-    enum Held<'a> {
-        F32(std::borrow::Cow<'a, [f32]>),
-        F16(std::borrow::Cow<'a, [half::f16]>),
-    }
-    let full_arrays: Vec<(FloatMatrix<'py>, Vec<u64>)> = match &full {
-        None => Vec::new(),
-        Some(list) => {
-            if list.len() != segments.len() {
-                return Err(invalid(
-                    py,
-                    format!(
-                        "full must have one (vectors, offsets) pair per segment ({}), got {}",
-                        segments.len(),
-                        list.len()
-                    ),
-                ));
-            }
-            let mut out = Vec::with_capacity(list.len());
-            for (i, (v, o)) in list.iter().enumerate() {
-                let m = float_matrix(v, &format!("full[{i}][0]"), "(n_tokens, dim)")?;
-                let offs = i64_vector(o, &format!("full[{i}][1]"), "(n_docs + 1,)")?;
-                let o = contiguous1(&offs);
-                let (rows, d) = match &m {
-                    FloatMatrix::F32(a) => (a.shape()[0], a.shape()[1]),
-                    FloatMatrix::F16(a) => (a.shape()[0], a.shape()[1]),
-                };
-                let nd = segments[i].inner.n_docs();
-                if d != dim
-                    || o.len() != nd + 1
-                    || o[0] != 0
-                    || o.windows(2).any(|w| w[1] < w[0])
-                    || o[nd] as usize != rows
-                {
-                    return Err(invalid(py, format!("full[{i}] must be ((n_tokens, {dim}) vectors, ({},) non-decreasing offsets from 0 to n_tokens)", nd + 1)));
-                }
-                out.push((m, o.iter().map(|&x| x as u64).collect()));
-            }
-            out
-        }
-    };
+    let bitmaps = allowed_bitmaps(py, allowed.as_deref(), &segments)?;
+    let full_arrays = full_matrices(py, full.as_deref(), &segments, dim)?;
     let held: Vec<Held<'_>> = full_arrays
         .iter()
         .map(|(m, _)| match m {
@@ -414,13 +395,16 @@ fn compressed_search<'py>(
             offsets: o,
         })
         .collect();
-    let depth = n_candidates.unwrap_or(cc::rerank_depth(k, false)).max(k);
-    let nprobe = nprobe.unwrap_or_else(|| cc::default_nprobe(codec.inner.n_centroids()));
+    let opts = CompressedSearch {
+        nprobe,
+        rerank,
+        refine,
+        rerank_depth: n_candidates,
+    };
     let segs: Vec<Arc<IvfSegment>> = segments.iter().map(|s| s.inner.clone()).collect();
     let c = codec.inner.clone();
     let res = py
         .detach(|| {
-            let plan = QueryPlan::new(&c, &qd, nprobe)?;
             let views: Vec<SegmentView<'_>> = segs
                 .iter()
                 .zip(&bitmaps)
@@ -429,14 +413,7 @@ fn compressed_search<'py>(
                     allowed: b.as_deref(),
                 })
                 .collect();
-            latix_core::parallel::install(n_threads, || {
-                if fulls.is_empty() {
-                    cc::search_segments(&plan, &views, k)
-                } else {
-                    let cands = cc::search_segments(&plan, &views, depth)?;
-                    cc::rerank_exact(&qd, dim, &fulls, &cands, k)
-                }
-            })?
+            cc::search_encoded(&c, &views, &fulls, &qd, k, opts, n_threads)
         })
         .py_err(py)?;
     let scores: Vec<f32> = res.iter().map(|r| r.0).collect();
@@ -449,9 +426,113 @@ fn compressed_search<'py>(
     ))
 }
 
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+/// Full vectors of a segment held for a call: borrowed when contiguous, else copied.
+enum Held<'a> {
+    F32(std::borrow::Cow<'a, [f32]>),
+    F16(std::borrow::Cow<'a, [half::f16]>),
+}
+
+/// `allowed` (one (n_docs,) bool array or None per segment) as per-segment bitmaps.
+fn allowed_bitmaps(
+    py: Python<'_>,
+    allowed: Option<&[Option<PyReadonlyArray1<'_, bool>>]>,
+    segments: &[PyRef<'_, PyCompressedSegment>],
+) -> PyResult<Vec<Option<Vec<u64>>>> {
+    let mut bitmaps: Vec<Option<Vec<u64>>> = vec![None; segments.len()];
+    let Some(al) = allowed else {
+        return Ok(bitmaps);
+    };
+    if al.len() != segments.len() {
+        return Err(invalid(
+            py,
+            format!(
+                "allowed must have one entry per segment ({}), got {}",
+                segments.len(),
+                al.len()
+            ),
+        ));
+    }
+    for (i, a) in al.iter().enumerate() {
+        if let Some(a) = a {
+            let v = contiguous1(a);
+            let nd = segments[i].inner.n_docs();
+            if v.len() != nd {
+                return Err(invalid(
+                    py,
+                    format!("allowed[{i}] must have shape ({nd},), got ({},)", v.len()),
+                ));
+            }
+            let mut bits = vec![0u64; nd.div_ceil(64)];
+            for (d, &ok) in v.iter().enumerate() {
+                if ok {
+                    bits[d >> 6] |= 1 << (d & 63);
+                }
+            }
+            bitmaps[i] = Some(bits);
+        }
+    }
+    Ok(bitmaps)
+}
+
+/// `full` (one (vectors, offsets) pair per segment) checked against the segments: the core
+/// reads rows by these offsets.
+fn full_matrices<'py>(
+    py: Python<'py>,
+    full: Option<&[(Bound<'py, PyAny>, Bound<'py, PyAny>)]>,
+    segments: &[PyRef<'py, PyCompressedSegment>],
+    dim: usize,
+) -> PyResult<Vec<(FloatMatrix<'py>, Vec<u64>)>> {
+    let Some(list) = full else {
+        return Ok(Vec::new());
+    };
+    if list.len() != segments.len() {
+        return Err(invalid(
+            py,
+            format!(
+                "full must have one (vectors, offsets) pair per segment ({}), got {}",
+                segments.len(),
+                list.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, (v, o)) in list.iter().enumerate() {
+        let m = float_matrix(v, &format!("full[{i}][0]"), "(n_tokens, dim)")?;
+        let offs = i64_vector(o, &format!("full[{i}][1]"), "(n_docs + 1,)")?;
+        let o = contiguous1(&offs);
+        let (rows, d) = match &m {
+            FloatMatrix::F32(a) => (a.shape()[0], a.shape()[1]),
+            FloatMatrix::F16(a) => (a.shape()[0], a.shape()[1]),
+        };
+        let nd = segments[i].inner.n_docs();
+        if d != dim
+            || o.len() != nd + 1
+            || o[0] != 0
+            || o.windows(2).any(|w| w[1] < w[0])
+            || o[nd] as usize != rows
+        {
+            return Err(invalid(py, format!("full[{i}] must be ((n_tokens, {dim}) vectors, ({},) non-decreasing offsets from 0 to n_tokens)", nd + 1)));
+        }
+        out.push((m, o.iter().map(|&x| x as u64).collect()));
+    }
+    Ok(out)
+}
+
+/// Adds the submodule `compressed` to `_core` (also importable as `latix._core.compressed`).
+pub fn register(parent: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = parent.py();
+    let m = PyModule::new(py, "compressed")?;
+    m.add(
+        "__doc__",
+        "Compressed-index building blocks: codec, per-segment inverted lists, and the search of\n\
+         a compressed latix.Index over them.",
+    )?;
     m.add_class::<PyCodec>()?;
     m.add_class::<PyCompressedSegment>()?;
-    m.add_function(wrap_pyfunction!(compressed_search, m)?)?;
+    m.add_function(wrap_pyfunction!(search, &m)?)?;
+    parent.add_submodule(&m)?;
+    py.import("sys")?
+        .getattr("modules")?
+        .set_item("latix._core.compressed", &m)?;
     Ok(())
 }

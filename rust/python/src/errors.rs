@@ -5,47 +5,34 @@
 use latix_core::LatixError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyType;
+use pyo3::types::{PyModule, PyType};
 
-const CLASS_NAMES: [&str; 9] = [
-    "InvalidArgumentError",
-    "NotFoundError",
-    "AlreadyExistsError",
-    "CorruptedIndexError",
-    "IndexLockedError",
-    "IndexClosedError",
-    "UnsupportedVersionError",
-    "LatixIOError",
-    "LatixMemoryError",
-];
-
-static CLASSES: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
-
-fn classes(py: Python<'_>) -> PyResult<&Vec<Py<PyType>>> {
-    CLASSES.get_or_try_init(py, || {
-        let module = py.import("latix.errors")?;
-        CLASS_NAMES
-            .iter()
-            .map(|name| Ok(module.getattr(*name)?.cast_into::<PyType>()?.unbind()))
-            .collect()
-    })
+/// The Python class (in `latix.errors`) raised for a core error: the one mapping, kept next to
+/// the core's variants so that a new variant fails to compile here until it has a class.
+fn class_name(e: &LatixError) -> &'static str {
+    match e {
+        LatixError::InvalidArgument(_) => "InvalidArgumentError",
+        LatixError::NotFound(_) => "NotFoundError",
+        LatixError::AlreadyExists(_) => "AlreadyExistsError",
+        LatixError::Corrupted { .. } => "CorruptedIndexError",
+        LatixError::Locked(_) => "IndexLockedError",
+        LatixError::Closed(_) => "IndexClosedError",
+        LatixError::UnsupportedVersion { .. } => "UnsupportedVersionError",
+        LatixError::Io { .. } => "LatixIOError",
+        LatixError::OutOfMemory(_) => "LatixMemoryError",
+    }
 }
+
+/// `latix.errors`, imported once.
+static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
 /// Converts a core error into the matching Python exception.
 pub fn to_py(py: Python<'_>, e: LatixError) -> PyErr {
-    let idx = match &e {
-        LatixError::InvalidArgument(_) => 0,
-        LatixError::NotFound(_) => 1,
-        LatixError::AlreadyExists(_) => 2,
-        LatixError::Corrupted { .. } => 3,
-        LatixError::Locked(_) => 4,
-        LatixError::Closed(_) => 5,
-        LatixError::UnsupportedVersion { .. } => 6,
-        LatixError::Io { .. } => 7,
-        LatixError::OutOfMemory(_) => 8,
-    };
-    match classes(py) {
-        Ok(cls) => PyErr::from_type(cls[idx].bind(py).clone(), e.to_string()),
+    let class = ERRORS
+        .get_or_try_init(py, || Ok::<_, PyErr>(py.import("latix.errors")?.unbind()))
+        .and_then(|m| Ok(m.bind(py).getattr(class_name(&e))?.cast_into::<PyType>()?));
+    match class {
+        Ok(cls) => PyErr::from_type(cls, e.to_string()),
         // Only reachable if latix.errors cannot be imported: still raise, never lose the message.
         Err(import_error) => import_error,
     }

@@ -11,13 +11,13 @@ use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMetho
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use latix_core::compressed::Fidelity;
 use latix_core::index::{DocFilter, Index as CoreIndex, OpenMode, OwnedVectors, SegmentMasks};
 use latix_core::maxsim::DocVectors;
 use latix_core::store::Dtype;
-use latix_core::{CompressedSearch, Compression};
+use latix_core::CompressedSearch;
 
 use crate::arrays::{c_contiguous, contiguous2, describe, float_matrix, FloatMatrix};
+use crate::compression::CompressionArg;
 use crate::errors::{invalid, IntoPyResult};
 
 /// Extracts a list of str ids (any iterable but a bare str), naming the offending position.
@@ -157,84 +157,39 @@ pub struct PyIndex {
 
 #[pymethods]
 impl PyIndex {
-    /// Creates a new empty index directory (holding the write lock). `compression` is
-    /// (bytes_per_token, n_centroids, keep_vectors, train_min_tokens, train_sample_tokens, seed,
-    /// pool_factor, fidelity)
-    /// for a compressed index (ranges are checked by the core).
+    /// (path: str | os.PathLike[str], dim: int, dtype: str = "float16", compression: Compression | None = None) -> Index
+    ///
+    /// Creates a new empty index directory (holding the write lock); with `compression` (a
+    /// `latix.Compression`, read by attribute), a compressed index. Ranges are checked by the
+    /// core.
     #[staticmethod]
     #[pyo3(signature = (path, dim, dtype="float16", compression=None))]
-    #[allow(clippy::type_complexity)]
     fn create(
         py: Python<'_>,
         path: PathBuf,
-        dim: i64,
+        dim: usize,
         dtype: &str,
-        compression: Option<(
-            Option<usize>,
-            Option<usize>,
-            bool,
-            u64,
-            u64,
-            u64,
-            usize,
-            String,
-        )>,
+        compression: Option<CompressionArg>,
     ) -> PyResult<PyIndex> {
-        if dim < 1 {
-            return Err(invalid(
-                py,
-                format!("dim must be a positive integer, got {dim}"),
-            ));
-        }
         let dtype = Dtype::parse(dtype).py_err(py)?;
-        let compression = match compression {
-            None => None,
-            Some((b, k, keep, tmin, tsample, seed, pool, fid)) => Some(Compression {
-                bytes_per_token: b,
-                n_centroids: k,
-                keep_vectors: keep,
-                train_min_tokens: tmin,
-                train_sample_tokens: tsample,
-                seed,
-                pool_factor: pool,
-                fidelity: Fidelity::parse(&fid).py_err(py)?,
-            }),
-        };
+        let compression = compression.map(|c| c.into_core()).transpose().py_err(py)?;
         let inner = py
-            .detach(|| CoreIndex::create_with(&path, dim as usize, dtype, compression))
+            .detach(|| CoreIndex::create_with(&path, dim, dtype, compression))
             .py_err(py)?;
         Ok(PyIndex { inner })
     }
 
-    /// The compression configuration as the tuple `create` takes, or None for a plain index.
+    /// -> dict[str, Any] | None
+    ///
+    /// The compression configuration as a dict of `latix.Compression`'s fields, or None for a
+    /// plain index.
     #[getter]
-    #[allow(clippy::type_complexity)]
-    fn compression(
-        &self,
-    ) -> Option<(
-        Option<usize>,
-        Option<usize>,
-        bool,
-        u64,
-        u64,
-        u64,
-        usize,
-        String,
-    )> {
-        self.inner.compression().map(|c| {
-            (
-                c.bytes_per_token,
-                c.n_centroids,
-                c.keep_vectors,
-                c.train_min_tokens,
-                c.train_sample_tokens,
-                c.seed,
-                c.pool_factor,
-                c.fidelity.name().to_owned(),
-            )
-        })
+    fn compression(&self) -> Option<CompressionArg> {
+        self.inner.compression().map(CompressionArg::from_core)
     }
 
+    /// () -> dict[str, object]
+    ///
     /// Figures of the latest committed snapshot, as a dict.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
         let s = py.detach(|| self.inner.stats()).py_err(py)?;
@@ -251,6 +206,8 @@ impl PyIndex {
         Ok(d)
     }
 
+    /// (path: str | os.PathLike[str], mode: str = "r") -> Index
+    ///
     /// Opens an existing index; mode "r" (lock taken on first mutation) or "w" (lock now).
     #[staticmethod]
     #[pyo3(signature = (path, mode="r"))]
@@ -269,6 +226,9 @@ impl PyIndex {
         Ok(PyIndex { inner })
     }
 
+    /// (ids: object, embeddings: object, replace: bool = False) -> None
+    ///
+    /// Stages documents: str ids and their (n_i, dim) arrays (a list, or one 3-D array).
     #[pyo3(signature = (ids, embeddings, replace=false))]
     fn add(
         &self,
@@ -335,29 +295,46 @@ impl PyIndex {
             .py_err(py)
     }
 
+    /// (ids: object) -> None
+    ///
+    /// Stages the deletion of documents.
     fn delete(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<()> {
         let ids = extract_ids(ids, "ids")?;
         let id_refs: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
         py.detach(|| self.inner.delete(&id_refs)).py_err(py)
     }
 
+    /// () -> None
+    ///
+    /// Publishes the staged changes atomically.
     fn commit(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.inner.commit()).py_err(py)
     }
 
+    /// (retrain: bool = False) -> None
+    ///
+    /// Rewrites the live documents into one segment (retraining the codec if asked).
     #[pyo3(signature = (retrain=false))]
     fn compact(&self, py: Python<'_>, retrain: bool) -> PyResult<()> {
         py.detach(|| self.inner.compact_retrain(retrain)).py_err(py)
     }
 
+    /// () -> None
+    ///
+    /// Checks every file of the latest snapshot against its checksum.
     fn verify(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.inner.verify()).py_err(py)
     }
 
+    /// () -> None
+    ///
+    /// Releases the write lock and the files; later calls raise IndexClosedError.
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.inner.close())
     }
 
+    /// (queries: list[object], k: int = 10, n_threads: int | None = None, subset: list[str] | None = None, nprobe: int | None = None, rerank: bool | None = None, refine: int | None = None, masks: dict[str, NDArray[np.uint64]] | None = None, exhaustive_below: int = 0, rerank_depth: int | None = None) -> tuple[NDArray[np.float32], list[str]] | None
+    ///
     /// Returns (scores float32 (n_queries, k), ids list[str] of length n_queries * k). `masks`
     /// (segment file -> uint64 bitmap, see `segments`) restricts the search like `subset`; then
     /// the result is None when the latest snapshot has a segment the masks do not cover, and a
@@ -369,19 +346,18 @@ impl PyIndex {
         &self,
         py: Python<'py>,
         queries: &Bound<'py, PyList>,
-        k: i64,
-        n_threads: Option<i64>,
+        k: usize,
+        n_threads: Option<usize>,
         subset: Option<&Bound<'py, PyAny>>,
-        nprobe: Option<i64>,
+        nprobe: Option<usize>,
         rerank: Option<bool>,
-        refine: Option<i64>,
+        refine: Option<usize>,
         masks: Option<&Bound<'py, PyDict>>,
         exhaustive_below: usize,
-        rerank_depth: Option<i64>,
+        rerank_depth: Option<usize>,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let nprobe = count_arg(py, "nprobe", nprobe, 1)?;
-        let refine = count_arg(py, "refine", refine, 0)?;
-        let rerank_depth = count_arg(py, "rerank_depth", rerank_depth, 1)?;
+        // Counts arrive checked by latix.Index (their Python type and range); the core
+        // validates their values against the index (nprobe, k, n_threads).
         let opts = CompressedSearch {
             nprobe,
             rerank,
@@ -391,13 +367,6 @@ impl PyIndex {
         if self.inner.is_closed() {
             return self.inner.len().map(|_| None).py_err(py);
         }
-        if k < 1 {
-            return Err(invalid(
-                py,
-                format!("k must be a positive integer, got {k}"),
-            ));
-        }
-        let n_threads = count_arg(py, "n_threads", n_threads, 1)?;
         let dim = self.inner.dim();
         let mut qs: Vec<Cow<'_, [f32]>> = Vec::with_capacity(queries.len());
         let mats: Vec<FloatMatrix<'py>> = queries
@@ -440,7 +409,6 @@ impl PyIndex {
         let s_refs: Option<Vec<&str>> = subset
             .as_ref()
             .map(|v| v.iter().map(|s| s.as_str()).collect());
-        let k = k as usize;
         let masks = masks.map(extract_masks).transpose()?;
         if masks.is_some() && s_refs.is_some() {
             return Err(invalid(py, "pass subset or masks, not both"));
@@ -470,6 +438,8 @@ impl PyIndex {
         PyTuple::new(py, [scores.into_any(), ids.into_any()]).map(Some)
     }
 
+    /// () -> list[tuple[str, int, int]]
+    ///
     /// The segments of the latest snapshot: (file, n_docs, n_live) per segment, in order.
     fn segments(&self, py: Python<'_>) -> PyResult<Vec<(String, usize, usize)>> {
         let segs = py.detach(|| self.inner.segments()).py_err(py)?;
@@ -479,11 +449,15 @@ impl PyIndex {
             .collect())
     }
 
-    /// The ids of every document of segment `file`, by document number (deleted ones included).
+    /// (file: str) -> list[str]
+    ///
+    /// The ids of every document of segment `file`, by document number (deleted ones too).
     fn segment_ids(&self, py: Python<'_>, file: &str) -> PyResult<Vec<String>> {
         py.detach(|| self.inner.segment_ids(file)).py_err(py)
     }
 
+    /// (id: object) -> NDArray[np.float32] | NDArray[np.float16]
+    ///
     /// The stored vectors of `id` as an (n, dim) array of the storage dtype.
     fn get<'py>(&self, py: Python<'py>, id: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let id: String = utf8(
@@ -506,10 +480,16 @@ impl PyIndex {
         })
     }
 
+    /// () -> int
+    ///
+    /// Live documents of the latest snapshot.
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
         self.inner.len().py_err(py)
     }
 
+    /// (id: object) -> bool
+    ///
+    /// Whether `id` is a live document of the latest snapshot.
     fn contains(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
         // Not a str, or a str that is not valid Unicode: never an id of the index.
         match id.cast::<PyString>().ok().and_then(|s| s.to_str().ok()) {
@@ -521,35 +501,56 @@ impl PyIndex {
         }
     }
 
+    /// () -> list[str]
+    ///
+    /// The live ids of the latest snapshot.
     fn ids(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         py.detach(|| self.inner.ids()).py_err(py)
     }
 
+    /// -> int
+    ///
+    /// Vector dimension.
     #[getter]
     fn dim(&self) -> usize {
         self.inner.dim()
     }
 
+    /// -> str
+    ///
+    /// Storage dtype: "float16" or "float32".
     #[getter]
     fn dtype(&self) -> &'static str {
         self.inner.dtype().name()
     }
 
+    /// -> pathlib.Path
+    ///
+    /// The index directory.
     #[getter]
     fn path(&self) -> PathBuf {
         self.inner.path().to_path_buf()
     }
 
+    /// -> int
+    ///
+    /// Live tokens of the latest snapshot.
     #[getter]
     fn num_tokens(&self, py: Python<'_>) -> PyResult<u64> {
         self.inner.num_tokens().py_err(py)
     }
 
+    /// -> int
+    ///
+    /// Generation of the latest snapshot.
     #[getter]
     fn generation(&self, py: Python<'_>) -> PyResult<u64> {
         self.inner.snapshot().map(|s| s.generation()).py_err(py)
     }
 
+    /// -> bool
+    ///
+    /// Whether the handle was closed.
     #[getter]
     fn closed(&self) -> bool {
         self.inner.is_closed()
@@ -590,20 +591,4 @@ fn extract_masks(d: &Bound<'_, PyDict>) -> PyResult<SegmentMasks> {
         out.insert(file, words);
     }
     Ok(out)
-}
-
-/// An optional count argument: `None`, or a value of at least `min` (1: a positive integer, 0: a
-/// non-negative one), else InvalidArgumentError naming the argument.
-fn count_arg(py: Python<'_>, name: &str, v: Option<i64>, min: i64) -> PyResult<Option<usize>> {
-    match v {
-        None => Ok(None),
-        Some(n) if n >= min => Ok(Some(n as usize)),
-        Some(n) => {
-            let what = if min >= 1 { "positive" } else { "non-negative" };
-            Err(invalid(
-                py,
-                format!("{name} must be a {what} integer or None, got {n}"),
-            ))
-        }
-    }
 }

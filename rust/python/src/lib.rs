@@ -1,10 +1,18 @@
-//! latix._core: the PyO3 binding of latix-core. Each function validates and converts its
-//! arguments, releases the GIL, calls the core and converts the result back. Nothing else.
+//! latix._core: the PyO3 binding of latix-core. Each function converts its arguments (checking
+//! only what the binding alone holds: array shapes and dtypes it turns into slices, the codec a
+//! segment was built with), releases the GIL, calls the core (which validates values) and
+//! converts the result back. Nothing else: no algorithm lives here (`compressed.rs`'s search is
+//! the core's `search_encoded`, the pipeline of an index search).
+//!
+//! Convention: every Python-visible item's doc comment starts with its Python signature
+//! (`(a: int, b: str = "x") -> T`, `-> T` for a property), from which `scripts/gen_stubs.py`
+//! generates `python/latix/_core/*.pyi`; `tests/test_stubs.py` fails when they are stale.
 
 use pyo3::prelude::*;
 
 mod arrays;
 mod compressed;
+mod compression;
 mod errors;
 mod index;
 mod maxsim;

@@ -8,7 +8,23 @@ use latix_core::maxsim::{self as core_maxsim, DocVectors};
 use crate::arrays::{contiguous1, contiguous2, f32_matrix, float_matrix, i64_vector, FloatMatrix};
 use crate::errors::{invalid, IntoPyResult};
 
-/// Exact MaxSim scores of one query against every document of a packed collection.
+/// (query: NDArray[np.float32], doc_vectors: NDArray[np.float32] | NDArray[np.float16], doc_offsets: NDArray[np.int64], n_threads: int | None = None) -> NDArray[np.float32]
+///
+/// Exact MaxSim scores of one query against a packed document collection.
+///
+/// Args:
+///     query: (n_query_tokens, dim) float32 query token vectors.
+///     doc_vectors: (n_tokens, dim) float32 or float16 document token vectors, all documents
+///         concatenated.
+///     doc_offsets: (n_docs + 1,) int64; document i is rows doc_offsets[i]:doc_offsets[i+1].
+///     n_threads: threads to use (default: LATIX_NUM_THREADS or the number of CPUs).
+///
+/// Returns:
+///     (n_docs,) float32: for each document, the sum over query tokens of the best dot product
+///     with any of its tokens (0 for a document with no tokens).
+///
+/// Raises:
+///     InvalidArgumentError: wrong dtype, rank or dim, NaN/Inf, inconsistent offsets.
 #[pyfunction]
 #[pyo3(signature = (query, doc_vectors, doc_offsets, n_threads=None))]
 fn maxsim<'py>(
@@ -97,7 +113,13 @@ fn maxsim<'py>(
     Ok(scores.into_pyarray(py))
 }
 
-/// Name of the MaxSim kernel chosen for this CPU ("avx512", "avx2", "portable" or "scalar").
+/// () -> str
+///
+/// Name of the MaxSim kernel selected for this CPU at run time.
+///
+/// Returns:
+///     One of "avx512", "avx2", "portable" (auto-vectorised, NEON on aarch64) or "scalar". The
+///     environment variable LATIX_KERNEL, read once at first use, can force a slower one.
 #[pyfunction]
 fn kernel_name() -> &'static str {
     core_maxsim::kernel_name()

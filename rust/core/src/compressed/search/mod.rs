@@ -205,32 +205,7 @@ pub(crate) fn search_snapshot(
     }
     let dim = snap.dim();
     let all_mapped = views.iter().all(|v| v.seg.has_doc_map());
-    let n_refine = match opts.refine {
-        Some(0) => 0,
-        Some(r) if !all_mapped => {
-            return Err(LatixError::invalid(format!(
-                "refine={r} needs inverted lists with a document map, and some segments of this \
-                 index were written by an older latix: compact() rewrites them"
-            )))
-        }
-        Some(r) => r.max(k),
-        None if !all_mapped => 0,
-        None if rerank => default_refine_for_rerank(k),
-        None => default_refine(k),
-    };
-    // No stage can return more documents than the snapshot holds: depths beyond that mean
-    // "all of them" and are capped before anything is sized by them (refine=10**9 once asked
-    // for a 48 GB candidate buffer).
-    let live = snap.len().max(1);
-    let n_refine = n_refine.min(live);
-    let exact_depth = match opts.rerank_depth {
-        Some(r) if rerank => r.max(k),
-        _ if rerank && tiered => tier_rerank_depth(k),
-        _ if rerank => rerank_depth(k, n_refine > 0),
-        _ => k,
-    }
-    .min(live);
-    let depth = exact_depth.max(n_refine);
+    let stages = Stages::resolve(opts, k, nprobe, rerank, tiered, all_mapped, snap.len())?;
     // Exhaustive: every allowed document of the encoded segments, refined whole (needs the
     // document map of every segment, like refine).
     let exhaustive: Option<Vec<Candidate>> =
@@ -253,48 +228,36 @@ pub(crate) fn search_snapshot(
             }
             c
         });
+    let final_stage = if rerank && tiered {
+        Rerank::Tier(&tiers)
+    } else if rerank {
+        Rerank::Exact(&fulls)
+    } else {
+        Rerank::Off
+    };
+    // Verified read of the rows the exact re-rank is about to use.
+    let check_rows = |cands: &[Candidate]| -> Result<()> {
+        for &(_, vi, d) in cands {
+            let seg = &segs[view_seg[vi as usize]].segment;
+            let (a, b) = seg.doc_range(d);
+            seg.check_rows(a, b)?;
+        }
+        Ok(())
+    };
     let per_query = |q: &[f32]| -> Result<Vec<(f32, usize, u32)>> {
         let mut hits: Vec<(f32, usize, u32)> = Vec::new();
         if !views.is_empty() {
-            let plan = QueryPlan::new(&codec.codec, q, nprobe)?;
-            // A filtered search ranks many candidates by centroid interaction and refines the
-            // best of them (all allowed documents when exhaustive).
-            let ci_refine = |c: &[Candidate]| -> Result<Vec<Candidate>> {
-                let r = FILTERED_REFINE.max(depth);
-                if c.len() <= r {
-                    return refine(&codec.codec, &plan, &views, c);
-                }
-                let mut ci = centroid_interaction(&codec.codec, &plan, &views, c)?;
-                ci.truncate(r);
-                refine(&codec.codec, &plan, &views, &ci)
-            };
-            let deep = filtered && n_refine > 0;
-            let mut cands = match &exhaustive {
-                Some(all) => ci_refine(all)?,
-                None if deep => {
-                    ci_refine(&search_segments(&plan, &views, FILTERED_DEPTH.max(depth))?)?
-                }
-                None => search_segments(&plan, &views, depth)?,
-            };
-            if n_refine > 0 && exhaustive.is_none() && !deep {
-                // Re-score the best n_refine with all their codes; the rest keep their order
-                // below them (only reached when the exact re-rank asks for more).
-                let rest = cands.split_off(n_refine.min(cands.len()));
-                cands = refine(&codec.codec, &plan, &views, &cands)?;
-                cands.extend(rest);
-            }
-            cands.truncate(exact_depth);
-            if rerank && tiered {
-                cands = rerank_tier(&codec.codec, &plan, q, &tiers, &cands, k)?;
-            } else if rerank {
-                for &(_, vi, d) in &cands {
-                    // Verified read of the rows the re-rank is about to use.
-                    let seg = &segs[view_seg[vi as usize]].segment;
-                    let (a, b) = seg.doc_range(d);
-                    seg.check_rows(a, b)?;
-                }
-                cands = rerank_exact(q, dim, &fulls, &cands, k)?;
-            }
+            let cands = encoded_pipeline(
+                &codec.codec,
+                &views,
+                q,
+                k,
+                &stages,
+                filtered,
+                exhaustive.as_deref(),
+                &final_stage,
+                &check_rows,
+            )?;
             hits.extend(
                 cands
                     .iter()
@@ -323,4 +286,208 @@ pub(crate) fn search_snapshot(
         queries.iter().map(|q| per_query(q)).collect::<Result<_>>()
     })??;
     SearchResults::assemble(snap, k, all.into_iter())
+}
+
+/// How the short list of [`encoded_pipeline`] is finally re-ranked.
+enum Rerank<'a> {
+    /// Not re-ranked: the refined order is final.
+    Off,
+    /// Exactly, from the full vectors of each view.
+    Exact(&'a [FullVectors<'a>]),
+    /// From a fidelity tier's refinement data of each view.
+    Tier(&'a [TierRows<'a>]),
+}
+
+/// The stage depths of one compressed search, resolved once from its options: every default of
+/// the pipeline is applied here (and nowhere else).
+#[derive(Clone, Copy, Debug)]
+struct Stages {
+    nprobe: usize,
+    /// Candidates re-scored from all their codes (0: refine off).
+    n_refine: usize,
+    /// Documents kept for the final stage (the exact / tier re-rank; `k` without one).
+    exact_depth: usize,
+    /// Candidates candidate generation returns: the deepest stage's need.
+    depth: usize,
+}
+
+impl Stages {
+    /// Depths for `k` results from `opts`, with `nprobe` already resolved, the final re-rank
+    /// decided (`rerank`, from a fidelity tier when `tiered`), `all_mapped` (every encoded
+    /// segment has a document map, which refine needs) and `live` documents searched (no stage
+    /// can return more: larger depths are capped before anything is sized by them).
+    fn resolve(
+        opts: CompressedSearch,
+        k: usize,
+        nprobe: usize,
+        rerank: bool,
+        tiered: bool,
+        all_mapped: bool,
+        live: usize,
+    ) -> Result<Stages> {
+        let n_refine = match opts.refine {
+            Some(0) => 0,
+            Some(r) if !all_mapped => {
+                return Err(LatixError::invalid(format!(
+                    "refine={r} needs inverted lists with a document map, and some segments of \
+                     this index were written by an older latix: compact() rewrites them"
+                )))
+            }
+            Some(r) => r.max(k),
+            None if !all_mapped => 0,
+            None if rerank => default_refine_for_rerank(k),
+            None => default_refine(k),
+        };
+        // (refine=10**9 once asked for a 48 GB candidate buffer.)
+        let live = live.max(1);
+        let n_refine = n_refine.min(live);
+        let exact_depth = match opts.rerank_depth {
+            Some(r) if rerank => r.max(k),
+            _ if rerank && tiered => tier_rerank_depth(k),
+            _ if rerank => rerank_depth(k, n_refine > 0),
+            _ => k,
+        }
+        .min(live);
+        Ok(Stages {
+            nprobe,
+            n_refine,
+            exact_depth,
+            depth: exact_depth.max(n_refine),
+        })
+    }
+}
+
+/// The compressed search of one query over encoded segments: generate -> refine -> rerank.
+/// Returns at most `k` (score, view, doc), best first. A `filtered` search (or an `exhaustive`
+/// one, whose candidates are given) ranks many candidates by centroid interaction and refines
+/// the best of them; `check` verifies the rows the exact re-rank reads.
+#[allow(clippy::too_many_arguments)]
+fn encoded_pipeline(
+    codec: &super::Codec,
+    views: &[SegmentView<'_>],
+    q: &[f32],
+    k: usize,
+    st: &Stages,
+    filtered: bool,
+    exhaustive: Option<&[Candidate]>,
+    final_stage: &Rerank<'_>,
+    check: &dyn Fn(&[Candidate]) -> Result<()>,
+) -> Result<Vec<Candidate>> {
+    let plan = QueryPlan::new(codec, q, st.nprobe)?;
+    let ci_refine = |c: &[Candidate]| -> Result<Vec<Candidate>> {
+        let r = FILTERED_REFINE.max(st.depth);
+        if c.len() <= r {
+            return refine(codec, &plan, views, c);
+        }
+        let mut ci = centroid_interaction(codec, &plan, views, c)?;
+        ci.truncate(r);
+        refine(codec, &plan, views, &ci)
+    };
+    let deep = filtered && st.n_refine > 0;
+    let mut cands = match exhaustive {
+        Some(all) => ci_refine(all)?,
+        None if deep => ci_refine(&search_segments(
+            &plan,
+            views,
+            FILTERED_DEPTH.max(st.depth),
+        )?)?,
+        None => search_segments(&plan, views, st.depth)?,
+    };
+    if st.n_refine > 0 && exhaustive.is_none() && !deep {
+        // Re-score the best n_refine with all their codes; the rest keep their order below
+        // them (only reached when the exact re-rank asks for more).
+        let rest = cands.split_off(st.n_refine.min(cands.len()));
+        cands = refine(codec, &plan, views, &cands)?;
+        cands.extend(rest);
+    }
+    cands.truncate(st.exact_depth);
+    match final_stage {
+        Rerank::Off => Ok(cands),
+        Rerank::Tier(tiers) => rerank_tier(codec, &plan, q, tiers, &cands, k),
+        Rerank::Exact(fulls) => {
+            check(&cands)?;
+            rerank_exact(q, codec.dim(), fulls, &cands, k)
+        }
+    }
+}
+
+/// The compressed search of one query over building blocks (a codec and encoded segments, as
+/// `latix._core.compressed` exposes them), through the same pipeline and defaults as a
+/// compressed [`crate::Index`]: candidate generation from codes, refinement from codes, then,
+/// with `fulls` (one per view: its documents' full vectors), the exact re-rank. An `allowed`
+/// bitmap of a view makes the search a filtered one (the filtered depths, like masks on an
+/// index). On latix's pool of `n_threads` threads. Returns at most `k` (score, view, doc), best
+/// first, ties by view then document.
+pub fn search_encoded(
+    codec: &super::Codec,
+    views: &[SegmentView<'_>],
+    fulls: &[FullVectors<'_>],
+    query: &[f32],
+    k: usize,
+    opts: CompressedSearch,
+    n_threads: Option<usize>,
+) -> Result<Vec<Candidate>> {
+    let dim = codec.dim();
+    if k == 0 {
+        return Err(LatixError::invalid("k must be at least 1, got 0"));
+    }
+    if query.is_empty() || !query.len().is_multiple_of(dim) {
+        return Err(LatixError::invalid(format!(
+            "query must have shape (n_query_tokens >= 1, {dim}), got {} values",
+            query.len()
+        )));
+    }
+    maxsim::check_values(crate::maxsim::DocVectors::F32(query), "query", dim)?;
+    if !fulls.is_empty() && fulls.len() != views.len() {
+        return Err(LatixError::invalid(format!(
+            "full vectors must be given for every segment ({}), got {}",
+            views.len(),
+            fulls.len()
+        )));
+    }
+    let kc = codec.n_centroids();
+    let nprobe = opts.nprobe.unwrap_or_else(|| default_nprobe(kc));
+    if nprobe == 0 || nprobe > kc {
+        return Err(LatixError::invalid(format!(
+            "nprobe must be between 1 and the number of centroids ({kc}), got {nprobe}"
+        )));
+    }
+    let rerank = opts.rerank.unwrap_or(!fulls.is_empty());
+    if rerank && fulls.is_empty() {
+        return Err(LatixError::invalid(
+            "rerank needs the full vectors of every segment",
+        ));
+    }
+    let filtered = views.iter().any(|v| v.allowed.is_some());
+    let live: usize = views
+        .iter()
+        .map(|v| match v.allowed {
+            Some(b) => b.iter().map(|w| w.count_ones() as usize).sum(),
+            None => v.seg.n_docs(),
+        })
+        .sum();
+    let all_mapped = views.iter().all(|v| v.seg.has_doc_map());
+    let stages = Stages::resolve(opts, k, nprobe, rerank, false, all_mapped, live)?;
+    let final_stage = if rerank {
+        Rerank::Exact(fulls)
+    } else {
+        Rerank::Off
+    };
+    let mut hits = crate::parallel::install(n_threads, || {
+        encoded_pipeline(
+            codec,
+            views,
+            query,
+            k,
+            &stages,
+            filtered,
+            None,
+            &final_stage,
+            &|_| Ok(()),
+        )
+    })??;
+    // Best first; ties by insertion order (segment, then document), as an index search.
+    hits.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    hits.truncate(k);
+    Ok(hits)
 }

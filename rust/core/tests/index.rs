@@ -1,6 +1,7 @@
-//! Integration tests of the on-disk index: round trips, search against a brute-force reference
-//! built from the scalar MaxSim oracle, deletes/replace/compaction, snapshots, locking, commit
-//! hooks, and exhaustive truncation/byte-flip corruption of a small segment.
+//! Integration tests of `Index`, the on-disk index handle: round trips, search against a
+//! brute-force reference built from the scalar MaxSim oracle, deletes/replace/compaction,
+//! snapshots, locking, commit hooks, and exhaustive truncation/byte-flip corruption of a small
+//! segment.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
