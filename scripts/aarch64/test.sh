@@ -14,11 +14,12 @@ dir="$(cd "${1:-target/aarch64-py}" && pwd)"
 shift || true
 [ -x "$dir/bin/python3" ] || { echo "aarch64: run scripts/aarch64/setup.sh first" >&2; exit 1; }
 if [ "$#" -eq 0 ]; then
-    set -- tests/test_maxsim.py tests/test_index.py tests/test_compressed.py \
+    set -- tests/test_maxsim.py tests/test_index.py tests/test_compressed_blocks.py \
         tests/test_compressed_index.py tests/test_fidelity.py tests/test_masked_search.py \
-        tests/test_filters.py tests/test_corruption.py tests/test_index_corruption.py \
-        tests/test_api_edges.py tests/test_bad_input_matrix.py tests/test_swapped_files.py \
-        tests/test_special_files.py tests/test_resource_limits.py tests/test_encoder_fast.py
+        tests/test_filters.py tests/hardening/test_corruption.py \
+        tests/hardening/test_api_edges.py tests/hardening/test_bad_input_matrix.py \
+        tests/hardening/test_swapped_files.py tests/hardening/test_special_files.py \
+        tests/hardening/test_resource_limits.py tests/test_bert_graph.py
 fi
 cd "$(dirname "$0")/../.."
 unset VIRTUAL_ENV
