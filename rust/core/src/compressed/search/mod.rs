@@ -81,7 +81,7 @@ pub const FILTERED_DEPTH: usize = 384;
 pub const FILTERED_DEPTH_BROAD: usize = 256;
 /// An exhaustive filtered search of at most this many allowed documents refines every one of
 /// them from its codes instead of the best [`FILTERED_REFINE`] by centroid interaction. SciFact
-/// + 100k distractors, 200 *train* queries, 105 allowed documents (0.1 %), codes only: recall@10
+/// with 100k distractors, 200 *train* queries, 105 allowed documents (0.1 %), codes only: recall@10
 /// against exact MaxSim over the allowed set 0.751 -> 0.763, p50 0.91x -> 1.12x an unfiltered
 /// search (interleaved, one thread). What remains is the codes' own error: refining every one
 /// of 30 allowed documents finds 0.786 of their exact top 10, and kept vectors' exact re-rank
