@@ -57,6 +57,8 @@ SETS = {
     "vaswani": ("vaswani/doc-text.trec", "vaswani/query-text.trec", "vaswani/qrels"),
 }
 SELECTIVITIES = [0.5, 0.1, 0.01, 0.001, 0.0001]
+# The filtered-search depths of rust/core/src/compressed/search/mod.rs (the table's caption).
+FILTERED_REFINE, FILTERED_DEPTH, FILTERED_DEPTH_BROAD, EXHAUSTIVE_REFINE_ALL = 32, 384, 256, 128
 REBUILD = False  # --rebuild: build collections again even if a previous run left them
 
 
@@ -487,9 +489,12 @@ def filtered(results: dict[str, Any], n_queries: int, keep: bool = False) -> lis
         )
     lines += [
         "",
-        "Switch point: exhaustive (centroid interaction over every allowed document, the best "
-        "32 refined from codes) against probing (candidate generation over the probed lists, "
-        "its best 384 ranked by centroid interaction, 32 refined).",
+        "Switch point: exhaustive (every allowed document refined from codes up to "
+        f"{EXHAUSTIVE_REFINE_ALL}; above that centroid interaction over all of them, the best "
+        f"{FILTERED_REFINE} refined) against probing (candidate generation over the probed "
+        f"lists, its best {FILTERED_DEPTH} ranked by centroid interaction "
+        f"({FILTERED_DEPTH_BROAD} when the filter keeps a quarter of the documents or more), "
+        f"{FILTERED_REFINE} refined).",
         "",
         f"Interleaved with unfiltered searches (p50 {switch_base['p50']:.2f} ms in this part), "
         "100 queries; the default switch is `EXHAUSTIVE_BELOW` = "

@@ -431,8 +431,10 @@ class Index:
             k: hits per query (>= 1).
             n_threads: threads to use.
             exhaustive_below: compressed index only: when at most this many live documents are
-                allowed, score every one of them with all its codes (then re-rank exactly when
-                re-ranking) instead of generating candidates from the probed lists. 0: never.
+                allowed, every one of them is a candidate instead of the output of candidate
+                generation from the probed lists: all of them are scored with all their codes
+                when there are at most 128, else the best 32 by centroid interaction (then
+                re-ranked exactly when re-ranking). 0: never.
             nprobe: as in :meth:`search`.
             rerank: as in :meth:`search`.
             refine: as in :meth:`search`.

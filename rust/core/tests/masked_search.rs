@@ -171,7 +171,7 @@ fn masks_on_a_compressed_index_and_the_exhaustive_mode() {
         let ix = build(&dir.path().join("ix"), Some(compression(keep)), &mut rng);
         assert!(ix.stats().expect("stats").trained);
         let n_docs: usize = ix.segments().expect("segs").iter().map(|s| s.n_docs).sum();
-        for keep_pm in [2, 20, 300, 1000] {
+        for keep_pm in [2, 20, 150, 300, 1000] {
             let (masks, ids) = random_masks(&ix, &mut rng, keep_pm);
             let refs: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
             let q = rand_doc(&mut rng, 6);
@@ -213,8 +213,12 @@ fn masks_on_a_compressed_index_and_the_exhaustive_mode() {
             let (g, w) = (hits(&got), hits(&want));
             assert_eq!(g.len(), w.len());
             let live_allowed = ids.iter().filter(|i| ix.contains(i).expect("c")).count();
-            if live_allowed <= latix_core::compressed::FILTERED_REFINE {
-                // Few enough to refine them all: exactly probing everything and refining all.
+            let refine_all = latix_core::compressed::EXHAUSTIVE_REFINE_ALL
+                .max(latix_core::compressed::FILTERED_REFINE);
+            if live_allowed <= refine_all {
+                // Few enough to refine them all (exhaustive searches of up to
+                // EXHAUSTIVE_REFINE_ALL documents do): exactly probing everything and refining
+                // all.
                 for ((gi, gs), (wi, ws)) in g.iter().zip(&w) {
                     assert!(
                         (gs - ws).abs() <= 1e-4 * (1.0 + ws.abs()),

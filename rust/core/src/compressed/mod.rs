@@ -26,6 +26,9 @@ pub use search::{
     centroid_interaction, default_nprobe, default_refine, default_refine_for_rerank, refine,
     rerank_depth, rerank_exact, search_segments, Candidate, FullVectors, QueryPlan, SegmentView,
 };
-pub use search::{search_encoded, CompressedSearch, FILTERED_DEPTH, FILTERED_REFINE};
+pub use search::{
+    filtered_depth, search_encoded, CompressedSearch, EXHAUSTIVE_REFINE_ALL, FILTERED_DEPTH,
+    FILTERED_DEPTH_BROAD, FILTERED_REFINE,
+};
 pub use state::codec_id;
 pub(crate) use state::{decode_segment_doc, load_state, verify, CState};
