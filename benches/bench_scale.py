@@ -30,8 +30,9 @@ the index is created: that resident size is reported beside it), and the time sp
   checks that a document is the same alone as in a batch) and must match.
 
 With --lock FILE, each timed or heavy phase of a size (exact reference, build, searches) runs
-holding an exclusive flock on FILE, released between phases, so other benchmarks on a shared
-machine are never timed beside this one. Indexes go under --work (default
+holding an exclusive flock on FILE, released between phases (and every 10 minutes during the
+untimed exact reference), so other benchmarks on a shared machine are never timed beside this
+one. Indexes go under --work (default
 ~/.cache/latix/bench-scale) and are deleted after measuring unless --keep. Results: every size
 merged into --json (bench-results/scale.json, read by benches/plots.py) and the table written to
 --md (bench-results/scale.md), each size with its provenance (benches/provenance.py) and load
@@ -82,22 +83,53 @@ def size_name(n: int) -> str:
     return f"{n / 1e6:g}M"
 
 
-@contextlib.contextmanager
-def locked(path: str | None, what: str) -> Iterator[None]:
-    """Holds an exclusive flock on `path` (if given) for the block."""
-    if path is None:
-        yield
-        return
-    with open(path, "a") as f:
+#: Longest time (s) the exact reference holds the lock before letting others take it.
+LOCK_SLICE = 600.0
+
+
+class Lock:
+    """An exclusive flock on a file (none if `path` is None), held by :meth:`hold`."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._f: Any = None
+        self._since = 0.0
+        self._what = ""
+
+    def _acquire(self) -> None:
+        if self.path is None:
+            return
+        self._f = open(self.path, "a")  # noqa: SIM115 (released in _release)
         t = time.time()
-        fcntl.flock(f, fcntl.LOCK_EX)
-        print(f"[lock] {what}: acquired after {time.time() - t:.0f} s", flush=True)
-        t = time.time()
+        fcntl.flock(self._f, fcntl.LOCK_EX)
+        self._since = time.time()
+        print(f"[lock] {self._what}: acquired after {self._since - t:.0f} s", flush=True)
+
+    def _release(self) -> None:
+        if self._f is None:
+            return
+        fcntl.flock(self._f, fcntl.LOCK_UN)
+        self._f.close()
+        self._f = None
+        print(f"[lock] {self._what}: released after {time.time() - self._since:.0f} s", flush=True)
+
+    @contextlib.contextmanager
+    def hold(self, what: str) -> Iterator[None]:
+        """Holds the lock for the block."""
+        self._what = what
+        self._acquire()
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-            print(f"[lock] {what}: released after {time.time() - t:.0f} s", flush=True)
+            self._release()
+
+    def share(self) -> None:
+        """Inside :meth:`hold` of an untimed phase: after `LOCK_SLICE` seconds, releases the lock
+        for a moment so that others' timed runs are not kept waiting, then takes it again."""
+        if self._f is not None and time.time() - self._since > LOCK_SLICE:
+            self._release()
+            time.sleep(5.0)
+            self._acquire()
 
 
 class Corpus:
@@ -149,12 +181,14 @@ def vm_rss_mb() -> float:
     return float("nan")
 
 
-def build(n_tokens: int, out: str, data: str, source: str, seed: int, commit_docs: int) -> None:
+def build(
+    n_tokens: int, out: str, data: str, source: str, vaswani: str, seed: int, commit_docs: int
+) -> None:
     """Child process: builds the index of one size with latix's defaults and writes
     `<out>.json` (times, peak memory, stats)."""
     import latix
 
-    pools, _ = scale_gen.load_pools(data, source, seed)
+    pools, _ = scale_gen.load_pools(data, source, seed, Path(vaswani), identify=False)
     sci_ids = json.load(open(f"{data}/scifact/doc_ids.json"))
     corpus = Corpus(pools, seed, n_tokens, commit_docs)
     base_mb = vm_rss_mb()
@@ -192,10 +226,7 @@ def build(n_tokens: int, out: str, data: str, source: str, seed: int, commit_doc
 
 
 def exact_topk(
-    corpus: Corpus,
-    sci_ids: list[str],
-    qs: list[np.ndarray],
-    k: int,
+    corpus: Corpus, sci_ids: list[str], qs: list[np.ndarray], k: int, lock: Lock
 ) -> tuple[list[list[str]], list[list[float]]]:
     """Exact MaxSim top `k` of each query over every document of `corpus`: float32 GEMM of all
     queries' tokens against a batch of documents, max over each document's rows, sum per query."""
@@ -224,6 +255,7 @@ def exact_topk(
         h = min(corpus.n_gen, g + EXACT_BATCH)
         vec, off = corpus.gen.batch(g, h)
         consume(vec, off, scale_gen.ids_of(g, h))
+        lock.share()
     return best_i, [[float(x) for x in s] for s in best_s]
 
 
@@ -233,7 +265,7 @@ def reference(
     data: str,
     work: str,
     sample: list[int],
-    lock: str | None,
+    lock: Lock,
 ) -> tuple[dict[str, Any], bool]:
     """The cached exact top `EXACT_K` of the sample queries (computed if absent or stale),
     checked: each cached top 10 re-scored in float64 from documents regenerated alone."""
@@ -255,9 +287,9 @@ def reference(
     ref = json.load(open(path)) if os.path.exists(path) else None
     cached = ref is not None and ref.get("key") == key
     if not cached:
-        with locked(lock, f"exact reference {size_name(corpus.n_tokens)}"):
+        with lock.hold(f"exact reference, {corpus.n_tokens:,} tokens"):
             t = time.time()
-            ids, scores = exact_topk(corpus, sci_ids, qs, EXACT_K)
+            ids, scores = exact_topk(corpus, sci_ids, qs, EXACT_K, lock)
             ref = {"key": key, "ids": ids, "scores": scores, "seconds": time.time() - t}
         with open(path + ".tmp", "w") as f:
             json.dump(ref, f)
@@ -314,7 +346,9 @@ def measure(
         f"({corpus.n_gen:,} generated); disk free {disk.free / 1e9:.1f} GB",
         flush=True,
     )
-    ref, cached = reference(corpus, ident, a.data, a.work, sample, a.lock)
+    prov = provenance.lines()
+    lock = Lock(a.lock)
+    ref, cached = reference(corpus, ident, a.data, a.work, sample, lock)
     gen_share = float(
         np.mean([sum(d.startswith("gen-") for d in ids[:10]) / 10 for ids in ref["ids"]])
     )
@@ -327,11 +361,11 @@ def measure(
     )
     out = f"{a.work}/index-{name}"
     load_before = provenance.load_average()
-    with locked(a.lock, f"build {name}"):
+    with lock.hold(f"build {name}"):
         t = time.time()
         cmd = [sys.executable, __file__, "--_build", str(n_tokens), "--work", a.work]
         cmd += ["--data", a.data, "--source", a.source, "--seed", str(a.seed)]
-        cmd += ["--commit-docs", str(a.commit_docs)]
+        cmd += ["--commit-docs", str(a.commit_docs), "--_vaswani", a._vaswani]
         subprocess.run(cmd, check=True)
         child_wall = time.time() - t
         load_build = provenance.load_average()
@@ -346,7 +380,7 @@ def measure(
     )
     qrels = read_qrels(Path(a.source) / "scifact" / "qrels" / "test.tsv")
     sub_qrels = {q: dict(qrels[q]) for q in qids if q in qrels}
-    with locked(a.lock, f"search {name}"):
+    with lock.hold(f"search {name}"):
         load_search0 = provenance.load_average()
         ix = latix.Index.open(out)
         queries = [Q[qo[i] : qo[i + 1]] for i in range(nq)]
@@ -372,6 +406,7 @@ def measure(
     ev_ex = ir_measures.calc_aggregate([nDCG @ 10], sq, ex_run)
     ev_cs = ir_measures.calc_aggregate([nDCG @ 10], sq, {q: run10[q] for q in ex_run})
     r = {
+        "size": name,
         "n_tokens": corpus.n_tokens,
         "n_docs": corpus.n_docs,
         "n_generated_docs": corpus.n_gen,
@@ -397,7 +432,7 @@ def measure(
         "exact_sample": len(sample),
         "exact_key": ref["key"],
         "load": {"build": [load_before, load_build], "search": [load_search0, load_search]},
-        "provenance": provenance.lines(),
+        "provenance": prov,
     }
     print(
         f"bytes/token {r['bytes_per_token']:.1f}; p50/p99 1T {r['p50_1t_ms']:.2f}/"
@@ -436,7 +471,7 @@ def markdown(saved: dict[str, Any]) -> str:
     rows = sorted(saved["sizes"].values(), key=lambda r: r["n_tokens"])
     f = saved.get("fit", {})
     md = [
-        "# Scale: latix's compressed index from 2M to 30M tokens",
+        f"# Scale: latix's compressed index from {rows[0]['size']} to {rows[-1]['size']} tokens",
         "",
         "`python benches/bench_scale.py` (benches/bench_scale.py: SciFact + generated competing "
         "documents from benches/scale_gen.py; latix defaults, commits of 5,000 documents, no "
@@ -478,7 +513,7 @@ def markdown(saved: dict[str, Any]) -> str:
             )
     md += ["", "Provenance of each size:", ""]
     for r in rows:
-        md.append(f"*{size_name(r['n_tokens'])}:*")
+        md.append(f"*{r['size']}:*")
         md += r["provenance"]
         md.append("")
     return "\n".join(md) + "\n"
@@ -499,6 +534,7 @@ def main() -> None:
     ap.add_argument("--json", default=str(res / "scale.json"))
     ap.add_argument("--md", default=str(res / "scale.md"))
     ap.add_argument("--_build", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_vaswani", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     if a._build is not None:
@@ -512,7 +548,8 @@ def main() -> None:
         )
         return
     provenance.print_header()
-    pools, ident = scale_gen.load_pools(a.data, a.source, a.seed)
+    a._vaswani = str(scale_gen.vaswani_entry(Path(a.source)))
+    pools, ident = scale_gen.load_pools(a.data, a.source, a.seed, Path(a._vaswani))
     saved = json.load(open(a.json)) if os.path.exists(a.json) else {"sizes": {}}
     for s in a.sizes.split(","):
         n = parse_size(s)

@@ -20,8 +20,8 @@ is generated in, and any one can be regenerated alone):
    Otherwise it is *off-topic*, like benches/make_distractors.py's: ``A`` and ``B`` are two
    Vaswani documents. (Measured on 50 SciFact test queries: a topical document beats a query's
    10th-best SciFact score with probability ~5e-4, an off-topic one ~never; so ``p_topical``
-   sets how fast the generated share of the exact top 10 grows with the corpus: at 0.05 about
-   5 % at 10M tokens, 20 % at 30M, 40 % at 100M.)
+   sets how fast the generated share of the exact top 10 grows with the corpus; projected from
+   6,000 generated documents, at 0.1: about 12 % at 10M tokens, 35 % at 30M, 55 % at 100M.)
 3. A share ``f`` of the tokens, uniform in ``[F_LOW, 1]``, are drawn (with replacement) from
    ``A``'s token vectors, the rest from ``B``'s.
 4. Every token gets Gaussian noise of norm ~``s``, one of ``NOISE_LEVELS`` per document
@@ -57,7 +57,7 @@ NOISE_LEVELS = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 #: Lowest share of a document's tokens drawn from its primary SciFact document.
 F_LOW = 0.2
 #: Share of topical (SciFact-based) generated documents; the rest are off-topic (Vaswani).
-P_TOPICAL = 0.05
+P_TOPICAL = 0.1
 #: Probability that the background document is another SciFact document (else Vaswani).
 P_SCIFACT_BACKGROUND = 0.5
 #: Vaswani documents sampled into the background pool.
@@ -130,22 +130,27 @@ def make_pools(
     )
 
 
-def load_pools(data: str, source: str, seed: int) -> tuple[Pools, dict[str, str]]:
+def load_pools(
+    data: str, source: str, seed: int, vaswani: Path | None = None, identify: bool = True
+) -> tuple[Pools, dict[str, str]]:
     """Pools from the cached encodings: SciFact from ``<data>/scifact`` (written by
     benches/prepare_bench_data.py) and a seeded sample of ``N_VASWANI`` Vaswani documents from
     latix's embedding cache (the entry benches/make_distractors.py made from
     ``<source>/vaswani/doc-text.trec``). Never encodes: a
-    missing Vaswani entry is an error. Also returns what identifies the pools' inputs (for the
-    exact reference's cache key)."""
+    missing Vaswani entry is an error (``vaswani``: that entry's directory, if already known).
+    Also returns what identifies the pools' inputs (checksums of the files read, for the exact
+    reference's cache key; empty unless ``identify``)."""
     from checksums import file_digest
 
     sci = Path(data) / "scifact"
-    vas = vaswani_entry(Path(source))
+    vas = vaswani_entry(Path(source)) if vaswani is None else vaswani
     svec = np.load(sci / "docs_vectors.npy")  # read into memory, not mapped
     soff = np.load(sci / "doc_offsets.npy")
     pools = sampled_pools(
         svec, soff, np.load(vas / "vectors.npy", mmap_mode="r"), np.load(vas / "offsets.npy"), seed
     )
+    if not identify:
+        return pools, {}
     ident = {
         "scifact/docs_vectors.npy": file_digest(str(sci / "docs_vectors.npy")),
         "scifact/doc_offsets.npy": file_digest(str(sci / "doc_offsets.npy")),
