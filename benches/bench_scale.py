@@ -165,7 +165,7 @@ class Corpus:
             vec, off = self.gen.batch(g, g + n_gen)
             gen_s = time.perf_counter() - t
             ids = scale_gen.ids_of(g, g + n_gen) + [sci_ids[j] for j in sj]
-            docs = list(np.split(vec, off[1:-1]))
+            docs: list[np.ndarray] = list(np.split(vec, off[1:-1]))
             docs += [p.vectors[p.offsets[j] : p.offsets[j + 1]] for j in sj]
             g += n_gen
             yield ids, docs, gen_s
@@ -301,6 +301,7 @@ def reference(
         assert len(set(top_ids)) == len(top_ids) == EXACT_K and all(np.diff(top_s) <= 0)
         q64 = q.astype(np.float64)
         for d, s in zip(top_ids[:10], top_s[:10], strict=True):
+            x: np.ndarray
             if d.startswith("gen-"):
                 x = corpus.gen.doc(int(d[4:]))
             else:
@@ -543,6 +544,7 @@ def main() -> None:
             f"{a.work}/index-{size_name(a._build)}",
             a.data,
             a.source,
+            a._vaswani,
             a.seed,
             a.commit_docs,
         )
