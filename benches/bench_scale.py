@@ -115,7 +115,10 @@ class Lock:
 
     @contextlib.contextmanager
     def hold(self, what: str) -> Iterator[None]:
-        """Holds the lock for the block."""
+        """Holds the lock for the block (a block inside another one's hold keeps it)."""
+        if self._f is not None:
+            yield
+            return
         self._what = what
         self._acquire()
         try:
@@ -322,18 +325,10 @@ def measure(
     pools: scale_gen.Pools,
     ident: dict[str, str],
 ) -> dict[str, Any]:
-    import ir_measures
-    import latix
-    from ir_measures import nDCG
-    from latix.corpus import read_qrels
-
+    """Every figure of one size (see the module's docstring)."""
     name = size_name(n_tokens)
     corpus = Corpus(pools, a.seed, n_tokens, a.commit_docs)
-    sci = f"{a.data}/scifact"
-    Q = np.load(f"{sci}/query_vectors.npy")
-    qo = np.load(f"{sci}/query_offsets.npy")
-    qids = json.load(open(f"{sci}/query_ids.json"))
-    nq = len(qids)
+    nq = len(json.load(open(f"{a.data}/scifact/query_ids.json")))
     sample = sorted(
         np.random.default_rng(a.seed + 7).choice(nq, min(a.exact_sample, nq), replace=False)
     )
@@ -349,6 +344,30 @@ def measure(
     )
     prov = provenance.lines()
     lock = Lock(a.lock)
+    with lock.hold(f"size {name}") if a.lock_per_size else contextlib.nullcontext():
+        return measure_locked(n_tokens, name, corpus, sample, prov, lock, ident, a)
+
+
+def measure_locked(
+    n_tokens: int,
+    name: str,
+    corpus: Corpus,
+    sample: list[int],
+    prov: list[str],
+    lock: Lock,
+    ident: dict[str, str],
+    a: argparse.Namespace,
+) -> dict[str, Any]:
+    import ir_measures
+    import latix
+    from ir_measures import nDCG
+    from latix.corpus import read_qrels
+
+    sci = f"{a.data}/scifact"
+    Q = np.load(f"{sci}/query_vectors.npy")
+    qo = np.load(f"{sci}/query_offsets.npy")
+    qids = json.load(open(f"{sci}/query_ids.json"))
+    nq = len(qids)
     ref, cached = reference(corpus, ident, a.data, a.work, sample, lock)
     gen_share = float(
         np.mean([sum(d.startswith("gen-") for d in ids[:10]) / 10 for ids in ref["ids"]])
@@ -530,6 +549,11 @@ def main() -> None:
     ap.add_argument("--commit-docs", type=int, default=5000, help="documents per commit")
     ap.add_argument("--exact-sample", type=int, default=50, help="queries with exact reference")
     ap.add_argument("--lock", default=None, help="flock this file during each heavy phase")
+    ap.add_argument(
+        "--lock-per-size",
+        action="store_true",
+        help="hold --lock for a whole size (exact reference, build and searches) at once",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the indexes")
     res = ROOT / "bench-results"
     ap.add_argument("--json", default=str(res / "scale.json"))
