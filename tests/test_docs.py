@@ -328,7 +328,7 @@ def test_scale_figures_drawn_from_scale_json(tmp_path: Path) -> None:
         row: dict[str, Any] = dict.fromkeys(keys, 1.0)
         row.update(n_tokens=int(n), p50_1t_ms=p50, p99_1t_ms=2 * p50, build_s=build)
         row.update(p50_2t_ms=p50 / 1.5, p99_2t_ms=p50, provenance=["- commit: abc"])
-        row.update(generated_share_exact_top10=0.125, bytes_per_token=27.25)
+        row.update(generated_share_exact_top10=0.125, bytes_per_token=27.25, add_piece_docs=500)
         sizes[f"{n / 1e6:g}M"] = row
     (res / "scale.json").write_text(json.dumps({"sizes": sizes}))
     assert abs(plots._exponent([2e6, 8e6, 32e6], [2.0, 4.0, 8.0]) - 0.5) < 1e-9
@@ -336,7 +336,11 @@ def test_scale_figures_drawn_from_scale_json(tmp_path: Path) -> None:
     text, pngs = plots.figures(res, tmp_path / "fig", "rel")
     assert "scale.png" in pngs and "(rel/scale.png)" in text
     assert "| 32,000,000 | 160.0 | 1 (1) | 27.2 | 8.00 / 16.00 |" in text
-    assert "12.5%" in text
+    assert "12.5%" in text and "1 * (1)" not in text
+    sizes["2M"]["add_piece_docs"] = None  # built from one batch per commit: marked
+    (res / "scale.json").write_text(json.dumps({"sizes": sizes}))
+    text, _ = plots.figures(res, tmp_path / "fig2", "rel")
+    assert "| 2,000,000 | 10.0 | 1 * (1) |" in text
     # One size only: no curve.
     (res / "scale.json").write_text(json.dumps({"sizes": {"2M": sizes["2M"]}}))
     text, pngs = plots.figures(res, tmp_path / "fig3", "rel")
