@@ -496,7 +496,11 @@ def fits(sizes: dict[str, Any]) -> dict[str, Any]:
     n = [r["n_tokens"] for r in rows]
     out: dict[str, Any] = {"sizes": [r["n_tokens"] for r in rows]}
     for k in ("p50_1t_ms", "p50_2t_ms", "build_s", "peak_rss_mb", "bytes_per_token"):
-        b, c = fit(n, [r[k] for r in rows])
+        # Peak RSS only over builds that added in pieces (the others also held a whole batch).
+        use = [r for r in rows if k != "peak_rss_mb" or r.get("add_piece_docs")]
+        if len(use) < 2:
+            continue
+        b, c = fit([r["n_tokens"] for r in use], [r[k] for r in use])
         out[k] = {"exponent": b, "at_100m": float(np.exp(c) * 1e8**b)}
     return out
 
@@ -549,6 +553,8 @@ def markdown(saved: dict[str, Any]) -> str:
             ("build_s", "build time"),
             ("peak_rss_mb", "peak build RSS"),
         ):
+            if k not in f:
+                continue
             unit = {"build_s": "s", "peak_rss_mb": "MB"}.get(k, "ms")
             md.append(
                 f"- {what}: exponent **{f[k]['exponent']:.2f}** (projected at 100M tokens: "
@@ -588,8 +594,12 @@ def main() -> None:
     )
     a = ap.parse_args()
     if a.md_only:
+        saved = json.load(open(a.json))
+        saved["fit"] = fits(saved["sizes"])
+        with open(a.json, "w") as f:
+            json.dump(saved, f, indent=1)
         with open(a.md, "w") as f:
-            f.write(markdown(json.load(open(a.json))))
+            f.write(markdown(saved))
         return
     os.makedirs(a.work, exist_ok=True)
     if a._build is not None:
@@ -620,7 +630,7 @@ def main() -> None:
     f = saved["fit"]
     if f:
         print("\nfitted growth exponents against tokens (log-log least squares):")
-        for k in ("p50_1t_ms", "p50_2t_ms", "build_s", "peak_rss_mb"):
+        for k in [k for k in ("p50_1t_ms", "p50_2t_ms", "build_s", "peak_rss_mb") if k in f]:
             print(
                 f"  {k}: {f[k]['exponent']:.3f} (projected at 100M tokens: {f[k]['at_100m']:,.1f})"
             )
