@@ -493,7 +493,6 @@ def fits(sizes: dict[str, Any]) -> dict[str, Any]:
     rows = sorted(sizes.values(), key=lambda r: r["n_tokens"])
     if len(rows) < 2:
         return {}
-    n = [r["n_tokens"] for r in rows]
     out: dict[str, Any] = {"sizes": [r["n_tokens"] for r in rows]}
     for k in ("p50_1t_ms", "p50_2t_ms", "build_s", "peak_rss_mb", "bytes_per_token"):
         # Peak RSS only over builds that added in pieces (the others also held a whole batch).
