@@ -16,6 +16,9 @@ includes (`make docs` runs it, so the figures always show the committed results)
   latency against recall swept in one run: a panel of its own in the latency-vs-recall figure
   (the other panels' points come from other runs), the peers' bytes per token in the bytes
   figure, and the table with the latix / peer p50 at equal recall.
+* scale.json (`benches/bench_scale.py`): the scale curves, p50 latency (1 and 2 threads) and
+  build time against tokens on log-log axes with the fitted growth exponent in the legend, and
+  bytes per token against tokens.
 
 A result file that does not exist yet is named in the fragment with the command that writes it;
 nothing is drawn for it (no figure is ever made from numbers typed in here).
@@ -40,6 +43,7 @@ COMMANDS = {
     "collection.json": "make bench-collection (benches/bench_collection.py)",
     "serve.json": "make bench-serve (benches/bench_serve.py)",
     "peers.json": "python benches/bench_peers.py",
+    "scale.json": "python benches/bench_scale.py",
 }
 
 
@@ -366,6 +370,76 @@ def serve(d: dict[str, Any], out: Path, rel: str) -> list[str]:
     return md
 
 
+# ---------------------------------------------------------------------------- scale
+
+
+def _exponent(xs: list[float], ys: list[float]) -> float:
+    """Slope of the least-squares line of log y against log x (the growth exponent)."""
+    import numpy as np
+
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def scale(d: dict[str, Any], out: Path, rel: str) -> list[str]:
+    """Latency and build time against tokens (log-log, fitted exponents), bytes per token."""
+    import numpy as np
+
+    rows = sorted((d.get("sizes") or {}).values(), key=lambda r: r["n_tokens"])
+    md = ["### Scale: cost against corpus size", ""]
+    if len(rows) < 2:
+        return md + ["`scale.json` holds fewer than two sizes: no curve to draw.", ""]
+    n = [r["n_tokens"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for key, name in (("p50_1t_ms", "p50, 1 thread"), ("p50_2t_ms", "p50, 2 threads")):
+        ys = [r[key] for r in rows]
+        axes[0].plot(n, ys, marker="o", label=f"{name}: exponent {_exponent(n, ys):.2f}")
+    axes[0].set_ylabel("search latency, k = 10 (ms)")
+    ys = [r["build_s"] for r in rows]
+    axes[1].plot(n, ys, marker="o", label=f"build (latix's time): exponent {_exponent(n, ys):.2f}")
+    fit = np.exp(np.polyval(np.polyfit(np.log(n), np.log(ys), 1), np.log(n)))
+    axes[1].plot(n, fit, ls="--", color="grey", lw=0.8, label="least-squares fit")
+    axes[1].set_ylabel("build time (s)")
+    for ax in axes[:2]:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    axes[2].plot(n, [r["bytes_per_token"] for r in rows], marker="o", label="every index file")
+    axes[2].set_xscale("log")
+    axes[2].set_ylim(0, max(r["bytes_per_token"] for r in rows) * 1.2)
+    axes[2].set_ylabel("bytes per token on disk")
+    for ax in axes:
+        ax.set_xlabel("corpus tokens (log scale)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    img = _save(fig, out, "scale.png")
+    md += [_image(rel, img, "scale curves"), ""]
+    md += [
+        "| tokens | build s | peak RSS MB (generator pools) | bytes/token | p50 / p99 1T ms "
+        "| p50 / p99 2T ms | nDCG@10 | recall@10 vs exact | generated share of exact top 10 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        md.append(
+            f"| {r['n_tokens']:,} | {r['build_s']:.1f} | {r['peak_rss_mb']:,.0f}"
+            f"{'' if r.get('add_piece_docs') else ' *'} ({r['pools_rss_mb']:,.0f}) | "
+            f"{r['bytes_per_token']:.1f} | {r['p50_1t_ms']:.2f} / "
+            f"{r['p99_1t_ms']:.2f} | {r['p50_2t_ms']:.2f} / {r['p99_2t_ms']:.2f} | "
+            f"{r['ndcg_at_10']:.4f} | {r['recall_at_10_vs_exact']:.3f} | "
+            f"{r['generated_share_exact_top10']:.1%} |"
+        )
+    md.append("")
+    if any(not r.get("add_piece_docs") for r in rows):
+        md += [
+            "\\* the build added each commit's generated documents as one float32 batch, which "
+            "counts in this peak (about 1.8 GB more than latix's own); see "
+            "`bench-results/scale.md`.",
+            "",
+        ]
+    for r in rows:
+        prov = "; ".join(x.removeprefix("- ") for x in r.get("provenance", []))
+        md += [f"*{r['n_tokens']:,} tokens:* {prov}", ""]
+    return md
+
+
 def figures(results: Path, out: Path, rel: str) -> tuple[str, list[str]]:
     """Draws every figure into ``out``; returns the Markdown fragment and the PNG names."""
     out.mkdir(parents=True, exist_ok=True)
@@ -383,6 +457,8 @@ def figures(results: Path, out: Path, rel: str) -> tuple[str, list[str]]:
         md += collection_filtered(coll, out, rel, sec.get("filtered", {}).get("when", "?"))
     srv = _load(results, "serve.json")
     md += serve(srv, out, rel) if srv is not None else _missing("serve.json")
+    sc = _load(results, "scale.json")
+    md += scale(sc, out, rel) if sc is not None else _missing("scale.json")
     return "\n".join(md) + "\n", sorted(p.name for p in out.glob("*.png"))
 
 

@@ -344,5 +344,38 @@ def test_figures_drawn_from_result_files(tmp_path: Path) -> None:
     empty.mkdir()
     text, pngs = plots.figures(empty, tmp_path / "fig2", "rel")
     assert pngs == []
-    for name in ("compressed.json", "collection.json", "serve.json", "peers.json"):
+    for name in ("compressed.json", "collection.json", "serve.json", "peers.json", "scale.json"):
         assert f"No `bench-results/{name}` yet" in text
+
+
+def test_scale_figures_drawn_from_scale_json(tmp_path: Path) -> None:
+    """scale.json as benches/bench_scale.py writes it (values made up: the test checks they
+    reach the figure's legend and the table): the exponent in the legend is the least-squares
+    slope of log p50 against log tokens."""
+    plots = _plots()
+    res = tmp_path / "results"
+    res.mkdir()
+    keys = ("build_s", "peak_rss_mb", "pools_rss_mb", "bytes_per_token", "ndcg_at_10")
+    keys += ("recall_at_10_vs_exact", "generated_share_exact_top10")
+    sizes = {}
+    for n, p50, build in ((2e6, 2.0, 10.0), (8e6, 4.0, 40.0), (32e6, 8.0, 160.0)):
+        row: dict[str, Any] = dict.fromkeys(keys, 1.0)
+        row.update(n_tokens=int(n), p50_1t_ms=p50, p99_1t_ms=2 * p50, build_s=build)
+        row.update(p50_2t_ms=p50 / 1.5, p99_2t_ms=p50, provenance=["- commit: abc"])
+        row.update(generated_share_exact_top10=0.125, bytes_per_token=27.25, add_piece_docs=500)
+        sizes[f"{n / 1e6:g}M"] = row
+    (res / "scale.json").write_text(json.dumps({"sizes": sizes}))
+    assert abs(plots._exponent([2e6, 8e6, 32e6], [2.0, 4.0, 8.0]) - 0.5) < 1e-9
+    assert abs(plots._exponent([2e6, 8e6, 32e6], [10.0, 40.0, 160.0]) - 1.0) < 1e-9
+    text, pngs = plots.figures(res, tmp_path / "fig", "rel")
+    assert "scale.png" in pngs and "(rel/scale.png)" in text
+    assert "| 32,000,000 | 160.0 | 1 (1) | 27.2 | 8.00 / 16.00 |" in text
+    assert "12.5%" in text and "1 * (1)" not in text
+    sizes["2M"]["add_piece_docs"] = None  # built from one batch per commit: marked
+    (res / "scale.json").write_text(json.dumps({"sizes": sizes}))
+    text, _ = plots.figures(res, tmp_path / "fig2", "rel")
+    assert "| 2,000,000 | 10.0 | 1 * (1) |" in text
+    # One size only: no curve.
+    (res / "scale.json").write_text(json.dumps({"sizes": {"2M": sizes["2M"]}}))
+    text, pngs = plots.figures(res, tmp_path / "fig3", "rel")
+    assert "scale.png" not in pngs and "fewer than two sizes" in text
