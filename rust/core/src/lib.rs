@@ -40,6 +40,7 @@ pub mod maxsim;
 pub mod parallel;
 pub mod simd;
 pub mod store;
+pub mod topk;
 pub mod types;
 
 pub use compressed::{CompressedSearch, Compression};

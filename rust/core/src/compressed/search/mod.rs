@@ -29,13 +29,13 @@ mod refinement;
 mod rerank;
 mod scan;
 
+use crate::topk::TopK;
 pub use plan::{default_nprobe, Candidate, QueryPlan, SegmentView, IMPUTE_SHIFT};
 pub use refinement::{
     centroid_interaction, default_refine, default_refine_for_rerank, refine, rerank_depth,
     REFINE_MIN,
 };
 pub use rerank::{rerank_exact, rerank_tier, tier_rerank_depth, FullVectors, TierRows};
-use scan::cand_cmp;
 pub use scan::search_segments;
 
 use super::state::CState;
@@ -315,9 +315,7 @@ pub(crate) fn search_snapshot(
             }
         }
         // Best first; ties by insertion order (segment, then document).
-        hits.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        hits.truncate(k);
-        Ok(hits)
+        Ok(crate::topk::best(hits, k))
     };
     let all: Vec<Vec<(f32, usize, u32)>> = crate::parallel::install(n_threads, || {
         queries.iter().map(|q| per_query(q)).collect::<Result<_>>()
