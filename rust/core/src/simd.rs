@@ -26,6 +26,7 @@ use crate::error::{LatixError, Result};
 
 /// An instruction-set level, slowest first (`Ord` follows that order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
 pub enum Level {
     /// Plain loops; the reference every other kernel is tested against.
     Scalar,
@@ -102,8 +103,14 @@ impl Level {
             .unwrap_or(Level::Scalar)
     }
 
+    #[inline]
     fn from_u8(v: u8) -> Level {
-        Level::ALL[(v as usize).min(3)]
+        match v {
+            0 => Level::Scalar,
+            1 => Level::Portable,
+            2 => Level::Avx2,
+            _ => Level::Avx512,
+        }
     }
 }
 
@@ -188,7 +195,13 @@ pub fn set_level(level: Level) -> Result<()> {
 /// [`Level::Avx2`], which guarantees AVX2, FMA and F16C.
 #[inline]
 pub fn avx2() -> bool {
-    level() >= Level::Avx2
+    // Called per block by some kernels: one load and one comparison once the level is set.
+    let v = SELECTED.load(Ordering::Relaxed);
+    if v != UNSET {
+        v >= Level::Avx2 as u8
+    } else {
+        init_level() >= Level::Avx2
+    }
 }
 
 #[cfg(test)]

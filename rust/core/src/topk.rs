@@ -32,18 +32,20 @@ pub fn sort<S: Ord>(hits: &mut [Hit<S>]) {
     hits.sort_by(order);
 }
 
-/// The `k` best of `hits`, best first (what sorting by [`order`] then truncating returns, with
-/// a linear selection before sorting only the kept `k`).
+/// The `k` best of `hits`, best first (what sorting by [`order`] then truncating returns; a long
+/// list is first cut to `k` with a linear selection, a short one is just sorted, which costs
+/// less than selecting then sorting).
 pub fn best<S: Ord>(mut hits: Vec<Hit<S>>, k: usize) -> Vec<Hit<S>> {
     if k == 0 {
         hits.clear();
         return hits;
     }
-    if hits.len() > k {
+    if hits.len() > k.saturating_mul(4).saturating_add(64) {
         hits.select_nth_unstable_by(k - 1, order);
         hits.truncate(k);
     }
     hits.sort_by(order);
+    hits.truncate(k);
     hits
 }
 
