@@ -82,7 +82,9 @@ impl<S: Ord + Copy> TopK<S> {
     #[inline]
     pub fn push(&mut self, h: Hit<S>) {
         // `>` and `<` agree with `total_cmp` on the finite, non-zero-signed case; anything else
-        // (equal scores, signed zeros, infinities) takes the full comparison.
+        // (equal scores, signed zeros, infinities; NaN, which `!(<)` lets through) takes the
+        // full comparison.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if h.0 > self.thr || (!(h.0 < self.thr) && self.beats_worst(&h)) {
             self.buf.push(h);
             if self.buf.len() >= Self::cap(self.k) {
