@@ -38,6 +38,6 @@ fuzz_target!(|data: &[u8]| {
     let q = vec![0.25f32; 2 * dim];
     let fq = FidQuery::new(&q, &seg);
     let cs = vec![0.1f32; 2 * k];
-    let s = score_doc(&fq, &cs, k, &seg, 0, m, latix_core::simd::avx2_fma());
+    let s = score_doc(&fq, &cs, k, &seg, 0, m, latix_core::simd::avx2());
     assert!(s.is_finite());
 });

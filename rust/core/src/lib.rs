@@ -11,7 +11,8 @@
 //!                     (generate from codes -> refine from codes -> exact re-rank)
 //! store/        segments, manifests, snapshots, atomic commits (CommitContext for kind hooks)
 //! maxsim/       exact MaxSim kernels (runtime dispatch, scalar oracle)
-//! types, error, parallel, simd   shared vocabulary, errors, the pool, CPU detection
+//! types, topk, error, parallel, simd   shared vocabulary, the one top-k and hit order, errors,
+//!               the pool, the one CPU detection (simd::Level, LATIX_KERNEL) of every kernel
 //! ```
 //!
 //! A search: `Index::search_filtered` validates the queries, refreshes its snapshot (and, for a
@@ -40,6 +41,7 @@ pub mod maxsim;
 pub mod parallel;
 pub mod simd;
 pub mod store;
+pub mod topk;
 pub mod types;
 
 pub use compressed::{CompressedSearch, Compression};

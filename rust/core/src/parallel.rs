@@ -143,6 +143,42 @@ pub fn install<R: Send>(n_threads: Option<usize>, f: impl FnOnce() -> R + Send) 
     Ok(p.install(f))
 }
 
+/// Threads of the latix pool the caller runs in (inside [`install`]), 1 outside any pool: the
+/// internals size their parallel work with it, so a building block called from a thread that is
+/// not in a pool runs serially instead of spilling onto rayon's global pool.
+#[inline]
+pub fn pool_threads() -> usize {
+    if rayon::current_thread_index().is_some() {
+        rayon::current_num_threads()
+    } else {
+        1
+    }
+}
+
+/// `items` mapped through `f`, in order, with a per-worker scratch made by `init`: on the threads
+/// of the pool the caller runs in when it has several ([`pool_threads`]) and there are more than
+/// `min_par` items, serially otherwise (handing a few items to other threads costs more than
+/// scoring them). The result does not depend on which way ran: each item is mapped alone.
+pub(crate) fn map_init<T, S, R, C>(
+    items: &[T],
+    min_par: usize,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, &T) -> R + Sync + Send,
+) -> C
+where
+    T: Sync,
+    R: Send,
+    C: FromIterator<R> + rayon::iter::FromParallelIterator<R>,
+{
+    use rayon::prelude::*;
+    if pool_threads() > 1 && items.len() > min_par {
+        items.par_iter().map_init(&init, |s, x| f(s, x)).collect()
+    } else {
+        let mut s = init();
+        items.iter().map(|x| f(&mut s, x)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,19 +13,7 @@ use latix_core::maxsim::{scalar::maxsim_f32, DocVectors};
 use latix_core::LatixError;
 
 mod common;
-use common::{as_version_3, v4_layout, with_crc};
-
-fn gauss(rng: &mut Rng) -> f32 {
-    // Box-Muller.
-    let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-    let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-}
-
-fn normalise(v: &mut [f32]) {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    v.iter_mut().for_each(|x| *x /= n);
-}
+use common::{as_version_3, gauss, normalise, v4_layout, with_crc};
 
 /// Clustered unit vectors: `n_topics` topic centres, every document draws its tokens around 2 of them.
 pub struct Corpus {

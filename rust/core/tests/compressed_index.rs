@@ -6,68 +6,19 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use latix_core::compressed::kmeans::Rng;
 use latix_core::index::{Index, OpenMode, OwnedVectors};
-use latix_core::maxsim::{scalar::maxsim_f32, DocVectors};
+use latix_core::maxsim::DocVectors;
 use latix_core::store::Dtype;
 use latix_core::{CompressedSearch, Compression, LatixError};
 
 mod common;
+use common::{exact_topk, files, search, Data};
 
 const DIM: usize = 32;
 
-fn gauss(rng: &mut Rng) -> f32 {
-    let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-    let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-}
-
-fn normalise(v: &mut [f32]) {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    v.iter_mut().for_each(|x| *x /= n);
-}
-
-/// Seeded clustered data: 24 topic centres; documents and queries mix two topics.
-struct Data {
-    centres: Vec<f32>,
-    rng: Rng,
-}
-
-impl Data {
-    fn new(seed: u64) -> Data {
-        let mut rng = Rng::new(seed);
-        let mut centres = Vec::new();
-        for _ in 0..24 {
-            let mut c: Vec<f32> = (0..DIM).map(|_| gauss(&mut rng)).collect();
-            normalise(&mut c);
-            centres.extend(c);
-        }
-        Data { centres, rng }
-    }
-
-    fn mat(&mut self, n: usize, noise: f32) -> Vec<f32> {
-        let t = [self.rng.below(24), self.rng.below(24)];
-        let mut out = Vec::with_capacity(n * DIM);
-        for i in 0..n {
-            let c = &self.centres[t[i % 2] * DIM..(t[i % 2] + 1) * DIM];
-            let mut v: Vec<f32> = c
-                .iter()
-                .map(|&x| x + noise * gauss(&mut self.rng) / (DIM as f32).sqrt())
-                .collect();
-            normalise(&mut v);
-            out.extend(v);
-        }
-        out
-    }
-
-    fn docs(&mut self, n: usize) -> Vec<Vec<f32>> {
-        (0..n)
-            .map(|_| {
-                let len = 6 + self.rng.below(20);
-                self.mat(len, 0.6)
-            })
-            .collect()
-    }
+/// This file's data: dimension DIM, documents of 6 to 25 tokens at noise 0.6.
+fn seeded(seed: u64) -> Data {
+    Data::new(seed, DIM, 20, 0.6)
 }
 
 fn add(ix: &Index, prefix: &str, docs: &[Vec<f32>], replace: bool) -> Vec<String> {
@@ -91,36 +42,14 @@ fn cfg(keep: bool) -> Compression {
     }
 }
 
-/// Exact top-k ids (scalar MaxSim over f16-rounded documents) among `live`.
-fn exact_topk(q: &[f32], live: &[(String, Vec<f32>)], k: usize) -> Vec<(String, f32)> {
-    let mut s: Vec<(String, f32)> = live
-        .iter()
-        .map(|(id, d)| {
-            let r: Vec<f32> = d.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
-            (id.clone(), maxsim_f32(q, &r, DIM))
-        })
-        .collect();
-    s.sort_by(|a, b| b.1.total_cmp(&a.1));
-    s.truncate(k);
-    s
-}
-
-fn search(ix: &Index, q: &[f32], k: usize, opts: CompressedSearch) -> Vec<(String, f32)> {
-    let r = ix
-        .search_with(&[q], k, Some(2), None, opts)
-        .expect("search");
-    r.ids
-        .into_iter()
-        .zip(r.scores)
-        .filter(|(i, _)| !i.is_empty())
-        .collect()
-}
-
 fn recall(ix: &Index, data: &mut Data, live: &[(String, Vec<f32>)], opts: CompressedSearch) -> f64 {
     let (mut hit, mut tot) = (0usize, 0usize);
     for _ in 0..20 {
         let q = data.mat(8, 0.8);
-        let want: HashSet<String> = exact_topk(&q, live, 10).into_iter().map(|x| x.0).collect();
+        let want: HashSet<String> = exact_topk(&q, live, 10, DIM)
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
         let got = search(ix, &q, 10, opts);
         hit += got.iter().filter(|(i, _)| want.contains(i)).count();
         tot += want.len();
@@ -128,22 +57,11 @@ fn recall(ix: &Index, data: &mut Data, live: &[(String, Vec<f32>)], opts: Compre
     hit as f64 / tot as f64
 }
 
-fn files(dir: &Path, part: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .expect("dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(part))
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn lifecycle_train_add_delete_subset_reopen_compact() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("ix");
-    let mut data = Data::new(7);
+    let mut data = seeded(7);
     let ix = Index::create_with(&dir, DIM, Dtype::F16, Some(cfg(false))).expect("create");
     let d0 = data.docs(60);
     let mut live: Vec<(String, Vec<f32>)> = Vec::new();
@@ -160,7 +78,7 @@ fn lifecycle_train_add_delete_subset_reopen_compact() {
     // Untrained: exact search, identical to the reference.
     let q = data.mat(8, 0.8);
     let got = search(&ix, &q, 5, CompressedSearch::default());
-    let want = exact_topk(&q, &live, 5);
+    let want = exact_topk(&q, &live, 5, DIM);
     for (g, w) in got.iter().zip(&want) {
         assert_eq!(g.0, w.0);
         assert!((g.1 - w.1).abs() < 1e-3);
@@ -261,7 +179,7 @@ fn lifecycle_train_add_delete_subset_reopen_compact() {
         .filter(|x| sset.contains(x.0.as_str()))
         .cloned()
         .collect();
-    let top = exact_topk(&q, &sub_live, 1);
+    let top = exact_topk(&q, &sub_live, 1, DIM);
     assert!(
         r.ids[..3].contains(&top[0].0),
         "best subset member in the top 3"
@@ -293,7 +211,7 @@ fn lifecycle_train_add_delete_subset_reopen_compact() {
 #[test]
 fn keep_vectors_rerank_is_exact_on_the_short_list_and_costs_the_vectors() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let mut data = Data::new(11);
+    let mut data = seeded(11);
     let docs = data.docs(250);
     let mut sizes = Vec::new();
     for keep in [true, false] {
@@ -317,9 +235,9 @@ fn keep_vectors_rerank_is_exact_on_the_short_list_and_costs_the_vectors() {
             for _ in 0..10 {
                 let q = data.mat(8, 0.8);
                 let got = search(&ix, &q, 10, CompressedSearch::default());
-                let want = exact_topk(&q, &live, 10);
+                let want = exact_topk(&q, &live, 10, DIM);
                 let exact: std::collections::HashMap<String, f32> =
-                    exact_topk(&q, &live, live.len()).into_iter().collect();
+                    exact_topk(&q, &live, live.len(), DIM).into_iter().collect();
                 for (i, s) in &got {
                     assert!((exact[i] - s).abs() < 1e-3, "re-ranked score is exact");
                 }
@@ -424,7 +342,7 @@ fn bad_input_is_rejected_with_clear_errors() {
         "nothing created on bad input"
     );
     // nprobe out of range, dim mismatch, options on a plain index.
-    let mut data = Data::new(5);
+    let mut data = seeded(5);
     let ix = Index::create_with(tmp.path().join("ok"), DIM, Dtype::F32, Some(cfg(false)))
         .expect("create");
     add(&ix, "x", &data.docs(250), false);
@@ -476,9 +394,9 @@ fn bad_input_is_rejected_with_clear_errors() {
 #[test]
 fn damaged_codec_and_lists_are_reported_naming_the_file() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let mut data = Data::new(13);
+    let mut data = seeded(13);
     let docs = data.docs(250);
-    let other = Data::new(14).docs(250);
+    let other = seeded(14).docs(250);
     let build = |name: &str, seed: u64| {
         let dir = tmp.path().join(name);
         let docs = if seed == 1 { &docs } else { &other };
@@ -544,7 +462,7 @@ fn readers_search_while_the_writer_commits_compacts_and_retrains() {
     // removes the side files of the snapshot it just loaded (compaction, retraining).
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("ix");
-    let mut data = Data::new(17);
+    let mut data = seeded(17);
     let w = Index::create_with(&dir, DIM, Dtype::F16, Some(cfg(false))).expect("create");
     add(&w, "s", &data.docs(200), false);
     w.commit().expect("commit");
@@ -602,7 +520,7 @@ fn config_round_trips_and_every_damaged_byte_is_rejected() {
 #[test]
 fn lists_written_before_the_document_map_search_and_are_upgraded_by_the_next_commit() {
     use latix_core::compressed::IvfSegment;
-    let mut data = Data::new(17);
+    let mut data = seeded(17);
     let dir = tempfile::tempdir().unwrap();
     let docs = data.docs(300);
     let more = data.docs(40);
@@ -693,7 +611,7 @@ fn a_commit_whose_staged_documents_are_all_deleted_succeeds_on_a_trained_index()
     for keep in [true, false] {
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = tmp.path().join("ix");
-        let mut data = Data::new(11);
+        let mut data = seeded(11);
         let ix = Index::create_with(&dir, DIM, Dtype::F16, Some(cfg(keep))).expect("create");
         let d0 = data.docs(200);
         add(&ix, "a", &d0, false);

@@ -15,11 +15,8 @@ use latix_core::compressed::{
 };
 use latix_core::maxsim::DocVectors;
 
-fn gauss(rng: &mut Rng) -> f32 {
-    let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-    let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-}
+mod common;
+use common::{gauss, normalise};
 
 fn unit(rng: &mut Rng, centre: &[f32], noise: f32) -> Vec<f32> {
     let dim = centre.len();
@@ -27,8 +24,7 @@ fn unit(rng: &mut Rng, centre: &[f32], noise: f32) -> Vec<f32> {
         .iter()
         .map(|&c| c + noise * gauss(rng) / (dim as f32).sqrt())
         .collect();
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    v.iter_mut().for_each(|x| *x /= n);
+    normalise(&mut v);
     v
 }
 

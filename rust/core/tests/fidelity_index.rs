@@ -7,67 +7,20 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use latix_core::compressed::kmeans::Rng;
 use latix_core::compressed::Fidelity;
 use latix_core::index::{Index, OpenMode, OwnedVectors};
 use latix_core::maxsim::{scalar::maxsim_f32, DocVectors};
 use latix_core::store::Dtype;
 use latix_core::{CompressedSearch, Compression, LatixError};
 
+mod common;
+use common::{exact_topk, files, search, Data};
+
 const DIM: usize = 48;
 
-fn gauss(rng: &mut Rng) -> f32 {
-    let u1 = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-    let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-}
-
-fn normalise(v: &mut [f32]) {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    v.iter_mut().for_each(|x| *x /= n);
-}
-
-/// Seeded clustered data: 24 topic centres; documents and queries mix two topics.
-struct Data {
-    centres: Vec<f32>,
-    rng: Rng,
-}
-
-impl Data {
-    fn new(seed: u64) -> Data {
-        let mut rng = Rng::new(seed);
-        let mut centres = Vec::new();
-        for _ in 0..24 {
-            let mut c: Vec<f32> = (0..DIM).map(|_| gauss(&mut rng)).collect();
-            normalise(&mut c);
-            centres.extend(c);
-        }
-        Data { centres, rng }
-    }
-
-    fn mat(&mut self, n: usize, noise: f32) -> Vec<f32> {
-        let t = [self.rng.below(24), self.rng.below(24)];
-        let mut out = Vec::with_capacity(n * DIM);
-        for i in 0..n {
-            let c = &self.centres[t[i % 2] * DIM..(t[i % 2] + 1) * DIM];
-            let mut v: Vec<f32> = c
-                .iter()
-                .map(|&x| x + noise * gauss(&mut self.rng) / (DIM as f32).sqrt())
-                .collect();
-            normalise(&mut v);
-            out.extend(v);
-        }
-        out
-    }
-
-    fn docs(&mut self, n: usize) -> Vec<Vec<f32>> {
-        (0..n)
-            .map(|_| {
-                let len = 6 + self.rng.below(40);
-                self.mat(len, 0.5)
-            })
-            .collect()
-    }
+/// This file's data: dimension DIM, documents of 6 to 45 tokens at noise 0.5.
+fn seeded(seed: u64) -> Data {
+    Data::new(seed, DIM, 40, 0.5)
 }
 
 fn cfg(fidelity: Fidelity) -> Compression {
@@ -91,31 +44,6 @@ fn add(ix: &Index, prefix: &str, docs: &[Vec<f32>]) -> Vec<(String, Vec<f32>)> {
     ids.into_iter().zip(docs.iter().cloned()).collect()
 }
 
-/// Exact top-k (scalar MaxSim over f16-rounded documents, as stored) among `live`.
-fn exact_topk(q: &[f32], live: &[(String, Vec<f32>)], k: usize) -> Vec<(String, f32)> {
-    let mut s: Vec<(String, f32)> = live
-        .iter()
-        .map(|(id, d)| {
-            let r: Vec<f32> = d.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
-            (id.clone(), maxsim_f32(q, &r, DIM))
-        })
-        .collect();
-    s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    s.truncate(k);
-    s
-}
-
-fn search(ix: &Index, q: &[f32], k: usize, opts: CompressedSearch) -> Vec<(String, f32)> {
-    let r = ix
-        .search_with(&[q], k, Some(2), None, opts)
-        .expect("search");
-    r.ids
-        .into_iter()
-        .zip(r.scores)
-        .filter(|(i, _)| !i.is_empty())
-        .collect()
-}
-
 /// Recall@10 against exact search over 30 seeded queries, and the mean absolute score error of
 /// the returned hits against their exact MaxSim.
 fn quality(
@@ -124,13 +52,16 @@ fn quality(
     live: &[(String, Vec<f32>)],
     opts: CompressedSearch,
 ) -> (f64, f64) {
-    let mut data = Data::new(seed);
+    let mut data = seeded(seed);
     let by_id: std::collections::HashMap<&str, &Vec<f32>> =
         live.iter().map(|(i, d)| (i.as_str(), d)).collect();
     let (mut hit, mut tot, mut err, mut n) = (0usize, 0usize, 0f64, 0usize);
     for _ in 0..30 {
         let q = data.mat(8, 0.5);
-        let want: HashSet<String> = exact_topk(&q, live, 10).into_iter().map(|x| x.0).collect();
+        let want: HashSet<String> = exact_topk(&q, live, 10, DIM)
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
         for (id, s) in search(ix, &q, 10, opts) {
             hit += want.contains(&id) as usize;
             let d: Vec<f32> = by_id[id.as_str()]
@@ -145,21 +76,10 @@ fn quality(
     (hit as f64 / tot as f64, err / n.max(1) as f64)
 }
 
-fn files(dir: &Path, part: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .expect("dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(part))
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn tiers_beat_codes_through_adds_deletes_subsets_compaction_and_retraining() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let mut data = Data::new(21);
+    let mut data = seeded(21);
     let first = data.docs(220);
     let later = data.docs(60);
     let mut results = Vec::new();
@@ -249,7 +169,7 @@ fn tiers_beat_codes_through_adds_deletes_subsets_compaction_and_retraining() {
 #[test]
 fn options_and_configuration_of_a_tier() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let mut data = Data::new(3);
+    let mut data = seeded(3);
     let docs = data.docs(200);
     // A tier with kept vectors is rejected at create, naming both options.
     let bad = Compression {
@@ -305,7 +225,10 @@ fn options_and_configuration_of_a_tier() {
         },
     );
     // Every document re-ranked: the tier's own MaxSim decides, so the top-1 is the best by it.
-    let want: Vec<String> = exact_topk(&q, &live, 10).into_iter().map(|x| x.0).collect();
+    let want: Vec<String> = exact_topk(&q, &live, 10, DIM)
+        .into_iter()
+        .map(|x| x.0)
+        .collect();
     let got: HashSet<&str> = all.iter().map(|x| x.0.as_str()).collect();
     assert!(want.iter().filter(|w| got.contains(w.as_str())).count() >= 8);
     // Reopened, the tier is read back from the configuration file.
@@ -348,8 +271,8 @@ fn options_and_configuration_of_a_tier() {
 #[test]
 fn damaged_or_swapped_refinement_files_are_reported_naming_the_file() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let docs = Data::new(31).docs(200);
-    let more = Data::new(32).docs(40);
+    let docs = seeded(31).docs(200);
+    let more = seeded(32).docs(40);
     let build = |name: &str| {
         let dir = tmp.path().join(name);
         let ix =
@@ -361,7 +284,7 @@ fn damaged_or_swapped_refinement_files_are_reported_naming_the_file() {
         ix.close();
         dir
     };
-    let q = Data::new(33).mat(4, 0.5);
+    let q = seeded(33).mat(4, 0.5);
     let check = |dir: &Path, file: &str| {
         let res = Index::open(dir, OpenMode::Read).and_then(|ix| {
             ix.search(&[&q], 5, None, None)?;

@@ -254,7 +254,7 @@ unsafe fn gather_block_avx2(codes: &[u8], m: usize, tokens: &[(usize, usize)], o
     }
 }
 
-/// True when the AVX2 kernel can run on this CPU (detected once by std).
+/// True when the AVX2 kernel runs: [`crate::simd::avx2`] (the selected level is Avx2 or above).
 #[inline]
 pub fn has_avx2() -> bool {
     crate::simd::avx2()

@@ -169,7 +169,7 @@ pub fn scores(x: &[f32], panels: &Panels, out: &mut [f32]) {
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::simd::avx2_fma() {
+        if crate::simd::avx2() {
             // SAFETY: the required CPU features were detected at run time.
             unsafe { scores_avx2(x, panels, out) };
             return;
@@ -257,7 +257,7 @@ pub fn scores_half(x: &[f32], panels: &HalfPanels, out: &mut [f32]) {
     );
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::simd::avx2_fma_f16c() {
+        if crate::simd::avx2() {
             // SAFETY: the required CPU features were detected at run time.
             unsafe { scores_half_avx2(x, panels, out) };
             return;

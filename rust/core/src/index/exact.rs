@@ -2,78 +2,19 @@
 //! of the segments of a compressed index before its codec is trained).
 //!
 //! Documents are scored in chunks of about [`CHUNK_BYTES`] of vectors on latix's thread pool,
-//! keeping a per-query top-k heap per worker, so memory does not grow with the index. Ties are
-//! broken by insertion order (segment, then document number).
-
-use std::cmp::Ordering as CmpOrdering;
-use std::collections::BinaryHeap;
+//! keeping a per-query [`TopK`] per worker, so memory does not grow with the index. Ties are
+//! broken by insertion order (segment, then document number: [`crate::topk::order`]).
 
 use rayon::prelude::*;
 
 use crate::error::{LatixError, Result};
 use crate::maxsim;
 use crate::store::{Segment, Snapshot};
+use crate::topk::TopK;
 use crate::types::SearchResults;
 
 /// Target bytes of document vectors scored per work item (fits in L2 with room for the query).
 pub const CHUNK_BYTES: usize = 256 * 1024;
-
-/// A search hit; ordered so that the *worse* hit compares greater (max-heap top = worst kept).
-#[derive(Clone, Copy, Debug)]
-struct Hit {
-    score: f32,
-    /// (segment index << 32) | document number: insertion order, the tie breaker.
-    ord: u64,
-}
-
-impl PartialEq for Hit {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o) == CmpOrdering::Equal
-    }
-}
-
-impl Eq for Hit {}
-impl PartialOrd for Hit {
-    fn partial_cmp(&self, o: &Self) -> Option<CmpOrdering> {
-        Some(self.cmp(o))
-    }
-}
-
-impl Ord for Hit {
-    fn cmp(&self, o: &Self) -> CmpOrdering {
-        o.score.total_cmp(&self.score).then(self.ord.cmp(&o.ord))
-    }
-}
-
-#[derive(Clone, Debug)]
-struct TopK {
-    k: usize,
-    heap: BinaryHeap<Hit>,
-}
-
-impl TopK {
-    fn new(k: usize) -> Self {
-        TopK {
-            k,
-            heap: BinaryHeap::with_capacity(k.min(4096) + 1),
-        }
-    }
-    fn push(&mut self, h: Hit) {
-        if self.heap.len() < self.k {
-            self.heap.push(h);
-        } else if let Some(mut top) = self.heap.peek_mut() {
-            if h < *top {
-                *top = h;
-            }
-        }
-    }
-    fn merge(mut self, other: TopK) -> TopK {
-        for h in other.heap {
-            self.push(h);
-        }
-        self
-    }
-}
 
 /// One unit of search work: a range of documents of one segment, or a list of them (subset).
 enum Work<'a> {
@@ -193,7 +134,7 @@ pub fn search_snapshot_docs(
     };
 
     struct Acc {
-        tops: Vec<TopK>,
+        tops: Vec<TopK<u32>>,
         scores: Vec<f32>,
         offs: Vec<u64>,
     }
@@ -229,10 +170,7 @@ pub fn search_snapshot_docs(
                             ti += 1;
                             continue;
                         }
-                        top.push(Hit {
-                            score: sc,
-                            ord: ((seg as u64) << 32) | d as u64,
-                        });
+                        top.push((sc, seg as u32, d));
                     }
                 }
             }
@@ -245,17 +183,14 @@ pub fn search_snapshot_docs(
                     let offs = [0u64, b - a];
                     for (q, top) in prepared.iter().zip(acc.tops.iter_mut()) {
                         q.score_docs(rows, &offs, &mut one);
-                        top.push(Hit {
-                            score: one[0],
-                            ord: ((seg as u64) << 32) | d as u64,
-                        });
+                        top.push((one[0], seg as u32, d));
                     }
                 }
             }
         }
         Ok(acc)
     };
-    let tops: Vec<TopK> = if nq == 0 || n_work == 0 {
+    let tops: Vec<TopK<u32>> = if nq == 0 || n_work == 0 {
         vec![TopK::new(k); nq]
     } else if n_work == 1 || crate::parallel::resolve_threads(n_threads)? == 1 {
         // Nothing to parallelise: skip the hand-off to the pool (a thread wake-up costs more
@@ -273,18 +208,13 @@ pub fn search_snapshot_docs(
                 )
         })??
     };
-    // Sorted ascending by Hit's order = best first.
     SearchResults::assemble(
         snap,
         k,
         tops.into_iter().map(|top| {
-            top.heap.into_sorted_vec().into_iter().map(|h| {
-                (
-                    h.score,
-                    (h.ord >> 32) as usize,
-                    (h.ord & 0xffff_ffff) as u32,
-                )
-            })
+            top.finish()
+                .into_iter()
+                .map(|(score, seg, d)| (score, seg as usize, d))
         }),
     )
 }

@@ -17,7 +17,6 @@ mod values;
 mod x86;
 
 use std::cell::RefCell;
-use std::sync::OnceLock;
 
 use half::f16;
 use rayon::prelude::*;
@@ -58,94 +57,11 @@ impl<'a> DocVectors<'a> {
     }
 }
 
-/// A MaxSim implementation. [`Kernel::detect`] picks the fastest one the CPU supports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kernel {
-    /// Plain loops ([`scalar`]); the reference every other kernel is tested against.
-    Scalar,
-    /// Register-blocked kernel in portable Rust, auto-vectorised (NEON on aarch64).
-    Portable,
-    /// x86-64 AVX2 + FMA, F16C for half-precision storage.
-    Avx2,
-    /// x86-64 AVX-512F (compiled, not run on hardware during development).
-    Avx512,
-}
+/// A MaxSim implementation: the instruction-set level of [`crate::simd`] (one detection, one
+/// `LATIX_KERNEL` override for every kernel). [`Kernel::detect`] is the level in use.
+pub use crate::simd::Level as Kernel;
 
 impl Kernel {
-    /// Every kernel, slowest first.
-    pub const ALL: [Kernel; 4] = [
-        Kernel::Scalar,
-        Kernel::Portable,
-        Kernel::Avx2,
-        Kernel::Avx512,
-    ];
-
-    /// Short name (`"scalar"`, `"portable"`, `"avx2"`, `"avx512"`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Kernel::Scalar => "scalar",
-            Kernel::Portable => "portable",
-            Kernel::Avx2 => "avx2",
-            Kernel::Avx512 => "avx512",
-        }
-    }
-
-    /// Parses a name produced by [`Kernel::name`].
-    pub fn from_name(name: &str) -> Option<Kernel> {
-        Kernel::ALL
-            .into_iter()
-            .find(|k| k.name() == name.trim().to_ascii_lowercase())
-    }
-
-    /// Whether this CPU can run the kernel.
-    pub fn is_available(self) -> bool {
-        match self {
-            Kernel::Scalar | Kernel::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => {
-                is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
-            }
-            #[cfg(target_arch = "x86_64")]
-            // AVX2/F16C too: the NaN scan and remainders share AVX2 code (every AVX-512 CPU has them).
-            Kernel::Avx512 => {
-                is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2 | Kernel::Avx512 => false,
-        }
-    }
-
-    /// The kernels this CPU can run, slowest first.
-    pub fn available() -> Vec<Kernel> {
-        Kernel::ALL
-            .into_iter()
-            .filter(|k| k.is_available())
-            .collect()
-    }
-
-    /// The kernel used by default, detected once per process: the fastest available, unless the
-    /// environment variable `LATIX_KERNEL` names another available one (for benchmarks).
-    pub fn detect() -> Kernel {
-        static DETECTED: OnceLock<Kernel> = OnceLock::new();
-        *DETECTED.get_or_init(|| {
-            if let Some(k) = std::env::var("LATIX_KERNEL")
-                .ok()
-                .as_deref()
-                .and_then(Kernel::from_name)
-            {
-                if k.is_available() {
-                    return k;
-                }
-            }
-            *Kernel::available().last().unwrap_or(&Kernel::Scalar)
-        })
-    }
-
     /// SIMD lanes per query vector in this kernel's packing.
     fn lanes(self) -> usize {
         match self {

@@ -12,6 +12,7 @@
 #[cfg(target_endian = "big")]
 compile_error!("latix index files are little-endian; big-endian targets are not supported");
 
+mod bytes;
 pub mod commit;
 pub mod manifest;
 pub mod segment;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{LatixError, Result};
 
+pub(crate) use bytes::FileBytes;
 pub use commit::{CommitContext, CommitHook};
 pub use manifest::{Manifest, SegmentEntry};
 pub use segment::{Segment, SegmentWriter};

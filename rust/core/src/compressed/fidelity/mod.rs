@@ -39,6 +39,7 @@ use std::path::Path;
 
 use crate::compressed::fastscan::BLOCK;
 use crate::error::{LatixError, Result};
+use crate::store::FileBytes;
 
 mod build;
 mod score;
@@ -118,24 +119,9 @@ fn align64(x: usize) -> usize {
     x.div_ceil(64) * 64
 }
 
-/// Byte storage: built in memory (8-byte aligned) or memory-mapped.
-enum Bytes {
-    Owned(Vec<u64>, usize),
-    Mapped(memmap2::Mmap),
-}
-
-impl Bytes {
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            Bytes::Owned(v, len) => &bytemuck::cast_slice::<u64, u8>(v)[..*len],
-            Bytes::Mapped(m) => m,
-        }
-    }
-}
-
 /// One segment's refinement file (see module docs). Immutable.
 pub struct FidSegment {
-    bytes: Bytes,
+    bytes: FileBytes,
     dim: usize,
     nbits: usize,
     cid_bytes: usize,
@@ -220,16 +206,14 @@ impl FidSegment {
         b[ko..ko + codes.len()].copy_from_slice(codes);
         let crc = crc32c::crc32c(&b[..end]);
         b[end..end + 4].copy_from_slice(&crc.to_le_bytes());
-        Self::parse(Bytes::Owned(store, total), Path::new("<memory>"), false)
+        Self::parse(FileBytes::Owned(store, total), Path::new("<memory>"), false)
     }
 
     /// Parses a serialised file held in memory (copied), validated as [`FidSegment::open`] does
     /// (for fuzzing and tests of damaged files).
     pub fn from_bytes(data: &[u8], verify_checksum: bool) -> Result<FidSegment> {
-        let mut store = vec![0u64; data.len().div_ceil(8)];
-        bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..data.len()].copy_from_slice(data);
         Self::parse(
-            Bytes::Owned(store, data.len()),
+            FileBytes::copied(data),
             Path::new("<memory>"),
             verify_checksum,
         )
@@ -238,13 +222,10 @@ impl FidSegment {
     /// Memory-maps a refinement file, validating header, section bounds, levels, centroid ids
     /// and (when `verify_checksum`) the CRC.
     pub fn open(path: &Path, verify_checksum: bool) -> Result<FidSegment> {
-        let f = crate::store::open_regular(path)?;
-        // SAFETY: side files are immutable once renamed into place; latix never writes them again.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| LatixError::io(path, e))?;
-        Self::parse(Bytes::Mapped(map), path, verify_checksum)
+        Self::parse(FileBytes::map(path)?, path, verify_checksum)
     }
 
-    fn parse(bytes: Bytes, path: &Path, verify: bool) -> Result<FidSegment> {
+    fn parse(bytes: FileBytes, path: &Path, verify: bool) -> Result<FidSegment> {
         let b = bytes.as_slice();
         let bad = |d: String| LatixError::corrupted(path, format!("refinement file: {d}"));
         if b.len() < HEADER + 4 || &b[..8] != MAGIC {
@@ -403,10 +384,7 @@ impl FidSegment {
     /// `Corrupted` (naming `path`) if a mapped file no longer has its mapped size (truncated from
     /// outside latix; reading it would raise SIGBUS).
     pub fn check_size(&self, path: &Path) -> Result<()> {
-        match &self.bytes {
-            Bytes::Mapped(m) => crate::store::check_mapped_size(path, m.len() as u64),
-            Bytes::Owned(..) => Ok(()),
-        }
+        self.bytes.check_size(path)
     }
 
     /// The reconstruction `c_t + r^_t` of rows `a..b` (f32, row-major), given the codec's

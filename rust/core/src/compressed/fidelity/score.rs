@@ -97,7 +97,7 @@ impl FidQuery {
 
 /// MaxSim of the query of `fq` over rows `a..b` of `seg`: the sum over query tokens of the best
 /// `cs[i * stride + cid] + residual term` (the query token's centroid scores in row `i` of `cs`).
-/// 0 for an empty range. `simd`: AVX2 was detected (see [`crate::simd::avx2_fma`]).
+/// 0 for an empty range. `simd`: AVX2 was detected (see [`crate::simd::avx2`]).
 pub fn score_doc(
     fq: &FidQuery,
     cs: &[f32],

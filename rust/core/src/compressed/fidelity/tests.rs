@@ -132,7 +132,7 @@ fn kernel_matches_portable_path_and_float_oracle() {
             let a = rng.below(n);
             let b = a + rng.below(n - a + 1);
             let p = score_doc(&fq, &cs, stride, &f, a, b, false);
-            let s = score_doc(&fq, &cs, stride, &f, a, b, crate::simd::avx2_fma());
+            let s = score_doc(&fq, &cs, stride, &f, a, b, crate::simd::avx2());
             assert_eq!(
                 p.to_bits(),
                 s.to_bits(),

@@ -40,6 +40,7 @@ use std::path::Path;
 
 use crate::compressed::fastscan::BLOCK;
 use crate::error::{try_filled, LatixError, Result};
+use crate::store::FileBytes;
 
 mod build;
 
@@ -57,24 +58,9 @@ fn align64(x: usize) -> usize {
     x.div_ceil(64) * 64
 }
 
-/// Byte storage of a segment: built in memory (8-byte aligned) or memory-mapped.
-enum Bytes {
-    Owned(Vec<u64>, usize),
-    Mapped(memmap2::Mmap),
-}
-
-impl Bytes {
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            Bytes::Owned(v, len) => &bytemuck::cast_slice::<u64, u8>(v)[..*len],
-            Bytes::Mapped(m) => m,
-        }
-    }
-}
-
 /// One segment's inverted lists (see module docs). Immutable.
 pub struct IvfSegment {
-    bytes: Bytes,
+    bytes: FileBytes,
     k: usize,
     m: usize,
     n_docs: usize,
@@ -230,7 +216,7 @@ impl Sections<'_> {
             let crc = crc32c::crc32c(&b[..end]);
             b[end..end + 4].copy_from_slice(&crc.to_le_bytes());
         }
-        IvfSegment::parse(Bytes::Owned(store, total), Path::new("<memory>"), false)
+        IvfSegment::parse(FileBytes::Owned(store, total), Path::new("<memory>"), false)
     }
 }
 
@@ -278,10 +264,8 @@ impl IvfSegment {
     /// Parses a serialised segment held in memory (copied), with the same validation as
     /// [`IvfSegment::open`] (for fuzzing and tests of damaged files).
     pub fn from_bytes(data: &[u8], verify_checksum: bool) -> Result<IvfSegment> {
-        let mut store = vec![0u64; data.len().div_ceil(8)];
-        bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..data.len()].copy_from_slice(data);
         Self::parse(
-            Bytes::Owned(store, data.len()),
+            FileBytes::copied(data),
             Path::new("<memory>"),
             verify_checksum,
         )
@@ -290,13 +274,10 @@ impl IvfSegment {
     /// Memory-maps a segment file, validating header, section bounds, list offsets, document
     /// numbers and (when `verify_checksum`) the CRC.
     pub fn open(path: &Path, verify_checksum: bool) -> Result<IvfSegment> {
-        let f = crate::store::open_regular(path)?;
-        // SAFETY: segment files are immutable once renamed into place; latix never writes them again.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| LatixError::io(path, e))?;
-        Self::parse(Bytes::Mapped(map), path, verify_checksum)
+        Self::parse(FileBytes::map(path)?, path, verify_checksum)
     }
 
-    fn parse(bytes: Bytes, path: &Path, verify: bool) -> Result<IvfSegment> {
+    fn parse(bytes: FileBytes, path: &Path, verify: bool) -> Result<IvfSegment> {
         let b = bytes.as_slice();
         let bad = |d: String| LatixError::corrupted(path, format!("inverted lists: {d}"));
         if b.len() < HEADER + 4 || &b[..8] != MAGIC {
@@ -581,10 +562,7 @@ impl IvfSegment {
     /// rewritten from outside latix, so that reading it would raise SIGBUS (best effort, like
     /// [`crate::store::Segment::check_size`]).
     pub fn check_size(&self, path: &Path) -> Result<()> {
-        match &self.bytes {
-            Bytes::Mapped(m) => crate::store::check_mapped_size(path, m.len() as u64),
-            Bytes::Owned(..) => Ok(()),
-        }
+        self.bytes.check_size(path)
     }
     /// Codes of the token at position `pos` of sub-list `list` (`c * n_doc_chunks + chunk`; `M / 2`
     /// bytes, nibble-packed as

@@ -29,13 +29,13 @@ mod refinement;
 mod rerank;
 mod scan;
 
+use crate::topk::TopK;
 pub use plan::{default_nprobe, Candidate, QueryPlan, SegmentView, IMPUTE_SHIFT};
 pub use refinement::{
     centroid_interaction, default_refine, default_refine_for_rerank, refine, rerank_depth,
     REFINE_MIN,
 };
 pub use rerank::{rerank_exact, rerank_tier, tier_rerank_depth, FullVectors, TierRows};
-use scan::cand_cmp;
 pub use scan::search_segments;
 
 use super::state::CState;
@@ -308,9 +308,7 @@ pub(crate) fn search_snapshot(
             }
         }
         // Best first; ties by insertion order (segment, then document).
-        hits.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        hits.truncate(k);
-        Ok(hits)
+        Ok(crate::topk::best(hits, k))
     };
     let all: Vec<Vec<(f32, usize, u32)>> = crate::parallel::install(n_threads, || {
         queries.iter().map(|q| per_query(q)).collect::<Result<_>>()
@@ -519,7 +517,7 @@ pub fn search_encoded(
     } else {
         Rerank::Off
     };
-    let mut hits = crate::parallel::install(n_threads, || {
+    let hits = crate::parallel::install(n_threads, || {
         encoded_pipeline(
             codec,
             views,
@@ -532,8 +530,6 @@ pub fn search_encoded(
             &|_| Ok(()),
         )
     })??;
-    // Best first; ties by insertion order (segment, then document), as an index search.
-    hits.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-    hits.truncate(k);
-    Ok(hits)
+    // Best first in the one hit order (segment, then document on ties), as an index search.
+    Ok(crate::topk::best(hits, k))
 }

@@ -230,7 +230,7 @@ impl QueryPlan {
             let mut cs = vec![0.0f32; nq * np];
             // With several threads, each scores every centroid for a share of the query tokens
             // (the largest single piece of a query's work at large K).
-            let threads = rayon::current_num_threads();
+            let threads = crate::parallel::pool_threads();
             if threads > 1 && nq > 1 {
                 let rows = nq.div_ceil(threads);
                 cs.par_chunks_mut(rows * np)
@@ -283,7 +283,7 @@ impl QueryPlan {
                 push_token(&mut top);
             }
         }
-        let luts = if rayon::current_num_threads() > 1 {
+        let luts = if crate::parallel::pool_threads() > 1 {
             query
                 .par_chunks_exact(dim)
                 .map(|q| build_lut(codec, q))

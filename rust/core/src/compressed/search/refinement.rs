@@ -1,8 +1,6 @@
 //! Code-level MaxSim of short lists: [`refine`] (every token of each candidate from its codes)
 //! and [`centroid_interaction`] (PLAID's pruning stage over many candidates).
 
-use rayon::prelude::*;
-
 use super::*;
 use crate::compressed::codec::Codec;
 use crate::compressed::fastscan::{gather_block, scan_block, BLOCK};
@@ -68,7 +66,7 @@ fn refine_doc(
     {
         if simd {
             // SAFETY: `simd` is true only when AVX2 and FMA were detected at run time
-            // (`simd::avx2_fma`, the features `refine_doc_avx2` enables).
+            // (`simd::avx2`: level Avx2 or above guarantees AVX2, FMA and F16C, the features `refine_doc_avx2` enables).
             return unsafe { refine_doc_avx2(plan, cs, cs_stride, seg, positions, sc) };
         }
     }
@@ -176,7 +174,7 @@ fn refine_doc_body(
 /// codes: candidate generation only sees a document's tokens in the probed lists and imputes the
 /// rest, which misorders close documents; the short list gets exact code-level scores instead.
 /// Needs the document map (version-4 lists) of every segment a candidate comes from. Runs in the
-/// current rayon pool.
+/// latix pool it is called in (serially outside one).
 pub fn refine(
     codec: &Codec,
     plan: &QueryPlan,
@@ -209,7 +207,7 @@ pub fn refine(
     } else {
         (&plan.centroid_scores[..], plan.cs_stride)
     };
-    let simd = crate::simd::avx2_fma();
+    let simd = crate::simd::avx2();
     let score = |sc: &mut RefineScratch, &(_, si, d): &Candidate| -> Result<Candidate> {
         let seg = segments[si as usize].seg;
         let positions = seg
@@ -221,19 +219,9 @@ pub fn refine(
             d,
         ))
     };
-    let mut out: Vec<Candidate> = if rayon::current_num_threads() > 1 && cands.len() > 8 {
-        cands
-            .par_iter()
-            .map_init(RefineScratch::default, score)
-            .collect::<Result<_>>()?
-    } else {
-        let mut sc = RefineScratch::default();
-        cands
-            .iter()
-            .map(|c| score(&mut sc, c))
-            .collect::<Result<_>>()?
-    };
-    out.sort_by(cand_cmp);
+    let mut out: Vec<Candidate> =
+        crate::parallel::map_init::<_, _, _, Result<_>>(cands, 8, RefineScratch::default, score)?;
+    crate::topk::sort(&mut out);
     Ok(out)
 }
 
@@ -243,7 +231,7 @@ pub fn refine(
 /// (ties by segment then document). No residual codes are read: about a microsecond per
 /// document, against tens for [`refine`], so it can rank every document of a small filtered set
 /// and leave [`refine`] only the best of them. Needs the document map of every segment a
-/// candidate comes from. Runs in the current rayon pool.
+/// candidate comes from. Runs in the latix pool it is called in (serially outside one).
 pub fn centroid_interaction(
     codec: &Codec,
     plan: &QueryPlan,
@@ -356,18 +344,8 @@ fn ci_score(
         };
         Ok((total, si, d))
     };
-    let mut out: Vec<Candidate> = if rayon::current_num_threads() > 1 && cands.len() > 256 {
-        cands
-            .par_iter()
-            .map_init(Vec::new, score)
-            .collect::<Result<_>>()?
-    } else {
-        let mut acc = Vec::new();
-        cands
-            .iter()
-            .map(|c| score(&mut acc, c))
-            .collect::<Result<_>>()?
-    };
-    out.sort_by(cand_cmp);
+    let mut out: Vec<Candidate> =
+        crate::parallel::map_init::<_, _, _, Result<_>>(cands, 256, Vec::new, score)?;
+    crate::topk::sort(&mut out);
     Ok(out)
 }

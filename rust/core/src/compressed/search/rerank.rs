@@ -1,7 +1,5 @@
 //! The exact re-rank of the refined list from the kept full vectors.
 
-use rayon::prelude::*;
-
 use super::*;
 use crate::compressed::codec::Codec;
 use crate::compressed::fidelity::{score_doc, FidQuery, FidSegment};
@@ -20,7 +18,7 @@ pub struct FullVectors<'a> {
 
 /// Re-scores `cands` exactly (MaxSim over the documents' full vectors, `full[segment]`), keeps the
 /// best `k`; ties broken by segment then document. The query is packed once for the MaxSim kernel;
-/// documents are scored in parallel in the current rayon pool when it has several threads.
+/// documents are scored in parallel in the latix pool it is called in when it has several threads.
 pub fn rerank_exact(
     query: &[f32],
     dim: usize,
@@ -49,14 +47,8 @@ pub fn rerank_exact(
         };
         Ok((prepared.score_doc(rows), s, d))
     };
-    let mut out: Vec<Candidate> = if rayon::current_num_threads() > 1 && cands.len() > 8 {
-        cands.par_iter().map(score).collect::<Result<_>>()?
-    } else {
-        cands.iter().map(score).collect::<Result<_>>()?
-    };
-    out.sort_by(cand_cmp);
-    out.truncate(k);
-    Ok(out)
+    let out: Result<Vec<Candidate>> = crate::parallel::map_init(cands, 8, || (), |_, c| score(c));
+    Ok(crate::topk::best(out?, k))
 }
 
 /// The refinement data of one encoded segment (a fidelity tier) and its documents' row offsets,
@@ -126,7 +118,7 @@ pub fn rerank_tier(
             tables[s as usize] = Some(FidQuery::new(query, t.fid));
         }
     }
-    let simd = crate::simd::avx2_fma();
+    let simd = crate::simd::avx2();
     let score = |&(c, s, d): &Candidate| -> Candidate {
         let t = &tiers[s as usize];
         let (a, b) = (
@@ -137,12 +129,6 @@ pub fn rerank_tier(
         let tier = score_doc(fq, cs, stride, t.fid, a, b, simd);
         ((1.0 - TIER_MIX) * tier + TIER_MIX * c, s, d)
     };
-    let mut out: Vec<Candidate> = if rayon::current_num_threads() > 1 && cands.len() > 8 {
-        cands.par_iter().map(score).collect()
-    } else {
-        cands.iter().map(score).collect()
-    };
-    out.sort_by(cand_cmp);
-    out.truncate(k);
-    Ok(out)
+    let out: Vec<Candidate> = crate::parallel::map_init(cands, 8, || (), |_, c| score(c));
+    Ok(crate::topk::best(out, k))
 }

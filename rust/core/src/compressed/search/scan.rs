@@ -106,7 +106,7 @@ fn scan_token(plan: &QueryPlan, i: usize, seg: &IvfSegment, simd: bool, s: &mut 
     {
         if simd {
             // SAFETY: `simd` is true only when AVX2 and FMA were detected at run time
-            // (`simd::avx2_fma`, the features `scan_token_avx2` enables).
+            // (`simd::avx2`: level Avx2 or above guarantees AVX2, FMA and F16C, the features `scan_token_avx2` enables).
             unsafe { scan_token_avx2(plan, i, seg, s) };
             return;
         }
@@ -281,64 +281,6 @@ unsafe fn fold_chunk_avx2(best: &mut [f32; CHUNK], partial: &mut [f32; CHUNK], m
     bits
 }
 
-/// Keeps the `n` best candidates seen so far without sorting everything: candidates are pushed
-/// while they beat the current threshold; when the buffer fills it is cut back to the best `n`.
-pub(super) struct TopN {
-    n: usize,
-    buf: Vec<Candidate>,
-    /// Score of the n-th best after the last cut (`-inf` before): pushes must beat it. Candidates
-    /// arrive in increasing (segment, document) order, so an equal score would lose the tie.
-    thr: f32,
-}
-
-pub(super) fn cand_cmp(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
-    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
-}
-
-impl TopN {
-    /// Buffer length at which [`TopN::push`] cuts back to the best `n`.
-    fn cap(n: usize) -> usize {
-        n.saturating_mul(4).saturating_add(64)
-    }
-
-    fn new(n: usize) -> Self {
-        TopN {
-            n,
-            // Reserved lazily beyond a small start: `n` may exceed what the segments hold.
-            buf: Vec::with_capacity(Self::cap(n).min(4096)),
-            thr: f32::NEG_INFINITY,
-        }
-    }
-
-    #[inline]
-    fn push(&mut self, c: Candidate) {
-        if c.0 > self.thr || self.thr == f32::NEG_INFINITY {
-            self.buf.push(c);
-            if self.buf.len() >= Self::cap(self.n) {
-                self.cut();
-            }
-        }
-    }
-
-    fn cut(&mut self) {
-        if self.buf.len() > self.n && self.n > 0 {
-            self.buf.select_nth_unstable_by(self.n - 1, cand_cmp);
-            self.buf.truncate(self.n);
-            self.thr = self.buf[self.n - 1].0;
-            for c in &self.buf {
-                self.thr = self.thr.min(c.0);
-            }
-        }
-    }
-
-    fn finish(mut self) -> Vec<Candidate> {
-        self.cut();
-        self.buf.sort_by(cand_cmp);
-        self.buf.truncate(self.n);
-        self.buf
-    }
-}
-
 /// Moves the candidates of segment `si` (hit and allowed documents) from the scratch into `top`,
 /// resetting the scratch chunks they occupied.
 fn drain_candidates(
@@ -346,13 +288,14 @@ fn drain_candidates(
     si: usize,
     base: f32,
     allowed: Option<&[u64]>,
-    top: &mut TopN,
+    top: &mut TopK<u32>,
 ) {
     s.take_hits(allowed, |d, p| top.push((base + p, si as u32, d as u32)));
 }
 
 /// Scans `segments` for `plan` and returns the `n_out` best documents by estimated score, best
-/// first (ties broken by segment then document number). Runs in the current rayon pool.
+/// first (ties broken by segment then document number: [`crate::topk::order`]). Runs in the
+/// latix pool it is called in (serially outside one).
 pub fn search_segments(
     plan: &QueryPlan,
     segments: &[SegmentView<'_>],
@@ -379,10 +322,10 @@ pub fn search_segments(
         return Ok(Vec::new());
     }
     let nq = plan.n_query_tokens();
-    let simd = crate::simd::avx2_fma();
+    let simd = crate::simd::avx2();
     let base: f32 = plan.impute.iter().sum();
-    let n_tasks = rayon::current_num_threads().min(nq).max(1);
-    let mut top = TopN::new(n_out);
+    let n_tasks = crate::parallel::pool_threads().min(nq).max(1);
+    let mut top = TopK::new(n_out);
     if n_tasks == 1 {
         with_scratch(|s| {
             for (si, v) in segments.iter().enumerate() {
