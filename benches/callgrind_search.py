@@ -6,15 +6,15 @@ search path must keep equal or lower (issue 12).
 
 What is counted: ``Index.search(q, k=10, n_threads=1)`` (default depths) for SciFact test queries
 0-39, one at a time, on a codes-only compressed index (``Compression(n_centroids=2048)``, seed 0)
-of all SciFact documents: every instruction of every thread. The search runs on a thread of
-latix's pool, and callgrind's collection state is per thread, so toggling collection on a
-function of the calling thread (as this script first did, on the binding's search method)
-counts only the argument conversion and the wait: 2.25M instructions a query, the search
-itself not at all. Instead the child runs twice under callgrind with collection on from the
-start, each time opening the index and running one warm-up query (the lazy loads: codec, lists,
-pool), then 0 and then 40 queries; the figure is the difference, the 40 queries' own cost in the
-pool thread and the caller alike (``PYTHONHASHSEED=0`` for both; what remains variable is
-rayon's spinning while a worker waits for work, small against a query).
+of all SciFact documents: the work each search hands latix's pool (collection toggled on for
+the duration of a rayon job, ``POOL_JOB``: every stage of the search, from planning to the
+padded result). Callgrind's collection state is per thread, and the search runs on a pool
+thread, so toggling collection on a function of the calling thread (as this script first did,
+on the binding's search method) counted only the argument conversion and the wait (2.25M
+instructions a query; the search itself 11.4M). Counting every thread instead varies by ~5 %
+between runs (rayon's workers spin for a while before sleeping). The child runs twice, each time
+opening the index and running one warm-up query (the lazy loads: codec, lists, pool), then 0 and
+then 40 queries; the figure is the difference (two runs of one build differ by ~0.01 %).
 
 Inputs are the cached encodings under ``~/.cache/latix/bench/scifact`` (written by
 benches/prepare_bench_data.py; nothing is re-encoded). The index is built once, outside
@@ -40,6 +40,9 @@ import numpy as np
 
 DATA = os.environ.get("LATIX_BENCH_DATA") or os.path.expanduser("~/.cache/latix/bench")
 N_QUERIES = 40
+# A job running on a thread of latix's pool: rayon calls it through a function pointer, so it is
+# never inlined, and it spans exactly the work the search hands the pool.
+POOL_JOB = "*StackJob*rayon_core::job::Job*execute*"
 
 
 def build(scifact: str, out: str) -> None:
@@ -99,6 +102,8 @@ def main() -> None:
                 "valgrind",
                 "--tool=callgrind",
                 f"--callgrind-out-file={out}",
+                "--collect-atstart=no",
+                f"--toggle-collect={POOL_JOB}",
                 sys.executable,
                 os.path.abspath(__file__),
                 "--child",
