@@ -1515,23 +1515,7 @@ class Collection:
             InvalidArgumentError: bad arguments (e.g. keyword mode without a query text).
             FilterError: a malformed filter, unknown field or mistyped value.
         """
-        single = isinstance(query, str) or (
-            query is None and isinstance(query_vectors, np.ndarray) and query_vectors.ndim == 2
-        )
-        qs: list[str] | None
-        if query is None:
-            qs = None
-        elif isinstance(query, str):
-            qs = [query]
-        else:
-            qs = list(query)
-        qv: list[Any] | None
-        if query_vectors is None:
-            qv = None
-        elif isinstance(query_vectors, np.ndarray) and query_vectors.ndim == 2:
-            qv = [query_vectors]
-        else:
-            qv = list(query_vectors)
+        single, qs, qv = _as_query_lists(query, query_vectors)
         res = self.search_batch(
             qs,
             k,
@@ -2118,6 +2102,25 @@ def remove_collection(path: str | os.PathLike[str]) -> None:
 
 
 _FTS_WORD = None
+
+
+def _as_query_lists(
+    query: str | Sequence[str] | None,
+    query_vectors: FloatArray | Sequence[FloatArray] | None,
+) -> tuple[bool, list[str] | None, list[Any] | None]:
+    """``search``'s one-or-many arguments as ``search_batch``'s lists: (whether a single query
+    was given, the query texts or None, the per-query vectors or None)."""
+    one_matrix = isinstance(query_vectors, np.ndarray) and query_vectors.ndim == 2
+    single = isinstance(query, str) or (query is None and one_matrix)
+    qs = None if query is None else ([query] if isinstance(query, str) else list(query))
+    qv: list[Any] | None
+    if query_vectors is None:
+        qv = None
+    elif one_matrix:
+        qv = [query_vectors]
+    else:
+        qv = list(query_vectors)
+    return single, qs, qv
 
 
 def _check_batch_args(

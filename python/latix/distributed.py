@@ -97,6 +97,7 @@ from latix.collection import (
     Mode,
     Passages,
     Record,
+    _as_query_lists,
     _as_record,
     _check_batch_args,
     _check_id,
@@ -852,17 +853,7 @@ class ShardedCollection:
             InvalidArgumentError, FilterError: as Collection.search.
             ShardUnavailableError: a shard did not answer (without ``allow_partial``).
         """
-        single = isinstance(query, str) or (
-            query is None and isinstance(query_vectors, np.ndarray) and query_vectors.ndim == 2
-        )
-        qs = None if query is None else ([query] if isinstance(query, str) else list(query))
-        qv: list[Any] | None
-        if query_vectors is None:
-            qv = None
-        elif isinstance(query_vectors, np.ndarray) and query_vectors.ndim == 2:
-            qv = [query_vectors]
-        else:
-            qv = list(query_vectors)
+        single, qs, qv = _as_query_lists(query, query_vectors)
         res = self.search_batch(
             qs,
             k,
