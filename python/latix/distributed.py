@@ -260,6 +260,16 @@ class _ShardServer:
     def ready(self) -> bool:
         return True
 
+    def dispatch(self, req: tuple[str, tuple[Any, ...]]) -> Any:
+        """Runs ``getattr(self, name)(*args)`` for the handle's compiled graph (every shard gets
+        the same request). An error of the shard's own code comes back as a value
+        (:class:`_Failed`): the graph stays compiled and the handle re-raises it."""
+        name, args = req
+        try:
+            return getattr(self, name)(*args)
+        except Exception as e:  # noqa: BLE001 - handed back to the handle, which raises it
+            return _Failed(e)
+
     def late_or_keyword(
         self,
         queries: list[str] | None,
@@ -269,6 +279,7 @@ class _ShardServer:
         mode: str,
         n_threads: int | None,
         opts: dict[str, Any],
+        include: Sequence[str] = ("text", "metadata"),
     ) -> BatchResults:
         return self.col.search_batch(
             queries,
@@ -276,6 +287,7 @@ class _ShardServer:
             where=where,
             mode=mode,  # type: ignore[arg-type]
             query_vectors=qv,
+            include=include,  # type: ignore[arg-type]
             n_threads=n_threads,
             **opts,
         )
@@ -385,6 +397,14 @@ class _ShardServer:
         self.col.close()
 
 
+@dataclass
+class _Failed:
+    """An exception raised by a shard's own code during a compiled-graph call (returned, not
+    raised, so that the graph is not torn down by a bad argument)."""
+
+    error: Exception
+
+
 _ACTOR: Any = None
 _ACTOR_LOCK = threading.Lock()
 
@@ -488,6 +508,7 @@ class ShardedCollection:
         max_restarts: int,
         retries: int,
         retry_timeout: float,
+        compiled: bool = True,
     ) -> None:
         self._path = path
         self._manifest = manifest
@@ -502,6 +523,12 @@ class ShardedCollection:
         self._wlock = threading.Lock()
         self._schema: dict[str, FieldType] | None = None
         self._closed = False
+        self._compiled = compiled
+        self._graph: Any = None  # the compiled fan-out graph (None: plain actor calls)
+        self._graph_lock = threading.Lock()
+        self._graph_due = compiled  # compile (again) at the next fan-out
+        #: Why the last compile of the fan-out graph failed (None: it did not).
+        self.graph_error: str | None = None
         #: The report of the last :func:`build` / :meth:`add_corpus` through this handle.
         self.last_build: BuildReport | None = None
 
@@ -612,6 +639,7 @@ class ShardedCollection:
         max_restarts: int = 3,
         retries: int = 3,
         retry_timeout: float = 60.0,
+        compiled: bool = True,
     ) -> ShardedCollection:
         """Opens a sharded collection: reads the manifest and starts one actor per shard.
 
@@ -622,6 +650,11 @@ class ShardedCollection:
             max_restarts: how many times Ray restarts a dead shard actor (-1: always, 0: never).
             retries: times a call to a shard whose actor died is sent again.
             retry_timeout: seconds a call may spend on retries.
+            compiled: send searches (and every call that goes to all shards alike) through
+                a Ray compiled graph (shared-memory channels to actor loops, compiled once per
+                handle) instead of one Ray task per shard; any failure of the graph falls back
+                to plain actor calls (with their retries) and the graph is compiled again after
+                a call every shard answered. False: plain actor calls only.
 
         Raises:
             MissingDependencyError: Ray is not installed.
@@ -655,6 +688,7 @@ class ShardedCollection:
             max_restarts=max_restarts,
             retries=retries,
             retry_timeout=retry_timeout,
+            compiled=compiled,
         )
         try:
             sc._call_all("ready")  # every shard opened (errors surface here, not later)
@@ -670,6 +704,8 @@ class ShardedCollection:
             return
         self._closed = True
         ray = _ray()
+        with self._graph_lock:
+            self._drop_graph()
         refs = []
         for a in self._actors:
             try:
@@ -811,8 +847,82 @@ class ShardedCollection:
         return out, sorted(missing), sorted(retried)
 
     def _call_all(self, method: str, *args: Any) -> tuple[list[Any], list[int]]:
-        res, _, retried = self._call({s: (method, args) for s in range(self.n_shards)})
+        res, _, retried = self._fanout(method, args)
         return [res[s] for s in range(self.n_shards)], retried
+
+    def _fanout(
+        self, method: str, args: tuple[Any, ...], allow_partial: bool = False
+    ) -> tuple[dict[int, Any], list[int], list[int]]:
+        """The same call on every shard (as :meth:`_call`): through the compiled graph when
+        there is one, else (and after any failure of the graph) as one actor call per shard."""
+        self._check_open()
+        failed: list[int] = []
+        if self._compiled:
+            with self._graph_lock:
+                out, failed = self._graph_call(method, args)
+            if out is not None:
+                return out, [], []
+        res, missing, retried = self._call(
+            {s: (method, args) for s in range(self.n_shards)}, allow_partial
+        )
+        if self._compiled and not missing:
+            self._graph_due = True  # every shard answered: worth compiling again
+        return res, missing, sorted(set(retried) | set(failed))
+
+    def _compile(self) -> Any:
+        """Compiles the fan-out graph: one input (a ``(method, args)`` request) read by every
+        shard actor's ``dispatch`` loop, all answers returned together."""
+        from ray.dag import InputNode, MultiOutputNode
+
+        with InputNode() as inp:
+            dag = MultiOutputNode([a.dispatch.bind(inp) for a in self._actors])
+        return dag.experimental_compile()
+
+    def _drop_graph(self) -> None:
+        g, self._graph = self._graph, None
+        if g is not None:
+            try:
+                g.teardown()
+            except Exception:  # noqa: BLE001 - a graph whose actor died is gone already
+                pass
+
+    def _graph_call(
+        self, method: str, args: tuple[Any, ...]
+    ) -> tuple[dict[int, Any] | None, list[int]]:
+        """One compiled-graph execution (the caller holds ``_graph_lock``). Returns (answers
+        by shard, []) or (None, shards whose actor failed) when the caller must fall back to
+        plain calls; an error of a shard's own code is raised as it is."""
+        ray = _ray()
+        if self._graph is None:
+            if not self._graph_due:
+                return None, []
+            self._graph_due = False
+            try:
+                self._graph = self._compile()
+                self.graph_error = None
+            except Exception as e:  # noqa: BLE001 - plain calls still work
+                self.graph_error = f"{type(e).__name__}: {e}"
+                return None, []
+        try:
+            vals = ray.get(self._graph.execute((method, args)))
+        except Exception as e:  # noqa: BLE001 - an actor died or a channel broke
+            self._drop_graph()
+            return None, self._shards_of_error(e)
+        for v in vals:
+            if isinstance(v, _Failed):
+                raise v.error
+        return dict(enumerate(vals)), []
+
+    def _shards_of_error(self, e: BaseException) -> list[int]:
+        """The shards a Ray error names (by actor id); every shard when it names none."""
+        aid = getattr(e, "actor_id", None)
+        for s, a in enumerate(self._actors):
+            try:
+                if aid is not None and a._actor_id.hex() == str(aid):
+                    return [s]
+            except Exception:  # noqa: BLE001 - private attribute; fall back to all
+                break
+        return list(range(self.n_shards))
 
     # ------------------------------------------------------------------------------ search
 
@@ -932,20 +1042,24 @@ class ShardedCollection:
             assert queries is not None
             qv = self._get_encoder().encode_queries_packed(queries).to_list()  # encoded once
         n_q = len(queries) if queries is not None else len(qv or [])
-        shards = range(self.n_shards)
         if mode != "hybrid":
-            args = (queries if mode == "keyword" else None, qv, k, where, mode, nt, opts)
-            res, missing, retried = self._call(
-                {s: ("late_or_keyword", args) for s in shards}, allow_partial
+            args = (
+                queries if mode == "keyword" else None,
+                qv,
+                k,
+                where,
+                mode,
+                nt,
+                opts,
+                tuple(include),
             )
+            res, missing, retried = self._fanout("late_or_keyword", args, allow_partial)
             merged = _merge([res[s] for s in sorted(res)], n_q, k, include)
         else:
             assert queries is not None
             depth = max(k, int(hp["depth"]))
             hargs = (queries, qv, depth, where, nt, opts)
-            res, missing, retried = self._call(
-                {s: ("hybrid_lists", hargs) for s in shards}, allow_partial
-            )
+            res, missing, retried = self._fanout("hybrid_lists", hargs, allow_partial)
             merged = self._hybrid(res, n_q, k, depth, hp, include, allow_partial)
             missing = sorted(set(missing) | set(merged.missing_shards))
         merged.missing_shards = missing
