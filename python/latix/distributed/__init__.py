@@ -73,7 +73,7 @@ state is not): in a forked child, call ``ray.init`` and open a new handle.
 
 from __future__ import annotations
 
-from latix.distributed.build import build
+from latix.distributed.builder import build
 from latix.distributed.handle import ShardedCollection
 from latix.distributed.manifest import MANIFEST
 from latix.distributed.results import (
