@@ -10,6 +10,8 @@ if TYPE_CHECKING:
 
 
 ROUTING = "blake2b-8-le-mod"
+"""The routing rule's name, recorded in every shard manifest (a manifest naming another rule is
+refused): :func:`shard_of`."""
 
 
 def shard_of(id: str, n_shards: int) -> int:
