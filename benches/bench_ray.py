@@ -406,11 +406,19 @@ def search_part(
         sc = reuse_or_build(work / f"sharded-{n}-auto", docs, n, encoder, vecs, vfn)
         paths[n] = sc.path
         sc.close()
-    want = top10(one, qv)
+    from latix.collection import Collection
+
+    # The in-process baseline is the 1-shard handle's own index (its shard directory opened by
+    # Collection.open): the same codes, so the same top 10 and the difference is the fan-out.
+    base = Collection.open(paths[1] / "shard-0000")
+    handles.append(base)
     lat: dict[str, Any] = {"load_before": [round(x, 2) for x in os.getloadavg()]}
     held.enter_context(lock())  # held around the timed parts only
-    lat["one collection"] = search_timing(one, qv, a.rounds)
+    lat["one collection"] = search_timing(base, qv, a.rounds)
     bc.log(f"  one collection: {lat['one collection']}")
+    want = top10(base, qv)
+    tops: dict[tuple[int, bool], list[Any]] = {}
+    full = ("text", "metadata")
     for compiled in (True, False):
         for n in (1, 2, 4):
             sc = ld.ShardedCollection.open(paths[n], n_threads=1, compiled=compiled)
@@ -418,9 +426,12 @@ def search_part(
             name = f"{n} shard{'s' if n > 1 else ''}" + ("" if compiled else " (plain calls)")
             lat[name] = search_timing(sc, qv, a.rounds)
             lat[name]["graph"] = sc._graph is not None
-            lat[name]["same_top10"] = sum(x == y for x, y in zip(top10(sc, qv), want, strict=True))
+            tops[(n, compiled)] = top10(sc, qv)
             bc.log(f"  {name}: {lat[name]}")
             if n == 1:
+                lat[name]["same_top10"] = sum(
+                    x == y for x, y in zip(tops[(n, compiled)], want, strict=True)
+                )
                 actor = sc._actors[0]
                 rt: list[float] = []
                 for i in range(520):
@@ -432,6 +443,20 @@ def search_part(
                     if i >= 20:
                         rt.append((time.perf_counter() - t) * 1e3)
                 lat["round_trip_compiled" if compiled else "round_trip_plain"] = pct(rt)
+                # the same shard search as a whole call and as timed inside the actor
+                whole: list[float] = []
+                inside: list[float] = []
+                for q in qv:
+                    t = time.perf_counter()
+                    (_, sec), *_ = sc._call_all(
+                        "timed", "late_or_keyword", (None, [q], 10, None, "late", 1, {}, full)
+                    )[0]
+                    whole.append((time.perf_counter() - t) * 1e3)
+                    inside.append(sec * 1e3)
+                lat["split_compiled" if compiled else "split_plain"] = {
+                    "call": pct(whole),
+                    "in_actor": pct(inside),
+                }
                 part = ray.get(actor.late_or_keyword.remote(None, [qv[0]], 10, None, "late", 1, {}))
                 blob = pickle.dumps(part)
                 pk: list[float] = []
@@ -442,6 +467,12 @@ def search_part(
                 lat["answer_pickle"] = {"bytes": len(blob), **pct(pk)}
             handles.remove(sc)
             sc.close()
+    for n in (2, 4):
+        lat[f"{n} shards"]["same_top10"] = sum(
+            x == y for x, y in zip(tops[(n, True)], tops[(n, False)], strict=True)
+        )
+    handles.remove(base)
+    base.close()
     held.close()
     lat["load_after"] = [round(x, 2) for x in os.getloadavg()]
     for key, name in (
@@ -505,33 +536,35 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
         "",
         f"Load average (1 / 5 / 15 min) before timing {s['load_before']}, after {s['load_after']}"
         + (
-            f"; the build and quality parts above are from the run of "
-            f"{r['previous_parts_provenance'][3]}"
+            "; the build and quality parts above are from the run of "
+            + r["previous_parts_provenance"][3].removeprefix("- date: ").split(";")[0]
             if "previous_parts_provenance" in r
             else ""
         )
         + ".",
         "",
-        "| through | p50 ms | p99 ms | QPS | top-10 = one collection's |",
+        "| through | p50 ms | p99 ms | QPS | same top 10 |",
         "|---|---|---|---|---|",
     ]
-    for name in (
-        "one collection",
-        "1 shard",
-        "2 shards",
-        "4 shards",
-        "1 shard (plain calls)",
-        "2 shards (plain calls)",
-        "4 shards (plain calls)",
-    ):
+    labels = {
+        "one collection": "in process: the 1-shard collection's shard, Collection.open",
+        "1 shard": "handle, compiled graph",
+        "2 shards": "handle, compiled graph",
+        "4 shards": "handle, compiled graph",
+        "1 shard (plain calls)": "handle, one Ray task per shard",
+        "2 shards (plain calls)": "handle, one Ray task per shard",
+        "4 shards (plain calls)": "handle, one Ray task per shard",
+    }
+    for name, what in labels.items():
         m = s[name]
-        if name == "one collection":
-            what, same = "in process", ""
-        else:
-            what = "sharded handle" + (", compiled graph" if m.get("graph") else "")
-            same = f"{m['same_top10']}/{r['queries']}"
-        lines.append(f"| {name} ({what}) | {m['p50_ms']} | {m['p99_ms']} | {m['qps']} | {same} |")
+        same = ""
+        if "same_top10" in m:
+            ref = "in process" if name.startswith("1 ") else "plain calls"
+            same = f"{m['same_top10']}/{r['queries']} (vs {ref})"
+        label = name.replace(" (plain calls)", "")
+        lines.append(f"| {label} ({what}) | {m['p50_ms']} | {m['p99_ms']} | {m['qps']} | {same} |")
     ap, rc, rp = s["answer_pickle"], s["round_trip_compiled"], s["round_trip_plain"]
+    sc_, sp = s["split_compiled"], s["split_plain"]
     lines += [
         "",
         f"- fan-out overhead (1-shard handle p50 - one collection p50): "
@@ -541,6 +574,9 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
         f"p99 {rc['p99_ms']} ms; plain Ray call p50 {rp['p50_ms']} ms, p99 {rp['p99_ms']} ms",
         f"- one shard's answer (k=10 with text and metadata, one query): {ap['bytes']} bytes "
         f"pickled; pickle + unpickle p50 {ap['p50_ms']} ms",
+        f"- the 1-shard search as one call (p50) vs its time inside the actor (p50): compiled "
+        f"graph {sc_['call']['p50_ms']} vs {sc_['in_actor']['p50_ms']} ms, plain calls "
+        f"{sp['call']['p50_ms']} vs {sp['in_actor']['p50_ms']} ms",
         "",
     ]
     return "\n".join(lines)

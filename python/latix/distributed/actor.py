@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,8 +32,9 @@ class _ShardServer:
     """One shard: a latix Collection opened from disk, answering the handle's calls. Runs in a
     Ray actor process; a restarted actor runs ``__init__`` again (opens the last commit)."""
 
-    def __init__(self, path: str, encoder_threads: int | None) -> None:
+    def __init__(self, path: str, encoder_threads: int | None, shard: int = -1) -> None:
         self.col = Collection.open(path, n_threads=encoder_threads)
+        self.shard = shard  # this actor's shard number (picks its part of a graph request)
 
     def pid(self) -> int:
         return os.getpid()
@@ -49,6 +51,13 @@ class _ShardServer:
             return getattr(self, name)(*args)
         except Exception as e:  # noqa: BLE001 - handed back to the handle, which raises it
             return _Failed(e)
+
+    def timed(self, name: str, args: tuple[Any, ...]) -> tuple[Any, float]:
+        """``getattr(self, name)(*args)`` and the seconds it took inside this actor (for the
+        benchmark's split of the fan-out overhead into shard work and transport)."""
+        t = time.perf_counter()
+        out = getattr(self, name)(*args)
+        return out, time.perf_counter() - t
 
     def late_or_keyword(
         self,
@@ -109,6 +118,12 @@ class _ShardServer:
     def rows(self, ids: list[str]) -> dict[str, tuple[str, dict[str, Any], Any]]:
         got = self.col._store.get(ids, self.col._generation())
         return {i: (r.text, r.metadata, r.spans) for i, r in got.items()}
+
+    def rows_of(self, want: dict[int, list[str]]) -> dict[str, tuple[str, dict[str, Any], Any]]:
+        """:meth:`rows` of this shard's part of ``want`` (shard -> ids): one request that the
+        compiled graph sends to every shard alike."""
+        ids = want.get(self.shard)
+        return self.rows(ids) if ids else {}
 
     def explain(self, query: str, hits: list[Hit]) -> list[Hit]:
         return self.col._explain(query, hits)

@@ -254,9 +254,9 @@ class ShardedCollection:
         cls_ = _actor_class()
         actors = [
             cls_.options(max_restarts=max_restarts, max_task_retries=0).remote(
-                str(p / s), encoder_threads
+                str(p / s), encoder_threads, i
             )
-            for s in m["shards"]
+            for i, s in enumerate(m["shards"])
         ]
         sc = cls(
             p,
@@ -695,9 +695,13 @@ class ShardedCollection:
         rows: dict[str, tuple[str, dict[str, Any], Any]] = {}
         missing: list[int] = []
         if want:
-            got, missing, _ = self._call(
-                {s: ("rows", (sorted(set(v)),)) for s, v in want.items()}, allow_partial
-            )
+            parts = {s: sorted(set(v)) for s, v in want.items()}
+            if self._graph is not None:  # one more graph round trip (every shard; most idle)
+                got, missing, _ = self._fanout("rows_of", (parts,), allow_partial)
+            else:
+                got, missing, _ = self._call(
+                    {s: ("rows", (v,)) for s, v in parts.items()}, allow_partial
+                )
             for part in got.values():
                 rows.update(part)
         out = _empty(n_q, k, include)
