@@ -17,8 +17,13 @@ salted per process and is never used). Adds, upserts, deletes by id and gets go 
 shard only; the shard count is fixed when the collection is built.
 
 **Search (fan-out).** The query is encoded once, by the handle (the driver), with the
-collections' model; its vectors go to every shard actor in parallel (one Ray call each), each
-shard answers with its own top list from its own Collection, and the handle merges:
+collections' model; its vectors go to every shard actor in parallel, each shard answers with
+its own top list from its own Collection, and the handle merges. The request travels through a
+Ray compiled graph (``ray.dag``: one input read by every shard actor's ``dispatch``, compiled
+when the handle opens; shared-memory channels instead of one Ray task per shard); when an actor
+dies the graph is dropped, the call is made again as plain actor calls (with the retries
+below), and the graph is compiled again after a call every shard answered
+(``ShardedCollection.open(compiled=False)``: plain calls only):
 
 * ``mode="late"``: every shard returns its top ``k`` records by MaxSim; the global top ``k`` is
   contained in the union of the shards' top ``k`` lists, so the merge is exact: for exact
