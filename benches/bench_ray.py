@@ -21,8 +21,16 @@ timed runs under the team's benchmark lock (``/work/team/bench.lock``):
    exact single: identical top-10 ids and scores.
 4. **Search**: p50 / p99 / QPS of one caller sending the test queries (query vectors given, k=10,
    hits with text and metadata, 1 search thread per shard) through the sharded handle with 1, 2
-   and 4 shards and through the one collection in process; the fan-out overhead as the 1-shard
-   handle's p50 minus the one collection's, and the bare Ray round trip to a shard actor.
+   and 4 shards, both through the handle's compiled fan-out graph (the default) and through
+   plain Ray actor calls (``compiled=False``: one task per shard), and through the one
+   collection in process; the fan-out overhead as the 1-shard handle's p50 minus the one
+   collection's; its parts: the bare round trip to a shard actor both ways (an empty call),
+   the pickled size of one shard's answer and the time to pickle and unpickle it. Every
+   sharded top-10 is compared with the one collection's (ids and scores).
+
+``--only search`` runs part 4 alone, reusing the collections of an earlier run under ``--work``
+when they hold every document (else building them); it updates the search part of
+``ray.json`` / ``ray.md`` and keeps the other parts of the last full run.
 
 Collections are kept under ``--work`` (default ``~/.cache/latix/ray``) and removed with
 ``--clean``.
@@ -96,14 +104,13 @@ def main() -> int:
     ap.add_argument("--no-lock", action="store_true", help="trial run (not quoted)")
     ap.add_argument("--docs", type=int, default=0, help="trial: first N documents only")
     ap.add_argument("--clean", action="store_true", help="remove --work at the end")
+    ap.add_argument("--only", choices=["search"], help="run only this part (see above)")
     a = ap.parse_args()
     prov = provenance.lines()
     print("\n".join(prov), flush=True)
     import latix
-    import latix.distributed as ld
     import ray
-    from latix.collection import Collection, index_corpus
-    from latix.eval import EmbeddingCache, evaluate_collection
+    from latix.eval import EmbeddingCache
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -142,6 +149,110 @@ def main() -> int:
         def lock() -> Any:
             return contextlib.nullcontext() if a.no_lock else bc.bench_lock()
 
+        if a.only == "search":
+            prev = json.loads(Path(a.out).with_suffix(".json").read_text())
+            r.update({k_: prev[k_] for k_ in ("build_index", "build_encode", "quality")})
+            r["previous_parts_provenance"] = prev["provenance"]
+            one = reuse_or_build(work / "one-auto", docs, None, encoder, vecs, vfn)
+        else:
+            one = full_parts(
+                a,
+                r,
+                work,
+                docs,
+                sub_docs(docs, a),
+                encoder,
+                vecs,
+                vfn,
+                qv,
+                qids,
+                qvd,
+                test_q,
+                qrels,
+                handles,
+                lock,
+                held,
+            )
+        search_part(a, r, work, docs, encoder, vecs, vfn, qv, one, handles, lock, held)
+        one.close()
+    finally:
+        held.close()
+        for h in handles:
+            h.close()
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if a.clean:
+            shutil.rmtree(work, ignore_errors=True)
+    out = Path(a.out)
+    out.with_suffix(".json").write_text(json.dumps({"provenance": prov, **r}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(report(r, prov))
+    print(report(r, prov))
+    return 0
+
+
+def sub_docs(docs: list[Any], a: Any) -> list[Any]:
+    return docs[: a.encode_docs]
+
+
+def reuse_or_build(
+    path: Path, docs: list[Any], n_shards: int | None, encoder: Any, vecs: Any, vfn: Any
+) -> Any:
+    """The collection at ``path`` when an earlier run left it complete, else a new build."""
+    import latix.distributed as ld
+    from latix.collection import Collection, index_corpus
+
+    if n_shards is None:
+        if Collection.exists(path):
+            c = Collection.open(path)
+            if len(c) == len(docs):
+                return c
+            c.close()
+        c = Collection.create(fresh(path), encoder=encoder)
+        index_corpus(c, docs, commit_every=1000, vectors_fn=lambda b: [vecs[d.id] for d in b])
+        return c
+    if ld.ShardedCollection.exists(path):
+        try:
+            sc = ld.ShardedCollection.open(path, n_threads=1)
+            if len(sc) == len(docs) and sc.n_shards == n_shards:
+                return sc
+            sc.close()
+        except Exception:  # noqa: BLE001 - an unusable leftover: build it again
+            pass
+    return ld.build(
+        docs,
+        fresh(path),
+        n_shards=n_shards,
+        encoder=encoder,
+        batch_size=500,
+        vectors_fn=vfn,
+        n_threads=1,
+    )
+
+
+def full_parts(
+    a: Any,
+    r: dict[str, Any],
+    work: Path,
+    docs: list[Any],
+    sub: list[Any],
+    encoder: Any,
+    vecs: Any,
+    vfn: Any,
+    qv: list[np.ndarray],
+    qids: list[str],
+    qvd: dict[str, np.ndarray],
+    test_q: dict[str, str],
+    qrels: Any,
+    handles: list[Any],
+    lock: Any,
+    held: contextlib.ExitStack,
+) -> Any:
+    """Parts 1-3 (build, build with encoding, quality); returns the one compressed collection."""
+    import latix.distributed as ld
+    from latix.collection import Collection, index_corpus
+    from latix.eval import evaluate_collection
+
+    if True:
         held.enter_context(lock())  # held around the timed parts only
         # 1. build, index part (cached encodings)
         bc.log("build from cached encodings: one collection")
@@ -173,7 +284,6 @@ def main() -> int:
         }
         bc.log(f"  {r['build_index']}")
         # 2. build with encoding, bounded subset
-        sub = docs[: a.encode_docs]
         bc.log(f"build with encoding: {len(sub)} docs, one collection")
         t = time.perf_counter()
         c1 = Collection.create(fresh(work / "enc-one"), encoder=encoder)
@@ -265,66 +375,116 @@ def main() -> int:
             "2 shards": round(st2["bytes_per_token"], 2),
         }
         r["quality"] = q
-        # 4. search latency
-        bc.log("search latency")
-        s1 = ld.build(
-            docs,
-            fresh(work / "sharded-1-auto"),
-            n_shards=1,
-            encoder=encoder,
-            batch_size=500,
-            vectors_fn=vfn,
-            n_threads=1,
-        )
-        handles.append(s1)
-        s4 = ld.build(
-            docs,
-            fresh(work / "sharded-4-auto"),
-            n_shards=4,
-            encoder=encoder,
-            batch_size=500,
-            vectors_fn=vfn,
-            n_threads=1,
-        )
-        handles.append(s4)
-        lat: dict[str, Any] = {}
-        held.enter_context(lock())  # held around the timed parts only
-        for name, col in (
-            ("one collection", one),
-            ("1 shard", s1),
-            ("2 shards", s2),
-            ("4 shards", s4),
-        ):
-            lat[name] = search_timing(col, qv, a.rounds)
+        handles.remove(s2)
+        s2.close()
+        return one
+
+
+def search_part(
+    a: Any,
+    r: dict[str, Any],
+    work: Path,
+    docs: list[Any],
+    encoder: Any,
+    vecs: Any,
+    vfn: Any,
+    qv: list[np.ndarray],
+    one: Any,
+    handles: list[Any],
+    lock: Any,
+    held: contextlib.ExitStack,
+) -> None:
+    """Part 4: search latency through the handle (compiled graph and plain calls)."""
+    import pickle
+
+    import latix.distributed as ld
+    import ray
+
+    bc.log("search latency")
+    paths = {}
+    for n in (1, 2, 4):
+        sc = reuse_or_build(work / f"sharded-{n}-auto", docs, n, encoder, vecs, vfn)
+        paths[n] = sc.path
+        sc.close()
+    from latix.collection import Collection
+
+    # The in-process baseline is the 1-shard handle's own index (its shard directory opened by
+    # Collection.open): the same codes, so the same top 10 and the difference is the fan-out.
+    base = Collection.open(paths[1] / "shard-0000")
+    handles.append(base)
+    lat: dict[str, Any] = {"load_before": [round(x, 2) for x in os.getloadavg()]}
+    held.enter_context(lock())  # held around the timed parts only
+    lat["one collection"] = search_timing(base, qv, a.rounds)
+    bc.log(f"  one collection: {lat['one collection']}")
+    want = top10(base, qv)
+    tops: dict[tuple[int, bool], list[Any]] = {}
+    full = ("text", "metadata")
+    for compiled in (True, False):
+        for n in (1, 2, 4):
+            sc = ld.ShardedCollection.open(paths[n], n_threads=1, compiled=compiled)
+            handles.append(sc)
+            name = f"{n} shard{'s' if n > 1 else ''}" + ("" if compiled else " (plain calls)")
+            lat[name] = search_timing(sc, qv, a.rounds)
+            lat[name]["graph"] = sc._graph is not None
+            tops[(n, compiled)] = top10(sc, qv)
             bc.log(f"  {name}: {lat[name]}")
-        actor = s1._actors[0]
-        ray.get(actor.ready.remote())
-        rt: list[float] = []
-        for _ in range(500):
-            t = time.perf_counter()
-            ray.get(actor.ready.remote())
-            rt.append((time.perf_counter() - t) * 1e3)
-        lat["ray_round_trip"] = pct(rt)
-        lat["fanout_overhead_p50_ms"] = round(
-            lat["1 shard"]["p50_ms"] - lat["one collection"]["p50_ms"], 3
+            if n == 1:
+                lat[name]["same_top10"] = sum(
+                    x == y for x, y in zip(tops[(n, compiled)], want, strict=True)
+                )
+                actor = sc._actors[0]
+                rt: list[float] = []
+                for i in range(520):
+                    t = time.perf_counter()
+                    if compiled:
+                        sc._call_all("ready")
+                    else:
+                        ray.get(actor.ready.remote())
+                    if i >= 20:
+                        rt.append((time.perf_counter() - t) * 1e3)
+                lat["round_trip_compiled" if compiled else "round_trip_plain"] = pct(rt)
+                # the same shard search as a whole call and as timed inside the actor
+                whole: list[float] = []
+                inside: list[float] = []
+                for q in qv:
+                    t = time.perf_counter()
+                    (_, sec), *_ = sc._call_all(
+                        "timed", "late_or_keyword", (None, [q], 10, None, "late", 1, {}, full)
+                    )[0]
+                    whole.append((time.perf_counter() - t) * 1e3)
+                    inside.append(sec * 1e3)
+                lat["split_compiled" if compiled else "split_plain"] = {
+                    "call": pct(whole),
+                    "in_actor": pct(inside),
+                }
+                part = ray.get(actor.late_or_keyword.remote(None, [qv[0]], 10, None, "late", 1, {}))
+                blob = pickle.dumps(part)
+                pk: list[float] = []
+                for _ in range(200):
+                    t = time.perf_counter()
+                    pickle.loads(pickle.dumps(part))
+                    pk.append((time.perf_counter() - t) * 1e3)
+                lat["answer_pickle"] = {"bytes": len(blob), **pct(pk)}
+            handles.remove(sc)
+            sc.close()
+    for n in (2, 4):
+        lat[f"{n} shards"]["same_top10"] = sum(
+            x == y for x, y in zip(tops[(n, True)], tops[(n, False)], strict=True)
         )
-        held.close()
-        r["search"] = lat
-        bc.log(f"  overhead p50 {lat['fanout_overhead_p50_ms']} ms; RPC {lat['ray_round_trip']}")
-        one.close()
-    finally:
-        held.close()
-        for h in handles:
-            h.close()
-        ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
-        if a.clean:
-            shutil.rmtree(work, ignore_errors=True)
-    out = Path(a.out)
-    out.with_suffix(".json").write_text(json.dumps({"provenance": prov, **r}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(report(r, prov))
-    print(report(r, prov))
-    return 0
+    handles.remove(base)
+    base.close()
+    held.close()
+    lat["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    for key, name in (
+        ("fanout_overhead_p50_ms", "1 shard"),
+        ("fanout_overhead_plain_p50_ms", "1 shard (plain calls)"),
+    ):
+        lat[key] = round(lat[name]["p50_ms"] - lat["one collection"]["p50_ms"], 3)
+    r["search"] = lat
+    bc.log(
+        f"  overhead p50 {lat['fanout_overhead_p50_ms']} ms (plain calls "
+        f"{lat['fanout_overhead_plain_p50_ms']} ms)"
+    )
 
 
 def report(r: dict[str, Any], prov: list[str]) -> str:
@@ -374,19 +534,49 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
         f"## Search (1 caller, k=10 with text and metadata, query vectors given, 1 search thread "
         f"per shard, {r['rounds']} passes)",
         "",
-        "| through | p50 ms | p99 ms | QPS |",
-        "|---|---|---|---|",
+        f"Load average (1 / 5 / 15 min) before timing {s['load_before']}, after {s['load_after']}"
+        + (
+            "; the build and quality parts above are from the run of "
+            + r["previous_parts_provenance"][3].removeprefix("- date: ").split(";")[0]
+            if "previous_parts_provenance" in r
+            else ""
+        )
+        + ".",
+        "",
+        "| through | p50 ms | p99 ms | QPS | same top 10 |",
+        "|---|---|---|---|---|",
     ]
-    for name in ("one collection", "1 shard", "2 shards", "4 shards"):
+    labels = {
+        "one collection": "in process: the 1-shard collection's shard, Collection.open",
+        "1 shard": "handle, compiled graph",
+        "2 shards": "handle, compiled graph",
+        "4 shards": "handle, compiled graph",
+        "1 shard (plain calls)": "handle, one Ray task per shard",
+        "2 shards (plain calls)": "handle, one Ray task per shard",
+        "4 shards (plain calls)": "handle, one Ray task per shard",
+    }
+    for name, what in labels.items():
         m = s[name]
-        what = "in process" if name == "one collection" else "sharded handle"
-        lines.append(f"| {name} ({what}) | {m['p50_ms']} | {m['p99_ms']} | {m['qps']} |")
+        same = ""
+        if "same_top10" in m:
+            ref = "in process" if name.startswith("1 ") else "plain calls"
+            same = f"{m['same_top10']}/{r['queries']} (vs {ref})"
+        label = name.replace(" (plain calls)", "")
+        lines.append(f"| {label} ({what}) | {m['p50_ms']} | {m['p99_ms']} | {m['qps']} | {same} |")
+    ap, rc, rp = s["answer_pickle"], s["round_trip_compiled"], s["round_trip_plain"]
+    sc_, sp = s["split_compiled"], s["split_plain"]
     lines += [
         "",
         f"- fan-out overhead (1-shard handle p50 - one collection p50): "
-        f"**{s['fanout_overhead_p50_ms']} ms** (target <= 1 ms)",
-        f"- bare Ray round trip to a shard actor (empty call): p50 {s['ray_round_trip']['p50_ms']}"
-        f" ms, p99 {s['ray_round_trip']['p99_ms']} ms",
+        f"**{s['fanout_overhead_p50_ms']} ms** through the compiled graph (target <= 1 ms); "
+        f"{s['fanout_overhead_plain_p50_ms']} ms through plain actor calls",
+        f"- round trip to a shard actor (empty call): compiled graph p50 {rc['p50_ms']} ms, "
+        f"p99 {rc['p99_ms']} ms; plain Ray call p50 {rp['p50_ms']} ms, p99 {rp['p99_ms']} ms",
+        f"- one shard's answer (k=10 with text and metadata, one query): {ap['bytes']} bytes "
+        f"pickled; pickle + unpickle p50 {ap['p50_ms']} ms",
+        f"- the 1-shard search as one call (p50) vs its time inside the actor (p50): compiled "
+        f"graph {sc_['call']['p50_ms']} vs {sc_['in_actor']['p50_ms']} ms, plain calls "
+        f"{sp['call']['p50_ms']} vs {sp['in_actor']['p50_ms']} ms",
         "",
     ]
     return "\n".join(lines)

@@ -202,6 +202,65 @@ def test_exact_shards_equal_one_collection(
         assert len(again) == len(Collection.open(tmp_path / "one"))
 
 
+def test_compiled_fanout_equals_plain_calls(cluster: None, tmp_path: Path) -> None:
+    """The handle's compiled fan-out graph (the default) and plain actor calls answer alike, and
+    alike the one collection; a shard's own error comes back through the graph as itself and
+    leaves the graph in place."""
+    dim = 24
+    recs, vecs = corpus(41, 140, dim, 2, 16)
+    one = reference(tmp_path, recs, vecs, dim)
+    by_id = dict(zip([r.id for r in recs], vecs, strict=True))
+    fast = ld.build(
+        recs,
+        tmp_path / "s",
+        n_shards=3,
+        model=None,
+        dim=dim,
+        compression=None,
+        vectors_fn=lambda rs: [by_id[r.id] for r in rs],
+    )
+    plain = ld.ShardedCollection.open(tmp_path / "s", compiled=False)
+    try:
+        assert fast._graph is not None, fast.graph_error  # compiled at open (the ready call)
+        assert plain._graph is None
+        rng = np.random.default_rng(5)
+        for trial in range(4):
+            qs = [unit(rng, int(rng.integers(1, 20)), dim) for _ in range(int(rng.integers(1, 5)))]
+            k = int(rng.integers(1, 30))
+            where = None if trial % 2 else {"year": {"$gte": 2010}}
+            got = fast.search(query_vectors=qs, k=k, where=where)
+            for g, p_, w in zip(
+                got,
+                plain.search(query_vectors=qs, k=k, where=where),
+                one.search(query_vectors=qs, k=k, where=where),
+                strict=True,
+            ):
+                same_hits(g, w)
+                same_hits(p_, w)
+            b = fast.search_batch(query_vectors=qs, k=k, include=())
+            wb = one.search_batch(query_vectors=qs, k=k, include=())
+            assert (b.ids == wb.ids).all() and np.array_equal(b.scores, wb.scores)
+            assert b.texts is None and b.metadata is None
+        hy = dict(query_vectors=qs[0], k=5, mode="hybrid")
+        same_hits(fast.search("alpha beta", **hy), plain.search("alpha beta", **hy))
+        same_hits(
+            fast.search("gamma", k=7, mode="keyword"), plain.search("gamma", k=7, mode="keyword")
+        )
+        with pytest.raises(latix.InvalidArgumentError):  # raised by the shards (wrong dimension)
+            fast.search(query_vectors=unit(rng, 3, dim + 1), k=3)
+        assert fast._graph is not None
+        same_hits(fast.search(query_vectors=qs[0], k=4), one.search(query_vectors=qs[0], k=4))
+        # writes (plain calls on the actors' main threads) are seen by the graph's searches
+        new, nv = corpus(42, 5, dim, 2, 16)
+        fast.add(new, vectors=nv)
+        one.add(new, vectors=nv)
+        same_hits(fast.search(query_vectors=nv[0], k=3), one.search(query_vectors=nv[0], k=3))
+    finally:
+        fast.close()
+        plain.close()
+        one.close()
+
+
 def test_new_metadata_field_is_declared_on_every_shard(cluster: None, tmp_path: Path) -> None:
     recs, vecs = corpus(7, 30, 8, 2, 5)
     sc = ld.ShardedCollection.create(
@@ -417,6 +476,10 @@ def test_shard_killed_mid_query_is_retried(cluster: None, tmp_path: Path) -> Non
             n_q *= 2  # the search ended before the kill landed: a longer one
         else:
             pytest.fail("the kill never landed during a search")
+        # the fan-out graph the kill broke is compiled again once every shard answered
+        sc.search(query_vectors=qs[:2], k=3)
+        assert sc._graph is not None, sc.graph_error
+        same_hits(sc.search(query_vectors=qs[0], k=5), one.search(query_vectors=qs[0], k=5))
     finally:
         sc.close()
         one.close()

@@ -1,92 +1,17 @@
-"""Sharded collections on Ray: one latix :class:`~latix.collection.Collection` per shard, each
-served by a Ray actor, behind one handle with the Collection's API (``latix[ray]`` extra).
-
-Layout of a sharded collection directory::
-
-    OUT/sharded.json     the shard manifest: format version, number of shards, routing, model,
-                         dimension, checksum (written temp + fsync + rename; "creating" until
-                         every shard exists, then "ready")
-    OUT/shard-0000/      a normal latix collection (``latix.Collection.open`` opens it alone)
-    OUT/shard-0001/      ...
-
-**Routing.** A record lives in shard ``shard_of(id, n_shards)``: the first 8 bytes of the
-BLAKE2b digest (``digest_size=8``) of the id's UTF-8 bytes, read as a little-endian unsigned
-integer, modulo the number of shards. It depends on nothing but the id's bytes, so it is the
-same in every process, on every machine and in every Python version (Python's ``hash()`` is
-salted per process and is never used). Adds, upserts, deletes by id and gets go to the owning
-shard only; the shard count is fixed when the collection is built.
-
-**Search (fan-out).** The query is encoded once, by the handle (the driver), with the
-collections' model; its vectors go to every shard actor in parallel (one Ray call each), each
-shard answers with its own top list from its own Collection, and the handle merges:
-
-* ``mode="late"``: every shard returns its top ``k`` records by MaxSim; the global top ``k`` is
-  contained in the union of the shards' top ``k`` lists, so the merge is exact: for exact
-  (uncompressed) shards the hits and scores are those of one Collection holding all records
-  (tests/test_distributed.py checks ids and scores). Compressed shards search their own codes;
-  each shard trains its own codec on its own records (hash routing makes every shard a uniform
-  sample of the corpus).
-* ``mode="keyword"``: each shard scores BM25 with its own FTS5 statistics (document count,
-  average length, document frequencies), as a search engine's default "query then fetch" does;
-  the merge is exact over those scores. With hash routing each shard is a uniform random sample
-  of the corpus, so shard statistics estimate the global ones; the scores are not bit-identical
-  to one collection's (global statistics would need a second round trip and BM25 computed
-  outside FTS5, which latix does not do).
-* ``mode="hybrid"``: fusion is **not** done per shard (min-max normalisation over one shard's
-  list would use that shard's extremes, and reciprocal ranks within one shard are not global
-  ranks). Each shard returns its late and its keyword top ``depth``
-  (:data:`~latix.collection.HYBRID_DEFAULTS`) lists unfused; the handle merges each list across
-  shards (the late list exactly), then fuses the two merged lists with the Collection's own
-  fusion (:func:`latix.collection._fuse`), and fetches texts and metadata of the final hits from
-  their shards. With one shard this is exactly Collection's hybrid search.
-
-**Faults.** Shard actors are restartable (``max_restarts``): a restarted actor opens its shard
-from disk again (the last committed state). A search whose shard call fails because the actor
-died is sent again, up to ``retries`` times within ``retry_timeout`` seconds, to the restarted
-actor; if a shard still cannot answer, the search raises :class:`ShardUnavailableError`, or,
-with ``allow_partial=True``, returns the merge of the shards that answered with
-``partial=True`` and the missing shard numbers in ``missing_shards`` (:class:`ShardedHits`,
-:class:`ShardedBatchResults`). A short list is never returned silently.
-
-**Writes.** Each shard's part of a write is one commit of that shard (durable when the call
-returns); a write spanning shards is not atomic across them: if a shard fails, the exception
-(:class:`ShardWriteError`) says which shards committed their part. Metadata field types are
-checked against the union of every shard's fields before anything is written, and a new field is
-declared on every shard, so that a filter means the same thing on all of them.
-
-**Build.** :func:`build` creates the shards and streams the corpus into them: records are routed,
-grouped per shard in windows sorted by text length (so that each encoder batch pads little),
-and each batch is sent to its shard's actor, which encodes it with its own encoder session (one
-per actor, ``encoder_threads`` threads) and adds it as one commit. A batch whose actor died is
-sent again to the restarted actor, which first drops the records its shard already holds (a
-batch that committed before the kill is not added twice); a build that stopped (even killed) is
-finished by running it again, which skips every id the shards hold.
-
-**Threads and processes.** A handle may be shared by threads (Ray's actor handles are
-thread-safe; writes from one handle are serialised by a lock). Any number of handles, in any
-processes of the Ray cluster, may be opened on one directory; each starts its own shard actors
-(each shard still has one writer at a time: the index's lock, see latix.Collection). The shard
-directories must be reachable at the same path from the nodes the actors run on (a local disk
-for a one-node cluster, a shared filesystem otherwise). A handle is not fork-safe (Ray's driver
-state is not): in a forked child, call ``ray.init`` and open a new handle.
-"""
+"""The sharded collection handle (:class:`ShardedCollection`): lifecycle, fan-out (compiled
+graph or plain actor calls, retries, partial results), merged search, routed reads and writes,
+and the resumable corpus stream that :func:`latix.distributed.build` runs."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
 from latix import filters as flt
-from latix._optional import require
 from latix.collection import (
     AddReport,
     BatchResults,
@@ -101,362 +26,36 @@ from latix.collection import (
     _as_record,
     _check_batch_args,
     _check_id,
-    _fts_query,
     _fuse,
     _hybrid_params,
-    _write_json_atomic,
     remove_collection,
 )
-from latix.docstore import RecordStore
+from latix.distributed.actor import _actor_class, _cause, _Failed, _ray
+from latix.distributed.manifest import _FORMAT, _VERSION, MANIFEST, _read_manifest, _write_manifest
+from latix.distributed.results import (
+    BuildReport,
+    ShardedBatchResults,
+    ShardedHits,
+    ShardUnavailableError,
+    ShardWriteError,
+    _empty,
+    _merge,
+)
+from latix.distributed.routing import ROUTING, shard_of
 from latix.errors import (
     AlreadyExistsError,
     CorruptedIndexError,
     InvalidArgumentError,
     LatixError,
     NotFoundError,
-    UnsupportedVersionError,
 )
 from latix.filters import FieldType
 
 if TYPE_CHECKING:
     from latix.encoder import Encoder
 
-__all__ = [
-    "ShardedCollection",
-    "ShardedHits",
-    "ShardedBatchResults",
-    "BuildReport",
-    "ShardUnavailableError",
-    "ShardWriteError",
-    "build",
-    "shard_of",
-    "MANIFEST",
-]
 
-MANIFEST = "sharded.json"
-_FORMAT = "latix-sharded"
-_VERSION = 1
-ROUTING = "blake2b-8-le-mod"
 _DEFAULT_PASSAGES = Passages()  # Collection.create's default (frozen, so one shared value)
-
-
-def shard_of(id: str, n_shards: int) -> int:
-    """The shard that owns record ``id``: BLAKE2b (8-byte digest) of its UTF-8 bytes, as a
-    little-endian unsigned int, modulo ``n_shards`` (stable across processes, machines and
-    Python versions).
-
-    Args:
-        id: the record id (non-empty str).
-        n_shards: number of shards (>= 1).
-
-    Returns:
-        The shard number in ``0 .. n_shards - 1``.
-    """
-    h = hashlib.blake2b(id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(h, "little") % n_shards
-
-
-class ShardUnavailableError(LatixError, OSError):
-    """A shard actor could not answer (it died and did not come back within the retries).
-
-    Attributes:
-        shards: the shard numbers that did not answer.
-    """
-
-    def __init__(self, message: str, shards: Sequence[int]) -> None:
-        super().__init__(message)
-        self.shards = list(shards)
-
-
-class ShardWriteError(LatixError):
-    """A write failed on some shards after others had committed their part.
-
-    Attributes:
-        committed: shard numbers whose part of the write is durable.
-        failed: shard number -> the exception it raised.
-    """
-
-    def __init__(self, message: str, committed: Sequence[int], failed: Mapping[int, Exception]):
-        super().__init__(message)
-        self.committed = list(committed)
-        self.failed = dict(failed)
-
-
-class ShardedHits(list[Hit]):
-    """The hits of one query (a ``list`` of :class:`~latix.collection.Hit`, best first), with
-    whether every shard answered.
-
-    Attributes:
-        partial: True when some shards did not answer (only with ``allow_partial=True``).
-        missing_shards: the shard numbers that did not answer.
-        retried_shards: the shard numbers whose call was sent again after their actor died.
-    """
-
-    partial: bool = False
-    missing_shards: list[int]
-    retried_shards: list[int]
-
-    def __init__(
-        self,
-        hits: Iterable[Hit] = (),
-        missing: Sequence[int] = (),
-        retried: Sequence[int] = (),
-    ) -> None:
-        super().__init__(hits)
-        self.missing_shards = sorted(missing)
-        self.retried_shards = sorted(retried)
-        self.partial = bool(self.missing_shards)
-
-
-@dataclass
-class ShardedBatchResults(BatchResults):
-    """:class:`~latix.collection.BatchResults` of a sharded search, with whether every shard
-    answered (``partial``, ``missing_shards``, ``retried_shards``: see :class:`ShardedHits`)."""
-
-    partial: bool = False
-    missing_shards: list[int] = field(default_factory=list)
-    retried_shards: list[int] = field(default_factory=list)
-
-
-@dataclass
-class BuildReport:
-    """What :func:`build` / :meth:`ShardedCollection.add_corpus` did.
-
-    Attributes:
-        n_indexed: records added in this run.
-        n_already: records skipped because their shard already held their id (resume).
-        n_duplicate: records skipped because their id appeared earlier in the corpus.
-        n_empty: records skipped because their text is empty.
-        n_metadata_dropped: metadata values dropped (unsupported type or mistyped).
-        n_retried: batches sent again after their shard actor died.
-        per_shard: records added per shard.
-        seconds: wall time.
-    """
-
-    n_indexed: int = 0
-    n_already: int = 0
-    n_duplicate: int = 0
-    n_empty: int = 0
-    n_metadata_dropped: int = 0
-    n_retried: int = 0
-    per_shard: list[int] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-# ----------------------------------------------------------------------------------------------
-# the shard actor (a plain class; made a Ray actor by _actor_class)
-
-
-class _ShardServer:
-    """One shard: a latix Collection opened from disk, answering the handle's calls. Runs in a
-    Ray actor process; a restarted actor runs ``__init__`` again (opens the last commit)."""
-
-    def __init__(self, path: str, encoder_threads: int | None) -> None:
-        self.col = Collection.open(path, n_threads=encoder_threads)
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def ready(self) -> bool:
-        return True
-
-    def late_or_keyword(
-        self,
-        queries: list[str] | None,
-        qv: list[Any] | None,
-        k: int,
-        where: Any,
-        mode: str,
-        n_threads: int | None,
-        opts: dict[str, Any],
-    ) -> BatchResults:
-        return self.col.search_batch(
-            queries,
-            k,
-            where=where,
-            mode=mode,  # type: ignore[arg-type]
-            query_vectors=qv,
-            n_threads=n_threads,
-            **opts,
-        )
-
-    def hybrid_lists(
-        self,
-        queries: list[str],
-        qv: list[Any] | None,
-        depth: int,
-        where: Any,
-        n_threads: int | None,
-        opts: dict[str, Any],
-    ) -> tuple[BatchResults, list[list[tuple[str, float]]]]:
-        """The unfused halves of a hybrid search: the late top ``depth`` (columnar) and, per
-        query, the BM25 top ``depth`` as ``(id, score)`` with FTS5's double-precision scores
-        (the fusion's min-max normalisation then sees what Collection's own fusion sees)."""
-        col = self.col
-        if qv is None:
-            qv = col._get_encoder().encode_queries_packed(queries).to_list()
-        late = col.search_batch(
-            None,
-            depth,
-            where=where,
-            mode="late",
-            query_vectors=qv,
-            include=(),
-            n_threads=n_threads,
-            **opts,
-        )
-        node = None if where is None else flt.parse(where, col._store.fields())
-        gen = col._generation()
-        kw = []
-        for q in queries:
-            lst = col._store.keyword(_fts_query(q), depth, gen, node)
-            rows = col._store.by_key([rk for rk, _ in lst]) if lst else {}
-            kw.append([(rows[rk].id, float(sc)) for rk, sc in lst if rk in rows])
-        return late, kw
-
-    def rows(self, ids: list[str]) -> dict[str, tuple[str, dict[str, Any], Any]]:
-        got = self.col._store.get(ids, self.col._generation())
-        return {i: (r.text, r.metadata, r.spans) for i, r in got.items()}
-
-    def explain(self, query: str, hits: list[Hit]) -> list[Hit]:
-        return self.col._explain(query, hits)
-
-    def schema(self) -> dict[str, FieldType]:
-        return self.col.schema
-
-    def declare_fields(self, new: dict[str, FieldType]) -> None:
-        """Registers metadata fields now (committed at once: they take no index commit)."""
-        col = self.col
-        with col._wlock:
-            w, _ = col._writer_locked()
-            have = col._store.fields()
-            todo = {n: t for n, t in new.items() if n not in have}
-            for n, t in new.items():
-                if n in have and have[n] != t:
-                    raise flt.MetadataError(
-                        f"field {n!r} is {have[n]} in shard {col.path.name}, not {t}"
-                    )
-            if todo:
-                with col._store.writing() as con:
-                    RecordStore.add_fields(con, todo, w.generation)
-
-    def add(self, records: list[Any], vectors: list[Any] | None, replace: bool) -> AddReport:
-        if replace:
-            return self.col.upsert(records, vectors=vectors)
-        return self.col.add(records, vectors=vectors)
-
-    def add_new(self, records: list[Any], vectors: list[Any] | None) -> tuple[AddReport, int]:
-        """Adds the records whose id the shard does not hold yet (a resent batch after a
-        restart adds only what its first attempt did not commit). Returns (report, skipped)."""
-        ids = [_as_record(r, i)[0] for i, r in enumerate(records)]
-        have = {i for i, r in zip(ids, self.col.get_many(ids), strict=True) if r is not None}
-        keep = [j for j, i in enumerate(ids) if i not in have]
-        if not keep:
-            return AddReport(), len(ids)
-        recs = [records[j] for j in keep]
-        vecs = [vectors[j] for j in keep] if vectors is not None else None
-        return self.col.add(recs, vectors=vecs), len(ids) - len(keep)
-
-    def delete(self, ids: list[str] | None, where: Any) -> int:
-        return self.col.delete(ids, where=where)
-
-    def missing(self, ids: list[str]) -> list[str]:
-        return [i for i, r in zip(ids, self.col.get_many(ids), strict=True) if r is None]
-
-    def get_many(self, ids: list[str]) -> list[Record | None]:
-        return self.col.get_many(ids)
-
-    def ids(self, where: Any) -> list[str]:
-        return self.col.ids(where)
-
-    def count(self, where: Any) -> int:
-        return self.col.count(where)
-
-    def stats(self) -> dict[str, Any]:
-        return self.col.stats()
-
-    def verify(self) -> None:
-        self.col.verify()
-
-    def compact(self, retrain: bool) -> None:
-        self.col.compact(retrain)
-
-    def close(self) -> None:
-        self.col.close()
-
-
-_ACTOR: Any = None
-_ACTOR_LOCK = threading.Lock()
-
-
-def _ray() -> Any:
-    return require("ray", "ray", purpose="sharded collections (latix.distributed)")
-
-
-def _actor_class() -> Any:
-    global _ACTOR
-    with _ACTOR_LOCK:
-        if _ACTOR is None:
-            # num_cpus=0: shard actors are scheduled wherever the cluster has room (their
-            # search threads and encoder sessions are sized by n_threads / encoder_threads).
-            _ACTOR = _ray().remote(num_cpus=0)(_ShardServer)
-        return _ACTOR
-
-
-def _cause(e: BaseException) -> BaseException:
-    """The user-level exception inside a Ray task error (the shard's own LatixError)."""
-    c = getattr(e, "cause", None)
-    return c if isinstance(c, BaseException) else e
-
-
-# ----------------------------------------------------------------------------------------------
-# manifest
-
-
-def _checksum(m: Mapping[str, Any]) -> str:
-    body = {k: v for k, v in m.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def _write_manifest(out: Path, m: dict[str, Any]) -> None:
-    m = dict(m)
-    m["checksum"] = _checksum(m)
-    _write_json_atomic(out / MANIFEST, m)
-
-
-def _read_manifest(out: Path) -> dict[str, Any]:
-    mp = out / MANIFEST
-    if not mp.is_file():
-        raise NotFoundError(
-            f"{out} is not a sharded latix collection (no {MANIFEST}); build one with "
-            "latix.distributed.build"
-        )
-    try:
-        m = json.loads(mp.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CorruptedIndexError(f"{mp}: unreadable ({e})") from None
-    if not isinstance(m, dict) or m.get("format") != _FORMAT:
-        raise CorruptedIndexError(f"{mp}: not a latix shard manifest")
-    if m.get("checksum") != _checksum(m):
-        raise CorruptedIndexError(f"{mp}: checksum mismatch (the manifest was damaged)")
-    if m.get("version") != _VERSION:
-        raise UnsupportedVersionError(
-            f"{mp}: sharded format {m.get('version')!r}, this latix reads {_VERSION}"
-        )
-    if m.get("routing") != ROUTING:
-        raise UnsupportedVersionError(f"{mp}: unknown routing {m.get('routing')!r}")
-    n = m.get("n_shards")
-    shards = m.get("shards")
-    if not isinstance(n, int) or n < 1 or not isinstance(shards, list) or len(shards) != n:
-        raise CorruptedIndexError(f"{mp}: bad shard list")
-    for s in shards:
-        if not isinstance(s, str) or "/" in s or s.startswith("."):
-            raise CorruptedIndexError(f"{mp}: bad shard name {s!r}")
-    return m
-
-
-# ----------------------------------------------------------------------------------------------
-# the handle
 
 
 class ShardedCollection:
@@ -488,6 +87,7 @@ class ShardedCollection:
         max_restarts: int,
         retries: int,
         retry_timeout: float,
+        compiled: bool = True,
     ) -> None:
         self._path = path
         self._manifest = manifest
@@ -502,6 +102,12 @@ class ShardedCollection:
         self._wlock = threading.Lock()
         self._schema: dict[str, FieldType] | None = None
         self._closed = False
+        self._compiled = compiled
+        self._graph: Any = None  # the compiled fan-out graph (None: plain actor calls)
+        self._graph_lock = threading.Lock()
+        self._graph_due = compiled  # compile (again) at the next fan-out
+        #: Why the last compile of the fan-out graph failed (None: it did not).
+        self.graph_error: str | None = None
         #: The report of the last :func:`build` / :meth:`add_corpus` through this handle.
         self.last_build: BuildReport | None = None
 
@@ -612,6 +218,7 @@ class ShardedCollection:
         max_restarts: int = 3,
         retries: int = 3,
         retry_timeout: float = 60.0,
+        compiled: bool = True,
     ) -> ShardedCollection:
         """Opens a sharded collection: reads the manifest and starts one actor per shard.
 
@@ -622,6 +229,11 @@ class ShardedCollection:
             max_restarts: how many times Ray restarts a dead shard actor (-1: always, 0: never).
             retries: times a call to a shard whose actor died is sent again.
             retry_timeout: seconds a call may spend on retries.
+            compiled: send searches (and every call that goes to all shards alike) through
+                a Ray compiled graph (shared-memory channels to actor loops, compiled once per
+                handle) instead of one Ray task per shard; any failure of the graph falls back
+                to plain actor calls (with their retries) and the graph is compiled again after
+                a call every shard answered. False: plain actor calls only.
 
         Raises:
             MissingDependencyError: Ray is not installed.
@@ -642,9 +254,9 @@ class ShardedCollection:
         cls_ = _actor_class()
         actors = [
             cls_.options(max_restarts=max_restarts, max_task_retries=0).remote(
-                str(p / s), encoder_threads
+                str(p / s), encoder_threads, i
             )
-            for s in m["shards"]
+            for i, s in enumerate(m["shards"])
         ]
         sc = cls(
             p,
@@ -655,6 +267,7 @@ class ShardedCollection:
             max_restarts=max_restarts,
             retries=retries,
             retry_timeout=retry_timeout,
+            compiled=compiled,
         )
         try:
             sc._call_all("ready")  # every shard opened (errors surface here, not later)
@@ -670,6 +283,8 @@ class ShardedCollection:
             return
         self._closed = True
         ray = _ray()
+        with self._graph_lock:
+            self._drop_graph()
         refs = []
         for a in self._actors:
             try:
@@ -811,8 +426,82 @@ class ShardedCollection:
         return out, sorted(missing), sorted(retried)
 
     def _call_all(self, method: str, *args: Any) -> tuple[list[Any], list[int]]:
-        res, _, retried = self._call({s: (method, args) for s in range(self.n_shards)})
+        res, _, retried = self._fanout(method, args)
         return [res[s] for s in range(self.n_shards)], retried
+
+    def _fanout(
+        self, method: str, args: tuple[Any, ...], allow_partial: bool = False
+    ) -> tuple[dict[int, Any], list[int], list[int]]:
+        """The same call on every shard (as :meth:`_call`): through the compiled graph when
+        there is one, else (and after any failure of the graph) as one actor call per shard."""
+        self._check_open()
+        failed: list[int] = []
+        if self._compiled:
+            with self._graph_lock:
+                out, failed = self._graph_call(method, args)
+            if out is not None:
+                return out, [], []
+        res, missing, retried = self._call(
+            {s: (method, args) for s in range(self.n_shards)}, allow_partial
+        )
+        if self._compiled and not missing:
+            self._graph_due = True  # every shard answered: worth compiling again
+        return res, missing, sorted(set(retried) | set(failed))
+
+    def _compile(self) -> Any:
+        """Compiles the fan-out graph: one input (a ``(method, args)`` request) read by every
+        shard actor's ``dispatch`` loop, all answers returned together."""
+        from ray.dag import InputNode, MultiOutputNode
+
+        with InputNode() as inp:
+            dag = MultiOutputNode([a.dispatch.bind(inp) for a in self._actors])
+        return dag.experimental_compile()
+
+    def _drop_graph(self) -> None:
+        g, self._graph = self._graph, None
+        if g is not None:
+            try:
+                g.teardown()
+            except Exception:  # noqa: BLE001 - a graph whose actor died is gone already
+                pass
+
+    def _graph_call(
+        self, method: str, args: tuple[Any, ...]
+    ) -> tuple[dict[int, Any] | None, list[int]]:
+        """One compiled-graph execution (the caller holds ``_graph_lock``). Returns (answers
+        by shard, []) or (None, shards whose actor failed) when the caller must fall back to
+        plain calls; an error of a shard's own code is raised as it is."""
+        ray = _ray()
+        if self._graph is None:
+            if not self._graph_due:
+                return None, []
+            self._graph_due = False
+            try:
+                self._graph = self._compile()
+                self.graph_error = None
+            except Exception as e:  # noqa: BLE001 - plain calls still work
+                self.graph_error = f"{type(e).__name__}: {e}"
+                return None, []
+        try:
+            vals = ray.get(self._graph.execute((method, args)))
+        except Exception as e:  # noqa: BLE001 - an actor died or a channel broke
+            self._drop_graph()
+            return None, self._shards_of_error(e)
+        for v in vals:
+            if isinstance(v, _Failed):
+                raise v.error
+        return dict(enumerate(vals)), []
+
+    def _shards_of_error(self, e: BaseException) -> list[int]:
+        """The shards a Ray error names (by actor id); every shard when it names none."""
+        aid = getattr(e, "actor_id", None)
+        for s, a in enumerate(self._actors):
+            try:
+                if aid is not None and a._actor_id.hex() == str(aid):
+                    return [s]
+            except Exception:  # noqa: BLE001 - private attribute; fall back to all
+                break
+        return list(range(self.n_shards))
 
     # ------------------------------------------------------------------------------ search
 
@@ -932,20 +621,24 @@ class ShardedCollection:
             assert queries is not None
             qv = self._get_encoder().encode_queries_packed(queries).to_list()  # encoded once
         n_q = len(queries) if queries is not None else len(qv or [])
-        shards = range(self.n_shards)
         if mode != "hybrid":
-            args = (queries if mode == "keyword" else None, qv, k, where, mode, nt, opts)
-            res, missing, retried = self._call(
-                {s: ("late_or_keyword", args) for s in shards}, allow_partial
+            args = (
+                queries if mode == "keyword" else None,
+                qv,
+                k,
+                where,
+                mode,
+                nt,
+                opts,
+                tuple(include),
             )
+            res, missing, retried = self._fanout("late_or_keyword", args, allow_partial)
             merged = _merge([res[s] for s in sorted(res)], n_q, k, include)
         else:
             assert queries is not None
             depth = max(k, int(hp["depth"]))
             hargs = (queries, qv, depth, where, nt, opts)
-            res, missing, retried = self._call(
-                {s: ("hybrid_lists", hargs) for s in shards}, allow_partial
-            )
+            res, missing, retried = self._fanout("hybrid_lists", hargs, allow_partial)
             merged = self._hybrid(res, n_q, k, depth, hp, include, allow_partial)
             missing = sorted(set(missing) | set(merged.missing_shards))
         merged.missing_shards = missing
@@ -1002,9 +695,13 @@ class ShardedCollection:
         rows: dict[str, tuple[str, dict[str, Any], Any]] = {}
         missing: list[int] = []
         if want:
-            got, missing, _ = self._call(
-                {s: ("rows", (sorted(set(v)),)) for s, v in want.items()}, allow_partial
-            )
+            parts = {s: sorted(set(v)) for s, v in want.items()}
+            if self._graph is not None:  # one more graph round trip (every shard; most idle)
+                got, missing, _ = self._fanout("rows_of", (parts,), allow_partial)
+            else:
+                got, missing, _ = self._call(
+                    {s: ("rows", (v,)) for s, v in parts.items()}, allow_partial
+                )
             for part in got.values():
                 rows.update(part)
         out = _empty(n_q, k, include)
@@ -1418,133 +1115,3 @@ class ShardedCollection:
         rep.seconds = time.perf_counter() - t0
         self.last_build = rep
         return rep
-
-
-def _empty(n_q: int, k: int, include: Sequence[str]) -> ShardedBatchResults:
-    return ShardedBatchResults(
-        ids=np.full((n_q, k), "", dtype=object),
-        scores=np.full((n_q, k), -np.inf, dtype=np.float32),
-        texts=[[] for _ in range(n_q)] if "text" in include else None,
-        metadata=[[] for _ in range(n_q)] if "metadata" in include else None,
-        passages=np.full((n_q, k), -1, dtype=np.int32),
-        spans=[[] for _ in range(n_q)],
-        late_scores=np.full((n_q, k), np.nan, dtype=np.float32),
-        keyword_scores=np.full((n_q, k), np.nan, dtype=np.float32),
-    )
-
-
-def _merge(
-    parts: list[BatchResults], n_q: int, k: int, include: Sequence[str]
-) -> ShardedBatchResults:
-    """Exact top-``k`` merge of the shards' own top-``k`` lists (best score first; equal scores
-    in shard order)."""
-    out = _empty(n_q, k, include)
-    for q in range(n_q):
-        cand = [
-            (float(p.scores[q, j]), si, j) for si, p in enumerate(parts) for j in range(p.n_hits(q))
-        ]
-        cand.sort(key=lambda t: (-t[0], t[1], t[2]))
-        for j, (_, si, jj) in enumerate(cand[:k]):
-            p = parts[si]
-            out.ids[q, j] = p.ids[q, jj]
-            out.scores[q, j] = p.scores[q, jj]
-            out.passages[q, j] = p.passages[q, jj]
-            out.late_scores[q, j] = p.late_scores[q, jj]
-            out.keyword_scores[q, j] = p.keyword_scores[q, jj]
-            if out.texts is not None and p.texts is not None:
-                out.texts[q].append(p.texts[q][jj])
-            if out.metadata is not None and p.metadata is not None:
-                out.metadata[q].append(p.metadata[q][jj])
-            out.spans[q].append(p.spans[q][jj])
-    return out
-
-
-def _corpus_iter(corpus: Any) -> Iterable[Any]:
-    """Records of a corpus path (BEIR JSONL, TREC, folder: latix.corpus), a Ray Dataset (rows
-    with ``_id``/``id``, ``text``, optional ``title`` and ``metadata``) or an iterable."""
-    if isinstance(corpus, str | os.PathLike):
-        from latix.corpus import read_corpus
-
-        return read_corpus(corpus)
-    if hasattr(corpus, "iter_rows") and hasattr(corpus, "map_batches"):  # ray.data.Dataset
-
-        def rows() -> Iterable[Any]:
-            for r in corpus.iter_rows():
-                rid = r.get("_id", r.get("id"))
-                text = str(r.get("text") or "")
-                title = r.get("title")
-                if title:
-                    text = f"{title} {text}".strip()
-                yield Record(str(rid), text, dict(r.get("metadata") or {}))
-
-        return rows()
-    it: Iterable[Any] = corpus
-    return it
-
-
-def build(
-    corpus: Any,
-    out_dir: str | os.PathLike[str],
-    *,
-    n_shards: int = 2,
-    compression: CompressionArg = "auto",
-    model: str | os.PathLike[str] | None = "default",
-    encoder: Encoder | None = None,
-    dim: int | None = None,
-    passages: Passages | None = _DEFAULT_PASSAGES,
-    schema: Mapping[str, FieldType] | None = None,
-    batch_size: int = 64,
-    vectors_fn: Callable[[list[Record]], list[Any]] | None = None,
-    progress: Callable[[BuildReport], None] | None = None,
-    **open_options: Any,
-) -> ShardedCollection:
-    """Builds (or resumes building) a sharded collection from a corpus.
-
-    Creates ``n_shards`` collections under ``out_dir`` (unless a complete shard manifest is
-    there already: then the build resumes, skipping every id the shards hold) and streams the
-    corpus into them (:meth:`ShardedCollection.add_corpus`): routed by id, encoded by the shard
-    actors in length-sorted batches, each batch one commit.
-
-    ``compression``, ``model``, ``encoder``, ``dim``, ``passages`` and ``schema`` are those of
-    :meth:`latix.Collection.create`.
-
-    Args:
-        corpus: a corpus file or folder (BEIR ``corpus.jsonl(.gz)``, TREC, ``.txt``/``.md``
-            folder: :func:`latix.corpus.read_corpus`), a Ray Dataset, or an iterable of records.
-        out_dir: the sharded collection's directory.
-        n_shards: number of shards (ignored when resuming; the manifest's count is used).
-        batch_size: records per encoder batch and per shard commit.
-        vectors_fn: pre-computed vectors for a batch of records (bring your own encoder).
-        progress: called with the :class:`BuildReport` so far after each committed batch.
-        **open_options: options of :meth:`ShardedCollection.open` (``max_restarts``,
-            ``retries``, ``encoder_threads``, ...).
-
-    Returns:
-        The open :class:`ShardedCollection` (its ``last_build`` attribute holds the report).
-    """
-    out = Path(os.fspath(out_dir))
-    resume = False
-    if (out / MANIFEST).is_file():
-        resume = _read_manifest(out).get("state") == "ready"
-    if resume:
-        sc = ShardedCollection.open(out, **open_options)
-    else:
-        sc = ShardedCollection.create(
-            out,
-            n_shards=n_shards,
-            model=model,
-            encoder=encoder,
-            dim=dim,
-            compression=compression,
-            schema=schema,
-            passages=passages,
-            **open_options,
-        )
-    try:
-        sc.add_corpus(
-            _corpus_iter(corpus), batch_size=batch_size, vectors_fn=vectors_fn, progress=progress
-        )
-    except BaseException:
-        sc.close()
-        raise
-    return sc
