@@ -165,10 +165,12 @@ def stop_server(p: subprocess.Popen[bytes]) -> None:
         p.kill()
 
 
-def noop_server(port: int, body_file: str) -> None:
+def noop_server(port: int, body_file: str, impl: str = "auto") -> None:
     """The floor of the HTTP path: uvicorn + FastAPI with latix's request model (validation
     included) answering every POST /search with a fixed, real search answer (no encoding, no
-    search). Run as ``bench_serve.py --noop-server PORT BODY_FILE``."""
+    search). Run as ``bench_serve.py --noop-server PORT BODY_FILE IMPL``, IMPL ``auto`` (what
+    ``latix serve`` runs: uvloop and httptools when installed) or ``h11`` (asyncio's loop and
+    the pure-Python h11 parser, uvicorn's fallback)."""
     import uvicorn
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
@@ -189,7 +191,16 @@ def noop_server(port: int, body_file: str) -> None:
     async def ready() -> dict[str, str]:
         return {"status": "ready"}
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    loop, http = ("asyncio", "h11") if impl == "h11" else ("auto", "auto")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        loop=loop,
+        http=http,
+    )
 
 
 # ------------------------------------------------------------------------------------ in-process
@@ -270,10 +281,12 @@ def main() -> int:
     ap.add_argument(
         "--no-lock", action="store_true", help="trial run without the benchmark lock (not quoted)"
     )
-    ap.add_argument("--noop-server", nargs=2, metavar=("PORT", "BODY_FILE"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--noop-server", nargs=3, metavar=("PORT", "BODY_FILE", "IMPL"), help=argparse.SUPPRESS
+    )
     a = ap.parse_args()
     if a.noop_server:
-        noop_server(int(a.noop_server[0]), a.noop_server[1])
+        noop_server(int(a.noop_server[0]), a.noop_server[1], a.noop_server[2])
         return 0
     prov = provenance.lines()
     print("\n".join(prov), flush=True)
