@@ -389,18 +389,21 @@ def main() -> int:
         bc.log("HTTP no-op handler: 1 client")
         answer = work / "noop-answer.json"
         answer.write_bytes(first_answer[0])
-        port = free_port()
-        p = subprocess.Popen(
-            [sys.executable, __file__, "--noop-server", str(port), str(answer)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            wait_ready(p, port)
-            http_load(port, bodies[:50], 1)  # warm-up
-            results["http_noop"], _ = http_load(port, bodies * a.rounds, 1)
-        finally:
-            stop_server(p)
+        # Both uvicorn stacks: uvloop + httptools (what `latix serve` runs, the serve extra
+        # installs them) and asyncio + h11 (uvicorn's pure-Python fallback).
+        for key, impl in (("http_noop", "auto"), ("http_noop_h11", "h11")):
+            port = free_port()
+            p = subprocess.Popen(
+                [sys.executable, __file__, "--noop-server", str(port), str(answer), impl],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            try:
+                wait_ready(p, port)
+                http_load(port, bodies[:50], 1)  # warm-up
+                results[key], _ = http_load(port, bodies * a.rounds, 1)
+            finally:
+                stop_server(p)
         # 4. document encoding vs sgemm, 1 thread
         bc.log("document encoding vs sgemm")
         texts = [d.text for d in docs[:48] if d.text.strip()]
@@ -456,13 +459,14 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
             f"| HTTP, {x['server']} | {x['clients']} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} "
             f"| {x['qps']:.1f} | {x['same_top10_as_inprocess']} |"
         )
-    noop = r.get("http_noop")
-    if noop:
-        lines.append(
-            f"| HTTP, no-op handler (latix's request model, a fixed real answer; the HTTP "
-            f"path's floor) | 1 | {noop['p50_ms']:.2f} | {noop['p99_ms']:.2f} | "
-            f"{noop['qps']:.1f} | |"
-        )
+    for key, stack in (("http_noop", "uvloop + httptools"), ("http_noop_h11", "asyncio + h11")):
+        noop = r.get(key)
+        if noop:
+            lines.append(
+                f"| HTTP, no-op handler ({stack}; latix's request model, a fixed real answer; "
+                f"the HTTP path's floor) | 1 | {noop['p50_ms']:.2f} | {noop['p99_ms']:.2f} | "
+                f"{noop['qps']:.1f} | |"
+            )
     lines.append("")
     for name, rows in (("default server (int8 queries)", default), ("fp32 micro-batched", batched)):
         if len(rows) >= 2:
