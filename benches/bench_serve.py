@@ -250,7 +250,7 @@ def first_depth_ab(col: Any, base: Any, queries: list[str], rounds: int) -> dict
 
     counting(col, "default")
     counting(base, "k")
-    base._first_depth = lambda k, n: k  # the depth before lc.PASSAGE_DEPTH_MAX
+    base._first_depth = lambda k, n, gen: k  # the depth before lc.PASSAGE_DEPTH_MAX
     for q in queries[:20]:
         col.search(q, 10, n_threads=1)
         base.search(q, 10, n_threads=1)

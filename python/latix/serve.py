@@ -35,7 +35,9 @@ encoder calls run at once; texts arriving while all are busy queue, and a freed 
 latency when idle); with a slot free but another call running, a batch starts when the queue
 holds ``max_batch`` texts or its oldest has waited ``batch_wait`` seconds. A request with many
 queries is cut into batches of ``max_batch`` queued in turn (FIFO), so a long request never
-delays short ones by more than one batch. Each request is then searched in the read pool.
+delays short ones by more than one batch. Each request is then searched in the read pool, which
+also turns the hits into the JSON answer (orjson, straight from the result columns), so the event
+loop only parses requests and moves bytes.
 Writes go through the collection's one writer thread (:meth:`Collection.aadd` and friends), in
 arrival order, each durable before it is acknowledged, while searches keep reading the last
 committed state.
