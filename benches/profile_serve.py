@@ -30,7 +30,8 @@ Two more parts, also in CPU time:
 * ``--batch 1 4 16``: encoder CPU time per query when ``B`` queries share one
   ``encode_queries`` call (what micro-batching would save), for consecutive SciFact test
   queries (padded to the longest of the batch, as the encoder batches them) and for one 10-word
-  query repeated ``B`` times (no padding), fp32 and int8.
+  query repeated ``B`` times (no padding): fp32, int8 and int8 with per-token activation
+  scales (``int8-token``, benches/bench_encoder.py's variant).
 * ``--server PYTHON [PYTHON ...]``: a real ``latix serve`` (``--workers 2``) started with each
   interpreter (e.g. another checkout's venv, the "before" of a change), loaded by one client
   with the test queries: CPU time per request of each of the server's threads (read from
@@ -167,11 +168,15 @@ TEN_WORDS = "does metformin lower blood glucose in patients with type 2 diabetes
 
 def batch_cpu(qtexts: list[str], sizes: list[int], rounds: int) -> dict[str, Any]:
     """Encoder CPU ms per query with ``B`` queries per call (see the module doc)."""
+    import bench_encoder as be
     import latix
 
     out: dict[str, Any] = {}
-    for prec in ("int8", "fp32"):
-        enc = latix.Encoder.default(n_threads=1, query_precision=prec)
+    for prec in ("int8", "int8-token", "fp32"):
+        if prec == "int8-token":  # per-token activation scales (batch-independent)
+            enc = be.int8_per_token(1)
+        else:
+            enc = latix.Encoder.default(n_threads=1, query_precision=prec)
         enc.encode_queries(qtexts[:4])
         for b in sizes:
             for label, texts in (("scifact", qtexts), ("same", [TEN_WORDS] * len(qtexts))):
