@@ -337,6 +337,23 @@ def max_query_difference(
     return out
 
 
+def int8_per_token(threads: int) -> Encoder:
+    """The int8 query encoder with per-token activation scales (``bert_graph.build``'s
+    ``activation_scales="token"``; batch-independent), measured here before the library offers
+    it: the default encoder with its query session replaced."""
+    import onnxruntime as ort
+    from latix import bert_graph as bg
+    from latix.encoder import _PROVIDERS, _session_options
+    from latix.models import default_model_files
+
+    enc = Encoder.default(n_threads=threads, query_precision="int8")
+    f = default_model_files()
+    w = bg.weights_from_onnx(f["model.onnx"], bg.shape_from_config(f["config.json"]))
+    graph = bg.build(w, int8=True, activation_scales="token")
+    enc._fused_query = bg.session(ort, graph, _session_options(ort, threads), _PROVIDERS)
+    return enc
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", default=os.environ.get("LATIX_DATA", str(ROOT / "../shared/data")))
@@ -377,6 +394,7 @@ def main() -> int:
             "exported graph": lambda: Encoder.default(n_threads=t, fused=False),
             "fused fp32": lambda: Encoder.default(n_threads=t),
             "fused int8": lambda: Encoder.default(n_threads=t, query_precision="int8"),
+            "fused int8, per-token scales": lambda: int8_per_token(t),
         }
         if args.fp32:
             v["fp32 export (latix export)"] = lambda: Encoder.load(args.fp32, n_threads=t)

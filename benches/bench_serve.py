@@ -101,7 +101,7 @@ async def _client(
 
 def http_load(
     port: int, bodies: list[bytes], clients: int
-) -> tuple[dict[str, float], dict[int, Any]]:
+) -> tuple[dict[str, Any], dict[int, Any]]:
     lat: list[float] = []
     out: dict[int, Any] = {}
     nxt = [0]
@@ -112,9 +112,10 @@ def http_load(
         return time.perf_counter() - t0
 
     wall = asyncio.run(main())
-    res = pct(lat)
+    res: dict[str, Any] = pct(lat)
     res["qps"] = round(len(bodies) / wall, 1)
     res["clients"] = clients
+    res["_lat"], res["_wall"] = lat, wall  # for callers that pool blocks (dropped from reports)
     return res, out
 
 
@@ -165,10 +166,12 @@ def stop_server(p: subprocess.Popen[bytes]) -> None:
         p.kill()
 
 
-def noop_server(port: int, body_file: str) -> None:
+def noop_server(port: int, body_file: str, impl: str = "auto") -> None:
     """The floor of the HTTP path: uvicorn + FastAPI with latix's request model (validation
     included) answering every POST /search with a fixed, real search answer (no encoding, no
-    search). Run as ``bench_serve.py --noop-server PORT BODY_FILE``."""
+    search). Run as ``bench_serve.py --noop-server PORT BODY_FILE IMPL``, IMPL ``auto`` (what
+    ``latix serve`` runs: uvloop and httptools when installed) or ``h11`` (asyncio's loop and
+    the pure-Python h11 parser, uvicorn's fallback)."""
     import uvicorn
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
@@ -189,7 +192,50 @@ def noop_server(port: int, body_file: str) -> None:
     async def ready() -> dict[str, str]:
         return {"status": "ready"}
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    loop, http = ("asyncio", "h11") if impl == "h11" else ("auto", "auto")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        loop=loop,
+        http=http,
+    )
+
+
+def noop_floor(answer: Path, bodies: list[bytes]) -> dict[str, Any]:
+    """The no-op server's 1-client latency on both uvicorn stacks: uvloop + httptools (what
+    ``latix serve`` runs; the serve extra installs them) and asyncio + h11 (uvicorn's
+    pure-Python fallback). Both servers run at once and take blocks of 50 requests in turn, so
+    load drift on the shared machine hits them alike."""
+    procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    lat: dict[str, list[float]] = {"auto": [], "h11": []}
+    wall = dict.fromkeys(lat, 0.0)
+    try:
+        for impl in lat:
+            port = free_port()
+            p = subprocess.Popen(
+                [sys.executable, __file__, "--noop-server", str(port), str(answer), impl],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            procs[impl] = (p, port)
+        for p, port in procs.values():
+            wait_ready(p, port)
+            http_load(port, bodies[:50], 1)  # warm-up
+        for s in range(0, len(bodies), 50):
+            for impl, (_, port) in procs.items():
+                r, _ = http_load(port, bodies[s : s + 50], 1)
+                lat[impl] += r.pop("_lat")
+                wall[impl] += r.pop("_wall")
+    finally:
+        for p, _ in procs.values():
+            stop_server(p)
+    out = {}
+    for impl, key in (("auto", "http_noop"), ("h11", "http_noop_h11")):
+        out[key] = {**pct(lat[impl]), "qps": round(len(lat[impl]) / wall[impl], 1), "clients": 1}
+    return out
 
 
 # ------------------------------------------------------------------------------------ in-process
@@ -239,7 +285,7 @@ def first_depth_ab(col: Any, base: Any, queries: list[str], rounds: int) -> dict
 
     counting(col, "default")
     counting(base, "k")
-    base._first_depth = lambda k, n: k  # the depth before lc.PASSAGE_DEPTH_MAX
+    base._first_depth = lambda k, n, gen: k  # the depth before lc.PASSAGE_DEPTH_MAX
     for q in queries[:20]:
         col.search(q, 10, n_threads=1)
         base.search(q, 10, n_threads=1)
@@ -270,10 +316,12 @@ def main() -> int:
     ap.add_argument(
         "--no-lock", action="store_true", help="trial run without the benchmark lock (not quoted)"
     )
-    ap.add_argument("--noop-server", nargs=2, metavar=("PORT", "BODY_FILE"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--noop-server", nargs=3, metavar=("PORT", "BODY_FILE", "IMPL"), help=argparse.SUPPRESS
+    )
     a = ap.parse_args()
     if a.noop_server:
-        noop_server(int(a.noop_server[0]), a.noop_server[1])
+        noop_server(int(a.noop_server[0]), a.noop_server[1], a.noop_server[2])
         return 0
     prov = provenance.lines()
     print("\n".join(prov), flush=True)
@@ -354,6 +402,7 @@ def main() -> int:
                 for c in levels:
                     bc.log(f"HTTP {label}: {c} clients")
                     r, out = http_load(port, bodies * a.rounds, c)
+                    del r["_lat"], r["_wall"]
                     same = sum(
                         [h["id"] for h in json.loads(out[i])["hits"]] == ref[i % len(qtexts)]
                         for i in range(len(qtexts))
@@ -376,18 +425,7 @@ def main() -> int:
         bc.log("HTTP no-op handler: 1 client")
         answer = work / "noop-answer.json"
         answer.write_bytes(first_answer[0])
-        port = free_port()
-        p = subprocess.Popen(
-            [sys.executable, __file__, "--noop-server", str(port), str(answer)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            wait_ready(p, port)
-            http_load(port, bodies[:50], 1)  # warm-up
-            results["http_noop"], _ = http_load(port, bodies * a.rounds, 1)
-        finally:
-            stop_server(p)
+        results.update(noop_floor(answer, bodies * a.rounds))
         # 4. document encoding vs sgemm, 1 thread
         bc.log("document encoding vs sgemm")
         texts = [d.text for d in docs[:48] if d.text.strip()]
@@ -443,13 +481,14 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
             f"| HTTP, {x['server']} | {x['clients']} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} "
             f"| {x['qps']:.1f} | {x['same_top10_as_inprocess']} |"
         )
-    noop = r.get("http_noop")
-    if noop:
-        lines.append(
-            f"| HTTP, no-op handler (latix's request model, a fixed real answer; the HTTP "
-            f"path's floor) | 1 | {noop['p50_ms']:.2f} | {noop['p99_ms']:.2f} | "
-            f"{noop['qps']:.1f} | |"
-        )
+    for key, stack in (("http_noop", "uvloop + httptools"), ("http_noop_h11", "asyncio + h11")):
+        noop = r.get(key)
+        if noop:
+            lines.append(
+                f"| HTTP, no-op handler ({stack}; latix's request model, a fixed real answer; "
+                f"the HTTP path's floor) | 1 | {noop['p50_ms']:.2f} | {noop['p99_ms']:.2f} | "
+                f"{noop['qps']:.1f} | |"
+            )
     lines.append("")
     for name, rows in (("default server (int8 queries)", default), ("fp32 micro-batched", batched)):
         if len(rows) >= 2:

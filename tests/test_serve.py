@@ -158,6 +158,43 @@ def test_search_matches_numpy_maxsim(served: Any, encoder: latix.Encoder) -> Non
         check_hits(hits, ref_search(encoder, q, recs, 3), recs)
 
 
+def test_answer_equals_hits_to_dict_in_every_mode(tmp_path: Path, encoder: latix.Encoder) -> None:
+    """The server builds its answer from the result columns (BatchResults.hit_dicts, orjson):
+    it must be exactly what ``Hit.to_dict`` gives (field for field, after a JSON round trip),
+    with passages (spans), short result lists (padding), filters, lists of queries and modes."""
+    from latix.collection import Passages
+
+    rng = np.random.default_rng(5)
+    col = Collection.create(
+        tmp_path / "p", encoder=encoder, compression=None, passages=Passages(16, overlap=4)
+    )
+    recs = [
+        {"id": f"p{i}", "text": rand_text(rng, 3, 40), "metadata": rand_meta(rng)}
+        for i in range(30)
+    ]
+    col.add(recs)
+    assert any(h.span is not None for h in col.search("glucose insulin heart", 30))
+    with TestClient(create_app(col, workers=2)) as client:
+        for trial in range(12):
+            qs = [rand_text(rng, 1, 6) for _ in range(int(rng.integers(1, 4)))]
+            k = int(rng.choice([1, 5, 40]))  # 40 > 30 records: padded columns
+            mode = str(rng.choice(["late", "keyword", "hybrid"]))
+            where = rand_where(rng) if trial % 2 else None
+            one = trial % 3 == 0
+            body = {"query": qs[0] if one else qs, "k": k, "mode": mode, "where": where}
+            r = client.post("/search", json=body)
+            assert r.status_code == 200, r.text
+            ref = col.search(qs[0] if one else qs, k, mode=mode, where=where)
+            lists = [ref] if one else ref
+            want = [[h.to_dict() for h in hs] for hs in lists]  # type: ignore[union-attr]
+            got = r.json()["hits"]
+            assert (got if not one else [got]) == json.loads(json.dumps(want))
+            res = col.search_batch(qs, k, mode=mode, where=where)
+            for i in range(len(res)):
+                assert res.hit_dicts(i) == [h.to_dict() for h in res.hits(i)]
+    col.close()
+
+
 def test_keyword_and_hybrid_modes_match_collection(served: Any) -> None:
     col, client, recs = served
     for mode in ("keyword", "hybrid"):

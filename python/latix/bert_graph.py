@@ -43,7 +43,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -359,7 +359,13 @@ def session(ort: Any, graph: FusedGraph, options: Any, providers: list[str]) -> 
     return sess
 
 
-def build(weights: BertWeights, *, int8: bool = False, opset: int = 17) -> FusedGraph:
+def build(
+    weights: BertWeights,
+    *,
+    int8: bool = False,
+    activation_scales: Literal["tensor", "token"] = "tensor",
+    opset: int = 17,
+) -> FusedGraph:
     """The fused encoder graph over ``weights``.
 
     Args:
@@ -369,6 +375,12 @@ def build(weights: BertWeights, *, int8: bool = False, opset: int = 17) -> Fused
             accumulation): about twice the float32 FMA rate on AVX2 without VNNI, at a
             precision cost measured in bench-results/encoder.md. Attention scores, softmax,
             LayerNorm and GELU stay float32.
+        activation_scales: with ``int8``: ``"tensor"`` quantises a linear layer's whole input
+            with one scale (one fused op; a text's vectors then depend on the texts batched
+            with it); ``"token"`` gives every token its own symmetric scale (max |x| / 127,
+            uint8 with zero point 128, then ``MatMulIntegerToFloat`` and one rescale: 7 ops per
+            layer instead of 1), so each text's vectors are the same in any batch and closer to
+            float32 (bench-results/serve.md).
 
     Returns:
         The graph, to pass to :func:`session`.
@@ -416,6 +428,42 @@ def build(weights: BertWeights, *, int8: bool = False, opset: int = 17) -> Fused
             nodes.append(helper.make_node("MatMul", [x, init(name + "_w", w)], [name]))
             return name
         q, scale = quantize_columns(w)
+        if activation_scales == "token":
+            if bias is not None:
+                raise AssertionError("per-token int8 layers take their bias in the next op")
+            # r = 127 / max|x| per token; x * r rounded to uint8 around 128; the integer
+            # product times the column scales / 127 (in MatMulIntegerToFloat), times max|x|.
+            a = name + "_a"
+            nodes.append(helper.make_node("Abs", [x], [a + "abs"]))
+            nodes.append(
+                helper.make_node("ReduceMax", [a + "abs"], [a + "max0"], axes=[-1], keepdims=1)
+            )
+            # an all-zero token: scale 1e-30 instead of 0 (no 0 * inf), so it quantises to 0
+            tiny = init(a + "tiny", np.array(1e-30, np.float32))
+            nodes.append(helper.make_node("Max", [a + "max0", tiny], [a + "max"]))
+            r127 = init(a + "127", np.array(127.0, np.float32))
+            nodes.append(helper.make_node("Div", [r127, a + "max"], [a + "r"]))
+            nodes.append(helper.make_node("Mul", [x, a + "r"], [a + "xs"]))
+            one = init(a + "one", np.array(1.0, np.float32))
+            zp = init(a + "zp", np.array(128, np.uint8))
+            nodes.append(helper.make_node("QuantizeLinear", [a + "xs", one, zp], [a + "q"]))
+            nodes.append(
+                helper.make_node(
+                    "MatMulIntegerToFloat",
+                    [
+                        a + "q",
+                        init(name + "_q", q),
+                        one,
+                        init(name + "_s", (scale / 127.0).astype(np.float32)),
+                        zp,
+                        init(name + "_z", np.zeros_like(q[0])),
+                    ],
+                    [a + "y"],
+                    domain=ms,
+                )
+            )
+            nodes.append(helper.make_node("Mul", [a + "y", a + "max"], [name]))
+            return name
         ins = [
             x,
             init(name + "_q", q),

@@ -133,6 +133,18 @@ def _parser() -> argparse.ArgumentParser:
     pv.add_argument("--max-batch", type=int, default=16, help="queries per encoder call")
     pv.add_argument("--log-level", default="warning", help="uvicorn log level")
     pv.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="uvicorn's event loop (auto: uvloop when installed, as latix[serve] does)",
+    )
+    pv.add_argument(
+        "--http",
+        choices=["auto", "h11", "httptools"],
+        default="auto",
+        help="uvicorn's HTTP parser (auto: httptools when installed, as latix[serve] does)",
+    )
+    pv.add_argument(
         "--query-precision",
         choices=["auto", "fp32", "int8"],
         default="auto",
@@ -400,6 +412,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         log_level=args.log_level,
         query_precision=args.query_precision,
+        loop=args.loop,
+        http=args.http,
     )
     return 0
 

@@ -273,6 +273,34 @@ class BatchResults:
             )
         return out
 
+    def hit_dicts(self, i: int) -> list[dict[str, Any]]:
+        """Query ``i``'s results as JSON-ready dicts, equal to ``[h.to_dict() for h in
+        self.hits(i)]`` but built directly from the columns (what a server answers: no
+        :class:`Hit` objects, no ``dataclasses.asdict`` deep copy; about a third of the time)."""
+        n = self.n_hits(i)
+        ids = self.ids[i, :n].tolist()
+        scores = self.scores[i, :n].tolist()
+        passages = self.passages[i, :n].tolist()
+        late = self.late_scores[i, :n].tolist()
+        kw = self.keyword_scores[i, :n].tolist()
+        texts = self.texts[i] if self.texts is not None else None
+        metas = self.metadata[i] if self.metadata is not None else None
+        spans = self.spans[i]
+        return [
+            {
+                "id": str(ids[j]),
+                "score": scores[j],
+                "text": texts[j] if texts is not None else "",
+                "metadata": _copy_meta(metas[j]) if metas is not None else {},
+                "passage": passages[j],
+                "span": _span_list(spans[j]),
+                "late_score": None if late[j] != late[j] else late[j],  # NaN: unknown
+                "keyword_score": None if kw[j] != kw[j] else kw[j],
+                "explanation": None,
+            }
+            for j in range(n)
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``{"ids": [[...]], "scores": [[...]], ...}`` without the padding (each
         query's lists hold its real hits only)."""
@@ -361,6 +389,15 @@ class Passages:
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+def _span_list(sp: tuple[int, int] | None) -> list[int] | None:
+    return None if sp is None else list(sp)
+
+
+def _copy_meta(m: dict[str, Any]) -> dict[str, Any]:
+    # What dataclasses.asdict makes of a metadata dict (values are scalars or lists of str).
+    return {k: list(v) if isinstance(v, list) else v for k, v in m.items()}
 
 
 def _write_json_atomic(path: Path, obj: object) -> None:
