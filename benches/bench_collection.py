@@ -23,6 +23,9 @@ Parts:
   exact MaxSim over the filtered set, next to the unfiltered search of the same run; masks warm
   (the same filter for every query, as a service's common filters) and cold (rebuilt for every
   query); and the exhaustive-versus-probing switch point (allowed-set sizes 10 to 30,000).
+* ``filtered-balanced`` (not run by default): the same on a collection with the balanced
+  fidelity tier (``latix.Compression(fidelity="balanced")``); ``filtered-keep``: with kept f16
+  vectors.
 * ``throughput``: ``index_corpus`` with live encoding (what ``latix index`` runs) against the
   encoder alone on the same passages, on the first 600 SciFact documents, alternated, median.
 
@@ -333,11 +336,9 @@ def exact_scores(
     return out
 
 
-def filtered(results: dict[str, Any], n_queries: int, keep: bool = False) -> list[str]:
-    import latix
-    import latix.collection as lc
-    from latix.collection import Collection, remove_collection
-
+def filtered_parts() -> tuple[list[tuple[np.ndarray, np.ndarray, list[str]]], int, int]:
+    """The cached encodings of SciFact + the 100k distractors: (vectors, offsets, ids) per part,
+    the documents and the tokens in all."""
     sci, dis = DATA / "scifact", DATA / "distractors"
     if not (dis / "params.json").is_file():
         raise SystemExit(f"{dis}: run benches/make_distractors.py first")
@@ -352,15 +353,23 @@ def filtered(results: dict[str, Any], n_queries: int, keep: bool = False) -> lis
         )
     n_docs = sum(len(ids) for _, _, ids in parts)
     n_tokens = sum(int(o[-1]) for _, o, _ in parts)
-    qvec = np.load(sci / "query_vectors.npy")
-    qoff = np.load(sci / "query_offsets.npy")
-    qv = [np.asarray(qvec[qoff[i] : qoff[i + 1]], np.float32) for i in range(len(qoff) - 1)]
-    qv = qv[:n_queries]
+    return parts, n_docs, n_tokens
+
+
+def filtered_collection(keep: bool = False, fidelity: str = "codes") -> tuple[Path, int]:
+    """Path and K of the filtered part's collection (codes only; ``keep``: f16 vectors kept;
+    ``fidelity``: a storage tier), built from the cached encodings when a previous run did not
+    finish one. A document's ``bucket`` is ``perm[i]`` of a seed-7 permutation."""
+    import latix
+    from latix.collection import Collection, remove_collection
+
+    parts, n_docs, n_tokens = filtered_parts()
     perm = np.random.default_rng(7).permutation(n_docs)  # bucket of document i: perm[i]
-    path = WORK / ("distractors-keep" if keep else "distractors-auto")
+    name = "keep" if keep else ("auto" if fidelity == "codes" else fidelity)
+    path = WORK / f"distractors-{name}"
     # K for the final size, as benches/bench_compressed.py (the first commit holds 1/5 of it).
     k = 1 << round(np.log2(3 * np.sqrt(n_tokens / 2)))
-    comp = latix.Compression(n_centroids=k, keep_vectors=keep)
+    comp = latix.Compression(n_centroids=k, keep_vectors=keep, fidelity=fidelity)
     ready = Collection.exists(path) and (path / "built.json").is_file()
     if not ready:
         remove_collection(path)
@@ -381,6 +390,23 @@ def filtered(results: dict[str, Any], n_queries: int, keep: bool = False) -> lis
                 log(f"  added {g}/{n_docs} ({time.time() - t0:.0f} s)")
         (path / "built.json").write_text(json.dumps({"build_s": time.time() - t0}))
         col.close()
+    return path, k
+
+
+def filtered(
+    results: dict[str, Any], n_queries: int, keep: bool = False, fidelity: str = "codes"
+) -> list[str]:
+    import latix.collection as lc
+    from latix.collection import Collection
+
+    sci = DATA / "scifact"
+    parts, n_docs, n_tokens = filtered_parts()
+    qvec = np.load(sci / "query_vectors.npy")
+    qoff = np.load(sci / "query_offsets.npy")
+    qv = [np.asarray(qvec[qoff[i] : qoff[i + 1]], np.float32) for i in range(len(qoff) - 1)]
+    qv = qv[:n_queries]
+    perm = np.random.default_rng(7).permutation(n_docs)  # bucket of document i: perm[i]
+    path, k = filtered_collection(keep, fidelity)
     col = Collection.open(path)
     st = col.stats()
     exact = exact_scores([(v, o) for v, o, _ in parts], qv)
@@ -460,16 +486,30 @@ def filtered(results: dict[str, Any], n_queries: int, keep: bool = False) -> lis
             )
             log(f"  switch {switch[-1]}")
         switch_base = m["unfiltered"]
+        res["load_avg_1min_after"] = os.getloadavg()[0]
     res["table"] = table
     res["switch"] = switch
-    results["filtered-keep" if keep else "filtered"] = res
+    part = (
+        "filtered-keep" if keep else ("filtered" if fidelity == "codes" else "filtered-" + fidelity)
+    )
+    results[part] = res
     base = table["unfiltered"]["warm"]
+    store = (
+        "f16 vectors kept, exact re-rank"
+        if keep
+        else "codes only"
+        if fidelity == "codes"
+        else f"fidelity tier {fidelity!r}, re-rank from the tier"
+    )
     lines = [
         f"SciFact + 100k distractors: {n_docs} documents, {n_tokens} tokens, compressed "
-        f"(K {k}, {'f16 vectors kept, exact re-rank' if keep else 'codes only'}, "
+        f"(K {k}, {store}, "
         f"{st['index_bytes_per_token']:.1f} B/token); {len(qv)} test "
         "queries, k = 10, one thread, query vectors given (no encoding); recall@10 against "
-        "exact MaxSim over the filtered set.",
+        "exact MaxSim over the filtered set. Collection built in "
+        f"{json.loads((path / 'built.json').read_text())['build_s']:.0f} s; 1-minute load "
+        f"average at the end of the timed part {res['load_avg_1min_after']:.1f} (2 cores, "
+        "shared).",
         "",
         "Cold masks: the filter's bitmaps rebuilt for every query (from the cached columns); "
         f"the first filtered search after opening the collection, which also builds the "
@@ -572,6 +612,38 @@ def throughput(encoder: Any, results: dict[str, Any], n_docs: int, reps: int) ->
     ]
 
 
+def write_markdown(saved: dict[str, Any], out: str) -> None:
+    """Writes ``out``.md from the saved sections (each part's lines and when it ran)."""
+    import latix
+
+    titles = {
+        "quality": "Retrieval quality: late, keyword, hybrid (test queries)",
+        "tune": "Choosing the hybrid default (SciFact train queries only)",
+        "filtered": "Filtered search at every selectivity (codes only, the default)",
+        "filtered-keep": "Filtered search with kept vectors (exact re-rank)",
+        "filtered-balanced": 'Filtered search with the "balanced" fidelity tier',
+        "throughput": "Indexing throughput: `latix index` vs the encoder alone",
+    }
+    with open(out + ".md", "w") as f:
+        f.write(
+            "# latix.Collection benchmark\n\n`python benches/bench_collection.py` "
+            f"({os.cpu_count()} CPUs, kernel {latix.kernel_name()}); each section says when it "
+            "last ran. Timed parts ran under the team's benchmark lock on a machine shared with "
+            "other engineers' jobs: ratios within one run are the meaningful part.\n"
+        )
+        for part in (
+            "quality",
+            "tune",
+            "filtered",
+            "filtered-keep",
+            "filtered-balanced",
+            "throughput",
+        ):
+            if part in saved:
+                f.write(f"\n## {titles[part]} ({saved[part]['when']})\n\n")
+                f.write("\n".join(saved[part]["lines"]) + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--only", nargs="*", default=["quality", "tune", "filtered", "throughput"])
@@ -606,6 +678,8 @@ def main() -> int:
             sections[part] = filtered(results, a.queries)
         elif part == "filtered-keep":
             sections[part] = filtered(results, a.queries, keep=True)
+        elif part == "filtered-balanced":
+            sections[part] = filtered(results, a.queries, fidelity="balanced")
         elif part == "throughput":
             sections[part] = throughput(encoder, results, a.throughput_docs, a.reps)
         else:
@@ -617,24 +691,7 @@ def main() -> int:
     for part, lines in sections.items():
         saved[part] = {"when": stamp, "lines": lines}
     Path(a.out + ".json").write_text(json.dumps(results, indent=1, default=str))
-    titles = {
-        "quality": "Retrieval quality: late, keyword, hybrid (test queries)",
-        "tune": "Choosing the hybrid default (SciFact train queries only)",
-        "filtered": "Filtered search at every selectivity (codes only, the default)",
-        "filtered-keep": "Filtered search with kept vectors (exact re-rank)",
-        "throughput": "Indexing throughput: `latix index` vs the encoder alone",
-    }
-    with open(a.out + ".md", "w") as f:
-        f.write(
-            "# latix.Collection benchmark\n\n`python benches/bench_collection.py` "
-            f"({os.cpu_count()} CPUs, kernel {latix.kernel_name()}); each section says when it "
-            "last ran. Timed parts ran under the team's benchmark lock on a machine shared with "
-            "other engineers' jobs: ratios within one run are the meaningful part.\n"
-        )
-        for part in ("quality", "tune", "filtered", "filtered-keep", "throughput"):
-            if part in saved:
-                f.write(f"\n## {titles[part]} ({saved[part]['when']})\n\n")
-                f.write("\n".join(saved[part]["lines"]) + "\n")
+    write_markdown(saved, a.out)
     return 0
 
 
