@@ -157,7 +157,7 @@ fn manifest_bytes_match_the_layout() {
             let file = format!("seg-{s:010}.lxs");
             let n_docs = 1 + rng.next_u64() % 50;
             let mut tomb: Vec<u32> = (0..n_docs as u32)
-                .filter(|_| rng.next_u64() % 4 == 0)
+                .filter(|_| rng.next_u64().is_multiple_of(4))
                 .collect();
             tomb.dedup();
             let mut side_files = Vec::new();
