@@ -82,6 +82,11 @@ def main() -> None:
     ap.add_argument("--data", default=DATA, help="bench data root holding scifact/")
     ap.add_argument("--work", default=os.path.join(DATA, "callgrind-scifact"))
     ap.add_argument("--rebuild", action="store_true", help="build the index again")
+    ap.add_argument(
+        "--keep",
+        default=None,
+        help="directory to keep callgrind's output files in (for callgrind_annotate)",
+    )
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     scifact = os.path.join(a.data, "scifact")
@@ -121,6 +126,9 @@ def main() -> None:
                 sys.exit(f"no instructions collected:\n{r.stderr[-4000:]}")
             counts[n] = int(m.group(1))
             digest = r.stdout.strip().splitlines()[-1]
+            if a.keep:
+                os.makedirs(a.keep, exist_ok=True)
+                shutil.copy(out, os.path.join(a.keep, f"callgrind.{n}.out"))
     m_ir = counts[N_QUERIES] - counts[0]
     print(f"{N_QUERIES} SciFact queries, compressed index, k=10, 1 thread")
     runs = f"runs of {N_QUERIES} and 0 queries: {counts[N_QUERIES]:,} - {counts[0]:,}"

@@ -165,6 +165,10 @@ def _module(mod: types.ModuleType) -> str:
     parts = []
     if isinstance(getattr(mod, "__version__", None), str):
         parts.append(["__version__: str"])
+    # Module-level integer constants (the core's layout constants the tests read).
+    consts = [f"{n}: int" for n in sorted(vars(mod)) if n.isupper() and type(vars(mod)[n]) is int]
+    if consts:
+        parts.append(consts)
     submodules = sorted(n for n, o in vars(mod).items() if isinstance(o, types.ModuleType))
     body = "\n\n".join("\n".join(p) for p in [*parts, *functions, *classes])
     used = [imp for key, imp in IMPORTS.items() if key in body]

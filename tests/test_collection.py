@@ -20,10 +20,10 @@ from typing import Any
 import latix
 import numpy as np
 import pytest
+from helpers import SCHEMA, rand_filter, rand_record, ref_eval
 from latix import filters as flt
 from latix.collection import Collection, Passages, _fts_query, _fuse
 from latix.docstore import RecordStore
-from test_filters import SCHEMA, rand_filter, rand_record, ref_eval
 
 DIM = 16
 

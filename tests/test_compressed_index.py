@@ -9,36 +9,7 @@ from pathlib import Path
 import latix
 import numpy as np
 import pytest
-
-DIM = 32
-
-
-class Data:
-    """Seeded clustered unit vectors: 24 topic centres, documents and queries mix two topics."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        c = self.rng.standard_normal((24, DIM))
-        self.centres = c / np.linalg.norm(c, axis=1, keepdims=True)
-
-    def mat(self, n: int, noise: float) -> np.ndarray:
-        t = self.rng.integers(0, 24, 2)
-        eps = self.rng.standard_normal((n, DIM)) / np.sqrt(DIM)
-        x = self.centres[t[np.arange(n) % 2]] + noise * eps
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    def docs(self, n: int) -> list[np.ndarray]:
-        return [self.mat(int(self.rng.integers(6, 26)), 0.6) for _ in range(n)]
-
-
-def maxsim(q: np.ndarray, d: np.ndarray) -> float:
-    d = d.astype(np.float16).astype(np.float32)  # what a float16 index stores
-    return float((q @ d.T).max(axis=1).sum())
-
-
-def exact_top(q: np.ndarray, live: dict[str, np.ndarray], k: int) -> list[str]:
-    s = sorted(live, key=lambda i: -maxsim(q, live[i]))
-    return s[:k]
+from helpers import DIM, Data, exact_top, maxsim
 
 
 def cfg(keep: bool = False, **kw: object) -> latix.Compression:

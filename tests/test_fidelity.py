@@ -9,7 +9,7 @@ from pathlib import Path
 import latix
 import numpy as np
 import pytest
-from test_compressed_index import DIM, Data, exact_top, maxsim
+from helpers import DIM, Data, exact_top, maxsim
 
 
 def cfg(fidelity: str, **kw: object) -> latix.Compression:

@@ -14,9 +14,8 @@ from typing import Any
 import latix
 import numpy as np
 import pytest
+from helpers import rand_meta, rand_text, ref_eval, ref_search
 from latix.collection import Collection
-from test_filters import ref_eval
-from test_serve import rand_meta, rand_text, ref_search
 
 
 @pytest.fixture(scope="module")

@@ -33,35 +33,11 @@ import latix
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient  # noqa: E402
+from helpers import LANGS, TAGS, WORDS, rand_meta, rand_text, ref_eval, ref_search
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from latix.collection import Collection
 from latix.serve import MAX_K, QueryBatcher, create_app  # noqa: E402
-from test_filters import ref_eval
-
-WORDS = (
-    "metformin glucose insulin diabetes kidney liver heart protein gene cell tumour cancer "
-    "vaccine virus immune response patients trial dose blood pressure brain neuron memory sleep "
-    "glacier climate ocean carbon forest river soil bacteria antibiotic resistance mouse model "
-    "therapy risk obesity diet exercise muscle bone fracture aging mortality"
-).split()
-LANGS = ["en", "fr", "de"]
-TAGS = ["a", "b", "c", "d"]
-
-
-def rand_text(rng: np.random.Generator, lo: int = 3, hi: int = 14) -> str:
-    return " ".join(rng.choice(WORDS, int(rng.integers(lo, hi))).tolist())
-
-
-def rand_meta(rng: np.random.Generator) -> dict[str, Any]:
-    m: dict[str, Any] = {}
-    if rng.random() < 0.9:
-        m["n"] = int(rng.integers(2000, 2025))
-    if rng.random() < 0.8:
-        m["s"] = str(rng.choice(LANGS))
-    if rng.random() < 0.7:
-        m["tags"] = sorted(set(rng.choice(TAGS, int(rng.integers(0, 3))).tolist()))
-    return m
 
 
 def rand_where(rng: np.random.Generator) -> dict[str, Any]:
@@ -99,28 +75,6 @@ def served(
     with TestClient(create_app(col, workers=2)) as client:
         yield col, client, recs
     col.close()
-
-
-_DOC_VECS: dict[str, np.ndarray] = {}  # text -> its float16-rounded document vectors
-
-
-def ref_search(
-    encoder: latix.Encoder,
-    query: str,
-    recs: dict[str, dict[str, Any]],
-    k: int,
-    where: dict[str, Any] | None = None,
-) -> list[tuple[str, float]]:
-    """Exact MaxSim over float16-rounded document vectors, numpy only."""
-    q = encoder.encode_queries([query])[0].astype(np.float64)
-    ids = [i for i, r in recs.items() if where is None or ref_eval(where, r["metadata"])]
-    todo = [recs[i]["text"] for i in ids if recs[i]["text"] not in _DOC_VECS]
-    for t, d in zip(todo, encoder.encode_documents(todo) if todo else [], strict=True):
-        _DOC_VECS[t] = d.astype(np.float16).astype(np.float64)
-    docs = [_DOC_VECS[recs[i]["text"]] for i in ids]
-    sc = [float((q @ d.T).max(axis=1).sum()) for d in docs]
-    order = sorted(range(len(ids)), key=lambda j: -sc[j])[:k]
-    return [(ids[j], sc[j]) for j in order]
 
 
 def check_hits(hits: list[dict[str, Any]], ref: list[tuple[str, float]], recs: Any) -> None:

@@ -10,20 +10,18 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else {
+    let Some((_, b)) = latix_fuzz::sealed_input(data) else {
         return;
     };
-    let mut b = rest.to_vec();
-    if mode & 1 == 1 && b.len() >= 4 {
-        let n = b.len() - 4;
-        let crc = crc32c::crc32c(&b[..n]);
-        b[n..].copy_from_slice(&crc.to_le_bytes());
-    }
     let Ok(codec) = Codec::from_bytes(&b, Path::new("fuzz-codec")) else {
         return;
     };
     // Every field is stored exactly (f16 centroids widen to f32 and back losslessly).
-    assert_eq!(codec.to_bytes(), b, "accepted codec does not re-serialise to its bytes");
+    assert_eq!(
+        codec.to_bytes(),
+        b,
+        "accepted codec does not re-serialise to its bytes"
+    );
     let (dim, k, m) = (codec.dim(), codec.n_centroids(), codec.n_subspaces());
     assert!(dim > 0 && k > 0 && m > 0 && m <= dim);
     // A query and a token derived from the input (finite, bounded).

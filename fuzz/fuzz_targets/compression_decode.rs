@@ -4,25 +4,25 @@
 //! the trailing CRC so the field checks are reached), then the file.
 #![no_main]
 
+use latix_core::compressed::config::{CONFIG_MAGIC, CONFIG_VERSION_CODES};
+use latix_core::format;
 use latix_core::Compression;
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else {
+    let Some((_, b)) = latix_fuzz::sealed_input(data) else {
         return;
     };
-    let mut b = rest.to_vec();
-    if mode & 1 == 1 && b.len() >= 16 {
-        let n = b.len() - 4;
-        let crc = crc32c::crc32c(&b[..n]);
-        b[n..].copy_from_slice(&crc.to_le_bytes());
-    }
     let Ok(c) = Compression::decode(&b, Path::new("fuzz-compression")) else {
         return;
     };
-    if b.get(8..12) == Some(&2u32.to_le_bytes()[..]) {
-        assert_eq!(c.encode(), b, "accepted config does not re-encode to its bytes");
+    if format::version(&b, CONFIG_MAGIC) == Some(CONFIG_VERSION_CODES) {
+        assert_eq!(
+            c.encode(),
+            b,
+            "accepted config does not re-encode to its bytes"
+        );
     }
     // What a reader does next with it: validation against the index's dimension.
     for dim in [1usize, 2, 7, 32, 128, 384, 4096] {

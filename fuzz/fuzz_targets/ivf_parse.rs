@@ -8,15 +8,9 @@ use latix_core::compressed::IvfSegment;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else {
+    let Some((_, b)) = latix_fuzz::sealed_input(data) else {
         return;
     };
-    let mut b = rest.to_vec();
-    if mode & 1 == 1 && b.len() >= 4 {
-        let n = b.len() - 4;
-        let crc = crc32c::crc32c(&b[..n]);
-        b[n..].copy_from_slice(&crc.to_le_bytes());
-    }
     let Ok(seg) = IvfSegment::from_bytes(&b, true) else {
         return;
     };

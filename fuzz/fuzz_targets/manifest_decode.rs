@@ -2,21 +2,18 @@
 //! the format version it was read in).
 #![no_main]
 
+use latix_core::store::manifest::{MANIFEST_MAGIC, MANIFEST_VERSION_V1};
 use latix_core::store::Manifest;
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else {
+    let Some((_, b)) = latix_fuzz::sealed_input(data) else {
         return;
     };
-    let mut b = rest.to_vec();
-    if mode & 1 == 1 {
-        latix_fuzz::fixup_manifest(&mut b);
-    }
     if let Ok(m) = Manifest::decode(&b, Path::new("MANIFEST-fuzz")) {
         // Version 1 (no named-file checksums) is still read: it re-encodes in its own format.
-        let enc = if b[8..12] == 1u32.to_le_bytes() {
+        let enc = if latix_core::format::version(&b, MANIFEST_MAGIC) == Some(MANIFEST_VERSION_V1) {
             m.encode_v1()
         } else {
             m.encode()

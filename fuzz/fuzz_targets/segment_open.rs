@@ -23,8 +23,9 @@ fuzz_target!(|data: &[u8]| {
     }
     // Take dim and dtype from the header, so that mismatches are not all the fuzzer finds.
     let (dim, dtype) = if b.len() >= 20 {
-        let dt = u32::from_le_bytes([b[12], b[13], b[14], b[15]]);
-        let dim = u32::from_le_bytes([b[16], b[17], b[18], b[19]]) as usize;
+        // Header fields 1 and 2 after the magic (field 0 is the version): dtype, dim.
+        let dt = latix_core::format::header_u32(&b, 1);
+        let dim = latix_core::format::header_u32(&b, 2) as usize;
         (dim, if dt == 1 { Dtype::F16 } else { Dtype::F32 })
     } else {
         (16, Dtype::F32)

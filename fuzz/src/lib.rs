@@ -9,15 +9,25 @@
 
 use std::path::PathBuf;
 
-/// Layout constants of segment files (see latix-core `store/segment.rs`).
-pub const SEG_HEADER: usize = 256;
-const SEG_SECTIONS: usize = 6;
-const SEG_HEADER_CRC_AT: usize = 48 + SEG_SECTIONS * 24;
+use latix_core::format::{self, le_u64};
+// Segment layout: the core's own constants, never copies.
+use latix_core::store::segment::{
+    BLOCK_SIZE_AT, HEADER_CRC_AT, HEADER_SIZE, N_SECTIONS, SECTIONS_AT, SECTION_DESC_LEN,
+    SEC_BLOCK_CRCS, SEC_VECTORS,
+};
 
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
+/// Splits a fuzz input into its mode byte and the file bytes; when bit 0 of the mode is set, the
+/// file's trailing crc32c is recomputed ([`format::reseal`]) so that the structural validation
+/// behind the checksum is reached. `None` for an empty input. (The input convention of every
+/// target over a file sealed with a trailing checksum: codec, compression config, manifest,
+/// inverted lists, refinement files.)
+pub fn sealed_input(data: &[u8]) -> Option<(u8, Vec<u8>)> {
+    let (&mode, rest) = data.split_first()?;
+    let mut b = rest.to_vec();
+    if mode & 1 == 1 {
+        format::reseal(&mut b);
+    }
+    Some((mode, b))
 }
 
 /// A scratch directory private to this fuzzing process, emptied.
@@ -37,27 +47,24 @@ pub fn scratch_dir() -> PathBuf {
 
 /// Recomputes a manifest's trailing crc32c.
 pub fn fixup_manifest(b: &mut [u8]) {
-    if b.len() >= 16 {
-        let n = b.len() - 4;
-        let crc = crc32c::crc32c(&b[..n]);
-        b[n..].copy_from_slice(&crc.to_le_bytes());
-    }
+    format::reseal(b);
 }
 
 /// Recomputes a segment's vector block checksums, section checksums and header checksum
 /// (whatever of them lies inside the file).
 pub fn fixup_segment(b: &mut [u8]) {
-    if b.len() < SEG_HEADER {
+    if b.len() < HEADER_SIZE {
         return;
     }
     let sec = |b: &[u8], i: usize| -> Option<(usize, usize)> {
-        let at = 48 + i * 24;
+        let at = SECTIONS_AT + i * SECTION_DESC_LEN;
         let (o, l) = (le_u64(b, at), le_u64(b, at + 8));
         let end = o.checked_add(l)?;
         (end <= b.len() as u64).then_some((o as usize, end as usize))
     };
-    let block = le_u64(b, 40);
-    if let (Some((vo, ve)), Some((co, ce)), true) = (sec(b, 0), sec(b, 5), block > 0) {
+    let block = le_u64(b, BLOCK_SIZE_AT);
+    let (vectors, crcs) = (sec(b, SEC_VECTORS), sec(b, SEC_BLOCK_CRCS));
+    if let (Some((vo, ve)), Some((co, ce)), true) = (vectors, crcs, block > 0) {
         let block = block.min(1 << 30) as usize;
         let n = ((ce - co) / 4).min((ve - vo).div_ceil(block));
         for j in 0..n {
@@ -69,19 +76,19 @@ pub fn fixup_segment(b: &mut [u8]) {
             }
         }
     }
-    for i in 1..SEG_SECTIONS {
+    for i in (0..N_SECTIONS).filter(|&i| i != SEC_VECTORS) {
         if let Some((o, e)) = sec(b, i) {
             let crc = crc32c::crc32c(&b[o..e]);
-            let at = 48 + i * 24 + 16;
+            let at = SECTIONS_AT + i * SECTION_DESC_LEN + 16;
             b[at..at + 4].copy_from_slice(&crc.to_le_bytes());
         }
     }
-    let crc = crc32c::crc32c(&b[..SEG_HEADER_CRC_AT]);
-    b[SEG_HEADER_CRC_AT..SEG_HEADER_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..HEADER_CRC_AT]);
+    b[HEADER_CRC_AT..HEADER_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The header checksum a segment carries (what a manifest must record for it).
 pub fn segment_header_crc(b: &[u8]) -> Option<u32> {
-    let s = b.get(SEG_HEADER_CRC_AT..SEG_HEADER_CRC_AT + 4)?;
-    Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(HEADER_CRC_AT..HEADER_CRC_AT + 4)
+        .map(|s| format::le_u32(s, 0))
 }

@@ -17,7 +17,7 @@ import latix
 import numpy as np
 import pytest
 from harness import corruption
-from latix import CorruptedIndexError, LatixError, UnsupportedVersionError
+from latix import CorruptedIndexError, LatixError, UnsupportedVersionError, _core
 
 CASES = int(os.environ.get("LATIX_CORRUPTION_CASES", "200"))
 
@@ -103,7 +103,8 @@ def test_damaged_current_names_current(tmp_path: Path) -> None:
 
 # Targeted damage, one file and one place at a time (formerly tests/test_index_corruption.py).
 
-HEADER = 256
+# The segment layout, from the core (never a copy of it).
+HEADER = _core.SEGMENT_HEADER_SIZE
 
 
 def build(tmp_path: Path) -> Path:
@@ -130,7 +131,8 @@ def manifest(p: Path) -> Path:
 
 def section(seg: Path, i: int) -> tuple[int, int]:
     b = seg.read_bytes()
-    off, length = struct.unpack_from("<QQ", b, 48 + i * 24)
+    at = _core.SEGMENT_SECTIONS_AT + i * _core.SEGMENT_SECTION_DESC_LEN
+    off, length = struct.unpack_from("<QQ", b, at)
     return off, length
 
 

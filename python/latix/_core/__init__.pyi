@@ -13,6 +13,10 @@ from numpy.typing import NDArray
 
 __version__: str
 
+SEGMENT_HEADER_SIZE: int
+SEGMENT_SECTIONS_AT: int
+SEGMENT_SECTION_DESC_LEN: int
+
 def kernel_name() -> str:
     """Name of the MaxSim kernel selected for this CPU at run time.
 

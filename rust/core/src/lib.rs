@@ -13,6 +13,7 @@
 //! maxsim/       exact MaxSim kernels (runtime dispatch, scalar oracle)
 //! types, topk, error, parallel, simd   shared vocabulary, the one top-k and hit order, errors,
 //!               the pool, the one CPU detection (simd::Level, LATIX_KERNEL) of every kernel
+//! format        header (magic + version), crc32c seal, LE reads, write_atomic: every file format
 //! ```
 //!
 //! A search: `Index::search_filtered` validates the queries, refreshes its snapshot (and, for a
@@ -36,6 +37,7 @@
 
 pub mod compressed;
 pub mod error;
+pub mod format;
 pub mod index;
 pub mod maxsim;
 pub mod parallel;

@@ -20,6 +20,12 @@ mod maxsim;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Segment layout constants of the core, for tests that damage files at chosen places (so
+    // that they never copy the layout).
+    use latix_core::store::segment::{HEADER_SIZE, SECTIONS_AT, SECTION_DESC_LEN};
+    m.add("SEGMENT_HEADER_SIZE", HEADER_SIZE)?;
+    m.add("SEGMENT_SECTIONS_AT", SECTIONS_AT)?;
+    m.add("SEGMENT_SECTION_DESC_LEN", SECTION_DESC_LEN)?;
     maxsim::register(m)?;
     compressed::register(m)?;
     index::register(m)?;

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::fidelity::Fidelity;
 use crate::error::{LatixError, Result};
+use crate::format;
 use crate::store::Snapshot;
 
 /// Name of the index-level file holding the [`Compression`] configuration.
@@ -14,8 +15,12 @@ pub const CODEC_FILE: &str = "codec";
 /// Name of the per-segment side file holding the segment's inverted lists of codes.
 pub const IVF_FILE: &str = "ivf";
 
-const CONFIG_MAGIC: &[u8; 8] = b"LTXCOMPR";
-const CONFIG_VERSION: u32 = 3;
+/// Magic bytes at the start of a compression configuration file.
+pub const CONFIG_MAGIC: &[u8; 8] = b"LTXCOMPR";
+/// Current format version of the compression configuration (written for a fidelity tier).
+pub const CONFIG_VERSION: u32 = 3;
+/// Format version a `codes` (default-tier) configuration is written in.
+pub const CONFIG_VERSION_CODES: u32 = 2;
 /// Version 1 had no pool factor (it reads as 1), version 2 no fidelity tier (it reads as
 /// `codes`). A `codes` configuration is still written as version 2, so an index of the default
 /// tier stays readable by the latix that wrote version 2.
@@ -144,9 +149,12 @@ impl Compression {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(CONFIG_LEN);
         let tiered = self.fidelity != Fidelity::Codes;
-        b.extend_from_slice(CONFIG_MAGIC);
-        let version = if tiered { CONFIG_VERSION } else { 2 };
-        b.extend_from_slice(&version.to_le_bytes());
+        let version = if tiered {
+            CONFIG_VERSION
+        } else {
+            CONFIG_VERSION_CODES
+        };
+        format::put_header(&mut b, CONFIG_MAGIC, version);
         b.extend_from_slice(&(self.bytes_per_token.unwrap_or(0) as u32).to_le_bytes());
         b.extend_from_slice(&(self.n_centroids.unwrap_or(0) as u32).to_le_bytes());
         b.extend_from_slice(&(self.keep_vectors as u32).to_le_bytes());
@@ -157,21 +165,19 @@ impl Compression {
         if tiered {
             b.extend_from_slice(&self.fidelity.code().to_le_bytes());
         }
-        let crc = crc32c::crc32c(&b);
-        b.extend_from_slice(&crc.to_le_bytes());
+        format::seal(&mut b);
         b
     }
 
     /// Parses [`Compression::encode`] output read from `path` (named in errors).
     pub fn decode(b: &[u8], path: &Path) -> Result<Compression> {
         let bad = |d: &str| LatixError::corrupted(path, format!("compression config: {d}"));
-        if b.len() < 12 || &b[..8] != CONFIG_MAGIC {
+        let Some(version) = format::version(b, CONFIG_MAGIC) else {
             return Err(bad(
                 "bad magic (not a latix compression config) or truncated",
             ));
-        }
-        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let version = u32_at(8);
+        };
+        let u32_at = |i: usize| format::le_u32(b, i);
         if !(1..=CONFIG_VERSION).contains(&version) {
             return Err(LatixError::UnsupportedVersion {
                 path: path.to_path_buf(),
@@ -188,14 +194,10 @@ impl Compression {
         if b.len() != len {
             return Err(bad(&format!("{} bytes, expected {len}", b.len())));
         }
-        if crc32c::crc32c(&b[..len - 4]) != u32_at(len - 4) {
+        if !format::checksum_ok(b) {
             return Err(bad("checksum mismatch"));
         }
-        let u64_at = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
+        let u64_at = |i: usize| format::le_u64(b, i);
         let opt = |v: u32| (v != 0).then_some(v as usize);
         let keep = u32_at(20);
         if keep > 1 {

@@ -68,6 +68,9 @@ pub(super) fn check_search(
     n_threads: Option<usize>,
     nprobe: Option<usize>,
 ) -> Result<()> {
+    // Only the lower bound here, before the kind is known: a compressed index searched before its
+    // codec is trained has no centroid count; the range (`compressed::check_nprobe`) is checked
+    // once per search by the compressed search itself.
     if nprobe == Some(0) {
         return Err(LatixError::invalid("nprobe must be at least 1, got 0"));
     }

@@ -138,7 +138,7 @@ fn read_trailer(path: &Path) -> Result<u32> {
     let mut b = [0u8; 4];
     f.read_exact_at(&mut b, len - 4)
         .map_err(|e| LatixError::io(path, e))?;
-    Ok(u32::from_le_bytes(b))
+    Ok(crate::format::le_u32(&b, 0))
 }
 
 impl Index {

@@ -159,7 +159,7 @@ impl<'a> CommitContext<'a> {
     /// named file must end with the crc32c of its body, so that loaders can check it cheaply.
     fn binding(name: &str, bytes: &[u8]) -> Result<u32> {
         match named_file_checksum(bytes) {
-            Some(c) if crc32c::crc32c(&bytes[..bytes.len() - 4]) == c => Ok(c),
+            Some(c) if crate::format::checksum_ok(bytes) => Ok(c),
             _ => Err(LatixError::invalid(format!(
                 "named file {name:?} must end with the crc32c of its contents"
             ))),

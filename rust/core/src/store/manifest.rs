@@ -27,6 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{LatixError, Result};
+use crate::format;
 use crate::store::{Dtype, MANIFEST_PREFIX};
 
 /// Magic bytes at the start of every manifest.
@@ -80,10 +81,7 @@ pub struct Manifest {
 /// bytes. `None` if the file is shorter than four bytes. (The crc32c of a whole file that ends
 /// with its own crc32c is the same constant for every file, so it cannot be the binding.)
 pub fn named_file_checksum(bytes: &[u8]) -> Option<u32> {
-    let n = bytes.len().checked_sub(4)?;
-    let mut t = [0u8; 4];
-    t.copy_from_slice(&bytes[n..]);
-    Some(u32::from_le_bytes(t))
+    format::trailing_checksum(bytes)
 }
 
 /// Prefix of segment file names (`seg-<10-digit id>.lxs`).
@@ -155,8 +153,7 @@ impl Manifest {
     fn encode_version(&self, version: u32) -> Vec<u8> {
         let crcs = (version >= MANIFEST_VERSION).then_some(&self.checksums);
         let mut out = Vec::new();
-        out.extend_from_slice(MANIFEST_MAGIC);
-        out.extend_from_slice(&version.to_le_bytes());
+        format::put_header(&mut out, MANIFEST_MAGIC, version);
         out.extend_from_slice(&(self.dim as u32).to_le_bytes());
         out.extend_from_slice(&self.dtype.code().to_le_bytes());
         out.extend_from_slice(&self.generation.to_le_bytes());
@@ -174,24 +171,16 @@ impl Manifest {
                 out.extend_from_slice(&t.to_le_bytes());
             }
         }
-        let crc = crc32c::crc32c(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
+        format::seal(&mut out);
         out
     }
 
     /// Parses and validates a manifest read from `path` (named in errors).
     pub fn decode(bytes: &[u8], path: &Path) -> Result<Manifest> {
         let bad = |d: &str| LatixError::corrupted(path, format!("manifest: {d}"));
-        if bytes.len() < 12 || &bytes[..8] != MANIFEST_MAGIC {
+        let Some(version) = format::version(bytes, MANIFEST_MAGIC) else {
             return Err(bad("bad magic (not a latix manifest) or truncated"));
-        }
-        let mut r = Reader {
-            b: bytes,
-            at: 8,
-            with_crcs: false,
-            crcs: BTreeMap::new(),
         };
-        let version = r.u32().ok_or_else(|| bad("truncated"))?;
         if version != MANIFEST_VERSION && version != MANIFEST_VERSION_V1 {
             return Err(LatixError::UnsupportedVersion {
                 path: path.to_path_buf(),
@@ -201,15 +190,12 @@ impl Manifest {
         if bytes.len() < 16 {
             return Err(bad("truncated"));
         }
-        let body = &bytes[..bytes.len() - 4];
-        let mut crc = [0u8; 4];
-        crc.copy_from_slice(&bytes[bytes.len() - 4..]);
-        if crc32c::crc32c(body) != u32::from_le_bytes(crc) {
+        if !format::checksum_ok(bytes) {
             return Err(bad("checksum mismatch"));
         }
+        let body = &bytes[..bytes.len() - format::CHECKSUM_LEN];
         let mut r = Reader {
-            b: body,
-            at: 12,
+            r: format::Reader::new(body, format::PREFIX_LEN),
             with_crcs: version >= MANIFEST_VERSION,
             crcs: BTreeMap::new(),
         };
@@ -368,9 +354,10 @@ impl Manifest {
     }
 }
 
+/// The manifest's reader: the format's little-endian reader, plus the named-file checksums it
+/// collects from a version-2 manifest.
 struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
+    r: format::Reader<'a>,
     /// Version 2: a checksum follows each named file (collected into `crcs`).
     with_crcs: bool,
     crcs: BTreeMap<String, u32>,
@@ -378,27 +365,17 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn remaining(&self) -> usize {
-        self.b.len() - self.at
-    }
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        let end = self.at.checked_add(n)?;
-        let s = self.b.get(self.at..end)?;
-        self.at = end;
-        Some(s)
+        self.r.remaining()
     }
     fn u32(&mut self) -> Option<u32> {
-        let mut a = [0u8; 4];
-        a.copy_from_slice(self.take(4)?);
-        Some(u32::from_le_bytes(a))
+        self.r.u32()
     }
     fn u64(&mut self) -> Option<u64> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Some(u64::from_le_bytes(a))
+        self.r.u64()
     }
     fn str(&mut self) -> Option<String> {
         let n = self.u32()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
+        String::from_utf8(self.r.take(n)?.to_vec()).ok()
     }
     fn files(&mut self) -> Option<Vec<(String, String)>> {
         let n = self.u32()? as usize;

@@ -19,13 +19,16 @@ pub mod segment;
 pub mod snapshot;
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{LatixError, Result};
 
 pub(crate) use bytes::FileBytes;
+// The atomic write and temporary-file naming are the file-format layer's (crate::format).
+pub use crate::format::TMP_PREFIX;
+pub(crate) use crate::format::{fsync_dir, tmp_name, write_atomic};
 pub use commit::{CommitContext, CommitHook};
 pub use manifest::{Manifest, SegmentEntry};
 pub use segment::{Segment, SegmentWriter};
@@ -37,8 +40,6 @@ pub const LOCK_FILE: &str = "LOCK";
 pub const CURRENT_FILE: &str = "CURRENT";
 /// Prefix of manifest files; the suffix is the zero-padded generation.
 pub const MANIFEST_PREFIX: &str = "MANIFEST-";
-/// Prefix of temporary files (removed by the next writer if a process died mid-write).
-pub const TMP_PREFIX: &str = "tmp-";
 
 /// Storage precision of the token vectors of an index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -92,21 +93,6 @@ impl Dtype {
             _ => None,
         }
     }
-}
-
-/// A unique name for a temporary file in an index directory.
-pub(crate) fn tmp_name(what: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{TMP_PREFIX}{what}-{}-{nanos}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// What a non-regular file is, for error messages.
@@ -251,30 +237,6 @@ pub(crate) fn is_live_tmp(path: &Path) -> bool {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .contains(path)
-}
-
-/// fsyncs a directory so that renames and unlinks in it are durable.
-pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    let d = File::open(dir).map_err(|e| LatixError::io(dir, e))?;
-    d.sync_all().map_err(|e| LatixError::io(dir, e))
-}
-
-/// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename, fsync directory.
-pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
-    let tmp = dir.join(tmp_name(name));
-    let target = dir.join(name);
-    let res = (|| {
-        let mut f = File::create(&tmp).map_err(|e| LatixError::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| LatixError::io(&tmp, e))?;
-        f.sync_all().map_err(|e| LatixError::io(&tmp, e))?;
-        drop(f);
-        std::fs::rename(&tmp, &target).map_err(|e| LatixError::io(&target, e))?;
-        fsync_dir(dir)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map(|_| target)
 }
 
 /// Rounds `x` up to a multiple of 64 (section alignment), `None` on overflow.

@@ -5,14 +5,14 @@ use half::f16;
 
 use super::*;
 use crate::error::{LatixError, Result};
+use crate::format;
 
 impl Codec {
     /// Serialises to a self-describing, checksummed byte string.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = Vec::new();
-        b.extend_from_slice(MAGIC);
+        format::put_header(&mut b, MAGIC, VERSION);
         for v in [
-            VERSION,
             self.dim as u32,
             self.n_centroids() as u32,
             (self.group_off.len() - 1) as u32,
@@ -34,8 +34,7 @@ impl Codec {
         for &v in &self.codebooks {
             b.extend_from_slice(&v.to_le_bytes());
         }
-        let crc = crc32c::crc32c(&b);
-        b.extend_from_slice(&crc.to_le_bytes());
+        format::seal(&mut b);
         b
     }
 
@@ -43,17 +42,14 @@ impl Codec {
     /// only names the source in errors.
     pub fn from_bytes(b: &[u8], path: &std::path::Path) -> Result<Codec> {
         let bad = |d: &str| LatixError::corrupted(path, format!("codec: {d}"));
-        if b.len() < 8 + 28 + 4 || &b[..8] != MAGIC {
+        if b.len() < 8 + 28 + 4 || !format::has_magic(b, MAGIC) {
             return Err(bad("not a latix codec file (bad magic or too short)"));
         }
-        let (body, tail) = b.split_at(b.len() - 4);
-        let crc = u32::from_le_bytes(tail.try_into().map_err(|_| bad("truncated"))?);
-        if crc32c::crc32c(body) != crc {
+        if !format::checksum_ok(b) {
             return Err(bad("checksum mismatch"));
         }
-        let rd = |i: usize| {
-            u32::from_le_bytes(body[8 + 4 * i..12 + 4 * i].try_into().unwrap_or([0; 4])) as usize
-        };
+        let body = &b[..b.len() - format::CHECKSUM_LEN];
+        let rd = |i: usize| format::header_u32(body, i) as usize;
         let (version, dim, k, g, m, ksub) = (rd(0), rd(1), rd(2), rd(3), rd(4), rd(5));
         let eta = f32::from_bits(rd(6) as u32);
         if version != VERSION as usize {
@@ -97,19 +93,19 @@ impl Codec {
         };
         let group_off: Vec<u32> = take((g + 1) * 4)
             .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .map(|c| format::le_u32(c, 0))
             .collect();
         let top: Vec<f32> = take(g * dim * 4)
             .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .map(|c| f32::from_bits(format::le_u32(c, 0)))
             .collect();
         let centroids: Vec<f32> = take(k * dim * 2)
             .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .map(|c| f16::from_bits(format::le_u16(c, 0)).to_f32())
             .collect();
         let codebooks: Vec<f32> = take(KSUB * dim * 4)
             .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .map(|c| f32::from_bits(format::le_u32(c, 0)))
             .collect();
         if group_off[0] != 0
             || group_off[g] as usize != k

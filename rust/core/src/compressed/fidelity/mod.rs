@@ -39,6 +39,7 @@ use std::path::Path;
 
 use crate::compressed::fastscan::BLOCK;
 use crate::error::{LatixError, Result};
+use crate::format;
 use crate::store::FileBytes;
 
 mod build;
@@ -175,7 +176,6 @@ impl FidSegment {
         let total = end + 4;
         let mut store = crate::error::try_filled(total.div_ceil(8), 0u64, "a refinement file")?;
         let b = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..total];
-        b[..8].copy_from_slice(MAGIC);
         let head: [u32; 6] = [
             VERSION,
             dim as u32,
@@ -184,9 +184,7 @@ impl FidSegment {
             n_centroids as u32,
             codec_crc,
         ];
-        for (i, v) in head.iter().enumerate() {
-            b[8 + 4 * i..12 + 4 * i].copy_from_slice(&v.to_le_bytes());
-        }
+        format::write_header(b, MAGIC, &head);
         b[32..40].copy_from_slice(&(n_tokens as u64).to_le_bytes());
         b[40..48].copy_from_slice(&(n_docs as u64).to_le_bytes());
         for (i, v) in levels.iter().enumerate() {
@@ -204,8 +202,7 @@ impl FidSegment {
             b[so + 2 * i..so + 2 * i + 2].copy_from_slice(&r.to_le_bytes());
         }
         b[ko..ko + codes.len()].copy_from_slice(codes);
-        let crc = crc32c::crc32c(&b[..end]);
-        b[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+        format::seal_at(b, end);
         Self::parse(FileBytes::Owned(store, total), Path::new("<memory>"), false)
     }
 
@@ -228,17 +225,13 @@ impl FidSegment {
     fn parse(bytes: FileBytes, path: &Path, verify: bool) -> Result<FidSegment> {
         let b = bytes.as_slice();
         let bad = |d: String| LatixError::corrupted(path, format!("refinement file: {d}"));
-        if b.len() < HEADER + 4 || &b[..8] != MAGIC {
+        if b.len() < HEADER + 4 || !format::has_magic(b, MAGIC) {
             return Err(bad(
                 "not a latix refinement file (bad magic or too short)".into()
             ));
         }
-        let rd = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let rd64 = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
+        let rd = |i: usize| format::le_u32(b, i);
+        let rd64 = |i: usize| format::le_u64(b, i);
         let version = rd(8);
         if version != VERSION {
             return Err(LatixError::UnsupportedVersion {
@@ -278,7 +271,7 @@ impl FidSegment {
                 end + 4
             )));
         }
-        if verify && crc32c::crc32c(&b[..end]) != rd(end) {
+        if verify && !format::checksum_ok(b) {
             return Err(bad("checksum mismatch".into()));
         }
         let s = FidSegment {
@@ -339,9 +332,7 @@ impl FidSegment {
     }
     /// The trailing CRC32C (what the manifest records).
     pub fn file_checksum(&self) -> u32 {
-        let b = self.as_bytes();
-        let n = b.len() - 4;
-        u32::from_le_bytes([b[n], b[n + 1], b[n + 2], b[n + 3]])
+        format::trailing_checksum(self.as_bytes()).unwrap_or(0)
     }
     /// Residual levels, `2^nbits` per dimension (dimension-major).
     pub fn levels(&self) -> &[f32] {

@@ -40,6 +40,7 @@ use std::path::Path;
 
 use crate::compressed::fastscan::BLOCK;
 use crate::error::{try_filled, LatixError, Result};
+use crate::format;
 use crate::store::FileBytes;
 
 mod build;
@@ -188,22 +189,20 @@ impl Sections<'_> {
         let mut store = try_filled(total.div_ceil(8), 0u64, "an inverted-list file")?;
         {
             let b: &mut [u8] = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..total];
-            b[..8].copy_from_slice(MAGIC);
-            for (i, v) in [
-                VERSION,
-                self.k as u32,
-                self.m as u32,
-                self.n_docs as u32,
-                n_tokens as u32,
-                self.n_blocks as u32,
-                self.codec_crc,
-                self.n_chunks as u32,
-            ]
-            .iter()
-            .enumerate()
-            {
-                b[8 + 4 * i..12 + 4 * i].copy_from_slice(&v.to_le_bytes());
-            }
+            format::write_header(
+                b,
+                MAGIC,
+                &[
+                    VERSION,
+                    self.k as u32,
+                    self.m as u32,
+                    self.n_docs as u32,
+                    n_tokens as u32,
+                    self.n_blocks as u32,
+                    self.codec_crc,
+                    self.n_chunks as u32,
+                ],
+            );
             let put =
                 |b: &mut [u8], at: usize, src: &[u8]| b[at..at + src.len()].copy_from_slice(src);
             put(b, s0, bytemuck::cast_slice(self.list_tokens));
@@ -213,8 +212,7 @@ impl Sections<'_> {
             put(b, s4, bytemuck::cast_slice(self.doc_offsets));
             put(b, s5, bytemuck::cast_slice(self.doc_positions));
             fill_codes(&mut b[s6..end]);
-            let crc = crc32c::crc32c(&b[..end]);
-            b[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+            format::seal_at(b, end);
         }
         IvfSegment::parse(FileBytes::Owned(store, total), Path::new("<memory>"), false)
     }
@@ -247,13 +245,12 @@ impl IvfSegment {
         crate::store::open_regular(path)?
             .read_exact(&mut h)
             .map_err(|e| LatixError::io(path, e))?;
-        if &h[..8] != MAGIC {
-            return Err(LatixError::corrupted(
+        format::version(&h, MAGIC).ok_or_else(|| {
+            LatixError::corrupted(
                 path,
                 "inverted lists: not a latix inverted-list file (bad magic)",
-            ));
-        }
-        Ok(u32::from_le_bytes([h[8], h[9], h[10], h[11]]))
+            )
+        })
     }
 
     /// True when lists of this version are read but no longer written (see [`Self::upgraded`]).
@@ -280,14 +277,12 @@ impl IvfSegment {
     fn parse(bytes: FileBytes, path: &Path, verify: bool) -> Result<IvfSegment> {
         let b = bytes.as_slice();
         let bad = |d: String| LatixError::corrupted(path, format!("inverted lists: {d}"));
-        if b.len() < HEADER + 4 || &b[..8] != MAGIC {
+        if b.len() < HEADER + 4 || !format::has_magic(b, MAGIC) {
             return Err(bad(
                 "not a latix inverted-list file (bad magic or too short)".into(),
             ));
         }
-        let rd = |i: usize| {
-            u32::from_le_bytes([b[8 + 4 * i], b[9 + 4 * i], b[10 + 4 * i], b[11 + 4 * i]])
-        };
+        let rd = |i: usize| format::header_u32(b, i);
         let version = rd(0);
         if version != VERSION && version != VERSION_V3 {
             return Err(LatixError::UnsupportedVersion {
@@ -333,11 +328,9 @@ impl IvfSegment {
                 b.len()
             )));
         }
-        if verify {
-            let crc = u32::from_le_bytes([b[end], b[end + 1], b[end + 2], b[end + 3]]);
-            if crc32c::crc32c(&b[..end]) != crc {
-                return Err(bad("checksum mismatch".into()));
-            }
+        // `b` is exactly `end + 4` bytes long here: its trailing checksum covers `b[..end]`.
+        if verify && !format::checksum_ok(b) {
+            return Err(bad("checksum mismatch".into()));
         }
         let v4 = version == VERSION;
         let mut seg = IvfSegment {
@@ -550,9 +543,8 @@ impl IvfSegment {
     /// The file's own checksum (its last four bytes: the crc32c of everything before them), the
     /// value an index manifest records to bind the file to its segment.
     pub fn file_checksum(&self) -> u32 {
-        let b = self.as_bytes();
-        let n = b.len() - 4; // parse() requires at least a header and the checksum
-        u32::from_le_bytes([b[n], b[n + 1], b[n + 2], b[n + 3]])
+        // parse() requires at least a header and the checksum.
+        format::trailing_checksum(self.as_bytes()).unwrap_or(0)
     }
     /// Size in bytes of the serialised segment.
     pub fn byte_len(&self) -> usize {

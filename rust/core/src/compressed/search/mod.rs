@@ -30,7 +30,7 @@ mod rerank;
 mod scan;
 
 use crate::topk::TopK;
-pub use plan::{default_nprobe, Candidate, QueryPlan, SegmentView, IMPUTE_SHIFT};
+pub use plan::{check_nprobe, default_nprobe, Candidate, QueryPlan, SegmentView, IMPUTE_SHIFT};
 pub use refinement::{
     centroid_interaction, default_refine, default_refine_for_rerank, refine, rerank_depth,
     REFINE_MIN,
@@ -146,11 +146,7 @@ pub(crate) fn search_snapshot(
         .ok_or_else(|| LatixError::invalid("the index has no trained codec yet"))?;
     let kc = codec.codec.n_centroids();
     let nprobe = opts.nprobe.unwrap_or_else(|| default_nprobe(kc));
-    if nprobe == 0 || nprobe > kc {
-        return Err(LatixError::invalid(format!(
-            "nprobe must be between 1 and the number of centroids ({kc}), got {nprobe}"
-        )));
-    }
+    check_nprobe(nprobe, kc)?;
     let segs = snap.segments();
     // A fidelity tier re-ranks from its refinement data (every encoded segment has a file).
     let tiered = !keep_vectors
@@ -417,7 +413,8 @@ fn encoded_pipeline(
     final_stage: &Rerank<'_>,
     check: &dyn Fn(&[Candidate]) -> Result<()>,
 ) -> Result<Vec<Candidate>> {
-    let plan = QueryPlan::new(codec, q, st.nprobe)?;
+    // `st.nprobe` was range-checked once for the whole search (`check_nprobe`).
+    let plan = QueryPlan::build(codec, q, st.nprobe, codec.n_groups())?;
     // A filtered search ranks many candidates by centroid interaction and refines the best of
     // them (all of them when exhaustive over a small set: centroid interaction misorders close
     // documents, and a few dozen more refinements cost little).
@@ -493,11 +490,7 @@ pub fn search_encoded(
     }
     let kc = codec.n_centroids();
     let nprobe = opts.nprobe.unwrap_or_else(|| default_nprobe(kc));
-    if nprobe == 0 || nprobe > kc {
-        return Err(LatixError::invalid(format!(
-            "nprobe must be between 1 and the number of centroids ({kc}), got {nprobe}"
-        )));
-    }
+    check_nprobe(nprobe, kc)?;
     let rerank = opts.rerank.unwrap_or(!fulls.is_empty());
     if rerank && fulls.is_empty() {
         return Err(LatixError::invalid(

@@ -167,6 +167,18 @@ fn score_groups(
     }
 }
 
+/// The one range check of `nprobe` (lists probed per query token): `1..=n_centroids`. Run once
+/// per search, before any query is planned (index searches, the building blocks' search, and
+/// the public [`QueryPlan`] constructors).
+pub fn check_nprobe(nprobe: usize, n_centroids: usize) -> Result<()> {
+    if nprobe == 0 || nprobe > n_centroids {
+        return Err(LatixError::invalid(format!(
+            "nprobe must be between 1 and the number of centroids ({n_centroids}), got {nprobe}"
+        )));
+    }
+    Ok(())
+}
+
 impl QueryPlan {
     /// Prepares `query` (`nq * dim` f32) for `codec`, probing `nprobe` lists per token: every
     /// query token is scored against all K centroids (what [`crate::Index`] searches with; the
@@ -187,6 +199,18 @@ impl QueryPlan {
         nprobe: usize,
         probe_groups: usize,
     ) -> Result<QueryPlan> {
+        check_nprobe(nprobe, codec.n_centroids())?;
+        Self::build(codec, query, nprobe, probe_groups)
+    }
+
+    /// [`QueryPlan::with_probe_groups`] for an `nprobe` the caller range-checked with
+    /// [`check_nprobe`] (once per search, not once per query).
+    pub(super) fn build(
+        codec: &Codec,
+        query: &[f32],
+        nprobe: usize,
+        probe_groups: usize,
+    ) -> Result<QueryPlan> {
         let dim = codec.dim();
         if query.is_empty() || !query.len().is_multiple_of(dim) {
             return Err(LatixError::invalid(format!(
@@ -195,11 +219,7 @@ impl QueryPlan {
             )));
         }
         let k = codec.n_centroids();
-        if nprobe == 0 || nprobe > k {
-            return Err(LatixError::invalid(format!(
-                "nprobe must be in 1..={k} (the number of centroids), got {nprobe}"
-            )));
-        }
+        debug_assert!((1..=k).contains(&nprobe), "nprobe {nprobe} not checked");
         let nq = query.len() / dim;
         let want = (nprobe + 1).min(k);
         let mut probes = Vec::with_capacity(nq * nprobe);

@@ -51,13 +51,22 @@ pub const VECTOR_BLOCK_SIZE: u64 = 1 << 20;
 /// Values a [`SegmentWriter`] converts and writes at a time (256 KiB of f32).
 const WRITE_CHUNK_VALUES: usize = 1 << 16;
 
-const N_SECTIONS: usize = 6;
-const SEC_VECTORS: usize = 0;
+/// Number of section descriptors in the header.
+pub const N_SECTIONS: usize = 6;
+/// Byte offset of the first section descriptor in the header.
+pub const SECTIONS_AT: usize = 48;
+/// Bytes of one section descriptor (offset u64, length u64, crc32c u32, reserved u32).
+pub const SECTION_DESC_LEN: usize = 24;
+/// Byte offset of the vector checksum block size (u64) in the header.
+pub const BLOCK_SIZE_AT: usize = 40;
+/// Index of the vectors section among the descriptors.
+pub const SEC_VECTORS: usize = 0;
 const SEC_OFFSETS: usize = 1;
 const SEC_ID_OFFSETS: usize = 2;
 const SEC_ID_BYTES: usize = 3;
 const SEC_SORTED: usize = 4;
-const SEC_BLOCK_CRCS: usize = 5;
+/// Index of the vector block checksums section among the descriptors.
+pub const SEC_BLOCK_CRCS: usize = 5;
 const SECTION_NAMES: [&str; N_SECTIONS] = [
     "vectors",
     "offsets",
@@ -66,7 +75,8 @@ const SECTION_NAMES: [&str; N_SECTIONS] = [
     "sorted ids",
     "block checksums",
 ];
-const HEADER_CRC_AT: usize = 48 + N_SECTIONS * 24;
+/// Byte offset of the header's crc32c (of the bytes before it).
+pub const HEADER_CRC_AT: usize = SECTIONS_AT + N_SECTIONS * SECTION_DESC_LEN;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Section {
@@ -126,21 +136,17 @@ fn encode_header(
     sections: &[Section; N_SECTIONS],
 ) -> [u8; HEADER_SIZE] {
     let mut h = [0u8; HEADER_SIZE];
-    h[0..8].copy_from_slice(SEGMENT_MAGIC);
     let (version, flags) = if no_vectors {
         (SEGMENT_VERSION_NO_VECTORS, FLAG_NO_VECTORS)
     } else {
         (SEGMENT_VERSION, 0)
     };
-    h[8..12].copy_from_slice(&version.to_le_bytes());
-    h[12..16].copy_from_slice(&dtype.code().to_le_bytes());
-    h[16..20].copy_from_slice(&dim.to_le_bytes());
-    h[20..24].copy_from_slice(&flags.to_le_bytes());
+    format::write_header(&mut h, SEGMENT_MAGIC, &[version, dtype.code(), dim, flags]);
     h[24..32].copy_from_slice(&n_docs.to_le_bytes());
     h[32..40].copy_from_slice(&n_tokens.to_le_bytes());
-    h[40..48].copy_from_slice(&block.to_le_bytes());
+    h[BLOCK_SIZE_AT..BLOCK_SIZE_AT + 8].copy_from_slice(&block.to_le_bytes());
     for (i, s) in sections.iter().enumerate() {
-        let at = 48 + i * 24;
+        let at = SECTIONS_AT + i * SECTION_DESC_LEN;
         h[at..at + 8].copy_from_slice(&s.offset.to_le_bytes());
         h[at + 8..at + 16].copy_from_slice(&s.len.to_le_bytes());
         h[at + 16..at + 20].copy_from_slice(&s.crc.to_le_bytes());
@@ -150,14 +156,4 @@ fn encode_header(
     h
 }
 
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
+use crate::format::{self, le_u32, le_u64};

@@ -64,10 +64,10 @@ impl Segment {
             )));
         }
         let h = &map[..HEADER_SIZE];
-        if &h[0..8] != SEGMENT_MAGIC {
+        if !format::has_magic(h, SEGMENT_MAGIC) {
             return Err(bad("bad magic (not a latix segment file)".into()));
         }
-        let version = le_u32(h, 8);
+        let version = format::header_u32(h, 0);
         if version != SEGMENT_VERSION && version != SEGMENT_VERSION_NO_VECTORS {
             return Err(LatixError::UnsupportedVersion {
                 path: path.to_path_buf(),
@@ -108,7 +108,7 @@ impl Segment {
         }
         let n_docs64 = le_u64(h, 24);
         let n_tokens = le_u64(h, 32);
-        let block_size = le_u64(h, 40);
+        let block_size = le_u64(h, BLOCK_SIZE_AT);
         if n_docs64 >= u32::MAX as u64 {
             return Err(bad(format!("n_docs {n_docs64} out of range")));
         }
@@ -118,7 +118,7 @@ impl Segment {
         }
         let mut sections = [Section::default(); N_SECTIONS];
         for (i, s) in sections.iter_mut().enumerate() {
-            let at = 48 + i * 24;
+            let at = SECTIONS_AT + i * SECTION_DESC_LEN;
             *s = Section {
                 offset: le_u64(h, at),
                 len: le_u64(h, at + 8),

@@ -12,7 +12,7 @@ fn craft_sorted_table(path: &Path, sorted: &[u32]) -> u32 {
     let h = &b[..HEADER_SIZE];
     let mut sections = [Section::default(); N_SECTIONS];
     for (i, s) in sections.iter_mut().enumerate() {
-        let at = 48 + i * 24;
+        let at = SECTIONS_AT + i * SECTION_DESC_LEN;
         *s = Section {
             offset: le_u64(h, at),
             len: le_u64(h, at + 8),

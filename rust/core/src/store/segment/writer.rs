@@ -381,12 +381,7 @@ impl SegmentWriter {
             VECTOR_BLOCK_SIZE,
             &sections,
         );
-        let header_crc = u32::from_le_bytes([
-            header[HEADER_CRC_AT],
-            header[HEADER_CRC_AT + 1],
-            header[HEADER_CRC_AT + 2],
-            header[HEADER_CRC_AT + 3],
-        ]);
+        let header_crc = le_u32(&header, HEADER_CRC_AT);
         if tail_start > self.pos {
             let pad = vec![0u8; (tail_start - self.pos) as usize];
             self.write_at(&pad, self.pos)?;
