@@ -178,7 +178,11 @@ pub fn build(
     };
     drop(sample);
     let bb = n_subspaces(dim, nbits) * 16;
-    let bb2 = if nbits2 > 0 { n_subspaces(dim, nbits2) * 16 } else { 0 };
+    let bb2 = if nbits2 > 0 {
+        n_subspaces(dim, nbits2) * 16
+    } else {
+        0
+    };
     let mut cids = crate::error::try_filled(n, 0u32, "the centroid ids of a refinement file")?;
     let mut scales = crate::error::try_filled(n, 0u16, "the residual scales of a refinement file")?;
     let nblk = n.div_ceil(BLOCK);
@@ -197,25 +201,32 @@ pub fn build(
         .zip(codes.par_chunks_mut(CHUNK / BLOCK * bb))
         .zip(s2_chunks.par_iter_mut().zip(c2_chunks.par_iter_mut()))
         .enumerate()
-        .for_each(|(ci, (((cid_out, scale_out), code_out), (scale2_out, code2_out)))| {
-            let a = ci * CHUNK;
-            let b = a + cid_out.len();
-            let mut x = rows_f32(rows, dim, a, b);
-            let ids = codec.assign(&x);
-            let mut idx = vec![0u8; dim];
-            for (t, (r, &c)) in x.chunks_exact_mut(dim).zip(&ids).enumerate() {
-                cid_out[t] = c;
-                let cv = &cents[c as usize * dim..(c as usize + 1) * dim];
-                r.iter_mut().zip(cv).for_each(|(x, &c)| *x -= c);
-                let (blk, lane) = (t / BLOCK, t % BLOCK);
-                scale_out[t] = st1.encode(r, &mut idx);
-                put_codes(&mut code_out[blk * bb..(blk + 1) * bb], &idx, nbits, lane);
-                if let Some(st2) = &st2 {
-                    scale2_out[t] = st2.encode(r, &mut idx);
-                    put_codes(&mut code2_out[blk * bb2..(blk + 1) * bb2], &idx, nbits2, lane);
+        .for_each(
+            |(ci, (((cid_out, scale_out), code_out), (scale2_out, code2_out)))| {
+                let a = ci * CHUNK;
+                let b = a + cid_out.len();
+                let mut x = rows_f32(rows, dim, a, b);
+                let ids = codec.assign(&x);
+                let mut idx = vec![0u8; dim];
+                for (t, (r, &c)) in x.chunks_exact_mut(dim).zip(&ids).enumerate() {
+                    cid_out[t] = c;
+                    let cv = &cents[c as usize * dim..(c as usize + 1) * dim];
+                    r.iter_mut().zip(cv).for_each(|(x, &c)| *x -= c);
+                    let (blk, lane) = (t / BLOCK, t % BLOCK);
+                    scale_out[t] = st1.encode(r, &mut idx);
+                    put_codes(&mut code_out[blk * bb..(blk + 1) * bb], &idx, nbits, lane);
+                    if let Some(st2) = &st2 {
+                        scale2_out[t] = st2.encode(r, &mut idx);
+                        put_codes(
+                            &mut code2_out[blk * bb2..(blk + 1) * bb2],
+                            &idx,
+                            nbits2,
+                            lane,
+                        );
+                    }
                 }
-            }
-        });
+            },
+        );
     drop((s2_chunks, c2_chunks));
     FidSegment::assemble(
         dim,

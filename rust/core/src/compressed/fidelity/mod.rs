@@ -188,15 +188,27 @@ fn layout(
     };
     let levels = HEADER;
     let levels2 = align64(levels.checked_add(dim.checked_mul(4 << nbits)?)?);
-    let l2 = if nbits2 == 0 { 0 } else { dim.checked_mul(4 << nbits2)? };
+    let l2 = if nbits2 == 0 {
+        0
+    } else {
+        dim.checked_mul(4 << nbits2)?
+    };
     let cids = align64(levels2.checked_add(l2)?);
     let scales = align64(cids.checked_add(n_tokens.checked_mul(cid_bytes)?)?);
     let scales2 = align64(scales.checked_add(n_tokens.checked_mul(2)?)?);
-    let s2 = if nbits2 == 0 { 0 } else { n_tokens.checked_mul(2)? };
+    let s2 = if nbits2 == 0 {
+        0
+    } else {
+        n_tokens.checked_mul(2)?
+    };
     let codes = align64(scales2.checked_add(s2)?);
     let codes_end = codes.checked_add(code_bytes(nbits)?)?;
     // Without a second stage nothing follows the codes (the version-1 layout).
-    let codes2 = if nbits2 == 0 { codes_end } else { align64(codes_end) };
+    let codes2 = if nbits2 == 0 {
+        codes_end
+    } else {
+        align64(codes_end)
+    };
     let end = codes2.checked_add(code_bytes(nbits2)?)?;
     Some(Layout {
         levels,
@@ -440,7 +452,11 @@ impl FidSegment {
     }
     /// Second-stage levels, `2^nbits2` per dimension (empty without a second stage).
     pub fn levels2(&self) -> &[f32] {
-        let n = if self.nbits2 == 0 { 0 } else { self.dim << self.nbits2 };
+        let n = if self.nbits2 == 0 {
+            0
+        } else {
+            self.dim << self.nbits2
+        };
         bytemuck::cast_slice(&self.as_bytes()[self.off.levels2..self.off.levels2 + 4 * n])
     }
     /// Coarse centroid of token `t` (`t < n_tokens`).

@@ -219,7 +219,13 @@ fn score_doc_body(
             }
             if let Some(t) = stage2 {
                 let lut2 = &t.luts[i * bb2..(i + 1) * bb2];
-                scan_block(lut2, &codes2[blk * bb2..(blk + 1) * bb2], nsub2, simd, &mut acc2);
+                scan_block(
+                    lut2,
+                    &codes2[blk * bb2..(blk + 1) * bb2],
+                    nsub2,
+                    simd,
+                    &mut acc2,
+                );
                 let (bias2, scale2) = (t.bias[i], t.scale[i]);
                 let r2: &[f32; BLOCK] = rs2[k * BLOCK..(k + 1) * BLOCK].try_into().expect("block");
                 for ((o, &x), &r) in v.iter_mut().zip(&acc2).zip(r2) {
