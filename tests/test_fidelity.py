@@ -68,8 +68,7 @@ def test_tier_scores_are_maxsim_over_the_reconstructions(tmp_path: Path, fidelit
                 from_codes = dict(zip(g48[0], s48[0], strict=True))
                 mix = 0.5 if fidelity == "balanced" else 0.0
                 want = [
-                    (1 - mix) * float((q @ rec[i].T).max(axis=1).sum())
-                    + mix * float(from_codes[i])
+                    (1 - mix) * float((q @ rec[i].T).max(axis=1).sum()) + mix * float(from_codes[i])
                     for i in hits
                 ]
                 np.testing.assert_allclose(scores[0][: len(hits)], want, atol=0.01 * len(q))
