@@ -60,13 +60,15 @@ def test_tier_scores_are_maxsim_over_the_reconstructions(tmp_path: Path, fidelit
                 scores, got = ix.search(q, k=10)
                 hits = [i for i in got[0] if i]
                 assert "d5" not in hits and "d230" not in hits
-                # The tier's score: the mean of MaxSim over the reconstruction (up to the 8-bit
-                # tables) and the candidate's refined score from codes (the 48 refined by default
-                # for k = 10, returned unre-ranked by rerank=False).
+                # The tier's score: MaxSim over the reconstruction (up to the 8-bit tables),
+                # for balanced averaged with the candidate's refined score from codes (the 48
+                # refined by default for k = 10, returned unre-ranked by rerank=False); high's
+                # two-stage reconstruction is scored alone.
                 s48, g48 = ix.search(q, k=48, rerank=False, refine=48)
                 from_codes = dict(zip(g48[0], s48[0], strict=True))
+                mix = 0.5 if fidelity == "balanced" else 0.0
                 want = [
-                    0.5 * float((q @ rec[i].T).max(axis=1).sum()) + 0.5 * float(from_codes[i])
+                    (1 - mix) * float((q @ rec[i].T).max(axis=1).sum()) + mix * float(from_codes[i])
                     for i in hits
                 ]
                 np.testing.assert_allclose(scores[0][: len(hits)], want, atol=0.01 * len(q))

@@ -1,6 +1,6 @@
 //! Fuzzes `FidSegment::from_bytes` (a fidelity tier's refinement file: header, levels, centroid
-//! ids, block codes) and every reader of a parsed file: never panics or reads out of bounds,
-//! whatever the bytes. Input: a mode byte (bit 0: recompute the trailing CRC so the structural
+//! ids, block codes, the optional second residual stage of version 2) and every reader of a parsed
+//! file: never panics or reads out of bounds, whatever the bytes. Input: a mode byte (bit 0: recompute the trailing CRC so the structural
 //! validation is reached), then the file.
 #![no_main]
 
@@ -19,10 +19,16 @@ fuzz_target!(|data: &[u8]| {
         return; // valid but too large to score here
     }
     assert_eq!(seg.codes().len(), n.div_ceil(32) * seg.n_sub() * 16);
+    assert_eq!(seg.codes2().len(), n.div_ceil(32) * seg.n_sub2() * 16);
+    let nl2 = if seg.nbits2() > 0 { 1 << seg.nbits2() } else { 0 };
+    assert_eq!(seg.levels2().len(), dim * nl2);
     for t in 0..n.min(256) {
         assert!((seg.cid(t) as usize) < k);
         for d in 0..dim.min(64) {
             assert!(seg.level(t, d) < 1 << seg.nbits());
+            if seg.nbits2() > 0 {
+                assert!(seg.level2(t, d) < 1 << seg.nbits2());
+            }
         }
     }
     let centroids = vec![0.5f32; k * dim];

@@ -119,12 +119,12 @@ class Compression:
         pool_factor: token pooling factor, 1 (no pooling) to 8. Default 2.
         fidelity: storage tier, ``"codes"`` (default: the pooled codes only), ``"balanced"``
             or ``"high"``: besides the codes, every original (unpooled) token gets its coarse
-            centroid and a 1-bit (balanced) or 2-bit (high) residual per dimension, memory-mapped
-            and read only for the short list that search re-ranks (the search default then),
-            so the top ``k`` comes much closer to exact MaxSim's: at 384-d, about 50 (balanced)
-            or 98 (high) more bytes per token. Needs ``keep_vectors=False`` (kept vectors
-            re-rank exactly). :meth:`Index.get` then returns the tier's reconstruction of each
-            original token, in order.
+            centroid and a 1-bit (balanced) or 2-bit plus a 1-bit second stage (high) residual
+            per dimension, memory-mapped and read only for the short list that search re-ranks
+            (the search default then), so the top ``k`` comes much closer to exact MaxSim's: at
+            384-d, about 52 (balanced) or 150 (high) more bytes per token. Needs
+            ``keep_vectors=False`` (kept vectors re-rank exactly). :meth:`Index.get` then
+            returns the tier's reconstruction of each original token, in order.
     """
 
     bytes_per_token: int | None = None

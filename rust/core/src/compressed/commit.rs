@@ -183,7 +183,7 @@ fn encode_segment(
         0 => None,
         nbits => Some(crate::parallel::install(n_threads, || {
             let rows = seg.rows_checked(0, seg.n_tokens())?;
-            super::fidelity::build(codec, crc, rows, seg.n_docs(), nbits)
+            super::fidelity::build(codec, crc, rows, seg.n_docs(), nbits, cfg.fidelity.nbits2())
         })??),
     };
     drop(seg);

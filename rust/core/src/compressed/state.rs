@@ -265,13 +265,18 @@ pub(crate) fn load_state(
                     Some(s) => Arc::clone(s),
                     None => Arc::new(load_fid(snap, &f, &v.segment, c)?),
                 };
-                if fid.nbits() != fidelity.nbits() {
+                // A tier's file of this latix has its second stage; one written before the
+                // second stage existed (version 1, high tier) has none and still scores.
+                if fid.nbits() != fidelity.nbits()
+                    || fid.nbits2() != fidelity.nbits2() && fid.nbits2() != 0
+                {
                     return Err(LatixError::corrupted(
                         dir.join(&f),
                         format!(
-                            "refinement file of {} bits per dimension in an index of fidelity \
-                             {:?}",
+                            "refinement file of {} + {} bits per dimension in an index of \
+                             fidelity {:?}",
                             fid.nbits(),
+                            fid.nbits2(),
                             fidelity.name()
                         ),
                     ));

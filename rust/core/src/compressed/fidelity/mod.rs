@@ -26,14 +26,27 @@
 //! `<q, c> + s * sum_d q_d v_d[l_d]`. Dimensions are grouped into 4-bit subspaces (4 dimensions of
 //! 1 bit, or 2 of 2 bits), so the residual term is a sum of 16-entry table lookups, the shape of
 //! [`super::fastscan`]: the same quantised tables and AVX2 `pshufb` block kernel ([`score`]), and
-//! `<q, c>` is read from the query's centroid scores.
+//! `<q, c>` is read from the query's centroid scores. A second stage adds `s2 * sum_d q_d w_d[m_d]`,
+//! one more table pass over its own codes.
+//!
+//! Second stage (high tier, file version 2): the residual left after the first stage,
+//! `x - c - s * p`, is quantised again the same way (its own Lloyd-Max levels per dimension, fitted
+//! on the segment's stage-1 errors, 1 bit per dimension, and its own least-squares scale), so the
+//! reconstruction is `c + s * p + s2 * p2`: 2 + 1 bits per dimension, an additive form of 3-bit
+//! residuals that the same 4-bit table kernel scores (one more table pass per block). ColBERTv2's
+//! residuals are per-dimension uniform buckets; the additive second stage is residual
+//! (multi-stage) quantisation (Juang & Gray 1982) applied to them.
 //!
 //! File format (little endian): a 64-byte header (magic `LTXFIDSG`, version, dim, nbits, centroid
-//! id width in bytes (2 or 4), number of centroids, codec checksum, n_tokens as u64, n_docs), then
-//! 64-byte-aligned sections `levels` (dim * 2^nbits f32, ascending per dimension), `cids`
-//! (n_tokens ids), `scales` (n_tokens u16, `value / 16384`), `codes` (ceil(n_tokens / 32) blocks of `n_sub * 16` bytes in the fast-scan
-//! block layout, tokens in the segment's row order, so a document's rows `a..b` are lanes of
-//! consecutive blocks and no per-document table is needed), then a CRC32C of everything before it.
+//! id width in bytes (2 or 4), number of centroids, codec checksum, n_tokens as u64, n_docs as
+//! u64; version 2 adds at byte 48 the second stage's bits per dimension `nbits2`, 0 for none),
+//! then 64-byte-aligned sections `levels` (dim * 2^nbits f32, ascending per dimension), `levels2`
+//! (dim * 2^nbits2 f32), `cids` (n_tokens ids), `scales` (n_tokens u16, `value / 16384`),
+//! `scales2` (n_tokens u16), `codes` (ceil(n_tokens / 32) blocks of `n_sub * 16` bytes in the
+//! fast-scan block layout, tokens in the segment's row order, so a document's rows `a..b` are
+//! lanes of consecutive blocks and no per-document table is needed), `codes2` (the same for the
+//! second stage), then a CRC32C of everything before it. The stage-2 sections are empty when
+//! `nbits2` = 0, which makes a version-1 file's layout (read as `nbits2` = 0) the same.
 
 use std::path::Path;
 
@@ -49,7 +62,8 @@ pub use build::build;
 pub use score::{score_doc, score_doc_scalar, FidQuery};
 
 const MAGIC: &[u8; 8] = b"LTXFIDSG";
-const VERSION: u32 = 1;
+/// Written by this latix; version 1 (no second stage) is still read.
+const VERSION: u32 = 2;
 const HEADER: usize = 64;
 
 /// Name of the per-segment side file holding a tier's refinement data.
@@ -63,7 +77,8 @@ pub enum Fidelity {
     Codes,
     /// Codes + per original token: centroid id and a 1-bit residual per dimension.
     Balanced,
-    /// Codes + per original token: centroid id and a 2-bit residual per dimension.
+    /// Codes + per original token: centroid id, a 2-bit residual per dimension and a 1-bit
+    /// second stage of what it leaves (files of version 1: the 2-bit residual alone).
     High,
 }
 
@@ -74,6 +89,14 @@ impl Fidelity {
             Fidelity::Codes => 0,
             Fidelity::Balanced => 1,
             Fidelity::High => 2,
+        }
+    }
+
+    /// Bits per dimension of the second residual stage (0: none).
+    pub fn nbits2(self) -> usize {
+        match self {
+            Fidelity::High => 1,
+            _ => 0,
         }
     }
 
@@ -130,50 +153,104 @@ pub struct FidSegment {
     codec_crc: u32,
     n_tokens: usize,
     n_docs: usize,
-    levels_off: usize,
-    cids_off: usize,
-    scales_off: usize,
-    codes_off: usize,
+    nbits2: usize,
+    off: Layout,
+}
+
+/// Byte offsets of a file's sections (stage-2 sections empty when `nbits2` = 0).
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    levels: usize,
+    levels2: usize,
+    cids: usize,
+    scales: usize,
+    scales2: usize,
+    codes: usize,
+    codes2: usize,
+    /// Position of the trailing checksum.
+    end: usize,
 }
 
 /// Fixed-point unit of a token's residual scale: stored `u16` = `round(scale * SCALE_ONE)`.
 pub const SCALE_ONE: f32 = 16384.0;
 
-/// Section offsets of a file: (levels, cids, residual scales, codes, checksum position).
+/// Section offsets of a file (see the module docs); `None` on overflow.
 fn layout(
     dim: usize,
     nbits: usize,
+    nbits2: usize,
     cid_bytes: usize,
     n_tokens: usize,
-) -> Option<(usize, usize, usize, usize, usize)> {
-    let levels = HEADER;
-    let cids = align64(levels.checked_add(dim.checked_mul(4 << nbits)?)?);
-    let scales = align64(cids.checked_add(n_tokens.checked_mul(cid_bytes)?)?);
-    let codes = align64(scales.checked_add(n_tokens.checked_mul(2)?)?);
+) -> Option<Layout> {
     let n_blocks = n_tokens.div_ceil(BLOCK);
-    let end = codes.checked_add(n_blocks.checked_mul(n_subspaces(dim, nbits) * 16)?)?;
-    Some((levels, cids, scales, codes, end))
+    let code_bytes = |nb: usize| match nb {
+        0 => Some(0),
+        _ => n_blocks.checked_mul(n_subspaces(dim, nb) * 16),
+    };
+    let levels = HEADER;
+    let levels2 = align64(levels.checked_add(dim.checked_mul(4 << nbits)?)?);
+    let l2 = if nbits2 == 0 {
+        0
+    } else {
+        dim.checked_mul(4 << nbits2)?
+    };
+    let cids = align64(levels2.checked_add(l2)?);
+    let scales = align64(cids.checked_add(n_tokens.checked_mul(cid_bytes)?)?);
+    let scales2 = align64(scales.checked_add(n_tokens.checked_mul(2)?)?);
+    let s2 = if nbits2 == 0 {
+        0
+    } else {
+        n_tokens.checked_mul(2)?
+    };
+    let codes = align64(scales2.checked_add(s2)?);
+    let codes_end = codes.checked_add(code_bytes(nbits)?)?;
+    // Without a second stage nothing follows the codes (the version-1 layout).
+    let codes2 = if nbits2 == 0 {
+        codes_end
+    } else {
+        align64(codes_end)
+    };
+    let end = codes2.checked_add(code_bytes(nbits2)?)?;
+    Some(Layout {
+        levels,
+        levels2,
+        cids,
+        scales,
+        scales2,
+        codes,
+        codes2,
+        end,
+    })
+}
+
+/// One residual stage of a file being assembled: `2^nbits` levels per dimension
+/// (dimension-major), one scale per token, codes in block layout.
+pub(crate) struct StageParts<'a> {
+    pub nbits: usize,
+    pub levels: &'a [f32],
+    pub scales: &'a [u16],
+    pub codes: &'a [u8],
 }
 
 impl FidSegment {
-    /// Assembles a file in memory from its parts (`codes` already in block layout).
-    #[allow(clippy::too_many_arguments)]
+    /// Assembles a file in memory from its parts: the first residual stage and optionally a
+    /// second (version 2 either way).
     pub(crate) fn assemble(
         dim: usize,
-        nbits: usize,
         n_centroids: usize,
         codec_crc: u32,
         n_docs: usize,
-        levels: &[f32],
         cids: &[u32],
-        scales: &[u16],
-        codes: &[u8],
+        stage1: StageParts<'_>,
+        stage2: Option<StageParts<'_>>,
     ) -> Result<FidSegment> {
         let cid_bytes = if n_centroids <= 1 << 16 { 2 } else { 4 };
         let n_tokens = cids.len();
-        let (lo, co, so, ko, end) = layout(dim, nbits, cid_bytes, n_tokens)
+        let nbits = stage1.nbits;
+        let nbits2 = stage2.as_ref().map_or(0, |s| s.nbits);
+        let lay = layout(dim, nbits, nbits2, cid_bytes, n_tokens)
             .ok_or_else(|| LatixError::invalid("refinement file too large"))?;
-        let total = end + 4;
+        let total = lay.end + 4;
         let mut store = crate::error::try_filled(total.div_ceil(8), 0u64, "a refinement file")?;
         let b = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..total];
         let head: [u32; 6] = [
@@ -187,22 +264,29 @@ impl FidSegment {
         format::write_header(b, MAGIC, &head);
         b[32..40].copy_from_slice(&(n_tokens as u64).to_le_bytes());
         b[40..48].copy_from_slice(&(n_docs as u64).to_le_bytes());
-        for (i, v) in levels.iter().enumerate() {
-            b[lo + 4 * i..lo + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        b[48..52].copy_from_slice(&(nbits2 as u32).to_le_bytes());
+        let put_stage = |b: &mut [u8], st: &StageParts<'_>, lo: usize, so: usize, ko: usize| {
+            for (i, v) in st.levels.iter().enumerate() {
+                b[lo + 4 * i..lo + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            for (i, &r) in st.scales.iter().enumerate() {
+                b[so + 2 * i..so + 2 * i + 2].copy_from_slice(&r.to_le_bytes());
+            }
+            b[ko..ko + st.codes.len()].copy_from_slice(st.codes);
+        };
+        put_stage(b, &stage1, lay.levels, lay.scales, lay.codes);
+        if let Some(st) = &stage2 {
+            put_stage(b, st, lay.levels2, lay.scales2, lay.codes2);
         }
         for (i, &c) in cids.iter().enumerate() {
-            let o = co + i * cid_bytes;
+            let o = lay.cids + i * cid_bytes;
             if cid_bytes == 2 {
                 b[o..o + 2].copy_from_slice(&(c as u16).to_le_bytes());
             } else {
                 b[o..o + 4].copy_from_slice(&c.to_le_bytes());
             }
         }
-        for (i, &r) in scales.iter().enumerate() {
-            b[so + 2 * i..so + 2 * i + 2].copy_from_slice(&r.to_le_bytes());
-        }
-        b[ko..ko + codes.len()].copy_from_slice(codes);
-        format::seal_at(b, end);
+        format::seal_at(b, lay.end);
         Self::parse(FileBytes::Owned(store, total), Path::new("<memory>"), false)
     }
 
@@ -233,11 +317,18 @@ impl FidSegment {
         let rd = |i: usize| format::le_u32(b, i);
         let rd64 = |i: usize| format::le_u64(b, i);
         let version = rd(8);
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(LatixError::UnsupportedVersion {
                 path: path.into(),
-                detail: format!("refinement file version {version}, this latix reads {VERSION}"),
+                detail: format!(
+                    "refinement file version {version}, this latix reads 1 to {VERSION}"
+                ),
             });
+        }
+        // Version 1 has no second stage (its header bytes 48..64 are unused).
+        let nbits2 = if version >= 2 { rd(48) as usize } else { 0 };
+        if nbits2 > 2 || version >= 2 && b[52..HEADER].iter().any(|&x| x != 0) {
+            return Err(bad(format!("bad header (second stage of {nbits2} bits)")));
         }
         let (dim, nbits, cid_bytes, k, codec_crc) = (
             rd(12) as usize,
@@ -262,8 +353,9 @@ impl FidSegment {
             )));
         }
         let n_tokens = n_tokens as usize;
-        let (lo, co, so, ko, end) = layout(dim, nbits, cid_bytes, n_tokens)
+        let lay = layout(dim, nbits, nbits2, cid_bytes, n_tokens)
             .ok_or_else(|| bad("section sizes overflow".into()))?;
+        let end = lay.end;
         if b.len() != end + 4 {
             return Err(bad(format!(
                 "{} bytes, the header implies {}",
@@ -283,12 +375,11 @@ impl FidSegment {
             codec_crc,
             n_tokens,
             n_docs: n_docs as usize,
-            levels_off: lo,
-            cids_off: co,
-            scales_off: so,
-            codes_off: ko,
+            nbits2,
+            off: lay,
         };
-        if !s.levels().iter().all(|v| v.is_finite() && v.abs() < 1e6) {
+        let finite = |l: &[f32]| l.iter().all(|v| v.is_finite() && v.abs() < 1e6);
+        if !finite(s.levels()) || !finite(s.levels2()) {
             return Err(bad("a residual level is not finite".into()));
         }
         // Ids index the query's centroid scores: each must name a centroid.
@@ -310,9 +401,20 @@ impl FidSegment {
     pub fn nbits(&self) -> usize {
         self.nbits
     }
+    /// Bits per dimension of the second residual stage (0: the file has none).
+    pub fn nbits2(&self) -> usize {
+        self.nbits2
+    }
     /// 4-bit subspaces per token ([`n_subspaces`]).
     pub fn n_sub(&self) -> usize {
         n_subspaces(self.dim, self.nbits)
+    }
+    /// 4-bit subspaces per token of the second stage (0 without one).
+    pub fn n_sub2(&self) -> usize {
+        match self.nbits2 {
+            0 => 0,
+            nb => n_subspaces(self.dim, nb),
+        }
     }
     /// Tokens (the segment's rows).
     pub fn n_tokens(&self) -> usize {
@@ -337,13 +439,22 @@ impl FidSegment {
     /// Residual levels, `2^nbits` per dimension (dimension-major).
     pub fn levels(&self) -> &[f32] {
         let n = self.dim << self.nbits;
-        bytemuck::cast_slice(&self.as_bytes()[self.levels_off..self.levels_off + 4 * n])
+        bytemuck::cast_slice(&self.as_bytes()[self.off.levels..self.off.levels + 4 * n])
+    }
+    /// Second-stage levels, `2^nbits2` per dimension (empty without a second stage).
+    pub fn levels2(&self) -> &[f32] {
+        let n = if self.nbits2 == 0 {
+            0
+        } else {
+            self.dim << self.nbits2
+        };
+        bytemuck::cast_slice(&self.as_bytes()[self.off.levels2..self.off.levels2 + 4 * n])
     }
     /// Coarse centroid of token `t` (`t < n_tokens`).
     #[inline]
     pub fn cid(&self, t: usize) -> u32 {
         let b = self.as_bytes();
-        let o = self.cids_off + t * self.cid_bytes;
+        let o = self.off.cids + t * self.cid_bytes;
         if self.cid_bytes == 2 {
             u16::from_le_bytes([b[o], b[o + 1]]) as u32
         } else {
@@ -354,23 +465,36 @@ impl FidSegment {
     #[inline]
     pub fn scale(&self, t: usize) -> f32 {
         let b = self.as_bytes();
-        let o = self.scales_off + 2 * t;
+        let o = self.off.scales + 2 * t;
+        u16::from_le_bytes([b[o], b[o + 1]]) as f32 / SCALE_ONE
+    }
+    /// Second-stage scale of token `t` (`t < n_tokens`; 0 without a second stage).
+    #[inline]
+    pub fn scale2(&self, t: usize) -> f32 {
+        if self.nbits2 == 0 {
+            return 0.0;
+        }
+        let b = self.as_bytes();
+        let o = self.off.scales2 + 2 * t;
         u16::from_le_bytes([b[o], b[o + 1]]) as f32 / SCALE_ONE
     }
     /// Codes in block layout (`ceil(n_tokens / 32)` blocks of `n_sub * 16` bytes).
     pub fn codes(&self) -> &[u8] {
         let bb = self.n_sub() * 16;
-        &self.as_bytes()[self.codes_off..self.codes_off + self.n_tokens.div_ceil(BLOCK) * bb]
+        &self.as_bytes()[self.off.codes..self.off.codes + self.n_tokens.div_ceil(BLOCK) * bb]
+    }
+    /// Second-stage codes in block layout (`n_sub2 * 16` bytes per block; empty without one).
+    pub fn codes2(&self) -> &[u8] {
+        let bb = self.n_sub2() * 16;
+        &self.as_bytes()[self.off.codes2..self.off.codes2 + self.n_tokens.div_ceil(BLOCK) * bb]
     }
     /// Level index of dimension `d` of token `t`.
     pub fn level(&self, t: usize, d: usize) -> usize {
-        let per = 4 / self.nbits; // dimensions per subspace
-        let (s, j) = (d / per, d % per);
-        let bb = self.n_sub() * 16;
-        let (blk, lane) = (t / BLOCK, t % BLOCK);
-        let byte = self.codes()[blk * bb + s * 16 + lane % 16];
-        let code = (byte >> (4 * (lane / 16))) & 15;
-        ((code >> (j * self.nbits)) & ((1 << self.nbits) - 1)) as usize
+        level_of(self.codes(), self.nbits, self.n_sub(), t, d)
+    }
+    /// Second-stage level index of dimension `d` of token `t` (requires `nbits2() > 0`).
+    pub fn level2(&self, t: usize, d: usize) -> usize {
+        level_of(self.codes2(), self.nbits2, self.n_sub2(), t, d)
     }
     /// `Corrupted` (naming `path`) if a mapped file no longer has its mapped size (truncated from
     /// outside latix; reading it would raise SIGBUS).
@@ -384,17 +508,33 @@ impl FidSegment {
         let dim = self.dim;
         let lv = self.levels();
         let nl = 1 << self.nbits;
+        let (lv2, nl2) = (self.levels2(), 1 << self.nbits2);
         let mut out = crate::error::try_vec((b - a) * dim, "decoded token vectors")?;
         for t in a..b {
             let c = self.cid(t) as usize;
-            let r = self.scale(t);
+            let (r, r2) = (self.scale(t), self.scale2(t));
             let row = &centroids[c * dim..(c + 1) * dim];
             for (d, &cv) in row.iter().enumerate() {
-                out.push(cv + r * lv[d * nl + self.level(t, d)]);
+                let mut v = cv + r * lv[d * nl + self.level(t, d)];
+                if self.nbits2 > 0 {
+                    v += r2 * lv2[d * nl2 + self.level2(t, d)];
+                }
+                out.push(v);
             }
         }
         Ok(out)
     }
+}
+
+/// Level index of dimension `d` of token `t` in block-layout `codes` of `nbits` per dimension.
+fn level_of(codes: &[u8], nbits: usize, n_sub: usize, t: usize, d: usize) -> usize {
+    let per = 4 / nbits; // dimensions per subspace
+    let (s, j) = (d / per, d % per);
+    let bb = n_sub * 16;
+    let (blk, lane) = (t / BLOCK, t % BLOCK);
+    let byte = codes[blk * bb + s * 16 + lane % 16];
+    let code = (byte >> (4 * (lane / 16))) & 15;
+    ((code >> (j * nbits)) & ((1 << nbits) - 1)) as usize
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 use super::{n_subspaces, FidSegment};
 use crate::compressed::fastscan::{scan_block, BLOCK};
 
-/// A query's tables for one refinement file's levels.
-pub struct FidQuery {
+/// A query's quantised tables for one residual stage's levels.
+struct StageTables {
     /// Per query token: `n_sub * 16` quantised entries.
     luts: Vec<u8>,
     /// Per query token: sum of the subspace minima, and the quantisation step.
@@ -18,15 +18,12 @@ pub struct FidQuery {
     n_sub: usize,
 }
 
-impl FidQuery {
-    /// Tables of the query `q` (`nq * dim` f32) for the levels of `seg`.
-    pub fn new(q: &[f32], seg: &FidSegment) -> FidQuery {
-        let dim = seg.dim();
-        let nbits = seg.nbits();
+impl StageTables {
+    /// Tables of the query `q` (`nq * dim` f32) for levels `lv` (`2^nbits` per dimension).
+    fn new(q: &[f32], dim: usize, nbits: usize, lv: &[f32]) -> StageTables {
         let nl = 1usize << nbits;
         let per = 4 / nbits;
         let mask = (1usize << nbits) - 1;
-        let lv = seg.levels();
         let nsub = n_subspaces(dim, nbits);
         let nq = q.len() / dim.max(1);
         let mut luts = vec![0u8; nq * nsub * 16];
@@ -75,7 +72,7 @@ impl FidQuery {
             bias.push(b0);
             scale.push(sc);
         }
-        FidQuery {
+        StageTables {
             luts,
             bias,
             scale,
@@ -83,15 +80,45 @@ impl FidQuery {
         }
     }
 
-    /// Query tokens.
-    pub fn n_query_tokens(&self) -> usize {
-        self.bias.len()
+    /// Largest error of one token's residual term (before its scale) from table quantisation,
+    /// for query token `i`: half a step per subspace.
+    fn max_error(&self, i: usize) -> f32 {
+        0.5 * self.scale[i] * self.n_sub as f32
+    }
+}
+
+/// A query's tables for one refinement file's levels (both stages when it has two).
+pub struct FidQuery {
+    t1: StageTables,
+    t2: Option<StageTables>,
+}
+
+impl FidQuery {
+    /// Tables of the query `q` (`nq * dim` f32) for the levels of `seg`.
+    pub fn new(q: &[f32], seg: &FidSegment) -> FidQuery {
+        let dim = seg.dim();
+        let t1 = StageTables::new(q, dim, seg.nbits(), seg.levels());
+        let t2 = match seg.nbits2() {
+            0 => None,
+            nb => Some(StageTables::new(q, dim, nb, seg.levels2())),
+        };
+        FidQuery { t1, t2 }
     }
 
-    /// Largest error of one token's residual term from table quantisation, for query token `i`:
-    /// half a step per subspace.
+    /// Query tokens.
+    pub fn n_query_tokens(&self) -> usize {
+        self.t1.bias.len()
+    }
+
+    /// Largest error of one token's first-stage residual term (before its scale) from table
+    /// quantisation, for query token `i`: half a step per subspace.
     pub fn max_error(&self, i: usize) -> f32 {
-        0.5 * self.scale[i] * self.n_sub as f32
+        self.t1.max_error(i)
+    }
+
+    /// The same for the second stage's term (0 without a second stage).
+    pub fn max_error2(&self, i: usize) -> f32 {
+        self.t2.as_ref().map_or(0.0, |t| t.max_error(i))
     }
 }
 
@@ -145,29 +172,40 @@ fn score_doc_body(
     if b <= a {
         return 0.0;
     }
-    let nsub = fq.n_sub;
+    let (t1, t2) = (&fq.t1, fq.t2.as_ref());
+    let nsub = t1.n_sub;
     let bb = nsub * 16;
     let codes = seg.codes();
+    // The second stage, when both the file and the tables have one (tables are built per file).
+    let stage2 = t2.filter(|t| t.n_sub == seg.n_sub2() && seg.nbits2() > 0);
+    let nsub2 = stage2.map_or(0, |t| t.n_sub);
+    let bb2 = nsub2 * 16;
+    let codes2 = seg.codes2();
     let (b0, b1) = (a / BLOCK, (b - 1) / BLOCK + 1);
     // Centroid ids of the blocks' lanes (lanes outside a..b masked below).
     let nlanes = (b1 - b0) * BLOCK;
     let mut cid = vec![0u32; nlanes];
     let mut rs = vec![0f32; nlanes];
+    let mut rs2 = vec![0f32; if stage2.is_some() { nlanes } else { 0 }];
     for (l, (c, r)) in cid.iter_mut().zip(rs.iter_mut()).enumerate() {
         let t = b0 * BLOCK + l;
         if t >= a && t < b {
             *c = seg.cid(t);
             *r = seg.scale(t);
+            if let Some(r2) = rs2.get_mut(l) {
+                *r2 = seg.scale2(t);
+            }
         }
     }
     let (lo_mask, hi_mask) = (a - b0 * BLOCK, b - b0 * BLOCK);
     let mut acc = [0u16; BLOCK];
+    let mut acc2 = [0u16; BLOCK];
     let mut v = [0f32; BLOCK];
     let mut total = 0f32;
     for i in 0..fq.n_query_tokens() {
-        let lut = &fq.luts[i * bb..(i + 1) * bb];
+        let lut = &t1.luts[i * bb..(i + 1) * bb];
         let row = &cs[i * stride..(i + 1) * stride];
-        let (bias, scale) = (fq.bias[i], fq.scale[i]);
+        let (bias, scale) = (t1.bias[i], t1.scale[i]);
         let mut best = [f32::NEG_INFINITY; 8];
         for (k, blk) in (b0..b1).enumerate() {
             scan_block(lut, &codes[blk * bb..(blk + 1) * bb], nsub, simd, &mut acc);
@@ -178,6 +216,21 @@ fn score_doc_body(
             let r: &[f32; BLOCK] = rs[k * BLOCK..(k + 1) * BLOCK].try_into().expect("block");
             for ((o, &x), &r) in v.iter_mut().zip(&acc).zip(r) {
                 *o += r * (bias + scale * x as f32);
+            }
+            if let Some(t) = stage2 {
+                let lut2 = &t.luts[i * bb2..(i + 1) * bb2];
+                scan_block(
+                    lut2,
+                    &codes2[blk * bb2..(blk + 1) * bb2],
+                    nsub2,
+                    simd,
+                    &mut acc2,
+                );
+                let (bias2, scale2) = (t.bias[i], t.scale[i]);
+                let r2: &[f32; BLOCK] = rs2[k * BLOCK..(k + 1) * BLOCK].try_into().expect("block");
+                for ((o, &x), &r) in v.iter_mut().zip(&acc2).zip(r2) {
+                    *o += r * (bias2 + scale2 * x as f32);
+                }
             }
             let base = k * BLOCK;
             if base < lo_mask {

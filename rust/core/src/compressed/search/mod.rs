@@ -35,7 +35,10 @@ pub use refinement::{
     centroid_interaction, default_refine, default_refine_for_rerank, refine, rerank_depth,
     REFINE_MIN,
 };
-pub use rerank::{rerank_exact, rerank_tier, tier_rerank_depth, FullVectors, TierRows};
+pub use rerank::{
+    rerank_exact, rerank_tier, tier_mix, tier_rerank_depth, two_stage_rerank_depth, FullVectors,
+    TierRows,
+};
 pub use scan::search_segments;
 
 use super::state::CState;
@@ -156,6 +159,8 @@ pub(crate) fn search_snapshot(
             .zip(&state.fids)
             .any(|(i, f)| i.is_some() && f.is_some());
     let rerank = opts.rerank.unwrap_or(keep_vectors || tiered);
+    // A tier with a second residual stage re-ranks deeper ([`two_stage_rerank_depth`]).
+    let two_stage = tiered && state.fids.iter().flatten().any(|(_, f)| f.nbits2() > 0);
     // Allowed documents per segment: the subset's live documents, or all live documents.
     let filtered = bits.is_some() || subset.is_some();
     let allowed: Vec<Option<Vec<u64>>> = match (bits, subset) {
@@ -234,7 +239,12 @@ pub(crate) fn search_snapshot(
     let dim = snap.dim();
     let all_mapped = views.iter().all(|v| v.seg.has_doc_map());
     let live = snap.len().max(1);
-    let stages = Stages::resolve(opts, k, nprobe, rerank, tiered, all_mapped, live)?
+    let tier = match (tiered, two_stage) {
+        (false, _) => Tier::None,
+        (true, false) => Tier::OneStage,
+        (true, true) => Tier::TwoStage,
+    };
+    let stages = Stages::resolve(opts, k, nprobe, rerank, tier, all_mapped, live)?
         .with_filter(n_allowed.unwrap_or(live), live);
     // Exhaustive: every allowed document of the encoded segments, refined whole (needs the
     // document map of every segment, like refine).
@@ -342,9 +352,20 @@ struct Stages {
     filtered_depth: usize,
 }
 
+/// What the final re-rank reads, for its default depth.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// Kept vectors (or no re-rank).
+    None,
+    /// A fidelity tier of one residual stage per file.
+    OneStage,
+    /// A fidelity tier with a second residual stage.
+    TwoStage,
+}
+
 impl Stages {
     /// Depths for `k` results from `opts`, with `nprobe` already resolved, the final re-rank
-    /// decided (`rerank`, from a fidelity tier when `tiered`), `all_mapped` (every encoded
+    /// decided (`rerank`, from a fidelity tier unless `tier` is `None`), `all_mapped` (every encoded
     /// segment has a document map, which refine needs) and `live` documents searched (no stage
     /// can return more: larger depths are capped before anything is sized by them).
     fn resolve(
@@ -352,7 +373,7 @@ impl Stages {
         k: usize,
         nprobe: usize,
         rerank: bool,
-        tiered: bool,
+        tier: Tier,
         all_mapped: bool,
         live: usize,
     ) -> Result<Stages> {
@@ -374,7 +395,8 @@ impl Stages {
         let n_refine = n_refine.min(live);
         let exact_depth = match opts.rerank_depth {
             Some(r) if rerank => r.max(k),
-            _ if rerank && tiered => tier_rerank_depth(k),
+            _ if rerank && tier == Tier::TwoStage => two_stage_rerank_depth(k),
+            _ if rerank && tier == Tier::OneStage => tier_rerank_depth(k),
             _ if rerank => rerank_depth(k, n_refine > 0),
             _ => k,
         }
@@ -507,7 +529,7 @@ pub fn search_encoded(
         .sum();
     let all_mapped = views.iter().all(|v| v.seg.has_doc_map());
     let n_docs: usize = views.iter().map(|v| v.seg.n_docs()).sum();
-    let stages = Stages::resolve(opts, k, nprobe, rerank, false, all_mapped, live)?
+    let stages = Stages::resolve(opts, k, nprobe, rerank, Tier::None, all_mapped, live)?
         .with_filter(live, n_docs);
     let final_stage = if rerank {
         Rerank::Exact(fulls)

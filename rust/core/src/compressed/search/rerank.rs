@@ -66,8 +66,23 @@ pub struct TierRows<'a> {
 /// estimates err independently (pooled 4-bit PQ against per-token 1- or 2-bit residuals), so
 /// their mean is closer to exact MaxSim than either. Chosen on SciFact's first 400 *train*
 /// queries (balanced tier, nprobe 8, refine 32, re-rank 16): recall@10 against exact 0.869 at
-/// weight 0 (tier alone), 0.889 at 0.5.
+/// weight 0 (tier alone), 0.889 at 0.5. Used for files of one residual stage.
 pub const TIER_MIX: f32 = 0.5;
+
+/// The weight of [`TIER_MIX`] for a file with a second residual stage (high tier, 2 + 1 bits):
+/// its reconstruction is so much closer than the codes that averaging costs recall. SciFact's
+/// first 400 *train* queries (nprobe 8, refine 48, re-rank 16): recall@10 against exact 0.952 at
+/// weight 0, 0.949 at 0.2, 0.942 at 0.35 (0.922 at 0.5, all 809 queries).
+pub const TIER_MIX_TWO_STAGE: f32 = 0.0;
+
+/// Weight of the codes' score for candidates re-ranked from `fid`.
+pub fn tier_mix(fid: &FidSegment) -> f32 {
+    if fid.nbits2() > 0 {
+        TIER_MIX_TWO_STAGE
+    } else {
+        TIER_MIX
+    }
+}
 
 /// Documents re-ranked from a tier's refinement data for `k` results, after refinement from
 /// codes: `max(2k, 16)`, like the exact re-rank of kept vectors (see [`rerank_depth`]).
@@ -75,9 +90,18 @@ pub fn tier_rerank_depth(k: usize) -> usize {
     (2 * k).max(16)
 }
 
+/// Documents re-ranked from a tier whose files have a second residual stage (high): every
+/// refined candidate, `max(4k, 48)` (see [`default_refine_for_rerank`]), as the tier score alone
+/// orders them better than the codes do. SciFact's first 400 *train* queries, nprobe 8, refine
+/// 48: recall@10 against exact 0.952 / 0.958 re-ranking 16 / 48 (refine 64 : re-rank 32 0.961,
+/// 96 : 96 0.963, 160 : 160 0.965: the tier's own error, not the depth, is what is left).
+pub fn two_stage_rerank_depth(k: usize) -> usize {
+    crate::compressed::search::default_refine_for_rerank(k)
+}
+
 /// Re-scores `cands` with MaxSim over their original tokens' reconstructions (`tiers[segment]`,
 /// see [`crate::compressed::fidelity`]), scored from the refinement codes against the query's
-/// tables and averaged with the candidate's own score (from codes: [`TIER_MIX`]); keeps the best
+/// tables and averaged with the candidate's own score (from codes: [`tier_mix`]); keeps the best
 /// `k`, ties broken by segment then document. `plan`'s centroid scores
 /// (or, for two-level plans, every centroid scored now) give each token's centroid term.
 pub fn rerank_tier(
@@ -127,7 +151,8 @@ pub fn rerank_tier(
         );
         let fq = tables[s as usize].as_ref().expect("tables built above");
         let tier = score_doc(fq, cs, stride, t.fid, a, b, simd);
-        ((1.0 - TIER_MIX) * tier + TIER_MIX * c, s, d)
+        let mix = tier_mix(t.fid);
+        ((1.0 - mix) * tier + mix * c, s, d)
     };
     let out: Vec<Candidate> = crate::parallel::map_init(cands, 8, || (), |_, c| score(c));
     Ok(crate::topk::best(out, k))
