@@ -327,7 +327,10 @@ fn files_of_an_index_match_the_layouts() {
                 assert_eq!(b.len(), lay[6] + seg.codes().len() + 4);
             } else if f.contains(".fid-") {
                 seen[4] += 1;
-                assert_eq!((&b[..8], u32_at(&b, 8)), (&b"LTXFIDSG"[..], 1));
+                // Version 2 (the second residual stage): its bit count at byte 48, 0 for the
+                // balanced tier written here, whose layout is otherwise version 1's.
+                assert_eq!((&b[..8], u32_at(&b, 8)), (&b"LTXFIDSG"[..], 2));
+                assert_eq!(u32_at(&b, 48), 0, "balanced tier: no second stage");
                 let seg = FidSegment::from_bytes(&b, true).expect("fid");
                 assert_eq!(u32_at(&b, 12) as usize, seg.dim());
                 assert_eq!(u32_at(&b, 24) as usize, seg.n_centroids());
