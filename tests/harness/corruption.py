@@ -259,7 +259,10 @@ def worker(base: str, seed: int) -> None:
     ref = reference(basep, seed)
     if ref["compressed"] and compressed_search not in EXTRA_OPS:
         EXTRA_OPS.append(compressed_search)
-    scratch = Path(tempfile.mkdtemp(prefix="latix-corrupt-w-")) / "ix"
+    # Inside the parent's temporary directory (beside the base): the parent kills its workers,
+    # so this process's `finally` does not run, and the parent's removal of its directory is
+    # what cleans up.
+    scratch = Path(tempfile.mkdtemp(prefix="w-", dir=basep.parent)) / "ix"
     sys.stdout.write("READY\n")
     sys.stdout.flush()
     try:
