@@ -1,7 +1,8 @@
 """latix.Index.search_masked / segments / segment_ids: the per-segment bitmap filter that
 collections build from metadata, through the Python binding (the core's own tests are in
 rust/core/tests/masked_search.rs): results equal the id-subset search, stale masks answer None,
-bad masks are clear errors.
+bad masks are clear errors; a narrow exhaustive filter on an index with kept vectors is exact
+MaxSim over the allowed documents (numpy reference).
 """
 
 from __future__ import annotations
@@ -78,3 +79,58 @@ def test_masked_equals_subset(tmp_path: Path, seed: int) -> None:
         ix.segment_ids("seg-0000009999.lxs")
     with pytest.raises(latix.InvalidArgumentError):
         ix.segment_ids(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_narrow_exhaustive_filter_with_kept_vectors_is_exact(tmp_path: Path, seed: int) -> None:
+    """At most 128 allowed documents, kept vectors, exhaustive: every allowed live document is
+    scored exactly, so ids and scores are numpy MaxSim's over the stored (float16) vectors."""
+    rng = np.random.default_rng(100 + seed)
+    dim = 16
+    comp = latix.Compression(
+        bytes_per_token=4,
+        n_centroids=16,
+        keep_vectors=True,
+        train_min_tokens=300,
+        train_sample_tokens=2000,
+        seed=seed,
+    )
+    ix = latix.Index.create(tmp_path / "ix", dim=dim, compression=comp)
+    docs: dict[str, np.ndarray] = {}
+    for s in range(3):
+        n = int(rng.integers(60, 160))
+        batch = {
+            f"s{s}-{i}": rng.standard_normal((int(rng.integers(1, 12)), dim)).astype(np.float32)
+            for i in range(n)
+        }
+        ix.add(list(batch), list(batch.values()))
+        ix.commit()
+        docs.update(batch)
+    dead = [d for d in docs if rng.random() < 0.1]
+    ix.delete(dead)
+    ix.commit()
+    assert ix.stats()["trained"]
+    for n_allowed in (1, 7, 40, 128):
+        masks, allowed = {}, []
+        for file, n_docs, _ in ix.segments():
+            ids = ix.segment_ids(file)
+            bits = np.zeros(n_docs, bool)
+            bits[rng.choice(n_docs, size=min(n_docs, n_allowed // 3 + 1), replace=False)] = True
+            masks[file] = _pack(bits)
+            allowed += [i for i, b in zip(ids, bits, strict=True) if b and i not in dead]
+        q = rng.standard_normal((int(rng.integers(1, 9)), dim)).astype(np.float32)
+        got = ix.search_masked(q, masks, k=10, exhaustive_below=128)
+        assert got is not None
+        ref = {
+            i: float((q @ docs[i].astype(np.float16).astype(np.float32).T).max(axis=1).sum())
+            for i in allowed
+        }
+        want = sorted(ref, key=lambda i: -ref[i])[:10]
+        hits = [i for i in got[1][0] if i]
+        assert len(hits) == len(want)
+        for i, score in zip(hits, got[0][0], strict=False):
+            assert abs(score - ref[i]) <= 1e-3 * (1 + abs(ref[i])), (i, score, ref[i])
+        # Same set as numpy's top 10 up to ties at the cut.
+        cut = ref[want[-1]]
+        assert {i for i in hits if ref[i] > cut + 1e-3} <= set(want)
+        assert all(ref[i] >= cut - 1e-3 for i in hits)

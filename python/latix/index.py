@@ -434,7 +434,9 @@ class Index:
                 allowed, every one of them is a candidate instead of the output of candidate
                 generation from the probed lists: all of them are scored with all their codes
                 when there are at most 128, else the best 32 by centroid interaction (then
-                re-ranked exactly when re-ranking). 0: never.
+                re-ranked exactly when re-ranking). With kept vectors and the exact re-rank, a
+                set of at most 128 is scored exactly from the vectors instead (the result is
+                exact MaxSim over the allowed documents). 0: never.
             nprobe: as in :meth:`search`.
             rerank: as in :meth:`search`.
             refine: as in :meth:`search`.

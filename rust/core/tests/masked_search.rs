@@ -2,7 +2,7 @@
 //! metadata filter takes: on plain and compressed indexes, with several segments and deleted
 //! documents, masks must give exactly the results of the equivalent id subset; the exhaustive
 //! mode of a compressed index must equal candidate generation that probes every list and
-//! refines every candidate; a snapshot with a segment the masks do not cover answers `None`.
+//! refines every candidate (and, with kept vectors, re-ranks every one exactly); a snapshot with a segment the masks do not cover answers `None`.
 
 use std::collections::HashSet;
 
@@ -202,9 +202,12 @@ fn masks_on_a_compressed_index_and_the_exhaustive_mode() {
                 .search_filtered(&[&q], 10, Some(1), f, opts)
                 .expect("search")
                 .expect("covered");
+            // With kept vectors an exhaustive set this small is scored exactly: every
+            // allowed document re-ranked from its vectors.
             let all = CompressedSearch {
                 nprobe: Some(16),
                 refine: Some(n_docs),
+                rerank_depth: keep.then_some(n_docs),
                 ..opts
             };
             let want = ix
@@ -218,7 +221,8 @@ fn masks_on_a_compressed_index_and_the_exhaustive_mode() {
             if live_allowed <= refine_all {
                 // Few enough to refine them all (exhaustive searches of up to
                 // EXHAUSTIVE_REFINE_ALL documents do): exactly probing everything and refining
-                // all.
+                // all; with kept vectors (up to EXHAUSTIVE_EXACT_ALL), exact MaxSim of all.
+                assert!(latix_core::compressed::EXHAUSTIVE_EXACT_ALL >= refine_all);
                 for ((gi, gs), (wi, ws)) in g.iter().zip(&w) {
                     assert!(
                         (gs - ws).abs() <= 1e-4 * (1.0 + ws.abs()),

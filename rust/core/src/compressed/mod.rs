@@ -27,8 +27,8 @@ pub use search::{
     rerank_depth, rerank_exact, search_segments, Candidate, FullVectors, QueryPlan, SegmentView,
 };
 pub use search::{
-    filtered_depth, search_encoded, CompressedSearch, EXHAUSTIVE_REFINE_ALL, FILTERED_DEPTH,
-    FILTERED_DEPTH_BROAD, FILTERED_REFINE,
+    filtered_depth, search_encoded, CompressedSearch, EXHAUSTIVE_EXACT_ALL, EXHAUSTIVE_REFINE_ALL,
+    FILTERED_DEPTH, FILTERED_DEPTH_BROAD, FILTERED_REFINE,
 };
 pub use state::codec_id;
 pub(crate) use state::{decode_segment_doc, load_state, verify, CState};

@@ -94,6 +94,12 @@ pub const FILTERED_DEPTH_BROAD: usize = 256;
 /// is not raised for exhaustive searches: its own score (mixed with the codes') is what limits
 /// it there.
 pub const EXHAUSTIVE_REFINE_ALL: usize = 128;
+/// An exhaustive filtered search of an index with kept vectors scores every one of at most this
+/// many allowed documents exactly from its vectors (codes not read): the result is then exact
+/// MaxSim over the filtered set. The codes' error, not the depth, is what limits such small sets
+/// (see [`EXHAUSTIVE_REFINE_ALL`]): kept vectors' re-rank of the best 20 refined found 0.95 of the
+/// exact top 10 of 105 allowed documents.
+pub const EXHAUSTIVE_EXACT_ALL: usize = EXHAUSTIVE_REFINE_ALL;
 
 /// Candidates of a filtered search through candidate generation that centroid interaction
 /// ranks, for `n_allowed` allowed of `n_live` live documents: [`FILTERED_DEPTH_BROAD`] when the
@@ -449,6 +455,13 @@ fn encoded_pipeline(
         ci.truncate(r);
         refine(codec, &plan, views, &ci)
     };
+    if let (Some(all), Rerank::Exact(fulls)) = (exhaustive, final_stage) {
+        if all.len() <= EXHAUSTIVE_EXACT_ALL {
+            // Kept vectors and a filter this narrow: every allowed document scored exactly.
+            check(all)?;
+            return rerank_exact(q, codec.dim(), fulls, all, k);
+        }
+    }
     let deep = filtered && st.n_refine > 0;
     let mut cands = match exhaustive {
         Some(all) => ci_refine(all, true)?,
