@@ -252,9 +252,9 @@ def lone_ab(
     an idle core for the second, concurrent ones on 1 each), ``--lone-always`` (2 threads for a
     lone request even with no idle core) and ``--lone-threads 1`` (1 thread each always, the
     server before), all running at once and taking blocks of ``block`` requests in turn at each
-    client count, so that load drift hits them alike. Per level and server: p50 / p99 / QPS over the pooled
-    blocks, the server's CPU per request (/proc, all its threads) and the share of answers
-    whose top-10 equals in-process search."""
+    client count, so that load drift hits them alike. Per level and server: p50 / p99 / QPS
+    over the pooled blocks, the server's CPU per request (/proc, all its threads) and the share
+    of answers whose top-10 equals in-process search."""
     servers = {
         "default (lone: 2 threads if a core is idle)": [],
         "lone: 2 threads always (`--lone-always`)": ["--lone-always"],
