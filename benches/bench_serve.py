@@ -299,6 +299,13 @@ def lone_ab(
                         "same_top10_as_inprocess": f"{same[name]}/{n}",
                     }
                 )
+        for name, (_, port) in procs.items():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as resp:
+                srv = json.loads(resp.read())["server"]
+            for x in rows:
+                if x["server"] == name:
+                    x["lone_searches_of_server"] = srv["lone_searches"]
+                    x["searches_of_server"] = srv["queries_encoded"]
     finally:
         for p, _ in procs.values():
             stop_server(p)
@@ -334,6 +341,13 @@ def lone_report(rows: list[dict[str, Any]], prov: list[str], rounds: int, n_q: i
         )
     lines.append("")
     names = list(dict.fromkeys(x["server"] for x in rows))
+    for name in names:
+        x = next(x for x in rows if x["server"] == name)
+        if "lone_searches_of_server" in x:
+            lines.append(
+                f"- {name}: {x['lone_searches_of_server']} of {x['searches_of_server']} searches "
+                "(all levels and the warm-up) ran on 2 threads."
+            )
     for name in names:
         mine = [x for x in rows if x["server"] == name]
         one, top = mine[0], mine[-1]

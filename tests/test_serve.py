@@ -289,6 +289,8 @@ def test_a_lone_request_runs_on_two_threads_with_the_same_answer(
                 assert r.status_code == 200, r.text
                 assert r.json()["hits"] == refs[q]
             assert seen_enc == [2] * len(qs) and seen_search == [2] * len(qs)
+            srv = client.get("/stats").json()["server"]
+            assert srv["lone_searches"] == len(qs) and srv["lone_encodes"] == len(qs)
             seen_enc.clear()
             seen_search.clear()
             delay[0] = 0.05

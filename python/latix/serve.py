@@ -72,6 +72,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -542,6 +543,14 @@ def create_app(
     # worker threads, where a stale value only picks a thread count). "lone_encode": the
     # encoder's n_threads for a lone request (None: its default session).
     state: dict[str, Any] = {"ready": False, "batching": False, "active": 0, "lone_encode": None}
+    # Steps that ran on n_lone threads (encoder calls, searches), for /stats; counted from the
+    # worker threads, under a lock.
+    lone_steps = {"encodes": 0, "searches": 0}
+    lone_lock = threading.Lock()
+
+    def count_lone(step: str) -> None:
+        with lone_lock:
+            lone_steps[step] += 1
 
     def lone() -> bool:
         """Whether the calling step (of a request) may use ``n_lone`` threads: it is the only
@@ -563,6 +572,8 @@ def create_app(
 
             def encode(texts: list[str]) -> Vectors:
                 t = state["lone_encode"] if lone() else None
+                if t is not None:
+                    count_lone("encodes")
                 return enc.encode_queries_packed(texts, n_threads=t).to_list()
 
             # An int8 query encoder (DynamicQuantizeMatMul) quantises activations with one scale
@@ -678,16 +689,22 @@ def create_app(
                 # to JSON bytes (no Hit objects, orjson), so the event loop only moves bytes.
                 # Thread counts are chosen per step from the searches in flight now.
                 qv = vecs
+                n_search = search_threads
                 if encode_here:
                     t = state["lone_encode"] if lone() else None
+                    if t is not None:
+                        count_lone("encodes")
                     qv = state["encoder"].encode_queries_packed(qs, n_threads=t).to_list()
+                if lone():
+                    n_search = n_lone
+                    count_lone("searches")
                 res = col.search_batch(
                     qs,
                     req.k,
                     where=req.where,
                     mode=req.mode,
                     query_vectors=qv,
-                    n_threads=n_lone if lone() else search_threads,
+                    n_threads=n_search,
                 )
                 hits = [res.hit_dicts(i) for i in range(len(res))]
                 return orjson.dumps({"hits": hits[0] if single else hits})
@@ -744,6 +761,8 @@ def create_app(
             "batching": state["batching"],
             "lone_threads": n_lone,
             "lone_encoder_threads": state["lone_encode"] or 1,
+            "lone_encodes": lone_steps["encodes"],
+            "lone_searches": lone_steps["searches"],
             "encoder_calls": b.n_calls if b else 0,
             "queries_encoded": b.n_texts if b else 0,
         }
