@@ -44,11 +44,11 @@ is more than a lone request's latency target on one core, so a search request th
 one in flight encodes on a query session of ``lone_threads`` onnxruntime threads and searches
 with ``lone_threads`` threads; under concurrency each request takes one thread for each (the
 cores are then used by the concurrent requests, and splitting them would only add
-synchronisation). The choice is made at each step (encode, then search) from the number of
-search requests in flight at that moment, and, unless ``lone_always``, from whether the machine
-has a free core for the extra threads right now (the kernel's count of runnable threads,
-``/proc/loadavg``): onnxruntime's and the search's parallel sections spin-wait for each other, so
-on a machine whose cores are taken by other processes 2 threads made a lone request 2.6x slower
+synchronisation). Each step (encode, then search) re-checks the number of search requests in
+flight; unless ``lone_always``, the request also needs an idle core for the extra threads when
+it starts (the kernel's count of runnable threads, ``/proc/loadavg``): onnxruntime's and the
+search's parallel sections spin-wait for each other, so on a machine whose cores other
+processes keep busy, 2 threads made a lone request 2.3-2.6x slower at p50 and doubled its CPU
 (bench-results/serve-lone.md). It changes how the work is split, never the answer (the
 encoder's vectors are bit-equal across its thread counts, and the search's hits do not depend
 on its threads: tests/test_serve.py).
@@ -672,6 +672,10 @@ def create_app(
         else:
             vecs = None
             encode_here = False
+            # Decided once, before this request's first step: after a 2-thread encoding its
+            # onnxruntime worker may still spin for a moment, and the kernel would count it as
+            # another process's thread (the search step then only re-checks concurrency).
+            wide = lone()
             batcher: QueryBatcher | None = state["batcher"]
             if req.mode != "keyword" and batcher is not None:
                 if state["batching"] or len(qs) > 1:
@@ -691,11 +695,11 @@ def create_app(
                 qv = vecs
                 n_search = search_threads
                 if encode_here:
-                    t = state["lone_encode"] if lone() else None
+                    t = state["lone_encode"] if wide and state["active"] == 1 else None
                     if t is not None:
                         count_lone("encodes")
                     qv = state["encoder"].encode_queries_packed(qs, n_threads=t).to_list()
-                if lone():
+                if wide and state["active"] == 1:
                     n_search = n_lone
                     count_lone("searches")
                 res = col.search_batch(
