@@ -807,8 +807,9 @@ def _cpus() -> int:
 
 
 def default_lone_threads() -> int:
-    """``lone_threads``' default: the CPUs this process may use, at most 2 (measured on a
-    2-core machine, bench-results/serve.md; more threads for one short request were not)."""
+    """``lone_threads``' default: the CPUs this process may use, at most 2 (built and measured
+    on a 2-core machine, bench-results/serve-lone.md; more threads for one short request were
+    not measured)."""
     return max(1, min(2, _cpus()))
 
 
