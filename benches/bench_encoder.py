@@ -171,7 +171,10 @@ def session_option_sweep(rounds: int) -> list[dict[str, Any]]:
     """One 14-token query through the fused int8 graph under onnxruntime setting variants.
 
     Every variant is a separate session over the same graph (or another way to call the base
-    session), run interleaved round by round; p50 ratio to latix's own settings.
+    session), run interleaved round by round; p50 ratio to latix's own settings. Besides wall
+    time, the process's CPU time per call (all threads: for 1-thread variants the caller's work
+    alone, which other processes' load inflates far less than wall time; for 2-thread ones it
+    includes the second thread's spinning), and the fused float32 graph for comparison.
     """
     import onnxruntime as ort
     from latix import bert_graph as bg
@@ -205,9 +208,11 @@ def session_option_sweep(rounds: int) -> list[dict[str, Any]]:
         "intra-op spinning off": opts(no_spinning=True),
         "parallel execution mode": opts(execution_mode=ort.ExecutionMode.ORT_PARALLEL),
         "2 intra-op threads": opts(threads=2),
+        "2 intra-op threads, spinning off": opts(threads=2, no_spinning=True),
     }
     prov = ["CPUExecutionProvider"]
     sess = {k: bg.session(ort, graph, so, prov) for k, so in variants.items()}
+    sess["float32 graph (latix settings)"] = bg.session(ort, bg.build(w), opts(), prov)
     base = sess["latix settings"]
     ids = np.random.default_rng(0).integers(1000, shape.vocab, (1, 14)).astype(np.int32)
     mask = np.ones_like(ids)
@@ -235,12 +240,16 @@ def session_option_sweep(rounds: int) -> list[dict[str, Any]]:
         for _ in range(10):
             f()
     t: dict[str, list[float]] = {k: [] for k in calls}
+    cpu: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
         for k, f in calls.items():
+            c0 = time.process_time_ns()
             t0 = time.perf_counter_ns()
             f()
             t[k].append((time.perf_counter_ns() - t0) / 1e3)
+            cpu[k].append((time.process_time_ns() - c0) / 1e3)
     b = float(np.median(t["latix settings"]))
+    bc = float(np.median(cpu["latix settings"]))
     rows = []
     for k, v in t.items():
         rows.append(
@@ -249,6 +258,8 @@ def session_option_sweep(rounds: int) -> list[dict[str, Any]]:
                 "p50_us": round(float(np.median(v))),
                 "min_us": round(min(v)),
                 "ratio_p50": round(float(np.median(v)) / b, 3),
+                "cpu_p50_us": round(float(np.median(cpu[k]))),
+                "cpu_ratio_p50": round(float(np.median(cpu[k])) / bc, 3),
             }
         )
         print(json.dumps(rows[-1]), flush=True)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -238,6 +239,137 @@ def noop_floor(answer: Path, bodies: list[bytes]) -> dict[str, Any]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def lone_ab(
+    path: Path, bodies: list[bytes], levels: list[int], ref: dict[int, list[str]], block: int = 50
+) -> list[dict[str, Any]]:
+    """The default server (a lone request encodes and searches on 2 threads when the machine has
+    an idle core for the second, concurrent ones on 1 each), ``--lone-always`` (2 threads for a
+    lone request even with no idle core) and ``--lone-threads 1`` (1 thread each always, the
+    server before), all running at once and taking blocks of ``block`` requests in turn at each
+    client count, so that load drift hits them alike. Per level and server: p50 / p99 / QPS
+    over the pooled blocks, the server's CPU per request (/proc, all its threads) and the share
+    of answers whose top-10 equals in-process search."""
+    servers = {
+        "default (lone: 2 threads if a core is idle)": [],
+        "lone: 2 threads always (`--lone-always`)": ["--lone-always"],
+        "lone: 1 thread (`--lone-threads 1`, before)": ["--lone-threads", "1"],
+    }
+    procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    rows: list[dict[str, Any]] = []
+    n_q = len(ref)
+    try:
+        for name, extra in servers.items():
+            port = free_port()
+            procs[name] = (start_server(path, port, ["--query-precision", "auto", *extra]), port)
+        for _, port in procs.values():
+            http_load(port, bodies[:50], 4)  # warm-up
+        for c in levels:
+            bc.log(f"HTTP lone A/B: {c} clients")
+            lat = {n: [] for n in procs}
+            wall = dict.fromkeys(procs, 0.0)
+            cpu = dict.fromkeys(procs, 0.0)
+            same = dict.fromkeys(procs, 0)
+            size = max(block, 4 * c)  # a block keeps every client busy most of its time
+            for s0 in range(0, len(bodies), size):
+                for name, (p, port) in procs.items():
+                    c0 = cpu_seconds(p.pid)
+                    r, out = http_load(port, bodies[s0 : s0 + size], c)
+                    cpu[name] += cpu_seconds(p.pid) - c0
+                    lat[name] += r.pop("_lat")
+                    wall[name] += r.pop("_wall")
+                    same[name] += sum(
+                        [h["id"] for h in json.loads(out[i])["hits"]] == ref[(s0 + i) % n_q]
+                        for i in out
+                    )
+            for name in procs:
+                n = len(lat[name])
+                rows.append(
+                    {
+                        **pct(lat[name]),
+                        "qps": round(n / wall[name], 1),
+                        "clients": c,
+                        "server": name,
+                        "server_cpu_ms_per_request": round(1000 * cpu[name] / n, 2),
+                        "same_top10_as_inprocess": f"{same[name]}/{n}",
+                    }
+                )
+        for name, (_, port) in procs.items():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as resp:
+                srv = json.loads(resp.read())["server"]
+            for x in rows:
+                if x["server"] == name:
+                    x["lone_searches_of_server"] = srv["lone_searches"]
+                    x["searches_of_server"] = srv["queries_encoded"]
+    finally:
+        for p, _ in procs.values():
+            stop_server(p)
+    return rows
+
+
+def lone_report(rows: list[dict[str, Any]], prov: list[str], rounds: int, n_q: int) -> str:
+    lines = [
+        "# `latix serve`: both cores for a lone request",
+        "",
+        "Provenance:",
+        *prov,
+        "",
+        f"SciFact compressed collection (the `latix index` defaults), {n_q} test queries sent "
+        f"{rounds}x per level, k=10, int8 queries (`auto`), `latix serve --workers 2`. Two "
+        "servers run at once and take blocks of requests in turn at each client count (so load "
+        "drift hits them alike): the default (a request that is the only search in flight "
+        "encodes on a 2-thread onnxruntime session and searches with 2 threads if the kernel "
+        "counts an idle core, else 1; under concurrency 1 thread each), `--lone-always` (2 "
+        "threads for a lone request whatever the machine's load) and `--lone-threads 1` (1 "
+        "thread each always: the server before). Client: asyncio, one keep-alive connection "
+        "per client, on the same 2 cores. "
+        "Server CPU: user + system time of the server process (all threads) per request.",
+        "",
+        "| server | clients | p50 ms | p99 ms | QPS | server CPU ms / request | same top-10 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for x in rows:
+        lines.append(
+            f"| {x['server']} | {x['clients']} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | "
+            f"{x['qps']:.1f} | {x['server_cpu_ms_per_request']:.2f} | "
+            f"{x['same_top10_as_inprocess']} |"
+        )
+    lines.append("")
+    names = list(dict.fromkeys(x["server"] for x in rows))
+    for name in names:
+        x = next(x for x in rows if x["server"] == name)
+        if "lone_searches_of_server" in x:
+            lines.append(
+                f"- {name}: {x['lone_searches_of_server']} of {x['searches_of_server']} searches "
+                "(all levels and the warm-up) ran on 2 threads."
+            )
+    for name in names:
+        mine = [x for x in rows if x["server"] == name]
+        one, top = mine[0], mine[-1]
+        lines.append(
+            f"- {name}: 1-client p50 **{one['p50_ms']:.2f} ms** (target <= 6); "
+            f"{top['clients']}/1-client QPS **{top['qps'] / one['qps']:.2f}x** (target >= 1.7x); "
+            f"{top['clients']}-client p99 / 1-client p50 **{top['p99_ms'] / one['p50_ms']:.2f}x** "
+            "(target <= 5x)."
+        )
+    base = [x for x in rows if x["server"] == names[-1]]
+    for name in names[:-1]:
+        mine = [x for x in rows if x["server"] == name]
+        for x, y in zip(mine, base, strict=True):
+            lines.append(
+                f"- {x['clients']} clients, {name.split(' (')[0]} / before: p50 "
+                f"{x['p50_ms'] / y['p50_ms']:.2f}x, p99 {x['p99_ms'] / y['p99_ms']:.2f}x, "
+                f"QPS {x['qps'] / y['qps']:.2f}x."
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------ in-process
 
 
@@ -317,6 +449,12 @@ def main() -> int:
         "--no-lock", action="store_true", help="trial run without the benchmark lock (not quoted)"
     )
     ap.add_argument(
+        "--only",
+        choices=["lone"],
+        default=None,
+        help="lone: only the A/B of a lone request on 2 threads vs 1 (writes --out + '-lone')",
+    )
+    ap.add_argument(
         "--noop-server", nargs=3, metavar=("PORT", "BODY_FILE", "IMPL"), help=argparse.SUPPRESS
     )
     a = ap.parse_args()
@@ -344,6 +482,19 @@ def main() -> int:
     results: dict[str, Any] = {"queries": len(qtexts), "rounds": a.rounds}
     import contextlib
 
+    if a.only == "lone":
+        enc_auto = latix.Encoder.default(n_threads=1, query_precision="auto")
+        col = latix.Collection.open(path, encoder=enc_auto)
+        ref = {i: [h.id for h in col.search(q, 10, n_threads=1)] for i, q in enumerate(qtexts)}
+        col.close()
+        with contextlib.nullcontext() if a.no_lock else bc.bench_lock():
+            rows = lone_ab(path, bodies * a.rounds, a.levels, ref)
+        out = {"queries": len(qtexts), "rounds": a.rounds, "http": rows}
+        Path(a.out + "-lone.json").write_text(json.dumps(out, indent=1))
+        md = lone_report(rows, prov, a.rounds, len(qtexts))
+        Path(a.out + "-lone.md").write_text(md)
+        print(md)
+        return 0
     with contextlib.nullcontext() if a.no_lock else bc.bench_lock():
         # 1. the query encoder, 1 thread
         bc.log("query encoder")
@@ -461,7 +612,8 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
         "",
         f"SciFact compressed collection (the `latix index` defaults), {r['queries']} test queries "
         f"sent {r['rounds']}x per level, k=10, hits with text and metadata. Server: "
-        "`latix serve --workers 2` (uvicorn; 1 encoder thread and 1 search thread per call); "
+        "`latix serve --workers 2` (uvicorn; 1 encoder thread and 1 search thread per "
+        "request, 2 and 2 for a request alone in flight when a core is idle); "
         "client: asyncio in the benchmark process, one keep-alive connection per client, each "
         "sending its next query when answered, on the same 2 cores. Latency: request written -> "
         "JSON body read. In-process: `Collection.search(text, 10)` (encoding included), one "

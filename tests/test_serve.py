@@ -232,6 +232,124 @@ def test_int8_queries_are_not_batched_so_results_do_not_depend_on_traffic(served
         c8.close()
 
 
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_a_lone_request_runs_on_two_threads_with_the_same_answer(
+    tmp_path: Path, precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that is the only search in flight encodes on the encoder's 2-thread query
+    session and searches with 2 threads; concurrent ones take 1 each. Either way the answer is
+    the one of a 1-thread encoding and search (compressed index, no exact re-rank: the search
+    splits query tokens over its threads and sums their partial scores). Without an idle core
+    (other processes' threads runnable) a lone request takes 1 thread too."""
+    rng = np.random.default_rng(23)
+    enc = latix.Encoder.default(
+        n_threads=1,
+        query_precision=precision,  # type: ignore[arg-type]
+        query_threads=[2],
+    )
+    comp = latix.Compression(
+        bytes_per_token=4,
+        n_centroids=16,
+        keep_vectors=False,
+        train_min_tokens=300,
+        train_sample_tokens=4000,
+        seed=1,
+        pool_factor=1,
+    )
+    col = Collection.create(tmp_path / "c", encoder=enc, compression=comp)
+    col.add([{"id": f"r{i}", "text": rand_text(rng, 4, 20)} for i in range(80)])
+    qs = [rand_text(rng, 1, 12) for _ in range(10)]
+    refs = {}
+    for q in qs:  # the reference: 1-thread encoding (default session), 1 search thread
+        res = col.search_batch([q], 7, query_vectors=enc.encode_queries([q]), n_threads=1)
+        refs[q] = json.loads(json.dumps(res.hit_dicts(0)))
+    seen_enc: list[int | None] = []
+    seen_search: list[int | None] = []
+    delay = [0.0]
+    enc_orig, sb_orig = enc.encode_queries_packed, col.search_batch
+
+    def spy_enc(texts: Any, *, n_threads: int | None = None) -> Any:
+        seen_enc.append(n_threads)
+        return enc_orig(texts, n_threads=n_threads)
+
+    def spy_search(*a: Any, **kw: Any) -> Any:
+        seen_search.append(kw.get("n_threads"))
+        time.sleep(delay[0])  # holds concurrent requests in flight together
+        return sb_orig(*a, **kw)
+
+    enc.encode_queries_packed = spy_enc  # type: ignore[method-assign]
+    col.search_batch = spy_search  # type: ignore[method-assign]
+    try:
+        # lone_always: this test's machine may have no idle core (checked below).
+        with TestClient(create_app(col, workers=2, lone_threads=2, lone_always=True)) as client:
+            assert client.get("/stats").json()["server"]["lone_encoder_threads"] == 2
+            seen_enc.clear()
+            for q in qs:  # one at a time: each is alone
+                r = client.post("/search", json={"query": q, "k": 7})
+                assert r.status_code == 200, r.text
+                assert r.json()["hits"] == refs[q]
+            assert seen_enc == [2] * len(qs) and seen_search == [2] * len(qs)
+            srv = client.get("/stats").json()["server"]
+            assert srv["lone_searches"] == len(qs) and srv["lone_encodes"] == len(qs)
+            seen_enc.clear()
+            seen_search.clear()
+            delay[0] = 0.05
+            out: dict[int, Any] = {}
+
+            def one(i: int) -> None:
+                out[i] = client.post("/search", json={"query": qs[i % 10], "k": 7}).json()
+
+            ts = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            assert None in seen_enc and 1 in seen_search  # concurrent: 1 thread each
+            for i in range(12):
+                assert out[i]["hits"] == refs[qs[i % 10]]
+        delay[0] = 0.0
+        # Off (lone_threads=1), and no idle core (the kernel's runnable count says all busy):
+        # 1 thread; an idle core: 2.
+        for kw, idle, want in (
+            ({"lone_threads": 1, "lone_always": True}, 2, (None, 1)),
+            ({"lone_threads": 2}, 0, (None, 1)),
+            ({"lone_threads": 2}, 1, (2, 2)),
+        ):
+            monkeypatch.setattr("latix.serve._idle_cpus", lambda idle=idle: idle)
+            with TestClient(create_app(col, workers=2, **kw)) as client:  # type: ignore[arg-type]
+                seen_enc.clear()
+                seen_search.clear()
+                for q in qs[:3]:
+                    r = client.post("/search", json={"query": q, "k": 7})
+                    assert r.json()["hits"] == refs[q]
+                assert seen_enc == [want[0]] * 3 and seen_search == [want[1]] * 3
+        with pytest.raises(latix.InvalidArgumentError, match="lone_threads"):
+            create_app(col, lone_threads=0)
+    finally:
+        col.close()
+
+
+def test_idle_cpus_sees_other_processes_busy() -> None:
+    """With twice as many busy processes as CPUs, no core is idle (the kernel's runnable count
+    includes them), so a lone request would not take a second thread."""
+    from latix.serve import _idle_cpus
+
+    n = 2 * (os.cpu_count() or 1)
+    busy = [
+        subprocess.Popen(
+            [sys.executable, "-c", "import time\nt = time.time() + 20\nwhile time.time() < t: pass"]
+        )
+        for _ in range(n)
+    ]
+    try:
+        time.sleep(0.3)
+        assert min(_idle_cpus() for _ in range(20)) <= 0
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
 def test_writes_round_trip_against_a_dict(tmp_path: Path, encoder: latix.Encoder) -> None:
     rng = np.random.default_rng(3)
     col = Collection.create(tmp_path / "w", encoder=encoder, compression=None)

@@ -131,6 +131,18 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-wait-ms", type=float, default=2.0, help="bounded wait of query micro-batching"
     )
     pv.add_argument("--max-batch", type=int, default=16, help="queries per encoder call")
+    pv.add_argument(
+        "--lone-threads",
+        type=int,
+        default=None,
+        help="encoder and search threads of a request that is the only search in flight "
+        "(default: CPUs, at most 2; 1 turns it off)",
+    )
+    pv.add_argument(
+        "--lone-always",
+        action="store_true",
+        help="give a lone request --lone-threads even when no core is idle (default: then 1)",
+    )
     pv.add_argument("--log-level", default="warning", help="uvicorn log level")
     pv.add_argument(
         "--loop",
@@ -392,7 +404,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise InvalidArgumentError(f"--port must be in 0..65535, got {args.port}")
-    for name in ("workers", "threads", "max_batch"):
+    for name in ("workers", "threads", "max_batch", "lone_threads"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise InvalidArgumentError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
@@ -410,6 +422,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
         batch_wait=args.batch_wait_ms / 1000.0,
         max_batch=args.max_batch,
+        lone_threads=args.lone_threads,
+        lone_always=args.lone_always,
         log_level=args.log_level,
         query_precision=args.query_precision,
         loop=args.loop,

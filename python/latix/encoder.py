@@ -129,6 +129,11 @@ class Encoder:
         projection_bias_path: optional (dim,) float32 ``.npy`` added after the projection.
         n_threads: onnxruntime intra-op threads (default: onnxruntime's choice, all cores).
         batch_size: texts per forward pass.
+        query_threads: more intra-op thread counts for queries: one more query session is built
+            for each (over the same weight arrays), and ``encode_queries(texts, n_threads=t)``
+            runs on the one of ``t`` threads. A server uses it to give a lone request every
+            core and concurrent ones one each (:mod:`latix.serve`); the thread count changes
+            only how the work is split, not the vectors (tested bit-equal on this CPU).
         sort_by_length: batch texts of similar token length together (less padding); False
             keeps input order (only useful to measure what sorting saves).
         bert_config_path: the Hugging Face ``config.json`` of the BERT model in ``onnx_path``.
@@ -157,6 +162,7 @@ class Encoder:
         projection_bias_path: str | os.PathLike[str] | None = None,
         n_threads: int | None = None,
         batch_size: int = 32,
+        query_threads: Sequence[int] = (),
         sort_by_length: bool = True,
         bert_config_path: str | os.PathLike[str] | None = None,
         query_precision: PrecisionChoice = "fp32",
@@ -171,6 +177,10 @@ class Encoder:
             raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
         if n_threads is not None and n_threads < 1:
             raise InvalidArgumentError(f"n_threads must be >= 1, got {n_threads}")
+        if any(int(t) < 1 for t in query_threads):
+            raise InvalidArgumentError(f"query_threads must be >= 1, got {list(query_threads)}")
+        # The default session's count is not built twice (None: onnxruntime's choice).
+        extra_threads = sorted({int(t) for t in query_threads} - {n_threads})
         if query_precision not in ("auto", "fp32", "int8"):
             raise InvalidArgumentError(
                 f"query_precision must be 'auto', 'fp32' or 'int8', got {query_precision!r}"
@@ -269,8 +279,18 @@ class Encoder:
         self.backend = "onnx"
         self._fused_doc: Any = None
         self._fused_query: Any = None
+        # Query sessions by intra-op thread count, besides the default one (``query_threads``).
+        self._query_sessions: dict[int, Any] = {}
         if bert_config_path is not None and fused:
-            self._load_fused(ort, Path(bert_config_path), want)
+            self._load_fused(ort, Path(bert_config_path), want, extra_threads)
+        if self._fused_doc is None:
+            for t in extra_threads:
+                try:
+                    self._query_sessions[t] = ort.InferenceSession(
+                        str(self.onnx_path), _session_options(ort, t), providers=_PROVIDERS
+                    )
+                except Exception as e:  # onnxruntime raises its own exception types
+                    raise ModelError(f"cannot load ONNX model {self.onnx_path}: {e}") from None
         if want == "int8" and self._fused_query is None:
             if query_precision == "int8":
                 raise ModelError(
@@ -361,6 +381,7 @@ class Encoder:
         batch_size: int = 32,
         query_precision: PrecisionChoice = "fp32",
         fused: bool = True,
+        query_threads: Sequence[int] = (),
     ) -> Encoder:
         """The default model: all-MiniLM-L6-v2 as a token encoder (int8 ONNX, 384-d).
 
@@ -375,6 +396,7 @@ class Encoder:
             batch_size: texts per forward pass.
             query_precision: ``"fp32"``, ``"int8"`` or ``"auto"`` (see :class:`Encoder`).
             fused: False runs the exported graph (the reference path).
+            query_threads: more intra-op thread counts for queries (see :class:`Encoder`).
 
         Raises:
             ModelError: the model's files are not installed (the message names the command that
@@ -394,9 +416,16 @@ class Encoder:
             bert_config_path=cfg,
             query_precision=query_precision,
             fused=fused,
+            query_threads=query_threads,
         )
 
     # ----------------------------------------------------------------------------- properties
+
+    @property
+    def query_thread_counts(self) -> tuple[int, ...]:
+        """The ``n_threads`` values :meth:`encode_queries` accepts besides None (the default
+        session's): those of ``query_threads``."""
+        return tuple(sorted(self._query_sessions))
 
     @property
     def dim(self) -> int:
@@ -427,19 +456,25 @@ class Encoder:
 
     # ----------------------------------------------------------------------------- encoding
 
-    def encode_queries(self, texts: Sequence[str]) -> list[npt.NDArray[np.float32]]:
+    def encode_queries(
+        self, texts: Sequence[str], *, n_threads: int | None = None
+    ) -> list[npt.NDArray[np.float32]]:
         """Encode queries.
 
         Args:
             texts: the query strings (non-empty).
+            n_threads: run on the query session of this many intra-op threads (one of
+                :attr:`query_thread_counts`, or the encoder's own ``n_threads``); None: the
+                default session.
 
         Returns:
             One (n_tokens_i, dim) float32 array per query, in input order.
 
         Raises:
-            InvalidArgumentError: a text is empty, whitespace only or not a string.
+            InvalidArgumentError: a text is empty, whitespace only or not a string, or no
+                session has ``n_threads`` threads.
         """
-        return self.encode_queries_packed(texts).to_list()
+        return self.encode_queries_packed(texts, n_threads=n_threads).to_list()
 
     def encode_documents(self, texts: Sequence[str]) -> list[npt.NDArray[np.float32]]:
         """Encode documents (truncated at ``config.document_max_length`` tokens).
@@ -456,9 +491,19 @@ class Encoder:
         """
         return self.encode_documents_packed(texts).to_list()
 
-    def encode_queries_packed(self, texts: Sequence[str]) -> Encoded:
+    def encode_queries_packed(
+        self, texts: Sequence[str], *, n_threads: int | None = None
+    ) -> Encoded:
         """Like :meth:`encode_queries`, packed into one (n_tokens, dim) array plus offsets."""
-        return self._encode(texts, "query")[0]
+        sess = None
+        if n_threads is not None and n_threads != self.n_threads:
+            sess = self._query_sessions.get(n_threads)
+            if sess is None:
+                raise InvalidArgumentError(
+                    f"no query session of {n_threads} threads: build the encoder with "
+                    f"query_threads=[{n_threads}] (has {self.query_thread_counts})"
+                )
+        return self._encode(texts, "query", sess)[0]
 
     def encode_documents_packed(self, texts: Sequence[str]) -> Encoded:
         """Like :meth:`encode_documents`, packed into one (n_tokens, dim) array plus offsets."""
@@ -496,28 +541,30 @@ class Encoder:
             raise ModelError(f"token {token!r} is not in the vocabulary of {self.tokenizer_path}")
         return int(tid)
 
-    def _load_fused(self, ort: Any, config_path: Path, query_precision: Precision) -> None:
+    def _load_fused(
+        self, ort: Any, config_path: Path, query_precision: Precision, extra_threads: list[int]
+    ) -> None:
         """Build the fused graph(s) and keep them if they agree with the exported graph."""
         from latix import bert_graph
 
         try:
             shape = bert_graph.shape_from_config(config_path)
             weights = bert_graph.weights_from_onnx(self.onnx_path, shape)
+            qgraph = doc_graph = bert_graph.build(weights)
             doc = bert_graph.session(
-                ort,
-                bert_graph.build(weights),
-                _session_options(ort, self.n_threads),
-                _PROVIDERS,
+                ort, doc_graph, _session_options(ort, self.n_threads), _PROVIDERS
             )
             query = doc
             if query_precision == "int8":
+                qgraph = bert_graph.build(weights, int8=True)
                 query = bert_graph.session(
-                    ort,
-                    bert_graph.build(weights, int8=True),
-                    _session_options(ort, self.n_threads),
-                    _PROVIDERS,
+                    ort, qgraph, _session_options(ort, self.n_threads), _PROVIDERS
                 )
-            del weights
+            extra = {
+                t: bert_graph.session(ort, qgraph, _session_options(ort, t), _PROVIDERS)
+                for t in extra_threads
+            }
+            del weights, qgraph, doc_graph
             err = self._fused_error(doc, shape.vocab)
         except Exception as e:  # ModelError, or onnxruntime's own exception types
             warnings.warn(
@@ -536,6 +583,7 @@ class Encoder:
             )
             return
         self._fused_doc, self._fused_query = doc, query
+        self._query_sessions = extra
         self.backend = "fused"
         self._session = None  # the exported graph is no longer needed (frees its weights)
 
@@ -556,26 +604,33 @@ class Encoder:
         return float(np.max(np.abs(got[valid] - ref[valid])))
 
     def _run_exported(
-        self, ids: npt.NDArray[np.int64], att: npt.NDArray[np.int64]
+        self, ids: npt.NDArray[np.int64], att: npt.NDArray[np.int64], sess: Any = None
     ) -> npt.NDArray[np.float32]:
         feeds: dict[str, Any] = {"input_ids": ids}
         if "attention_mask" in self._inputs:
             feeds["attention_mask"] = att
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = np.zeros_like(ids)
-        assert self._session is not None
-        out: npt.NDArray[np.float32] = self._session.run([self.config.output_name], feeds)[0]
+        sess = self._session if sess is None else sess
+        assert sess is not None
+        out: npt.NDArray[np.float32] = sess.run([self.config.output_name], feeds)[0]
         return out
 
     def _forward(
-        self, kind: Kind, ids: npt.NDArray[np.integer[Any]], att: npt.NDArray[np.integer[Any]]
+        self,
+        kind: Kind,
+        ids: npt.NDArray[np.integer[Any]],
+        att: npt.NDArray[np.integer[Any]],
+        sess: Any = None,
     ) -> npt.NDArray[np.float32]:
-        """(batch, tokens, hidden) float32 hidden states of a right-padded batch."""
+        """(batch, tokens, hidden) float32 hidden states of a right-padded batch (on ``sess``,
+        a session of :attr:`_query_sessions`, when given)."""
         if self._fused_doc is None:
             return self._run_exported(
-                ids.astype(np.int64, copy=False), att.astype(np.int64, copy=False)
+                ids.astype(np.int64, copy=False), att.astype(np.int64, copy=False), sess
             )
-        sess = self._fused_query if kind == "query" else self._fused_doc
+        if sess is None:
+            sess = self._fused_query if kind == "query" else self._fused_doc
         feeds = {
             "input_ids": ids.astype(np.int32, copy=False),
             "attention_mask": att.astype(np.int32, copy=False),
@@ -643,7 +698,9 @@ class Encoder:
             out.append(_Prepared(ids, attention, keep, [spans[j] for j in keep], truncated))
         return out
 
-    def _encode(self, texts: Sequence[str], kind: Kind) -> tuple[Encoded, list[_Prepared]]:
+    def _encode(
+        self, texts: Sequence[str], kind: Kind, sess: Any = None
+    ) -> tuple[Encoded, list[_Prepared]]:
         prepared = self._prepare(texts, kind)
         n = len(prepared)
         dim = self.config.dim
@@ -673,7 +730,7 @@ class Encoder:
                 p = prepared[i]
                 ids[r, : len(p.ids)] = p.ids
                 att[r, : len(p.attention)] = p.attention
-            h = self._forward(kind, ids, att)
+            h = self._forward(kind, ids, att, sess)
             if h.ndim != 3 or h.shape[:2] != ids.shape:
                 raise ModelError(
                     f"ONNX output {self.config.output_name!r} has shape {h.shape}; expected "

@@ -38,6 +38,20 @@ queries is cut into batches of ``max_batch`` queued in turn (FIFO), so a long re
 delays short ones by more than one batch. Each request is then searched in the read pool, which
 also turns the hits into the JSON answer (orjson, straight from the result columns), so the event
 loop only parses requests and moves bytes.
+
+**A lone request uses every core.** One request's CPU (encoding ~4.4 ms, search ~2.4 ms here)
+is more than a lone request's latency target on one core, so a search request that is the only
+one in flight encodes on a query session of ``lone_threads`` onnxruntime threads and searches
+with ``lone_threads`` threads; under concurrency each request takes one thread for each (the
+cores are then used by the concurrent requests, and splitting them would only add
+synchronisation). Each step (encode, then search) re-checks the number of search requests in
+flight; unless ``lone_always``, the request also needs an idle core for the extra threads when
+it starts (the kernel's count of runnable threads, ``/proc/loadavg``): onnxruntime's and the
+search's parallel sections spin-wait for each other, so on a machine whose cores other
+processes keep busy, 2 threads made a lone request 2.3-2.6x slower at p50 and doubled its CPU
+(bench-results/serve-lone.md). It changes how the work is split, never the answer (the
+encoder's vectors are bit-equal across its thread counts, and the search's hits do not depend
+on its threads: tests/test_serve.py).
 Writes go through the collection's one writer thread (:meth:`Collection.aadd` and friends), in
 arrival order, each durable before it is acknowledged, while searches keep reading the last
 committed state.
@@ -58,6 +72,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -92,7 +107,15 @@ from latix.errors import (  # noqa: E402
     NotFoundError,
 )
 
-__all__ = ["create_app", "run", "QueryBatcher", "MAX_K", "MAX_QUERIES", "DEFAULT_MAX_BODY"]
+__all__ = [
+    "create_app",
+    "run",
+    "default_lone_threads",
+    "QueryBatcher",
+    "MAX_K",
+    "MAX_QUERIES",
+    "DEFAULT_MAX_BODY",
+]
 
 #: Largest ``k`` a search request may ask for.
 MAX_K = 1000
@@ -478,6 +501,8 @@ def create_app(
     batch_wait: float = 0.002,
     max_batch: int = 16,
     search_threads: int = 1,
+    lone_threads: int | None = None,
+    lone_always: bool = False,
     close_on_shutdown: bool = False,
 ) -> FastAPI:
     """The ASGI app serving ``collection`` (run it with uvicorn, or test it with
@@ -491,8 +516,15 @@ def create_app(
         batch_wait: seconds a query may wait for batch-mates while an encoder slot is free and
             another call runs (while every slot is busy it waits for the next free one).
         max_batch: query texts per encoder call at most.
-        search_threads: threads per search call (1: parallelism comes from concurrent
-            requests).
+        search_threads: threads per search call while other searches are in flight (1:
+            parallelism comes from concurrent requests).
+        lone_threads: threads for the encoder call and the search of a request that is the only
+            search in flight (default: the number of CPUs, at most 2; more were not measured);
+            the encoding uses them only if the collection's encoder has a query session of that
+            many threads (``Encoder(query_threads=...)``, as :func:`run` builds it), else its
+            default session. 1 turns it off.
+        lone_always: give a lone request ``lone_threads`` even when the machine's other
+            processes leave no core free for them (by default it then gets 1).
         close_on_shutdown: close the collection when the app shuts down (after queued writes).
 
     Returns:
@@ -503,8 +535,29 @@ def create_app(
         raise InvalidArgumentError(f"workers must be >= 1, got {workers!r}")
     if max_body_bytes < 1:
         raise InvalidArgumentError(f"max_body_bytes must be >= 1, got {max_body_bytes!r}")
+    n_lone = int(lone_threads if lone_threads is not None else default_lone_threads())
+    if n_lone < 1:
+        raise InvalidArgumentError(f"lone_threads must be >= 1, got {lone_threads!r}")
     col = collection
-    state: dict[str, Any] = {"ready": False, "batching": False}
+    # "active": search requests in flight (read and written on the event loop; read by the
+    # worker threads, where a stale value only picks a thread count). "lone_encode": the
+    # encoder's n_threads for a lone request (None: its default session).
+    state: dict[str, Any] = {"ready": False, "batching": False, "active": 0, "lone_encode": None}
+    # Steps that ran on n_lone threads (encoder calls, searches), for /stats; counted from the
+    # worker threads, under a lock.
+    lone_steps = {"encodes": 0, "searches": 0}
+    lone_lock = threading.Lock()
+
+    def count_lone(step: str) -> None:
+        with lone_lock:
+            lone_steps[step] += 1
+
+    def lone() -> bool:
+        """Whether the calling step (of a request) may use ``n_lone`` threads: it is the only
+        search in flight, and the machine has ``n_lone - 1`` idle cores besides the caller's."""
+        if state["active"] != 1 or n_lone < 2:
+            return False
+        return lone_always or _idle_cpus() >= n_lone - 1
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -514,9 +567,14 @@ def create_app(
         batcher: QueryBatcher | None = None
         if col.model is not None or col._encoder is not None:
             enc = col.encoder  # loads the model now, not at the first request
+            if n_lone > 1 and n_lone in getattr(enc, "query_thread_counts", ()):
+                state["lone_encode"] = n_lone
 
             def encode(texts: list[str]) -> Vectors:
-                return enc.encode_queries_packed(texts).to_list()
+                t = state["lone_encode"] if lone() else None
+                if t is not None:
+                    count_lone("encodes")
+                return enc.encode_queries_packed(texts, n_threads=t).to_list()
 
             # An int8 query encoder (DynamicQuantizeMatMul) quantises activations with one scale
             # per call, so a query's vectors would depend on the queries batched with it (max
@@ -525,6 +583,7 @@ def create_app(
             # call (still concurrently, on the encoder threads). fp32 is batch-independent.
             batching = max_batch > 1 and getattr(enc, "query_precision", "fp32") != "int8"
             state["batching"] = batching
+            state["encoder"] = enc
             batcher = QueryBatcher(
                 encode,
                 encs,
@@ -533,6 +592,10 @@ def create_app(
                 max_inflight=n_workers,
             )
             await asyncio.get_running_loop().run_in_executor(encs, encode, ["warm up"])
+            if state["lone_encode"] is not None:  # and the lone request's session
+                await asyncio.get_running_loop().run_in_executor(
+                    encs, lambda: enc.encode_queries(["warm up"], n_threads=n_lone)
+                )
         state["batcher"] = batcher
         state["ready"] = True
         state["started"] = time.time()
@@ -589,6 +652,13 @@ def create_app(
     @app.post("/search", response_model=SearchResponse)
     async def search(req: SearchRequest) -> Response:
         """Searches the committed records (late interaction, keywords or both, filtered)."""
+        state["active"] += 1
+        try:
+            return await _search(req)
+        finally:
+            state["active"] -= 1
+
+    async def _search(req: SearchRequest) -> Response:
         single = isinstance(req.query, str)
         qs = [req.query] if isinstance(req.query, str) else list(req.query)
         for i, q in enumerate(qs):
@@ -601,27 +671,44 @@ def create_app(
             out: list[list[dict[str, Any]]] = [_hit_dicts(h) for h in hits]  # type: ignore[arg-type]
         else:
             vecs = None
+            encode_here = False
+            # Decided once, before this request's first step: after a 2-thread encoding its
+            # onnxruntime worker may still spin for a moment, and the kernel would count it as
+            # another process's thread (the search step then only re-checks concurrency).
+            wide = lone()
             batcher: QueryBatcher | None = state["batcher"]
             if req.mode != "keyword" and batcher is not None:
                 if state["batching"] or len(qs) > 1:
                     vecs = await batcher.encode(qs)
                 else:
-                    # One query and no batching: the search call encodes it in its own thread
+                    # One query and no batching: the read thread encodes it before searching
                     # (one thread hop per request instead of two; the read pool has as many
                     # threads as the batcher has encoder slots, and queues FIFO like it).
+                    encode_here = True
                     batcher.n_calls += 1
                     batcher.n_texts += 1
 
             def answer() -> bytes:
-                # In the read thread: search, then the hits straight from the columns to JSON
-                # bytes (no Hit objects, orjson), so the event loop only moves bytes.
+                # In the read thread: (encode,) search, then the hits straight from the columns
+                # to JSON bytes (no Hit objects, orjson), so the event loop only moves bytes.
+                # Thread counts are chosen per step from the searches in flight now.
+                qv = vecs
+                n_search = search_threads
+                if encode_here:
+                    t = state["lone_encode"] if wide and state["active"] == 1 else None
+                    if t is not None:
+                        count_lone("encodes")
+                    qv = state["encoder"].encode_queries_packed(qs, n_threads=t).to_list()
+                if wide and state["active"] == 1:
+                    n_search = n_lone
+                    count_lone("searches")
                 res = col.search_batch(
                     qs,
                     req.k,
                     where=req.where,
                     mode=req.mode,
-                    query_vectors=vecs,
-                    n_threads=search_threads,
+                    query_vectors=qv,
+                    n_threads=n_search,
                 )
                 hits = [res.hit_dicts(i) for i in range(len(res))]
                 return orjson.dumps({"hits": hits[0] if single else hits})
@@ -676,6 +763,10 @@ def create_app(
         st["server"] = {
             "workers": n_workers,
             "batching": state["batching"],
+            "lone_threads": n_lone,
+            "lone_encoder_threads": state["lone_encode"] or 1,
+            "lone_encodes": lone_steps["encodes"],
+            "lone_searches": lone_steps["searches"],
             "encoder_calls": b.n_calls if b else 0,
             "queries_encoded": b.n_texts if b else 0,
         }
@@ -694,6 +785,32 @@ def create_app(
         return JSONResponse({"status": "ready", "records": await col.acount()})
 
     return app
+
+
+def _idle_cpus() -> int:
+    """CPUs not running a thread now, besides the caller's: this process's CPUs minus the
+    kernel's count of runnable threads (``/proc/loadavg``'s fourth field, which counts the
+    caller); a large number where that file is missing (not Linux), so the check passes."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            running = int(f.read().split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return 1 << 20
+    return _cpus() - running
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_lone_threads() -> int:
+    """``lone_threads``' default: the CPUs this process may use, at most 2 (built and measured
+    on a 2-core machine, bench-results/serve-lone.md; more threads for one short request were
+    not measured)."""
+    return max(1, min(2, _cpus()))
 
 
 def _report(rep: Any) -> dict[str, Any]:
@@ -724,6 +841,8 @@ def run(
     max_body_bytes: int = DEFAULT_MAX_BODY,
     batch_wait: float = 0.002,
     max_batch: int = 16,
+    lone_threads: int | None = None,
+    lone_always: bool = False,
     log_level: str = "warning",
     query_precision: Literal["auto", "fp32", "int8"] = "auto",
     loop: Literal["auto", "asyncio", "uvloop"] = "auto",
@@ -741,6 +860,11 @@ def run(
         max_body_bytes: request body limit.
         batch_wait: bounded wait of the query micro-batcher (seconds).
         max_batch: query texts per encoder call at most.
+        lone_threads: threads for the encoding and the search of a request that is the only
+            search in flight (default :func:`default_lone_threads`; 1 turns it off), see
+            :func:`create_app`.
+        lone_always: give a lone request ``lone_threads`` even with no idle core
+            (:func:`create_app`).
         log_level: uvicorn's log level.
         query_precision: for a collection of the default model, the query encoder's precision
             (:class:`latix.Encoder`): ``"auto"`` (default here) is int8 on AVX2 CPUs, about 2x
@@ -756,11 +880,17 @@ def run(
     import uvicorn
 
     col = Collection.open(path, n_threads=threads)
+    n_lone = default_lone_threads() if lone_threads is None else lone_threads
     if col.model == "default":
         from latix.encoder import Encoder
 
         col._encoder = col._load_encoder(
-            Encoder.default(n_threads=threads, query_precision=query_precision), None
+            Encoder.default(
+                n_threads=threads,
+                query_precision=query_precision,
+                query_threads=[n_lone] if n_lone > threads else [],
+            ),
+            None,
         )
     try:
         app = create_app(
@@ -769,6 +899,8 @@ def run(
             max_body_bytes=max_body_bytes,
             batch_wait=batch_wait,
             max_batch=max_batch,
+            lone_threads=n_lone,
+            lone_always=lone_always,
             close_on_shutdown=True,
         )
         config = uvicorn.Config(
