@@ -26,7 +26,11 @@ texts, metadata, keyword index and vectors again describe the same records.
 
 **Threads and processes.** One writer connection, used under the collection's write lock; each
 thread that reads gets its own connection (WAL lets readers run beside the writer), opened in
-the process that uses it: connections are never carried across ``fork()``.
+the process that uses it: connections are never carried across ``fork()``. Every read runs
+inside :meth:`RecordStore.reading`, which counts it in flight: :meth:`RecordStore.close` waits
+for the reads in flight before it closes the connections (closing a ``sqlite3`` connection
+while another thread steps a statement on it crashes the interpreter), and reads that start
+after it raise ``IndexClosedError``.
 """
 
 from __future__ import annotations
@@ -144,6 +148,8 @@ class RecordStore:
         self._conns_lock = threading.Lock()
         self._wconn: sqlite3.Connection | None = None
         self._wlock = threading.RLock()
+        self._gate = threading.Condition()  # guards _closed and _active
+        self._active = 0  # reads in flight (see reading() and close())
         _LIVE.add(self)
         con = self._connect()
         try:
@@ -186,8 +192,28 @@ class RecordStore:
         if self._closed:
             raise IndexClosedError(f"the collection at {self.path.parent} is closed")
 
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """This thread's read connection for the duration of one read: :meth:`close` waits
+        until the block ends before it closes the connection.
+
+        Raises:
+            IndexClosedError: the store is closed.
+        """
+        with self._gate:
+            self._check()
+            self._active += 1
+        try:
+            yield self.reader()
+        finally:
+            with self._gate:
+                self._active -= 1
+                if self._active == 0:
+                    self._gate.notify_all()
+
     def reader(self) -> sqlite3.Connection:
-        """This thread's read connection (opened on first use in this thread and process)."""
+        """This thread's read connection (opened on first use in this thread and process).
+        Not counted as in flight: latix's own reads use :meth:`reading`."""
         self._check()
         c: _Conn | None = getattr(self._local, "conn", None)
         pid = os.getpid()
@@ -219,10 +245,14 @@ class RecordStore:
             con.execute("COMMIT")
 
     def close(self) -> None:
-        """Closes every connection this process opened. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        """Closes every connection this process opened, once the reads in flight have ended
+        (later reads raise IndexClosedError). Idempotent."""
+        with self._gate:
+            if self._closed:
+                return
+            self._closed = True
+            while self._active > 0:
+                self._gate.wait()
         mine = os.getpid()
         with self._conns_lock:
             conns = list(self._conns)
@@ -237,7 +267,8 @@ class RecordStore:
 
     def fields(self) -> dict[str, FieldType]:
         """Metadata field name -> type (fields of uncommitted batches included)."""
-        rows = self.reader().execute("SELECT name, type FROM fields").fetchall()
+        with self.reading() as con:
+            rows = con.execute("SELECT name, type FROM fields").fetchall()
         return {n: t for n, t in rows}
 
     @staticmethod
@@ -318,67 +349,68 @@ class RecordStore:
 
     def get(self, ids: Sequence[str], gen: int) -> dict[str, Row]:
         """Visible versions of ``ids`` at generation ``gen`` (missing ids are absent)."""
-        con = self.reader()
         out: dict[str, Row] = {}
-        for i in range(0, len(ids), _CHUNK):
-            chunk = list(ids[i : i + _CHUNK])
-            q = (
-                f"SELECT {_ROW_COLS} FROM records WHERE {VISIBLE} AND id IN "
-                f"({','.join('?' * len(chunk))})"
-            )
-            for t in con.execute(q, [gen, gen, *chunk]):
-                r = _row(t)
-                out[r.id] = r
+        with self.reading() as con:
+            for i in range(0, len(ids), _CHUNK):
+                chunk = list(ids[i : i + _CHUNK])
+                q = (
+                    f"SELECT {_ROW_COLS} FROM records WHERE {VISIBLE} AND id IN "
+                    f"({','.join('?' * len(chunk))})"
+                )
+                for t in con.execute(q, [gen, gen, *chunk]):
+                    r = _row(t)
+                    out[r.id] = r
         return out
 
     def by_key(self, rks: Sequence[int]) -> dict[int, Row]:
         """Rows by key, whatever their generation (the index said they exist)."""
-        con = self.reader()
         out: dict[int, Row] = {}
-        for i in range(0, len(rks), _CHUNK):
-            chunk = list(rks[i : i + _CHUNK])
-            q = f"SELECT {_ROW_COLS} FROM records WHERE rk IN ({','.join('?' * len(chunk))})"
-            for t in con.execute(q, chunk):
-                r = _row(t)
-                out[r.rk] = r
+        with self.reading() as con:
+            for i in range(0, len(rks), _CHUNK):
+                chunk = list(rks[i : i + _CHUNK])
+                q = f"SELECT {_ROW_COLS} FROM records WHERE rk IN ({','.join('?' * len(chunk))})"
+                for t in con.execute(q, chunk):
+                    r = _row(t)
+                    out[r.rk] = r
         return out
 
     def count(self, gen: int, where: Node | None = None) -> int:
         """Visible records at generation ``gen`` (matching ``where``)."""
         sql, params = ("1", []) if where is None else to_sql(where)
         q = f"SELECT COUNT(*) FROM records WHERE {VISIBLE} AND {sql}"
-        return int(self.reader().execute(q, [gen, gen, *params]).fetchone()[0])
+        with self.reading() as con:
+            return int(con.execute(q, [gen, gen, *params]).fetchone()[0])
 
     def ids(self, gen: int, where: Node | None = None) -> list[str]:
         """Ids of the visible records at ``gen`` (matching ``where``), in insertion order."""
         sql, params = ("1", []) if where is None else to_sql(where)
         q = f"SELECT id FROM records WHERE {VISIBLE} AND {sql} ORDER BY rk"
-        return [r[0] for r in self.reader().execute(q, [gen, gen, *params])]
+        with self.reading() as con:
+            return [r[0] for r in con.execute(q, [gen, gen, *params])]
 
     def keys(self, gen: int) -> list[tuple[int, int]]:
         """(rk, n_passages) of the visible records at ``gen``."""
         q = f"SELECT rk, n_passages FROM records WHERE {VISIBLE} ORDER BY rk"
-        return [(int(a), int(b)) for a, b in self.reader().execute(q, [gen, gen])]
+        with self.reading() as con:
+            return [(int(a), int(b)) for a, b in con.execute(q, [gen, gen])]
 
     def totals(self, gen: int) -> tuple[int, int, int]:
         """(records, passages, token vectors) visible at ``gen``."""
         q = f"SELECT COUNT(*), SUM(n_passages), SUM(n_tokens) FROM records WHERE {VISIBLE}"
-        n, p, t = self.reader().execute(q, [gen, gen]).fetchone()
+        with self.reading() as con:
+            n, p, t = con.execute(q, [gen, gen]).fetchone()
         return int(n), int(p or 0), int(t or 0)
 
     def column(self, field: str, ftype: FieldType, lo: int, hi: int) -> list[tuple[int, Any]]:
         """``(rk, value)`` of field ``field`` for the rows with ``lo <= rk <= hi`` (value None
         where missing; a list for list fields), whatever their generation."""
-        con = self.reader()
         path = "$." + field
-        if ftype == "list[str]":
-            q = "SELECT rk, json_extract(meta, ?) FROM records WHERE rk BETWEEN ? AND ?"
-            return [
-                (rk, None if v is None else json.loads(v))
-                for rk, v in con.execute(q, (path, lo, hi))
-            ]
         q = "SELECT rk, json_extract(meta, ?) FROM records WHERE rk BETWEEN ? AND ?"
-        return list(con.execute(q, (path, lo, hi)))
+        with self.reading() as con:
+            rows = list(con.execute(q, (path, lo, hi)))
+        if ftype == "list[str]":
+            return [(rk, None if v is None else json.loads(v)) for rk, v in rows]
+        return rows
 
     def keyword(
         self, match: str, k: int, gen: int, where: Node | None = None
@@ -392,7 +424,8 @@ class RecordStore:
             f"WHERE fts MATCH ? AND r.gen <= ? AND (r.dgen IS NULL OR r.dgen > ?) AND {sql} "
             "ORDER BY s LIMIT ?"
         )
-        rows = self.reader().execute(q, [match, gen, gen, *params, k]).fetchall()
+        with self.reading() as con:
+            rows = con.execute(q, [match, gen, gen, *params, k]).fetchall()
         return [(int(rk), -float(s)) for rk, s in rows]
 
     def check(self) -> None:
@@ -401,14 +434,14 @@ class RecordStore:
         Raises:
             CorruptedIndexError: naming the problem.
         """
-        con = self.reader()
-        try:
-            bad = con.execute("PRAGMA integrity_check").fetchall()
-            if bad != [("ok",)]:
-                raise CorruptedIndexError(f"{self.path}: integrity check failed: {bad[:5]}")
-            con.execute("INSERT INTO fts(fts, rank) VALUES ('integrity-check', 1)")
-        except sqlite3.DatabaseError as e:
-            raise CorruptedIndexError(f"{self.path}: {e}") from None
+        with self.reading() as con:
+            try:
+                bad = con.execute("PRAGMA integrity_check").fetchall()
+                if bad != [("ok",)]:
+                    raise CorruptedIndexError(f"{self.path}: integrity check failed: {bad[:5]}")
+                con.execute("INSERT INTO fts(fts, rank) VALUES ('integrity-check', 1)")
+            except sqlite3.DatabaseError as e:
+                raise CorruptedIndexError(f"{self.path}: {e}") from None
 
 
 _LIVE: weakref.WeakSet[RecordStore] = weakref.WeakSet()
@@ -419,6 +452,8 @@ def _after_fork_in_child() -> None:
     for st in list(_LIVE):
         st._wlock = threading.RLock()
         st._conns_lock = threading.Lock()
+        st._gate = threading.Condition()
+        st._active = 0  # the parent's reads in flight run in no thread of this process
 
 
 if hasattr(os, "register_at_fork"):
