@@ -1467,8 +1467,20 @@ class Collection:
     def compact(self, retrain: bool = False) -> None:
         """Rewrites the index into one segment (reclaims deleted documents' space; faster
         searches after many small commits). ``retrain`` retrains a compressed index's codec.
-        Commits staged changes first."""
+        Commits staged changes first.
+
+        Raises:
+            InvalidArgumentError: ``retrain`` is not a bool, or True on a plain (uncompressed)
+                collection; checked before anything is committed.
+        """
+        if not isinstance(retrain, bool):
+            raise InvalidArgumentError(f"retrain must be a bool, got {type(retrain).__name__}")
         with self._wlock:
+            self._check_open()
+            if retrain and self._index.compression is None:
+                raise InvalidArgumentError(
+                    "retrain applies to compressed collections only (this one stores plain vectors)"
+                )
             w, _ = self._writer_locked()
             self._commit_locked()
             self._pending = None

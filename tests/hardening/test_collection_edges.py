@@ -247,3 +247,23 @@ def test_cli_delete_ids_file_errors_are_reported(
     assert "deleted 1 records; 1 remain" in capsys.readouterr().out
     with Collection.open(c) as col2:
         assert col2.ids() == ["d1"]
+
+
+def test_refused_compact_commits_nothing(tmp_path: Path) -> None:
+    # compact(retrain=True) on a plain collection used to commit the batch's staged writes and
+    # then raise: a refused call had published the batch half-way.
+    rng = np.random.default_rng(4)
+    col = new(tmp_path)
+    col.add([("a", "x")], vectors=vecs(rng, 1))
+    gen = col.index.generation
+    with col.batch():
+        col.add([("b", "y")], vectors=vecs(rng, 1))
+        for bad in (True, 1, "yes"):
+            with pytest.raises(latix.InvalidArgumentError, match="retrain"):
+                col.compact(retrain=bad)  # type: ignore[arg-type]
+        assert col.ids() == ["a"] and col.index.generation == gen  # still staged only
+    assert col.ids() == ["a", "b"] and col.index.generation == gen + 1
+    col.compact()
+    assert col.ids() == ["a", "b"]
+    col.verify()
+    col.close()
