@@ -167,6 +167,16 @@ def test_lone_surrogate_text_with_a_model(tmp_path: Path, encoder: Any) -> None:
     with pytest.raises(latix.InvalidArgumentError, match="not valid Unicode"):
         col.search("\ud800 insulin")
     assert col.ids() == ["a"] and [h.id for h in col.search("insulin")] == ["a"]
+    # over HTTP the same record was a 500 (the tokenizer's TypeError): now a 400 naming it
+    from fastapi.testclient import TestClient  # the dev extra has the serve packages
+    from latix.serve import create_app
+
+    with TestClient(create_app(col, workers=1), raise_server_exceptions=False) as client:
+        body = b'{"records": [{"id": "s", "text": "glucose \\ud800"}]}'
+        r = client.post("/records", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert "not valid Unicode" in r.json()["message"]
+    assert col.ids() == ["a"]
     col.close()
 
 
