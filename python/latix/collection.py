@@ -2282,7 +2282,11 @@ def _hybrid_params(fusion: str | None, alpha: float | None) -> dict[str, Any]:
             raise InvalidArgumentError(f'fusion must be "convex" or "rrf", got {fusion!r}')
         hp["fusion"] = fusion
     if alpha is not None:
-        if not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0:
+        if (
+            isinstance(alpha, bool)
+            or not isinstance(alpha, int | float | np.floating | np.integer)
+            or not 0.0 <= float(alpha) <= 1.0
+        ):
             raise InvalidArgumentError(f"alpha must be a number in [0, 1], got {alpha!r}")
         hp["alpha"] = float(alpha)
     return hp

@@ -202,6 +202,13 @@ def test_get_many_and_writes_refuse_arguments_of_the_wrong_kind(tmp_path: Path) 
     for bad in (5, b"a", "a"):
         with pytest.raises(latix.InvalidArgumentError, match="ids must be a list of str"):
             col.delete(bad)  # type: ignore[arg-type]
+    # hybrid's alpha: a bool was taken as 0 or 1, numpy floats were refused
+    q = vecs(rng, 1)[0]
+    for bad_alpha in (True, False, "0.5", float("nan"), 1.5, -0.1):
+        with pytest.raises(latix.InvalidArgumentError, match="alpha"):
+            col.search("x", mode="hybrid", query_vectors=q, alpha=bad_alpha)  # type: ignore[arg-type]
+    for ok in (0, 1, 0.25, np.float32(0.25), np.float64(0.75)):
+        assert len(col.search("x", mode="hybrid", query_vectors=q, alpha=ok)) == 2  # type: ignore[arg-type]
     assert state(col) == before
     col.close()
 
