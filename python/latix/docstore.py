@@ -30,7 +30,10 @@ the process that uses it: connections are never carried across ``fork()``. Every
 inside :meth:`RecordStore.reading`, which counts it in flight: :meth:`RecordStore.close` waits
 for the reads in flight before it closes the connections (closing a ``sqlite3`` connection
 while another thread steps a statement on it crashes the interpreter), and reads that start
-after it raise ``IndexClosedError``.
+after it raise ``IndexClosedError``. Writes are counted too, and ``fork()`` (a hook run just
+before it) holds new reads and writes back until those in flight have ended, so that no thread
+is inside SQLite when the process forks: a child would inherit SQLite's mutexes locked by a
+thread that does not exist in it, and hang at its first query.
 """
 
 from __future__ import annotations
@@ -148,8 +151,9 @@ class RecordStore:
         self._conns_lock = threading.Lock()
         self._wconn: sqlite3.Connection | None = None
         self._wlock = threading.RLock()
-        self._gate = threading.Condition()  # guards _closed and _active
-        self._active = 0  # reads in flight (see reading() and close())
+        self._gate = threading.Condition()  # guards _closed, _active and _forking
+        self._active = 0  # reads and writes in flight (see reading(), close(), fork)
+        self._forking = False  # a fork() is being prepared: new reads and writes wait
         _LIVE.add(self)
         con = self._connect()
         try:
@@ -200,16 +204,44 @@ class RecordStore:
         Raises:
             IndexClosedError: the store is closed.
         """
-        with self._gate:
-            self._check()
-            self._active += 1
+        self._enter()
         try:
             yield self.reader()
         finally:
-            with self._gate:
-                self._active -= 1
-                if self._active == 0:
-                    self._gate.notify_all()
+            self._leave()
+
+    def _enter(self) -> None:
+        """Counts one read or write in flight (waiting while a fork() is being prepared)."""
+        depth = getattr(self._local, "depth", 0)
+        with self._gate:
+            # A thread already inside a read or write goes on (the fork waits for it).
+            while self._forking and depth == 0:
+                self._gate.wait()
+            self._check()
+            self._active += 1
+        self._local.depth = depth + 1
+
+    def _leave(self) -> None:
+        self._local.depth -= 1
+        with self._gate:
+            self._active -= 1
+            if self._active == 0:
+                self._gate.notify_all()
+
+    def _before_fork(self) -> None:
+        """Holds new reads and writes back and waits for those in flight: a thread inside
+        SQLite at fork() may hold one of SQLite's own mutexes, which the child then inherits
+        locked (its first ``sqlite3.connect`` hung forever). Ends in the parent with
+        :meth:`_after_fork_in_parent`; the child starts afresh."""
+        self._gate.acquire()
+        self._forking = True
+        while self._active > 0:
+            self._gate.wait()
+
+    def _after_fork_in_parent(self) -> None:
+        self._forking = False
+        self._gate.notify_all()
+        self._gate.release()
 
     def reader(self) -> sqlite3.Connection:
         """This thread's read connection (opened on first use in this thread and process).
@@ -232,17 +264,21 @@ class RecordStore:
         success and rolled back on error. Callers hold the collection's write lock."""
         self._check()
         with self._wlock:
-            if self._wconn is None or self._pid != os.getpid():
-                self._wconn = self._connect()
-                self._pid = os.getpid()
-            con = self._wconn
-            con.execute("BEGIN IMMEDIATE")
+            self._enter()
             try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
+                if self._wconn is None or self._pid != os.getpid():
+                    self._wconn = self._connect()
+                    self._pid = os.getpid()
+                con = self._wconn
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield con
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+            finally:
+                self._leave()
 
     def close(self) -> None:
         """Closes every connection this process opened, once the reads in flight have ended
@@ -447,17 +483,43 @@ class RecordStore:
 _LIVE: weakref.WeakSet[RecordStore] = weakref.WeakSet()
 
 
+def _held_stores() -> list[RecordStore]:
+    return sorted(_LIVE, key=id)  # one order for every fork: no two forks deadlock
+
+
+_FORKING: list[RecordStore] = []  # the stores whose gates this fork holds
+
+
+def _before_fork() -> None:
+    _FORKING[:] = _held_stores()
+    for st in _FORKING:
+        st._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for st in reversed(_FORKING):
+        st._after_fork_in_parent()
+    _FORKING.clear()
+
+
 def _after_fork_in_child() -> None:
     # Locks another thread held at fork() stay held forever in the child: start fresh.
+    _FORKING.clear()
     for st in list(_LIVE):
         st._wlock = threading.RLock()
         st._conns_lock = threading.Lock()
         st._gate = threading.Condition()
-        st._active = 0  # the parent's reads in flight run in no thread of this process
+        st._active = 0  # (none was in flight at the fork: _before_fork waited for them)
+        st._forking = False
+        st._local.depth = 0
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 class _Conn:

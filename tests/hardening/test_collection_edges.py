@@ -8,6 +8,7 @@ the argument, and the collection unchanged (compared with what the test itself a
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -284,3 +285,64 @@ def test_refused_compact_commits_nothing(tmp_path: Path) -> None:
     assert col.ids() == ["a", "b"]
     col.verify()
     col.close()
+
+
+_FORK_WHILE_READING = textwrap.dedent(
+    """
+    import os, signal, sys, threading
+    import numpy as np, latix
+    D = 8
+    rng = np.random.default_rng(0)
+    col = latix.Collection.create(sys.argv[1], model=None, dim=D, compression=None)
+    col.add(
+        [(f"d{i}", f"word{i % 3}", {"n": i}) for i in range(60)],
+        vectors=[rng.standard_normal((3, D)).astype(np.float32) for _ in range(60)],
+    )
+    stop = threading.Event()
+
+    def reader():
+        q = np.ones((2, D), np.float32)
+        while not stop.is_set():
+            col.search(query_vectors=q, k=5, where={"n": {"$lt": 30}})
+            col.count(where={"n": 3})
+
+    ts = [threading.Thread(target=reader) for _ in range(4)]
+    for t in ts:
+        t.start()
+    codes = []
+    for _ in range(40):
+        pid = os.fork()
+        if pid == 0:  # the parent's readers were in flight: they do not exist here
+            signal.alarm(20)  # a hung child dies (exit status SIGALRM) instead of hanging
+            code = 1
+            try:
+                hits = col.search("word1", k=100, mode="keyword")
+                ok = len(hits) == 20 and len(col) == 60
+                col.close()  # must not wait for the parent's reads
+                code = 0 if ok else 2
+            finally:
+                os._exit(code)
+        codes.append(os.waitpid(pid, 0)[1])
+    stop.set()
+    for t in ts:
+        t.join()
+    col.close()
+    print(codes)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_forked_child_reads_and_closes_while_the_parent_reads(tmp_path: Path) -> None:
+    # A child forked while the parent's threads were inside SQLite inherited SQLite's mutexes
+    # locked: its first sqlite3.connect hung forever (1 child in about 100 here). fork() now
+    # waits for the reads and writes in flight and holds new ones back; and the child's close()
+    # must not wait for reads that ran in the parent's threads.
+    r = subprocess.run(
+        [sys.executable, "-c", _FORK_WHILE_READING, str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == str([0] * 40), r.stdout + r.stderr[-2000:]
