@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 from latix.collection import explain_hit
 from latix.display import highlight, print_hits
-from latix.errors import InvalidArgumentError, LatixError
+from latix.errors import InvalidArgumentError, LatixError, LatixIOError
 
 __all__ = ["main", "explain_hit", "highlight", "print_hits"]
 
@@ -378,7 +378,11 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 
     ids = list(args.ids)
     if args.ids_file:
-        ids += [ln.strip() for ln in Path(args.ids_file).read_text().splitlines() if ln.strip()]
+        try:
+            text = Path(args.ids_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise LatixIOError(f"cannot read --ids-file {args.ids_file}: {e}") from None
+        ids += [ln.strip() for ln in text.splitlines() if ln.strip()]
     where = _where(args.where)
     if bool(ids) == (where is not None):
         raise InvalidArgumentError("give record ids (or --ids-file) or --where, not both")

@@ -80,6 +80,8 @@ from latix.errors import (
     IndexClosedError,
     IndexLockedError,
     InvalidArgumentError,
+    LatixError,
+    LatixIOError,
     NotFoundError,
     UnsupportedVersionError,
 )
@@ -461,12 +463,28 @@ def _check_id(x: object, where: str) -> str:
     return x
 
 
+def _check_text(text: str, where: str) -> str:
+    """``text`` if SQLite and the tokenizer can take it (valid Unicode), else
+    InvalidArgumentError (a lone surrogate has no UTF-8 form: it used to escape as the
+    tokenizer's TypeError or sqlite3's UnicodeEncodeError)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidArgumentError(
+            f"{where} is not valid Unicode (lone surrogate at character {e.start})"
+        ) from None
+    return text
+
+
 def _as_record(r: object, i: int) -> tuple[str, str, Mapping[str, Any] | None]:
     """``(id, text, metadata)`` of one input record of any accepted form."""
     where = f"records[{i}]"
+    rid: object
+    text: object
+    meta: object
     if isinstance(r, Record):
-        return _check_id(r.id, where), r.text, r.metadata
-    if isinstance(r, Mapping):
+        rid, text, meta = r.id, r.text, r.metadata
+    elif isinstance(r, Mapping):
         rid = r.get("id", r.get("_id"))
         text = r.get("text", "")
         meta = r.get("metadata")
@@ -490,6 +508,7 @@ def _as_record(r: object, i: int) -> tuple[str, str, Mapping[str, Any] | None]:
         text = ""
     if not isinstance(text, str):
         raise InvalidArgumentError(f"{where}: text must be a str, got {type(text).__name__}")
+    _check_text(text, f"{where}: text")
     if meta is not None and not isinstance(meta, Mapping):
         raise InvalidArgumentError(f"{where}: metadata must be a dict, got {type(meta).__name__}")
     return _check_id(rid, where), text, meta
@@ -745,6 +764,12 @@ class Collection:
             raise InvalidArgumentError(
                 f"passages must be a latix.Passages or None, got {type(passages).__name__}"
             )
+        if dtype not in ("float16", "float32"):
+            raise InvalidArgumentError(f'dtype must be "float16" or "float32", got {dtype!r}')
+        if schema is not None and not isinstance(schema, Mapping):
+            raise InvalidArgumentError(
+                f"schema must be a dict of field -> type, got {type(schema).__name__}"
+            )
         decl: dict[str, FieldType] = {}
         for name, t in (schema or {}).items():
             if not isinstance(name, str) or not flt.NAME_RE.fullmatch(name):
@@ -770,7 +795,13 @@ class Collection:
             raise InvalidArgumentError(
                 f"dim must be a positive int (required without a model), got {dim!r}"
             )
-        cls._prepare_dir(p)
+        existed = p.exists()
+        try:
+            cls._prepare_dir(p)
+        except OSError as e:
+            if isinstance(e, LatixIOError | AlreadyExistsError):
+                raise
+            raise LatixIOError(f"cannot create the collection directory {p}: {e}") from None
         meta: dict[str, Any] = {
             "version": _META_VERSION,
             "state": "creating",
@@ -786,15 +817,30 @@ class Collection:
         }
         # collection.json first, marked "creating": an interrupted create leaves a directory
         # that is recognisably latix's, which the next create (or `latix index`) starts over.
-        _write_json_atomic(p / META_FILE, meta)
-        Index.create(p / INDEX_DIR, dim=dim, dtype=dtype, compression=comp).close()
-        store = RecordStore(p / DB_FILE)
-        if decl:
-            with store.writing() as con:
-                RecordStore.add_fields(con, decl, 0)
-        meta["state"] = "ready"
-        _write_json_atomic(p / META_FILE, meta)
-        index = Index.open(p / INDEX_DIR)
+        store: RecordStore | None = None
+        try:
+            _write_json_atomic(p / META_FILE, meta)
+            Index.create(p / INDEX_DIR, dim=dim, dtype=dtype, compression=comp).close()
+            store = RecordStore(p / DB_FILE)
+            if decl:
+                with store.writing() as con:
+                    RecordStore.add_fields(con, decl, 0)
+            meta["state"] = "ready"
+            _write_json_atomic(p / META_FILE, meta)
+            index = Index.open(p / INDEX_DIR)
+        except Exception as e:
+            # A create that fails (a setting the index refuses, a full disk) leaves nothing.
+            if store is not None:
+                store.close()
+            try:
+                _remove_collection_files(p)
+                if not existed:
+                    p.rmdir()
+            except OSError:
+                pass  # what is left is marked "creating": the next create starts it over
+            if isinstance(e, OSError) and not isinstance(e, LatixError):
+                raise LatixIOError(f"cannot create the collection at {p}: {e}") from None
+            raise
         return cls(p, meta, index, store, encoder, n_threads)
 
     @staticmethod
@@ -1161,8 +1207,10 @@ class Collection:
         replace: bool,
         progress: Callable[[int, int], None] | bool | None,
     ) -> AddReport:
-        if isinstance(records, str | bytes | Mapping):
-            raise InvalidArgumentError("records must be a list (or iterable) of records")
+        if isinstance(records, str | bytes | Mapping) or not isinstance(records, Iterable):
+            raise InvalidArgumentError(
+                f"records must be a list (or iterable) of records, got {type(records).__name__}"
+            )
         total = len(records) if isinstance(records, Sequence) else -1
         if vectors is not None:
             if not isinstance(records, Sequence) or not isinstance(vectors, Sequence):
@@ -1390,8 +1438,10 @@ class Collection:
                     ).fetchall()
                     found = {i: (int(rk), int(n)) for i, rk, n in rows}
             else:
-                if isinstance(ids, str):
-                    raise InvalidArgumentError("ids must be a list of str, got a single str")
+                if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+                    raise InvalidArgumentError(
+                        f"ids must be a list of str, got {type(ids).__name__}"
+                    )
                 assert ids is not None
                 want = [_check_id(x, f"ids[{i}]") for i, x in enumerate(ids)]
                 if len(set(want)) != len(want):
@@ -1417,8 +1467,20 @@ class Collection:
     def compact(self, retrain: bool = False) -> None:
         """Rewrites the index into one segment (reclaims deleted documents' space; faster
         searches after many small commits). ``retrain`` retrains a compressed index's codec.
-        Commits staged changes first."""
+        Commits staged changes first.
+
+        Raises:
+            InvalidArgumentError: ``retrain`` is not a bool, or True on a plain (uncompressed)
+                collection; checked before anything is committed.
+        """
+        if not isinstance(retrain, bool):
+            raise InvalidArgumentError(f"retrain must be a bool, got {type(retrain).__name__}")
         with self._wlock:
+            self._check_open()
+            if retrain and self._index.compression is None:
+                raise InvalidArgumentError(
+                    "retrain applies to compressed collections only (this one stores plain vectors)"
+                )
             w, _ = self._writer_locked()
             self._commit_locked()
             self._pending = None
@@ -1456,8 +1518,15 @@ class Collection:
         return Record(r.id, r.text, r.metadata)
 
     def get_many(self, ids: Sequence[str]) -> list[Record | None]:
-        """The committed records with these ids (None for ids not found), in order."""
+        """The committed records with these ids (None for ids not found), in order.
+
+        Raises:
+            InvalidArgumentError: ``ids`` is not a sequence of str (a single str included: it
+                would be read as one id per character).
+        """
         self._check_open()
+        if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
+            raise InvalidArgumentError(f"ids must be a list of str, got {type(ids).__name__}")
         want = [_check_id(x, f"ids[{i}]") for i, x in enumerate(ids)]
         rows = self._store.get(want, self._generation())
         return [
@@ -2192,6 +2261,7 @@ def _check_batch_args(
         for i, q in enumerate(texts):
             if not isinstance(q, str) or not q.strip():
                 raise InvalidArgumentError(f"queries[{i}] must be a non-empty str")
+            _check_text(q, f"queries[{i}]")
     if mode != "late" and texts is None:
         raise InvalidArgumentError(f'mode "{mode}" needs query texts')
     if texts is None and query_vectors is None:
@@ -2212,7 +2282,11 @@ def _hybrid_params(fusion: str | None, alpha: float | None) -> dict[str, Any]:
             raise InvalidArgumentError(f'fusion must be "convex" or "rrf", got {fusion!r}')
         hp["fusion"] = fusion
     if alpha is not None:
-        if not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0:
+        if (
+            isinstance(alpha, bool)
+            or not isinstance(alpha, int | float | np.floating | np.integer)
+            or not 0.0 <= float(alpha) <= 1.0
+        ):
             raise InvalidArgumentError(f"alpha must be a number in [0, 1], got {alpha!r}")
         hp["alpha"] = float(alpha)
     return hp

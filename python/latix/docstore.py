@@ -26,7 +26,14 @@ texts, metadata, keyword index and vectors again describe the same records.
 
 **Threads and processes.** One writer connection, used under the collection's write lock; each
 thread that reads gets its own connection (WAL lets readers run beside the writer), opened in
-the process that uses it: connections are never carried across ``fork()``.
+the process that uses it: connections are never carried across ``fork()``. Every read runs
+inside :meth:`RecordStore.reading`, which counts it in flight: :meth:`RecordStore.close` waits
+for the reads in flight before it closes the connections (closing a ``sqlite3`` connection
+while another thread steps a statement on it crashes the interpreter), and reads that start
+after it raise ``IndexClosedError``. Writes are counted too, and ``fork()`` (a hook run just
+before it) holds new reads and writes back until those in flight have ended, so that no thread
+is inside SQLite when the process forks: a child would inherit SQLite's mutexes locked by a
+thread that does not exist in it, and hang at its first query.
 """
 
 from __future__ import annotations
@@ -144,6 +151,9 @@ class RecordStore:
         self._conns_lock = threading.Lock()
         self._wconn: sqlite3.Connection | None = None
         self._wlock = threading.RLock()
+        self._gate = threading.Condition()  # guards _closed, _active and _forking
+        self._active = 0  # reads and writes in flight (see reading(), close(), fork)
+        self._forking = False  # a fork() is being prepared: new reads and writes wait
         _LIVE.add(self)
         con = self._connect()
         try:
@@ -186,8 +196,56 @@ class RecordStore:
         if self._closed:
             raise IndexClosedError(f"the collection at {self.path.parent} is closed")
 
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """This thread's read connection for the duration of one read: :meth:`close` waits
+        until the block ends before it closes the connection.
+
+        Raises:
+            IndexClosedError: the store is closed.
+        """
+        self._enter()
+        try:
+            yield self.reader()
+        finally:
+            self._leave()
+
+    def _enter(self) -> None:
+        """Counts one read or write in flight (waiting while a fork() is being prepared)."""
+        depth = getattr(self._local, "depth", 0)
+        with self._gate:
+            # A thread already inside a read or write goes on (the fork waits for it).
+            while self._forking and depth == 0:
+                self._gate.wait()
+            self._check()
+            self._active += 1
+        self._local.depth = depth + 1
+
+    def _leave(self) -> None:
+        self._local.depth -= 1
+        with self._gate:
+            self._active -= 1
+            if self._active == 0:
+                self._gate.notify_all()
+
+    def _before_fork(self) -> None:
+        """Holds new reads and writes back and waits for those in flight: a thread inside
+        SQLite at fork() may hold one of SQLite's own mutexes, which the child then inherits
+        locked (its first ``sqlite3.connect`` hung forever). Ends in the parent with
+        :meth:`_after_fork_in_parent`; the child starts afresh."""
+        self._gate.acquire()
+        self._forking = True
+        while self._active > 0:
+            self._gate.wait()
+
+    def _after_fork_in_parent(self) -> None:
+        self._forking = False
+        self._gate.notify_all()
+        self._gate.release()
+
     def reader(self) -> sqlite3.Connection:
-        """This thread's read connection (opened on first use in this thread and process)."""
+        """This thread's read connection (opened on first use in this thread and process).
+        Not counted as in flight: latix's own reads use :meth:`reading`."""
         self._check()
         c: _Conn | None = getattr(self._local, "conn", None)
         pid = os.getpid()
@@ -206,23 +264,31 @@ class RecordStore:
         success and rolled back on error. Callers hold the collection's write lock."""
         self._check()
         with self._wlock:
-            if self._wconn is None or self._pid != os.getpid():
-                self._wconn = self._connect()
-                self._pid = os.getpid()
-            con = self._wconn
-            con.execute("BEGIN IMMEDIATE")
+            self._enter()
             try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
+                if self._wconn is None or self._pid != os.getpid():
+                    self._wconn = self._connect()
+                    self._pid = os.getpid()
+                con = self._wconn
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield con
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+            finally:
+                self._leave()
 
     def close(self) -> None:
-        """Closes every connection this process opened. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        """Closes every connection this process opened, once the reads in flight have ended
+        (later reads raise IndexClosedError). Idempotent."""
+        with self._gate:
+            if self._closed:
+                return
+            self._closed = True
+            while self._active > 0:
+                self._gate.wait()
         mine = os.getpid()
         with self._conns_lock:
             conns = list(self._conns)
@@ -237,7 +303,8 @@ class RecordStore:
 
     def fields(self) -> dict[str, FieldType]:
         """Metadata field name -> type (fields of uncommitted batches included)."""
-        rows = self.reader().execute("SELECT name, type FROM fields").fetchall()
+        with self.reading() as con:
+            rows = con.execute("SELECT name, type FROM fields").fetchall()
         return {n: t for n, t in rows}
 
     @staticmethod
@@ -318,67 +385,68 @@ class RecordStore:
 
     def get(self, ids: Sequence[str], gen: int) -> dict[str, Row]:
         """Visible versions of ``ids`` at generation ``gen`` (missing ids are absent)."""
-        con = self.reader()
         out: dict[str, Row] = {}
-        for i in range(0, len(ids), _CHUNK):
-            chunk = list(ids[i : i + _CHUNK])
-            q = (
-                f"SELECT {_ROW_COLS} FROM records WHERE {VISIBLE} AND id IN "
-                f"({','.join('?' * len(chunk))})"
-            )
-            for t in con.execute(q, [gen, gen, *chunk]):
-                r = _row(t)
-                out[r.id] = r
+        with self.reading() as con:
+            for i in range(0, len(ids), _CHUNK):
+                chunk = list(ids[i : i + _CHUNK])
+                q = (
+                    f"SELECT {_ROW_COLS} FROM records WHERE {VISIBLE} AND id IN "
+                    f"({','.join('?' * len(chunk))})"
+                )
+                for t in con.execute(q, [gen, gen, *chunk]):
+                    r = _row(t)
+                    out[r.id] = r
         return out
 
     def by_key(self, rks: Sequence[int]) -> dict[int, Row]:
         """Rows by key, whatever their generation (the index said they exist)."""
-        con = self.reader()
         out: dict[int, Row] = {}
-        for i in range(0, len(rks), _CHUNK):
-            chunk = list(rks[i : i + _CHUNK])
-            q = f"SELECT {_ROW_COLS} FROM records WHERE rk IN ({','.join('?' * len(chunk))})"
-            for t in con.execute(q, chunk):
-                r = _row(t)
-                out[r.rk] = r
+        with self.reading() as con:
+            for i in range(0, len(rks), _CHUNK):
+                chunk = list(rks[i : i + _CHUNK])
+                q = f"SELECT {_ROW_COLS} FROM records WHERE rk IN ({','.join('?' * len(chunk))})"
+                for t in con.execute(q, chunk):
+                    r = _row(t)
+                    out[r.rk] = r
         return out
 
     def count(self, gen: int, where: Node | None = None) -> int:
         """Visible records at generation ``gen`` (matching ``where``)."""
         sql, params = ("1", []) if where is None else to_sql(where)
         q = f"SELECT COUNT(*) FROM records WHERE {VISIBLE} AND {sql}"
-        return int(self.reader().execute(q, [gen, gen, *params]).fetchone()[0])
+        with self.reading() as con:
+            return int(con.execute(q, [gen, gen, *params]).fetchone()[0])
 
     def ids(self, gen: int, where: Node | None = None) -> list[str]:
         """Ids of the visible records at ``gen`` (matching ``where``), in insertion order."""
         sql, params = ("1", []) if where is None else to_sql(where)
         q = f"SELECT id FROM records WHERE {VISIBLE} AND {sql} ORDER BY rk"
-        return [r[0] for r in self.reader().execute(q, [gen, gen, *params])]
+        with self.reading() as con:
+            return [r[0] for r in con.execute(q, [gen, gen, *params])]
 
     def keys(self, gen: int) -> list[tuple[int, int]]:
         """(rk, n_passages) of the visible records at ``gen``."""
         q = f"SELECT rk, n_passages FROM records WHERE {VISIBLE} ORDER BY rk"
-        return [(int(a), int(b)) for a, b in self.reader().execute(q, [gen, gen])]
+        with self.reading() as con:
+            return [(int(a), int(b)) for a, b in con.execute(q, [gen, gen])]
 
     def totals(self, gen: int) -> tuple[int, int, int]:
         """(records, passages, token vectors) visible at ``gen``."""
         q = f"SELECT COUNT(*), SUM(n_passages), SUM(n_tokens) FROM records WHERE {VISIBLE}"
-        n, p, t = self.reader().execute(q, [gen, gen]).fetchone()
+        with self.reading() as con:
+            n, p, t = con.execute(q, [gen, gen]).fetchone()
         return int(n), int(p or 0), int(t or 0)
 
     def column(self, field: str, ftype: FieldType, lo: int, hi: int) -> list[tuple[int, Any]]:
         """``(rk, value)`` of field ``field`` for the rows with ``lo <= rk <= hi`` (value None
         where missing; a list for list fields), whatever their generation."""
-        con = self.reader()
         path = "$." + field
-        if ftype == "list[str]":
-            q = "SELECT rk, json_extract(meta, ?) FROM records WHERE rk BETWEEN ? AND ?"
-            return [
-                (rk, None if v is None else json.loads(v))
-                for rk, v in con.execute(q, (path, lo, hi))
-            ]
         q = "SELECT rk, json_extract(meta, ?) FROM records WHERE rk BETWEEN ? AND ?"
-        return list(con.execute(q, (path, lo, hi)))
+        with self.reading() as con:
+            rows = list(con.execute(q, (path, lo, hi)))
+        if ftype == "list[str]":
+            return [(rk, None if v is None else json.loads(v)) for rk, v in rows]
+        return rows
 
     def keyword(
         self, match: str, k: int, gen: int, where: Node | None = None
@@ -392,7 +460,8 @@ class RecordStore:
             f"WHERE fts MATCH ? AND r.gen <= ? AND (r.dgen IS NULL OR r.dgen > ?) AND {sql} "
             "ORDER BY s LIMIT ?"
         )
-        rows = self.reader().execute(q, [match, gen, gen, *params, k]).fetchall()
+        with self.reading() as con:
+            rows = con.execute(q, [match, gen, gen, *params, k]).fetchall()
         return [(int(rk), -float(s)) for rk, s in rows]
 
     def check(self) -> None:
@@ -401,28 +470,56 @@ class RecordStore:
         Raises:
             CorruptedIndexError: naming the problem.
         """
-        con = self.reader()
-        try:
-            bad = con.execute("PRAGMA integrity_check").fetchall()
-            if bad != [("ok",)]:
-                raise CorruptedIndexError(f"{self.path}: integrity check failed: {bad[:5]}")
-            con.execute("INSERT INTO fts(fts, rank) VALUES ('integrity-check', 1)")
-        except sqlite3.DatabaseError as e:
-            raise CorruptedIndexError(f"{self.path}: {e}") from None
+        with self.reading() as con:
+            try:
+                bad = con.execute("PRAGMA integrity_check").fetchall()
+                if bad != [("ok",)]:
+                    raise CorruptedIndexError(f"{self.path}: integrity check failed: {bad[:5]}")
+                con.execute("INSERT INTO fts(fts, rank) VALUES ('integrity-check', 1)")
+            except sqlite3.DatabaseError as e:
+                raise CorruptedIndexError(f"{self.path}: {e}") from None
 
 
 _LIVE: weakref.WeakSet[RecordStore] = weakref.WeakSet()
 
 
+def _held_stores() -> list[RecordStore]:
+    return sorted(_LIVE, key=id)  # one order for every fork: no two forks deadlock
+
+
+_FORKING: list[RecordStore] = []  # the stores whose gates this fork holds
+
+
+def _before_fork() -> None:
+    _FORKING[:] = _held_stores()
+    for st in _FORKING:
+        st._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for st in reversed(_FORKING):
+        st._after_fork_in_parent()
+    _FORKING.clear()
+
+
 def _after_fork_in_child() -> None:
     # Locks another thread held at fork() stay held forever in the child: start fresh.
+    _FORKING.clear()
     for st in list(_LIVE):
         st._wlock = threading.RLock()
         st._conns_lock = threading.Lock()
+        st._gate = threading.Condition()
+        st._active = 0  # (none was in flight at the fork: _before_fork waited for them)
+        st._forking = False
+        st._local.depth = 0
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 class _Conn:
