@@ -233,9 +233,12 @@ class RecordStore:
         SQLite at fork() may hold one of SQLite's own mutexes, which the child then inherits
         locked (its first ``sqlite3.connect`` hung forever). Ends in the parent with
         :meth:`_after_fork_in_parent`; the child starts afresh."""
+        # The forking thread's own reads and writes (a fork from inside one) are not waited
+        # for: they cannot end before the fork does.
+        own = getattr(self._local, "depth", 0)
         self._gate.acquire()
         self._forking = True
-        while self._active > 0:
+        while self._active > own:
             self._gate.wait()
 
     def _after_fork_in_parent(self) -> None:

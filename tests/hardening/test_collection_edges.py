@@ -346,3 +346,33 @@ def test_forked_child_reads_and_closes_while_the_parent_reads(tmp_path: Path) ->
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == str([0] * 40), r.stdout + r.stderr[-2000:]
+
+
+_FORK_INSIDE_A_READ = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np, latix
+    col = latix.Collection.create(sys.argv[1], model=None, dim=4, compression=None)
+    col.add([("a", "x", None)], vectors=[np.ones((2, 4), np.float32)])
+    with col._store.reading():  # a fork from inside one of latix's own reads
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if len(latix.Collection.open(sys.argv[1])) == 1 else 3)
+        _, status = os.waitpid(pid, 0)
+    col.close()
+    print(os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+def test_fork_from_inside_a_read_does_not_wait_for_itself(tmp_path: Path) -> None:
+    # The fork hook waits for reads in flight; the forking thread's own read cannot end before
+    # the fork does, so waiting for it would hang.
+    r = subprocess.run(
+        [sys.executable, "-c", _FORK_INSIDE_A_READ, str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "0", r.stdout + r.stderr[-2000:]
