@@ -116,6 +116,10 @@ def main() -> int:
     ap.add_argument(
         "--codec-exact", type=int, default=150, help="--only codec: queries per split vs exact"
     )
+    ap.add_argument("--codec-shards", default="2,4", help="--only codec: shard counts")
+    ap.add_argument(
+        "--codec-k", type=int, default=0, help="--only codec: fix the shards' centroids K"
+    )
     ap.add_argument("--only", choices=["search", "codec"], help="run only this part (see above)")
     a = ap.parse_args()
     prov = provenance.lines()
@@ -164,7 +168,7 @@ def main() -> int:
         if a.only == "codec":
             codec_part(a, r, work, docs, encoder, cache, vecs, vfn, qvd, queries, qrels, handles)
             out = Path(a.out)
-            name = out.with_name(out.name + "-codec")
+            name = out.with_name(out.name + "-codec" + (f"-k{a.codec_k}" if a.codec_k else ""))
             name.with_suffix(".json").write_text(
                 json.dumps({"provenance": prov, **r}, indent=2) + "\n"
             )
@@ -266,7 +270,8 @@ def codec_part(
         from ir_measures import nDCG
 
         run = {q: {d: 10.0 - j for j, d in enumerate(ids)} for q, ids in exact[split].items()}
-        ndcg = ir_measures.calc_aggregate([nDCG @ 10], qr, run)[nDCG @ 10]
+        judged = {q: qr[q] for q in run}  # the subset only (others would count as 0)
+        ndcg = ir_measures.calc_aggregate([nDCG @ 10], judged, run)[nDCG @ 10]
         rows.setdefault("exact", {})[split] = {"nDCG@10": round(float(ndcg), 4)}
 
     def measure(name: str, col: Any, n_shards: int, paths: list[Path]) -> None:
@@ -300,7 +305,11 @@ def codec_part(
     one = reuse_or_build(work / "one-auto", docs, None, encoder, vecs, vfn)
     measure("one collection", one, 1, [work / "one-auto"])
     one.close()
-    for n in (2, 4):
+    import latix
+
+    comp: Any = "auto" if not a.codec_k else latix.Compression(n_centroids=a.codec_k)
+    r["codec"]["n_centroids"] = a.codec_k or "auto"
+    for n in [int(x) for x in a.codec_shards.split(",")]:
         for mode in ("per-shard", "shared"):
             bc.log(f"codec: {n} shards, {mode}")
             t = time.perf_counter()
@@ -313,6 +322,7 @@ def codec_part(
                 vectors_fn=vfn,
                 n_threads=1,
                 codec=mode,
+                compression=comp,
             )
             handles.append(sc)
             bc.log(f"  built in {time.perf_counter() - t:.1f} s")
@@ -332,12 +342,15 @@ def codec_report(r: dict[str, Any], prov: list[str]) -> str:
         *prov,
         "",
         f'SciFact ({r["docs"]} documents), compressed `"auto"` collections (the same '
-        "configuration everywhere: the same code bytes per token), shards built by "
+        "configuration everywhere, so the same code bytes per token; the number of centroids "
+        "K, and with it the bytes of the codec and list files, follows the tokens each codec "
+        "was trained for unless fixed), shards built by "
         "`latix.distributed.build(..., batch_size=500)` from cached encodings; recall@10 against "
         "the exact top 10 of one plain collection. Train queries "
         f"({c['sets']['train']}, qrels/train.tsv) choose the default; test queries "
         f"({c['sets']['test']}) are reported; nDCG@10 over all of them, recall@10 vs exact "
-        f"over the first {c['exact_queries']} of each (the exact row's nDCG@10 too). Untimed.",
+        f"over the first {c['exact_queries']} of each (the exact row's nDCG@10 too). Shards' "
+        f"centroids: {c.get('n_centroids', 'auto')}. Untimed.",
         "",
         "| index | train nDCG@10 | train recall@10 vs exact | test nDCG@10 | test recall@10 vs "
         "exact | bytes/token (all files) | centroids per shard |",

@@ -147,7 +147,7 @@ pub fn train_codec_on_documents(
     n_threads: Option<usize>,
 ) -> Result<Codec> {
     cfg.validate(dim)?;
-    let n_rows = if dim == 0 { 0 } else { vectors.len() / dim };
+    let n_rows = vectors.len().checked_div(dim).unwrap_or(0);
     if dim == 0
         || vectors.len() != n_rows * dim
         || offsets.first() != Some(&0)
