@@ -28,6 +28,14 @@ timed runs under the team's benchmark lock (``/work/team/bench.lock``):
    the pickled size of one shard's answer and the time to pickle and unpickle it. Every
    sharded top-10 is compared with the one collection's (ids and scores).
 
+``--only codec`` (not part of the full run; writes ``ray-codec.md`` / ``ray-codec.json``):
+recall@10 against exact MaxSim and nDCG@10 of compressed ``"auto"`` collections of SciFact at
+the same configuration (so the same code bytes per token): one collection, and 2 and 4 shards
+built by ``latix.distributed.build`` with one shared codec (``codec="shared"``) and with a
+codec per shard (``codec="per-shard"``), on SciFact's 809 *train* queries (qrels/train.tsv: what
+the default is chosen on) and its 300 test queries (reported). Untimed; bytes per token of all
+files, centroids per shard.
+
 ``--only search`` runs part 4 alone, reusing the collections of an earlier run under ``--work``
 when they hold every document (else building them); it updates the search part of
 ``ray.json`` / ``ray.md`` and keeps the other parts of the last full run.
@@ -104,7 +112,15 @@ def main() -> int:
     ap.add_argument("--no-lock", action="store_true", help="trial run (not quoted)")
     ap.add_argument("--docs", type=int, default=0, help="trial: first N documents only")
     ap.add_argument("--clean", action="store_true", help="remove --work at the end")
-    ap.add_argument("--only", choices=["search"], help="run only this part (see above)")
+    ap.add_argument("--keep", action="store_true", help="--only codec: keep the shard builds")
+    ap.add_argument(
+        "--codec-exact", type=int, default=150, help="--only codec: queries per split vs exact"
+    )
+    ap.add_argument("--codec-shards", default="2,4", help="--only codec: shard counts")
+    ap.add_argument(
+        "--codec-k", type=int, default=0, help="--only codec: fix the shards' centroids K"
+    )
+    ap.add_argument("--only", choices=["search", "codec"], help="run only this part (see above)")
     a = ap.parse_args()
     prov = provenance.lines()
     print("\n".join(prov), flush=True)
@@ -149,6 +165,16 @@ def main() -> int:
         def lock() -> Any:
             return contextlib.nullcontext() if a.no_lock else bc.bench_lock()
 
+        if a.only == "codec":
+            codec_part(a, r, work, docs, encoder, cache, vecs, vfn, qvd, queries, qrels, handles)
+            out = Path(a.out)
+            name = out.with_name(out.name + "-codec" + (f"-k{a.codec_k}" if a.codec_k else ""))
+            name.with_suffix(".json").write_text(
+                json.dumps({"provenance": prov, **r}, indent=2) + "\n"
+            )
+            name.with_suffix(".md").write_text(codec_report(r, prov))
+            print(codec_report(r, prov))
+            return 0
         if a.only == "search":
             prev = json.loads(Path(a.out).with_suffix(".json").read_text())
             r.update({k_: prev[k_] for k_ in ("build_index", "build_encode", "quality")})
@@ -190,12 +216,175 @@ def main() -> int:
     return 0
 
 
+def codec_part(
+    a: Any,
+    r: dict[str, Any],
+    work: Path,
+    docs: list[Any],
+    encoder: Any,
+    cache: Any,
+    vecs: Any,
+    vfn: Any,
+    qvd: dict[str, np.ndarray],
+    queries: dict[str, str],
+    qrels: Any,
+    handles: list[Any],
+) -> None:
+    """--only codec: shared vs per-shard codec at the same bytes (see the module docstring)."""
+    import latix.distributed as ld
+    from latix import Index
+    from latix.collection import INDEX_DIR
+    from latix.corpus import read_qrels
+    from latix.eval import evaluate_collection
+
+    train_qrels = read_qrels(bc.SOURCE / "scifact" / "qrels" / "train.tsv")
+    sets = {
+        "train": (train_qrels, bc.query_vectors(encoder, cache, queries, train_qrels)),
+        "test": (qrels, qvd),
+    }
+    # Exact top 10 (exhaustive MaxSim over 1.2M tokens: ~1 s per query on this loaded
+    # machine) for the first --codec-exact queries of each split, cached in --work.
+    cached = work / "codec-exact-top10.json"
+    exact: dict[str, dict[str, list[str]]] = {}
+    r["codec"] = {"sets": {k: len(v[1]) for k, v in sets.items()}, "rows": {}}
+    r["codec"]["exact_queries"] = a.codec_exact
+    rows = r["codec"]["rows"]
+    sub = {split: dict(list(qv.items())[: a.codec_exact]) for split, (_, qv) in sets.items()}
+    if cached.is_file() and json.loads(cached.read_text()).get("n") == a.codec_exact:
+        exact = json.loads(cached.read_text())["top10"]
+    else:
+        bc.log("codec: exact reference (one plain collection)")
+        ex = reuse_or_build(work / "one-exact", docs, None, encoder, vecs, vfn, compression=None)
+        for split, (qr, _) in sets.items():
+            qv = sub[split]
+            ev = evaluate_collection(
+                ex, {q: queries[q] for q in qv}, qr, depth=10, query_vectors=qv
+            )
+            exact[split] = {
+                q: [i for i, _ in sorted(ev.run[q].items(), key=lambda kv: -kv[1])[:10]] for q in qv
+            }
+        ex.close()
+        cached.write_text(json.dumps({"n": a.codec_exact, "top10": exact}))
+    for split, (qr, _) in sets.items():
+        import ir_measures
+        from ir_measures import nDCG
+
+        run = {q: {d: 10.0 - j for j, d in enumerate(ids)} for q, ids in exact[split].items()}
+        judged = {q: qr[q] for q in run}  # the subset only (others would count as 0)
+        ndcg = ir_measures.calc_aggregate([nDCG @ 10], judged, run)[nDCG @ 10]
+        rows.setdefault("exact", {})[split] = {"nDCG@10": round(float(ndcg), 4)}
+
+    def measure(name: str, col: Any, n_shards: int, paths: list[Path]) -> None:
+        row: dict[str, Any] = {}
+        for split, (qr, qv) in sets.items():
+            ev = evaluate_collection(
+                col, {q: queries[q] for q in qv}, qr, depth=10, query_vectors=qv
+            )
+            rec = np.mean(
+                [
+                    len(set(ev.run[q]) & set(exact[split][q])) / max(1, len(exact[split][q]))
+                    for q in exact[split]
+                ]
+            )
+            row[split] = {
+                "nDCG@10": round(ev.metrics["nDCG@10"], 4),
+                "recall@10_vs_exact": round(float(rec), 4),
+            }
+        row["bytes_per_token"] = round(col.stats()["bytes_per_token"], 2)
+        ks = []
+        for p in paths:
+            ix = Index.open(p / INDEX_DIR)
+            ks.append(ix.stats()["n_centroids"])
+            ix.close()
+        row["n_centroids"] = ks
+        row["n_shards"] = n_shards
+        rows[name] = row
+        bc.log(f"  {name}: {row}")
+
+    bc.log("codec: one collection")
+    one = reuse_or_build(work / "one-auto", docs, None, encoder, vecs, vfn)
+    measure("one collection", one, 1, [work / "one-auto"])
+    one.close()
+    import latix
+
+    comp: Any = "auto" if not a.codec_k else latix.Compression(n_centroids=a.codec_k)
+    r["codec"]["n_centroids"] = a.codec_k or "auto"
+    for n in [int(x) for x in a.codec_shards.split(",")]:
+        for mode in ("per-shard", "shared"):
+            bc.log(f"codec: {n} shards, {mode}")
+            t = time.perf_counter()
+            sc = ld.build(
+                docs,
+                fresh(work / f"sharded-{n}-{mode}"),
+                n_shards=n,
+                encoder=encoder,
+                batch_size=500,
+                vectors_fn=vfn,
+                n_threads=1,
+                codec=mode,
+                compression=comp,
+            )
+            handles.append(sc)
+            bc.log(f"  built in {time.perf_counter() - t:.1f} s")
+            measure(f"{n} shards, {mode} codec", sc, n, list(sc.shard_paths))
+            handles.remove(sc)
+            sc.close()
+            if not a.keep:
+                shutil.rmtree(work / f"sharded-{n}-{mode}", ignore_errors=True)
+
+
+def codec_report(r: dict[str, Any], prov: list[str]) -> str:
+    c = r["codec"]
+    lines = [
+        "# Shared vs per-shard codec (latix.distributed.build)",
+        "",
+        "Provenance:",
+        *prov,
+        "",
+        f'SciFact ({r["docs"]} documents), compressed `"auto"` collections (the same '
+        "configuration everywhere, so the same code bytes per token; the number of centroids "
+        "K, and with it the bytes of the codec and list files, follows the tokens each codec "
+        "was trained for unless fixed), shards built by "
+        "`latix.distributed.build(..., batch_size=500)` from cached encodings; recall@10 against "
+        "the exact top 10 of one plain collection. Train queries "
+        f"({c['sets']['train']}, qrels/train.tsv) choose the default; test queries "
+        f"({c['sets']['test']}) are reported; nDCG@10 over all of them, recall@10 vs exact "
+        f"over the first {c['exact_queries']} of each (the exact row's nDCG@10 too). Shards' "
+        f"centroids: {c.get('n_centroids', 'auto')}. Untimed.",
+        "",
+        "| index | train nDCG@10 | train recall@10 vs exact | test nDCG@10 | test recall@10 vs "
+        "exact | bytes/token (all files) | centroids per shard |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in c["rows"].items():
+        if name == "exact":
+            lines.append(
+                f"| exact | {row['train']['nDCG@10']:.4f} | 1 | {row['test']['nDCG@10']:.4f} "
+                "| 1 | | |"
+            )
+            continue
+        tr, te = row["train"], row["test"]
+        lines.append(
+            f"| {name} | {tr['nDCG@10']:.4f} | {tr['recall@10_vs_exact']:.4f} | "
+            f"{te['nDCG@10']:.4f} | {te['recall@10_vs_exact']:.4f} | {row['bytes_per_token']} | "
+            f"{', '.join(str(k) for k in row['n_centroids'])} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
 def sub_docs(docs: list[Any], a: Any) -> list[Any]:
     return docs[: a.encode_docs]
 
 
 def reuse_or_build(
-    path: Path, docs: list[Any], n_shards: int | None, encoder: Any, vecs: Any, vfn: Any
+    path: Path,
+    docs: list[Any],
+    n_shards: int | None,
+    encoder: Any,
+    vecs: Any,
+    vfn: Any,
+    compression: Any = "auto",
 ) -> Any:
     """The collection at ``path`` when an earlier run left it complete, else a new build."""
     import latix.distributed as ld
@@ -207,7 +396,7 @@ def reuse_or_build(
             if len(c) == len(docs):
                 return c
             c.close()
-        c = Collection.create(fresh(path), encoder=encoder)
+        c = Collection.create(fresh(path), encoder=encoder, compression=compression)
         index_corpus(c, docs, commit_every=1000, vectors_fn=lambda b: [vecs[d.id] for d in b])
         return c
     if ld.ShardedCollection.exists(path):

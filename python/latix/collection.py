@@ -86,7 +86,7 @@ from latix.errors import (
     UnsupportedVersionError,
 )
 from latix.filters import FieldType
-from latix.index import Compression, Index
+from latix.index import Compression, Index, _codec_bytes_of
 
 if TYPE_CHECKING:
     from latix.corpus import Document
@@ -713,6 +713,7 @@ class Collection:
         schema: Mapping[str, FieldType] | None = None,
         passages: Passages | None = Passages(),
         n_threads: int | None = None,
+        codec: bytes | str | os.PathLike[str] | Index | Collection | Any = None,
     ) -> Collection:
         """Creates an empty collection directory.
 
@@ -741,6 +742,11 @@ class Collection:
                 the first record that uses them.
             passages: how long texts are split (None: not split, cut at the model's window).
             n_threads: encoder threads (default: onnxruntime's choice).
+            codec: a compressed collection only: start with this trained codec instead of
+                training one (what :meth:`latix.Index.create` takes as ``codec``: codec file
+                bytes from :meth:`latix.Index.codec_bytes` or :func:`latix.train_codec`, a codec
+                file path, a compressed Index, or another Collection, whose index's codec is
+                used). Its first commit already encodes with it, whatever the size.
 
         Returns:
             The open collection (not yet holding the write lock).
@@ -748,7 +754,9 @@ class Collection:
         Raises:
             AlreadyExistsError: ``path`` holds a collection or other files.
             InvalidArgumentError: bad ``dim``, ``compression``, ``schema`` or a ``dim`` that
-                differs from the model's.
+                differs from the model's; a ``codec`` with ``compression=None``, or one that
+                does not fit (dimension, code bytes, centroids; see ``Index.create``).
+            CorruptedIndexError: ``codec`` is not a valid codec file.
             ModelError: the model cannot be loaded.
         """
         p = Path(os.fspath(path))
@@ -770,6 +778,14 @@ class Collection:
             raise InvalidArgumentError(
                 f"schema must be a dict of field -> type, got {type(schema).__name__}"
             )
+        if isinstance(codec, Collection):
+            codec = codec.index
+        if codec is not None and comp is None:
+            raise InvalidArgumentError(
+                "a codec is given to a compressed collection only (compression is None)"
+            )
+        # Read (and checked by the core) before the directory is touched.
+        codec_b = None if codec is None else _codec_bytes_of(codec)
         decl: dict[str, FieldType] = {}
         for name, t in (schema or {}).items():
             if not isinstance(name, str) or not flt.NAME_RE.fullmatch(name):
@@ -820,7 +836,9 @@ class Collection:
         store: RecordStore | None = None
         try:
             _write_json_atomic(p / META_FILE, meta)
-            Index.create(p / INDEX_DIR, dim=dim, dtype=dtype, compression=comp).close()
+            Index.create(
+                p / INDEX_DIR, dim=dim, dtype=dtype, compression=comp, codec=codec_b
+            ).close()
             store = RecordStore(p / DB_FILE)
             if decl:
                 with store.writing() as con:

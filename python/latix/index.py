@@ -34,7 +34,7 @@ import numpy.typing as npt
 from latix import _core
 from latix.errors import InvalidArgumentError
 
-__all__ = ["Compression", "Index"]
+__all__ = ["Compression", "Index", "train_codec"]
 
 FloatArray = npt.NDArray[np.float32] | npt.NDArray[np.float16]
 
@@ -161,6 +161,91 @@ class Compression:
             )
 
 
+def _codec_bytes_of(codec: object) -> bytes:
+    """The codec file bytes of what :meth:`Index.create` takes as ``codec`` (bytes, a codec file
+    path, an Index, a ``_core.compressed.Codec``); the core validates them at create."""
+    if isinstance(codec, bytes | bytearray | memoryview):
+        return bytes(codec)
+    if isinstance(codec, Index):
+        b = codec.codec_bytes()
+        if b is None:
+            raise InvalidArgumentError(
+                f"the index at {codec.path} has no trained codec to share (plain, or not "
+                "trained yet)"
+            )
+        return b
+    if isinstance(codec, _core.compressed.Codec):
+        return codec.to_bytes()
+    if isinstance(codec, str | os.PathLike):
+        p = Path(_path_arg(codec))
+        try:
+            return p.read_bytes()
+        except FileNotFoundError:
+            from latix.errors import NotFoundError
+
+            raise NotFoundError(f"codec file {p} does not exist") from None
+        except OSError as e:
+            from latix.errors import LatixIOError
+
+            raise LatixIOError(f"cannot read the codec file {p}: {e}") from e
+    raise InvalidArgumentError(
+        "codec must be bytes, a codec file path, a latix.Index or a "
+        f"latix._core.compressed.Codec, got {type(codec).__name__}"
+    )
+
+
+def train_codec(
+    compression: Compression,
+    documents: Sequence[FloatArray],
+    *,
+    n_tokens_hint: int | None = None,
+    n_threads: int | None = None,
+) -> bytes:
+    """Trains the codec an index configured by ``compression`` would train, on given documents.
+
+    The same as a training commit does with its live documents: documents are drawn (seeded by
+    ``compression.seed``) until about ``train_sample_tokens`` pooled vectors are gathered, each
+    pooled by ``pool_factor``, then k-means and the product quantiser run with the
+    configuration's ``n_centroids`` and code bytes. Give the result to :meth:`Index.create`
+    (``codec=``) of any number of indexes: the shards of one collection then share one codec
+    (``latix.distributed.build`` does).
+
+    Args:
+        compression: the configuration of the indexes that will use the codec.
+        documents: token matrices, each ``(n_i, dim)`` float32 or float16, all of one ``dim``
+            (a sample of the corpus; at least 256 pooled vectors in all).
+        n_tokens_hint: pooled vectors each index is expected to hold (sets the default number of
+            centroids, about ``2 * sqrt(n)``); default: those of ``documents``.
+        n_threads: training threads (default: latix's pool).
+
+    Returns:
+        The codec file's bytes (versioned, checksummed).
+
+    Raises:
+        InvalidArgumentError: no documents, mixed dimensions, too few vectors, non-finite
+            values, or a configuration that does not fit ``dim``.
+    """
+    if not isinstance(compression, Compression):
+        raise InvalidArgumentError(
+            f"compression must be a latix.Compression, got {type(compression).__name__}"
+        )
+    mats = [np.asarray(d) for d in documents]
+    if not mats:
+        raise InvalidArgumentError("train_codec needs at least one document")
+    dims = {m.shape[1] if m.ndim == 2 else -1 for m in mats}
+    if len(dims) != 1 or -1 in dims:
+        raise InvalidArgumentError(
+            "documents must be 2-D (n_i, dim) arrays of one dim, got shapes "
+            f"{sorted({m.shape for m in mats})[:4]}"
+        )
+    offsets = np.zeros(len(mats) + 1, dtype=np.int64)
+    np.cumsum([m.shape[0] for m in mats], out=offsets[1:])
+    x = np.concatenate([m.astype(np.float32, copy=False) for m in mats], axis=0)
+    hint = None if n_tokens_hint is None else _int_arg("n_tokens_hint", n_tokens_hint, 1)
+    codec = _core.compressed.train_codec(compression, x, offsets, hint, n_threads)
+    return codec.to_bytes()
+
+
 class Index:
     """A latix index directory, opened for search (and, on first mutation, for writing).
 
@@ -190,6 +275,7 @@ class Index:
         dtype: Literal["float16", "float32"] = "float16",
         *,
         compression: Compression | None = None,
+        codec: bytes | str | os.PathLike[str] | Index | _core.compressed.Codec | None = None,
     ) -> Index:
         """Creates a new, empty index directory and returns a handle holding the write lock.
 
@@ -199,13 +285,25 @@ class Index:
             dtype: storage precision, ``"float16"`` (default, half the disk) or ``"float32"``.
             compression: make a compressed index with this configuration (persisted in the
                 index; :meth:`open` restores it). None: a plain, exact index.
+            codec: a compressed index only: start with this trained codec instead of training
+                one (so that several indexes, e.g. the shards of one collection, share a
+                codec): the bytes of a codec file (:meth:`codec_bytes`, :func:`train_codec`),
+                the path of one, another compressed :class:`Index` (its codec), or a
+                ``latix._core.compressed.Codec``. The index then never trains: its first
+                commit already encodes with it (``train_min_tokens`` does not apply; a
+                ``compact(retrain=True)`` retrains as usual). Checked before anything is
+                written.
 
         Raises:
             AlreadyExistsError: an index, or any other file, already exists at ``path``.
             InvalidArgumentError: ``dim`` < 1, an unknown ``dtype``, or a ``compression`` field
                 out of range (e.g. ``bytes_per_token`` whose ``2 * bytes_per_token`` does not
                 divide ``dim``, ``train_min_tokens`` < 256, ``n_centroids`` above the training
-                sample size).
+                sample size); a ``codec`` without ``compression``, of another dimension, with
+                other code bytes per vector than ``compression`` gives or another number of
+                centroids than its ``n_centroids``, or an index without a trained codec.
+            CorruptedIndexError: ``codec`` is not a valid codec file (magic, sizes, checksum).
+            UnsupportedVersionError: ``codec`` was written in an unknown format version.
             IndexLockedError: another process is creating an index there.
         """
         if not isinstance(dtype, str):
@@ -214,8 +312,30 @@ class Index:
             raise InvalidArgumentError(
                 f"compression must be a latix.Compression or None, got {type(compression).__name__}"
             )
+        codec_b = None if codec is None else _codec_bytes_of(codec)
+        if codec_b is not None and compression is None:
+            raise InvalidArgumentError(
+                "a codec is given to a compressed index only: pass compression too"
+            )
         # The binding reads the dataclass's fields by name (rust/python/src/compression.rs).
-        return cls(_core.Index.create(_path_arg(path), _int_arg("dim", dim, 1), dtype, compression))
+        return cls(
+            _core.Index.create(
+                _path_arg(path), _int_arg("dim", dim, 1), dtype, compression, codec_b
+            )
+        )
+
+    def codec_bytes(self) -> bytes | None:
+        """The bytes of this index's trained codec file (checked against the index's manifest),
+        as :meth:`create` takes them as ``codec``.
+
+        Returns:
+            The codec file's bytes; None for a plain index or a compressed one that has not
+            trained its codec yet.
+
+        Raises:
+            CorruptedIndexError: the codec file is damaged.
+        """
+        return self._inner.codec_bytes()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], mode: Literal["r", "w"] = "r") -> Index:

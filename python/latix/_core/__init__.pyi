@@ -58,6 +58,10 @@ class Index:
     @property
     def closed(self) -> bool:
         """Whether the handle was closed."""
+    def codec_bytes(self) -> bytes | None:
+        """The bytes of the index's codec file (checked), None for a plain index or a compressed
+        one that has not trained its codec yet.
+        """
     def commit(self) -> None:
         """Publishes the staged changes atomically."""
     def compact(self, retrain: bool = False) -> None:
@@ -75,10 +79,12 @@ class Index:
         dim: int,
         dtype: str = "float16",
         compression: Compression | None = None,
+        codec: bytes | None = None,
     ) -> Index:
         """Creates a new empty index directory (holding the write lock); with `compression` (a
-        `latix.Compression`, read by attribute), a compressed index. Ranges are checked by the
-        core.
+        `latix.Compression`, read by attribute), a compressed index; with `codec` too (a codec
+        file's bytes), one that starts with that trained codec. Ranges, and the codec, are
+        checked by the core.
         """
     def delete(self, ids: object) -> None:
         """Stages the deletion of documents."""

@@ -29,8 +29,9 @@ below), and the graph is compiled again after a call every shard answered
   contained in the union of the shards' top ``k`` lists, so the merge is exact: for exact
   (uncompressed) shards the hits and scores are those of one Collection holding all records
   (tests/test_distributed.py checks ids and scores). Compressed shards search their own codes;
-  each shard trains its own codec on its own records (hash routing makes every shard a uniform
-  sample of the corpus).
+  by default :func:`build` trains one codec on a seeded sample of the whole corpus and creates
+  every shard with it (``codec="shared"``; ``"per-shard"``: each shard trains its own on its
+  first ``train_min_tokens`` tokens), see :mod:`latix.distributed.builder`.
 * ``mode="keyword"``: each shard scores BM25 with its own FTS5 statistics (document count,
   average length, document frequencies), as a search engine's default "query then fetch" does;
   the merge is exact over those scores. With hash routing each shard is a uniform random sample

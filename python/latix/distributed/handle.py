@@ -50,6 +50,7 @@ from latix.errors import (
     NotFoundError,
 )
 from latix.filters import FieldType
+from latix.index import _codec_bytes_of
 
 if TYPE_CHECKING:
     from latix.encoder import Encoder
@@ -131,17 +132,22 @@ class ShardedCollection:
         dtype: Literal["float16", "float32"] = "float16",
         schema: Mapping[str, FieldType] | None = None,
         passages: Passages | None = _DEFAULT_PASSAGES,
+        codec: Any = None,
         **open_options: Any,
     ) -> ShardedCollection:
         """Creates an empty sharded collection: ``n_shards`` collections and the manifest.
 
-        ``model``, ``encoder``, ``dim``, ``compression``, ``dtype``, ``schema`` and ``passages``
-        are those of :meth:`latix.Collection.create`, for every shard (the model is loaded once).
+        ``model``, ``encoder``, ``dim``, ``compression``, ``dtype``, ``schema``, ``passages``
+        and ``codec`` are those of :meth:`latix.Collection.create`, for every shard (the model
+        is loaded once).
 
         Args:
             path: the directory (must not exist, or be empty; one left by an interrupted create
                 is created again).
             n_shards: number of shards (1..4096).
+            codec: a trained codec every shard starts with (shared by all shards: bytes from
+                :func:`latix.train_codec` or :meth:`latix.Index.codec_bytes`, a codec file, an
+                Index or a Collection); None: each compressed shard trains its own.
             **open_options: options of :meth:`open`.
 
         Returns:
@@ -174,6 +180,14 @@ class ShardedCollection:
             from latix.encoder import Encoder
 
             encoder = Encoder.load("default" if model is None else os.fspath(model))
+        if codec is not None:
+            if compression is None:
+                raise InvalidArgumentError(
+                    "a codec is given to compressed shards only (compression is None)"
+                )
+            if isinstance(codec, Collection):
+                codec = codec.index
+            codec = _codec_bytes_of(codec)  # read once, checked by each shard's create
         names = [f"shard-{i:04d}" for i in range(n_shards)]
         m: dict[str, Any] = {
             "format": _FORMAT,
@@ -195,12 +209,16 @@ class ShardedCollection:
                 dtype=dtype,
                 schema=schema,
                 passages=passages,
+                codec=codec,
             ).close()
         first = Collection.open(p / names[0])
         m["model"] = first.model
         m["dim"] = first.dim
         m["model_fingerprint"] = first._meta.get("model_fingerprint")
         first.close()
+        m["codec"] = "per-shard" if compression is not None and codec is None else None
+        if codec is not None:
+            m["codec"] = "shared"
         m["state"] = "ready"
         _write_manifest(p, m)
         sc = cls.open(p, **open_options)

@@ -636,3 +636,77 @@ fn a_commit_whose_staged_documents_are_all_deleted_succeeds_on_a_trained_index()
         assert_eq!(reopened.len().expect("len"), 201);
     }
 }
+
+#[test]
+fn an_index_created_with_another_indexs_codec_encodes_as_that_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = seeded(41);
+    let docs = data.docs(220);
+    let a = Index::create_with(dir.path().join("a"), DIM, Dtype::F32, Some(cfg(false))).unwrap();
+    let ids = add(&a, "d", &docs, false);
+    a.commit().unwrap();
+    let codec = a.codec_bytes().unwrap().expect("trained");
+    // The codec trained from the same documents outside an index is the same file.
+    let flat: Vec<f32> = docs.iter().flatten().copied().collect();
+    let mut offsets = vec![0u64];
+    for d in &docs {
+        offsets.push(offsets[offsets.len() - 1] + (d.len() / DIM) as u64);
+    }
+    let trained = latix_core::compressed::train_codec_on_documents(
+        &cfg(false),
+        DIM,
+        &flat,
+        &offsets,
+        None,
+        Some(2),
+    )
+    .unwrap();
+    assert_eq!(trained.to_bytes(), codec);
+    // B starts with A's codec: compressed from its first commit, same hits and scores as A.
+    let b = Index::create_with_codec(dir.path().join("b"), DIM, Dtype::F32, cfg(false), &codec)
+        .unwrap();
+    assert_eq!(b.codec_bytes().unwrap().as_deref(), Some(&codec[..]));
+    add(&b, "d", &docs, false);
+    b.commit().unwrap();
+    let live: Vec<(String, Vec<f32>)> = ids.into_iter().zip(docs.iter().cloned()).collect();
+    for _ in 0..10 {
+        let q = data.mat(8, 0.8);
+        let (ra, rb) = (
+            search(&a, &q, 10, CompressedSearch::default()),
+            search(&b, &q, 10, CompressedSearch::default()),
+        );
+        assert_eq!(ra, rb);
+        assert_eq!(ra.len(), 10);
+    }
+    assert!(recall(&b, &mut data, &live, CompressedSearch::default()) >= 0.7);
+    b.verify().unwrap();
+    // Bad codecs fail before anything is written.
+    let mut flipped = codec.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 1;
+    let bad_cfg = Compression {
+        bytes_per_token: Some(4),
+        ..cfg(false)
+    };
+    let cases: Vec<(usize, Compression, Vec<u8>, &str)> = vec![
+        (DIM, cfg(false), flipped, "checksum"),
+        (DIM, cfg(false), codec[..codec.len() - 3].to_vec(), "codec"),
+        (DIM * 2, cfg(false), codec.clone(), "dimension"),
+        (DIM, bad_cfg, codec.clone(), "code bytes"),
+        (
+            DIM,
+            Compression {
+                n_centroids: Some(16),
+                ..cfg(false)
+            },
+            codec.clone(),
+            "centroids",
+        ),
+    ];
+    for (j, (dim, c, bytes, msg)) in cases.into_iter().enumerate() {
+        let p = dir.path().join(format!("bad{j}"));
+        let e = Index::create_with_codec(&p, dim, Dtype::F32, c, &bytes).unwrap_err();
+        assert!(e.to_string().contains(msg), "{e}");
+        assert!(!p.exists());
+    }
+}

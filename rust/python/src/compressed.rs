@@ -207,6 +207,46 @@ impl PyCodec {
     }
 }
 
+/// (compression: Compression, doc_vectors: NDArray[np.float32], doc_offsets: NDArray[np.int64], n_tokens_hint: int | None = None, n_threads: int | None = None) -> Codec
+///
+/// The codec an index configured by `compression` would train, trained on the (n_tokens, dim)
+/// documents given (rows doc_offsets[i]:doc_offsets[i+1]): the same seeded draw of documents,
+/// pooling and parameters; K from `n_tokens_hint` (pooled vectors the index will hold; default
+/// those given). Give its `to_bytes()` to `Index.create(..., codec=...)` of any number of indexes.
+#[pyfunction]
+#[pyo3(signature = (compression, doc_vectors, doc_offsets, n_tokens_hint=None, n_threads=None))]
+fn train_codec(
+    py: Python<'_>,
+    compression: crate::compression::CompressionArg,
+    doc_vectors: &Bound<'_, PyAny>,
+    doc_offsets: &Bound<'_, PyAny>,
+    n_tokens_hint: Option<usize>,
+    n_threads: Option<usize>,
+) -> PyResult<PyCodec> {
+    let cfg = compression.into_core().py_err(py)?;
+    let v = f32_matrix(doc_vectors, "doc_vectors", "(n_tokens, dim)")?;
+    let offs = i64_vector(doc_offsets, "doc_offsets", "(n_docs + 1,)")?;
+    let dim = v.shape()[1];
+    let data = contiguous2(&v);
+    let o = contiguous1(&offs);
+    if o.iter().any(|&x| x < 0) {
+        return Err(invalid(
+            py,
+            format!(
+                "doc_offsets must be non-negative, got {}",
+                describe(doc_offsets)
+            ),
+        ));
+    }
+    let offsets: Vec<u64> = o.iter().map(|&x| x as u64).collect();
+    let c = py
+        .detach(|| {
+            cc::train_codec_on_documents(&cfg, dim, &data, &offsets, n_tokens_hint, n_threads)
+        })
+        .py_err(py)?;
+    Ok(PyCodec::wrap(c))
+}
+
 /// One segment's compressed inverted lists.
 #[pyclass(frozen, name = "CompressedSegment", module = "latix._core.compressed")]
 pub struct PyCompressedSegment {
@@ -528,6 +568,7 @@ pub fn register(parent: &Bound<'_, PyModule>) -> PyResult<()> {
          a compressed latix.Index over them.",
     )?;
     m.add_class::<PyCodec>()?;
+    m.add_function(wrap_pyfunction!(train_codec, &m)?)?;
     m.add_class::<PyCompressedSegment>()?;
     m.add_function(wrap_pyfunction!(search, &m)?)?;
     parent.add_submodule(&m)?;

@@ -157,26 +157,50 @@ pub struct PyIndex {
 
 #[pymethods]
 impl PyIndex {
-    /// (path: str | os.PathLike[str], dim: int, dtype: str = "float16", compression: Compression | None = None) -> Index
+    /// (path: str | os.PathLike[str], dim: int, dtype: str = "float16", compression: Compression | None = None, codec: bytes | None = None) -> Index
     ///
     /// Creates a new empty index directory (holding the write lock); with `compression` (a
-    /// `latix.Compression`, read by attribute), a compressed index. Ranges are checked by the
-    /// core.
+    /// `latix.Compression`, read by attribute), a compressed index; with `codec` too (a codec
+    /// file's bytes), one that starts with that trained codec. Ranges, and the codec, are
+    /// checked by the core.
     #[staticmethod]
-    #[pyo3(signature = (path, dim, dtype="float16", compression=None))]
+    #[pyo3(signature = (path, dim, dtype="float16", compression=None, codec=None))]
     fn create(
         py: Python<'_>,
         path: PathBuf,
         dim: usize,
         dtype: &str,
         compression: Option<CompressionArg>,
+        codec: Option<Vec<u8>>,
     ) -> PyResult<PyIndex> {
         let dtype = Dtype::parse(dtype).py_err(py)?;
         let compression = compression.map(|c| c.into_core()).transpose().py_err(py)?;
-        let inner = py
-            .detach(|| CoreIndex::create_with(&path, dim, dtype, compression))
-            .py_err(py)?;
+        let inner = match (compression, codec) {
+            (Some(c), Some(b)) => {
+                py.detach(|| CoreIndex::create_with_codec(&path, dim, dtype, c, &b))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    py,
+                    "a codec is given to a compressed index only: pass compression too",
+                ))
+            }
+            (c, None) => py.detach(|| CoreIndex::create_with(&path, dim, dtype, c)),
+        }
+        .py_err(py)?;
         Ok(PyIndex { inner })
+    }
+
+    /// () -> bytes | None
+    ///
+    /// The bytes of the index's codec file (checked), None for a plain index or a compressed
+    /// one that has not trained its codec yet.
+    fn codec_bytes<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<Bound<'py, pyo3::types::PyBytes>>> {
+        let b = py.detach(|| self.inner.codec_bytes()).py_err(py)?;
+        Ok(b.map(|b| pyo3::types::PyBytes::new(py, &b)))
     }
 
     /// -> dict[str, Any] | None

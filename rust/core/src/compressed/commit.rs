@@ -111,13 +111,131 @@ fn train_codec(
     if x.len() / dim.max(1) < fewest && picked.len() < ranges.len() {
         x = pool_ranges(segs, ranges, pool_factor, n_threads)?;
     }
-    let params = CodecParams {
+    Codec::train(
+        &x,
+        dim,
+        pooled_live as usize,
+        &codec_params(cfg, dim),
+        n_threads,
+    )
+}
+
+/// The codec parameters a commit of an index configured by `cfg` trains with.
+fn codec_params(cfg: &Compression, dim: usize) -> CodecParams {
+    CodecParams {
         n_centroids: cfg.n_centroids,
         bytes_per_token: Some(cfg.code_bytes(dim)),
         kmeans_iters: None,
         seed: cfg.seed,
+    }
+}
+
+/// Trains the codec an index configured by `cfg` would train, on documents given by the caller
+/// instead of an index's segments: `vectors` (`n_tokens * dim` f32, row-major) holds the
+/// documents' token rows, document `i` being rows `offsets[i]..offsets[i + 1]`. As at a
+/// training commit, documents are drawn (seeded by `cfg.seed`) until about
+/// `cfg.train_sample_tokens` pooled vectors are gathered, each pooled by `cfg.pool_factor`, and K
+/// defaults from `n_tokens_hint` (pooled vectors the index is expected to hold; default: those
+/// of the given documents). The result can be given to [`crate::Index::create_with_codec`] of
+/// any number of indexes (a codec shared by the shards of a collection).
+pub fn train_codec_on_documents(
+    cfg: &Compression,
+    dim: usize,
+    vectors: &[f32],
+    offsets: &[u64],
+    n_tokens_hint: Option<usize>,
+    n_threads: Option<usize>,
+) -> Result<Codec> {
+    cfg.validate(dim)?;
+    let n_rows = vectors.len().checked_div(dim).unwrap_or(0);
+    if dim == 0
+        || vectors.len() != n_rows * dim
+        || offsets.first() != Some(&0)
+        || offsets.last().copied() != Some(n_rows as u64)
+        || offsets.windows(2).any(|w| w[1] < w[0])
+    {
+        return Err(LatixError::invalid(format!(
+            "training documents: offsets must rise from 0 to the {n_rows} rows of the (n, {dim}) vectors"
+        )));
+    }
+    let pool = cfg.pool_factor;
+    let ranges: Vec<(u64, u64)> = offsets
+        .windows(2)
+        .filter(|w| w[1] > w[0])
+        .map(|w| (w[0], w[1]))
+        .collect();
+    let pooled_live: u64 = ranges
+        .iter()
+        .map(|&(a, b)| crate::compressed::pool::pooled_len((b - a) as usize, pool) as u64)
+        .sum();
+    // The same seeded draw of documents as `train_codec`.
+    let want = cfg.train_sample_tokens.min(pooled_live);
+    let p_ppm = if want >= pooled_live {
+        1_000_000
+    } else {
+        (want.saturating_mul(1_000_000) / pooled_live.max(1)).max(1)
     };
-    Codec::train(&x, dim, pooled_live as usize, &params, n_threads)
+    let mut rng = crate::compressed::kmeans::Rng::new(cfg.seed ^ 0x5eed_c0de_c0de_5eed);
+    let picked: Vec<(u64, u64)> = ranges
+        .iter()
+        .copied()
+        .filter(|_| (rng.below(1_000_000) as u64) < p_ppm)
+        .collect();
+    let pool_of = |rs: &[(u64, u64)]| -> Result<Vec<f32>> {
+        let pooled: Vec<Vec<f32>> = crate::parallel::install(n_threads, || {
+            use rayon::prelude::*;
+            rs.par_iter()
+                .map(|&(a, b)| {
+                    let x = &vectors[a as usize * dim..b as usize * dim];
+                    crate::compressed::pool::pool_document(x, dim, pool)
+                })
+                .collect()
+        })?;
+        let total = pooled.iter().map(|p| p.len()).sum();
+        let mut out = crate::error::try_vec(total, "the codec's training sample")?;
+        for p in pooled {
+            out.extend_from_slice(&p);
+        }
+        Ok(out)
+    };
+    let mut x = pool_of(&picked)?;
+    let fewest = (MIN_TRAIN_TOKENS as usize).max(cfg.n_centroids.unwrap_or(0));
+    if x.len() / dim < fewest && picked.len() < ranges.len() {
+        x = pool_of(&ranges)?;
+    }
+    let hint = n_tokens_hint.unwrap_or(pooled_live as usize);
+    Codec::train(&x, dim, hint, &codec_params(cfg, dim), n_threads)
+}
+
+/// Checks that `codec_bytes` is a codec an index of dimension `dim` configured by `cfg` can use
+/// from its first commit (see [`crate::Index::create_with_codec`]): a valid, checksummed codec
+/// file (else [`LatixError::Corrupted`] or [`LatixError::UnsupportedVersion`]) of dimension
+/// `dim`, with the code bytes per vector `cfg` gives and, when `cfg` fixes it, its number of
+/// centroids (else [`LatixError::InvalidArgument`]).
+pub(crate) fn check_given_codec(cfg: &Compression, dim: usize, codec_bytes: &[u8]) -> Result<()> {
+    let codec = Codec::from_bytes(codec_bytes, Path::new("<the given codec>"))?;
+    if codec.dim() != dim {
+        return Err(LatixError::invalid(format!(
+            "the given codec has dimension {}, the index {dim}",
+            codec.dim()
+        )));
+    }
+    let want = cfg.code_bytes(dim);
+    if codec.bytes_per_token() != want {
+        return Err(LatixError::invalid(format!(
+            "the given codec has {} code bytes per vector, the index's compression gives {want}",
+            codec.bytes_per_token()
+        )));
+    }
+    if let Some(k) = cfg.n_centroids {
+        if codec.n_centroids() != k {
+            return Err(LatixError::invalid(format!(
+                "the given codec has {} centroids, the index's compression asks for {k}",
+                codec.n_centroids()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Encodes segment `file` of the commit with `codec` (pooling each document by `pool_factor`),

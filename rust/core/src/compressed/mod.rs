@@ -16,7 +16,8 @@ pub mod search;
 mod state;
 
 pub use codec::{default_n_centroids, Codec, CodecParams};
-pub(crate) use commit::{commit_hook, has_old_lists};
+pub use commit::train_codec_on_documents;
+pub(crate) use commit::{check_given_codec, commit_hook, has_old_lists};
 pub use config::{
     Compression, CODEC_FILE, CONFIG_FILE, IVF_FILE, MAX_POOL_FACTOR, MIN_TRAIN_TOKENS,
 };
@@ -31,4 +32,5 @@ pub use search::{
     FILTERED_DEPTH, FILTERED_DEPTH_BROAD, FILTERED_REFINE,
 };
 pub use state::codec_id;
+pub(crate) use state::read_codec_bytes;
 pub(crate) use state::{decode_segment_doc, load_state, verify, CState};

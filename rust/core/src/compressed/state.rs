@@ -114,6 +114,16 @@ pub(super) fn load_codec(snap: &Snapshot) -> Result<Option<(String, Codec, u32)>
     Ok(Some((file, codec, codec_id(&bytes))))
 }
 
+/// The bytes of the codec file of `snap`, if it has one, checked against the manifest's record
+/// of it and parsed (what another index can be created with: [`crate::Index::create_with_codec`]).
+pub(crate) fn read_codec_bytes(snap: &Snapshot) -> Result<Option<Vec<u8>>> {
+    let Some((path, bytes)) = snap.read_index_file(CODEC_FILE, MAX_CODEC_BYTES)? else {
+        return Ok(None);
+    };
+    Codec::from_bytes(&bytes, &path)?;
+    Ok(Some(bytes))
+}
+
 /// Opens the `ivf` file `file` of `snap` fully verified (checksum included) and checks it against
 /// the manifest's record of it, its segment and the codec.
 fn load_ivf(snap: &Snapshot, file: &str, seg: &Segment, codec: &LoadedCodec) -> Result<IvfSegment> {

@@ -83,12 +83,28 @@ impl Kind {
         }
     }
 
-    /// Index-level files of a new index: `(name, bytes)` (the configuration of a compressed one).
-    pub(crate) fn create_files(&self) -> Vec<(&'static str, Vec<u8>)> {
+    /// Index-level files of a new index: `(name, bytes)` (the configuration of a compressed one,
+    /// and the codec it was given, already checked by [`Index::create_with_codec`]).
+    pub(crate) fn create_files(&self, codec: Option<&[u8]>) -> Vec<(&'static str, Vec<u8>)> {
         match self {
             Kind::Exact => vec![],
-            Kind::Compressed(c) => vec![(compressed::CONFIG_FILE, c.cfg.encode())],
+            Kind::Compressed(c) => {
+                let mut files = vec![(compressed::CONFIG_FILE, c.cfg.encode())];
+                if let Some(b) = codec {
+                    files.push((compressed::CODEC_FILE, b.to_vec()));
+                }
+                files
+            }
         }
+    }
+
+    /// The bytes of the codec of snapshot `snap` (checked against the manifest's record of the
+    /// file and parsed), `None` for an exact index or a compressed one not yet trained.
+    pub(crate) fn codec_bytes(&self, snap: &Snapshot) -> Result<Option<Vec<u8>>> {
+        if matches!(self, Kind::Exact) {
+            return Ok(None);
+        }
+        compressed::read_codec_bytes(snap)
     }
 
     /// The latest snapshot `latest()` returns, with its codec and inverted lists (compressed

@@ -103,7 +103,37 @@ impl Index {
         dtype: Dtype,
         compression: Option<Compression>,
     ) -> Result<Index> {
-        let dir = path.as_ref().to_path_buf();
+        Self::create_inner(path.as_ref(), dim, dtype, compression, None)
+    }
+
+    /// [`Index::create_with`] for a compressed index that starts with a given, already trained
+    /// codec (`codec`: the bytes of a codec file, e.g. another index's [`Index::codec_bytes`] or
+    /// [`crate::compressed::train_codec_on_documents`]'s output), so that several indexes (the
+    /// shards of one collection) share one codec. The index never trains: its first commit
+    /// encodes with this codec, whatever its size (`train_min_tokens` does not apply).
+    ///
+    /// The codec is checked before anything is written: a damaged file fails with `Corrupted`
+    /// (magic, sizes, checksum) or `UnsupportedVersion`; a codec of another dimension, with other
+    /// code bytes per vector than `compression` gives, or with another number of centroids than
+    /// `compression.n_centroids` (when set) fails with `InvalidArgument`.
+    pub fn create_with_codec(
+        path: impl AsRef<Path>,
+        dim: usize,
+        dtype: Dtype,
+        compression: Compression,
+        codec: &[u8],
+    ) -> Result<Index> {
+        Self::create_inner(path.as_ref(), dim, dtype, Some(compression), Some(codec))
+    }
+
+    fn create_inner(
+        path: &Path,
+        dim: usize,
+        dtype: Dtype,
+        compression: Option<Compression>,
+        codec: Option<&[u8]>,
+    ) -> Result<Index> {
+        let dir = path.to_path_buf();
         if dim == 0 || dim > MAX_DIM {
             return Err(LatixError::invalid(format!(
                 "dim must be between 1 and {MAX_DIM}, got {dim}"
@@ -111,10 +141,14 @@ impl Index {
         }
         if let Some(c) = &compression {
             c.validate(dim)?;
+            if let Some(b) = codec {
+                crate::compressed::check_given_codec(c, dim, b)?;
+            }
         }
         let kind = Kind::new(compression);
         let file_name = |name: &str| format!("{INDEX_FILE_PREFIX}{name}-{:020}", 0);
         let config_file = file_name(crate::compressed::CONFIG_FILE);
+        let codec_file = file_name(crate::compressed::CODEC_FILE);
         let not_empty = |dir: &Path| -> Result<bool> {
             let rd = std::fs::read_dir(dir).map_err(|e| LatixError::io(dir, e))?;
             for e in rd {
@@ -126,6 +160,7 @@ impl Index {
                     && !name.starts_with(TMP_PREFIX)
                     && name != manifest_name(0)
                     && name != config_file
+                    && name != codec_file
                 {
                     return Ok(true);
                 }
@@ -164,7 +199,7 @@ impl Index {
         }
         let mut index_files = vec![];
         let mut checksums = std::collections::BTreeMap::new();
-        for (name, bytes) in kind.create_files() {
+        for (name, bytes) in kind.create_files(codec) {
             let file = file_name(name);
             write_atomic(&dir, &file, &bytes)?;
             index_files.push((name.to_owned(), file.clone()));
@@ -247,6 +282,15 @@ impl Index {
     /// The compression configuration (`None` for a plain, exact index).
     pub fn compression(&self) -> Option<&Compression> {
         self.kind.compression()
+    }
+
+    /// The bytes of the index's codec file (checked against the manifest and parsed), as
+    /// [`Index::create_with_codec`] takes them; `None` for an exact index or a compressed one
+    /// that has not trained its codec yet.
+    pub fn codec_bytes(&self) -> Result<Option<Vec<u8>>> {
+        self.ensure_open()?;
+        let snap = self.snapshot()?;
+        self.kind.codec_bytes(&snap)
     }
 
     /// The latest snapshot with what the index kind derives from it (see [`Kind::refresh`]).
