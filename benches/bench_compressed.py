@@ -542,6 +542,11 @@ def main() -> None:
         "seed study, e.g. `--codes-only --seed 1`",
     )
     ap.add_argument(
+        "--no-keep-vectors",
+        action="store_true",
+        help="no kept-vectors index and row (the tiers of --tiers still run)",
+    )
+    ap.add_argument(
         "--reuse",
         action="store_true",
         help="search the indexes already under --work (built by an earlier run or by "
@@ -575,7 +580,7 @@ def main() -> None:
             raise SystemExit(f"{d} has no data: run `make bench-compressed` (or its steps) first")
     for c in corpora:
         tiers = [] if a.codes_only else [t for t in a.tiers.split(",") if t]
-        keep = not a.codes_only
+        keep = not (a.codes_only or a.no_keep_vectors)
         run(c, a.work, a.seed, a.exact_queries, a.nprobe, a.refine, tiers, keep, a.reuse)
         # Merged per corpus, so `--corpus scifact` then `--corpus distractors` keeps both.
         saved = json.load(open(a.json)) if os.path.exists(a.json) else {}
