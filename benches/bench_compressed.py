@@ -220,7 +220,7 @@ def run(
     nprobe: int | None,
     refine: int | None,
     tiers: list[str],
-    keep: bool = True,
+    with_keep: bool = True,
     reuse: bool = False,
 ) -> None:
     import ir_measures
@@ -237,9 +237,9 @@ def run(
             return f"{work}/{index_name(corpus, False, kind)}"
         return f"{work}/{index_name(corpus, kind)}"
 
-    # Index keys: False (codes only), True (kept vectors, unless `keep` is off), then each
+    # Index keys: False (codes only), True (kept vectors, unless `with_keep` is off), then each
     # fidelity tier by name.
-    keys: list[Any] = [False, *([True] if keep else []), *tiers]
+    keys: list[Any] = [False, *([True] if with_keep else []), *tiers]
     for kind in keys:
         t0 = time.time()
         if reuse and os.path.exists(path_of(kind) + ".json"):
@@ -370,7 +370,7 @@ def run(
         ("compressed, codes only (keep_vectors=False)", False, refine),
         ("compressed, codes only, candidate generation alone (refine=0)", False, 0),
     ]
-    if keep:
+    if with_keep:
         variants.append(("compressed + exact re-rank (keep_vectors=True, f16)", True, refine))
     variants += [(f'compressed, fidelity="{t}" (tier re-rank)', t, refine) for t in tiers]
     for name, rerank, ref_n in variants:
@@ -450,12 +450,12 @@ def run(
         f"{peak_mb[False]:,.0f} MB; "
         + (
             f"build with kept vectors {wall[True]:.1f} s, peak {peak_mb[True]:,.0f} MB; "
-            if keep
+            if with_keep
             else ""
         )
         + f"adding 1,000 docs ({x.shape[0]:,} tokens, add + commit, "
         f"median of 3): {add_s[False]:.2f} s codes only ({add_all[False]})"
-        + (f", {add_s[True]:.2f} s with kept vectors ({add_all[True]})" if keep else "")
+        + (f", {add_s[True]:.2f} s with kept vectors ({add_all[True]})" if with_keep else "")
         + f"; quality over all {nq} test queries (nDCG@10 and "
         f"recall@10 of k = 10 searches, R@100 of k = 100); latency of k = 10 searches after a "
         f"warm-up pass; exact latency over the first {n_ex}"
@@ -485,17 +485,17 @@ def run(
         "n_centroids": i0["n_centroids"],
         "build_s": {
             "codes": wall[False],
-            **({"keep_vectors": wall[True]} if keep else {}),
+            **({"keep_vectors": wall[True]} if with_keep else {}),
             **{t: wall[t] for t in tiers},
         },
         "peak_build_mb": {
             "codes": peak_mb[False],
-            **({"keep_vectors": peak_mb[True]} if keep else {}),
+            **({"keep_vectors": peak_mb[True]} if with_keep else {}),
             **{t: peak_mb[t] for t in tiers},
         },
         "add_1000_docs_s": {
             "codes": add_s[False],
-            **({"keep_vectors": add_s[True]} if keep else {}),
+            **({"keep_vectors": add_s[True]} if with_keep else {}),
             **{t: add_s[t] for t in tiers},
         },
         "rows": [{"method": r[0], **dict(zip(keys, r[1:], strict=True))} for r in rows],
