@@ -460,8 +460,9 @@ fn encoded_pipeline(
     };
     // A tier re-rank that ignores the codes' score (every file weighs it 0, [`tier_mix`]) and
     // takes every refined candidate sees the same set whether or not they were refined: the
-    // refinement would only reorder what the tier re-scores anyway (1.4 ms of a 7.3 ms `high`
-    // search, SciFact), so it is skipped, with identical results.
+    // refinement would only reorder what the tier re-scores anyway (48 documents at ~30 us
+    // each, see [`REFINE_MIN`], of a 7.3 ms `high` search on SciFact), so it is skipped, with
+    // identical results (`high`'s SciFact test quality unchanged: bench-results/fidelity.md).
     let refine_unused = match final_stage {
         Rerank::Tier(t) => {
             st.exact_depth >= st.n_refine && t.iter().all(|r| tier_mix(r.fid) == 0.0)
