@@ -96,7 +96,13 @@ def compression(corpus: str, keep_vectors: bool, seed: int, fidelity: str = "cod
     # The codec's automatic default (power of two nearest 3 * sqrt(vectors)) for the corpus's
     # final number of stored vectors, i.e. after pooling by the default factor 2.
     k = 1 << round(np.log2(3 * np.sqrt(n_tokens / 2)))
-    return latix.Compression(n_centroids=k, keep_vectors=keep_vectors, seed=seed, fidelity=fidelity)
+    # The codec's training sample: the library default unless a study sets it
+    # (--train-sample-tokens, passed to the build children through the environment).
+    sample = os.environ.get("LATIX_BENCH_TRAIN_SAMPLE")
+    extra = {"train_sample_tokens": int(sample)} if sample else {}
+    return latix.Compression(
+        n_centroids=k, keep_vectors=keep_vectors, seed=seed, fidelity=fidelity, **extra
+    )
 
 
 def index_name(corpus: str, keep: bool, fidelity: str = "codes") -> str:
@@ -214,6 +220,8 @@ def run(
     nprobe: int | None,
     refine: int | None,
     tiers: list[str],
+    with_keep: bool = True,
+    reuse: bool = False,
 ) -> None:
     import ir_measures
     import latix
@@ -223,10 +231,21 @@ def run(
     # so only its parameters and checksums can tell.
     corpus_line = check_distractors() if corpus == "distractors" else "SciFact documents only"
     wall: dict[Any, float] = {}
-    # Index keys: False (codes only), True (kept vectors), then each fidelity tier by name.
-    keys: list[Any] = [False, True, *tiers]
+
+    def path_of(kind: Any) -> str:
+        if isinstance(kind, str):
+            return f"{work}/{index_name(corpus, False, kind)}"
+        return f"{work}/{index_name(corpus, kind)}"
+
+    # Index keys: False (codes only), True (kept vectors, unless `with_keep` is off), then each
+    # fidelity tier by name.
+    keys: list[Any] = [False, *([True] if with_keep else []), *tiers]
     for kind in keys:
         t0 = time.time()
+        if reuse and os.path.exists(path_of(kind) + ".json"):
+            # The build's own record (its wall time, taken in the child).
+            wall[kind] = json.load(open(path_of(kind) + ".json"))["build_s"]
+            continue
         cmd = [sys.executable, __file__, "--_build", corpus, "--work", work, "--seed", str(seed)]
         # Each build is its own child process, which records its own peak memory.
         if kind is True:
@@ -235,11 +254,6 @@ def run(
             cmd += ["--_fidelity", kind]
         subprocess.run(cmd, check=True)
         wall[kind] = time.time() - t0
-
-    def path_of(kind: Any) -> str:
-        if isinstance(kind, str):
-            return f"{work}/{index_name(corpus, False, kind)}"
-        return f"{work}/{index_name(corpus, kind)}"
 
     info = {kind: json.load(open(path_of(kind) + ".json")) for kind in keys}
     peak_mb = {kind: info[kind]["peak_rss_mb"] for kind in keys}
@@ -355,8 +369,9 @@ def run(
     variants = [
         ("compressed, codes only (keep_vectors=False)", False, refine),
         ("compressed, codes only, candidate generation alone (refine=0)", False, 0),
-        ("compressed + exact re-rank (keep_vectors=True, f16)", True, refine),
     ]
+    if with_keep:
+        variants.append(("compressed + exact re-rank (keep_vectors=True, f16)", True, refine))
     variants += [(f'compressed, fidelity="{t}" (tier re-rank)', t, refine) for t in tiers]
     for name, rerank, ref_n in variants:
         # One untimed pass first: the figures are steady-state latency, not the first touch of
@@ -432,10 +447,16 @@ def run(
     print(
         f"build (codes only) {wall[False]:.1f} s wall ({len(i0['commit_s'])} commits, first "
         f"(training) commit {i0['first_commit_s']:.1f} s), peak build memory "
-        f"{peak_mb[False]:,.0f} MB; build with kept vectors {wall[True]:.1f} s, peak "
-        f"{peak_mb[True]:,.0f} MB; adding 1,000 docs ({x.shape[0]:,} tokens, add + commit, "
-        f"median of 3): {add_s[False]:.2f} s codes only ({add_all[False]}), {add_s[True]:.2f} s "
-        f"with kept vectors ({add_all[True]}); quality over all {nq} test queries (nDCG@10 and "
+        f"{peak_mb[False]:,.0f} MB; "
+        + (
+            f"build with kept vectors {wall[True]:.1f} s, peak {peak_mb[True]:,.0f} MB; "
+            if with_keep
+            else ""
+        )
+        + f"adding 1,000 docs ({x.shape[0]:,} tokens, add + commit, "
+        f"median of 3): {add_s[False]:.2f} s codes only ({add_all[False]})"
+        + (f", {add_s[True]:.2f} s with kept vectors ({add_all[True]})" if with_keep else "")
+        + f"; quality over all {nq} test queries (nDCG@10 and "
         f"recall@10 of k = 10 searches, R@100 of k = 100); latency of k = 10 searches after a "
         f"warm-up pass; exact latency over the first {n_ex}"
     )
@@ -464,17 +485,17 @@ def run(
         "n_centroids": i0["n_centroids"],
         "build_s": {
             "codes": wall[False],
-            "keep_vectors": wall[True],
+            **({"keep_vectors": wall[True]} if with_keep else {}),
             **{t: wall[t] for t in tiers},
         },
         "peak_build_mb": {
             "codes": peak_mb[False],
-            "keep_vectors": peak_mb[True],
+            **({"keep_vectors": peak_mb[True]} if with_keep else {}),
             **{t: peak_mb[t] for t in tiers},
         },
         "add_1000_docs_s": {
             "codes": add_s[False],
-            "keep_vectors": add_s[True],
+            **({"keep_vectors": add_s[True]} if with_keep else {}),
             **{t: add_s[t] for t in tiers},
         },
         "rows": [{"method": r[0], **dict(zip(keys, r[1:], strict=True))} for r in rows],
@@ -514,12 +535,37 @@ def main() -> None:
         help="fidelity tiers benchmarked beside codes only and kept vectors (comma-separated, "
         "empty for none)",
     )
+    ap.add_argument(
+        "--codes-only",
+        action="store_true",
+        help="only the codes-only index and its rows (no kept vectors, no tiers): the codec "
+        "seed study, e.g. `--codes-only --seed 1`",
+    )
+    ap.add_argument(
+        "--no-keep-vectors",
+        action="store_true",
+        help="no kept-vectors index and row (the tiers of --tiers still run)",
+    )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="search the indexes already under --work (built by an earlier run or by "
+        "tune_compressed.py with the same seed and options) instead of building them",
+    )
+    ap.add_argument(
+        "--train-sample-tokens",
+        type=int,
+        default=None,
+        help="tokens sampled to train the codec (default: the library's)",
+    )
     ap.add_argument("--_build", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_keep", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_fidelity", default="codes", help=argparse.SUPPRESS)
     a = ap.parse_args()
     global SCIFACT, DISTRACTORS, QRELS
     os.environ["LATIX_BENCH_DATA"] = os.path.abspath(a.data)  # the build children inherit it
+    if a.train_sample_tokens:
+        os.environ["LATIX_BENCH_TRAIN_SAMPLE"] = str(a.train_sample_tokens)
     SCIFACT, DISTRACTORS = os.path.join(a.data, "scifact"), os.path.join(a.data, "distractors")
     QRELS = os.path.join(a.source, "scifact", "qrels", "test.tsv")
     a.work = a.work or os.path.join(a.data, "bench-compressed")
@@ -533,8 +579,9 @@ def main() -> None:
         if not os.path.exists(d + "/doc_offsets.npy"):
             raise SystemExit(f"{d} has no data: run `make bench-compressed` (or its steps) first")
     for c in corpora:
-        tiers = [t for t in a.tiers.split(",") if t]
-        run(c, a.work, a.seed, a.exact_queries, a.nprobe, a.refine, tiers)
+        tiers = [] if a.codes_only else [t for t in a.tiers.split(",") if t]
+        keep = not (a.codes_only or a.no_keep_vectors)
+        run(c, a.work, a.seed, a.exact_queries, a.nprobe, a.refine, tiers, keep, a.reuse)
         # Merged per corpus, so `--corpus scifact` then `--corpus distractors` keeps both.
         saved = json.load(open(a.json)) if os.path.exists(a.json) else {}
         saved[c] = RESULTS[c]

@@ -136,6 +136,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="codec seed (the benchmark's: 0)")
     ap.add_argument("--no-build", action="store_true", help="reuse the index in --work")
     ap.add_argument(
+        "--train-sample-tokens",
+        type=int,
+        default=None,
+        help="tokens sampled to train the codec (default: the library's)",
+    )
+    ap.add_argument(
         "--fidelity",
         choices=["codes", "balanced", "high"],
         default="codes",
@@ -149,6 +155,8 @@ def main() -> None:
     bc.SCIFACT = os.path.join(a.data, "scifact")
     bc.DISTRACTORS = os.path.join(a.data, "distractors")
     os.environ["LATIX_BENCH_DATA"] = os.path.abspath(a.data)  # the build child inherits it
+    if a.train_sample_tokens:
+        os.environ["LATIX_BENCH_TRAIN_SAMPLE"] = str(a.train_sample_tokens)
     work = a.work or os.path.join(a.data, "bench-compressed", "tune")
     os.makedirs(work, exist_ok=True)
     # The re-rank grid needs the kept vectors (or a tier's refinement data).

@@ -471,7 +471,18 @@ fn encoded_pipeline(
         )?,
         None => search_segments(&plan, views, st.depth)?,
     };
-    if st.n_refine > 0 && exhaustive.is_none() && !deep {
+    // A tier re-rank that ignores the codes' score (every file weighs it 0, [`tier_mix`]) and
+    // takes every refined candidate sees the same set whether or not they were refined: the
+    // refinement would only reorder what the tier re-scores anyway (48 documents at ~30 us
+    // each, see [`REFINE_MIN`], of a 7.3 ms `high` search on SciFact), so it is skipped, with
+    // identical results (`high`'s SciFact test quality unchanged: bench-results/fidelity.md).
+    let refine_unused = match final_stage {
+        Rerank::Tier(t) => {
+            st.exact_depth >= st.n_refine && t.iter().all(|r| tier_mix(r.fid) == 0.0)
+        }
+        _ => false,
+    };
+    if st.n_refine > 0 && exhaustive.is_none() && !deep && !refine_unused {
         // Re-score the best n_refine with all their codes; the rest keep their order below
         // them (only reached when the exact re-rank asks for more).
         let rest = cands.split_off(st.n_refine.min(cands.len()));
