@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def child_compact(path: str, mode: str, out: str) -> None:
-    """Child process: opens `path`, compacts it by `mode` ("codes" or "reencode"), writes figures."""
+    """Child process: opens `path`, compacts it by `mode` ("codes", "reencode"), writes figures."""
     import resource
 
     import latix
@@ -89,7 +89,9 @@ def hits(path: str, qs: list[np.ndarray]) -> list[tuple[list[str], np.ndarray]]:
 
 
 def compare(a: list[tuple[list[str], np.ndarray]], b: list[tuple[list[str], np.ndarray]]) -> dict:
-    same = sum(x == y for (ha, _), (hb, _) in zip(a, b, strict=True) for x, y in zip(ha, hb))
+    same = sum(
+        x == y for (ha, _), (hb, _) in zip(a, b, strict=True) for x, y in zip(ha, hb, strict=True)
+    )
     total = sum(len(h) for h, _ in a)
     dmax = max(float(np.max(np.abs(sa - sb))) for (_, sa), (_, sb) in zip(a, b, strict=True))
     identical = all(
@@ -138,9 +140,11 @@ def main() -> None:
             subprocess.run(cmd, check=True)
         built = json.load(open(base + ".json"))
         before = hits(base, qs)
-        row: dict = {"tokens": built["stats"]["n_tokens"], "build": {
-            k: built[k] for k in ("build_s", "peak_rss_mb", "n_commits")
-        }, "load": os.getloadavg()}
+        row: dict = {
+            "tokens": built["stats"]["n_tokens"],
+            "build": {k: built[k] for k in ("build_s", "peak_rss_mb", "n_commits")},
+            "load": os.getloadavg(),
+        }
         for mode in ("codes", "reencode"):
             p = f"{base}-{mode}"
             if os.path.exists(p):
@@ -176,8 +180,10 @@ def main() -> None:
     rows = sorted(saved["sizes"].values(), key=lambda r: r["tokens"])
     if len(rows) >= 2:
         lo, hi = rows[0], rows[-1]
-        print(f"\ngrowth from {lo['tokens']:,} to {hi['tokens']:,} tokens "
-              f"({hi['tokens'] / lo['tokens']:.2f}x):")
+        print(
+            f"\ngrowth from {lo['tokens']:,} to {hi['tokens']:,} tokens "
+            f"({hi['tokens'] / lo['tokens']:.2f}x):"
+        )
         for mode in ("codes", "reencode"):
             for k in ("peak_rss_mb", "compact_s"):
                 r = hi[mode][k] / lo[mode][k]

@@ -314,7 +314,11 @@ class Index:
         Raises:
             InvalidArgumentError: a setting out of range.
         """
-        n = None if segments_per_tier is None else _int_arg("segments_per_tier", segments_per_tier, 2)
+        n = (
+            None
+            if segments_per_tier is None
+            else _int_arg("segments_per_tier", segments_per_tier, 2)
+        )
         self._inner.set_merge_policy(
             n, _int_arg("floor_tokens", floor_tokens, 1), _int_arg("memory", memory, 1)
         )
@@ -357,7 +361,8 @@ class Index:
         Raises:
             InvalidArgumentError: ``retrain=True`` on a plain index, ``retrain`` not a bool,
                 ``memory`` not a positive int.
-            CorruptedIndexError: an input segment's inverted lists are damaged (nothing is published).
+            CorruptedIndexError: an input segment's inverted lists are damaged (nothing is
+                published).
         """
         mem = None if memory is None else _int_arg("memory", memory, 1)
         self._inner.compact(_bool_arg("retrain", retrain), mem)

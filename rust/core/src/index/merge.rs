@@ -7,8 +7,9 @@
 //! Tiers: a segment of `t` live tokens is in tier 0 when `t <= floor_tokens`, else in the
 //! smallest tier `i` with `t <= floor_tokens * segments_per_tier^i`. After a commit, for the
 //! lowest tier `T` whose trailing run of segments (the newest ones, every one in tier `T` or
-//! below) holds at least `segments_per_tier` segments, that run is merged into one segment, and
-//! the check repeats (a merge can fill the next tier). Merging a trailing run keeps documents in
+//! below) holds at least `segments_per_tier` segments of tier `T` itself, that run is merged into
+//! one segment (the smaller segments in it along), and the check repeats (a merge can fill the
+//! next tier). Each token is so rewritten about once per tier: O(log n) times. Merging a trailing run keeps documents in
 //! commit order.
 //!
 //! A merge is a commit of its own (the store's protocol: a new segment, a new manifest, the
@@ -81,9 +82,13 @@ impl MergePolicy {
         let tiers: Vec<u32> = live_tokens.iter().map(|&t| self.tier(t)).collect();
         let top = tiers.iter().copied().max()?;
         for t in 0..=top {
-            let run = tiers.iter().rev().take_while(|&&x| x <= t).count();
-            if run >= self.segments_per_tier {
-                return Some(tiers.len() - run);
+            // The newest segments of tier t or below; full when it holds segments_per_tier
+            // segments of tier t itself (the smaller ones in it are merged along): a run
+            // holding one large segment and a few small ones is not full, or every commit
+            // would rewrite the large one.
+            let run: Vec<u32> = tiers.iter().rev().take_while(|&&x| x <= t).copied().collect();
+            if run.iter().filter(|&&x| x == t).count() >= self.segments_per_tier {
+                return Some(tiers.len() - run.len());
             }
         }
         None
@@ -249,19 +254,30 @@ mod tests {
             for n in [1usize, 9, 30, 100, 400] {
                 let segs = simulate(&p, &commits[..n]);
                 assert_eq!(segs.iter().sum::<u64>(), commits[..n].iter().sum::<u64>());
-                // At most fan - 1 segments per tier, and tiers up to log_fan of the total.
+                // Fewer than fan segments of each tier in each trailing run, tiers up to
+                // log_fan of the total, and the smaller segments a merge left before a larger
+                // one: below 2 * fan per tier.
                 let total: u64 = commits[..n].iter().sum();
                 let tiers = p.tier(total) as usize + 1;
                 assert!(
-                    segs.len() < fan * tiers,
+                    segs.len() < 2 * fan * tiers,
                     "fan {fan}, {n} commits: {} segments ({segs:?})",
                     segs.len()
                 );
                 assert!(p.plan(&segs).is_none(), "a full tier was left");
             }
         }
-        // Without merging, one segment a commit; 30 equal commits at fan 10 leave 3 segments.
+        // Without merging, one segment a commit; 30 equal commits at fan 10 leave 3 segments,
+        // and a large segment is not rewritten by the commits after it until its tier fills.
         let p = MergePolicy::default();
         assert_eq!(simulate(&p, &[300_000; 30]).len(), 3);
+        let p = MergePolicy {
+            segments_per_tier: 3,
+            floor_tokens: 100,
+            ..Default::default()
+        };
+        assert_eq!(p.plan(&[480, 160, 160]), None);
+        assert_eq!(p.plan(&[480, 160, 160, 160]), Some(1));
+        assert_eq!(p.plan(&[480, 480, 50, 480, 160]), Some(0));
     }
 }
