@@ -298,6 +298,9 @@ fn damaged_input_lists_are_an_error_and_nothing_changes() {
         Err(LatixError::Corrupted { path, .. }) => assert_eq!(path, victim),
         other => panic!("expected a Corrupted error naming the damaged lists, got {other:?}"),
     }
-    assert_eq!(std::fs::read(dir.join("CURRENT")).expect("CURRENT"), current);
+    assert_eq!(
+        std::fs::read(dir.join("CURRENT")).expect("CURRENT"),
+        current
+    );
     assert_eq!(files(&dir, ""), before, "no file left behind or removed");
 }

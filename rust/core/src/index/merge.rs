@@ -86,7 +86,12 @@ impl MergePolicy {
             // segments of tier t itself (the smaller ones in it are merged along): a run
             // holding one large segment and a few small ones is not full, or every commit
             // would rewrite the large one.
-            let run: Vec<u32> = tiers.iter().rev().take_while(|&&x| x <= t).copied().collect();
+            let run: Vec<u32> = tiers
+                .iter()
+                .rev()
+                .take_while(|&&x| x <= t)
+                .copied()
+                .collect();
             if run.iter().filter(|&&x| x == t).count() >= self.segments_per_tier {
                 return Some(tiers.len() - run.len());
             }
@@ -159,7 +164,9 @@ impl Index {
     ) -> Result<()> {
         let n = base.segments().len();
         if run.end != n || run.start >= n {
-            return Err(LatixError::invalid("only a trailing run of segments is merged"));
+            return Err(LatixError::invalid(
+                "only a trailing run of segments is merged",
+            ));
         }
         let segs = &base.segments()[run.clone()];
         let vectors = segs.iter().all(|v| v.segment.has_vectors());
@@ -236,7 +243,15 @@ mod tests {
             floor_tokens: 100,
             ..Default::default()
         };
-        for (t, want) in [(0, 0), (100, 0), (101, 1), (400, 1), (401, 2), (1600, 2), (1601, 3)] {
+        for (t, want) in [
+            (0, 0),
+            (100, 0),
+            (101, 1),
+            (400, 1),
+            (401, 2),
+            (1600, 2),
+            (1601, 3),
+        ] {
             assert_eq!(p.tier(t), want, "{t} tokens");
         }
     }

@@ -361,7 +361,9 @@ impl Index {
             ));
         }
         if memory == Some(0) {
-            return Err(LatixError::invalid("memory must be a positive number of bytes"));
+            return Err(LatixError::invalid(
+                "memory must be a positive number of bytes",
+            ));
         }
         let memory = memory.unwrap_or(crate::compressed::DEFAULT_MERGE_MEMORY);
         self.compact_inner(None, retrain, memory, true)

@@ -210,7 +210,11 @@ fn merge_file(inputs: &[MergeInput<'_>], file: &File, path: &Path, budget: u64) 
     let what = "the list offsets of a lists merge";
     let mut list_tokens = try_filled(nl + 1, 0u32, what)?;
     for (i, map) in inputs.iter().zip(&maps) {
-        let (lt, dot, nch_in) = (i.lists.list_tokens(), i.lists.doc_of_token(), i.lists.n_chunks);
+        let (lt, dot, nch_in) = (
+            i.lists.list_tokens(),
+            i.lists.doc_of_token(),
+            i.lists.n_chunks,
+        );
         for l_in in 0..lt.len() - 1 {
             let (c, base) = (l_in / nch_in, (l_in % nch_in) * DOC_CHUNK);
             let (a, e) = (lt[l_in] as usize, lt[l_in + 1] as usize);
@@ -269,9 +273,16 @@ fn merge_file(inputs: &[MergeInput<'_>], file: &File, path: &Path, budget: u64) 
         for (i, map) in inputs.iter().zip(&maps) {
             let l = i.lists;
             let NormScales::Fixed(norms) = l.norm_scales() else {
-                return Err(LatixError::invalid("a lists merge reads current-format lists"));
+                return Err(LatixError::invalid(
+                    "a lists merge reads current-format lists",
+                ));
             };
-            let (lt, lb, dot, codes) = (l.list_tokens(), l.list_blocks(), l.doc_of_token(), l.codes());
+            let (lt, lb, dot, codes) = (
+                l.list_tokens(),
+                l.list_blocks(),
+                l.doc_of_token(),
+                l.codes(),
+            );
             for h_in in 0..l.n_chunks {
                 let l_in = c * l.n_chunks + h_in;
                 let (a, e, b0) = (lt[l_in] as usize, lt[l_in + 1] as usize, lb[l_in] as usize);
@@ -362,7 +373,11 @@ fn merge_file(inputs: &[MergeInput<'_>], file: &File, path: &Path, budget: u64) 
         w_off.finish()?,
         w_codes.finish()?,
     ] {
-        crc = if len == 0 { rc } else { crc32c::crc32c_combine(crc, rc, rl as usize) };
+        crc = if len == 0 {
+            rc
+        } else {
+            crc32c::crc32c_combine(crc, rc, rl as usize)
+        };
         len += rl;
     }
     if len != end as u64 {

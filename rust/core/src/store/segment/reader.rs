@@ -319,7 +319,10 @@ impl Segment {
     /// than memory (a compaction) keeps its memory bounded.
     pub fn release_pages(&self) {
         // SAFETY: a read-only shared map of an immutable file: its pages are re-read on access.
-        let _ = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        let _ = unsafe {
+            self.map
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
     }
 
     /// False for a vector-free segment (see [`FLAG_NO_VECTORS`]): its rows cannot be read.
