@@ -61,7 +61,7 @@ def child_build(a: argparse.Namespace, out: str, policy: bool) -> None:
             ix.commit()
             commit_s.append(time.perf_counter() - t)
             seg_counts.append(len(ix.segments()))
-            tokens.append(ix.num_tokens())
+            tokens.append(ix.num_tokens)
     st = ix.stats()
     ix.close()
     info = {
