@@ -48,13 +48,12 @@ fn cfg(s: &Shape, keep: bool) -> Compression {
     }
 }
 
+/// The two indexes of [`build`], the live documents by id, and the queries.
+type Built = (Index, Index, HashMap<String, Vec<f32>>, Vec<Vec<f32>>);
+
 /// Builds the same index twice (vectors kept and dropped), with the same commits and deletes;
 /// returns both and the live documents by id.
-fn build(
-    root: &Path,
-    s: &Shape,
-    seed: u64,
-) -> (Index, Index, HashMap<String, Vec<f32>>, Vec<Vec<f32>>) {
+fn build(root: &Path, s: &Shape, seed: u64) -> Built {
     let mut data = Data::new(seed, s.dim, s.spread, 0.6);
     let kept = Index::create_with(root.join("kept"), s.dim, Dtype::F16, Some(cfg(s, true)))
         .expect("create");
