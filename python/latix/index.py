@@ -404,32 +404,88 @@ class Index:
         """
         self._inner.delete(ids)  # the binding accepts any iterable of str and names bad items
 
+    def set_merge_policy(
+        self,
+        segments_per_tier: int | None = 10,
+        floor_tokens: int = 65536,
+        memory: int = 1 << 30,
+    ) -> None:
+        """Sets the merge policy this handle runs after every commit (on by default, with these
+        defaults; ``segments_per_tier=None`` turns it off). Not persisted: each handle has its own.
+
+        Tiered, log-structured merging: a segment of ``t`` live tokens is in tier 0 when
+        ``t <= floor_tokens``, else in the smallest tier ``i`` with
+        ``t <= floor_tokens * segments_per_tier**i``; after a commit, the newest run of segments of
+        the lowest tier (or below) that holds ``segments_per_tier`` segments is merged into one,
+        repeatedly, so the segment count stays logarithmic in the number of commits. Each merge is
+        a commit of its own (crash-safe like every commit, readers keep their snapshots) that
+        never decodes: a compressed index merges its inverted lists in the codes domain (search
+        scores unchanged), with the memory setting ``memory`` of :meth:`compact`. Segments with a
+        fidelity tier's refinement files or lists an older latix wrote are left to
+        :meth:`compact`.
+
+        Args:
+            segments_per_tier: (an int >= 2, or None) segments a tier holds before they merge;
+                lower means fewer segments (faster search) and more rewriting at commit time.
+                ``None`` turns merging off.
+            floor_tokens: (an int >= 1) live tokens up to which a segment is in the lowest tier.
+            memory: (an int >= 1, bytes) memory setting of each merge (see :meth:`compact`).
+
+        Raises:
+            InvalidArgumentError: a setting out of range.
+        """
+        n = (
+            None
+            if segments_per_tier is None
+            else _int_arg("segments_per_tier", segments_per_tier, 2)
+        )
+        self._inner.set_merge_policy(
+            n, _int_arg("floor_tokens", floor_tokens, 1), _int_arg("memory", memory, 1)
+        )
+
+    @property
+    def merge_segments_per_tier(self) -> int | None:
+        """Segments per tier of this handle's merge policy (``None``: merging is off)."""
+        return self._inner.merge_segments_per_tier()
+
     def commit(self) -> None:
-        """Makes staged adds and deletes durable and visible to all readers, atomically.
+        """Makes staged adds and deletes durable and visible to all readers, atomically, then
+        runs the merge policy (:meth:`set_merge_policy`), whose merges are commits of their own.
 
         Uncommitted changes are lost if the process dies or the handle closes.
         """
         self._inner.commit()
 
-    def compact(self, retrain: bool = False) -> None:
+    def compact(self, retrain: bool = False, memory: int | None = None) -> None:
         """Commits staged changes, then rewrites live documents into one segment.
 
         Reclaims the space of deleted documents; ids, vectors and (plain index) search results
-        are unchanged. Readers with an open snapshot keep working on it. On a compressed index the
-        merged segment is re-encoded into one set of inverted lists; segments without kept
-        vectors contribute their decoded approximations, so re-encoding them may change a few
-        codes.
+        are unchanged. Readers with an open snapshot keep working on it. On a compressed index
+        without a fidelity tier, the segments' inverted lists are merged in the codes domain (no
+        token is decoded or re-encoded: search results, ids and scores, are the same before and
+        after, and the merge's memory is bounded by ``memory``, not by the corpus). With a
+        fidelity tier, with ``retrain=True`` or with lists an older latix wrote, the merged
+        segment is re-encoded instead; segments without kept vectors then contribute their
+        decoded approximations, so re-encoding them may change a few codes.
 
         Args:
             retrain: (a bool) compressed index only: retrain the codec on the live tokens first
                 (use when the data drifted since training). Without kept vectors the codec is
                 retrained on decoded reconstructions, which is lossy: it learns the
                 reconstructions, not the original vectors.
+            memory: (an int, bytes, at least 1 MiB; default 1 GiB) the memory setting of a
+                codes-domain merge: mapped input pages are released whenever this many bytes
+                were read since the last release, so the merge's resident memory stays near this
+                figure plus a few MB of buffers and 8 bytes per document and per inverted list.
 
         Raises:
-            InvalidArgumentError: ``retrain=True`` on a plain index, ``retrain`` not a bool.
+            InvalidArgumentError: ``retrain=True`` on a plain index, ``retrain`` not a bool,
+                ``memory`` not a positive int.
+            CorruptedIndexError: an input segment's inverted lists are damaged (nothing is
+                published).
         """
-        self._inner.compact(_bool_arg("retrain", retrain))
+        mem = None if memory is None else _int_arg("memory", memory, 1)
+        self._inner.compact(_bool_arg("retrain", retrain), mem)
 
     # ----------------------------------------------------------------------------- reading
 

@@ -64,8 +64,13 @@ class Index:
         """
     def commit(self) -> None:
         """Publishes the staged changes atomically."""
-    def compact(self, retrain: bool = False) -> None:
-        """Rewrites the live documents into one segment (retraining the codec if asked)."""
+    def compact(
+        self, retrain: bool = False, memory: int | None = None, reencode: bool = False
+    ) -> None:
+        """Rewrites the live documents into one segment (retraining the codec if asked); `memory`
+        bounds a codes-domain merge's resident memory (bytes); `reencode` forces the re-encoding
+        path (the baseline of benches/bench_compact.py; lossy without kept vectors).
+        """
     @property
     def compression(self) -> dict[str, Any] | None:
         """The compression configuration as a dict of `latix.Compression`'s fields, or None for a
@@ -101,6 +106,8 @@ class Index:
         """The stored vectors of `id` as an (n, dim) array of the storage dtype."""
     def ids(self) -> list[str]:
         """The live ids of the latest snapshot."""
+    def merge_segments_per_tier(self) -> int | None:
+        """Segments per tier of the merge policy (`None`: off)."""
     @property
     def num_tokens(self) -> int:
         """Live tokens of the latest snapshot."""
@@ -133,6 +140,10 @@ class Index:
         """The ids of every document of segment `file`, by document number (deleted ones too)."""
     def segments(self) -> list[tuple[str, int, int]]:
         """The segments of the latest snapshot: (file, n_docs, n_live) per segment, in order."""
+    def set_merge_policy(
+        self, segments_per_tier: int | None, floor_tokens: int = 65536, memory: int = 1073741824
+    ) -> None:
+        """Sets the merge policy run after every commit of this handle (`None`: off)."""
     def stats(self) -> dict[str, object]:
         """Figures of the latest committed snapshot, as a dict."""
     def verify(self) -> None:

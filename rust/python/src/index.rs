@@ -328,6 +328,32 @@ impl PyIndex {
         py.detach(|| self.inner.delete(&id_refs)).py_err(py)
     }
 
+    /// (segments_per_tier: int | None, floor_tokens: int = 65536, memory: int = 1073741824) -> None
+    ///
+    /// Sets the merge policy run after every commit of this handle (`None`: off).
+    #[pyo3(signature = (segments_per_tier, floor_tokens=65536, memory=1073741824))]
+    fn set_merge_policy(
+        &self,
+        py: Python<'_>,
+        segments_per_tier: Option<usize>,
+        floor_tokens: u64,
+        memory: u64,
+    ) -> PyResult<()> {
+        let policy = segments_per_tier.map(|n| latix_core::index::MergePolicy {
+            segments_per_tier: n,
+            floor_tokens,
+            memory,
+        });
+        self.inner.set_merge_policy(policy).py_err(py)
+    }
+
+    /// () -> int | None
+    ///
+    /// Segments per tier of the merge policy (`None`: off).
+    fn merge_segments_per_tier(&self) -> Option<usize> {
+        self.inner.merge_policy().map(|p| p.segments_per_tier)
+    }
+
     /// () -> None
     ///
     /// Publishes the staged changes atomically.
@@ -335,12 +361,27 @@ impl PyIndex {
         py.detach(|| self.inner.commit()).py_err(py)
     }
 
-    /// (retrain: bool = False) -> None
+    /// (retrain: bool = False, memory: int | None = None, reencode: bool = False) -> None
     ///
-    /// Rewrites the live documents into one segment (retraining the codec if asked).
-    #[pyo3(signature = (retrain=false))]
-    fn compact(&self, py: Python<'_>, retrain: bool) -> PyResult<()> {
-        py.detach(|| self.inner.compact_retrain(retrain)).py_err(py)
+    /// Rewrites the live documents into one segment (retraining the codec if asked); `memory`
+    /// bounds a codes-domain merge's resident memory (bytes); `reencode` forces the re-encoding
+    /// path (the baseline of benches/bench_compact.py; lossy without kept vectors).
+    #[pyo3(signature = (retrain=false, memory=None, reencode=false))]
+    fn compact(
+        &self,
+        py: Python<'_>,
+        retrain: bool,
+        memory: Option<u64>,
+        reencode: bool,
+    ) -> PyResult<()> {
+        py.detach(|| {
+            if reencode && !retrain {
+                self.inner.compact_reencode()
+            } else {
+                self.inner.compact_options(retrain, memory)
+            }
+        })
+        .py_err(py)
     }
 
     /// () -> None

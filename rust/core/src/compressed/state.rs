@@ -126,7 +126,12 @@ pub(crate) fn read_codec_bytes(snap: &Snapshot) -> Result<Option<Vec<u8>>> {
 
 /// Opens the `ivf` file `file` of `snap` fully verified (checksum included) and checks it against
 /// the manifest's record of it, its segment and the codec.
-fn load_ivf(snap: &Snapshot, file: &str, seg: &Segment, codec: &LoadedCodec) -> Result<IvfSegment> {
+pub(super) fn load_ivf(
+    snap: &Snapshot,
+    file: &str,
+    seg: &Segment,
+    codec: &LoadedCodec,
+) -> Result<IvfSegment> {
     let path = &snap.dir().join(file);
     let ivf = IvfSegment::open(path, true)?;
     snap.manifest()

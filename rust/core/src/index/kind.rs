@@ -198,6 +198,27 @@ impl Kind {
         }
     }
 
+    /// How segments `range` of `snap` merge without decoding or re-encoding: `Some(true)` with a
+    /// codes-domain merge of their inverted lists, `Some(false)` as plain segments (vectors, no
+    /// side files), `None` when they cannot (see [`compressed::merge_mode`]).
+    pub(crate) fn merge_mode(
+        &self,
+        snap: &Snapshot,
+        range: std::ops::Range<usize>,
+    ) -> Result<Option<bool>> {
+        match self {
+            Kind::Compressed(c) => compressed::merge_mode(snap, &c.cfg, range),
+            Kind::Exact => {
+                let segs = snap.segments().get(range).unwrap_or(&[]);
+                let plain = !segs.is_empty()
+                    && segs
+                        .iter()
+                        .all(|v| v.segment.has_vectors() && v.entry.side_files.is_empty());
+                Ok(plain.then_some(false))
+            }
+        }
+    }
+
     /// The state needed to decode the vector-free segments of `snap` (`None` if it has none).
     pub(crate) fn decoder(&self, snap: &Snapshot) -> Result<Option<Arc<CState>>> {
         match self {

@@ -45,6 +45,9 @@ use crate::store::{write_atomic, Dtype, Snapshot, CURRENT_FILE, LOCK_FILE, TMP_P
 use kind::{Kind, View};
 use writer::{take_lock, Writer};
 
+mod merge;
+pub use merge::MergePolicy;
+
 pub use crate::store::commit::{CommitContext, CommitHook};
 pub use crate::types::{
     DocFilter, OwnedVectors, SearchResults, SegmentInfo, SegmentMasks, MAX_DIM, MAX_ID_BYTES,
@@ -75,6 +78,8 @@ pub struct Index {
     /// forked child refuses writes (and closes) without waiting on a mutex that a thread of the
     /// parent may have held at the time of the fork.
     writer_pid: AtomicU32,
+    /// The merge policy run after every commit (`None`: off); see [`merge::MergePolicy`].
+    merge_policy: Mutex<Option<MergePolicy>>,
 }
 
 impl std::fmt::Debug for Index {
@@ -229,6 +234,7 @@ impl Index {
             snapshot: Mutex::new(Some(snap)),
             writer: Mutex::new(Some(Writer::new(lock_file))),
             writer_pid: AtomicU32::new(std::process::id()),
+            merge_policy: Mutex::new(Some(MergePolicy::default())),
         })
     }
 
@@ -256,6 +262,7 @@ impl Index {
             snapshot: Mutex::new(Some(snap)),
             writer: Mutex::new(None),
             writer_pid: AtomicU32::new(0),
+            merge_policy: Mutex::new(Some(MergePolicy::default())),
         };
         if mode == OpenMode::Write {
             let mut w = lock(&index.writer);
@@ -365,7 +372,7 @@ impl Index {
     /// Ids and insertion order are preserved. Readers keep their snapshots. `hook` may attach
     /// files (e.g. re-encoded codes) to the compacted segment.
     pub fn compact_with(&self, hook: Option<CommitHook<'_>>) -> Result<()> {
-        self.compact_inner(hook, false)
+        self.compact_inner(hook, false, crate::compressed::DEFAULT_MERGE_MEMORY, true)
     }
 
     /// [`Index::compact_with`] without a hook.
@@ -373,18 +380,45 @@ impl Index {
         self.compact_with(None)
     }
 
-    /// Compaction of a compressed index: merges every live document into one segment and
-    /// re-encodes it into one set of inverted lists; `retrain` first retrains the codec on the
-    /// live tokens (see [`Index::compact_with`]). Segments without vectors contribute their
+    /// Compaction of a compressed index: merges every live document into one segment with one
+    /// set of inverted lists. Without `retrain`, when every segment holds current lists of the
+    /// index's codec and the index has no fidelity tier, the lists are merged in the codes domain
+    /// (no decoding: codes, norm scales and so search scores are unchanged, and memory is bounded
+    /// by [`crate::compressed::DEFAULT_MERGE_MEMORY`], see [`Index::compact_options`]).
+    /// Otherwise the merged segment is re-encoded: `retrain` first retrains the codec on the live
+    /// tokens (see [`Index::compact_with`]), and segments without vectors contribute their
     /// decoded approximations (lossy: re-encoding a reconstruction may change a few codes, and a
     /// codec retrained on reconstructions learns the reconstructions, not the original vectors).
     pub fn compact_retrain(&self, retrain: bool) -> Result<()> {
+        self.compact_options(retrain, None)
+    }
+
+    /// [`Index::compact_retrain`] with the memory setting of a codes-domain merge: `memory` bytes
+    /// of mapped input read between releases of their pages (default
+    /// [`crate::compressed::DEFAULT_MERGE_MEMORY`], 1 GiB; at least 1 MiB), which bounds the
+    /// merge's resident memory independently of the corpus (plus a few MB of buffers and 8 bytes
+    /// per document and per inverted sub-list).
+    pub fn compact_options(&self, retrain: bool, memory: Option<u64>) -> Result<()> {
         if retrain && self.kind.compression().is_none() {
             return Err(LatixError::invalid(
                 "retrain applies to compressed indexes only (create the index with compression)",
             ));
         }
-        self.compact_inner(None, retrain)
+        if memory == Some(0) {
+            return Err(LatixError::invalid(
+                "memory must be a positive number of bytes",
+            ));
+        }
+        let memory = memory.unwrap_or(crate::compressed::DEFAULT_MERGE_MEMORY);
+        self.compact_inner(None, retrain, memory, true)
+    }
+
+    /// Compaction by the re-encoding path even where the codes-domain merge applies (decoding
+    /// vector-free segments): the baseline of `benches/bench_compact.py` and a reference of the
+    /// tests. Not for users: it is lossy without kept vectors and its memory grows with the corpus.
+    #[doc(hidden)]
+    pub fn compact_reencode(&self) -> Result<()> {
+        self.compact_inner(None, false, crate::compressed::DEFAULT_MERGE_MEMORY, false)
     }
 
     /// Number of live documents in the latest committed snapshot.

@@ -313,7 +313,13 @@ impl Index {
 
     pub(super) fn commit_inner(&self, hook: Option<CommitHook<'_>>) -> Result<()> {
         let mut g = self.lock_writer()?;
-        self.commit_locked(&mut g, hook)
+        self.commit_locked(&mut g, hook)?;
+        // Under the same hold of the writer mutex: nothing is staged against segments a merge
+        // replaces. The commit above is published whatever the merges do.
+        if g.is_some() {
+            self.merge_by_policy()?;
+        }
+        Ok(())
     }
 
     /// [`Index::commit_with`] by the holder of the writer mutex `g`.
@@ -365,7 +371,7 @@ impl Index {
     /// removes files no longer referenced. Returns whether `CURRENT` was switched (the commit
     /// happened, even if a later step failed). If not, a finished `stage` is moved back to its
     /// temporary name so that the caller can keep it staged.
-    fn publish(
+    pub(super) fn publish(
         &self,
         base: &Arc<Snapshot>,
         segments: Vec<SegmentEntry>,
@@ -421,7 +427,8 @@ impl Index {
             let (n_docs, n_tokens) = (stage.n_docs() as u64, stage.n_tokens());
             // A compressed index that drops vectors and already has a codec re-writes this segment
             // vector-free in the commit hook: the vector-bearing file is transient.
-            let transient = self.kind.stage_is_transient(bm);
+            // (A vector-free stage, a codes-domain compaction's, is the final file.)
+            let transient = stage.has_vectors() && self.kind.stage_is_transient(bm);
             let header_crc = stage.finish_with(&self.dir.join(&file), !transient)?;
             segments.push(SegmentEntry {
                 file: file.clone(),
@@ -456,7 +463,13 @@ impl Index {
         Ok(())
     }
 
-    pub(super) fn compact_inner(&self, hook: Option<CommitHook<'_>>, retrain: bool) -> Result<()> {
+    pub(super) fn compact_inner(
+        &self,
+        hook: Option<CommitHook<'_>>,
+        retrain: bool,
+        memory: u64,
+        codes_domain: bool,
+    ) -> Result<()> {
         // One hold of the writer mutex for the commit of staged changes and the merge: an add or
         // delete from another thread in between would be staged against segments the merge is
         // about to replace (and lost with them).
@@ -477,6 +490,14 @@ impl Index {
                 return self.commit_locked(&mut g, Some(&mut |_: &mut CommitContext<'_>| Ok(())));
             }
             return Ok(());
+        }
+        let all = 0..base.segments().len();
+        if codes_domain && !retrain {
+            // Compressed indexes only: plain segments keep the commit hook's path (which trains
+            // a codec once the index has enough tokens).
+            if let Some(true) = self.kind.merge_mode(&base, all.clone())? {
+                return self.merge_segments(&base, all, hook, memory, true);
+            }
         }
         let state = self.kind.decoder(&base)?;
         let mut stage = SegmentWriter::create(&self.dir, self.dim, self.dtype)?;

@@ -41,6 +41,17 @@ impl FileBytes {
         }
     }
 
+    /// Drops the mapped pages from this process's resident set (`MADV_DONTNEED`; a later read
+    /// faults them in again from the page cache or the file). Nothing for bytes held in memory.
+    /// Bounds the memory of a pass over files larger than memory (a codes-domain merge).
+    pub(crate) fn release(&self) {
+        if let FileBytes::Mapped(m) = self {
+            // SAFETY: the map is a read-only shared map of an immutable file: dropping its pages
+            // loses nothing (they are re-read from the file), unlike a private writable map.
+            let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
+    }
+
     /// `Corrupted` (naming `path`) if a mapped file no longer has its mapped size: truncated or
     /// rewritten from outside latix, so that reading it would raise SIGBUS (best effort).
     pub(crate) fn check_size(&self, path: &Path) -> Result<()> {

@@ -207,6 +207,40 @@ impl<'a> CommitContext<'a> {
     }
 }
 
+impl CommitContext<'_> {
+    /// Makes the finished file `tmp` (in the index directory, its contents fsynced, ending with
+    /// the crc32c `checksum` of the rest) the named side file `name` of segment `segment_file`:
+    /// [`CommitContext::write_segment_file`] for a file written by streaming (a codes-domain
+    /// merge), which never holds the whole file in memory. The rename is made durable by the
+    /// directory fsync of the manifest write that publishes the commit.
+    pub fn adopt_segment_file(
+        &mut self,
+        segment_file: &str,
+        name: &str,
+        tmp: &Path,
+        checksum: u32,
+    ) -> Result<()> {
+        Self::check_name(name)?;
+        let gen = self.manifest.generation;
+        self.entry_mut(segment_file)?;
+        let stem = segment_file.trim_end_matches(".lxs");
+        let file = format!("{stem}.{name}-{gen:020}");
+        self.claim(&file)?;
+        let target = self.dir.join(&file);
+        std::fs::rename(tmp, &target).map_err(|e| LatixError::io(&target, e))?;
+        let e = self.entry_mut(segment_file)?;
+        e.side_files.retain(|(n, _)| n != name);
+        e.side_files.push((name.to_owned(), file.clone()));
+        self.manifest.checksums.insert(file, checksum);
+        Ok(())
+    }
+
+    /// The index directory.
+    pub fn dir(&self) -> &Path {
+        self.dir
+    }
+}
+
 /// A commit hook: called after new segments are written, before the manifest switch.
 pub type CommitHook<'h> = &'h mut dyn FnMut(&mut CommitContext<'_>) -> Result<()>;
 

@@ -44,6 +44,9 @@ use crate::format;
 use crate::store::FileBytes;
 
 mod build;
+mod merge;
+
+pub use merge::{merge_into, MergeInput};
 
 const MAGIC: &[u8; 8] = b"LTXIVFSG";
 const VERSION: u32 = 4;
@@ -549,6 +552,11 @@ impl IvfSegment {
     /// Size in bytes of the serialised segment.
     pub fn byte_len(&self) -> usize {
         self.as_bytes().len()
+    }
+    /// Drops the file's mapped pages from the process's resident set (they are read again on the
+    /// next access): a pass over many lists files keeps its memory bounded.
+    pub fn release_pages(&self) {
+        self.bytes.release();
     }
     /// `Corrupted` (naming `path`) if a mapped file no longer has its mapped size: truncated or
     /// rewritten from outside latix, so that reading it would raise SIGBUS (best effort, like

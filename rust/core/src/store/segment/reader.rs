@@ -314,6 +314,17 @@ impl Segment {
         self.header_crc
     }
 
+    /// Drops the segment's mapped pages from the process's resident set (`MADV_DONTNEED`; read
+    /// again from the page cache or the file on the next access), so a pass over segments larger
+    /// than memory (a compaction) keeps its memory bounded.
+    pub fn release_pages(&self) {
+        // SAFETY: a read-only shared map of an immutable file: its pages are re-read on access.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
+    }
+
     /// False for a vector-free segment (see [`FLAG_NO_VECTORS`]): its rows cannot be read.
     pub fn has_vectors(&self) -> bool {
         !self.no_vectors

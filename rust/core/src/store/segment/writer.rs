@@ -131,6 +131,11 @@ impl SegmentWriter {
         Ok((self.ids.len() - 1) as u32)
     }
 
+    /// False for a writer made by [`SegmentWriter::create_without_vectors`].
+    pub fn has_vectors(&self) -> bool {
+        !self.no_vectors
+    }
+
     /// A point the writer can be rolled back to (see [`SegmentWriter::rollback`]).
     pub fn checkpoint(&self) -> SegmentCheckpoint {
         SegmentCheckpoint {

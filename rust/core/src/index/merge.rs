@@ -1,0 +1,298 @@
+//! The merge policy: tiered, log-structured merging of segments after every commit, so that the
+//! number of segments a search visits stays logarithmic in the number of commits without an
+//! explicit compaction (the policy of LSM trees and of Lucene's and tantivy's log merge policies:
+//! segments of similar size are merged once a tier holds enough of them, so every token is
+//! rewritten O(log n) times).
+//!
+//! Tiers: a segment of `t` live tokens is in tier 0 when `t <= floor_tokens`, else in the
+//! smallest tier `i` with `t <= floor_tokens * segments_per_tier^i`. After a commit, for the
+//! lowest tier `T` whose trailing run of segments (the newest ones, every one in tier `T` or
+//! below) holds at least `segments_per_tier` segments of tier `T` itself, that run is merged into
+//! one segment (the smaller segments in it along), and the check repeats (a merge can fill the
+//! next tier). Each token is so rewritten about once per tier: O(log n) times. Merging a trailing run keeps documents in
+//! commit order.
+//!
+//! A merge is a commit of its own (the store's protocol: a new segment, a new manifest, the
+//! `CURRENT` switch; a crash leaves the previous committed state) made right after the user's
+//! commit under the same hold of the writer mutex, and it never decodes: a compressed index
+//! merges its inverted lists in the codes domain ([`crate::compressed::write_merged_lists`],
+//! memory bounded by [`MergePolicy::memory`]), an exact index (or a compressed one before its
+//! codec is trained) concatenates its segments. Segments that would need re-encoding (a fidelity
+//! tier's refinement files, lists an older latix wrote) or that carry side files of a user hook
+//! are left alone: `compact()` still merges them.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::Index;
+use crate::error::{LatixError, Result};
+use crate::parallel::lock;
+use crate::store::{CommitContext, CommitHook, SegmentWriter, Snapshot};
+
+/// The merge policy of a handle (see the module documentation). Not persisted: a setting of each
+/// writer handle, on by default with [`MergePolicy::default`], off with
+/// `Index::set_merge_policy(None)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MergePolicy {
+    /// Segments a tier holds before they are merged into one (at least 2; default 10). Lower
+    /// means fewer segments (faster search) and more rewriting at commit time.
+    pub segments_per_tier: usize,
+    /// Live tokens up to which a segment is in the lowest tier (default 65,536; at least 1).
+    pub floor_tokens: u64,
+    /// The memory setting of a codes-domain merge (see `Index::compact_options`; default 1 GiB).
+    pub memory: u64,
+}
+
+impl Default for MergePolicy {
+    fn default() -> Self {
+        MergePolicy {
+            segments_per_tier: 10,
+            floor_tokens: 1 << 16,
+            memory: crate::compressed::DEFAULT_MERGE_MEMORY,
+        }
+    }
+}
+
+impl MergePolicy {
+    /// `InvalidInput` for a setting out of range.
+    pub fn validate(&self) -> Result<()> {
+        if self.segments_per_tier < 2 || self.floor_tokens == 0 || self.memory == 0 {
+            return Err(LatixError::invalid(format!(
+                "merge policy: segments_per_tier must be at least 2, floor_tokens and memory \
+                 positive (got {}, {}, {})",
+                self.segments_per_tier, self.floor_tokens, self.memory
+            )));
+        }
+        Ok(())
+    }
+
+    /// The tier of a segment of `tokens` live tokens.
+    pub fn tier(&self, tokens: u64) -> u32 {
+        let (mut cap, mut tier) = (self.floor_tokens, 0u32);
+        while tokens > cap {
+            cap = cap.saturating_mul(self.segments_per_tier as u64);
+            tier += 1;
+        }
+        tier
+    }
+
+    /// The first segment of the trailing run to merge, given the live tokens of each segment in
+    /// order, or `None` when no tier is full.
+    pub fn plan(&self, live_tokens: &[u64]) -> Option<usize> {
+        let tiers: Vec<u32> = live_tokens.iter().map(|&t| self.tier(t)).collect();
+        let top = tiers.iter().copied().max()?;
+        for t in 0..=top {
+            // The newest segments of tier t or below; full when it holds segments_per_tier
+            // segments of tier t itself (the smaller ones in it are merged along): a run
+            // holding one large segment and a few small ones is not full, or every commit
+            // would rewrite the large one.
+            let run: Vec<u32> = tiers
+                .iter()
+                .rev()
+                .take_while(|&&x| x <= t)
+                .copied()
+                .collect();
+            if run.iter().filter(|&&x| x == t).count() >= self.segments_per_tier {
+                return Some(tiers.len() - run.len());
+            }
+        }
+        None
+    }
+}
+
+/// Live tokens of each segment of `snap` (tokens of deleted documents estimated pro rata).
+fn live_tokens(snap: &Snapshot) -> Vec<u64> {
+    snap.segments()
+        .iter()
+        .map(|v| {
+            let n = v.segment.n_docs().max(1) as u128;
+            (v.entry.n_tokens as u128 * v.live_docs as u128 / n) as u64
+        })
+        .collect()
+}
+
+impl Index {
+    /// Sets the merge policy run after every commit of this handle (`None`: off; see
+    /// [`MergePolicy`]).
+    pub fn set_merge_policy(&self, policy: Option<MergePolicy>) -> Result<()> {
+        if let Some(p) = &policy {
+            p.validate()?;
+        }
+        *lock(&self.merge_policy) = policy;
+        Ok(())
+    }
+
+    /// The merge policy of this handle (`None`: off).
+    pub fn merge_policy(&self) -> Option<MergePolicy> {
+        *lock(&self.merge_policy)
+    }
+
+    /// Runs the merge policy on the latest snapshot (the caller holds the writer mutex and the
+    /// write lock, after a commit): merges full tiers until none is left.
+    pub(super) fn merge_by_policy(&self) -> Result<()> {
+        let Some(policy) = self.merge_policy() else {
+            return Ok(());
+        };
+        // Each merge lowers the segment count, so this ends; the bound is a guard.
+        for _ in 0..64 {
+            let base = self.snapshot()?;
+            let Some(start) = policy.plan(&live_tokens(&base)) else {
+                return Ok(());
+            };
+            let run = start..base.segments().len();
+            let Some(lists) = self.kind.merge_mode(&base, run.clone())? else {
+                return Ok(());
+            };
+            self.merge_segments(&base, run, None, policy.memory, lists)?;
+        }
+        Ok(())
+    }
+
+    /// Merges the trailing segments `run` of `base` into one new segment, in one commit, without
+    /// decoding anything (the caller holds the writer mutex and checked
+    /// [`super::kind::Kind::merge_mode`], which gave `lists`): the live documents are streamed
+    /// into the new segment (their vectors if the segments have them, else ids and token counts),
+    /// and with `lists` their inverted lists are merged in the codes domain. The kind's commit
+    /// hook does not run: nothing is encoded. `hook` (compaction's) runs after.
+    pub(super) fn merge_segments(
+        &self,
+        base: &Arc<Snapshot>,
+        run: Range<usize>,
+        mut hook: Option<CommitHook<'_>>,
+        memory: u64,
+        lists: bool,
+    ) -> Result<()> {
+        let n = base.segments().len();
+        if run.end != n || run.start >= n {
+            return Err(LatixError::invalid(
+                "only a trailing run of segments is merged",
+            ));
+        }
+        let segs = &base.segments()[run.clone()];
+        let vectors = segs.iter().all(|v| v.segment.has_vectors());
+        let mut stage = if vectors {
+            SegmentWriter::create(&self.dir, self.dim, self.dtype)?
+        } else {
+            SegmentWriter::create_without_vectors(&self.dir, self.dim, self.dtype)?
+        };
+        for v in segs {
+            let seg = &v.segment;
+            let mut read = 0u64;
+            for d in 0..seg.n_docs() as u32 {
+                if v.is_deleted(d) {
+                    continue;
+                }
+                let (a, b) = seg.doc_range(d);
+                if vectors {
+                    // Verified read: a merge must not launder damaged vectors.
+                    stage.add_doc(seg.id(d)?, seg.rows_checked(a, b)?)?;
+                    read += (b - a) * (self.dim * self.dtype.size()) as u64;
+                    if read > memory {
+                        seg.release_pages();
+                        read = 0;
+                    }
+                } else {
+                    stage.add_doc_without_vectors(seg.id(d)?, b - a)?;
+                }
+            }
+            seg.release_pages();
+        }
+        let kept: Vec<_> = base.segments()[..run.start]
+            .iter()
+            .map(|v| v.entry.clone())
+            .collect();
+        let mut merged = |ctx: &mut CommitContext<'_>| -> Result<()> {
+            // No new segment when every merged document was deleted: nothing to merge.
+            if let (true, Some(file)) = (lists, ctx.new_segments().first().cloned()) {
+                crate::compressed::write_merged_lists(ctx, base, run.clone(), &file, memory)?;
+            }
+            if let Some(h) = hook.as_mut() {
+                h(ctx)?;
+            }
+            Ok(())
+        };
+        // On failure the temporary segment is removed when `stage` drops; nothing changed.
+        self.publish(base, kept, Some(&mut stage), Vec::new(), Some(&mut merged))
+            .1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MergePolicy;
+
+    /// The segment sizes after `commits`, merging as `Index::merge_by_policy` does after each
+    /// commit (the tests check invariants of the result: tokens kept, no full tier left, the
+    /// logarithmic bound).
+    fn simulate(p: &MergePolicy, commits: &[u64]) -> Vec<u64> {
+        let mut segs: Vec<u64> = Vec::new();
+        for &c in commits {
+            segs.push(c);
+            while let Some(start) = p.plan(&segs) {
+                let merged: u64 = segs.drain(start..).sum();
+                segs.push(merged);
+            }
+        }
+        segs
+    }
+
+    #[test]
+    fn tiers_follow_powers_of_the_fan_out() {
+        let p = MergePolicy {
+            segments_per_tier: 4,
+            floor_tokens: 100,
+            ..Default::default()
+        };
+        for (t, want) in [
+            (0, 0),
+            (100, 0),
+            (101, 1),
+            (400, 1),
+            (401, 2),
+            (1600, 2),
+            (1601, 3),
+        ] {
+            assert_eq!(p.tier(t), want, "{t} tokens");
+        }
+    }
+
+    #[test]
+    fn segment_count_stays_logarithmic_and_tokens_are_kept() {
+        let mut rng = crate::compressed::kmeans::Rng::new(3);
+        for fan in [2usize, 3, 4, 10] {
+            let p = MergePolicy {
+                segments_per_tier: fan,
+                floor_tokens: 1000,
+                ..Default::default()
+            };
+            let commits: Vec<u64> = (0..400).map(|_| 1 + rng.below(3000) as u64).collect();
+            for n in [1usize, 9, 30, 100, 400] {
+                let segs = simulate(&p, &commits[..n]);
+                assert_eq!(segs.iter().sum::<u64>(), commits[..n].iter().sum::<u64>());
+                // Fewer than fan segments of each tier in each trailing run, tiers up to
+                // log_fan of the total, and the smaller segments a merge left before a larger
+                // one: below 2 * fan per tier.
+                let total: u64 = commits[..n].iter().sum();
+                let tiers = p.tier(total) as usize + 1;
+                assert!(
+                    segs.len() < 2 * fan * tiers,
+                    "fan {fan}, {n} commits: {} segments ({segs:?})",
+                    segs.len()
+                );
+                assert!(p.plan(&segs).is_none(), "a full tier was left");
+            }
+        }
+        // Without merging, one segment a commit; 30 equal commits at fan 10 leave 3 segments,
+        // and a large segment is not rewritten by the commits after it until its tier fills.
+        let p = MergePolicy::default();
+        assert_eq!(simulate(&p, &[300_000; 30]).len(), 3);
+        let p = MergePolicy {
+            segments_per_tier: 3,
+            floor_tokens: 100,
+            ..Default::default()
+        };
+        assert_eq!(p.plan(&[480, 160, 160]), None);
+        assert_eq!(p.plan(&[480, 160, 160, 160]), Some(1));
+        assert_eq!(p.plan(&[480, 480, 50, 480, 160]), Some(0));
+    }
+}

@@ -1,0 +1,100 @@
+"""The merge policy and codes-domain compaction through the Python API: segment counts stay
+logarithmic in the number of commits, results match numpy MaxSim (exact index) or the same index
+built without the policy (compressed index: the same ids and scores), bad settings are refused."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import latix
+import numpy as np
+import pytest
+from helpers import maxsim
+
+
+def _docs(rng: np.random.Generator, n: int, dim: int) -> list[np.ndarray]:
+    out = []
+    for _ in range(n):
+        d = rng.standard_normal((int(rng.integers(3, 12)), dim)).astype(np.float32)
+        out.append(d / np.linalg.norm(d, axis=1, keepdims=True))
+    return out
+
+
+@pytest.mark.parametrize("fan,commits", [(2, 17), (3, 25), (4, 12)])
+def test_exact_index_segments_stay_logarithmic_and_results_exact(
+    tmp_path: Path, fan: int, commits: int
+) -> None:
+    rng = np.random.default_rng(fan * 100 + commits)
+    dim = 16
+    live: dict[str, np.ndarray] = {}
+    with latix.Index.create(tmp_path / "ix", dim=dim, dtype="float16") as ix:
+        ix.set_merge_policy(fan, floor_tokens=50)
+        assert ix.merge_segments_per_tier == fan
+        for c in range(commits):
+            docs = _docs(rng, int(rng.integers(1, 8)), dim)
+            ids = [f"c{c}-{i}" for i in range(len(docs))]
+            ix.add(ids, docs)
+            live.update(zip(ids, docs, strict=True))
+            if c % 5 == 4:  # deletes too: merged segments drop them
+                gone = sorted(live)[::7][:2]
+                ix.delete(gone)
+                for g in gone:
+                    del live[g]
+            ix.commit()
+            tokens = sum(len(d) for d in live.values())
+            tiers = 1 + max(0, math.ceil(math.log(max(tokens, 1) / 50, fan)))
+            assert len(ix.segments()) < 2 * fan * tiers + 1, (c, ix.segments())
+        assert sorted(ix.ids()) == sorted(live)
+        q = rng.standard_normal((4, dim)).astype(np.float32)
+        scores, hits = ix.search(q, k=5)
+        want = sorted(live, key=lambda i: -maxsim(q, live[i]))[:5]
+        assert list(hits[0]) == want
+        np.testing.assert_allclose(scores[0], [maxsim(q, live[i]) for i in want], rtol=1e-4)
+        ix.verify()
+
+
+def test_compressed_policy_matches_no_policy_and_compaction(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    dim = 16
+    comp = latix.Compression(
+        bytes_per_token=4, n_centroids=16, keep_vectors=False, train_min_tokens=400, pool_factor=1
+    )
+    a = latix.Index.create(tmp_path / "a", dim=dim, compression=comp)
+    b = latix.Index.create(tmp_path / "b", dim=dim, compression=comp)
+    a.set_merge_policy(3, floor_tokens=40)
+    b.set_merge_policy(None)
+    assert b.merge_segments_per_tier is None
+    for c in range(14):
+        docs = _docs(rng, 15, dim)
+        ids = [f"c{c}-{i}" for i in range(len(docs))]
+        for ix in (a, b):
+            ix.add(ids, docs)
+            ix.commit()
+    assert len(b.segments()) == 14
+    assert len(a.segments()) < 6
+    q = rng.standard_normal((6, dim)).astype(np.float32)
+    opts = {"nprobe": 16, "refine": 1000}
+    sa, ha = a.search(q, k=10, **opts)
+    sb, hb = b.search(q, k=10, **opts)
+    assert (ha == hb).all()
+    np.testing.assert_array_equal(sa, sb)
+    b.compact(memory=1 << 20)
+    sc, hc = b.search(q, k=10, **opts)
+    assert len(b.segments()) == 1
+    assert (hc == hb).all()
+    np.testing.assert_array_equal(sc, sb)
+    a.close()
+    b.close()
+
+
+def test_bad_settings_are_refused(tmp_path: Path) -> None:
+    with latix.Index.create(tmp_path / "ix", dim=4) as ix:
+        for bad in (1, 0, -3, "2", 2.0):
+            with pytest.raises(latix.InvalidArgumentError):
+                ix.set_merge_policy(bad)  # type: ignore[arg-type]
+        with pytest.raises(latix.InvalidArgumentError):
+            ix.set_merge_policy(4, floor_tokens=0)
+        with pytest.raises(latix.InvalidArgumentError):
+            ix.compact(memory=0)
+        assert ix.merge_segments_per_tier == 10  # the default, unchanged by the refusals
