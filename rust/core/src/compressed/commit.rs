@@ -92,19 +92,7 @@ fn train_codec(
     n_threads: Option<usize>,
 ) -> Result<Codec> {
     let dim = segs.first().map(|s| s.dim()).unwrap_or(0);
-    // Probability of drawing a document, in millionths (all documents when the sample covers them).
-    let want = cfg.train_sample_tokens.min(pooled_live);
-    let p_ppm = if want >= pooled_live {
-        1_000_000
-    } else {
-        (want.saturating_mul(1_000_000) / pooled_live.max(1)).max(1)
-    };
-    let mut rng = crate::compressed::kmeans::Rng::new(cfg.seed ^ 0x5eed_c0de_c0de_5eed);
-    let picked: Vec<Range> = ranges
-        .iter()
-        .copied()
-        .filter(|_| (rng.below(1_000_000) as u64) < p_ppm)
-        .collect();
+    let picked = draw_training_documents(cfg, ranges, pooled_live);
     let mut x = pool_ranges(segs, &picked, pool_factor, n_threads)?;
     // A sample that drew too few vectors (small indexes) falls back to every live document.
     let fewest = (MIN_TRAIN_TOKENS as usize).max(cfg.n_centroids.unwrap_or(0));
@@ -118,6 +106,25 @@ fn train_codec(
         &codec_params(cfg, dim),
         n_threads,
     )
+}
+
+/// The seeded draw of the documents (`docs`, in index order) a codec is trained on, shared by
+/// every training path so that [`train_codec_on_documents`] gives the codec an index would train:
+/// each document is kept with probability about `train_sample_tokens / pooled_live` (every one
+/// when the sample covers them), from one seeded stream.
+fn draw_training_documents<T: Copy>(cfg: &Compression, docs: &[T], pooled_live: u64) -> Vec<T> {
+    // Probability of drawing a document, in millionths.
+    let want = cfg.train_sample_tokens.min(pooled_live);
+    let p_ppm = if want >= pooled_live {
+        1_000_000
+    } else {
+        (want.saturating_mul(1_000_000) / pooled_live.max(1)).max(1)
+    };
+    let mut rng = crate::compressed::kmeans::Rng::new(cfg.seed ^ 0x5eed_c0de_c0de_5eed);
+    docs.iter()
+        .copied()
+        .filter(|_| (rng.below(1_000_000) as u64) < p_ppm)
+        .collect()
 }
 
 /// The codec parameters a commit of an index configured by `cfg` trains with.
@@ -169,18 +176,7 @@ pub fn train_codec_on_documents(
         .map(|&(a, b)| crate::compressed::pool::pooled_len((b - a) as usize, pool) as u64)
         .sum();
     // The same seeded draw of documents as `train_codec`.
-    let want = cfg.train_sample_tokens.min(pooled_live);
-    let p_ppm = if want >= pooled_live {
-        1_000_000
-    } else {
-        (want.saturating_mul(1_000_000) / pooled_live.max(1)).max(1)
-    };
-    let mut rng = crate::compressed::kmeans::Rng::new(cfg.seed ^ 0x5eed_c0de_c0de_5eed);
-    let picked: Vec<(u64, u64)> = ranges
-        .iter()
-        .copied()
-        .filter(|_| (rng.below(1_000_000) as u64) < p_ppm)
-        .collect();
+    let picked = draw_training_documents(cfg, &ranges, pooled_live);
     let pool_of = |rs: &[(u64, u64)]| -> Result<Vec<f32>> {
         let pooled: Vec<Vec<f32>> = crate::parallel::install(n_threads, || {
             use rayon::prelude::*;
