@@ -2106,13 +2106,18 @@ class Collection:
         Returns:
             A JSON-ready dict: ``n_records``, ``n_passages``, ``n_tokens`` (token vectors
             indexed, before pooling), ``bytes_on_disk`` (index + database),
-            ``bytes_per_token``, ``index_bytes_per_token``, ``index`` (the index's own stats),
+            ``bytes_per_token``, ``index_bytes_per_token``, ``index`` (the index's own stats;
+            its ``merge_failures`` and ``merge_error`` are those of this collection's writer),
             ``model``, ``model_name``, ``dim``, ``compression``, ``passages``, ``fields``.
         """
         self._check_open()
         gen = self._generation()
         n, p, t = self._store.totals(gen)
         ist = self._index.stats()
+        w = self._writer
+        if w is not None and not w.closed:  # merges run, and fail, on the writer's handle
+            wst = w.stats()
+            ist["merge_failures"], ist["merge_error"] = wst["merge_failures"], wst["merge_error"]
         db = sum(f.stat().st_size for f in self._path.glob(DB_FILE + "*") if f.is_file())
         ib = int(ist["bytes_on_disk"])  # type: ignore[call-overload]
         return {

@@ -22,6 +22,7 @@ processes and fork".
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from latix import _core
-from latix.errors import InvalidArgumentError
+from latix.errors import InvalidArgumentError, MergeWarning
 
 __all__ = ["Compression", "Index", "train_codec"]
 
@@ -452,9 +453,21 @@ class Index:
         """Makes staged adds and deletes durable and visible to all readers, atomically, then
         runs the merge policy (:meth:`set_merge_policy`), whose merges are commits of their own.
 
-        Uncommitted changes are lost if the process dies or the handle closes.
+        Uncommitted changes are lost if the process dies or the handle closes. An exception
+        means nothing was committed (the changes stay staged: commit again). A merge that fails
+        after the commit was published is not the commit's failure: it is reported by a
+        :class:`~latix.errors.MergeWarning` and in :meth:`stats` (``merge_failures``,
+        ``merge_error``), the index keeps the committed state, and the next commit or
+        :meth:`compact` tries the merge again.
         """
-        self._inner.commit()
+        merge_error = self._inner.commit()
+        if merge_error is not None:
+            warnings.warn(
+                f"the commit was published, but a merge of the merge policy after it failed "
+                f"(it is retried by the next commit or compact()): {merge_error}",
+                MergeWarning,
+                stacklevel=2,
+            )
 
     def compact(self, retrain: bool = False, memory: int | None = None) -> None:
         """Commits staged changes, then rewrites live documents into one segment.
@@ -724,8 +737,10 @@ class Index:
             A dict with ``kind`` (``"plain"`` or ``"compressed"``), ``n_docs``, ``n_tokens``,
             ``n_segments``, ``bytes_on_disk`` (every file of the committed state: segments, codes,
             codec, configuration, manifest), ``bytes_per_token`` (``bytes_on_disk / n_tokens``),
-            ``trained``, ``n_centroids`` and ``code_bytes_per_token`` (None until trained) and
-            ``keep_vectors``.
+            ``trained``, ``n_centroids`` and ``code_bytes_per_token`` (None until trained),
+            ``keep_vectors``, and this handle's ``merge_failures`` (runs of the merge policy that
+            failed after their commit was published, see :meth:`commit`) and ``merge_error``
+            (the last failure's message, None once a later run or a compaction succeeded).
         """
         s = self._inner.stats()
         n, size = s["n_tokens"], s["bytes_on_disk"]
