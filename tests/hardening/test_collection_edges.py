@@ -442,3 +442,40 @@ def _search_all_modes_one(col: Collection, q: np.ndarray, which: int, **opts: An
     if which == 2:
         return col.search("alpha", k=5, mode="hybrid", query_vectors=q, **opts)
     return col.search_batch(query_vectors=[q], k=5, **opts)
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--max-body-mb", "nan"], "--max-body-mb"),  # before: ValueError traceback
+        (["--max-body-mb", "inf"], "--max-body-mb"),  # before: OverflowError traceback
+        (["--max-body-mb", "0"], "--max-body-mb"),
+        (["--batch-wait-ms", "inf"], "--batch-wait-ms"),  # before: served, lone texts waited
+        (["--batch-wait-ms", "nan"], "--batch-wait-ms"),  # before: served
+        (["--lone-threads", "5000"], "--lone-threads"),  # before: every lone search failed
+    ],
+)
+def test_cli_serve_refuses_bad_numbers_before_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], named: str
+) -> None:
+    new(tmp_path).close()
+    assert cli.main(["serve", str(tmp_path / "c"), "--port", "0", *flags]) == 1
+    err = capsys.readouterr().err
+    assert f"latix serve: error: {named}" in err, err
+
+
+def test_serve_app_and_batcher_refuse_what_would_fail_later(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from latix.serve import MAX_THREADS, QueryBatcher, create_app
+
+    col = new(tmp_path)
+    with pytest.raises(latix.InvalidArgumentError, match="lone_threads"):
+        create_app(col, lone_threads=MAX_THREADS + 1)
+    create_app(col, lone_threads=MAX_THREADS)  # the bound itself is a valid thread count
+    with ThreadPoolExecutor(1) as ex:
+        for wait in (float("inf"), float("nan"), -1.0):
+            with pytest.raises(latix.InvalidArgumentError, match="max_wait"):
+                QueryBatcher(lambda t: [], ex, max_wait=wait)
+    col.close()
