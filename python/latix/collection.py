@@ -2325,7 +2325,9 @@ def _search_options(nprobe: object, refine: object, rerank: object) -> dict[str,
         opts["refine"] = _int_arg("refine", refine, 0)
     if rerank is not None:
         if not isinstance(rerank, bool | np.bool_):
-            raise InvalidArgumentError(f"rerank must be a bool or None, got {type(rerank).__name__}")
+            raise InvalidArgumentError(
+                f"rerank must be a bool or None, got {type(rerank).__name__}"
+            )
         opts["rerank"] = bool(rerank)
     return opts
 

@@ -7,7 +7,8 @@ vectors, one or two passages each) through arbitrary sequences of ``add``, ``ups
 ``compact()`` (inside a batch too; search results must not change), merge policies on the
 writer's index handle (with commits that fill its tiers), ``close()`` inside a batch (refused),
 close and reopen, and a second read handle. The same machine runs on a plain collection and on a
-compressed one that trains its codec mid-sequence (:class:`CompressedCollectionMachine`). Inputs include duplicate ids in one call, ids already present or absent,
+compressed one that trains its codec mid-sequence (:class:`CompressedCollectionMachine`).
+Inputs include duplicate ids in one call, ids already present or absent,
 unicode ids, empty texts, metadata of the wrong type for its field, a field whose type the first
 record using it fixes (so rolled-back batches must forget it), and filters with mistyped values
 or unknown fields.
@@ -522,9 +523,7 @@ MACHINES: dict[str, type[CollectionMachine]] = {
 }
 
 
-def run(
-    max_examples: int, seed: int | None = 0, steps: int = 30, kind: str = "plain"
-) -> None:
+def run(max_examples: int, seed: int | None = 0, steps: int = 30, kind: str = "plain") -> None:
     """Runs the state machine of collection ``kind`` (a key of :data:`MACHINES`) for
     ``max_examples`` sequences of up to ``steps`` steps (raises on the first failure). ``seed``
     fixes hypothesis's random source (None: a fresh one)."""

@@ -691,10 +691,14 @@ fn a_failed_merge_does_not_fail_the_published_commit() {
         matches!(merge_error, Some(LatixError::Corrupted { .. })),
         "{merge_error:?}"
     );
-    ix.commit().expect("an empty commit: the policy fails again, the commit does not");
+    ix.commit()
+        .expect("an empty commit: the policy fails again, the commit does not");
     let health = ix.merge_health();
     assert_eq!(health.failures, 2);
-    assert!(health.last_error.as_deref().unwrap_or("").contains(&first), "{health:?}");
+    assert!(
+        health.last_error.as_deref().unwrap_or("").contains(&first),
+        "{health:?}"
+    );
     assert_eq!(ix.stats().expect("stats").merge_health, health);
     let mut ids = ix.ids().expect("ids");
     ids.sort();
@@ -705,7 +709,8 @@ fn a_failed_merge_does_not_fail_the_published_commit() {
     assert_eq!(reader.len().expect("len"), 12);
     // Without the damaged segment (all its documents deleted, so the commit drops it) the
     // policy has nothing to merge and runs clean: the failure is resolved.
-    ix.delete(&["c0-0", "c0-1", "c0-2", "c0-3"]).expect("delete");
+    ix.delete(&["c0-0", "c0-1", "c0-2", "c0-3"])
+        .expect("delete");
     assert!(ix.commit_report().expect("commit").is_none());
     assert_eq!(ix.segments().expect("segments").len(), 2);
     assert_eq!(ix.merge_health().last_error, None);
