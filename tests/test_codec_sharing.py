@@ -266,3 +266,33 @@ def test_crafted_codec_with_out_of_range_parameters_is_refused(tmp_path: Path) -
     scores, _ = ix.search(docs[0], k=3)
     assert np.isfinite(scores).all()
     ix.close()
+
+
+def test_codec_path_that_is_not_a_regular_file_fails_at_once(tmp_path: Path) -> None:
+    # Before: a FIFO named as the codec blocked Index.create forever (read_bytes waits for a
+    # writer); a directory and a missing file already failed clearly.
+    import os
+
+    fifo = tmp_path / "codec.fifo"
+    os.mkfifo(fifo)
+    comp = cfg(bytes_per_token=4, n_centroids=8)
+    for bad, exc in [
+        (fifo, latix.LatixIOError),
+        (tmp_path, latix.LatixIOError),
+        (tmp_path / "missing", latix.NotFoundError),
+    ]:
+        with pytest.raises(exc, match="codec file"):
+            latix.Index.create(tmp_path / "ix", DIM, compression=comp, codec=bad)
+    codec = latix.train_codec(comp, clustered(np.random.default_rng(4), 60, DIM))
+    (tmp_path / "codec").write_bytes(codec)
+    latix.Index.create(tmp_path / "ix", DIM, compression=comp, codec=tmp_path / "codec").close()
+
+
+def test_train_codec_refuses_bad_argument_types() -> None:
+    # Before: TypeError (not an InvalidArgumentError) for these two.
+    docs = clustered(np.random.default_rng(6), 40, DIM)
+    comp = cfg(bytes_per_token=4, n_centroids=8)
+    with pytest.raises(latix.InvalidArgumentError, match="n_threads"):
+        latix.train_codec(comp, docs, n_threads="2")  # type: ignore[arg-type]
+    with pytest.raises(latix.InvalidArgumentError, match="documents"):
+        latix.train_codec(comp, None)  # type: ignore[arg-type]

@@ -162,6 +162,21 @@ class Compression:
             )
 
 
+def _read_regular(p: Path) -> bytes:
+    """The bytes of the regular file ``p``; OSError for anything else. Opened without blocking:
+    reading a FIFO (or a device) named where a file is expected would wait forever."""
+    import stat
+
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{p} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def _codec_bytes_of(codec: object) -> bytes:
     """The codec file bytes of what :meth:`Index.create` takes as ``codec`` (bytes, a codec file
     path, an Index, a ``_core.compressed.Codec``); the core validates them at create."""
@@ -180,7 +195,7 @@ def _codec_bytes_of(codec: object) -> bytes:
     if isinstance(codec, str | os.PathLike):
         p = Path(_path_arg(codec))
         try:
-            return p.read_bytes()
+            return _read_regular(p)
         except FileNotFoundError:
             from latix.errors import NotFoundError
 
@@ -230,7 +245,12 @@ def train_codec(
         raise InvalidArgumentError(
             f"compression must be a latix.Compression, got {type(compression).__name__}"
         )
-    mats = [np.asarray(d) for d in documents]
+    try:
+        mats = [np.asarray(d) for d in documents]
+    except TypeError:
+        raise InvalidArgumentError(
+            f"documents must be a sequence of (n_i, dim) arrays, got {type(documents).__name__}"
+        ) from None
     if not mats:
         raise InvalidArgumentError("train_codec needs at least one document")
     dims = {m.shape[1] if m.ndim == 2 else -1 for m in mats}
@@ -243,7 +263,8 @@ def train_codec(
     np.cumsum([m.shape[0] for m in mats], out=offsets[1:])
     x = np.concatenate([m.astype(np.float32, copy=False) for m in mats], axis=0)
     hint = None if n_tokens_hint is None else _int_arg("n_tokens_hint", n_tokens_hint, 1)
-    codec = _core.compressed.train_codec(compression, x, offsets, hint, n_threads)
+    threads = None if n_threads is None else _int_arg("n_threads", n_threads, 1)
+    codec = _core.compressed.train_codec(compression, x, offsets, hint, threads)
     return codec.to_bytes()
 
 
