@@ -500,7 +500,11 @@ class Index:
         after, and the merge's memory is bounded by ``memory``, not by the corpus). With a
         fidelity tier, with ``retrain=True`` or with lists an older latix wrote, the merged
         segment is re-encoded instead; segments without kept vectors then contribute their
-        decoded approximations, so re-encoding them may change a few codes.
+        decoded approximations, so re-encoding them may change a few codes. With a fidelity
+        tier this costs recall: re-quantising the tier's reconstructions (codes and tier data)
+        took recall@10 against exact MaxSim from 0.807 to 0.738 (``"balanced"``, then 0.725
+        after a second compaction) and from 0.903 to 0.878 (``"high"``) on clustered 32-d
+        test data (800 documents in 8 segments); the codes tier kept 0.807.
 
         Args:
             retrain: (a bool) compressed index only: retrain the codec on the live tokens first
