@@ -44,7 +44,7 @@ from helpers import SCHEMA, rand_filter, rand_record, ref_eval
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from latix.collection import Collection
+from latix.collection import HYBRID_DEFAULTS, Collection
 
 DIM = 4
 WORDS = ["alpha", "beta", "gamma", "delta"]  # porter stems each to itself
@@ -364,7 +364,8 @@ class CollectionMachine(RuleBasedStateMachine):
         assert w.merge_segments_per_tier == fan
         for i in range(commits):
             self._write([(f"m{len(self.head)}-{i}", "delta", 1000 + i)], replace=True)
-        assert w.stats()["merge_failures"] == 0
+        if not w.closed:  # (a write whose undo rolled back replaced the writer handle)
+            assert w.stats()["merge_failures"] == 0
 
     @precondition(lambda self: self.batch is not None)
     @rule()
@@ -451,12 +452,14 @@ class CollectionMachine(RuleBasedStateMachine):
         where = {"b": True} if rng.random() < 0.5 else None
         hits = self.c.search(word, k=k, mode="hybrid", query_vectors=q, where=where)
         live = {r.id for r in self.committed.values() if self._matches(where, r)}
-        # the late list holds every allowed record (its depth, 100, exceeds the collection)
+        # the late list holds every allowed record unless there are more than its depth (100)
         assert len(hits) == min(k, len(live)) and {h.id for h in hits} <= live
         scores = [h.score for h in hits]
         assert scores == sorted(scores, reverse=True)
         for h in hits:
-            assert h.late_score is not None
+            if h.late_score is None:  # a keyword-only hit: the late list stops at its depth
+                assert len(live) > HYBRID_DEFAULTS["depth"], (h, len(live))
+                continue
             assert abs(h.late_score - _maxsim(q, self.committed[h.id].vecs)) < 1e-4
 
     @rule(seed=seed_st)
