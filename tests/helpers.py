@@ -227,3 +227,36 @@ def ref_search(
     sc = [float((q @ d.T).max(axis=1).sum()) for d in docs]
     order = sorted(range(len(ids)), key=lambda j: -sc[j])[:k]
     return [(ids[j], sc[j]) for j in order]
+
+
+# Crafted files: a damaged field behind a valid checksum.
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(b: bytes) -> int:
+    """CRC-32C (Castagnoli), the checksum that seals latix's files (a slow reference, for
+    tests that craft small files)."""
+    c = 0xFFFFFFFF
+    for x in b:
+        c = _CRC32C[(c ^ x) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def reseal(b: bytes | bytearray) -> bytes:
+    """``b`` with its trailing crc32c recomputed, so that a crafted field reaches the parser's
+    checks behind the checksum."""
+    out = bytearray(b)
+    out[-4:] = crc32c(bytes(out[:-4])).to_bytes(4, "little")
+    return bytes(out)

@@ -11,7 +11,7 @@ from pathlib import Path
 import latix
 import numpy as np
 import pytest
-from helpers import DIM, Data, exact_top
+from helpers import DIM, Data, exact_top, reseal
 from latix import _core
 
 
@@ -239,3 +239,60 @@ def test_collection_created_with_another_collections_codec(tmp_path: Path) -> No
     ).close()
     one.close()
     two.close()
+
+
+def test_crafted_codec_with_out_of_range_parameters_is_refused(tmp_path: Path) -> None:
+    # Finite but absurd parameters behind a valid checksum: before, 3e38 codewords passed and
+    # every search of the index returned nothing (all scores -inf); 1e30 ones scored all 0.
+    rng = np.random.default_rng(2)
+    dim, comp = 16, cfg(bytes_per_token=4, n_centroids=8)
+    docs = clustered(rng, 120, dim)
+    codec = latix.train_codec(comp, docs)
+    assert reseal(codec) == codec  # the helper seals as latix does
+    g = int.from_bytes(codec[20:24], "little")  # header: magic, version, dim, K, G, M, ksub, eta
+    top = 36 + (g + 1) * 4
+    books = top + g * dim * 4 + 8 * dim * 2
+    for at, value in [(books, 3e38), (books + 40, -1e30), (top + 4, 1e30), (books, 2.1e9)]:
+        b = bytearray(codec)
+        b[at : at + 4] = np.float32(value).tobytes()
+        path = tmp_path / f"x{at}-{value}"
+        with pytest.raises(latix.CorruptedIndexError, match="beyond the range"):
+            latix.Index.create(path, dim, compression=comp, codec=reseal(b))
+        assert not path.exists() or not any(path.iterdir())
+    # Within the range: accepted, and the index searches.
+    b = bytearray(codec)
+    b[books : books + 4] = np.float32(1.9e9).tobytes()
+    ix = filled(tmp_path / "ok", dim, comp, docs, codec=reseal(b))
+    scores, _ = ix.search(docs[0], k=3)
+    assert np.isfinite(scores).all()
+    ix.close()
+
+
+def test_codec_path_that_is_not_a_regular_file_fails_at_once(tmp_path: Path) -> None:
+    # Before: a FIFO named as the codec blocked Index.create forever (read_bytes waits for a
+    # writer); a directory and a missing file already failed clearly.
+    import os
+
+    fifo = tmp_path / "codec.fifo"
+    os.mkfifo(fifo)
+    comp = cfg(bytes_per_token=4, n_centroids=8)
+    for bad, exc in [
+        (fifo, latix.LatixIOError),
+        (tmp_path, latix.LatixIOError),
+        (tmp_path / "missing", latix.NotFoundError),
+    ]:
+        with pytest.raises(exc, match="codec file"):
+            latix.Index.create(tmp_path / "ix", DIM, compression=comp, codec=bad)
+    codec = latix.train_codec(comp, clustered(np.random.default_rng(4), 60, DIM))
+    (tmp_path / "codec").write_bytes(codec)
+    latix.Index.create(tmp_path / "ix", DIM, compression=comp, codec=tmp_path / "codec").close()
+
+
+def test_train_codec_refuses_bad_argument_types() -> None:
+    # Before: TypeError (not an InvalidArgumentError) for these two.
+    docs = clustered(np.random.default_rng(6), 40, DIM)
+    comp = cfg(bytes_per_token=4, n_centroids=8)
+    with pytest.raises(latix.InvalidArgumentError, match="n_threads"):
+        latix.train_codec(comp, docs, n_threads="2")  # type: ignore[arg-type]
+    with pytest.raises(latix.InvalidArgumentError, match="documents"):
+        latix.train_codec(comp, None)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -412,8 +413,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise InvalidArgumentError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    if args.max_body_mb <= 0 or args.batch_wait_ms < 0:
-        raise InvalidArgumentError("--max-body-mb must be > 0 and --batch-wait-ms >= 0")
+    if args.lone_threads is not None and args.lone_threads > 1024:  # serve.MAX_THREADS
+        raise InvalidArgumentError(f"--lone-threads must be at most 1024, got {args.lone_threads}")
+    # Finite: float("nan") / "inf" parse, and NaN passes every comparison's negation.
+    if not (math.isfinite(args.max_body_mb) and args.max_body_mb > 0):
+        raise InvalidArgumentError(f"--max-body-mb must be a number > 0, got {args.max_body_mb}")
+    if not (math.isfinite(args.batch_wait_ms) and args.batch_wait_ms >= 0):
+        raise InvalidArgumentError(
+            f"--batch-wait-ms must be a number >= 0, got {args.batch_wait_ms}"
+        )
     from latix.serve import run  # imports the serve extra (MissingDependencyError names it)
 
     print(f"latix serve: {args.index} on http://{args.host}:{args.port}", file=sys.stderr)

@@ -86,7 +86,7 @@ from latix.errors import (
     UnsupportedVersionError,
 )
 from latix.filters import FieldType
-from latix.index import Compression, Index, _codec_bytes_of
+from latix.index import Compression, Index, _codec_bytes_of, _int_arg
 
 if TYPE_CHECKING:
     from latix.corpus import Document
@@ -1632,15 +1632,25 @@ class Collection:
             n_threads: search threads.
             fusion: hybrid only: ``"convex"`` or ``"rrf"`` (default from HYBRID_DEFAULTS).
             alpha: hybrid convex fusion: weight of the late score in [0, 1].
-            nprobe: compressed index: lists probed per query token (see latix.Index.search).
-            refine: compressed index: candidates re-scored with all their codes.
-            rerank: compressed index with kept vectors: exact re-rank.
+            nprobe: (an int >= 1) compressed index: lists probed per query token, at most its
+                codec's centroids (see latix.Index.search).
+            refine: (an int >= 0) compressed index: candidates re-scored with all their codes.
+            rerank: (a bool) compressed index: re-rank exactly from kept vectors, or from a
+                fidelity tier's data (True without either is an error).
+
+                The three are depths of the approximate search of a trained compressed index.
+                They are checked whatever the collection (an invalid value is always an
+                error) and have no effect where search is exact and exhaustive, which is
+                already what they approximate: a plain collection (``compression=None``), a
+                compressed one before its codec is trained (``"auto"`` below 65,536 tokens;
+                ``nprobe``'s upper bound is checked once it is trained), and keyword mode.
 
         Returns:
             For one query, its hits best first; for a list of queries, a list of such lists.
 
         Raises:
-            InvalidArgumentError: bad arguments (e.g. keyword mode without a query text).
+            InvalidArgumentError: bad arguments (e.g. keyword mode without a query text, a
+                ``nprobe``, ``refine`` or ``rerank`` of the wrong type or range).
             FilterError: a malformed filter, unknown field or mistyped value.
         """
         single, qs, qv = _as_query_lists(query, query_vectors)
@@ -1695,9 +1705,9 @@ class Collection:
             n_threads: search threads.
             fusion: hybrid fusion, ``"convex"`` or ``"rrf"``.
             alpha: hybrid convex weight of the late score.
-            nprobe: compressed index option.
-            refine: compressed index option.
-            rerank: compressed index option.
+            nprobe: compressed index option (checked always; see :meth:`search`).
+            refine: compressed index option (checked always).
+            rerank: compressed index option (checked always).
 
         Returns:
             A :class:`BatchResults`.
@@ -1707,7 +1717,7 @@ class Collection:
         """
         self._check_open()
         k, queries = _check_batch_args(mode, k, queries, query_vectors, include)
-        opts = {"nprobe": nprobe, "refine": refine, "rerank": rerank}
+        opts = _search_options(nprobe, refine, rerank)
         schema = None if where is None else self._store.fields()
         node = None if where is None or schema is None else flt.parse(where, schema)
         wkey = None if where is None else flt.cache_key(where)
@@ -1849,9 +1859,9 @@ class Collection:
         schema: dict[str, FieldType] | None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.object_]]:
         ix = self._index
-        kw = {k_: v for k_, v in opts.items() if v is not None}
-        if ix.compression is None:
-            kw = {}  # options of a compressed index only (a plain one is always exact)
+        # Checked by _search_options; on a plain index exact search is what they approximate
+        # (the index itself refuses them), so they have nothing left to do.
+        kw = opts if ix.compression is not None else {}
         if node is None:
             return ix.search(qv, k=k, n_threads=n_threads, **kw)
         # The masks of a filter at one generation are those of its segments: kept per
@@ -2096,13 +2106,18 @@ class Collection:
         Returns:
             A JSON-ready dict: ``n_records``, ``n_passages``, ``n_tokens`` (token vectors
             indexed, before pooling), ``bytes_on_disk`` (index + database),
-            ``bytes_per_token``, ``index_bytes_per_token``, ``index`` (the index's own stats),
+            ``bytes_per_token``, ``index_bytes_per_token``, ``index`` (the index's own stats;
+            its ``merge_failures`` and ``merge_error`` are those of this collection's writer),
             ``model``, ``model_name``, ``dim``, ``compression``, ``passages``, ``fields``.
         """
         self._check_open()
         gen = self._generation()
         n, p, t = self._store.totals(gen)
         ist = self._index.stats()
+        w = self._writer
+        if w is not None and not w.closed:  # merges run, and fail, on the writer's handle
+            wst = w.stats()
+            ist["merge_failures"], ist["merge_error"] = wst["merge_failures"], wst["merge_error"]
         db = sum(f.stat().st_size for f in self._path.glob(DB_FILE + "*") if f.is_file())
         ib = int(ist["bytes_on_disk"])  # type: ignore[call-overload]
         return {
@@ -2290,6 +2305,31 @@ def _check_batch_args(
         if name not in ("text", "metadata"):
             raise InvalidArgumentError(f'include may name "text" and "metadata", not {name!r}')
     return int(k), texts
+
+
+def _search_options(nprobe: object, refine: object, rerank: object) -> dict[str, Any]:
+    """The compressed-search options given (None ones left out), checked whatever the index kind
+    and the mode: an invalid value is an error even where the options have no effect (a plain
+    collection, a compressed one before training, keyword mode), so that a typo never waits
+    for the index to grow to surface. Their upper bounds (``nprobe`` at most the codec's
+    centroids) and ``rerank=True`` without kept vectors or a tier are the index's checks.
+
+    Raises:
+        InvalidArgumentError: ``nprobe`` not an int >= 1, ``refine`` not an int >= 0, ``rerank``
+            not a bool.
+    """
+    opts: dict[str, Any] = {}
+    if nprobe is not None:
+        opts["nprobe"] = _int_arg("nprobe", nprobe, 1)
+    if refine is not None:
+        opts["refine"] = _int_arg("refine", refine, 0)
+    if rerank is not None:
+        if not isinstance(rerank, bool | np.bool_):
+            raise InvalidArgumentError(
+                f"rerank must be a bool or None, got {type(rerank).__name__}"
+            )
+        opts["rerank"] = bool(rerank)
+    return opts
 
 
 def _hybrid_params(fusion: str | None, alpha: float | None) -> dict[str, Any]:

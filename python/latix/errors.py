@@ -1,4 +1,4 @@
-"""The exceptions latix raises.
+"""The exceptions (and the one warning) latix raises.
 
 Every error is a :class:`LatixError`; each subclass also derives from the built-in exception a
 Python programmer would catch for that kind of failure (``ValueError`` for bad arguments,
@@ -18,6 +18,7 @@ __all__ = [
     "UnsupportedVersionError",
     "LatixIOError",
     "LatixMemoryError",
+    "MergeWarning",
 ]
 
 
@@ -73,4 +74,12 @@ class LatixMemoryError(LatixError, MemoryError):
 
     Raised instead of aborting the process, e.g. for a huge non-contiguous (broadcast) array that
     would have to be copied; nothing was changed.
+    """
+
+
+class MergeWarning(UserWarning):
+    """A merge of the merge policy failed after a commit that was published (a full disk, a
+    damaged older segment, memory): the commit happened and must not be retried. The index keeps
+    the state the commit published, ``Index.stats()`` reports the failure (``merge_failures``,
+    ``merge_error``), and the next commit or ``compact()`` tries the merge again.
     """

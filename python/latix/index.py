@@ -22,6 +22,7 @@ processes and fork".
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from latix import _core
-from latix.errors import InvalidArgumentError
+from latix.errors import InvalidArgumentError, MergeWarning
 
 __all__ = ["Compression", "Index", "train_codec"]
 
@@ -161,6 +162,21 @@ class Compression:
             )
 
 
+def _read_regular(p: Path) -> bytes:
+    """The bytes of the regular file ``p``; OSError for anything else. Opened without blocking:
+    reading a FIFO (or a device) named where a file is expected would wait forever."""
+    import stat
+
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{p} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def _codec_bytes_of(codec: object) -> bytes:
     """The codec file bytes of what :meth:`Index.create` takes as ``codec`` (bytes, a codec file
     path, an Index, a ``_core.compressed.Codec``); the core validates them at create."""
@@ -179,7 +195,7 @@ def _codec_bytes_of(codec: object) -> bytes:
     if isinstance(codec, str | os.PathLike):
         p = Path(_path_arg(codec))
         try:
-            return p.read_bytes()
+            return _read_regular(p)
         except FileNotFoundError:
             from latix.errors import NotFoundError
 
@@ -229,7 +245,12 @@ def train_codec(
         raise InvalidArgumentError(
             f"compression must be a latix.Compression, got {type(compression).__name__}"
         )
-    mats = [np.asarray(d) for d in documents]
+    try:
+        mats = [np.asarray(d) for d in documents]
+    except TypeError:
+        raise InvalidArgumentError(
+            f"documents must be a sequence of (n_i, dim) arrays, got {type(documents).__name__}"
+        ) from None
     if not mats:
         raise InvalidArgumentError("train_codec needs at least one document")
     dims = {m.shape[1] if m.ndim == 2 else -1 for m in mats}
@@ -242,7 +263,8 @@ def train_codec(
     np.cumsum([m.shape[0] for m in mats], out=offsets[1:])
     x = np.concatenate([m.astype(np.float32, copy=False) for m in mats], axis=0)
     hint = None if n_tokens_hint is None else _int_arg("n_tokens_hint", n_tokens_hint, 1)
-    codec = _core.compressed.train_codec(compression, x, offsets, hint, n_threads)
+    threads = None if n_threads is None else _int_arg("n_threads", n_threads, 1)
+    codec = _core.compressed.train_codec(compression, x, offsets, hint, threads)
     return codec.to_bytes()
 
 
@@ -452,9 +474,21 @@ class Index:
         """Makes staged adds and deletes durable and visible to all readers, atomically, then
         runs the merge policy (:meth:`set_merge_policy`), whose merges are commits of their own.
 
-        Uncommitted changes are lost if the process dies or the handle closes.
+        Uncommitted changes are lost if the process dies or the handle closes. An exception
+        means nothing was committed (the changes stay staged: commit again). A merge that fails
+        after the commit was published is not the commit's failure: it is reported by a
+        :class:`~latix.errors.MergeWarning` and in :meth:`stats` (``merge_failures``,
+        ``merge_error``), the index keeps the committed state, and the next commit or
+        :meth:`compact` tries the merge again.
         """
-        self._inner.commit()
+        merge_error = self._inner.commit()
+        if merge_error is not None:
+            warnings.warn(
+                f"the commit was published, but a merge of the merge policy after it failed "
+                f"(it is retried by the next commit or compact()): {merge_error}",
+                MergeWarning,
+                stacklevel=2,
+            )
 
     def compact(self, retrain: bool = False, memory: int | None = None) -> None:
         """Commits staged changes, then rewrites live documents into one segment.
@@ -466,7 +500,11 @@ class Index:
         after, and the merge's memory is bounded by ``memory``, not by the corpus). With a
         fidelity tier, with ``retrain=True`` or with lists an older latix wrote, the merged
         segment is re-encoded instead; segments without kept vectors then contribute their
-        decoded approximations, so re-encoding them may change a few codes.
+        decoded approximations, so re-encoding them may change a few codes. With a fidelity
+        tier this costs recall: re-quantising the tier's reconstructions (codes and tier data)
+        took recall@10 against exact MaxSim from 0.807 to 0.738 (``"balanced"``, then 0.725
+        after a second compaction) and from 0.903 to 0.878 (``"high"``) on clustered 32-d
+        test data (800 documents in 8 segments); the codes tier kept 0.807.
 
         Args:
             retrain: (a bool) compressed index only: retrain the codec on the live tokens first
@@ -724,8 +762,10 @@ class Index:
             A dict with ``kind`` (``"plain"`` or ``"compressed"``), ``n_docs``, ``n_tokens``,
             ``n_segments``, ``bytes_on_disk`` (every file of the committed state: segments, codes,
             codec, configuration, manifest), ``bytes_per_token`` (``bytes_on_disk / n_tokens``),
-            ``trained``, ``n_centroids`` and ``code_bytes_per_token`` (None until trained) and
-            ``keep_vectors``.
+            ``trained``, ``n_centroids`` and ``code_bytes_per_token`` (None until trained),
+            ``keep_vectors``, and this handle's ``merge_failures`` (runs of the merge policy that
+            failed after their commit was published, see :meth:`commit`) and ``merge_error``
+            (the last failure's message, None once a later run or a compaction succeeded).
         """
         s = self._inner.stats()
         n, size = s["n_tokens"], s["bytes_on_disk"]

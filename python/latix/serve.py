@@ -173,8 +173,11 @@ class QueryBatcher:
         max_batch: int = 16,
         max_inflight: int = 2,
     ) -> None:
-        if max_batch < 1 or max_inflight < 1 or not max_wait >= 0:
-            raise InvalidArgumentError("max_batch and max_inflight must be >= 1, max_wait >= 0")
+        # Finite: an infinite wait would hold a lone text forever while a slot is free.
+        if max_batch < 1 or max_inflight < 1 or not 0 <= max_wait < float("inf"):
+            raise InvalidArgumentError(
+                "max_batch and max_inflight must be >= 1, max_wait finite and >= 0"
+            )
         self._encode = encode
         self._executor = executor
         self.max_wait = float(max_wait)
@@ -493,6 +496,10 @@ def _hit_dicts(hits: list[Hit]) -> list[dict[str, Any]]:
     return [h.to_dict() for h in hits]
 
 
+#: The most threads one search may run on (the core's bound on ``n_threads``).
+MAX_THREADS = 1024
+
+
 def create_app(
     collection: Collection,
     *,
@@ -536,8 +543,11 @@ def create_app(
     if max_body_bytes < 1:
         raise InvalidArgumentError(f"max_body_bytes must be >= 1, got {max_body_bytes!r}")
     n_lone = int(lone_threads if lone_threads is not None else default_lone_threads())
-    if n_lone < 1:
-        raise InvalidArgumentError(f"lone_threads must be >= 1, got {lone_threads!r}")
+    if not 1 <= n_lone <= MAX_THREADS:
+        # Checked here, not by the first lone search (which the core would refuse).
+        raise InvalidArgumentError(
+            f"lone_threads must be in 1..{MAX_THREADS}, got {lone_threads!r}"
+        )
     col = collection
     # "active": search requests in flight (read and written on the event loop; read by the
     # worker threads, where a stale value only picks a thread count). "lone_encode": the

@@ -376,3 +376,106 @@ def test_fork_from_inside_a_read_does_not_wait_for_itself(tmp_path: Path) -> Non
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "0", r.stdout + r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------ search options
+
+_BAD_OPTIONS: list[dict[str, Any]] = [
+    {"nprobe": 0},
+    {"nprobe": -3},
+    {"nprobe": 2.5},
+    {"nprobe": "4"},
+    {"nprobe": True},
+    {"refine": -1},
+    {"refine": 1.5},
+    {"refine": "16"},
+    {"rerank": "yes"},
+    {"rerank": 1},
+]
+
+
+@pytest.mark.parametrize("kind", ["plain", "auto-untrained", "trained"])
+def test_invalid_search_options_raise_whatever_the_kind(tmp_path: Path, kind: str) -> None:
+    # Before: a plain collection (and keyword mode of any) dropped nprobe / refine / rerank
+    # unchecked, so nprobe=0 or refine="16" "worked" until the collection was compressed.
+    comp: Any = {
+        "plain": None,
+        "auto-untrained": "auto",
+        "trained": latix.Compression(train_min_tokens=256, n_centroids=16, pool_factor=1),
+    }[kind]
+    rng = np.random.default_rng(5)
+    col = new(tmp_path, compression=comp)
+    col.add(
+        [(f"d{i}", "alpha beta", {"n": i}) for i in range(120)],
+        vectors=[[rng.standard_normal((4, DIM)).astype(np.float32)] for _ in range(120)],
+    )
+    assert col.index.stats()["trained"] == (kind == "trained")
+    q = rng.standard_normal((3, DIM)).astype(np.float32)
+    for bad in _BAD_OPTIONS:
+        for mode_call in range(4):
+            with pytest.raises(latix.InvalidArgumentError, match=next(iter(bad))):
+                _search_all_modes_one(col, q, mode_call, **bad)
+    # Valid values: no effect where search is exact (plain, untrained), the same hits as
+    # without them; nprobe's upper bound is the trained codec's centroid count.
+    plain_hits = [h.id for h in col.search(query_vectors=q, k=5)]
+    opts = {"nprobe": 16, "refine": 500}
+    if kind == "plain":
+        opts["rerank"] = True
+    got = [h.id for h in col.search(query_vectors=q, k=5, **opts)]
+    if kind != "trained":
+        assert got == plain_hits
+        assert [h.id for h in col.search(query_vectors=q, k=5, nprobe=10**6)] == plain_hits
+    else:
+        with pytest.raises(latix.InvalidArgumentError, match="nprobe"):
+            col.search(query_vectors=q, k=5, nprobe=17)
+    if kind != "plain":  # no kept vectors, no tier: an exact re-rank is impossible, trained or not
+        with pytest.raises(latix.InvalidArgumentError, match="rerank"):
+            col.search(query_vectors=q, k=5, rerank=True)
+    col.close()
+
+
+def _search_all_modes_one(col: Collection, q: np.ndarray, which: int, **opts: Any) -> Any:
+    if which == 0:
+        return col.search(query_vectors=q, k=5, **opts)
+    if which == 1:
+        return col.search("alpha", k=5, mode="keyword", **opts)
+    if which == 2:
+        return col.search("alpha", k=5, mode="hybrid", query_vectors=q, **opts)
+    return col.search_batch(query_vectors=[q], k=5, **opts)
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--max-body-mb", "nan"], "--max-body-mb"),  # before: ValueError traceback
+        (["--max-body-mb", "inf"], "--max-body-mb"),  # before: OverflowError traceback
+        (["--max-body-mb", "0"], "--max-body-mb"),
+        (["--batch-wait-ms", "inf"], "--batch-wait-ms"),  # before: served, lone texts waited
+        (["--batch-wait-ms", "nan"], "--batch-wait-ms"),  # before: served
+        (["--lone-threads", "5000"], "--lone-threads"),  # before: every lone search failed
+    ],
+)
+def test_cli_serve_refuses_bad_numbers_before_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], named: str
+) -> None:
+    new(tmp_path).close()
+    assert cli.main(["serve", str(tmp_path / "c"), "--port", "0", *flags]) == 1
+    err = capsys.readouterr().err
+    assert f"latix serve: error: {named}" in err, err
+
+
+def test_serve_app_and_batcher_refuse_what_would_fail_later(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from latix.serve import MAX_THREADS, QueryBatcher, create_app
+
+    col = new(tmp_path)
+    with pytest.raises(latix.InvalidArgumentError, match="lone_threads"):
+        create_app(col, lone_threads=MAX_THREADS + 1)
+    create_app(col, lone_threads=MAX_THREADS)  # the bound itself is a valid thread count
+    with ThreadPoolExecutor(1) as ex:
+        for wait in (float("inf"), float("nan"), -1.0):
+            with pytest.raises(latix.InvalidArgumentError, match="max_wait"):
+                QueryBatcher(lambda t: [], ex, max_wait=wait)
+    col.close()

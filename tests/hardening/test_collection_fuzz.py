@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from harness import collection_fuzz
 
 EXAMPLES = int(os.environ.get("LATIX_COLLECTION_FUZZ_EXAMPLES", "20"))
 SEED = int(os.environ.get("LATIX_COLLECTION_FUZZ_SEED", "0"))
 
 
-def test_collection_state_machine() -> None:
+@pytest.mark.parametrize("kind", sorted(collection_fuzz.MACHINES))
+def test_collection_state_machine(kind: str) -> None:
     # Seeded: the same call sequences on every run (LATIX_COLLECTION_FUZZ_SEED picks others).
-    collection_fuzz.run(EXAMPLES, seed=SEED)
+    collection_fuzz.run(EXAMPLES, seed=SEED, kind=kind)

@@ -191,3 +191,142 @@ def test_read_only_filesystem(tmp_path: Path) -> None:
             latix.Index.open(path, "w")
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _run_child(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True
+    )
+
+
+def test_merge_failure_after_a_published_commit_is_not_the_commits_error(tmp_path: Path) -> None:
+    # RLIMIT_FSIZE (soft, SIGXFSZ ignored) lets each commit's segment (~42 KB) be written but not
+    # the merge of three (~126 KB) the policy runs right after the third commit: that commit is
+    # published, so it must return normally (a retried commit would write it twice), the failure
+    # shows as a MergeWarning and in stats(), the index is consistent, and once room is back
+    # the next commit (even an empty one) merges.
+    path = tmp_path / "ix"
+    docs = {k: v for s in (11, 12, 13) for k, v in _docs(s, 8).items()}
+    np.save(tmp_path / "docs.npy", np.stack(list(docs.values())))
+    r = _run_child(
+        f"""
+        import resource, signal, warnings
+        import numpy as np
+        import latix
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        vecs = np.load({str(tmp_path / "docs.npy")!r})
+        ids = {list(docs)!r}
+        ix = latix.Index.create({str(path)!r}, dim={DIM}, dtype="float32")
+        ix.set_merge_policy(3, floor_tokens=1_000_000)
+        for c in range(2):
+            ix.add(ids[8 * c : 8 * c + 8], list(vecs[8 * c : 8 * c + 8]))
+            ix.commit()
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+        ix.add(ids[16:], list(vecs[16:]))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ix.commit()  # published; the merge after it fails
+            ix.commit()  # nothing staged: the policy runs, and fails, again
+        assert [w.category for w in caught] == [latix.MergeWarning] * 2, caught
+        assert "too large" in str(caught[0].message).lower(), caught[0].message
+        st = ix.stats()
+        assert st["merge_failures"] == 2 and "too large" in st["merge_error"].lower(), st
+        assert len(ix.segments()) == 3 and sorted(ix.ids()) == sorted(ids)
+        ix.verify()
+        with latix.Index.open({str(path)!r}) as other:
+            assert sorted(other.ids()) == sorted(ids)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ix.commit()  # room again: the retried merge succeeds
+        st = ix.stats()
+        assert len(ix.segments()) == 1, ix.segments()
+        assert st["merge_failures"] == 2 and st["merge_error"] is None, st
+        ix.close()
+        print("OK")
+        """
+    )
+    assert r.returncode == 0 and "OK" in r.stdout, (r.returncode, r.stdout, r.stderr)
+    _assert_state(path, docs)
+    assert not [f for f in os.listdir(path) if f.startswith("tmp-")]
+
+
+def test_merge_failure_is_resolved_by_compact(tmp_path: Path) -> None:
+    # The same failure; compact() (with room again) merges everything and clears the error.
+    path = tmp_path / "ix"
+    docs = {k: v for s in (14, 15, 16) for k, v in _docs(s, 8).items()}
+    np.save(tmp_path / "docs.npy", np.stack(list(docs.values())))
+    r = _run_child(
+        f"""
+        import resource, signal, warnings
+        import numpy as np
+        import latix
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        vecs = np.load({str(tmp_path / "docs.npy")!r})
+        ids = {list(docs)!r}
+        ix = latix.Index.create({str(path)!r}, dim={DIM}, dtype="float32")
+        ix.set_merge_policy(3, floor_tokens=1_000_000)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+        ix.add(ids[:8], list(vecs[:8])); ix.commit()
+        ix.add(ids[8:16], list(vecs[8:16])); ix.commit()
+        ix.add(ids[16:], list(vecs[16:]))
+        ix.delete(ids[:1])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ix.commit()
+        assert [w.category for w in caught] == [latix.MergeWarning], caught
+        assert ix.stats()["merge_failures"] == 1 and ids[0] not in ix
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        ix.compact()
+        st = ix.stats()
+        assert st["n_segments"] == 1 and st["merge_error"] is None, st
+        ix.close()
+        print("OK")
+        """
+    )
+    assert r.returncode == 0 and "OK" in r.stdout, (r.returncode, r.stdout, r.stderr)
+    del docs[next(iter(docs))]
+    _assert_state(path, docs)
+
+
+def test_collection_write_whose_merge_fails_is_not_reported_failed(tmp_path: Path) -> None:
+    # The collection sees the index publish its rows and finishes them: the write must return
+    # (before, it raised LatixIOError for a write that landed, inviting a duplicate retry).
+    path = tmp_path / "col"
+    r = _run_child(
+        f"""
+        import resource, signal, warnings
+        import numpy as np
+        import latix
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        rng = np.random.default_rng(3)
+        col = latix.Collection.create({str(path)!r}, model=None, dim={DIM}, compression=None)
+        vec = lambda: [rng.standard_normal((2000, {DIM})).astype(np.float32)]
+        for i in range(9):  # 9 one-segment commits (~130 KB each); the default policy merges 10
+            col.add([(f"r{{i}}", "text")], vectors=[vec()])
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (700_000, hard))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rep = col.add([("r9", "text")], vectors=[vec()])
+        assert rep.n_added == 1, rep
+        assert [w.category for w in caught] == [latix.MergeWarning], caught
+        assert "r9" in col and len(col) == 10
+        st = col.stats()
+        assert st["index"]["merge_failures"] == 1 and st["index"]["n_segments"] == 10, st
+        col.verify()
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        col.add([("r10", "text")], vectors=[vec()])
+        st = col.stats()
+        assert st["index"]["merge_error"] is None and st["index"]["n_segments"] < 10, st
+        col.verify()
+        col.close()
+        print("OK")
+        """
+    )
+    assert r.returncode == 0 and "OK" in r.stdout, (r.returncode, r.stdout, r.stderr)
+    with latix.Collection.open(path) as col:
+        assert len(col) == 11
+        col.verify()

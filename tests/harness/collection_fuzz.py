@@ -4,8 +4,11 @@ A state machine drives one collection without a model (records come with their o
 vectors, one or two passages each) through arbitrary sequences of ``add``, ``upsert``,
 ``delete`` (by ids and by filter), ``with batch():`` blocks opened and closed across steps
 (committed, rolled back by an exception, or by ``rollback()``), ``commit()`` inside a batch,
-``compact()`` (inside a batch too), ``close()`` inside a batch (refused), close and reopen, and
-a second read handle. Inputs include duplicate ids in one call, ids already present or absent,
+``compact()`` (inside a batch too; search results must not change), merge policies on the
+writer's index handle (with commits that fill its tiers), ``close()`` inside a batch (refused),
+close and reopen, and a second read handle. The same machine runs on a plain collection and on a
+compressed one that trains its codec mid-sequence (:class:`CompressedCollectionMachine`).
+Inputs include duplicate ids in one call, ids already present or absent,
 unicode ids, empty texts, metadata of the wrong type for its field, a field whose type the first
 record using it fixes (so rolled-back batches must forget it), and filters with mistyped values
 or unknown fields.
@@ -41,7 +44,7 @@ from helpers import SCHEMA, rand_filter, rand_record, ref_eval
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from latix.collection import Collection
+from latix.collection import HYBRID_DEFAULTS, Collection
 
 DIM = 4
 WORDS = ["alpha", "beta", "gamma", "delta"]  # porter stems each to itself
@@ -95,6 +98,10 @@ class CollectionMachine(RuleBasedStateMachine):
     """The model: committed and head (writer's view) records, in insertion order, and the
     committed and head types of the undeclared field."""
 
+    #: The collection's compression (None: plain, every late search checked against exact
+    #: MaxSim; see :class:`CompressedCollectionMachine`).
+    COMPRESSION: latix.Compression | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="latix-colfuzz-"))
@@ -109,7 +116,12 @@ class CollectionMachine(RuleBasedStateMachine):
     @initialize()
     def create(self) -> None:
         self.col = Collection.create(
-            self.path, model=None, dim=DIM, dtype="float32", compression=None, schema=SCHEMA
+            self.path,
+            model=None,
+            dim=DIM,
+            dtype="float32",
+            compression=self.COMPRESSION,
+            schema=SCHEMA,
         )
 
     def teardown(self) -> None:
@@ -317,13 +329,43 @@ class CollectionMachine(RuleBasedStateMachine):
         self.c.commit()
         self._publish()
 
-    @rule(retrain=st.booleans())
-    def compact(self, retrain: bool) -> None:
-        if retrain:  # a plain collection has no codec: refused before anything is committed
+    @rule(retrain=st.booleans(), seed=seed_st)
+    def compact(self, retrain: bool, seed: int) -> None:
+        if retrain and self.COMPRESSION is None:  # no codec: refused before anything is committed
             self._expect(latix.InvalidArgumentError, lambda: self.c.compact(retrain=True))
             return
-        self.c.compact()  # commits what a batch staged first
+        # Compaction changes no search result (codes merge in the codes domain, or re-encode
+        # kept vectors with the same codec): the same hits and scores before and after.
+        q = np.random.default_rng(seed).standard_normal((2, DIM)).astype(np.float32)
+        before = None if self.batch is not None or retrain else self._late_hits(q, 6)
+        self.c.compact(retrain=retrain)  # commits what a batch staged first
         self._publish()
+        if before is not None:
+            after = self._late_hits(q, 6)
+            assert [h.id for h in after] == [h.id for h in before], (before, after)
+            np.testing.assert_allclose(
+                [h.score for h in after], [h.score for h in before], atol=1e-5
+            )
+
+    @precondition(lambda self: self.batch is None)
+    @rule(
+        fan=st.sampled_from([None, 2, 3, 10]),
+        floor=st.sampled_from([1, 4, 64, 65536]),
+        commits=st.integers(0, 4),
+    )
+    def merge_policy(self, fan: int | None, floor: int, commits: int) -> None:
+        """A merge policy on the writer's index handle (which a rollback or a reopen replaces
+        by one with the default policy), then a few one-record commits, so that tiers fill
+        and merge while later rules read and write."""
+        self.c.recover()  # takes the write lock: the writer handle exists
+        w = self.c._writer
+        assert w is not None
+        w.set_merge_policy(fan, floor_tokens=floor)
+        assert w.merge_segments_per_tier == fan
+        for i in range(commits):
+            self._write([(f"m{len(self.head)}-{i}", "delta", 1000 + i)], replace=True)
+        if not w.closed:  # (a write whose undo rolled back replaced the writer handle)
+            assert w.stats()["merge_failures"] == 0
 
     @precondition(lambda self: self.batch is not None)
     @rule()
@@ -347,17 +389,38 @@ class CollectionMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------------ reads
 
+    def _trained(self) -> bool:
+        return bool(self.c.index.stats()["trained"])
+
+    def _late_hits(self, q: np.ndarray, k: int, where: Any = None) -> Any:
+        """A late search; on a trained compressed collection with every list probed and every
+        candidate refined (its re-rank from kept vectors then scores each hit exactly)."""
+        opts: dict[str, Any] = {}
+        if self.COMPRESSION is not None and self._trained():
+            opts = {"nprobe": self.c.index.stats()["n_centroids"], "refine": 10**6}
+        return self.c.search(query_vectors=q, k=k, where=where, **opts)
+
     @rule(seed=seed_st, k=st.integers(1, 12), filtered=st.booleans())
     def search_late(self, seed: int, k: int, filtered: bool) -> None:
         rng = np.random.default_rng(seed)
         q = rng.standard_normal((int(rng.integers(1, 4)), DIM)).astype(np.float32)
         where, exc = self._where(seed) if filtered else (None, None)
-        hits = self._expect(exc, lambda: self.c.search(query_vectors=q, k=k, where=where))
+        hits = self._expect(exc, lambda: self._late_hits(q, k, where))
         if exc is not None:
             return
         live = [r for r in self.committed.values() if self._matches(where, r)]
         ref = sorted(((_maxsim(q, r.vecs), r.id) for r in live), key=lambda t: -t[0])[:k]
         assert len(hits) == len(ref), (where, [h.id for h in hits], ref)
+        if self.COMPRESSION is not None and self._trained():
+            # Approximate ranking: every hit allowed, once, best first, scored exactly.
+            assert len({h.id for h in hits}) == len(hits)
+            assert {h.id for h in hits} <= {r.id for r in live}
+            assert [h.score for h in hits] == sorted([h.score for h in hits], reverse=True)
+            for h in hits:
+                rec = self.committed[h.id]
+                assert h.text == rec.text and h.metadata == rec.meta
+                assert abs(h.score - _maxsim(q, rec.vecs[h.passage : h.passage + 1])) < 1e-4
+            return
         np.testing.assert_allclose([h.score for h in hits], [s for s, _ in ref], atol=1e-4)
         for h, (s, rid) in zip(hits, ref, strict=True):
             if h.id != rid:  # a near tie may swap: the score must still be the record's own
@@ -389,12 +452,14 @@ class CollectionMachine(RuleBasedStateMachine):
         where = {"b": True} if rng.random() < 0.5 else None
         hits = self.c.search(word, k=k, mode="hybrid", query_vectors=q, where=where)
         live = {r.id for r in self.committed.values() if self._matches(where, r)}
-        # the late list holds every allowed record (its depth, 100, exceeds the collection)
+        # the late list holds every allowed record unless there are more than its depth (100)
         assert len(hits) == min(k, len(live)) and {h.id for h in hits} <= live
         scores = [h.score for h in hits]
         assert scores == sorted(scores, reverse=True)
         for h in hits:
-            assert h.late_score is not None
+            if h.late_score is None:  # a keyword-only hit: the late list stops at its depth
+                assert len(live) > HYBRID_DEFAULTS["depth"], (h, len(live))
+                continue
             assert abs(h.late_score - _maxsim(q, self.committed[h.id].vecs)) < 1e-4
 
     @rule(seed=seed_st)
@@ -439,16 +504,39 @@ class CollectionMachine(RuleBasedStateMachine):
         assert c.schema.get(EXTRA) == self.extra_head
 
 
-def run(max_examples: int, seed: int | None = 0, steps: int = 30) -> None:
-    """Runs the state machine for ``max_examples`` sequences of up to ``steps`` steps (raises on
-    the first failure). ``seed`` fixes hypothesis's random source (None: a fresh one)."""
+class CompressedCollectionMachine(CollectionMachine):
+    """The same machine on a compressed collection that trains its codec as soon as it holds
+    256 tokens (a ``write_chunks`` step gets there) and keeps its vectors: late searches are
+    checked against exact MaxSim until then, and after for what an approximate search with an
+    exact re-rank guarantees; ``compact(retrain=True)`` is allowed."""
+
+    COMPRESSION = latix.Compression(
+        bytes_per_token=1,
+        n_centroids=4,
+        keep_vectors=True,
+        train_min_tokens=256,
+        train_sample_tokens=512,
+        pool_factor=1,
+    )
+
+
+MACHINES: dict[str, type[CollectionMachine]] = {
+    "plain": CollectionMachine,
+    "compressed": CompressedCollectionMachine,
+}
+
+
+def run(max_examples: int, seed: int | None = 0, steps: int = 30, kind: str = "plain") -> None:
+    """Runs the state machine of collection ``kind`` (a key of :data:`MACHINES`) for
+    ``max_examples`` sequences of up to ``steps`` steps (raises on the first failure). ``seed``
+    fixes hypothesis's random source (None: a fresh one)."""
     from hypothesis import seed as hypothesis_seed
     from hypothesis.stateful import run_state_machine_as_test
 
-    machine: Any = CollectionMachine
+    machine: Any = MACHINES[kind]
     if seed is not None:
         # @seed on a state machine class is what run_state_machine_as_test honours.
-        machine = hypothesis_seed(seed)(type(f"CollectionSeed{seed}", (CollectionMachine,), {}))
+        machine = hypothesis_seed(seed)(type(f"CollectionSeed{seed}", (MACHINES[kind],), {}))
     run_state_machine_as_test(
         machine,
         settings=settings(
@@ -471,10 +559,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     rounds = 0
     while time.monotonic() - t0 < a.seconds:
-        run(20, seed=a.seed + rounds, steps=a.steps)  # a failure names its round's seed
+        for kind in MACHINES:  # a failure names its round's seed and kind
+            run(20, seed=a.seed + rounds, steps=a.steps, kind=kind)
         rounds += 1
     print(
-        f"[collection_fuzz] sequences={rounds * 20} failures=0 "
+        f"[collection_fuzz] sequences={rounds * 20 * len(MACHINES)} failures=0 "
         f"seeds={a.seed}..{a.seed + rounds - 1} seconds={time.monotonic() - t0:.0f}"
     )
     return 0

@@ -62,8 +62,10 @@ class Index:
         """The bytes of the index's codec file (checked), None for a plain index or a compressed
         one that has not trained its codec yet.
         """
-    def commit(self) -> None:
-        """Publishes the staged changes atomically."""
+    def commit(self) -> str | None:
+        """Publishes the staged changes atomically, then runs the merge policy; returns the message
+        of a merge that failed after the commit was published (None: no failure).
+        """
     def compact(
         self, retrain: bool = False, memory: int | None = None, reencode: bool = False
     ) -> None:

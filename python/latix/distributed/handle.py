@@ -28,6 +28,7 @@ from latix.collection import (
     _check_id,
     _fuse,
     _hybrid_params,
+    _search_options,
     remove_collection,
 )
 from latix.distributed.actor import _actor_class, _cause, _Failed, _ray
@@ -628,11 +629,7 @@ class ShardedCollection:
         if where is not None:
             self._check_where(where)  # a malformed filter fails here, once
         hp = _hybrid_params(fusion, alpha)
-        opts = {
-            k_: v
-            for k_, v in {"nprobe": nprobe, "refine": refine, "rerank": rerank}.items()
-            if v is not None
-        }
+        opts = _search_options(nprobe, refine, rerank)  # checked once, before the fan-out
         nt = n_threads if n_threads is not None else self._n_threads
         qv: list[Any] | None = None if query_vectors is None else list(query_vectors)
         if qv is None and mode != "keyword":

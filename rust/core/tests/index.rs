@@ -639,3 +639,81 @@ fn failed_commit_keeps_staged_changes_for_a_retry() {
     assert_eq!(ix.ids().expect("ids").len(), 3);
     ix.verify().expect("verify");
 }
+
+/// A merge of the policy that fails after the commit before it was published (here: an older
+/// segment whose vectors were damaged on disk, which the merge's verified read refuses) is not
+/// that commit's error: the commit returns Ok, the failure is in `merge_health` and `stats`, the
+/// index keeps the published state, and every later commit tries the merge again.
+#[test]
+fn a_failed_merge_does_not_fail_the_published_commit() {
+    let dir = tmp();
+    let dim = 8;
+    let ix = Index::create(dir.path(), dim, Dtype::F32).expect("create");
+    ix.set_merge_policy(Some(latix_core::index::MergePolicy {
+        segments_per_tier: 3,
+        floor_tokens: 1 << 20,
+        ..Default::default()
+    }))
+    .expect("policy");
+    let mut rng = Rng(7);
+    let mut all = Vec::new();
+    for c in 0..2 {
+        let d = docs(&mut rng, 4, dim, 6);
+        let ids: Vec<String> = (0..4).map(|i| format!("c{c}-{i}")).collect();
+        add_all(&ix, &ids, &d);
+        ix.commit().expect("commit");
+        all.extend(ids);
+    }
+    // Damage one vector value of the first segment: NaN bits in its vector data block.
+    let first = ix.segments().expect("segments")[0].file.clone();
+    let path = dir.path().join(&first);
+    let mut bytes = std::fs::read(&path).expect("read");
+    // (Read through another handle: the writer's must not have verified that block already.)
+    let v0 = Index::open(dir.path(), OpenMode::Read)
+        .and_then(|r| r.get("c0-0"))
+        .expect("get");
+    let OwnedVectors::F32(v0) = v0 else {
+        panic!("f32 index")
+    };
+    let needle: Vec<u8> = v0[..2].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .expect("vector bytes in the segment");
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&path, &bytes).expect("write");
+    let d = docs(&mut rng, 4, dim, 6);
+    let ids: Vec<String> = (0..4).map(|i| format!("c2-{i}")).collect();
+    add_all(&ix, &ids, &d);
+    all.extend(ids);
+    let merge_error = ix.commit_report().expect("the commit itself succeeded");
+    assert!(
+        matches!(merge_error, Some(LatixError::Corrupted { .. })),
+        "{merge_error:?}"
+    );
+    ix.commit()
+        .expect("an empty commit: the policy fails again, the commit does not");
+    let health = ix.merge_health();
+    assert_eq!(health.failures, 2);
+    assert!(
+        health.last_error.as_deref().unwrap_or("").contains(&first),
+        "{health:?}"
+    );
+    assert_eq!(ix.stats().expect("stats").merge_health, health);
+    let mut ids = ix.ids().expect("ids");
+    ids.sort();
+    all.sort();
+    assert_eq!(ids, all, "the third commit is published");
+    assert_eq!(ix.segments().expect("segments").len(), 3, "no merge landed");
+    let reader = Index::open(dir.path(), OpenMode::Read).expect("open");
+    assert_eq!(reader.len().expect("len"), 12);
+    // Without the damaged segment (all its documents deleted, so the commit drops it) the
+    // policy has nothing to merge and runs clean: the failure is resolved.
+    ix.delete(&["c0-0", "c0-1", "c0-2", "c0-3"])
+        .expect("delete");
+    assert!(ix.commit_report().expect("commit").is_none());
+    assert_eq!(ix.segments().expect("segments").len(), 2);
+    assert_eq!(ix.merge_health().last_error, None);
+    assert_eq!(ix.merge_health().failures, 2);
+    ix.verify().expect("verify");
+}

@@ -227,6 +227,8 @@ impl PyIndex {
         d.set_item("n_centroids", s.n_centroids)?;
         d.set_item("code_bytes_per_token", s.code_bytes_per_token)?;
         d.set_item("keep_vectors", s.keep_vectors)?;
+        d.set_item("merge_failures", s.merge_health.failures)?;
+        d.set_item("merge_error", s.merge_health.last_error)?;
         Ok(d)
     }
 
@@ -354,11 +356,13 @@ impl PyIndex {
         self.inner.merge_policy().map(|p| p.segments_per_tier)
     }
 
-    /// () -> None
+    /// () -> str | None
     ///
-    /// Publishes the staged changes atomically.
-    fn commit(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.inner.commit()).py_err(py)
+    /// Publishes the staged changes atomically, then runs the merge policy; returns the message
+    /// of a merge that failed after the commit was published (None: no failure).
+    fn commit(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let merge_error = py.detach(|| self.inner.commit_report()).py_err(py)?;
+        Ok(merge_error.map(|e| e.to_string()))
     }
 
     /// (retrain: bool = False, memory: int | None = None, reencode: bool = False) -> None

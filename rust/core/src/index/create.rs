@@ -147,6 +147,7 @@ impl Index {
             writer: Mutex::new(Some(Writer::new(lock_file))),
             writer_pid: AtomicU32::new(std::process::id()),
             merge_policy: Mutex::new(Some(MergePolicy::default())),
+            merge_health: Mutex::new(MergeHealth::default()),
         })
     }
 
@@ -175,6 +176,7 @@ impl Index {
             writer: Mutex::new(None),
             writer_pid: AtomicU32::new(0),
             merge_policy: Mutex::new(Some(MergePolicy::default())),
+            merge_health: Mutex::new(MergeHealth::default()),
         };
         if mode == OpenMode::Write {
             let mut w = lock(&index.writer);

@@ -100,6 +100,19 @@ impl MergePolicy {
     }
 }
 
+/// The record of a handle's merges that failed after their commit was published (a full disk, a
+/// damaged input segment, memory): such a failure is not the commit's error (the commit is
+/// durable and visible; retrying it would write it twice), so it is kept here, in
+/// [`super::IndexStats`], and returned by [`Index::commit_report`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MergeHealth {
+    /// Failed runs of the merge policy since the handle was opened.
+    pub failures: u64,
+    /// The error of the last failed run, until a later run of the policy (after any commit) or
+    /// a compaction succeeds.
+    pub last_error: Option<String>,
+}
+
 /// Live tokens of each segment of `snap` (tokens of deleted documents estimated pro rata).
 fn live_tokens(snap: &Snapshot) -> Vec<u64> {
     snap.segments()
@@ -127,9 +140,39 @@ impl Index {
         *lock(&self.merge_policy)
     }
 
+    /// The record of this handle's merges that failed after a published commit.
+    pub fn merge_health(&self) -> MergeHealth {
+        lock(&self.merge_health).clone()
+    }
+
+    /// Runs the merge policy after a published commit (the caller holds the writer mutex and
+    /// the write lock) and records the outcome in [`MergeHealth`]: a failure is returned, never
+    /// raised, as the commit before it happened. Whatever failed, the index is in a committed
+    /// state (a merge is a commit of its own) and the next run plans again from it.
+    pub(super) fn run_merge_policy(&self) -> Option<LatixError> {
+        let res = self.merge_by_policy();
+        let mut h = lock(&self.merge_health);
+        match res {
+            Ok(()) => {
+                h.last_error = None;
+                None
+            }
+            Err(e) => {
+                h.failures += 1;
+                h.last_error = Some(e.to_string());
+                Some(e)
+            }
+        }
+    }
+
+    /// A compaction merged every segment: a merge failure recorded before is resolved.
+    pub(super) fn merges_resolved(&self) {
+        lock(&self.merge_health).last_error = None;
+    }
+
     /// Runs the merge policy on the latest snapshot (the caller holds the writer mutex and the
     /// write lock, after a commit): merges full tiers until none is left.
-    pub(super) fn merge_by_policy(&self) -> Result<()> {
+    fn merge_by_policy(&self) -> Result<()> {
         let Some(policy) = self.merge_policy() else {
             return Ok(());
         };

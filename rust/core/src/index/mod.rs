@@ -47,7 +47,7 @@ use kind::{Kind, View};
 use writer::{take_lock, Writer};
 
 mod merge;
-pub use merge::MergePolicy;
+pub use merge::{MergeHealth, MergePolicy};
 
 pub use crate::store::commit::{CommitContext, CommitHook};
 pub use crate::types::{
@@ -81,6 +81,9 @@ pub struct Index {
     writer_pid: AtomicU32,
     /// The merge policy run after every commit (`None`: off); see [`merge::MergePolicy`].
     merge_policy: Mutex<Option<MergePolicy>>,
+    /// Merges of the policy that failed after their commit was published (see
+    /// [`Index::merge_health`]).
+    merge_health: Mutex<MergeHealth>,
 }
 
 impl std::fmt::Debug for Index {
@@ -179,8 +182,19 @@ impl Index {
         }
     }
 
-    /// Makes staged changes durable and visible, atomically. A no-op without staged changes.
+    /// Makes staged changes durable and visible, atomically (a no-op without staged changes),
+    /// then runs the merge policy. An error means nothing was published (or, rarely, that the
+    /// publication's last step failed after `CURRENT` switched); a failed merge of the policy
+    /// after a published commit is not the commit's error: it is recorded in
+    /// [`Index::merge_health`], the index keeps the state the commit published, and the next
+    /// commit (or `compact`) tries again. [`Index::commit_report`] also returns it.
     pub fn commit(&self) -> Result<()> {
+        self.commit_inner(None).map(drop)
+    }
+
+    /// [`Index::commit`], returning the error of a merge of the policy that failed after the
+    /// commit was published (`Ok(Some(e))`: the commit happened; the merge is retried later).
+    pub fn commit_report(&self) -> Result<Option<LatixError>> {
         self.commit_inner(None)
     }
 
@@ -188,7 +202,7 @@ impl Index {
     /// when a hook is given, even without staged changes). On a compressed index the compression
     /// hook runs first.
     pub fn commit_with(&self, hook: Option<CommitHook<'_>>) -> Result<()> {
-        self.commit_inner(hook)
+        self.commit_inner(hook).map(drop)
     }
 
     /// Commits staged changes, then rewrites all live documents into one new segment (dropping
@@ -329,6 +343,7 @@ impl Index {
             n_centroids,
             code_bytes_per_token: code_bytes,
             keep_vectors: compression.is_none_or(|c| c.keep_vectors),
+            merge_health: self.merge_health(),
         })
     }
 
@@ -477,6 +492,8 @@ pub struct IndexStats {
     pub code_bytes_per_token: Option<usize>,
     /// Segments keep their full vectors (always true for a plain index).
     pub keep_vectors: bool,
+    /// Merges of this handle's merge policy that failed after their commit was published.
+    pub merge_health: MergeHealth,
 }
 
 impl Drop for Index {

@@ -311,15 +311,17 @@ impl Index {
         Ok(())
     }
 
-    pub(super) fn commit_inner(&self, hook: Option<CommitHook<'_>>) -> Result<()> {
+    /// A commit, then the merge policy; returns the merge's error, if one failed (the commit was
+    /// published: its error is only what `commit_locked` returns).
+    pub(super) fn commit_inner(&self, hook: Option<CommitHook<'_>>) -> Result<Option<LatixError>> {
         let mut g = self.lock_writer()?;
         self.commit_locked(&mut g, hook)?;
         // Under the same hold of the writer mutex: nothing is staged against segments a merge
         // replaces. The commit above is published whatever the merges do.
         if g.is_some() {
-            self.merge_by_policy()?;
+            return Ok(self.run_merge_policy());
         }
-        Ok(())
+        Ok(None)
     }
 
     /// [`Index::commit_with`] by the holder of the writer mutex `g`.
@@ -463,7 +465,23 @@ impl Index {
         Ok(())
     }
 
+    /// Compaction (see [`Index::compact_with`]); a success resolves a merge failure recorded by
+    /// the merge policy.
     pub(super) fn compact_inner(
+        &self,
+        hook: Option<CommitHook<'_>>,
+        retrain: bool,
+        memory: u64,
+        codes_domain: bool,
+    ) -> Result<()> {
+        let res = self.compact_all(hook, retrain, memory, codes_domain);
+        if res.is_ok() {
+            self.merges_resolved();
+        }
+        res
+    }
+
+    fn compact_all(
         &self,
         hook: Option<CommitHook<'_>>,
         retrain: bool,

@@ -121,6 +121,15 @@ impl Codec {
         {
             return Err(bad("non-finite parameter"));
         }
+        // Training sees values within MAX_ABS_VALUE, so its means and residual codewords are
+        // within twice that; beyond, a crafted file's finite values overflow the squared
+        // distances and scores of encoding and search (every score -inf: an empty result).
+        let limit = 2.0 * crate::maxsim::MAX_ABS_VALUE;
+        if let Some(v) = top.iter().chain(&codebooks).find(|v| v.abs() > limit) {
+            return Err(bad(&format!(
+                "parameter {v:e} beyond the range training produces (|x| <= {limit:e})"
+            )));
+        }
         Ok(Codec::from_parts(
             dim, m, eta, group_off, top, centroids, codebooks,
         ))
