@@ -25,6 +25,15 @@ column stays meaningful on a loaded machine where wall times are mostly waiting.
 Figures are medians over ``--rounds`` passes of the queries; ``--precision`` picks the query
 encoder (``auto`` = int8 on AVX2, what ``latix serve`` runs).
 
+``--spans`` replaces the step table by an attribution of the *real* code path: the functions
+of :data:`SPAN_POINTS` (and the binding's ``Index.search``) are wrapped with a clock, and each
+span's self time (its time minus that of the spans called inside it) is summed per call, for
+in-process ``Collection.search(q, 10, n_threads=1)`` and for what ``latix serve``'s handler runs
+(``search_batch``, ``hit_dicts``, orjson), interleaved query by query. The spans of a call add
+up to the whole call ("outside every span" is the rest), so the table holds for any version of
+the code (functions a version does not have are skipped): run it on the code before and after
+a change.
+
 Two more parts, also in CPU time:
 
 * ``--batch 1 4 16``: encoder CPU time per query when ``B`` queries share one
@@ -240,6 +249,158 @@ def server_cpu(python: str, path: str, qtexts: list[str], rounds: int) -> dict[s
     return {"python": python, "p50_ms": r["p50_ms"], "qps": r["qps"], "cpu_ms_per_request": per}
 
 
+# ------------------------------------------------------------------------------------ spans
+
+#: The functions of the real search path timed by ``--spans``: (module, owner, attribute,
+#: span). A span's *self* time is its call's time minus the time of the spans called inside it,
+#: so the spans of one search add up to the whole call. Owners or attributes a version of latix
+#: does not have are skipped (the same table measures the code before and after a change).
+SPAN_POINTS = [
+    ("latix.collection", "Collection", "search", "search (rest)"),
+    ("latix.collection", "Collection", "search_batch", "search_batch (checks, columns)"),
+    ("latix.collection", "Collection", "_late", "passage grouping"),
+    ("latix.collection", "Collection", "_index_search", "index search (Collection wrapper)"),
+    ("latix.collection", "Collection", "_generation", "generation"),
+    ("latix.collection", "Collection", "_first_depth", "first depth"),
+    ("latix.collection", "Collection", "_rows", "record fetch (SQLite, cache)"),
+    ("latix.docstore", "RecordStore", "by_key", "record fetch (SQLite, cache)"),
+    ("latix.collection", "BatchResults", "hits", "hit building (Hit objects)"),
+    ("latix.collection", "BatchResults", "hit_dicts", "hit building (dicts)"),
+    ("latix.encoder", "Encoder", "encode_queries_packed", "encode (rest)"),
+    ("latix.encoder", "Encoder", "_prepare", "encode: tokenize"),
+    ("latix.encoder", "Encoder", "_forward", "encode: forward (onnxruntime)"),
+    ("latix.encoder", "Encoder", "_project", "encode: projection, normalise"),
+    ("latix.index", "Index", "search", "index search (Index wrapper)"),
+    ("latix.index", "Index", "search_masked", "index search (Index wrapper)"),
+    ("latix.index", "Index", "__len__", "index len"),
+]
+CORE_SPAN = "index search (_core: Rust)"
+
+
+class _SpanClock:
+    """Accumulates per-span self time (wall and process CPU) of the calls made while on."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.stack: list[list[float]] = []  # per open span: [child wall, child cpu]
+        self.on = False
+
+    def wrap(self, label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        clock = self
+
+        def timed(*a: Any, **kw: Any) -> Any:
+            if not clock.on:
+                return fn(*a, **kw)
+            clock.stack.append([0.0, 0.0])
+            c0, w0 = time.process_time(), time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                w, c = time.perf_counter() - w0, time.process_time() - c0
+                cw, cc = clock.stack.pop()
+                clock.wall[label] = clock.wall.get(label, 0.0) + w - cw
+                clock.cpu[label] = clock.cpu.get(label, 0.0) + c - cc
+                if clock.stack:
+                    clock.stack[-1][0] += w
+                    clock.stack[-1][1] += c
+
+        return timed
+
+
+class _CoreProxy:
+    """Stands in for ``Index._inner`` (a Rust object whose methods cannot be patched): times
+    ``search``, delegates everything else."""
+
+    def __init__(self, inner: Any, clock: _SpanClock) -> None:
+        self._inner = inner
+        self.search = clock.wrap(CORE_SPAN, inner.search)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+
+def install_spans(col: Any) -> _SpanClock:
+    """Wraps the functions of :data:`SPAN_POINTS` (and ``col``'s binding index) in one clock."""
+    import importlib
+
+    clock = _SpanClock()
+    for mod, owner, attr, label in SPAN_POINTS:
+        cls = getattr(importlib.import_module(mod), owner, None)
+        if cls is None or attr not in vars(cls):
+            continue
+        setattr(cls, attr, clock.wrap(label, vars(cls)[attr]))
+    col._index._inner = _CoreProxy(col._index._inner, clock)
+    return clock
+
+
+def handler(col: Any, q: str, k: int) -> bytes:
+    """What ``latix serve``'s /search handler runs in its read thread for one query (encoding
+    included), minus HTTP: ``search_batch``, the hits as dicts from the columns, orjson."""
+    import orjson
+
+    res = col.search_batch([q], k, n_threads=1)
+    return orjson.dumps({"hits": res.hit_dicts(0)})
+
+
+def spans(col: Any, qtexts: list[str], k: int, rounds: int) -> dict[str, Any]:
+    """Per-span self time of ``Collection.search(q, k, n_threads=1)`` (in-process) and of the
+    server handler's path, query by query, both paths interleaved: medians over the queries of
+    each span's time in one call, and the whole call's."""
+    clock = install_spans(col)
+    paths: dict[str, Callable[[str], Any]] = {
+        "in-process Collection.search": lambda q: col.search(q, k, n_threads=1),
+        "server handler (search_batch, hit_dicts, orjson)": lambda q: handler(col, q, k),
+    }
+    per: dict[str, dict[str, dict[str, list[float]]]] = {p: {"wall": {}, "cpu": {}} for p in paths}
+    for _ in range(rounds):
+        for q in qtexts:
+            for name, fn in paths.items():
+                clock.wall.clear()
+                clock.cpu.clear()
+                clock.on = True
+                c0, w0 = time.process_time(), time.perf_counter()
+                fn(q)
+                w, c = time.perf_counter() - w0, time.process_time() - c0
+                clock.on = False
+                got = {"wall": dict(clock.wall), "cpu": dict(clock.cpu)}
+                got["wall"]["(outside every span)"] = w - sum(clock.wall.values())
+                got["cpu"]["(outside every span)"] = c - sum(clock.cpu.values())
+                got["wall"]["whole call"], got["cpu"]["whole call"] = w, c
+                for kind in ("wall", "cpu"):
+                    for label, v in got[kind].items():
+                        per[name][kind].setdefault(label, []).append(v * 1e3)
+    out: dict[str, Any] = {}
+    n = rounds * len(qtexts)
+    for name in paths:
+        rows = {}
+        for label in per[name]["cpu"]:
+            cw = per[name]["wall"][label] + [0.0] * (n - len(per[name]["wall"][label]))
+            cc = per[name]["cpu"][label] + [0.0] * (n - len(per[name]["cpu"][label]))
+            rows[label] = {
+                "wall_ms": round(float(np.median(cw)), 3),
+                "cpu_ms": round(float(np.median(cc)), 3),
+                "wall_mean_ms": round(float(np.mean(cw)), 3),
+                "cpu_mean_ms": round(float(np.mean(cc)), 3),
+            }
+        out[name] = rows
+    return out
+
+
+def print_spans(res: dict[str, Any]) -> None:
+    for name, rows in res.items():
+        print(f"\n{name}: per call, ms (median over queries; mean)")
+        print(f"{'span':<42} {'wall':>8} {'cpu':>8} {'wall mean':>10} {'cpu mean':>9}")
+        for label, m in sorted(rows.items(), key=lambda kv: -kv[1]["cpu_mean_ms"]):
+            print(
+                f"{label:<42} {m['wall_ms']:8.3f} {m['cpu_ms']:8.3f} "
+                f"{m['wall_mean_ms']:10.3f} {m['cpu_mean_ms']:9.3f}"
+            )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
@@ -254,6 +415,11 @@ def main() -> int:
     ap.add_argument("--json", help="write the medians here")
     ap.add_argument("--batch", type=int, nargs="*", default=[], help="batch sizes to measure")
     ap.add_argument("--server", nargs="*", default=[], help="interpreters to serve with")
+    ap.add_argument(
+        "--spans",
+        action="store_true",
+        help="attribute the real search path by spans (instead of the re-implemented steps)",
+    )
     ap.add_argument("--no-lock", action="store_true", help="trial run (not quoted)")
     a = ap.parse_args()
     import contextlib
@@ -269,6 +435,17 @@ def main() -> int:
     k = 10
     for q in qtexts[:20]:
         whole(col, q, k)
+    if a.spans:
+        with contextlib.nullcontext() if a.no_lock else bc.bench_lock():
+            load = f"load average at start {provenance.load_average()}"
+            res = spans(col, qtexts, k, a.rounds)
+        print(f"{len(qtexts)} queries x {a.rounds}, precision {enc.query_precision}; {load}")
+        print_spans(res)
+        if a.json:
+            out = {"provenance": prov, "precision": enc.query_precision, "spans": res}
+            Path(a.json).write_text(json.dumps(out, indent=1))
+        col.close()
+        return 0
     wall: dict[str, list[float]] = {s: [] for s in [*STEPS, "sum", "whole"]}
     cpu: dict[str, list[float]] = {s: [] for s in wall}
     n_tok: list[int] = []

@@ -485,3 +485,19 @@ def test_query_threads_sessions_give_the_same_vectors(precision: str, fused: boo
         enc.encode_queries(["x"], n_threads=3)
     with pytest.raises(latix.InvalidArgumentError, match="query_threads"):
         Encoder.default(query_threads=[0])
+
+
+def test_one_text_tokenizes_as_in_a_batch(default: Encoder) -> None:
+    """A single text is tokenized with ``Tokenizer.encode`` (no hand-off to the tokenizer's
+    threads), a batch with ``encode_batch``: both give the same ids, attention, kept positions,
+    spans and truncation flag, for queries and documents, short, long (truncated) and unicode."""
+    rng = np.random.default_rng(5)
+    words = ["glucose", "Insulin", "résumé", "naïve", "東京", "co-operate", "x", "42", "!", "é"]
+    texts = [" ".join(rng.choice(words, int(n)).tolist()) for n in rng.integers(1, 400, 30)]
+    texts += ["  padded  ", "a", "[CLS] [SEP]", "über" * 50]
+    for kind in ("query", "document"):
+        for t in texts:
+            one = default._prepare([t], kind)  # type: ignore[arg-type]
+            batch = default._prepare([t, "other text"], kind)  # type: ignore[arg-type]
+            assert one == batch[:1], (kind, t[:40])
+        assert any(p.truncated for p in default._prepare(texts, kind))  # type: ignore[arg-type]

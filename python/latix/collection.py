@@ -73,7 +73,7 @@ import numpy as np
 import numpy.typing as npt
 
 from latix import filters as flt
-from latix.docstore import DB_FILE, RecordStore
+from latix.docstore import DB_FILE, RecordStore, Row
 from latix.errors import (
     AlreadyExistsError,
     CorruptedIndexError,
@@ -143,6 +143,11 @@ EXHAUSTIVE_BELOW = 2000
 #: searches short of 10 records (1.83 index searches per search when the first depth was k),
 #: and on a compressed index the refined list grows only from 16 to 20 documents.
 PASSAGE_DEPTH_MAX = 4.0
+
+#: Decoded record rows a handle keeps for the hits of later searches (by text and metadata
+#: bytes, about): a row never changes once written, so a hit already shown is not read from
+#: SQLite (nor its metadata and spans JSON decoded) again. SciFact's 5,183 records take ~9 MB.
+ROW_CACHE_BYTES = 32 << 20
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,22 +263,28 @@ class BatchResults:
 
     def hits(self, i: int) -> list[Hit]:
         """Query ``i``'s results as :class:`Hit` objects."""
-        out = []
-        for j in range(self.n_hits(i)):
-            ls, ks = float(self.late_scores[i, j]), float(self.keyword_scores[i, j])
-            out.append(
-                Hit(
-                    id=str(self.ids[i, j]),
-                    score=float(self.scores[i, j]),
-                    text=self.texts[i][j] if self.texts is not None else "",
-                    metadata=self.metadata[i][j] if self.metadata is not None else {},
-                    passage=int(self.passages[i, j]),
-                    span=self.spans[i][j],
-                    late_score=None if np.isnan(ls) else ls,
-                    keyword_score=None if np.isnan(ks) else ks,
-                )
+        n = self.n_hits(i)
+        ids = self.ids[i, :n].tolist()  # whole rows to Python values, not one scalar per hit
+        scores = self.scores[i, :n].tolist()
+        passages = self.passages[i, :n].tolist()
+        late = self.late_scores[i, :n].tolist()
+        kw = self.keyword_scores[i, :n].tolist()
+        texts = self.texts[i] if self.texts is not None else None
+        metas = self.metadata[i] if self.metadata is not None else None
+        spans = self.spans[i]
+        return [
+            Hit(
+                id=str(ids[j]),
+                score=scores[j],
+                text=texts[j] if texts is not None else "",
+                metadata=metas[j] if metas is not None else {},
+                passage=passages[j],
+                span=spans[j],
+                late_score=None if late[j] != late[j] else late[j],  # NaN: unknown
+                keyword_score=None if kw[j] != kw[j] else kw[j],
             )
-        return out
+            for j in range(n)
+        ]
 
     def hit_dicts(self, i: int) -> list[dict[str, Any]]:
         """Query ``i``'s results as JSON-ready dicts, equal to ``[h.to_dict() for h in
@@ -689,6 +700,8 @@ class Collection:
         )
         self._mask_set_bytes = 0
         self._ppr: tuple[int, float] | None = None  # (generation, passages per record)
+        self._row_cache: OrderedDict[int, tuple[Row, int]] = OrderedDict()  # rk -> (row, bytes)
+        self._row_cache_bytes = 0
         self._executor: Executor | None = None  # reads of the a* methods (None: loop default)
         self._apool: ThreadPoolExecutor | None = None  # the writer thread of aadd/aupsert/adelete
         _LIVE.add(self)
@@ -1752,7 +1765,7 @@ class Collection:
                     assert late is not None and kw is not None
                     lists.append(_fuse(late[i], kw[i], k, hp))
             rks = sorted({t[0] for lst in lists for t in lst})
-            rows = self._store.by_key(rks) if rks else {}
+            rows = self._rows(rks) if rks else {}
             if len(rows) == len(rks):
                 break
             # A record was deleted (and its row removed) between the search and this read:
@@ -1768,25 +1781,59 @@ class Collection:
         metas: list[list[dict[str, Any]]] | None = [] if "metadata" in include else None
         spans: list[list[tuple[int, int] | None]] = []
         for i, lst in enumerate(lists):
-            tq: list[str] = []
-            mq: list[dict[str, Any]] = []
-            sq: list[tuple[int, int] | None] = []
-            for j, (rk, s, p, ls, ks) in enumerate(lst[:k]):
-                r = rows[rk]
-                ids[i, j] = r.id
-                scores[i, j] = s
-                passages[i, j] = p
-                lscores[i, j] = ls
-                kscores[i, j] = ks
-                tq.append(r.text)
-                mq.append(r.metadata)
-                sq.append(r.spans[p] if r.spans is not None and p < len(r.spans) else None)
+            top = lst[:k]
+            n = len(top)
+            rs = [rows[t[0]] for t in top]
+            if n:  # one row assignment per column (not one numpy element write per value)
+                ids[i, :n] = [r.id for r in rs]
+                scores[i, :n] = [t[1] for t in top]
+                passages[i, :n] = [t[2] for t in top]
+                lscores[i, :n] = [t[3] for t in top]
+                kscores[i, :n] = [t[4] for t in top]
             if texts is not None:
-                texts.append(tq)
-            if metas is not None:
-                metas.append(mq)
-            spans.append(sq)
+                texts.append([r.text for r in rs])
+            if metas is not None:  # copies: the rows are the handle's cache
+                metas.append([_copy_meta(r.metadata) for r in rs])
+            spans.append(
+                [
+                    r.spans[t[2]] if r.spans is not None and t[2] < len(r.spans) else None
+                    for r, t in zip(rs, top, strict=True)
+                ]
+            )
         return BatchResults(ids, scores, texts, metas, passages, spans, lscores, kscores)
+
+    def _rows(self, rks: Sequence[int]) -> dict[int, Row]:
+        """Rows of the record keys ``rks`` (those that exist), from the handle's cache of
+        decoded rows (:data:`ROW_CACHE_BYTES`), the others in one SQLite read. A row never
+        changes once written (each stored version has its own key, never reused), so a cached
+        row is the stored one; a row removed since (its record deleted by a later commit)
+        still answers the search of the generation that held it. Callers must not modify the
+        rows' metadata dicts (they are shared with later searches)."""
+        out: dict[int, Row] = {}
+        missing: list[int] = []
+        with self._cache_lock:
+            cache = self._row_cache
+            for rk in rks:
+                hit = cache.get(rk)
+                if hit is None:
+                    missing.append(rk)
+                else:
+                    cache.move_to_end(rk)
+                    out[rk] = hit[0]
+        if missing:
+            got = self._store.by_key(missing)
+            out.update(got)
+            with self._cache_lock:
+                for rk, r in got.items():
+                    if rk in self._row_cache:
+                        continue
+                    nb = 200 + 2 * len(r.text) + 64 * len(r.metadata)  # about (str and dict)
+                    self._row_cache[rk] = (r, nb)
+                    self._row_cache_bytes += nb
+                while self._row_cache and self._row_cache_bytes > ROW_CACHE_BYTES:
+                    _, (_, nb) = self._row_cache.popitem(last=False)
+                    self._row_cache_bytes -= nb
+        return out
 
     def _late(
         self,

@@ -657,7 +657,10 @@ class Encoder:
         tok = self._tok_q if kind == "query" else self._tok_d
         marker_id = self._q_marker_id if kind == "query" else self._d_marker_id
         with self._lock:
-            encs = tok.encode_batch([prefix + t for t in texts])
+            if len(texts) == 1:  # encode_batch hands even one text to the tokenizer's threads
+                encs = [tok.encode(prefix + texts[0])]
+            else:
+                encs = tok.encode_batch([prefix + t for t in texts])
         out: list[_Prepared] = []
         np_ = len(prefix)
         for e in encs:

@@ -143,6 +143,21 @@ pub fn install<R: Send>(n_threads: Option<usize>, f: impl FnOnce() -> R + Send) 
     Ok(p.install(f))
 }
 
+/// Runs `f` like [`install`], but on the calling thread when `n_threads` resolves to one thread
+/// and the caller is not a thread of any rayon pool: `f`'s parallel sections are sized by
+/// [`pool_threads`], which is then 1, so they run serially, exactly as they would on a pool of
+/// one thread. A search with `n_threads=1` then pays no hand-off (two thread wake-ups, each a
+/// wait for a core on a loaded machine), and concurrent callers with one thread each run in
+/// parallel instead of queueing on the one thread of the 1-thread pool. `f` must size all its
+/// parallel work by [`pool_threads`] (an unconditional `par_iter` would run on rayon's global
+/// pool here).
+pub fn run<R: Send>(n_threads: Option<usize>, f: impl FnOnce() -> R + Send) -> Result<R> {
+    if resolve_threads(n_threads)? == 1 && rayon::current_thread_index().is_none() {
+        return Ok(f());
+    }
+    install(n_threads, f)
+}
+
 /// Threads of the latix pool the caller runs in (inside [`install`]), 1 outside any pool: the
 /// internals size their parallel work with it, so a building block called from a thread that is
 /// not in a pool runs serially instead of spilling onto rayon's global pool.
@@ -202,5 +217,29 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         assert!(resolve_threads(Some(0)).is_err());
         assert!(resolve_threads(Some(MAX_N_THREADS + 1)).is_err());
+    }
+
+    #[test]
+    fn run_is_inline_for_one_thread_outside_pools() {
+        let me = std::thread::current().id();
+        // One thread, called from outside any pool: the caller's thread, serial sections.
+        let (id, threads) =
+            run(Some(1), || (std::thread::current().id(), pool_threads())).expect("run");
+        assert_eq!(id, me);
+        assert_eq!(threads, 1);
+        // Several threads: latix's pool, as install.
+        if max_threads() >= 2 {
+            let (id, threads) =
+                run(Some(2), || (std::thread::current().id(), pool_threads())).expect("run");
+            assert_ne!(id, me);
+            assert_eq!(threads, 2);
+        }
+        // From inside a pool (a thread of it): install's 1-thread pool, never the caller's pool.
+        let inner = install(Some(2), || {
+            run(Some(1), || (rayon::current_thread_index(), pool_threads())).expect("run")
+        })
+        .expect("install");
+        assert_eq!(inner, (Some(0), 1));
+        assert!(run(Some(0), || ()).is_err());
     }
 }

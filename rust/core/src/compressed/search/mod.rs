@@ -326,7 +326,7 @@ pub(crate) fn search_snapshot(
         // Best first; ties by insertion order (segment, then document).
         Ok(crate::topk::best(hits, k))
     };
-    let all: Vec<Vec<(f32, usize, u32)>> = crate::parallel::install(n_threads, || {
+    let all: Vec<Vec<(f32, usize, u32)>> = crate::parallel::run(n_threads, || {
         queries.iter().map(|q| per_query(q)).collect::<Result<_>>()
     })??;
     SearchResults::assemble(snap, k, all.into_iter())
@@ -560,7 +560,7 @@ pub fn search_encoded(
     } else {
         Rerank::Off
     };
-    let hits = crate::parallel::install(n_threads, || {
+    let hits = crate::parallel::run(n_threads, || {
         encoded_pipeline(
             codec,
             views,
