@@ -81,21 +81,16 @@ def _encode_passages(
 ) -> list[np.ndarray]:
     """The token vectors of every passage of ``texts`` (as a collection with this model and
     passage configuration stores them), float16; run as a Ray task."""
-    from latix.collection import _Splitter
+    from latix.collection import PassageEncoder
     from latix.encoder import Encoder
 
     enc = _ENCODERS.get((spec, n_threads))
     if enc is None:
         enc = _ENCODERS[(spec, n_threads)] = Encoder.load(spec, n_threads=n_threads)
-    ptexts: list[str] = []
-    if passages is None:
-        ptexts = list(texts)
-    else:
-        for text, (sp, _) in zip(
-            texts, _Splitter(enc, Passages(**passages)).split(texts), strict=True
-        ):
-            ptexts.extend([text[a:b] for a, b in sp] if sp else [text])
-    return [v.astype(np.float16) for v in enc.encode_documents_packed(ptexts).to_list()]
+    cfg = None if passages is None else Passages(**passages)
+    return [
+        v.astype(np.float16) for e in PassageEncoder(enc, cfg).encode(texts) for v in e.vectors
+    ]
 
 
 def _sample_key(rid: str, seed: int) -> bytes:
