@@ -103,6 +103,71 @@ def top10(col: Any, qv: list[np.ndarray]) -> list[list[tuple[str, float]]]:
     return out
 
 
+def attribution(sc: Any, qv: list[np.ndarray], full: tuple[str, ...]) -> dict[str, Any]:
+    """Where one search's time goes through the handle ``sc`` (compiled graph), per query:
+    the fan-out call as a whole (request out, every shard's search, answers back), the
+    slowest shard's search measured inside its actor, the empty round trip (a ``ready`` call
+    through the same path), the merge, the conversion to hits, and the driver's CPU time (all
+    its threads) per search. Transport = call - slowest shard's search."""
+    import pickle
+
+    from latix.distributed.results import ShardedHits, _merge
+
+    call: list[float] = []
+    inside: list[float] = []
+    transport: list[float] = []
+    merge: list[float] = []
+    hits: list[float] = []
+    cpu: list[float] = []
+    empty: list[float] = []
+    for q in qv[:20]:  # warm
+        sc._fanout("timed", ("late_or_keyword", (None, [q], 10, None, "late", 1, {}, full)))
+    for q in qv:
+        t = time.perf_counter()
+        sc._fanout("ready", ())
+        empty.append((time.perf_counter() - t) * 1e3)
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        res, _, _ = sc._fanout(
+            "timed", ("late_or_keyword", (None, [q], 10, None, "late", 1, {}, full))
+        )
+        t1 = time.perf_counter()
+        parts = [res[s][0] for s in sorted(res)]
+        m = _merge(parts, 1, 10, full)
+        t2 = time.perf_counter()
+        ShardedHits(m.hits(0))
+        t3 = time.perf_counter()
+        cpu.append((time.process_time() - c0) * 1e3)
+        slowest = max(res[s][1] for s in res) * 1e3
+        call.append((t1 - t0) * 1e3)
+        inside.append(slowest)
+        transport.append((t1 - t0) * 1e3 - slowest)
+        merge.append((t2 - t1) * 1e3)
+        hits.append((t3 - t2) * 1e3)
+    req = (None, [qv[0]], 10, None, "late", 1, {}, full)
+    part = parts[0]
+    ser: list[float] = []
+    for _ in range(200):
+        t = time.perf_counter()
+        pickle.loads(pickle.dumps(("late_or_keyword", req), protocol=5))
+        pickle.loads(pickle.dumps(part, protocol=5))
+        ser.append((time.perf_counter() - t) * 1e3)
+    return {
+        "call": pct(call),
+        "slowest_shard_in_actor": pct(inside),
+        "transport": pct(transport),
+        "empty_round_trip": pct(empty),
+        "merge": pct(merge),
+        "to_hits": pct(hits),
+        "driver_cpu_per_search": pct(cpu),
+        "pickle_request_and_one_answer": {
+            "request_bytes": len(pickle.dumps(("late_or_keyword", req), protocol=5)),
+            "answer_bytes": len(pickle.dumps(part, protocol=5)),
+            **pct(ser),
+        },
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "latix" / "ray"))
@@ -121,6 +186,12 @@ def main() -> int:
         "--codec-k", type=int, default=0, help="--only codec: fix the shards' centroids K"
     )
     ap.add_argument("--only", choices=["search", "codec"], help="run only this part (see above)")
+    ap.add_argument(
+        "--whole-docs",
+        action="store_true",
+        help="one passage per document: the cached whole-document encodings (cut at the "
+        "model's 256 tokens; no passage encodings needed) instead of the collection's passages",
+    )
     a = ap.parse_args()
     prov = provenance.lines()
     print("\n".join(prov), flush=True)
@@ -135,7 +206,14 @@ def main() -> int:
     docs, queries, qrels = bc.load_set("scifact")
     if a.docs:
         docs = docs[: a.docs]
-    vecs = bc.passage_vectors("scifact", docs, encoder, cache)
+    if a.whole_docs:
+        entry = cache.entry_dir(encoder, "document", [d.id for d in docs], [d.text for d in docs])
+        if not (entry / "offsets.npy").is_file():
+            raise SystemExit(f"--whole-docs: no cached document encodings at {entry}")
+        dv, do = cache.get_or_compute(encoder, [d.id for d in docs], [d.text for d in docs])
+        vecs = {d.id: np.asarray(dv[do[i] : do[i + 1]]) for i, d in enumerate(docs)}
+    else:
+        vecs = bc.passage_vectors("scifact", docs, encoder, cache)
     qvd = bc.query_vectors(encoder, cache, queries, qrels)
     qids = list(qvd)
     qv = [qvd[q] for q in qids]
@@ -615,6 +693,9 @@ def search_part(
             name = f"{n} shard{'s' if n > 1 else ''}" + ("" if compiled else " (plain calls)")
             lat[name] = search_timing(sc, qv, a.rounds)
             lat[name]["graph"] = sc._graph is not None
+            if compiled:
+                lat[name]["attribution"] = attribution(sc, qv, full)
+                bc.log(f"    attribution: {lat[name]['attribution']}")
             tops[(n, compiled)] = top10(sc, qv)
             bc.log(f"  {name}: {lat[name]}")
             if n == 1:
