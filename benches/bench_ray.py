@@ -849,6 +849,29 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
         f"{sp['call']['p50_ms']} vs {sp['in_actor']['p50_ms']} ms",
         "",
     ]
+    if all("attribution" in s.get(n, {}) for n in ("1 shard", "2 shards", "4 shards")):
+        lines += [
+            "### Where a fan-out search's time goes (compiled graph, p50 ms per query)",
+            "",
+            "Per query through the handle's fan-out (`_fanout`, the shards' search timed "
+            "inside their actors): transport = the call - the slowest shard's own search "
+            "(request out, answers back, wake-ups); the empty round trip is a `ready` call "
+            "through the same graph; driver CPU is the process time of all the driver's "
+            "threads for the call, merge and hits.",
+            "",
+            "| shards | call | slowest shard's search | transport | empty round trip | merge "
+            "| to hits | driver CPU |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for n in (1, 2, 4):
+            at = s[f"{n} shard{'s' if n > 1 else ''}"]["attribution"]
+            lines.append(
+                f"| {n} | {at['call']['p50_ms']} | {at['slowest_shard_in_actor']['p50_ms']} | "
+                f"{at['transport']['p50_ms']} | {at['empty_round_trip']['p50_ms']} | "
+                f"{at['merge']['p50_ms']} | {at['to_hits']['p50_ms']} | "
+                f"{at['driver_cpu_per_search']['p50_ms']} |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 

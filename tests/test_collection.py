@@ -482,9 +482,7 @@ def test_vectors_with_spans_store_what_a_text_add_stores(tmp_path: Path, encoder
     ]
     for bad in bad_spans:
         with pytest.raises(latix.InvalidArgumentError, match="span"):
-            plain.add(
-                [Record("new", recs[split].text)], vectors=[enc[split].vectors], spans=[bad]
-            )
+            plain.add([Record("new", recs[split].text)], vectors=[enc[split].vectors], spans=[bad])
     with pytest.raises(latix.InvalidArgumentError, match="spans"):
         plain.add([Record("new", "x")], spans=[None])
     with pytest.raises(latix.InvalidArgumentError, match="spans"):

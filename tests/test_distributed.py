@@ -115,6 +115,64 @@ def test_routing_is_a_stable_hash() -> None:
 # ---------------------------------------------------------------------------------- exact merge
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_merge_is_the_sorted_union_of_the_shard_lists(seed: int) -> None:
+    """The columnar merge against a reference sort of every shard's real hits by (-score,
+    shard, position): random shard counts, k, short lists (padding) and tied scores."""
+    from latix.collection import BatchResults
+    from latix.distributed.results import _merge
+
+    rng = np.random.default_rng(seed)
+    n_shards, n_q, k = int(rng.integers(1, 6)), int(rng.integers(1, 5)), int(rng.integers(1, 12))
+    include = [("text", "metadata"), ("text",), ()][seed % 3]
+    parts = []
+    for s in range(n_shards):
+        ids = np.full((n_q, k), "", dtype=object)
+        sc = np.full((n_q, k), -np.inf, dtype=np.float32)
+        texts, metas, spans = [], [], []
+        for q in range(n_q):
+            n = int(rng.integers(0, k + 1))
+            v = np.sort(rng.integers(0, 4, n).astype(np.float32) / 2)[::-1]  # ties
+            ids[q, :n] = [f"s{s}q{q}j{j}" for j in range(n)]
+            sc[q, :n] = v
+            texts.append([f"t{s}.{q}.{j}" for j in range(n)])
+            metas.append([{"s": s, "j": j} for j in range(n)])
+            spans.append([(j, j + 1) if j % 2 else None for j in range(n)])
+        parts.append(
+            BatchResults(
+                ids,
+                sc,
+                texts if "text" in include else None,
+                metas if "metadata" in include else None,
+                np.where(ids != "", rng.integers(0, 3, (n_q, k)), -1).astype(np.int32),
+                spans,
+                sc.copy(),
+                np.full((n_q, k), np.nan, np.float32),
+            )
+        )
+    got = _merge(parts, n_q, k, include)
+    for q in range(n_q):
+        cand = sorted(
+            (-float(p.scores[q, j]), s, j) for s, p in enumerate(parts) for j in range(p.n_hits(q))
+        )[:k]
+        assert got.n_hits(q) == len(cand)
+        assert list(got.ids[q, : len(cand)]) == [parts[s].ids[q, j] for _, s, j in cand]
+        assert (got.ids[q, len(cand) :] == "").all()
+        assert list(got.scores[q, : len(cand)]) == [-x for x, _, _ in cand]
+        assert np.isneginf(got.scores[q, len(cand) :]).all()
+        assert list(got.passages[q, : len(cand)]) == [parts[s].passages[q, j] for _, s, j in cand]
+        assert (got.passages[q, len(cand) :] == -1).all()
+        assert got.spans[q] == [parts[s].spans[q][j] for _, s, j in cand]
+        if "text" in include:
+            assert got.texts is not None
+            assert got.texts[q] == [parts[s].texts[q][j] for _, s, j in cand]  # type: ignore[index]
+        else:
+            assert got.texts is None
+        if "metadata" in include:
+            assert got.metadata is not None
+            assert got.metadata[q] == [parts[s].metadata[q][j] for _, s, j in cand]  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     ("seed", "n_shards", "n", "dim", "lo", "hi"),
     [(1, 2, 150, 16, 2, 12), (2, 3, 90, 48, 1, 4), (3, 4, 60, 8, 20, 40)],

@@ -516,9 +516,7 @@ def _as_record(r: object, i: int) -> tuple[str, str, Mapping[str, Any] | None]:
     return _check_id(rid, where), text, meta
 
 
-def _check_spans(
-    sp: object, n_passages: int, text: str, rid: str
-) -> list[tuple[int, int]] | None:
+def _check_spans(sp: object, n_passages: int, text: str, rid: str) -> list[tuple[int, int]] | None:
     """One record's ``spans`` entry of an add with vectors, checked against its vectors and
     text: None, or ``n_passages`` increasing-start ``(start, end)`` spans inside the text."""
     if sp is None:
@@ -1373,7 +1371,11 @@ class Collection:
                 pairs: Iterable[tuple[Any, Any]] = (
                     zip(
                         records,
-                        zip(vectors, spans if spans is not None else [None] * len(vectors)),
+                        zip(
+                            vectors,
+                            spans if spans is not None else [None] * len(vectors),
+                            strict=True,
+                        ),
                         strict=True,
                     )
                     if vectors is not None

@@ -20,9 +20,11 @@ shard only; the shard count is fixed when the collection is built.
 collections' model; its vectors go to every shard actor in parallel, each shard answers with
 its own top list from its own Collection, and the handle merges. The request travels through a
 Ray compiled graph (``ray.dag``: one input read by every shard actor's ``dispatch``, compiled
-when the handle opens; shared-memory channels instead of one Ray task per shard); when an actor
-dies the graph is dropped, the call is made again as plain actor calls (with the retries
-below), and the graph is compiled again after a call every shard answered
+when the handle opens; shared-memory channels instead of one Ray task per shard; each request
+and each answer crosses as one ``bytes`` object pickled by latix, which costs less than Ray's
+own serialisation of the numpy arrays inside them; a 1-shard answer is passed on unmerged);
+when an actor dies the graph is dropped, the call is made again as plain actor calls (with the
+retries below), and the graph is compiled again after a call every shard answered
 (``ShardedCollection.open(compiled=False)``: plain calls only):
 
 * ``mode="late"``: every shard returns its top ``k`` records by MaxSim; the global top ``k`` is

@@ -88,9 +88,7 @@ def _encode_passages(
     if enc is None:
         enc = _ENCODERS[(spec, n_threads)] = Encoder.load(spec, n_threads=n_threads)
     cfg = None if passages is None else Passages(**passages)
-    return [
-        v.astype(np.float16) for e in PassageEncoder(enc, cfg).encode(texts) for v in e.vectors
-    ]
+    return [v.astype(np.float16) for e in PassageEncoder(enc, cfg).encode(texts) for v in e.vectors]
 
 
 def _sample_key(rid: str, seed: int) -> bytes:

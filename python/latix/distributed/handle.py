@@ -5,6 +5,7 @@ and the resumable corpus stream that :func:`latix.distributed.build` runs."""
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,7 +31,7 @@ from latix.collection import (
     _hybrid_params,
     remove_collection,
 )
-from latix.distributed.actor import _actor_class, _cause, _Failed, _ray
+from latix.distributed.actor import _actor_class, _cause, _Failed, _pack, _ray
 from latix.distributed.manifest import _FORMAT, _VERSION, MANIFEST, _read_manifest, _write_manifest
 from latix.distributed.results import (
     BuildReport,
@@ -501,7 +502,7 @@ class ShardedCollection:
                 self.graph_error = f"{type(e).__name__}: {e}"
                 return None, []
         try:
-            vals = ray.get(self._graph.execute((method, args)))
+            vals = [pickle.loads(b) for b in ray.get(self._graph.execute(_pack((method, args))))]
         except Exception as e:  # noqa: BLE001 - an actor died or a channel broke
             self._drop_graph()
             return None, self._shards_of_error(e)
