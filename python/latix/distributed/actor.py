@@ -157,9 +157,12 @@ class _ShardServer:
             return self.col.upsert(records, vectors=vectors)
         return self.col.add(records, vectors=vectors)
 
-    def add_new(self, records: list[Any], vectors: list[Any] | None) -> tuple[AddReport, int]:
+    def add_new(
+        self, records: list[Any], vectors: list[Any] | None, spans: list[Any] | None = None
+    ) -> tuple[AddReport, int]:
         """Adds the records whose id the shard does not hold yet (a resent batch after a
-        restart adds only what its first attempt did not commit). Returns (report, skipped)."""
+        restart adds only what its first attempt did not commit). Returns (report, skipped).
+        ``spans``: with ``vectors``, their passage spans (as Collection.add's)."""
         ids = [_as_record(r, i)[0] for i, r in enumerate(records)]
         have = {i for i, r in zip(ids, self.col.get_many(ids), strict=True) if r is not None}
         keep = [j for j, i in enumerate(ids) if i not in have]
@@ -167,7 +170,8 @@ class _ShardServer:
             return AddReport(), len(ids)
         recs = [records[j] for j in keep]
         vecs = [vectors[j] for j in keep] if vectors is not None else None
-        return self.col.add(recs, vectors=vecs), len(ids) - len(keep)
+        sps = [spans[j] for j in keep] if spans is not None else None
+        return self.col.add(recs, vectors=vecs, spans=sps), len(ids) - len(keep)
 
     def delete(self, ids: list[str] | None, where: Any) -> int:
         return self.col.delete(ids, where=where)
