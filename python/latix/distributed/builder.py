@@ -410,7 +410,7 @@ def build(
             once more. Ignored when resuming (the shards keep their codecs).
         encoding: where texts are encoded (without ``vectors_fn``): ``"shards"`` (default):
             by the shard actors, each encoding the batches it writes; ``"ray-data"``: a Ray
-            Data pipeline (``pip install 'latix[ray-data]'``: pyarrow, pandas) over
+            Data pipeline (Ray Data: pyarrow, pandas, in the ``ray`` extra) over
             ``n_encoders`` actor workers, each one encoder session (:class:`_EncodeStage`),
             whose rows (vectors with their passage spans) the shard actors write; Parquet
             corpora are read by Ray Data too. Both store what a text add stores.
