@@ -103,6 +103,26 @@ def top10(col: Any, qv: list[np.ndarray]) -> list[list[tuple[str, float]]]:
     return out
 
 
+def interleaved(base: Any, sc: Any, qv: list[np.ndarray], rounds: int) -> dict[str, Any]:
+    """The in-process collection and the 1-shard handle searched alternately, query by query
+    (the same load for both): p50 of each and the p50 of the per-query difference."""
+    one: list[float] = []
+    via: list[float] = []
+    for _ in range(rounds):
+        for i, q in enumerate(qv):
+            pair = [(base, one), (sc, via)]
+            for col, out in pair if i % 2 else pair[::-1]:
+                t = time.perf_counter()
+                col.search(query_vectors=q, k=10, n_threads=1)
+                out.append((time.perf_counter() - t) * 1e3)
+    diff = [b - a for a, b in zip(one, via, strict=True)]
+    return {
+        "one collection": pct(one),
+        "1 shard": pct(via),
+        "overhead_p50_ms": round(float(np.median(diff)), 3),
+    }
+
+
 def attribution(sc: Any, qv: list[np.ndarray], full: tuple[str, ...]) -> dict[str, Any]:
     """Where one search's time goes through the handle ``sc`` (compiled graph), per query:
     the fan-out call as a whole (request out, every shard's search, answers back), the
@@ -801,6 +821,9 @@ def search_part(
             lat[name] = search_timing(sc, qv, a.rounds)
             lat[name]["graph"] = sc._graph is not None
             if compiled:
+                if n == 1:
+                    lat["interleaved"] = interleaved(base, sc, qv, a.rounds)
+                    bc.log(f"    interleaved: {lat['interleaved']}")
                 lat[name]["attribution"] = attribution(sc, qv, full)
                 bc.log(f"    attribution: {lat[name]['attribution']}")
             tops[(n, compiled)] = top10(sc, qv)
@@ -956,6 +979,14 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
         f"{sp['call']['p50_ms']} vs {sp['in_actor']['p50_ms']} ms",
         "",
     ]
+    if "interleaved" in s:
+        iv = s["interleaved"]
+        lines[-1:-1] = [
+            f"- interleaved (the one collection and the 1-shard handle searched alternately, "
+            f"query by query, {r['rounds']} passes): p50 {iv['one collection']['p50_ms']} vs "
+            f"{iv['1 shard']['p50_ms']} ms; per-query difference p50 "
+            f"**{iv['overhead_p50_ms']} ms**",
+        ]
     if all("attribution" in s.get(n, {}) for n in ("1 shard", "2 shards", "4 shards")):
         lines += [
             "### Where a fan-out search's time goes (compiled graph, p50 ms per query)",
