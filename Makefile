@@ -41,11 +41,11 @@ $(EXPORT_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --no-cache-dir "torch>=2.1" "transformers>=4.40"
 	touch $(EXPORT_STAMP)
 
-# Ray for the sharded-collection tests (the `ray` extra of pyproject.toml, same pin; ~200 MB),
-# installed without rebuilding latix.
-RAY_STAMP := $(VENV)/.latix-ray-installed
+# Ray for the sharded-collection tests (the `ray` extra of pyproject.toml, same pin: Ray
+# ~240 MB, Ray Data's pyarrow + pandas ~255 MB more), installed without rebuilding latix.
+RAY_STAMP := $(VENV)/.latix-ray-data-installed
 $(RAY_STAMP): $(STAMP)
-	$(BIN)/python -m pip install "ray>=2.40"
+	$(BIN)/python -m pip install "ray[data]>=2.40"
 	touch $(RAY_STAMP)
 
 # maturin, zig (the linker that targets glibc 2.17) and auditwheel for `make wheel`.

@@ -103,6 +103,91 @@ def top10(col: Any, qv: list[np.ndarray]) -> list[list[tuple[str, float]]]:
     return out
 
 
+def interleaved(base: Any, sc: Any, qv: list[np.ndarray], rounds: int) -> dict[str, Any]:
+    """The in-process collection and the 1-shard handle searched alternately, query by query
+    (the same load for both): p50 of each and the p50 of the per-query difference."""
+    one: list[float] = []
+    via: list[float] = []
+    for _ in range(rounds):
+        for i, q in enumerate(qv):
+            pair = [(base, one), (sc, via)]
+            for col, out in pair if i % 2 else pair[::-1]:
+                t = time.perf_counter()
+                col.search(query_vectors=q, k=10, n_threads=1)
+                out.append((time.perf_counter() - t) * 1e3)
+    diff = [b - a for a, b in zip(one, via, strict=True)]
+    return {
+        "one collection": pct(one),
+        "1 shard": pct(via),
+        "overhead_p50_ms": round(float(np.median(diff)), 3),
+    }
+
+
+def attribution(sc: Any, qv: list[np.ndarray], full: tuple[str, ...]) -> dict[str, Any]:
+    """Where one search's time goes through the handle ``sc`` (compiled graph), per query:
+    the fan-out call as a whole (request out, every shard's search, answers back), the
+    slowest shard's search measured inside its actor, the empty round trip (a ``ready`` call
+    through the same path), the merge, the conversion to hits, and the driver's CPU time (all
+    its threads) per search. Transport = call - slowest shard's search."""
+    import pickle
+
+    from latix.distributed.results import ShardedHits, _merge
+
+    call: list[float] = []
+    inside: list[float] = []
+    transport: list[float] = []
+    merge: list[float] = []
+    hits: list[float] = []
+    cpu: list[float] = []
+    empty: list[float] = []
+    for q in qv[:20]:  # warm
+        sc._fanout("timed", ("late_or_keyword", (None, [q], 10, None, "late", 1, {}, full)))
+    for q in qv:
+        t = time.perf_counter()
+        sc._fanout("ready", ())
+        empty.append((time.perf_counter() - t) * 1e3)
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        res, _, _ = sc._fanout(
+            "timed", ("late_or_keyword", (None, [q], 10, None, "late", 1, {}, full))
+        )
+        t1 = time.perf_counter()
+        parts = [res[s][0] for s in sorted(res)]
+        m = _merge(parts, 1, 10, full)
+        t2 = time.perf_counter()
+        ShardedHits(m.hits(0))
+        t3 = time.perf_counter()
+        cpu.append((time.process_time() - c0) * 1e3)
+        slowest = max(res[s][1] for s in res) * 1e3
+        call.append((t1 - t0) * 1e3)
+        inside.append(slowest)
+        transport.append((t1 - t0) * 1e3 - slowest)
+        merge.append((t2 - t1) * 1e3)
+        hits.append((t3 - t2) * 1e3)
+    req = (None, [qv[0]], 10, None, "late", 1, {}, full)
+    part = parts[0]
+    ser: list[float] = []
+    for _ in range(200):
+        t = time.perf_counter()
+        pickle.loads(pickle.dumps(("late_or_keyword", req), protocol=5))
+        pickle.loads(pickle.dumps(part, protocol=5))
+        ser.append((time.perf_counter() - t) * 1e3)
+    return {
+        "call": pct(call),
+        "slowest_shard_in_actor": pct(inside),
+        "transport": pct(transport),
+        "empty_round_trip": pct(empty),
+        "merge": pct(merge),
+        "to_hits": pct(hits),
+        "driver_cpu_per_search": pct(cpu),
+        "pickle_request_and_one_answer": {
+            "request_bytes": len(pickle.dumps(("late_or_keyword", req), protocol=5)),
+            "answer_bytes": len(pickle.dumps(part, protocol=5)),
+            **pct(ser),
+        },
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "latix" / "ray"))
@@ -120,7 +205,15 @@ def main() -> int:
     ap.add_argument(
         "--codec-k", type=int, default=0, help="--only codec: fix the shards' centroids K"
     )
-    ap.add_argument("--only", choices=["search", "codec"], help="run only this part (see above)")
+    ap.add_argument(
+        "--only", choices=["search", "codec", "encode"], help="run only this part (see above)"
+    )
+    ap.add_argument(
+        "--whole-docs",
+        action="store_true",
+        help="one passage per document: the cached whole-document encodings (cut at the "
+        "model's 256 tokens; no passage encodings needed) instead of the collection's passages",
+    )
     a = ap.parse_args()
     prov = provenance.lines()
     print("\n".join(prov), flush=True)
@@ -135,7 +228,14 @@ def main() -> int:
     docs, queries, qrels = bc.load_set("scifact")
     if a.docs:
         docs = docs[: a.docs]
-    vecs = bc.passage_vectors("scifact", docs, encoder, cache)
+    if a.whole_docs:
+        entry = cache.entry_dir(encoder, "document", [d.id for d in docs], [d.text for d in docs])
+        if not (entry / "offsets.npy").is_file():
+            raise SystemExit(f"--whole-docs: no cached document encodings at {entry}")
+        dv, do = cache.get_or_compute(encoder, [d.id for d in docs], [d.text for d in docs])
+        vecs = {d.id: np.asarray(dv[do[i] : do[i + 1]]) for i, d in enumerate(docs)}
+    else:
+        vecs = bc.passage_vectors("scifact", docs, encoder, cache)
     qvd = bc.query_vectors(encoder, cache, queries, qrels)
     qids = list(qvd)
     qv = [qvd[q] for q in qids]
@@ -174,6 +274,16 @@ def main() -> int:
             )
             name.with_suffix(".md").write_text(codec_report(r, prov))
             print(codec_report(r, prov))
+            return 0
+        if a.only == "encode":
+            encode_part(a, r, work, sub_docs(docs, a), encoder, qv, lock)
+            out = Path(a.out)
+            name = out.with_name(out.name + "-encode")
+            name.with_suffix(".json").write_text(
+                json.dumps({"provenance": prov, **r}, indent=2) + "\n"
+            )
+            name.with_suffix(".md").write_text(encode_report(r, prov))
+            print(encode_report(r, prov))
             return 0
         if a.only == "search":
             prev = json.loads(Path(a.out).with_suffix(".json").read_text())
@@ -368,6 +478,101 @@ def codec_report(r: dict[str, Any], prov: list[str]) -> str:
             f"| {name} | {tr['nDCG@10']:.4f} | {tr['recall@10_vs_exact']:.4f} | "
             f"{te['nDCG@10']:.4f} | {te['recall@10_vs_exact']:.4f} | {row['bytes_per_token']} | "
             f"{', '.join(str(k) for k in row['n_centroids'])} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def encode_part(
+    a: Any, r: dict[str, Any], work: Path, sub: list[Any], encoder: Any, qv: Any, lock: Any
+) -> None:
+    """--only encode: the build with encoding of the first --encode-docs documents, in one
+    locked run: single-process ``index_corpus`` (the ``latix index`` path: one encoder session,
+    onnxruntime's default threads), then 2 shards encoding in their actors (1 thread each),
+    then the Ray Data pipeline of 2 encoder workers (1 thread each) writing 2 shards; each
+    build's top 10 for the test queries compared with the single-process one's (exact
+    collections, so the top 10 differs only if the vectors do)."""
+    import latix.distributed as ld
+    from latix.collection import Collection, index_corpus
+
+    rows: dict[str, Any] = {}
+    tops: dict[str, list[list[str]]] = {}
+
+    def top(col: Any) -> list[list[str]]:
+        return [[h.id for h in col.search(query_vectors=q, k=10)] for q in qv]
+
+    with lock():
+        r["load_before"] = [round(x, 2) for x in os.getloadavg()]
+        bc.log(f"encode: {len(sub)} docs, single process")
+        t = time.perf_counter()
+        c1 = Collection.create(fresh(work / "enc-one"), encoder=encoder, compression=None)
+        index_corpus(c1, sub, commit_every=1000)
+        rows["single process"] = time.perf_counter() - t
+        n_tok = c1.stats()["n_tokens"]
+        tops["single process"] = top(c1)
+        c1.close()
+        for name, enc_mode in (
+            ("2 shards, shard actors", "shards"),
+            ("2 shards, Ray Data", "ray-data"),
+        ):
+            bc.log(f"encode: {name}")
+            t = time.perf_counter()
+            sc = ld.build(
+                sub,
+                fresh(work / f"enc-{enc_mode}"),
+                n_shards=2,
+                encoder=encoder,
+                compression=None,
+                batch_size=32,
+                encoder_threads=1,
+                encoding=enc_mode,
+                n_encoders=2,
+            )
+            rows[name] = time.perf_counter() - t
+            assert len(sc) == len(sub) and sc.stats()["n_tokens"] == n_tok
+            tops[name] = top(sc)
+            sc.close()
+        r["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    base = rows["single process"]
+    r["encode"] = {
+        "docs": len(sub),
+        "rows": {
+            n: {
+                "s": round(v, 2),
+                "docs_s": round(len(sub) / v, 2),
+                "speedup": round(base / v, 2),
+                "same_top10": sum(
+                    x == y for x, y in zip(tops[n], tops["single process"], strict=True)
+                ),
+            }
+            for n, v in rows.items()
+        },
+        "queries": len(qv),
+    }
+    bc.log(f"  {r['encode']}")
+
+
+def encode_report(r: dict[str, Any], prov: list[str]) -> str:
+    e = r["encode"]
+    lines = [
+        "# Build with encoding: single process vs shard actors vs Ray Data",
+        "",
+        "Provenance:",
+        *prov,
+        "",
+        f"The first {e['docs']} SciFact documents encoded and indexed (exact collections), one "
+        "locked run; local Ray cluster of 2 CPUs; times include creating the shards and "
+        "starting their actors (and the Ray Data workers). Load average before "
+        f"{r['load_before']}, after {r['load_after']}. Same top 10: of the {e['queries']} test "
+        "queries, those whose top-10 ids equal the single-process collection's.",
+        "",
+        "| build | seconds | docs/s | speed-up | same top 10 |",
+        "|---|---|---|---|---|",
+    ]
+    for n, row in e["rows"].items():
+        lines.append(
+            f"| {n} | {row['s']} | {row['docs_s']} | {row['speedup']}x | "
+            f"{row['same_top10']}/{e['queries']} |"
         )
     lines.append("")
     return "\n".join(lines)
@@ -615,6 +820,12 @@ def search_part(
             name = f"{n} shard{'s' if n > 1 else ''}" + ("" if compiled else " (plain calls)")
             lat[name] = search_timing(sc, qv, a.rounds)
             lat[name]["graph"] = sc._graph is not None
+            if compiled:
+                if n == 1:
+                    lat["interleaved"] = interleaved(base, sc, qv, a.rounds)
+                    bc.log(f"    interleaved: {lat['interleaved']}")
+                lat[name]["attribution"] = attribution(sc, qv, full)
+                bc.log(f"    attribution: {lat[name]['attribution']}")
             tops[(n, compiled)] = top10(sc, qv)
             bc.log(f"  {name}: {lat[name]}")
             if n == 1:
@@ -768,6 +979,37 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
         f"{sp['call']['p50_ms']} vs {sp['in_actor']['p50_ms']} ms",
         "",
     ]
+    if "interleaved" in s:
+        iv = s["interleaved"]
+        lines[-1:-1] = [
+            f"- interleaved (the one collection and the 1-shard handle searched alternately, "
+            f"query by query, {r['rounds']} passes): p50 {iv['one collection']['p50_ms']} vs "
+            f"{iv['1 shard']['p50_ms']} ms; per-query difference p50 "
+            f"**{iv['overhead_p50_ms']} ms**",
+        ]
+    if all("attribution" in s.get(n, {}) for n in ("1 shard", "2 shards", "4 shards")):
+        lines += [
+            "### Where a fan-out search's time goes (compiled graph, p50 ms per query)",
+            "",
+            "Per query through the handle's fan-out (`_fanout`, the shards' search timed "
+            "inside their actors): transport = the call - the slowest shard's own search "
+            "(request out, answers back, wake-ups); the empty round trip is a `ready` call "
+            "through the same graph; driver CPU is the process time of all the driver's "
+            "threads for the call, merge and hits.",
+            "",
+            "| shards | call | slowest shard's search | transport | empty round trip | merge "
+            "| to hits | driver CPU |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for n in (1, 2, 4):
+            at = s[f"{n} shard{'s' if n > 1 else ''}"]["attribution"]
+            lines.append(
+                f"| {n} | {at['call']['p50_ms']} | {at['slowest_shard_in_actor']['p50_ms']} | "
+                f"{at['transport']['p50_ms']} | {at['empty_round_trip']['p50_ms']} | "
+                f"{at['merge']['p50_ms']} | {at['to_hits']['p50_ms']} | "
+                f"{at['driver_cpu_per_search']['p50_ms']} |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 

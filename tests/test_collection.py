@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from helpers import SCHEMA, rand_filter, rand_record, ref_eval
 from latix import filters as flt
-from latix.collection import Collection, Passages, _fts_query, _fuse
+from latix.collection import Collection, Passages, Record, _fts_query, _fuse
 from latix.docstore import RecordStore
 
 DIM = 16
@@ -427,6 +427,69 @@ def test_passages_and_explanations(tmp_path: Path, encoder: Any) -> None:
     assert abs(sum(m.score for m in h.explanation) - h.score) < 0.02
     assert any(m.text == "diabetes" and long[m.start : m.end] == "diabetes" for m in h.explanation)
     json.dumps(h.to_dict())
+
+
+def test_vectors_with_spans_store_what_a_text_add_stores(tmp_path: Path, encoder: Any) -> None:
+    """PassageEncoder + add(vectors=, spans=) (how encoding elsewhere hands its work to the
+    writer) gives the rows, vectors, hits and explanations of the text add of the same
+    records in one call; the spans are checked against the vectors and the texts."""
+    from latix.collection import PassageEncoder
+
+    cfg = Passages(max_tokens=20, overlap=5)
+    rng = np.random.default_rng(8)
+    words = "volcano lava insulin diabetes glacier climate metformin ash village sign".split()
+    recs = [
+        Record(f"r{i}", " ".join(rng.choice(words, int(rng.integers(1, 60))).tolist()), {"i": i})
+        for i in range(12)
+    ]
+    text = Collection.create(tmp_path / "t", encoder=encoder, compression=None, passages=cfg)
+    vec = Collection.create(tmp_path / "v", encoder=encoder, compression=None, passages=cfg)
+    plain = Collection.create(tmp_path / "p", encoder=encoder, compression=None, passages=cfg)
+    text.add(recs)
+    assert vec.passages == cfg
+    enc = PassageEncoder(encoder, vec.passages).encode([r.text for r in recs])
+    assert any(e.spans is not None and len(e.spans) > 2 for e in enc)  # some were split
+    rep = vec.add(recs, vectors=[e.vectors for e in enc], spans=[e.spans for e in enc])
+    plain.add(recs, vectors=[e.vectors for e in enc])  # without spans: what was lost
+    a = text._store.get([r.id for r in recs], text.index.generation)
+    b = vec._store.get([r.id for r in recs], vec.index.generation)
+    c = plain._store.get([r.id for r in recs], plain.index.generation)
+    assert rep.n_passages == sum(x.n_passages for x in a.values())
+    assert any(a[r.id].spans != c[r.id].spans for r in recs)  # the test can fail
+    for r in recs:
+        x, y = a[r.id], b[r.id]
+        assert (x.text, x.metadata, x.spans, x.n_passages, x.n_tokens) == (
+            y.text,
+            y.metadata,
+            y.spans,
+            y.n_passages,
+            y.n_tokens,
+        )
+        for p in range(x.n_passages):
+            key = f"{x.rk}" if p == 0 else f"{x.rk}.{p}"
+            assert np.array_equal(text.index.get(key), vec.index.get(key))
+    for q in ("early diabetes sign", "lava ash"):
+        ht, hv = text.search(q, k=6, explain=True), vec.search(q, k=6, explain=True)
+        assert [h.to_dict() for h in ht] == [h.to_dict() for h in hv]
+    # spans that do not fit the vectors or the text are refused, nothing written
+    split = next(j for j, e in enumerate(enc) if e.spans is not None)
+    bad_spans: list[Any] = [
+        enc[split].spans[:-1],  # one short
+        [(0, len(recs[split].text) + 1)] * len(enc[split].spans),  # past the end
+        list(reversed(enc[split].spans)),  # out of order
+        [(3, 3)] * len(enc[split].spans),  # empty
+        "0-5",
+    ]
+    for bad in bad_spans:
+        with pytest.raises(latix.InvalidArgumentError, match="span"):
+            plain.add([Record("new", recs[split].text)], vectors=[enc[split].vectors], spans=[bad])
+    with pytest.raises(latix.InvalidArgumentError, match="spans"):
+        plain.add([Record("new", "x")], spans=[None])
+    with pytest.raises(latix.InvalidArgumentError, match="spans"):
+        plain.add([Record("new", "x")], vectors=[enc[0].vectors[:1]], spans=[None, None])
+    assert "new" not in plain
+    for col in (text, vec, plain):
+        col.close()
 
 
 def test_text_collection_in_every_mode(tmp_path: Path, encoder: Any) -> None:

