@@ -41,6 +41,7 @@ pub mod format;
 pub mod index;
 pub mod maxsim;
 pub mod parallel;
+pub mod profile;
 pub mod simd;
 pub mod store;
 pub mod topk;

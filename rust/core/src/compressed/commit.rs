@@ -250,9 +250,11 @@ fn encode_segment(
 ) -> Result<()> {
     let seg = ctx.open_segment(file)?;
     let ivf = crate::parallel::install(n_threads, || -> Result<IvfSegment> {
+        let pooling = crate::profile::span("commit/read+pool");
         if pool_factor <= 1 {
             // Verified read: encoding must not launder damaged vectors into fresh checksums.
             let rows = seg.rows_checked(0, seg.n_tokens())?;
+            drop(pooling);
             return IvfSegment::build(codec, crc, rows, seg.offsets());
         }
         use rayon::prelude::*;
@@ -290,6 +292,7 @@ fn encode_segment(
                 }
                 Ok(())
             })?;
+        drop(pooling);
         IvfSegment::build(codec, crc, DocVectors::F16(&rows), &offsets)
     })??;
     // The tier's refinement data, from the segment's original (unpooled) rows, read verified.
@@ -301,11 +304,14 @@ fn encode_segment(
         })??),
     };
     drop(seg);
+    let strip = crate::profile::span("commit/strip-vectors");
     let target = if cfg.keep_vectors {
         file.to_owned()
     } else {
         ctx.strip_vectors_with(file, token_counts)?
     };
+    drop(strip);
+    let _write = crate::profile::span("commit/write-lists");
     ctx.write_segment_file(&target, IVF_FILE, ivf.as_bytes())?;
     if let Some(f) = fid {
         ctx.write_segment_file(&target, FID_FILE, f.as_bytes())?;
@@ -373,7 +379,9 @@ pub(crate) fn commit_hook(
         }
         return Ok(());
     }
+    let training = crate::profile::span("commit/train");
     let codec = train_codec(cfg, &segs, &ranges, pooled_live, pool, n_threads)?;
+    drop(training);
     drop(segs);
     let bytes = codec.to_bytes();
     let crc = codec_id(&bytes);

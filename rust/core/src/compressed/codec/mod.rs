@@ -335,7 +335,10 @@ impl Codec {
     /// Encodes `x` (`n * dim` f32): leaf centroid ids and PQ codes, `M / 2` bytes per token with
     /// subspace `2i` in the low nibble of byte `i` and `2i + 1` in the high nibble. Current pool.
     pub fn encode(&self, x: &[f32]) -> (Vec<u32>, Vec<u8>) {
+        let assigning = crate::profile::span("encode/assign");
         let cids = self.assign(x);
+        drop(assigning);
+        let _pq = crate::profile::span("encode/pq");
         let bpt = self.m / 2;
         let mut codes = vec![0u8; cids.len() * bpt];
         const CHUNK: usize = 1024;

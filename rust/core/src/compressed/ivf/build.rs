@@ -66,6 +66,7 @@ impl IvfSegment {
             };
             crate::maxsim::check_finite_from(DocVectors::F32(x), "token vectors", dim, t0)?;
             let (c, cd) = codec.encode(x);
+            let _norms = crate::profile::span("ivf/norm-scales");
             let decoded = codec.decode(&c, &cd);
             scales.extend(
                 x.chunks_exact(dim)
@@ -76,6 +77,7 @@ impl IvfSegment {
             codes.extend_from_slice(&cd);
             t0 = t1;
         }
+        let _lists = crate::profile::span("ivf/lists");
         // Counting sort of tokens by sub-list (centroid, document chunk); stable, so document order
         // inside a sub-list.
         let nch = n_docs.div_ceil(DOC_CHUNK).max(1);
