@@ -603,6 +603,13 @@ def markdown(saved: dict[str, Any]) -> str:
                 f"- {what}: exponent **{f[k]['exponent']:.2f}** (projected at 100M tokens: "
                 f"{f[k]['at_100m']:,.1f} {unit})"
             )
+    commits = {ln for r in rows for ln in r["provenance"] if ln.startswith("- commit:")}
+    if len(commits) > 1:
+        md += [
+            "",
+            "The sizes were measured at different commits (see their provenance): build times "
+            "of different code, so the build-time exponent above is no growth figure.",
+        ]
     md += ["", "Provenance of each size:", ""]
     for r in rows:
         md.append(f"*{r['size']}:*")
