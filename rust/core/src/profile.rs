@@ -161,7 +161,7 @@ mod tests {
         let mut x = 0u64;
         for _ in 0..1_000_000_000u64 {
             x = std::hint::black_box(x.wrapping_add(1));
-            if x % 4096 == 0 && process_cpu_s() > c0 {
+            if x.is_multiple_of(4096) && process_cpu_s() > c0 {
                 break;
             }
         }

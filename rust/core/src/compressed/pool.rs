@@ -393,7 +393,7 @@ mod tests {
                 let mut x = rand_vecs(n, dim, seed);
                 if coarse {
                     // Repeated and rounded rows make equal distances (ties) common.
-                    for (i, v) in x.iter_mut().enumerate() {
+                    for v in x.iter_mut() {
                         *v = (*v * 2.0).round() / 2.0;
                     }
                 }
