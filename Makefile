@@ -194,6 +194,7 @@ harden: build
 FUZZ_SECONDS ?= 60
 soak: build
 	PYTHONPATH=tests $(BIN)/python -m harness.crash --kills 200 --seed 1
+	PYTHONPATH=tests $(BIN)/python -m harness.crash --kills 200 --seed 3 --vector-free
 	PYTHONPATH=tests $(BIN)/python -m harness.collection_crash --kills 200 --seed 1
 	PYTHONPATH=tests $(BIN)/python -m harness.collection_crash --kills 200 --seed 2 --compressed
 	PYTHONPATH=tests $(BIN)/python -m harness.corruption --cases 1000 --seed 1 --dtype float16

@@ -20,6 +20,8 @@ the index is created: that resident size is reported beside it), and the time sp
 * latency of k = 10 searches, one query at a time, 1 and 2 threads, over SciFact's 300 test
   queries (pre-encoded), after one untimed pass; p50 and p99;
 * nDCG@10 of those searches on SciFact test (qrels);
+* the median time of `Index.open` (5 opens) and the time to add the next 1,000 generated
+  documents and commit them (the merge policy's merges included), after everything else;
 * recall@10 against exact MaxSim on a fixed seeded sample of --exact-sample (50) test queries,
   and the share of the exact top-10 slots that generated documents take (how much they compete),
   plus exact and compressed nDCG@10 on that sample. The exact top 20 is computed once per size
@@ -427,6 +429,12 @@ def measure_locked(
             run10[qids[i]] = {str(d): float(x) for x, d in zip(s[0], h[0], strict=True) if d}
         ix.close()
         load_search = provenance.load_average()
+        open_s, add_commit_s = open_and_add(out, corpus)
+    print(
+        f"open {open_s * 1000:.1f} ms (median of {OPENS}); add + commit {ADD_DOCS:,} documents "
+        f"{add_commit_s:.2f} s",
+        flush=True,
+    )
     ev = ir_measures.calc_aggregate([nDCG @ 10], sub_qrels, run10)
     rec = [len(set(run10[qids[i]]) & set(ref["ids"][j][:10])) / 10 for j, i in enumerate(sample)]
     sq = {qids[i]: sub_qrels[qids[i]] for i in sample if qids[i] in sub_qrels}
@@ -454,6 +462,8 @@ def measure_locked(
         "add_piece_docs": info.get("add_piece_docs"),
         "bytes_on_disk": st["bytes_on_disk"],
         "bytes_per_token": st["bytes_on_disk"] / corpus.n_tokens,
+        "open_ms": open_s * 1000,
+        "add_commit_1000_s": add_commit_s,
         "p50_1t_ms": pct(lat[1], 50),
         "p99_1t_ms": pct(lat[1], 99),
         "p50_2t_ms": pct(lat[2], 50),
@@ -479,6 +489,35 @@ def measure_locked(
     if not a.keep:
         shutil.rmtree(out)
     return r
+
+
+#: Opens timed per size (median reported).
+OPENS = 5
+#: Documents added and committed to the built index, timed.
+ADD_DOCS = 1000
+
+
+def open_and_add(path: str, corpus: Corpus) -> tuple[float, float]:
+    """(median seconds of `Index.open(path)` over `OPENS` opens, seconds to add the next
+    `ADD_DOCS` generated documents to the index and commit them, the merge policy's merges
+    included). Changes the index: run after every other measurement of it."""
+    import latix
+
+    opens = []
+    for _ in range(OPENS):
+        t = time.perf_counter()
+        ix = latix.Index.open(path)
+        opens.append(time.perf_counter() - t)
+        ix.close()
+    g0 = corpus.n_gen
+    vec, off = corpus.gen.batch(g0, g0 + ADD_DOCS)
+    docs = list(np.split(vec, off[1:-1]))
+    with latix.Index.open(path, "w") as ix:
+        t = time.perf_counter()
+        ix.add(scale_gen.ids_of(g0, g0 + ADD_DOCS), docs)
+        ix.commit()
+        add_s = time.perf_counter() - t
+    return float(np.median(opens)), add_s
 
 
 def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -521,10 +560,14 @@ def markdown(saved: dict[str, Any]) -> str:
         "| tokens | docs (generated) | K | segments | build s (+ generate) | peak RSS MB (pools) "
         "| bytes/token | p50 / p99 1T ms | p50 / p99 2T ms | nDCG@10 | recall@10 vs exact "
         "| generated share of exact top 10 | sample nDCG@10 exact / compressed "
-        "| load (build; search) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| build tokens/s | open ms | add + commit 1,000 docs s | load (build; search) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+        "| --- | --- | --- |",
     ]
     for r in rows:
+        # Sizes measured before the open and add figures existed show "-".
+        open_ms = f"{r['open_ms']:.1f}" if "open_ms" in r else "-"
+        add_s = f"{r['add_commit_1000_s']:.2f}" if "add_commit_1000_s" in r else "-"
         md.append(
             f"| {r['n_tokens']:,} | {r['n_docs']:,} ({r['n_generated_docs']:,}) | "
             f"{r['n_centroids']} | {r['n_segments']} | {r['build_s']:.1f} "
@@ -534,7 +577,8 @@ def markdown(saved: dict[str, Any]) -> str:
             f"{r['p50_1t_ms']:.2f} / {r['p99_1t_ms']:.2f} | {r['p50_2t_ms']:.2f} / "
             f"{r['p99_2t_ms']:.2f} | {r['ndcg_at_10']:.4f} | {r['recall_at_10_vs_exact']:.3f} | "
             f"{r['generated_share_exact_top10']:.1%} | {r['sample_ndcg_at_10_exact']:.4f} / "
-            f"{r['sample_ndcg_at_10']:.4f} | {r['load']['build'][1]}; {r['load']['search'][1]} |"
+            f"{r['sample_ndcg_at_10']:.4f} | {r['n_tokens'] / r['build_s']:,.0f} | {open_ms} | "
+            f"{add_s} | {r['load']['build'][1]}; {r['load']['search'][1]} |"
         )
     if any(not r.get("add_piece_docs") for r in rows):
         md += [
@@ -559,6 +603,13 @@ def markdown(saved: dict[str, Any]) -> str:
                 f"- {what}: exponent **{f[k]['exponent']:.2f}** (projected at 100M tokens: "
                 f"{f[k]['at_100m']:,.1f} {unit})"
             )
+    commits = {ln for r in rows for ln in r["provenance"] if ln.startswith("- commit:")}
+    if len(commits) > 1:
+        md += [
+            "",
+            "The sizes were measured at different commits (see their provenance): build times "
+            "of different code, so the build-time exponent above is no growth figure.",
+        ]
     md += ["", "Provenance of each size:", ""]
     for r in rows:
         md.append(f"*{r['size']}:*")

@@ -21,14 +21,27 @@ KILLS = int(os.environ.get("LATIX_CRASH_KILLS", "12"))
 
 
 @pytest.mark.parametrize(
-    "seed,dtype,compressed", [(11, "float32", False), (12, "float16", False), (13, "float16", True)]
+    "seed,dtype,compressed,vector_free",
+    [
+        (11, "float32", False, False),
+        (12, "float16", False, False),
+        (13, "float16", True, False),
+        (14, "float16", True, True),
+    ],
 )
-def test_crash_consistency(seed: int, dtype: str, compressed: bool) -> None:
+def test_crash_consistency(seed: int, dtype: str, compressed: bool, vector_free: bool) -> None:
     # The harness is about kills inside commits: at least MIN_IN_COMMIT of them must really
     # have landed between "B n" and "D n" (about 60% of trials do; the run goes on past
     # KILLS // 2 trials, up to three times as many, until that many did).
     min_in_commit = max(1, KILLS // 4)
-    stats = crash.run(KILLS // 2, seed, dtype, compressed=compressed, min_in_commit=min_in_commit)
+    stats = crash.run(
+        KILLS // 2,
+        seed,
+        dtype,
+        compressed=compressed,
+        min_in_commit=min_in_commit,
+        vector_free=vector_free,
+    )
     print(stats.summary())
     assert stats.failures == 0, stats.summary()
     assert KILLS // 2 <= stats.trials <= 3 * (KILLS // 2)
@@ -40,6 +53,9 @@ def test_crash_consistency(seed: int, dtype: str, compressed: bool) -> None:
         # The codec was trained during the run and trained states were checked.
         assert stats.details["trained"] == 1
         assert stats.details.get("compressed_searches", 0) > 0, stats.summary()
+    if vector_free:
+        # Documents were checked by their decoded approximations.
+        assert stats.details.get("decoded_docs_checked", 0) > 0, stats.summary()
 
 
 def test_model_is_deterministic() -> None:

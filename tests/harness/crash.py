@@ -16,7 +16,12 @@ compressed index; a plain compaction on a plain index) has no effect on the logi
 ``"compact"``. ``--compressed`` runs the same trials on a compressed index (:data:`COMPRESSION`,
 kept vectors so stored vectors stay exact) that trains its codec after a few transactions, so
 kills also land in training commits, encoding commits (codec and ``ivf`` side files) and
-retraining compactions.
+retraining compactions. ``--vector-free`` runs them on a compressed index that drops its vectors
+(``keep_vectors=False``, no pooling) and merges by a policy of 3 segments per tier, so kills also
+land in the policy's codes-domain merges (run inside ``commit()``) and in codes-domain
+compactions; once the codec is trained, each document's stored state is checked by its decoded
+approximation (:func:`decoded_error`: each original row's nearest decoded row, within
+:data:`DECODED_TOLERANCE` for the expected version of the document and far from any other).
 """
 
 from __future__ import annotations
@@ -48,11 +53,23 @@ KINDS: dict[str, tuple[float, Callable[[Any], None]]] = {
 must publish them."""
 
 
-def compression() -> Any:
+def compression(vector_free: bool = False) -> Any:
     """The configuration of ``--compressed`` runs: a codec trained once the index holds 300
-    tokens (a few transactions), 16 centroids, 4 code bytes per 16-d token, vectors kept."""
+    tokens (a few transactions), 16 centroids, 4 code bytes per 16-d token, vectors kept; with
+    ``vector_free`` (``--vector-free``), vectors dropped, 8 code bytes per token (a tight
+    approximation to check documents by) and no pooling (one decoded row per original)."""
     import latix
 
+    if vector_free:
+        return latix.Compression(
+            bytes_per_token=8,
+            n_centroids=16,
+            keep_vectors=False,
+            train_min_tokens=300,
+            train_sample_tokens=4000,
+            seed=1,
+            pool_factor=1,
+        )
     return latix.Compression(
         bytes_per_token=4,
         n_centroids=16,
@@ -61,6 +78,22 @@ def compression() -> Any:
         train_sample_tokens=4000,
         seed=1,
     )
+
+
+#: Largest mean relative squared error (see :func:`decoded_error`) of a vector-free document's
+#: decoded rows against the vectors it was written with.
+DECODED_TOLERANCE = 0.25
+
+
+def decoded_error(original: Any, decoded: Any) -> float:
+    """Mean over the rows of ``original`` of the squared distance to the nearest row of
+    ``decoded`` (a vector-free document's rows come back grouped by centroid, not in order),
+    relative to the row's squared norm; inf when the row counts differ."""
+    if decoded.shape != original.shape:
+        return float("inf")
+    o, d = original.astype(np.float64), decoded.astype(np.float64)
+    d2 = (o * o).sum(1)[:, None] + (d * d).sum(1)[None, :] - 2.0 * o @ d.T
+    return float(np.mean(np.maximum(d2.min(axis=1), 0.0) / np.maximum((o * o).sum(1), 1e-12)))
 
 
 class Model:
@@ -112,13 +145,15 @@ class Model:
 # ------------------------------------------------------------------------------------- child
 
 
-def child(path: str, seed: int, start: int, dtype: str) -> None:
+def child(path: str, seed: int, start: int, dtype: str, vector_free: bool = False) -> None:
     """Runs transactions ``start, start + 1, ...`` until killed, reporting on stdout."""
     import latix
 
     model = Model(seed)
     out = sys.stdout
     ix = latix.Index.open(path, "w")
+    if vector_free:
+        ix.set_merge_policy(segments_per_tier=3)  # frequent merges to land kills in
     out.write("O\n")
     out.flush()
     n = start
@@ -161,25 +196,59 @@ def check_state(path: Path, model: Model, candidates: list[int], dtype: str, sta
             f"live ids match none of the states {candidates}: "
             f"{len(got)} ids vs {[len(model.state(c)) for c in candidates]}"
         )
+        st = ix.stats()
+        decoded = bool(st["trained"]) and not st["keep_vectors"]
         # Several candidates can share an id set (only replacements differ): vectors decide.
         for n in reversed(match):
             state = model.state(n)
-            if all(
-                np.array_equal(
-                    ix.get(i), as_stored(doc_vectors(model.seed, i, state[i], DIM), dtype)
+            if decoded:
+                # Vector-free: every document's decoding is near the version it was written
+                # with (and, for a replaced one, far from the other versions: checked below).
+                errs = {
+                    i: decoded_error(doc_vectors(model.seed, i, state[i], DIM), ix.get(i))
+                    for i in ids
+                }
+                ok = all(e <= DECODED_TOLERANCE for e in errs.values())
+                if ok:
+                    stats.count("decoded_docs_checked", len(ids))
+                    worst = max(errs.values(), default=0.0)
+                    stats.details["decoded_error_max_ppm"] = max(
+                        stats.details.get("decoded_error_max_ppm", 0), int(worst * 1e6)
+                    )
+            else:
+                ok = all(
+                    np.array_equal(
+                        ix.get(i), as_stored(doc_vectors(model.seed, i, state[i], DIM), dtype)
+                    )
+                    for i in ids
                 )
-                for i in ids
-            ):
+            if ok:
                 break
         else:
             raise AssertionError(f"stored vectors match none of the states {match}")
         stats.docs_checked += len(ids)
         ix.verify()
-        if ids:
+        if ids and decoded:
+            # A replaced document's other versions are far from its decoding (so the check
+            # above tells versions apart).
+            for i in ids:
+                for v in {c_state[i] for c in match if i in (c_state := model.state(c))}:
+                    if v != state[i]:
+                        e = decoded_error(doc_vectors(model.seed, i, v, DIM), ix.get(i))
+                        assert e > 2 * DECODED_TOLERANCE, (i, v, state[i], e)
+            # Every list probed: the hits are live documents, each once, best first.
+            rng = np.random.default_rng([model.seed, n, 3])
+            q = rng.standard_normal((4, DIM)).astype(np.float32)
+            scores, hits = ix.search(q, k=len(ids), nprobe=st["n_centroids"])
+            for s, h in zip(scores, hits, strict=True):
+                found = [x for x in h if x]
+                assert set(found) <= got and len(set(found)) == len(found), h
+                assert np.all(np.diff(s[: len(found)]) <= 1e-6), s
+            stats.count("compressed_searches")
+        elif ids:
             rng = np.random.default_rng([model.seed, n, 3])
             q = rng.standard_normal((4, DIM)).astype(np.float32)
             k = min(5, len(ids))
-            st = ix.stats()
             if st["trained"]:
                 # Probing every list touches every document, and a re-rank depth of at least
                 # len(ids) re-scores all of them exactly: the result must be exact.
@@ -207,6 +276,7 @@ def run(
     verbose: bool = False,
     compressed: bool = False,
     min_in_commit: int = 0,
+    vector_free: bool = False,
 ) -> Stats:
     """Runs ``kills`` kill-and-check trials with ``seed`` (on a compressed index if
     ``compressed``); returns the figures. Kill timing is random, so a short run may land few
@@ -214,12 +284,14 @@ def run(
     ``3 * kills``) until that many did."""
     import latix
 
-    stats = Stats("crash-compressed" if compressed else "crash")
+    compressed = compressed or vector_free
+    name = "crash-vector-free" if vector_free else "crash-compressed" if compressed else "crash"
+    stats = Stats(name)
     rng = np.random.default_rng(seed)
     model = Model(seed)
     tmp = Path(tempfile.mkdtemp(prefix="latix-crash-", dir=workdir))
     path = tmp / "ix"
-    comp = compression() if compressed else None
+    comp = compression(vector_free) if compressed else None
     latix.Index.create(path, dim=DIM, dtype=dtype, compression=comp).close()
     committed = 0  # the state the index holds now
     commit_time: dict[str, float] = {}  # measured B->D duration per kind (running mean)
@@ -233,6 +305,7 @@ def run(
             c = ChildProc(
                 [python(), "-m", "harness.crash", "--child", str(path), "--seed", str(seed)]
                 + ["--start", str(start), "--dtype", dtype]
+                + (["--vector-free"] if vector_free else [])
             )
             mode = rng.choice(["commit", "any"], p=[0.8, 0.2])
             target = start + int(rng.integers(0, 3))
@@ -317,14 +390,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--compressed", action="store_true", help="run on a compressed index")
+    ap.add_argument(
+        "--vector-free", action="store_true", help="run on a compressed index without vectors"
+    )
     ap.add_argument("--child", metavar="PATH", help=argparse.SUPPRESS)
     ap.add_argument("--start", type=int, default=1, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        child(a.child, a.seed, a.start, a.dtype)
+        child(a.child, a.seed, a.start, a.dtype, a.vector_free)
         return 0
     t = time.monotonic()
-    stats = run(a.kills, a.seed, a.dtype, a.workdir, a.verbose, a.compressed)
+    stats = run(
+        a.kills, a.seed, a.dtype, a.workdir, a.verbose, a.compressed, vector_free=a.vector_free
+    )
     print(stats.summary() + f" seconds={time.monotonic() - t:.1f}")
     return 1 if stats.failures else 0
 

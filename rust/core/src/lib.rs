@@ -13,6 +13,7 @@
 //! maxsim/       exact MaxSim kernels (runtime dispatch, scalar oracle)
 //! types, topk, error, parallel, simd   shared vocabulary, the one top-k and hit order, errors,
 //!               the pool, the one CPU detection (simd::Level, LATIX_KERNEL) of every kernel
+//! profile       timing spans of a commit's stages (LATIX_PROFILE_COMMIT)
 //! format        header (magic + version), crc32c seal, LE reads, write_atomic: every file format
 //! ```
 //!
@@ -41,6 +42,7 @@ pub mod format;
 pub mod index;
 pub mod maxsim;
 pub mod parallel;
+pub mod profile;
 pub mod simd;
 pub mod store;
 pub mod topk;

@@ -47,7 +47,13 @@ fn live_ranges(ctx: &CommitContext<'_>) -> Result<(Vec<Segment>, Vec<Range>, u64
 fn pooled_doc(seg: &Segment, a: u64, b: u64, pool_factor: usize) -> Result<Vec<f32>> {
     let x = match seg.rows_checked(a, b)? {
         DocVectors::F32(v) => v.to_vec(),
-        DocVectors::F16(v) => v.iter().map(|h| h.to_f32()).collect(),
+        DocVectors::F16(v) => {
+            // The slice conversion runs F16C eight values at a time (the same exact values).
+            use half::slice::HalfFloatSliceExt;
+            let mut out = vec![0.0f32; v.len()];
+            v.convert_to_f32_slice(&mut out);
+            out
+        }
     };
     Ok(crate::compressed::pool::pool_document(
         &x,
@@ -250,9 +256,11 @@ fn encode_segment(
 ) -> Result<()> {
     let seg = ctx.open_segment(file)?;
     let ivf = crate::parallel::install(n_threads, || -> Result<IvfSegment> {
+        let pooling = crate::profile::span("commit/read+pool");
         if pool_factor <= 1 {
             // Verified read: encoding must not launder damaged vectors into fresh checksums.
             let rows = seg.rows_checked(0, seg.n_tokens())?;
+            drop(pooling);
             return IvfSegment::build(codec, crc, rows, seg.offsets());
         }
         use rayon::prelude::*;
@@ -285,11 +293,11 @@ fn encode_segment(
             .try_for_each(|(d, out)| -> Result<()> {
                 let (a, b) = seg.doc_range(d as u32);
                 let p = pooled_doc(&seg, a, b, pool_factor)?;
-                for (o, v) in out.iter_mut().zip(&p) {
-                    *o = f16::from_f32(*v);
-                }
+                use half::slice::HalfFloatSliceExt;
+                out.convert_from_f32_slice(&p);
                 Ok(())
             })?;
+        drop(pooling);
         IvfSegment::build(codec, crc, DocVectors::F16(&rows), &offsets)
     })??;
     // The tier's refinement data, from the segment's original (unpooled) rows, read verified.
@@ -301,11 +309,14 @@ fn encode_segment(
         })??),
     };
     drop(seg);
+    let strip = crate::profile::span("commit/strip-vectors");
     let target = if cfg.keep_vectors {
         file.to_owned()
     } else {
         ctx.strip_vectors_with(file, token_counts)?
     };
+    drop(strip);
+    let _write = crate::profile::span("commit/write-lists");
     ctx.write_segment_file(&target, IVF_FILE, ivf.as_bytes())?;
     if let Some(f) = fid {
         ctx.write_segment_file(&target, FID_FILE, f.as_bytes())?;
@@ -373,7 +384,9 @@ pub(crate) fn commit_hook(
         }
         return Ok(());
     }
+    let training = crate::profile::span("commit/train");
     let codec = train_codec(cfg, &segs, &ranges, pooled_live, pool, n_threads)?;
+    drop(training);
     drop(segs);
     let bytes = codec.to_bytes();
     let crc = codec_id(&bytes);

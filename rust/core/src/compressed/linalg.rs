@@ -65,8 +65,9 @@ fn tile_generic<const R: usize>(x: &[f32], dim: usize, panel: &[f32], acc: &mut 
     }
 }
 
-/// Computes `out[r * n_padded + c] = <x_r, row_c>` for every row of `x` (`m * dim`).
-fn scores_generic(x: &[f32], panels: &Panels, out: &mut [f32]) {
+/// Computes `out[r * n_padded + c] = <x_r, row_c>` for every row of `x` (`m * dim`); with
+/// `lower`, only the panels holding a column `c <= r` of some row of a tile (see [`gram_lower`]).
+fn scores_generic(x: &[f32], panels: &Panels, out: &mut [f32], lower: bool) {
     let dim = panels.dim;
     let m = x.len() / dim;
     let np = panels.n_padded();
@@ -74,7 +75,12 @@ fn scores_generic(x: &[f32], panels: &Panels, out: &mut [f32]) {
     let mut r0 = 0;
     while r0 < m {
         let rows = (m - r0).min(MR);
-        for p in 0..n_panels {
+        let last = if lower {
+            ((r0 + rows - 1) / NR + 1).min(n_panels)
+        } else {
+            n_panels
+        };
+        for p in 0..last {
             let panel = panels.panel(p);
             let xs = &x[r0 * dim..(r0 + rows) * dim];
             if rows == MR {
@@ -131,7 +137,7 @@ unsafe fn tile_avx2<const R: usize>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn scores_avx2(x: &[f32], panels: &Panels, out: &mut [f32]) {
+unsafe fn scores_avx2(x: &[f32], panels: &Panels, out: &mut [f32], lower: bool) {
     let dim = panels.dim;
     let m = x.len() / dim;
     let np = panels.n_padded();
@@ -140,7 +146,9 @@ unsafe fn scores_avx2(x: &[f32], panels: &Panels, out: &mut [f32]) {
     // 6 rows (the row-outer order was bandwidth-bound for query-sized inputs).
     for p in 0..np / NR {
         let panel = panels.panel(p);
-        let mut r0 = 0;
+        // Lower: the row tiles from the one holding row p * NR (earlier rows need no column of
+        // this panel). Tiles keep their rows, and a row's products do not depend on its tile.
+        let mut r0 = if lower { (p * NR / MR) * MR } else { 0 };
         while r0 < m {
             let rows = (m - r0).min(MR);
             let xs = &x[r0 * dim..(r0 + rows) * dim];
@@ -171,11 +179,33 @@ pub fn scores(x: &[f32], panels: &Panels, out: &mut [f32]) {
     {
         if crate::simd::avx2() {
             // SAFETY: the required CPU features were detected at run time.
-            unsafe { scores_avx2(x, panels, out) };
+            unsafe { scores_avx2(x, panels, out, false) };
             return;
         }
     }
-    scores_generic(x, panels, out)
+    scores_generic(x, panels, out, false)
+}
+
+/// The lower triangle of the Gram matrix of `x` (`n * dim`, row-major; `panels` packs the same
+/// rows): `out[r * panels.n_padded() + c] = <x_r, x_c>` for every `c <= r` (other entries may be
+/// left as they were), at about half the products of [`scores`]. Each product is computed by
+/// the same kernel as by [`scores`], and is symmetric bit for bit (`<x_r, x_c>` and `<x_c, x_r>`
+/// multiply and add the same values in the same order), so the upper triangle is the mirror.
+pub fn gram_lower(x: &[f32], panels: &Panels, out: &mut [f32]) {
+    let m = x.len() / panels.dim.max(1);
+    assert!(
+        m == panels.n && out.len() >= m * panels.n_padded(),
+        "gram_lower: the rows must be the panels' and the output large enough"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::simd::avx2() {
+            // SAFETY: the required CPU features were detected at run time.
+            unsafe { scores_avx2(x, panels, out, true) };
+            return;
+        }
+    }
+    scores_generic(x, panels, out, true)
 }
 
 /// Rows packed like [`Panels`] but stored as IEEE half floats: half the bytes to stream when the
@@ -341,6 +371,44 @@ mod tests {
                     assert!((got - d).abs() < 1e-4, "{m} {n} {dim} {r} {j}");
                     // Rows already f16: the same products as the f32 panels, bit for bit.
                     assert_eq!(got, want[r * full.n_padded() + j]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gram_lower_is_the_lower_triangle_of_scores_bit_for_bit() {
+        let mut s = 5u64;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for &(n, dim) in &[(1, 1), (5, 3), (16, 8), (17, 33), (40, 384), (97, 20)] {
+            let x: Vec<f32> = (0..n * dim).map(|_| next()).collect();
+            let p = Panels::new(&x, dim);
+            let np = p.n_padded();
+            let mut full = vec![0.0; n * np];
+            scores(&x, &p, &mut full);
+            let mut low = vec![f32::NAN; n * np];
+            gram_lower(&x, &p, &mut low);
+            for r in 0..n {
+                for c in 0..=r {
+                    assert_eq!(low[r * np + c], full[r * np + c], "{n} {dim} {r} {c}");
+                    // The symmetry the mirror relies on.
+                    assert_eq!(full[r * np + c], full[c * np + r], "{n} {dim} {r} {c}");
+                }
+            }
+            // The portable path alike.
+            let mut generic = vec![f32::NAN; n * np];
+            scores_generic(&x, &p, &mut generic, true);
+            let mut generic_full = vec![0.0; n * np];
+            scores_generic(&x, &p, &mut generic_full, false);
+            for r in 0..n {
+                for c in 0..=r {
+                    assert_eq!(generic[r * np + c], generic_full[r * np + c]);
+                    assert_eq!(generic_full[r * np + c], generic_full[c * np + r]);
                 }
             }
         }

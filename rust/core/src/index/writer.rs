@@ -315,13 +315,19 @@ impl Index {
     /// published: its error is only what `commit_locked` returns).
     pub(super) fn commit_inner(&self, hook: Option<CommitHook<'_>>) -> Result<Option<LatixError>> {
         let mut g = self.lock_writer()?;
+        let committing = crate::profile::span("commit");
         self.commit_locked(&mut g, hook)?;
+        drop(committing);
         // Under the same hold of the writer mutex: nothing is staged against segments a merge
         // replaces. The commit above is published whatever the merges do.
-        if g.is_some() {
-            return Ok(self.run_merge_policy());
-        }
-        Ok(None)
+        let merge_error = if g.is_some() {
+            let _merging = crate::profile::span("merge-policy");
+            self.run_merge_policy()
+        } else {
+            None
+        };
+        crate::profile::report("commit");
+        Ok(merge_error)
     }
 
     /// [`Index::commit_with`] by the holder of the writer mutex `g`.
@@ -431,7 +437,9 @@ impl Index {
             // vector-free in the commit hook: the vector-bearing file is transient.
             // (A vector-free stage, a codes-domain compaction's, is the final file.)
             let transient = stage.has_vectors() && self.kind.stage_is_transient(bm);
+            let sealing = crate::profile::span("commit/seal-staged");
             let header_crc = stage.finish_with(&self.dir.join(&file), !transient)?;
+            drop(sealing);
             segments.push(SegmentEntry {
                 file: file.clone(),
                 n_docs,

@@ -38,6 +38,7 @@ use crate::compressed::linalg::{argmax_rows, scores, HalfPanels, Panels};
 use crate::error::{LatixError, Result};
 
 mod format;
+mod pq;
 mod train;
 
 /// Codewords per subspace (4-bit codes).
@@ -335,7 +336,10 @@ impl Codec {
     /// Encodes `x` (`n * dim` f32): leaf centroid ids and PQ codes, `M / 2` bytes per token with
     /// subspace `2i` in the low nibble of byte `i` and `2i + 1` in the high nibble. Current pool.
     pub fn encode(&self, x: &[f32]) -> (Vec<u32>, Vec<u8>) {
+        let assigning = crate::profile::span("encode/assign");
         let cids = self.assign(x);
+        drop(assigning);
+        let _pq = crate::profile::span("encode/pq");
         let bpt = self.m / 2;
         let mut codes = vec![0u8; cids.len() * bpt];
         const CHUNK: usize = 1024;
@@ -366,18 +370,7 @@ impl Codec {
     fn pq_encode(&self, x: &[f32], r: &[f32], out: &mut [u8], sc: &mut EncodeScratch) {
         let so = &self.sub_off;
         let codes = &mut sc.codes;
-        for s in 0..self.m {
-            let (a, b) = (so[s], so[s + 1]);
-            let sub = &r[a..b];
-            let mut best = (0usize, f32::INFINITY);
-            for (j, cw) in self.codebook(s).chunks_exact(b - a).enumerate() {
-                let d: f32 = sub.iter().zip(cw).map(|(p, q)| (p - q) * (p - q)).sum();
-                if d < best.1 {
-                    best = (j, d);
-                }
-            }
-            codes[s] = best.0 as u8;
-        }
+        pq::nearest_codewords(r, &self.codewords_t, so, codes);
         let xn2: f32 = x.iter().map(|v| v * v).sum();
         if self.eta != 1.0 && xn2 > 0.0 {
             // e = r - r^ and p = <e, u>, u = x / |x|, kept up to date as codes change.

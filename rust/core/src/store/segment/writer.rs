@@ -24,7 +24,9 @@ pub fn check_storable(
 ) -> Result<()> {
     crate::maxsim::check_values_from(values, name, dim, row0)?;
     if let (DocVectors::F32(v), Dtype::F16) = (values, dtype) {
-        if let Some(p) = v.iter().position(|x| x.abs() > f16::MAX.to_f32()) {
+        // Hoisted: `to_f32` is a run-time dispatched call, once per value inside the closure.
+        let most = f16::MAX.to_f32();
+        if let Some(p) = v.iter().position(|x| x.abs() > most) {
             return Err(LatixError::invalid(format!(
                 "{name} contains a value outside the float16 range ({}) at row {}, column {}",
                 v[p],
