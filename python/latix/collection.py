@@ -263,17 +263,28 @@ class BatchResults:
         """Number of real hits of query ``i``."""
         return int(np.count_nonzero(self.ids[i] != ""))
 
+    def _columns(
+        self, i: int
+    ) -> tuple[int, list[Any], list[Any], list[Any], list[Any], list[Any], Any, Any, Any]:
+        """Query ``i``'s real hits as whole Python lists (one ``tolist`` per column, not one
+        numpy scalar per hit): n, ids, scores, passages, late and keyword scores, then texts and
+        metadata (``None`` when not fetched) and spans as stored."""
+        n = self.n_hits(i)
+        return (
+            n,
+            self.ids[i, :n].tolist(),
+            self.scores[i, :n].tolist(),
+            self.passages[i, :n].tolist(),
+            self.late_scores[i, :n].tolist(),
+            self.keyword_scores[i, :n].tolist(),
+            self.texts[i] if self.texts is not None else None,
+            self.metadata[i] if self.metadata is not None else None,
+            self.spans[i],
+        )
+
     def hits(self, i: int) -> list[Hit]:
         """Query ``i``'s results as :class:`Hit` objects."""
-        n = self.n_hits(i)
-        ids = self.ids[i, :n].tolist()  # whole rows to Python values, not one scalar per hit
-        scores = self.scores[i, :n].tolist()
-        passages = self.passages[i, :n].tolist()
-        late = self.late_scores[i, :n].tolist()
-        kw = self.keyword_scores[i, :n].tolist()
-        texts = self.texts[i] if self.texts is not None else None
-        metas = self.metadata[i] if self.metadata is not None else None
-        spans = self.spans[i]
+        n, ids, scores, passages, late, kw, texts, metas, spans = self._columns(i)
         return [
             Hit(
                 id=str(ids[j]),
@@ -292,15 +303,7 @@ class BatchResults:
         """Query ``i``'s results as JSON-ready dicts, equal to ``[h.to_dict() for h in
         self.hits(i)]`` but built directly from the columns (what a server answers: no
         :class:`Hit` objects, no ``dataclasses.asdict`` deep copy; about a third of the time)."""
-        n = self.n_hits(i)
-        ids = self.ids[i, :n].tolist()
-        scores = self.scores[i, :n].tolist()
-        passages = self.passages[i, :n].tolist()
-        late = self.late_scores[i, :n].tolist()
-        kw = self.keyword_scores[i, :n].tolist()
-        texts = self.texts[i] if self.texts is not None else None
-        metas = self.metadata[i] if self.metadata is not None else None
-        spans = self.spans[i]
+        n, ids, scores, passages, late, kw, texts, metas, spans = self._columns(i)
         return [
             {
                 "id": str(ids[j]),

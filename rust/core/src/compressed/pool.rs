@@ -187,6 +187,12 @@ fn ward_labels_body(x: &[f32], dim: usize, k: usize) -> Vec<usize> {
             chain.push(best);
         }
     }
+    cut_labels(merges, n, k)
+}
+
+/// Cuts a dendrogram at `k` clusters: `merges` are `(distance, order, a, b)` (slot a's cluster
+/// joins slot b's); the `n - k` closest are applied, labels numbered by first slot.
+fn cut_labels(mut merges: Vec<(f32, usize, usize, usize)>, n: usize, k: usize) -> Vec<usize> {
     merges.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
     // Union-find over slots: a merge joins slot a's cluster into slot b's.
     let mut parent: Vec<usize> = (0..n).collect();
@@ -353,32 +359,7 @@ mod tests {
                 chain.push(best);
             }
         }
-        merges.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
-        // Union-find over slots: a merge joins slot a's cluster into slot b's.
-        let mut parent: Vec<usize> = (0..n).collect();
-        fn find(parent: &mut [usize], mut i: usize) -> usize {
-            while parent[i] != i {
-                parent[i] = parent[parent[i]];
-                i = parent[i];
-            }
-            i
-        }
-        for &(_, _, a, b) in merges.iter().take(n - k) {
-            let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
-            parent[ra] = rb;
-        }
-        let mut label_of_root = vec![usize::MAX; n];
-        let mut labels = vec![0usize; n];
-        let mut next = 0;
-        for (i, l) in labels.iter_mut().enumerate() {
-            let r = find(&mut parent, i);
-            if label_of_root[r] == usize::MAX {
-                label_of_root[r] = next;
-                next += 1;
-            }
-            *l = label_of_root[r];
-        }
-        labels
+        cut_labels(merges, n, k)
     }
 
     #[test]
