@@ -511,8 +511,8 @@ class Index:
                 (use when the data drifted since training). Without kept vectors the codec is
                 retrained on decoded reconstructions, which is lossy: it learns the
                 reconstructions, not the original vectors.
-            memory: (an int, bytes, at least 1 MiB; default 1 GiB) the memory setting of a
-                codes-domain merge: mapped input pages are released whenever this many bytes
+            memory: (a positive int, bytes; default 1 GiB; values below 1 MiB act as 1 MiB) the
+                memory setting of a codes-domain merge: mapped input pages are released whenever this many bytes
                 were read since the last release, so the merge's resident memory stays near this
                 figure plus a few MB of buffers and 8 bytes per document and per inverted list.
 

@@ -18,6 +18,9 @@ use crate::store::{set_live_tmp, tmp_name, CommitContext, Snapshot};
 /// Default of the compaction memory setting: mapped input bytes a merge reads between releases
 /// of their pages (the merge's resident set stays near this plus a few MB).
 pub const DEFAULT_MERGE_MEMORY: u64 = 1 << 30;
+/// Smallest memory setting a merge uses: smaller settings act as this (releasing pages more
+/// often than every MiB costs time and saves nothing measurable).
+pub const MIN_MERGE_MEMORY: u64 = 1 << 20;
 
 /// How segments `range` of `snap` merge without decoding: `Some(true)` merging their inverted
 /// lists in the codes domain (a trained codec, the codes tier, every segment with current-format

@@ -19,8 +19,8 @@ mod state;
 pub use codec::{default_n_centroids, Codec, CodecParams};
 pub use commit::train_codec_on_documents;
 pub(crate) use commit::{check_given_codec, commit_hook, has_old_lists};
-pub use compact::DEFAULT_MERGE_MEMORY;
 pub(crate) use compact::{merge_mode, write_merged_lists};
+pub use compact::{DEFAULT_MERGE_MEMORY, MIN_MERGE_MEMORY};
 pub use config::{
     Compression, CODEC_FILE, CONFIG_FILE, IVF_FILE, MAX_POOL_FACTOR, MIN_TRAIN_TOKENS,
 };

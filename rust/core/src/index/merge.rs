@@ -211,6 +211,8 @@ impl Index {
                 "only a trailing run of segments is merged",
             ));
         }
+        // The inverted lists' merge applies the same floor (`ivf::merge::merge_into`).
+        let memory = memory.max(crate::compressed::MIN_MERGE_MEMORY);
         let segs = &base.segments()[run.clone()];
         let vectors = segs.iter().all(|v| v.segment.has_vectors());
         let mut stage = if vectors {

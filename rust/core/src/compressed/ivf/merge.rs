@@ -167,7 +167,12 @@ pub fn merge_into(inputs: &[MergeInput<'_>], path: &Path, resident_budget: u64) 
         .create_new(true)
         .open(path)
         .map_err(|e| LatixError::io(path, e))?;
-    let res = merge_file(inputs, &file, path, resident_budget.max(1 << 20));
+    let res = merge_file(
+        inputs,
+        &file,
+        path,
+        resident_budget.max(crate::compressed::MIN_MERGE_MEMORY),
+    );
     if res.is_err() {
         drop(file);
         let _ = std::fs::remove_file(path);
