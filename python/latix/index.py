@@ -512,9 +512,10 @@ class Index:
                 retrained on decoded reconstructions, which is lossy: it learns the
                 reconstructions, not the original vectors.
             memory: (a positive int, bytes; default 1 GiB; values below 1 MiB act as 1 MiB) the
-                memory setting of a codes-domain merge: mapped input pages are released whenever this many bytes
-                were read since the last release, so the merge's resident memory stays near this
-                figure plus a few MB of buffers and 8 bytes per document and per inverted list.
+                memory setting of a codes-domain merge: mapped input pages are released
+                whenever this many bytes were read since the last release, so the merge's
+                resident memory stays near this figure plus a few MB of buffers and 8 bytes per
+                document and per inverted list.
 
         Raises:
             InvalidArgumentError: ``retrain=True`` on a plain index, ``retrain`` not a bool,
