@@ -628,6 +628,7 @@ def test_ray_data_encoding_stores_a_text_add_and_survives_a_killed_worker(
         encoding="ray-data",
         n_encoders=2,
         encoder_threads=1,
+        encode_chunk=16,  # 41 records: 3 chunks, one after the other
     )
     sc = ld.build(recs, tmp_path / "s", progress=kill_once, **kw)
     try:
@@ -678,7 +679,7 @@ def test_ray_data_encoding_stores_a_text_add_and_survives_a_killed_worker(
         ("pq", tmp_path / "c.parquet"),
         ("ds", ray.data.from_items(rows)),
     ):
-        one_kw = {**kw, "n_shards": 1, "progress": None}
+        one_kw = {**kw, "n_shards": 1, "progress": None, "encode_chunk": 4}
         got = ld.build(source, tmp_path / name, **one_kw)
         try:
             assert sorted(got.ids()) == sorted(r["_id"] for r in rows)
@@ -688,6 +689,48 @@ def test_ray_data_encoding_stores_a_text_add_and_survives_a_killed_worker(
                 assert rec.metadata == r["metadata"]
         finally:
             got.close()
+
+
+def test_ray_data_chunks_hold_a_bounded_part_of_the_corpus(cluster: None, tmp_path: Path) -> None:
+    """build(encoding="ray-data") reads a file corpus into the driver one chunk at a time: each
+    Dataset holds at most ``chunk`` rows, the next chunk is not read before the previous one is
+    handed on, and the chunks hold every row once, in order (JSONL and Parquet)."""
+    pytest.importorskip("pyarrow", reason="Ray Data (the ray extra)")
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from latix.distributed import builder
+
+    for n, chunk in ((1, 1), (7, 3), (12, 4), (10, 25)):
+        rows = [{"_id": f"x{i}", "text": f"t {i}", "metadata": {"i": i}} for i in range(n)]
+        read = []
+
+        def gen(rows: list[dict[str, Any]] = rows, read: list[int] = read) -> Iterator[Any]:
+            for r in rows:
+                read.append(1)
+                yield Record(r["_id"], r["text"], r["metadata"])
+
+        got: list[str] = []
+        for ds, ids in builder._datasets(gen(), chunk):
+            assert ids is not None and 1 <= len(ids) <= chunk
+            assert len(read) <= len(got) + chunk  # nothing read beyond this chunk
+            assert [r["id"] for r in ds.take_all()] == ids
+            got += ids
+        assert got == [r["_id"] for r in rows]
+        f = tmp_path / f"c{n}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), f)
+        parts = [ids for _, ids in builder._datasets(f, chunk)]
+        assert all(p is not None and 1 <= len(p) <= chunk for p in parts)
+        assert [i for p in parts for i in p or []] == [r["_id"] for r in rows]
+        metas = [
+            json.loads(r["metadata"])
+            for ds, _ in builder._datasets(f, chunk)
+            for r in ds.take_all()
+        ]
+        assert metas == [r["metadata"] for r in rows]
+    with pytest.raises(latix.InvalidArgumentError):
+        ld.build([], tmp_path / "bad", n_shards=1, model=None, dim=4, encode_chunk=0)
 
 
 def test_shared_codec_sample_encoded_on_the_cluster(cluster: None, tmp_path: Path) -> None:
