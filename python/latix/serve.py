@@ -431,6 +431,9 @@ def _error(status: int, kind: str, message: str, detail: Any = None) -> JSONResp
 
 
 def _latix_status(e: LatixError) -> int:
+    status = getattr(e, "http_status", None)  # an error that names its own (503: a shard down)
+    if isinstance(status, int):
+        return status
     if isinstance(e, NotFoundError):
         return 404
     if isinstance(e, AlreadyExistsError):

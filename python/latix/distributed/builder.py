@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -74,16 +74,26 @@ def _corpus_iter(corpus: Any) -> Iterable[Any]:
 # ---------------------------------------------------------------------------------- Ray Data
 
 
-def _dataset(corpus: Any) -> Any:
-    """The corpus as a Ray Dataset: a Ray Dataset as it is; Parquet files (a file or a folder
-    of them, read with pyarrow in the driver) and any other corpus (read by
-    :func:`latix.corpus.read_corpus` in the driver) handed to Ray Data. Rows hold
-    ``_id``/``id``, ``text``, optional ``title`` and ``metadata`` (a dict or JSON text);
-    :class:`_EncodeStage` reads them as :func:`_corpus_iter` does."""
+#: Corpus rows the driver holds at once for ``build(encoding="ray-data")`` (one Ray Dataset of
+#: that many rows is encoded and written before the next is read).
+RAY_DATA_CHUNK = 10_000
+
+
+def _datasets(corpus: Any, chunk: int) -> Iterator[tuple[Any, list[str] | None]]:
+    """The corpus as Ray Datasets of at most ``chunk`` rows each, with their ids, read lazily
+    (the driver holds one chunk's rows at a time): a Ray Dataset as it is (one, ids None: Ray
+    streams it itself); Parquet files (a file or a folder of them, read with pyarrow in the
+    driver, batch by batch) and any other corpus (read by :func:`latix.corpus.read_corpus` in
+    the driver) handed to Ray Data chunk by chunk. Rows hold ``id``, ``text`` and ``metadata``
+    (JSON text); :class:`_EncodeStage` reads them as :func:`_corpus_iter` does."""
     import json
 
     import ray.data
 
+    if hasattr(corpus, "iter_rows") and hasattr(corpus, "map_batches"):
+        yield corpus, None
+        return
+    rows: Iterable[dict[str, Any]]
     if isinstance(corpus, str | os.PathLike) and (
         str(corpus).endswith(".parquet")
         or (Path(corpus).is_dir() and any(Path(corpus).glob("*.parquet")))
@@ -94,22 +104,31 @@ def _dataset(corpus: Any) -> Any:
 
         p = Path(corpus)
         files = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
-        prow = []
-        for f in files:
-            for tb in pq.ParquetFile(f).iter_batches():
-                ids, texts, metas = _rows_of(tb.to_pydict())
-                prow += [
-                    {"id": i, "text": t, "metadata": m}
-                    for i, t, m in zip(ids, texts, metas, strict=True)
-                ]
-        return ray.data.from_items(prow)
-    if hasattr(corpus, "iter_rows") and hasattr(corpus, "map_batches"):
-        return corpus
-    rows = []
-    for i, r in enumerate(_corpus_iter(corpus)):
-        rid, text, meta = _as_record(r, i)
-        rows.append({"id": rid, "text": text, "metadata": json.dumps(dict(meta)) if meta else ""})
-    return ray.data.from_items(rows)
+
+        def parquet_rows() -> Iterator[dict[str, Any]]:
+            for f in files:
+                for tb in pq.ParquetFile(f).iter_batches(batch_size=min(chunk, 65_536)):
+                    ids, texts, metas = _rows_of(tb.to_pydict())
+                    for i, t, m in zip(ids, texts, metas, strict=True):
+                        yield {"id": i, "text": t, "metadata": m}
+
+        rows = parquet_rows()
+    else:
+
+        def corpus_rows() -> Iterator[dict[str, Any]]:
+            for i, r in enumerate(_corpus_iter(corpus)):
+                rid, text, meta = _as_record(r, i)
+                yield {"id": rid, "text": text, "metadata": json.dumps(dict(meta)) if meta else ""}
+
+        rows = corpus_rows()
+    part: list[dict[str, Any]] = []
+    for row in rows:
+        part.append(row)
+        if len(part) >= chunk:
+            yield ray.data.from_items(part), [r["id"] for r in part]
+            part = []
+    if part:
+        yield ray.data.from_items(part), [r["id"] for r in part]
 
 
 def _rows_of(batch: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
@@ -192,8 +211,10 @@ def _add_with_ray_data(
     n_encoders: int | None,
     batch_size: int,
     progress: Callable[[BuildReport], None] | None,
+    chunk: int = RAY_DATA_CHUNK,
 ) -> BuildReport:
-    """The build's encoding as a Ray Data pipeline: the corpus's rows, ``map_batches`` over
+    """The build's encoding as a Ray Data pipeline, one corpus chunk of ``chunk`` rows at a
+    time (:func:`_datasets`): the corpus's rows, ``map_batches`` over
     ``n_encoders`` actor workers (:class:`_EncodeStage`: one encoder session each, restarted
     and its batch retried when its process dies), the encoded rows streamed back to the
     driver and written by the shard actors (each shard by its own writer), resumably
@@ -206,43 +227,54 @@ def _add_with_ray_data(
     from ray.data import ActorPoolStrategy
 
     pcfg = None if passages is None else asdict(passages)
-    stage = _dataset(corpus).map_batches(
-        _EncodeStage,
-        fn_constructor_args=(spec, pcfg, encoder_threads, have),
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(size=workers),
-        num_cpus=1,
-        # a killed worker is restarted and its batch sent again
-        ray_remote_args_fn=lambda: {"max_restarts": -1, "max_task_retries": -1},
-    )
+
+    def stage(ds: Any, ids: list[str] | None) -> Any:
+        # The ids of this chunk the shards hold (all of them for a Ray Dataset input).
+        skip = have if ids is None else {i for i in ids if i in have}
+        return ds.map_batches(
+            _EncodeStage,
+            fn_constructor_args=(spec, pcfg, encoder_threads, skip),
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=workers),
+            num_cpus=1,
+            # A killed worker is restarted and its batch sent again: plain remote args (Ray
+            # Data's own defaults for actor pools, made explicit); not ray_remote_args_fn,
+            # which is deprecated (removed in Ray 2.64).
+            max_restarts=-1,
+            max_task_retries=-1,
+        )
+
     encoded: dict[str, EncodedText] = {}
     given: set[str] = set()
     n_empty = 0
     dim = sc.dim
 
     def rows() -> Iterable[Record]:
+        # One chunk of the corpus at a time (bounded driver memory): its pipeline runs and its
+        # rows are written before the next chunk is read.
         nonlocal n_empty
-        for b in stage.iter_batches(batch_size=None, batch_format="numpy"):
-            for rid, text, meta, vb, ln, sp in zip(
-                b["id"], b["text"], b["meta"], b["vecs"], b["lens"], b["spans"], strict=True
-            ):
-                rid, text = str(rid), str(text)
-                rec = Record(rid, text, json.loads(meta) if meta else {})
-                lens = json.loads(ln)
-                if rid in have or rid in given:
-                    yield rec  # counted by add_corpus (already held / a duplicate id)
-                    continue
-                if not lens:
-                    n_empty += 1
-                    continue
-                flat = np.frombuffer(vb, dtype=np.float16).reshape(-1, dim)
-                cuts = np.cumsum([0, *lens])
-                vs = [flat[a:b_] for a, b_ in zip(cuts[:-1], cuts[1:], strict=True)]
-                spans = [tuple(x) for x in json.loads(sp)] if sp else None
-                encoded[rid] = EncodedText(vs, spans)  # type: ignore[arg-type]
-                given.add(rid)
-                yield rec
+        for ds, ids in _datasets(corpus, chunk):
+            for b in stage(ds, ids).iter_batches(batch_size=None, batch_format="numpy"):
+                for rid, text, meta, vb, ln, sp in zip(
+                    b["id"], b["text"], b["meta"], b["vecs"], b["lens"], b["spans"], strict=True
+                ):
+                    rid, text = str(rid), str(text)
+                    rec = Record(rid, text, json.loads(meta) if meta else {})
+                    lens = json.loads(ln)
+                    if rid in have or rid in given:
+                        yield rec  # counted by add_corpus (already held / a duplicate id)
+                        continue
+                    if not lens:
+                        n_empty += 1
+                        continue
+                    flat = np.frombuffer(vb, dtype=np.float16).reshape(-1, dim)
+                    cuts = np.cumsum([0, *lens])
+                    vs = [flat[a:b_] for a, b_ in zip(cuts[:-1], cuts[1:], strict=True)]
+                    spans = [tuple(x) for x in json.loads(sp)] if sp else None
+                    encoded[rid] = EncodedText(vs, spans)  # type: ignore[arg-type]
+                    given.add(rid)
+                    yield rec
 
     rep = sc.add_corpus(
         rows(),
@@ -381,6 +413,7 @@ def build(
     codec: CodecMode = "shared",
     encoding: EncodingMode = "shards",
     n_encoders: int | None = None,
+    encode_chunk: int = RAY_DATA_CHUNK,
     **open_options: Any,
 ) -> ShardedCollection:
     """Builds (or resumes building) a sharded collection from a corpus.
@@ -415,6 +448,9 @@ def build(
             whose rows (vectors with their passage spans) the shard actors write; Parquet
             corpora are read by Ray Data too. Both store what a text add stores.
         n_encoders: ``"ray-data"``: encoder workers (default: the cluster's CPUs).
+        encode_chunk: ``"ray-data"``: corpus rows read into the driver at once (a file corpus
+            is encoded as Ray Datasets of this many rows, one after the other, so the driver's
+            memory is bounded by it; each starts its own encoder pool).
         **open_options: options of :meth:`ShardedCollection.open` (``max_restarts``,
             ``retries``, ``encoder_threads``, ...).
 
@@ -470,6 +506,8 @@ def build(
         )
     if encoding not in ("shards", "ray-data"):
         raise InvalidArgumentError(f'encoding must be "shards" or "ray-data", got {encoding!r}')
+    if encode_chunk < 1:
+        raise InvalidArgumentError(f"encode_chunk must be >= 1, got {encode_chunk!r}")
     try:
         if encoding == "ray-data" and vectors_fn is None:
             spec_ = sc._manifest.get("model")
@@ -489,6 +527,7 @@ def build(
                 n_encoders=n_encoders,
                 batch_size=batch_size,
                 progress=progress,
+                chunk=encode_chunk,
             )
         else:
             sc.add_corpus(

@@ -26,7 +26,11 @@ class ShardUnavailableError(LatixError, OSError):
 
     Attributes:
         shards: the shard numbers that did not answer.
+        http_status: 503, the status :mod:`latix.serve` answers it with (the service is
+            unavailable, not the request wrong).
     """
+
+    http_status = 503
 
     def __init__(self, message: str, shards: Sequence[int]) -> None:
         super().__init__(message)
