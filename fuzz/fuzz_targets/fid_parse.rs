@@ -1,10 +1,11 @@
 //! Fuzzes `FidSegment::from_bytes` (a fidelity tier's refinement file: header, levels, centroid
-//! ids, block codes, the optional second residual stage of version 2) and every reader of a parsed
-//! file: never panics or reads out of bounds, whatever the bytes. Input: a mode byte (bit 0: recompute the trailing CRC so the structural
-//! validation is reached), then the file.
+//! ids, block codes, the optional second residual stage of version 2, the level-set table of
+//! version 3) and every reader of a parsed file, and the lossless merge of a parsed file: never
+//! panics or reads out of bounds, whatever the bytes. Input: a mode byte (bit 0: recompute the
+//! trailing CRC so the structural validation is reached), then the file.
 #![no_main]
 
-use latix_core::compressed::fidelity::{score_doc, FidQuery, FidSegment};
+use latix_core::compressed::fidelity::{merge, score_doc, FidQuery, FidSegment, MergeSource};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,7 +22,15 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(seg.codes().len(), n.div_ceil(32) * seg.n_sub() * 16);
     assert_eq!(seg.codes2().len(), n.div_ceil(32) * seg.n_sub2() * 16);
     let nl2 = if seg.nbits2() > 0 { 1 << seg.nbits2() } else { 0 };
-    assert_eq!(seg.levels2().len(), dim * nl2);
+    let sets = seg.n_sets();
+    assert_eq!(seg.levels2().len(), dim * nl2 * sets);
+    assert_eq!(seg.levels().len(), dim * (1 << seg.nbits()) * sets);
+    assert!(sets >= 1 && seg.set_starts()[0] == 0);
+    for i in 0..sets {
+        let (a, b) = seg.set_rows(i);
+        assert!(a <= b && b <= n.max(a));
+        assert_eq!(seg.set_of(a), i);
+    }
     for t in 0..n.min(256) {
         assert!((seg.cid(t) as usize) < k);
         for d in 0..dim.min(64) {
@@ -40,4 +49,24 @@ fuzz_target!(|data: &[u8]| {
     let cs = vec![0.1f32; 2 * k];
     let s = score_doc(&fq, &cs, k, &seg, 0, m, latix_core::simd::avx2());
     assert!(s.is_finite());
+    // Each level set's rows scored, and merged (as documents) into a file that opens again and
+    // scores them the same.
+    let docs: Vec<(usize, usize)> = (0..sets)
+        .map(|i| seg.set_rows(i))
+        .filter(|r| r.1 - r.0 <= 256)
+        .collect();
+    let merged = merge(&[MergeSource {
+        fid: &seg,
+        docs: &docs,
+    }])
+    .expect("merge of a valid file");
+    let again = FidSegment::from_bytes(merged.as_bytes(), true).expect("merged file parses");
+    let mq = FidQuery::new(&q, &again);
+    let mut u = 0;
+    for &(a, b) in &docs {
+        let want = score_doc(&fq, &cs, k, &seg, a, b, false);
+        let got = score_doc(&mq, &cs, k, &again, u, u + b - a, false);
+        assert_eq!(want.to_bits(), got.to_bits());
+        u += b - a;
+    }
 });

@@ -2,15 +2,18 @@
 //! current-format inverted lists of the index's codec (the normal case), the merged segment's
 //! lists are the k-way merge of theirs ([`super::ivf::merge_into`]): no token is decoded or
 //! re-encoded, so search scores are the same before and after, and memory is bounded by a
-//! setting instead of growing with the corpus. Retraining, lists an older latix wrote, a codec
-//! not yet trained and the fidelity tiers (whose refinement files carry per-file quantiser levels,
-//! so two files cannot be concatenated without re-encoding) keep the decode / re-encode path of
-//! [`super::commit`].
+//! setting instead of growing with the corpus. A fidelity tier's refinement files merge
+//! losslessly too ([`super::fidelity::merge`]: every kept token's centroid id, scales and codes
+//! copied, each source's quantiser levels kept as a level set of the merged file), so a tiered
+//! index's scores are also the same before and after. Retraining, lists an older latix wrote,
+//! refinement files of another codec or of mixed versions and a codec not yet trained keep the
+//! decode / re-encode path of [`super::commit`] (for a tier: re-encoding the reconstructions,
+//! which costs recall).
 
 use super::config::{Compression, IVF_FILE};
-use super::fidelity::Fidelity;
+use super::fidelity::{FidSegment, Fidelity, MergeSource, FID_FILE};
 use super::ivf::{merge_into, MergeInput};
-use super::state::{load_codec, load_ivf, LoadedCodec};
+use super::state::{load_codec, load_fid, load_ivf, LoadedCodec};
 use super::IvfSegment;
 use crate::error::{LatixError, Result};
 use crate::store::{set_live_tmp, tmp_name, CommitContext, Snapshot};
@@ -24,7 +27,8 @@ pub const MIN_MERGE_MEMORY: u64 = 1 << 20;
 
 /// How segments `range` of `snap` merge without decoding: `Some(true)` merging their inverted
 /// lists in the codes domain (a trained codec, the codes tier, every segment with current-format
-/// lists and no other side file, and every segment with vectors or every one without: the merged
+/// lists and no other side file (a fidelity tier: besides them, refinement files of the codec, all
+/// of the same bits per stage), and every segment with vectors or every one without: the merged
 /// segment is one or the other), `Some(false)` as plain segments (no codec yet: every segment
 /// keeps its vectors and has no side file), `None` when they must be re-encoded.
 pub(crate) fn merge_mode(
@@ -36,19 +40,29 @@ pub(crate) fn merge_mode(
     let Some(first) = segs.first() else {
         return Ok(None);
     };
-    if load_codec(snap)?.is_none() {
+    let Some((_, _, crc)) = load_codec(snap)? else {
         let plain = segs
             .iter()
             .all(|v| v.segment.has_vectors() && v.entry.side_files.is_empty());
         return Ok(plain.then_some(false));
-    }
-    if cfg.fidelity != Fidelity::Codes {
-        return Ok(None);
-    }
+    };
+    let tier = cfg.fidelity != Fidelity::Codes;
     let vectors = first.segment.has_vectors();
+    let mut shape = None;
     for v in segs {
-        if v.segment.has_vectors() != vectors || v.entry.side_files.len() != 1 {
+        if v.segment.has_vectors() != vectors || v.entry.side_files.len() != 1 + tier as usize {
             return Ok(None);
+        }
+        if tier {
+            let Some((_, f)) = v.entry.side_files.iter().find(|(n, _)| n == FID_FILE) else {
+                return Ok(None);
+            };
+            // The header and section bounds (the merge verifies the checksum).
+            let fid = FidSegment::open(&snap.dir().join(f), false)?;
+            let s = (fid.nbits(), fid.nbits2());
+            if fid.codec_checksum() != crc || *shape.get_or_insert(s) != s {
+                return Ok(None);
+            }
         }
         let Some((_, f)) = v.entry.side_files.iter().find(|(n, _)| n == IVF_FILE) else {
             return Ok(None);
@@ -101,6 +115,47 @@ pub(crate) fn write_merged_lists(
         // Verification read the whole file: its pages leave the resident set until the merge.
         ivf.release_pages();
         lists.push(ivf);
+    }
+    // A tier's refinement files, verified, merged losslessly (in memory, as a segment's is
+    // encoded) before the lists.
+    let tier = segs
+        .iter()
+        .any(|v| v.entry.side_files.iter().any(|(n, _)| n == FID_FILE));
+    if tier {
+        let mut fids = Vec::with_capacity(segs.len());
+        let mut docs = Vec::with_capacity(segs.len());
+        for v in segs {
+            let f = v
+                .entry
+                .side_files
+                .iter()
+                .find(|(n, _)| n == FID_FILE)
+                .map(|(_, f)| f.clone())
+                .ok_or_else(|| {
+                    LatixError::corrupted(
+                        snap.dir().join(v.segment.file_name()),
+                        "segment of a fidelity tier has no refinement file",
+                    )
+                })?;
+            fids.push(load_fid(snap, &f, &v.segment, &codec)?);
+            let live: Vec<(usize, usize)> = (0..v.segment.n_docs() as u32)
+                .filter(|&d| !v.is_deleted(d))
+                .map(|d| {
+                    let (a, b) = v.segment.doc_range(d);
+                    (a as usize, b as usize)
+                })
+                .collect();
+            docs.push(live);
+        }
+        let sources: Vec<MergeSource<'_>> = fids
+            .iter()
+            .zip(&docs)
+            .map(|(fid, docs)| MergeSource { fid, docs })
+            .collect();
+        let merged = super::fidelity::merge(&sources)?;
+        drop(sources);
+        drop(fids);
+        ctx.write_segment_file(file, FID_FILE, merged.as_bytes())?;
     }
     let inputs: Vec<MergeInput<'_>> = lists
         .iter()

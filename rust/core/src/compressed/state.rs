@@ -187,7 +187,12 @@ pub(super) fn load_ivf(
 
 /// Opens the refinement file `file` of `snap` fully verified and checks it against the
 /// manifest's record of it, its segment and the codec.
-fn load_fid(snap: &Snapshot, file: &str, seg: &Segment, codec: &LoadedCodec) -> Result<FidSegment> {
+pub(crate) fn load_fid(
+    snap: &Snapshot,
+    file: &str,
+    seg: &Segment,
+    codec: &LoadedCodec,
+) -> Result<FidSegment> {
     let path = &snap.dir().join(file);
     let fid = FidSegment::open(path, true)?;
     snap.manifest()
@@ -219,6 +224,27 @@ fn load_fid(snap: &Snapshot, file: &str, seg: &Segment, codec: &LoadedCodec) -> 
                 seg.n_tokens()
             ),
         ));
+    }
+    // Each level set starts at a document: a document's rows are scored with one set's tables.
+    let n_docs = seg.n_docs() as u32;
+    for &r in &fid.set_starts()[1..] {
+        // The first document starting at or after row r (document starts ascend).
+        let (mut lo, mut hi) = (0u32, n_docs);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if seg.doc_range(mid).0 < r as u64 {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let d = lo;
+        if d >= n_docs || seg.doc_range(d).0 != r as u64 {
+            return Err(LatixError::corrupted(
+                path,
+                format!("refinement file has a level set starting inside a document (row {r})"),
+            ));
+        }
     }
     Ok(fid)
 }

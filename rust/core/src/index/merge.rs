@@ -16,10 +16,12 @@
 //! `CURRENT` switch; a crash leaves the previous committed state) made right after the user's
 //! commit under the same hold of the writer mutex, and it never decodes: a compressed index
 //! merges its inverted lists in the codes domain ([`crate::compressed::write_merged_lists`],
-//! memory bounded by [`MergePolicy::memory`]), an exact index (or a compressed one before its
-//! codec is trained) concatenates its segments. Segments that would need re-encoding (a fidelity
-//! tier's refinement files, lists an older latix wrote) or that carry side files of a user hook
-//! are left alone: `compact()` still merges them.
+//! memory bounded by [`MergePolicy::memory`]; a fidelity tier's refinement files losslessly,
+//! keeping each source's levels, see [`crate::compressed::fidelity::merge`]), an exact index (or
+//! a compressed one before its codec is trained) concatenates its segments. Segments that would
+//! need re-encoding (lists an older latix wrote, refinement files of another codec or of mixed
+//! versions) or that carry side files of a user hook are left alone: `compact()` still merges
+//! them.
 
 use std::ops::Range;
 use std::sync::Arc;

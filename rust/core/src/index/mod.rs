@@ -220,9 +220,11 @@ impl Index {
 
     /// Compaction of a compressed index: merges every live document into one segment with one
     /// set of inverted lists. Without `retrain`, when every segment holds current lists of the
-    /// index's codec and the index has no fidelity tier, the lists are merged in the codes domain
-    /// (no decoding: codes, norm scales and so search scores are unchanged, and memory is bounded
-    /// by [`crate::compressed::DEFAULT_MERGE_MEMORY`], see [`Index::compact_options`]).
+    /// index's codec (and, in a fidelity tier, refinement files of that codec), the lists are
+    /// merged in the codes domain and the refinement files losslessly (no decoding: codes, norm
+    /// scales, residual codes and levels and so search scores are unchanged; the lists' memory is
+    /// bounded by [`crate::compressed::DEFAULT_MERGE_MEMORY`], see [`Index::compact_options`],
+    /// the merged refinement file is assembled in memory).
     /// Otherwise the merged segment is re-encoded: `retrain` first retrains the codec on the live
     /// tokens (see [`Index::compact_with`]), and segments without vectors contribute their
     /// decoded approximations (lossy: re-encoding a reconstruction may change a few codes, and a

@@ -234,6 +234,7 @@ pub fn build(
         codec_crc,
         n_docs,
         &cids,
+        &[0],
         StageParts {
             nbits,
             levels: &st1.levels,

@@ -16,11 +16,18 @@
 //! per token a least-squares scale of its level pattern (u16 fixed point), so a residual shorter
 //! or longer than typical keeps its length: the reconstruction is `c + s * (v_d[l_d])_d`.
 //! Each file carries its levels, so a file decodes on its own and scores of segments encoded with
-//! different levels stay comparable (every score approximates `<q, x>`). Re-encoding a
-//! reconstruction (compaction of a tiered index, which has no original vectors any more) keeps
-//! almost every level index (the reconstruction's residual values are multiples of the levels,
-//! on their side of the midpoint cutoffs), so compaction drifts little; tokens whose
-//! reconstruction lies closer to another centroid are re-encoded against that one.
+//! different levels stay comparable (every score approximates `<q, x>`).
+//!
+//! Merges (compaction, the merge policy) of files of one codec are lossless ([`merge`]): the
+//! kept tokens' centroid ids, stored scales and level indices are copied into the merged file's
+//! row order and block layout, and each source's levels stay a *level set* of the merged file,
+//! holding the levels of a contiguous range of rows (whole documents: a document is scored with
+//! the tables of its set, so its score is bit-identical to the one its source file gave).
+//! Re-encoding a reconstruction (compaction with retraining, or of files of another codec) keeps
+//! most level indices (the reconstruction's residual values are multiples of the levels, on
+//! their side of the midpoint cutoffs) but not all, and tokens whose reconstruction lies closer
+//! to another centroid are re-encoded against that one: each such pass costs recall (measured
+//! in `tests/tier_compaction.rs`).
 //!
 //! Scoring never materialises vectors: with residual levels `v_d[l]`, a token scores
 //! `<q, c> + s * sum_d q_d v_d[l_d]`. Dimensions are grouped into 4-bit subspaces (4 dimensions of
@@ -47,6 +54,13 @@
 //! lanes of consecutive blocks and no per-document table is needed), `codes2` (the same for the
 //! second stage), then a CRC32C of everything before it. The stage-2 sections are empty when
 //! `nbits2` = 0, which makes a version-1 file's layout (read as `nbits2` = 0) the same.
+//!
+//! Version 3 (a file of several level sets, written by merges; a file of one set is still
+//! written as version 2) adds at byte 52 the number of level sets `n_sets` (at least 1), then
+//! right after the header a section `sets` (n_sets u64: the first row of each set, the first 0,
+//! strictly ascending, each below n_tokens), and its `levels` / `levels2` sections hold
+//! `n_sets` level tables each, set after set. Opening a file in an index also checks that each
+//! set starts at a document of its segment.
 
 use std::path::Path;
 
@@ -56,14 +70,19 @@ use crate::format;
 use crate::store::FileBytes;
 
 mod build;
+mod merge;
 mod score;
 
 pub use build::build;
+pub use merge::{merge, MergeSource};
 pub use score::{score_doc, score_doc_scalar, FidQuery};
 
 const MAGIC: &[u8; 8] = b"LTXFIDSG";
-/// Written by this latix; version 1 (no second stage) is still read.
-const VERSION: u32 = 2;
+/// Written by this latix for a file of several level sets; versions 1 (no second stage) and 2
+/// (one level set) are still read.
+const VERSION: u32 = 3;
+/// Written for a file of one level set (readable by a latix of version-2 files).
+const VERSION_ONE_SET: u32 = 2;
 const HEADER: usize = 64;
 
 /// Name of the per-segment side file holding a tier's refinement data.
@@ -154,12 +173,16 @@ pub struct FidSegment {
     n_tokens: usize,
     n_docs: usize,
     nbits2: usize,
+    /// First row of each level set (ascending, the first 0).
+    set_starts: Vec<usize>,
     off: Layout,
 }
 
 /// Byte offsets of a file's sections (stage-2 sections empty when `nbits2` = 0).
 #[derive(Clone, Copy, Debug)]
 struct Layout {
+    /// The level sets' first rows (version 3; empty before).
+    sets: usize,
     levels: usize,
     levels2: usize,
     cids: usize,
@@ -181,18 +204,27 @@ fn layout(
     nbits2: usize,
     cid_bytes: usize,
     n_tokens: usize,
+    n_sets: usize,
+    version: u32,
 ) -> Option<Layout> {
     let n_blocks = n_tokens.div_ceil(BLOCK);
     let code_bytes = |nb: usize| match nb {
         0 => Some(0),
         _ => n_blocks.checked_mul(n_subspaces(dim, nb) * 16),
     };
-    let levels = HEADER;
-    let levels2 = align64(levels.checked_add(dim.checked_mul(4 << nbits)?)?);
+    let sets = HEADER;
+    let set_bytes = if version >= 3 {
+        n_sets.checked_mul(8)?
+    } else {
+        0
+    };
+    let levels = align64(sets.checked_add(set_bytes)?);
+    let per_set = dim.checked_mul(4 << nbits)?;
+    let levels2 = align64(levels.checked_add(per_set.checked_mul(n_sets)?)?);
     let l2 = if nbits2 == 0 {
         0
     } else {
-        dim.checked_mul(4 << nbits2)?
+        dim.checked_mul(4 << nbits2)?.checked_mul(n_sets)?
     };
     let cids = align64(levels2.checked_add(l2)?);
     let scales = align64(cids.checked_add(n_tokens.checked_mul(cid_bytes)?)?);
@@ -212,6 +244,7 @@ fn layout(
     };
     let end = codes2.checked_add(code_bytes(nbits2)?)?;
     Some(Layout {
+        sets,
         levels,
         levels2,
         cids,
@@ -224,7 +257,8 @@ fn layout(
 }
 
 /// One residual stage of a file being assembled: `2^nbits` levels per dimension
-/// (dimension-major), one scale per token, codes in block layout.
+/// (dimension-major) of each level set (set after set), one scale per token (stored fixed
+/// point), codes in block layout.
 pub(crate) struct StageParts<'a> {
     pub nbits: usize,
     pub levels: &'a [f32],
@@ -233,14 +267,17 @@ pub(crate) struct StageParts<'a> {
 }
 
 impl FidSegment {
-    /// Assembles a file in memory from its parts: the first residual stage and optionally a
-    /// second (version 2 either way).
+    /// Assembles a file in memory from its parts: the first rows of its level sets
+    /// (`set_starts`, ascending from 0; one entry for a file of one set), the first residual
+    /// stage and optionally a second. Version 2 for one level set, 3 for several.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn assemble(
         dim: usize,
         n_centroids: usize,
         codec_crc: u32,
         n_docs: usize,
         cids: &[u32],
+        set_starts: &[usize],
         stage1: StageParts<'_>,
         stage2: Option<StageParts<'_>>,
     ) -> Result<FidSegment> {
@@ -248,13 +285,15 @@ impl FidSegment {
         let n_tokens = cids.len();
         let nbits = stage1.nbits;
         let nbits2 = stage2.as_ref().map_or(0, |s| s.nbits);
-        let lay = layout(dim, nbits, nbits2, cid_bytes, n_tokens)
+        let n_sets = set_starts.len();
+        let version = if n_sets > 1 { VERSION } else { VERSION_ONE_SET };
+        let lay = layout(dim, nbits, nbits2, cid_bytes, n_tokens, n_sets, version)
             .ok_or_else(|| LatixError::invalid("refinement file too large"))?;
         let total = lay.end + 4;
         let mut store = crate::error::try_filled(total.div_ceil(8), 0u64, "a refinement file")?;
         let b = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut store)[..total];
         let head: [u32; 6] = [
-            VERSION,
+            version,
             dim as u32,
             nbits as u32,
             cid_bytes as u32,
@@ -265,6 +304,13 @@ impl FidSegment {
         b[32..40].copy_from_slice(&(n_tokens as u64).to_le_bytes());
         b[40..48].copy_from_slice(&(n_docs as u64).to_le_bytes());
         b[48..52].copy_from_slice(&(nbits2 as u32).to_le_bytes());
+        if version >= 3 {
+            b[52..56].copy_from_slice(&(n_sets as u32).to_le_bytes());
+            for (i, &r) in set_starts.iter().enumerate() {
+                let o = lay.sets + 8 * i;
+                b[o..o + 8].copy_from_slice(&(r as u64).to_le_bytes());
+            }
+        }
         let put_stage = |b: &mut [u8], st: &StageParts<'_>, lo: usize, so: usize, ko: usize| {
             for (i, v) in st.levels.iter().enumerate() {
                 b[lo + 4 * i..lo + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
@@ -325,10 +371,19 @@ impl FidSegment {
                 ),
             });
         }
-        // Version 1 has no second stage (its header bytes 48..64 are unused).
+        // Version 1 has no second stage (its header bytes 48..64 are unused), version 2 one
+        // level set (bytes 52..64 unused).
         let nbits2 = if version >= 2 { rd(48) as usize } else { 0 };
-        if nbits2 > 2 || version >= 2 && b[52..HEADER].iter().any(|&x| x != 0) {
+        let n_sets = if version >= 3 { rd(52) as usize } else { 1 };
+        let unused = if version >= 3 { 56 } else { 52 };
+        if nbits2 > 2 || version >= 2 && b[unused..HEADER].iter().any(|&x| x != 0) {
             return Err(bad(format!("bad header (second stage of {nbits2} bits)")));
+        }
+        if n_sets == 0 || n_sets > b.len() / 8 {
+            return Err(bad(format!(
+                "{n_sets} level sets in a file of {} bytes",
+                b.len()
+            )));
         }
         let (dim, nbits, cid_bytes, k, codec_crc) = (
             rd(12) as usize,
@@ -353,7 +408,7 @@ impl FidSegment {
             )));
         }
         let n_tokens = n_tokens as usize;
-        let lay = layout(dim, nbits, nbits2, cid_bytes, n_tokens)
+        let lay = layout(dim, nbits, nbits2, cid_bytes, n_tokens, n_sets, version)
             .ok_or_else(|| bad("section sizes overflow".into()))?;
         let end = lay.end;
         if b.len() != end + 4 {
@@ -366,6 +421,21 @@ impl FidSegment {
         if verify && !format::checksum_ok(b) {
             return Err(bad("checksum mismatch".into()));
         }
+        // Level sets: the first starts at row 0, each later one after the one before, every
+        // one holding at least a row.
+        let set_starts: Vec<usize> = if version >= 3 {
+            (0..n_sets)
+                .map(|i| rd64(lay.sets + 8 * i).min(u64::MAX >> 1) as usize)
+                .collect()
+        } else {
+            vec![0]
+        };
+        let ordered = set_starts.windows(2).all(|w| w[0] < w[1]);
+        if set_starts[0] != 0 || !ordered || n_sets > 1 && set_starts[n_sets - 1] >= n_tokens {
+            return Err(bad(format!(
+                "level sets do not start at rows ascending from 0 below {n_tokens}"
+            )));
+        }
         let s = FidSegment {
             bytes,
             dim,
@@ -376,6 +446,7 @@ impl FidSegment {
             n_tokens,
             n_docs: n_docs as usize,
             nbits2,
+            set_starts,
             off: lay,
         };
         let finite = |l: &[f32]| l.iter().all(|v| v.is_finite() && v.abs() < 1e6);
@@ -436,19 +507,56 @@ impl FidSegment {
     pub fn file_checksum(&self) -> u32 {
         format::trailing_checksum(self.as_bytes()).unwrap_or(0)
     }
-    /// Residual levels, `2^nbits` per dimension (dimension-major).
+    /// Residual levels of every level set, `2^nbits` per dimension (dimension-major), set
+    /// after set.
     pub fn levels(&self) -> &[f32] {
-        let n = self.dim << self.nbits;
+        let n = (self.dim << self.nbits) * self.n_sets();
         bytemuck::cast_slice(&self.as_bytes()[self.off.levels..self.off.levels + 4 * n])
     }
-    /// Second-stage levels, `2^nbits2` per dimension (empty without a second stage).
+    /// Second-stage levels of every level set, `2^nbits2` per dimension (empty without a second
+    /// stage).
     pub fn levels2(&self) -> &[f32] {
         let n = if self.nbits2 == 0 {
             0
         } else {
-            self.dim << self.nbits2
+            (self.dim << self.nbits2) * self.n_sets()
         };
         bytemuck::cast_slice(&self.as_bytes()[self.off.levels2..self.off.levels2 + 4 * n])
+    }
+    /// Level sets of the file: each holds the levels of a contiguous range of rows (a merged
+    /// file keeps the levels each of its sources was encoded with; a file encoded from vectors
+    /// has one).
+    pub fn n_sets(&self) -> usize {
+        self.set_starts.len()
+    }
+    /// First row of each level set (ascending, the first 0).
+    pub fn set_starts(&self) -> &[usize] {
+        &self.set_starts
+    }
+    /// The level set holding row `t`.
+    #[inline]
+    pub fn set_of(&self, t: usize) -> usize {
+        self.set_starts
+            .partition_point(|&s| s <= t)
+            .saturating_sub(1)
+    }
+    /// Rows `a..b` of level set `i` (`i < n_sets`).
+    pub fn set_rows(&self, i: usize) -> (usize, usize) {
+        let b = self.set_starts.get(i + 1).copied().unwrap_or(self.n_tokens);
+        (self.set_starts[i], b.max(self.set_starts[i]))
+    }
+    /// First-stage levels of level set `i` (`2^nbits` per dimension).
+    pub fn set_levels(&self, i: usize) -> &[f32] {
+        let n = self.dim << self.nbits;
+        &self.levels()[i * n..(i + 1) * n]
+    }
+    /// Second-stage levels of level set `i` (empty without a second stage).
+    pub fn set_levels2(&self, i: usize) -> &[f32] {
+        if self.nbits2 == 0 {
+            return &[];
+        }
+        let n = self.dim << self.nbits2;
+        &self.levels2()[i * n..(i + 1) * n]
     }
     /// Coarse centroid of token `t` (`t < n_tokens`).
     #[inline]
@@ -460,6 +568,18 @@ impl FidSegment {
         } else {
             u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
         }
+    }
+    /// Stored (fixed point) residual scale of token `t` and of its second stage (0 without).
+    #[inline]
+    pub fn scales_raw(&self, t: usize) -> (u16, u16) {
+        let b = self.as_bytes();
+        let o = self.off.scales + 2 * t;
+        let s1 = u16::from_le_bytes([b[o], b[o + 1]]);
+        if self.nbits2 == 0 {
+            return (s1, 0);
+        }
+        let o = self.off.scales2 + 2 * t;
+        (s1, u16::from_le_bytes([b[o], b[o + 1]]))
     }
     /// Residual scale of token `t` (`t < n_tokens`): its residual is `scale * level pattern`.
     #[inline]
@@ -506,11 +626,11 @@ impl FidSegment {
     /// `centroids` (`n_centroids * dim`).
     pub fn decode_rows(&self, centroids: &[f32], a: usize, b: usize) -> Result<Vec<f32>> {
         let dim = self.dim;
-        let lv = self.levels();
-        let nl = 1 << self.nbits;
-        let (lv2, nl2) = (self.levels2(), 1 << self.nbits2);
+        let (nl, nl2) = (1 << self.nbits, 1 << self.nbits2);
         let mut out = crate::error::try_vec((b - a) * dim, "decoded token vectors")?;
         for t in a..b {
+            let set = self.set_of(t);
+            let (lv, lv2) = (self.set_levels(set), self.set_levels2(set));
             let c = self.cid(t) as usize;
             let (r, r2) = (self.scale(t), self.scale2(t));
             let row = &centroids[c * dim..(c + 1) * dim];

@@ -87,44 +87,70 @@ impl StageTables {
     }
 }
 
-/// A query's tables for one refinement file's levels (both stages when it has two).
-pub struct FidQuery {
+/// A query's tables for one level set (both stages when the file has two).
+struct SetTables {
     t1: StageTables,
     t2: Option<StageTables>,
+}
+
+/// A query's tables for one refinement file's levels: one set of tables per level set of the
+/// file, built when a document of that set is first scored (a merged file holds one level set
+/// per source; a query scores few of them).
+pub struct FidQuery {
+    q: Vec<f32>,
+    nq: usize,
+    sets: Vec<std::sync::OnceLock<SetTables>>,
 }
 
 impl FidQuery {
     /// Tables of the query `q` (`nq * dim` f32) for the levels of `seg`.
     pub fn new(q: &[f32], seg: &FidSegment) -> FidQuery {
-        let dim = seg.dim();
-        let t1 = StageTables::new(q, dim, seg.nbits(), seg.levels());
-        let t2 = match seg.nbits2() {
-            0 => None,
-            nb => Some(StageTables::new(q, dim, nb, seg.levels2())),
-        };
-        FidQuery { t1, t2 }
+        FidQuery {
+            q: q.to_vec(),
+            nq: q.len() / seg.dim().max(1),
+            sets: (0..seg.n_sets()).map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// The tables of level set `i` of `seg` (the file the query was made for).
+    fn tables(&self, seg: &FidSegment, i: usize) -> &SetTables {
+        self.sets[i].get_or_init(|| {
+            let dim = seg.dim();
+            SetTables {
+                t1: StageTables::new(&self.q, dim, seg.nbits(), seg.set_levels(i)),
+                t2: match seg.nbits2() {
+                    0 => None,
+                    nb => Some(StageTables::new(&self.q, dim, nb, seg.set_levels2(i))),
+                },
+            }
+        })
     }
 
     /// Query tokens.
     pub fn n_query_tokens(&self) -> usize {
-        self.t1.bias.len()
+        self.nq
     }
 
     /// Largest error of one token's first-stage residual term (before its scale) from table
-    /// quantisation, for query token `i`: half a step per subspace.
-    pub fn max_error(&self, i: usize) -> f32 {
-        self.t1.max_error(i)
+    /// quantisation, for query token `i` and the rows of level set `set` of `seg`: half a step
+    /// per subspace.
+    pub fn max_error(&self, seg: &FidSegment, set: usize, i: usize) -> f32 {
+        self.tables(seg, set).t1.max_error(i)
     }
 
     /// The same for the second stage's term (0 without a second stage).
-    pub fn max_error2(&self, i: usize) -> f32 {
-        self.t2.as_ref().map_or(0.0, |t| t.max_error(i))
+    pub fn max_error2(&self, seg: &FidSegment, set: usize, i: usize) -> f32 {
+        self.tables(seg, set)
+            .t2
+            .as_ref()
+            .map_or(0.0, |t| t.max_error(i))
     }
 }
 
 /// MaxSim of the query of `fq` over rows `a..b` of `seg`: the sum over query tokens of the best
 /// `cs[i * stride + cid] + residual term` (the query token's centroid scores in row `i` of `cs`).
-/// 0 for an empty range. `simd`: AVX2 was detected (see [`crate::simd::avx2`]).
+/// 0 for an empty range. The rows are scored with the tables of the level set of row `a`; those
+/// past its set (never a document's, as opening a file in an index checks) are left out. `simd`: AVX2 was detected (see [`crate::simd::avx2`]).
 pub fn score_doc(
     fq: &FidQuery,
     cs: &[f32],
@@ -169,10 +195,16 @@ fn score_doc_body(
     b: usize,
     simd: bool,
 ) -> f32 {
+    if b <= a || fq.sets.is_empty() {
+        return 0.0;
+    }
+    let set = seg.set_of(a);
+    let b = b.min(seg.set_rows(set).1);
     if b <= a {
         return 0.0;
     }
-    let (t1, t2) = (&fq.t1, fq.t2.as_ref());
+    let tabs = fq.tables(seg, set);
+    let (t1, t2) = (&tabs.t1, tabs.t2.as_ref());
     let nsub = t1.n_sub;
     let bb = nsub * 16;
     let codes = seg.codes();

@@ -134,7 +134,7 @@ fn version_1_files_still_open_and_score_alike() {
         reseal(&mut b);
         assert!(FidSegment::from_bytes(&b, true).is_err());
         // An unknown version is UnsupportedVersion.
-        b[8..12].copy_from_slice(&3u32.to_le_bytes());
+        b[8..12].copy_from_slice(&4u32.to_le_bytes());
         reseal(&mut b);
         assert!(matches!(
             FidSegment::from_bytes(&b, true),
@@ -221,7 +221,7 @@ fn kernel_matches_portable_path_and_float_oracle() {
             let rmax = (a..b).map(|t| f.scale(t)).fold(0f32, f32::max);
             let rmax2 = (a..b).map(|t| f.scale2(t)).fold(0f32, f32::max);
             let tol: f32 = (0..nq)
-                .map(|i| fq.max_error(i) * rmax + fq.max_error2(i) * rmax2)
+                .map(|i| fq.max_error(&f, 0, i) * rmax + fq.max_error2(&f, 0, i) * rmax2)
                 .sum::<f32>()
                 + 1e-4 * nq as f32;
             assert!((p - o).abs() <= tol, "{p} vs oracle {o} (tol {tol})");
@@ -251,7 +251,7 @@ fn damaged_files_are_rejected() {
     }
     // A centroid id past K is caught without the checksum.
     let mut b = good.clone();
-    let cids = super::layout(dim, 2, 1, 2, n).expect("layout").cids;
+    let cids = super::layout(dim, 2, 1, 2, n, 1, 2).expect("layout").cids;
     b[cids..cids + 2].copy_from_slice(&9u16.to_le_bytes());
     assert!(FidSegment::from_bytes(&b, false).is_err());
 }
@@ -280,4 +280,201 @@ fn lloyd_max_levels_are_sorted_conditional_means() {
     }
     // One value: every level is that value.
     assert!(build::lloyd_max(&[0.25], 2).iter().all(|&v| v == 0.25));
+}
+
+/// Random documents (row ranges) of a file of `n` rows: consecutive ranges of 1 to 12 rows.
+fn split_docs(rng: &mut Rng, n: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut a = 0;
+    while a < n {
+        let b = (a + 1 + rng.below(12)).min(n);
+        out.push((a, b));
+        a = b;
+    }
+    out
+}
+
+/// MaxSim of `q` against rows `a..b` of `f` through the block kernel, with `cs` the query's
+/// centroid scores (stride `k`).
+fn kernel_score(q: &[f32], cs: &[f32], k: usize, f: &FidSegment, a: usize, b: usize) -> f32 {
+    score_doc(&FidQuery::new(q, f), cs, k, f, a, b, crate::simd::avx2())
+}
+
+#[test]
+fn merged_files_keep_every_kept_documents_scores_and_reconstruction_bit_identical() {
+    let mut rng = Rng::new(12);
+    for &(dim, nbits, nbits2, n_src) in &[
+        (32usize, 1usize, 0usize, 3usize),
+        (20, 1, 0, 1),
+        (48, 2, 1, 4),
+        (18, 2, 1, 2),
+        (36, 2, 0, 3),
+    ] {
+        // One codec, sources encoded from differently distributed data: each has its own levels.
+        let all = data(900, dim, 7, dim as u64 * 5 + nbits as u64);
+        let c = codec(&all, dim, 12);
+        let k = c.n_centroids();
+        let mut srcs = Vec::new();
+        for i in 0..n_src {
+            let n = 33 + rng.below(200);
+            let x = data(n, dim, 2 + i, rng.next_u64());
+            let docs = split_docs(&mut rng, n);
+            let f = build(&c, 9, DocVectors::F32(&x), docs.len(), nbits, nbits2).expect("build");
+            srcs.push((f, docs));
+        }
+        // A merge of merged files too: the first merge's output is a source of the second.
+        let mut kept_all: Vec<Vec<(usize, usize)>> = Vec::new();
+        for (_, docs) in &srcs {
+            // Drop about a third of the documents (every one, sometimes).
+            let drop_all = rng.below(8) == 0;
+            kept_all.push(
+                docs.iter()
+                    .copied()
+                    .filter(|_| !drop_all && rng.below(3) != 0)
+                    .collect(),
+            );
+        }
+        let sources: Vec<MergeSource<'_>> = srcs
+            .iter()
+            .zip(&kept_all)
+            .map(|((f, _), docs)| MergeSource { fid: f, docs })
+            .collect();
+        let m = merge(&sources).expect("merge");
+        let m = FidSegment::from_bytes(m.as_bytes(), true).expect("reparse");
+        let kept: Vec<(usize, usize, usize)> = kept_all
+            .iter()
+            .enumerate()
+            .flat_map(|(s, d)| d.iter().map(move |&(a, b)| (s, a, b)))
+            .collect();
+        let total: usize = kept.iter().map(|&(_, a, b)| b - a).sum();
+        assert_eq!((m.n_tokens(), m.n_docs()), (total, kept.len()));
+        assert_eq!((m.nbits(), m.nbits2(), m.dim()), (nbits, nbits2, dim));
+        let distinct = kept_all.iter().filter(|d| !d.is_empty()).count();
+        assert_eq!(
+            m.n_sets(),
+            distinct.max(1),
+            "one level set per source with rows"
+        );
+        let expect_version = if distinct > 1 { 3 } else { 2 };
+        assert_eq!(crate::format::le_u32(m.as_bytes(), 8), expect_version);
+        let nq = 1 + rng.below(6);
+        let q = data(nq, dim, 3, rng.next_u64());
+        let mut cs = vec![0f32; nq * k];
+        for i in 0..nq {
+            for j in 0..k {
+                cs[i * k + j] = (0..dim)
+                    .map(|d| q[i * dim + d] * c.centroids()[j * dim + d])
+                    .sum();
+            }
+        }
+        let mq = FidQuery::new(&q, &m);
+        let mut u = 0;
+        let mut merged_docs = Vec::new();
+        for &(s, a, b) in &kept {
+            let f = &srcs[s].0;
+            let v = u + (b - a);
+            let want = kernel_score(&q, &cs, k, f, a, b);
+            for simd in [false, crate::simd::avx2()] {
+                let got = score_doc(&mq, &cs, k, &m, u, v, simd);
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "dim {dim}: doc {a}..{b} of {s}"
+                );
+            }
+            let r0 = f.decode_rows(c.centroids(), a, b).expect("decode");
+            let r1 = m.decode_rows(c.centroids(), u, v).expect("decode");
+            assert_eq!(
+                r0.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                r1.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            merged_docs.push((u, v));
+            u = v;
+        }
+        // Merging the merged file again (with half its documents) keeps them too.
+        let half: Vec<(usize, usize)> = merged_docs.iter().copied().step_by(2).collect();
+        let again = merge(&[MergeSource {
+            fid: &m,
+            docs: &half,
+        }])
+        .expect("merge again");
+        let mut w = 0;
+        for &(a, b) in &half {
+            let want = kernel_score(&q, &cs, k, &m, a, b);
+            let got = kernel_score(&q, &cs, k, &again, w, w + b - a);
+            assert_eq!(got.to_bits(), want.to_bits());
+            w += b - a;
+        }
+        // A document range crossing a level set is refused.
+        if m.n_sets() > 1 {
+            let s = m.set_starts()[1];
+            let bad = [(s - 1, s + 1)];
+            assert!(merge(&[MergeSource {
+                fid: &m,
+                docs: &bad
+            }])
+            .is_err());
+        }
+    }
+}
+
+#[test]
+fn crafted_level_set_tables_are_rejected() {
+    let dim = 16;
+    let mut rng = Rng::new(5);
+    let c = codec(&data(400, dim, 4, 1), dim, 8);
+    let mut srcs = Vec::new();
+    for i in 0..3 {
+        let x = data(70 + 10 * i, dim, 2, 40 + i as u64);
+        srcs.push((
+            build(&c, 5, DocVectors::F32(&x), 7, 1, 0).expect("build"),
+            x.len() / dim,
+        ));
+    }
+    let docs: Vec<Vec<(usize, usize)>> = srcs.iter().map(|s| split_docs(&mut rng, s.1)).collect();
+    let sources: Vec<MergeSource<'_>> = srcs
+        .iter()
+        .zip(&docs)
+        .map(|(s, d)| MergeSource { fid: &s.0, docs: d })
+        .collect();
+    let m = merge(&sources).expect("merge");
+    assert_eq!(m.n_sets(), 3);
+    let good = m.as_bytes().to_vec();
+    let n = m.n_tokens() as u64;
+    let lay = super::layout(dim, 1, 0, 2, m.n_tokens(), 3, 3).expect("layout");
+    // Set starts not from 0, not ascending, repeated, past the rows; a count of 0, too many
+    // sets for the file, a count that moves the sections: each a Corrupted error, checksum
+    // resealed (the structural checks reached) or not.
+    let starts = |v: [u64; 3]| {
+        let mut b = good.clone();
+        for (i, x) in v.iter().enumerate() {
+            let o = lay.sets + 8 * i;
+            b[o..o + 8].copy_from_slice(&x.to_le_bytes());
+        }
+        b
+    };
+    let mut bad = vec![
+        starts([1, 70, 150]),
+        starts([0, 150, 70]),
+        starts([0, 70, 70]),
+        starts([0, 70, n]),
+        starts([0, 70, u64::MAX]),
+    ];
+    for count in [0u32, 1, 2, 4, 1 << 30, u32::MAX] {
+        let mut b = good.clone();
+        b[52..56].copy_from_slice(&count.to_le_bytes());
+        bad.push(b);
+    }
+    let mut b = good.clone();
+    b[56] = 1; // unused header bytes
+    bad.push(b);
+    for mut b in bad {
+        reseal(&mut b);
+        match FidSegment::from_bytes(&b, true) {
+            Err(crate::error::LatixError::Corrupted { .. }) => {}
+            Err(e) => panic!("not a Corrupted error: {e}"),
+            Ok(_) => panic!("crafted level-set table accepted"),
+        }
+    }
+    assert!(FidSegment::from_bytes(&good, true).is_ok());
 }
