@@ -228,11 +228,11 @@ def tune(encoder: Any, cache: Any, results: dict[str, Any]) -> list[str]:
         build_like_latix_index(path, docs, vecs, encoder, "auto")[0].close()
     col = Collection.open(path, encoder=encoder)
     depth_max = 400
-    gen = col.index.generation
+    gen, n_passages = col.index.generation_and_len()
     late: dict[str, list[tuple[int, float, int]]] = {}
     kw: dict[str, list[tuple[int, float]]] = {}
     for q, v in qv.items():
-        late[q] = col._late([v], depth_max, None, None, 1, {})[0]
+        late[q] = col._late([v], depth_max, None, None, 1, {}, gen, n_passages)[0]
         kw[q] = col._store.keyword(_fts_query(queries[q]), depth_max, gen)
     rk2id = {
         rk: r.id

@@ -700,6 +700,63 @@ def test_threads_share_one_handle(tmp_path: Path) -> None:
     col.verify()
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_search_sees_every_commit_made_before_it(tmp_path: Path, seed: int) -> None:
+    """A search through a second handle sees every commit that returned before it started (its
+    generation and passage count come from one fresh snapshot, never a cached one), whether
+    the commits are interleaved with the searches or run in a thread meanwhile; hits, texts
+    and metadata match a brute-force reference of that committed state."""
+    rng = np.random.default_rng(seed)
+    col = new(tmp_path)
+    reader = Collection.open(tmp_path / "c")
+    docs: dict[str, np.ndarray] = {}
+    q = vecs(rng, 1)[0]
+    for step in range(int(rng.integers(6, 12))):
+        n = int(rng.integers(1, 4))
+        vs = vecs(rng, n)
+        ids = [f"s{step}-{j}" for j in range(n)]
+        col.add([(i, f"t {i}", {"step": step}) for i in ids], vectors=vs)
+        docs.update(zip(ids, vs, strict=True))
+        if step % 3 == 2:  # deletes must be seen too
+            gone = sorted(docs)[int(rng.integers(len(docs)))]
+            col.delete([gone])
+            del docs[gone]
+        ix = reader._index
+        assert (
+            ix.generation_and_len()
+            == (ix.generation, len(ix))
+            == (col._index.generation, len(docs))
+        )
+        hits = reader.search(query_vectors=q, k=len(docs) + 3)
+        assert sorted(h.id for h in hits) == sorted(docs)
+        ref = sorted(docs, key=lambda i: -maxsim(q, docs[i]))
+        assert [h.id for h in hits][:1] == ref[:1]
+        for h in hits:
+            assert h.score == pytest.approx(maxsim(q, docs[h.id]), abs=1e-3)
+            assert h.text == f"t {h.id}" and h.metadata["step"] == int(h.id[1:].split("-")[0])
+    # A writer thread: each search must hold at least the records committed before it began.
+    committed = [len(docs)]
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for i in range(20):
+                col.add([(f"w{i}", "w", {"step": -1})], vectors=vecs(rng, 1))
+                committed[0] += 1
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    while t.is_alive():
+        before = committed[0]
+        assert len(reader.search(query_vectors=q, k=64)) >= before
+    t.join()
+    assert not errors, errors
+    assert len(reader.search(query_vectors=q, k=64)) == committed[0]
+    reader.close()
+
+
 def _fork_child(path: str, q: Any, out: Any) -> None:
     col = _FORK_COL[0]
     try:

@@ -58,13 +58,13 @@ def ref_hits(
     """The hits of one query, from the collection's ranking lists and sqlite3 rows."""
     node = None if where is None else flt.parse(where, col._store.fields())
     wkey = None if where is None else flt.cache_key(where)
-    gen = col._generation()
+    gen, n_passages = col._index.generation_and_len()
     hp = _hybrid_params(None, None)
     depth = max(k, int(hp["depth"])) if mode == "hybrid" else k
     if mode != "keyword":
         vq = qv if qv is not None else col.encoder.encode_queries([q])[0]
         schema = None if where is None else col._store.fields()
-        late = col._late([vq], depth, node, wkey, None, {}, gen=gen, schema=schema)[0]
+        late = col._late([vq], depth, node, wkey, None, {}, gen, n_passages, schema=schema)[0]
     if mode != "late":
         kw = col._store.keyword(_fts_query(q or ""), depth, gen, node)
     if mode == "late":

@@ -1854,7 +1854,8 @@ class Collection:
         hp = _hybrid_params(fusion, alpha)
         lists: list[list[tuple[int, float, int, float, float]]] = []  # (rk, score, p, ls, ks)
         for _attempt in range(5):
-            gen = self._generation()
+            # Generation and live passages from one snapshot (one look at CURRENT, not two).
+            gen, n_passages = self._index.generation_and_len()
             late: list[list[tuple[int, float, int]]] | None = None
             kw: list[list[tuple[int, float]]] | None = None
             depth = max(k, int(hp["depth"])) if mode == "hybrid" else k
@@ -1865,7 +1866,9 @@ class Collection:
                 else:
                     assert queries is not None
                     qv = self._get_encoder().encode_queries_packed(queries).to_list()
-                late = self._late(qv, depth, node, wkey, n_threads, opts, gen=gen, schema=schema)
+                late = self._late(
+                    qv, depth, node, wkey, n_threads, opts, gen, n_passages, schema=schema
+                )
             if mode in ("keyword", "hybrid"):
                 assert queries is not None
                 kw = [self._store.keyword(_fts_query(q), depth, gen, node) for q in queries]
@@ -1959,8 +1962,9 @@ class Collection:
         wkey: str | None,
         n_threads: int | None,
         opts: dict[str, Any],
+        gen: int,
+        n_docs: int,
         *,
-        gen: int | None = None,
         schema: dict[str, FieldType] | None = None,
     ) -> list[list[tuple[int, float, int]]]:
         """Late-interaction top ``k`` records per query: (rk, best passage score, passage).
@@ -1968,11 +1972,9 @@ class Collection:
         The index returns passages; a record's passages can fill its top ``k``, so the first
         depth asks for ``k`` times the collection's passages per record (at most
         :data:`PASSAGE_DEPTH_MAX` times ``k``) and only a list that still holds fewer than ``k``
-        records searches again, 4x deeper.
+        records searches again, 4x deeper. ``gen`` and ``n_docs`` (live passages) are those
+        of one snapshot (:meth:`Index.generation_and_len`).
         """
-        n_docs = len(self._index)
-        if gen is None:
-            gen = self._generation()
         kp = self._first_depth(k, n_docs, gen)
         while True:
             kk = max(1, min(kp, max(n_docs, 1)))

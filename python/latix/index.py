@@ -841,6 +841,17 @@ class Index:
         """Commit generation of the latest committed state (increases with every commit)."""
         return self._inner.generation
 
+    def generation_and_len(self) -> tuple[int, int]:
+        """:attr:`generation` and ``len()`` of one snapshot, the latest committed one.
+
+        One look at ``CURRENT`` where the two separately take one each (and may straddle a
+        commit); what a reader that needs both per call (a collection's search) uses.
+
+        Returns:
+            ``(generation, number of live documents)``.
+        """
+        return self._inner.generation_and_len()
+
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""

@@ -104,6 +104,10 @@ class Index:
     @property
     def generation(self) -> int:
         """Generation of the latest snapshot."""
+    def generation_and_len(self) -> tuple[int, int]:
+        """(generation, live documents) of the latest snapshot, both from one snapshot (one
+        `CURRENT` read where `generation` and `len` take one each).
+        """
     def get(self, id: object) -> NDArray[np.float32] | NDArray[np.float16]:
         """The stored vectors of `id` as an (n, dim) array of the storage dtype."""
     def ids(self) -> list[str]:

@@ -617,6 +617,17 @@ impl PyIndex {
         self.inner.snapshot().map(|s| s.generation()).py_err(py)
     }
 
+    /// () -> tuple[int, int]
+    ///
+    /// (generation, live documents) of the latest snapshot, both from one snapshot (one
+    /// `CURRENT` read where `generation` and `len` take one each).
+    fn generation_and_len(&self, py: Python<'_>) -> PyResult<(u64, usize)> {
+        self.inner
+            .snapshot()
+            .map(|s| (s.generation(), s.len()))
+            .py_err(py)
+    }
+
     /// -> bool
     ///
     /// Whether the handle was closed.
