@@ -162,3 +162,46 @@ def test_topical_share(pools: scale_gen.Pools, p_topical: float) -> None:
         assert scale_gen.F_LOW <= f <= 1.0 and s in scale_gen.NOISE_LEVELS
     with pytest.raises(ValueError, match="p_topical"):
         scale_gen.Generator(pools, 0, p_topical=1.5)
+
+
+@pytest.mark.parametrize("kernel", ["latix", "numpy"])
+@pytest.mark.parametrize(
+    ("n_q", "k", "batch", "seed"), [(1, 1, 7, 0), (5, 10, 50, 1), (9, 20, 1000, 2)]
+)
+def test_exact_reference_topk(
+    pools: scale_gen.Pools,
+    monkeypatch: pytest.MonkeyPatch,
+    kernel: str,
+    n_q: int,
+    k: int,
+    batch: int,
+    seed: int,
+) -> None:
+    """bench_scale's exact top k (either kernel, batches of several sizes) against a float64
+    brute force over the same corpus: the scores of the returned ids are theirs, in order, and
+    nothing left out scores above the k-th (ties within rounding may go either way)."""
+    import bench_scale
+
+    monkeypatch.setattr(bench_scale, "EXACT_BATCH", batch)
+    rng = np.random.default_rng(seed)
+    sci_tokens = int(pools.offsets[pools.n_sci])
+    corpus = bench_scale.Corpus(pools, seed, sci_tokens + 3000, 100)
+    sci_ids = [f"sci-{j}" for j in range(pools.n_sci)]
+    qs = []
+    for _ in range(n_q):
+        q = rng.standard_normal((int(rng.integers(1, 9)), DIM))
+        qs.append((q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32))
+    ids, scores = bench_scale.exact_topk(
+        corpus, sci_ids, qs, k, bench_scale.Lock(None), kernel=kernel
+    )
+    p = pools
+    docs = {sci_ids[j]: p.vectors[p.offsets[j] : p.offsets[j + 1]] for j in corpus.sci}
+    docs.update({f"gen-{g}": corpus.gen.doc(g) for g in range(corpus.n_gen)})
+    assert corpus.n_gen > batch or batch == 1000  # several generated batches in most cases
+    for q, got, got_s in zip(qs, ids, scores, strict=True):
+        want = {d: maxsim(q, x) for d, x in docs.items()}
+        assert len(got) == len(set(got)) == k
+        assert np.allclose(got_s, [want[d] for d in got], atol=1e-4)
+        assert all(np.diff(got_s) <= 1e-6)
+        kth = sorted(want.values(), reverse=True)[k - 1]
+        assert min(got_s) >= kth - 1e-4
