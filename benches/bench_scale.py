@@ -40,7 +40,9 @@ one. Indexes go under --work (default
 merged into --json (bench-results/scale.json, read by benches/plots.py) and the table written to
 --md (bench-results/scale.md), each size with its provenance (benches/provenance.py) and load
 average; the fitted growth exponents (log-log least squares) of p50 latency and build time
-against tokens are printed and stored, with the build time they project for 100M tokens.
+against tokens are printed and stored, with the build time they project for 100M tokens, fitted
+only over the sizes measured with the same latix code (rust/, python/latix, the build files) as
+the newest one; the others are named in the table's notes.
 """
 
 from __future__ import annotations
@@ -545,16 +547,50 @@ def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return float(b), float(c)
 
 
+#: What a size's figures depend on in the checkout: latix's code and build (not the benches).
+LIBRARY_PATHS = ("rust", "python/latix", "Cargo.toml", "Cargo.lock", "pyproject.toml")
+
+
+def commit_of(row: dict[str, Any]) -> str | None:
+    """The clean commit a size was measured at (None: unknown, or uncommitted changes)."""
+    for ln in row.get("provenance", []):
+        if ln.startswith("- commit: "):
+            c = ln[len("- commit: ") :].strip()
+            return c if len(c) == 40 and all(x in "0123456789abcdef" for x in c) else None
+    return None
+
+
+def same_library(a: str | None, b: str | None) -> bool:
+    """True when commits `a` and `b` hold the same latix code (`LIBRARY_PATHS`), by git."""
+    if a is None or b is None:
+        return False
+    if a == b:
+        return True
+    cmd = ["git", "-C", str(ROOT), "diff", "--quiet", a, b, "--", *LIBRARY_PATHS]
+    return subprocess.run(cmd, capture_output=True).returncode == 0  # 1: differ, 128: unknown
+
+
 def fits(sizes: dict[str, Any]) -> dict[str, Any]:
-    """Growth exponents against tokens of p50 latency (1 and 2 threads) and build time, and the
-    build time they project for 100M tokens."""
+    """Growth exponents against tokens of p50 latency (1 and 2 threads), build time, peak RSS
+    and bytes per token, and what they project for 100M tokens, each fitted only over the sizes
+    measured with the same latix code as the most recently measured size (a growth figure of
+    different code is none); `same_code` names those sizes, `other_code` the rest."""
     rows = sorted(sizes.values(), key=lambda r: r["n_tokens"])
-    if len(rows) < 2:
+    if not rows:
         return {}
-    out: dict[str, Any] = {"sizes": [r["n_tokens"] for r in rows]}
+    dated = [(ln, r) for r in rows for ln in r.get("provenance", []) if ln.startswith("- date:")]
+    newest = max(dated, key=lambda x: x[0])[1] if dated else rows[-1]
+    ref = commit_of(newest)
+    same = [r for r in rows if r is newest or same_library(commit_of(r), ref)]
+    out: dict[str, Any] = {
+        "sizes": [r["n_tokens"] for r in same],
+        "same_code": [r["size"] for r in same],
+        "other_code": [r["size"] for r in rows if not any(r is x for x in same)],
+        "commit": ref,
+    }
     for k in ("p50_1t_ms", "p50_2t_ms", "build_s", "peak_rss_mb", "bytes_per_token"):
         # Peak RSS only over builds that added in pieces (the others also held a whole batch).
-        use = [r for r in rows if k != "peak_rss_mb" or r.get("add_piece_docs")]
+        use = [r for r in same if k != "peak_rss_mb" or r.get("add_piece_docs")]
         if len(use) < 2:
             continue
         b, c = fit([r["n_tokens"] for r in use], [r[k] for r in use])
@@ -607,7 +643,15 @@ def markdown(saved: dict[str, Any]) -> str:
             "noise while it was made): an overestimate of latix's peak. Later builds add pieces "
             "of 500 documents.",
         ]
-    if f:
+    if f.get("other_code"):
+        md += [
+            "",
+            f"Growth exponents are fitted only over sizes measured with the latix code of the "
+            f"newest one ({', '.join(f.get('same_code', []))}; commit {f.get('commit')}): "
+            f"{', '.join(f['other_code'])} were measured with other code (see their "
+            f"provenance) and are left out.",
+        ]
+    if any(k in f for k in ("p50_1t_ms", "build_s")):
         md += ["", "Fitted growth exponents (log-log least squares against tokens):", ""]
         for k, what in (
             ("p50_1t_ms", "p50 latency, 1 thread"),
@@ -622,12 +666,17 @@ def markdown(saved: dict[str, Any]) -> str:
                 f"- {what}: exponent **{f[k]['exponent']:.2f}** (projected at 100M tokens: "
                 f"{f[k]['at_100m']:,.1f} {unit})"
             )
-    commits = {ln for r in rows for ln in r["provenance"] if ln.startswith("- commit:")}
-    if len(commits) > 1:
+    elif f.get("other_code"):
+        md += ["", "No growth exponent: fewer than two sizes measured with the same code."]
+    ex = [r for r in rows if r.get("exact_s") is not None]
+    if ex:
         md += [
             "",
-            "The sizes were measured at different commits (see their provenance): build times "
-            "of different code, so the build-time exponent above is no growth figure.",
+            "Exact reference (computed once per size, cached): "
+            + "; ".join(
+                f"{r['size']} {r['exact_s']:,.0f} s ({r.get('exact_kernel', 'numpy')})" for r in ex
+            )
+            + ".",
         ]
     md += ["", "Provenance of each size:", ""]
     for r in rows:

@@ -205,3 +205,35 @@ def test_exact_reference_topk(
         assert all(np.diff(got_s) <= 1e-6)
         kth = sorted(want.values(), reverse=True)[k - 1]
         assert min(got_s) >= kth - 1e-4
+
+
+def test_fits_only_over_the_newest_code() -> None:
+    """bench_scale's growth exponents use only the sizes measured with the newest size's latix
+    code: a size of another (here unknown) commit is left out and named; with one size of the
+    newest code, no exponent."""
+    import bench_scale
+
+    rng = np.random.default_rng(3)
+    a, b = "a" * 40, "b" * 40
+
+    def row(n: float, commit: str, date: str, p50: float) -> dict[str, object]:
+        r: dict[str, object] = {k: float(rng.uniform(1, 9)) for k in ("peak_rss_mb", "p50_2t_ms")}
+        r.update(size=f"{n / 1e6:g}M", n_tokens=int(n), p50_1t_ms=p50, build_s=3 * n / 1e6)
+        r.update(bytes_per_token=30.0, add_piece_docs=500)
+        r["provenance"] = [f"- commit: {commit}", f"- date: 2026-12-0{date} UTC; load 1"]
+        return r
+
+    sizes = {
+        "2M": row(2e6, b, "1 10:00", 99.0),  # older code, off the curve
+        "5M": row(5e6, a, "2 10:00", 5e6**0.25),
+        "30M": row(3e7, a, "2 12:00", 3e7**0.25),
+        "100M": row(1e8, a, "2 11:00", 1e8**0.25),
+    }
+    f = bench_scale.fits(sizes)
+    assert f["same_code"] == ["5M", "30M", "100M"] and f["other_code"] == ["2M"]
+    assert abs(f["p50_1t_ms"]["exponent"] - 0.25) < 1e-9
+    assert abs(f["build_s"]["exponent"] - 1.0) < 1e-9
+    assert abs(f["build_s"]["at_100m"] - 300.0) < 1e-6
+    sizes["2M"]["provenance"] = [f"- commit: {b}", "- date: 2026-12-03 09:00 UTC"]  # newest
+    f = bench_scale.fits(sizes)
+    assert f["same_code"] == ["2M"] and "p50_1t_ms" not in f and "build_s" not in f
