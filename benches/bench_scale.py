@@ -552,11 +552,18 @@ LIBRARY_PATHS = ("rust", "python/latix", "Cargo.toml", "Cargo.lock", "pyproject.
 
 
 def commit_of(row: dict[str, Any]) -> str | None:
-    """The clean commit a size was measured at (None: unknown, or uncommitted changes)."""
+    """The commit a size was measured at, when its latix code was that commit's (None: unknown,
+    or uncommitted changes under `LIBRARY_PATHS`; changes elsewhere, e.g. to bench-results/,
+    do not change what was measured)."""
     for ln in row.get("provenance", []):
         if ln.startswith("- commit: "):
-            c = ln[len("- commit: ") :].strip()
-            return c if len(c) == 40 and all(x in "0123456789abcdef" for x in c) else None
+            c, _, rest = ln[len("- commit: ") :].strip().partition(" + uncommitted changes to ")
+            if len(c) != 40 or any(x not in "0123456789abcdef" for x in c):
+                return None
+            changed = [x.strip() for x in rest.split(",")] if rest else []
+            if any(x.endswith(" more") or x.startswith(LIBRARY_PATHS) for x in changed):
+                return None
+            return c
     return None
 
 

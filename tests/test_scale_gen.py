@@ -234,6 +234,11 @@ def test_fits_only_over_the_newest_code() -> None:
     assert abs(f["p50_1t_ms"]["exponent"] - 0.25) < 1e-9
     assert abs(f["build_s"]["exponent"] - 1.0) < 1e-9
     assert abs(f["build_s"]["at_100m"] - 300.0) < 1e-6
+    # Uncommitted changes outside latix's code leave a size's code its commit's; inside, unknown.
+    sizes["5M"]["provenance"][0] = f"- commit: {a} + uncommitted changes to bench-results/x.md"
+    sizes["100M"]["provenance"][0] = f"- commit: {a} + uncommitted changes to a.md, rust/x.rs"
+    f = bench_scale.fits(sizes)
+    assert f["same_code"] == ["5M", "30M"] and f["other_code"] == ["2M", "100M"]
     sizes["2M"]["provenance"] = [f"- commit: {b}", "- date: 2026-12-03 09:00 UTC"]  # newest
     f = bench_scale.fits(sizes)
     assert f["same_code"] == ["2M"] and "p50_1t_ms" not in f and "build_s" not in f
