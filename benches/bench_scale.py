@@ -25,11 +25,12 @@ the index is created: that resident size is reported beside it), and the time sp
 * recall@10 against exact MaxSim on a fixed seeded sample of --exact-sample (50) test queries,
   and the share of the exact top-10 slots that generated documents take (how much they compete),
   plus exact and compressed nDCG@10 on that sample. The exact top 20 is computed once per size
-  (numpy float32 GEMM over every document, SciFact's and generated batch by batch: independent
-  of latix's kernels) and cached under --work, keyed by a checksum of the generator's parameters
-  and seed, its input files, the size, the queries and the sample; when loaded, each query's
-  cached top 10 is re-scored in float64 from documents regenerated one by one (which also
-  checks that a document is the same alone as in a batch) and must match.
+  (`latix.maxsim`, the exact kernel, on both threads, over every document, SciFact's and
+  generated batch by batch; --exact-kernel numpy uses a float32 GEMM independent of latix, ~1.6x
+  the CPU) and cached under --work, keyed by a checksum of the generator's parameters and seed,
+  its input files, the size, the queries and the sample; when loaded, each query's cached top 10
+  is re-scored in float64 by numpy from documents regenerated one by one (which also checks that
+  a document is the same alone as in a batch) and must match.
 
 With --lock FILE, each timed or heavy phase of a size (exact reference, build, searches) runs
 holding an exclusive flock on FILE, released between phases (and every 10 minutes during the
@@ -39,7 +40,9 @@ one. Indexes go under --work (default
 merged into --json (bench-results/scale.json, read by benches/plots.py) and the table written to
 --md (bench-results/scale.md), each size with its provenance (benches/provenance.py) and load
 average; the fitted growth exponents (log-log least squares) of p50 latency and build time
-against tokens are printed and stored, with the build time they project for 100M tokens.
+against tokens are printed and stored, with the build time they project for 100M tokens, fitted
+only over the sizes measured with the same latix code (rust/, python/latix, the build files) as
+the newest one; the others are named in the table's notes.
 """
 
 from __future__ import annotations
@@ -69,8 +72,8 @@ SOURCE = os.environ.get("LATIX_DATA") or str(ROOT / ".." / "shared" / "data")
 QUERY_FILES = ("query_vectors.npy", "query_offsets.npy", "query_ids.json")
 #: Exact hits kept per sample query.
 EXACT_K = 20
-#: Documents per batch of the exact reference (float32 GEMM scratch: ~queries' tokens x
-#: batch tokens x 4 bytes, ~0.3 GB).
+#: Documents per batch of the exact reference (the numpy kernel's float32 GEMM scratch: ~queries'
+#: tokens x batch tokens x 4 bytes, ~0.3 GB).
 EXACT_BATCH = 300
 
 
@@ -242,19 +245,33 @@ def build(
 
 
 def exact_topk(
-    corpus: Corpus, sci_ids: list[str], qs: list[np.ndarray], k: int, lock: Lock
+    corpus: Corpus,
+    sci_ids: list[str],
+    qs: list[np.ndarray],
+    k: int,
+    lock: Lock,
+    kernel: str = "latix",
 ) -> tuple[list[list[str]], list[list[float]]]:
-    """Exact MaxSim top `k` of each query over every document of `corpus`: float32 GEMM of all
-    queries' tokens against a batch of documents, max over each document's rows, sum per query."""
-    qcat = np.concatenate(qs).astype(np.float32)
+    """Exact MaxSim top `k` of each query over every document of `corpus`, a batch of documents
+    at a time. `kernel` "latix": `latix.maxsim` per query (both threads; no similarity matrix is
+    materialised); "numpy": float32 GEMM of all queries' tokens against the batch, max over each
+    document's rows, sum per query (independent of latix, ~1.6x the CPU)."""
+    import latix
+
+    qs = [np.ascontiguousarray(q, np.float32) for q in qs]
+    qcat = np.concatenate(qs)
     qoff = np.concatenate([[0], np.cumsum([len(q) for q in qs])])
     best_s = [np.full(0, -np.inf, np.float32) for _ in qs]
     best_i: list[list[str]] = [[] for _ in qs]
 
     def consume(vec: np.ndarray, off: np.ndarray, ids: list[str]) -> None:
-        sim = qcat @ np.asarray(vec, np.float32).T  # (query tokens, batch tokens)
-        mx = np.maximum.reduceat(sim, off[:-1], axis=1)  # (query tokens, docs)
-        per_q = np.add.reduceat(mx, qoff[:-1], axis=0)  # (queries, docs)
+        if kernel == "latix":
+            v, o = np.ascontiguousarray(vec), np.asarray(off, np.int64)
+            per_q = np.stack([latix.maxsim(q, v, o, n_threads=2) for q in qs])
+        else:
+            sim = qcat @ np.asarray(vec, np.float32).T  # (query tokens, batch tokens)
+            mx = np.maximum.reduceat(sim, off[:-1], axis=1)  # (query tokens, docs)
+            per_q = np.add.reduceat(mx, qoff[:-1], axis=0)  # (queries, docs)
         for i in range(len(qs)):
             s = np.concatenate([best_s[i], per_q[i]])
             names = best_i[i] + ids
@@ -282,6 +299,7 @@ def reference(
     work: str,
     sample: list[int],
     lock: Lock,
+    kernel: str = "latix",
 ) -> tuple[dict[str, Any], bool]:
     """The cached exact top `EXACT_K` of the sample queries (computed if absent or stale),
     checked: each cached top 10 re-scored in float64 from documents regenerated alone."""
@@ -305,8 +323,9 @@ def reference(
     if not cached:
         with lock.hold(f"exact reference, {corpus.n_tokens:,} tokens"):
             t = time.time()
-            ids, scores = exact_topk(corpus, sci_ids, qs, EXACT_K, lock)
+            ids, scores = exact_topk(corpus, sci_ids, qs, EXACT_K, lock, kernel)
             ref = {"key": key, "ids": ids, "scores": scores, "seconds": time.time() - t}
+            ref["kernel"] = kernel
         with open(path + ".tmp", "w") as f:
             json.dump(ref, f)
         os.replace(path + ".tmp", path)
@@ -381,7 +400,7 @@ def measure_locked(
     qo = np.load(f"{sci}/query_offsets.npy")
     qids = json.load(open(f"{sci}/query_ids.json"))
     nq = len(qids)
-    ref, cached = reference(corpus, ident, a.data, a.work, sample, lock)
+    ref, cached = reference(corpus, ident, a.data, a.work, sample, lock, a.exact_kernel)
     gen_share = float(
         np.mean([sum(d.startswith("gen-") for d in ids[:10]) / 10 for ids in ref["ids"]])
     )
@@ -474,6 +493,8 @@ def measure_locked(
         "sample_ndcg_at_10_exact": ev_ex[nDCG @ 10],
         "sample_ndcg_at_10": ev_cs[nDCG @ 10],
         "exact_sample": len(sample),
+        "exact_kernel": ref.get("kernel", "numpy"),  # absent: computed before the option
+        "exact_s": ref.get("seconds"),
         "exact_key": ref["key"],
         "load": {"build": [load_before, load_build], "search": [load_search0, load_search]},
         "provenance": prov,
@@ -526,16 +547,57 @@ def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return float(b), float(c)
 
 
+#: What a size's figures depend on in the checkout: latix's code and build (not the benches).
+LIBRARY_PATHS = ("rust", "python/latix", "Cargo.toml", "Cargo.lock", "pyproject.toml")
+
+
+def commit_of(row: dict[str, Any]) -> str | None:
+    """The commit a size was measured at, when its latix code was that commit's (None: unknown,
+    or uncommitted changes under `LIBRARY_PATHS`; changes elsewhere, e.g. to bench-results/,
+    do not change what was measured)."""
+    for ln in row.get("provenance", []):
+        if ln.startswith("- commit: "):
+            c, _, rest = ln[len("- commit: ") :].strip().partition(" + uncommitted changes to ")
+            if len(c) != 40 or any(x not in "0123456789abcdef" for x in c):
+                return None
+            changed = [x.strip() for x in rest.split(",")] if rest else []
+            if any(x.endswith(" more") or x.startswith(LIBRARY_PATHS) for x in changed):
+                return None
+            return c
+    return None
+
+
+def same_library(a: str | None, b: str | None) -> bool:
+    """True when commits `a` and `b` hold the same latix code (`LIBRARY_PATHS`), by git."""
+    if a is None or b is None:
+        return False
+    if a == b:
+        return True
+    cmd = ["git", "-C", str(ROOT), "diff", "--quiet", a, b, "--", *LIBRARY_PATHS]
+    return subprocess.run(cmd, capture_output=True).returncode == 0  # 1: differ, 128: unknown
+
+
 def fits(sizes: dict[str, Any]) -> dict[str, Any]:
-    """Growth exponents against tokens of p50 latency (1 and 2 threads) and build time, and the
-    build time they project for 100M tokens."""
+    """Growth exponents against tokens of p50 latency (1 and 2 threads), build time, peak RSS
+    and bytes per token, and what they project for 100M tokens, each fitted only over the sizes
+    measured with the same latix code as the most recently measured size (a growth figure of
+    different code is none); `same_code` names those sizes, `other_code` the rest."""
     rows = sorted(sizes.values(), key=lambda r: r["n_tokens"])
-    if len(rows) < 2:
+    if not rows:
         return {}
-    out: dict[str, Any] = {"sizes": [r["n_tokens"] for r in rows]}
+    dated = [(ln, r) for r in rows for ln in r.get("provenance", []) if ln.startswith("- date:")]
+    newest = max(dated, key=lambda x: x[0])[1] if dated else rows[-1]
+    ref = commit_of(newest)
+    same = [r for r in rows if r is newest or same_library(commit_of(r), ref)]
+    out: dict[str, Any] = {
+        "sizes": [r["n_tokens"] for r in same],
+        "same_code": [r["size"] for r in same],
+        "other_code": [r["size"] for r in rows if not any(r is x for x in same)],
+        "commit": ref,
+    }
     for k in ("p50_1t_ms", "p50_2t_ms", "build_s", "peak_rss_mb", "bytes_per_token"):
         # Peak RSS only over builds that added in pieces (the others also held a whole batch).
-        use = [r for r in rows if k != "peak_rss_mb" or r.get("add_piece_docs")]
+        use = [r for r in same if k != "peak_rss_mb" or r.get("add_piece_docs")]
         if len(use) < 2:
             continue
         b, c = fit([r["n_tokens"] for r in use], [r[k] for r in use])
@@ -588,7 +650,15 @@ def markdown(saved: dict[str, Any]) -> str:
             "noise while it was made): an overestimate of latix's peak. Later builds add pieces "
             "of 500 documents.",
         ]
-    if f:
+    if f.get("other_code"):
+        md += [
+            "",
+            f"Growth exponents are fitted only over sizes measured with the latix code of the "
+            f"newest one ({', '.join(f.get('same_code', []))}; commit {f.get('commit')}): "
+            f"{', '.join(f['other_code'])} were measured with other code (see their "
+            f"provenance) and are left out.",
+        ]
+    if any(k in f for k in ("p50_1t_ms", "build_s")):
         md += ["", "Fitted growth exponents (log-log least squares against tokens):", ""]
         for k, what in (
             ("p50_1t_ms", "p50 latency, 1 thread"),
@@ -603,12 +673,17 @@ def markdown(saved: dict[str, Any]) -> str:
                 f"- {what}: exponent **{f[k]['exponent']:.2f}** (projected at 100M tokens: "
                 f"{f[k]['at_100m']:,.1f} {unit})"
             )
-    commits = {ln for r in rows for ln in r["provenance"] if ln.startswith("- commit:")}
-    if len(commits) > 1:
+    elif f.get("other_code"):
+        md += ["", "No growth exponent: fewer than two sizes measured with the same code."]
+    ex = [r for r in rows if r.get("exact_s") is not None]
+    if ex:
         md += [
             "",
-            "The sizes were measured at different commits (see their provenance): build times "
-            "of different code, so the build-time exponent above is no growth figure.",
+            "Exact reference (computed once per size, cached): "
+            + "; ".join(
+                f"{r['size']} {r['exact_s']:,.0f} s ({r.get('exact_kernel', 'numpy')})" for r in ex
+            )
+            + ".",
         ]
     md += ["", "Provenance of each size:", ""]
     for r in rows:
@@ -627,6 +702,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--commit-docs", type=int, default=5000, help="documents per commit")
     ap.add_argument("--exact-sample", type=int, default=50, help="queries with exact reference")
+    ap.add_argument(
+        "--exact-kernel",
+        choices=("latix", "numpy"),
+        default="latix",
+        help="exact reference: latix.maxsim, or a float32 GEMM independent of latix",
+    )
     ap.add_argument("--lock", default=None, help="flock this file during each heavy phase")
     ap.add_argument(
         "--lock-per-size",
@@ -645,9 +726,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.md_only:
         saved = json.load(open(a.json))
-        saved["fit"] = fits(saved["sizes"])
-        with open(a.json, "w") as f:
-            json.dump(saved, f, indent=1)
+        saved["fit"] = fits(saved["sizes"])  # for the table only: --json is left as it is
         with open(a.md, "w") as f:
             f.write(markdown(saved))
         return

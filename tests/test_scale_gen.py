@@ -162,3 +162,83 @@ def test_topical_share(pools: scale_gen.Pools, p_topical: float) -> None:
         assert scale_gen.F_LOW <= f <= 1.0 and s in scale_gen.NOISE_LEVELS
     with pytest.raises(ValueError, match="p_topical"):
         scale_gen.Generator(pools, 0, p_topical=1.5)
+
+
+@pytest.mark.parametrize("kernel", ["latix", "numpy"])
+@pytest.mark.parametrize(
+    ("n_q", "k", "batch", "seed"), [(1, 1, 7, 0), (5, 10, 50, 1), (9, 20, 1000, 2)]
+)
+def test_exact_reference_topk(
+    pools: scale_gen.Pools,
+    monkeypatch: pytest.MonkeyPatch,
+    kernel: str,
+    n_q: int,
+    k: int,
+    batch: int,
+    seed: int,
+) -> None:
+    """bench_scale's exact top k (either kernel, batches of several sizes) against a float64
+    brute force over the same corpus: the scores of the returned ids are theirs, in order, and
+    nothing left out scores above the k-th (ties within rounding may go either way)."""
+    import bench_scale
+
+    monkeypatch.setattr(bench_scale, "EXACT_BATCH", batch)
+    rng = np.random.default_rng(seed)
+    sci_tokens = int(pools.offsets[pools.n_sci])
+    corpus = bench_scale.Corpus(pools, seed, sci_tokens + 3000, 100)
+    sci_ids = [f"sci-{j}" for j in range(pools.n_sci)]
+    qs = []
+    for _ in range(n_q):
+        q = rng.standard_normal((int(rng.integers(1, 9)), DIM))
+        qs.append((q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32))
+    ids, scores = bench_scale.exact_topk(
+        corpus, sci_ids, qs, k, bench_scale.Lock(None), kernel=kernel
+    )
+    p = pools
+    docs = {sci_ids[j]: p.vectors[p.offsets[j] : p.offsets[j + 1]] for j in corpus.sci}
+    docs.update({f"gen-{g}": corpus.gen.doc(g) for g in range(corpus.n_gen)})
+    assert corpus.n_gen > batch or batch == 1000  # several generated batches in most cases
+    for q, got, got_s in zip(qs, ids, scores, strict=True):
+        want = {d: maxsim(q, x) for d, x in docs.items()}
+        assert len(got) == len(set(got)) == k
+        assert np.allclose(got_s, [want[d] for d in got], atol=1e-4)
+        assert all(np.diff(got_s) <= 1e-6)
+        kth = sorted(want.values(), reverse=True)[k - 1]
+        assert min(got_s) >= kth - 1e-4
+
+
+def test_fits_only_over_the_newest_code() -> None:
+    """bench_scale's growth exponents use only the sizes measured with the newest size's latix
+    code: a size of another (here unknown) commit is left out and named; with one size of the
+    newest code, no exponent."""
+    import bench_scale
+
+    rng = np.random.default_rng(3)
+    a, b = "a" * 40, "b" * 40
+
+    def row(n: float, commit: str, date: str, p50: float) -> dict[str, object]:
+        r: dict[str, object] = {k: float(rng.uniform(1, 9)) for k in ("peak_rss_mb", "p50_2t_ms")}
+        r.update(size=f"{n / 1e6:g}M", n_tokens=int(n), p50_1t_ms=p50, build_s=3 * n / 1e6)
+        r.update(bytes_per_token=30.0, add_piece_docs=500)
+        r["provenance"] = [f"- commit: {commit}", f"- date: 2026-12-0{date} UTC; load 1"]
+        return r
+
+    sizes = {
+        "2M": row(2e6, b, "1 10:00", 99.0),  # older code, off the curve
+        "5M": row(5e6, a, "2 10:00", 5e6**0.25),
+        "30M": row(3e7, a, "2 12:00", 3e7**0.25),
+        "100M": row(1e8, a, "2 11:00", 1e8**0.25),
+    }
+    f = bench_scale.fits(sizes)
+    assert f["same_code"] == ["5M", "30M", "100M"] and f["other_code"] == ["2M"]
+    assert abs(f["p50_1t_ms"]["exponent"] - 0.25) < 1e-9
+    assert abs(f["build_s"]["exponent"] - 1.0) < 1e-9
+    assert abs(f["build_s"]["at_100m"] - 300.0) < 1e-6
+    # Uncommitted changes outside latix's code leave a size's code its commit's; inside, unknown.
+    sizes["5M"]["provenance"][0] = f"- commit: {a} + uncommitted changes to bench-results/x.md"
+    sizes["100M"]["provenance"][0] = f"- commit: {a} + uncommitted changes to a.md, rust/x.rs"
+    f = bench_scale.fits(sizes)
+    assert f["same_code"] == ["5M", "30M"] and f["other_code"] == ["2M", "100M"]
+    sizes["2M"]["provenance"] = [f"- commit: {b}", "- date: 2026-12-03 09:00 UTC"]  # newest
+    f = bench_scale.fits(sizes)
+    assert f["same_code"] == ["2M"] and "p50_1t_ms" not in f and "build_s" not in f
