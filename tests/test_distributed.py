@@ -1093,6 +1093,9 @@ def test_ray_serve_deployment_matches_the_handle_and_survives_kills(
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
+    # shard actors of earlier tests on this module's cluster may still be exiting: only the ones
+    # this deployment starts are its own
+    earlier_shards = set(_pids_of(b"_ShardServer"))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(deployment(tmp_path / "s", name="shards"), name="shards", route_prefix="/s")
@@ -1137,8 +1140,8 @@ def test_ray_serve_deployment_matches_the_handle_and_survives_kills(
             raise AssertionError(f"no answer within {limit} s: {seen}")
 
         # a shard actor killed: the handle in the replica retries on the restarted actor
-        shard_pids = _pids_of(b"_ShardServer")
-        assert len(shard_pids) == 2, shard_pids
+        shard_pids = sorted(set(_pids_of(b"_ShardServer")) - earlier_shards)
+        assert len(shard_pids) == 2, (shard_pids, earlier_shards)
         os.kill(shard_pids[0], signal.SIGKILL)
         answers_until_ok(60)
         # the replica killed: Serve starts another, which opens the collection again
@@ -1152,11 +1155,15 @@ def test_ray_serve_deployment_matches_the_handle_and_survives_kills(
             check(got["hits"], ws, c)
     finally:
         serve.shutdown()
+
     # shutdown clean: the replicas closed their collections and stopped the shard actors
+    def left() -> list[int]:
+        return sorted(set(_pids_of(b"_ShardServer")) - earlier_shards) + _pids_of(b"ServeReplica")
+
     deadline = time.monotonic() + 30
-    while (_pids_of(b"_ShardServer") or _pids_of(b"ServeReplica")) and time.monotonic() < deadline:
+    while left() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _pids_of(b"_ShardServer") and not _pids_of(b"ServeReplica")
+    assert not left(), (left(), earlier_shards)
     one = Collection.open(tmp_path / "one")  # the plain collection opens (its lock released)
     one.add([Record("after", "written after shutdown")])
     one.close()

@@ -238,11 +238,10 @@ def _add_with_ray_data(
             batch_format="numpy",
             compute=ActorPoolStrategy(size=workers),
             num_cpus=1,
-            # A killed worker is restarted and its batch sent again: plain remote args (Ray
-            # Data's own defaults for actor pools, made explicit); not ray_remote_args_fn,
-            # which is deprecated (removed in Ray 2.64).
-            max_restarts=-1,
-            max_task_retries=-1,
+            # A killed worker is restarted and its batch sent again: Ray Data's defaults for
+            # actor pools (max_restarts = max_task_retries = -1), relied on rather than passed,
+            # since extra remote args (ray_remote_args, ray_remote_args_fn) are deprecated and
+            # go in Ray 2.64; tests/test_distributed.py kills a worker mid-build.
         )
 
     encoded: dict[str, EncodedText] = {}
