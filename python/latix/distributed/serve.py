@@ -182,8 +182,11 @@ def deployment(
         max_ongoing_requests: requests a replica takes at once (beyond them, the proxy queues).
         open_options: keyword arguments of :meth:`ShardedCollection.open` /
             :meth:`latix.Collection.open`.
-        workers, max_batch, batch_wait, lone_threads, max_body_bytes: those of
-            :func:`latix.serve.create_app`.
+        workers: as in :func:`latix.serve.create_app`.
+        max_batch: as in :func:`latix.serve.create_app`.
+        batch_wait: as in :func:`latix.serve.create_app`.
+        lone_threads: as in :func:`latix.serve.create_app`.
+        max_body_bytes: as in :func:`latix.serve.create_app`.
 
     Returns:
         A bound Serve application (``ray.serve.Application``).
