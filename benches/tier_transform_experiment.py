@@ -140,16 +140,26 @@ def lloyd_max(x: np.ndarray, nbits: int, iters: int = 12) -> np.ndarray:
     return lv
 
 
-def allocate(var: np.ndarray, budget_bits: int, max_bits: int) -> np.ndarray:
-    """Integer bits per component by greedy reverse water-filling: each bit goes where it lowers
-    the expected squared error most (Gaussian Lloyd-Max distortions)."""
+def allocate(var: np.ndarray, budget_bits: int, allowed: list[int]) -> np.ndarray:
+    """Integer bits per component from `allowed` (ascending, from 0) by greedy reverse
+    water-filling: each step moves one component to its next allowed rate, the one that lowers
+    the expected squared error most per bit spent (Gaussian Lloyd-Max distortions), while the
+    budget lasts."""
     b = np.zeros(len(var), dtype=np.int64)
-    gain = var * (LM_GAUSS[0] - LM_GAUSS[1])
-    for _ in range(budget_bits):
-        d = int(np.argmax(gain))
-        b[d] += 1
-        gain[d] = var[d] * (LM_GAUSS[b[d]] - LM_GAUSS[b[d] + 1]) if b[d] < max_bits else -np.inf
-    return b
+    nxt = {x: y for x, y in zip(allowed, allowed[1:], strict=False)}
+    left = budget_bits
+    while True:
+        best, best_gain = -1, 0.0
+        for d in range(len(var)):
+            if b[d] not in nxt or nxt[b[d]] - b[d] > left:
+                continue
+            g = var[d] * (LM_GAUSS[b[d]] - LM_GAUSS[nxt[b[d]]]) / (nxt[b[d]] - b[d])
+            if g > best_gain:
+                best, best_gain = d, g
+        if best < 0:
+            return b
+        left -= nxt[b[best]] - b[best]
+        b[best] = nxt[b[best]]
 
 
 def quantise_components(
@@ -187,6 +197,18 @@ def main() -> None:
     ap.add_argument("--depths", default="16,48,96,160")
     ap.add_argument("--budgets", default="48,64,96,144,160", help="bytes of residual codes")
     ap.add_argument("--max-bits", type=int, default=4, help="bits of one component at most")
+    ap.add_argument(
+        "--allowed-bits",
+        default=None,
+        help="rates a component may get, e.g. 0,1,2,4 (those that pack whole 4-bit table "
+        "subspaces: 4 x 1, 2 x 2, 1 x 4); default 0..max-bits",
+    )
+    ap.add_argument(
+        "--source",
+        default=os.environ.get("LATIX_DATA", "/work/shared/data"),
+        help="evaluation collections (qrels for nDCG@10)",
+    )
+    ap.add_argument("--anchor-cache", default=None, help="npy file of the pooled anchors (reused)")
     ap.add_argument(
         "--metric",
         default="plain",
@@ -230,7 +252,12 @@ def main() -> None:
     if a.anchor == "pooled":
         codec_path = glob.glob(f"{a.index}/*codec*")[0]
         books, m = read_codebooks(codec_path)
-        anchor = pooled_anchors(X, off, cents, books, m)
+        if a.anchor_cache and os.path.exists(a.anchor_cache):
+            anchor = np.load(a.anchor_cache)
+        else:
+            anchor = pooled_anchors(X, off, cents, books, m)
+            if a.anchor_cache:
+                np.save(a.anchor_cache, anchor)
     else:
         anchor = cents[cid]
     R = Xf - anchor
@@ -273,7 +300,25 @@ def main() -> None:
             out.append(np.maximum.reduceat(S, starts, axis=1).sum(0).astype(np.float64))
         return out
 
+    import csv
+
+    import ir_measures
+    from ir_measures import nDCG
+
+    qids = json.load(open(f"{sf}/{pre}query_ids.json"))[:nq]
+    qrels: dict[str, dict[str, int]] = {}
+    with open(f"{a.source}/scifact/qrels/{a.split}.tsv") as f:
+        for row in list(csv.reader(f, delimiter="\t"))[1:]:
+            if row[0] in set(qids):
+                qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+
+    def ndcg(tops: list[np.ndarray]) -> float:
+        run = {qids[i]: {dids[d]: 10.0 - r for r, d in enumerate(tops[i])} for i in range(nq)}
+        return float(ir_measures.calc_aggregate([nDCG @ 10], qrels, run)[nDCG @ 10])
+
     exact = maxsim_all(Xf)
+    top_ex = [c[np.argsort(-e, kind="stable")[:10]] for c, e in zip(cands, exact, strict=True)]
+    print(f"exact nDCG@10: {ndcg(top_ex):.4f}", file=sys.stderr)
     top_exact = [
         set(c[np.argsort(-e, kind="stable")[:10]]) for c, e in zip(cands, exact, strict=True)
     ]
@@ -302,13 +347,16 @@ def main() -> None:
             row[f"r@{d}_mix.5"] = round(recall(sc, d, 0.5), 4)
         for n in refines:
             for mix in (0.0, 0.5):
-                r = []
+                r, tops = [], []
                 for i in range(nq):
                     j = sub[n][i]
                     scm = (1 - mix) * sc[i][j] + mix * cscore[i][j]
                     top = cands[i][j][np.argsort(-scm, kind="stable")[:10]]
+                    tops.append(top)
                     r.append(len(set(top) & top_exact[i]) / 10)
                 row[f"refine{n}:all" + ("_mix.5" if mix else "")] = round(float(np.mean(r)), 4)
+                if not mix:
+                    row[f"refine{n}:all_ndcg"] = round(ndcg(tops), 4)
         row["codes_only@16"] = round(recall([np.zeros(len(c)) for c in cands], 16, 1.0), 4)
         print(json.dumps(row), flush=True)
         if a.out:
@@ -362,13 +410,19 @@ def main() -> None:
     del R, Rs
     Zs = Z[::step]
     for budget in [int(v) for v in a.budgets.split(",")]:
-        bits = allocate(w.copy(), budget * 8, a.max_bits)
+        allowed = (
+            [int(v) for v in a.allowed_bits.split(",")]
+            if a.allowed_bits
+            else list(range(a.max_bits + 1))
+        )
+        bits = allocate(w.copy(), budget * 8, allowed)
         hist = {int(b): int((bits == b).sum()) for b in np.unique(bits)}
         for uniform in (False,):
             Zh = quantise_components(Z, Zs, bits, uniform)
             Zh *= ls_scale(Z, Zh)[:, None]
             q_name = "uniform" if uniform else "lloyd-max"
-            name = f"pca+waterfill {budget} B ({q_name}, {a.metric}, {a.anchor})"
+            rates = ",".join(str(v) for v in allowed)
+            name = f"pca+waterfill {budget} B ({q_name}, {a.metric}, {a.anchor}, bits {rates})"
             Xh = Zh @ (P.T @ Li)
             del Zh
             Xh += anchor
