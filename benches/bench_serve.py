@@ -623,7 +623,7 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
         f"SciFact compressed collection (the `latix index` defaults), {r['queries']} test queries "
         f"sent {r['rounds']}x per level, k=10, hits with text and metadata. Server: "
         "`latix serve --workers 2` (uvicorn; 1 encoder thread and 1 search thread per "
-        "request, 2 and 2 for a request alone in flight when a core is idle); "
+        "request); "
         "client: asyncio in the benchmark process, one keep-alive connection per client, each "
         "sending its next query when answered, on the same 2 cores. Latency: request written -> "
         "JSON body read. In-process: `Collection.search(text, 10)` (encoding included), one "
