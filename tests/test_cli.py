@@ -289,3 +289,21 @@ def test_fidelity_option_reaches_compression(
         cli.main(["index", str(corpus), "--out", str(out3), "--fidelity", "best"])
     assert "invalid choice" in capsys.readouterr().err
     assert not out3.exists()
+
+
+def test_index_merges_its_commits_into_one_segment_unless_told_not_to(
+    tmp_path: Path, corpus: Path, encoder: latix.encoder.Encoder
+) -> None:
+    """A bulk build ends with one segment (searches over one are faster); ``--no-compact``
+    leaves the commits' segments; both answer a query with the same hits."""
+    hits = {}
+    for flag, want_one in (([], True), (["--no-compact"], False)):
+        out = tmp_path / f"coll{len(flag)}"
+        args = ["index", str(corpus), "--out", str(out), "--no-progress", "--commit-every", "2"]
+        assert cli.main(args + flag) == 0
+        with Collection.open(out) as c:
+            assert len(c) == 10
+            n_segments = c.stats()["index"]["n_segments"]
+            assert (n_segments == 1) if want_one else (n_segments > 1), n_segments
+            hits[want_one] = [(h.id, round(h.score, 4)) for h in c.search("diabetes drug", 5)]
+    assert hits[True] == hits[False]
