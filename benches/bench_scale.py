@@ -704,12 +704,20 @@ def policy_markdown(saved: dict[str, Any]) -> list[str]:
     ce = r.get("compact_reencode", {})
     n, tok = r["commits"], r.get("commit_tokens")
     p0 = off["search"]["p50_ms"]
+    made = len(on["build"].get("commit_s", [])) or n
+    total = on["build"].get("stats", {}).get("n_tokens")
+    asked = f" of {tok:,} tokens" if tok else ""
+    what = f"{made} commits" + (f" of {total / made:,.0f} tokens on average" if total else "")
+    if made != n:  # bench_merge before 1273671 sized commits by the pools' mean length
+        what += f" (asked: {n} commits{asked})"
+    elif tok:
+        what = f"{n} commits{asked}"
     md = [
         "",
-        f"## The merge policy: {n} commits" + (f" of {tok:,} tokens" if tok else ""),
+        f"## The merge policy: {what}",
         "",
         "`python benches/bench_merge.py` (benches/bench_merge.py: this benchmark's corpus, "
-        f"SciFact spread through generated documents, added in {n} commits, each build in a "
+        f"SciFact spread through generated documents, added in {made} commits, each build in a "
         "child process; latix defaults; k = 10 searches, one query at a time, 1 thread, over "
         "SciFact's test queries). Commit CPU: process CPU seconds of a commit (merges included), "
         "median over the first and the last third of the commits (equal tokens each).",
