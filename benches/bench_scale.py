@@ -779,7 +779,10 @@ def colpali_markdown(saved: dict[str, Any]) -> list[str]:
         "children's. Latency: k = 10, one query (20 tokens) at a time. recall@10 against exact "
         "MaxSim on 50 queries; *target in top 10*: the share of queries whose page (each query "
         "is aimed at one) latix / exact MaxSim ranks in the top 10. Add + commit: 1,000 further "
-        "pages (1.03M tokens) through a fresh writer handle, wall (process CPU).",
+        "pages (1.03M tokens) through a fresh writer handle, wall (process CPU). The peak RSS "
+        "includes file-backed pages: the build child calls `Index.stats()` after each commit, "
+        "which maps and verifies every inverted-list file (~20 B/token here); each row's "
+        "provenance gives the run it comes from.",
         "",
         "| pages | tokens | K | segments | build s (+ generate) | peak RSS MB | bytes/token "
         "| p50 / p99 1T ms | p50 / p99 2T ms | recall@10 vs exact | target in top 10 "
@@ -816,7 +819,7 @@ def colpali_markdown(saved: dict[str, Any]) -> list[str]:
             md.append(f"| {n} | " + " | ".join(cells) + " |")
     f = saved.get("colpali_fit", {})
     if f:
-        md += ["", "Fitted growth exponents against tokens (one run, the same code):", ""]
+        md += ["", "Fitted growth exponents against tokens (over the rows above):", ""]
         for k, what in (
             ("p50_1t_ms", "p50 latency, 1 thread"),
             ("p50_2t_ms", "p50 latency, 2 threads"),
