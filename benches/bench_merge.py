@@ -44,7 +44,10 @@ def child_build(a: argparse.Namespace, out: str, policy: bool) -> None:
     pools, _ = scale_gen.load_pools(a.data, a.source, a.seed, Path(a._vaswani), identify=False)
     sci_ids = json.load(open(f"{a.data}/scifact/doc_ids.json"))
     n_tokens = a.commits * a.commit_tokens
-    mean_len = float(np.mean(np.diff(pools.offsets)))  # SciFact's mean; generated ones are close
+    # The mean of the lengths generated documents are drawn from (SciFact's non-empty ones): the
+    # mean over the pools (SciFact and the shorter Vaswani sample) made commits ~1.4x too large
+    # (22 commits of ~410k tokens for --commits 30 --commit-tokens 300k).
+    mean_len = float(np.mean(pools.sci_lengths))
     commit_docs = max(1, round(a.commit_tokens / mean_len))
     corpus = bench_scale.Corpus(pools, a.seed, n_tokens, commit_docs)
     if os.path.exists(out):
@@ -52,14 +55,15 @@ def child_build(a: argparse.Namespace, out: str, policy: bool) -> None:
     ix = latix.Index.create(out, dim=pools.dim, compression=latix.Compression())
     if not policy:
         ix.set_merge_policy(None)
-    commit_s, seg_counts, tokens = [], [], []
+    commit_s, commit_cpu_s, seg_counts, tokens = [], [], [], []
     for ids, docs, _g, ends in corpus.commits(sci_ids, piece=min(500, commit_docs)):
         ix.add(ids, docs)
         del docs
         if ends:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             ix.commit()
             commit_s.append(time.perf_counter() - t)
+            commit_cpu_s.append(time.process_time() - c)
             seg_counts.append(len(ix.segments()))
             tokens.append(ix.num_tokens)
     st = ix.stats()
@@ -68,6 +72,7 @@ def child_build(a: argparse.Namespace, out: str, policy: bool) -> None:
         "policy": policy,
         "commit_docs": commit_docs,
         "commit_s": commit_s,
+        "commit_cpu_s": commit_cpu_s,
         "segments_after_commit": seg_counts,
         "tokens_after_commit": tokens,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -107,6 +112,13 @@ def main() -> None:
     ap.add_argument("--lock", default=None, help="flock this file during each timed phase")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json", default=str(HERE.parent / "bench-results" / "merge.json"))
+    ap.add_argument(
+        "--scale-json",
+        default=None,
+        help="also store the run under key 'policy_run' of this bench_scale.py JSON (and "
+        "rewrite its Markdown, --scale-md)",
+    )
+    ap.add_argument("--scale-md", default=str(HERE.parent / "bench-results" / "scale.md"))
     ap.add_argument("--_build", nargs=2, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_vaswani", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -118,7 +130,11 @@ def main() -> None:
     lock = bench_scale.Lock(a.lock)
     vaswani = str(scale_gen.vaswani_entry(Path(a.source)))
     qs = bench_compact.queries(a.data, a.queries)
-    res: dict = {"provenance": provenance.lines(), "commits": a.commits}
+    res: dict = {
+        "provenance": provenance.lines(),
+        "commits": a.commits,
+        "commit_tokens": a.commit_tokens,
+    }
     for mode in ("off", "on"):
         out = f"{a.work}/index-{mode}"
         cmd = [sys.executable, __file__, "--_build", out, mode, "--_vaswani", vaswani]
@@ -139,11 +155,19 @@ def main() -> None:
             "commit_median_s": float(np.median(cs)),
             "commit_max_s": float(np.max(cs)),
         }
+        # Whether a commit's cost grows with the index: CPU of the first and last third of the
+        # commits (the same number of tokens each; CPU time is what load changes least).
+        cpu = b["commit_cpu_s"]
+        third = max(1, len(cpu) // 3)
+        res[mode]["commit_cpu_first_third_median_s"] = float(np.median(cpu[:third]))
+        res[mode]["commit_cpu_last_third_median_s"] = float(np.median(cpu[-third:]))
         print(
             f"policy {mode}: {len(cs)} commits, {b['stats']['n_tokens']:,} tokens, "
             f"{lat['segments']} segments; commit median {np.median(cs):.2f} s, max "
             f"{np.max(cs):.2f} s; p50 / p99 {lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} ms "
-            f"(load {lat['load']})",
+            f"(load {lat['load']}); commit CPU median, first / last third of the commits: "
+            f"{res[mode]['commit_cpu_first_third_median_s']:.2f} / "
+            f"{res[mode]['commit_cpu_last_third_median_s']:.2f} s",
             flush=True,
         )
     base = f"{a.work}/index-off"
@@ -192,6 +216,15 @@ def main() -> None:
     )
     with open(a.json, "w") as f:
         json.dump(res, f, indent=1, default=str)
+    if a.scale_json:
+        saved = json.load(open(a.scale_json))
+        saved["policy_run"] = json.loads(json.dumps(res, default=str))
+        with open(a.scale_json + ".tmp", "w") as f:
+            json.dump(saved, f, indent=1)
+        os.replace(a.scale_json + ".tmp", a.scale_json)
+        saved["fit"] = bench_scale.fits(saved["sizes"])
+        with open(a.scale_md, "w") as f:
+            f.write(bench_scale.markdown(saved))
     if not a.keep:
         for mode in ("off", "on"):
             shutil.rmtree(f"{a.work}/index-{mode}")

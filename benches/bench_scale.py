@@ -690,7 +690,158 @@ def markdown(saved: dict[str, Any]) -> str:
         md.append(f"*{r['size']}:*")
         md += r["provenance"]
         md.append("")
+    md += policy_markdown(saved)
+    md += colpali_markdown(saved)
     return "\n".join(md) + "\n"
+
+
+def policy_markdown(saved: dict[str, Any]) -> list[str]:
+    """The merge policy run (benches/bench_merge.py --scale-json, key "policy_run"), or []."""
+    r = saved.get("policy_run")
+    if not r:
+        return []
+    off, on, cc = r["off"], r["on"], r["compact_codes"]
+    ce = r.get("compact_reencode", {})
+    n, tok = r["commits"], r.get("commit_tokens")
+    p0 = off["search"]["p50_ms"]
+    made = len(on["build"].get("commit_s", [])) or n
+    total = on["build"].get("stats", {}).get("n_tokens")
+    asked = f" of {tok:,} tokens" if tok else ""
+    what = f"{made} commits" + (f" of {total / made:,.0f} tokens on average" if total else "")
+    if made != n:  # bench_merge before 1273671 sized commits by the pools' mean length
+        what += f" (asked: {n} commits{asked})"
+    elif tok:
+        what = f"{n} commits{asked}"
+    md = [
+        "",
+        f"## The merge policy: {what}",
+        "",
+        "`python benches/bench_merge.py` (benches/bench_merge.py: this benchmark's corpus, "
+        f"SciFact spread through generated documents, added in {made} commits, each build in a "
+        "child process; latix defaults; k = 10 searches, one query at a time, 1 thread, over "
+        "SciFact's test queries). Commit CPU: process CPU seconds of a commit (merges included), "
+        "median over the first and the last third of the commits (equal tokens each).",
+        "",
+        "| build | segments | p50 / p99 1T ms | p50 vs no policy | commit median / max s "
+        "| commit CPU s, first / last third | load (build; search) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, x in (("no merge policy", off), ("merge policy (default)", on)):
+        s = x["search"]
+        md.append(
+            f"| {name} | {s['segments']} | {s['p50_ms']:.2f} / {s['p99_ms']:.2f} | "
+            f"{s['p50_ms'] / p0:.2f}x | {x['commit_median_s']:.2f} / {x['commit_max_s']:.2f} | "
+            f"{x.get('commit_cpu_first_third_median_s', float('nan')):.2f} / "
+            f"{x.get('commit_cpu_last_third_median_s', float('nan')):.2f} | "
+            f"{_load(x.get('build_load'))}; {_load(s.get('load'))} |"
+        )
+    s = cc["search"]
+    md.append(
+        f"| no policy, then compact() ({cc['compact_s']:.2f} s, peak RSS "
+        f"{cc['peak_rss_mb']:,.0f} MB) | {s['segments']} | {s['p50_ms']:.2f} / "
+        f"{s['p99_ms']:.2f} | {s['p50_ms'] / p0:.2f}x | - | - | {_load(s.get('load'))} |"
+    )
+    if ce:
+        md += [
+            "",
+            f"Re-encoding compaction of the same index (`_inner.compact(reencode=True)`): "
+            f"{ce['compact_s']:.2f} s, peak RSS {ce['peak_rss_mb']:,.0f} MB; codes-domain: "
+            f"identical results {cc['identical']}.",
+        ]
+    segs = on["build"].get("segments_after_commit", [])
+    if segs:
+        md += ["", f"Segments after each commit with the policy: {segs}."]
+    md += ["", "Provenance:", ""] + r["provenance"] + [""]
+    return md
+
+
+def _load(x: Any) -> str:
+    """A load-average triple as "a / b / c" (a string is kept)."""
+    if isinstance(x, (list, tuple)):
+        return " / ".join(f"{float(v):.2f}" for v in x)
+    return str(x) if x is not None else "-"
+
+
+def colpali_markdown(saved: dict[str, Any]) -> list[str]:
+    """The ColPali-shaped table (benches/bench_colpali.py's rows under "colpali"), or []."""
+    rows = sorted(saved.get("colpali", {}).values(), key=lambda r: r["n_tokens"])
+    if not rows:
+        return []
+    md = [
+        "",
+        "## ColPali-shaped pages",
+        "",
+        "`python benches/bench_colpali.py` (benches/bench_colpali.py: pages of 1,030 patch "
+        "vectors, 128-d, seeded synthetic clustered data from benches/scale_gen.py's "
+        "`PageGenerator`, made on the fly; one index grown through the sizes in commits of 1,000 "
+        "pages, latix defaults, merge policy on, no compaction). Build time is latix's own, "
+        "summed over the sizes so far (generating excluded); peak RSS the largest of the build "
+        "children's. Latency: k = 10, one query (20 tokens) at a time. recall@10 against exact "
+        "MaxSim on 50 queries; *target in top 10*: the share of queries whose page (each query "
+        "is aimed at one) latix / exact MaxSim ranks in the top 10. Add + commit: 1,000 further "
+        "pages (1.03M tokens) through a fresh writer handle, wall (process CPU). The peak RSS "
+        "includes file-backed pages: the build child calls `Index.stats()` after each commit, "
+        "which maps and verifies every inverted-list file (~20 B/token here); each row's "
+        "provenance gives the run it comes from.",
+        "",
+        "| pages | tokens | K | segments | build s (+ generate) | peak RSS MB | bytes/token "
+        "| p50 / p99 1T ms | p50 / p99 2T ms | recall@10 vs exact | target in top 10 "
+        "(exact) | build tokens/s | open ms | add + commit 1,000 pages s (CPU s) "
+        "| largest commit s | load (build; search) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+        "| --- | --- |",
+    ]
+    for r in rows:
+        md.append(
+            f"| {r['n_pages']:,} | {r['n_tokens']:,} | {r['n_centroids']} | {r['n_segments']} "
+            f"| {r['build_s']:.1f} (+ {r['generate_s']:.1f}) | {r['peak_rss_mb']:,.0f} | "
+            f"{r['bytes_per_token']:.1f} | {r['p50_1t_ms']:.2f} / {r['p99_1t_ms']:.2f} | "
+            f"{r['p50_2t_ms']:.2f} / {r['p99_2t_ms']:.2f} | {r['recall_at_10_vs_exact']:.3f} | "
+            f"{r['target_in_top10']:.2f} ({r['exact_target_in_top10']:.2f}) | "
+            f"{r['n_tokens'] / r['build_s']:,.0f} | {r['open_ms']:.1f} | "
+            f"{r['add_commit_1000_s']:.2f} ({r['add_commit_1000_cpu_s']:.2f}) | "
+            f"{r['commit_s_max']:.1f} | {r['load']['build'][1]}; {r['load']['search'][1]} |"
+        )
+    names = list(dict.fromkeys(k for r in rows for k in r.get("add_stages", {})))
+    if names:
+        md += [
+            "",
+            "Stages of the add + commit of 1,000 pages (`LATIX_PROFILE_COMMIT`), CPU s (wall s):",
+            "",
+            "| stage | " + " | ".join(r["size"] for r in rows) + " |",
+            "| --- | " + " | ".join("---" for _ in rows) + " |",
+        ]
+        for n in names:
+            cells = []
+            for r in rows:
+                s = r.get("add_stages", {}).get(n)
+                cells.append(f"{s['cpu_s']:.2f} ({s['wall_s']:.2f})" if s else "-")
+            md.append(f"| {n} | " + " | ".join(cells) + " |")
+    f = saved.get("colpali_fit", {})
+    if f:
+        md += ["", "Fitted growth exponents against tokens (over the rows above):", ""]
+        for k, what in (
+            ("p50_1t_ms", "p50 latency, 1 thread"),
+            ("p50_2t_ms", "p50 latency, 2 threads"),
+            ("build_s", "build time"),
+            ("add_commit_1000_cpu_s", "add + commit of 1,000 pages, CPU"),
+        ):
+            if k in f:
+                md.append(f"- {what}: exponent **{f[k]['exponent']:.2f}**")
+    ex = [r for r in rows if r.get("exact_s")]
+    if ex:
+        md += [
+            "",
+            "Exact reference (extended size by size, cached): "
+            + "; ".join(f"{r['size']} {r['exact_s']:,.0f} s in all" for r in ex)
+            + ".",
+        ]
+    md += ["", "Provenance of each size:", ""]
+    for r in rows:
+        md.append(f"*{r['size']}:*")
+        md += r["provenance"]
+        md.append("")
+    return md
 
 
 def main() -> None:

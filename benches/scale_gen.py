@@ -327,3 +327,152 @@ def ids_of(g0: int, g1: int) -> list[str]:
 def key_of(params: dict[str, object], ident: dict[str, str]) -> str:
     """One string identifying a generator (its parameters and its pools' inputs)."""
     return json.dumps({"params": params, "inputs": ident}, sort_keys=True)
+
+
+# --- ColPali-shaped pages (issue 18: the visual-retrieval case) -------------------------------
+
+#: Patch vectors per page (ColPali: 32 x 32 image patches + 6 instruction tokens).
+PAGE_TOKENS = 1030
+#: Dimension of a page's patch vectors (ColPali's projection).
+PAGE_DIM = 128
+#: Global topics pages draw their regions from.
+PAGE_TOPICS = 2048
+#: Near-blank patch directions (margins, white space) shared by every page.
+PAGE_BLANKS = 16
+#: Regions (page-specific clusters of patches) per page: uniform in this range.
+PAGE_REGIONS = (4, 12)
+#: Norm of a region centre's offset from its topic (what makes a page's regions its own).
+REGION_SPREAD = 0.35
+#: Patch noise norms (one per page) and the noise of blank patches.
+PAGE_NOISE_LEVELS = (0.2, 0.3, 0.45)
+BLANK_NOISE = 0.1
+#: Share of a page's patches that are blank: uniform in this range.
+BLANK_SHARE = (0.2, 0.6)
+#: Tokens of a query, and the noise norm of each (a text query only nears a page's patches).
+QUERY_TOKENS = 20
+QUERY_NOISE = 0.6
+
+
+def _unit_rows(x: F32) -> F32:
+    x *= (1.0 / np.sqrt(np.einsum("ij,ij->i", x, x)))[:, None]
+    return x
+
+
+class PageGenerator:
+    """Seeded synthetic ColPali-shaped pages: ``PAGE_TOKENS`` unit patch vectors of ``PAGE_DIM``
+    dimensions per page, clustered as a page's patches are, and queries aimed at pages.
+
+    Recipe, per page ``p`` (drawn from its own stream ``default_rng([seed, 11, p])``, so a page is
+    the same in any batch and can be regenerated alone): 4-12 *regions*, each a page-specific
+    centre ``REGION_SPREAD`` away from one of ``PAGE_TOPICS`` seeded global topic directions
+    (topics drawn with a mild skew, ``floor(PAGE_TOPICS * u**2)``: some subjects are common); a
+    blank share of the patches (20-60 %) near one of ``PAGE_BLANKS`` shared blank directions; the
+    other patches near a region's centre (uniform over the regions); every patch gets noise of one
+    of ``PAGE_NOISE_LEVELS`` (``BLANK_NOISE`` for blank ones: a randomly signed row of a seeded
+    Gaussian table, a gather rather than fresh draws) and is re-normalised. Query ``i``
+    (``default_rng([seed, 12, i])``) aims at a page ``< target_pages``: ``QUERY_TOKENS`` tokens,
+    each a region centre of that page plus noise ``QUERY_NOISE`` (its target ranks first, pages
+    sharing its topics compete for the rest of the top 10). Nothing is stored: pages are made on
+    the fly in batches.
+
+    Args:
+        seed: the collection's seed.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        d = PAGE_DIM
+        rng = np.random.default_rng([self.seed, 10])
+        self._topics = _unit_rows(rng.standard_normal((PAGE_TOPICS, d)).astype(np.float32))
+        self._blanks = _unit_rows(rng.standard_normal((PAGE_BLANKS, d)).astype(np.float32))
+        t = np.random.default_rng([self.seed, 13]).standard_normal((NOISE_ROWS, d))
+        self._noise = (t / np.sqrt(d)).astype(np.float32)
+
+    def params(self) -> dict[str, object]:
+        """The recipe's constants and seed (part of every cache key of a generated collection)."""
+        return {
+            "seed": self.seed,
+            "page_tokens": PAGE_TOKENS,
+            "dim": PAGE_DIM,
+            "topics": PAGE_TOPICS,
+            "blanks": PAGE_BLANKS,
+            "regions": list(PAGE_REGIONS),
+            "region_spread": REGION_SPREAD,
+            "noise_levels": list(PAGE_NOISE_LEVELS),
+            "blank_noise": BLANK_NOISE,
+            "blank_share": list(BLANK_SHARE),
+            "noise_rows": NOISE_ROWS,
+            "query_tokens": QUERY_TOKENS,
+            "query_noise": QUERY_NOISE,
+            "format": 1,
+        }
+
+    def _regions(self, rng: np.random.Generator) -> F32:
+        """A page's region centres (the first draws of its stream)."""
+        n = int(rng.integers(PAGE_REGIONS[0], PAGE_REGIONS[1] + 1))
+        topics = (PAGE_TOPICS * rng.random(n) ** 2).astype(np.int64)
+        off = rng.standard_normal((n, PAGE_DIM)).astype(np.float32)
+        off *= REGION_SPREAD / np.sqrt(PAGE_DIM)
+        return _unit_rows(self._topics[topics] + off)
+
+    def _plan(self, p: int) -> tuple[F32, I64, I64, F32]:
+        """Page ``p``: its region centres, each patch's centre row (regions first, then
+        ``-1 - blank``), signed noise rows and noise norms."""
+        rng = np.random.default_rng([self.seed, 11, p])
+        regions = self._regions(rng)
+        u = rng.random(3)
+        blank_share = BLANK_SHARE[0] + (BLANK_SHARE[1] - BLANK_SHARE[0]) * float(u[0])
+        blank = int(u[1] * PAGE_BLANKS)
+        level = float(PAGE_NOISE_LEVELS[int(u[2] * len(PAGE_NOISE_LEVELS))])
+        is_blank = rng.random(PAGE_TOKENS) < blank_share
+        which = rng.integers(0, len(regions), PAGE_TOKENS)
+        which[is_blank] = -1 - blank
+        noise = rng.integers(0, 2 * NOISE_ROWS, PAGE_TOKENS)
+        norm = np.where(is_blank, np.float32(BLANK_NOISE), np.float32(level)).astype(np.float32)
+        return regions, which, noise, norm
+
+    def _make(self, plans: list[tuple[F32, I64, I64, F32]]) -> F32:
+        starts = np.cumsum([0] + [len(pl[0]) for pl in plans[:-1]])
+        table = np.concatenate([self._blanks] + [pl[0] for pl in plans])
+        rows = np.concatenate(
+            [
+                np.where(pl[1] >= 0, pl[1] + PAGE_BLANKS + s, -1 - pl[1])
+                for pl, s in zip(plans, starts, strict=True)
+            ]
+        )
+        r = np.concatenate([pl[2] for pl in plans])
+        coef = np.concatenate([pl[3] for pl in plans])
+        coef[(r & 1) == 1] *= -1.0
+        v = table[rows]
+        noise = self._noise[r >> 1]
+        noise *= coef[:, None]
+        v += noise
+        del noise
+        return _unit_rows(v)
+
+    def batch(self, p0: int, p1: int) -> F32:
+        """Pages ``p0:p1``: float32 ``(p1 - p0, PAGE_TOKENS, PAGE_DIM)``, unit rows."""
+        if p1 <= p0:
+            return np.zeros((0, PAGE_TOKENS, PAGE_DIM), np.float32)
+        v = self._make([self._plan(p) for p in range(p0, p1)])
+        return v.reshape(p1 - p0, PAGE_TOKENS, PAGE_DIM)
+
+    def page(self, p: int) -> F32:
+        """Page ``p`` alone, ``(PAGE_TOKENS, PAGE_DIM)`` (the same vectors as in any batch)."""
+        return self.batch(p, p + 1)[0]
+
+    def query(self, i: int, target_pages: int) -> tuple[int, F32]:
+        """Query ``i``: (its target page, below ``target_pages``; float32 ``(QUERY_TOKENS,
+        PAGE_DIM)`` unit rows)."""
+        rng = np.random.default_rng([self.seed, 12, i])
+        target = int(rng.integers(0, target_pages))
+        regions = self._regions(np.random.default_rng([self.seed, 11, target]))
+        which = rng.integers(0, len(regions), QUERY_TOKENS)
+        noise = rng.standard_normal((QUERY_TOKENS, PAGE_DIM)).astype(np.float32)
+        noise *= QUERY_NOISE / np.sqrt(PAGE_DIM)
+        return target, _unit_rows(regions[which] + noise)
+
+
+def page_ids(p0: int, p1: int) -> list[str]:
+    """Ids of pages ``p0:p1``."""
+    return [f"page-{p}" for p in range(p0, p1)]

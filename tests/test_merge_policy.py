@@ -88,6 +88,46 @@ def test_compressed_policy_matches_no_policy_and_compaction(tmp_path: Path) -> N
     b.close()
 
 
+@pytest.mark.parametrize("fan,cap,seed", [(2, 150, 1), (3, 200, 2), (4, 240, 3)])
+def test_merges_stay_under_max_merge_tokens(tmp_path: Path, fan: int, cap: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    dim = 8
+    live: dict[str, np.ndarray] = {}
+    bounded = latix.Index.create(tmp_path / "b", dim=dim, dtype="float16")
+    unbounded = latix.Index.create(tmp_path / "u", dim=dim, dtype="float16")
+    bounded.set_merge_policy(fan, floor_tokens=20, max_merge_tokens=cap)
+    unbounded.set_merge_policy(fan, floor_tokens=20, max_merge_tokens=None)
+    largest_commit = 0
+    for c in range(60):
+        docs = _docs(rng, int(rng.integers(1, 6)), dim)
+        ids = [f"c{c}-{i}" for i in range(len(docs))]
+        largest_commit = max(largest_commit, sum(len(d) for d in docs))
+        live.update(zip(ids, docs, strict=True))
+        for ix in (bounded, unbounded):
+            ix.add(ids, docs)
+            ix.commit()
+        # No segment of the bounded index holds twice the bound (a merge takes segments of at
+        # most cap / fan tokens, a bounded number of them) or more than one commit.
+        for file, _, _ in bounded.segments():
+            tokens = sum(len(live[i]) for i in bounded.segment_ids(file))
+            assert tokens < max(2 * cap, largest_commit + 1), (c, file, tokens)
+    total = sum(len(d) for d in live.values())
+    sizes = [
+        sum(len(live[i]) for i in unbounded.segment_ids(f)) for f, _, _ in unbounded.segments()
+    ]
+    assert max(sizes) >= 2 * cap  # unbounded, the policy merged more: the bound did something
+    q = rng.standard_normal((3, dim)).astype(np.float32)
+    want = sorted(live, key=lambda i: -maxsim(q, live[i]))[:5]
+    for ix in (bounded, unbounded):
+        assert sorted(ix.ids()) == sorted(live)
+        scores, hits = ix.search(q, k=5)
+        assert list(hits[0]) == want
+        np.testing.assert_allclose(scores[0], [maxsim(q, live[i]) for i in want], rtol=2e-3)
+    assert total > 2 * cap
+    bounded.close()
+    unbounded.close()
+
+
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
     with latix.Index.create(tmp_path / "ix", dim=4) as ix:
         for bad in (1, 0, -3, "2", 2.0):
@@ -95,6 +135,9 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
                 ix.set_merge_policy(bad)  # type: ignore[arg-type]
         with pytest.raises(latix.InvalidArgumentError):
             ix.set_merge_policy(4, floor_tokens=0)
+        for bad_cap in (0, -1, 2.0):
+            with pytest.raises(latix.InvalidArgumentError):
+                ix.set_merge_policy(4, max_merge_tokens=bad_cap)  # type: ignore[arg-type]
         with pytest.raises(latix.InvalidArgumentError):
             ix.compact(memory=0)
         assert ix.merge_segments_per_tier == 10  # the default, unchanged by the refusals

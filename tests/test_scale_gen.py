@@ -242,3 +242,93 @@ def test_fits_only_over_the_newest_code() -> None:
     sizes["2M"]["provenance"] = [f"- commit: {b}", "- date: 2026-12-03 09:00 UTC"]  # newest
     f = bench_scale.fits(sizes)
     assert f["same_code"] == ["2M"] and "p50_1t_ms" not in f and "build_s" not in f
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_pages_deterministic_batch_independent_unit_rows(seed: int) -> None:
+    """ColPali-shaped pages: the same page alone as in any batch, shape (pages, 1,030, 128),
+    finite unit float32 rows, another seed another collection."""
+    g = scale_gen.PageGenerator(seed)
+    v = g.batch(3, 11)
+    assert v.shape == (8, scale_gen.PAGE_TOKENS, scale_gen.PAGE_DIM) and v.dtype == np.float32
+    assert np.isfinite(v).all()
+    np.testing.assert_allclose(np.linalg.norm(v, axis=2), 1.0, atol=1e-5)
+    for p in (3, 7, 10):
+        np.testing.assert_array_equal(g.page(p), v[p - 3])
+    np.testing.assert_array_equal(scale_gen.PageGenerator(seed).batch(6, 9), v[3:6])
+    assert not np.allclose(scale_gen.PageGenerator(seed + 1).page(3), v[0])
+    assert g.batch(4, 4).shape == (0, scale_gen.PAGE_TOKENS, scale_gen.PAGE_DIM)
+    assert scale_gen.page_ids(2, 4) == ["page-2", "page-3"]
+
+
+def test_pages_are_clustered_and_queries_find_their_page() -> None:
+    """A page's patches cluster (far fewer distinct directions than patches: its regions and
+    one blank direction), and a query ranks its target page first by exact MaxSim (float64,
+    numpy) among 300 pages, with other pages scoring well below it."""
+    g = scale_gen.PageGenerator(2)
+    v = g.batch(0, 300).astype(np.float64)
+    x = v[0]
+    # Mean similarity to the patch's nearest other patch: high for clustered data (about 0.1
+    # for random unit vectors in 128 dimensions).
+    sim = x @ x.T
+    np.fill_diagonal(sim, -1.0)
+    assert sim.max(axis=1).mean() > 0.6
+    for i in range(12):
+        target, q = g.query(i, 300)
+        assert 0 <= target < 300 and q.shape == (scale_gen.QUERY_TOKENS, scale_gen.PAGE_DIM)
+        np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
+        t2, q2 = g.query(i, 300)
+        assert t2 == target and np.array_equal(q, q2)
+        scores = np.einsum("qd,ptd->pqt", q.astype(np.float64), v).max(axis=2).sum(axis=1)
+        order = np.argsort(-scores)
+        assert order[0] == target, (i, target, order[:3])
+        assert scores[order[1]] < 0.8 * scores[target]
+
+
+def test_markdown_renders_the_colpali_and_policy_tables() -> None:
+    """bench_scale's Markdown holds the ColPali rows (each size, its stages and exponents) and
+    the merge policy run when scale.json has them, and neither section otherwise."""
+    import bench_scale
+
+    prov = ["- commit: " + "a" * 40, "- date: 2026-12-02 15:00 UTC; load 1"]
+    text = {"size": "2M", "n_tokens": 2_000_000, "n_docs": 9, "n_generated_docs": 4}
+    text.update(n_centroids=2048, n_segments=2, build_s=10.0, generate_s=1.0, peak_rss_mb=9.0)
+    text.update(pools_rss_mb=1.0, bytes_per_token=30.0, ndcg_at_10=0.7, add_piece_docs=500)
+    text.update({k: 1.0 for k in ("p50_1t_ms", "p99_1t_ms", "p50_2t_ms", "p99_2t_ms")})
+    text.update(recall_at_10_vs_exact=0.9, generated_share_exact_top10=0.1, provenance=prov)
+    text.update(sample_ndcg_at_10_exact=0.8, sample_ndcg_at_10=0.8)
+    text["load"] = {"build": ["1", "2"], "search": ["1", "2"]}
+    saved: dict = {"sizes": {"2M": text}}
+    assert "ColPali" not in bench_scale.markdown(saved)
+    assert "merge policy:" not in bench_scale.markdown(saved)
+
+    def page_row(n: int, add_cpu: float) -> dict:
+        r = {"size": f"{n // 1000}k pages", "n_pages": n, "n_tokens": n * 1030}
+        r.update(n_centroids=2048, n_segments=3, build_s=n / 70.0, generate_s=1.0)
+        r.update(peak_rss_mb=700.0, bytes_per_token=20.2, recall_at_10_vs_exact=0.5)
+        r.update({k: 2.5 for k in ("p50_1t_ms", "p99_1t_ms", "p50_2t_ms", "p99_2t_ms")})
+        r.update(target_in_top10=1.0, exact_target_in_top10=1.0, open_ms=0.3, commit_s_max=9.0)
+        r.update(add_commit_1000_s=12.0, add_commit_1000_cpu_s=add_cpu, exact_s=100.0)
+        r["add_stages"] = {"commit/read+pool": {"wall_s": 8.0, "cpu_s": add_cpu / 2}}
+        r.update(load={"build": ["1", "7.5"], "search": ["1", "8.25"]}, provenance=prov)
+        return r
+
+    rows = [page_row(10_000, 6.0), page_row(30_000, 6.5)]
+    saved["colpali"] = {r["size"]: r for r in rows}
+    saved["colpali_fit"] = {"p50_1t_ms": {"exponent": 0.0, "at_100m": 2.5}}
+    off = {"search": {"p50_ms": 4.0, "p99_ms": 9.0, "segments": 30, "load": [1, 2, 3]}}
+    off.update(commit_median_s=1.0, commit_max_s=2.0, build_load=[1, 2, 3], build={})
+    on = {"search": {"p50_ms": 3.0, "p99_ms": 8.0, "segments": 3, "load": [1, 2, 3]}}
+    on.update(commit_median_s=1.1, commit_max_s=4.0, build_load=[1, 2, 3])
+    on.update(commit_cpu_first_third_median_s=2.0, commit_cpu_last_third_median_s=2.1)
+    on["build"] = {"segments_after_commit": [1, 2, 1]}
+    codes = {"compact_s": 0.5, "peak_rss_mb": 400.0, "identical": True}
+    codes["search"] = {"p50_ms": 2.9, "p99_ms": 7.0, "segments": 1, "load": [1, 2, 3]}
+    saved["policy_run"] = {"commits": 30, "commit_tokens": 300_000, "off": off, "on": on}
+    saved["policy_run"].update(compact_codes=codes, provenance=prov)
+    md = bench_scale.markdown(saved)
+    assert "## The merge policy: 30 commits of 300,000 tokens" in md
+    assert "| merge policy (default) | 3 | 3.00 / 8.00 | 0.75x | 1.10 / 4.00 | 2.00 / 2.10 |" in md
+    assert "| 10,000 | 10,300,000 | 2048 | 3 |" in md and "| 30,000 | 30,900,000 |" in md
+    assert "12.00 (6.50)" in md and "| commit/read+pool | 3.00 (8.00) | 3.25 (8.00) |" in md
+    assert "p50 latency, 1 thread: exponent **0.00**" in md

@@ -431,6 +431,7 @@ class Index:
         segments_per_tier: int | None = 10,
         floor_tokens: int = 65536,
         memory: int = 1 << 30,
+        max_merge_tokens: int | None = 1 << 25,
     ) -> None:
         """Sets the merge policy this handle runs after every commit (on by default, with these
         defaults; ``segments_per_tier=None`` turns it off). Not persisted: each handle has its own.
@@ -446,12 +447,22 @@ class Index:
         tier's refinement files losslessly (see :meth:`compact`). Segments with lists an older
         latix wrote or refinement files of another codec are left to :meth:`compact`.
 
+        A merge never produces a segment of more than ``max_merge_tokens`` live tokens: when a
+        full tier holds more, only its newest segments that fit are merged, so the work of one
+        commit stays bounded however large the index grows (unbounded, the 100th of 100 equal
+        commits merges the whole index inside that commit). Segments too large to merge further
+        stay as they are (each over a third of the bound); :meth:`compact` still merges
+        everything.
+
         Args:
             segments_per_tier: (an int >= 2, or None) segments a tier holds before they merge;
                 lower means fewer segments (faster search) and more rewriting at commit time.
                 ``None`` turns merging off.
             floor_tokens: (an int >= 1) live tokens up to which a segment is in the lowest tier.
             memory: (an int >= 1, bytes) memory setting of each merge (see :meth:`compact`).
+            max_merge_tokens: (an int >= 1, or None) live tokens a merge may produce at most
+                (default 2**25, ~1 GB of inverted lists at the default compression); ``None``:
+                unbounded.
 
         Raises:
             InvalidArgumentError: a setting out of range.
@@ -461,8 +472,11 @@ class Index:
             if segments_per_tier is None
             else _int_arg("segments_per_tier", segments_per_tier, 2)
         )
+        cap = (
+            None if max_merge_tokens is None else _int_arg("max_merge_tokens", max_merge_tokens, 1)
+        )
         self._inner.set_merge_policy(
-            n, _int_arg("floor_tokens", floor_tokens, 1), _int_arg("memory", memory, 1)
+            n, _int_arg("floor_tokens", floor_tokens, 1), _int_arg("memory", memory, 1), cap
         )
 
     @property

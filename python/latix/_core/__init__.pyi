@@ -147,9 +147,15 @@ class Index:
     def segments(self) -> list[tuple[str, int, int]]:
         """The segments of the latest snapshot: (file, n_docs, n_live) per segment, in order."""
     def set_merge_policy(
-        self, segments_per_tier: int | None, floor_tokens: int = 65536, memory: int = 1073741824
+        self,
+        segments_per_tier: int | None,
+        floor_tokens: int = 65536,
+        memory: int = 1073741824,
+        max_merge_tokens: int | None = 33554432,
     ) -> None:
-        """Sets the merge policy run after every commit of this handle (`None`: off)."""
+        """Sets the merge policy run after every commit of this handle (`None`: off;
+        `max_merge_tokens=None`: merges unbounded).
+        """
     def stats(self) -> dict[str, object]:
         """Figures of the latest committed snapshot, as a dict."""
     def verify(self) -> None:

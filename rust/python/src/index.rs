@@ -330,21 +330,24 @@ impl PyIndex {
         py.detach(|| self.inner.delete(&id_refs)).py_err(py)
     }
 
-    /// (segments_per_tier: int | None, floor_tokens: int = 65536, memory: int = 1073741824) -> None
+    /// (segments_per_tier: int | None, floor_tokens: int = 65536, memory: int = 1073741824, max_merge_tokens: int | None = 33554432) -> None
     ///
-    /// Sets the merge policy run after every commit of this handle (`None`: off).
-    #[pyo3(signature = (segments_per_tier, floor_tokens=65536, memory=1073741824))]
+    /// Sets the merge policy run after every commit of this handle (`None`: off;
+    /// `max_merge_tokens=None`: merges unbounded).
+    #[pyo3(signature = (segments_per_tier, floor_tokens=65536, memory=1073741824, max_merge_tokens=Some(33554432)))]
     fn set_merge_policy(
         &self,
         py: Python<'_>,
         segments_per_tier: Option<usize>,
         floor_tokens: u64,
         memory: u64,
+        max_merge_tokens: Option<u64>,
     ) -> PyResult<()> {
         let policy = segments_per_tier.map(|n| latix_core::index::MergePolicy {
             segments_per_tier: n,
             floor_tokens,
             memory,
+            max_merge_tokens: max_merge_tokens.unwrap_or(u64::MAX),
         });
         self.inner.set_merge_policy(policy).py_err(py)
     }

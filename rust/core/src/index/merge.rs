@@ -12,6 +12,18 @@
 //! next tier). Each token is so rewritten about once per tier: O(log n) times. Merging a trailing run keeps documents in
 //! commit order.
 //!
+//! Merges are bounded by [`MergePolicy::max_merge_tokens`]: a segment of more than
+//! `max_merge_tokens / segments_per_tier` live tokens is *frozen*, never merged again by the
+//! policy (runs stop at the newest frozen segment as they stop at the start of the index; a
+//! merge whose output will be frozen takes every unfrozen segment after that one along, so that
+//! none is stranded behind it), so a merge takes a bounded number of segments, each at most that
+//! size: its output stays about `max_merge_tokens` (the tests check under twice it), and the
+//! work one commit does stays bounded however large the index grows. Without the bound the 100th of 100 equal commits
+//! rewrites every token of the index inside that commit, the 1,000th ten times more. Frozen
+//! segments accumulate (one per `max_merge_tokens / segments_per_tier` tokens or more), as the
+//! segments of Lucene's tiered policy at its maximum merged size do; `compact()` still merges
+//! everything into one.
+//!
 //! A merge is a commit of its own (the store's protocol: a new segment, a new manifest, the
 //! `CURRENT` switch; a crash leaves the previous committed state) made right after the user's
 //! commit under the same hold of the writer mutex, and it never decodes: a compressed index
@@ -43,7 +55,15 @@ pub struct MergePolicy {
     pub floor_tokens: u64,
     /// The memory setting of a codes-domain merge (see `Index::compact_options`; default 1 GiB).
     pub memory: u64,
+    /// The bound of a merge's size, in live tokens (default [`DEFAULT_MAX_MERGE_TOKENS`];
+    /// `u64::MAX`: unbounded): segments above `max_merge_tokens / segments_per_tier` are not
+    /// merged again, so a merge produces about this many tokens at most (see the module docs).
+    pub max_merge_tokens: u64,
 }
+
+/// The default bound of [`MergePolicy::max_merge_tokens`]: 2^25 (33.5M) live tokens, ~1 GB of
+/// inverted lists at the default compression, a few seconds of codes-domain merging.
+pub const DEFAULT_MAX_MERGE_TOKENS: u64 = 1 << 25;
 
 impl Default for MergePolicy {
     fn default() -> Self {
@@ -51,6 +71,7 @@ impl Default for MergePolicy {
             segments_per_tier: 10,
             floor_tokens: 1 << 16,
             memory: crate::compressed::DEFAULT_MERGE_MEMORY,
+            max_merge_tokens: DEFAULT_MAX_MERGE_TOKENS,
         }
     }
 }
@@ -58,11 +79,15 @@ impl Default for MergePolicy {
 impl MergePolicy {
     /// `InvalidInput` for a setting out of range.
     pub fn validate(&self) -> Result<()> {
-        if self.segments_per_tier < 2 || self.floor_tokens == 0 || self.memory == 0 {
+        if self.segments_per_tier < 2
+            || self.floor_tokens == 0
+            || self.memory == 0
+            || self.max_merge_tokens == 0
+        {
             return Err(LatixError::invalid(format!(
-                "merge policy: segments_per_tier must be at least 2, floor_tokens and memory \
-                 positive (got {}, {}, {})",
-                self.segments_per_tier, self.floor_tokens, self.memory
+                "merge policy: segments_per_tier must be at least 2, floor_tokens, memory and \
+                 max_merge_tokens positive (got {}, {}, {}, {})",
+                self.segments_per_tier, self.floor_tokens, self.memory, self.max_merge_tokens
             )));
         }
         Ok(())
@@ -78,25 +103,47 @@ impl MergePolicy {
         tier
     }
 
+    /// Live tokens above which a segment is no longer merged by the policy
+    /// (`max_merge_tokens / segments_per_tier`: a merge of such segments would exceed the bound).
+    pub fn frozen_above(&self) -> u64 {
+        self.max_merge_tokens / self.segments_per_tier as u64
+    }
+
     /// The first segment of the trailing run to merge, given the live tokens of each segment in
     /// order, or `None` when no tier is full.
     pub fn plan(&self, live_tokens: &[u64]) -> Option<usize> {
         let tiers: Vec<u32> = live_tokens.iter().map(|&t| self.tier(t)).collect();
         let top = tiers.iter().copied().max()?;
+        let frozen = self.frozen_above();
         for t in 0..=top {
-            // The newest segments of tier t or below; full when it holds segments_per_tier
-            // segments of tier t itself (the smaller ones in it are merged along): a run
-            // holding one large segment and a few small ones is not full, or every commit
-            // would rewrite the large one.
+            // The newest segments of tier t or below (up to the newest frozen one, which is
+            // never merged again: it bounds runs as the start of the index does); full when it
+            // holds segments_per_tier segments of tier t itself (the smaller ones in it are
+            // merged along): a run holding one large segment and a few small ones is not
+            // full, or every commit would rewrite the large one.
             let run: Vec<u32> = tiers
                 .iter()
+                .zip(live_tokens)
                 .rev()
-                .take_while(|&&x| x <= t)
-                .copied()
+                .take_while(|&(&x, &n)| x <= t && n <= frozen)
+                .map(|(&x, _)| x)
                 .collect();
-            if run.iter().filter(|&&x| x == t).count() >= self.segments_per_tier {
-                return Some(tiers.len() - run.len());
+            if run.iter().filter(|&&x| x == t).count() < self.segments_per_tier {
+                continue;
             }
+            let start = tiers.len() - run.len();
+            if live_tokens[start..].iter().sum::<u64>() <= frozen {
+                return Some(start);
+            }
+            // The merged segment will be frozen: it takes every unfrozen segment before it
+            // along (back to the newest frozen one), or those would be stranded behind it,
+            // never in a trailing run again.
+            let stretch = live_tokens
+                .iter()
+                .rev()
+                .take_while(|&&n| n <= frozen)
+                .count();
+            return Some(live_tokens.len() - stretch);
         }
         None
     }
@@ -266,7 +313,7 @@ impl Index {
 
 #[cfg(test)]
 mod tests {
-    use super::MergePolicy;
+    use super::{MergePolicy, DEFAULT_MAX_MERGE_TOKENS};
 
     /// The segment sizes after `commits`, merging as `Index::merge_by_policy` does after each
     /// commit (the tests check invariants of the result: tokens kept, no full tier left, the
@@ -341,5 +388,100 @@ mod tests {
         assert_eq!(p.plan(&[480, 160, 160]), None);
         assert_eq!(p.plan(&[480, 160, 160, 160]), Some(1));
         assert_eq!(p.plan(&[480, 480, 50, 480, 160]), Some(0));
+    }
+
+    /// The tokens each merge of `simulate` produces, after each commit.
+    fn merges(p: &MergePolicy, commits: &[u64]) -> (Vec<u64>, Vec<Vec<u64>>) {
+        let mut segs: Vec<u64> = Vec::new();
+        let mut made = Vec::new();
+        for &c in commits {
+            segs.push(c);
+            let mut now = Vec::new();
+            while let Some(start) = p.plan(&segs) {
+                assert!(segs.len() - start >= 2, "a merge of one segment: {segs:?}");
+                let merged: u64 = segs.drain(start..).sum();
+                segs.push(merged);
+                now.push(merged);
+            }
+            made.push(now);
+        }
+        (segs, made)
+    }
+
+    #[test]
+    fn merges_are_bounded_and_segments_stay_few() {
+        let mut rng = crate::compressed::kmeans::Rng::new(5);
+        for (fan, cap) in [(2usize, 20_000u64), (3, 50_000), (4, 40_000), (10, 100_000)] {
+            let p = MergePolicy {
+                segments_per_tier: fan,
+                floor_tokens: 1000,
+                max_merge_tokens: cap,
+                ..Default::default()
+            };
+            let commits: Vec<u64> = (0..2000).map(|_| 1 + rng.below(3000) as u64).collect();
+            let (segs, made) = merges(&p, &commits);
+            let total: u64 = commits.iter().sum();
+            assert_eq!(segs.iter().sum::<u64>(), total);
+            assert!(p.plan(&segs).is_none(), "a mergeable tier was left");
+            // No merge above about the bound, whatever the index size: the work of one
+            // commit is bounded (without the bound, the largest merge is the whole index).
+            let frozen = p.frozen_above();
+            let largest = made.iter().flatten().copied().max().unwrap_or(0);
+            assert!(
+                largest < 2 * cap,
+                "fan {fan}: a merge of {largest} >= 2 * {cap}"
+            );
+            let tiers = p.tier(frozen) as usize + 1;
+            let per_commit: u64 = made.iter().map(|m| m.iter().sum::<u64>()).max().unwrap();
+            assert!(
+                per_commit < 2 * cap * tiers as u64,
+                "{per_commit} in one commit"
+            );
+            // Segments: fewer than 2 * fan per tier below the frozen size, plus the frozen
+            // ones, each over cap / fan tokens.
+            let n_frozen = segs.iter().filter(|&&t| t > frozen).count();
+            assert!(n_frozen > 0, "the bound never applied");
+            let unbounded = MergePolicy {
+                max_merge_tokens: u64::MAX,
+                ..p
+            };
+            let (_, made_u) = merges(&unbounded, &commits);
+            assert!(made_u.iter().flatten().any(|&m| m >= 2 * cap));
+            assert!(
+                n_frozen as u64 <= total / frozen,
+                "{n_frozen} frozen: {segs:?}"
+            );
+            assert!(
+                segs.len() < 2 * fan * tiers + n_frozen,
+                "fan {fan}, cap {cap}: {} segments ({segs:?})",
+                segs.len()
+            );
+        }
+        // Unbounded, the 100th equal commit at fan 10 rewrites the whole index; bounded, the
+        // largest merge stays under the bound and the first 99 commits merge the same.
+        let unbounded = MergePolicy {
+            max_merge_tokens: u64::MAX,
+            ..Default::default()
+        };
+        let (_, made) = merges(&unbounded, &[1_000_000; 100]);
+        assert_eq!(made[99].last(), Some(&100_000_000));
+        let bounded = MergePolicy::default();
+        let (segs, made_b) = merges(&bounded, &[1_000_000; 100]);
+        assert_eq!(made_b[..99], made[..99]);
+        assert_eq!(made_b[99], vec![10_000_000]);
+        assert!(made_b
+            .iter()
+            .flatten()
+            .all(|&m| m <= DEFAULT_MAX_MERGE_TOKENS));
+        assert_eq!(segs, vec![10_000_000; 10]);
+    }
+
+    #[test]
+    fn a_zero_bound_is_refused() {
+        let p = MergePolicy {
+            max_merge_tokens: 0,
+            ..Default::default()
+        };
+        assert!(p.validate().is_err());
     }
 }

@@ -47,7 +47,7 @@ use kind::{Kind, View};
 use writer::{take_lock, Writer};
 
 mod merge;
-pub use merge::{MergeHealth, MergePolicy};
+pub use merge::{MergeHealth, MergePolicy, DEFAULT_MAX_MERGE_TOKENS};
 
 pub use crate::store::commit::{CommitContext, CommitHook};
 pub use crate::types::{
