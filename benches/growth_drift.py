@@ -92,7 +92,8 @@ def main() -> int:
     ap.add_argument("--json", default=str(ROOT / "bench-results" / "growth-drift.json"))
     ap.add_argument("--md", default=str(ROOT / "bench-results" / "growth-drift.md"))
     a = ap.parse_args()
-    provenance.print_header()
+    prov = provenance.lines()
+    print("\n".join(prov), flush=True)
     data, work = Path(a.data), Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
 
@@ -217,7 +218,7 @@ def main() -> int:
     md = [
         "# Codec drift with the growth settings (benches/growth_drift.py)",
         "",
-        *provenance.lines(),
+        *prov,
         "",
         f"SciFact (5,183 docs) in one commit, then 100k distractors in commits of 20,000 "
         f"({n_tokens:,} tokens); {len(queries)} SciFact train queries, k = 10, search defaults, "
@@ -225,7 +226,7 @@ def main() -> int:
         "the 0.1 % filter).",
         "",
         "| config | K (retrainings) | build s | SciFact recall@10 | p50 ms | 0.1 % filter "
-        "recall@10 | filter p50 ms | load (build / search) |",
+        "recall@10 | filter p50 ms | load after build // after search |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
@@ -233,7 +234,7 @@ def main() -> int:
             f"| {r['config']} `{r['compression']}` | {r['K']} ({r['retrains']}) | "
             f"{r['build_s']:.0f} | {r['scifact_recall_at_10']:.3f} | {r['p50_ms']:.2f} | "
             f"{r['filter_0.1pct_recall_at_10']:.3f} | {r['filter_p50_ms']:.2f} | "
-            f"{r['load'][1]} / {r['load'][2]} |"
+            f"{r['load'][1]} // {r['load'][2]} |"
         )
     md += [
         "",
