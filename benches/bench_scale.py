@@ -10,9 +10,10 @@ and qrels measure quality; since SciFact alone is 1.23M tokens, the smallest siz
 
 Per size, through latix's public API as a user would build it: `latix.Index.create(...,
 compression=latix.Compression())` (every default: codes only, K chosen automatically when the
-first commit trains the codec, no compaction), documents added in commits of --commit-docs
-(5,000). The build runs in a child process, which reports its own peak resident memory
-(`getrusage`), including the generator's pools (SciFact and the Vaswani sample, loaded before
+first commit trains the codec, no compaction; --expected-tokens / --retrain-growth set those
+`Compression` growth settings instead), documents added in commits of --commit-docs (5,000).
+The build runs in a child process, which reports its own peak resident memory (`getrusage`),
+including the generator's pools (SciFact and the Vaswani sample, loaded before
 the index is created: that resident size is reported beside it), and the time spent generating
 (excluded from the build time the exponent is fitted on). Then, in this process:
 
@@ -196,9 +197,17 @@ def vm_rss_mb() -> float:
 
 
 def build(
-    n_tokens: int, out: str, data: str, source: str, vaswani: str, seed: int, commit_docs: int
+    n_tokens: int,
+    out: str,
+    data: str,
+    source: str,
+    vaswani: str,
+    seed: int,
+    commit_docs: int,
+    growth: dict[str, int] | None = None,
 ) -> None:
-    """Child process: builds the index of one size with latix's defaults and writes
+    """Child process: builds the index of one size with latix's defaults (plus `growth`:
+    `Compression` growth settings, see --expected-tokens / --retrain-growth) and writes
     `<out>.json` (times, peak memory, stats)."""
     import latix
 
@@ -210,7 +219,8 @@ def build(
         shutil.rmtree(out)
     t0 = time.perf_counter()
     gen_s, commit_s, add_s = 0.0, [], []
-    ix = latix.Index.create(out, dim=pools.dim, compression=latix.Compression())
+    comp = latix.Compression(**(growth or {}))  # type: ignore[arg-type]
+    ix = latix.Index.create(out, dim=pools.dim, compression=comp)
     adding = 0.0
     for ids, docs, g, ends in corpus.commits(sci_ids):
         gen_s += g
@@ -418,6 +428,7 @@ def measure_locked(
         cmd = [sys.executable, __file__, "--_build", str(n_tokens), "--work", a.work]
         cmd += ["--data", a.data, "--source", a.source, "--seed", str(a.seed)]
         cmd += ["--commit-docs", str(a.commit_docs), "--_vaswani", a._vaswani]
+        cmd += ["--expected-tokens", a.expected_tokens, "--retrain-growth", str(a.retrain_growth)]
         subprocess.run(cmd, check=True)
         child_wall = time.time() - t
         load_build = provenance.load_average()
@@ -496,6 +507,7 @@ def measure_locked(
         "exact_kernel": ref.get("kernel", "numpy"),  # absent: computed before the option
         "exact_s": ref.get("seconds"),
         "exact_key": ref["key"],
+        "growth": growth_settings(a, n_tokens),
         "load": {"build": [load_before, load_build], "search": [load_search0, load_search]},
         "provenance": prov,
     }
@@ -844,6 +856,17 @@ def colpali_markdown(saved: dict[str, Any]) -> list[str]:
     return md
 
 
+def growth_settings(a: argparse.Namespace, n_tokens: int) -> dict[str, int]:
+    """The `Compression` growth settings of --expected-tokens / --retrain-growth for a corpus of
+    `n_tokens` tokens (empty: latix's defaults)."""
+    g: dict[str, int] = {}
+    if a.expected_tokens != "none":
+        g["expected_tokens"] = n_tokens if a.expected_tokens == "size" else int(a.expected_tokens)
+    if a.retrain_growth:
+        g["retrain_growth"] = a.retrain_growth
+    return g
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", default="2M,3M,10M,30M", help="corpus sizes in tokens")
@@ -866,6 +889,14 @@ def main() -> None:
         help="hold --lock for a whole size (exact reference, build and searches) at once",
     )
     ap.add_argument("--keep", action="store_true", help="keep the indexes")
+    ap.add_argument(
+        "--expected-tokens",
+        default="none",
+        help="Compression(expected_tokens=...): none (default), size (the corpus size) or a count",
+    )
+    ap.add_argument(
+        "--retrain-growth", type=int, default=0, help="Compression(retrain_growth=...), 0 = off"
+    )
     res = ROOT / "bench-results"
     ap.add_argument("--json", default=str(res / "scale.json"))
     ap.add_argument("--md", default=str(res / "scale.md"))
@@ -891,6 +922,7 @@ def main() -> None:
             a._vaswani,
             a.seed,
             a.commit_docs,
+            growth_settings(a, a._build),
         )
         return
     provenance.print_header()

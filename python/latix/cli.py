@@ -62,6 +62,20 @@ def _parser() -> argparse.ArgumentParser:
         "--train-min-tokens", type=int, default=65536, help="tokens before the codec trains"
     )
     pi.add_argument(
+        "--expected-tokens",
+        type=int,
+        default=None,
+        help="tokens the collection is expected to hold: K and the codec's sample are chosen "
+        "for that size from the first training",
+    )
+    pi.add_argument(
+        "--retrain-growth",
+        type=int,
+        default=0,
+        help="retrain the codec each time the collection grows this many times past the size "
+        "its K suits (0 = off)",
+    )
+    pi.add_argument(
         "--fidelity",
         default=None,
         choices=("codes", "balanced", "high"),
@@ -255,6 +269,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
             keep_vectors=args.keep_vectors,
             train_min_tokens=args.train_min_tokens,
             pool_factor=args.pool_factor,
+            expected_tokens=args.expected_tokens,
+            retrain_growth=args.retrain_growth,
             **_fidelity_option(args.fidelity),
         )
     elif args.fidelity is not None:

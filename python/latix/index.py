@@ -91,8 +91,16 @@ class Compression:
     Until the index holds ``train_min_tokens`` live tokens it keeps full vectors and searches
     exactly. The commit that reaches the threshold trains the codec on a seeded sample of
     ``train_sample_tokens`` live tokens and encodes every segment; later commits encode new
-    documents with that codec (no retraining; :meth:`Index.compact` with ``retrain=True``
-    retrains).
+    documents with that codec (no retraining unless ``retrain_growth`` is set;
+    :meth:`Index.compact` with ``retrain=True`` retrains).
+
+    A collection that grows after its first training keeps a codec sized for that first commit
+    (K from its token count, a sample of its documents only). Two settings make the codec follow
+    the growth: ``expected_tokens`` when the final size is known (K and the sample are chosen for
+    it from the first training; nothing is retrained), ``retrain_growth`` when it is not (the
+    codec is retrained with the K of the current size each time the index has grown that many
+    times past the size its K suits; the old documents are re-encoded from their decoded
+    reconstructions, which costs some of their recall).
 
     Each document's token vectors are first pooled (Ward clustering within the document, each
     cluster replaced by its normalised mean; Clavié et al. 2024) into ``ceil(n / pool_factor)``
@@ -126,6 +134,18 @@ class Compression:
             384-d, about 52 (balanced) or 150 (high) more bytes per token. Needs
             ``keep_vectors=False`` (kept vectors re-rank exactly). :meth:`Index.get` then
             returns the tier's reconstruction of each original token, in order.
+        expected_tokens: tokens (before pooling) the index is expected to hold, >= 1. None
+            (default): unknown, K follows the size at the training commit. When given, the
+            automatic K is chosen for the larger of this and the live size, and the training
+            sample holds at least 32 vectors per centroid (up to 2**20). Ignored for K when
+            ``n_centroids`` is given.
+        retrain_growth: growth factor G of automatic retraining, 0 (default: off) or 2 to
+            65536. When the pooled tokens reach G times ``(K / 3) ** 2`` (the size the codec's
+            K is the automatic choice for) and the automatic K of the current size is larger,
+            the commit is followed by a compaction that retrains the codec (as
+            ``compact(retrain=True)``) and re-encodes every segment; a commit of its own, so a
+            crash leaves the last commit. Geometric, so each token is re-encoded O(1) times on
+            average. Needs an automatic K (``n_centroids`` None).
     """
 
     bytes_per_token: int | None = None
@@ -136,6 +156,8 @@ class Compression:
     seed: int = 0
     pool_factor: int = 2
     fidelity: str = "codes"
+    expected_tokens: int | None = None
+    retrain_growth: int = 0
 
     def __post_init__(self) -> None:
         for name in ("bytes_per_token", "n_centroids"):
@@ -150,6 +172,18 @@ class Compression:
         _int_arg("train_sample_tokens", self.train_sample_tokens, 0)
         _int_arg("seed", self.seed, 0, 2**64 - 1)
         _int_arg("pool_factor", self.pool_factor, 1, 8)
+        if self.expected_tokens is not None:
+            _int_arg("expected_tokens", self.expected_tokens, 1, 2**48)
+        _int_arg("retrain_growth", self.retrain_growth, 0, 2**16)
+        if self.retrain_growth == 1:
+            raise InvalidArgumentError(
+                "retrain_growth must be 0 (off) or between 2 and 65536, got 1"
+            )
+        if self.retrain_growth and self.n_centroids is not None:
+            raise InvalidArgumentError(
+                "retrain_growth retrains with an automatic K: it needs n_centroids=None "
+                f"(got n_centroids={self.n_centroids})"
+            )
         if not isinstance(self.fidelity, str) or self.fidelity not in _FIDELITIES:
             raise InvalidArgumentError(
                 f'fidelity must be "codes", "balanced" or "high", got {self.fidelity!r}'
@@ -486,7 +520,9 @@ class Index:
 
     def commit(self) -> None:
         """Makes staged adds and deletes durable and visible to all readers, atomically, then
-        runs the merge policy (:meth:`set_merge_policy`), whose merges are commits of their own.
+        runs the merge policy (:meth:`set_merge_policy`), whose merges are commits of their own
+        (and, with ``Compression(retrain_growth=...)``, the retraining compaction once the index
+        has grown that much: see :class:`Compression`).
 
         Uncommitted changes are lost if the process dies or the handle closes. An exception
         means nothing was committed (the changes stay staged: commit again). A merge that fails

@@ -58,6 +58,18 @@ def test_crash_consistency(seed: int, dtype: str, compressed: bool, vector_free:
         assert stats.details.get("decoded_docs_checked", 0) > 0, stats.summary()
 
 
+def test_crash_consistency_with_growth_retraining() -> None:
+    # Growth retraining (a compaction inside commit() whenever the index has doubled past the
+    # size its K suits): every kill leaves the last commit, and K grew over the run.
+    stats = crash.run(KILLS // 2, 15, "float16", growth=True, min_in_commit=max(1, KILLS // 4))
+    print(stats.summary())
+    assert stats.failures == 0, stats.summary()
+    assert stats.details["trained"] == 1
+    assert stats.details.get("compressed_searches", 0) > 0, stats.summary()
+    # The first training's K for 300 tokens (150 pooled) is at most 18: it must have grown.
+    assert stats.details["n_centroids"] > 18, stats.summary()
+
+
 def test_model_is_deterministic() -> None:
     # The parent and the child compute transactions independently: they must agree.
     a, b = crash.Model(5), crash.Model(5)

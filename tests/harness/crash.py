@@ -22,6 +22,9 @@ land in the policy's codes-domain merges (run inside ``commit()``) and in codes-
 compactions; once the codec is trained, each document's stored state is checked by its decoded
 approximation (:func:`decoded_error`: each original row's nearest decoded row, within
 :data:`DECODED_TOLERANCE` for the expected version of the document and far from any other).
+``--growth`` runs them on a compressed index with kept vectors, an automatic K and growth
+retraining (``retrain_growth=2``), so kills also land in the retraining compactions that
+``commit()`` runs as the index grows.
 """
 
 from __future__ import annotations
@@ -53,13 +56,23 @@ KINDS: dict[str, tuple[float, Callable[[Any], None]]] = {
 must publish them."""
 
 
-def compression(vector_free: bool = False) -> Any:
+def compression(vector_free: bool = False, growth: bool = False) -> Any:
     """The configuration of ``--compressed`` runs: a codec trained once the index holds 300
     tokens (a few transactions), 16 centroids, 4 code bytes per 16-d token, vectors kept; with
     ``vector_free`` (``--vector-free``), vectors dropped, 8 code bytes per token (a tight
-    approximation to check documents by) and no pooling (one decoded row per original)."""
+    approximation to check documents by) and no pooling (one decoded row per original); with
+    ``growth`` (``--growth``), vectors kept, an automatic K and ``retrain_growth=2``."""
     import latix
 
+    if growth:
+        return latix.Compression(
+            bytes_per_token=4,
+            keep_vectors=True,
+            train_min_tokens=300,
+            train_sample_tokens=4000,
+            seed=1,
+            retrain_growth=2,
+        )
     if vector_free:
         return latix.Compression(
             bytes_per_token=8,
@@ -277,6 +290,7 @@ def run(
     compressed: bool = False,
     min_in_commit: int = 0,
     vector_free: bool = False,
+    growth: bool = False,
 ) -> Stats:
     """Runs ``kills`` kill-and-check trials with ``seed`` (on a compressed index if
     ``compressed``); returns the figures. Kill timing is random, so a short run may land few
@@ -284,14 +298,22 @@ def run(
     ``3 * kills``) until that many did."""
     import latix
 
-    compressed = compressed or vector_free
-    name = "crash-vector-free" if vector_free else "crash-compressed" if compressed else "crash"
+    compressed = compressed or vector_free or growth
+    name = (
+        "crash-growth"
+        if growth
+        else "crash-vector-free"
+        if vector_free
+        else "crash-compressed"
+        if compressed
+        else "crash"
+    )
     stats = Stats(name)
     rng = np.random.default_rng(seed)
     model = Model(seed)
     tmp = Path(tempfile.mkdtemp(prefix="latix-crash-", dir=workdir))
     path = tmp / "ix"
-    comp = compression(vector_free) if compressed else None
+    comp = compression(vector_free, growth) if compressed else None
     latix.Index.create(path, dim=DIM, dtype=dtype, compression=comp).close()
     committed = 0  # the state the index holds now
     commit_time: dict[str, float] = {}  # measured B->D duration per kind (running mean)
@@ -362,7 +384,9 @@ def run(
         stats.details["transactions_committed"] = committed
         if compressed:
             with latix.Index.open(path) as ix:
-                stats.details["trained"] = int(bool(ix.stats()["trained"]))
+                st = ix.stats()
+                stats.details["trained"] = int(bool(st["trained"]))
+                stats.details["n_centroids"] = int(st["n_centroids"] or 0)
         # A last write after the final crash.
         if not stats.failures:
             with latix.Index.open(path, "w") as ix:
@@ -393,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--vector-free", action="store_true", help="run on a compressed index without vectors"
     )
+    ap.add_argument(
+        "--growth", action="store_true", help="run on a compressed index that retrains on growth"
+    )
     ap.add_argument("--child", metavar="PATH", help=argparse.SUPPRESS)
     ap.add_argument("--start", type=int, default=1, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -401,7 +428,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t = time.monotonic()
     stats = run(
-        a.kills, a.seed, a.dtype, a.workdir, a.verbose, a.compressed, vector_free=a.vector_free
+        a.kills,
+        a.seed,
+        a.dtype,
+        a.workdir,
+        a.verbose,
+        a.compressed,
+        vector_free=a.vector_free,
+        growth=a.growth,
     )
     print(stats.summary() + f" seconds={time.monotonic() - t:.1f}")
     return 1 if stats.failures else 0

@@ -45,6 +45,7 @@ fn cfg(s: &Shape, keep: bool) -> Compression {
         seed: 11,
         pool_factor: s.pool_factor,
         fidelity: Default::default(),
+        ..Default::default()
     }
 }
 

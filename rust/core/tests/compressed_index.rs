@@ -39,6 +39,7 @@ fn cfg(keep: bool) -> Compression {
         seed: 3,
         pool_factor: 1,
         fidelity: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -218,6 +218,7 @@ fn a_commit_never_overwrites_a_referenced_file() {
         seed: 1,
         pool_factor: 1,
         fidelity: Default::default(),
+        ..Default::default()
     };
     {
         let ix = Index::create_with(&dir, DIM, Dtype::F32, Some(cfg)).expect("create");
@@ -255,6 +256,7 @@ fn version_1_manifests_are_read_and_the_next_commit_binds_their_files() {
         seed: 1,
         pool_factor: 1,
         fidelity: Default::default(),
+        ..Default::default()
     };
     {
         let ix = Index::create_with(&dir, DIM, Dtype::F32, Some(cfg)).expect("create");

@@ -33,6 +33,7 @@ fn cfg(fidelity: Fidelity) -> Compression {
         seed: 3,
         pool_factor: 2,
         fidelity,
+        ..Default::default()
     }
 }
 

@@ -71,6 +71,7 @@ fn compression_config_bytes_match_the_layout() {
             seed: rng.next_u64(),
             pool_factor: 1 + r(&mut rng, 4) as usize,
             fidelity,
+            ..Default::default()
         };
         let version = if fidelity == Fidelity::Codes { 2 } else { 3 };
         let want = config_bytes(&c, version, code);
@@ -267,6 +268,7 @@ fn files_of_an_index_match_the_layouts() {
         seed: 1,
         pool_factor: 1,
         fidelity: Fidelity::Balanced,
+        ..Default::default()
     };
     for (name, c) in [("exact", None), ("tier", Some(comp.clone()))] {
         let p = dir.path().join(name);

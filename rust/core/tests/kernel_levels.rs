@@ -145,6 +145,7 @@ fn every_kernel_under_every_available_level_matches_its_oracle() {
         seed: 5,
         pool_factor: 1,
         fidelity: Fidelity::Balanced,
+        ..Default::default()
     };
     simd::set_level(Level::Scalar).expect("scalar");
     let ix = Index::create_with(tmp.path().join("ix"), DIM, Dtype::F16, Some(cfg)).expect("ix");

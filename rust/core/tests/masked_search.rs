@@ -160,6 +160,7 @@ fn compression(keep: bool) -> Compression {
         seed: 5,
         pool_factor: 1,
         fidelity: Default::default(),
+        ..Default::default()
     }
 }
 

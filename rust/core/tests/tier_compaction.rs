@@ -64,6 +64,7 @@ fn cfg(fidelity: Fidelity, dim: usize) -> Compression {
         seed: 3,
         pool_factor: 2,
         fidelity,
+        ..Default::default()
     }
 }
 

@@ -18,6 +18,8 @@ pub struct CompressionArg {
     seed: u64,
     pool_factor: usize,
     fidelity: String,
+    expected_tokens: Option<u64>,
+    retrain_growth: u32,
 }
 
 impl CompressionArg {
@@ -32,6 +34,8 @@ impl CompressionArg {
             seed: self.seed,
             pool_factor: self.pool_factor,
             fidelity: Fidelity::parse(&self.fidelity)?,
+            expected_tokens: self.expected_tokens,
+            retrain_growth: self.retrain_growth,
         })
     }
 
@@ -46,6 +50,8 @@ impl CompressionArg {
             seed: c.seed,
             pool_factor: c.pool_factor,
             fidelity: c.fidelity.name().to_owned(),
+            expected_tokens: c.expected_tokens,
+            retrain_growth: c.retrain_growth,
         }
     }
 }

@@ -98,29 +98,39 @@ fn train_codec(
     n_threads: Option<usize>,
 ) -> Result<Codec> {
     let dim = segs.first().map(|s| s.dim()).unwrap_or(0);
-    let picked = draw_training_documents(cfg, ranges, pooled_live);
+    // K follows the expected size when the configuration gives one, and the sample follows K.
+    let basis = cfg.k_basis(pooled_live);
+    let picked = draw_training_documents(cfg, ranges, pooled_live, sample_for(cfg, basis));
     let mut x = pool_ranges(segs, &picked, pool_factor, n_threads)?;
     // A sample that drew too few vectors (small indexes) falls back to every live document.
     let fewest = (MIN_TRAIN_TOKENS as usize).max(cfg.n_centroids.unwrap_or(0));
     if x.len() / dim.max(1) < fewest && picked.len() < ranges.len() {
         x = pool_ranges(segs, ranges, pool_factor, n_threads)?;
     }
-    Codec::train(
-        &x,
-        dim,
-        pooled_live as usize,
-        &codec_params(cfg, dim),
-        n_threads,
-    )
+    Codec::train(&x, dim, basis as usize, &codec_params(cfg, dim), n_threads)
+}
+
+/// Pooled vectors to sample for a codec trained for `basis` pooled vectors (K's basis).
+fn sample_for(cfg: &Compression, basis: u64) -> u64 {
+    let k = cfg
+        .n_centroids
+        .unwrap_or_else(|| crate::compressed::default_n_centroids(basis as usize));
+    cfg.sample_tokens(k)
 }
 
 /// The seeded draw of the documents (`docs`, in index order) a codec is trained on, shared by
 /// every training path so that [`train_codec_on_documents`] gives the codec an index would train:
-/// each document is kept with probability about `train_sample_tokens / pooled_live` (every one
-/// when the sample covers them), from one seeded stream.
-fn draw_training_documents<T: Copy>(cfg: &Compression, docs: &[T], pooled_live: u64) -> Vec<T> {
+/// each document is kept with probability about `sample / pooled_live` (`sample`:
+/// [`Compression::sample_tokens`]; every one when the sample covers them), from one seeded
+/// stream.
+fn draw_training_documents<T: Copy>(
+    cfg: &Compression,
+    docs: &[T],
+    pooled_live: u64,
+    sample: u64,
+) -> Vec<T> {
     // Probability of drawing a document, in millionths.
-    let want = cfg.train_sample_tokens.min(pooled_live);
+    let want = sample.min(pooled_live);
     let p_ppm = if want >= pooled_live {
         1_000_000
     } else {
@@ -147,9 +157,10 @@ fn codec_params(cfg: &Compression, dim: usize) -> CodecParams {
 /// instead of an index's segments: `vectors` (`n_tokens * dim` f32, row-major) holds the
 /// documents' token rows, document `i` being rows `offsets[i]..offsets[i + 1]`. As at a
 /// training commit, documents are drawn (seeded by `cfg.seed`) until about
-/// `cfg.train_sample_tokens` pooled vectors are gathered, each pooled by `cfg.pool_factor`, and K
+/// `cfg.train_sample_tokens` pooled vectors (more for a large automatic K:
+/// [`Compression::sample_tokens`]) are gathered, each pooled by `cfg.pool_factor`, and K
 /// defaults from `n_tokens_hint` (pooled vectors the index is expected to hold; default: those
-/// of the given documents). The result can be given to [`crate::Index::create_with_codec`] of
+/// of the given documents, or `cfg.expected_tokens` pooled when larger). The result can be given to [`crate::Index::create_with_codec`] of
 /// any number of indexes (a codec shared by the shards of a collection).
 pub fn train_codec_on_documents(
     cfg: &Compression,
@@ -182,7 +193,8 @@ pub fn train_codec_on_documents(
         .map(|&(a, b)| crate::compressed::pool::pooled_len((b - a) as usize, pool) as u64)
         .sum();
     // The same seeded draw of documents as `train_codec`.
-    let picked = draw_training_documents(cfg, &ranges, pooled_live);
+    let basis = n_tokens_hint.map_or(cfg.k_basis(pooled_live), |h| h as u64);
+    let picked = draw_training_documents(cfg, &ranges, pooled_live, sample_for(cfg, basis));
     let pool_of = |rs: &[(u64, u64)]| -> Result<Vec<f32>> {
         let pooled: Vec<Vec<f32>> = crate::parallel::install(n_threads, || {
             use rayon::prelude::*;
@@ -205,8 +217,7 @@ pub fn train_codec_on_documents(
     if x.len() / dim < fewest && picked.len() < ranges.len() {
         x = pool_of(&ranges)?;
     }
-    let hint = n_tokens_hint.unwrap_or(pooled_live as usize);
-    Codec::train(&x, dim, hint, &codec_params(cfg, dim), n_threads)
+    Codec::train(&x, dim, basis as usize, &codec_params(cfg, dim), n_threads)
 }
 
 /// Checks that `codec_bytes` is a codec an index of dimension `dim` configured by `cfg` can use
@@ -397,6 +408,40 @@ pub(crate) fn commit_hook(
         encode_segment(ctx, &f, &codec, crc, cfg, pool, n_threads, counts)?;
     }
     Ok(())
+}
+
+/// The number of centroids of the codec of `snap` (`None`: no codec yet), from its file's header
+/// only (the growth check runs after every commit; a damaged file is caught where it is loaded
+/// in full, so a header that does not parse only means no retraining).
+fn codec_k(snap: &Snapshot) -> Result<Option<usize>> {
+    use std::io::Read;
+    let Some(path) = snap.index_file(CODEC_FILE) else {
+        return Ok(None);
+    };
+    let mut head = [0u8; 20];
+    let mut f = std::fs::File::open(&path).map_err(|e| LatixError::io(&path, e))?;
+    if f.read_exact(&mut head).is_err() || !crate::format::has_magic(&head, b"LTXCODEC") {
+        return Ok(None);
+    }
+    Ok(Some(crate::format::header_u32(&head, 2) as usize))
+}
+
+/// True when the index `snap` (configured by `cfg`) is due for a growth retraining: see
+/// [`Compression::growth_due`]; pooled vectors are estimated as live tokens / pool factor.
+pub(crate) fn growth_due(snap: &Snapshot, cfg: &Compression) -> Result<bool> {
+    if cfg.retrain_growth == 0 || cfg.n_centroids.is_some() {
+        return Ok(false);
+    }
+    let Some(k) = codec_k(snap)? else {
+        return Ok(false);
+    };
+    let live: u128 = snap
+        .segments()
+        .iter()
+        .map(|v| v.entry.n_tokens as u128 * v.live_docs as u128 / v.segment.n_docs().max(1) as u128)
+        .sum();
+    let pooled = (live / cfg.pool_factor.max(1) as u128) as u64;
+    Ok(cfg.growth_due(k, pooled))
 }
 
 /// The inverted-list files of `entries` that an older latix wrote: (segment file, lists file).

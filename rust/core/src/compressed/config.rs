@@ -17,16 +17,22 @@ pub const IVF_FILE: &str = "ivf";
 
 /// Magic bytes at the start of a compression configuration file.
 pub const CONFIG_MAGIC: &[u8; 8] = b"LTXCOMPR";
-/// Current format version of the compression configuration (written for a fidelity tier).
-pub const CONFIG_VERSION: u32 = 3;
+/// Current format version of the compression configuration (written when a growth setting,
+/// `expected_tokens` or `retrain_growth`, is set).
+pub const CONFIG_VERSION: u32 = 4;
+/// Format version a fidelity tier's configuration without growth settings is written in.
+pub const CONFIG_VERSION_TIERED: u32 = 3;
 /// Format version a `codes` (default-tier) configuration is written in.
 pub const CONFIG_VERSION_CODES: u32 = 2;
 /// Version 1 had no pool factor (it reads as 1), version 2 no fidelity tier (it reads as
-/// `codes`). A `codes` configuration is still written as version 2, so an index of the default
-/// tier stays readable by the latix that wrote version 2.
+/// `codes`), version 3 no growth settings (they read as none). A configuration is written in the
+/// oldest version that holds it (a `codes` one without growth settings still as version 2), so
+/// an index that does not use a newer setting stays readable by the latix that wrote the older
+/// version.
 const CONFIG_LEN_V1: usize = 8 + 4 + 4 + 4 + 4 + 8 + 8 + 8 + 4;
 const CONFIG_LEN_V2: usize = CONFIG_LEN_V1 + 4;
-const CONFIG_LEN: usize = CONFIG_LEN_V2 + 4;
+const CONFIG_LEN_V3: usize = CONFIG_LEN_V2 + 4;
+const CONFIG_LEN: usize = CONFIG_LEN_V3 + 8 + 4;
 /// Largest accepted token-pooling factor.
 pub const MAX_POOL_FACTOR: usize = 8;
 
@@ -54,7 +60,23 @@ pub struct Compression {
     /// Storage tier (see [`crate::compressed::fidelity`]): refinement data per original token
     /// beside the codes, used to re-rank the short list when the vectors are not kept.
     pub fidelity: Fidelity,
+    /// Tokens (original, unpooled) the index is expected to hold (`None`: unknown). The codec
+    /// trains with the automatic K of that size (and a sample of at least
+    /// [`SAMPLE_PER_CENTROID`] vectors per centroid) from its first training, instead of the
+    /// size of the index at that commit.
+    pub expected_tokens: Option<u64>,
+    /// Growth retraining (0: off): once the index holds `retrain_growth` times the pooled tokens
+    /// its codec's K is the automatic count for (see [`Compression::growth_due`]), the commit
+    /// is followed by a compaction that retrains the codec with K of the current size and
+    /// re-encodes every segment. Applies to an automatic K (`n_centroids` unset) only.
+    pub retrain_growth: u32,
 }
+
+/// Fewest training vectors per centroid the sample of an automatic K holds (the sample grows
+/// past `train_sample_tokens` when K needs it; k-means caps the points it uses per centroid).
+pub const SAMPLE_PER_CENTROID: u64 = 32;
+/// Largest accepted `retrain_growth`.
+pub const MAX_RETRAIN_GROWTH: u32 = 1 << 16;
 
 impl Default for Compression {
     fn default() -> Self {
@@ -67,6 +89,8 @@ impl Default for Compression {
             seed: 0,
             pool_factor: 2,
             fidelity: Fidelity::Codes,
+            expected_tokens: None,
+            retrain_growth: 0,
         }
     }
 }
@@ -88,6 +112,41 @@ impl Compression {
         } else {
             base
         }
+    }
+
+    /// Pooled vectors the codec's automatic K is chosen for when the index holds `pooled_live`
+    /// pooled vectors: that count, or the pooled equivalent of `expected_tokens` when larger.
+    pub fn k_basis(&self, pooled_live: u64) -> u64 {
+        let pool = self.pool_factor.max(1) as u64;
+        let hint = self.expected_tokens.map_or(0, |e| e.div_ceil(pool));
+        pooled_live.max(hint)
+    }
+
+    /// Pooled vectors sampled to train a codec of `k` centroids: `train_sample_tokens`, or with
+    /// an automatic K at least [`SAMPLE_PER_CENTROID`] per centroid (up to 2^20 vectors, so a
+    /// large K is not trained on a thin sample).
+    pub fn sample_tokens(&self, k: usize) -> u64 {
+        if self.n_centroids.is_some() {
+            return self.train_sample_tokens;
+        }
+        let per_k = (k as u64).saturating_mul(SAMPLE_PER_CENTROID).min(1 << 20);
+        self.train_sample_tokens.max(per_k)
+    }
+
+    /// True when an index holding `pooled_live` pooled vectors, whose codec has `k` centroids,
+    /// is due for a growth retraining (see `retrain_growth`): the setting is on, K is automatic,
+    /// `pooled_live` reaches `retrain_growth` times the count K is the automatic choice for
+    /// (`(K / 3)^2`, the inverse of [`crate::compressed::default_n_centroids`]'s `3 * sqrt(n)`),
+    /// and the automatic K of the current size is larger than `k` (so a retraining never
+    /// repeats at the same size).
+    pub fn growth_due(&self, k: usize, pooled_live: u64) -> bool {
+        if self.retrain_growth == 0 || self.n_centroids.is_some() || k == 0 {
+            return false;
+        }
+        let design = (k as f64 / 3.0).powi(2);
+        let basis = self.k_basis(pooled_live);
+        pooled_live as f64 >= self.retrain_growth as f64 * design
+            && crate::compressed::default_n_centroids(basis as usize) > k
     }
 
     /// Checks the configuration for an index of dimension `dim`; errors say which field is wrong.
@@ -132,6 +191,25 @@ impl Compression {
                 self.fidelity.name()
             )));
         }
+        if self.expected_tokens == Some(0) || self.expected_tokens.is_some_and(|e| e > 1 << 48) {
+            return Err(LatixError::invalid(format!(
+                "expected_tokens must be between 1 and 2^48 (or unset), got {}",
+                self.expected_tokens.unwrap_or(0)
+            )));
+        }
+        if self.retrain_growth == 1 || self.retrain_growth > MAX_RETRAIN_GROWTH {
+            return Err(LatixError::invalid(format!(
+                "retrain_growth must be 0 (off) or between 2 and {MAX_RETRAIN_GROWTH}, got {}",
+                self.retrain_growth
+            )));
+        }
+        if self.retrain_growth != 0 && self.n_centroids.is_some() {
+            return Err(LatixError::invalid(format!(
+                "retrain_growth retrains with an automatic K: it needs n_centroids unset (got \
+                 n_centroids = {})",
+                self.n_centroids.unwrap_or(0)
+            )));
+        }
         if let Some(k) = self.n_centroids {
             // The training sample holds at least min(train_min_tokens, train_sample_tokens).
             let fewest = self.train_min_tokens.min(self.train_sample_tokens);
@@ -149,8 +227,11 @@ impl Compression {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(CONFIG_LEN);
         let tiered = self.fidelity != Fidelity::Codes;
-        let version = if tiered {
+        let growth = self.expected_tokens.is_some() || self.retrain_growth != 0;
+        let version = if growth {
             CONFIG_VERSION
+        } else if tiered {
+            CONFIG_VERSION_TIERED
         } else {
             CONFIG_VERSION_CODES
         };
@@ -162,8 +243,12 @@ impl Compression {
         b.extend_from_slice(&self.train_sample_tokens.to_le_bytes());
         b.extend_from_slice(&self.seed.to_le_bytes());
         b.extend_from_slice(&(self.pool_factor as u32).to_le_bytes());
-        if tiered {
+        if tiered || growth {
             b.extend_from_slice(&self.fidelity.code().to_le_bytes());
+        }
+        if growth {
+            b.extend_from_slice(&self.expected_tokens.unwrap_or(0).to_le_bytes());
+            b.extend_from_slice(&self.retrain_growth.to_le_bytes());
         }
         format::seal(&mut b);
         b
@@ -189,6 +274,7 @@ impl Compression {
         let len = match version {
             1 => CONFIG_LEN_V1,
             2 => CONFIG_LEN_V2,
+            3 => CONFIG_LEN_V3,
             _ => CONFIG_LEN,
         };
         if b.len() != len {
@@ -199,6 +285,7 @@ impl Compression {
         }
         let u64_at = |i: usize| format::le_u64(b, i);
         let opt = |v: u32| (v != 0).then_some(v as usize);
+        let opt64 = |v: u64| (v != 0).then_some(v);
         let keep = u32_at(20);
         if keep > 1 {
             return Err(bad("keep_vectors is neither 0 nor 1"));
@@ -217,6 +304,12 @@ impl Compression {
             seed: u64_at(40),
             pool_factor: if version == 1 { 1 } else { u32_at(48) as usize },
             fidelity,
+            expected_tokens: if version >= 4 {
+                opt64(u64_at(56))
+            } else {
+                None
+            },
+            retrain_growth: if version >= 4 { u32_at(64) } else { 0 },
         })
     }
 

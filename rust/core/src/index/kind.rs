@@ -189,6 +189,15 @@ impl Kind {
                 .any(|(n, _)| n == compressed::CODEC_FILE)
     }
 
+    /// True when the compressed index `snap` is due for a growth retraining (its configuration's
+    /// `retrain_growth`, see [`compressed::Compression::growth_due`]).
+    pub(crate) fn growth_due(&self, snap: &Snapshot) -> Result<bool> {
+        match self {
+            Kind::Exact => Ok(false),
+            Kind::Compressed(c) => compressed::growth_due(snap, &c.cfg),
+        }
+    }
+
     /// True when compacting `snap` without merging is still worth a commit: inverted lists an
     /// older latix wrote are rewritten in the current format.
     pub(crate) fn needs_upgrade(&self, snap: &Snapshot) -> Result<bool> {

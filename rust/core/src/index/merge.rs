@@ -34,6 +34,15 @@
 //! need re-encoding (lists an older latix wrote, refinement files of another codec or of mixed
 //! versions) or that carry side files of a user hook are left alone: `compact()` still merges
 //! them.
+//!
+//! Growth retraining (a compressed index configured with `retrain_growth`, see
+//! [`crate::compressed::Compression::growth_due`]) runs first, whether or not a policy is set:
+//! once the index holds `retrain_growth` times the tokens its codec's K was chosen for, the commit
+//! is followed by a compaction that retrains the codec with the K of the current size (the path
+//! of `compact(retrain=True)`: vector-free segments contribute their decoded reconstructions) and
+//! re-encodes everything, a commit of its own like every merge. The trigger is geometric in the
+//! index's size, so the retrainings of an index grown from nothing rewrite each token O(1) times
+//! on average (about `1 / (1 - 1 / retrain_growth)` rewrites of the final size in all).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -222,6 +231,16 @@ impl Index {
     /// Runs the merge policy on the latest snapshot (the caller holds the writer mutex and the
     /// write lock, after a commit): merges full tiers until none is left.
     fn merge_by_policy(&self) -> Result<()> {
+        // Growth retraining first (a configuration setting, run whether or not a policy is set):
+        // a compaction of everything, so no tier is left for the policy to merge.
+        let base = self.snapshot()?;
+        if self.kind.growth_due(&base)? {
+            let memory = self
+                .merge_policy()
+                .map_or(crate::compressed::DEFAULT_MERGE_MEMORY, |p| p.memory);
+            return self.compact_committed(base, None, true, memory, true);
+        }
+        drop(base);
         let Some(policy) = self.merge_policy() else {
             return Ok(());
         };

@@ -517,6 +517,20 @@ impl Index {
             }
             return Ok(());
         }
+        self.compact_committed(base, hook, retrain, memory, codes_domain)
+    }
+
+    /// The compaction of [`Index::compact_inner`] of the committed snapshot `base` (nothing
+    /// staged; the caller holds the writer mutex and the write lock): also the merge policy's
+    /// growth retraining, right after a commit.
+    pub(super) fn compact_committed(
+        &self,
+        base: Arc<Snapshot>,
+        hook: Option<CommitHook<'_>>,
+        retrain: bool,
+        memory: u64,
+        codes_domain: bool,
+    ) -> Result<()> {
         let all = 0..base.segments().len();
         if codes_domain && !retrain {
             // Compressed indexes only: plain segments keep the commit hook's path (which trains
