@@ -265,7 +265,7 @@ def train_codec(
         documents: token matrices, each ``(n_i, dim)`` float32 or float16, all of one ``dim``
             (a sample of the corpus; at least 256 pooled vectors in all).
         n_tokens_hint: pooled vectors each index is expected to hold (sets the default number of
-            centroids, about ``2 * sqrt(n)``); default: those of ``documents``.
+            centroids: the power of two nearest ``3 * sqrt(n)``); default: those of ``documents``.
         n_threads: training threads (default: latix's pool).
 
     Returns:
