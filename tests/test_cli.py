@@ -307,3 +307,26 @@ def test_index_merges_its_commits_into_one_segment_unless_told_not_to(
             assert (n_segments == 1) if want_one else (n_segments > 1), n_segments
             hits[want_one] = [(h.id, round(h.score, 4)) for h in c.search("diabetes drug", 5)]
     assert hits[True] == hits[False]
+
+
+def test_index_leaves_segments_alone_when_the_run_added_little_and_refuses_growth_flags_on_none(
+    tmp_path: Path,
+    corpus: Path,
+    encoder: latix.encoder.Encoder,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A rerun that indexes nothing new (resume of a finished build) does not rewrite the
+    collection; the codec's growth settings on a plain collection are refused like --fidelity."""
+    out = tmp_path / "coll"
+    args = ["index", str(corpus), "--out", str(out), "--no-progress", "--commit-every", "2"]
+    assert cli.main(args + ["--no-compact"]) == 0
+    with Collection.open(out) as c:
+        before = c.stats()["index"]["n_segments"]
+    assert before > 1
+    assert cli.main(args) == 0  # everything already indexed: nothing added, nothing merged
+    with Collection.open(out) as c:
+        assert c.stats()["index"]["n_segments"] == before and len(c) == 10
+    for flag in (["--expected-tokens", "1000000"], ["--retrain-growth", "4"]):
+        none_args = ["index", str(corpus), "--out", str(tmp_path / "plain"), "--no-progress"]
+        assert cli.main(none_args + ["--compression", "none"] + flag) != 0
+        assert f"{flag[0]} applies to compressed collections" in capsys.readouterr().err
