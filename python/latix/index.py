@@ -474,13 +474,15 @@ class Index:
         ``t <= floor_tokens``, else in the smallest tier ``i`` with
         ``t <= floor_tokens * segments_per_tier**i``; after a commit, the newest run of segments of
         the lowest tier (or below) that holds ``segments_per_tier`` segments is merged into one,
-        repeatedly, so the segment count stays logarithmic in the number of commits (without
-        ``max_merge_tokens``, the default). Each merge is a commit of its own (crash-safe like
-        every commit, readers keep their snapshots) that never decodes: a compressed index
-        merges its inverted lists in the codes domain (search scores unchanged), with the memory
-        setting ``memory`` of :meth:`compact`, and a fidelity tier's refinement files losslessly
-        (see :meth:`compact`). Segments with lists an older latix wrote or refinement files of
-        another codec are left to :meth:`compact`.
+        repeatedly, so the segment count stays logarithmic in the number of commits of similar
+        sizes (without ``max_merge_tokens``, the default; with commits of mixed sizes up to
+        ``segments_per_tier - 1`` segments of each lower tier, more after deletes, can remain
+        between two larger ones, until :meth:`compact`). Each merge is a commit of its own
+        (crash-safe like every commit, readers keep their snapshots) that never decodes: a
+        compressed index merges its inverted lists in the codes domain (search scores
+        unchanged), with the memory setting ``memory`` of :meth:`compact`, and a fidelity tier's
+        refinement files losslessly (see :meth:`compact`). Segments with lists an older latix
+        wrote or refinement files of another codec are left to :meth:`compact`.
 
         Merges are unbounded by default: the amortised rewriting is O(log n) per token, but one
         commit can merge the whole index (the 100th of 100 equal commits does).

@@ -2,8 +2,11 @@
 //! number of segments a search visits stays logarithmic in the number of commits without an
 //! explicit compaction (the policy of LSM trees and of Lucene's and tantivy's log merge policies:
 //! segments of similar size are merged once a tier holds enough of them, so every token is
-//! rewritten O(log n) times). That holds for the default, unbounded policy; the opt-in bound
-//! below trades it away.
+//! rewritten O(log n) times). That holds for commits of similar sizes with the default,
+//! unbounded policy; the opt-in bound below trades it away. Commits of mixed sizes weaken it: a
+//! run stops at a larger segment, so up to `segments_per_tier - 1` segments of each lower tier
+//! (more after deletes) can sit between two larger ones, and nested patterns of commit sizes never fill a tier at all
+//! (the tests build one: nothing merges); `compact()` merges them.
 //!
 //! Tiers: a segment of `t` live tokens is in tier 0 when `t <= floor_tokens`, else in the
 //! smallest tier `i` with `t <= floor_tokens * segments_per_tier^i`. After a commit, for the
@@ -505,6 +508,92 @@ mod tests {
         assert_eq!(made_b[99], vec![10_000_000]);
         assert!(made_b.iter().flatten().all(|&m| m <= CAP));
         assert_eq!(segs, vec![10_000_000; 10]);
+    }
+
+    /// The invariant the policy keeps (brute force, without deletes): in every maximal run of
+    /// consecutive segments of tier `t` or below, fewer than `segments_per_tier` are of tier `t`
+    /// (when such a run was trailing it was planned; a later, larger segment only closes it).
+    fn check_gaps(p: &MergePolicy, segs: &[u64]) {
+        let tiers: Vec<u32> = segs.iter().map(|&x| p.tier(x)).collect();
+        for t in 0..=tiers.iter().copied().max().unwrap_or(0) {
+            for run in tiers.split(|&x| x > t) {
+                let n = run.iter().filter(|&&x| x == t).count();
+                assert!(
+                    n < p.segments_per_tier,
+                    "tier {t}: {n} in a run of {tiers:?}"
+                );
+            }
+        }
+    }
+
+    /// Adversarial commit sizes (sizes at and around the tier thresholds, commits of many
+    /// tiers, deletes shrinking earlier segments) against the brute-force invariant, for the
+    /// default (unbounded) policy: tokens kept, no full tier left, no merge of one segment.
+    #[test]
+    fn adversarial_commit_sizes_keep_the_invariant() {
+        let mut rng = crate::compressed::kmeans::Rng::new(11);
+        for case in 0..600 {
+            let fan = [2usize, 3, 4, 10][case % 4];
+            let floor = [1u64, 100, 65_536][case % 3];
+            let p = MergePolicy {
+                segments_per_tier: fan,
+                floor_tokens: floor,
+                ..Default::default()
+            };
+            let deletes = case % 2 == 1;
+            let mut segs: Vec<u64> = Vec::new();
+            let mut total = 0u64;
+            for _ in 0..1 + rng.below(200) {
+                let edge = floor * (fan as u64).pow(rng.below(5) as u32);
+                let c = match rng.below(10) {
+                    0 => edge - 1 + rng.below(3) as u64, // at a threshold, +-1
+                    1 => 1 + rng.below((floor * (fan as u64).pow(5)) as usize) as u64,
+                    _ => 1 + rng.below(2 * floor as usize) as u64,
+                };
+                let c = c.max(1);
+                segs.push(c);
+                total += c;
+                if deletes && rng.below(5) == 0 {
+                    let j = rng.below(segs.len());
+                    let cut = rng.below(segs[j] as usize) as u64;
+                    segs[j] -= cut;
+                    total -= cut;
+                }
+                while let Some(start) = p.plan(&segs) {
+                    assert!(segs.len() - start >= 2, "a merge of one segment: {segs:?}");
+                    let merged: u64 = segs.drain(start..).sum();
+                    segs.push(merged);
+                }
+                assert_eq!(segs.iter().sum::<u64>(), total);
+                if !deletes {
+                    check_gaps(&p, &segs);
+                }
+            }
+        }
+    }
+
+    /// Commit sizes can defeat the tiered policy: (fan - 1) times [the same pattern one tier
+    /// down, then one commit of a tier], recursively, never fills a tier, so nothing merges
+    /// (the limit the module doc states; `compact()` is the remedy).
+    #[test]
+    fn nested_commit_sizes_never_merge() {
+        fn pattern(fan: u64, floor: u64, t: u32, out: &mut Vec<u64>) {
+            for _ in 0..fan - 1 {
+                if t > 0 {
+                    pattern(fan, floor, t - 1, out);
+                }
+                out.push(floor * fan.pow(t));
+            }
+        }
+        for (fan, top) in [(3usize, 5u32), (10, 2)] {
+            let p = MergePolicy {
+                segments_per_tier: fan,
+                ..Default::default()
+            };
+            let mut commits = Vec::new();
+            pattern(fan as u64, p.floor_tokens, top, &mut commits);
+            assert_eq!(simulate(&p, &commits), commits);
+        }
     }
 
     /// The bound the review examples used (the bound before it became opt-in).
