@@ -465,7 +465,7 @@ class Index:
         segments_per_tier: int | None = 10,
         floor_tokens: int = 65536,
         memory: int = 1 << 30,
-        max_merge_tokens: int | None = 1 << 25,
+        max_merge_tokens: int | None = None,
     ) -> None:
         """Sets the merge policy this handle runs after every commit (on by default, with these
         defaults; ``segments_per_tier=None`` turns it off). Not persisted: each handle has its own.
@@ -474,19 +474,26 @@ class Index:
         ``t <= floor_tokens``, else in the smallest tier ``i`` with
         ``t <= floor_tokens * segments_per_tier**i``; after a commit, the newest run of segments of
         the lowest tier (or below) that holds ``segments_per_tier`` segments is merged into one,
-        repeatedly, so the segment count stays logarithmic in the number of commits. Each merge is
-        a commit of its own (crash-safe like every commit, readers keep their snapshots) that
-        never decodes: a compressed index merges its inverted lists in the codes domain (search
-        scores unchanged), with the memory setting ``memory`` of :meth:`compact`, and a fidelity
-        tier's refinement files losslessly (see :meth:`compact`). Segments with lists an older
-        latix wrote or refinement files of another codec are left to :meth:`compact`.
+        repeatedly, so the segment count stays logarithmic in the number of commits of similar
+        sizes (without ``max_merge_tokens``, the default; with commits of mixed sizes up to
+        ``segments_per_tier - 1`` segments of each lower tier, more after deletes, can remain
+        between two larger ones, until :meth:`compact`). Each merge is a commit of its own
+        (crash-safe like every commit, readers keep their snapshots) that never decodes: a
+        compressed index merges its inverted lists in the codes domain (search scores
+        unchanged), with the memory setting ``memory`` of :meth:`compact`, and a fidelity tier's
+        refinement files losslessly (see :meth:`compact`). Segments with lists an older latix
+        wrote or refinement files of another codec are left to :meth:`compact`.
 
-        A merge never produces a segment of more than ``max_merge_tokens`` live tokens: when a
-        full tier holds more, only its newest segments that fit are merged, so the work of one
-        commit stays bounded however large the index grows (unbounded, the 100th of 100 equal
-        commits merges the whole index inside that commit). Segments too large to merge further
-        stay as they are (each over a third of the bound); :meth:`compact` still merges
-        everything.
+        Merges are unbounded by default: the amortised rewriting is O(log n) per token, but one
+        commit can merge the whole index (the 100th of 100 equal commits does).
+        ``max_merge_tokens`` is an opt-in bound with known limits: a segment of more than
+        ``max_merge_tokens / segments_per_tier`` live tokens is no longer merged by the policy.
+        It keeps the merges of evenly sized small commits near the bound, but it is not a hard
+        bound (a merge can exceed it several times over), a commit larger than
+        ``max_merge_tokens / segments_per_tier`` leaves the smaller segments before it unmerged
+        until :meth:`compact`, and past that size the segment count grows linearly (one segment
+        per ``max_merge_tokens / segments_per_tier`` tokens or more). :meth:`compact` still
+        merges everything.
 
         Args:
             segments_per_tier: (an int >= 2, or None) segments a tier holds before they merge;
@@ -494,9 +501,9 @@ class Index:
                 ``None`` turns merging off.
             floor_tokens: (an int >= 1) live tokens up to which a segment is in the lowest tier.
             memory: (an int >= 1, bytes) memory setting of each merge (see :meth:`compact`).
-            max_merge_tokens: (an int >= 1, or None) live tokens a merge may produce at most
-                (default 2**25, ~1 GB of inverted lists at the default compression); ``None``:
-                unbounded.
+            max_merge_tokens: (an int >= 1, or None) opt-in bound: segments above
+                ``max_merge_tokens / segments_per_tier`` live tokens are not merged again (see
+                above for its limits); ``None`` (the default): unbounded.
 
         Raises:
             InvalidArgumentError: a setting out of range.
