@@ -99,8 +99,9 @@ class Compression:
     the growth: ``expected_tokens`` when the final size is known (K and the sample are chosen for
     it from the first training; nothing is retrained), ``retrain_growth`` when it is not (the
     codec is retrained with the K of the current size each time the index has grown about that
-    many times, rounded up to a power of 4, past the size its K suits; the old documents are
-    re-encoded from their decoded reconstructions, which costs some of their recall).
+    many times (in effect a power of 4: G = 2..7 every ~4x) past the size its K suits; the old
+    documents are re-encoded from their decoded reconstructions, which costs some of their
+    recall).
 
     Each document's token vectors are first pooled (Ward clustering within the document, each
     cluster replaced by its normalised mean; Clavié et al. 2024) into ``ceil(n / pool_factor)``
@@ -150,8 +151,8 @@ class Compression:
             centroids, the commit is followed by a compaction that retrains the codec (as
             ``compact(retrain=True)``) and re-encodes every segment; a commit of its own, so a
             crash leaves the last commit. K is a power of two that doubles per 4x of size, so
-            the effective factor is G rounded up to a power of 4 (G = 2..4: a retraining every
-            ~4x of growth; 5..16: every ~16x). Geometric, so each token is re-encoded
+            the effective factor is a power of 4 (G = 2..7: a retraining every ~4x of growth;
+            8..31: every ~16x; 32..127: every ~64x). Geometric, so each token is re-encoded
             ``1 / (1 - 1 / G')`` times in all (G' the rounded factor). Cost: that compaction is
             a rewrite of the whole index inside ``commit()``, with the writer lock held: it
             stages the full vectors of every document (kept vectors, else the decoded pooled

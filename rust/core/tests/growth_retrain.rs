@@ -489,3 +489,38 @@ fn segments_with_user_side_files_are_not_retrained_and_keep_them() {
 fn c_due(ix: &Index, k: usize) -> bool {
     cfg(false, 1, 4).growth_due(k, pooled(ix, 1))
 }
+
+#[test]
+fn the_effective_growth_factor_is_a_power_of_4() {
+    // The documented behaviour of growth_due: K doubles per 4x of size, so the size between two
+    // retrainings is a power of 4 near G (2..7: ~4x, 8..31: ~16x, 32..127: ~64x).
+    for (g, want) in [
+        (2u32, 4.0),
+        (4, 4.0),
+        (7, 4.0),
+        (8, 16.0),
+        (31, 16.0),
+        (32, 64.0),
+    ] {
+        let c = Compression {
+            retrain_growth: g,
+            train_sample_tokens: 262_144,
+            ..cfg(false, 1, g)
+        };
+        let mut n = 1u64 << 15;
+        let mut k = c.trained_k(n);
+        let mut at = Vec::new();
+        while n < 1 << 34 {
+            n = n * 21 / 20;
+            if c.growth_due(k, n) {
+                k = c.trained_k(n);
+                at.push(n as f64);
+            }
+        }
+        assert!(at.len() >= 2, "G {g}: {at:?}");
+        for w in at.windows(2) {
+            let r = w[1] / w[0];
+            assert!(r > want * 0.9 && r < want * 1.1, "G {g}: ratio {r}, {at:?}");
+        }
+    }
+}

@@ -43,7 +43,8 @@
 //! re-encodes everything, a commit of its own like every merge. The trigger is geometric in the
 //! index's size, so the retrainings of an index grown from nothing rewrite each token O(1) times
 //! on average (about `1 / (1 - 1 / G')` rewrites of the final size in all, `G'` being
-//! `retrain_growth` rounded up to a power of 4, as K doubles per 4x of size). Its cost is that of
+//! `retrain_growth` rounded to a power of 4: 4 for G = 2..7, 16 for 8..31, as K doubles per 4x
+//! of size, see [`crate::compressed::Compression::growth_due`]). Its cost is that of
 //! `compact(retrain=True)` inside the commit, writer mutex held: every document's full (or
 //! decoded) vectors staged on disk, every pooled row in memory while re-encoding. A retraining
 //! that fails, or is skipped because segments carry side files of a user hook (which it would
