@@ -2,7 +2,9 @@
 for the expected size from the first training) and ``retrain_growth`` (the codec retrained, with
 K of the current size, inside the commit that makes the index that many times larger than its K
 suits); validation, persistence across reopen, the CLI flags, and search results against a numpy
-brute force after every retraining. The core's own tests are rust/core/tests/growth_retrain.rs;
+brute force after every retraining; a retraining that fails (RLIMIT_FSIZE in a child process) is
+recorded once, does not block the merge policy and is not retried at every commit. The core's own
+tests are rust/core/tests/growth_retrain.rs;
 the crash test is tests/hardening/test_index_crash.py.
 """
 
@@ -125,3 +127,89 @@ def test_cli_index_takes_the_growth_flags() -> None:
     assert a.expected_tokens == 1_000_000 and a.retrain_growth == 4
     a = _parser().parse_args(["index", "c.jsonl", "--out", "o"])
     assert a.expected_tokens is None and a.retrain_growth == 0
+
+
+def test_a_failing_retraining_is_recorded_once_and_merges_still_run(tmp_path: Path) -> None:
+    # Fault injection as tests/hardening/test_faults.py does it: RLIMIT_FSIZE in a child
+    # process makes every write past the limit fail with EFBIG. The limit lets a commit's
+    # segment and the policy's small merges through but not the retraining's rewrite of the
+    # whole index, so the retraining fails at the commit that makes it due.
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    rng = np.random.default_rng(9)
+    centres = rng.standard_normal((24, DIM))
+    path = tmp_path / "ix"
+    c = latix.Compression(
+        bytes_per_token=4, train_min_tokens=600, pool_factor=1, keep_vectors=True, retrain_growth=4
+    )
+    with latix.Index.create(path, dim=DIM, compression=c) as ix:
+        first = docs(rng, 80, centres)
+        ix.add([f"a{i}" for i in range(len(first))], first)
+        ix.commit()
+        st = ix.stats()
+        assert st["trained"]
+        k0 = int(st["n_centroids"])  # type: ignore[call-overload]
+    batches = [docs(rng, 50, centres) for _ in range(16)]
+    np.save(tmp_path / "b.npy", np.concatenate([np.concatenate(b) for b in batches]))
+    lens = [[len(d) for d in b] for b in batches]
+    (tmp_path / "lens.json").write_text(json.dumps(lens))
+    code = textwrap.dedent(
+        f"""
+        import json, resource, signal, warnings
+        import numpy as np
+        import latix
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        flat = np.load({str(tmp_path / "b.npy")!r})
+        lens = json.load(open({str(tmp_path / "lens.json")!r}))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (120_000, 120_000))
+        out = []
+        with latix.Index.open({str(path)!r}, "w") as ix:
+            ix.set_merge_policy(segments_per_tier=2, floor_tokens=256, max_merge_tokens=1500)
+            at = 0
+            for b, ls in enumerate(lens):
+                mats = []
+                for n in ls:
+                    mats.append(flat[at:at + n])
+                    at += n
+                with warnings.catch_warnings(record=True) as w:
+                    warnings.simplefilter("always")
+                    ix.add([f"b{{b}}-{{i}}" for i in range(len(mats))], mats)
+                    ix.commit()
+                st = ix.stats()
+                out.append(dict(
+                    failures=st["merge_failures"], error=st["merge_error"],
+                    warned=any(issubclass(x.category, latix.MergeWarning) for x in w),
+                    k=st["n_centroids"], segments=st["n_segments"], docs=st["n_docs"],
+                ))
+        print(json.dumps(out))
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    # Every commit was published; K never changed (the retraining failed).
+    assert [o["docs"] for o in out] == [80 + 50 * (i + 1) for i in range(len(out))]
+    assert all(o["k"] == k0 for o in out), out
+    failed = [i for i, o in enumerate(out) if o["warned"]]
+    # The retraining failed exactly once (recorded, warned), and was not retried at every later
+    # commit: the index did not grow by another retrain_growth factor in the child.
+    assert len(failed) == 1, out
+    f = failed[0]
+    assert f < len(out) - 3, out
+    assert out[f]["failures"] == 1 and "too large" in str(out[f]["error"]).lower(), out[f]
+    assert all(o["failures"] == 1 for o in out[f:]), out
+    # The merge policy (pairs merged) still ran at and after that commit: without its merges
+    # commit i would leave i + 2 segments.
+    assert all(o["segments"] <= i // 2 + 2 for i, o in enumerate(out)), out
+    # Without the limit a compaction succeeds, and the next commit retrains.
+    with latix.Index.open(path, "w") as ix:
+        ix.compact()
+        more = docs(rng, 10, centres)
+        ix.add([f"c{i}" for i in range(len(more))], more)
+        ix.commit()
+        st = ix.stats()
+        assert st["merge_failures"] == 0 and int(st["n_centroids"]) > k0, st  # type: ignore
+        ix.verify()

@@ -72,8 +72,10 @@ def _parser() -> argparse.ArgumentParser:
         "--retrain-growth",
         type=int,
         default=0,
-        help="retrain the codec each time the collection grows this many times past the size "
-        "its K suits (0 = off)",
+        help="retrain the codec each time the collection grows about this many times (in "
+        "effect a power of 4: 2-7 every ~4x, 8-31 every ~16x) past the size its K suits "
+        "(0 = off); each retraining rewrites the whole collection inside that commit "
+        "(temporary disk about the size of the full vectors, every pooled row in memory)",
     )
     pi.add_argument(
         "--fidelity",

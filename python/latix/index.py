@@ -98,9 +98,10 @@ class Compression:
     (K from its token count, a sample of its documents only). Two settings make the codec follow
     the growth: ``expected_tokens`` when the final size is known (K and the sample are chosen for
     it from the first training; nothing is retrained), ``retrain_growth`` when it is not (the
-    codec is retrained with the K of the current size each time the index has grown that many
-    times past the size its K suits; the old documents are re-encoded from their decoded
-    reconstructions, which costs some of their recall).
+    codec is retrained with the K of the current size each time the index has grown about that
+    many times (in effect a power of 4: G = 2..7 every ~4x) past the size its K suits; the old
+    documents are re-encoded from their decoded reconstructions, which costs some of their
+    recall).
 
     Each document's token vectors are first pooled (Ward clustering within the document, each
     cluster replaced by its normalised mean; Clavié et al. 2024) into ``ceil(n / pool_factor)``
@@ -113,8 +114,8 @@ class Compression:
             codec default (``dim / 16``, e.g. 24 for 384-d vectors) times ``pool_factor`` (48 at
             384-d with the default pooling), i.e. the same bytes per original token.
         n_centroids: coarse centroids K, at most ``min(train_min_tokens, train_sample_tokens)``.
-            None: automatic from the token count at training time (about ``2 * sqrt(n_tokens)``,
-            a power of two).
+            None: automatic from the token count at training time (the power of two nearest
+            ``3 * sqrt(n_tokens)``).
         keep_vectors: keep the full vectors (in the index's dtype, memory-mapped) next to the
             codes: enables the exact re-rank (the search default then) and exact :meth:`Index.get`,
             at ``dim * 2`` (float16) more bytes per token. False (default): segments hold ids
@@ -123,7 +124,12 @@ class Compression:
             vectors.
         train_min_tokens: live tokens that trigger training (>= 256); training also waits until
             the pooled vectors number at least 256 and at least ``n_centroids``.
-        train_sample_tokens: tokens sampled to train the codec (>= 256).
+        train_sample_tokens: pooled vectors sampled to train the codec (>= 256). With an
+            automatic K (``n_centroids`` None, with or without ``expected_tokens``) the sample
+            holds at least 32 vectors per centroid, up to 2**20: from K > 8192 (a first
+            training of ~30M pooled vectors, a large ``compact(retrain=True)``, a growth
+            retraining or :func:`train_codec` with a large hint) it grows past this value, up
+            to ~1.5 GB of float32 at 384-d while training.
         seed: seed of the training sample and of k-means (the codec is reproducible).
         pool_factor: token pooling factor, 1 (no pooling) to 8. Default 2.
         fidelity: storage tier, ``"codes"`` (default: the pooled codes only), ``"balanced"``
@@ -136,16 +142,30 @@ class Compression:
             returns the tier's reconstruction of each original token, in order.
         expected_tokens: tokens (before pooling) the index is expected to hold, >= 1. None
             (default): unknown, K follows the size at the training commit. When given, the
-            automatic K is chosen for the larger of this and the live size, and the training
-            sample holds at least 32 vectors per centroid (up to 2**20). Ignored for K when
+            automatic K is chosen for the larger of this and the live size (so the sample, 32
+            vectors per centroid, may grow too: see ``train_sample_tokens``). Ignored for K when
             ``n_centroids`` is given.
         retrain_growth: growth factor G of automatic retraining, 0 (default: off) or 2 to
             65536. When the pooled tokens reach G times ``(K / 3) ** 2`` (the size the codec's
-            K is the automatic choice for) and the automatic K of the current size is larger,
-            the commit is followed by a compaction that retrains the codec (as
+            K is the automatic choice for) and a retraining would train at least twice K
+            centroids, the commit is followed by a compaction that retrains the codec (as
             ``compact(retrain=True)``) and re-encodes every segment; a commit of its own, so a
-            crash leaves the last commit. Geometric, so each token is re-encoded O(1) times on
-            average. Needs an automatic K (``n_centroids`` None).
+            crash leaves the last commit. K is a power of two that doubles per 4x of size, so
+            the effective factor is a power of 4 (G = 2..7: a retraining every ~4x of growth;
+            8..31: every ~16x; 32..127: every ~64x). Geometric, so each token is re-encoded
+            ``1 / (1 - 1 / G')`` times in all (G' the rounded factor). Cost: that compaction is
+            a rewrite of the whole index inside ``commit()``, with the writer lock held: it
+            stages the full vectors of every document (kept vectors, else the decoded pooled
+            rows; ~5 GB of temporary disk at 14M tokens 384-d), holds every pooled row of the
+            index in memory while re-encoding, and takes a full training plus encoding (minutes
+            at that size). A retraining that fails (e.g. a full disk) or is skipped (segments
+            carrying side files of a user commit hook, which it would drop) is recorded in
+            :meth:`Index.stats` (``merge_failures``, ``merge_error``; a
+            :class:`~latix.errors.MergeWarning` at that commit) without blocking the merge
+            policy, and is not tried
+            again by that handle until the index has grown by another G or a
+            :meth:`Index.compact` succeeded. Needs an automatic K (``n_centroids`` None) and
+            no shared ``codec`` at creation.
     """
 
     bytes_per_token: int | None = None
@@ -254,7 +274,9 @@ def train_codec(
     """Trains the codec an index configured by ``compression`` would train, on given documents.
 
     The same as a training commit does with its live documents: documents are drawn (seeded by
-    ``compression.seed``) until about ``train_sample_tokens`` pooled vectors are gathered, each
+    ``compression.seed``) until about ``train_sample_tokens`` pooled vectors are gathered (with
+    an automatic K at least 32 per centroid, up to 2**20: more than ``train_sample_tokens``
+    from K > 8192, e.g. with a large ``n_tokens_hint``; ~1.5 GB of float32 at 384-d), each
     pooled by ``pool_factor``, then k-means and the product quantiser run with the
     configuration's ``n_centroids`` and code bytes. Give the result to :meth:`Index.create`
     (``codec=``) of any number of indexes: the shards of one collection then share one codec
@@ -265,7 +287,8 @@ def train_codec(
         documents: token matrices, each ``(n_i, dim)`` float32 or float16, all of one ``dim``
             (a sample of the corpus; at least 256 pooled vectors in all).
         n_tokens_hint: pooled vectors each index is expected to hold (sets the default number of
-            centroids: the power of two nearest ``3 * sqrt(n)``); default: those of ``documents``.
+            centroids: the power of two nearest ``3 * sqrt(n)``); default: those of ``documents``,
+            or the pooled equivalent of ``compression.expected_tokens`` when larger.
         n_threads: training threads (default: latix's pool).
 
     Returns:
@@ -347,8 +370,9 @@ class Index:
                 the path of one, another compressed :class:`Index` (its codec), or a
                 ``latix._core.compressed.Codec``. The index then never trains: its first
                 commit already encodes with it (``train_min_tokens`` does not apply; a
-                ``compact(retrain=True)`` retrains as usual). Checked before anything is
-                written.
+                ``compact(retrain=True)`` retrains as usual; a ``compression`` with
+                ``retrain_growth`` is refused, as growth retraining would replace the shared
+                codec). Checked before anything is written.
 
         Raises:
             AlreadyExistsError: an index, or any other file, already exists at ``path``.
@@ -357,7 +381,8 @@ class Index:
                 divide ``dim``, ``train_min_tokens`` < 256, ``n_centroids`` above the training
                 sample size); a ``codec`` without ``compression``, of another dimension, with
                 other code bytes per vector than ``compression`` gives or another number of
-                centroids than its ``n_centroids``, or an index without a trained codec.
+                centroids than its ``n_centroids``, or an index without a trained codec; a
+                ``codec`` with ``compression.retrain_growth`` set.
             CorruptedIndexError: ``codec`` is not a valid codec file (magic, sizes, checksum).
             UnsupportedVersionError: ``codec`` was written in an unknown format version.
             IndexLockedError: another process is creating an index there.

@@ -4,8 +4,12 @@
 //! its K suits). Checks that the trigger fires exactly when due and never twice at one size, that
 //! K follows the automatic count of the current size, that search stays valid against exhaustive
 //! MaxSim (scalar reference) after every retraining, with and without kept vectors, with deletes;
-//! the configuration's version-4 bytes, older versions read, bad settings refused, and that a
-//! damaged codec file is reported, not retrained over.
+//! the configuration's version-4 bytes, older versions read, bad settings refused, that a
+//! damaged codec file is reported, not retrained over; that the trigger compares with the K a
+//! training gives (`Compression::trained_k`, clamped K never due again; checked against a real
+//! training), that `retrain_growth` is refused with a given codec, and that segments carrying a
+//! user hook's side files are not retrained (reported once, files kept). The fault-injection test
+//! of a failing retraining is tests/test_growth.py (RLIMIT_FSIZE in a child process).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -362,5 +366,161 @@ fn a_damaged_codec_is_reported_not_retrained_over() {
     match ix.commit() {
         Err(LatixError::Corrupted { .. }) => {}
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_trigger_compares_with_the_k_a_training_gives() {
+    // Codec::train clamps an automatic K to a quarter of its sample, and the sample stops at
+    // 2^20 vectors: at 2^40 pooled vectors the automatic K is 2^20 but a training gives 2^18.
+    let c = cfg(false, 1, 4);
+    let huge = 1u64 << 40;
+    assert_eq!(default_n_centroids(huge as usize), 1 << 20);
+    assert_eq!(c.sample_tokens(1 << 20), 1 << 20);
+    assert_eq!(c.trained_k(huge), 1 << 18);
+    // The codec a retraining gives there (or a few centroids fewer, a short random sample) is
+    // never due again, so a clamped K cannot retrain at every commit.
+    for k in [(1 << 18) - 3, 1 << 18] {
+        assert!(!c.growth_due(k, huge), "K {k}");
+    }
+    assert!(c.growth_due(1 << 17, huge));
+    // trained_k against an independent reading of the rules on many sizes: the automatic K,
+    // at most a quarter of min(sample, live), sample max(train_sample_tokens, 32 K, cap 2^20).
+    let mut n = 1500u64;
+    while n < 1 << 44 {
+        let auto = default_n_centroids(n as usize) as u64;
+        let sample = c.train_sample_tokens.max((32 * auto).min(1 << 20)).min(n);
+        assert_eq!(c.trained_k(n) as u64, auto.min(sample / 4), "n {n}");
+        // Due only when a retraining would at least double K.
+        for k in [16usize, 64, 1 << 10, 1 << 14, 1 << 18] {
+            if c.growth_due(k, n) {
+                assert!(c.trained_k(n) >= 2 * k && n as f64 >= 4.0 * (k as f64 / 3.0).powi(2));
+            }
+        }
+        n = n * 7 / 5;
+    }
+    // The K a real training gives matches trained_k (no clamp at this size).
+    let mut data = Data::new(31, DIM, 20, 0.6);
+    let docs = data.docs(400);
+    let flat: Vec<f32> = docs.iter().flatten().copied().collect();
+    let mut offsets = vec![0u64];
+    for d in &docs {
+        offsets.push(offsets.last().unwrap() + (d.len() / DIM) as u64);
+    }
+    let n_tok = *offsets.last().unwrap();
+    let codec =
+        latix_core::compressed::train_codec_on_documents(&c, DIM, &flat, &offsets, None, None)
+            .expect("train");
+    assert_eq!(codec.n_centroids(), c.trained_k(n_tok), "{n_tok} tokens");
+}
+
+#[test]
+fn retrain_growth_is_refused_with_a_given_codec() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = Index::create_with(
+        tmp.path().join("a"),
+        DIM,
+        Dtype::F16,
+        Some(cfg(false, 1, 0)),
+    )
+    .expect("create");
+    let mut data = Data::new(41, DIM, 20, 0.6);
+    add(&src, "a", &data.docs(200));
+    src.commit().expect("commit");
+    let codec = src.codec_bytes().expect("codec").expect("trained");
+    match Index::create_with_codec(
+        tmp.path().join("b"),
+        DIM,
+        Dtype::F16,
+        cfg(false, 1, 4),
+        &codec,
+    ) {
+        Err(LatixError::InvalidArgument(m)) => assert!(m.contains("retrain_growth"), "{m}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert!(!tmp.path().join("b").join("CURRENT").exists());
+    Index::create_with_codec(
+        tmp.path().join("c"),
+        DIM,
+        Dtype::F16,
+        cfg(false, 1, 0),
+        &codec,
+    )
+    .expect("without retrain_growth");
+}
+
+#[test]
+fn segments_with_user_side_files_are_not_retrained_and_keep_them() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("ix");
+    let ix = Index::create_with(&dir, DIM, Dtype::F16, Some(cfg(false, 1, 4))).expect("create");
+    let mut data = Data::new(51, DIM, 20, 0.6);
+    add(&ix, "a", &data.docs(200));
+    let mut hook = |ctx: &mut latix_core::store::CommitContext<'_>| -> latix_core::Result<()> {
+        let mut b = b"user bytes".to_vec();
+        latix_core::format::seal(&mut b);
+        for s in ctx.new_segments().to_vec() {
+            ctx.write_segment_file(&s, "user", &b)?;
+        }
+        Ok(())
+    };
+    ix.commit_with(Some(&mut hook)).expect("commit");
+    let k0 = ix.stats().expect("stats").n_centroids.expect("trained");
+    // The growth that makes a retraining due: it is skipped and reported, not run.
+    add(&ix, "b", &data.docs(2000));
+    let err = ix.commit_report().expect("commit").expect("reported");
+    assert!(err.to_string().contains("side files"), "{err}");
+    let st = ix.stats().expect("stats");
+    assert_eq!(st.n_centroids, Some(k0));
+    assert_eq!(st.merge_health.failures, 1);
+    assert!(c_due(&ix, k0));
+    let snap = ix.snapshot().expect("snap");
+    assert!(snap
+        .segments()
+        .iter()
+        .any(|v| v.entry.side_files.iter().any(|(n, _)| n == "user")));
+    // Not tried again at the next commits (the index has not grown by another factor).
+    add(&ix, "c", &data.docs(50));
+    assert!(ix.commit_report().expect("commit").is_none());
+    assert_eq!(ix.stats().expect("stats").merge_health.failures, 1);
+}
+
+/// True when the index (configured by `cfg(false, 1, 4)`) is still due at K `k`.
+fn c_due(ix: &Index, k: usize) -> bool {
+    cfg(false, 1, 4).growth_due(k, pooled(ix, 1))
+}
+
+#[test]
+fn the_effective_growth_factor_is_a_power_of_4() {
+    // The documented behaviour of growth_due: K doubles per 4x of size, so the size between two
+    // retrainings is a power of 4 near G (2..7: ~4x, 8..31: ~16x, 32..127: ~64x).
+    for (g, want) in [
+        (2u32, 4.0),
+        (4, 4.0),
+        (7, 4.0),
+        (8, 16.0),
+        (31, 16.0),
+        (32, 64.0),
+    ] {
+        let c = Compression {
+            retrain_growth: g,
+            train_sample_tokens: 262_144,
+            ..cfg(false, 1, g)
+        };
+        let mut n = 1u64 << 15;
+        let mut k = c.trained_k(n);
+        let mut at = Vec::new();
+        while n < 1 << 34 {
+            n = n * 21 / 20;
+            if c.growth_due(k, n) {
+                k = c.trained_k(n);
+                at.push(n as f64);
+            }
+        }
+        assert!(at.len() >= 2, "G {g}: {at:?}");
+        for w in at.windows(2) {
+            let r = w[1] / w[0];
+            assert!(r > want * 0.9 && r < want * 1.1, "G {g}: ratio {r}, {at:?}");
+        }
     }
 }

@@ -426,14 +426,15 @@ fn codec_k(snap: &Snapshot) -> Result<Option<usize>> {
     Ok(Some(crate::format::header_u32(&head, 2) as usize))
 }
 
-/// True when the index `snap` (configured by `cfg`) is due for a growth retraining: see
-/// [`Compression::growth_due`]; pooled vectors are estimated as live tokens / pool factor.
-pub(crate) fn growth_due(snap: &Snapshot, cfg: &Compression) -> Result<bool> {
+/// The pooled vectors of the index `snap` (configured by `cfg`) when it is due for a growth
+/// retraining (`None`: not due): see [`Compression::growth_due`]; pooled vectors are estimated
+/// as live tokens / pool factor.
+pub(crate) fn growth_due(snap: &Snapshot, cfg: &Compression) -> Result<Option<u64>> {
     if cfg.retrain_growth == 0 || cfg.n_centroids.is_some() {
-        return Ok(false);
+        return Ok(None);
     }
     let Some(k) = codec_k(snap)? else {
-        return Ok(false);
+        return Ok(None);
     };
     let live: u128 = snap
         .segments()
@@ -441,7 +442,19 @@ pub(crate) fn growth_due(snap: &Snapshot, cfg: &Compression) -> Result<bool> {
         .map(|v| v.entry.n_tokens as u128 * v.live_docs as u128 / v.segment.n_docs().max(1) as u128)
         .sum();
     let pooled = (live / cfg.pool_factor.max(1) as u128) as u64;
-    Ok(cfg.growth_due(k, pooled))
+    Ok(cfg.growth_due(k, pooled).then_some(pooled))
+}
+
+/// True when a segment of `snap` carries side files of a user commit hook (files other than
+/// the inverted lists and a fidelity tier's refinement file): a retraining without that hook
+/// would drop them, so growth retraining leaves such an index alone (as the merge policy does).
+pub(crate) fn has_user_side_files(snap: &Snapshot) -> bool {
+    snap.segments().iter().any(|v| {
+        v.entry
+            .side_files
+            .iter()
+            .any(|(n, _)| n != IVF_FILE && n != FID_FILE)
+    })
 }
 
 /// The inverted-list files of `entries` that an older latix wrote: (segment file, lists file).

@@ -68,7 +68,10 @@ pub struct Compression {
     /// Growth retraining (0: off): once the index holds `retrain_growth` times the pooled tokens
     /// its codec's K is the automatic count for (see [`Compression::growth_due`]), the commit
     /// is followed by a compaction that retrains the codec with K of the current size and
-    /// re-encodes every segment. Applies to an automatic K (`n_centroids` unset) only.
+    /// re-encodes every segment. Applies to an automatic K (`n_centroids` unset) only; the
+    /// effective factor is a power of 4 near it (see [`Compression::growth_due`]).
+    /// The cost is a whole-index rewrite inside that commit (see `crate::index::merge`); refused
+    /// with a given codec (`Index::create_with_codec`).
     pub retrain_growth: u32,
 }
 
@@ -124,7 +127,10 @@ impl Compression {
 
     /// Pooled vectors sampled to train a codec of `k` centroids: `train_sample_tokens`, or with
     /// an automatic K at least [`SAMPLE_PER_CENTROID`] per centroid (up to 2^20 vectors, so a
-    /// large K is not trained on a thin sample).
+    /// large K is not trained on a thin sample). This holds for every automatic-K configuration,
+    /// not only with `expected_tokens`: from K > 8,192 (a first training of ~30M pooled
+    /// vectors, a `compact(retrain=True)` of a large index, `train_codec` with a large hint) the
+    /// sample grows past the default 262,144, up to 2^20 vectors (~1.5 GB of f32 at 384-d).
     pub fn sample_tokens(&self, k: usize) -> u64 {
         if self.n_centroids.is_some() {
             return self.train_sample_tokens;
@@ -133,20 +139,42 @@ impl Compression {
         self.train_sample_tokens.max(per_k)
     }
 
+    /// The number of centroids a training of an index holding `pooled_live` pooled vectors
+    /// would give (the one function the training and the growth trigger share): `n_centroids`,
+    /// or the automatic K of [`Compression::k_basis`] clamped as `Codec::train` clamps it, to a
+    /// quarter of the training sample (the sample is [`Compression::sample_tokens`] of that K,
+    /// at most the live vectors). The sample is a seeded random draw, so a training may give a
+    /// few centroids fewer than this when the clamp applies.
+    pub fn trained_k(&self, pooled_live: u64) -> usize {
+        if let Some(k) = self.n_centroids {
+            return k;
+        }
+        let auto = crate::compressed::default_n_centroids(self.k_basis(pooled_live) as usize);
+        let sample = self.sample_tokens(auto).min(pooled_live);
+        auto.min((sample / 4) as usize).max(1)
+    }
+
     /// True when an index holding `pooled_live` pooled vectors, whose codec has `k` centroids,
     /// is due for a growth retraining (see `retrain_growth`): the setting is on, K is automatic,
     /// `pooled_live` reaches `retrain_growth` times the count K is the automatic choice for
     /// (`(K / 3)^2`, the inverse of [`crate::compressed::default_n_centroids`]'s `3 * sqrt(n)`),
-    /// and the automatic K of the current size is larger than `k` (so a retraining never
-    /// repeats at the same size).
+    /// and a retraining would train at least twice as many centroids ([`Compression::trained_k`];
+    /// so a retraining never repeats at the same size, nor at every commit when the training
+    /// clamps K).
+    ///
+    /// K is a power of two near `3 * sqrt(n)`: it doubles for every 4x of size, and within 2x
+    /// of the size at the last training `(K / 3)^2` cannot tell that size. The effective factor
+    /// between two retrainings is therefore a power of 4: K grows by `sqrt(G)` rounded to a
+    /// power of two (at least 2), so G = 2..7 retrains every ~4x of size, 8..31 every ~16x,
+    /// 32..127 every ~64x (measured on a port of this trigger, sizes grown by 5% steps), not
+    /// every `retrain_growth` times.
     pub fn growth_due(&self, k: usize, pooled_live: u64) -> bool {
         if self.retrain_growth == 0 || self.n_centroids.is_some() || k == 0 {
             return false;
         }
         let design = (k as f64 / 3.0).powi(2);
-        let basis = self.k_basis(pooled_live);
         pooled_live as f64 >= self.retrain_growth as f64 * design
-            && crate::compressed::default_n_centroids(basis as usize) > k
+            && self.trained_k(pooled_live) >= k.saturating_mul(2)
     }
 
     /// Checks the configuration for an index of dimension `dim`; errors say which field is wrong.

@@ -18,7 +18,9 @@ mod state;
 
 pub use codec::{default_n_centroids, Codec, CodecParams};
 pub use commit::train_codec_on_documents;
-pub(crate) use commit::{check_given_codec, commit_hook, growth_due, has_old_lists};
+pub(crate) use commit::{
+    check_given_codec, commit_hook, growth_due, has_old_lists, has_user_side_files,
+};
 pub(crate) use compact::{merge_mode, write_merged_lists};
 pub use compact::{DEFAULT_MERGE_MEMORY, MIN_MERGE_MEMORY};
 pub use config::{

@@ -11,7 +11,8 @@
 //!   tokens, writes it as the index-level file `codec` and gives every live segment a side file
 //!   `ivf` (its inverted lists of codes); with `keep_vectors = false` every segment is rewritten
 //!   vector-free (ids and offsets only) in that same commit;
-//! - every later commit encodes its new segment with the existing codec (no retraining);
+//! - every later commit encodes its new segment with the existing codec (no retraining, unless
+//!   `retrain_growth`: see [`crate::compressed::Compression::growth_due`]);
 //! - compaction merges everything into one segment and re-encodes it, optionally retraining.
 //!
 //! Every `ivf` file records the checksum of the codec it was encoded with; loading checks it, so

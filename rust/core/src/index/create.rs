@@ -27,7 +27,9 @@ impl Index {
     /// codec (`codec`: the bytes of a codec file, e.g. another index's [`Index::codec_bytes`] or
     /// [`crate::compressed::train_codec_on_documents`]'s output), so that several indexes (the
     /// shards of one collection) share one codec. The index never trains: its first commit
-    /// encodes with this codec, whatever its size (`train_min_tokens` does not apply).
+    /// encodes with this codec, whatever its size (`train_min_tokens` does not apply), and a
+    /// `compression` with `retrain_growth` is refused (`InvalidArgument`), as growth retraining
+    /// would replace the shared codec; only an explicit `compact(retrain)` retrains.
     ///
     /// The codec is checked before anything is written: a damaged file fails with `Corrupted`
     /// (magic, sizes, checksum) or `UnsupportedVersion`; a codec of another dimension, with other
@@ -59,6 +61,14 @@ impl Index {
         if let Some(c) = &compression {
             c.validate(dim)?;
             if let Some(b) = codec {
+                if c.retrain_growth != 0 {
+                    // A retraining would replace the shared codec and the shards would diverge.
+                    return Err(LatixError::invalid(format!(
+                        "retrain_growth={} retrains the codec as the index grows, but an index \
+                         created with a given (shared) codec must keep it: pass retrain_growth=0",
+                        c.retrain_growth
+                    )));
+                }
                 crate::compressed::check_given_codec(c, dim, b)?;
             }
         }
@@ -148,6 +158,7 @@ impl Index {
             writer_pid: AtomicU32::new(std::process::id()),
             merge_policy: Mutex::new(Some(MergePolicy::default())),
             merge_health: Mutex::new(MergeHealth::default()),
+            growth_deferred: Mutex::new(None),
         })
     }
 
@@ -177,6 +188,7 @@ impl Index {
             writer_pid: AtomicU32::new(0),
             merge_policy: Mutex::new(Some(MergePolicy::default())),
             merge_health: Mutex::new(MergeHealth::default()),
+            growth_deferred: Mutex::new(None),
         };
         if mode == OpenMode::Write {
             let mut w = lock(&index.writer);

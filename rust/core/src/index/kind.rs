@@ -189,12 +189,15 @@ impl Kind {
                 .any(|(n, _)| n == compressed::CODEC_FILE)
     }
 
-    /// True when the compressed index `snap` is due for a growth retraining (its configuration's
-    /// `retrain_growth`, see [`compressed::Compression::growth_due`]).
-    pub(crate) fn growth_due(&self, snap: &Snapshot) -> Result<bool> {
+    /// The pooled vectors of the compressed index `snap` when it is due for a growth retraining
+    /// (its configuration's `retrain_growth`, see [`compressed::Compression::growth_due`]), and
+    /// its `retrain_growth` factor; `None`: not due.
+    pub(crate) fn growth_due(&self, snap: &Snapshot) -> Result<Option<(u64, u32)>> {
         match self {
-            Kind::Exact => Ok(false),
-            Kind::Compressed(c) => compressed::growth_due(snap, &c.cfg),
+            Kind::Exact => Ok(None),
+            Kind::Compressed(c) => {
+                Ok(compressed::growth_due(snap, &c.cfg)?.map(|p| (p, c.cfg.retrain_growth)))
+            }
         }
     }
 

@@ -57,7 +57,15 @@
 //! of `compact(retrain=True)`: vector-free segments contribute their decoded reconstructions) and
 //! re-encodes everything, a commit of its own like every merge. The trigger is geometric in the
 //! index's size, so the retrainings of an index grown from nothing rewrite each token O(1) times
-//! on average (about `1 / (1 - 1 / retrain_growth)` rewrites of the final size in all).
+//! on average (about `1 / (1 - 1 / G')` rewrites of the final size in all, `G'` being
+//! `retrain_growth` rounded to a power of 4: 4 for G = 2..7, 16 for 8..31, as K doubles per 4x
+//! of size, see [`crate::compressed::Compression::growth_due`]). Its cost is that of
+//! `compact(retrain=True)` inside the commit, writer mutex held: every document's full (or
+//! decoded) vectors staged on disk, every pooled row in memory while re-encoding. A retraining
+//! that fails, or is skipped because segments carry side files of a user hook (which it would
+//! drop), is recorded in [`MergeHealth`] and the policy's merges still run; the handle does not
+//! try again until the index has grown by another `retrain_growth` factor or a compaction
+//! succeeded.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -238,24 +246,55 @@ impl Index {
         }
     }
 
-    /// A compaction merged every segment: a merge failure recorded before is resolved.
+    /// A compaction merged every segment: a merge failure recorded before is resolved, and a
+    /// growth retraining deferred by a failure may run again.
     pub(super) fn merges_resolved(&self) {
         lock(&self.merge_health).last_error = None;
+        *lock(&self.growth_deferred) = None;
     }
 
     /// Runs the merge policy on the latest snapshot (the caller holds the writer mutex and the
-    /// write lock, after a commit): merges full tiers until none is left.
+    /// write lock, after a commit): a growth retraining when due, then merges of full tiers
+    /// until none is left. A failed (or skipped) retraining is returned after the policy's
+    /// merges ran, so it is recorded in [`MergeHealth`] without blocking them.
     fn merge_by_policy(&self) -> Result<()> {
-        // Growth retraining first (a configuration setting, run whether or not a policy is set):
-        // a compaction of everything, so no tier is left for the policy to merge.
+        let growth = self.retrain_if_grown();
+        let merges = self.merge_tiers();
+        growth.and(merges)
+    }
+
+    /// Growth retraining (a configuration setting, run whether or not a policy is set): a
+    /// compaction of everything, so no tier is left for the policy to merge. After a failure, or
+    /// when segments carry side files of a user commit hook (the retraining passes no hook and
+    /// would drop them), the error is returned and no retraining is tried again on this handle
+    /// until the index has grown by another `retrain_growth` factor or a compaction succeeded
+    /// (a whole-index rewrite at every commit that fails every time is what this prevents).
+    fn retrain_if_grown(&self) -> Result<()> {
         let base = self.snapshot()?;
-        if self.kind.growth_due(&base)? {
-            let memory = self
-                .merge_policy()
-                .map_or(crate::compressed::DEFAULT_MERGE_MEMORY, |p| p.memory);
-            return self.compact_committed(base, None, true, memory, true);
+        let Some((pooled, factor)) = self.kind.growth_due(&base)? else {
+            return Ok(());
+        };
+        if let Some(at) = *lock(&self.growth_deferred) {
+            if pooled < at.saturating_mul(factor as u64) {
+                return Ok(());
+            }
         }
-        drop(base);
+        let res = if crate::compressed::has_user_side_files(&base) {
+            Err(LatixError::invalid(
+                "growth retraining skipped: segments carry side files of a user commit hook, \
+                 which a retraining without that hook would drop; compact(retrain=True) with the \
+                 hook retrains the codec",
+            ))
+        } else {
+            // The memory setting only applies to a codes-domain merge, which a retraining is not.
+            self.compact_committed(base, None, true, 0, true)
+        };
+        *lock(&self.growth_deferred) = res.is_err().then_some(pooled);
+        res
+    }
+
+    /// Merges full tiers of the merge policy (if one is set) until none is left.
+    fn merge_tiers(&self) -> Result<()> {
         let Some(policy) = self.merge_policy() else {
             return Ok(());
         };

@@ -84,6 +84,10 @@ pub struct Index {
     /// Merges of the policy that failed after their commit was published (see
     /// [`Index::merge_health`]).
     merge_health: Mutex<MergeHealth>,
+    /// Pooled vectors at the last growth retraining that failed or was skipped: none is tried
+    /// again until the index has grown by another `retrain_growth` factor or a compaction
+    /// succeeded (see `merge.rs`).
+    growth_deferred: Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for Index {
