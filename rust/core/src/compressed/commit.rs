@@ -418,17 +418,17 @@ fn codec_k(snap: &Snapshot) -> Result<Option<usize>> {
     let Some(path) = snap.index_file(CODEC_FILE) else {
         return Ok(None);
     };
-    let mut head = [0u8; 20];
+    let mut head = [0u8; Codec::HEADER_PREFIX_LEN];
     let mut f = std::fs::File::open(&path).map_err(|e| LatixError::io(&path, e))?;
-    if f.read_exact(&mut head).is_err() || !crate::format::has_magic(&head, b"LTXCODEC") {
+    if f.read_exact(&mut head).is_err() {
         return Ok(None);
     }
-    Ok(Some(crate::format::header_u32(&head, 2) as usize))
+    Ok(Codec::n_centroids_in_header(&head))
 }
 
 /// The pooled vectors of the index `snap` (configured by `cfg`) when it is due for a growth
 /// retraining (`None`: not due): see [`Compression::growth_due`]; pooled vectors are estimated
-/// as live tokens / pool factor.
+/// as the snapshot's live tokens / pool factor.
 pub(crate) fn growth_due(snap: &Snapshot, cfg: &Compression) -> Result<Option<u64>> {
     if cfg.retrain_growth == 0 || cfg.n_centroids.is_some() {
         return Ok(None);
@@ -436,12 +436,7 @@ pub(crate) fn growth_due(snap: &Snapshot, cfg: &Compression) -> Result<Option<u6
     let Some(k) = codec_k(snap)? else {
         return Ok(None);
     };
-    let live: u128 = snap
-        .segments()
-        .iter()
-        .map(|v| v.entry.n_tokens as u128 * v.live_docs as u128 / v.segment.n_docs().max(1) as u128)
-        .sum();
-    let pooled = (live / cfg.pool_factor.max(1) as u128) as u64;
+    let pooled = snap.num_tokens() / cfg.pool_factor.max(1) as u64;
     Ok(cfg.growth_due(k, pooled).then_some(pooled))
 }
 

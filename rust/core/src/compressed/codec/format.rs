@@ -38,6 +38,22 @@ impl Codec {
         b
     }
 
+    /// Bytes of a codec file's start that [`Codec::n_centroids_in_header`] reads.
+    pub(crate) const HEADER_PREFIX_LEN: usize = 8 + 12;
+
+    /// The number of centroids a codec file's first [`Codec::HEADER_PREFIX_LEN`] bytes give
+    /// (`None`: not the start of a codec file of this version), without the checksum or any other
+    /// check of [`Codec::from_bytes`] (for a cheap look at a file loaded in full elsewhere).
+    pub(crate) fn n_centroids_in_header(head: &[u8]) -> Option<usize> {
+        if head.len() < Self::HEADER_PREFIX_LEN
+            || !format::has_magic(head, MAGIC)
+            || format::header_u32(head, 0) != VERSION
+        {
+            return None;
+        }
+        Some(format::header_u32(head, 2) as usize)
+    }
+
     /// Parses [`Codec::to_bytes`] output, validating magic, version, sizes and checksum. `path`
     /// only names the source in errors.
     pub fn from_bytes(b: &[u8], path: &std::path::Path) -> Result<Codec> {
