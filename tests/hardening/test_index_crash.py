@@ -70,6 +70,25 @@ def test_crash_consistency_with_growth_retraining() -> None:
     assert stats.details["n_centroids"] > 18, stats.summary()
 
 
+def test_crash_consistency_with_growth_retraining_vector_free() -> None:
+    # The same on an index without vectors: a retraining re-encodes decoded reconstructions, so
+    # every kill must still leave the last commit, with each document's decoding near the
+    # version it was written with.
+    stats = crash.run(
+        KILLS // 2,
+        16,
+        "float16",
+        growth=True,
+        vector_free=True,
+        min_in_commit=max(1, KILLS // 4),
+    )
+    print(stats.summary())
+    assert stats.failures == 0, stats.summary()
+    assert stats.details["trained"] == 1
+    assert stats.details.get("decoded_docs_checked", 0) > 0, stats.summary()
+    assert stats.details["n_centroids"] > 18, stats.summary()
+
+
 def test_model_is_deterministic() -> None:
     # The parent and the child compute transactions independently: they must agree.
     a, b = crash.Model(5), crash.Model(5)

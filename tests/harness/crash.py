@@ -61,9 +61,21 @@ def compression(vector_free: bool = False, growth: bool = False) -> Any:
     tokens (a few transactions), 16 centroids, 4 code bytes per 16-d token, vectors kept; with
     ``vector_free`` (``--vector-free``), vectors dropped, 8 code bytes per token (a tight
     approximation to check documents by) and no pooling (one decoded row per original); with
-    ``growth`` (``--growth``), vectors kept, an automatic K and ``retrain_growth=2``."""
+    ``growth`` (``--growth``), vectors kept, an automatic K and ``retrain_growth=2``; with both,
+    vectors dropped as with ``vector_free`` and the retrainings re-encode decoded
+    reconstructions."""
     import latix
 
+    if growth and vector_free:
+        return latix.Compression(
+            bytes_per_token=8,
+            keep_vectors=False,
+            train_min_tokens=300,
+            train_sample_tokens=4000,
+            seed=1,
+            pool_factor=1,
+            retrain_growth=2,
+        )
     if growth:
         return latix.Compression(
             bytes_per_token=4,
@@ -300,7 +312,9 @@ def run(
 
     compressed = compressed or vector_free or growth
     name = (
-        "crash-growth"
+        "crash-growth-vector-free"
+        if growth and vector_free
+        else "crash-growth"
         if growth
         else "crash-vector-free"
         if vector_free
