@@ -384,20 +384,33 @@ def scale(d: dict[str, Any], out: Path, rel: str) -> list[str]:
     """Latency and build time against tokens (log-log, fitted exponents), bytes per token."""
     import numpy as np
 
-    rows = sorted((d.get("sizes") or {}).values(), key=lambda r: r["n_tokens"])
+    sizes = d.get("sizes") or {}
+    rows = sorted(sizes.values(), key=lambda r: r["n_tokens"])
     md = ["### Scale: cost against corpus size", ""]
     if len(rows) < 2:
         return md + ["`scale.json` holds fewer than two sizes: no curve to draw.", ""]
+    # Exponents are fitted over the sizes bench_scale.py measured with the newest size's code
+    # (its "fit" record), as its own table does: sizes of other code are drawn, not fitted.
+    same = set((d.get("fit") or {}).get("same_code") or sizes)
+    fitted = [r for r in rows if r["size"] in same]
     n = [r["n_tokens"] for r in rows]
+    nf = [r["n_tokens"] for r in fitted]
+
+    def label(name: str, key: str) -> str:
+        if len(fitted) < 2:
+            return f"{name}: no exponent (fewer than two sizes of the same code)"
+        return f"{name}: exponent {_exponent(nf, [r[key] for r in fitted]):.2f}"
+
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for key, name in (("p50_1t_ms", "p50, 1 thread"), ("p50_2t_ms", "p50, 2 threads")):
-        ys = [r[key] for r in rows]
-        axes[0].plot(n, ys, marker="o", label=f"{name}: exponent {_exponent(n, ys):.2f}")
+        axes[0].plot(n, [r[key] for r in rows], marker="o", label=label(name, key))
     axes[0].set_ylabel("search latency, k = 10 (ms)")
     ys = [r["build_s"] for r in rows]
-    axes[1].plot(n, ys, marker="o", label=f"build (latix's time): exponent {_exponent(n, ys):.2f}")
-    fit = np.exp(np.polyval(np.polyfit(np.log(n), np.log(ys), 1), np.log(n)))
-    axes[1].plot(n, fit, ls="--", color="grey", lw=0.8, label="least-squares fit")
+    axes[1].plot(n, ys, marker="o", label=label("build (latix's time)", "build_s"))
+    if len(fitted) >= 2:
+        yf = [r["build_s"] for r in fitted]
+        fit = np.exp(np.polyval(np.polyfit(np.log(nf), np.log(yf), 1), np.log(nf)))
+        axes[1].plot(nf, fit, ls="--", color="grey", lw=0.8, label="least-squares fit")
     axes[1].set_ylabel("build time (s)")
     for ax in axes[:2]:
         ax.set_xscale("log")
@@ -427,6 +440,13 @@ def scale(d: dict[str, Any], out: Path, rel: str) -> list[str]:
             f"{r['generated_share_exact_top10']:.1%} |"
         )
     md.append("")
+    others = [r["size"] for r in rows if r not in fitted]
+    if others:
+        md += [
+            f"Exponents fitted over {', '.join(r['size'] for r in fitted)} (the newest size's "
+            f"code); {', '.join(others)} were measured with other code and are drawn only.",
+            "",
+        ]
     if any(not r.get("add_piece_docs") for r in rows):
         md += [
             "\\* the build added each commit's generated documents as one float32 batch, which "
