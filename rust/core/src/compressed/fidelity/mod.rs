@@ -61,6 +61,14 @@
 //! strictly ascending, each below n_tokens), and its `levels` / `levels2` sections hold
 //! `n_sets` level tables each, set after set. Opening a file in an index also checks that each
 //! set starts at a document of its segment.
+//!
+//! Version 4 ([`transform`]; the `balanced` and `high` of indexes created since, recorded as
+//! [`Fidelity::TransformBalanced`] / [`Fidelity::TransformHigh`] in the configuration, so an
+//! older index keeps its per-dimension scheme and files) anchors each original token on the
+//! nearest of its document's pooled vectors as the codes decode it instead of a coarse centroid,
+//! and transform-codes the residual: a PCA rotation per level set, 0/1/2/4 bits per component
+//! by reverse water-filling, Lloyd-Max levels per component, the same least-squares scale, and
+//! the same 4-bit table kernel over the packed components (its layout: [`transform`]).
 
 use std::path::Path;
 
@@ -72,7 +80,7 @@ use crate::store::FileBytes;
 mod build;
 mod merge;
 mod score;
-mod transform;
+pub mod transform;
 
 pub use build::build;
 pub use merge::{merge, MergeSource};
