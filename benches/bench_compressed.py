@@ -33,7 +33,9 @@ the run's provenance (benches/provenance.py): command, commit, CPU, MaxSim kerne
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import fcntl
 import json
 import os
 import resource
@@ -41,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -208,6 +211,33 @@ def load_qrels() -> dict[str, dict[str, int]]:
     return q
 
 
+#: --lock FILE: the timed phases (exact latency, each variant's searches) hold an exclusive
+#: flock on it, released between phases (builds and the exact reference run outside it).
+LOCK: str | None = None
+
+
+@contextlib.contextmanager
+def timed_phase(what: str) -> Iterator[None]:
+    """Holds the --lock file (if any) for one timed phase; prints the wait and the hold."""
+    if LOCK is None:
+        yield
+        return
+    t = time.time()
+    with open(LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        got = time.time()
+        print(f"[lock] {what}: acquired after {got - t:.0f} s", file=sys.stderr, flush=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            print(
+                f"[lock] {what}: released after {time.time() - got:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
 def pct(x: list[float], p: float) -> float:
     return float(np.percentile(np.array(x) * 1000, p))
 
@@ -334,6 +364,8 @@ def run(
         qids[i]: dict(zip(ref["ids"][i], ref["scores"][i], strict=True)) for i in range(nq)
     }
     lat_ex: dict[int, list[float]] = {1: [], 2: []}
+    lock_ex = timed_phase("exact latency")
+    lock_ex.__enter__()
     for i in range(n_ex):
         for th in (1, 2):
             t = time.perf_counter()
@@ -348,6 +380,7 @@ def run(
                 assert any(h[1] == w and abs(h[0] - got_s[pos]) < 1e-6 for h in hits[:10]), (
                     f"query {i}: exact top 10 differs from the cached reference at {pos}"
                 )
+    lock_ex.__exit__(None, None, None)
     sub_qrels = {q: qrels[q] for q in qids if q in qrels}
     ev = ir_measures.calc_aggregate([nDCG @ 10, R @ 100], sub_qrels, exact_run)
     rows.append(
@@ -374,39 +407,40 @@ def run(
         variants.append(("compressed + exact re-rank (keep_vectors=True, f16)", True, refine))
     variants += [(f'compressed, fidelity="{t}" (tier re-rank)', t, refine) for t in tiers]
     for name, rerank, ref_n in variants:
-        # One untimed pass first: the figures are steady-state latency, not the first touch of
-        # each page of the lists (and, with kept vectors, the first verification of each 1 MB
-        # block of vectors a re-rank reads).
-        for i in range(nq):
-            compressed(i, 10, 1, rerank, ref_n)
-        run10: dict[str, dict[str, float]] = {}
-        run100: dict[str, dict[str, float]] = {}
-        lat: dict[int, list[float]] = {1: [], 2: []}
-        rec = []
-        for i in range(nq):
-            for th in (1, 2):
-                t = time.perf_counter()
-                hits = compressed(i, 10, th, rerank, ref_n)
-                lat[th].append(time.perf_counter() - t)
-            run10[qids[i]] = {h[1]: h[0] for h in hits}
-            rec.append(len({h[1] for h in hits} & exact_top10[i]) / 10)
-            run100[qids[i]] = {h[1]: h[0] for h in compressed(i, 100, 2, rerank, ref_n)}
-        ev10 = ir_measures.calc_aggregate([nDCG @ 10], sub_qrels, run10)
-        ev100 = ir_measures.calc_aggregate([R @ 100], sub_qrels, run100)
-        bpt = info[rerank]["bytes_on_disk"] / n_tok
-        rows.append(
-            (
-                name,
-                bpt,
-                ev10[nDCG @ 10],
-                ev100[R @ 100],
-                float(np.mean(rec)),
-                pct(lat[1], 50),
-                pct(lat[1], 99),
-                pct(lat[2], 50),
-                pct(lat[2], 99),
+        with timed_phase(name):
+            # One untimed pass first: the figures are steady-state latency, not the first touch of
+            # each page of the lists (and, with kept vectors, the first verification of each 1 MB
+            # block of vectors a re-rank reads).
+            for i in range(nq):
+                compressed(i, 10, 1, rerank, ref_n)
+            run10: dict[str, dict[str, float]] = {}
+            run100: dict[str, dict[str, float]] = {}
+            lat: dict[int, list[float]] = {1: [], 2: []}
+            rec = []
+            for i in range(nq):
+                for th in (1, 2):
+                    t = time.perf_counter()
+                    hits = compressed(i, 10, th, rerank, ref_n)
+                    lat[th].append(time.perf_counter() - t)
+                run10[qids[i]] = {h[1]: h[0] for h in hits}
+                rec.append(len({h[1] for h in hits} & exact_top10[i]) / 10)
+                run100[qids[i]] = {h[1]: h[0] for h in compressed(i, 100, 2, rerank, ref_n)}
+            ev10 = ir_measures.calc_aggregate([nDCG @ 10], sub_qrels, run10)
+            ev100 = ir_measures.calc_aggregate([R @ 100], sub_qrels, run100)
+            bpt = info[rerank]["bytes_on_disk"] / n_tok
+            rows.append(
+                (
+                    name,
+                    bpt,
+                    ev10[nDCG @ 10],
+                    ev100[R @ 100],
+                    float(np.mean(rec)),
+                    pct(lat[1], 50),
+                    pct(lat[1], 99),
+                    pct(lat[2], 50),
+                    pct(lat[2], 99),
+                )
             )
-        )
     # Adding 1,000 documents to each trained index: one add + commit (encoding with the
     # existing codec, new segment + its inverted lists, atomic publish), under new ids, then
     # deleted again; three times, the median reported (a commit fsyncs, and right after the
@@ -558,11 +592,18 @@ def main() -> None:
         default=None,
         help="tokens sampled to train the codec (default: the library's)",
     )
+    ap.add_argument(
+        "--lock",
+        default=None,
+        help="hold an exclusive flock on this file around each timed phase only (a shared "
+        "machine's benchmark lock)",
+    )
     ap.add_argument("--_build", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_keep", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_fidelity", default="codes", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    global SCIFACT, DISTRACTORS, QRELS
+    global SCIFACT, DISTRACTORS, QRELS, LOCK
+    LOCK = a.lock
     os.environ["LATIX_BENCH_DATA"] = os.path.abspath(a.data)  # the build children inherit it
     if a.train_sample_tokens:
         os.environ["LATIX_BENCH_TRAIN_SAMPLE"] = str(a.train_sample_tokens)

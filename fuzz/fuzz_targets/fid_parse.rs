@@ -1,11 +1,14 @@
 //! Fuzzes `FidSegment::from_bytes` (a fidelity tier's refinement file: header, levels, centroid
 //! ids, block codes, the optional second residual stage of version 2, the level-set table of
-//! version 3) and every reader of a parsed file, and the lossless merge of a parsed file: never
+//! version 3, the rotations, rates, levels, pooled indices and packed codes of a transform-coded
+//! file of version 4) and every reader of a parsed file, and the lossless merge of a parsed file: never
 //! panics or reads out of bounds, whatever the bytes. Input: a mode byte (bit 0: recompute the
 //! trailing CRC so the structural validation is reached), then the file.
 #![no_main]
 
-use latix_core::compressed::fidelity::{merge, score_doc, FidQuery, FidSegment, MergeSource};
+use latix_core::compressed::fidelity::{
+    merge, score_doc, score_doc_transform, FidQuery, FidSegment, MergeSource, TX_LEVELS,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,6 +21,10 @@ fuzz_target!(|data: &[u8]| {
     let (dim, k, n) = (seg.dim(), seg.n_centroids(), seg.n_tokens());
     if dim > 4096 || k > 1 << 16 {
         return; // valid but too large to score here
+    }
+    if seg.is_transform() {
+        transform(&seg);
+        return;
     }
     assert_eq!(seg.codes().len(), n.div_ceil(32) * seg.n_sub() * 16);
     assert_eq!(seg.codes2().len(), n.div_ceil(32) * seg.n_sub2() * 16);
@@ -70,3 +77,48 @@ fuzz_target!(|data: &[u8]| {
         u += b - a;
     }
 });
+
+/// The readers, decoder, kernel and merge of a transform-coded file (version 4).
+fn transform(seg: &FidSegment) {
+    let (dim, n, sets) = (seg.dim(), seg.n_tokens(), seg.n_sets());
+    if dim > 512 {
+        return; // a rotation of dim^2 floats per set: valid but slow to score here
+    }
+    assert_eq!(seg.codes().len(), n.div_ceil(32) * seg.n_sub() * 16);
+    assert!(seg.levels().is_empty() && seg.codes2().is_empty());
+    for i in 0..sets {
+        let bits: usize = seg.rates(i).iter().map(|&r| r as usize).sum();
+        assert_eq!(bits, seg.transform_bits());
+        assert_eq!(seg.rotation(i).len(), dim * dim);
+        assert_eq!(seg.component_levels(i).len(), dim * TX_LEVELS);
+        let (a, b) = seg.set_rows(i);
+        assert!(a <= b && b <= n.max(a));
+    }
+    let m = n.min(64);
+    // Pooled vectors enough for every index the rows name.
+    let np = (0..m).map(|t| seg.pooled_index(t) + 1).max().unwrap_or(1);
+    let pooled = vec![0.5f32; np * dim];
+    let rows = seg.decode_rows_transform(&pooled, 0, m).expect("decode");
+    assert_eq!(rows.len(), m * dim);
+    let q = vec![0.25f32; 2 * dim];
+    let fq = FidQuery::new(&q, seg);
+    let ps = vec![0.1f32; 2 * np];
+    let s = score_doc_transform(&fq, &ps, np, seg, 0, m, latix_core::simd::avx2());
+    assert!(s.is_finite() || m == 0);
+    let docs: Vec<(usize, usize)> = (0..sets)
+        .map(|i| seg.set_rows(i))
+        .filter(|r| r.1 - r.0 <= 64)
+        .collect();
+    let merged = merge(&[MergeSource { fid: seg, docs: &docs }]).expect("merge of a valid file");
+    let again = FidSegment::from_bytes(merged.as_bytes(), true).expect("merged file parses");
+    let mq = FidQuery::new(&q, &again);
+    let mut u = 0;
+    for &(a, b) in &docs {
+        let np = (a..b).map(|t| seg.pooled_index(t) + 1).max().unwrap_or(1);
+        let ps = vec![0.1f32; 2 * np];
+        let want = score_doc_transform(&fq, &ps, np, seg, a, b, false);
+        let got = score_doc_transform(&mq, &ps, np, &again, u, u + b - a, false);
+        assert_eq!(want.to_bits(), got.to_bits());
+        u += b - a;
+    }
+}

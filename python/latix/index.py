@@ -133,11 +133,15 @@ class Compression:
         seed: seed of the training sample and of k-means (the codec is reproducible).
         pool_factor: token pooling factor, 1 (no pooling) to 8. Default 2.
         fidelity: storage tier, ``"codes"`` (default: the pooled codes only), ``"balanced"``
-            or ``"high"``: besides the codes, every original (unpooled) token gets its coarse
-            centroid and a 1-bit (balanced) or 2-bit plus a 1-bit second stage (high) residual
-            per dimension, memory-mapped and read only for the short list that search re-ranks
-            (the search default then), so the top ``k`` comes much closer to exact MaxSim's: at
-            384-d, about 52 (balanced) or 150 (high) more bytes per token. Needs
+            or ``"high"``: besides the codes, every original (unpooled) token gets the index of
+            its pooled vector within its document, a scale and a transform-coded residual
+            against that pooled vector as the codes decode it (principal-component rotation,
+            0-4 bits per component, 64 bytes for balanced, 160 for high), memory-mapped and read
+            only for the short list that search re-ranks (the search default then: 96 / 160
+            documents for k = 10), so the top ``k`` comes much closer to exact MaxSim's: about
+            67 (balanced) or 163 (high) more bytes per token. Indexes created before these
+            (refinement file versions 1-3: centroid id and 1-bit, or 2 + 1-bit, residuals per
+            dimension) keep their scheme. Needs
             ``keep_vectors=False`` (kept vectors re-rank exactly). :meth:`Index.get` then
             returns the tier's reconstruction of each original token, in order.
         expected_tokens: tokens (before pooling) the index is expected to hold, >= 1. None

@@ -84,8 +84,14 @@ fn tiers_beat_codes_through_adds_deletes_subsets_compaction_and_retraining() {
     let first = data.docs(220);
     let later = data.docs(60);
     let mut results = Vec::new();
-    for fid in [Fidelity::Codes, Fidelity::Balanced, Fidelity::High] {
-        let dir = tmp.path().join(fid.name());
+    for fid in [
+        Fidelity::Codes,
+        Fidelity::Balanced,
+        Fidelity::High,
+        Fidelity::TransformBalanced,
+        Fidelity::TransformHigh,
+    ] {
+        let dir = tmp.path().join(format!("{fid:?}"));
         let ix = Index::create_with(&dir, DIM, Dtype::F16, Some(cfg(fid))).expect("create");
         let mut live = add(&ix, "a", &first);
         ix.commit().expect("training commit");

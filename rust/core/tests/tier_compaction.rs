@@ -152,8 +152,13 @@ fn compaction_and_policy_merges_of_a_tier_are_lossless() {
     let tmp = tempfile::tempdir().expect("tmp");
     for s in SHAPES {
         let qs = queries(&s);
-        for fid in [Fidelity::Balanced, Fidelity::High] {
-            let name = format!("{}-{}", s.seed, fid.name());
+        for fid in [
+            Fidelity::Balanced,
+            Fidelity::High,
+            Fidelity::TransformBalanced,
+            Fidelity::TransformHigh,
+        ] {
+            let name = format!("{}-{fid:?}", s.seed);
             let (ix, live) = build(&tmp.path().join(&name), &s, fid, None);
             assert!(ix.segments().expect("segments").len() >= s.segments);
             let r0 = recall(&ix, &qs, &live, s.dim);

@@ -312,9 +312,17 @@ fn encode_segment(
         IvfSegment::build(codec, crc, DocVectors::F16(&rows), &offsets)
     })??;
     // The tier's refinement data, from the segment's original (unpooled) rows, read verified.
-    let fid = match cfg.fidelity.nbits() {
-        0 => None,
-        nbits => Some(crate::parallel::install(n_threads, || {
+    // A transform-coded tier's residuals are taken against the decoded pooled vectors of the
+    // lists just built.
+    let fid = match (cfg.fidelity.nbits(), cfg.fidelity.transform_bytes()) {
+        (_, Some(bytes)) => Some(crate::parallel::install(n_threads, || {
+            let _span = crate::profile::span("commit/tier-transform");
+            let rows = seg.rows_checked(0, seg.n_tokens())?;
+            let bits = super::fidelity::transform_bits(bytes, codec.dim());
+            super::fidelity::build_transform(codec, crc, rows, seg.offsets(), &ivf, bits)
+        })??),
+        (0, None) => None,
+        (nbits, None) => Some(crate::parallel::install(n_threads, || {
             let rows = seg.rows_checked(0, seg.n_tokens())?;
             super::fidelity::build(codec, crc, rows, seg.n_docs(), nbits, cfg.fidelity.nbits2())
         })??),

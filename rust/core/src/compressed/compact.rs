@@ -59,7 +59,7 @@ pub(crate) fn merge_mode(
             };
             // The header and section bounds (the merge verifies the checksum).
             let fid = FidSegment::open(&snap.dir().join(f), false)?;
-            let s = (fid.nbits(), fid.nbits2());
+            let s = (fid.nbits(), fid.nbits2(), fid.transform_bits());
             if fid.codec_checksum() != crc || *shape.get_or_insert(s) != s {
                 return Ok(None);
             }

@@ -445,3 +445,252 @@ mod tests {
         }
     }
 }
+
+/// Eigen-decomposition of the symmetric `n x n` matrix `a` (row-major, f64): eigenvalues in
+/// descending order and the matching unit eigenvectors as the rows of the returned `n x n`
+/// matrix. Householder reduction to tridiagonal form, then the implicit QL algorithm with
+/// shifts (EISPACK's `tred2` / `tql2`, as in JAMA's symmetric eigensolver: Bowdler, Martin,
+/// Reinsch and Wilkinson, Numer. Math. 11, 1968), O(n^3): about 0.1 s at n = 384. Only the lower
+/// triangle of `a` is read. Non-finite input gives non-finite output (callers check).
+pub fn sym_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
+    assert_eq!(a.len(), n * n, "sym_eigen: a must be n x n");
+    if n == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    // v[i * n + j] = V[i][j]; the lower triangle mirrored.
+    let mut v = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            v[i * n + j] = a[i * n + j];
+            v[j * n + i] = a[i * n + j];
+        }
+    }
+    let mut d = vec![0f64; n];
+    let mut e = vec![0f64; n];
+    tred2(&mut v, &mut d, &mut e, n);
+    tql2(&mut v, &mut d, &mut e, n);
+    // Columns of V are the eigenvectors: sort by eigenvalue descending, emit as rows.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| d[y].total_cmp(&d[x]));
+    let vals = order.iter().map(|&i| d[i]).collect();
+    let mut vecs = vec![0f64; n * n];
+    for (r, &i) in order.iter().enumerate() {
+        for k in 0..n {
+            vecs[r * n + k] = v[k * n + i];
+        }
+    }
+    (vals, vecs)
+}
+
+/// Householder tridiagonalisation (`tred2`): `v` becomes the accumulated transformation, `d`
+/// the diagonal and `e` the sub-diagonal (in `e[1..]`).
+fn tred2(v: &mut [f64], d: &mut [f64], e: &mut [f64], n: usize) {
+    for j in 0..n {
+        d[j] = v[(n - 1) * n + j];
+    }
+    for i in (1..n).rev() {
+        let mut scale = 0f64;
+        let mut h = 0f64;
+        for dk in d.iter().take(i) {
+            scale += dk.abs();
+        }
+        if scale == 0.0 {
+            e[i] = d[i - 1];
+            for j in 0..i {
+                d[j] = v[(i - 1) * n + j];
+                v[i * n + j] = 0.0;
+                v[j * n + i] = 0.0;
+            }
+        } else {
+            for dk in d.iter_mut().take(i) {
+                *dk /= scale;
+                h += *dk * *dk;
+            }
+            let mut f = d[i - 1];
+            let mut g = h.sqrt();
+            if f > 0.0 {
+                g = -g;
+            }
+            e[i] = scale * g;
+            h -= f * g;
+            d[i - 1] = f - g;
+            for ej in e.iter_mut().take(i) {
+                *ej = 0.0;
+            }
+            for j in 0..i {
+                f = d[j];
+                v[j * n + i] = f;
+                g = e[j] + v[j * n + j] * f;
+                for k in j + 1..i {
+                    g += v[k * n + j] * d[k];
+                    e[k] += v[k * n + j] * f;
+                }
+                e[j] = g;
+            }
+            f = 0.0;
+            for j in 0..i {
+                e[j] /= h;
+                f += e[j] * d[j];
+            }
+            let hh = f / (h + h);
+            for j in 0..i {
+                e[j] -= hh * d[j];
+            }
+            for j in 0..i {
+                f = d[j];
+                g = e[j];
+                for k in j..i {
+                    v[k * n + j] -= f * e[k] + g * d[k];
+                }
+                d[j] = v[(i - 1) * n + j];
+                v[i * n + j] = 0.0;
+            }
+        }
+        d[i] = h;
+    }
+    for i in 0..n - 1 {
+        v[(n - 1) * n + i] = v[i * n + i];
+        v[i * n + i] = 1.0;
+        let h = d[i + 1];
+        if h != 0.0 {
+            for k in 0..=i {
+                d[k] = v[k * n + i + 1] / h;
+            }
+            for j in 0..=i {
+                let mut g = 0f64;
+                for k in 0..=i {
+                    g += v[k * n + i + 1] * v[k * n + j];
+                }
+                for k in 0..=i {
+                    v[k * n + j] -= g * d[k];
+                }
+            }
+        }
+        for k in 0..=i {
+            v[k * n + i + 1] = 0.0;
+        }
+    }
+    for j in 0..n {
+        d[j] = v[(n - 1) * n + j];
+        v[(n - 1) * n + j] = 0.0;
+    }
+    v[(n - 1) * n + n - 1] = 1.0;
+    e[0] = 0.0;
+}
+
+/// Implicit QL with shifts on the tridiagonal matrix (`tql2`): `d` becomes the eigenvalues and
+/// the columns of `v` the eigenvectors.
+fn tql2(v: &mut [f64], d: &mut [f64], e: &mut [f64], n: usize) {
+    for i in 1..n {
+        e[i - 1] = e[i];
+    }
+    e[n - 1] = 0.0;
+    let mut f = 0f64;
+    let mut tst1 = 0f64;
+    let eps = f64::EPSILON;
+    for l in 0..n {
+        tst1 = tst1.max(d[l].abs() + e[l].abs());
+        let mut m = l;
+        while m < n - 1 && e[m].abs() > eps * tst1 {
+            m += 1;
+        }
+        if m > l {
+            // Bounded: converges in a few iterations for finite input.
+            for _ in 0..64 {
+                let g = d[l];
+                let mut p = (d[l + 1] - g) / (2.0 * e[l]);
+                let mut r = p.hypot(1.0);
+                if p < 0.0 {
+                    r = -r;
+                }
+                d[l] = e[l] / (p + r);
+                d[l + 1] = e[l] * (p + r);
+                let dl1 = d[l + 1];
+                let mut h = g - d[l];
+                for di in d.iter_mut().skip(l + 2) {
+                    *di -= h;
+                }
+                f += h;
+                p = d[m];
+                let (mut c, mut c2, mut c3) = (1f64, 1f64, 1f64);
+                let el1 = e[l + 1];
+                let (mut s, mut s2) = (0f64, 0f64);
+                for i in (l..m).rev() {
+                    c3 = c2;
+                    c2 = c;
+                    s2 = s;
+                    let g = c * e[i];
+                    h = c * p;
+                    r = p.hypot(e[i]);
+                    e[i + 1] = s * r;
+                    s = e[i] / r;
+                    c = p / r;
+                    p = c * d[i] - s * g;
+                    d[i + 1] = h + s * (c * g + s * d[i]);
+                    for k in 0..n {
+                        let hk = v[k * n + i + 1];
+                        v[k * n + i + 1] = s * v[k * n + i] + c * hk;
+                        v[k * n + i] = c * v[k * n + i] - s * hk;
+                    }
+                }
+                p = -s * s2 * c3 * el1 * e[l] / dl1;
+                e[l] = s * p;
+                d[l] = c * p;
+                if e[l].abs() <= eps * tst1 || !e[l].is_finite() {
+                    break;
+                }
+            }
+        }
+        d[l] += f;
+        e[l] = 0.0;
+    }
+}
+
+#[cfg(test)]
+mod eigen_tests {
+    use super::sym_eigen;
+    use crate::compressed::kmeans::Rng;
+
+    /// A V^T = V^T diag(w), V orthonormal, eigenvalues descending, for random symmetric
+    /// matrices (Gram matrices, so with a spread of eigenvalues, and ones with repeats).
+    #[test]
+    fn sym_eigen_decomposes() {
+        let mut rng = Rng::new(3);
+        for &n in &[1usize, 2, 3, 7, 32, 128] {
+            let m = n + 5;
+            let x: Vec<f64> = (0..m * n)
+                .map(|_| rng.below(2001) as f64 / 1000.0 - 1.0)
+                .collect();
+            let mut a = vec![0f64; n * n];
+            for i in 0..n {
+                for j in 0..n {
+                    a[i * n + j] = (0..m).map(|r| x[r * n + i] * x[r * n + j]).sum();
+                }
+            }
+            // A repeated eigenvalue too: the identity block added on the diagonal only.
+            if n == 7 {
+                a.iter_mut().for_each(|v| *v = 0.0);
+                for i in 0..n {
+                    a[i * n + i] = if i < 3 { 2.0 } else { 1.0 };
+                }
+            }
+            let (w, v) = sym_eigen(&a, n);
+            assert!(w.windows(2).all(|p| p[0] >= p[1]), "descending, n = {n}");
+            let scale = w[0].abs().max(1.0);
+            for r in 0..n {
+                for s in 0..n {
+                    let dot: f64 = (0..n).map(|k| v[r * n + k] * v[s * n + k]).sum();
+                    let want = if r == s { 1.0 } else { 0.0 };
+                    assert!((dot - want).abs() < 1e-9, "orthonormal, n = {n}");
+                }
+                for i in 0..n {
+                    let av: f64 = (0..n).map(|k| a[i * n + k] * v[r * n + k]).sum();
+                    assert!(
+                        (av - w[r] * v[r * n + i]).abs() < 1e-9 * scale,
+                        "A v = w v, n = {n}"
+                    );
+                }
+            }
+        }
+    }
+}

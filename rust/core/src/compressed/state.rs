@@ -308,17 +308,23 @@ pub(crate) fn load_state(
                     None => Arc::new(load_fid(snap, &f, &v.segment, c)?),
                 };
                 // A tier's file of this latix has its second stage; one written before the
-                // second stage existed (version 1, high tier) has none and still scores.
+                // second stage existed (version 1, high tier) has none and still scores. A
+                // transform-coded tier's files are of version 4 with the tier's bits.
+                let tx_bits = fidelity
+                    .transform_bytes()
+                    .map_or(0, |b| super::fidelity::transform_bits(b, c.codec.dim()));
                 if fid.nbits() != fidelity.nbits()
                     || fid.nbits2() != fidelity.nbits2() && fid.nbits2() != 0
+                    || fid.transform_bits() != tx_bits
                 {
                     return Err(LatixError::corrupted(
                         dir.join(&f),
                         format!(
-                            "refinement file of {} + {} bits per dimension in an index of \
-                             fidelity {:?}",
+                            "refinement file of {} + {} bits per dimension ({} transform-coded \
+                             bits per token) in an index of fidelity {:?}",
                             fid.nbits(),
                             fid.nbits2(),
+                            fid.transform_bits(),
                             fidelity.name()
                         ),
                     ));
@@ -359,6 +365,20 @@ pub(crate) fn load_state(
                     Some(s) => Arc::clone(s),
                     None => Arc::new(load_ivf(snap, &f, &v.segment, c)?),
                 };
+                // A transform-coded file's pooled indices name pooled vectors of their
+                // documents (checked once per file loaded).
+                if let Some((ff, fid)) = fids
+                    .last()
+                    .and_then(|x: &Option<(String, Arc<FidSegment>)>| x.as_ref())
+                {
+                    if fid.is_transform() && !reuse_fid.contains_key(ff.as_str()) {
+                        fid.check_pooled(
+                            v.segment.offsets(),
+                            |d| ivf.doc_positions(d).map(|p| p.len()),
+                            &dir.join(ff),
+                        )?;
+                    }
+                }
                 ivfs.push(Some((f, ivf)));
             }
             (Some(f), None) => {
@@ -415,6 +435,16 @@ pub(crate) fn decode_segment_doc(
         let (a, b) = (rows.0 as usize, rows.1 as usize);
         if a > b || b > fid.n_tokens() {
             return Err(no_codes());
+        }
+        if fid.is_transform() {
+            // Against the document's decoded pooled vectors.
+            let (_, ivf) = st
+                .ivfs
+                .get(seg)
+                .and_then(|x| x.as_ref())
+                .ok_or_else(no_codes)?;
+            let pooled = decode_doc(&codec.codec, ivf, doc);
+            return fid.decode_rows_transform(&pooled, a, b);
         }
         return fid.decode_rows(codec.codec.centroids(), a, b);
     }

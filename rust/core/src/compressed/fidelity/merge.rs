@@ -52,12 +52,14 @@ pub fn merge(sources: &[MergeSource<'_>]) -> Result<FidSegment> {
             f.nbits2(),
             f.n_centroids(),
             f.codec_checksum(),
+            f.transform_bits(),
         ) != (
             dim,
             nbits,
             nbits2,
             first.n_centroids(),
             first.codec_checksum(),
+            first.transform_bits(),
         ) {
             return Err(LatixError::invalid(
                 "refinement files of different shapes or codecs do not merge losslessly",
@@ -70,6 +72,9 @@ pub fn merge(sources: &[MergeSource<'_>]) -> Result<FidSegment> {
         .map(|&(a, b)| b.saturating_sub(a))
         .sum();
     let n_docs: usize = sources.iter().map(|s| s.docs.len()).sum();
+    if first.is_transform() {
+        return merge_transform(sources, n, n_docs);
+    }
     let (nsub, nsub2) = (first.n_sub(), first.n_sub2());
     let nblk = n.div_ceil(BLOCK);
     let mut cids = crate::error::try_filled(n, 0u32, "the centroid ids of a merged file")?;
@@ -154,4 +159,81 @@ pub fn merge(sources: &[MergeSource<'_>]) -> Result<FidSegment> {
             codes: &codes2,
         }),
     )
+}
+
+/// [`merge`] of transform-coded files (version 4): pooled indices, scales and codes copied, each
+/// source's rotation, rates and levels kept as a level set (adjacent bit-identical ones joined).
+/// A document's pooled vectors keep their document-map order through a merge of the inverted
+/// lists (its tokens stay in list order), so the pooled indices stay valid.
+fn merge_transform(sources: &[MergeSource<'_>], n: usize, n_docs: usize) -> Result<FidSegment> {
+    let first = sources[0].fid;
+    let nsub = first.n_sub();
+    let nblk = n.div_ceil(BLOCK);
+    let mut pidx = crate::error::try_filled(n, 0u16, "the pooled indices of a merged file")?;
+    let mut scales = crate::error::try_filled(n, 0u16, "the scales of a merged file")?;
+    let mut codes = crate::error::try_filled(nblk * nsub * 16, 0u8, "the merged codes")?;
+    let (mut rot, mut rates, mut levels) = (Vec::new(), Vec::new(), Vec::new());
+    let mut starts: Vec<usize> = Vec::new();
+    let mut last: Option<(Vec<u32>, Vec<u8>, Vec<u32>)> = None;
+    let mut u = 0usize;
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for src in sources {
+        let f = src.fid;
+        let c = f.codes();
+        for &(a, b) in src.docs {
+            if a > b || b > f.n_tokens() {
+                return Err(LatixError::invalid(format!(
+                    "rows {a}..{b} out of a refinement file of {} rows",
+                    f.n_tokens()
+                )));
+            }
+            if a == b {
+                continue;
+            }
+            let set = f.set_of(a);
+            if f.set_rows(set).1 < b {
+                return Err(LatixError::invalid(format!(
+                    "rows {a}..{b} cross a level set of a refinement file"
+                )));
+            }
+            let key = (
+                bits(f.rotation(set)),
+                f.rates(set).to_vec(),
+                bits(f.component_levels(set)),
+            );
+            if last.as_ref() != Some(&key) {
+                starts.push(u);
+                rot.extend_from_slice(f.rotation(set));
+                rates.extend_from_slice(f.rates(set));
+                levels.extend_from_slice(f.component_levels(set));
+                last = Some(key);
+            }
+            for t in a..b {
+                pidx[u] = f.pooled_index(t) as u16;
+                scales[u] = f.scales_raw(t).0;
+                copy_row(c, &mut codes, nsub, t, u);
+                u += 1;
+            }
+        }
+    }
+    if starts.is_empty() {
+        starts.push(0);
+        rot.extend_from_slice(first.rotation(0));
+        rates.extend_from_slice(first.rates(0));
+        levels.extend_from_slice(first.component_levels(0));
+    }
+    super::transform::assemble(super::transform::TxParts {
+        dim: first.dim(),
+        n_centroids: first.n_centroids(),
+        codec_crc: first.codec_checksum(),
+        n_docs,
+        n_sub: nsub,
+        set_starts: &starts,
+        rotation: &rot,
+        rates: &rates,
+        levels: &levels,
+        pidx: &pidx,
+        scales: &scales,
+        codes: &codes,
+    })
 }

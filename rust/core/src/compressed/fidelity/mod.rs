@@ -61,6 +61,14 @@
 //! strictly ascending, each below n_tokens), and its `levels` / `levels2` sections hold
 //! `n_sets` level tables each, set after set. Opening a file in an index also checks that each
 //! set starts at a document of its segment.
+//!
+//! Version 4 ([`transform`]; the `balanced` and `high` of indexes created since, recorded as
+//! [`Fidelity::TransformBalanced`] / [`Fidelity::TransformHigh`] in the configuration, so an
+//! older index keeps its per-dimension scheme and files) anchors each original token on the
+//! nearest of its document's pooled vectors as the codes decode it instead of a coarse centroid,
+//! and transform-codes the residual: a PCA rotation per level set, 0/1/2/4 bits per component
+//! by reverse water-filling, Lloyd-Max levels per component, the same least-squares scale, and
+//! the same 4-bit table kernel over the packed components (its layout: [`transform`]).
 
 use std::path::Path;
 
@@ -72,10 +80,15 @@ use crate::store::FileBytes;
 mod build;
 mod merge;
 mod score;
+pub mod transform;
 
 pub use build::build;
 pub use merge::{merge, MergeSource};
 pub use score::{score_doc, score_doc_scalar, FidQuery};
+pub use transform::{
+    build_transform, score_doc_transform, score_doc_transform_scalar, transform_bits, TX_LEVELS,
+    TX_VERSION,
+};
 
 const MAGIC: &[u8; 8] = b"LTXFIDSG";
 /// Written by this latix for a file of several level sets; versions 1 (no second stage) and 2
@@ -99,16 +112,39 @@ pub enum Fidelity {
     /// Codes + per original token: centroid id, a 2-bit residual per dimension and a 1-bit
     /// second stage of what it leaves (files of version 1: the 2-bit residual alone).
     High,
+    /// `"balanced"` of indexes created since file version 4: per original token, the index of
+    /// its pooled vector within its document, a scale and a transform-coded residual against
+    /// that pooled vector as the codes decode it, 64 bytes ([`transform`]).
+    TransformBalanced,
+    /// `"high"` of indexes created since file version 4: as [`Fidelity::TransformBalanced`]
+    /// with a residual of 160 bytes.
+    TransformHigh,
 }
 
 impl Fidelity {
-    /// Residual bits per dimension of the tier's refinement file (0: no file).
+    /// Residual bits per dimension of a per-dimension tier's refinement file (0: no file, or a
+    /// transform-coded tier: see [`Fidelity::transform_bytes`]).
     pub fn nbits(self) -> usize {
         match self {
-            Fidelity::Codes => 0,
             Fidelity::Balanced => 1,
             Fidelity::High => 2,
+            _ => 0,
         }
+    }
+
+    /// Residual bytes per original token of a transform-coded tier (file version 4; `None` for
+    /// the others). At dimensions too small for them, [`transform_bits`] caps the bits.
+    pub fn transform_bytes(self) -> Option<usize> {
+        match self {
+            Fidelity::TransformBalanced => Some(64),
+            Fidelity::TransformHigh => Some(160),
+            _ => None,
+        }
+    }
+
+    /// True for every tier but `codes` (the index has refinement files).
+    pub fn is_tier(self) -> bool {
+        self != Fidelity::Codes
     }
 
     /// Bits per dimension of the second residual stage (0: none).
@@ -119,21 +155,23 @@ impl Fidelity {
         }
     }
 
-    /// The name users pass (`"codes"`, `"balanced"`, `"high"`).
+    /// The name users pass (`"codes"`, `"balanced"`, `"high"`; both schemes of a tier have its
+    /// name: an index keeps the scheme it was created with).
     pub fn name(self) -> &'static str {
         match self {
             Fidelity::Codes => "codes",
-            Fidelity::Balanced => "balanced",
-            Fidelity::High => "high",
+            Fidelity::Balanced | Fidelity::TransformBalanced => "balanced",
+            Fidelity::High | Fidelity::TransformHigh => "high",
         }
     }
 
-    /// Parses a tier name; the error lists the accepted ones.
+    /// Parses a tier name; the error lists the accepted ones. A new index gets the
+    /// transform-coded scheme of `"balanced"` and `"high"`.
     pub fn parse(s: &str) -> Result<Fidelity> {
         match s {
             "codes" => Ok(Fidelity::Codes),
-            "balanced" => Ok(Fidelity::Balanced),
-            "high" => Ok(Fidelity::High),
+            "balanced" => Ok(Fidelity::TransformBalanced),
+            "high" => Ok(Fidelity::TransformHigh),
             _ => Err(LatixError::invalid(format!(
                 "fidelity must be \"codes\", \"balanced\" or \"high\", got {s:?}"
             ))),
@@ -145,9 +183,15 @@ impl Fidelity {
     }
 
     pub(crate) fn from_code(c: u32) -> Option<Fidelity> {
-        [Fidelity::Codes, Fidelity::Balanced, Fidelity::High]
-            .get(c as usize)
-            .copied()
+        [
+            Fidelity::Codes,
+            Fidelity::Balanced,
+            Fidelity::High,
+            Fidelity::TransformBalanced,
+            Fidelity::TransformHigh,
+        ]
+        .get(c as usize)
+        .copied()
     }
 }
 
@@ -176,6 +220,8 @@ pub struct FidSegment {
     /// First row of each level set (ascending, the first 0).
     set_starts: Vec<usize>,
     off: Layout,
+    /// A transform-coded file's layout and subspace packing (version 4; `None` before).
+    tx: Option<transform::Tx>,
 }
 
 /// Byte offsets of a file's sections (stage-2 sections empty when `nbits2` = 0).
@@ -363,11 +409,14 @@ impl FidSegment {
         let rd = |i: usize| format::le_u32(b, i);
         let rd64 = |i: usize| format::le_u64(b, i);
         let version = rd(8);
+        if version == TX_VERSION {
+            return transform::parse(bytes, path, verify);
+        }
         if !(1..=VERSION).contains(&version) {
             return Err(LatixError::UnsupportedVersion {
                 path: path.into(),
                 detail: format!(
-                    "refinement file version {version}, this latix reads 1 to {VERSION}"
+                    "refinement file version {version}, this latix reads 1 to {TX_VERSION}"
                 ),
             });
         }
@@ -448,6 +497,7 @@ impl FidSegment {
             nbits2,
             set_starts,
             off: lay,
+            tx: None,
         };
         let finite = |l: &[f32]| l.iter().all(|v| v.is_finite() && v.abs() < 1e6);
         if !finite(s.levels()) || !finite(s.levels2()) {
@@ -478,6 +528,9 @@ impl FidSegment {
     }
     /// 4-bit subspaces per token ([`n_subspaces`]).
     pub fn n_sub(&self) -> usize {
+        if let Some(tx) = &self.tx {
+            return tx.n_sub;
+        }
         n_subspaces(self.dim, self.nbits)
     }
     /// 4-bit subspaces per token of the second stage (0 without one).
@@ -510,12 +563,18 @@ impl FidSegment {
     /// Residual levels of every level set, `2^nbits` per dimension (dimension-major), set
     /// after set.
     pub fn levels(&self) -> &[f32] {
+        if self.tx.is_some() {
+            return &[];
+        }
         let n = (self.dim << self.nbits) * self.n_sets();
         bytemuck::cast_slice(&self.as_bytes()[self.off.levels..self.off.levels + 4 * n])
     }
     /// Second-stage levels of every level set, `2^nbits2` per dimension (empty without a second
     /// stage).
     pub fn levels2(&self) -> &[f32] {
+        if self.tx.is_some() {
+            return &[];
+        }
         let n = if self.nbits2 == 0 {
             0
         } else {
@@ -561,6 +620,9 @@ impl FidSegment {
     /// Coarse centroid of token `t` (`t < n_tokens`).
     #[inline]
     pub fn cid(&self, t: usize) -> u32 {
+        if self.tx.is_some() {
+            return 0; // a transform-coded file has no centroid ids
+        }
         let b = self.as_bytes();
         let o = self.off.cids + t * self.cid_bytes;
         if self.cid_bytes == 2 {
@@ -573,7 +635,7 @@ impl FidSegment {
     #[inline]
     pub fn scales_raw(&self, t: usize) -> (u16, u16) {
         let b = self.as_bytes();
-        let o = self.off.scales + 2 * t;
+        let o = self.scales_off() + 2 * t;
         let s1 = u16::from_le_bytes([b[o], b[o + 1]]);
         if self.nbits2 == 0 {
             return (s1, 0);
@@ -585,7 +647,7 @@ impl FidSegment {
     #[inline]
     pub fn scale(&self, t: usize) -> f32 {
         let b = self.as_bytes();
-        let o = self.off.scales + 2 * t;
+        let o = self.scales_off() + 2 * t;
         u16::from_le_bytes([b[o], b[o + 1]]) as f32 / SCALE_ONE
     }
     /// Second-stage scale of token `t` (`t < n_tokens`; 0 without a second stage).
@@ -598,13 +660,22 @@ impl FidSegment {
         let o = self.off.scales2 + 2 * t;
         u16::from_le_bytes([b[o], b[o + 1]]) as f32 / SCALE_ONE
     }
-    /// Codes in block layout (`ceil(n_tokens / 32)` blocks of `n_sub * 16` bytes).
+    /// Offset of the scales section.
+    fn scales_off(&self) -> usize {
+        self.tx.as_ref().map_or(self.off.scales, |t| t.lay.scales)
+    }
+    /// Codes in block layout (`ceil(n_tokens / 32)` blocks of `n_sub * 16` bytes; of a
+    /// transform-coded file, its components' level indices packed into the subspaces).
     pub fn codes(&self) -> &[u8] {
         let bb = self.n_sub() * 16;
-        &self.as_bytes()[self.off.codes..self.off.codes + self.n_tokens.div_ceil(BLOCK) * bb]
+        let o = self.tx.as_ref().map_or(self.off.codes, |t| t.lay.codes);
+        &self.as_bytes()[o..o + self.n_tokens.div_ceil(BLOCK) * bb]
     }
     /// Second-stage codes in block layout (`n_sub2 * 16` bytes per block; empty without one).
     pub fn codes2(&self) -> &[u8] {
+        if self.tx.is_some() {
+            return &[];
+        }
         let bb = self.n_sub2() * 16;
         &self.as_bytes()[self.off.codes2..self.off.codes2 + self.n_tokens.div_ceil(BLOCK) * bb]
     }
@@ -625,6 +696,12 @@ impl FidSegment {
     /// The reconstruction `c_t + r^_t` of rows `a..b` (f32, row-major), given the codec's
     /// `centroids` (`n_centroids * dim`).
     pub fn decode_rows(&self, centroids: &[f32], a: usize, b: usize) -> Result<Vec<f32>> {
+        if self.tx.is_some() {
+            return Err(LatixError::invalid(
+                "a transform-coded refinement file decodes from its document's pooled vectors \
+                 (decode_rows_transform)",
+            ));
+        }
         let dim = self.dim;
         let (nl, nl2) = (1 << self.nbits, 1 << self.nbits2);
         let mut out = crate::error::try_vec((b - a) * dim, "decoded token vectors")?;
@@ -659,3 +736,5 @@ fn level_of(codes: &[u8], nbits: usize, n_sub: usize, t: usize, d: usize) -> usi
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_transform;

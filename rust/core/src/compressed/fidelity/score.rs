@@ -100,16 +100,36 @@ pub struct FidQuery {
     q: Vec<f32>,
     nq: usize,
     sets: Vec<std::sync::OnceLock<SetTables>>,
+    /// The tables of each level set of a transform-coded file (empty for the others).
+    tx: Vec<std::sync::OnceLock<super::transform::TxTables>>,
 }
 
 impl FidQuery {
     /// Tables of the query `q` (`nq * dim` f32) for the levels of `seg`.
     pub fn new(q: &[f32], seg: &FidSegment) -> FidQuery {
+        let (n, ntx) = if seg.is_transform() {
+            (0, seg.n_sets())
+        } else {
+            (seg.n_sets(), 0)
+        };
         FidQuery {
             q: q.to_vec(),
             nq: q.len() / seg.dim().max(1),
-            sets: (0..seg.n_sets()).map(|_| Default::default()).collect(),
+            sets: (0..n).map(|_| Default::default()).collect(),
+            tx: (0..ntx).map(|_| Default::default()).collect(),
         }
+    }
+
+    /// The tables of level set `i` of the transform-coded `seg` (the file the query was made
+    /// for): the query rotated once per level set.
+    pub(crate) fn tx_tables(&self, seg: &FidSegment, i: usize) -> &super::transform::TxTables {
+        self.tx[i].get_or_init(|| super::transform::TxTables::new(&self.q, seg, i))
+    }
+
+    /// Largest error of one token's residual term (before its scale) from the table
+    /// quantisation of a transform-coded file, for query token `i` and level set `set`.
+    pub fn max_error_transform(&self, seg: &FidSegment, set: usize, i: usize) -> f32 {
+        self.tx_tables(seg, set).max_error(i)
     }
 
     /// The tables of level set `i` of `seg` (the file the query was made for).

@@ -133,8 +133,8 @@ fn version_1_files_still_open_and_score_alike() {
         b[8..12].copy_from_slice(&2u32.to_le_bytes());
         reseal(&mut b);
         assert!(FidSegment::from_bytes(&b, true).is_err());
-        // An unknown version is UnsupportedVersion.
-        b[8..12].copy_from_slice(&4u32.to_le_bytes());
+        // An unknown version is UnsupportedVersion (4 is the transform-coded layout).
+        b[8..12].copy_from_slice(&5u32.to_le_bytes());
         reseal(&mut b);
         assert!(matches!(
             FidSegment::from_bytes(&b, true),

@@ -36,8 +36,8 @@ pub use refinement::{
     REFINE_MIN,
 };
 pub use rerank::{
-    rerank_exact, rerank_tier, tier_mix, tier_rerank_depth, two_stage_rerank_depth, FullVectors,
-    TierRows,
+    rerank_exact, rerank_tier, tier_mix, tier_rerank_depth, transform_rerank_depth,
+    two_stage_rerank_depth, FullVectors, TierRows, TX_DEPTH_BALANCED, TX_DEPTH_HIGH,
 };
 pub use scan::search_segments;
 
@@ -167,6 +167,14 @@ pub(crate) fn search_snapshot(
     let rerank = opts.rerank.unwrap_or(keep_vectors || tiered);
     // A tier with a second residual stage re-ranks deeper ([`two_stage_rerank_depth`]).
     let two_stage = tiered && state.fids.iter().flatten().any(|(_, f)| f.nbits2() > 0);
+    // A transform-coded tier re-ranks its whole list ([`transform_rerank_depth`]).
+    let tx_bits = state
+        .fids
+        .iter()
+        .flatten()
+        .map(|(_, f)| f.transform_bits())
+        .max()
+        .unwrap_or(0);
     // Allowed documents per segment: the subset's live documents, or all live documents.
     let filtered = bits.is_some() || subset.is_some();
     let allowed: Vec<Option<Vec<u64>>> = match (bits, subset) {
@@ -225,6 +233,7 @@ pub(crate) fn search_snapshot(
                     tiers.push(TierRows {
                         fid,
                         offsets: v.segment.offsets(),
+                        ivf,
                     });
                 } else if rerank {
                     if !v.segment.has_vectors() {
@@ -247,6 +256,7 @@ pub(crate) fn search_snapshot(
     let live = snap.len().max(1);
     let tier = match (tiered, two_stage) {
         (false, _) => Tier::None,
+        (true, _) if tx_bits > 0 => Tier::Transform(tx_bits),
         (true, false) => Tier::OneStage,
         (true, true) => Tier::TwoStage,
     };
@@ -367,6 +377,18 @@ enum Tier {
     OneStage,
     /// A fidelity tier with a second residual stage.
     TwoStage,
+    /// A transform-coded tier of this many residual bits per token.
+    Transform(usize),
+}
+
+impl Tier {
+    /// Residual bits per token of a transform-coded tier (0 for the others).
+    fn bits(self) -> usize {
+        match self {
+            Tier::Transform(b) => b,
+            _ => 0,
+        }
+    }
 }
 
 impl Stages {
@@ -402,6 +424,9 @@ impl Stages {
         let exact_depth = match opts.rerank_depth {
             Some(r) if rerank => r.max(k),
             _ if rerank && tier == Tier::TwoStage => two_stage_rerank_depth(k),
+            _ if rerank && tier == Tier::Transform(tier.bits()) => {
+                transform_rerank_depth(k, tier.bits())
+            }
             _ if rerank && tier == Tier::OneStage => tier_rerank_depth(k),
             _ if rerank => rerank_depth(k, n_refine > 0),
             _ => k,

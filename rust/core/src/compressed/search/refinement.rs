@@ -41,7 +41,7 @@ pub fn rerank_depth(k: usize, refined: bool) -> usize {
 
 /// Per-thread buffers of [`refine`]: one document's tokens repacked into fast-scan blocks.
 #[derive(Default)]
-struct RefineScratch {
+pub(super) struct RefineScratch {
     blocks: Vec<u8>,
     /// Per token (padded to whole blocks): centroid id, and norm scale.
     cid: Vec<u32>,
@@ -70,7 +70,45 @@ fn refine_doc(
             return unsafe { refine_doc_avx2(plan, cs, cs_stride, seg, positions, sc) };
         }
     }
-    refine_doc_body(plan, cs, cs_stride, seg, positions, simd, sc)
+    refine_doc_body::<false>(plan, cs, cs_stride, seg, positions, simd, sc, &mut [])
+}
+
+/// [`refine_doc`] that also writes the codes' score of each of the document's pooled tokens
+/// for each query token to `out` (`nq * positions.len()`, query-token-major, tokens in
+/// `positions` order): what a transform-coded tier adds its residual terms to.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pooled_scores(
+    plan: &QueryPlan,
+    cs: &[f32],
+    cs_stride: usize,
+    seg: &IvfSegment,
+    positions: &[u32],
+    simd: bool,
+    sc: &mut RefineScratch,
+    out: &mut [f32],
+) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd {
+            // SAFETY: as in `refine_doc`: AVX2 and FMA were detected at run time.
+            return unsafe { pooled_scores_avx2(plan, cs, cs_stride, seg, positions, sc, out) };
+        }
+    }
+    refine_doc_body::<true>(plan, cs, cs_stride, seg, positions, simd, sc, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pooled_scores_avx2(
+    plan: &QueryPlan,
+    cs: &[f32],
+    cs_stride: usize,
+    seg: &IvfSegment,
+    positions: &[u32],
+    sc: &mut RefineScratch,
+    out: &mut [f32],
+) -> f32 {
+    refine_doc_body::<true>(plan, cs, cs_stride, seg, positions, true, sc, out)
 }
 
 /// [`refine_doc_body`] compiled for AVX2, so its fixed-length loops run 8 lanes wide.
@@ -84,11 +122,14 @@ unsafe fn refine_doc_avx2(
     positions: &[u32],
     sc: &mut RefineScratch,
 ) -> f32 {
-    refine_doc_body(plan, cs, cs_stride, seg, positions, true, sc)
+    refine_doc_body::<false>(plan, cs, cs_stride, seg, positions, true, sc, &mut [])
 }
 
+/// Code-level MaxSim of a document; with `KEEP`, every token's score per query token is also
+/// written to `out` (see [`pooled_scores`]).
 #[inline(always)]
-fn refine_doc_body(
+#[allow(clippy::too_many_arguments)]
+fn refine_doc_body<const KEEP: bool>(
     plan: &QueryPlan,
     cs: &[f32],
     cs_stride: usize,
@@ -96,6 +137,7 @@ fn refine_doc_body(
     positions: &[u32],
     simd: bool,
     sc: &mut RefineScratch,
+    out: &mut [f32],
 ) -> f32 {
     let n = positions.len();
     if n == 0 {
@@ -153,6 +195,10 @@ fn refine_doc_body(
             // Fixed-length loops: these vectorise.
             for ((o, &a), &r) in v.iter_mut().zip(&acc).zip(r) {
                 *o = (*o + lut.bias + lut.scale * a as f32) * r;
+            }
+            if KEEP {
+                let w = if b == nb - 1 { tail } else { BLOCK };
+                out[i * n + b * BLOCK..i * n + b * BLOCK + w].copy_from_slice(&v[..w]);
             }
             if b == nb - 1 {
                 v[tail..].fill(f32::NEG_INFINITY);
