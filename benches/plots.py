@@ -385,14 +385,15 @@ def scale(d: dict[str, Any], out: Path, rel: str) -> list[str]:
     import numpy as np
 
     sizes = d.get("sizes") or {}
-    rows = sorted(sizes.values(), key=lambda r: r["n_tokens"])
+    named = sorted(sizes.items(), key=lambda kv: kv[1]["n_tokens"])
+    rows = [r for _, r in named]
     md = ["### Scale: cost against corpus size", ""]
     if len(rows) < 2:
         return md + ["`scale.json` holds fewer than two sizes: no curve to draw.", ""]
     # Exponents are fitted over the sizes bench_scale.py measured with the newest size's code
     # (its "fit" record), as its own table does: sizes of other code are drawn, not fitted.
     same = set((d.get("fit") or {}).get("same_code") or sizes)
-    fitted = [r for r in rows if r["size"] in same]
+    fitted = [r for name, r in named if name in same]
     n = [r["n_tokens"] for r in rows]
     nf = [r["n_tokens"] for r in fitted]
 
