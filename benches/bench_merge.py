@@ -6,7 +6,9 @@ The corpus is benches/bench_scale.py's (SciFact spread through generated competi
 benches/scale_gen.py, latix defaults: codes only, vectors dropped), added in --commits commits of
 about --commit-tokens tokens each, twice, each build in a child process: once with the merge
 policy off (`set_merge_policy(None)`: one segment per commit, what latix did before) and once with
-its defaults (`Index.set_merge_policy()`: 10 segments per tier). Per build: the median and largest
+its defaults (`Index.set_merge_policy()`: 10 segments per tier, no merge above 2^25 live tokens);
+with `--max-merge-tokens N`, a third build with that bound (small enough to apply at this size:
+the default bound is far above a 9M-token run). Per build: the median and largest
 commit time (the policy's merges run inside commit) and the segment count. Then k = 10 searches,
 one query at a time, 1 thread, over SciFact's test queries (after one untimed pass): p50 / p99 of
 the build without the policy, with it, and of a copy of the former after `compact()` (the
@@ -37,8 +39,9 @@ import scale_gen  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
-def child_build(a: argparse.Namespace, out: str, policy: bool) -> None:
-    """Child process: builds the index with or without the merge policy, writes `<out>.json`."""
+def child_build(a: argparse.Namespace, out: str, mode: str) -> None:
+    """Child process: builds the index with the merge policy off, on (defaults) or bounded by
+    `a.max_merge_tokens`, writes `<out>.json`."""
     import latix
 
     pools, _ = scale_gen.load_pools(a.data, a.source, a.seed, Path(a._vaswani), identify=False)
@@ -53,8 +56,10 @@ def child_build(a: argparse.Namespace, out: str, policy: bool) -> None:
     if os.path.exists(out):
         shutil.rmtree(out)
     ix = latix.Index.create(out, dim=pools.dim, compression=latix.Compression())
-    if not policy:
+    if mode == "off":
         ix.set_merge_policy(None)
+    elif mode == "bounded":
+        ix.set_merge_policy(max_merge_tokens=a.max_merge_tokens)
     commit_s, commit_cpu_s, seg_counts, tokens = [], [], [], []
     for ids, docs, _g, ends in corpus.commits(sci_ids, piece=min(500, commit_docs)):
         ix.add(ids, docs)
@@ -67,9 +72,11 @@ def child_build(a: argparse.Namespace, out: str, policy: bool) -> None:
             seg_counts.append(len(ix.segments()))
             tokens.append(ix.num_tokens)
     st = ix.stats()
+    segment_docs = [int(n_live) for _f, _n, n_live in ix.segments()]
     ix.close()
     info = {
-        "policy": policy,
+        "policy": mode,
+        "max_merge_tokens": a.max_merge_tokens if mode == "bounded" else None,
         "commit_docs": commit_docs,
         "commit_s": commit_s,
         "commit_cpu_s": commit_cpu_s,
@@ -77,6 +84,7 @@ def child_build(a: argparse.Namespace, out: str, policy: bool) -> None:
         "tokens_after_commit": tokens,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "stats": st,
+        "segment_live_docs": segment_docs,
     }
     with open(out + ".json", "w") as f:
         json.dump(info, f, default=str)
@@ -108,6 +116,12 @@ def main() -> None:
     ap.add_argument("--source", default=bench_scale.SOURCE)
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/latix/bench-merge"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--max-merge-tokens",
+        type=bench_scale.parse_size,
+        default=None,
+        help="also build with this merge bound (e.g. 2M)",
+    )
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--lock", default=None, help="flock this file during each timed phase")
     ap.add_argument("--keep", action="store_true")
@@ -123,7 +137,7 @@ def main() -> None:
     ap.add_argument("--_vaswani", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._build:
-        child_build(a, a._build[0], a._build[1] == "on")
+        child_build(a, a._build[0], a._build[1])
         return
     provenance.print_header()
     os.makedirs(a.work, exist_ok=True)
@@ -135,11 +149,14 @@ def main() -> None:
         "commits": a.commits,
         "commit_tokens": a.commit_tokens,
     }
-    for mode in ("off", "on"):
+    modes = ("off", "on") + (("bounded",) if a.max_merge_tokens else ())
+    for mode in modes:
         out = f"{a.work}/index-{mode}"
         cmd = [sys.executable, __file__, "--_build", out, mode, "--_vaswani", vaswani]
         cmd += ["--commits", str(a.commits), "--commit-tokens", str(a.commit_tokens)]
         cmd += ["--data", a.data, "--source", a.source, "--seed", str(a.seed)]
+        if a.max_merge_tokens:
+            cmd += ["--max-merge-tokens", str(a.max_merge_tokens)]
         with lock.hold(f"build policy {mode}"):
             load = os.getloadavg()
             subprocess.run(cmd, check=True)
@@ -161,13 +178,15 @@ def main() -> None:
         third = max(1, len(cpu) // 3)
         res[mode]["commit_cpu_first_third_median_s"] = float(np.median(cpu[:third]))
         res[mode]["commit_cpu_last_third_median_s"] = float(np.median(cpu[-third:]))
+        res[mode]["largest_segment_docs"] = max(b["segment_live_docs"], default=0)
         print(
             f"policy {mode}: {len(cs)} commits, {b['stats']['n_tokens']:,} tokens, "
             f"{lat['segments']} segments; commit median {np.median(cs):.2f} s, max "
             f"{np.max(cs):.2f} s; p50 / p99 {lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} ms "
             f"(load {lat['load']}); commit CPU median, first / last third of the commits: "
             f"{res[mode]['commit_cpu_first_third_median_s']:.2f} / "
-            f"{res[mode]['commit_cpu_last_third_median_s']:.2f} s",
+            f"{res[mode]['commit_cpu_last_third_median_s']:.2f} s; largest segment "
+            f"{res[mode]['largest_segment_docs']:,} docs ({b['commit_docs']:,} a commit)",
             flush=True,
         )
     base = f"{a.work}/index-off"
@@ -214,6 +233,14 @@ def main() -> None:
         f"({cc['compact_s'] / ce['compact_s']:.2f}x time, "
         f"{cc['peak_rss_mb'] / ce['peak_rss_mb']:.2f}x memory)"
     )
+    if "bounded" in res:
+        bd = res["bounded"]
+        print(
+            f"bounded by {a.max_merge_tokens:,} tokens: p50 {bd['search']['p50_ms']:.2f} ms "
+            f"({bd['search']['p50_ms'] / p_off:.2f}x no policy), {bd['search']['segments']} "
+            f"segments; commit max {bd['commit_max_s']:.2f} s vs {on['commit_max_s']:.2f} s "
+            f"with the defaults ({bd['commit_max_s'] / on['commit_max_s']:.2f}x)"
+        )
     with open(a.json, "w") as f:
         json.dump(res, f, indent=1, default=str)
     if a.scale_json:
@@ -226,7 +253,7 @@ def main() -> None:
         with open(a.scale_md, "w") as f:
             f.write(bench_scale.markdown(saved))
     if not a.keep:
-        for mode in ("off", "on"):
+        for mode in modes:
             shutil.rmtree(f"{a.work}/index-{mode}")
 
 

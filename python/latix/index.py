@@ -494,35 +494,32 @@ class Index:
         segments_per_tier: int | None = 10,
         floor_tokens: int = 65536,
         memory: int = 1 << 30,
-        max_merge_tokens: int | None = None,
+        max_merge_tokens: int | None = 1 << 25,
     ) -> None:
         """Sets the merge policy this handle runs after every commit (on by default, with these
         defaults; ``segments_per_tier=None`` turns it off). Not persisted: each handle has its own.
 
-        Tiered, log-structured merging: a segment of ``t`` live tokens is in tier 0 when
-        ``t <= floor_tokens``, else in the smallest tier ``i`` with
-        ``t <= floor_tokens * segments_per_tier**i``; after a commit, the newest run of segments of
-        the lowest tier (or below) that holds ``segments_per_tier`` segments is merged into one,
-        repeatedly, so the segment count stays logarithmic in the number of commits of similar
-        sizes (without ``max_merge_tokens``, the default; with commits of mixed sizes up to
-        ``segments_per_tier - 1`` segments of each lower tier, more after deletes, can remain
-        between two larger ones, until :meth:`compact`). Each merge is a commit of its own
-        (crash-safe like every commit, readers keep their snapshots) that never decodes: a
-        compressed index merges its inverted lists in the codes domain (search scores
-        unchanged), with the memory setting ``memory`` of :meth:`compact`, and a fidelity tier's
-        refinement files losslessly (see :meth:`compact`). Segments with lists an older latix
-        wrote or refinement files of another codec are left to :meth:`compact`.
+        Tiered, log-structured merging with a hard bound on each merge: a segment of ``t`` live
+        tokens is in tier 0 when ``t <= floor_tokens``, else in the smallest tier ``i`` with
+        ``t <= floor_tokens * segments_per_tier**i``. A segment above ``max_merge_tokens / 2``
+        live tokens is *frozen*: the policy does not merge it again (deletes can thaw it). After
+        a commit, a run of consecutive unfrozen segments of the lowest tier (or below) holding
+        ``segments_per_tier`` segments of that tier, anywhere in the index, is merged into one
+        segment in its place (documents keep their commit order); failing that, two or more
+        unfrozen segments that a frozen one follows (no later commit can join them) are merged;
+        repeatedly, until nothing is left to merge. No merge writes more than
+        ``max_merge_tokens`` live tokens, however large the index: a longer run is merged from
+        its newest end in parts. The segment count stays logarithmic in the number of commits of
+        similar sizes below the bound and grows by one segment per ``max_merge_tokens / 2``
+        tokens or so above it; with commits of mixed sizes up to ``segments_per_tier - 1``
+        segments of each lower tier can remain between two larger ones, until :meth:`compact`.
 
-        Merges are unbounded by default: the amortised rewriting is O(log n) per token, but one
-        commit can merge the whole index (the 100th of 100 equal commits does).
-        ``max_merge_tokens`` is an opt-in bound with known limits: a segment of more than
-        ``max_merge_tokens / segments_per_tier`` live tokens is no longer merged by the policy.
-        It keeps the merges of evenly sized small commits near the bound, but it is not a hard
-        bound (a merge can exceed it several times over), a commit larger than
-        ``max_merge_tokens / segments_per_tier`` leaves the smaller segments before it unmerged
-        until :meth:`compact`, and past that size the segment count grows linearly (one segment
-        per ``max_merge_tokens / segments_per_tier`` tokens or more). :meth:`compact` still
-        merges everything.
+        Each merge is a commit of its own (crash-safe like every commit, readers keep their
+        snapshots) that never decodes: a compressed index merges its inverted lists in the codes
+        domain (search scores unchanged), with the memory setting ``memory`` of :meth:`compact`,
+        and a fidelity tier's refinement files losslessly (see :meth:`compact`). Segments with
+        lists an older latix wrote or refinement files of another codec are left to
+        :meth:`compact`, which still merges everything into one.
 
         Args:
             segments_per_tier: (an int >= 2, or None) segments a tier holds before they merge;
@@ -530,9 +527,9 @@ class Index:
                 ``None`` turns merging off.
             floor_tokens: (an int >= 1) live tokens up to which a segment is in the lowest tier.
             memory: (an int >= 1, bytes) memory setting of each merge (see :meth:`compact`).
-            max_merge_tokens: (an int >= 1, or None) opt-in bound: segments above
-                ``max_merge_tokens / segments_per_tier`` live tokens are not merged again (see
-                above for its limits); ``None`` (the default): unbounded.
+            max_merge_tokens: (an int >= 2, or None) the most live tokens one merge writes
+                (default 2**25, about 1 GB of codes at 30 bytes a token); ``None``: unbounded,
+                so one commit can merge the whole index (the 100th of 100 equal commits does).
 
         Raises:
             InvalidArgumentError: a setting out of range.
@@ -543,7 +540,7 @@ class Index:
             else _int_arg("segments_per_tier", segments_per_tier, 2)
         )
         cap = (
-            None if max_merge_tokens is None else _int_arg("max_merge_tokens", max_merge_tokens, 1)
+            None if max_merge_tokens is None else _int_arg("max_merge_tokens", max_merge_tokens, 2)
         )
         self._inner.set_merge_policy(
             n, _int_arg("floor_tokens", floor_tokens, 1), _int_arg("memory", memory, 1), cap

@@ -151,10 +151,10 @@ class Index:
         segments_per_tier: int | None,
         floor_tokens: int = 65536,
         memory: int = 1073741824,
-        max_merge_tokens: int | None = None,
+        max_merge_tokens: int | None = 33554432,
     ) -> None:
-        """Sets the merge policy run after every commit of this handle (`None`: off;
-        `max_merge_tokens=None`, the default: merges unbounded).
+        """Sets the merge policy run after every commit of this handle (`None`: off; each merge
+        writes at most `max_merge_tokens` live tokens, `None`: merges unbounded).
         """
     def stats(self) -> dict[str, object]:
         """Figures of the latest committed snapshot, as a dict."""

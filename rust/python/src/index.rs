@@ -330,11 +330,11 @@ impl PyIndex {
         py.detach(|| self.inner.delete(&id_refs)).py_err(py)
     }
 
-    /// (segments_per_tier: int | None, floor_tokens: int = 65536, memory: int = 1073741824, max_merge_tokens: int | None = None) -> None
+    /// (segments_per_tier: int | None, floor_tokens: int = 65536, memory: int = 1073741824, max_merge_tokens: int | None = 33554432) -> None
     ///
-    /// Sets the merge policy run after every commit of this handle (`None`: off;
-    /// `max_merge_tokens=None`, the default: merges unbounded).
-    #[pyo3(signature = (segments_per_tier, floor_tokens=65536, memory=1073741824, max_merge_tokens=None))]
+    /// Sets the merge policy run after every commit of this handle (`None`: off; each merge
+    /// writes at most `max_merge_tokens` live tokens, `None`: merges unbounded).
+    #[pyo3(signature = (segments_per_tier, floor_tokens=65536, memory=1073741824, max_merge_tokens=Some(latix_core::index::DEFAULT_MAX_MERGE_TOKENS)))]
     fn set_merge_policy(
         &self,
         py: Python<'_>,

@@ -364,7 +364,14 @@ impl Index {
         let mut staged_dead = w.staged_dead.clone();
         staged_dead.sort_unstable();
         let (switched, res) = self.kind.with_hook(hook, false, None, |hook| {
-            self.publish(&base, segments, stage.as_mut(), staged_dead, hook)
+            self.publish(
+                &base,
+                segments,
+                stage.as_mut(),
+                Vec::new(),
+                staged_dead,
+                hook,
+            )
         });
         if switched {
             w.reset();
@@ -378,17 +385,22 @@ impl Index {
     /// Publishes a commit: [`Index::write_commit`], then refreshes this handle's snapshot and
     /// removes files no longer referenced. Returns whether `CURRENT` was switched (the commit
     /// happened, even if a later step failed). If not, a finished `stage` is moved back to its
-    /// temporary name so that the caller can keep it staged.
+    /// temporary name so that the caller can keep it staged. The new manifest lists `segments`,
+    /// then the staged segment (if any), then `tail` (a merge of a run inside the segment list
+    /// puts its output where the run was).
     pub(super) fn publish(
         &self,
         base: &Arc<Snapshot>,
         segments: Vec<SegmentEntry>,
         stage: Option<&mut SegmentWriter>,
+        tail: Vec<SegmentEntry>,
         stage_dead: Vec<u32>,
         hook: Option<CommitHook<'_>>,
     ) -> (bool, Result<()>) {
         let mut stage = stage.filter(|s| s.n_docs() > 0);
-        if let Err(e) = self.write_commit(base, segments, stage.as_deref_mut(), stage_dead, hook) {
+        if let Err(e) =
+            self.write_commit(base, segments, stage.as_deref_mut(), tail, stage_dead, hook)
+        {
             // An error after the rename of CURRENT (e.g. the directory fsync) still committed.
             let target = manifest_name(base.generation() + 1);
             if read_current(&self.dir).ok().as_deref() == Some(target.as_str()) {
@@ -407,13 +419,14 @@ impl Index {
         (true, res)
     }
 
-    /// Writes the staged segment (if any), runs the hook, writes the new manifest and switches
-    /// `CURRENT` to it.
+    /// Writes the staged segment (if any), runs the hook, writes the new manifest (`segments`,
+    /// the staged segment, `tail`) and switches `CURRENT` to it.
     fn write_commit(
         &self,
         base: &Arc<Snapshot>,
         mut segments: Vec<SegmentEntry>,
         stage: Option<&mut SegmentWriter>,
+        tail: Vec<SegmentEntry>,
         stage_dead: Vec<u32>,
         hook: Option<CommitHook<'_>>,
     ) -> Result<()> {
@@ -450,6 +463,7 @@ impl Index {
             });
             new_segments.push(file);
         }
+        segments.extend(tail);
         // A segment whose every document is deleted is dropped (its file removed after), and so
         // leaves the commit's new segments too: the hook must not encode a file the manifest
         // does not reference (a staged segment whose documents were all deleted before the commit).
@@ -565,8 +579,15 @@ impl Index {
         // On failure the temporary segment is removed when `stage` drops; nothing changed.
         let decoded = state.is_some().then_some(&lengths[..]);
         self.kind.with_hook(hook, retrain, decoded, |hook| {
-            self.publish(&base, Vec::new(), Some(&mut stage), Vec::new(), hook)
-                .1
+            self.publish(
+                &base,
+                Vec::new(),
+                Some(&mut stage),
+                Vec::new(),
+                Vec::new(),
+                hook,
+            )
+            .1
         })
     }
 }
