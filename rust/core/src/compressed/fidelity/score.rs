@@ -284,22 +284,35 @@ fn score_doc_body(
                     *o += r * (bias2 + scale2 * x as f32);
                 }
             }
-            let base = k * BLOCK;
-            if base < lo_mask {
-                v[..lo_mask - base].fill(f32::NEG_INFINITY);
-            }
-            if base + BLOCK > hi_mask {
-                v[hi_mask.saturating_sub(base)..].fill(f32::NEG_INFINITY);
-            }
-            for c in v.chunks_exact(8) {
-                for (m, &x) in best.iter_mut().zip(c) {
-                    *m = if x > *m { x } else { *m };
-                }
-            }
+            fold_block_max(&mut v, k * BLOCK, lo_mask, hi_mask, &mut best);
         }
         total += best.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     }
     total
+}
+
+/// Folds one block of scores `v` (rows `base..base + BLOCK` of a document's rows) into the
+/// eight running maxima `best`, rows outside `lo_mask..hi_mask` (the document's own rows in its
+/// block-aligned stretch) masked out first. Shared by every tier's block scorer.
+#[inline(always)]
+pub(super) fn fold_block_max(
+    v: &mut [f32; BLOCK],
+    base: usize,
+    lo_mask: usize,
+    hi_mask: usize,
+    best: &mut [f32; 8],
+) {
+    if base < lo_mask {
+        v[..lo_mask - base].fill(f32::NEG_INFINITY);
+    }
+    if base + BLOCK > hi_mask {
+        v[hi_mask.saturating_sub(base)..].fill(f32::NEG_INFINITY);
+    }
+    for c in v.chunks_exact(8) {
+        for (m, &x) in best.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
 }
 
 /// Float oracle of [`score_doc`]: MaxSim over the reconstructed vectors `c + r^` of rows `a..b`

@@ -35,6 +35,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::build::lloyd_max;
+use super::score::fold_block_max;
 use super::{align64, FidSegment, Layout, HEADER, MAGIC, SCALE_ONE};
 use crate::compressed::codec::Codec;
 use crate::compressed::fastscan::{scan_block, BLOCK};
@@ -1008,18 +1009,7 @@ fn score_tx_body(
             for ((o, &x), &r) in v.iter_mut().zip(&sum).zip(r) {
                 *o += r * (bias + step * x);
             }
-            let base = k * BLOCK;
-            if base < lo_mask {
-                v[..lo_mask - base].fill(f32::NEG_INFINITY);
-            }
-            if base + BLOCK > hi_mask {
-                v[hi_mask.saturating_sub(base)..].fill(f32::NEG_INFINITY);
-            }
-            for c in v.chunks_exact(8) {
-                for (m, &x) in best.iter_mut().zip(c) {
-                    *m = if x > *m { x } else { *m };
-                }
-            }
+            fold_block_max(&mut v, k * BLOCK, lo_mask, hi_mask, &mut best);
         }
         total += best.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     }
