@@ -30,6 +30,12 @@
 //! `max_merge_tokens = u64::MAX` turns the bound off: merges then grow with the index (the
 //! 100th of 100 equal commits rewrites every token inside that commit).
 //!
+//! The bound is per merge, not per commit: a commit that fills a tier can set off a cascade
+//! (the merge of a run cut by the bound freezes its output, then the closed run before it is
+//! merged in parts), about `segments_per_tier * max_merge_tokens / 2` tokens at the most, still
+//! independent of the index size (the 100th of 100 commits of 1M at the default writes 10M,
+//! then three merges of 30M: 100M in that commit, in four bounded merges).
+//!
 //! Commits of mixed sizes can still leave more segments: up to `segments_per_tier - 1` of each
 //! lower tier between two larger segments, and nested patterns of commit sizes that never fill a
 //! tier at all (the tests build one: nothing merges). `compact()` merges them.
@@ -90,7 +96,8 @@ pub struct MergePolicy {
 }
 
 /// The default of [`MergePolicy::max_merge_tokens`]: 2^25 live tokens (33.5M; about 1 GB of
-/// codes at 30 B/token, 26 GB of 384-d float16 vectors), so no commit rewrites more than that.
+/// codes at 30 B/token, 26 GB of 384-d float16 vectors), so no merge writes more than that (a
+/// commit can run a few merges in a row: see the module docs).
 pub const DEFAULT_MAX_MERGE_TOKENS: u64 = 1 << 25;
 
 impl Default for MergePolicy {
@@ -155,7 +162,8 @@ impl MergePolicy {
     /// 2. else the newest *closed run* of two or more movable segments: a maximal run followed
     ///    by a frozen or blocked segment, which no new commit can join (without this, a commit
     ///    above the frozen size would strand the few smaller segments before it for good);
-    ///    merging it rewrites its tokens once, as the commits after it cannot grow it again.
+    ///    merging it rewrites its tokens once, as the commits after it cannot grow it again
+    ///    (until deletes thaw the frozen segment that closes it).
     ///
     /// A run is merged from its newest segment backwards as far as the bound allows (every
     /// merge writes at most `max_merge_tokens` live tokens: movable segments hold at most half
@@ -231,15 +239,10 @@ pub struct MergeHealth {
     pub last_error: Option<String>,
 }
 
-/// Live tokens of each segment of `snap` (tokens of deleted documents estimated pro rata).
+/// Live tokens of each segment of `snap` (exact: the tokens of its deleted documents are
+/// subtracted, so skewed deletes cannot make a merge exceed the bound).
 fn live_tokens(snap: &Snapshot) -> Vec<u64> {
-    snap.segments()
-        .iter()
-        .map(|v| {
-            let n = v.segment.n_docs().max(1) as u128;
-            (v.entry.n_tokens as u128 * v.live_docs as u128 / n) as u64
-        })
-        .collect()
+    snap.segments().iter().map(|v| v.live_tokens).collect()
 }
 
 impl Index {
@@ -339,8 +342,9 @@ impl Index {
             return Ok(());
         };
         let mut blocked_files: std::collections::HashSet<String> = Default::default();
-        // Each merge lowers the segment count and each refusal blocks segments, so this ends;
-        // the bound is a guard (what is left is planned again after the next commit).
+        // Each merge lowers the segment count and each refusal blocks segments not blocked
+        // before, so this ends; the bound is a guard (what is left is planned again after the
+        // next commit).
         for _ in 0..64 {
             let base = self.snapshot()?;
             let blocked: Vec<bool> = base
@@ -355,18 +359,38 @@ impl Index {
                 self.merge_segments(&base, run, None, policy.memory, lists)?;
                 continue;
             }
-            // Block the segments refused on their own; if each is mergeable alone (the run
-            // mixes kinds of segments, e.g. with and without vectors), the whole run.
+            // Block the segments refused on their own.
             let mut alone = Vec::new();
             for i in run.clone() {
                 if self.kind.merge_mode(&base, i..i + 1)?.is_none() {
                     alone.push(i);
                 }
             }
-            let refused = if alone.is_empty() {
-                run.collect()
-            } else {
+            let refused: Vec<usize> = if !alone.is_empty() {
                 alone
+            } else {
+                // Each merges alone but the run does not: it mixes kinds of segments (with and
+                // without vectors, refinement files of an older latix and of this one). Cut it
+                // where two neighbours do not merge and merge the newest group of two or more,
+                // so that segments of one kind keep merging among themselves; with no such
+                // group (or if it is refused too), block the run.
+                let mut groups = Vec::new();
+                let mut start = run.start;
+                for i in run.start + 1..run.end {
+                    if self.kind.merge_mode(&base, i - 1..i + 1)?.is_none() {
+                        groups.push(start..i);
+                        start = i;
+                    }
+                }
+                groups.push(start..run.end);
+                let group = groups.into_iter().rev().find(|g| g.len() >= 2);
+                if let Some(g) = group.clone() {
+                    if let Some(lists) = self.kind.merge_mode(&base, g.clone())? {
+                        self.merge_segments(&base, g, None, policy.memory, lists)?;
+                        continue;
+                    }
+                }
+                group.unwrap_or(run).collect()
             };
             blocked_files.extend(
                 refused
