@@ -22,10 +22,11 @@ the index is created: that resident size is reported beside it), and the time sp
   queries (pre-encoded), after one untimed pass; p50 and p99;
 * nDCG@10 of those searches on SciFact test (qrels);
 * the median time of `Index.open` (5 opens) and the time to add the next 1,000 generated
-  documents and commit them (the merge policy's merges included), after everything else;
-* recall@10 against exact MaxSim on a fixed seeded sample of --exact-sample (50) test queries,
-  and the share of the exact top-10 slots that generated documents take (how much they compete),
-  plus exact and compressed nDCG@10 on that sample. The exact top 20 is computed once per size
+  documents and commit them (the merge policy's merges included), after the searches;
+* last (untimed, so that it never delays the timed phases), recall@10 against exact MaxSim on
+  a fixed seeded sample of --exact-sample (50) test queries, and the share of the exact
+  top-10 slots that generated documents take (how much they compete), plus exact and
+  compressed nDCG@10 on that sample. The exact top 20 is computed once per size
   (`latix.maxsim`, the exact kernel, on both threads, over every document, SciFact's and
   generated batch by batch; --exact-kernel numpy uses a float32 GEMM independent of latix, ~1.6x
   the CPU) and cached under --work, keyed by a checksum of the generator's parameters and seed,
@@ -410,17 +411,6 @@ def measure_locked(
     qo = np.load(f"{sci}/query_offsets.npy")
     qids = json.load(open(f"{sci}/query_ids.json"))
     nq = len(qids)
-    ref, cached = reference(corpus, ident, a.data, a.work, sample, lock, a.exact_kernel)
-    gen_share = float(
-        np.mean([sum(d.startswith("gen-") for d in ids[:10]) / 10 for ids in ref["ids"]])
-    )
-    how = "cached" if cached else f"computed, {ref['seconds']:.0f} s"
-    print(
-        f"exact reference ({how}): "
-        f"generated documents take {gen_share:.1%} of the exact top-10 slots of "
-        f"{len(sample)} sample queries",
-        flush=True,
-    )
     out = f"{a.work}/index-{name}"
     load_before = provenance.load_average()
     with lock.hold(f"build {name}"):
@@ -463,6 +453,24 @@ def measure_locked(
     print(
         f"open {open_s * 1000:.1f} ms (median of {OPENS}); add + commit {ADD_DOCS:,} documents "
         f"{add_commit_s:.2f} s",
+        flush=True,
+    )
+    print(
+        f"p50/p99 1T {pct(lat[1], 50):.2f}/{pct(lat[1], 99):.2f} ms, 2T {pct(lat[2], 50):.2f}/"
+        f"{pct(lat[2], 99):.2f} ms (load {load_search0} -> {load_search})",
+        flush=True,
+    )
+    # The untimed exact reference last, so that a size's timed phases (build, searches) are
+    # measured first and a long reference (~1 h at 100M tokens) never delays them.
+    ref, cached = reference(corpus, ident, a.data, a.work, sample, lock, a.exact_kernel)
+    gen_share = float(
+        np.mean([sum(d.startswith("gen-") for d in ids[:10]) / 10 for ids in ref["ids"]])
+    )
+    how = "cached" if cached else f"computed, {ref['seconds']:.0f} s"
+    print(
+        f"exact reference ({how}): "
+        f"generated documents take {gen_share:.1%} of the exact top-10 slots of "
+        f"{len(sample)} sample queries",
         flush=True,
     )
     ev = ir_measures.calc_aggregate([nDCG @ 10], sub_qrels, run10)
