@@ -6,13 +6,15 @@ search path must keep equal or lower (issue 12).
 
 What is counted: ``Index.search(q, k=10, n_threads=1)`` (default depths) for SciFact test queries
 0-39, one at a time, on a codes-only compressed index (``Compression(n_centroids=2048)``, seed 0)
-of all SciFact documents: the work each search hands latix's pool (collection toggled on for
-the duration of a rayon job, ``POOL_JOB``: every stage of the search, from planning to the
-padded result). Callgrind's collection state is per thread, and the search runs on a pool
-thread, so toggling collection on a function of the calling thread (as this script first did,
-on the binding's search method) counted only the argument conversion and the wait (2.25M
-instructions a query; the search itself 11.4M). Counting every thread instead varies by ~5 %
-between runs (rayon's workers spin for a while before sleeping). The child runs twice, each time
+of all SciFact documents: the work of ``encoded_pipeline`` (collection toggled on for its
+duration, ``PIPELINE``), every stage of a query's search: planning, candidate generation,
+refinement and the final ranking (the result's assembly into arrays is left out). A search of
+one thread runs on the calling thread (no hand-off to a pool since ``parallel::run``); this
+script first toggled on rayon's job execution (``StackJob::execute``, when one-thread searches
+still ran on a pool thread), which then counted nothing, and before that on the binding's
+search method, which counted only the argument conversion and the wait. Callgrind's collection
+state is per thread, so a search of more threads would count only its calling thread's share.
+The child runs twice, each time
 opening the index and running one warm-up query (the lazy loads: codec, lists, pool), then 0 and
 then 40 queries; the figure is the difference (two runs of one build differ by ~0.01 %).
 
@@ -40,9 +42,10 @@ import numpy as np
 
 DATA = os.environ.get("LATIX_BENCH_DATA") or os.path.expanduser("~/.cache/latix/bench")
 N_QUERIES = 40
-# A job running on a thread of latix's pool: rayon calls it through a function pointer, so it is
-# never inlined, and it spans exactly the work the search hands the pool.
-POOL_JOB = "*StackJob*rayon_core::job::Job*execute*"
+# Every stage of one query's search (called once per query, not recursive; large enough never
+# to be inlined: callgrind sees it as a function of its own, which `parallel::run`, inlined into
+# the binding, is not).
+PIPELINE = "latix_core::compressed::search::encoded_pipeline"
 
 
 def build(scifact: str, out: str) -> None:
@@ -108,7 +111,7 @@ def main() -> None:
                 "--tool=callgrind",
                 f"--callgrind-out-file={out}",
                 "--collect-atstart=no",
-                f"--toggle-collect={POOL_JOB}",
+                f"--toggle-collect={PIPELINE}",
                 sys.executable,
                 os.path.abspath(__file__),
                 "--child",
