@@ -628,11 +628,34 @@ def fits(sizes: dict[str, Any]) -> dict[str, Any]:
 def markdown(saved: dict[str, Any]) -> str:
     rows = sorted(saved["sizes"].values(), key=lambda r: r["n_tokens"])
     f = saved.get("fit", {})
+    # Rows built with `Compression` growth settings say so (the table header says defaults).
+    parts = []
+    exp = {
+        r["size"]: r["growth"]["expected_tokens"]
+        for r in rows
+        if "expected_tokens" in r.get("growth", {})
+    }
+    if exp:
+        parts.append(
+            "expected_tokens = each size's token count"
+            if len(exp) == len(rows) and all(exp[r["size"]] == parse_size(r["size"]) for r in rows)
+            else "expected_tokens " + ", ".join(f"{v:,} ({k})" for k, v in exp.items())
+        )
+    rg = sorted(
+        {r["growth"]["retrain_growth"] for r in rows if "retrain_growth" in r.get("growth", {})}
+    )
+    if rg:
+        parts.append("retrain_growth " + " / ".join(str(g) for g in rg))
+    config = (
+        "latix defaults but the `Compression` growth settings " + "; ".join(parts)
+        if parts
+        else "latix defaults"
+    )
     md = [
         f"# Scale: latix's compressed index from {rows[0]['size']} to {rows[-1]['size']} tokens",
         "",
         "`python benches/bench_scale.py` (benches/bench_scale.py: SciFact + generated competing "
-        "documents from benches/scale_gen.py; latix defaults, commits of 5,000 documents, no "
+        f"documents from benches/scale_gen.py; {config}, commits of 5,000 documents, no "
         "compaction). Build time is latix's own (adds and commits; generating the documents "
         "excluded, given beside it); peak RSS is the build child's, which includes the "
         "generator's pools (given beside it). Latency: k = 10, one query at a time, 300 SciFact "
