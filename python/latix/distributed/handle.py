@@ -62,6 +62,15 @@ if TYPE_CHECKING:
 _DEFAULT_PASSAGES = Passages()  # Collection.create's default (frozen, so one shared value)
 
 
+def _retry_pause(attempt: int) -> float:
+    """Seconds to wait before the ``attempt``-th resend (1-based) to a shard whose actor died:
+    0.5, 1.5, 4.5, then 5 s. Ray restarts the actor in a new worker process (Python, latix and
+    the shard reopened), seconds on a loaded machine; a resend before Ray has seen the death goes
+    to the dead instance and fails again, so quick resends (0.2 / 0.4 / 0.6 s, as before) could
+    spend every retry on one death (seen in a test, with the machine's two cores busy)."""
+    return min(0.5 * 3.0 ** (attempt - 1), 5.0)
+
+
 class ShardedCollection:
     """A sharded collection: one latix Collection per shard, each served by a Ray actor, with
     :class:`~latix.collection.Collection`'s search / add / upsert / delete / get.
@@ -431,7 +440,7 @@ class ShardedCollection:
                     tries[s] += 1
                     if s not in retried:
                         retried.append(s)
-                    time.sleep(min(0.2 * tries[s], 1.0))
+                    time.sleep(min(_retry_pause(tries[s]), max(0.0, deadline - time.monotonic())))
                     m, a = calls[s]
                     refs[s] = getattr(self._actors[s], m).remote(*a)
                     continue
@@ -1083,7 +1092,7 @@ class ShardedCollection:
                                 [s],
                             ) from None
                         rep.n_retried += 1
-                        time.sleep(min(0.2 * (tries + 1), 1.0))
+                        time.sleep(_retry_pause(tries + 1))
                         submit(s, recs, vl, sp, tries + 1)
                         continue
                     except rex.RayTaskError as e:
