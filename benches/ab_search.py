@@ -17,6 +17,11 @@ as a load probe. Printed per build: the median over rounds of its p50 / p99 / me
 of its per-round p50 ratios to the first build's (same round; wall and CPU), the sgemm rate, and
 a digest of its top-10 ids (equal digests: the builds rank alike).
 
+``--index DIR`` times an existing index instead (every build opens the same one, read-only: a
+kept ``bench_scale.py --keep`` index, say), and ``--env`` gives each build's children
+environment settings (``LATIX_KERNEL=avx2`` against ``LATIX_KERNEL=avx512`` with one
+interpreter, say).
+
 One command: ``python benches/ab_search.py --python /venv-a/bin/python /venv-b/bin/python``.
 Data: the SciFact encodings of benches/prepare_bench_data.py (``--data``, default
 ``$LATIX_BENCH_DATA`` or ~/.cache/latix/bench).
@@ -111,8 +116,21 @@ def child_time(data: str, index: str) -> None:
     )
 
 
-def run_child(python: str, *args: str) -> dict[str, Any]:
-    env = dict(os.environ, LATIX_NUM_THREADS="1", OMP_NUM_THREADS="1")
+def parse_env(spec: str) -> dict[str, str]:
+    """``"A=1,B=2"`` as a dict (``"-"``: nothing)."""
+    if spec == "-":
+        return {}
+    out = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--env: {part!r} is not NAME=VALUE")
+        out[key] = value
+    return out
+
+
+def run_child(python: str, *args: str, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    env = dict(os.environ, LATIX_NUM_THREADS="1", OMP_NUM_THREADS="1", **(extra_env or {}))
     out = subprocess.run(
         [python, os.path.abspath(__file__), *args],
         check=True,
@@ -127,6 +145,14 @@ def run_child(python: str, *args: str) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--python", nargs="+", required=False, help="interpreters, one per build")
+    ap.add_argument(
+        "--env",
+        nargs="+",
+        default=None,
+        help="per build, NAME=VALUE[,NAME=VALUE] for its children ('-': none); one --python "
+        "is then repeated for every --env",
+    )
+    ap.add_argument("--index", default=None, help="time this existing index (no build)")
     ap.add_argument("--label", nargs="+", default=None, help="a name per build (default: buildN)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
@@ -146,26 +172,37 @@ def main() -> None:
         ap.error("--python is required")
     if a.keep_indexes and not a.work:
         ap.error("--keep-indexes needs --work")
+    if a.env and len(a.python) == 1:
+        a.python = a.python * len(a.env)
+    envs = [parse_env(e) for e in a.env] if a.env else [{} for _ in a.python]
+    if len(envs) != len(a.python):
+        ap.error("--env needs one setting per --python")
     labels = a.label or [f"build{i}" for i in range(len(a.python))]
     if len(labels) != len(a.python):
         ap.error("--label needs one name per --python")
     import provenance
 
     provenance.print_header(sys.argv)
-    for label, py in zip(labels, a.python, strict=True):
-        print(f"- {label}: {py}")
+    for label, py, env in zip(labels, a.python, envs, strict=True):
+        print(f"- {label}: {py}" + (f" with {env}" if env else ""))
+    if a.index:
+        print(f"- every build times {a.index}")
     with contextlib.ExitStack() as stack:
         # --keep-indexes: under --work, one index per label and seed, reused by later runs.
         work = a.work if a.keep_indexes else stack.enter_context(tempfile.TemporaryDirectory())
         paths = [os.path.join(work, f"ix-{label}-seed{a.seed}") for label in labels]
-        for i, py in enumerate(a.python):
+        if a.index:
+            paths = [a.index for _ in labels]
+        for i, py in enumerate(a.python if not a.index else []):
             marker = paths[i] + ".built.json"
             if os.path.exists(marker):
                 print(f"reusing {paths[i]}: {open(marker).read()}", flush=True)
                 continue
             if os.path.exists(paths[i]):
                 shutil.rmtree(paths[i])
-            info = run_child(py, "--_build", paths[i], "--data", a.data, "--seed", str(a.seed))
+            info = run_child(
+                py, "--_build", paths[i], "--data", a.data, "--seed", str(a.seed), extra_env=envs[i]
+            )
             with open(marker, "w") as f:
                 json.dump(info, f)
             print(f"built {labels[i]}: {info}", flush=True)
@@ -175,7 +212,9 @@ def main() -> None:
             if r % 2:
                 order.reverse()
             for i in order:
-                rec[i].append(run_child(a.python[i], "--_time", paths[i], "--data", a.data))
+                rec[i].append(
+                    run_child(a.python[i], "--_time", paths[i], "--data", a.data, extra_env=envs[i])
+                )
             print(
                 f"round {r + 1}: "
                 + "  ".join(

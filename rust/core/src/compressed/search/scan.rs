@@ -129,14 +129,52 @@ fn scan_token_body(plan: &QueryPlan, i: usize, seg: &IvfSegment, simd: bool, s: 
     }
 }
 
+/// Blocks ahead of the one being scanned whose data is software-prefetched. Lists larger than
+/// the caches stall on every block's first load (at 100M tokens, 42 % of the scan's samples sat
+/// on the code load): the hardware prefetcher has not ramped up on a list of a few kilobytes
+/// before it ends. Measured on a 100M-token index, 300 SciFact queries, 1 thread, 5 interleaved
+/// rounds (p50 ms, median of rounds): none 39.7, 2 blocks ahead 29.8, 4 ahead 30.3, 2 ahead
+/// plus the next list's first blocks 32.3 (so the next list is not prefetched).
+const PREFETCH_BLOCKS: usize = 2;
+
+/// Hints the cache lines of `bytes` bytes from `p` into L1 (no-op off x86-64). Prefetches
+/// never fault, so `p` may point past the end of the lists (it is never dereferenced).
+#[inline(always)]
+fn prefetch(p: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let mut o = 0;
+        while o < bytes {
+            // SAFETY: a prefetch is a hint: it reads nothing architecturally and never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o) as *const i8) };
+            o += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, bytes);
+}
+
 /// Per-token norm scales as stored (f32 in version-3 lists, u16 fixed point in version 4).
 trait NormSlice: Copy {
+    /// Address of token `t`'s scale (may be past the end: only prefetched).
+    fn ptr_at(self, t: usize) -> *const u8;
+    /// Bytes per scale.
+    fn width(self) -> usize;
     /// The scales of tokens `t0..t0 + BLOCK` times `scores` (only the first `n` are meaningful;
     /// the rest may be anything when the list ends inside the block).
     fn scale_block(self, t0: usize, n: usize, scores: &mut [f32; BLOCK]);
 }
 
 impl NormSlice for &[f32] {
+    #[inline(always)]
+    fn ptr_at(self, t: usize) -> *const u8 {
+        self.as_ptr().wrapping_add(t) as *const u8
+    }
+    #[inline(always)]
+    fn width(self) -> usize {
+        4
+    }
     #[inline(always)]
     fn scale_block(self, t0: usize, n: usize, scores: &mut [f32; BLOCK]) {
         for (o, &r) in scores[..n].iter_mut().zip(&self[t0..t0 + n]) {
@@ -146,6 +184,14 @@ impl NormSlice for &[f32] {
 }
 
 impl NormSlice for &[u16] {
+    #[inline(always)]
+    fn ptr_at(self, t: usize) -> *const u8 {
+        self.as_ptr().wrapping_add(t) as *const u8
+    }
+    #[inline(always)]
+    fn width(self) -> usize {
+        2
+    }
     #[inline(always)]
     fn scale_block(self, t0: usize, n: usize, scores: &mut [f32; BLOCK]) {
         if n == BLOCK {
@@ -190,6 +236,12 @@ fn scan_lists<N: NormSlice>(
         for (t_start, t_end, b_start, doc_base) in seg.sublists(c) {
             let list_codes = &codes[b_start * bb..];
             for (bi, t0) in (t_start..t_end).step_by(BLOCK).enumerate() {
+                // The codes, document numbers and scales of the block PREFETCH_BLOCKS ahead
+                // (past the sub-list's end: the next one's, or nothing useful; never read).
+                let tf = t0 + PREFETCH_BLOCKS * BLOCK;
+                prefetch(list_codes.as_ptr().wrapping_add((bi + PREFETCH_BLOCKS) * bb), bb);
+                prefetch(docs.as_ptr().wrapping_add(tf) as *const u8, BLOCK * 2);
+                prefetch(norms.ptr_at(tf), BLOCK * norms.width());
                 scan_block(
                     &lut.lut,
                     &list_codes[bi * bb..(bi + 1) * bb],
