@@ -239,7 +239,12 @@ fn scan_lists<N: NormSlice>(
                 // The codes, document numbers and scales of the block PREFETCH_BLOCKS ahead
                 // (past the sub-list's end: the next one's, or nothing useful; never read).
                 let tf = t0 + PREFETCH_BLOCKS * BLOCK;
-                prefetch(list_codes.as_ptr().wrapping_add((bi + PREFETCH_BLOCKS) * bb), bb);
+                prefetch(
+                    list_codes
+                        .as_ptr()
+                        .wrapping_add((bi + PREFETCH_BLOCKS) * bb),
+                    bb,
+                );
                 prefetch(docs.as_ptr().wrapping_add(tf) as *const u8, BLOCK * 2);
                 prefetch(norms.ptr_at(tf), BLOCK * norms.width());
                 scan_block(
