@@ -190,10 +190,12 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         # --keep-indexes: under --work, one index per label and seed, reused by later runs.
         work = a.work if a.keep_indexes else stack.enter_context(tempfile.TemporaryDirectory())
-        paths = [os.path.join(work, f"ix-{label}-seed{a.seed}") for label in labels]
-        if a.index:
-            paths = [a.index for _ in labels]
-        for i, py in enumerate(a.python if not a.index else []):
+        paths = (
+            [a.index] * len(labels)
+            if a.index
+            else [os.path.join(work, f"ix-{label}-seed{a.seed}") for label in labels]
+        )
+        for i, py in enumerate([] if a.index else a.python):
             marker = paths[i] + ".built.json"
             if os.path.exists(marker):
                 print(f"reusing {paths[i]}: {open(marker).read()}", flush=True)

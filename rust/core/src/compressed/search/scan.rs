@@ -157,10 +157,8 @@ fn prefetch(p: *const u8, bytes: usize) {
 
 /// Per-token norm scales as stored (f32 in version-3 lists, u16 fixed point in version 4).
 trait NormSlice: Copy {
-    /// Address of token `t`'s scale (may be past the end: only prefetched).
-    fn ptr_at(self, t: usize) -> *const u8;
-    /// Bytes per scale.
-    fn width(self) -> usize;
+    /// Prefetches the scales of tokens `t..t + BLOCK` (may be past the end: never read).
+    fn prefetch_block(self, t: usize);
     /// The scales of tokens `t0..t0 + BLOCK` times `scores` (only the first `n` are meaningful;
     /// the rest may be anything when the list ends inside the block).
     fn scale_block(self, t0: usize, n: usize, scores: &mut [f32; BLOCK]);
@@ -168,12 +166,8 @@ trait NormSlice: Copy {
 
 impl NormSlice for &[f32] {
     #[inline(always)]
-    fn ptr_at(self, t: usize) -> *const u8 {
-        self.as_ptr().wrapping_add(t) as *const u8
-    }
-    #[inline(always)]
-    fn width(self) -> usize {
-        4
+    fn prefetch_block(self, t: usize) {
+        prefetch(self.as_ptr().wrapping_add(t) as *const u8, BLOCK * 4);
     }
     #[inline(always)]
     fn scale_block(self, t0: usize, n: usize, scores: &mut [f32; BLOCK]) {
@@ -185,12 +179,8 @@ impl NormSlice for &[f32] {
 
 impl NormSlice for &[u16] {
     #[inline(always)]
-    fn ptr_at(self, t: usize) -> *const u8 {
-        self.as_ptr().wrapping_add(t) as *const u8
-    }
-    #[inline(always)]
-    fn width(self) -> usize {
-        2
+    fn prefetch_block(self, t: usize) {
+        prefetch(self.as_ptr().wrapping_add(t) as *const u8, BLOCK * 2);
     }
     #[inline(always)]
     fn scale_block(self, t0: usize, n: usize, scores: &mut [f32; BLOCK]) {
@@ -246,7 +236,7 @@ fn scan_lists<N: NormSlice>(
                     bb,
                 );
                 prefetch(docs.as_ptr().wrapping_add(tf) as *const u8, BLOCK * 2);
-                prefetch(norms.ptr_at(tf), BLOCK * norms.width());
+                norms.prefetch_block(tf);
                 scan_block(
                     &lut.lut,
                     &list_codes[bi * bb..(bi + 1) * bb],
