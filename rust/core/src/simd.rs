@@ -13,7 +13,9 @@
 //! - MaxSim ([`crate::maxsim`]): its own kernel per level (the scalar loops are the oracle).
 //! - The other kernels have an AVX2 (+FMA, +F16C) path and a portable one (which is their
 //!   oracle): [`avx2`] is true at [`Level::Avx2`] and above. `Scalar` and `Portable` both run
-//!   the portable code; `Avx512` runs their AVX2 path (every AVX-512 CPU has AVX2, FMA, F16C).
+//!   the portable code; `Avx512` runs their AVX2 path (every AVX-512 CPU has AVX2, FMA, F16C),
+//!   except the dense tiles of centroid scoring and k-means ([`crate::compressed::linalg`]),
+//!   which have an AVX-512F path ([`avx512`]) giving the AVX2 path's results bit for bit.
 //!
 //! A `#[target_feature(enable = "...")]` function is only ever called behind [`avx2`] or a
 //! [`crate::maxsim::PreparedQuery`] of a level whose [`Level::is_available`] checked every
@@ -34,8 +36,8 @@ pub enum Level {
     Portable,
     /// x86-64 AVX2 + FMA, F16C for half-precision data.
     Avx2,
-    /// x86-64 AVX-512F for MaxSim (compiled, not run on hardware during development), AVX2 for
-    /// the other kernels.
+    /// x86-64 AVX-512F for MaxSim and the dense tiles of centroid scoring, AVX2 for the other
+    /// kernels.
     Avx512,
 }
 
@@ -189,6 +191,19 @@ pub fn set_level(level: Level) -> Result<()> {
     }
     SELECTED.store(level as u8, Ordering::Relaxed);
     Ok(())
+}
+
+/// True when the kernels that have an AVX-512F path take it (the dense tiles of
+/// [`crate::compressed::linalg`]): the selected [`level`] is [`Level::Avx512`], which guarantees
+/// AVX-512F on top of everything [`avx2`] guarantees.
+#[inline]
+pub fn avx512() -> bool {
+    let v = SELECTED.load(Ordering::Relaxed);
+    if v != UNSET {
+        v >= Level::Avx512 as u8
+    } else {
+        init_level() >= Level::Avx512
+    }
 }
 
 /// True when the non-MaxSim kernels take their AVX2 path: the selected [`level`] is at least

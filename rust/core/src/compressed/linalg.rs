@@ -5,7 +5,9 @@
 //! dimension-major, and an `MR x NR` tile of dot products is accumulated in registers by
 //! broadcasting one left-hand scalar per row and multiplying it with a panel row. The inner loop has
 //! no horizontal reduction, so the plain Rust below vectorises; it is compiled twice (baseline and
-//! AVX2+FMA) and the AVX2 copy is chosen at run time.
+//! AVX2+FMA), and an AVX-512F tile (one 16-lane register per row of a taller tile) sits beside
+//! them; the fastest the selected level allows is chosen at run time. The AVX2 and AVX-512F tiles
+//! accumulate every product with the same fused multiply-adds in the same order: same bits.
 
 /// Columns per packed panel.
 pub const NR: usize = 16;
@@ -166,6 +168,87 @@ unsafe fn scores_avx2(x: &[f32], panels: &Panels, out: &mut [f32], lower: bool) 
     }
 }
 
+/// Rows per register tile of the AVX-512F kernel: one 16-lane accumulator per row (12 of the 32
+/// vector registers), enough independent multiply-adds in flight to keep two FMA ports busy.
+const MR512: usize = 12;
+
+/// AVX-512F register tile: `R` rows of `x` times one panel ([`NR`] = 16 columns = one register),
+/// one accumulator per row. Every lane adds `x[r][j] * panel[j][c]` over `j` in order with fused
+/// multiply-adds, exactly as [`tile_avx2`] does, so the two kernels give the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512<const R: usize>(
+    x: &[f32],
+    dim: usize,
+    panel: &[f32],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() >= R * dim && panel.len() >= dim * NR);
+    let mut acc = [_mm512_setzero_ps(); R];
+    let pp = panel.as_ptr();
+    let xp = x.as_ptr();
+    for j in 0..dim {
+        // SAFETY: j < dim, so the panel row j (16 floats) and x[r * dim + j] are in bounds.
+        let p = _mm512_loadu_ps(pp.add(j * NR));
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(r * dim + j)), p, *a);
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        // SAFETY: the caller passes out with R rows of at least NR values at out_stride.
+        _mm512_storeu_ps(out.as_mut_ptr().add(r * out_stride), *a);
+    }
+}
+
+/// [`tile_avx512`] for `rows` (1 to [`MR512`]) rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_rows_avx512(
+    rows: usize,
+    xs: &[f32],
+    dim: usize,
+    panel: &[f32],
+    out: &mut [f32],
+    stride: usize,
+) {
+    match rows {
+        12 => tile_avx512::<12>(xs, dim, panel, out, stride),
+        11 => tile_avx512::<11>(xs, dim, panel, out, stride),
+        10 => tile_avx512::<10>(xs, dim, panel, out, stride),
+        9 => tile_avx512::<9>(xs, dim, panel, out, stride),
+        8 => tile_avx512::<8>(xs, dim, panel, out, stride),
+        7 => tile_avx512::<7>(xs, dim, panel, out, stride),
+        6 => tile_avx512::<6>(xs, dim, panel, out, stride),
+        5 => tile_avx512::<5>(xs, dim, panel, out, stride),
+        4 => tile_avx512::<4>(xs, dim, panel, out, stride),
+        3 => tile_avx512::<3>(xs, dim, panel, out, stride),
+        2 => tile_avx512::<2>(xs, dim, panel, out, stride),
+        _ => tile_avx512::<1>(xs, dim, panel, out, stride),
+    }
+}
+
+/// [`scores_avx2`] with AVX-512F tiles of [`MR512`] rows: twice the products per instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_avx512(x: &[f32], panels: &Panels, out: &mut [f32], lower: bool) {
+    let dim = panels.dim;
+    let m = x.len() / dim;
+    let np = panels.n_padded();
+    // Panel-outer, as in `scores_avx2`.
+    for p in 0..np / NR {
+        let panel = panels.panel(p);
+        let mut r0 = if lower { (p * NR / MR512) * MR512 } else { 0 };
+        while r0 < m {
+            let rows = (m - r0).min(MR512);
+            let xs = &x[r0 * dim..(r0 + rows) * dim];
+            tile_rows_avx512(rows, xs, dim, panel, &mut out[r0 * np + p * NR..], np);
+            r0 += rows;
+        }
+    }
+}
+
 /// Dot products of every row of `x` (`m * dim`, row-major) with every packed row:
 /// `out[r * panels.n_padded() + c]`. `out` must hold `m * panels.n_padded()` values; padded
 /// columns receive 0.
@@ -177,6 +260,11 @@ pub fn scores(x: &[f32], panels: &Panels, out: &mut [f32]) {
     );
     #[cfg(target_arch = "x86_64")]
     {
+        if crate::simd::avx512() {
+            // SAFETY: the selected level is Avx512, so AVX-512F was detected at run time.
+            unsafe { scores_avx512(x, panels, out, false) };
+            return;
+        }
         if crate::simd::avx2() {
             // SAFETY: the required CPU features were detected at run time.
             unsafe { scores_avx2(x, panels, out, false) };
@@ -199,6 +287,11 @@ pub fn gram_lower(x: &[f32], panels: &Panels, out: &mut [f32]) {
     );
     #[cfg(target_arch = "x86_64")]
     {
+        if crate::simd::avx512() {
+            // SAFETY: the selected level is Avx512, so AVX-512F was detected at run time.
+            unsafe { scores_avx512(x, panels, out, true) };
+            return;
+        }
         if crate::simd::avx2() {
             // SAFETY: the required CPU features were detected at run time.
             unsafe { scores_avx2(x, panels, out, true) };
@@ -277,6 +370,32 @@ unsafe fn scores_half_avx2(x: &[f32], panels: &HalfPanels, out: &mut [f32]) {
     }
 }
 
+/// [`scores_half_avx2`] with AVX-512F widening and tiles ([`scores_avx512`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_half_avx512(x: &[f32], panels: &HalfPanels, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let dim = panels.dim;
+    let m = x.len() / dim;
+    let np = panels.n_padded();
+    let mut buf = vec![0.0f32; dim * NR];
+    for p in 0..np / NR {
+        let src = panels.panel(p);
+        for (o, h) in buf.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
+            // SAFETY: both chunks hold exactly 16 elements (16 halves = 32 bytes, 16 floats).
+            let v = _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr() as *const __m256i));
+            _mm512_storeu_ps(o.as_mut_ptr(), v);
+        }
+        let mut r0 = 0;
+        while r0 < m {
+            let rows = (m - r0).min(MR512);
+            let xs = &x[r0 * dim..(r0 + rows) * dim];
+            tile_rows_avx512(rows, xs, dim, &buf, &mut out[r0 * np + p * NR..], np);
+            r0 += rows;
+        }
+    }
+}
+
 /// [`scores`] against half-float panels: `out[r * panels.n_padded() + c] = <x_r, row_c>`.
 pub fn scores_half(x: &[f32], panels: &HalfPanels, out: &mut [f32]) {
     let dim = panels.dim.max(1);
@@ -287,6 +406,11 @@ pub fn scores_half(x: &[f32], panels: &HalfPanels, out: &mut [f32]) {
     );
     #[cfg(target_arch = "x86_64")]
     {
+        if crate::simd::avx512() {
+            // SAFETY: the selected level is Avx512, so AVX-512F was detected at run time.
+            unsafe { scores_half_avx512(x, panels, out) };
+            return;
+        }
         if crate::simd::avx2() {
             // SAFETY: the required CPU features were detected at run time.
             unsafe { scores_half_avx2(x, panels, out) };
@@ -410,6 +534,84 @@ mod tests {
                     assert_eq!(generic[r * np + c], generic_full[r * np + c]);
                     assert_eq!(generic_full[r * np + c], generic_full[c * np + r]);
                 }
+            }
+        }
+    }
+
+    /// The AVX-512F tiles against the AVX2 ones, bit for bit (full, lower triangle and half
+    /// panels), on random shapes covering every tile height of both kernels; and against
+    /// scalar dots. Skipped (passes) on a CPU without AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_tiles_match_avx2_bit_for_bit() {
+        if !crate::simd::Level::Avx512.is_available() {
+            eprintln!("skipped: this CPU cannot run AVX-512F");
+            return;
+        }
+        let mut s = 11u64;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let shapes = [
+            (1, 1, 1),
+            (5, 3, 7),
+            (11, 16, 8),
+            (12, 17, 33),
+            (13, 40, 128),
+            (25, 31, 5),
+            (32, 2048, 384),
+            (37, 64, 96),
+            (40, 40, 384),
+        ];
+        for &(m, n, dim) in &shapes {
+            let x: Vec<f32> = (0..m * dim).map(|_| next()).collect();
+            let c: Vec<f32> = (0..n * dim).map(|_| next()).collect();
+            let p = Panels::new(&c, dim);
+            let np = p.n_padded();
+            let (mut a, mut b) = (vec![f32::NAN; m * np], vec![f32::NAN; m * np]);
+            // SAFETY: AVX-512F, AVX2, FMA and F16C were detected (Level::Avx512 is available).
+            unsafe {
+                scores_avx2(&x, &p, &mut a, false);
+                scores_avx512(&x, &p, &mut b, false);
+            }
+            for r in 0..m {
+                for j in 0..np {
+                    let (u, v) = (a[r * np + j], b[r * np + j]);
+                    assert_eq!(u.to_bits(), v.to_bits(), "full {m} {n} {dim} {r} {j}");
+                    if j < n {
+                        let d = dot(&x[r * dim..(r + 1) * dim], &c[j * dim..(j + 1) * dim]);
+                        assert!((v - d).abs() < 1e-4, "dot {m} {n} {dim} {r} {j}");
+                    }
+                }
+            }
+            // The Gram matrix's lower triangle (rows = panels).
+            let g = Panels::new(&x, dim);
+            let gp = g.n_padded();
+            let (mut a, mut b) = (vec![f32::NAN; m * gp], vec![f32::NAN; m * gp]);
+            // SAFETY: as above.
+            unsafe {
+                scores_avx2(&x, &g, &mut a, true);
+                scores_avx512(&x, &g, &mut b, true);
+            }
+            for r in 0..m {
+                for j in 0..=r {
+                    let (u, v) = (a[r * gp + j], b[r * gp + j]);
+                    assert_eq!(u.to_bits(), v.to_bits(), "lower {m} {dim} {r} {j}");
+                }
+            }
+            // Half panels.
+            let h = HalfPanels::new(&c, dim);
+            let (mut a, mut b) = (vec![f32::NAN; m * np], vec![f32::NAN; m * np]);
+            // SAFETY: as above.
+            unsafe {
+                scores_half_avx2(&x, &h, &mut a);
+                scores_half_avx512(&x, &h, &mut b);
+            }
+            for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+                assert_eq!(u.to_bits(), v.to_bits(), "half {m} {n} {dim} {i}");
             }
         }
     }
