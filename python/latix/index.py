@@ -657,12 +657,16 @@ class Index:
             refine: compressed index only: candidates re-scored with all their tokens' codes
                 (MaxSim over the compressed vectors) before the top ``k`` (or the exact
                 re-rank's share) is taken. Default ``max(k, 16)``, or ``max(4 * k, 48)`` when
-                re-ranking; ``0`` keeps candidate generation's own estimates (faster, less
-                accurate); a value above the number of documents means all of them. Lists
+                re-ranking (``max(4 * k, 96)`` for a ``balanced`` tier of a current index,
+                ``max(4 * k, 160)`` for ``high``); ``0`` keeps candidate generation's own
+                estimates (faster, less accurate); a value above the number of documents means
+                all of them. Lists
                 written by a latix without the document map skip it by default until the next
                 commit (or ``compact()``) rewrites them.
             rerank_depth: compressed index only: candidates of the refined list re-ranked when
-                re-ranking (>= 1, at least ``k`` are). Default as described for ``rerank``.
+                re-ranking (>= 1, at least ``k`` are). Default as described for ``rerank``; for
+                a ``balanced`` / ``high`` tier of a current index ``max(2 * k, 24)`` /
+                ``max(3 * k, 32)`` (the whole list when ``refine=0``).
 
         Returns:
             ``(scores, ids)``: float32 ``(n_queries, k)`` best first, and a ``(n_queries, k)``

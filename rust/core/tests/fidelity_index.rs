@@ -173,6 +173,48 @@ fn tiers_beat_codes_through_adds_deletes_subsets_compaction_and_retraining() {
     assert!(results[2].1 .1 < results[1].1 .1);
 }
 
+/// A transform-coded tier re-scores the head of the refined list on top of the pooled scores
+/// refinement kept (`refine_pooled`): every hit's score must be the one the tier gives the same
+/// document scored alone (a one-document subset, whose path scores its codes afresh), bit for
+/// bit, across two segments and at several `k`.
+#[test]
+fn transform_tier_scores_on_kept_pooled_scores_match_a_lone_document() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut data = seeded(33);
+    let first = data.docs(200);
+    let later = data.docs(70);
+    for fid in [Fidelity::TransformBalanced, Fidelity::TransformHigh] {
+        let dir = tmp.path().join(format!("{fid:?}"));
+        let ix = Index::create_with(&dir, DIM, Dtype::F16, Some(cfg(fid))).expect("create");
+        add(&ix, "a", &first);
+        ix.commit().expect("training commit");
+        add(&ix, "b", &later);
+        ix.commit().expect("commit");
+        let d = CompressedSearch::default();
+        let mut checked = 0;
+        for (qi, k) in (0..12).zip([1usize, 3, 10, 25].into_iter().cycle()) {
+            let q = data.mat(4 + qi % 9, 0.5);
+            let hits = search(&ix, &q, k, d);
+            assert!(!hits.is_empty());
+            for (id, score) in hits {
+                let alone = ix
+                    .search_with(&[&q], 1, Some(1), Some(&[id.as_str()]), d)
+                    .expect("lone search");
+                assert_eq!(alone.ids[0], id);
+                assert_eq!(
+                    alone.scores[0].to_bits(),
+                    score.to_bits(),
+                    "{fid:?}: query {qi}, k {k}, {id}: {} alone vs {score} in the list",
+                    alone.scores[0]
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "{checked}");
+        ix.close();
+    }
+}
+
 #[test]
 fn options_and_configuration_of_a_tier() {
     let tmp = tempfile::tempdir().expect("tmp");

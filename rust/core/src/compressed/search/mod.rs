@@ -32,12 +32,13 @@ mod scan;
 use crate::topk::TopK;
 pub use plan::{check_nprobe, default_nprobe, Candidate, QueryPlan, SegmentView, IMPUTE_SHIFT};
 pub use refinement::{
-    centroid_interaction, default_refine, default_refine_for_rerank, refine, rerank_depth,
-    REFINE_MIN,
+    centroid_interaction, default_refine, default_refine_for_rerank, refine, refine_pooled,
+    rerank_depth, REFINE_MIN,
 };
 pub use rerank::{
-    rerank_exact, rerank_tier, tier_mix, tier_rerank_depth, transform_rerank_depth,
-    two_stage_rerank_depth, FullVectors, TierRows, TX_DEPTH_BALANCED, TX_DEPTH_HIGH,
+    rerank_exact, rerank_tier, tier_mix, tier_rerank_depth, transform_refine_depth,
+    transform_rerank_depth, two_stage_rerank_depth, FullVectors, TierRows, TX_DEPTH_BALANCED,
+    TX_DEPTH_HIGH, TX_RERANK_BALANCED, TX_RERANK_HIGH,
 };
 pub use scan::search_segments;
 
@@ -167,7 +168,8 @@ pub(crate) fn search_snapshot(
     let rerank = opts.rerank.unwrap_or(keep_vectors || tiered);
     // A tier with a second residual stage re-ranks deeper ([`two_stage_rerank_depth`]).
     let two_stage = tiered && state.fids.iter().flatten().any(|(_, f)| f.nbits2() > 0);
-    // A transform-coded tier re-ranks its whole list ([`transform_rerank_depth`]).
+    // A transform-coded tier refines a deep list from codes and re-scores its head
+    // ([`transform_refine_depth`], [`transform_rerank_depth`]).
     let tx_bits = state
         .fids
         .iter()
@@ -415,6 +417,9 @@ impl Stages {
             }
             Some(r) => r.max(k),
             None if !all_mapped => 0,
+            None if rerank && tier == Tier::Transform(tier.bits()) => {
+                transform_refine_depth(k, tier.bits())
+            }
             None if rerank => default_refine_for_rerank(k),
             None => default_refine(k),
         };
@@ -424,6 +429,10 @@ impl Stages {
         let exact_depth = match opts.rerank_depth {
             Some(r) if rerank => r.max(k),
             _ if rerank && tier == Tier::TwoStage => two_stage_rerank_depth(k),
+            // Refinement off: the tier re-scores the whole candidate list instead.
+            _ if rerank && tier == Tier::Transform(tier.bits()) && n_refine == 0 => {
+                transform_refine_depth(k, tier.bits())
+            }
             _ if rerank && tier == Tier::Transform(tier.bits()) => {
                 transform_rerank_depth(k, tier.bits())
             }
@@ -507,17 +516,30 @@ fn encoded_pipeline(
         }
         _ => false,
     };
+    // A transform-coded tier scores on top of each pooled token's codes score, which
+    // refinement computes anyway: kept for the documents it re-scores.
+    let keep_pooled = match final_stage {
+        Rerank::Tier(t) => t.iter().all(|r| r.fid.is_transform()),
+        _ => false,
+    };
+    let mut pooled: Vec<Vec<f32>> = Vec::new();
     if st.n_refine > 0 && exhaustive.is_none() && !deep && !refine_unused {
         // Re-score the best n_refine with all their codes; the rest keep their order below
         // them (only reached when the exact re-rank asks for more).
         let rest = cands.split_off(st.n_refine.min(cands.len()));
-        cands = refine(codec, &plan, views, &cands)?;
+        if keep_pooled {
+            let mut refined = refine_pooled(codec, &plan, views, &cands)?;
+            refined.truncate(st.exact_depth);
+            (cands, pooled) = refined.into_iter().unzip();
+        } else {
+            cands = refine(codec, &plan, views, &cands)?;
+        }
         cands.extend(rest);
     }
     cands.truncate(st.exact_depth);
     match final_stage {
         Rerank::Off => Ok(cands),
-        Rerank::Tier(tiers) => rerank_tier(codec, &plan, q, tiers, &cands, k),
+        Rerank::Tier(tiers) => rerank_tier(codec, &plan, q, tiers, &cands, &pooled, k),
         Rerank::Exact(fulls) => {
             check(&cands)?;
             rerank_exact(q, codec.dim(), fulls, &cands, k)
