@@ -15,7 +15,9 @@
 //!   oracle): [`avx2`] is true at [`Level::Avx2`] and above. `Scalar` and `Portable` both run
 //!   the portable code; `Avx512` runs their AVX2 path (every AVX-512 CPU has AVX2, FMA, F16C),
 //!   except the dense tiles of centroid scoring and k-means ([`crate::compressed::linalg`]),
-//!   which have an AVX-512F path ([`avx512`]) giving the AVX2 path's results bit for bit.
+//!   which have an AVX-512F path ([`avx512`]), and the fast-scan block kernel of refinement and
+//!   the tiers, which has an AVX-512BW one ([`avx512bw`]): both give the AVX2 path's results
+//!   bit for bit.
 //!
 //! A `#[target_feature(enable = "...")]` function is only ever called behind [`avx2`] or a
 //! [`crate::maxsim::PreparedQuery`] of a level whose [`Level::is_available`] checked every
@@ -204,6 +206,25 @@ pub fn avx512() -> bool {
     } else {
         init_level() >= Level::Avx512
     }
+}
+
+/// True when the fast-scan block kernel ([`crate::compressed::fastscan::scan_block`]) takes its
+/// AVX-512BW path: [`avx512`] and AVX-512BW detected (every AVX-512 server CPU since Skylake has
+/// it; the detection is cached).
+#[inline]
+pub fn avx512bw() -> bool {
+    static BW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    avx512()
+        && *BW.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                std::arch::is_x86_feature_detected!("avx512bw")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                false
+            }
+        })
 }
 
 /// True when the non-MaxSim kernels take their AVX2 path: the selected [`level`] is at least

@@ -144,6 +144,63 @@ unsafe fn scan_block_avx2(lut: &[u8], block: &[u8], m: usize, out: &mut [u16; BL
     _mm_storeu_si128(p.add(3), _mm_unpackhi_epi16(he, ho));
 }
 
+/// AVX-512BW [`scan_block`]: four 16-byte rows (subspaces) per 64-byte register, against the
+/// AVX2 kernel's two, with the same arithmetic on each row (so the same sums, exactly): the
+/// AVX2 loop is bound by its instruction count (13 per row pair) rather than by its shuffles, and
+/// this one issues those 13 per four rows. A trailing pair of rows (`m % 4 == 2`) takes one
+/// 256-bit step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+unsafe fn scan_block_avx512(lut: &[u8], block: &[u8], m: usize, out: &mut [u16; BLOCK]) {
+    use std::arch::x86_64::*;
+    debug_assert!(lut.len() >= m * 16 && block.len() >= m * 16 && m.is_multiple_of(2));
+    let mask = _mm512_set1_epi8(0x0f);
+    let mut lo_e = _mm512_setzero_si512();
+    let mut lo_o = _mm512_setzero_si512();
+    let mut hi_e = _mm512_setzero_si512();
+    let mut hi_o = _mm512_setzero_si512();
+    for p in 0..m / 4 {
+        // SAFETY: p * 64 + 64 <= m * 16 <= both lengths (checked by the caller).
+        let c = _mm512_loadu_si512(block.as_ptr().add(p * 64) as *const _);
+        let l = _mm512_loadu_si512(lut.as_ptr().add(p * 64) as *const _);
+        let rlo = _mm512_shuffle_epi8(l, _mm512_and_si512(c, mask));
+        let rhi = _mm512_shuffle_epi8(l, _mm512_and_si512(_mm512_srli_epi16(c, 4), mask));
+        lo_e = _mm512_add_epi16(lo_e, rlo);
+        lo_o = _mm512_add_epi16(lo_o, _mm512_srli_epi16(rlo, 8));
+        hi_e = _mm512_add_epi16(hi_e, rhi);
+        hi_o = _mm512_add_epi16(hi_o, _mm512_srli_epi16(rhi, 8));
+    }
+    // Fold the four 128-bit lanes (subspaces 4p .. 4p + 3) to two: sums modulo 2^16 are linear.
+    let half =
+        |v: __m512i| _mm256_add_epi16(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
+    let (mut lo_e, mut lo_o, mut hi_e, mut hi_o) = (half(lo_e), half(lo_o), half(hi_e), half(hi_o));
+    if m % 4 == 2 {
+        let o = (m - 2) * 16;
+        // SAFETY: o + 32 = m * 16 <= both lengths.
+        let c = _mm256_loadu_si256(block.as_ptr().add(o) as *const __m256i);
+        let l = _mm256_loadu_si256(lut.as_ptr().add(o) as *const __m256i);
+        let mask = _mm256_set1_epi8(0x0f);
+        let rlo = _mm256_shuffle_epi8(l, _mm256_and_si256(c, mask));
+        let rhi = _mm256_shuffle_epi8(l, _mm256_and_si256(_mm256_srli_epi16(c, 4), mask));
+        lo_e = _mm256_add_epi16(lo_e, rlo);
+        lo_o = _mm256_add_epi16(lo_o, _mm256_srli_epi16(rlo, 8));
+        hi_e = _mm256_add_epi16(hi_e, rhi);
+        hi_o = _mm256_add_epi16(hi_o, _mm256_srli_epi16(rhi, 8));
+    }
+    // From here as in `scan_block_avx2`.
+    lo_e = _mm256_sub_epi16(lo_e, _mm256_slli_epi16(lo_o, 8));
+    hi_e = _mm256_sub_epi16(hi_e, _mm256_slli_epi16(hi_o, 8));
+    let fold =
+        |v: __m256i| _mm_add_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let (le, lo, he, ho) = (fold(lo_e), fold(lo_o), fold(hi_e), fold(hi_o));
+    let p = out.as_mut_ptr() as *mut __m128i;
+    // SAFETY: out holds 32 u16 = 4 x 16 bytes.
+    _mm_storeu_si128(p, _mm_unpacklo_epi16(le, lo));
+    _mm_storeu_si128(p.add(1), _mm_unpackhi_epi16(le, lo));
+    _mm_storeu_si128(p.add(2), _mm_unpacklo_epi16(he, ho));
+    _mm_storeu_si128(p.add(3), _mm_unpackhi_epi16(he, ho));
+}
+
 /// Copies the codes of up to 32 tokens, each `(block, lane)` in the block array `codes`
 /// (`M * 16` bytes per block), into one block `out` (token `u` of `tokens` at lane `u`; missing
 /// lanes get code 0): the inverse of scattering a document's tokens over inverted lists, so they
@@ -160,8 +217,14 @@ pub fn gather_block(codes: &[u8], m: usize, tokens: &[(usize, usize)], out: &mut
     #[cfg(target_arch = "x86_64")]
     {
         if has_avx2() && m <= 256 {
+            if crate::simd::avx512bw() {
+                // SAFETY: AVX-512F/BW and AVX2 detected at run time (`simd::avx512bw`); every
+                // source block and `out` checked above.
+                unsafe { gather_block_avx512(codes, m, tokens, out) };
+                return;
+            }
             // SAFETY: AVX2 detected at run time; every source block and `out` checked above.
-            unsafe { gather_block_avx2(codes, m, tokens, out) };
+            unsafe { gather_block_avx2(codes, m, tokens, out, 0) };
             return;
         }
     }
@@ -190,7 +253,13 @@ pub fn gather_block_scalar(codes: &[u8], m: usize, tokens: &[(usize, usize)], ou
 /// so the accumulators stay in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn gather_block_avx2(codes: &[u8], m: usize, tokens: &[(usize, usize)], out: &mut [u8]) {
+unsafe fn gather_block_avx2(
+    codes: &[u8],
+    m: usize,
+    tokens: &[(usize, usize)],
+    out: &mut [u8],
+    first_pair: usize,
+) {
     use std::arch::x86_64::*;
     const G: usize = 4;
     let pairs = m / 2;
@@ -227,7 +296,7 @@ unsafe fn gather_block_avx2(codes: &[u8], m: usize, tokens: &[(usize, usize)], o
             s,
         )
     };
-    let mut p0 = 0;
+    let mut p0 = first_pair;
     while p0 < pairs {
         let g = (pairs - p0).min(G);
         let mut lo = [_mm256_setzero_si256(); G];
@@ -254,6 +323,76 @@ unsafe fn gather_block_avx2(codes: &[u8], m: usize, tokens: &[(usize, usize)], o
     }
 }
 
+/// AVX-512BW [`gather_block`]: the AVX2 kernel's moves four rows (one 64-byte register) at a
+/// time instead of two, with the per-byte selections as mask registers; a trailing pair of rows
+/// (`m % 4 == 2`) is left to the AVX2 kernel. Same bytes out.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+unsafe fn gather_block_avx512(codes: &[u8], m: usize, tokens: &[(usize, usize)], out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    const G: usize = 4;
+    let quads = m / 4;
+    let bb = m * 16;
+    let iota = _mm512_broadcast_i32x4(_mm_setr_epi8(
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+    ));
+    let zero_idx = _mm512_set1_epi8(0x80u8 as i8);
+    // Per token: its shuffle index (0x80 everywhere but byte db of each 128-bit lane, which
+    // reads byte sb) and its source block; per output half, which bytes take a high nibble.
+    let mut idx = [zero_idx; BLOCK];
+    let mut src = [codes.as_ptr(); BLOCK];
+    let mut high: [__mmask64; 2] = [0, 0];
+    for (u, &(b, lane)) in tokens.iter().enumerate() {
+        let (h, db) = (u / 16, u % 16);
+        let at_db = _mm512_cmpeq_epi8_mask(iota, _mm512_set1_epi8(db as i8));
+        idx[u] = _mm512_mask_blend_epi8(at_db, zero_idx, _mm512_set1_epi8((lane % 16) as i8));
+        src[u] = codes.as_ptr().add(b * bb);
+        if lane >= 16 {
+            high[h] |= at_db;
+        }
+    }
+    let n = tokens.len();
+    let (n_lo, n_hi) = (n.min(16), n.saturating_sub(16));
+    let low_mask = _mm512_set1_epi8(0x0f);
+    let nib = |v: __m512i, k: __mmask64| {
+        _mm512_mask_blend_epi8(
+            k,
+            _mm512_and_si512(v, low_mask),
+            _mm512_and_si512(_mm512_srli_epi16(v, 4), low_mask),
+        )
+    };
+    let mut q0 = 0;
+    while q0 < quads {
+        let g = (quads - q0).min(G);
+        let mut lo = [_mm512_setzero_si512(); G];
+        let mut hi = [_mm512_setzero_si512(); G];
+        for (acc, range) in [(&mut lo, 0..n_lo), (&mut hi, 16..16 + n_hi)] {
+            for u in range {
+                let ix = idx[u];
+                let s = src[u].add(q0 * 64);
+                for (j, a) in acc.iter_mut().enumerate().take(g) {
+                    // SAFETY: (q0 + j) * 64 + 64 <= bb, inside the source block (checked by the
+                    // caller).
+                    let v = _mm512_loadu_si512(s.add(j * 64) as *const _);
+                    *a = _mm512_or_si512(*a, _mm512_shuffle_epi8(v, ix));
+                }
+            }
+        }
+        for j in 0..g {
+            let v = _mm512_or_si512(
+                nib(lo[j], high[0]),
+                _mm512_slli_epi16(nib(hi[j], high[1]), 4),
+            );
+            // SAFETY: (q0 + j) * 64 + 64 <= bb = out.len().
+            _mm512_storeu_si512(out.as_mut_ptr().add((q0 + j) * 64) as *mut _, v);
+        }
+        q0 += g;
+    }
+    if m % 4 == 2 {
+        gather_block_avx2(codes, m, tokens, out, m / 2 - 1);
+    }
+}
+
 /// True when the AVX2 kernel runs: [`crate::simd::avx2`] (the selected level is Avx2 or above).
 #[inline]
 pub fn has_avx2() -> bool {
@@ -267,6 +406,12 @@ pub fn scan_block(lut: &[u8], block: &[u8], m: usize, simd: bool, out: &mut [u16
     #[cfg(target_arch = "x86_64")]
     {
         if simd {
+            if crate::simd::avx512bw() {
+                // SAFETY: the selected level is Avx512 and AVX-512BW was detected at run time
+                // (`simd::avx512bw`), AVX2 too; lengths asserted above.
+                unsafe { scan_block_avx512(lut, block, m, out) };
+                return;
+            }
             // SAFETY: AVX2 was detected by the caller (`has_avx2`); lengths asserted above.
             unsafe { scan_block_avx2(lut, block, m, out) };
             return;
@@ -280,6 +425,37 @@ pub fn scan_block(lut: &[u8], block: &[u8], m: usize, simd: bool, out: &mut [u16
 mod tests {
     use super::*;
     use crate::compressed::kmeans::Rng;
+
+    /// The AVX-512BW block kernel against the scalar one (and the AVX2 one), every even `m`
+    /// up to 40 and the tiers' sizes, random tables and codes. Skipped on a CPU without it.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_block_kernel_matches_scalar() {
+        if !(crate::simd::Level::Avx512.is_available() && is_x86_feature_detected!("avx512bw")) {
+            eprintln!("skipped: this CPU cannot run AVX-512BW");
+            return;
+        }
+        let mut rng = Rng::new(17);
+        let sizes: Vec<usize> = (1..=20)
+            .map(|h| 2 * h)
+            .chain([94, 96, 128, 254, 256])
+            .collect();
+        for &m in &sizes {
+            for _ in 0..4 {
+                let lut: Vec<u8> = (0..m * 16).map(|_| rng.below(256) as u8).collect();
+                let block: Vec<u8> = (0..m * 16).map(|_| rng.below(256) as u8).collect();
+                let (mut a, mut b, mut c) = ([0u16; BLOCK], [0u16; BLOCK], [0u16; BLOCK]);
+                scan_block_scalar(&lut, &block, m, &mut a);
+                // SAFETY: AVX-512F/BW and AVX2 detected above.
+                unsafe {
+                    scan_block_avx512(&lut, &block, m, &mut b);
+                    scan_block_avx2(&lut, &block, m, &mut c);
+                }
+                assert_eq!(a, b, "m {m}");
+                assert_eq!(a, c, "m {m}");
+            }
+        }
+    }
 
     #[test]
     fn simd_matches_scalar() {
@@ -319,6 +495,38 @@ mod tests {
                         assert_eq!(src, dst);
                     }
                 }
+            }
+        }
+    }
+
+    /// The AVX-512BW gather against the scalar one, every even `m` up to 40 and the codecs'
+    /// sizes, every token count. Skipped on a CPU without AVX-512BW.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_gather_matches_scalar() {
+        if !(crate::simd::Level::Avx512.is_available() && is_x86_feature_detected!("avx512bw")) {
+            eprintln!("skipped: this CPU cannot run AVX-512BW");
+            return;
+        }
+        let mut rng = Rng::new(23);
+        let sizes: Vec<usize> = (1..=20)
+            .map(|h| 2 * h)
+            .chain([48, 94, 96, 254, 256])
+            .collect();
+        for &m in &sizes {
+            let bb = m * 16;
+            let n_blocks = 5;
+            let codes: Vec<u8> = (0..n_blocks * bb).map(|_| rng.below(256) as u8).collect();
+            for n in 0..=BLOCK {
+                let toks: Vec<(usize, usize)> = (0..n)
+                    .map(|_| (rng.below(n_blocks), rng.below(BLOCK)))
+                    .collect();
+                let mut a = vec![0xAAu8; bb];
+                let mut b = vec![0x55u8; bb];
+                // SAFETY: AVX-512F/BW and AVX2 detected above; blocks in range by construction.
+                unsafe { gather_block_avx512(&codes, m, &toks, &mut a) };
+                gather_block_scalar(&codes, m, &toks, &mut b);
+                assert_eq!(a, b, "m {m} n {n}");
             }
         }
     }
