@@ -110,6 +110,48 @@ pub(crate) struct Tx {
     pub lay: TxLayout,
     /// Per level set, per subspace: its components.
     pub slots: Vec<Vec<Vec<Slot>>>,
+    /// Per level set, what every query's tables are made from ([`QueryPrep`]), built on first use.
+    pub prep: Vec<std::sync::OnceLock<QueryPrep>>,
+}
+
+/// The query-independent part of a level set's query tables, made once per file instead of once
+/// per query: the rotation packed into GEMM panels, and each component's levels spread over the
+/// 16 codes of its subspace (`expanded[x][code]` = the level `code` selects for slot `x`, slots in
+/// subspace order), so a table row is a sum of 16-wide multiples.
+pub(crate) struct QueryPrep {
+    panels: Panels,
+    expanded: Vec<[f32; 16]>,
+    /// Per slot (subspace order): its component.
+    comp: Vec<u16>,
+    /// Per subspace: its slots' range in `expanded` / `comp`.
+    sub_slots: Vec<(u32, u32)>,
+}
+
+impl QueryPrep {
+    fn new(seg: &FidSegment, set: usize) -> QueryPrep {
+        let dim = seg.dim();
+        let lv = seg.component_levels(set);
+        let (mut expanded, mut comp, mut sub_slots) = (Vec::new(), Vec::new(), Vec::new());
+        for sl in seg.slots(set) {
+            let start = comp.len() as u32;
+            for x in sl {
+                let mut e = [0f32; 16];
+                for (code, v) in e.iter_mut().enumerate() {
+                    let l = (code >> x.shift) & ((1 << x.bits) - 1);
+                    *v = lv[x.comp as usize * TX_LEVELS + l];
+                }
+                expanded.push(e);
+                comp.push(x.comp);
+            }
+            sub_slots.push((start, comp.len() as u32));
+        }
+        QueryPrep {
+            panels: Panels::new(seg.rotation(set), dim),
+            expanded,
+            comp,
+            sub_slots,
+        }
+    }
 }
 
 /// Byte offsets of a version-4 file's sections.
@@ -340,6 +382,9 @@ pub(crate) fn parse(bytes: FileBytes, path: &Path, verify: bool) -> Result<FidSe
             n_sub,
             pidx_bytes: pb,
             lay,
+            prep: (0..slots.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
             slots,
         }),
     })
@@ -848,24 +893,29 @@ impl TxTables {
     /// rotated once (`R q`), then per subspace the 16 sums of its components' `q'_j * level`.
     pub(crate) fn new(q: &[f32], seg: &FidSegment, set: usize) -> TxTables {
         let dim = seg.dim();
-        let (rot, lv, slots) = (seg.rotation(set), seg.component_levels(set), seg.slots(set));
-        let nsub = slots.len();
-        let qr = rotate(q, rot, dim);
+        let prep = seg.tx().prep[set].get_or_init(|| QueryPrep::new(seg, set));
+        let nsub = prep.sub_slots.len();
         let nq = q.len() / dim.max(1);
+        // The query's few rows: one GEMM on this thread (same products as `rotate`).
+        let np = prep.panels.n_padded();
+        let mut qr = vec![0f32; nq * np];
+        scores(q, &prep.panels, &mut qr);
         let mut luts = vec![0u8; nq * nsub * 16];
         let (mut bias, mut step) = (Vec::with_capacity(nq), Vec::with_capacity(nq));
         let mut lf = vec![[0f32; 16]; nsub];
         let mut mins = vec![0f32; nsub];
-        for (i, qi) in qr.chunks_exact(dim).enumerate() {
+        for i in 0..nq {
+            let qi = &qr[i * np..i * np + dim];
             let (mut b0, mut range) = (0f32, 0f32);
-            for (s, (row, sl)) in lf.iter_mut().zip(slots).enumerate() {
-                for (code, e) in row.iter_mut().enumerate() {
-                    let mut v = 0f32;
-                    for x in sl {
-                        let l = (code >> x.shift) & ((1 << x.bits) - 1);
-                        v += qi[x.comp as usize] * lv[x.comp as usize * TX_LEVELS + l];
+            for (s, (row, &(x0, x1))) in lf.iter_mut().zip(&prep.sub_slots).enumerate() {
+                // Slot by slot, in subspace order: the same products and sums as one code at a
+                // time, 16 codes wide.
+                *row = [0f32; 16];
+                for x in x0 as usize..x1 as usize {
+                    let w = qi[prep.comp[x] as usize];
+                    for (e, &l) in row.iter_mut().zip(&prep.expanded[x]) {
+                        *e += w * l;
                     }
-                    *e = v;
                 }
                 let (mut lo, mut hi) = (row[0], row[0]);
                 for &v in &row[1..] {
@@ -878,10 +928,15 @@ impl TxTables {
             }
             let sc = if range > 0.0 { range / 255.0 } else { 1.0 };
             let out = &mut luts[i * nsub * 16..(i + 1) * nsub * 16];
-            for (s, row) in lf.iter().enumerate() {
-                for (c, &v) in row.iter().enumerate() {
-                    let y = ((v - mins[s]) / sc + 0.5).clamp(0.0, 255.0);
-                    out[s * 16 + c] = if y.is_nan() { 0 } else { y as u8 };
+            for ((o16, row), &lo) in out.chunks_exact_mut(16).zip(&lf).zip(&mins) {
+                for (o, &v) in o16.iter_mut().zip(row) {
+                    // `((v - lo) / sc + 0.5).clamp(0, 255)`, NaN to 0, truncated: written with
+                    // selects (NaN fails both comparisons) so that the loop vectorises.
+                    let y = (v - lo) / sc + 0.5;
+                    let y = if y >= 0.0 { y } else { 0.0 };
+                    let y = if y < 255.0 { y } else { 255.0 };
+                    // SAFETY: 0 <= y <= 255 (NaN mapped to 0 above).
+                    *o = unsafe { y.to_int_unchecked::<i32>() } as u8;
                 }
             }
             bias.push(b0);
