@@ -175,8 +175,10 @@ fn tiers_beat_codes_through_adds_deletes_subsets_compaction_and_retraining() {
 
 /// A transform-coded tier re-scores the head of the refined list on top of the pooled scores
 /// refinement kept (`refine_pooled`): every hit's score must be the one the tier gives the same
-/// document scored alone (a one-document subset, whose path scores its codes afresh), bit for
-/// bit, across two segments and at several `k`.
+/// document scored alone (a one-document subset: a list of one, which cannot pair a document
+/// with another's scores), bit for bit, across two segments and at several `k`; and so must the
+/// hits of a search that re-scores past its refined list (`rerank_depth` > `refine`), whose
+/// candidates beyond the refined ones are scored from their codes inside the re-rank.
 #[test]
 fn transform_tier_scores_on_kept_pooled_scores_match_a_lone_document() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -191,11 +193,17 @@ fn transform_tier_scores_on_kept_pooled_scores_match_a_lone_document() {
         add(&ix, "b", &later);
         ix.commit().expect("commit");
         let d = CompressedSearch::default();
+        let past_refined = CompressedSearch {
+            refine: Some(4),
+            rerank_depth: Some(60),
+            ..d
+        };
         let mut checked = 0;
         for (qi, k) in (0..12).zip([1usize, 3, 10, 25].into_iter().cycle()) {
             let q = data.mat(4 + qi % 9, 0.5);
-            let hits = search(&ix, &q, k, d);
+            let mut hits = search(&ix, &q, k, d);
             assert!(!hits.is_empty());
+            hits.extend(search(&ix, &q, k.max(10), past_refined));
             for (id, score) in hits {
                 let alone = ix
                     .search_with(&[&q], 1, Some(1), Some(&[id.as_str()]), d)
@@ -210,7 +218,7 @@ fn transform_tier_scores_on_kept_pooled_scores_match_a_lone_document() {
                 checked += 1;
             }
         }
-        assert!(checked > 100, "{checked}");
+        assert!(checked > 200, "{checked}");
         ix.close();
     }
 }

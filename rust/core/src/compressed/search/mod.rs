@@ -480,15 +480,37 @@ fn encoded_pipeline(
     // A filtered search ranks many candidates by centroid interaction and refines the best of
     // them (all of them when exhaustive over a small set: centroid interaction misorders close
     // documents, and a few dozen more refinements cost little).
-    let ci_refine = |c: &[Candidate], exhaustive: bool| -> Result<Vec<Candidate>> {
-        let r = FILTERED_REFINE.max(st.depth);
-        if c.len() <= r || (exhaustive && c.len() <= EXHAUSTIVE_REFINE_ALL) {
-            return refine(codec, &plan, views, c);
-        }
-        let mut ci = centroid_interaction(codec, &plan, views, c)?;
-        ci.truncate(r);
-        refine(codec, &plan, views, &ci)
+    // A transform-coded tier scores on top of each pooled token's codes score, which
+    // refinement computes anyway: kept for the documents it re-scores (the first
+    // `st.exact_depth` of the refined list).
+    let keep_pooled = match final_stage {
+        Rerank::Tier(t) => t.iter().all(|r| r.fid.is_transform()),
+        _ => false,
     };
+    let refine_keeping = |c: &[Candidate]| -> Result<(Vec<Candidate>, Vec<Vec<f32>>)> {
+        if !keep_pooled {
+            return Ok((refine(codec, &plan, views, c)?, Vec::new()));
+        }
+        let refined = refine_pooled(codec, &plan, views, c)?;
+        let (mut cands, mut pooled) = (Vec::with_capacity(refined.len()), Vec::new());
+        for (i, (cand, p)) in refined.into_iter().enumerate() {
+            cands.push(cand);
+            if i < st.exact_depth {
+                pooled.push(p);
+            }
+        }
+        Ok((cands, pooled))
+    };
+    let ci_refine =
+        |c: &[Candidate], exhaustive: bool| -> Result<(Vec<Candidate>, Vec<Vec<f32>>)> {
+            let r = FILTERED_REFINE.max(st.depth);
+            if c.len() <= r || (exhaustive && c.len() <= EXHAUSTIVE_REFINE_ALL) {
+                return refine_keeping(c);
+            }
+            let mut ci = centroid_interaction(codec, &plan, views, c)?;
+            ci.truncate(r);
+            refine_keeping(&ci)
+        };
     if let (Some(all), Rerank::Exact(fulls)) = (exhaustive, final_stage) {
         if all.len() <= EXHAUSTIVE_EXACT_ALL {
             // Kept vectors and a filter this narrow: every allowed document scored exactly.
@@ -497,13 +519,13 @@ fn encoded_pipeline(
         }
     }
     let deep = filtered && st.n_refine > 0;
-    let mut cands = match exhaustive {
+    let (mut cands, mut pooled) = match exhaustive {
         Some(all) => ci_refine(all, true)?,
         None if deep => ci_refine(
             &search_segments(&plan, views, st.filtered_depth.max(st.depth))?,
             false,
         )?,
-        None => search_segments(&plan, views, st.depth)?,
+        None => (search_segments(&plan, views, st.depth)?, Vec::new()),
     };
     // A tier re-rank that ignores the codes' score (every file weighs it 0, [`tier_mix`]) and
     // takes every refined candidate sees the same set whether or not they were refined: the
@@ -516,24 +538,11 @@ fn encoded_pipeline(
         }
         _ => false,
     };
-    // A transform-coded tier scores on top of each pooled token's codes score, which
-    // refinement computes anyway: kept for the documents it re-scores.
-    let keep_pooled = match final_stage {
-        Rerank::Tier(t) => t.iter().all(|r| r.fid.is_transform()),
-        _ => false,
-    };
-    let mut pooled: Vec<Vec<f32>> = Vec::new();
     if st.n_refine > 0 && exhaustive.is_none() && !deep && !refine_unused {
         // Re-score the best n_refine with all their codes; the rest keep their order below
         // them (only reached when the exact re-rank asks for more).
         let rest = cands.split_off(st.n_refine.min(cands.len()));
-        if keep_pooled {
-            let mut refined = refine_pooled(codec, &plan, views, &cands)?;
-            refined.truncate(st.exact_depth);
-            (cands, pooled) = refined.into_iter().unzip();
-        } else {
-            cands = refine(codec, &plan, views, &cands)?;
-        }
+        (cands, pooled) = refine_keeping(&cands)?;
         cands.extend(rest);
     }
     cands.truncate(st.exact_depth);
