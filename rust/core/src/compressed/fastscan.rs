@@ -112,23 +112,46 @@ pub fn scan_block_scalar(lut: &[u8], block: &[u8], m: usize, out: &mut [u16; BLO
 unsafe fn scan_block_avx2(lut: &[u8], block: &[u8], m: usize, out: &mut [u16; BLOCK]) {
     use std::arch::x86_64::*;
     debug_assert!(lut.len() >= m * 16 && block.len() >= m * 16 && m.is_multiple_of(2));
+    let acc = scan_pairs_avx2(lut, block, 0..m / 2, [_mm256_setzero_si256(); 4]);
+    store_sums_avx2(acc, out);
+}
+
+/// Adds row pairs `pairs` (32 bytes each) of `block` looked up in `lut` to the accumulators
+/// `[lo_e, lo_o, hi_e, hi_o]`: as u16 words, a lookup of the low (high) nibbles holds even + 256
+/// * odd tokens of lanes 0-15 (16-31), and the sum of the words shifted right by 8 is the odd sum.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn scan_pairs_avx2(
+    lut: &[u8],
+    block: &[u8],
+    pairs: std::ops::Range<usize>,
+    acc: [std::arch::x86_64::__m256i; 4],
+) -> [std::arch::x86_64::__m256i; 4] {
+    use std::arch::x86_64::*;
     let mask = _mm256_set1_epi8(0x0f);
-    let mut lo_e = _mm256_setzero_si256();
-    let mut lo_o = _mm256_setzero_si256();
-    let mut hi_e = _mm256_setzero_si256();
-    let mut hi_o = _mm256_setzero_si256();
-    for p in 0..m / 2 {
+    let [mut lo_e, mut lo_o, mut hi_e, mut hi_o] = acc;
+    for p in pairs {
         // SAFETY: p * 32 + 32 <= m * 16 <= both lengths (checked by the caller).
         let c = _mm256_loadu_si256(block.as_ptr().add(p * 32) as *const __m256i);
         let l = _mm256_loadu_si256(lut.as_ptr().add(p * 32) as *const __m256i);
         let rlo = _mm256_shuffle_epi8(l, _mm256_and_si256(c, mask));
         let rhi = _mm256_shuffle_epi8(l, _mm256_and_si256(_mm256_srli_epi16(c, 4), mask));
-        // As u16 words, rlo holds even + 256 * odd tokens; the sum of the shifted words is the odd sum.
         lo_e = _mm256_add_epi16(lo_e, rlo);
         lo_o = _mm256_add_epi16(lo_o, _mm256_srli_epi16(rlo, 8));
         hi_e = _mm256_add_epi16(hi_e, rhi);
         hi_o = _mm256_add_epi16(hi_o, _mm256_srli_epi16(rhi, 8));
     }
+    [lo_e, lo_o, hi_e, hi_o]
+}
+
+/// The 32 token sums out of the accumulators of [`scan_pairs_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn store_sums_avx2(acc: [std::arch::x86_64::__m256i; 4], out: &mut [u16; BLOCK]) {
+    use std::arch::x86_64::*;
+    let [mut lo_e, lo_o, mut hi_e, hi_o] = acc;
     // Exact modulo 2^16, and the true sums are below 2^16 (m <= 256, entries <= 255).
     lo_e = _mm256_sub_epi16(lo_e, _mm256_slli_epi16(lo_o, 8));
     hi_e = _mm256_sub_epi16(hi_e, _mm256_slli_epi16(hi_o, 8));
@@ -170,35 +193,13 @@ unsafe fn scan_block_avx512(lut: &[u8], block: &[u8], m: usize, out: &mut [u16; 
         hi_e = _mm512_add_epi16(hi_e, rhi);
         hi_o = _mm512_add_epi16(hi_o, _mm512_srli_epi16(rhi, 8));
     }
-    // Fold the four 128-bit lanes (subspaces 4p .. 4p + 3) to two: sums modulo 2^16 are linear.
+    // Fold the four 128-bit lanes (subspaces 4p .. 4p + 3) to two: sums modulo 2^16 are linear;
+    // then the trailing pair and the AVX2 kernel's ending.
     let half =
         |v: __m512i| _mm256_add_epi16(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
-    let (mut lo_e, mut lo_o, mut hi_e, mut hi_o) = (half(lo_e), half(lo_o), half(hi_e), half(hi_o));
-    if m % 4 == 2 {
-        let o = (m - 2) * 16;
-        // SAFETY: o + 32 = m * 16 <= both lengths.
-        let c = _mm256_loadu_si256(block.as_ptr().add(o) as *const __m256i);
-        let l = _mm256_loadu_si256(lut.as_ptr().add(o) as *const __m256i);
-        let mask = _mm256_set1_epi8(0x0f);
-        let rlo = _mm256_shuffle_epi8(l, _mm256_and_si256(c, mask));
-        let rhi = _mm256_shuffle_epi8(l, _mm256_and_si256(_mm256_srli_epi16(c, 4), mask));
-        lo_e = _mm256_add_epi16(lo_e, rlo);
-        lo_o = _mm256_add_epi16(lo_o, _mm256_srli_epi16(rlo, 8));
-        hi_e = _mm256_add_epi16(hi_e, rhi);
-        hi_o = _mm256_add_epi16(hi_o, _mm256_srli_epi16(rhi, 8));
-    }
-    // From here as in `scan_block_avx2`.
-    lo_e = _mm256_sub_epi16(lo_e, _mm256_slli_epi16(lo_o, 8));
-    hi_e = _mm256_sub_epi16(hi_e, _mm256_slli_epi16(hi_o, 8));
-    let fold =
-        |v: __m256i| _mm_add_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    let (le, lo, he, ho) = (fold(lo_e), fold(lo_o), fold(hi_e), fold(hi_o));
-    let p = out.as_mut_ptr() as *mut __m128i;
-    // SAFETY: out holds 32 u16 = 4 x 16 bytes.
-    _mm_storeu_si128(p, _mm_unpacklo_epi16(le, lo));
-    _mm_storeu_si128(p.add(1), _mm_unpackhi_epi16(le, lo));
-    _mm_storeu_si128(p.add(2), _mm_unpacklo_epi16(he, ho));
-    _mm_storeu_si128(p.add(3), _mm_unpackhi_epi16(he, ho));
+    let acc = [half(lo_e), half(lo_o), half(hi_e), half(hi_o)];
+    let acc = scan_pairs_avx2(lut, block, m / 4 * 2..m / 2, acc);
+    store_sums_avx2(acc, out);
 }
 
 /// Copies the codes of up to 32 tokens, each `(block, lane)` in the block array `codes`

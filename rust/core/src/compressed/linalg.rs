@@ -137,35 +137,91 @@ unsafe fn tile_avx2<const R: usize>(
     }
 }
 
+/// [`tile_avx2`] for `rows` (1 to [`MR`]) rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn scores_avx2(x: &[f32], panels: &Panels, out: &mut [f32], lower: bool) {
-    let dim = panels.dim;
+unsafe fn tile_rows_avx2(
+    rows: usize,
+    xs: &[f32],
+    dim: usize,
+    panel: &[f32],
+    out: &mut [f32],
+    stride: usize,
+) {
+    match rows {
+        6 => tile_avx2::<6>(xs, dim, panel, out, stride),
+        5 => tile_avx2::<5>(xs, dim, panel, out, stride),
+        4 => tile_avx2::<4>(xs, dim, panel, out, stride),
+        3 => tile_avx2::<3>(xs, dim, panel, out, stride),
+        2 => tile_avx2::<2>(xs, dim, panel, out, stride),
+        _ => tile_avx2::<1>(xs, dim, panel, out, stride),
+    }
+}
+
+/// A register-tile kernel: `(rows, x rows, dim, panel, out, out stride)`, `rows` from 1 to its
+/// kernel's height ([`tile_rows_avx2`], [`tile_rows_avx512`]).
+#[cfg(target_arch = "x86_64")]
+type TileRows = unsafe fn(usize, &[f32], usize, &[f32], &mut [f32], usize);
+
+/// Where [`scores_tiled`] reads its panels: f32 panels as they are, or half-float panels widened
+/// one at a time into an f32 buffer by the given kernel.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+enum PanelSource<'a> {
+    F32(&'a Panels),
+    Half(&'a HalfPanels, unsafe fn(&[half::f16], &mut [f32])),
+}
+
+/// The SIMD paths' one driver: `out[r * n_padded + c] = <x_r, row_c>` by register tiles of at
+/// most `mr` rows (`tile`); with `lower`, only what [`gram_lower`] needs. The caller guarantees
+/// the CPU features of `tile` and of the widening kernel.
+#[cfg(target_arch = "x86_64")]
+unsafe fn scores_tiled(
+    x: &[f32],
+    src: PanelSource<'_>,
+    out: &mut [f32],
+    lower: bool,
+    mr: usize,
+    tile: TileRows,
+) {
+    let (dim, np) = match src {
+        PanelSource::F32(p) => (p.dim, p.n_padded()),
+        PanelSource::Half(h, _) => (h.dim, h.n_padded()),
+    };
     let m = x.len() / dim;
-    let np = panels.n_padded();
+    // Half panels: each is widened once into an L1-resident f32 buffer, then every row tile runs
+    // the f32 kernel on it (the memory traffic is f16, the conversion cost 1/m of the FMAs).
+    let mut buf = match src {
+        PanelSource::Half(..) => vec![0.0f32; dim * NR],
+        PanelSource::F32(_) => Vec::new(),
+    };
     // Panel-outer order: a panel (dim x 16 floats, 24 KB at dim 384) stays in L1 while every row
     // tile uses it, so the centroid matrix streams from memory once per call instead of once per
-    // 6 rows (the row-outer order was bandwidth-bound for query-sized inputs).
+    // tile of rows (the row-outer order was bandwidth-bound for query-sized inputs).
     for p in 0..np / NR {
-        let panel = panels.panel(p);
+        let panel: &[f32] = match src {
+            PanelSource::F32(ps) => ps.panel(p),
+            PanelSource::Half(h, widen) => {
+                widen(h.panel(p), &mut buf);
+                &buf
+            }
+        };
         // Lower: the row tiles from the one holding row p * NR (earlier rows need no column of
         // this panel). Tiles keep their rows, and a row's products do not depend on its tile.
-        let mut r0 = if lower { (p * NR / MR) * MR } else { 0 };
+        let mut r0 = if lower { (p * NR / mr) * mr } else { 0 };
         while r0 < m {
-            let rows = (m - r0).min(MR);
+            let rows = (m - r0).min(mr);
             let xs = &x[r0 * dim..(r0 + rows) * dim];
-            let o = &mut out[r0 * np + p * NR..];
-            match rows {
-                6 => tile_avx2::<6>(xs, dim, panel, o, np),
-                5 => tile_avx2::<5>(xs, dim, panel, o, np),
-                4 => tile_avx2::<4>(xs, dim, panel, o, np),
-                3 => tile_avx2::<3>(xs, dim, panel, o, np),
-                2 => tile_avx2::<2>(xs, dim, panel, o, np),
-                _ => tile_avx2::<1>(xs, dim, panel, o, np),
-            }
+            tile(rows, xs, dim, panel, &mut out[r0 * np + p * NR..], np);
             r0 += rows;
         }
     }
+}
+
+/// [`scores_tiled`] with the AVX2 tiles. Needs AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+unsafe fn scores_avx2(x: &[f32], panels: &Panels, out: &mut [f32], lower: bool) {
+    scores_tiled(x, PanelSource::F32(panels), out, lower, MR, tile_rows_avx2)
 }
 
 /// Rows per register tile of the AVX-512F kernel: one 16-lane accumulator per row (12 of the 32
@@ -229,24 +285,18 @@ unsafe fn tile_rows_avx512(
     }
 }
 
-/// [`scores_avx2`] with AVX-512F tiles of [`MR512`] rows: twice the products per instruction.
+/// [`scores_tiled`] with AVX-512F tiles of [`MR512`] rows: twice the products per instruction.
+/// Needs AVX-512F.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
 unsafe fn scores_avx512(x: &[f32], panels: &Panels, out: &mut [f32], lower: bool) {
-    let dim = panels.dim;
-    let m = x.len() / dim;
-    let np = panels.n_padded();
-    // Panel-outer, as in `scores_avx2`.
-    for p in 0..np / NR {
-        let panel = panels.panel(p);
-        let mut r0 = if lower { (p * NR / MR512) * MR512 } else { 0 };
-        while r0 < m {
-            let rows = (m - r0).min(MR512);
-            let xs = &x[r0 * dim..(r0 + rows) * dim];
-            tile_rows_avx512(rows, xs, dim, panel, &mut out[r0 * np + p * NR..], np);
-            r0 += rows;
-        }
-    }
+    scores_tiled(
+        x,
+        PanelSource::F32(panels),
+        out,
+        lower,
+        MR512,
+        tile_rows_avx512,
+    )
 }
 
 /// Dot products of every row of `x` (`m * dim`, row-major) with every packed row:
@@ -335,65 +385,42 @@ impl HalfPanels {
     }
 }
 
+/// Widens a half-float panel into `out`, 8 values at a time (F16C).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scores_half_avx2(x: &[f32], panels: &HalfPanels, out: &mut [f32]) {
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn widen_avx2(src: &[half::f16], out: &mut [f32]) {
     use std::arch::x86_64::*;
-    let dim = panels.dim;
-    let m = x.len() / dim;
-    let np = panels.n_padded();
-    // Each panel is widened once into an L1-resident f32 buffer, then every row tile runs the f32
-    // kernel on it: the memory traffic is f16, the conversion cost 1/m of the FMAs.
-    let mut buf = vec![0.0f32; dim * NR];
-    for p in 0..np / NR {
-        let src = panels.panel(p);
-        for (o, h) in buf.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
-            // SAFETY: both chunks hold exactly 8 elements (8 halves = 16 bytes, 8 floats).
-            let v = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
-            _mm256_storeu_ps(o.as_mut_ptr(), v);
-        }
-        let mut r0 = 0;
-        while r0 < m {
-            let rows = (m - r0).min(MR);
-            let xs = &x[r0 * dim..(r0 + rows) * dim];
-            let o = &mut out[r0 * np + p * NR..];
-            match rows {
-                6 => tile_avx2::<6>(xs, dim, &buf, o, np),
-                5 => tile_avx2::<5>(xs, dim, &buf, o, np),
-                4 => tile_avx2::<4>(xs, dim, &buf, o, np),
-                3 => tile_avx2::<3>(xs, dim, &buf, o, np),
-                2 => tile_avx2::<2>(xs, dim, &buf, o, np),
-                _ => tile_avx2::<1>(xs, dim, &buf, o, np),
-            }
-            r0 += rows;
-        }
+    for (o, h) in out.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+        // SAFETY: both chunks hold exactly 8 elements (8 halves = 16 bytes, 8 floats).
+        let v = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i));
+        _mm256_storeu_ps(o.as_mut_ptr(), v);
     }
 }
 
-/// [`scores_half_avx2`] with AVX-512F widening and tiles ([`scores_avx512`]).
+/// Widens a half-float panel into `out`, 16 values at a time (AVX-512F).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn scores_half_avx512(x: &[f32], panels: &HalfPanels, out: &mut [f32]) {
+unsafe fn widen_avx512(src: &[half::f16], out: &mut [f32]) {
     use std::arch::x86_64::*;
-    let dim = panels.dim;
-    let m = x.len() / dim;
-    let np = panels.n_padded();
-    let mut buf = vec![0.0f32; dim * NR];
-    for p in 0..np / NR {
-        let src = panels.panel(p);
-        for (o, h) in buf.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
-            // SAFETY: both chunks hold exactly 16 elements (16 halves = 32 bytes, 16 floats).
-            let v = _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr() as *const __m256i));
-            _mm512_storeu_ps(o.as_mut_ptr(), v);
-        }
-        let mut r0 = 0;
-        while r0 < m {
-            let rows = (m - r0).min(MR512);
-            let xs = &x[r0 * dim..(r0 + rows) * dim];
-            tile_rows_avx512(rows, xs, dim, &buf, &mut out[r0 * np + p * NR..], np);
-            r0 += rows;
-        }
+    for (o, h) in out.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
+        // SAFETY: both chunks hold exactly 16 elements (16 halves = 32 bytes, 16 floats).
+        let v = _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr() as *const __m256i));
+        _mm512_storeu_ps(o.as_mut_ptr(), v);
     }
+}
+
+/// [`scores_tiled`] over half panels with the AVX2 tiles. Needs AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+unsafe fn scores_half_avx2(x: &[f32], panels: &HalfPanels, out: &mut [f32]) {
+    let src = PanelSource::Half(panels, widen_avx2);
+    scores_tiled(x, src, out, false, MR, tile_rows_avx2)
+}
+
+/// [`scores_half_avx2`] with AVX-512F widening and tiles. Needs AVX-512F.
+#[cfg(target_arch = "x86_64")]
+unsafe fn scores_half_avx512(x: &[f32], panels: &HalfPanels, out: &mut [f32]) {
+    let src = PanelSource::Half(panels, widen_avx512);
+    scores_tiled(x, src, out, false, MR512, tile_rows_avx512)
 }
 
 /// [`scores`] against half-float panels: `out[r * panels.n_padded() + c] = <x_r, row_c>`.

@@ -227,25 +227,21 @@ pub fn refine(
     segments: &[SegmentView<'_>],
     cands: &[Candidate],
 ) -> Result<Vec<Candidate>> {
-    check_doc_maps(segments, cands)?;
-    let full = all_centroid_scores(codec, plan);
-    let (cs, stride) = full
-        .as_ref()
-        .map_or((&plan.centroid_scores[..], plan.cs_stride), |(f, np)| {
-            (&f[..], *np)
-        });
-    let simd = crate::simd::avx2();
-    let score = |sc: &mut RefineScratch, &(_, si, d): &Candidate| -> Result<Candidate> {
-        let seg = segments[si as usize].seg;
-        let positions = doc_positions(seg, si, d)?;
-        Ok((
-            refine_doc(plan, cs, stride, seg, positions, simd, sc),
-            si,
-            d,
-        ))
-    };
-    let mut out: Vec<Candidate> =
-        crate::parallel::map_init::<_, _, _, Result<_>>(cands, 8, RefineScratch::default, score)?;
+    let mut out = refine_each(codec, plan, segments, cands, |job| {
+        (
+            refine_doc(
+                plan,
+                job.cs,
+                job.stride,
+                job.seg,
+                job.positions,
+                job.simd,
+                job.sc,
+            ),
+            job.si,
+            job.d,
+        )
+    })?;
     crate::topk::sort(&mut out);
     Ok(out)
 }
@@ -261,27 +257,66 @@ pub fn refine_pooled(
     segments: &[SegmentView<'_>],
     cands: &[Candidate],
 ) -> Result<Vec<(Candidate, Vec<f32>)>> {
-    check_doc_maps(segments, cands)?;
-    let full = all_centroid_scores(codec, plan);
-    let (cs, stride) = full
-        .as_ref()
-        .map_or((&plan.centroid_scores[..], plan.cs_stride), |(f, np)| {
-            (&f[..], *np)
-        });
-    let simd = crate::simd::avx2();
     let nq = plan.n_query_tokens();
-    let score =
-        |sc: &mut RefineScratch, &(_, si, d): &Candidate| -> Result<(Candidate, Vec<f32>)> {
-            let seg = segments[si as usize].seg;
-            let positions = doc_positions(seg, si, d)?;
-            let mut pooled = vec![0.0f32; nq * positions.len()];
-            let s = pooled_scores(plan, cs, stride, seg, positions, simd, sc, &mut pooled);
-            Ok(((s, si, d), pooled))
-        };
-    let mut out: Vec<(Candidate, Vec<f32>)> =
-        crate::parallel::map_init::<_, _, _, Result<_>>(cands, 8, RefineScratch::default, score)?;
+    let mut out = refine_each(codec, plan, segments, cands, |job| {
+        let mut pooled = vec![0.0f32; nq * job.positions.len()];
+        let s = pooled_scores(
+            plan,
+            job.cs,
+            job.stride,
+            job.seg,
+            job.positions,
+            job.simd,
+            job.sc,
+            &mut pooled,
+        );
+        ((s, job.si, job.d), pooled)
+    })?;
     out.sort_by(|a, b| crate::topk::order(&a.0, &b.0));
     Ok(out)
+}
+
+/// What [`refine_each`] hands its per-document function: one candidate's segment, number and
+/// list positions, the centroid scores to read and the thread's scratch.
+struct RefineJob<'a> {
+    cs: &'a [f32],
+    stride: usize,
+    seg: &'a IvfSegment,
+    positions: &'a [u32],
+    si: u32,
+    d: u32,
+    simd: bool,
+    sc: &'a mut RefineScratch,
+}
+
+/// The shared frame of [`refine`] and [`refine_pooled`]: checks the candidates' document maps,
+/// gets every centroid's score, and maps `one` over the candidates in the latix pool (unsorted).
+fn refine_each<T: Send>(
+    codec: &Codec,
+    plan: &QueryPlan,
+    segments: &[SegmentView<'_>],
+    cands: &[Candidate],
+    one: impl Fn(RefineJob<'_>) -> T + Sync,
+) -> Result<Vec<T>> {
+    check_doc_maps(segments, cands)?;
+    let full = AllCentroidScores::new(codec, plan);
+    let (cs, stride) = full.rows(plan);
+    let simd = crate::simd::avx2();
+    let score = |sc: &mut RefineScratch, &(_, si, d): &Candidate| -> Result<T> {
+        let seg = segments[si as usize].seg;
+        let positions = doc_positions(seg, si, d)?;
+        Ok(one(RefineJob {
+            cs,
+            stride,
+            seg,
+            positions,
+            si,
+            d,
+            simd,
+            sc,
+        }))
+    };
+    crate::parallel::map_init::<_, _, _, Result<_>>(cands, 8, RefineScratch::default, score)
 }
 
 /// Checks that every candidate's segment exists and has the document map refinement reads.
@@ -293,7 +328,7 @@ fn check_doc_maps(segments: &[SegmentView<'_>], cands: &[Candidate]) -> Result<(
         if !v.seg.has_doc_map() {
             return Err(LatixError::invalid(format!(
                 "segment {si} has version-{} inverted lists without a document map; compact the \
-                 index to refine its results",
+                 index to rewrite them",
                 v.seg.version()
             )));
         }
@@ -307,17 +342,29 @@ fn doc_positions(seg: &IvfSegment, si: u32, d: u32) -> Result<&[u32]> {
         .ok_or_else(|| LatixError::invalid(format!("segment {si} has no document {d}")))
 }
 
-/// Every centroid's score for every query token (with the padded row stride) when `plan` is a
-/// two-level plan, which did not score them all; `None` when the plan's own scores are complete.
-pub(super) fn all_centroid_scores(codec: &Codec, plan: &QueryPlan) -> Option<(Vec<f32>, usize)> {
-    if !plan.centroid_scores.is_empty() {
-        return None;
+/// Every centroid's score for every query token: the plan's own, or, for a two-level plan
+/// (which scored only some centroids), all of them scored now.
+pub(super) struct AllCentroidScores(Option<(Vec<f32>, usize)>);
+
+impl AllCentroidScores {
+    pub(super) fn new(codec: &Codec, plan: &QueryPlan) -> AllCentroidScores {
+        if !plan.centroid_scores.is_empty() {
+            return AllCentroidScores(None);
+        }
+        let panels = codec.centroid_half_panels();
+        let np = panels.n_padded();
+        let mut out = vec![0.0f32; plan.query.len() / codec.dim() * np];
+        scores_half(&plan.query, panels, &mut out);
+        AllCentroidScores(Some((out, np)))
     }
-    let panels = codec.centroid_half_panels();
-    let np = panels.n_padded();
-    let mut out = vec![0.0f32; plan.query.len() / codec.dim() * np];
-    scores_half(&plan.query, panels, &mut out);
-    Some((out, np))
+
+    /// The scores, one row per query token, and the row stride.
+    pub(super) fn rows<'a>(&'a self, plan: &'a QueryPlan) -> (&'a [f32], usize) {
+        match &self.0 {
+            Some((f, np)) => (f, *np),
+            None => (&plan.centroid_scores, plan.cs_stride),
+        }
+    }
 }
 
 /// Centroid interaction (PLAID, Santhanam et al., CIKM 2022, section 4.2): scores each of
@@ -333,23 +380,10 @@ pub fn centroid_interaction(
     segments: &[SegmentView<'_>],
     cands: &[Candidate],
 ) -> Result<Vec<Candidate>> {
-    for &(_, si, _) in cands {
-        let v = segments
-            .get(si as usize)
-            .ok_or_else(|| LatixError::invalid(format!("candidate of unknown segment {si}")))?;
-        if !v.seg.has_doc_map() {
-            return Err(LatixError::invalid(format!(
-                "segment {si} has inverted lists without a document map"
-            )));
-        }
-    }
+    check_doc_maps(segments, cands)?;
     let nq = plan.n_query_tokens();
-    let full = all_centroid_scores(codec, plan);
-    let (cs, stride) = full
-        .as_ref()
-        .map_or((&plan.centroid_scores[..], plan.cs_stride), |(f, np)| {
-            (&f[..], *np)
-        });
+    let full = AllCentroidScores::new(codec, plan);
+    let (cs, stride) = full.rows(plan);
     let kc = codec.n_centroids();
     with_centroid_major(cs, stride, nq, kc, |by_centroid| {
         ci_score(segments, cands, nq, by_centroid)
@@ -414,9 +448,7 @@ fn ci_score(
 ) -> Result<Vec<Candidate>> {
     let score = |acc: &mut Vec<f32>, &(_, si, d): &Candidate| -> Result<Candidate> {
         let seg = segments[si as usize].seg;
-        let positions = seg
-            .doc_positions(d as usize)
-            .ok_or_else(|| LatixError::invalid(format!("segment {si} has no document {d}")))?;
+        let positions = doc_positions(seg, si, d)?;
         let nch = seg.n_doc_chunks();
         acc.clear();
         acc.resize(nq, f32::NEG_INFINITY);

@@ -164,12 +164,8 @@ pub fn rerank_tier(
     pooled: &[Vec<f32>],
     k: usize,
 ) -> Result<Vec<Candidate>> {
-    let full = refinement::all_centroid_scores(codec, plan);
-    let (cs, stride) = full
-        .as_ref()
-        .map_or((&plan.centroid_scores[..], plan.cs_stride), |(f, np)| {
-            (&f[..], *np)
-        });
+    let full = refinement::AllCentroidScores::new(codec, plan);
+    let (cs, stride) = full.rows(plan);
     // One set of tables per segment a candidate comes from (each file has its own levels).
     let mut tables: Vec<Option<FidQuery>> = (0..tiers.len()).map(|_| None).collect();
     for &(_, s, d) in cands {
