@@ -152,7 +152,13 @@ def main() -> None:
         help="per build, NAME=VALUE[,NAME=VALUE] for its children ('-': none); one --python "
         "is then repeated for every --env",
     )
-    ap.add_argument("--index", default=None, help="time this existing index (no build)")
+    ap.add_argument(
+        "--index",
+        nargs="+",
+        default=None,
+        help="time this existing index (no build): one for every build, or one per build (the "
+        "same documents written by each build's own format, say)",
+    )
     ap.add_argument("--label", nargs="+", default=None, help="a name per build (default: buildN)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
@@ -185,13 +191,15 @@ def main() -> None:
     provenance.print_header(sys.argv)
     for label, py, env in zip(labels, a.python, envs, strict=True):
         print(f"- {label}: {py}" + (f" with {env}" if env else ""))
+    if a.index and len(a.index) not in (1, len(labels)):
+        ap.error("--index needs one directory, or one per build")
     if a.index:
-        print(f"- every build times {a.index}")
+        print(f"- indexes timed: {', '.join(a.index)}")
     with contextlib.ExitStack() as stack:
         # --keep-indexes: under --work, one index per label and seed, reused by later runs.
         work = a.work if a.keep_indexes else stack.enter_context(tempfile.TemporaryDirectory())
         paths = (
-            [a.index] * len(labels)
+            (a.index * len(labels) if len(a.index) == 1 else a.index)
             if a.index
             else [os.path.join(work, f"ix-{label}-seed{a.seed}") for label in labels]
         )

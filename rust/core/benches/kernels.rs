@@ -1,10 +1,12 @@
-//! The fastscan block scan and a whole compressed search (candidate generation, refinement from
-//! codes) under every instruction-set level this CPU can run ([`simd::set_level`]), timed as the
-//! minimum over repeats of thread CPU time (robust to a shared machine), each printed with its
-//! ratio to the scalar level measured in the same run.
+//! The fastscan block scan, refinement's gather of tokens out of list blocks (in both block
+//! layouts, the split halves of version-5 lists against the interleaved blocks before), and a
+//! whole compressed search (candidate generation, refinement from codes) under every
+//! instruction-set level this CPU can run ([`simd::set_level`]), timed as the minimum over
+//! repeats of thread CPU time (robust to a shared machine), each printed with its ratio to a
+//! baseline measured in the same run (the scalar level; for the gather, the interleaved layout).
 //! Run: `cargo bench -p latix-core --bench kernels`.
 
-use latix_core::compressed::fastscan::{scan_block, scan_block_scalar, BLOCK};
+use latix_core::compressed::fastscan::{scan_block_scalar, BlockLayout, BLOCK};
 use latix_core::maxsim::DocVectors;
 use latix_core::simd::{self, Level};
 use latix_core::{CompressedSearch, Compression, Dtype, Index};
@@ -52,10 +54,10 @@ fn unit_rows(rng: &mut StdRng, n: usize, dim: usize, centres: &[f32], noise: f32
 fn bench_fastscan(rng: &mut StdRng) {
     println!("fastscan scan_block: 4096 blocks of {BLOCK} tokens, min of 9 runs");
     println!(
-        "{:>4} {:>9} {:>12} {:>9}",
-        "m", "level", "ns/block", "vs scalar"
+        "{:>4} {:>9} {:>12} {:>9} {:>14}",
+        "m", "level", "ns/block", "vs scalar", "halves ns/blk"
     );
-    for m in [16usize, 32, 64] {
+    for m in [16usize, 32, 64, 96] {
         let n_blocks = 4096;
         let lut: Vec<u8> = (0..m * 16).map(|_| rng.random_range(0..=255u8)).collect();
         let blocks: Vec<u8> = (0..n_blocks * m * 16)
@@ -73,21 +75,75 @@ fn bench_fastscan(rng: &mut StdRng) {
         println!("{m:>4} {:>9} {:>12.1} {:>8.2}x", "scalar", per(scalar), 1.0);
         for l in Level::available() {
             simd::set_level(l).expect("available level");
-            let t = min_time(9, || {
-                for b in blocks.chunks_exact(m * 16) {
-                    scan_block(&lut, b, m, simd::avx2(), &mut out);
-                    sink = sink.wrapping_add(out[0] as u64);
-                }
-            });
+            let time = |layout: BlockLayout, sink: &mut u64, out: &mut [u16; BLOCK]| {
+                min_time(9, || {
+                    for b in blocks.chunks_exact(m * 16) {
+                        layout.scan(&lut, b, m, simd::avx2(), out);
+                        *sink = sink.wrapping_add(out[0] as u64);
+                    }
+                })
+            };
+            let t = time(BlockLayout::Interleaved, &mut sink, &mut out);
+            let h = time(BlockLayout::Halves, &mut sink, &mut out);
             println!(
-                "{m:>4} {:>9} {:>12.1} {:>8.2}x",
+                "{m:>4} {:>9} {:>12.1} {:>8.2}x {:>14.1}",
                 l.name(),
                 per(t),
-                scalar / t
+                scalar / t,
+                per(h)
             );
         }
         std::hint::black_box(sink);
     }
+}
+
+/// Refinement's gather: documents of 30 tokens drawn at random from a 36 MB array of list blocks
+/// (M = 96, SciFact's codes: larger than the L2 cache, as lists are), gathered into one block each.
+fn bench_gather(rng: &mut StdRng) {
+    let m = 96;
+    let bb = m * 16;
+    let n_blocks = (36usize << 20) / bb;
+    let codes: Vec<u8> = (0..n_blocks * bb)
+        .map(|_| rng.random_range(0..=255u8))
+        .collect();
+    let docs: Vec<Vec<(usize, usize)>> = (0..4000)
+        .map(|_| {
+            (0..30)
+                .map(|_| (rng.random_range(0..n_blocks), rng.random_range(0..BLOCK)))
+                .collect()
+        })
+        .collect();
+    println!(
+        "\ngather: 4000 documents of 30 random tokens from {} MB of blocks (m={m}), min of 5 runs",
+        codes.len() >> 20
+    );
+    println!(
+        "{:>9} {:>12} {:>12} {:>9}",
+        "level", "interleaved", "halves", "halves vs"
+    );
+    let mut out = vec![0u8; bb];
+    let mut sink = 0u64;
+    for l in Level::available() {
+        simd::set_level(l).expect("available level");
+        let mut time = |layout: BlockLayout| {
+            min_time(5, || {
+                for d in &docs {
+                    layout.gather(&codes, m, d, &mut out);
+                    sink = sink.wrapping_add(out[5] as u64);
+                }
+            })
+        };
+        let (a, b) = (time(BlockLayout::Interleaved), time(BlockLayout::Halves));
+        let per = |t: f64| format!("{:.1} ns", t * 1e9 / (docs.len() * 30) as f64);
+        println!(
+            "{:>9} {:>12} {:>12} {:>8.2}x",
+            l.name(),
+            per(a),
+            per(b),
+            a / b
+        );
+    }
+    std::hint::black_box(sink);
 }
 
 fn bench_compressed_search(rng: &mut StdRng) {
@@ -146,6 +202,7 @@ fn bench_compressed_search(rng: &mut StdRng) {
 fn main() {
     let mut rng = StdRng::seed_from_u64(7);
     bench_fastscan(&mut rng);
+    bench_gather(&mut rng);
     bench_compressed_search(&mut rng);
     simd::set_level(Level::fastest()).expect("fastest level");
 }

@@ -522,7 +522,7 @@ fn document_map_is_exact_validated_and_version_3_lists_still_load() {
     })
     .unwrap()
     .unwrap();
-    assert_eq!(seg.version(), 4);
+    assert_eq!(seg.version(), 5);
     // The map names exactly each document's tokens, ascending, and list_of_position finds the
     // sub-list of every position.
     let lt = seg.list_tokens().to_vec();
@@ -583,11 +583,23 @@ fn document_map_is_exact_validated_and_version_3_lists_still_load() {
     assert!(seg.upgraded().unwrap().is_none());
     let up = old.upgraded().unwrap().expect("version 3 is upgraded");
     assert_eq!(up.as_bytes(), seg.as_bytes());
+    // Version 4 (the same sections, interleaved code blocks): loads, is not upgraded, and
+    // generates and refines the very same candidates and scores.
+    let p4 = dir.path().join("seg4.ivf");
+    std::fs::write(&p4, seg.as_version_4().unwrap().as_bytes()).unwrap();
+    let v4 = IvfSegment::open(&p4, true).unwrap();
+    assert_eq!((v4.version(), v4.has_doc_map()), (4, true));
+    assert!(v4.upgraded().unwrap().is_none());
+    assert_eq!(search_segments(&plan, &view(&v4), 20).unwrap(), a);
+    let refine = |s| latix_core::compressed::refine(&codec, &plan, &view(s), &a).unwrap();
+    assert_eq!(refine(&v4), refine(&seg));
+    assert_eq!(v4.as_version_4().unwrap().as_bytes(), v4.as_bytes());
     // Every token's codes read the same from both files.
     for d in [0usize, 7, 299] {
         let mut x: Vec<Vec<u8>> = Vec::new();
         let mut y: Vec<Vec<u8>> = Vec::new();
-        for (s, out) in [(&seg, &mut x), (&old, &mut y)] {
+        let mut z: Vec<Vec<u8>> = Vec::new();
+        for (s, out) in [(&seg, &mut x), (&old, &mut y), (&v4, &mut z)] {
             for l in 0..lt.len() - 1 {
                 for t in lt[l] as usize..lt[l + 1] as usize {
                     if s.doc_of_token()[t] as usize == d {
@@ -597,6 +609,7 @@ fn document_map_is_exact_validated_and_version_3_lists_still_load() {
             }
         }
         assert_eq!(x, y);
+        assert_eq!(x, z);
     }
 }
 

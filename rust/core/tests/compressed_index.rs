@@ -584,7 +584,7 @@ fn lists_written_before_the_document_map_search_and_are_upgraded_by_the_next_com
         for f in files(&p, ".ivf-") {
             assert_eq!(
                 IvfSegment::file_version(&p.join(&f)).unwrap(),
-                4,
+                5,
                 "{case}: {f}"
             );
         }
@@ -601,6 +601,82 @@ fn lists_written_before_the_document_map_search_and_are_upgraded_by_the_next_com
         ix.verify().unwrap();
         ix.close();
     }
+}
+
+#[test]
+fn lists_with_interleaved_blocks_search_alike_and_merges_write_split_halves() {
+    // Version-4 lists (what latix wrote before the split-half blocks of version 5) give the very
+    // same candidates, refinement and scores; a commit leaves them as they are, and a
+    // compaction rewrites them as version 5.
+    use latix_core::compressed::IvfSegment;
+    let mut data = seeded(23);
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("ix");
+    let docs = data.docs(300);
+    let more = data.docs(40);
+    let queries: Vec<Vec<f32>> = (0..6).map(|_| data.mat(6, 0.8)).collect();
+    let refined = CompressedSearch {
+        nprobe: Some(4),
+        rerank: None,
+        refine: Some(20),
+        rerank_depth: None,
+    };
+    let ix = Index::create_with(&p, DIM, Dtype::F16, Some(cfg(false))).unwrap();
+    add(&ix, "d", &docs, false);
+    ix.commit().unwrap();
+    let runs = |ix: &Index| -> Vec<_> {
+        queries
+            .iter()
+            .flat_map(|q| {
+                [
+                    search(ix, q, 10, refined),
+                    search(ix, q, 10, CompressedSearch::default()),
+                ]
+            })
+            .collect()
+    };
+    let want = runs(&ix);
+    ix.close();
+    for f in files(&p, ".ivf-") {
+        let path = p.join(&f);
+        let v4 = IvfSegment::open(&path, true)
+            .unwrap()
+            .as_version_4()
+            .unwrap();
+        std::fs::write(&path, v4.as_bytes()).unwrap();
+        assert_eq!(IvfSegment::file_version(&path).unwrap(), 4);
+    }
+    // The manifest of that time recorded the files' checksums; the rewritten files have others.
+    let name = latix_core::store::snapshot::read_current(&p).unwrap();
+    let m =
+        latix_core::store::Manifest::decode(&std::fs::read(p.join(&name)).unwrap(), &p).unwrap();
+    std::fs::write(p.join(&name), m.encode_v1()).unwrap();
+    let ix = Index::open(&p, OpenMode::Write).unwrap();
+    assert_eq!(runs(&ix), want);
+    add(&ix, "m", &more, false);
+    ix.commit().unwrap();
+    let versions = |p: &std::path::Path| -> Vec<u32> {
+        files(p, ".ivf-")
+            .iter()
+            .map(|f| IvfSegment::file_version(&p.join(f)).unwrap())
+            .collect()
+    };
+    assert_eq!(
+        versions(&p),
+        [4, 5],
+        "the old lists kept, the new ones in version 5"
+    );
+    ix.verify().unwrap();
+    let with_more = runs(&ix);
+    ix.compact().unwrap();
+    assert_eq!(versions(&p), [5]);
+    assert_eq!(
+        runs(&ix),
+        with_more,
+        "a compaction in the codes domain is lossless"
+    );
+    ix.verify().unwrap();
+    ix.close();
 }
 
 #[test]

@@ -318,7 +318,7 @@ fn files_of_an_index_match_the_layouts() {
                 assert_eq!(b, config_bytes(&comp, 3, 1));
             } else if f.contains(".ivf-") {
                 seen[3] += 1;
-                assert_eq!((&b[..8], u32_at(&b, 8)), (&b"LTXIVFSG"[..], 4));
+                assert_eq!((&b[..8], u32_at(&b, 8)), (&b"LTXIVFSG"[..], 5));
                 let seg = IvfSegment::from_bytes(&b, true).expect("ivf");
                 let head = [16, seg.n_subspaces(), docs.len(), seg.n_tokens()];
                 for (i, v) in head.iter().enumerate() {

@@ -6,7 +6,7 @@
 //! the level is process-wide, so nothing else may run meanwhile.
 
 use latix_core::compressed::fastscan::{
-    gather_block, gather_block_scalar, scan_block, scan_block_scalar, BLOCK,
+    gather_block, gather_block_scalar, halves, scan_block, scan_block_scalar, BLOCK,
 };
 use latix_core::compressed::kmeans::Rng;
 use latix_core::compressed::linalg::{scores, scores_half, HalfPanels, Panels};
@@ -54,7 +54,7 @@ fn check_maxsim(rng: &mut Rng, level: Level) {
 }
 
 fn check_fastscan(rng: &mut Rng, level: Level) {
-    for &m in &[2usize, 8, 16, 32, 64] {
+    for &m in &[2usize, 6, 8, 16, 32, 64, 94, 96] {
         let lut: Vec<u8> = (0..m * 16).map(|_| rng.below(256) as u8).collect();
         let block: Vec<u8> = (0..m * 16).map(|_| rng.below(256) as u8).collect();
         let (mut a, mut b) = ([0u16; BLOCK], [0u16; BLOCK]);
@@ -70,6 +70,15 @@ fn check_fastscan(rng: &mut Rng, level: Level) {
         gather_block(&codes, m, &toks, &mut ga);
         gather_block_scalar(&codes, m, &toks, &mut gb);
         assert_eq!(ga, gb, "{}: gather_block m {m}", level.name());
+        // The split-half layout of version-5 lists, the same codes: scan and gather.
+        let (mut c, mut d) = ([0u16; BLOCK], [0u16; BLOCK]);
+        halves::scan(&lut, &block, m, simd::avx2(), &mut c);
+        halves::scan_scalar(&lut, &block, m, &mut d);
+        assert_eq!(c, d, "{}: halves::scan m {m}", level.name());
+        let (mut ha, mut hb) = (vec![0u8; m * 16], vec![0u8; m * 16]);
+        halves::gather(&codes, m, &toks, &mut ha);
+        halves::gather_scalar(&codes, m, &toks, &mut hb);
+        assert_eq!(ha, hb, "{}: halves::gather m {m}", level.name());
     }
 }
 

@@ -7,11 +7,69 @@
 //! lanes, two tokens per lane pair, with the odd/even trick of FAISS (no widening instructions).
 //!
 //! The scalar [`scan_block_scalar`] is the reference the SIMD kernel is tested against.
+//!
+//! Two layouts of a block's bytes ([`BlockLayout`]): the interleaved one of this file (a row is
+//! one subspace of all 32 tokens: fidelity files and inverted lists up to version 4), and the
+//! split halves of [`halves`] (inverted lists from version 5), where a token's codes sit in half
+//! as many cache lines, which is what refinement's gather pays for.
 
 use super::codec::{Codec, KSUB};
 
+pub mod halves;
+
 /// Tokens per block.
 pub const BLOCK: usize = 32;
+
+/// How the codes of a block's 32 tokens are laid out in its `M * 16` bytes (both give the same
+/// sums for the same codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockLayout {
+    /// Row `s` (16 bytes) holds subspace `s` of all 32 tokens: byte `j` has token `j` in its low
+    /// nibble and token `j + 16` in its high one (inverted lists of versions 3-4, and the
+    /// fidelity files). [`pack_block`], [`scan_block`], [`gather_block`].
+    Interleaved,
+    /// Two halves of 16 tokens, a row holding two subspaces of each (inverted lists of version
+    /// 5): a token's codes sit in half the cache lines ([`halves`]).
+    Halves,
+}
+
+impl BlockLayout {
+    /// Packs up to 32 tokens' codes (token-major, nibble-packed) into one block.
+    pub fn pack(self, tokens: &[u8], m: usize, out: &mut [u8]) {
+        match self {
+            BlockLayout::Interleaved => pack_block(tokens, m, out),
+            BlockLayout::Halves => halves::pack(tokens, m, out),
+        }
+    }
+
+    /// Sums the table entries of the 32 tokens of `block` (SIMD when `simd`).
+    #[inline]
+    pub fn scan(self, lut: &[u8], block: &[u8], m: usize, simd: bool, out: &mut [u16; BLOCK]) {
+        match self {
+            BlockLayout::Interleaved => scan_block(lut, block, m, simd, out),
+            BlockLayout::Halves => halves::scan(lut, block, m, simd, out),
+        }
+    }
+
+    /// Copies the codes of up to 32 `(block, lane)` tokens of `codes` into one block of the
+    /// same layout (token `u` at lane `u`).
+    #[inline]
+    pub fn gather(self, codes: &[u8], m: usize, tokens: &[(usize, usize)], out: &mut [u8]) {
+        match self {
+            BlockLayout::Interleaved => gather_block(codes, m, tokens, out),
+            BlockLayout::Halves => halves::gather(codes, m, tokens, out),
+        }
+    }
+
+    /// Code of subspace `s` of token `t` of `block`.
+    #[inline]
+    pub fn code(self, block: &[u8], m: usize, t: usize, s: usize) -> u8 {
+        match self {
+            BlockLayout::Interleaved => (block[s * 16 + t % 16] >> (4 * (t / 16))) & 15,
+            BlockLayout::Halves => halves::code(block, m, t, s),
+        }
+    }
+}
 
 /// A query token's quantised lookup table: `lut[s * 16 + j]` ~ `(<q_s, codeword_{s,j}> - min_s) / scale`.
 #[derive(Clone, Debug, PartialEq)]

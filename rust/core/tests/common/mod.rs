@@ -133,7 +133,7 @@ fn align64(x: usize) -> usize {
     x.div_ceil(64) * 64
 }
 
-/// Section offsets of a version-4 file: (list_tokens, list_blocks, doc_of_token, norm_scale,
+/// Section offsets of a version-4 or 5 file: (list_tokens, list_blocks, doc_of_token, norm_scale,
 /// doc_offsets, doc_positions, codes), as the module documentation of `ivf` lays them out.
 pub fn v4_layout(seg: &IvfSegment) -> [usize; 7] {
     let nl = seg.list_tokens().len() - 1;
@@ -155,9 +155,11 @@ pub fn with_crc(mut b: Vec<u8>) -> Vec<u8> {
     b
 }
 
-/// The same lists in the version-3 format (f32 norm scales, no document map) that latix wrote
-/// before the document map existed.
+/// The same lists in the version-3 format (f32 norm scales, no document map, interleaved code
+/// blocks) that latix wrote before the document map existed.
 pub fn as_version_3(seg: &IvfSegment) -> Vec<u8> {
+    let interleaved = seg.as_version_4().unwrap();
+    let seg = &interleaved;
     let v4 = seg.as_bytes();
     let nt = seg.n_tokens();
     let [_, _, dt, ns, _, _, codes] = v4_layout(seg);

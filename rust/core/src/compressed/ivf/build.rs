@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::*;
 use crate::compressed::codec::Codec;
-use crate::compressed::fastscan::{pack_block, BLOCK};
+use crate::compressed::fastscan::{BlockLayout, BLOCK};
 use crate::error::{try_filled, try_vec, LatixError, Result};
 use crate::maxsim::DocVectors;
 
@@ -154,7 +154,7 @@ impl IvfSegment {
             doc_offsets: &doc_offsets,
             doc_positions: &doc_positions,
         };
-        sections.assemble(|code_area| {
+        sections.assemble(VERSION, |code_area| {
             // Fill blocks sub-list by sub-list (in parallel).
             let blocks: Vec<(usize, Vec<u8>)> = (0..nl)
                 .into_par_iter()
@@ -169,7 +169,8 @@ impl IvfSegment {
                         for &t in &order[a + bi * BLOCK..(a + (bi + 1) * BLOCK).min(e)] {
                             tok.extend_from_slice(&codes[t as usize * bpt..(t as usize + 1) * bpt]);
                         }
-                        pack_block(&tok, m, &mut out[bi * block_bytes..(bi + 1) * block_bytes]);
+                        let at = bi * block_bytes..(bi + 1) * block_bytes;
+                        BlockLayout::Halves.pack(&tok, m, &mut out[at]);
                     }
                     (l, out)
                 })
@@ -181,12 +182,13 @@ impl IvfSegment {
         })
     }
 
-    /// The same lists in the current format, or None when they already are: version-3 lists
+    /// The same lists in the current format, or None when they need no upgrade: version-3 lists
     /// (f32 norm scales, no document map) get the document map, derived from their document
-    /// numbers, and u16 norm scales. Lossless for the codes, so a vector-free index is upgraded
-    /// without re-encoding reconstructions.
+    /// numbers, u16 norm scales and the split-half code blocks. Lossless for the codes, so a
+    /// vector-free index is upgraded without re-encoding reconstructions. Version-4 lists (the
+    /// interleaved blocks) are searched as they are (None).
     pub fn upgraded(&self) -> Result<Option<IvfSegment>> {
-        if self.version == VERSION {
+        if self.version >= VERSION_V4 {
             return Ok(None);
         }
         let n_tokens = self.n_tokens;
@@ -231,8 +233,64 @@ impl IvfSegment {
             doc_offsets: &doc_offsets,
             doc_positions: &doc_positions,
         };
+        let from = self.block_layout();
         sections
-            .assemble(|code_area| code_area.copy_from_slice(self.codes()))
+            .assemble(VERSION, |code_area| {
+                relayout(self.codes(), self.m, from, BlockLayout::Halves, code_area)
+            })
             .map(Some)
+    }
+
+    /// The same lists as a version-4 file (interleaved code blocks), what latix wrote before
+    /// version 5: for the tests that older indexes are still read and searched alike. Needs the
+    /// document map (version 4 or later).
+    #[doc(hidden)]
+    pub fn as_version_4(&self) -> Result<IvfSegment> {
+        let (NormScales::Fixed(norms), true) = (self.norm_scales(), self.has_doc_map()) else {
+            return Err(LatixError::invalid(
+                "as_version_4 needs version-4 or later lists",
+            ));
+        };
+        let doc_offsets = self.u32s(SEC_DOC_OFFSETS).to_vec();
+        let doc_positions = self.u32s(SEC_DOC_POSITIONS).to_vec();
+        let sections = Sections {
+            k: self.k,
+            m: self.m,
+            n_docs: self.n_docs,
+            n_blocks: self.codes().len() / (self.m * 16),
+            codec_crc: self.codec_crc,
+            n_chunks: self.n_chunks,
+            list_tokens: self.list_tokens(),
+            list_blocks: self.list_blocks(),
+            doc_of_token: self.doc_of_token(),
+            norm_scale: norms,
+            doc_offsets: &doc_offsets,
+            doc_positions: &doc_positions,
+        };
+        let from = self.block_layout();
+        sections.assemble(VERSION_V4, |code_area| {
+            relayout(
+                self.codes(),
+                self.m,
+                from,
+                BlockLayout::Interleaved,
+                code_area,
+            )
+        })
+    }
+}
+
+/// Rewrites the code blocks `codes` (`m * 16` bytes each) from layout `from` into `to` in `out`.
+fn relayout(codes: &[u8], m: usize, from: BlockLayout, to: BlockLayout, out: &mut [u8]) {
+    let bb = m * 16;
+    let mut tok = vec![0u8; BLOCK * m / 2];
+    for (src, dst) in codes.chunks_exact(bb).zip(out.chunks_exact_mut(bb)) {
+        tok.fill(0);
+        for t in 0..BLOCK {
+            for s in 0..m {
+                tok[t * m / 2 + s / 2] |= from.code(src, m, t, s) << (4 * (s % 2));
+            }
+        }
+        to.pack(&tok, m, dst);
     }
 }

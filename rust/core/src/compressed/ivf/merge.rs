@@ -25,6 +25,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::*;
+use crate::compressed::fastscan::halves;
 use crate::error::{try_filled, try_vec, LatixError, Result};
 
 /// One input of [`merge_into`]: a segment's lists and its deleted documents (sorted, unique).
@@ -272,6 +273,8 @@ fn merge_file(inputs: &[MergeInput<'_>], file: &File, path: &Path, budget: u64) 
     let mut w_codes = RegionWriter::new(file, path, s6)?;
     let bb = m * 16;
     let mut block = vec![0u8; bb];
+    // Per subspace: its row's byte offset in a half of an output block, and its nibble.
+    let rows: Vec<(usize, u32)> = (0..m).map(|s| halves::locate(m, 0, s)).collect();
     // (output sub-list, tokens in `block`) of the block being filled.
     let (mut cur_l, mut fill) = (usize::MAX, 0usize);
     for c in 0..k {
@@ -306,15 +309,27 @@ fn merge_file(inputs: &[MergeInput<'_>], file: &File, path: &Path, budget: u64) 
                     }
                     w_doc.put(&((nd as usize % DOC_CHUNK) as u16).to_le_bytes())?;
                     w_norm.put(&norms[t].to_le_bytes())?;
-                    // The token's nibble in each subspace of its input block, moved to its lane
-                    // of the output block (the fast-scan layout: lane j is byte j % 16, nibble
-                    // j / 16, of each subspace's 16 bytes).
+                    // The token's codes in its input block, moved to its lane of the output
+                    // block (split halves: lane u is byte u % 16 of each row of half u / 16).
                     let j = t - a;
                     let src = &codes[(b0 + j / BLOCK) * bb..(b0 + j / BLOCK + 1) * bb];
-                    let (sb, ss) = (j % BLOCK % 16, 4 * (j % BLOCK / 16));
-                    let (db, ds) = (fill % 16, 4 * (fill / 16));
-                    for s in 0..m {
-                        block[s * 16 + db] |= ((src[s * 16 + sb] >> ss) & 15) << ds;
+                    let (sl, dl) = (j % BLOCK, fill);
+                    let dst = &mut block[(dl / 16) * bb / 2..(dl / 16 + 1) * bb / 2];
+                    match l.block_layout() {
+                        // Whole bytes: a row holds the same two subspaces in both.
+                        BlockLayout::Halves => {
+                            let src = &src[(sl / 16) * bb / 2..(sl / 16 + 1) * bb / 2];
+                            for (d, s) in dst.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
+                                d[dl % 16] = s[sl % 16];
+                            }
+                        }
+                        // An older file's interleaved block: nibble by nibble.
+                        BlockLayout::Interleaved => {
+                            for (s, &(at, sh)) in rows.iter().enumerate() {
+                                let code = BlockLayout::Interleaved.code(src, m, sl, s);
+                                dst[at + dl % 16] |= code << sh;
+                            }
+                        }
                     }
                     fill += 1;
                 }

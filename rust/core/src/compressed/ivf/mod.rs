@@ -20,6 +20,10 @@
 //! in version 4 `doc_offsets` (n_docs + 1 u32) and `doc_positions` (n_tokens u32: the list
 //! positions of document `d`'s tokens are `doc_positions[doc_offsets[d]..doc_offsets[d + 1]]`,
 //! ascending), and `codes` (n_blocks * M * 16 bytes), then a CRC32C of everything before it.
+//! Version 5 (written since 2026-12-04) lays each code block out in split halves
+//! ([`BlockLayout::Halves`]: a token's codes in half of its block's cache lines, which halves what
+//! refinement's gather reads); version 4 files (the interleaved blocks) are read and searched
+//! with the same results, and merges rewrite them as version 5.
 //! Version 4 stores the norm scale as u16 fixed point (`value / 16384`, 6e-5 resolution, 2 bytes
 //! instead of 4); version 3 files (f32 norm scales, no document map) are still read, and are
 //! searched without the code-level refinement that needs the document map (see
@@ -38,7 +42,7 @@
 
 use std::path::Path;
 
-use crate::compressed::fastscan::BLOCK;
+use crate::compressed::fastscan::{BlockLayout, BLOCK};
 use crate::error::{try_filled, LatixError, Result};
 use crate::format;
 use crate::store::FileBytes;
@@ -49,8 +53,12 @@ mod merge;
 pub use merge::{merge_into, MergeInput};
 
 const MAGIC: &[u8; 8] = b"LTXIVFSG";
-const VERSION: u32 = 4;
-/// The previous version (f32 norm scales, no document map), still read.
+/// Version 5: code blocks in the split-half layout ([`BlockLayout::Halves`]).
+const VERSION: u32 = 5;
+/// Version 4: the same sections, code blocks interleaved ([`BlockLayout::Interleaved`]); still
+/// read and searched, never rewritten for the layout alone (merges write version 5).
+const VERSION_V4: u32 = 4;
+/// Version 3 (f32 norm scales, no document map), still read.
 const VERSION_V3: u32 = 3;
 /// Fixed-point unit of a version-4 norm scale: stored `u16` = `round(scale * NORM_ONE)`.
 pub const NORM_ONE: f32 = 16384.0;
@@ -181,12 +189,14 @@ struct Sections<'a> {
 }
 
 impl Sections<'_> {
-    /// Lays out a current-version file, lets `fill_codes` write the code blocks, appends the
-    /// checksum and parses the result (validated like a file read from disk).
-    fn assemble(&self, fill_codes: impl FnOnce(&mut [u8])) -> Result<IvfSegment> {
+    /// Lays out a file of `version` (4 or 5: the document map), lets `fill_codes` write the code
+    /// blocks (in that version's [`BlockLayout`]), appends the checksum and parses the result
+    /// (validated like a file read from disk).
+    fn assemble(&self, version: u32, fill_codes: impl FnOnce(&mut [u8])) -> Result<IvfSegment> {
+        debug_assert!(version == VERSION || version == VERSION_V4);
         let n_tokens = self.doc_of_token.len();
         let nl = self.list_tokens.len() - 1;
-        let [s0, s1, s2, s3, s4, s5, s6] = layout(VERSION, nl, self.n_docs, n_tokens);
+        let [s0, s1, s2, s3, s4, s5, s6] = layout(version, nl, self.n_docs, n_tokens);
         let end = s6 + self.n_blocks * self.m * 16;
         let total = end + 4;
         let mut store = try_filled(total.div_ceil(8), 0u64, "an inverted-list file")?;
@@ -196,7 +206,7 @@ impl Sections<'_> {
                 b,
                 MAGIC,
                 &[
-                    VERSION,
+                    version,
                     self.k as u32,
                     self.m as u32,
                     self.n_docs as u32,
@@ -256,9 +266,11 @@ impl IvfSegment {
         })
     }
 
-    /// True when lists of this version are read but no longer written (see [`Self::upgraded`]).
+    /// True when lists of this version are read but rewritten by the next commit (version 3,
+    /// without the document map: see [`Self::upgraded`]). Version 4 lists (interleaved blocks)
+    /// are searched as they are; merges and compaction write version 5.
     pub fn is_old_version(version: u32) -> bool {
-        version < VERSION
+        version < VERSION_V4
     }
 
     /// Parses a serialised segment held in memory (copied), with the same validation as
@@ -287,11 +299,12 @@ impl IvfSegment {
         }
         let rd = |i: usize| format::header_u32(b, i);
         let version = rd(0);
-        if version != VERSION && version != VERSION_V3 {
+        if !(VERSION_V3..=VERSION).contains(&version) {
             return Err(LatixError::UnsupportedVersion {
                 path: path.into(),
                 detail: format!(
-                    "inverted-list format version {version}, this latix reads {VERSION}"
+                    "inverted-list format version {version}, this latix reads versions \
+                     {VERSION_V3} to {VERSION}"
                 ),
             });
         }
@@ -335,7 +348,7 @@ impl IvfSegment {
         if verify && !format::checksum_ok(b) {
             return Err(bad("checksum mismatch".into()));
         }
-        let v4 = version == VERSION;
+        let v4 = version >= VERSION_V4;
         let mut seg = IvfSegment {
             k,
             m,
@@ -454,9 +467,18 @@ impl IvfSegment {
     pub fn version(&self) -> u32 {
         self.version
     }
-    /// True when the segment has the document map (version 4), which code-level refinement needs.
+    /// True when the segment has the document map (versions 4 and 5), which code-level
+    /// refinement needs.
     pub fn has_doc_map(&self) -> bool {
-        self.version >= VERSION
+        self.version >= VERSION_V4
+    }
+    /// How the code blocks are laid out: split halves from version 5, interleaved before.
+    pub fn block_layout(&self) -> BlockLayout {
+        if self.version >= VERSION {
+            BlockLayout::Halves
+        } else {
+            BlockLayout::Interleaved
+        }
     }
     /// List positions of document `doc`'s tokens, ascending (None without a document map or for a
     /// document number out of range).
@@ -582,9 +604,9 @@ impl IvfSegment {
         let Some(block) = self.codes().get(bi * m * 16..(bi + 1) * m * 16) else {
             return out;
         };
+        let layout = self.block_layout();
         for s in 0..m {
-            let code = (block[s * 16 + t % 16] >> (4 * (t / 16))) & 15;
-            out[s / 2] |= code << (4 * (s % 2));
+            out[s / 2] |= layout.code(block, m, t, s) << (4 * (s % 2));
         }
         out
     }

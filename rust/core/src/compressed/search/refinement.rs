@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::compressed::codec::Codec;
-use crate::compressed::fastscan::{gather_block, scan_block, BLOCK};
+use crate::compressed::fastscan::BLOCK;
 use crate::compressed::ivf::IvfSegment;
 use crate::compressed::linalg::scores_half;
 use crate::error::{LatixError, Result};
@@ -51,7 +51,7 @@ pub(super) struct RefineScratch {
 
 /// Code-level MaxSim of the document whose tokens sit at list `positions` of `seg` (from the
 /// document map): the tokens' codes are gathered out of their lists' blocks into blocks of the
-/// document's own ([`gather_block`]), scored against every query token's lookup table, and the
+/// document's own ([`crate::compressed::fastscan::BlockLayout::gather`]), scored against every query token's lookup table, and the
 /// best token per query token is summed. No imputation: every query token meets every token.
 fn refine_doc(
     plan: &QueryPlan,
@@ -149,6 +149,8 @@ fn refine_doc_body<const KEEP: bool>(
     let nch = seg.n_doc_chunks();
     let (lt, lb) = (seg.list_tokens(), seg.list_blocks());
     let norms = seg.norm_scales();
+    // The document's blocks take its segment's layout (gathered and scanned alike).
+    let layout = seg.block_layout();
     sc.blocks.resize(nb * bb, 0);
     sc.cid.clear();
     sc.scale.clear();
@@ -166,7 +168,7 @@ fn refine_doc_body<const KEEP: bool>(
     sc.scale.resize(nb * BLOCK, 0.0);
     for (b, out) in sc.blocks.chunks_exact_mut(bb).enumerate() {
         let toks = &sc.src[b * BLOCK..((b + 1) * BLOCK).min(n)];
-        gather_block(seg.codes(), m, toks, out);
+        layout.gather(seg.codes(), m, toks, out);
     }
     let tail = n - (nb - 1) * BLOCK;
     let mut acc = [0u16; BLOCK];
@@ -176,7 +178,7 @@ fn refine_doc_body<const KEEP: bool>(
         let row = &cs[i * cs_stride..(i + 1) * cs_stride];
         let mut best = [f32::NEG_INFINITY; 8];
         for b in 0..nb {
-            scan_block(
+            layout.scan(
                 &lut.lut,
                 &sc.blocks[b * bb..(b + 1) * bb],
                 m,

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::*;
-use crate::compressed::fastscan::{has_avx2, scan_block, BLOCK};
+use crate::compressed::fastscan::{has_avx2, BLOCK};
 use crate::compressed::ivf::{IvfSegment, NormScales, NORM_ONE};
 use crate::error::{LatixError, Result};
 
@@ -212,6 +212,7 @@ fn scan_lists<N: NormSlice>(
     let docs = seg.doc_of_token();
     let codes = seg.codes();
     let lut = &plan.luts[i];
+    let layout = seg.block_layout();
     let best = &mut s.best[..];
     let dirty = &mut s.dirty[..];
     // Every document number below is < seg.n_docs() (checked when the lists were parsed), and the
@@ -237,7 +238,7 @@ fn scan_lists<N: NormSlice>(
                 );
                 prefetch(docs.as_ptr().wrapping_add(tf) as *const u8, BLOCK * 2);
                 norms.prefetch_block(tf);
-                scan_block(
+                layout.scan(
                     &lut.lut,
                     &list_codes[bi * bb..(bi + 1) * bb],
                     m,
