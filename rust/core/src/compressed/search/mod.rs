@@ -33,7 +33,7 @@ use crate::topk::TopK;
 pub use plan::{check_nprobe, default_nprobe, Candidate, QueryPlan, SegmentView, IMPUTE_SHIFT};
 pub use refinement::{
     centroid_interaction, default_refine, default_refine_for_rerank, refine, refine_pooled,
-    rerank_depth, REFINE_MIN,
+    rerank_depth, REFINE_MIN, REFINE_SCAN_RATIO,
 };
 pub use rerank::{
     rerank_exact, rerank_tier, tier_mix, tier_rerank_depth, transform_refine_depth,
@@ -56,8 +56,8 @@ pub struct CompressedSearch {
     /// Re-rank the short list exactly from the kept vectors (`None`: when vectors are kept).
     pub rerank: Option<bool>,
     /// Candidates re-scored with all their tokens' codes (`refinement`); `Some(0)` turns it off,
-    /// `None` is [`default_refine`] of `k` (and off for indexes whose lists predate the document
-    /// map).
+    /// `None` is [`default_refine`] of `k`, `nprobe`, K and the documents searched (and off for
+    /// indexes whose lists predate the document map).
     pub refine: Option<usize>,
     /// Documents of the refined list re-ranked (exactly from kept vectors, or from a fidelity
     /// tier's refinement data); `None`: [`rerank_depth`] / [`tier_rerank_depth`] of `k`.
@@ -262,7 +262,7 @@ pub(crate) fn search_snapshot(
         (true, false) => Tier::OneStage,
         (true, true) => Tier::TwoStage,
     };
-    let stages = Stages::resolve(opts, k, nprobe, rerank, tier, all_mapped, live)?
+    let stages = Stages::resolve(opts, k, nprobe, kc, rerank, tier, all_mapped, live)?
         .with_filter(n_allowed.unwrap_or(live), live);
     // Exhaustive: every allowed document of the encoded segments, refined whole (needs the
     // document map of every segment, like refine).
@@ -397,11 +397,14 @@ impl Stages {
     /// Depths for `k` results from `opts`, with `nprobe` already resolved, the final re-rank
     /// decided (`rerank`, from a fidelity tier unless `tier` is `None`), `all_mapped` (every encoded
     /// segment has a document map, which refine needs) and `live` documents searched (no stage
-    /// can return more: larger depths are capped before anything is sized by them).
+    /// can return more: larger depths are capped before anything is sized by them), probing
+    /// `nprobe` of `n_centroids` lists.
+    #[allow(clippy::too_many_arguments)]
     fn resolve(
         opts: CompressedSearch,
         k: usize,
         nprobe: usize,
+        n_centroids: usize,
         rerank: bool,
         tier: Tier,
         all_mapped: bool,
@@ -421,7 +424,7 @@ impl Stages {
                 transform_refine_depth(k, tier.bits())
             }
             None if rerank => default_refine_for_rerank(k),
-            None => default_refine(k),
+            None => default_refine(k, nprobe, n_centroids, live),
         };
         // (refine=10**9 once asked for a 48 GB candidate buffer.)
         let live = live.max(1);
@@ -609,7 +612,7 @@ pub fn search_encoded(
         .sum();
     let all_mapped = views.iter().all(|v| v.seg.has_doc_map());
     let n_docs: usize = views.iter().map(|v| v.seg.n_docs()).sum();
-    let stages = Stages::resolve(opts, k, nprobe, rerank, Tier::None, all_mapped, live)?
+    let stages = Stages::resolve(opts, k, nprobe, kc, rerank, Tier::None, all_mapped, live)?
         .with_filter(live, n_docs);
     let final_stage = if rerank {
         Rerank::Exact(fulls)

@@ -15,9 +15,29 @@ use crate::error::{LatixError, Result};
 /// against ~20 query tokens), so 16 keeps a SciFact query under 2 ms.
 pub const REFINE_MIN: usize = 16;
 
-/// Default refinement depth for `k` results: `max(k, REFINE_MIN)`.
-pub fn default_refine(k: usize) -> usize {
+/// Candidate generation's work per refined document, above which [`default_refine`] refines
+/// more than [`REFINE_MIN`]. A query token scans `nprobe` lists of about `tokens / K` tokens
+/// each, and refines each candidate's `tokens / documents` tokens, so refining `r` documents
+/// costs `r * K / (nprobe * documents)` of the scan, whatever the document length: at
+/// `r = nprobe * documents / (K * REFINE_SCAN_RATIO)` refinement stays near 4 % of the scan.
+/// Chosen on train queries of the 100M-token scale index (420,697 documents, K 2048, nprobe
+/// 8; benches/tune_scale.py, bench-results/tune-scale-100m.md): refining 64 instead of 16
+/// lifts recall@10 against exact from 0.794 to 0.820 for 1.048x p50 (23.37 -> 24.49 ms,
+/// bench-results/refine-scale.md), where 128 adds 0.008 for 1.07x; SciFact (5,183 documents)
+/// and SciFact + 100k distractors (105,183), whose depth of 16 was chosen on their own train
+/// queries, still get 16.
+pub const REFINE_SCAN_RATIO: usize = 26;
+
+/// Default refinement depth for `k` results of a search probing `nprobe` of `n_centroids`
+/// lists over `live_docs` documents: `max(k, REFINE_MIN, ceil(nprobe * live_docs /
+/// (n_centroids * REFINE_SCAN_RATIO)))`. The last term grows the depth with the documents per
+/// list, where candidate generation's imputed estimates get coarser and refinement is a
+/// shrinking share of the query's cost.
+pub fn default_refine(k: usize, nprobe: usize, n_centroids: usize, live_docs: usize) -> usize {
+    let per_scan = (nprobe as u128 * live_docs as u128)
+        .div_ceil(n_centroids.max(1) as u128 * REFINE_SCAN_RATIO as u128);
     k.max(REFINE_MIN)
+        .max(usize::try_from(per_scan).unwrap_or(usize::MAX))
 }
 
 /// Default refinement depth when the refined list is then re-ranked exactly: the exact re-rank
@@ -472,4 +492,26 @@ fn ci_score(
         crate::parallel::map_init::<_, _, _, Result<_>>(cands, 256, Vec::new, score)?;
     crate::topk::sort(&mut out);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_refine_grows_with_documents_per_list() {
+        // SciFact, SciFact + 100k distractors and a small index keep the measured 16.
+        assert_eq!(default_refine(10, 8, 2048, 5_183), REFINE_MIN);
+        assert_eq!(default_refine(10, 8, 2048, 105_183), REFINE_MIN);
+        assert_eq!(default_refine(10, 8, 256, 0), REFINE_MIN);
+        // The 100M-token scale index: 8 * 420,697 / (2048 * 26) = 63.2 -> 64.
+        assert_eq!(default_refine(10, 8, 2048, 420_697), 64);
+        // More lists per query token scan more: the depth follows nprobe.
+        assert_eq!(default_refine(10, 16, 2048, 420_697), 127);
+        // k above every other term wins; no overflow at absurd sizes; K 0 does not divide by 0.
+        assert_eq!(default_refine(100, 8, 2048, 5_183), 100);
+        assert!(default_refine(10, usize::MAX, 1, usize::MAX) >= REFINE_MIN);
+        assert_eq!(default_refine(10, 8, 0, 26), REFINE_MIN);
+        assert_eq!(default_refine(10, 8, 0, 100), 31);
+    }
 }
